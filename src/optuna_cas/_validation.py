@@ -1,0 +1,113 @@
+"""Checks on caller-supplied names, done before any I/O.
+
+Artifact IDs become one path segment (``refs/<id>``) in every backend, so they must be a single
+safe segment. Keys are ``/``-separated sequences of such segments.
+"""
+
+from __future__ import annotations
+
+from optuna_cas.exceptions import InvalidKeyError
+
+# Longest single segment most filesystems accept (NAME_MAX on Linux, macOS, NTFS).
+MAX_SEGMENT_BYTES = 255
+
+
+def _segment_problem(segment: str) -> str | None:
+    if segment == "":
+        return "it is empty"
+    if segment in (".", ".."):
+        return "it is a relative path component"
+    if "/" in segment or "\\" in segment:
+        return "it contains a path separator"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in segment):
+        return "it contains a NUL or control character"
+    if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+        return f"it is longer than {MAX_SEGMENT_BYTES} bytes"
+    if segment.startswith(".tmp-"):
+        return "names starting with '.tmp-' are reserved for temporary files"
+    return None
+
+
+def validate_artifact_id(artifact_id: object) -> str:
+    """Return ``artifact_id`` if it is a safe single path segment, else raise.
+
+    Args:
+        artifact_id: The value to check.
+
+    Returns:
+        The same string.
+
+    Raises:
+        InvalidKeyError: A ``ValueError`` whose message starts ``Invalid artifact_id``
+            (Optuna's wording) and names the value.
+
+    Example:
+        >>> validate_artifact_id("0b6e1f9c-3f7e-4c53-9a39-2f1c9f5f0a11")
+        '0b6e1f9c-3f7e-4c53-9a39-2f1c9f5f0a11'
+        >>> validate_artifact_id("../etc")
+        Traceback (most recent call last):
+        ...
+        optuna_cas.exceptions.InvalidKeyError: Invalid artifact_id: '../etc' (it contains a path separator)
+    """
+    if not isinstance(artifact_id, str):
+        raise InvalidKeyError(
+            f"Invalid artifact_id: {artifact_id!r} (expected str, got {type(artifact_id).__name__})"
+        )
+    problem = _segment_problem(artifact_id)
+    if problem is not None:
+        raise InvalidKeyError(f"Invalid artifact_id: {artifact_id!r} ({problem})")
+    return artifact_id
+
+
+def validate_key(key: object) -> str:
+    """Return ``key`` if every ``/``-separated segment of it is safe, else raise.
+
+    Args:
+        key: A backend key such as ``"refs/0b6e..."``.
+
+    Returns:
+        The same string.
+
+    Raises:
+        InvalidKeyError: Naming the key and what is wrong with it.
+
+    Example:
+        >>> validate_key("blobs/blake3/ab/cdef")
+        'blobs/blake3/ab/cdef'
+        >>> validate_key("/abs")
+        Traceback (most recent call last):
+        ...
+        optuna_cas.exceptions.InvalidKeyError: Invalid key: '/abs' (segment '' : it is empty)
+    """
+    if not isinstance(key, str):
+        raise InvalidKeyError(f"Invalid key: {key!r} (expected str, got {type(key).__name__})")
+    for segment in key.split("/"):
+        problem = _segment_problem(segment)
+        if problem is not None:
+            raise InvalidKeyError(f"Invalid key: {key!r} (segment {segment!r} : {problem})")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Normalise a store prefix (``""`` or ``"a/b"``) and check its segments.
+
+    Args:
+        prefix: A key prefix, with or without surrounding slashes.
+
+    Returns:
+        The prefix without leading/trailing ``/``.
+
+    Raises:
+        InvalidKeyError: A segment is unsafe.
+
+    Example:
+        >>> validate_prefix("/team/run-1/")
+        'team/run-1'
+    """
+    stripped = prefix.strip("/")
+    if stripped:
+        try:
+            validate_key(stripped)
+        except InvalidKeyError as e:
+            raise InvalidKeyError(f"Invalid prefix: {prefix!r} ({e})") from None
+    return stripped

@@ -1,0 +1,86 @@
+"""The backend protocol: keys and bytes, nothing else.
+
+A backend stores opaque byte strings under ``/``-separated keys. It never hashes, never parses
+what it stores, and never leaves a partially written object visible. Everything
+content-addressed lives one layer up, in :mod:`optuna_cas.content`.
+
+Method names follow Optuna's store protocol (``open_reader``/``write``/``remove``) so that the
+same middleware (:class:`~optuna_cas.Backoff`) can wrap either kind of object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol, runtime_checkable
+
+__all__ = ["Backend", "ObjectInfo"]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a backend knows about one stored object.
+
+    Attributes:
+        key: The object's key, relative to the backend's root/prefix.
+        size: Its length in bytes.
+        modified: Last-modified time as seconds since the epoch (UTC).
+
+    Example:
+        >>> ObjectInfo(key="refs/x", size=3, modified=0.0).size
+        3
+    """
+
+    key: str
+    size: int
+    modified: float
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A flat key → bytes store.
+
+    Contract (the conformance suite checks every implementation against it):
+
+    * ``open_reader`` returns a readable binary stream positioned at ``offset``; a missing key
+      raises :class:`~optuna_cas.exceptions.ArtifactNotFound`.
+    * ``write`` reads ``content_body`` from its *current* position to EOF and stores it
+      atomically: readers see the old object, no object, or the whole new one. It never closes
+      ``content_body``. With ``if_absent=True`` an existing object is left untouched (no error).
+    * ``remove`` deletes; a missing key raises ``ArtifactNotFound``.
+    * ``list(prefix)`` yields every object whose key starts with ``prefix`` (no order promised).
+    * Keys are validated with :func:`optuna_cas._validation.validate_key` before any I/O.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> isinstance(MemoryBackend(), Backend)
+        True
+    """
+
+    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
+        """Open ``key`` for reading from byte ``offset``."""
+        ...
+
+    def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
+        """Store the rest of ``content_body`` under ``key`` atomically."""
+        ...
+
+    def remove(self, key: str) -> None:
+        """Delete ``key``."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` is stored."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and modification time of ``key``."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``."""
+        ...
+
+    def describe(self) -> str:
+        """A short URL-like name for messages, e.g. ``s3://bucket/prefix``."""
+        ...

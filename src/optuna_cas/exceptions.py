@@ -1,0 +1,94 @@
+"""Exceptions raised by optuna-cas.
+
+Every error derives from :class:`OptunaCasError`. :class:`ArtifactNotFound` keeps Optuna's name
+and is also a :class:`FileNotFoundError` and, when Optuna is installed, a subclass of
+``optuna.artifacts.exceptions.ArtifactNotFound``, so code (and optuna-dashboard) that catches
+Optuna's class keeps working after the import change.
+
+Example:
+    >>> from optuna_cas.exceptions import ArtifactNotFound
+    >>> issubclass(ArtifactNotFound, FileNotFoundError)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ArtifactNotFound",
+    "IntegrityError",
+    "InvalidKeyError",
+    "OptunaCasError",
+    "StoreConfigError",
+]
+
+
+class OptunaCasError(Exception):
+    """Root of every error raised by optuna-cas.
+
+    Example:
+        >>> from optuna_cas.exceptions import IntegrityError, OptunaCasError
+        >>> issubclass(IntegrityError, OptunaCasError)
+        True
+    """
+
+
+def _optuna_artifact_not_found() -> tuple[type[BaseException], ...]:
+    # Optuna is an optional extra: without it our class simply has one base fewer.
+    try:
+        from optuna.artifacts.exceptions import ArtifactNotFound as _OptunaArtifactNotFound
+    except ImportError:  # pragma: no cover - exercised only without the optuna extra
+        return ()
+    return (_OptunaArtifactNotFound,)
+
+
+class ArtifactNotFound(OptunaCasError, FileNotFoundError, *_optuna_artifact_not_found()):  # type: ignore[misc]
+    """An artifact, ref or blob that was asked for does not exist.
+
+    Example:
+        >>> err = ArtifactNotFound("no artifact with id 'abc'")
+        >>> isinstance(err, FileNotFoundError)
+        True
+    """
+
+    def __init__(self, message: str) -> None:
+        # FileNotFoundError's (errno, strerror) constructor would mangle a single message.
+        Exception.__init__(self, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions cross process pools: rebuild from the message alone.
+        return (type(self), (self.message,))
+
+
+class IntegrityError(OptunaCasError):
+    """Bytes read back do not match the digest or size they were stored under.
+
+    Example:
+        >>> raise IntegrityError("blob blake3:ab.. size 3: got 4 bytes")
+        Traceback (most recent call last):
+        ...
+        optuna_cas.exceptions.IntegrityError: blob blake3:ab.. size 3: got 4 bytes
+    """
+
+
+class InvalidKeyError(OptunaCasError, ValueError):
+    """An artifact ID, key or path is unsafe or malformed; raised before any I/O.
+
+    Example:
+        >>> issubclass(InvalidKeyError, ValueError)
+        True
+    """
+
+
+class StoreConfigError(OptunaCasError, ValueError):
+    """A store cannot be built as asked: bad URL, missing extra, unusable directory, ...
+
+    Example:
+        >>> issubclass(StoreConfigError, ValueError)
+        True
+    """
