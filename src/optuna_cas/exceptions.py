@@ -17,10 +17,12 @@ from typing import Any
 
 __all__ = [
     "ArtifactNotFound",
+    "BackendError",
     "IntegrityError",
     "InvalidKeyError",
     "OptunaCasError",
     "StoreConfigError",
+    "TransientBackendError",
 ]
 
 
@@ -90,5 +92,28 @@ class StoreConfigError(OptunaCasError, ValueError):
 
     Example:
         >>> issubclass(StoreConfigError, ValueError)
+        True
+    """
+
+
+class BackendError(OptunaCasError):
+    """A storage service refused or failed an operation for a reason retrying will not fix.
+
+    Backends translate SDK errors into this (``raise BackendError(...) from sdk_error``) so that
+    no botocore or google exception leaks out of a store; the message names the store and key.
+
+    Example:
+        >>> str(BackendError("s3://bucket: access denied"))
+        's3://bucket: access denied'
+    """
+
+
+class TransientBackendError(BackendError):
+    """A failure that may go away on retry: connection reset or timeout, throttling, 5xx.
+
+    :class:`~optuna_cas.Backoff` retries these; it never retries other errors.
+
+    Example:
+        >>> issubclass(TransientBackendError, BackendError)
         True
     """

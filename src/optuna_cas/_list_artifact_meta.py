@@ -1,0 +1,44 @@
+"""``get_all_artifact_meta``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, ArtifactMeta
+from optuna_cas._optuna import resolve_target
+
+__all__ = ["get_all_artifact_meta"]
+
+
+def get_all_artifact_meta(study_or_trial: Any, *, storage: Any = None) -> list[ArtifactMeta]:
+    """List the artifacts of a trial or study, oldest first.
+
+    Same as ``optuna.artifacts.get_all_artifact_meta`` (a ``Study`` lists only study-level
+    artifacts), except that entries optuna-dashboard deleted (JSON ``null``, on which Optuna
+    crashes) and deleted by :func:`optuna_cas.delete_artifact` are skipped, and each entry
+    carries ``digest`` and ``size`` when it was uploaded by optuna-cas.
+
+    Args:
+        study_or_trial: A ``Trial``, ``FrozenTrial`` or ``Study``.
+        storage: Required only for a ``FrozenTrial``.
+
+    Returns:
+        One :class:`~optuna_cas.ArtifactMeta` per live artifact, in upload order.
+
+    Example:
+        >>> import optuna
+        >>> from optuna_cas import get_all_artifact_meta
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> get_all_artifact_meta(optuna.create_study())
+        []
+    """
+    target = resolve_target(study_or_trial, storage)
+    metas: list[ArtifactMeta] = []
+    for key, value in target.system_attrs().items():
+        if not key.startswith(ARTIFACTS_ATTR_PREFIX):
+            continue
+        if value is None or json.loads(value) is None:
+            continue  # deleted (optuna-dashboard's tombstone)
+        metas.append(ArtifactMeta.from_json(value))
+    return metas

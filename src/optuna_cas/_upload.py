@@ -1,0 +1,141 @@
+"""``upload_artifact``: blob, then ref, then Optuna metadata."""
+
+from __future__ import annotations
+
+import functools
+import mimetypes
+import os
+import uuid
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, DEFAULT_MIME_TYPE, ArtifactMeta
+from optuna_cas._optuna import resolve_target
+from optuna_cas.exceptions import ArtifactNotFound
+from optuna_cas.stores.base import content_store_of
+
+__all__ = ["upload_artifact"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_POSITIONAL_NAMES = ("study_or_trial", "file_path", "artifact_store")
+
+
+def _accept_deprecated_positional(func: F) -> F:
+    """Accept Optuna's deprecated positional call, warning as Optuna does.
+
+    Optuna < 4 took ``(study_or_trial, file_path, artifact_store)`` positionally; Optuna 4-5
+    still accept it with a ``FutureWarning`` (removal planned in 6.0), and so do we.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if args:
+            if len(args) > len(_POSITIONAL_NAMES):
+                raise TypeError(
+                    f"{func.__name__}() takes at most {len(_POSITIONAL_NAMES)} positional "
+                    f"arguments ({len(args)} given)"
+                )
+            warnings.warn(
+                f"Positional arguments {list(_POSITIONAL_NAMES)} in {func.__name__}() have "
+                "been deprecated since v4.0.0. They will be replaced with the corresponding "
+                "keyword arguments in v6.0.0, so please use the keyword specification instead.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            for name, value in zip(_POSITIONAL_NAMES, args, strict=False):
+                if name in kwargs:
+                    raise TypeError(f"{func.__name__}() got multiple values for {name!r}")
+                kwargs[name] = value
+        return func(**kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_accept_deprecated_positional
+def upload_artifact(
+    *,
+    artifact_store: Any,
+    file_path: str,
+    study_or_trial: Any,
+    storage: Any = None,
+    mimetype: str | None = None,
+    encoding: str | None = None,
+) -> str:
+    """Upload a file as an artifact of a trial or study; returns a new artifact ID.
+
+    Same signature and behaviour as ``optuna.artifacts.upload_artifact``, except that the
+    content is stored once per distinct bytes, and the order is safe: the blob, then the ref,
+    then the Optuna metadata (Optuna writes metadata first and can leave it dangling). If the
+    metadata cannot be written (e.g. the trial has finished), the ref is removed again.
+
+    Args:
+        artifact_store: Any store with Optuna's protocol; optuna-cas stores also record
+            filename, mimetype, encoding and digest in the ref.
+        file_path: The file to upload.
+        study_or_trial: A ``Trial``, ``FrozenTrial`` or ``Study``.
+        storage: Required only for a ``FrozenTrial``.
+        mimetype: Defaults to a guess from the file name, else ``application/octet-stream``.
+        encoding: Defaults to a guess from the file name (e.g. ``gzip`` for ``.gz``).
+
+    Returns:
+        A fresh UUID4 string, also for content uploaded before.
+
+    Raises:
+        FileNotFoundError: ``file_path`` does not exist.
+        IsADirectoryError: ``file_path`` is a directory.
+        ValueError: A ``FrozenTrial`` without ``storage``.
+
+    Example:
+        >>> import optuna, tempfile, os
+        >>> from optuna_cas import FileSystemArtifactStore, upload_artifact
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> store = FileSystemArtifactStore(tempfile.mkdtemp())
+        >>> path = os.path.join(tempfile.mkdtemp(), "model.txt")
+        >>> _ = open(path, "w").write("weights")
+        >>> study = optuna.create_study()
+        >>> trial = study.ask()
+        >>> len(upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial))
+        36
+    """
+    path = os.fspath(file_path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"Cannot upload a directory as an artifact: {path!r}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such file to upload: {path!r}")
+    target = resolve_target(study_or_trial, storage)
+
+    filename = os.path.basename(path)
+    guessed_mimetype, guessed_encoding = mimetypes.guess_type(filename)
+    artifact_id = str(uuid.uuid4())
+    meta = ArtifactMeta(
+        artifact_id=artifact_id,
+        filename=filename,
+        mimetype=mimetype or guessed_mimetype or DEFAULT_MIME_TYPE,
+        encoding=encoding or guessed_encoding,
+    )
+
+    content = content_store_of(artifact_store)
+    if content is not None:
+        ref = artifact_store.put(
+            artifact_id,
+            path,
+            filename=meta.filename,
+            mimetype=meta.mimetype,
+            encoding=meta.encoding,
+        )
+        meta.digest, meta.size = str(ref.digest), ref.size
+    else:
+        with open(path, "rb") as f:
+            artifact_store.write(artifact_id, f)
+
+    try:
+        target.set_system_attr(ARTIFACTS_ATTR_PREFIX + artifact_id, meta.to_json())
+    except BaseException:
+        # No metadata will point at this artifact: do not leave an orphan ref behind either.
+        try:
+            artifact_store.remove(artifact_id)
+        except ArtifactNotFound:
+            pass
+        raise
+    return artifact_id

@@ -1,0 +1,1 @@
+"""Storage backends: keys and bytes (local, memory, S3, GCS)."""

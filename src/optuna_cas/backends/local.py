@@ -1,0 +1,335 @@
+"""A backend on a local (or network-mounted) directory.
+
+Writes are atomic: bytes go to a uniquely named temporary file in the *target's own directory*
+(so the final rename never crosses a filesystem), then ``os.replace`` publishes them, or
+``os.link`` when the key must be created only if absent (link fails atomically if the target
+exists). A reader therefore sees the whole object or none of it, even if the writer is killed.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from optuna_cas._validation import validate_key
+from optuna_cas.backends.base import ObjectInfo
+from optuna_cas.digest import CHUNK_SIZE, readinto
+from optuna_cas.exceptions import ArtifactNotFound, InvalidKeyError, StoreConfigError
+
+__all__ = ["TEMP_PREFIX", "LocalBackend"]
+
+TEMP_PREFIX = ".tmp-"
+
+
+class LocalBackend:
+    """Objects as files below ``root``; the key's ``/`` become directories.
+
+    Args:
+        root: The directory. Created (with parents) if missing; a file there is an error.
+        fsync: Flush each object to stable storage before publishing it. Off by default:
+            a killed *process* never leaves a partial object either way (the rename is atomic);
+            ``fsync=True`` also survives power loss, at roughly half the write throughput.
+
+    Raises:
+        StoreConfigError: ``root`` exists and is not a directory, or cannot be created.
+
+    Example:
+        >>> import io, tempfile
+        >>> backend = LocalBackend(tempfile.mkdtemp())
+        >>> backend.write("refs/a", io.BytesIO(b"hi"))
+        >>> backend.open_reader("refs/a").read()
+        b'hi'
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        path = Path(root).expanduser()
+        if path.exists() and not path.is_dir():
+            raise StoreConfigError(f"Store path {str(path)!r} exists and is not a directory")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreConfigError(f"Cannot create store directory {str(path)!r}: {e}") from e
+        self._root = path.resolve()
+        self._fsync = fsync
+
+    @property
+    def root(self) -> Path:
+        """The resolved root directory.
+
+        Example:
+            >>> import tempfile
+            >>> LocalBackend(tempfile.mkdtemp()).root.is_dir()
+            True
+        """
+        return self._root
+
+    def _path(self, key: str) -> Path:
+        validate_key(key)
+        path = self._root / key
+        # A symlinked directory inside the store must not lead reads or writes outside it.
+        parent = path.parent
+        if parent.exists() and not parent.resolve().is_relative_to(self._root):
+            raise InvalidKeyError(f"Invalid key: {key!r} (resolves outside {str(self._root)!r})")
+        return path
+
+    def _missing(self, key: str) -> ArtifactNotFound:
+        return ArtifactNotFound(f"no object {key!r} in {self.describe()}")
+
+    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
+        """Open ``key`` for reading from ``offset``; symlinks are not followed.
+
+        Example:
+            >>> import tempfile
+            >>> LocalBackend(tempfile.mkdtemp()).open_reader("refs/none")
+            Traceback (most recent call last):
+            ...
+            optuna_cas.exceptions.ArtifactNotFound: no object 'refs/none' in file://...
+        """
+        path = self._path(key)
+        try:
+            fd = os.open(
+                path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+            )
+        except FileNotFoundError as e:
+            raise self._missing(key) from e
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENOTDIR):
+                raise self._missing(key) from e
+            raise
+        reader = open(fd, "rb", buffering=CHUNK_SIZE)  # noqa: SIM115 - handed to the caller
+        if offset:
+            reader.seek(offset)
+        return reader
+
+    def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
+        """Store the rest of ``content_body`` under ``key`` atomically.
+
+        Example:
+            >>> import io, tempfile
+            >>> b = LocalBackend(tempfile.mkdtemp())
+            >>> b.write("k", io.BytesIO(b"1")); b.write("k", io.BytesIO(b"2"), if_absent=True)
+            >>> b.open_reader("k").read()
+            b'1'
+        """
+        path = self._path(key)
+        if if_absent and path.is_file():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}"[:255])
+        try:
+            with open(temp, "xb") as out:
+                _copy_to(content_body, out)
+                if self._fsync:
+                    out.flush()
+                    os.fsync(out.fileno())
+            if if_absent:
+                try:
+                    os.link(temp, path)
+                except FileExistsError:
+                    pass  # someone else published the same key first: keep theirs
+            else:
+                os.replace(temp, path)
+        finally:
+            # After link or on failure the temp name is still there; after replace it is not.
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+        if self._fsync:
+            _fsync_dir(path.parent)
+
+    def remove(self, key: str) -> None:
+        """Delete ``key``; a missing key raises ``ArtifactNotFound``.
+
+        Example:
+            >>> import tempfile
+            >>> LocalBackend(tempfile.mkdtemp()).remove("k")
+            Traceback (most recent call last):
+            ...
+            optuna_cas.exceptions.ArtifactNotFound: no object 'k' in file://...
+        """
+        path = self._path(key)
+        try:
+            if path.is_dir():
+                raise self._missing(key)
+            os.unlink(path)
+        except FileNotFoundError as e:
+            raise self._missing(key) from e
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` is a stored object (a regular file, not a symlink).
+
+        Example:
+            >>> import tempfile
+            >>> LocalBackend(tempfile.mkdtemp()).exists("k")
+            False
+        """
+        path = self._path(key)
+        return path.is_file() and not path.is_symlink()
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and modification time of ``key``.
+
+        Example:
+            >>> import io, tempfile
+            >>> b = LocalBackend(tempfile.mkdtemp()); b.write("k", io.BytesIO(b"abc"))
+            >>> b.stat("k").size
+            3
+        """
+        path = self._path(key)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError as e:
+            raise self._missing(key) from e
+        if not _is_regular(st.st_mode):
+            raise self._missing(key)
+        return ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every stored object whose key starts with ``prefix``; temp files and links skipped.
+
+        Example:
+            >>> import io, tempfile
+            >>> b = LocalBackend(tempfile.mkdtemp())
+            >>> b.write("a/1", io.BytesIO(b"")); b.write("b/1", io.BytesIO(b""))
+            >>> [info.key for info in b.list("a/")]
+            ['a/1']
+        """
+        # Walk only the deepest directory the prefix names, not the whole tree.
+        directory, _, _ = prefix.rpartition("/")
+        start = self._root / directory if directory else self._root
+        if directory:
+            validate_key(directory)
+        if not start.is_dir() or start.is_symlink():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+            rel_dir = os.path.relpath(dirpath, self._root)
+            for name in filenames:
+                if name.startswith(TEMP_PREFIX):
+                    continue
+                key = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while we walked
+                if _is_regular(st.st_mode):
+                    yield ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime)
+
+    def list_temporary(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Temp files left by interrupted writes (for garbage collection).
+
+        Example:
+            >>> import tempfile
+            >>> list(LocalBackend(tempfile.mkdtemp()).list_temporary())
+            []
+        """
+        start = self._root / prefix if prefix else self._root
+        if not start.is_dir():
+            return
+        for dirpath, _dirnames, filenames in os.walk(start):
+            for name in filenames:
+                if name.startswith(TEMP_PREFIX):
+                    full = os.path.join(dirpath, name)
+                    try:
+                        st = os.stat(full, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    key = os.path.relpath(full, self._root).replace(os.sep, "/")
+                    yield ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime)
+
+    def remove_temporary(self, key: str) -> None:
+        """Delete one temp file reported by :meth:`list_temporary`.
+
+        Example:
+            >>> import tempfile
+            >>> LocalBackend(tempfile.mkdtemp()).remove_temporary("blobs/.tmp-x")
+        """
+        name = key.rpartition("/")[2]
+        if not name.startswith(TEMP_PREFIX) or ".." in key.split("/"):
+            raise InvalidKeyError(f"Invalid key: {key!r} (not a temporary file)")
+        try:
+            os.unlink(self._root / key)
+        except FileNotFoundError:
+            pass
+
+    def describe(self) -> str:
+        """``file://`` URL of the root.
+
+        Example:
+            >>> LocalBackend("/tmp").describe()
+            'file:///tmp'
+        """
+        return self._root.as_uri()
+
+
+def _is_regular(mode: int) -> bool:
+    return stat.S_ISREG(mode)
+
+
+def _copy_to(source: BinaryIO, out: io.BufferedWriter) -> None:
+    """Copy the rest of ``source`` into ``out``, in the kernel when both are real files."""
+    fileno = _real_fileno(source)
+    if fileno is not None:
+        out.flush()
+        start = source.tell()
+        copied, finished = _kernel_copy(fileno, out.fileno(), start)
+        source.seek(start + copied)
+        if finished:
+            return
+    # Not a real file, or the kernel refused (e.g. across some filesystems): copy in user space.
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    while n := readinto(source, view):
+        out.write(view[:n])
+
+
+# Errors meaning "this kernel/filesystem pair cannot copy this way", not "the copy failed".
+_UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+
+
+def _kernel_copy(src_fd: int, dst_fd: int, offset: int) -> tuple[int, bool]:
+    """copy_file_range from ``offset`` to EOF; returns (bytes copied, reached EOF)."""
+    copy_range = getattr(os, "copy_file_range", None)
+    if copy_range is None:  # pragma: no cover - not Linux
+        return 0, False
+    copied = 0
+    while True:
+        try:
+            n = copy_range(src_fd, dst_fd, 64 * CHUNK_SIZE, offset + copied)
+        except OSError as e:
+            if e.errno in _UNSUPPORTED:
+                return copied, False
+            raise
+        if n == 0:
+            return copied, True
+        copied += n
+
+
+def _real_fileno(stream: BinaryIO) -> int | None:
+    """The descriptor of a seekable regular file behind ``stream``, else None."""
+    try:
+        fileno = stream.fileno()
+        if not stat.S_ISREG(os.fstat(fileno).st_mode) or not stream.seekable():
+            return None
+        # Buffered readers may have read ahead: the descriptor's offset is not the stream's.
+        stream.tell()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+    return fileno
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

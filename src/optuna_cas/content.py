@@ -1,0 +1,616 @@
+"""The content-addressed layer: blobs named by their digest, and refs that point at them.
+
+Layout inside any backend::
+
+    blobs/blake3/<first 2 hex>/<remaining 62 hex>   immutable content, written once
+    refs/<artifact_id>                              small JSON :class:`~optuna_cas.refs.ArtifactRef`
+
+This is the only layer that hashes. Invariants it keeps:
+
+* a blob is written only if no blob of that digest (and size) exists: re-uploads cost a hash
+  and an existence check, never a copy;
+* a blob is published under its key only after its digest is known, so a key never names other
+  bytes (for files, the source is re-checked after the copy: a file changed mid-upload fails);
+* a ref is written only after its blob exists, so no ref points at missing data;
+* every read that returns bytes verifies them against the digest while streaming.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from optuna_cas._validation import validate_artifact_id
+from optuna_cas.backends.base import Backend
+from optuna_cas.digest import (
+    ALGORITHM,
+    CHUNK_SIZE,
+    Digest,
+    Hasher,
+    VerifyingReader,
+    hash_open_file,
+    hash_stream,
+    readinto,
+)
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.refs import ArtifactRef
+
+__all__ = [
+    "BLOB_PREFIX",
+    "REF_PREFIX",
+    "BlobCache",
+    "BlobInfo",
+    "ContentStore",
+    "blob_key",
+    "materialize",
+]
+
+BLOB_PREFIX = "blobs/"
+REF_PREFIX = "refs/"
+# Refs are tiny JSON records; refuse to parse anything absurdly large found at a ref key.
+MAX_REF_BYTES = 1024 * 1024
+_BLOB_KEY = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]{2})/([0-9a-f]{62})")
+
+
+def blob_key(digest: Digest) -> str:
+    """The backend key of a blob: ``blobs/<algorithm>/<2 hex>/<62 hex>``.
+
+    Two-character fan-out keeps directories small on local disks (as git and dvc do).
+
+    Example:
+        >>> blob_key(Digest.of_bytes(b""))[:20]
+        'blobs/blake3/af/1349'
+    """
+    hexdigest = digest.hexdigest
+    return f"{BLOB_PREFIX}{digest.algorithm}/{hexdigest[:2]}/{hexdigest[2:]}"
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A blob as listed in a backend: its digest (named by the key) and what is stored.
+
+    Attributes:
+        hexdigest: The digest named by the key.
+        algorithm: Hash algorithm named by the key.
+        stored_size: Bytes actually stored (a mismatch with refs means corruption).
+        modified: Last modification time, epoch seconds.
+        key: The backend key.
+
+    Example:
+        >>> BlobInfo("ab" * 32, "blake3", 3, 0.0, "blobs/...").stored_size
+        3
+    """
+
+    hexdigest: str
+    algorithm: str
+    stored_size: int
+    modified: float
+    key: str
+
+    @property
+    def digest(self) -> Digest:
+        """The digest, taking the stored size as the size.
+
+        Example:
+            >>> BlobInfo("ab" * 32, "blake3", 3, 0.0, "k").digest.size
+            3
+        """
+        return Digest(hexdigest=self.hexdigest, size=self.stored_size, algorithm=self.algorithm)
+
+
+class BlobCache(Protocol):
+    """A local cache of blobs keyed by digest (see :mod:`optuna_cas.middleware.cache`).
+
+    ``fetch`` opens the blob's raw bytes in the backing store; the cache verifies everything it
+    stores or returns.
+    """
+
+    def open(self, digest: Digest, fetch: Callable[[], BinaryIO]) -> BinaryIO:
+        """A verified reader of the blob, filling the cache from ``fetch`` on a miss."""
+        ...
+
+    def materialize(self, digest: Digest, path: Path, fetch: Callable[[], BinaryIO]) -> None:
+        """Write the blob to the new file ``path`` (verified), filling the cache on a miss."""
+        ...
+
+    def add_file(self, digest: Digest, source: BinaryIO) -> None:
+        """Offer a just-uploaded blob (``source`` at its start) to the cache."""
+        ...
+
+    def discard(self, digest: Digest) -> None:
+        """Forget a blob (e.g. after gc removed it)."""
+        ...
+
+
+ProgressCallback = Callable[[int], None]
+
+
+class ContentStore:
+    """Blobs and refs on top of any :class:`~optuna_cas.backends.base.Backend`.
+
+    Args:
+        backend: Where bytes live.
+        blob_cache: Optional local cache consulted before the backend on reads.
+
+    Example:
+        >>> import io
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> store = ContentStore(MemoryBackend())
+        >>> ref = store.put_artifact("a1", io.BytesIO(b"weights"), filename="model.pt")
+        >>> store.put_artifact("a2", io.BytesIO(b"weights")).digest == ref.digest
+        True
+        >>> len(list(store.iter_blobs()))
+        1
+        >>> store.open_artifact("a2").read()
+        b'weights'
+    """
+
+    def __init__(self, backend: Backend, *, blob_cache: BlobCache | None = None) -> None:
+        self._backend = backend
+        self._blob_cache = blob_cache
+
+    @property
+    def backend(self) -> Backend:
+        """The backend below this store.
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> ContentStore(MemoryBackend()).backend.describe()
+            'memory://'
+        """
+        return self._backend
+
+    @property
+    def blob_cache(self) -> BlobCache | None:
+        """The read cache in front of the backend, if any."""
+        return self._blob_cache
+
+    def with_backend(self, backend: Backend) -> ContentStore:
+        """A store over ``backend`` (e.g. the same backend wrapped in retries), same cache.
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> ContentStore(MemoryBackend()).with_backend(MemoryBackend()).blob_cache is None
+            True
+        """
+        return ContentStore(backend, blob_cache=self._blob_cache)
+
+    def with_blob_cache(self, blob_cache: BlobCache | None) -> ContentStore:
+        """The same backend read through ``blob_cache``."""
+        return ContentStore(self._backend, blob_cache=blob_cache)
+
+    def describe(self) -> str:
+        """The backend's URL-like name, for messages."""
+        return self._backend.describe()
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def has_blob(self, digest: Digest) -> bool:
+        """Whether a blob of this digest *and size* is stored.
+
+        A stored object of the wrong size is corrupt (e.g. truncated by a crash of the storage
+        host); reporting it absent lets the next upload of the same bytes repair it.
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> ContentStore(MemoryBackend()).has_blob(Digest.of_bytes(b"x"))
+            False
+        """
+        try:
+            info = self._backend.stat(blob_key(digest))
+        except ArtifactNotFound:
+            return False
+        return info.size == digest.size
+
+    def put_blob(self, source: BinaryIO | str | os.PathLike[str]) -> Digest:
+        """Store the bytes of a file path or stream (from its position) once; return the digest.
+
+        Regular files are hashed first (memory-mapped, multi-threaded) and copied only if the
+        blob is missing. Other seekable streams are hashed, rewound, then copied if missing.
+        Non-seekable streams are spooled to a temporary file while hashing. Memory stays
+        bounded in every case.
+
+        Args:
+            source: A path, or a binary stream positioned at the start of the content.
+
+        Returns:
+            The digest (and size) of the content.
+
+        Raises:
+            IntegrityError: A file changed while it was being uploaded.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> ContentStore(MemoryBackend()).put_blob(io.BytesIO(b"abc")).size
+            3
+        """
+        if isinstance(source, str | os.PathLike):
+            with open(source, "rb") as f:
+                return self._put_file(f)
+        if _is_regular_file(source):
+            return self._put_file(source)
+        if _seekable(source):
+            start = source.tell()
+            digest = hash_stream(source)
+            source.seek(start)
+            self._store_blob(digest, source)
+            return digest
+        with tempfile.TemporaryFile(prefix="optuna-cas-spool-") as spool:
+            digest = _copy_hashing(source, spool)
+            spool.seek(0)
+            self._store_blob(digest, spool)
+            return digest
+
+    def _put_file(self, f: BinaryIO) -> Digest:
+        start = f.tell()
+        before = os.fstat(f.fileno())
+        digest = hash_open_file(f)
+        written = self._store_blob(digest, f)
+        after = os.fstat(f.fileno())
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+            # What we copied may not be what we hashed: never leave a blob under a wrong name.
+            if written:
+                self._backend.remove(blob_key(digest))
+            name = getattr(f, "name", "<stream>")
+            raise IntegrityError(f"File {name!r} changed while it was being uploaded; retry")
+        f.seek(start + digest.size)
+        return digest
+
+    def _store_blob(self, digest: Digest, source: BinaryIO) -> bool:
+        """Write ``source`` under ``digest``'s key unless present. Returns True if written."""
+        key = blob_key(digest)
+        try:
+            stored_size: int | None = self._backend.stat(key).size
+        except ArtifactNotFound:
+            stored_size = None
+        if stored_size == digest.size:
+            return False
+        start = source.tell()
+        # A present object of the wrong size is corrupt: overwrite it to repair.
+        self._backend.write(key, source, if_absent=stored_size is None)
+        if self._blob_cache is not None:
+            source.seek(start)
+            self._blob_cache.add_file(digest, source)
+        return True
+
+    def open_blob(self, digest: Digest) -> BinaryIO:
+        """A reader of the blob that raises ``IntegrityError`` rather than return wrong bytes.
+
+        Raises:
+            ArtifactNotFound: No such blob.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = ContentStore(MemoryBackend())
+            >>> d = store.put_blob(io.BytesIO(b"abc"))
+            >>> store.open_blob(d).read()
+            b'abc'
+        """
+        key = blob_key(digest)
+        if self._blob_cache is not None:
+            return self._blob_cache.open(digest, lambda: self._backend.open_reader(key))
+        raw = self._backend.open_reader(key)
+        name = f"blob {digest} in {self.describe()}"
+        return io.BufferedReader(VerifyingReader(raw, digest, name=name), CHUNK_SIZE)
+
+    def materialize_blob(
+        self,
+        digest: Digest,
+        path: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        """Write the blob to the new file ``path``: verified, atomic, never overwriting.
+
+        Raises:
+            FileExistsError: ``path`` exists.
+            IntegrityError: The stored bytes do not match; nothing is left at ``path``.
+
+        Example:
+            >>> import io, os, tempfile
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = ContentStore(MemoryBackend())
+            >>> d = store.put_blob(io.BytesIO(b"abc"))
+            >>> target = os.path.join(tempfile.mkdtemp(), "out.bin")
+            >>> store.materialize_blob(d, target); open(target, "rb").read()
+            b'abc'
+        """
+        target = Path(path)
+        key = blob_key(digest)
+        if self._blob_cache is not None and progress is None:
+            self._blob_cache.materialize(digest, target, lambda: self._backend.open_reader(key))
+            return
+        with self.open_blob(digest) as reader:
+            materialize(reader, target, progress=progress)
+
+    def remove_blob(self, digest: Digest) -> None:
+        """Delete a blob (callers must make sure no ref needs it: see :func:`optuna_cas.gc`).
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = ContentStore(MemoryBackend()); d = store.put_blob(io.BytesIO(b"x"))
+            >>> store.remove_blob(d); store.has_blob(d)
+            False
+        """
+        self._backend.remove(blob_key(digest))
+        if self._blob_cache is not None:
+            self._blob_cache.discard(digest)
+
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        """Every blob in the backend (keys that do not parse as blob keys are skipped).
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> list(ContentStore(MemoryBackend()).iter_blobs())
+            []
+        """
+        for info in self._backend.list(f"{BLOB_PREFIX}{ALGORITHM}/"):
+            match = _BLOB_KEY.fullmatch(info.key)
+            if match is None:
+                continue
+            algorithm, head, tail = match.groups()
+            yield BlobInfo(head + tail, algorithm, info.size, info.modified, info.key)
+
+    # -- refs --------------------------------------------------------------------------------
+
+    @staticmethod
+    def ref_key(artifact_id: str) -> str:
+        """The key of an artifact's ref; validates the ID.
+
+        Example:
+            >>> ContentStore.ref_key("a1")
+            'refs/a1'
+        """
+        return REF_PREFIX + validate_artifact_id(artifact_id)
+
+    def put_ref(self, ref: ArtifactRef) -> None:
+        """Store a ref. Its blob must already be stored (blob before ref).
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = ContentStore(MemoryBackend()); d = store.put_blob(io.BytesIO(b"x"))
+            >>> store.put_ref(ArtifactRef("a1", d)); store.get_ref("a1").digest == d
+            True
+        """
+        self._backend.write(self.ref_key(ref.artifact_id), io.BytesIO(ref.to_json()))
+
+    def get_ref(self, artifact_id: str) -> ArtifactRef:
+        """Look up an artifact's ref.
+
+        Raises:
+            ArtifactNotFound: No such artifact (the message names the ID and the store).
+            IntegrityError: The stored ref is malformed.
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> ContentStore(MemoryBackend()).get_ref("nope")
+            Traceback (most recent call last):
+            ...
+            optuna_cas.exceptions.ArtifactNotFound: Artifact 'nope' not found in memory://
+        """
+        key = self.ref_key(artifact_id)
+        try:
+            with self._backend.open_reader(key) as reader:
+                data = reader.read(MAX_REF_BYTES + 1)
+        except ArtifactNotFound as e:
+            raise ArtifactNotFound(
+                f"Artifact {artifact_id!r} not found in {self.describe()}"
+            ) from e
+        if len(data) > MAX_REF_BYTES:
+            raise IntegrityError(f"ref {artifact_id!r} is larger than {MAX_REF_BYTES} bytes")
+        return ArtifactRef.from_json(data, artifact_id)
+
+    def has_ref(self, artifact_id: str) -> bool:
+        """Whether an artifact ID has a ref.
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> ContentStore(MemoryBackend()).has_ref("a")
+            False
+        """
+        return self._backend.exists(self.ref_key(artifact_id))
+
+    def remove_ref(self, artifact_id: str) -> None:
+        """Delete an artifact's ref (its blob stays until :func:`optuna_cas.gc`).
+
+        Raises:
+            ArtifactNotFound: No such artifact.
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> ContentStore(MemoryBackend()).remove_ref("a")
+            Traceback (most recent call last):
+            ...
+            optuna_cas.exceptions.ArtifactNotFound: Artifact 'a' not found in memory://
+        """
+        try:
+            self._backend.remove(self.ref_key(artifact_id))
+        except ArtifactNotFound as e:
+            raise ArtifactNotFound(
+                f"Artifact {artifact_id!r} not found in {self.describe()}"
+            ) from e
+
+    def iter_ref_ids(self) -> Iterator[str]:
+        """IDs of every ref in the store (one listing, no reads).
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> list(ContentStore(MemoryBackend()).iter_ref_ids())
+            []
+        """
+        for info in self._backend.list(REF_PREFIX):
+            artifact_id = info.key[len(REF_PREFIX) :]
+            if "/" not in artifact_id:
+                yield artifact_id
+
+    def iter_refs(self) -> Iterator[ArtifactRef]:
+        """Every ref in the store; refs removed while listing are skipped.
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> list(ContentStore(MemoryBackend()).iter_refs())
+            []
+        """
+        for artifact_id in self.iter_ref_ids():
+            try:
+                yield self.get_ref(artifact_id)
+            except ArtifactNotFound:
+                continue
+
+    # -- artifacts ---------------------------------------------------------------------------
+
+    def put_artifact(
+        self,
+        artifact_id: str,
+        source: BinaryIO | str | os.PathLike[str],
+        *,
+        filename: str | None = None,
+        mimetype: str | None = None,
+        encoding: str | None = None,
+    ) -> ArtifactRef:
+        """Store content (deduplicated) and point ``artifact_id`` at it; blob before ref.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> ContentStore(MemoryBackend()).put_artifact("a", io.BytesIO(b"x")).size
+            1
+        """
+        validate_artifact_id(artifact_id)
+        digest = self.put_blob(source)
+        ref = ArtifactRef(
+            artifact_id=artifact_id,
+            digest=digest,
+            filename=filename,
+            mimetype=mimetype,
+            encoding=encoding,
+        )
+        self.put_ref(ref)
+        return ref
+
+    def open_artifact(self, artifact_id: str) -> BinaryIO:
+        """A verifying reader of an artifact's content.
+
+        Raises:
+            ArtifactNotFound: No such artifact, or its blob is missing (the message says which).
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = ContentStore(MemoryBackend()); _ = store.put_artifact("a", io.BytesIO(b"x"))
+            >>> store.open_artifact("a").read()
+            b'x'
+        """
+        ref = self.get_ref(artifact_id)
+        try:
+            return self.open_blob(ref.digest)
+        except ArtifactNotFound as e:
+            raise ArtifactNotFound(
+                f"Artifact {artifact_id!r}: its blob {ref.digest} is missing from "
+                f"{self.describe()} (run 'optuna-cas verify')"
+            ) from e
+
+
+def materialize(
+    reader: BinaryIO, target: Path, *, progress: ProgressCallback | None = None
+) -> None:
+    """Copy ``reader`` into a new file at ``target`` atomically, never overwriting.
+
+    Bytes go to a temp file beside ``target``; only when the reader reached EOF cleanly (a
+    verifying reader has then checked the digest) is it linked into place. Any failure removes
+    the temp file, so no partial file is ever visible at ``target``.
+
+    Args:
+        reader: The content (typically verifying).
+        target: The new file.
+        progress: Called with the number of bytes after each chunk.
+
+    Raises:
+        FileExistsError: ``target`` exists (checked again at publication, atomically).
+
+    Example:
+        >>> import io, tempfile
+        >>> from pathlib import Path
+        >>> target = Path(tempfile.mkdtemp()) / "f"
+        >>> materialize(io.BytesIO(b"abc"), target); target.read_bytes()
+        b'abc'
+    """
+    if os.path.lexists(target):
+        raise FileExistsError(f"File already exists: {target!s}")
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, temp_name = tempfile.mkstemp(
+        prefix=f".{target.name[:64]}.", suffix=".partial", dir=directory
+    )
+    try:
+        with open(fd, "wb") as out:
+            buffer = bytearray(CHUNK_SIZE)
+            view = memoryview(buffer)
+            while n := readinto(reader, view):
+                out.write(view[:n])
+                if progress is not None:
+                    progress(n)
+        publish_new_file(Path(temp_name), target)
+    finally:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+
+
+def publish_new_file(temp: Path, target: Path) -> None:
+    """Give the complete file ``temp`` the name ``target``, failing if ``target`` exists.
+
+    ``os.link`` is atomic and refuses an existing name; on filesystems without hard links we
+    fall back to ``os.replace`` after one more existence check. ``temp`` is left for the caller.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> d = Path(tempfile.mkdtemp()); (d / "t").write_bytes(b"x")
+        1
+        >>> publish_new_file(d / "t", d / "final"); (d / "final").read_bytes()
+        b'x'
+    """
+    try:
+        os.link(temp, target)
+    except FileExistsError:
+        raise FileExistsError(f"File already exists: {target!s}") from None
+    except OSError:
+        if os.path.lexists(target):
+            raise FileExistsError(f"File already exists: {target!s}") from None
+        os.replace(temp, target)
+
+
+def _copy_hashing(source: BinaryIO, out: io.BufferedRandom | BinaryIO) -> Digest:
+    hasher = Hasher()
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    while n := readinto(source, view):
+        hasher.update(view[:n])
+        out.write(view[:n])
+    return hasher.digest()
+
+
+def _seekable(stream: BinaryIO) -> bool:
+    try:
+        return bool(stream.seekable()) and stream.tell() >= 0
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _is_regular_file(stream: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode) and _seekable(stream)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False

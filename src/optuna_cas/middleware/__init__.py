@@ -1,0 +1,1 @@
+"""Wrappers around stores: retries (Backoff) and the read-through cache."""

@@ -1,0 +1,330 @@
+"""``Backoff``: Optuna's retrying wrapper, retrying each request rather than each artifact.
+
+Wrapping one of our stores, ``Backoff`` re-wraps its *backend*, so every single request (an
+existence check, one blob upload, one ref write, one GET) is retried on its own, and a download
+interrupted mid-stream resumes at the byte where it stopped. Wrapping any other object with
+Optuna's protocol (Optuna's own stores included), it retries each of the three methods.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, Protocol, cast
+
+from optuna_cas.backends.base import Backend, ObjectInfo
+from optuna_cas.digest import readinto
+from optuna_cas.exceptions import ArtifactNotFound
+from optuna_cas.middleware.retry import Retrier, RetryPolicy
+from optuna_cas.stores.base import ContentAddressedArtifactStore
+
+__all__ = ["Backoff", "ResumingReader", "RetryingBackend"]
+
+
+class _OptunaStore(Protocol):
+    def open_reader(self, artifact_id: str) -> BinaryIO: ...
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None: ...
+    def remove(self, artifact_id: str) -> None: ...
+
+
+class ResumingReader(io.RawIOBase):
+    """A reader that reopens its source at the current offset after a transient error.
+
+    Args:
+        reader: The first open reader.
+        reopen: Opens the same object again starting at the given byte offset.
+        retrier: Decides how many consecutive failures to tolerate and how long to wait.
+        name: For log messages.
+
+    Example:
+        >>> import io
+        >>> data = b"0123456789"
+        >>> class Flaky(io.BytesIO):
+        ...     def readinto(self, b):
+        ...         if self.tell() == 4: raise ConnectionResetError("cut")
+        ...         return super().readinto(memoryview(b)[:2])
+        >>> def reopen(offset):
+        ...     f = io.BytesIO(data); f.seek(offset); return f
+        >>> r = ResumingReader(Flaky(data), reopen, Retrier(RetryPolicy(), sleep=lambda s: None), name="x")
+        >>> r.read()
+        b'0123456789'
+    """
+
+    def __init__(
+        self,
+        reader: BinaryIO,
+        reopen: Callable[[int], BinaryIO],
+        retrier: Retrier,
+        *,
+        name: str,
+    ) -> None:
+        super().__init__()
+        self._reader = reader
+        self._reopen = reopen
+        self._retrier = retrier
+        self._name = name
+        self._offset = 0
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        """Read into ``buffer``; on a transient error reopen at the current offset and retry."""
+        view = memoryview(buffer).cast("B")
+
+        def attempt() -> int:
+            return readinto(self._reader, view)
+
+        def resume() -> None:
+            try:
+                self._reader.close()
+            except Exception:
+                pass
+            self._reader = self._reopen(self._offset)
+
+        n = self._retrier.call(
+            f"read {self._name} at byte {self._offset}", attempt, before_retry=resume
+        )
+        self._offset += n
+        return n
+
+    def close(self) -> None:
+        """Close the current underlying reader."""
+        try:
+            self._reader.close()
+        finally:
+            super().close()
+
+
+class RetryingBackend:
+    """A :class:`~optuna_cas.backends.base.Backend` whose every request is retried.
+
+    Args:
+        backend: The backend to wrap.
+        retrier: The retry loop and policy.
+
+    Example:
+        >>> import io
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> backend = RetryingBackend(MemoryBackend(), Retrier(RetryPolicy()))
+        >>> backend.write("k", io.BytesIO(b"v")); backend.open_reader("k").read()
+        b'v'
+    """
+
+    def __init__(self, backend: Backend, retrier: Retrier) -> None:
+        self._backend = backend
+        self._retrier = retrier
+
+    @property
+    def inner(self) -> Backend:
+        """The wrapped backend."""
+        return self._backend
+
+    def _where(self, key: str) -> str:
+        return f"{self._backend.describe().rstrip('/')}/{key}"
+
+    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
+        """Open with retries; the reader resumes from where it was after a mid-stream error."""
+
+        def reopen(at: int) -> BinaryIO:
+            return self._retrier.call(
+                f"open {self._where(key)}",
+                lambda: self._backend.open_reader(key, offset=offset + at),
+            )
+
+        first = reopen(0)
+        reader = ResumingReader(first, reopen, self._retrier, name=self._where(key))
+        return cast(BinaryIO, reader)
+
+    def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
+        """Write with retries, rewinding ``content_body`` to where it started before each retry.
+
+        A stream that cannot seek gets a single attempt (there is no way to replay it).
+        """
+        try:
+            start: int | None = content_body.tell() if content_body.seekable() else None
+        except (OSError, ValueError, AttributeError):
+            start = None
+        if start is None:
+            self._backend.write(key, content_body, if_absent=if_absent)
+            return
+
+        def rewind() -> None:
+            content_body.seek(start)
+
+        self._retrier.call(
+            f"write {self._where(key)}",
+            lambda: self._backend.write(key, content_body, if_absent=if_absent),
+            before_retry=rewind,
+        )
+
+    def remove(self, key: str) -> None:
+        """Delete with retries; missing on a retry means an earlier attempt succeeded."""
+        self._retrier.call(
+            f"remove {self._where(key)}",
+            lambda: self._backend.remove(key),
+            missing_after_retry=lambda: None,
+        )
+
+    def exists(self, key: str) -> bool:
+        """Existence check with retries."""
+        return self._retrier.call(f"check {self._where(key)}", lambda: self._backend.exists(key))
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Stat with retries."""
+        return self._retrier.call(f"stat {self._where(key)}", lambda: self._backend.stat(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """List with retries; a listing that fails midway is restarted whole."""
+        listing = self._retrier.call(
+            f"list {self._where(prefix)}", lambda: list(self._backend.list(prefix))
+        )
+        return iter(listing)
+
+    def describe(self) -> str:
+        """The wrapped backend's name."""
+        return self._backend.describe()
+
+    def __getattr__(self, name: str) -> object:
+        # Backend-specific extras (e.g. a local backend's temp-file listing) pass through.
+        return getattr(self._backend, name)
+
+
+class Backoff(ContentAddressedArtifactStore):
+    """A drop-in for ``optuna.artifacts.Backoff`` that retries only what can succeed.
+
+    Compared with Optuna's: delays get jitter (``jitter=False`` restores Optuna's exact
+    schedule); only transient errors are retried (connection resets and timeouts, throttling,
+    5xx), never a missing artifact, bad input or an integrity error; every operation returns on
+    its first success (Optuna's ``remove`` keeps deleting); each retry is logged at WARNING with
+    the attempt number; after the last attempt the original error is raised unchanged.
+
+    Over an optuna-cas store each *request* is retried and downloads resume mid-stream; over
+    any other store (Optuna's own included) each method call is retried.
+
+    Args:
+        backend: The store to wrap (Optuna's parameter name).
+        max_retries: Total attempts, the first included.
+        multiplier: Growth factor of the delay.
+        min_delay: First delay, seconds.
+        max_delay: Cap on a delay, seconds.
+        jitter: Randomise each delay within the upper half of the schedule.
+        sleep: Replaces ``time.sleep`` (for tests).
+        seed: Seed for the jitter (for reproducible tests).
+
+    Example:
+        >>> import io
+        >>> from optuna_cas import MemoryArtifactStore
+        >>> store = Backoff(MemoryArtifactStore(), max_retries=5)
+        >>> store.write("a", io.BytesIO(b"x")); store.open_reader("a").read()
+        b'x'
+    """
+
+    def __init__(
+        self,
+        backend: _OptunaStore,
+        *,
+        max_retries: int = 10,
+        multiplier: float = 2,
+        min_delay: float = 0.1,
+        max_delay: float = 30,
+        jitter: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+        seed: int | None = None,
+    ) -> None:
+        for method in ("open_reader", "write", "remove"):
+            if not callable(getattr(backend, method, None)):
+                raise TypeError(
+                    f"Backoff needs an artifact store with open_reader/write/remove; "
+                    f"{backend!r} has no {method}()"
+                )
+        policy = RetryPolicy(
+            max_retries=max_retries,
+            multiplier=multiplier,
+            min_delay=min_delay,
+            max_delay=max_delay,
+            jitter=jitter,
+        )
+        self._retrier = Retrier(policy, sleep=sleep, rng=random.Random(seed))
+        self._backend = backend
+        if isinstance(backend, ContentAddressedArtifactStore):
+            inner = backend.content
+            super().__init__(inner.with_backend(RetryingBackend(inner.backend, self._retrier)))
+            self._foreign: _OptunaStore | None = None
+        else:
+            super().__init__(None)
+            self._foreign = backend
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """The retry schedule in force.
+
+        Example:
+            >>> from optuna_cas import MemoryArtifactStore
+            >>> Backoff(MemoryArtifactStore(), max_retries=3).policy.max_retries
+            3
+        """
+        return self._retrier.policy
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        """Open with retries (see class docs)."""
+        foreign = self._foreign
+        if foreign is None:
+            return super().open_reader(artifact_id)
+
+        def reopen(offset: int) -> BinaryIO:
+            reader = self._retrier.call(
+                f"open artifact {artifact_id!r}", lambda: foreign.open_reader(artifact_id)
+            )
+            # Optuna's stores cannot open at an offset: skip what was already delivered.
+            _skip(reader, offset)
+            return reader
+
+        first = reopen(0)
+        return cast(
+            BinaryIO, ResumingReader(first, reopen, self._retrier, name=f"artifact {artifact_id!r}")
+        )
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        """Write with retries, rewinding the source to where it started before each retry."""
+        foreign = self._foreign
+        if foreign is None:
+            super().write(artifact_id, content_body)
+            return
+        start = content_body.tell()
+        self._retrier.call(
+            f"write artifact {artifact_id!r}",
+            lambda: foreign.write(artifact_id, content_body),
+            before_retry=lambda: _rewind(content_body, start),
+        )
+
+    def remove(self, artifact_id: str) -> None:
+        """Remove with retries; returns on the first success."""
+        foreign = self._foreign
+        if foreign is None:
+            super().remove(artifact_id)
+            return
+        self._retrier.call(
+            f"remove artifact {artifact_id!r}",
+            lambda: foreign.remove(artifact_id),
+            missing_after_retry=lambda: None,
+        )
+
+    def __repr__(self) -> str:
+        return f"Backoff({self._backend!r}, max_retries={self.policy.max_retries})"
+
+
+def _rewind(stream: BinaryIO, position: int) -> None:
+    stream.seek(position)
+
+
+def _skip(reader: BinaryIO, count: int) -> None:
+    remaining = count
+    while remaining:
+        chunk = reader.read(min(remaining, 1024 * 1024))
+        if not chunk:
+            raise ArtifactNotFound("artifact shrank while being re-read after a retry")
+        remaining -= len(chunk)

@@ -1,0 +1,1 @@
+"""Whole-store operations: gc, verify, sync, stats."""

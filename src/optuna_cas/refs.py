@@ -1,0 +1,115 @@
+"""Ref records: what an artifact ID points at.
+
+A ref is a small JSON object stored at ``refs/<artifact_id>`` beside the blobs, so any process
+that can reach the store (Optuna's own functions, optuna-dashboard) can resolve an artifact ID
+without the Optuna storage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna_cas._validation import validate_artifact_id
+from optuna_cas.digest import Digest
+from optuna_cas.exceptions import IntegrityError
+
+__all__ = ["REF_FORMAT_VERSION", "ArtifactRef"]
+
+REF_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """An artifact ID and the blob it names, with the file's descriptive metadata.
+
+    Attributes:
+        artifact_id: The per-upload ID (a UUID string for uploads made by this library).
+        digest: The blob's digest and size.
+        filename: Base name of the uploaded file, if known.
+        mimetype: MIME type, if known.
+        encoding: Content encoding (e.g. ``"gzip"``), if any.
+        created: Upload time, seconds since the epoch.
+
+    Example:
+        >>> from optuna_cas.digest import Digest
+        >>> ref = ArtifactRef("a1", Digest.of_bytes(b"x"), filename="x.txt", mimetype="text/plain")
+        >>> ArtifactRef.from_json(ref.to_json(), "a1") == ref
+        True
+    """
+
+    artifact_id: str
+    digest: Digest
+    filename: str | None = None
+    mimetype: str | None = None
+    encoding: str | None = None
+    created: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        validate_artifact_id(self.artifact_id)
+
+    @property
+    def size(self) -> int:
+        """The artifact's length in bytes.
+
+        Example:
+            >>> from optuna_cas.digest import Digest
+            >>> ArtifactRef("a", Digest.of_bytes(b"abc")).size
+            3
+        """
+        return self.digest.size
+
+    def to_json(self) -> bytes:
+        """Serialise for storage.
+
+        Example:
+            >>> from optuna_cas.digest import Digest
+            >>> b'"size": 0' in ArtifactRef("a", Digest.of_bytes(b"")).to_json()
+            True
+        """
+        record: dict[str, Any] = {
+            "version": REF_FORMAT_VERSION,
+            "artifact_id": self.artifact_id,
+            "digest": str(self.digest),
+            "size": self.digest.size,
+            "filename": self.filename,
+            "mimetype": self.mimetype,
+            "encoding": self.encoding,
+            "created": self.created,
+        }
+        return json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes, artifact_id: str) -> ArtifactRef:
+        """Parse a stored ref; ``artifact_id`` is where it was found and must match.
+
+        Raises:
+            IntegrityError: The record is not a valid ref for ``artifact_id``.
+
+        Example:
+            >>> ArtifactRef.from_json(b"{}", "a")
+            Traceback (most recent call last):
+            ...
+            optuna_cas.exceptions.IntegrityError: ref 'a' is malformed: missing field 'artifact_id'
+        """
+        try:
+            record = json.loads(data.decode("utf-8"))
+            ref = cls(
+                artifact_id=record["artifact_id"],
+                digest=Digest.parse(record["digest"], int(record["size"])),
+                filename=record.get("filename"),
+                mimetype=record.get("mimetype"),
+                encoding=record.get("encoding"),
+                created=float(record.get("created", 0.0)),
+            )
+        except KeyError as e:
+            raise IntegrityError(f"ref {artifact_id!r} is malformed: missing field {e}") from e
+        except (ValueError, TypeError, AttributeError) as e:
+            raise IntegrityError(f"ref {artifact_id!r} is malformed: {e}") from e
+        if ref.artifact_id != artifact_id:
+            raise IntegrityError(
+                f"ref {artifact_id!r} is malformed: it names artifact {ref.artifact_id!r}"
+            )
+        return ref

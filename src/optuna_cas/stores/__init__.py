@@ -1,0 +1,1 @@
+"""The Optuna-named artifact stores."""
