@@ -26,9 +26,12 @@ class ArtifactMeta:
         encoding: Content encoding, or None.
         digest: ``"blake3:<hex>"`` of the content (None for entries written by Optuna itself).
         size: Length in bytes (None for entries written by Optuna itself).
+        created: Upload time, epoch seconds (None for entries written by Optuna itself); used
+            to list artifacts in upload order on every storage (RDB storages return system
+            attributes in key order).
 
     Example:
-        >>> meta = ArtifactMeta("id1", "model.pt", "application/octet-stream", None, None, 3)
+        >>> meta = ArtifactMeta("id1", "model.pt", "application/octet-stream", None, None, 3, 0.5)
         >>> ArtifactMeta.from_json(meta.to_json()) == meta
         True
     """
@@ -39,6 +42,7 @@ class ArtifactMeta:
     encoding: str | None
     digest: str | None = None
     size: int | None = None
+    created: float | None = None
 
     def to_json(self) -> str:
         """Optuna's JSON string form (with our two extra keys).
@@ -66,4 +70,5 @@ class ArtifactMeta:
             encoding=record["encoding"],
             digest=record.get("digest"),
             size=record.get("size"),
+            created=record.get("created"),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import mimetypes
 import os
+import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -124,10 +125,11 @@ def upload_artifact(
             mimetype=meta.mimetype,
             encoding=meta.encoding,
         )
-        meta.digest, meta.size = str(ref.digest), ref.size
+        meta.digest, meta.size, meta.created = str(ref.digest), ref.size, ref.created
     else:
         with open(path, "rb") as f:
             artifact_store.write(artifact_id, f)
+        meta.created = time.time()
 
     try:
         target.set_system_attr(ARTIFACTS_ATTR_PREFIX + artifact_id, meta.to_json())

@@ -1,0 +1,278 @@
+"""upload_artifact / get_all_artifact_meta / download_artifact with real Optuna studies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from optuna_cas import (
+    ArtifactMeta,
+    FileSystemArtifactStore,
+    download_artifact,
+    get_all_artifact_meta,
+    upload_artifact,
+)
+from optuna_cas.content import blob_key
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from tests.conftest import random_bytes
+
+
+@pytest.fixture(params=["inmemory", "sqlite"])
+def study(request: pytest.FixtureRequest, tmp_path: Path) -> optuna.Study:
+    storage = None if request.param == "inmemory" else f"sqlite:///{tmp_path / 'optuna.db'}"
+    return optuna.create_study(storage=storage)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileSystemArtifactStore:
+    return FileSystemArtifactStore(tmp_path / "artifacts")
+
+
+def blob_files(store: FileSystemArtifactStore) -> list[Path]:
+    return [p for p in (store.content.backend.root / "blobs").rglob("*") if p.is_file()]  # type: ignore[attr-defined]
+
+
+def test_upload_to_trial_records_optuna_metadata(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+) -> None:
+    path = make_file(b"hello", name="notes.txt")
+    trial = study.ask()
+    artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    raw = study._storage.get_trial_system_attrs(trial._trial_id)["artifacts:" + artifact_id]
+    record = json.loads(raw)
+    assert record["artifact_id"] == artifact_id
+    assert record["filename"] == "notes.txt"
+    assert record["mimetype"] == "text/plain"
+    assert record["encoding"] is None
+    assert record["size"] == 5 and record["digest"].startswith("blake3:")
+    ref = store.get_ref(artifact_id)
+    assert (ref.filename, ref.mimetype, ref.size) == ("notes.txt", "text/plain", 5)
+
+
+def test_repeated_uploads_get_new_ids_but_one_blob(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+) -> None:
+    path = make_file(random_bytes(100_000))
+    trial = study.ask()
+    ids = [
+        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+        for _ in range(5)
+    ]
+    assert len(set(ids)) == 5
+    assert len(blob_files(store)) == 1
+    metas = get_all_artifact_meta(trial)
+    assert [m.artifact_id for m in metas] == ids  # insertion order, [0] is the first upload
+
+
+def test_study_level_artifacts_listed_separately(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+) -> None:
+    path = make_file(b"data", name="plot.png")
+    study_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+    trial = study.ask()
+    upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    metas = get_all_artifact_meta(study)
+    assert [m.artifact_id for m in metas] == [study_id]
+    assert metas[0].mimetype == "image/png"
+
+
+def test_frozen_trial_needs_storage(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+) -> None:
+    path = make_file(b"x")
+    trial = study.ask()
+    study.tell(trial, 1.0)
+    frozen = study.trials[0]
+    with pytest.raises(ValueError, match="storage is required for FrozenTrial."):
+        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=frozen)
+    with pytest.raises(ValueError, match="storage is required for FrozenTrial."):
+        get_all_artifact_meta(frozen)
+    assert blob_files(store) == []
+    assert get_all_artifact_meta(frozen, storage=study._storage) == []
+
+
+def test_frozen_trial_with_storage(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+) -> None:
+    # A RUNNING trial's FrozenTrial, as in callbacks that get study.trials[-1].
+    trial = study.ask()
+    frozen = study._storage.get_trial(trial._trial_id)
+    path = make_file(b"x")
+    artifact_id = upload_artifact(
+        artifact_store=store, file_path=str(path), study_or_trial=frozen, storage=study._storage
+    )
+    metas = get_all_artifact_meta(frozen, storage=study._storage)
+    assert [m.artifact_id for m in metas] == [artifact_id]
+
+
+def test_upload_to_finished_trial_raises_optuna_error_and_leaves_no_ref(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+) -> None:
+    trial = study.ask()
+    study.tell(trial, 0.5)
+    path = make_file(b"late checkpoint")
+    frozen = study.trials[0]
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        upload_artifact(
+            artifact_store=store, file_path=str(path), study_or_trial=frozen, storage=study._storage
+        )
+    assert list(store.content.iter_ref_ids()) == []
+
+
+def test_metadata_written_only_after_blob_and_ref(
+    study: optuna.Study, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    seen: list[tuple[bool, bool]] = []
+    store = FileSystemArtifactStore(tmp_path / "a")
+    storage = study._storage
+    original = storage.set_trial_system_attr
+
+    def spy(trial_id: int, key: str, value: Any) -> None:
+        artifact_id = key.removeprefix("artifacts:")
+        ref = store.get_ref(artifact_id)
+        seen.append((store.content.has_ref(artifact_id), store.content.has_blob(ref.digest)))
+        original(trial_id, key, value)
+
+    storage.set_trial_system_attr = spy  # type: ignore[method-assign]
+    upload_artifact(artifact_store=store, file_path=str(make_file(b"abc")), study_or_trial=study.ask())
+    assert seen == [(True, True)]
+
+
+def test_failed_store_write_leaves_no_metadata(
+    study: optuna.Study, make_file: Callable[..., Path]
+) -> None:
+    class Broken:
+        def open_reader(self, artifact_id: str) -> Any:
+            raise ArtifactNotFound(artifact_id)
+
+        def write(self, artifact_id: str, content_body: Any) -> None:
+            raise OSError("bucket unreachable")
+
+        def remove(self, artifact_id: str) -> None:
+            raise ArtifactNotFound(artifact_id)
+
+    trial = study.ask()
+    with pytest.raises(OSError, match="bucket unreachable"):
+        upload_artifact(artifact_store=Broken(), file_path=str(make_file(b"x")), study_or_trial=trial)
+    assert get_all_artifact_meta(trial) == []
+
+
+def test_upload_bad_paths(
+    study: optuna.Study, store: FileSystemArtifactStore, tmp_path: Path
+) -> None:
+    trial = study.ask()
+    with pytest.raises(FileNotFoundError, match="nope.bin"):
+        upload_artifact(artifact_store=store, file_path=str(tmp_path / "nope.bin"), study_or_trial=trial)
+    with pytest.raises(IsADirectoryError, match="directory"):
+        upload_artifact(artifact_store=store, file_path=str(tmp_path), study_or_trial=trial)
+    assert get_all_artifact_meta(trial) == []
+    assert blob_files(store) == []
+
+
+def test_explicit_mimetype_and_encoding(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+) -> None:
+    trial = study.ask()
+    gz = make_file(b"\x1f\x8b", name="log.txt.gz")
+    upload_artifact(artifact_store=store, file_path=str(gz), study_or_trial=trial)
+    upload_artifact(
+        artifact_store=store, file_path=str(gz), study_or_trial=trial,
+        mimetype="application/x-custom", encoding="identity",
+    )
+    guessed, explicit = get_all_artifact_meta(trial)
+    assert (guessed.mimetype, guessed.encoding) == ("text/plain", "gzip")
+    assert (explicit.mimetype, explicit.encoding) == ("application/x-custom", "identity")
+    unknown = make_file(b"x", name="weights.unknownext")
+    upload_artifact(artifact_store=store, file_path=str(unknown), study_or_trial=trial)
+    assert get_all_artifact_meta(trial)[-1].mimetype == "application/octet-stream"
+
+
+def test_deprecated_positional_call_warns_and_works(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+) -> None:
+    trial = study.ask()
+    with pytest.warns(FutureWarning, match="Positional arguments"):
+        artifact_id = upload_artifact(trial, str(make_file(b"x")), store)  # type: ignore[misc]
+    assert get_all_artifact_meta(trial)[0].artifact_id == artifact_id
+
+
+def test_dashboard_tombstones_are_skipped(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+) -> None:
+    trial = study.ask()
+    keep = upload_artifact(artifact_store=store, file_path=str(make_file(b"a")), study_or_trial=trial)
+    gone = upload_artifact(artifact_store=store, file_path=str(make_file(b"b")), study_or_trial=trial)
+    study._storage.set_trial_system_attr(trial._trial_id, "artifacts:" + gone, json.dumps(None))
+    assert [m.artifact_id for m in get_all_artifact_meta(trial)] == [keep]
+    with pytest.raises(TypeError):  # what Optuna itself does with the tombstone
+        optuna.artifacts.get_all_artifact_meta(trial)
+
+
+def test_download_round_trip_and_refuses_overwrite(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    data = random_bytes(2 * 1024 * 1024 + 3)
+    artifact_id = upload_artifact(
+        artifact_store=store, file_path=str(make_file(data)), study_or_trial=study.ask()
+    )
+    target = tmp_path / "out" / "model.bin"
+    target.parent.mkdir()
+    download_artifact(artifact_store=store, file_path=str(target), artifact_id=artifact_id)
+    assert target.read_bytes() == data
+    with pytest.raises(FileExistsError, match="model.bin"):
+        download_artifact(artifact_store=store, file_path=str(target), artifact_id=artifact_id)
+    assert target.read_bytes() == data
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.bin"]
+
+
+def test_download_unknown_id_creates_nothing(store: FileSystemArtifactStore, tmp_path: Path) -> None:
+    target = tmp_path / "x.bin"
+    with pytest.raises(ArtifactNotFound, match="00000000-0000"):
+        download_artifact(
+            artifact_store=store, file_path=str(target),
+            artifact_id="00000000-0000-0000-0000-000000000000",
+        )
+    assert list(tmp_path.iterdir()) == [tmp_path / "artifacts"]
+
+
+def test_download_corrupt_blob_raises_and_leaves_no_file(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    data = random_bytes(3 * 1024 * 1024)
+    artifact_id = upload_artifact(
+        artifact_store=store, file_path=str(make_file(data)), study_or_trial=study.ask()
+    )
+    blob = store.content.backend.root / blob_key(store.get_ref(artifact_id).digest)  # type: ignore[attr-defined]
+    corrupted = bytearray(data)
+    corrupted[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(corrupted))
+    out = tmp_path / "dl"
+    out.mkdir()
+    with pytest.raises(IntegrityError, match="does not match"):
+        download_artifact(artifact_store=store, file_path=str(out / "m.bin"), artifact_id=artifact_id)
+    assert list(out.iterdir()) == []
+
+
+def test_artifact_meta_has_optuna_fields_first() -> None:
+    meta = ArtifactMeta("i", "f", "m", None)
+    assert (meta.artifact_id, meta.filename, meta.mimetype, meta.encoding) == ("i", "f", "m", None)
+    assert meta.digest is None and meta.size is None
+
+
+def test_not_found_is_catchable_as_optuna_and_filenotfound() -> None:
+    from optuna.artifacts.exceptions import ArtifactNotFound as OptunaArtifactNotFound
+
+    err = ArtifactNotFound("gone")
+    assert isinstance(err, OptunaArtifactNotFound)
+    assert isinstance(err, FileNotFoundError)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is ArtifactNotFound and str(again) == "gone"

@@ -1,0 +1,165 @@
+"""Content store invariants: dedup, blob before ref, verify on read, bad input."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from optuna_cas.backends.base import Backend
+from optuna_cas.backends.local import LocalBackend
+from optuna_cas.backends.memory import MemoryBackend
+from optuna_cas.content import ContentStore, blob_key
+from optuna_cas.digest import Digest
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, InvalidKeyError
+from tests.backends.test_conformance import NonSeekable
+from tests.conftest import random_bytes
+
+
+class RecordingBackend(MemoryBackend):
+    """Memory backend that logs every write, to check order and dedup."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, key: str, content_body, *, if_absent: bool = False) -> None:  # type: ignore[no-untyped-def]
+        self.writes.append(key)
+        super().write(key, content_body, if_absent=if_absent)
+
+
+def test_blob_key_has_algorithm_and_fanout() -> None:
+    digest = Digest.of_bytes(b"abc")
+    key = blob_key(digest)
+    assert key == f"blobs/blake3/{digest.hexdigest[:2]}/{digest.hexdigest[2:]}"
+
+
+def test_repeated_put_writes_blob_once_and_ref_each_time() -> None:
+    backend = RecordingBackend()
+    store = ContentStore(backend)
+    for i in range(5):
+        store.put_artifact(f"id{i}", io.BytesIO(b"same bytes"))
+    blob_writes = [k for k in backend.writes if k.startswith("blobs/")]
+    assert len(blob_writes) == 1
+    assert sorted(k for k in backend.writes if k.startswith("refs/")) == [
+        f"refs/id{i}" for i in range(5)
+    ]
+
+
+def test_blob_written_before_ref() -> None:
+    backend = RecordingBackend()
+    ContentStore(backend).put_artifact("a", io.BytesIO(b"x"))
+    assert [k.split("/")[0] for k in backend.writes] == ["blobs", "refs"]
+
+
+class FailingBlobBackend(MemoryBackend):
+    def write(self, key: str, content_body, *, if_absent: bool = False) -> None:  # type: ignore[no-untyped-def]
+        if key.startswith("blobs/"):
+            raise OSError("disk full")
+        super().write(key, content_body, if_absent=if_absent)
+
+
+def test_failed_blob_write_leaves_no_ref() -> None:
+    store = ContentStore(FailingBlobBackend())
+    with pytest.raises(OSError, match="disk full"):
+        store.put_artifact("a", io.BytesIO(b"x"))
+    assert not store.has_ref("a")
+
+
+@pytest.mark.parametrize("kind", ["bytesio", "nonseekable", "file", "path"])
+def test_put_from_every_source_kind(kind: str, tmp_path: Path) -> None:
+    data = random_bytes(3 * 1024 * 1024 + 1, seed=7)
+    store = ContentStore(LocalBackend(tmp_path / "s"))
+    source_path = tmp_path / "src"
+    source_path.write_bytes(data)
+    if kind == "bytesio":
+        digest = store.put_blob(io.BytesIO(data))
+    elif kind == "nonseekable":
+        digest = store.put_blob(NonSeekable(data))  # type: ignore[arg-type]
+    elif kind == "file":
+        with open(source_path, "rb") as f:
+            digest = store.put_blob(f)
+            assert f.tell() == len(data)
+    else:
+        digest = store.put_blob(source_path)
+    assert digest == Digest.of_bytes(data)
+    with store.open_blob(digest) as reader:
+        assert reader.read() == data
+
+
+def corrupt(backend: LocalBackend, key: str, data: bytes) -> None:
+    (backend.root / key).write_bytes(data)
+
+
+def test_corrupt_blob_raises_integrity_error_on_read(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "s")
+    store = ContentStore(backend)
+    ref = store.put_artifact("a", io.BytesIO(b"good bytes"))
+    corrupt(backend, blob_key(ref.digest), b"evil bytes")  # same size, other content
+    with pytest.raises(IntegrityError, match="does not match"), store.open_artifact("a") as r:
+        r.read()
+    corrupt(backend, blob_key(ref.digest), b"short")
+    with pytest.raises(IntegrityError, match="got 5 bytes, expected 10"), store.open_artifact("a") as r:
+        r.read()
+    corrupt(backend, blob_key(ref.digest), b"good bytes and more")
+    with pytest.raises(IntegrityError, match="more than"), store.open_artifact("a") as r:
+        r.read()
+
+
+def test_blob_of_wrong_size_is_repaired_by_next_upload(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "s")
+    store = ContentStore(backend)
+    ref = store.put_artifact("a", io.BytesIO(b"good bytes"))
+    corrupt(backend, blob_key(ref.digest), b"trunc")
+    assert not store.has_blob(ref.digest)
+    store.put_artifact("b", io.BytesIO(b"good bytes"))
+    with store.open_artifact("a") as r:
+        assert r.read() == b"good bytes"
+
+
+def test_missing_blob_behind_ref_names_both(tmp_path: Path) -> None:
+    store = ContentStore(LocalBackend(tmp_path / "s"))
+    ref = store.put_artifact("a", io.BytesIO(b"x"))
+    store.remove_blob(ref.digest)
+    with pytest.raises(ArtifactNotFound, match=r"Artifact 'a': its blob blake3:"):
+        store.open_artifact("a")
+
+
+def test_malformed_ref_is_an_integrity_error(memory_backend: Backend) -> None:
+    memory_backend.write("refs/a", io.BytesIO(b"not json"))
+    with pytest.raises(IntegrityError, match="ref 'a' is malformed"):
+        ContentStore(memory_backend).get_ref("a")
+
+
+def test_file_changed_during_upload_is_refused(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import optuna_cas.content as content_module
+
+    path = tmp_path / "f"
+    path.write_bytes(b"version 1")
+    real_hash = content_module.hash_open_file
+
+    def hash_then_modify(f):  # type: ignore[no-untyped-def]
+        digest = real_hash(f)
+        with open(path, "ab") as g:  # the user's training loop appends meanwhile
+            g.write(b" and more")
+        return digest
+
+    monkeypatch.setattr(content_module, "hash_open_file", hash_then_modify)
+    store = ContentStore(LocalBackend(tmp_path / "s"))
+    with pytest.raises(IntegrityError, match="changed while it was being uploaded"):
+        store.put_artifact("a", path)
+    assert list(store.iter_blobs()) == []
+    assert not store.has_ref("a")
+
+
+@pytest.mark.parametrize("bad", ["", "..", ".", "../x", "/abs", "a/b", "a\\b", "nul\x00", "x" * 300])
+def test_bad_artifact_ids_rejected_before_io(bad: str) -> None:
+    backend = RecordingBackend()
+    store = ContentStore(backend)
+    with pytest.raises(InvalidKeyError, match="^Invalid artifact_id"):
+        store.put_artifact(bad, io.BytesIO(b"x"))
+    for call in (store.get_ref, store.open_artifact, store.remove_ref):
+        with pytest.raises(ValueError, match="^Invalid artifact_id"):
+            call(bad)
+    assert backend.writes == []

@@ -1,0 +1,145 @@
+"""Our stores under Optuna's own functions and optuna-dashboard, and vice versa."""
+
+from __future__ import annotations
+
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import optuna
+import optuna.artifacts as oa
+import pytest
+
+import optuna_cas
+from optuna_cas import FileSystemArtifactStore
+from tests.conftest import random_bytes
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+def test_optuna_upload_and_download_through_our_store(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    store = FileSystemArtifactStore(tmp_path / "a")
+    data = random_bytes(1_500_000)
+    trial = optuna.create_study().ask()
+    artifact_id = oa.upload_artifact(
+        artifact_store=store, file_path=str(make_file(data)), study_or_trial=trial
+    )
+    oa.download_artifact(artifact_store=store, file_path=str(tmp_path / "o1"), artifact_id=artifact_id)
+    assert (tmp_path / "o1").read_bytes() == data
+    # ...and our download of what Optuna's function uploaded.
+    optuna_cas.download_artifact(
+        artifact_store=store, file_path=str(tmp_path / "o2"), artifact_id=artifact_id
+    )
+    assert (tmp_path / "o2").read_bytes() == data
+    # Optuna's listing reads our metadata, and ours reads Optuna's.
+    ours = optuna_cas.upload_artifact(
+        artifact_store=store, file_path=str(make_file(data)), study_or_trial=trial
+    )
+    assert {m.artifact_id for m in oa.get_all_artifact_meta(trial)} == {artifact_id, ours}
+    assert {m.artifact_id for m in optuna_cas.get_all_artifact_meta(trial)} == {artifact_id, ours}
+    oa.download_artifact(artifact_store=store, file_path=str(tmp_path / "o3"), artifact_id=ours)
+    assert (tmp_path / "o3").read_bytes() == data
+    assert len(list(store.content.iter_blobs())) == 1
+
+
+def test_our_functions_with_optunas_own_store(tmp_path: Path, make_file: Callable[..., Path]) -> None:
+    store = oa.FileSystemArtifactStore(str(tmp_path))
+    data = random_bytes(300_000)
+    trial = optuna.create_study().ask()
+    artifact_id = optuna_cas.upload_artifact(
+        artifact_store=store, file_path=str(make_file(data)), study_or_trial=trial
+    )
+    target = tmp_path / "out.bin"
+    optuna_cas.download_artifact(artifact_store=store, file_path=str(target), artifact_id=artifact_id)
+    assert target.read_bytes() == data
+    meta = optuna_cas.get_all_artifact_meta(trial)[0]
+    assert meta.digest is None and meta.size is None
+
+
+def test_backoff_wraps_optunas_own_store(tmp_path: Path) -> None:
+    import io
+
+    store = optuna_cas.Backoff(oa.FileSystemArtifactStore(str(tmp_path)), sleep=lambda s: None)
+    store.write("abc", io.BytesIO(b"payload"))
+    with store.open_reader("abc") as reader:
+        assert reader.read() == b"payload"
+    store.remove("abc")
+    with pytest.raises(oa.exceptions.ArtifactNotFound):
+        store.remove("abc")
+
+
+def test_files_left_by_optunas_filesystem_store_stay_readable(tmp_path: Path) -> None:
+    import io
+
+    oa.FileSystemArtifactStore(str(tmp_path)).write("legacy-1", io.BytesIO(b"old checkpoint"))
+    ours = FileSystemArtifactStore(tmp_path)
+    with ours.open_reader("legacy-1") as reader:
+        assert reader.read() == b"old checkpoint"
+    optuna_cas.download_artifact(
+        artifact_store=ours, file_path=str(tmp_path / "dl.bin"), artifact_id="legacy-1"
+    )
+    assert (tmp_path / "dl.bin").read_bytes() == b"old checkpoint"
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[tuple[str, optuna.Study, FileSystemArtifactStore]]:
+    optuna_dashboard = pytest.importorskip("optuna_dashboard")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    study = optuna.create_study(storage=storage)
+    store = FileSystemArtifactStore(tmp_path / "artifacts")
+    app = optuna_dashboard.wsgi(storage, artifact_store=store)
+    server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", study, store
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_dashboard_serves_our_artifact_byte_exact(
+    dashboard: tuple[str, optuna.Study, FileSystemArtifactStore], make_file: Callable[..., Path]
+) -> None:
+    url, study, store = dashboard
+    data = random_bytes(2_000_000)
+    trial = study.ask()
+    artifact_id = optuna_cas.upload_artifact(
+        artifact_store=store, file_path=str(make_file(data, name="curve.png")), study_or_trial=trial
+    )
+    study_art = optuna_cas.upload_artifact(
+        artifact_store=store, file_path=str(make_file(b"a,b\n1,2\n", name="t.csv")),
+        study_or_trial=study,
+    )
+    with urllib.request.urlopen(f"{url}/artifacts/{study._study_id}/{trial._trial_id}/{artifact_id}") as r:
+        assert r.headers["Content-Type"] == "image/png"
+        assert r.read() == data
+    with urllib.request.urlopen(f"{url}/artifacts/{study._study_id}/{study_art}") as r:
+        assert r.headers["Content-Type"] == "text/csv"
+        assert r.read() == b"a,b\n1,2\n"
+
+
+def test_dashboard_delete_returns_404_for_missing_via_our_exception(
+    dashboard: tuple[str, optuna.Study, FileSystemArtifactStore], make_file: Callable[..., Path]
+) -> None:
+    url, study, store = dashboard
+    trial = study.ask()
+    artifact_id = optuna_cas.upload_artifact(
+        artifact_store=store, file_path=str(make_file(b"x")), study_or_trial=trial
+    )
+    path = f"{url}/api/artifacts/{study._study_id}/{trial._trial_id}/{artifact_id}"
+    request = urllib.request.Request(path, method="DELETE")
+    with urllib.request.urlopen(request) as r:
+        assert r.status == 204
+    assert optuna_cas.get_all_artifact_meta(trial) == []  # the dashboard's tombstone is skipped
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(urllib.request.Request(path, method="DELETE"))
+    assert info.value.code == 404  # our ArtifactNotFound caught as Optuna's
