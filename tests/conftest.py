@@ -11,11 +11,11 @@ from optuna_cas.backends.base import Backend
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.backends.memory import MemoryBackend
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["tests.support.gcs"]
 
 # Every backend kind the conformance suites run against. Each name has a fixture
 # "<name>_backend" returning a fresh, empty backend.
-BACKEND_KINDS = ["memory", "local"]
+BACKEND_KINDS = ["memory", "local", "gcs"]
 
 
 @pytest.fixture

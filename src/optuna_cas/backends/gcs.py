@@ -117,7 +117,7 @@ class GCSBackend:
 
     # -- public API ------------------------------------------------------------------------
 
-    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
+    def open_reader(self, key: str, *, offset: int = 0) -> io.BufferedReader:
         """Open ``key`` for reading from byte ``offset``.
 
         The object's metadata is fetched here, so a missing key fails now rather than at the
@@ -455,15 +455,16 @@ class _ReplayableStream:
 
     The SDK's resumable upload needs ``tell()`` and, to recover from a failed chunk,
     ``seek()`` back to what the server has persisted, which always lies inside the last
-    chunk it read. Keeping only that chunk bounds memory and lets non-seekable sources work.
+    chunk it read. Keeping only the bytes from that read's start up to what has been taken
+    from the source bounds memory and lets non-seekable sources work.
     """
 
     def __init__(self, head: bytes, source: BinaryIO) -> None:
         self._head: memoryview | None = memoryview(head) if head else None
         self._source = source
         self._eof = False
-        self._last = b""  # bytes returned by the previous read()
-        self._last_start = 0
+        self._window = b""  # bytes [_window_start, frontier) already taken from the source
+        self._window_start = 0
         self._pos = 0
 
     def tell(self) -> int:
@@ -471,7 +472,7 @@ class _ReplayableStream:
 
     def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
         if whence != io.SEEK_SET or not (
-            self._last_start <= pos <= self._last_start + len(self._last)
+            self._window_start <= pos <= self._window_start + len(self._window)
         ):
             raise ValueError(f"cannot seek to {pos} (whence={whence}) in a streamed upload")
         self._pos = pos
@@ -480,11 +481,14 @@ class _ReplayableStream:
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             raise ValueError("streamed upload reads must be bounded")
-        replay_end = self._last_start + len(self._last)
-        replay = self._last[self._pos - self._last_start :][:size]
-        fresh = self._fresh(size - len(replay)) if self._pos + len(replay) == replay_end else b""
+        skip = self._pos - self._window_start
+        replay = self._window[skip : skip + size]
+        fresh = self._fresh(size - len(replay)) if len(replay) < size else b""
         data = replay + fresh if replay else fresh
-        self._last, self._last_start = data, self._pos
+        # The new window starts here and still reaches the frontier: either this read
+        # consumed the old window and took fresh bytes, or it stopped inside it.
+        self._window = data if len(replay) < size else self._window[skip:]
+        self._window_start = self._pos
         self._pos += len(data)
         return data
 

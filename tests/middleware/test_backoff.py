@@ -1,0 +1,255 @@
+"""Backoff: schedule, what is retried, exactly-once success, rewinding, resuming reads."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any, BinaryIO
+
+import optuna.artifacts as oa
+import pytest
+
+from optuna_cas import Backoff, FileSystemArtifactStore, MemoryArtifactStore
+from optuna_cas.backends.memory import MemoryBackend
+from optuna_cas.content import ContentStore
+from optuna_cas.exceptions import (
+    ArtifactNotFound,
+    BackendError,
+    IntegrityError,
+    InvalidKeyError,
+    TransientBackendError,
+)
+from optuna_cas.middleware.retry import RetryPolicy, is_transient
+from optuna_cas.stores.base import ContentAddressedArtifactStore
+from tests.conftest import random_bytes
+
+
+class FlakyBackend(MemoryBackend):
+    """Fails chosen calls with a given error; counts calls per method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
+        self.plan: dict[str, list[BaseException | None]] = {}
+
+    def _tick(self, method: str) -> None:
+        self.calls[method] = self.calls.get(method, 0) + 1
+        queue = self.plan.get(method)
+        if queue:
+            error = queue.pop(0)
+            if error is not None:
+                raise error
+
+    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
+        self._tick("open_reader")
+        return super().open_reader(key, offset=offset)
+
+    def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
+        self._tick("write")
+        content_body.read(3)  # consume some of the stream before failing, like a real upload
+        self._tick("write_body")
+        content_body.seek(-3, io.SEEK_CUR) if content_body.seekable() else None
+        super().write(key, content_body, if_absent=if_absent)
+
+    def remove(self, key: str) -> None:
+        self._tick("remove")
+        super().remove(key)
+
+    def stat(self, key: str):  # type: ignore[no-untyped-def]
+        self._tick("stat")
+        return super().stat(key)
+
+
+def make(backend: FlakyBackend, **kwargs: Any) -> tuple[Backoff, list[float]]:
+    sleeps: list[float] = []
+    store = Backoff(ContentAddressedArtifactStore(ContentStore(backend)), sleep=sleeps.append, **kwargs)
+    return store, sleeps
+
+
+def test_optuna_schedule_without_jitter() -> None:
+    policy = RetryPolicy(jitter=False)
+    assert [policy.delay(n) for n in range(10)] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30]
+
+
+def test_jitter_stays_in_upper_half_and_varies() -> None:
+    import random
+
+    policy = RetryPolicy()
+    rng = random.Random(0)
+    delays = [policy.delay(3, rng) for _ in range(50)]
+    assert all(0.4 <= d <= 0.8 for d in delays)
+    assert len(set(delays)) > 40
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(max_retries=0), dict(multiplier=0.5), dict(min_delay=-1), dict(min_delay=5, max_delay=1)]
+)
+def test_bad_policy_values_named(bad: dict[str, Any]) -> None:
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        Backoff(MemoryArtifactStore(), **bad)
+
+
+def test_transient_classification() -> None:
+    assert is_transient(ConnectionResetError())
+    assert is_transient(TimeoutError())
+    assert is_transient(TransientBackendError("503"))
+    for permanent in (
+        ArtifactNotFound("x"), oa.exceptions.ArtifactNotFound("x"), InvalidKeyError("x"),
+        IntegrityError("x"), BackendError("denied"), ValueError("x"), FileNotFoundError("x"),
+    ):
+        assert not is_transient(permanent), permanent
+
+
+def test_write_retries_each_request_and_rewinds(caplog: pytest.LogCaptureFixture) -> None:
+    backend = FlakyBackend()
+    backend.plan["write_body"] = [ConnectionResetError("reset"), ConnectionResetError("reset")]
+    store, sleeps = make(backend, jitter=False)
+    source = io.BytesIO(b"HDR:" + b"payload")
+    source.seek(4)
+    with caplog.at_level(logging.WARNING, logger="optuna_cas.retry"):
+        store.write("a", source)
+    assert store.open_reader("a").read() == b"payload"
+    assert sleeps == [0.1, 0.2]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING]
+    assert "attempt 1 of 10" in caplog.records[0].getMessage()
+    assert "attempt 2 of 10" in caplog.records[1].getMessage()
+
+
+def test_gives_up_after_max_retries_with_original_error() -> None:
+    backend = FlakyBackend()
+    original = ConnectionResetError("the original")
+    backend.plan["stat"] = [original] * 10
+    store, sleeps = make(backend, max_retries=4, jitter=False)
+    with pytest.raises(ConnectionResetError) as info:
+        store.write("a", io.BytesIO(b"x"))
+    assert info.value is original
+    assert backend.calls["stat"] == 4
+    assert len(sleeps) == 3
+
+
+@pytest.mark.parametrize("error", [InvalidKeyError("bad"), IntegrityError("bad"), BackendError("denied")])
+def test_permanent_errors_are_not_retried(error: Exception) -> None:
+    backend = FlakyBackend()
+    backend.plan["stat"] = [error]
+    store, sleeps = make(backend)
+    with pytest.raises(type(error)):
+        store.write("a", io.BytesIO(b"x"))
+    assert backend.calls["stat"] == 1 and sleeps == []
+
+
+def test_missing_artifact_is_not_retried() -> None:
+    backend = FlakyBackend()
+    store, sleeps = make(backend)
+    with pytest.raises(ArtifactNotFound):
+        store.open_reader("nope")
+    assert backend.calls["open_reader"] == 1 and sleeps == []
+
+
+def test_remove_called_exactly_once_on_success() -> None:
+    backend = FlakyBackend()
+    store, _ = make(backend)
+    store.write("a", io.BytesIO(b"x"))
+    store.remove("a")
+    assert backend.calls["remove"] == 1
+
+
+def test_remove_whose_answer_was_lost_counts_as_done() -> None:
+    class LosesAnswer(FlakyBackend):
+        def remove(self, key: str) -> None:
+            self._tick("remove")
+            MemoryBackend.remove(self, key)
+            if self.calls["remove"] == 1:
+                raise ConnectionResetError("response lost after delete")
+
+    backend = LosesAnswer()
+    store, _ = make(backend)
+    store.write("a", io.BytesIO(b"x"))
+    store.remove("a")  # retry finds it gone: success, not ArtifactNotFound
+    assert backend.calls["remove"] == 2
+
+
+def test_read_resumes_mid_stream_at_offset() -> None:
+    data = random_bytes(3 * 1024 * 1024 + 11)
+
+    class CutsStreams(FlakyBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.offsets: list[int] = []
+
+        def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
+            reader = super().open_reader(key, offset=offset)
+            if not key.startswith("blobs/"):
+                return reader
+            self.offsets.append(offset)
+            budget = [1024 * 1024 + 5] if len(self.offsets) < 3 else [10**9]
+
+            class Cut(io.RawIOBase):
+                def readable(self) -> bool:
+                    return True
+
+                def readinto(self, b: Any) -> int:
+                    if budget[0] <= 0:
+                        raise ConnectionResetError("cut mid-body")
+                    view = memoryview(b)[: budget[0]]
+                    n = reader.readinto(view)
+                    budget[0] -= n
+                    return n
+
+            return Cut()  # type: ignore[return-value]
+
+    backend = CutsStreams()
+    store, _ = make(backend)
+    store.write("a", io.BytesIO(data))
+    with store.open_reader("a") as reader:
+        assert reader.read() == data
+    assert backend.offsets[0] == 0 and backend.offsets[1] > 0 and len(backend.offsets) == 3
+
+
+def test_backoff_over_backoff_and_over_filesystem(tmp_path: Any) -> None:
+    store = Backoff(Backoff(FileSystemArtifactStore(tmp_path)))
+    store.write("a", io.BytesIO(b"x"))
+    assert store.get_ref("a").size == 1
+
+
+def test_foreign_store_retries_each_call_and_rewinds(tmp_path: Any) -> None:
+    class FlakyOptunaStore:
+        def __init__(self) -> None:
+            self.inner = oa.FileSystemArtifactStore(str(tmp_path))
+            self.failures = 2
+            self.removes = 0
+
+        def _maybe_fail(self) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionResetError("flaky")
+
+        def open_reader(self, artifact_id: str) -> BinaryIO:
+            self._maybe_fail()
+            return self.inner.open_reader(artifact_id)
+
+        def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+            content_body.read(2)  # a partial send, then maybe the connection drops
+            self._maybe_fail()
+            content_body.seek(-2, io.SEEK_CUR)
+            self.inner.write(artifact_id, content_body)
+
+        def remove(self, artifact_id: str) -> None:
+            self.removes += 1
+            self.inner.remove(artifact_id)
+
+    inner = FlakyOptunaStore()
+    sleeps: list[float] = []
+    store = Backoff(inner, sleep=sleeps.append)
+    store.write("id1", io.BytesIO(b"whole payload"))
+    with store.open_reader("id1") as r:
+        assert r.read() == b"whole payload"
+    store.remove("id1")
+    assert inner.removes == 1 and len(sleeps) == 2
+
+
+def test_backoff_rejects_non_stores() -> None:
+    with pytest.raises(TypeError, match="open_reader"):
+        Backoff(object())  # type: ignore[arg-type]
+
+
