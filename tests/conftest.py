@@ -11,11 +11,11 @@ from optuna_cas.backends.base import Backend
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.backends.memory import MemoryBackend
 
-pytest_plugins = ["tests.support.gcs"]
+pytest_plugins = ["tests.support.s3", "tests.support.gcs"]
 
 # Every backend kind the conformance suites run against. Each name has a fixture
 # "<name>_backend" returning a fresh, empty backend.
-BACKEND_KINDS = ["memory", "local", "gcs"]
+BACKEND_KINDS = ["memory", "local", "s3", "gcs"]
 
 
 @pytest.fixture
@@ -62,5 +62,3 @@ def _quiet_optuna() -> None:
     except ImportError:  # pragma: no cover
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-

@@ -88,9 +88,9 @@ def test_frozen_trial_needs_storage(
     trial = study.ask()
     study.tell(trial, 1.0)
     frozen = study.trials[0]
-    with pytest.raises(ValueError, match="storage is required for FrozenTrial."):
+    with pytest.raises(ValueError, match=r"storage is required for FrozenTrial\."):
         upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=frozen)
-    with pytest.raises(ValueError, match="storage is required for FrozenTrial."):
+    with pytest.raises(ValueError, match=r"storage is required for FrozenTrial\."):
         get_all_artifact_meta(frozen)
     assert blob_files(store) == []
     assert get_all_artifact_meta(frozen, storage=study._storage) == []
@@ -139,7 +139,9 @@ def test_metadata_written_only_after_blob_and_ref(
         original(trial_id, key, value)
 
     storage.set_trial_system_attr = spy  # type: ignore[method-assign]
-    upload_artifact(artifact_store=store, file_path=str(make_file(b"abc")), study_or_trial=study.ask())
+    upload_artifact(
+        artifact_store=store, file_path=str(make_file(b"abc")), study_or_trial=study.ask()
+    )
     assert seen == [(True, True)]
 
 
@@ -158,7 +160,9 @@ def test_failed_store_write_leaves_no_metadata(
 
     trial = study.ask()
     with pytest.raises(OSError, match="bucket unreachable"):
-        upload_artifact(artifact_store=Broken(), file_path=str(make_file(b"x")), study_or_trial=trial)
+        upload_artifact(
+            artifact_store=Broken(), file_path=str(make_file(b"x")), study_or_trial=trial
+        )
     assert get_all_artifact_meta(trial) == []
 
 
@@ -166,8 +170,10 @@ def test_upload_bad_paths(
     study: optuna.Study, store: FileSystemArtifactStore, tmp_path: Path
 ) -> None:
     trial = study.ask()
-    with pytest.raises(FileNotFoundError, match="nope.bin"):
-        upload_artifact(artifact_store=store, file_path=str(tmp_path / "nope.bin"), study_or_trial=trial)
+    with pytest.raises(FileNotFoundError, match=r"nope\.bin"):
+        upload_artifact(
+            artifact_store=store, file_path=str(tmp_path / "nope.bin"), study_or_trial=trial
+        )
     with pytest.raises(IsADirectoryError, match="directory"):
         upload_artifact(artifact_store=store, file_path=str(tmp_path), study_or_trial=trial)
     assert get_all_artifact_meta(trial) == []
@@ -181,8 +187,11 @@ def test_explicit_mimetype_and_encoding(
     gz = make_file(b"\x1f\x8b", name="log.txt.gz")
     upload_artifact(artifact_store=store, file_path=str(gz), study_or_trial=trial)
     upload_artifact(
-        artifact_store=store, file_path=str(gz), study_or_trial=trial,
-        mimetype="application/x-custom", encoding="identity",
+        artifact_store=store,
+        file_path=str(gz),
+        study_or_trial=trial,
+        mimetype="application/x-custom",
+        encoding="identity",
     )
     guessed, explicit = get_all_artifact_meta(trial)
     assert (guessed.mimetype, guessed.encoding) == ("text/plain", "gzip")
@@ -205,8 +214,12 @@ def test_dashboard_tombstones_are_skipped(
     study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
 ) -> None:
     trial = study.ask()
-    keep = upload_artifact(artifact_store=store, file_path=str(make_file(b"a")), study_or_trial=trial)
-    gone = upload_artifact(artifact_store=store, file_path=str(make_file(b"b")), study_or_trial=trial)
+    keep = upload_artifact(
+        artifact_store=store, file_path=str(make_file(b"a")), study_or_trial=trial
+    )
+    gone = upload_artifact(
+        artifact_store=store, file_path=str(make_file(b"b")), study_or_trial=trial
+    )
     study._storage.set_trial_system_attr(trial._trial_id, "artifacts:" + gone, json.dumps(None))
     assert [m.artifact_id for m in get_all_artifact_meta(trial)] == [keep]
     with pytest.raises(TypeError):  # what Optuna itself does with the tombstone
@@ -214,7 +227,9 @@ def test_dashboard_tombstones_are_skipped(
 
 
 def test_download_round_trip_and_refuses_overwrite(
-    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path],
+    study: optuna.Study,
+    store: FileSystemArtifactStore,
+    make_file: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
     data = random_bytes(2 * 1024 * 1024 + 3)
@@ -225,24 +240,29 @@ def test_download_round_trip_and_refuses_overwrite(
     target.parent.mkdir()
     download_artifact(artifact_store=store, file_path=str(target), artifact_id=artifact_id)
     assert target.read_bytes() == data
-    with pytest.raises(FileExistsError, match="model.bin"):
+    with pytest.raises(FileExistsError, match=r"model\.bin"):
         download_artifact(artifact_store=store, file_path=str(target), artifact_id=artifact_id)
     assert target.read_bytes() == data
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.bin"]
 
 
-def test_download_unknown_id_creates_nothing(store: FileSystemArtifactStore, tmp_path: Path) -> None:
+def test_download_unknown_id_creates_nothing(
+    store: FileSystemArtifactStore, tmp_path: Path
+) -> None:
     target = tmp_path / "x.bin"
     with pytest.raises(ArtifactNotFound, match="00000000-0000"):
         download_artifact(
-            artifact_store=store, file_path=str(target),
+            artifact_store=store,
+            file_path=str(target),
             artifact_id="00000000-0000-0000-0000-000000000000",
         )
     assert list(tmp_path.iterdir()) == [tmp_path / "artifacts"]
 
 
 def test_download_corrupt_blob_raises_and_leaves_no_file(
-    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path],
+    study: optuna.Study,
+    store: FileSystemArtifactStore,
+    make_file: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
     data = random_bytes(3 * 1024 * 1024)
@@ -256,7 +276,9 @@ def test_download_corrupt_blob_raises_and_leaves_no_file(
     out = tmp_path / "dl"
     out.mkdir()
     with pytest.raises(IntegrityError, match="does not match"):
-        download_artifact(artifact_store=store, file_path=str(out / "m.bin"), artifact_id=artifact_id)
+        download_artifact(
+            artifact_store=store, file_path=str(out / "m.bin"), artifact_id=artifact_id
+        )
     assert list(out.iterdir()) == []
 
 

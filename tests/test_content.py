@@ -100,7 +100,10 @@ def test_corrupt_blob_raises_integrity_error_on_read(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match="does not match"), store.open_artifact("a") as r:
         r.read()
     corrupt(backend, blob_key(ref.digest), b"short")
-    with pytest.raises(IntegrityError, match="got 5 bytes, expected 10"), store.open_artifact("a") as r:
+    with (
+        pytest.raises(IntegrityError, match="got 5 bytes, expected 10"),
+        store.open_artifact("a") as r,
+    ):
         r.read()
     corrupt(backend, blob_key(ref.digest), b"good bytes and more")
     with pytest.raises(IntegrityError, match="more than"), store.open_artifact("a") as r:
@@ -153,13 +156,15 @@ def test_file_changed_during_upload_is_refused(tmp_path: Path, monkeypatch) -> N
     assert not store.has_ref("a")
 
 
-@pytest.mark.parametrize("bad", ["", "..", ".", "../x", "/abs", "a/b", "a\\b", "nul\x00", "x" * 300])
+@pytest.mark.parametrize(
+    "bad", ["", "..", ".", "../x", "/abs", "a/b", "a\\b", "nul\x00", "x" * 300]
+)
 def test_bad_artifact_ids_rejected_before_io(bad: str) -> None:
     backend = RecordingBackend()
     store = ContentStore(backend)
-    with pytest.raises(InvalidKeyError, match="^Invalid artifact_id"):
+    with pytest.raises(InvalidKeyError, match=r"^Invalid artifact_id"):
         store.put_artifact(bad, io.BytesIO(b"x"))
     for call in (store.get_ref, store.open_artifact, store.remove_ref):
-        with pytest.raises(ValueError, match="^Invalid artifact_id"):
+        with pytest.raises(ValueError, match=r"^Invalid artifact_id"):
             call(bad)
     assert backend.writes == []

@@ -19,7 +19,7 @@ from tests.conftest import random_bytes
 
 
 class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -32,7 +32,9 @@ def test_optuna_upload_and_download_through_our_store(
     artifact_id = oa.upload_artifact(
         artifact_store=store, file_path=str(make_file(data)), study_or_trial=trial
     )
-    oa.download_artifact(artifact_store=store, file_path=str(tmp_path / "o1"), artifact_id=artifact_id)
+    oa.download_artifact(
+        artifact_store=store, file_path=str(tmp_path / "o1"), artifact_id=artifact_id
+    )
     assert (tmp_path / "o1").read_bytes() == data
     # ...and our download of what Optuna's function uploaded.
     optuna_cas.download_artifact(
@@ -50,7 +52,9 @@ def test_optuna_upload_and_download_through_our_store(
     assert len(list(store.content.iter_blobs())) == 1
 
 
-def test_our_functions_with_optunas_own_store(tmp_path: Path, make_file: Callable[..., Path]) -> None:
+def test_our_functions_with_optunas_own_store(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
     store = oa.FileSystemArtifactStore(str(tmp_path))
     data = random_bytes(300_000)
     trial = optuna.create_study().ask()
@@ -58,7 +62,9 @@ def test_our_functions_with_optunas_own_store(tmp_path: Path, make_file: Callabl
         artifact_store=store, file_path=str(make_file(data)), study_or_trial=trial
     )
     target = tmp_path / "out.bin"
-    optuna_cas.download_artifact(artifact_store=store, file_path=str(target), artifact_id=artifact_id)
+    optuna_cas.download_artifact(
+        artifact_store=store, file_path=str(target), artifact_id=artifact_id
+    )
     assert target.read_bytes() == data
     meta = optuna_cas.get_all_artifact_meta(trial)[0]
     assert meta.digest is None and meta.size is None
@@ -116,10 +122,13 @@ def test_dashboard_serves_our_artifact_byte_exact(
         artifact_store=store, file_path=str(make_file(data, name="curve.png")), study_or_trial=trial
     )
     study_art = optuna_cas.upload_artifact(
-        artifact_store=store, file_path=str(make_file(b"a,b\n1,2\n", name="t.csv")),
+        artifact_store=store,
+        file_path=str(make_file(b"a,b\n1,2\n", name="t.csv")),
         study_or_trial=study,
     )
-    with urllib.request.urlopen(f"{url}/artifacts/{study._study_id}/{trial._trial_id}/{artifact_id}") as r:
+    with urllib.request.urlopen(
+        f"{url}/artifacts/{study._study_id}/{trial._trial_id}/{artifact_id}"
+    ) as r:
         assert r.headers["Content-Type"] == "image/png"
         assert r.read() == data
     with urllib.request.urlopen(f"{url}/artifacts/{study._study_id}/{study_art}") as r:

@@ -40,7 +40,9 @@ def test_upload_download_round_trip(data: bytes) -> None:
         source = root / "in.bin"
         source.write_bytes(data)
         trial = optuna.create_study().ask()
-        artifact_id = upload_artifact(artifact_store=store, file_path=str(source), study_or_trial=trial)
+        artifact_id = upload_artifact(
+            artifact_store=store, file_path=str(source), study_or_trial=trial
+        )
         target = root / "out.bin"
         download_artifact(artifact_store=store, file_path=str(target), artifact_id=artifact_id)
         assert target.read_bytes() == data
@@ -63,7 +65,10 @@ class ArtifactStoreModel(RuleBasedStateMachine):
     def teardown(self) -> None:
         self._tmp.cleanup()
 
-    @rule(target=ids, data=st.sampled_from([b"", b"a", b"checkpoint", b"x" * 5000]) | st.binary(max_size=3000))
+    @rule(
+        target=ids,
+        data=st.sampled_from([b"", b"a", b"checkpoint", b"x" * 5000]) | st.binary(max_size=3000),
+    )
     def write(self, data: bytes) -> str:
         self.counter += 1
         artifact_id = f"art-{self.counter}"

@@ -45,7 +45,9 @@ def _human(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
-def run_demo(output: Path, *, trials: int = 16, checkpoint_bytes: int = CHECKPOINT_BYTES) -> dict[str, Any]:
+def run_demo(
+    output: Path, *, trials: int = 16, checkpoint_bytes: int = CHECKPOINT_BYTES
+) -> dict[str, Any]:
     """Run the study, print a report, and return its figures.
 
     Args:
@@ -71,12 +73,16 @@ def run_demo(output: Path, *, trials: int = 16, checkpoint_bytes: int = CHECKPOI
     store = FileSystemArtifactStore(output / "artifacts")
     storage = f"sqlite:///{output / 'study.db'}"
     study = optuna.create_study(
-        study_name="demo", storage=storage, direction="minimize",
+        study_name="demo",
+        storage=storage,
+        direction="minimize",
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
         sampler=optuna.samplers.TPESampler(seed=0),
     )
     workdir = Path(tempfile.mkdtemp(prefix="optuna-cas-demo-"))
-    print(f"optuna-cas demo: {trials} trials x {EPOCHS} epochs, checkpoints of {_human(checkpoint_bytes)}")
+    print(
+        f"optuna-cas demo: {trials} trials x {EPOCHS} epochs, checkpoints of {_human(checkpoint_bytes)}"
+    )
     print(f"  study   : {storage}")
     print(f"  store   : {store.content.describe()}")
 
@@ -116,7 +122,9 @@ def run_demo(output: Path, *, trials: int = 16, checkpoint_bytes: int = CHECKPOI
     target = output / "downloads" / f"best-{best_meta.filename}"
     target.parent.mkdir()
     t0 = time.perf_counter()
-    download_artifact(artifact_store=store, file_path=str(target), artifact_id=best_meta.artifact_id)
+    download_artifact(
+        artifact_store=store, file_path=str(target), artifact_id=best_meta.artifact_id
+    )
     download_seconds = time.perf_counter() - t0
     verified = str(hash_file(target)) == best_meta.digest
 
@@ -124,11 +132,15 @@ def run_demo(output: Path, *, trials: int = 16, checkpoint_bytes: int = CHECKPOI
     print(f"\nStudy finished in {elapsed:.1f}s: {len(study.trials)} trials ({pruned} pruned)")
     print(f"  artifacts uploaded     : {figures.artifacts}")
     print(f"  unique blobs stored    : {figures.unique_blobs}")
-    print(f"  logical bytes          : {_human(figures.logical_bytes)}  (what optuna.artifacts would store)")
+    print(
+        f"  logical bytes          : {_human(figures.logical_bytes)}  (what optuna.artifacts would store)"
+    )
     print(f"  stored bytes           : {_human(figures.stored_bytes)}")
     print(f"  dedup ratio            : {figures.dedup_ratio:.2f}x")
     print(f"\nBest trial #{best_trial.number}: checkpoint {best_meta.artifact_id}")
-    print(f"  downloaded to {target} in {download_seconds * 1000:.1f} ms; digest verified: {verified}")
+    print(
+        f"  downloaded to {target} in {download_seconds * 1000:.1f} ms; digest verified: {verified}"
+    )
     return {
         "artifacts": figures.artifacts,
         "unique_blobs": figures.unique_blobs,
@@ -154,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--checkpoint-kib", type=int, default=CHECKPOINT_BYTES // 1024)
     args = parser.parse_args(argv)
-    report = run_demo(Path(args.output), trials=args.trials, checkpoint_bytes=args.checkpoint_kib * 1024)
+    report = run_demo(
+        Path(args.output), trials=args.trials, checkpoint_bytes=args.checkpoint_kib * 1024
+    )
     return 0 if report["verified"] else 1
 
 

@@ -62,13 +62,26 @@ class FlakyBackend(MemoryBackend):
 
 def make(backend: FlakyBackend, **kwargs: Any) -> tuple[Backoff, list[float]]:
     sleeps: list[float] = []
-    store = Backoff(ContentAddressedArtifactStore(ContentStore(backend)), sleep=sleeps.append, **kwargs)
+    store = Backoff(
+        ContentAddressedArtifactStore(ContentStore(backend)), sleep=sleeps.append, **kwargs
+    )
     return store, sleeps
 
 
 def test_optuna_schedule_without_jitter() -> None:
     policy = RetryPolicy(jitter=False)
-    assert [policy.delay(n) for n in range(10)] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30]
+    assert [policy.delay(n) for n in range(10)] == [
+        0.1,
+        0.2,
+        0.4,
+        0.8,
+        1.6,
+        3.2,
+        6.4,
+        12.8,
+        25.6,
+        30,
+    ]
 
 
 def test_jitter_stays_in_upper_half_and_varies() -> None:
@@ -82,7 +95,8 @@ def test_jitter_stays_in_upper_half_and_varies() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(max_retries=0), dict(multiplier=0.5), dict(min_delay=-1), dict(min_delay=5, max_delay=1)]
+    "bad",
+    [dict(max_retries=0), dict(multiplier=0.5), dict(min_delay=-1), dict(min_delay=5, max_delay=1)],
 )
 def test_bad_policy_values_named(bad: dict[str, Any]) -> None:
     name = next(iter(bad))
@@ -95,8 +109,13 @@ def test_transient_classification() -> None:
     assert is_transient(TimeoutError())
     assert is_transient(TransientBackendError("503"))
     for permanent in (
-        ArtifactNotFound("x"), oa.exceptions.ArtifactNotFound("x"), InvalidKeyError("x"),
-        IntegrityError("x"), BackendError("denied"), ValueError("x"), FileNotFoundError("x"),
+        ArtifactNotFound("x"),
+        oa.exceptions.ArtifactNotFound("x"),
+        InvalidKeyError("x"),
+        IntegrityError("x"),
+        BackendError("denied"),
+        ValueError("x"),
+        FileNotFoundError("x"),
     ):
         assert not is_transient(permanent), permanent
 
@@ -128,7 +147,9 @@ def test_gives_up_after_max_retries_with_original_error() -> None:
     assert len(sleeps) == 3
 
 
-@pytest.mark.parametrize("error", [InvalidKeyError("bad"), IntegrityError("bad"), BackendError("denied")])
+@pytest.mark.parametrize(
+    "error", [InvalidKeyError("bad"), IntegrityError("bad"), BackendError("denied")]
+)
 def test_permanent_errors_are_not_retried(error: Exception) -> None:
     backend = FlakyBackend()
     backend.plan["stat"] = [error]
@@ -251,5 +272,3 @@ def test_foreign_store_retries_each_call_and_rewinds(tmp_path: Any) -> None:
 def test_backoff_rejects_non_stores() -> None:
     with pytest.raises(TypeError, match="open_reader"):
         Backoff(object())  # type: ignore[arg-type]
-
-

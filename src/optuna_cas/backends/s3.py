@@ -577,7 +577,7 @@ class S3Backend:
                 pending.add(pool.submit(self._upload_part, key, upload_id, number, chunk))
                 del chunk  # the worker holds the only reference now
                 # Wait *before* reading the next part, so buffered parts never exceed the limit.
-                while len(pending) >= 1000:
+                while len(pending) >= self._max_concurrency:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     collect(finished)
                 chunk = _read_up_to(stream, part_size)
