@@ -22,22 +22,31 @@ from optuna_cas._meta import ArtifactMeta
 from optuna_cas._upload import upload_artifact
 from optuna_cas.digest import Digest
 from optuna_cas.middleware.backoff import Backoff
+from optuna_cas.operations.stats import StoreStats, stats
 from optuna_cas.refs import ArtifactRef
+from optuna_cas.registry import open_store
 from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.stores.boto3 import Boto3ArtifactStore
 from optuna_cas.stores.filesystem import FileSystemArtifactStore
+from optuna_cas.stores.gcs import GCSArtifactStore
 from optuna_cas.stores.memory import MemoryArtifactStore
 
 __all__ = [
     "ArtifactMeta",
     "ArtifactRef",
     "Backoff",
+    "Boto3ArtifactStore",
     "ContentAddressedArtifactStore",
     "Digest",
     "FileSystemArtifactStore",
+    "GCSArtifactStore",
     "MemoryArtifactStore",
+    "StoreStats",
     "download_artifact",
     "exceptions",
     "get_all_artifact_meta",
+    "open_store",
+    "stats",
     "upload_artifact",
 ]
 

@@ -12,7 +12,7 @@ __all__ = ["get_all_artifact_meta"]
 
 
 def get_all_artifact_meta(study_or_trial: Any, *, storage: Any = None) -> list[ArtifactMeta]:
-    """List the artifacts of a trial or study, in upload order.
+    """List the artifacts of a trial or study, in upload order where known.
 
     Same as ``optuna.artifacts.get_all_artifact_meta`` (a ``Study`` lists only study-level
     artifacts), except that entries optuna-dashboard deleted (JSON ``null``, on which Optuna
@@ -41,7 +41,9 @@ def get_all_artifact_meta(study_or_trial: Any, *, storage: Any = None) -> list[A
         if value is None or json.loads(value) is None:
             continue  # deleted (optuna-dashboard's tombstone)
         metas.append(ArtifactMeta.from_json(value))
-    # Upload order on every storage; a stable sort keeps the storage's order for entries
-    # without a time (written by Optuna or optuna-dashboard), which sort first.
-    metas.sort(key=lambda meta: meta.created or 0.0)
+    # Upload order on every storage (RDB storages return attributes in key order). Entries
+    # written by Optuna or optuna-dashboard carry no time: with any of those present we cannot
+    # place them, so the storage's order is kept, as Optuna does.
+    if all(meta.created is not None for meta in metas):
+        metas.sort(key=lambda meta: meta.created or 0.0)
     return metas

@@ -1,0 +1,156 @@
+"""Open a store from a URL: ``file://``, ``s3://``, ``gs://``, ``memory://`` or a plain path.
+
+Each remote scheme's SDK is imported only when a URL of that scheme is opened; if it is not
+installed the error names the extra to install (fsspec's registry habit).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from optuna_cas.exceptions import StoreConfigError
+from optuna_cas.stores.base import ContentAddressedArtifactStore
+
+__all__ = ["open_store", "supported_schemes"]
+
+
+@dataclass(frozen=True)
+class _Scheme:
+    module: str | None  # SDK that must be importable
+    extra: str | None  # pip extra that provides it
+    build: Callable[[str, str, dict[str, Any]], ContentAddressedArtifactStore]
+
+
+def _file(netloc: str, path: str, options: dict[str, Any]) -> ContentAddressedArtifactStore:
+    from optuna_cas.stores.filesystem import FileSystemArtifactStore
+
+    if netloc not in ("", "localhost"):
+        raise StoreConfigError(f"file:// URLs must not name a host, got {netloc!r}")
+    return FileSystemArtifactStore(unquote(path), fsync=bool(options.pop("fsync", False)))
+
+
+def _memory(netloc: str, path: str, options: dict[str, Any]) -> ContentAddressedArtifactStore:
+    from optuna_cas.stores.memory import MemoryArtifactStore
+
+    return MemoryArtifactStore()
+
+
+def _s3(bucket: str, prefix: str, options: dict[str, Any]) -> ContentAddressedArtifactStore:
+    from optuna_cas.stores.boto3 import Boto3ArtifactStore
+
+    return Boto3ArtifactStore(
+        bucket,
+        options.pop("client", None),
+        prefix=prefix,
+        endpoint_url=options.pop("endpoint_url", None),
+    )
+
+
+def _gs(bucket: str, prefix: str, options: dict[str, Any]) -> ContentAddressedArtifactStore:
+    from optuna_cas.stores.gcs import GCSArtifactStore
+
+    return GCSArtifactStore(bucket, options.pop("client", None), prefix=prefix)
+
+
+_SCHEMES: dict[str, _Scheme] = {
+    "file": _Scheme(None, None, _file),
+    "memory": _Scheme(None, None, _memory),
+    "s3": _Scheme("boto3", "s3", _s3),
+    "gs": _Scheme("google.cloud.storage", "gcs", _gs),
+}
+_SCHEMES["gcs"] = _SCHEMES["gs"]
+
+
+def supported_schemes() -> list[str]:
+    """URL schemes :func:`open_store` understands.
+
+    Example:
+        >>> supported_schemes()
+        ['file', 'gcs', 'gs', 'memory', 's3']
+    """
+    return sorted(_SCHEMES)
+
+
+def _module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def open_store(
+    url: str | os.PathLike[str],
+    *,
+    endpoint_url: str | None = None,
+    client: Any = None,
+    fsync: bool = False,
+) -> ContentAddressedArtifactStore:
+    """Build a store from a URL.
+
+    Args:
+        url: ``file:///abs/path`` or a plain path, ``s3://bucket/prefix``,
+            ``gs://bucket/prefix``, or ``memory://``.
+        endpoint_url: S3-compatible endpoint (MinIO, R2, a local test server).
+        client: A ready SDK client for ``s3://`` or ``gs://``.
+        fsync: For local stores, make writes durable against power loss.
+
+    Returns:
+        A :class:`~optuna_cas.stores.base.ContentAddressedArtifactStore`; wrap it in
+        :class:`~optuna_cas.Backoff` for retries.
+
+    Raises:
+        StoreConfigError: Unknown scheme, malformed URL, option that does not apply to the
+            scheme, or the scheme's SDK is not installed (the message names the extra).
+
+    Example:
+        >>> import tempfile
+        >>> store = open_store(tempfile.mkdtemp())
+        >>> type(store).__name__
+        'FileSystemArtifactStore'
+        >>> open_store("ftp://host/x")
+        Traceback (most recent call last):
+        ...
+        optuna_cas.exceptions.StoreConfigError: Unsupported store URL 'ftp://host/x': scheme 'ftp' is not one of file, gcs, gs, memory, s3
+    """
+    text = os.fspath(url)
+    if not isinstance(text, str) or not text:
+        raise StoreConfigError(f"Invalid store URL: {url!r}")
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme == "" or (len(scheme) == 1 and os.name == "nt"):  # a plain (or drive) path
+        return _file("", str(Path(text).expanduser()), {"fsync": fsync})
+    entry = _SCHEMES.get(scheme)
+    if entry is None:
+        raise StoreConfigError(
+            f"Unsupported store URL {text!r}: scheme {scheme!r} is not one of "
+            f"{', '.join(supported_schemes())}"
+        )
+    if entry.module is not None and not _module_available(entry.module):
+        raise StoreConfigError(
+            f"Store URL {text!r} needs the {entry.module} package: "
+            f"pip install 'optuna-cas[{entry.extra}]'"
+        )
+    options: dict[str, Any] = {}
+    if scheme in ("s3", "gs", "gcs"):
+        if not parts.netloc:
+            raise StoreConfigError(f"Store URL {text!r} names no bucket ({scheme}://BUCKET/prefix)")
+        if parts.query or parts.fragment:
+            raise StoreConfigError(f"Store URL {text!r}: query strings are not supported")
+        options["client"] = client
+        if endpoint_url is not None:
+            if scheme != "s3":
+                raise StoreConfigError(f"endpoint_url applies to s3:// URLs, not {text!r}")
+            options["endpoint_url"] = endpoint_url
+        return entry.build(parts.netloc, unquote(parts.path).strip("/"), options)
+    if endpoint_url is not None or client is not None:
+        raise StoreConfigError(
+            f"endpoint_url and client apply to s3:// and gs:// URLs, not {text!r}"
+        )
+    options["fsync"] = fsync
+    return entry.build(parts.netloc, parts.path, options)

@@ -1,0 +1,68 @@
+"""``Boto3ArtifactStore``: Optuna's S3 store, content-addressed and streaming."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from optuna_cas.backends.s3 import S3Backend
+from optuna_cas.content import ContentStore
+from optuna_cas.stores.base import ContentAddressedArtifactStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["Boto3ArtifactStore"]
+
+
+class Boto3ArtifactStore(ContentAddressedArtifactStore):
+    """A drop-in for ``optuna.artifacts.Boto3ArtifactStore`` (S3 and S3-compatible services).
+
+    Blobs go to ``<prefix>/blobs/...`` and refs to ``<prefix>/refs/<artifact_id>``. Uploads
+    stream with bounded memory (multipart above ``part_size``) and never close the caller's
+    file; a blob the bucket already holds is not uploaded again, and no object is overwritten.
+
+    Args:
+        bucket_name: The bucket.
+        client: A boto3 S3 client (default: ``boto3.client("s3")`` with your usual AWS
+            credentials and region, or ``endpoint_url``).
+        avoid_buf_copy: Accepted for compatibility and ignored: optuna-cas never copies the
+            file into memory and never closes it.
+        prefix: Key prefix, so several stores can share a bucket.
+        endpoint_url: For S3-compatible services (MinIO, R2, moto, ...); not with ``client``.
+        part_size: Multipart part size in bytes (>= 5 MiB).
+        max_concurrency: Parts uploaded at once (memory use is about this times part_size).
+
+    Raises:
+        StoreConfigError: boto3 is missing (``pip install 'optuna-cas[s3]'``) or an option
+            is invalid.
+
+    Example:
+        .. code-block:: python
+
+            from optuna_cas import Boto3ArtifactStore, Backoff
+
+            store = Backoff(Boto3ArtifactStore("my-bucket", prefix="studies/resnet"))
+    """
+
+    def __init__(
+        self,
+        bucket_name: str,
+        client: S3Client | Any | None = None,
+        *,
+        avoid_buf_copy: bool = False,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        part_size: int = 8 * 1024 * 1024,
+        max_concurrency: int = 4,
+    ) -> None:
+        del avoid_buf_copy  # our uploads never buffer nor close the source
+        backend = S3Backend(
+            bucket_name,
+            client=client,
+            prefix=prefix,
+            endpoint_url=endpoint_url,
+            part_size=part_size,
+            max_concurrency=max_concurrency,
+            multipart_threshold=part_size,
+        )
+        super().__init__(ContentStore(backend))
