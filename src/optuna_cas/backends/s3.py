@@ -15,6 +15,7 @@ a missing key becomes :class:`~optuna_cas.exceptions.ArtifactNotFound`, faults t
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import io
 import math
@@ -23,7 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from optuna_cas._validation import validate_key, validate_prefix
-from optuna_cas.backends.base import ObjectInfo
+from optuna_cas.backends.base import ObjectInfo, RequestRunner, run_once
 from optuna_cas.exceptions import (
     ArtifactNotFound,
     BackendError,
@@ -326,6 +327,7 @@ class S3Backend:
         self._prefix = validate_prefix(prefix)
         self._part_size = part_size
         self._max_concurrency = max_concurrency
+        self._run: RequestRunner = run_once
         self._multipart_threshold = multipart_threshold
         # Private knob so tests can exercise pagination without writing 1,000+ objects.
         self._page_size = 1000
@@ -443,6 +445,28 @@ class S3Backend:
         )
         return io.BufferedReader(raw, buffer_size=_READ_BUFFER_SIZE)
 
+    def with_request_runner(self, runner: RequestRunner) -> S3Backend:
+        """A copy of this backend that sends every request through ``runner``.
+
+        :class:`~optuna_cas.Backoff` passes a retrying runner, so a failed part of a multipart
+        upload is retried alone instead of the whole upload.
+
+        Example:
+            .. code-block:: python
+
+                from optuna_cas.backends.base import run_once
+
+                same = backend.with_request_runner(run_once)
+        """
+        clone = copy.copy(self)
+        clone._run = runner
+        return clone
+
+    @property
+    def runs_every_request(self) -> bool:
+        """True when a request runner other than the default is installed."""
+        return self._run is not run_once
+
     def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
         """Store the rest of ``content_body`` under ``key``, all or nothing.
 
@@ -473,9 +497,11 @@ class S3Backend:
         # Reading one byte past the threshold tells small from large without knowing the size.
         head = _read_up_to(content_body, self._multipart_threshold + 1)
         if len(head) <= self._multipart_threshold:
-            self._put_object(key, head, if_absent=if_absent)
+            self._run(
+                f"put {self._where(key)}", lambda: self._put_object(key, head, if_absent=if_absent)
+            )
             return
-        if if_absent and self.exists(key):
+        if if_absent and self._run(f"check {self._where(key)}", lambda: self.exists(key)):
             return
         self._multipart_upload(key, head, content_body, if_absent=if_absent)
 
@@ -503,40 +529,57 @@ class S3Backend:
         remaining = _remaining_size(stream)
         if remaining is not None:
             part_size = max(part_size, math.ceil((len(head) + remaining) / _MAX_PARTS))
-        with self._translating(key):
-            upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=full_key)[
-                "UploadId"
-            ]
+
+        def create() -> str:
+            with self._translating(key):
+                return self._client.create_multipart_upload(Bucket=self._bucket, Key=full_key)[
+                    "UploadId"
+                ]
+
+        upload_id = self._run(f"start multipart upload of {self._where(key)}", create)
         try:
             parts = self._upload_parts(key, upload_id, head, stream, part_size)
-            with self._translating(key):
-                try:
-                    if if_absent:
-                        self._client.complete_multipart_upload(
-                            Bucket=self._bucket,
-                            Key=full_key,
-                            UploadId=upload_id,
-                            MultipartUpload={"Parts": parts},
-                            IfNoneMatch="*",
-                        )
-                    else:
-                        self._client.complete_multipart_upload(
-                            Bucket=self._bucket,
-                            Key=full_key,
-                            UploadId=upload_id,
-                            MultipartUpload={"Parts": parts},
-                        )
-                except _sdk_errors() as e:
-                    if if_absent and _error_code(e)[0] in _PRECONDITION_CODES:
-                        # Someone stored the key since our HEAD: keep theirs, drop our parts.
-                        self._abort(full_key, upload_id)
-                        return
-                    raise
+            self._run(
+                f"complete multipart upload of {self._where(key)}",
+                lambda: self._complete(key, upload_id, parts, if_absent=if_absent),
+            )
         except BaseException:
             # Uncompleted parts are invisible but billed until aborted. Best effort: the
             # original error is the one worth reporting.
             self._abort(full_key, upload_id)
             raise
+
+    def _complete(
+        self, key: str, upload_id: str, parts: list[CompletedPartTypeDef], *, if_absent: bool
+    ) -> None:
+        full_key = self._full_key(key)
+        with self._translating(key):
+            try:
+                if if_absent:
+                    self._client.complete_multipart_upload(
+                        Bucket=self._bucket,
+                        Key=full_key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": parts},
+                        IfNoneMatch="*",
+                    )
+                else:
+                    self._client.complete_multipart_upload(
+                        Bucket=self._bucket,
+                        Key=full_key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": parts},
+                    )
+            except _sdk_errors() as e:
+                code = _error_code(e)[0]
+                if if_absent and code in _PRECONDITION_CODES:
+                    # Someone stored the key since our HEAD: keep theirs, drop our parts.
+                    self._abort(full_key, upload_id)
+                    return
+                if code == "NoSuchUpload" and self.exists(key):
+                    # A retried complete whose first answer was lost: it did complete.
+                    return
+                raise
 
     def _abort(self, full_key: str, upload_id: str) -> None:
         with contextlib.suppress(*_sdk_errors()):
@@ -593,15 +636,21 @@ class S3Backend:
     def _upload_part(
         self, key: str, upload_id: str, number: int, data: bytes
     ) -> CompletedPartTypeDef:
-        with self._translating(key):
-            response = self._client.upload_part(
-                Bucket=self._bucket,
-                Key=self._full_key(key),
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=data,
-            )
-        return {"ETag": response["ETag"], "PartNumber": number}
+        def send() -> CompletedPartTypeDef:
+            with self._translating(key):
+                response = self._client.upload_part(
+                    Bucket=self._bucket,
+                    Key=self._full_key(key),
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                )
+            return {"ETag": response["ETag"], "PartNumber": number}
+
+        return self._run(f"upload part {number} of {self._where(key)}", send)
+
+    def _where(self, key: str) -> str:
+        return f"{self.describe().rstrip('/')}/{key}"
 
     def remove(self, key: str) -> None:
         """Delete ``key``; a missing key raises ``ArtifactNotFound``.

@@ -12,7 +12,7 @@ import io
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, Protocol, cast
+from typing import BinaryIO, Protocol, TypeVar, cast
 
 from optuna_cas.backends.base import Backend, ObjectInfo
 from optuna_cas.digest import readinto
@@ -21,6 +21,8 @@ from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["Backoff", "ResumingReader", "RetryingBackend"]
+
+T = TypeVar("T")
 
 
 class _OptunaStore(Protocol):
@@ -115,8 +117,15 @@ class RetryingBackend:
     """
 
     def __init__(self, backend: Backend, retrier: Retrier) -> None:
-        self._backend = backend
         self._retrier = retrier
+        # A backend that makes several requests per write (multipart, resumable) can retry
+        # each of them itself; then the write as a whole is not retried again on top.
+        hook = getattr(backend, "with_request_runner", None)
+        self._per_request = callable(hook)
+        self._backend: Backend = hook(self._run_request) if callable(hook) else backend
+
+    def _run_request(self, description: str, request: Callable[[], T]) -> T:
+        return self._retrier.call(description, request)
 
     @property
     def inner(self) -> Backend:
@@ -143,7 +152,11 @@ class RetryingBackend:
         """Write with retries, rewinding ``content_body`` to where it started before each retry.
 
         A stream that cannot seek gets a single attempt (there is no way to replay it).
+        Backends that retry each of their requests themselves are called once.
         """
+        if self._per_request:
+            self._backend.write(key, content_body, if_absent=if_absent)
+            return
         try:
             start: int | None = content_body.tell() if content_body.seekable() else None
         except (OSError, ValueError, AttributeError):

@@ -25,6 +25,9 @@ class GCSArtifactStore(ContentAddressedArtifactStore):
             credentials when omitted.
         prefix: Key prefix, so several stores can share a bucket.
         chunk_size: Bytes per ranged read and resumable-upload chunk (multiple of 256 KiB).
+        sdk_retries: Keep google-cloud-storage's own retries (off when :class:`Backoff`
+            should see every fault itself).
+        timeout: Seconds per HTTP request.
 
     Raises:
         StoreConfigError: google-cloud-storage is missing (``pip install 'optuna-cas[gcs]'``).
@@ -44,6 +47,15 @@ class GCSArtifactStore(ContentAddressedArtifactStore):
         *,
         prefix: str = "",
         chunk_size: int = 8 * 1024 * 1024,
+        sdk_retries: bool = True,
+        timeout: float = 60.0,
     ) -> None:
-        backend = GCSBackend(bucket_name, client=client, prefix=prefix, chunk_size=chunk_size)
+        backend = GCSBackend(
+            bucket_name,
+            client=client,
+            prefix=prefix,
+            chunk_size=chunk_size,
+            sdk_retries=sdk_retries,
+            timeout=timeout,
+        )
         super().__init__(ContentStore(backend))
