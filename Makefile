@@ -46,3 +46,7 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# The documentation site; warnings are errors (mkdocs strict mode).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
-from optuna_cas import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna_cas import FileSystemArtifactStore, download_artifact, gc, upload_artifact
 from optuna_cas.digest import CHUNK_SIZE
 from optuna_cas.exceptions import ArtifactNotFound
 
@@ -51,7 +51,7 @@ def test_upload_download_round_trip(data: bytes) -> None:
 
 
 class ArtifactStoreModel(RuleBasedStateMachine):
-    """write/open/remove/gc-like blob deletion against a dict."""
+    """write/overwrite/open/remove/gc against a dict of artifact ID -> bytes."""
 
     ids = Bundle("ids")
 
@@ -106,6 +106,13 @@ class ArtifactStoreModel(RuleBasedStateMachine):
                 pass
             else:
                 raise AssertionError("second remove succeeded")
+
+    @rule()
+    def collect_garbage(self) -> None:
+        gc(self.store, grace_period=0, allow_short_grace=True)
+        live = {self.store.get_ref(i).digest.hexdigest for i in self.model}
+        stored = {info.hexdigest for info in self.store.content.iter_blobs()}
+        assert stored == live  # exactly the referenced blobs survive
 
     @invariant()
     def one_blob_per_distinct_live_content(self) -> None:

@@ -16,13 +16,18 @@ Example:
 from __future__ import annotations
 
 from optuna_cas import exceptions
+from optuna_cas._delete import delete_artifact
 from optuna_cas._download import download_artifact
 from optuna_cas._list_artifact_meta import get_all_artifact_meta
 from optuna_cas._meta import ArtifactMeta
 from optuna_cas._upload import upload_artifact
 from optuna_cas.digest import Digest
 from optuna_cas.middleware.backoff import Backoff
+from optuna_cas.middleware.cache import CachedArtifactStore, CacheInfo, DiskBlobCache
+from optuna_cas.operations.gc import GcReport, gc
 from optuna_cas.operations.stats import StoreStats, stats
+from optuna_cas.operations.sync import SyncReport, sync
+from optuna_cas.operations.verify import VerifyReport, verify
 from optuna_cas.refs import ArtifactRef
 from optuna_cas.registry import open_store
 from optuna_cas.stores.base import ContentAddressedArtifactStore
@@ -36,18 +41,28 @@ __all__ = [
     "ArtifactRef",
     "Backoff",
     "Boto3ArtifactStore",
+    "CacheInfo",
+    "CachedArtifactStore",
     "ContentAddressedArtifactStore",
     "Digest",
+    "DiskBlobCache",
     "FileSystemArtifactStore",
     "GCSArtifactStore",
+    "GcReport",
     "MemoryArtifactStore",
     "StoreStats",
+    "SyncReport",
+    "VerifyReport",
+    "delete_artifact",
     "download_artifact",
     "exceptions",
+    "gc",
     "get_all_artifact_meta",
     "open_store",
     "stats",
+    "sync",
     "upload_artifact",
+    "verify",
 ]
 
 __version__ = "0.1.0"

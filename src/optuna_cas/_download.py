@@ -49,7 +49,13 @@ def download_artifact(*, artifact_store: Any, file_path: str, artifact_id: str) 
         except ArtifactNotFound:
             ref = None  # maybe a file Optuna's own store left: open_reader knows how to look
         if ref is not None:
-            content.materialize_blob(ref.digest, target)
+            try:
+                content.materialize_blob(ref.digest, target)
+            except ArtifactNotFound as e:
+                raise ArtifactNotFound(
+                    f"Artifact {artifact_id!r}: its blob {ref.digest} is missing from "
+                    f"{content.describe()} (run 'optuna-cas verify')"
+                ) from e
             return
     with artifact_store.open_reader(artifact_id) as reader:
         materialize(reader, target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from optuna_cas._delete import deleted_on_study
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, ArtifactMeta
 from optuna_cas._optuna import resolve_target
 
@@ -34,13 +35,16 @@ def get_all_artifact_meta(study_or_trial: Any, *, storage: Any = None) -> list[A
         []
     """
     target = resolve_target(study_or_trial, storage)
+    deleted = deleted_on_study(target)
     metas: list[ArtifactMeta] = []
     for key, value in target.system_attrs().items():
         if not key.startswith(ARTIFACTS_ATTR_PREFIX):
             continue
         if value is None or json.loads(value) is None:
             continue  # deleted (optuna-dashboard's tombstone)
-        metas.append(ArtifactMeta.from_json(value))
+        meta = ArtifactMeta.from_json(value)
+        if meta.artifact_id not in deleted:  # deleted after its trial finished
+            metas.append(meta)
     # Upload order on every storage (RDB storages return attributes in key order). Entries
     # written by Optuna or optuna-dashboard carry no time: with any of those present we cannot
     # place them, so the storage's order is kept, as Optuna does.

@@ -31,11 +31,22 @@ def import_optuna() -> Any:
 
 @dataclass(frozen=True)
 class MetadataTarget:
-    """A trial or a study in an Optuna storage, where artifact metadata is recorded."""
+    """A trial or a study in an Optuna storage, where artifact metadata is recorded.
+
+    ``study_id`` is the study itself, or for a trial the study it belongs to when known
+    (``None`` until :meth:`owning_study_id` looks it up).
+    """
 
     storage: Any
     trial_id: int | None
     study_id: int | None
+
+    def owning_study_id(self) -> int:
+        """The study of the trial (or the study itself)."""
+        if self.study_id is not None:
+            return self.study_id
+        assert self.trial_id is not None
+        return study_id_of_trial(self.storage, self.trial_id)
 
     def system_attrs(self) -> dict[str, Any]:
         """Current system attributes of the trial or study."""
@@ -73,10 +84,51 @@ def resolve_target(study_or_trial: Any, storage: Any) -> MetadataTarget:
     if isinstance(study_or_trial, optuna.trial.Trial | optuna.trial.FrozenTrial):
         if storage is None:
             raise ValueError("storage is required for FrozenTrial.")
-        return MetadataTarget(storage=storage, trial_id=study_or_trial._trial_id, study_id=None)
+        study = getattr(study_or_trial, "study", None)  # a live Trial knows its study
+        study_id = getattr(study, "_study_id", None)
+        return MetadataTarget(storage=storage, trial_id=study_or_trial._trial_id, study_id=study_id)
     if isinstance(study_or_trial, optuna.study.Study):
         return MetadataTarget(storage=storage, trial_id=None, study_id=study_or_trial._study_id)
     raise TypeError(
         "study_or_trial must be an optuna Study, Trial or FrozenTrial, "
         f"got {type(study_or_trial).__name__}"
     )
+
+
+def study_id_of_trial(storage: Any, trial_id: int) -> int:
+    """The study a trial belongs to.
+
+    Optuna's storage API has no public trial -> study lookup. Where the storage keeps one
+    internally (in-memory and cached storages, the RDB trial table) it is used; otherwise,
+    and if those internals ever change, the public API is scanned (slower, always right).
+
+    Example:
+        >>> import optuna
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study(); trial = study.ask()
+        >>> study_id_of_trial(study._storage, trial._trial_id) == study._study_id
+        True
+    """
+    try:
+        return _study_id_from_internals(storage, trial_id)
+    except Exception:
+        pass
+    for study in storage.get_all_studies():
+        trials = storage.get_all_trials(study._study_id, deepcopy=False)
+        if any(t._trial_id == trial_id for t in trials):
+            return int(study._study_id)
+    raise ValueError(f"Trial id {trial_id} belongs to no study in this storage")
+
+
+def _study_id_from_internals(storage: Any, trial_id: int) -> int:
+    mapping = getattr(storage, "_trial_id_to_study_id_and_number", None)
+    if isinstance(mapping, dict) and trial_id in mapping:
+        return int(mapping[trial_id][0])
+    backend = getattr(storage, "_backend", None)
+    if backend is not None:
+        return _study_id_from_internals(backend, trial_id)
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(storage.scoped_session) as session:
+        return int(models.TrialModel.find_or_raise_by_id(trial_id, session).study_id)

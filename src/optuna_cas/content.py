@@ -22,10 +22,12 @@ import os
 import re
 import stat
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from optuna_cas._validation import validate_artifact_id
 from optuna_cas.backends.base import Backend
@@ -44,6 +46,7 @@ from optuna_cas.refs import ArtifactRef
 
 __all__ = [
     "BLOB_PREFIX",
+    "QUARANTINE_PREFIX",
     "REF_PREFIX",
     "BlobCache",
     "BlobInfo",
@@ -54,9 +57,55 @@ __all__ = [
 
 BLOB_PREFIX = "blobs/"
 REF_PREFIX = "refs/"
+# Corrupt blobs moved aside by verify(quarantine=True): kept for inspection, never read.
+QUARANTINE_PREFIX = "quarantine/"
 # Refs are tiny JSON records; refuse to parse anything absurdly large found at a ref key.
 MAX_REF_BYTES = 1024 * 1024
+# A dedup hit on a blob older than this refreshes its modification time, so garbage
+# collection (whose grace period must exceed this: see optuna_cas.operations.gc) spares it.
+FRESHEN_AFTER_SECONDS = 30 * 60
 _BLOB_KEY = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]{2})/([0-9a-f]{62})")
+
+
+# Below this size a plain hash-then-copy is as fast as overlapping them.
+_STAGE_MIN_BYTES = 8 * 1024 * 1024
+
+
+class _FileDigestMemo:
+    """Digests of files this process hashed, keyed by what changes whenever a file does.
+
+    (device, inode, size, mtime_ns, ctime_ns) changes on every write (ctime cannot be set back
+    by user code), so a hit means the same bytes: git's index and dvc's state db rely on the
+    same fact. Like git ("racy git") we only remember files whose ctime was at least
+    ``_SETTLED_NS`` old when hashing began, since a write within one timestamp tick would not
+    change it. Re-uploading an unchanged file then costs a stat and an existence check.
+    """
+
+    _SETTLED_NS = 2_000_000_000
+    _CAPACITY = 4096
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, ...], Digest] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(st: os.stat_result) -> tuple[int, ...]:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def get(self, st: os.stat_result) -> Digest | None:
+        with self._lock:
+            return self._entries.get(self.key(st))
+
+    def remember(self, st: os.stat_result, digest: Digest, hash_started_ns: int) -> None:
+        if hash_started_ns - st.st_ctime_ns < self._SETTLED_NS:
+            return
+        with self._lock:
+            if len(self._entries) >= self._CAPACITY:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[self.key(st)] = digest
+
+
+_FILE_DIGESTS = _FileDigestMemo()
 
 
 def blob_key(digest: Digest) -> str:
@@ -138,6 +187,8 @@ class ContentStore:
     Args:
         backend: Where bytes live.
         blob_cache: Optional local cache consulted before the backend on reads.
+        freshen_after: Seconds after which a re-used blob's time is refreshed (so that gc,
+            whose grace period must exceed this, spares it).
 
     Example:
         >>> import io
@@ -152,9 +203,16 @@ class ContentStore:
         b'weights'
     """
 
-    def __init__(self, backend: Backend, *, blob_cache: BlobCache | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        blob_cache: BlobCache | None = None,
+        freshen_after: float = FRESHEN_AFTER_SECONDS,
+    ) -> None:
         self._backend = backend
         self._blob_cache = blob_cache
+        self.freshen_after = freshen_after
 
     @property
     def backend(self) -> Backend:
@@ -180,11 +238,11 @@ class ContentStore:
             >>> ContentStore(MemoryBackend()).with_backend(MemoryBackend()).blob_cache is None
             True
         """
-        return ContentStore(backend, blob_cache=self._blob_cache)
+        return ContentStore(backend, blob_cache=self._blob_cache, freshen_after=self.freshen_after)
 
     def with_blob_cache(self, blob_cache: BlobCache | None) -> ContentStore:
         """The same backend read through ``blob_cache``."""
-        return ContentStore(self._backend, blob_cache=blob_cache)
+        return ContentStore(self._backend, blob_cache=blob_cache, freshen_after=self.freshen_after)
 
     def describe(self) -> str:
         """The backend's URL-like name, for messages."""
@@ -252,10 +310,21 @@ class ContentStore:
     def _put_file(self, f: BinaryIO) -> Digest:
         start = f.tell()
         before = os.fstat(f.fileno())
-        digest = hash_open_file(f)
-        written = self._store_blob(digest, f)
+        remembered = _FILE_DIGESTS.get(before) if start == 0 else None
+        stager = getattr(self._backend, "stage_copy", None)
+        if remembered is not None:
+            digest = remembered
+            written = self._store_blob(digest, f)
+        elif callable(stager) and before.st_size - start >= _STAGE_MIN_BYTES:
+            digest, written = self._hash_while_copying(f, stager)
+        else:
+            hash_started = time.time_ns()
+            digest = hash_open_file(f)
+            written = self._store_blob(digest, f)
+            if start == 0:
+                _FILE_DIGESTS.remember(before, digest, hash_started)
         after = os.fstat(f.fileno())
-        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        if _FileDigestMemo.key(before) != _FileDigestMemo.key(after):
             # What we copied may not be what we hashed: never leave a blob under a wrong name.
             if written:
                 self._backend.remove(blob_key(digest))
@@ -264,15 +333,53 @@ class ContentStore:
         f.seek(start + digest.size)
         return digest
 
+    def _hash_while_copying(self, f: BinaryIO, stager: Callable[..., Any]) -> tuple[Digest, bool]:
+        """Hash a large local file while the backend copies it; drop the copy on a dedup hit.
+
+        Hash and kernel copy run on both cores at once (BLAKE3 and copy_file_range release
+        the GIL): a fresh upload costs about one copy, not a hash plus a copy.
+        """
+        start = f.tell()
+        staged = stager(f.fileno(), start, BLOB_PREFIX.rstrip("/"))
+        try:
+            hash_started = time.time_ns()
+            digest = hash_open_file(f)
+            if start == 0:
+                _FILE_DIGESTS.remember(os.fstat(f.fileno()), digest, hash_started)
+            key = blob_key(digest)
+            try:
+                info = self._backend.stat(key)
+            except ArtifactNotFound:
+                stored_size: int | None = None
+            else:
+                stored_size = info.size
+                if stored_size == digest.size:
+                    staged.abort()
+                    if time.time() - info.modified > self.freshen_after:
+                        self._freshen(key)
+                    return digest, False
+            staged.commit(key, if_absent=stored_size is None)
+        except BaseException:
+            staged.abort()
+            raise
+        if self._blob_cache is not None:
+            f.seek(start)
+            self._blob_cache.add_file(digest, f)
+        return digest, True
+
     def _store_blob(self, digest: Digest, source: BinaryIO) -> bool:
         """Write ``source`` under ``digest``'s key unless present. Returns True if written."""
         key = blob_key(digest)
         try:
-            stored_size: int | None = self._backend.stat(key).size
+            info = self._backend.stat(key)
         except ArtifactNotFound:
-            stored_size = None
-        if stored_size == digest.size:
-            return False
+            stored_size: int | None = None
+        else:
+            stored_size = info.size
+            if stored_size == digest.size:
+                if time.time() - info.modified > self.freshen_after:
+                    self._freshen(key)
+                return False
         start = source.tell()
         # A present object of the wrong size is corrupt: overwrite it to repair.
         self._backend.write(key, source, if_absent=stored_size is None)
@@ -280,6 +387,32 @@ class ContentStore:
             source.seek(start)
             self._blob_cache.add_file(digest, source)
         return True
+
+    def _freshen(self, key: str) -> None:
+        touch = getattr(self._backend, "touch", None)
+        if callable(touch):
+            try:
+                touch(key)
+            except ArtifactNotFound:
+                pass  # collected meanwhile: put_artifact's re-check after the ref rewrites it
+
+    def write_verified_blob(self, digest: Digest, reader: BinaryIO) -> None:
+        """Store a blob from a reader that already verifies ``digest``.
+
+        For example another store's :meth:`open_blob`: no second hashing pass, no temp copy.
+
+        The reader raises at EOF if the bytes are wrong; every backend publishes only after
+        reading to EOF, so a bad source leaves nothing under the blob's key.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> a, b = ContentStore(MemoryBackend()), ContentStore(MemoryBackend())
+            >>> d = a.put_blob(io.BytesIO(b"x"))
+            >>> b.write_verified_blob(d, a.open_blob(d)); b.has_blob(d)
+            True
+        """
+        self._backend.write(blob_key(digest), reader, if_absent=True)
 
     def open_blob(self, digest: Digest) -> BinaryIO:
         """A reader of the blob that raises ``IntegrityError`` rather than return wrong bytes.
@@ -488,6 +621,23 @@ class ContentStore:
             1
         """
         validate_artifact_id(artifact_id)
+        if isinstance(source, str | os.PathLike) or _seekable(source):
+            return self._put_artifact(artifact_id, source, filename, mimetype, encoding)
+        # A pipe cannot be re-read for the re-check below: keep a local copy while we work.
+        with tempfile.TemporaryFile(prefix="optuna-cas-spool-") as spool:
+            _copy_to_spool(source, spool)
+            spool.seek(0)
+            return self._put_artifact(artifact_id, spool, filename, mimetype, encoding)
+
+    def _put_artifact(
+        self,
+        artifact_id: str,
+        source: BinaryIO | str | os.PathLike[str],
+        filename: str | None,
+        mimetype: str | None,
+        encoding: str | None,
+    ) -> ArtifactRef:
+        start = None if isinstance(source, str | os.PathLike) else source.tell()
         digest = self.put_blob(source)
         ref = ArtifactRef(
             artifact_id=artifact_id,
@@ -497,6 +647,14 @@ class ContentStore:
             encoding=encoding,
         )
         self.put_ref(ref)
+        # Blob before ref is not enough with a concurrent gc: it may have judged the blob
+        # unreferenced before our ref existed and delete it now. Checking after the ref is
+        # written closes that race (argument in optuna_cas.operations.gc).
+        if not self.has_blob(digest):
+            if not isinstance(source, str | os.PathLike):
+                source.seek(start or 0)
+            if self.put_blob(source) != digest:
+                raise IntegrityError(f"Content of artifact {artifact_id!r} changed during upload")
         return ref
 
     def open_artifact(self, artifact_id: str) -> BinaryIO:
@@ -590,6 +748,13 @@ def publish_new_file(temp: Path, target: Path) -> None:
         if os.path.lexists(target):
             raise FileExistsError(f"File already exists: {target!s}") from None
         os.replace(temp, target)
+
+
+def _copy_to_spool(source: BinaryIO, out: BinaryIO) -> None:
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    while n := readinto(source, view):
+        out.write(view[:n])
 
 
 def _copy_hashing(source: BinaryIO, out: io.BufferedRandom | BinaryIO) -> Digest:

@@ -6,8 +6,9 @@ import hashlib
 import io
 import os
 import tracemalloc
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import pytest
 
@@ -20,18 +21,24 @@ from optuna_cas.exceptions import (
     StoreConfigError,
     TransientBackendError,
 )
+from optuna_cas.middleware.backoff import RetryingBackend
+from optuna_cas.middleware.retry import Retrier, RetryPolicy
+from tests.support.fault_proxy import FaultProxy
 from tests.support.gcs import (
     GCS_TEST_CHUNK_SIZE,
+    GCSServer,
     _free_port,
     make_gcs_client,
     start_fake_gcs_server,
     stop_fake_gcs_server,
 )
+from tests.support.gcs_resumable import ResumableSessions
 
 pytestmark = pytest.mark.gcs
 
 MiB = 1024 * 1024
 CHUNK = GCS_TEST_CHUNK_SIZE
+T = TypeVar("T")
 
 
 class NonSeekable(io.RawIOBase):
@@ -343,3 +350,149 @@ def test_replayable_stream_seeks_back_within_last_read_only() -> None:
         stream.seek(100)  # older than the last read: gone
     assert stream.read(10_000) == data[430:]
     assert stream.read(10) == b""
+
+
+# -- per-request retries of resumable uploads ----------------------------------------------------
+#
+# fake-gcs-server (1.54) cannot check resumable-upload recovery: it appends every chunk it gets
+# whatever its Content-Range says (a resent chunk is stored twice) and takes a status query
+# (``Content-Range: bytes */*``, empty body) for "finish now", publishing what it has so far.
+# ResumableSessions stands in front of it and keeps upload sessions the way GCS documents them.
+
+
+@dataclass
+class FaultyGCS:
+    proxy: FaultProxy
+    backend: RetryingBackend  # as Backoff builds it: SDK retries off, every request retried
+    sessions: ResumableSessions
+
+
+@pytest.fixture
+def faulty_gcs(gcs_server: GCSServer, gcs_bucket: Any) -> Iterator[FaultyGCS]:
+    """client -> fault proxy -> ResumableSessions -> fake-gcs-server."""
+    with ResumableSessions(gcs_server) as sessions, FaultProxy("127.0.0.1", sessions.port) as proxy:
+        backend = GCSBackend(
+            gcs_bucket.name,
+            client=make_gcs_client(proxy.endpoint_url),
+            chunk_size=CHUNK,
+            sdk_retries=False,
+            timeout=0.3,
+        )
+        retrier = Retrier(RetryPolicy(min_delay=0.01, max_delay=0.05))
+        yield FaultyGCS(proxy, RetryingBackend(backend, retrier), sessions)
+
+
+def session_starts(proxy: FaultProxy) -> int:
+    return sum(r.method == "POST" and "uploadType=resumable" in r.path for r in proxy.requests)
+
+
+def fail_chunk(proxy: FaultProxy, client: Any, number: int, mode: str) -> None:
+    """Make the proxy break chunk request ``number`` (1-based) of the next resumable upload."""
+    seen = 0
+
+    def hook(response: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal seen
+        if response.request.method == "PUT" and "upload_id=" in response.request.url:
+            seen += 1
+            if seen == number - 1:
+                proxy.fail_next(mode, methods={"PUT"})
+
+    if number == 1:
+        proxy.fail_next(mode, methods={"PUT"})
+    else:
+        client._http.hooks["response"].append(hook)
+
+
+def test_default_backend_does_not_run_requests_itself(gcs_backend: GCSBackend) -> None:
+    assert not gcs_backend.runs_every_request
+    calls: list[str] = []
+
+    def runner(description: str, request: Callable[[], T]) -> T:
+        calls.append(description)
+        return request()
+
+    routed = gcs_backend.with_request_runner(runner)
+    assert routed.runs_every_request and not gcs_backend.runs_every_request
+    data = os.urandom(3 * CHUNK + 5)
+    routed.write("blobs/r", io.BytesIO(data), if_absent=True)
+    routed.write("refs/r", io.BytesIO(b"small"), if_absent=True)
+    assert read_all(gcs_backend, "blobs/r") == data
+    where = f"{gcs_backend.describe()}/blobs/r"
+    assert calls == [
+        f"check {where}",
+        f"start resumable upload of {where}",
+        *(f"upload chunk {n} of {where}" for n in (1, 2, 3, 4)),
+        f"upload {gcs_backend.describe()}/refs/r",
+    ]
+    calls.clear()
+    routed.write("blobs/r", io.BytesIO(data), if_absent=True)
+    assert calls == [f"check {where}"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "chunk", "size"),
+    [
+        ("503", 4, 6 * MiB),  # refused before GCS saw it: resent from the same byte
+        ("drop_response", 3, 6 * MiB),  # stored, answer lost: the status query says so
+        ("truncate", 2, 6 * MiB + 12345),
+        ("drop_response", 7, 6 * MiB + 12345),  # the last chunk: the object is already there
+        ("drop_response", 7, 6 * MiB),  # the last request is an empty "that was all"
+    ],
+)
+def test_a_failed_chunk_is_resent_alone(
+    faulty_gcs: FaultyGCS, gcs_bucket: Any, mode: str, chunk: int, size: int
+) -> None:
+    proxy, backend = faulty_gcs.proxy, faulty_gcs.backend
+    source = NonSeekable(size, block=CHUNK // 2 + 3)  # only the replay window can rewind
+    fail_chunk(proxy, backend.inner._client, chunk, mode)  # type: ignore[attr-defined]
+    backend.write("blobs/x", source, if_absent=True)  # type: ignore[arg-type]
+
+    assert [r.fault for r in proxy.requests if r.fault] == [mode]
+    assert session_starts(proxy) == 1
+    assert faulty_gcs.sessions.status_queries == 1
+    # 7 chunk requests, one status query, and a resend only if GCS never got the chunk
+    resent = mode == "503"
+    assert sum(r.method == "PUT" for r in proxy.requests) == 7 + 1 + resent
+    stored = gcs_bucket.blob("blobs/x").download_as_bytes()  # out of band, not via the proxy
+    assert len(stored) == size
+    assert hashlib.sha256(stored).digest() == source.sha256.digest()
+
+
+def test_lost_answer_to_the_last_chunk_with_the_object_missing_is_an_error(
+    faulty_gcs: FaultyGCS, gcs_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session says "finished", but the object is not there: never call that done.
+    proxy, backend = faulty_gcs.proxy, faulty_gcs.backend
+    fail_chunk(proxy, backend.inner._client, 4, "drop_response")  # type: ignore[attr-defined]
+    reload = GCSBackend._reload
+
+    def delete_then_reload(self: GCSBackend, key: str) -> Any:
+        gcs_bucket.blob(self._name(key)).delete()  # as if deleted right after it was made
+        return reload(self, key)
+
+    monkeypatch.setattr(GCSBackend, "_reload", delete_then_reload)
+    with pytest.raises(BackendError, match="session ended before the upload was complete"):
+        backend.write("blobs/x", io.BytesIO(os.urandom(3 * CHUNK + 1)))
+
+
+def test_resumable_uploads_survive_30_percent_faults(
+    faulty_gcs: FaultyGCS, gcs_bucket: Any
+) -> None:
+    proxy, backend = faulty_gcs.proxy, faulty_gcs.backend
+    payloads = {f"blobs/{i}": os.urandom(3 * MiB + i * 1000) for i in range(20)}
+    proxy.set_faults(0.3, ("reset", "503", "truncate", "drop_response", "stall"), stall_seconds=0.6)
+    for key, data in payloads.items():
+        backend.write(key, io.BytesIO(data), if_absent=True)
+    proxy.clear_faults()
+    faults = {r.fault for r in proxy.requests if r.fault}
+    assert faults == {"reset", "503", "truncate", "drop_response", "stall"}
+    # A session is started again only when starting it failed: chunks are retried alone.
+    failed_starts = sum(
+        r.method == "POST" and "uploadType=resumable" in r.path and r.fault is not None
+        for r in proxy.requests
+    )
+    assert session_starts(proxy) == len(payloads) + failed_starts
+    assert faulty_gcs.sessions.status_queries > 5
+    for key, data in payloads.items():
+        assert gcs_bucket.blob(key).download_as_bytes() == data, key
+    assert sorted(b.name for b in gcs_bucket.list_blobs()) == sorted(payloads)

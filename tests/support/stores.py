@@ -14,6 +14,7 @@ import pytest
 from optuna_cas import (
     Backoff,
     Boto3ArtifactStore,
+    CachedArtifactStore,
     FileSystemArtifactStore,
     GCSArtifactStore,
     MemoryArtifactStore,
@@ -52,6 +53,16 @@ def _gcs(request: pytest.FixtureRequest) -> ContentAddressedArtifactStore:
     )
 
 
+def _cached(
+    store: ContentAddressedArtifactStore, request: pytest.FixtureRequest
+) -> CachedArtifactStore:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    # Modest, but larger than the suite's biggest blob (20 MiB) so every read goes through it.
+    return CachedArtifactStore(
+        store, directory=tmp_path / "blob-cache", size_limit=64 * 1024 * 1024
+    )
+
+
 STORE_BUILDERS: dict[str, StoreBuilder] = {
     "memory": _memory,
     "filesystem": _filesystem,
@@ -60,6 +71,9 @@ STORE_BUILDERS: dict[str, StoreBuilder] = {
     "backoff-filesystem": lambda r: _fast_backoff(_filesystem(r)),
     "backoff-s3": lambda r: _fast_backoff(_s3(r)),
     "backoff-gcs": lambda r: _fast_backoff(_gcs(r)),
+    "cached-s3": lambda r: _cached(_s3(r), r),
+    "cached-gcs": lambda r: _cached(_gcs(r), r),
+    "cached-backoff-s3": lambda r: _cached(_fast_backoff(_s3(r)), r),
 }
 
 

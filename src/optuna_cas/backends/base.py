@@ -75,6 +75,8 @@ class Backend(Protocol):
       ``content_body``. With ``if_absent=True`` an existing object is left untouched (no error).
     * ``remove`` deletes; a missing key raises ``ArtifactNotFound``.
     * ``list(prefix)`` yields every object whose key starts with ``prefix`` (no order promised).
+    * ``touch(key)`` sets the object's modification time to now without changing its bytes
+      (garbage collection spares recently touched blobs; see :func:`optuna_cas.gc`).
     * Keys are validated with :func:`optuna_cas._validation.validate_key` before any I/O.
 
     Example:
@@ -101,6 +103,10 @@ class Backend(Protocol):
 
     def stat(self, key: str) -> ObjectInfo:
         """Size and modification time of ``key``."""
+        ...
+
+    def touch(self, key: str) -> None:
+        """Set the modification time of ``key`` to now."""
         ...
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

@@ -10,14 +10,16 @@ client, and every SDK error is translated at this boundary (see :func:`_translat
 
 from __future__ import annotations
 
+import copy
 import http.client
 import io
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from optuna_cas._validation import validate_key, validate_prefix
-from optuna_cas.backends.base import ObjectInfo
+from optuna_cas.backends.base import ObjectInfo, RequestRunner, run_once
 from optuna_cas.exceptions import (
     ArtifactNotFound,
     BackendError,
@@ -37,6 +39,10 @@ _CHUNK_MULTIPLE = 256 * 1024
 # one, where fake-gcs-server ignores ``if_generation_match``: keep single requests below it.
 _MAX_SINGLE_REQUEST = 8 * 1024 * 1024
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Answers to a resumable-upload status query once the session is over: finished (200/201), or
+# forgotten (404/410: completed a while ago, cancelled or expired; the object tells which).
+_SESSION_FINISHED = frozenset({200, 201})
+_SESSION_GONE = frozenset({404, 410})
 _CONTENT_TYPE = "application/octet-stream"
 
 
@@ -112,6 +118,8 @@ class GCSBackend:
         self._timeout = timeout
         # Omitting ``retry`` keeps each SDK method's own default (they differ per method).
         self._retry: dict[str, Any] = {} if sdk_retries else {"retry": None}
+        self._sdk_retries = sdk_retries
+        self._run: RequestRunner = run_once
         # Set once the bucket is known to exist, so a 404 needs no second look (see _not_found).
         self._bucket_seen = False
 
@@ -174,16 +182,46 @@ class GCSBackend:
             >>> backend.write("refs/a", io.BytesIO(b"hello"), if_absent=True)  # doctest: +SKIP
         """
         validate_key(key)
+        where = self._where(key)
         head = _read_up_to(content_body, self._single_request_limit)
         if len(head) < self._single_request_limit:
-            self._upload_whole(key, head, if_absent=if_absent)
+            self._run(f"upload {where}", lambda: self._upload_whole(key, head, if_absent=if_absent))
             return
         # fake-gcs-server ignores ``if_generation_match`` on resumable uploads, so look first
         # (safe: a content-addressed key never changes meaning) and still send the precondition
         # for real GCS, where it closes the race between the look and the upload.
-        if if_absent and self.exists(key):
+        if if_absent and self._run(f"check {where}", lambda: self.exists(key)):
             return
-        self._upload_resumable(key, head, content_body, if_absent=if_absent)
+        if self.runs_every_request:
+            self._upload_chunk_by_chunk(key, head, content_body, if_absent=if_absent)
+        else:
+            self._upload_resumable(key, head, content_body, if_absent=if_absent)
+
+    def with_request_runner(self, runner: RequestRunner) -> GCSBackend:
+        """A copy of this backend that sends every request of ``write`` through ``runner``.
+
+        :class:`~optuna_cas.Backoff` passes a retrying runner. Resumable uploads are then
+        driven here one request at a time (start the session, then each chunk), and a
+        failed chunk is retried alone: the retry first asks the session how many bytes GCS
+        holds (the resumable protocol's status query) and resends from there.
+
+        Example:
+            >>> from optuna_cas.backends.base import run_once
+            >>> same = backend.with_request_runner(run_once)  # doctest: +SKIP
+        """
+        clone = copy.copy(self)
+        clone._run = runner
+        return clone
+
+    @property
+    def runs_every_request(self) -> bool:
+        """True when a request runner other than the default is installed.
+
+        Example:
+            >>> backend.runs_every_request  # doctest: +SKIP
+            False
+        """
+        return self._run is not run_once
 
     def remove(self, key: str) -> None:
         """Delete ``key``.
@@ -216,6 +254,24 @@ class GCSBackend:
         except ArtifactNotFound:
             return False
         return True
+
+    def touch(self, key: str) -> None:
+        """Refresh ``key``'s ``updated`` time by patching a metadata field (no bytes move).
+
+        Example:
+            .. code-block:: python
+
+                backend.touch("blobs/blake3/ab/cd...")
+        """
+        validate_key(key)
+
+        def patch() -> None:
+            with self._translating(key):
+                blob = self._bucket.blob(self._name(key))
+                blob.metadata = {"optuna-cas-touched": f"{time.time():.3f}"}
+                blob.patch(timeout=self._timeout, **self._retry)
+
+        self._run(f"touch {self.describe()}/{key}", patch)
 
     def stat(self, key: str) -> ObjectInfo:
         """Size and modification time of ``key``.
@@ -268,6 +324,9 @@ class GCSBackend:
     def _name(self, key: str) -> str:
         return f"{self._prefix}/{key}" if self._prefix else key
 
+    def _where(self, key: str) -> str:
+        return f"{self.describe()}/{key}"
+
     def _reload(self, key: str) -> Any:
         blob = self._bucket.blob(self._name(key))
         with self._translating(key):
@@ -317,6 +376,21 @@ class GCSBackend:
                     timeout=self._timeout,
                     **self._retry,
                 )
+        except _AlreadyPresentError:
+            if not if_absent:
+                raise
+
+    def _upload_chunk_by_chunk(
+        self, key: str, head: bytes, source: BinaryIO, *, if_absent: bool
+    ) -> None:
+        """A resumable upload whose every request goes through ``self._run`` on its own."""
+        upload = _ChunkedUpload(self, key, _ReplayableStream(head, source), if_absent=if_absent)
+        del head  # the stream owns it now
+        where = self._where(key)
+        try:
+            self._run(f"start resumable upload of {where}", upload.start)
+            while not upload.done:
+                self._run(f"upload chunk {upload.next_chunk} of {where}", upload.send_next_chunk)
         except _AlreadyPresentError:
             if not if_absent:
                 raise
@@ -510,6 +584,165 @@ class _ReplayableStream:
             parts.append(data)
             size -= len(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _TimedTransport:
+    """The SDK's HTTP session with the backend's timeout forced onto every request.
+
+    ``ResumableUpload.recover`` takes no timeout (it would wait over a minute on a stall).
+    """
+
+    def __init__(self, transport: Any, timeout: float) -> None:
+        self._transport = transport
+        self._timeout = timeout
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        kwargs["timeout"] = self._timeout
+        return self._transport.request(method, url, *args, **kwargs)
+
+
+def _status(error: BaseException) -> int | None:
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+class _ChunkedUpload:
+    """One resumable upload driven request by request, each request safe to repeat.
+
+    ``start`` opens a session; a repeat opens a fresh one (an abandoned session is invisible
+    and expires on its own). ``send_next_chunk`` sends the chunk after what GCS holds. Once a
+    chunk request has failed, GCS may or may not hold that chunk (the answer may be what was
+    lost), so the next attempt first asks (the protocol's status query) and rewinds the stream
+    to the answer, which always lies within the last chunk read: the window
+    :class:`_ReplayableStream` keeps. A final chunk whose answer was lost shows up as a
+    finished (or already forgotten) session; the object is then checked before believing it.
+    """
+
+    def __init__(
+        self, backend: GCSBackend, key: str, stream: _ReplayableStream, *, if_absent: bool
+    ) -> None:
+        self._backend = backend
+        self._key = key
+        self._stream = stream
+        self._if_absent = if_absent
+        self._blob = backend._bucket.blob(backend._name(key), chunk_size=backend._chunk_size)
+        self._upload: Any = None
+        self._transport: Any = None
+        self._in_doubt = False  # the last chunk request failed: its bytes may have landed
+        self.done = False
+
+    @property
+    def next_chunk(self) -> int:
+        """1-based number of the chunk to send next (for log messages)."""
+        sent = int(self._upload.bytes_uploaded) if self._upload is not None else 0
+        return sent // self._backend._chunk_size + 1
+
+    def start(self) -> None:
+        """Open the upload session (one request)."""
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        backend = self._backend
+        with backend._translating(self._key):
+            # The SDK's own first step of ``upload_from_file``; size=None: the upload ends at
+            # the first short read, and GCS publishes the object only then.
+            upload, transport = self._blob._initiate_resumable_upload(
+                backend._client,
+                self._stream,
+                _CONTENT_TYPE,
+                None,
+                chunk_size=backend._chunk_size,
+                if_generation_match=0 if self._if_absent else None,
+                timeout=backend._timeout,
+                retry=DEFAULT_RETRY if backend._sdk_retries else None,
+            )
+        self._upload = upload
+        self._transport = _TimedTransport(transport, backend._timeout)
+
+    def send_next_chunk(self) -> None:
+        """Send the next chunk (one request), after a status query if the last attempt failed."""
+        from google.cloud.storage import exceptions as media
+
+        backend, upload = self._backend, self._upload
+        with backend._translating(self._key):
+            if self._in_doubt and self._recover():
+                self.done = True
+                return
+            self._in_doubt = True
+            if self._stream.tell() != upload.bytes_uploaded:
+                # GCS may persist less than a whole chunk (it says so in the 308's Range).
+                self._rewind(upload.bytes_uploaded)
+            try:
+                upload.transmit_next_chunk(self._transport, timeout=backend._timeout)
+            except media.DataCorruption as e:
+                # The object is published but damaged: remove it, like the SDK does. Its bytes
+                # are gone from the stream, so this upload cannot be repeated from here.
+                with suppress(Exception):
+                    self._blob.delete(timeout=backend._timeout, **backend._retry)
+                raise BackendError(
+                    f"{backend._where(self._key)}: checksum mismatch after upload; the "
+                    f"damaged object was deleted: {e}"
+                ) from e
+            except media.InvalidResponse as e:
+                status = _status(e)
+                if status in _SESSION_GONE:
+                    raise self._session_gone(e) from e
+                if status == 308:
+                    # A 308 without its Range header: an answer cut short. Ask again.
+                    raise TransientBackendError(
+                        f"{backend._where(self._key)}: chunk answer incomplete: {e}"
+                    ) from e
+                raise
+            self._in_doubt = False
+            self.done = bool(upload.finished)
+
+    def _recover(self) -> bool:
+        """Ask GCS how much it holds and rewind there; True if the upload is in fact complete."""
+        from google.cloud.storage import exceptions as media
+
+        try:
+            # Status query (``Content-Range: bytes */*``); on a 308 it seeks the stream to
+            # the first byte GCS lacks.
+            self._upload.recover(self._transport)
+        except media.InvalidResponse as e:
+            status = _status(e)
+            if status not in _SESSION_FINISHED and status not in _SESSION_GONE:
+                raise
+            if self._object_is_complete():
+                return True
+            raise self._session_gone(e) from e
+        except ValueError as e:
+            # _ReplayableStream.seek: GCS claims fewer bytes than it had acknowledged, which
+            # only a garbled answer does (a 308 cut before its Range header reads as "none").
+            raise TransientBackendError(
+                f"{self._backend._where(self._key)}: implausible upload status "
+                f"({self._upload.bytes_uploaded} bytes stored): {e}"
+            ) from e
+        return False
+
+    def _rewind(self, offset: int) -> None:
+        try:
+            self._stream.seek(offset)
+        except ValueError as e:
+            raise BackendError(
+                f"{self._backend._where(self._key)}: resumable upload cannot resume: {e}"
+            ) from e
+
+    def _object_is_complete(self) -> bool:
+        """Whether the object stands complete: the whole size is known and matches."""
+        total = self._upload.total_bytes
+        if total is None:  # the last chunk was never even prepared
+            return False
+        try:
+            meta = self._backend._reload(self._key)
+        except ArtifactNotFound:
+            return False
+        return int(meta.size or 0) == int(total)
+
+    def _session_gone(self, error: Exception) -> BackendError:
+        return BackendError(
+            f"{self._backend._where(self._key)}: the resumable upload session ended before "
+            f"the upload was complete (HTTP {_status(error)}): {error}"
+        )
 
 
 class _IntoView:

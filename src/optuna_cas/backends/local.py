@@ -12,6 +12,7 @@ import errno
 import io
 import os
 import stat
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from optuna_cas.backends.base import ObjectInfo
 from optuna_cas.digest import CHUNK_SIZE, readinto
 from optuna_cas.exceptions import ArtifactNotFound, InvalidKeyError, StoreConfigError
 
-__all__ = ["TEMP_PREFIX", "LocalBackend"]
+__all__ = ["TEMP_PREFIX", "LocalBackend", "StagedCopy"]
 
 TEMP_PREFIX = ".tmp-"
 
@@ -144,6 +145,26 @@ class LocalBackend:
         if self._fsync:
             _fsync_dir(path.parent)
 
+    def stage_copy(self, source_fd: int, offset: int, directory: str) -> StagedCopy:
+        """Start copying a file (from ``offset`` to EOF) into a temp file under ``directory``.
+
+        The copy runs in the kernel on a background thread while the caller does something
+        else (the content store hashes the same file meanwhile); it is published under a key
+        with :meth:`StagedCopy.commit` or dropped with :meth:`StagedCopy.abort`.
+
+        Example:
+            >>> import os, tempfile
+            >>> b = LocalBackend(tempfile.mkdtemp())
+            >>> src = tempfile.TemporaryFile(); _ = src.write(b"payload"); src.flush()
+            >>> staged = b.stage_copy(src.fileno(), 0, "blobs")
+            >>> staged.commit("blobs/x/y", if_absent=True); b.open_reader("blobs/x/y").read()
+            b'payload'
+        """
+        validate_key(directory)
+        folder = self._root / directory
+        folder.mkdir(parents=True, exist_ok=True)
+        return StagedCopy(self, source_fd, offset, folder)
+
     def remove(self, key: str) -> None:
         """Delete ``key``; a missing key raises ``ArtifactNotFound``.
 
@@ -172,6 +193,18 @@ class LocalBackend:
         """
         path = self._path(key)
         return path.is_file() and not path.is_symlink()
+
+    def touch(self, key: str) -> None:
+        """Set ``key``'s modification time to now (a dedup hit protects its blob from gc).
+
+        Example:
+            >>> import io, tempfile
+            >>> b = LocalBackend(tempfile.mkdtemp()); b.write("k", io.BytesIO(b"x")); b.touch("k")
+        """
+        try:
+            os.utime(self._path(key), follow_symlinks=False)
+        except FileNotFoundError as e:
+            raise self._missing(key) from e
 
     def stat(self, key: str) -> ObjectInfo:
         """Size and modification time of ``key``.
@@ -271,6 +304,85 @@ class LocalBackend:
         return self._root.as_uri()
 
 
+class StagedCopy:
+    """A kernel copy running on a background thread into a temp file; commit or abort it.
+
+    Example:
+        >>> import tempfile
+        >>> b = LocalBackend(tempfile.mkdtemp())
+        >>> src = tempfile.TemporaryFile(); _ = src.write(b"x"); src.flush()
+        >>> b.stage_copy(src.fileno(), 0, "blobs").abort()
+    """
+
+    def __init__(self, backend: LocalBackend, source_fd: int, offset: int, folder: Path) -> None:
+        self._backend = backend
+        # Our own descriptor: the caller may close or seek theirs while we copy.
+        self._source_fd = os.dup(source_fd)
+        self._offset = offset
+        self._temp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        self._out_fd = os.open(
+            self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+        )
+        self._cancel = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="optuna-cas-stage", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            copied, finished = _kernel_copy(
+                self._source_fd, self._out_fd, self._offset, self._cancel
+            )
+            if not finished and not self._cancel.is_set():
+                # The kernel refused this pair of files: finish in user space from where it stopped.
+                with open(self._source_fd, "rb", closefd=False) as src:
+                    src.seek(self._offset + copied)
+                    while chunk := src.read(CHUNK_SIZE):
+                        if self._cancel.is_set():
+                            return
+                        os.write(self._out_fd, chunk)
+        except BaseException as e:  # reported by commit()
+            self._error = e
+
+    def commit(self, key: str, *, if_absent: bool) -> None:
+        """Wait for the copy, then publish it under ``key`` (atomic; ``if_absent`` as in write)."""
+        try:
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            if self._backend._fsync:
+                os.fsync(self._out_fd)
+            path = self._backend._path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if if_absent:
+                try:
+                    os.link(self._temp, path)
+                except FileExistsError:
+                    pass
+            else:
+                os.replace(self._temp, path)
+        finally:
+            self._cleanup()
+
+    def abort(self) -> None:
+        """Stop the copy and remove the temp file."""
+        self._cancel.set()
+        self._thread.join()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        for fd in (self._out_fd, self._source_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._out_fd = self._source_fd = -1
+        try:
+            os.unlink(self._temp)
+        except FileNotFoundError:
+            pass
+
+
 def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
@@ -296,13 +408,15 @@ def _copy_to(source: BinaryIO, out: io.BufferedWriter) -> None:
 _UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
 
-def _kernel_copy(src_fd: int, dst_fd: int, offset: int) -> tuple[int, bool]:
+def _kernel_copy(
+    src_fd: int, dst_fd: int, offset: int, cancel: threading.Event | None = None
+) -> tuple[int, bool]:
     """copy_file_range from ``offset`` to EOF; returns (bytes copied, reached EOF)."""
     copy_range = getattr(os, "copy_file_range", None)
     if copy_range is None:  # pragma: no cover - not Linux
         return 0, False
     copied = 0
-    while True:
+    while cancel is None or not cancel.is_set():
         try:
             n = copy_range(src_fd, dst_fd, 64 * CHUNK_SIZE, offset + copied)
         except OSError as e:
@@ -312,6 +426,7 @@ def _kernel_copy(src_fd: int, dst_fd: int, offset: int) -> tuple[int, bool]:
         if n == 0:
             return copied, True
         copied += n
+    return copied, False
 
 
 def _real_fileno(stream: BinaryIO) -> int | None:

@@ -92,6 +92,20 @@ class MemoryBackend:
         with self._lock:
             return key in self._objects
 
+    def touch(self, key: str) -> None:
+        """Set ``key``'s modification time to now.
+
+        Example:
+            >>> import io
+            >>> b = MemoryBackend(); b.write("k", io.BytesIO(b"x")); b.touch("k")
+        """
+        validate_key(key)
+        with self._lock:
+            entry = self._objects.get(key)
+            if entry is None:
+                raise ArtifactNotFound(f"no object {key!r} in {self.describe()}")
+            self._objects[key] = (entry[0], time.time())
+
     def stat(self, key: str) -> ObjectInfo:
         """Size and modification time of ``key``.
 

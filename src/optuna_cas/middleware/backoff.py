@@ -186,6 +186,10 @@ class RetryingBackend:
         """Existence check with retries."""
         return self._retrier.call(f"check {self._where(key)}", lambda: self._backend.exists(key))
 
+    def touch(self, key: str) -> None:
+        """Touch with retries."""
+        self._retrier.call(f"touch {self._where(key)}", lambda: self._backend.touch(key))
+
     def stat(self, key: str) -> ObjectInfo:
         """Stat with retries."""
         return self._retrier.call(f"stat {self._where(key)}", lambda: self._backend.stat(key))

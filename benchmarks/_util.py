@@ -1,0 +1,267 @@
+"""Shared helpers: timing with alternating order, test data, disk usage, child RSS, tables."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _noop() -> None:
+    pass
+
+
+@dataclass
+class Contender:
+    """One thing to time: ``setup`` and ``teardown`` run untimed around each ``run``."""
+
+    name: str
+    run: Callable[[], object]
+    setup: Callable[[], object] = _noop
+    teardown: Callable[[], object] = _noop
+
+
+def measure(
+    contenders: Sequence[Contender], reps: int, *, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Time each contender ``reps`` times, rotating the order every round.
+
+    This VM's first touch of memory is slow and its speed drifts, so contenders are compared
+    within one run, round by round, never against a lone earlier number. Warm-up rounds are
+    run and discarded.
+    """
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for round_ in range(warmup + reps):
+        shift = round_ % len(contenders)
+        for contender in [*contenders[shift:], *contenders[:shift]]:
+            contender.setup()
+            start = time.perf_counter()
+            contender.run()
+            elapsed = time.perf_counter() - start
+            contender.teardown()
+            if round_ >= warmup:
+                times[contender.name].append(elapsed)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def fmt_times(values: Sequence[float]) -> str:
+    return " ".join(f"{v:.3f}" for v in values)
+
+
+def make_random_file(path: Path, size: int, seed: int) -> Path:
+    """Write ``size`` pseudo-random (incompressible) bytes; numpy is ~10x faster than urandom."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    chunk = 16 * MiB
+    with open(path, "wb") as out:
+        remaining = size
+        while remaining > 0:
+            n = min(chunk, remaining)
+            out.write(rng.bytes(n))
+            remaining -= n
+    return path
+
+
+def warm_page_cache(path: Path) -> None:
+    """Read a file once with one reused buffer so later reads come from the page cache."""
+    buffer = bytearray(4 * MiB)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(view):
+            pass
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes allocated on disk below ``path`` (``du -s --block-size=1``; hard links once)."""
+    if not path.is_dir():
+        return path.lstat().st_blocks * 512
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(path):
+        for full in [dirpath, *(os.path.join(dirpath, name) for name in filenames)]:
+            st = os.lstat(full)
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def count_files(path: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(path))
+
+
+def fingerprint(path: Path) -> set[tuple[str, int, int, int]]:
+    """(path, inode, size, mtime) of every file below ``path``: any rewrite changes it.
+
+    Not ``du``: the filesystem may allocate an extent block for a big file at writeback,
+    seconds after it was written, which ``du`` would count as new bytes.
+    """
+    result = set()
+    for dirpath, _dirnames, filenames in os.walk(path):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            result.add((os.path.join(dirpath, name), st.st_ino, st.st_size, st.st_mtime_ns))
+    return result
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class ChildResult:
+    """Peak memory of a child process."""
+
+    peak_rss: int  # VmHWM: highest RSS of the child's address space, file-backed pages included
+    peak_anon: int  # highest RssAnon sampled from /proc (heap, buffers; no page cache)
+    seconds: float
+
+
+def _rss_anon(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"RssAnon:"):
+                    return int(line.split()[1]) * KiB
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def run_child(*args: str) -> ChildResult:
+    """Run ``python -m benchmarks._child ARGS`` and report its peak RSS.
+
+    The child reports its own ``VmHWM``. Not ``ru_maxrss``: on Linux a child started by
+    (v)fork + exec inherits the parent's high-water mark in ``ru_maxrss``, so every child
+    would show this (large) benchmark process's peak.
+    """
+    with tempfile.NamedTemporaryFile(prefix="bench-peak-") as peak_file:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._child", *args],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "BENCH_PEAK_FILE": peak_file.name},
+        )
+        peak_anon = 0
+        while proc.poll() is None:
+            peak_anon = max(peak_anon, _rss_anon(proc.pid))
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"child {args!r} failed with exit code {proc.returncode}")
+        peak_rss = int(Path(peak_file.name).read_text()) * KiB
+    return ChildResult(peak_rss, peak_anon, elapsed)
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    what: str
+    ours: str
+    baseline: str
+    ratio: str
+    target: str
+    met: bool | None  # None: informational, no target
+
+
+@dataclass
+class Section:
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def seconds(t: float, size: int | None = None) -> str:
+    if size is None:
+        return f"{t:.3f} s"
+    return (
+        f"{t:.3f} s ({size / t / 1e9:.2f} GB/s)"
+        if size / t >= 1e9
+        else (f"{t:.3f} s ({size / t / 1e6:.0f} MB/s)")
+    )
+
+
+def mib(n: int) -> str:
+    return f"{n / MiB:,.1f} MiB"
+
+
+def render_section(section: Section) -> str:
+    lines = [
+        f"### {section.title}",
+        "",
+        "| What | Ours | Baseline | Ratio | Target | Met? |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in section.rows:
+        met = "—" if r.met is None else ("**yes**" if r.met else "**NO**")
+        lines.append(f"| {r.what} | {r.ours} | {r.baseline} | {r.ratio} | {r.target} | {met} |")
+    lines.append("")
+    lines.extend(f"- {note}" for note in section.notes)
+    if section.notes:
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes and repetitions; ``QUICK`` is a smoke test, ``FULL`` the issues' targets."""
+
+    big: int
+    reps: int
+    checkpoint: int
+    checkpoint_uploads: int
+    small_files: int
+    small_size: int
+    small_reps: int
+    s3_file: int
+    s3_reps: int
+    s3_rss_file: int
+
+
+FULL = Config(
+    big=GiB,
+    reps=7,
+    checkpoint=64 * MiB,
+    checkpoint_uploads=20,
+    small_files=1000,
+    small_size=4 * KiB,
+    small_reps=3,
+    s3_file=256 * MiB,
+    s3_reps=5,
+    s3_rss_file=512 * MiB,
+)
+QUICK = Config(
+    big=64 * MiB,
+    reps=2,
+    checkpoint=4 * MiB,
+    checkpoint_uploads=20,
+    small_files=100,
+    small_size=4 * KiB,
+    small_reps=1,
+    s3_file=24 * MiB,
+    s3_reps=1,
+    s3_rss_file=32 * MiB,
+)

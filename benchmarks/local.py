@@ -1,0 +1,415 @@
+"""Issue 2: the local filesystem store against ``cp`` and Optuna's ``FileSystemArtifactStore``."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+import optuna_cas
+from benchmarks._util import (
+    Config,
+    Contender,
+    MiB,
+    Row,
+    Section,
+    count_files,
+    disk_usage,
+    fingerprint,
+    fmt_times,
+    make_random_file,
+    measure,
+    median,
+    mib,
+    remove,
+    run_child,
+    seconds,
+    warm_page_cache,
+)
+from optuna_cas.backends.local import LocalBackend
+from optuna_cas.digest import hash_file
+
+
+def _optuna_store(path: Path) -> optuna.artifacts.FileSystemArtifactStore:
+    path.mkdir(parents=True, exist_ok=True)  # Optuna's store does not create its directory
+    return optuna.artifacts.FileSystemArtifactStore(path)
+
+
+class _Fresh:
+    """A store in a new directory for every rep, deleted right after the rep."""
+
+    def __init__(self, root: Path, name: str, make: Any) -> None:
+        self._root = root
+        self._name = name
+        self._make = make
+        self._counter = itertools.count()
+        self.path = root
+        self.store: Any = None
+        self.study: Any = None
+
+    def setup(self) -> None:
+        self.path = self._root / f"{self._name}-{next(self._counter)}"
+        self.store = self._make(self.path)
+
+    def teardown(self) -> None:
+        remove(self.path)
+
+
+def run_local(cfg: Config, data: Path) -> list[Section]:
+    stores = data / "stores"
+    stores.mkdir(parents=True)
+    src = make_random_file(data / "big.bin", cfg.big, seed=1)
+    warm_page_cache(src)
+    return [
+        _big_upload(cfg, src, stores),
+        _checkpoint(cfg, data, stores),
+        _small_files(cfg, data, stores),
+        _rss(cfg, src, stores),
+    ]
+
+
+def _big_upload(cfg: Config, src: Path, stores: Path) -> Section:
+    size = cfg.big
+    study = optuna.create_study()
+    cp_target = stores / "cp-copy.bin"
+    ours = _Fresh(stores, "ours", optuna_cas.FileSystemArtifactStore)
+    theirs = _Fresh(stores, "optuna", _optuna_store)
+    copier = _Fresh(stores, "copy", LocalBackend)
+    repeat_dir = stores / "ours-repeat"
+    repeat_store = optuna_cas.FileSystemArtifactStore(repeat_dir)
+    optuna_cas.upload_artifact(
+        artifact_store=repeat_store, file_path=str(src), study_or_trial=study
+    )
+    blobs_before = fingerprint(repeat_dir / "blobs")
+
+    times = measure(
+        [
+            Contender(
+                "cp",
+                lambda: subprocess.run(["cp", str(src), str(cp_target)], check=True),
+                teardown=lambda: remove(cp_target),
+            ),
+            Contender(
+                "ours",
+                lambda: optuna_cas.upload_artifact(
+                    artifact_store=ours.store, file_path=str(src), study_or_trial=study
+                ),
+                setup=ours.setup,
+                teardown=ours.teardown,
+            ),
+            Contender(
+                "optuna",
+                lambda: optuna.artifacts.upload_artifact(
+                    artifact_store=theirs.store, file_path=str(src), study_or_trial=study
+                ),
+                setup=theirs.setup,
+                teardown=theirs.teardown,
+            ),
+            Contender(
+                "ours-repeat",
+                lambda: optuna_cas.upload_artifact(
+                    artifact_store=repeat_store, file_path=str(src), study_or_trial=study
+                ),
+            ),
+            # The two passes of a fresh upload, timed alone (internal APIs).
+            Contender("hash", lambda: hash_file(src)),
+            Contender(
+                "copy", lambda: _backend_copy(copier.store, src), copier.setup, copier.teardown
+            ),
+        ],
+        cfg.reps,
+    )
+    blobs_after = fingerprint(repeat_dir / "blobs")
+    refs = count_files(repeat_dir / "refs")
+    remove(repeat_dir)
+
+    t_cp, t_ours, t_optuna, t_repeat, t_hash, t_copy = (
+        median(times[k]) for k in ("cp", "ours", "optuna", "ours-repeat", "hash", "copy")
+    )
+    vs_cp = t_cp / t_ours
+    repeat_ratio = t_repeat / t_ours
+    changed = len(blobs_after ^ blobs_before)
+    label = mib(size)
+    section = Section(
+        f"1-2. Upload of a {label} file, local filesystem",
+        [
+            Row(
+                f"Fresh upload, {label} (`upload_artifact`)",
+                seconds(t_ours, size),
+                f"`cp`: {seconds(t_cp, size)}",
+                f"{vs_cp:.2f}x cp throughput",
+                "≥ 0.8x cp",
+                vs_cp >= 0.8,
+            ),
+            Row(
+                f"Fresh upload, {label}, vs Optuna",
+                seconds(t_ours, size),
+                f"Optuna: {seconds(t_optuna, size)}",
+                f"{t_optuna / t_ours:.2f}x Optuna throughput",
+                "—",
+                None,
+            ),
+            Row(
+                "Repeat upload (blob present)",
+                seconds(t_repeat, size),
+                f"ours fresh: {seconds(t_ours)}",
+                f"{repeat_ratio:.2f}x fresh time",
+                "≤ 0.5x ours fresh",
+                repeat_ratio <= 0.5,
+            ),
+            Row(
+                f"Blob files written by {refs - 1} repeat uploads ({refs} refs)",
+                f"{len(blobs_after)} blob file, unchanged"
+                if changed == 0
+                else f"{changed} blob files created or rewritten",
+                "Optuna: a full copy each time",
+                "—",
+                "0",
+                changed == 0,
+            ),
+        ],
+        [
+            f"Per-rep seconds (median of {cfg.reps}, after 1 warm-up round; order rotated "
+            f"each round): cp {fmt_times(times['cp'])}; ours {fmt_times(times['ours'])}; "
+            f"Optuna {fmt_times(times['optuna'])}; ours repeat {fmt_times(times['ours-repeat'])}.",
+            "Source file in the page cache; destinations in the same directory tree as the "
+            "stores; nothing is fsynced (same for all three). Fresh = a new store directory "
+            "per rep.",
+            f"Breakdown, same rounds: hashing alone (`hash_file`: BLAKE3, all cores, one mmap) "
+            f"{seconds(t_hash, size)}; the backend's copy alone (`copy_file_range` into a temp "
+            f"file + link) {seconds(t_copy, size)}; sum {t_hash + t_copy:.3f} s vs ours "
+            f"{t_ours:.3f} s and cp {t_cp:.3f} s. Per-rep: hash {fmt_times(times['hash'])}; "
+            f"copy {fmt_times(times['copy'])}.",
+        ],
+    )
+    if vs_cp < 0.8:
+        section.notes.append(
+            "Why the fresh target is missed: a fresh upload is two sequential passes, hash "
+            "then copy (`ContentStore._put_file`), and the hash alone takes "
+            f"{t_hash / t_cp:.0%} of cp's time, so hash + copy can reach at most "
+            f"{t_cp / (t_hash + t_copy):.2f}x cp."
+        )
+    return section
+
+
+def _backend_copy(backend: LocalBackend, src: Path) -> None:
+    with open(src, "rb") as f:
+        backend.write("blobs/copy", f, if_absent=True)
+
+
+def _checkpoint(cfg: Config, data: Path, stores: Path) -> Section:
+    ckpt = make_random_file(data / "checkpoint.pt", cfg.checkpoint, seed=2)
+    one_copy = disk_usage(ckpt)
+    results: dict[str, tuple[int, float]] = {}
+    for name, make, upload in (
+        ("ours", optuna_cas.FileSystemArtifactStore, optuna_cas.upload_artifact),
+        ("optuna", _optuna_store, optuna.artifacts.upload_artifact),
+    ):
+        path = stores / f"ckpt-{name}"
+        store = make(path)
+        study = optuna.create_study()
+        times = measure(
+            [
+                Contender(
+                    name,
+                    lambda store=store, study=study, upload=upload: upload(
+                        artifact_store=store, file_path=str(ckpt), study_or_trial=study
+                    ),
+                )
+            ],
+            cfg.checkpoint_uploads,
+            warmup=0,
+        )
+        results[name] = (disk_usage(path), sum(times[name]))
+        remove(path)
+    (ours_bytes, ours_t), (theirs_bytes, theirs_t) = results["ours"], results["optuna"]
+    n = cfg.checkpoint_uploads
+    label = mib(cfg.checkpoint)
+    return Section(
+        f"3. {n} uploads of one {label} checkpoint",
+        [
+            Row(
+                "Bytes on disk (store directory, `du`)",
+                f"{mib(ours_bytes)} ({ours_bytes / one_copy:.3f}x one copy)",
+                f"Optuna: {mib(theirs_bytes)} ({theirs_bytes / one_copy:.1f}x one copy)",
+                f"{ours_bytes / theirs_bytes:.3f}x Optuna",
+                "≤ 1.01x one copy",
+                ours_bytes <= 1.01 * one_copy,
+            ),
+            Row(
+                f"Total time of the {n} uploads",
+                seconds(ours_t, n * cfg.checkpoint),
+                f"Optuna: {seconds(theirs_t, n * cfg.checkpoint)}",
+                f"{theirs_t / ours_t:.2f}x Optuna throughput",
+                "—",
+                None,
+            ),
+        ],
+        [
+            f"One copy of the checkpoint occupies {one_copy:,} bytes; ours adds {n} small refs "
+            "and the fan-out directories."
+        ],
+    )
+
+
+def _small_files(cfg: Config, data: Path, stores: Path) -> Section:
+    import numpy as np
+
+    folder = data / "small"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    files = []
+    for i in range(cfg.small_files):
+        path = folder / f"file-{i:05d}.bin"
+        path.write_bytes(rng.bytes(cfg.small_size))
+        files.append(str(path))
+    ours = _Fresh(stores, "small-ours", optuna_cas.FileSystemArtifactStore)
+    theirs = _Fresh(stores, "small-optuna", _optuna_store)
+
+    def loop(fresh: _Fresh, upload: Any) -> None:
+        study = fresh.study
+        for path in files:
+            upload(artifact_store=fresh.store, file_path=path, study_or_trial=study)
+
+    def setup(fresh: _Fresh) -> None:
+        fresh.setup()
+        fresh.study = optuna.create_study()
+
+    times = measure(
+        [
+            Contender(
+                "ours",
+                lambda: loop(ours, optuna_cas.upload_artifact),
+                setup=lambda: setup(ours),
+                teardown=ours.teardown,
+            ),
+            Contender(
+                "optuna",
+                lambda: loop(theirs, optuna.artifacts.upload_artifact),
+                setup=lambda: setup(theirs),
+                teardown=theirs.teardown,
+            ),
+        ],
+        cfg.small_reps,
+    )
+    shutil.rmtree(folder)
+    ops_ours = cfg.small_files / median(times["ours"])
+    ops_theirs = cfg.small_files / median(times["optuna"])
+    return Section(
+        f"4. {cfg.small_files:,} uploads of distinct {cfg.small_size // 1024} KiB files",
+        [
+            Row(
+                "`upload_artifact` into an in-memory study",
+                f"{ops_ours:,.0f} ops/s",
+                f"Optuna: {ops_theirs:,.0f} ops/s",
+                f"{ops_ours / ops_theirs:.2f}x Optuna",
+                "report the ratio",
+                None,
+            )
+        ],
+        [
+            f"Seconds per {cfg.small_files:,} uploads (median of {cfg.small_reps}, after a "
+            f"warm-up round): ours {fmt_times(times['ours'])}; Optuna "
+            f"{fmt_times(times['optuna'])}. A fresh store and study per round.",
+            "Each of our uploads hashes, checks for the blob, writes the blob (temp file + "
+            "link), writes a JSON ref (temp file + rename) and the study attribute; Optuna "
+            "writes one file and the attribute. A cProfile of 500 uploads (outside this run) "
+            "put ~2.6 ms in each: two new files plus the source opened (~25%), per-character "
+            "key validation (~14%), a `mkdir(exist_ok=True)` per write (~7%), a realpath of "
+            "the parent per key (~7%).",
+        ],
+    )
+
+
+def _rss(cfg: Config, src: Path, stores: Path) -> Section:
+    label = mib(cfg.big)
+    limit = 100 * MiB
+    base_optuna = run_child("import-optuna")
+    base_import = run_child("import")
+    base_study = run_child("study")
+    up_ours = run_child("upload-ours", str(stores / "rss-up-ours"), str(src))
+    up_theirs = run_child("upload-optuna", str(stores / "rss-up-optuna"), str(src))
+    remove(stores / "rss-up-ours")
+    remove(stores / "rss-up-optuna")
+
+    ours_dir, theirs_dir = stores / "rss-dl-ours", stores / "rss-dl-optuna"
+    with open(src, "rb") as f:
+        optuna_cas.FileSystemArtifactStore(ours_dir).write("bench-artifact", f)
+    with open(src, "rb") as f:
+        _optuna_store(theirs_dir).write("bench-artifact", f)
+    out_ours, out_theirs = stores / "rss-out-ours.bin", stores / "rss-out-optuna.bin"
+    dl_ours = run_child("download-ours", str(ours_dir), "bench-artifact", str(out_ours))
+    dl_theirs = run_child("download-optuna", str(theirs_dir), "bench-artifact", str(out_theirs))
+    for path in (ours_dir, theirs_dir, out_ours, out_theirs):
+        remove(path)
+
+    def cell(r: Any) -> str:
+        return f"{mib(r.peak_rss)} (anon {mib(r.peak_anon)})"
+
+    def row(what: str, ours: Any, theirs: Any) -> Row:
+        return Row(
+            what,
+            cell(ours),
+            f"Optuna: {cell(theirs)}",
+            f"{ours.peak_rss / theirs.peak_rss:.2f}x Optuna",
+            "< 100 MiB",
+            ours.peak_rss < limit,
+        )
+
+    section = Section(
+        f"5. Peak RSS of a process uploading / downloading {label}",
+        [
+            Row(
+                "Subprocess that only imports `optuna` (for comparison)",
+                cell(base_optuna),
+                "—",
+                "—",
+                "(baseline)",
+                None,
+            ),
+            Row(
+                "Subprocess that only imports `optuna_cas`",
+                cell(base_import),
+                "—",
+                "—",
+                "(baseline)",
+                None,
+            ),
+            Row(
+                "… imports `optuna_cas` and creates an in-memory Optuna study",
+                cell(base_study),
+                "—",
+                "—",
+                "(baseline)",
+                None,
+            ),
+            row(f"`upload_artifact` of {label}", up_ours, up_theirs),
+            row(f"`download_artifact` of {label}", dl_ours, dl_theirs),
+        ],
+        [
+            "Peak RSS is the child's own `VmHWM` (peak resident set of its address space), "
+            "nothing subtracted: it counts every resident page, including page-cache pages of "
+            "files the process has memory-mapped. Not `ru_maxrss`: a child started by "
+            "(v)fork + exec inherits the parent's high-water mark there (measured: a 9 MiB "
+            "child of a 310 MiB parent reports 310 MiB). *anon* is the highest `RssAnon` "
+            "sampled every 5 ms from `/proc/<pid>/status` (heap and buffers only).",
+            "Importing `optuna_cas` imports `optuna.artifacts.exceptions` (base class of our "
+            "`ArtifactNotFound`); the `optuna.artifacts` package imports Optuna's S3 and GCS "
+            "stores and with them boto3 and google-cloud-storage, hence the baseline above "
+            "`import optuna`.",
+        ],
+    )
+    if up_ours.peak_rss >= limit and up_ours.peak_anon < limit:
+        section.notes.append(
+            "Why the upload target is missed: `hash_open_file` maps the whole file and hashes "
+            "it in one call, so every page of the file becomes resident in the process "
+            f"(file-backed RSS ≈ file size); anonymous memory stays at {mib(up_ours.peak_anon)}."
+            " Hashing through a bounded window would cap it at about baseline + window "
+            "(measured outside this run: 16 MiB mmap slices hash 1 GiB in 0.28 s vs 0.23 s "
+            "for one map, peak RSS 27 MiB in a bare interpreter)."
+        )
+    return section

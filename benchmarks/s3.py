@@ -1,0 +1,244 @@
+"""Issue 3: our ``Boto3ArtifactStore`` against Optuna's, on one local ``moto_server``."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+import optuna_cas
+from benchmarks._moto import count_objects, delete_prefix, make_client, moto_server
+from benchmarks._util import (
+    Config,
+    Contender,
+    MiB,
+    Row,
+    Section,
+    fmt_times,
+    make_random_file,
+    measure,
+    median,
+    mib,
+    remove,
+    run_child,
+    seconds,
+    warm_page_cache,
+)
+
+BUCKET = "bench"
+
+
+def run_s3(cfg: Config, data: Path) -> list[Section]:
+    data.mkdir(parents=True, exist_ok=True)
+    src = make_random_file(data / "s3.bin", cfg.s3_file, seed=4)
+    warm_page_cache(src)
+    with moto_server() as endpoint:
+        client = make_client(endpoint)
+        client.create_bucket(Bucket=BUCKET)
+        sections = [_throughput(cfg, client, src, data)]
+        remove(src)
+        big = make_random_file(data / "s3-rss.bin", cfg.s3_rss_file, seed=5)
+        warm_page_cache(big)
+        sections.append(_rss(cfg, endpoint, client, big))
+        remove(big)
+    return sections
+
+
+def _throughput(cfg: Config, client: Any, src: Path, data: Path) -> Section:
+    size = cfg.s3_file
+    study = optuna.create_study()
+    counter = itertools.count()
+    state: dict[str, Any] = {}
+
+    def ours_setup() -> None:
+        state["prefix"] = f"ours-fresh-{next(counter)}"
+        state["ours"] = optuna_cas.Boto3ArtifactStore(BUCKET, client, prefix=state["prefix"])
+
+    def ours_upload() -> None:
+        optuna_cas.upload_artifact(
+            artifact_store=state["ours"], file_path=str(src), study_or_trial=study
+        )
+
+    def optuna_upload() -> None:
+        state["optuna-id"] = optuna.artifacts.upload_artifact(
+            artifact_store=theirs, file_path=str(src), study_or_trial=study
+        )
+
+    theirs = optuna.artifacts.Boto3ArtifactStore(BUCKET, client)
+    repeat = optuna_cas.Boto3ArtifactStore(BUCKET, client, prefix="ours-repeat")
+    ours_id = optuna_cas.upload_artifact(
+        artifact_store=repeat, file_path=str(src), study_or_trial=study
+    )
+    theirs_id = optuna.artifacts.upload_artifact(
+        artifact_store=optuna.artifacts.Boto3ArtifactStore(BUCKET, client),
+        file_path=str(src),
+        study_or_trial=study,
+    )
+    up = measure(
+        [
+            Contender(
+                "ours",
+                ours_upload,
+                setup=ours_setup,
+                teardown=lambda: delete_prefix(client, BUCKET, state["prefix"] + "/"),
+            ),
+            Contender(
+                "optuna",
+                optuna_upload,
+                teardown=lambda: client.delete_object(Bucket=BUCKET, Key=state["optuna-id"]),
+            ),
+            Contender(
+                "ours-repeat",
+                lambda: optuna_cas.upload_artifact(
+                    artifact_store=repeat, file_path=str(src), study_or_trial=study
+                ),
+            ),
+        ],
+        cfg.s3_reps,
+    )
+    blobs, blob_bytes = count_objects(client, BUCKET, "ours-repeat/blobs/")
+    refs, _ = count_objects(client, BUCKET, "ours-repeat/refs/")
+
+    out = data / "s3-download.bin"
+    down = measure(
+        [
+            Contender(
+                "ours",
+                lambda: optuna_cas.download_artifact(
+                    artifact_store=repeat, file_path=str(out), artifact_id=ours_id
+                ),
+                teardown=lambda: remove(out),
+            ),
+            Contender(
+                "optuna",
+                lambda: optuna.artifacts.download_artifact(
+                    artifact_store=theirs, file_path=str(out), artifact_id=theirs_id
+                ),
+                teardown=lambda: remove(out),
+            ),
+        ],
+        cfg.s3_reps,
+    )
+    delete_prefix(client, BUCKET, "")
+
+    t_up, t_up_theirs, t_repeat = (median(up[k]) for k in ("ours", "optuna", "ours-repeat"))
+    t_down, t_down_theirs = median(down["ours"]), median(down["optuna"])
+    label = mib(size)
+    up_ratio, down_ratio, repeat_ratio = (
+        t_up_theirs / t_up,
+        t_down_theirs / t_down,
+        (t_repeat / t_up_theirs),
+    )
+    section = Section(
+        f"6-7. S3 (moto_server on 127.0.0.1), {label} file",
+        [
+            Row(
+                f"Upload {label} (`upload_artifact`)",
+                seconds(t_up, size),
+                f"Optuna: {seconds(t_up_theirs, size)}",
+                f"{up_ratio:.2f}x Optuna throughput",
+                "≥ 1.0x Optuna",
+                up_ratio >= 1.0,
+            ),
+            Row(
+                f"Download {label} (`download_artifact`)",
+                seconds(t_down, size),
+                f"Optuna: {seconds(t_down_theirs, size)}",
+                f"{down_ratio:.2f}x Optuna throughput",
+                "≥ 1.0x Optuna",
+                down_ratio >= 1.0,
+            ),
+            Row(
+                "Repeat upload of the same file",
+                seconds(t_repeat),
+                f"Optuna: {seconds(t_up_theirs)}",
+                f"{repeat_ratio:.3f}x Optuna time",
+                "≤ 0.2x Optuna",
+                repeat_ratio <= 0.2,
+            ),
+            Row(
+                f"Blob objects after {refs} uploads of the same bytes",
+                f"{blobs} blob ({mib(blob_bytes)}), {refs} refs",
+                f"Optuna: {refs} full objects",
+                "—",
+                "1 blob",
+                blobs == 1,
+            ),
+        ],
+        [
+            f"Per-rep seconds (median of {cfg.s3_reps}, after 1 warm-up round, order rotated): "
+            f"upload ours {fmt_times(up['ours'])}, Optuna {fmt_times(up['optuna'])}, ours "
+            f"repeat {fmt_times(up['ours-repeat'])}; download ours {fmt_times(down['ours'])}, "
+            f"Optuna {fmt_times(down['optuna'])}.",
+            "Ours: its defaults (8 MiB parts x 4 threads, multipart with `If-None-Match` on "
+            "completion; a single streamed GET verified while writing). Optuna: its defaults "
+            "(`avoid_buf_copy=False`: the file is copied into a `BytesIO`, then boto3 "
+            "`upload_fileobj` with 8 MiB parts x 10 threads; a single GET).",
+            "Optuna re-sends the whole file on every upload, so its fresh upload time is also "
+            "its repeat-upload time (its reps above upload the same bytes again).",
+        ],
+    )
+    if up_ratio < 1.0:
+        section.notes.append(
+            "Why the upload target is missed (measured with raw boto3 calls, 256 MiB, 4 x 8 "
+            "MiB parts): our `CreateMultipartUpload` declares no `ChecksumAlgorithm`, and moto "
+            "then builds a CRC64NVME full-object checksum on completion (copies the whole "
+            "object once more and checksums it), ~35% more server CPU; boto3's transfer "
+            "manager declares CRC32 (per-part checksums). Same loop with `ChecksumAlgorithm="
+            "'CRC32'` on create/parts/complete: 1.7-1.9 s vs 2.5-2.8 s without (boto3 "
+            "`upload_file` 2.0 s). On 2 cores the moto server is the bottleneck."
+        )
+    return section
+
+
+def _rss(cfg: Config, endpoint: str, client: Any, src: Path) -> Section:
+    label = mib(cfg.s3_rss_file)
+    limit = 100 * MiB
+    base = run_child("s3-client", endpoint, BUCKET)
+    ours = run_child("s3-upload-ours", endpoint, BUCKET, "rss-ours", str(src))
+    delete_prefix(client, BUCKET, "")
+    theirs = run_child("s3-upload-optuna", endpoint, BUCKET, str(src))
+    delete_prefix(client, BUCKET, "")
+
+    def cell(r: Any) -> str:
+        return f"{mib(r.peak_rss)} (anon {mib(r.peak_anon)})"
+
+    section = Section(
+        f"8. Peak RSS uploading {label} to S3",
+        [
+            Row(
+                "Subprocess that imports `optuna_cas`, creates a study and a boto3 client",
+                cell(base),
+                "—",
+                "—",
+                "(baseline)",
+                None,
+            ),
+            Row(
+                f"`upload_artifact` of {label}",
+                cell(ours),
+                f"Optuna (default): {cell(theirs)}",
+                f"{ours.peak_rss / theirs.peak_rss:.2f}x Optuna",
+                "< 100 MiB",
+                ours.peak_rss < limit,
+            ),
+        ],
+        [
+            "Peak RSS = the child's `VmHWM`, nothing subtracted; *anon* = highest sampled "
+            "`RssAnon` (see section 5).",
+        ],
+    )
+    if ours.peak_rss >= limit:
+        section.notes.append(
+            "Why the target is missed: (1) the file is hashed through one mmap of the whole "
+            f"file before the upload, so its pages count in RSS ({mib(ours.peak_rss)} peak vs "
+            f"{mib(ours.peak_anon)} anonymous); (2) the baseline alone is {mib(base.peak_rss)} "
+            "(Optuna's `optuna.artifacts` package, imported for `ArtifactNotFound`, imports "
+            "boto3 and google-cloud-storage; a boto3 client is ~50 MiB by itself), and the "
+            f"upload adds {mib(ours.peak_anon - base.peak_anon)} of anonymous memory with "
+            "4 x 8 MiB parts held as `bytes`. Under 100 MiB needs both a bounded hash window "
+            "and parts streamed from the file (a seekable slice as `Body`, as s3transfer does)."
+        )
+    return section

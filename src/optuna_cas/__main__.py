@@ -1,0 +1,5 @@
+"""``python -m optuna_cas`` runs the CLI."""
+
+from optuna_cas.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""``delete_artifact``: metadata first, then the ref; blobs are reclaimed by gc."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX
+from optuna_cas._optuna import MetadataTarget, import_optuna, resolve_target
+from optuna_cas.exceptions import ArtifactNotFound
+
+__all__ = ["DELETED_ATTR_PREFIX", "delete_artifact"]
+
+# Study-level record of artifacts deleted from trials that had already finished (Optuna
+# forbids changing a finished trial's attributes, so its "artifacts:<id>" entry must stay).
+DELETED_ATTR_PREFIX = "artifacts-deleted:"
+
+
+def delete_artifact(
+    *,
+    artifact_store: Any,
+    artifact_id: str,
+    study_or_trial: Any,
+    storage: Any = None,
+) -> None:
+    """Delete an artifact: its Optuna metadata entry and its ref.
+
+    The order is the reverse of an upload: the metadata stops pointing at the artifact first,
+    then the ref goes, so no metadata ever points at missing data. The blob may be shared
+    with other artifacts; :func:`optuna_cas.gc` reclaims it once nothing refers to it.
+
+    For a trial that is still running (and for study-level artifacts) the entry is replaced
+    by JSON ``null``, optuna-dashboard's own tombstone. Optuna forbids changing a finished
+    trial, so there the deletion is recorded on the study (``artifacts-deleted:<id>``);
+    :func:`optuna_cas.get_all_artifact_meta` honours it, Optuna's own listing does not.
+
+    Args:
+        artifact_store: The store holding the artifact.
+        artifact_id: The artifact to delete.
+        study_or_trial: The ``Trial``, ``FrozenTrial`` or ``Study`` it was uploaded to.
+        storage: Required only for a ``FrozenTrial``.
+
+    Raises:
+        ArtifactNotFound: The trial or study has no such (live) artifact; deleting twice
+            raises too. The message names the ID.
+
+    Example:
+        >>> import io, optuna
+        >>> from optuna_cas import MemoryArtifactStore, upload_artifact, get_all_artifact_meta
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "x.txt"); _ = open(path, "w").write("x")
+        >>> store, study = MemoryArtifactStore(), optuna.create_study()
+        >>> artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=study)
+        >>> delete_artifact(artifact_store=store, artifact_id=artifact_id, study_or_trial=study)
+        >>> get_all_artifact_meta(study)
+        []
+    """
+    target = resolve_target(study_or_trial, storage)
+    key = ARTIFACTS_ATTR_PREFIX + artifact_id
+    if not is_live(target, artifact_id):
+        where = (
+            f"trial {target.trial_id}"
+            if target.trial_id is not None
+            else f"study {target.study_id}"
+        )
+        raise ArtifactNotFound(
+            f"Artifact {artifact_id!r} is not recorded on {where} (or was deleted)"
+        )
+    optuna = import_optuna()
+    try:
+        target.set_system_attr(key, json.dumps(None))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        study_id = target.owning_study_id()
+        target.storage.set_study_system_attr(
+            study_id,
+            DELETED_ATTR_PREFIX + artifact_id,
+            json.dumps({"trial_id": target.trial_id, "deleted": time.time()}),
+        )
+    try:
+        artifact_store.remove(artifact_id)
+    except ArtifactNotFound:
+        pass  # the ref was already gone (e.g. removed by optuna-dashboard): metadata was the record
+
+
+def deleted_on_study(target: MetadataTarget) -> set[str]:
+    """IDs recorded as deleted on the study of a finished trial (empty for studies).
+
+    Example:
+        >>> deleted_on_study(MetadataTarget(storage=None, trial_id=None, study_id=0))
+        set()
+    """
+    if target.trial_id is None:
+        return set()
+    attrs = target.storage.get_study_system_attrs(target.owning_study_id())
+    return {k[len(DELETED_ATTR_PREFIX) :] for k in attrs if k.startswith(DELETED_ATTR_PREFIX)}
+
+
+def is_live(target: MetadataTarget, artifact_id: str) -> bool:
+    """Whether ``artifact_id`` is recorded on the target and not deleted.
+
+    Example:
+        >>> import optuna
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> from optuna_cas._optuna import resolve_target
+        >>> is_live(resolve_target(optuna.create_study(), None), "nope")
+        False
+    """
+    value = target.system_attrs().get(ARTIFACTS_ATTR_PREFIX + artifact_id)
+    if value is None or json.loads(value) is None:
+        return False
+    return artifact_id not in deleted_on_study(target)

@@ -1,0 +1,109 @@
+"""Two processes upload while a third runs gc in a loop; nothing a returned upload needs is lost.
+
+Each uploader makes a blob unreferenced on purpose (upload, remove), then uploads the same
+bytes again about one grace period later, just as gc is about to delete that blob, and keeps
+that second artifact. Each payload races gc exactly once, so a lost blob cannot be repaired
+by a later upload and hide the bug. gc pauses between listing refs and deleting, as it does on
+a large remote store. The store refreshes re-used blobs after 0.2 s; gc's grace is 0.5 s.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from optuna_cas import download_artifact, gc, verify
+from optuna_cas.backends.local import LocalBackend
+from optuna_cas.content import ContentStore
+from optuna_cas.stores.base import ContentAddressedArtifactStore
+
+FRESHEN_AFTER = 0.2
+GRACE = 0.5
+ITERATIONS = 150
+
+
+def open_test_store(root: Path) -> ContentAddressedArtifactStore:
+    return ContentAddressedArtifactStore(
+        ContentStore(LocalBackend(root), freshen_after=FRESHEN_AFTER)
+    )
+
+
+def payload(worker: int, n: int) -> bytes:
+    return random.Random(f"{worker}-{n}").randbytes(32 * 1024)
+
+
+def uploader(root: str, worker: int, journal: str) -> None:
+    store = open_test_store(Path(root))
+    rng = random.Random(worker)
+    sources = Path(root).parent / f"sources-{worker}"
+    sources.mkdir()
+    pending: list[tuple[float, int]] = []  # (when to re-upload, payload number)
+    with open(journal, "w") as log:
+        for n in range(ITERATIONS):
+            path = sources / f"{n}.bin"
+            path.write_bytes(payload(worker, n))
+            store.put(f"tmp-{worker}-{n}", path)
+            store.remove(f"tmp-{worker}-{n}")  # its blob is unreferenced from now on
+            pending.append((time.time() + GRACE * rng.uniform(0.9, 1.3), n))
+            while pending and pending[0][0] <= time.time():
+                _, m = pending.pop(0)
+                store.put(f"keep-{worker}-{m}", sources / f"{m}.bin")
+                log.write(json.dumps({"id": f"keep-{worker}-{m}", "n": m}) + "\n")
+                log.flush()
+            time.sleep(0.01)
+
+
+def slow_sweep_start(task: str, done: int, total: int | None) -> None:
+    if done == 0 and total:
+        time.sleep(0.05)
+
+
+def collector(root: str, stop_at: float, result: str) -> None:
+    store = open_test_store(Path(root))
+    runs = deleted = 0
+    while time.time() < stop_at:
+        report = gc(store, grace_period=GRACE, progress=slow_sweep_start)
+        runs += 1
+        deleted += report.deleted_count
+    Path(result).write_text(json.dumps({"runs": runs, "deleted": deleted}))
+
+
+@pytest.mark.slow
+def test_gc_loop_never_deletes_what_a_returned_upload_references(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    root.mkdir()
+    ctx = multiprocessing.get_context("spawn")
+    journals = [tmp_path / f"journal-{w}.jsonl" for w in range(2)]
+    uploaders = [
+        ctx.Process(target=uploader, args=(str(root), w, str(journals[w]))) for w in range(2)
+    ]
+    for p in uploaders:
+        p.start()
+    stop_at = time.time() + 6
+    gc_process = ctx.Process(target=collector, args=(str(root), stop_at, str(tmp_path / "gc.json")))
+    gc_process.start()
+    for p in uploaders:
+        p.join(120)
+        assert p.exitcode == 0
+    gc_process.join(60)
+    assert gc_process.exitcode == 0
+    gc_stats = json.loads((tmp_path / "gc.json").read_text())
+    assert gc_stats["deleted"] > 20  # gc really deleted blobs all through the run
+
+    store = open_test_store(root)
+    kept = 0
+    for worker, journal in enumerate(journals):
+        for line in journal.read_text().splitlines():
+            event = json.loads(line)
+            target = tmp_path / "out" / event["id"]
+            target.parent.mkdir(exist_ok=True)
+            download_artifact(artifact_store=store, file_path=str(target), artifact_id=event["id"])
+            assert target.read_bytes() == payload(worker, event["n"]), event["id"]
+            kept += 1
+    assert kept > 100
+    assert not verify(store, deep=False).missing

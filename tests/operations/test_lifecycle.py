@@ -1,0 +1,288 @@
+"""delete_artifact, gc, verify, sync and stats on local, S3 and GCS stores."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+import optuna_cas
+from optuna_cas import delete_artifact, gc, get_all_artifact_meta, sync, upload_artifact, verify
+from optuna_cas.backends.local import TEMP_PREFIX
+from optuna_cas.content import blob_key
+from optuna_cas.exceptions import ArtifactNotFound
+from optuna_cas.stores.base import ContentAddressedArtifactStore
+from tests.conftest import random_bytes
+from tests.support.stores import STORE_BUILDERS
+
+LIFECYCLE_KINDS = ["filesystem", "s3", "gcs", "backoff-s3"]
+
+
+@pytest.fixture(params=LIFECYCLE_KINDS)
+def store(request: pytest.FixtureRequest) -> ContentAddressedArtifactStore:
+    return STORE_BUILDERS[request.param](request)
+
+
+def blob_keys(store: ContentAddressedArtifactStore) -> set[str]:
+    return {info.key for info in store.content.iter_blobs()}
+
+
+def gc_now(store: ContentAddressedArtifactStore, **kwargs: object) -> optuna_cas.GcReport:
+    return gc(store, grace_period=0, allow_short_grace=True, **kwargs)  # type: ignore[arg-type]
+
+
+# -- gc -------------------------------------------------------------------------------------
+
+
+def test_gc_keeps_exactly_the_referenced_blobs(store: ContentAddressedArtifactStore) -> None:
+    for name in ["a", "b", "c"]:
+        store.write(f"keep-{name}", io.BytesIO(name.encode() * 100))
+    store.write("shared-1", io.BytesIO(b"shared"))
+    store.write("shared-2", io.BytesIO(b"shared"))
+    store.write("drop-1", io.BytesIO(b"only dropped"))
+    store.write("drop-2", io.BytesIO(b"also dropped" * 10))
+    keep = {blob_key(store.get_ref(i).digest) for i in ["keep-a", "keep-b", "keep-c", "shared-1"]}
+    dropped = {blob_key(store.get_ref(i).digest) for i in ["drop-1", "drop-2"]}
+    for artifact_id in ["drop-1", "drop-2", "shared-2"]:
+        store.remove(artifact_id)
+
+    dry = gc_now(store, dry_run=True)
+    assert set(dry.deleted) == dropped
+    assert blob_keys(store) == keep | dropped  # dry run deleted nothing
+
+    real = gc_now(store)
+    assert set(real.deleted) == set(dry.deleted)  # the dry run listed what the real run deletes
+    assert real.bytes_freed == len(b"only dropped") + len(b"also dropped" * 10)
+    assert blob_keys(store) == keep
+    assert verify(store).ok
+    assert gc_now(store).deleted == []
+
+
+def test_gc_spares_young_blobs_and_refuses_unsafe_grace(
+    store: ContentAddressedArtifactStore,
+) -> None:
+    store.write("x", io.BytesIO(b"young"))
+    store.remove("x")
+    report = gc(store)  # default grace: the blob is seconds old
+    assert report.deleted == [] and report.kept_young == 1
+    with pytest.raises(ValueError, match="grace_period=60"):
+        gc(store, grace_period=60)
+
+
+def test_gc_removes_stale_temp_files_of_interrupted_local_writes(tmp_path: Path) -> None:
+    store = optuna_cas.FileSystemArtifactStore(tmp_path)
+    store.write("a", io.BytesIO(b"x"))
+    leftover = tmp_path / "blobs" / f"{TEMP_PREFIX}dead-writer"
+    leftover.write_bytes(b"partial")
+    user_file = tmp_path / "my-notes.txt"
+    user_file.write_text("mine")
+    assert gc_now(store).temp_files_removed == 1
+    assert not leftover.exists() and user_file.exists()
+
+
+def test_dedup_hit_freshens_an_old_blob(tmp_path: Path) -> None:
+    from optuna_cas.backends.local import LocalBackend
+    from optuna_cas.content import ContentStore
+
+    store = ContentAddressedArtifactStore(ContentStore(LocalBackend(tmp_path), freshen_after=1.0))
+    store.write("a", io.BytesIO(b"reused"))
+    path = tmp_path / blob_key(store.get_ref("a").digest)
+    old = time.time() - 3600
+    import os
+
+    os.utime(path, (old, old))
+    store.remove("a")
+    store.write("b", io.BytesIO(b"reused"))  # dedup hit on an hour-old blob: touched
+    assert path.stat().st_mtime > old + 3000
+    assert gc(store, grace_period=2.0).deleted == []
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+
+def test_verify_finds_corrupt_blob_and_missing_blob(store: ContentAddressedArtifactStore) -> None:
+    store.write("good", io.BytesIO(b"good bytes"))
+    store.write("bad", io.BytesIO(b"bad bytes!"))
+    store.write("lost", io.BytesIO(b"lost bytes"))
+    store.write("orphan", io.BytesIO(b"orphan"))
+    bad_key = blob_key(store.get_ref("bad").digest)
+    lost_digest = store.get_ref("lost").digest
+    backend = store.content.backend
+    backend.write(bad_key, io.BytesIO(b"BAD bytes!"))  # out-of-band: same size, other bytes
+    backend.remove(blob_key(lost_digest))  # out-of-band delete
+    store.remove("orphan")
+
+    fast = verify(store, deep=False)
+    assert [m.artifact_id for m in fast.missing] == ["lost"]
+    assert fast.corrupt == []  # same size: only a deep check can tell
+    deep = verify(store)
+    assert not deep.ok
+    assert deep.corrupt == [bad_key]
+    assert [(m.artifact_id, m.problem) for m in deep.missing] == [("lost", "missing")]
+    assert len(deep.orphans) == 1
+    assert deep.bytes_hashed == sum(i.stored_size for i in store.content.iter_blobs())
+
+
+def test_verify_quarantine_lets_reupload_repair(store: ContentAddressedArtifactStore) -> None:
+    store.write("v", io.BytesIO(b"precious"))
+    key = blob_key(store.get_ref("v").digest)
+    store.content.backend.write(key, io.BytesIO(b"PRECIOUS"))
+    report = verify(store, quarantine=True)
+    assert report.quarantined == [key]
+    assert store.content.backend.exists("quarantine/" + key)
+    store.write("v2", io.BytesIO(b"precious"))  # the same bytes again: a good copy
+    with store.open_reader("v") as reader:
+        assert reader.read() == b"precious"
+    assert verify(store).ok
+
+
+# -- sync -----------------------------------------------------------------------------------
+
+
+def test_sync_local_to_s3_to_gcs_moves_only_missing_bytes(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    local = STORE_BUILDERS["filesystem"](request)
+    s3 = STORE_BUILDERS["s3"](request)
+    gcs = STORE_BUILDERS["gcs"](request)
+    payloads = [random_bytes(50_000 + i, seed=i) for i in range(4)]
+    for i in range(8):
+        local.write(f"art-{i}", io.BytesIO(payloads[i % 4]))
+    s3.write("already-there", io.BytesIO(payloads[0]))  # its blob need not travel again
+
+    first = sync(local, s3)
+    assert first.blobs_copied == 3 and first.blobs_skipped == 1
+    assert first.bytes_copied == sum(len(p) for p in payloads[1:])
+    assert sorted(first.refs_copied) == [f"art-{i}" for i in range(8)]
+    second = sync(local, s3)
+    assert (second.bytes_copied, second.blobs_copied, second.refs_copied) == (0, 0, [])
+
+    onward = sync(s3, gcs)
+    assert onward.bytes_copied == sum(len(p) for p in payloads)
+    assert sync(s3, gcs).bytes_copied == 0
+    for i in range(8):
+        target = tmp_path / f"dl-{i}"
+        optuna_cas.download_artifact(
+            artifact_store=gcs, file_path=str(target), artifact_id=f"art-{i}"
+        )
+        assert target.read_bytes() == payloads[i % 4]
+    assert gcs.get_ref("art-3").created == local.get_ref("art-3").created
+
+
+def test_sync_selected_ids_and_corrupt_source(tmp_path: Path) -> None:
+    src = optuna_cas.FileSystemArtifactStore(tmp_path / "src")
+    dst = optuna_cas.FileSystemArtifactStore(tmp_path / "dst")
+    src.write("one", io.BytesIO(b"first"))
+    src.write("two", io.BytesIO(b"second"))
+    assert sync(src, dst, artifact_ids=["two"]).refs_copied == ["two"]
+    assert list(dst.content.iter_ref_ids()) == ["two"]
+    with pytest.raises(ArtifactNotFound, match="nope"):
+        sync(src, dst, artifact_ids=["nope"])
+    (tmp_path / "src" / blob_key(src.get_ref("one").digest)).write_bytes(b"FIRST")
+    with pytest.raises(optuna_cas.exceptions.IntegrityError):
+        sync(src, dst)
+    assert not dst.content.has_ref("one")
+    assert len(list(dst.content.iter_blobs())) == 1  # nothing written under the bad blob's name
+
+
+# -- delete_artifact ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> optuna.Study:
+    return optuna.create_study(storage=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+
+
+def test_delete_artifact_from_running_trial_then_gc_reclaims(
+    study: optuna.Study, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    store = optuna_cas.FileSystemArtifactStore(tmp_path / "a")
+    trial = study.ask()
+    kept = upload_artifact(
+        artifact_store=store, file_path=str(make_file(b"kept")), study_or_trial=trial
+    )
+    gone = upload_artifact(
+        artifact_store=store, file_path=str(make_file(b"gone")), study_or_trial=trial
+    )
+    delete_artifact(artifact_store=store, artifact_id=gone, study_or_trial=trial)
+    assert [m.artifact_id for m in get_all_artifact_meta(trial)] == [kept]
+    raw = study._storage.get_trial_system_attrs(trial._trial_id)["artifacts:" + gone]
+    assert json.loads(raw) is None  # optuna-dashboard's tombstone
+    assert not store.content.has_ref(gone)
+    assert gc_now(store).deleted_count == 1
+    with pytest.raises(ArtifactNotFound, match=gone):
+        delete_artifact(artifact_store=store, artifact_id=gone, study_or_trial=trial)
+    with pytest.raises(ArtifactNotFound, match="unknown-id"):
+        delete_artifact(artifact_store=store, artifact_id="unknown-id", study_or_trial=trial)
+
+
+def test_delete_artifact_of_finished_trial_and_of_study(
+    study: optuna.Study, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    store = optuna_cas.FileSystemArtifactStore(tmp_path / "a")
+    trial = study.ask()
+    checkpoint = upload_artifact(
+        artifact_store=store, file_path=str(make_file(b"w")), study_or_trial=trial
+    )
+    study.tell(trial, 1.0)
+    frozen = study.trials[0]
+    delete_artifact(
+        artifact_store=store, artifact_id=checkpoint, study_or_trial=frozen, storage=study._storage
+    )
+    assert get_all_artifact_meta(frozen, storage=study._storage) == []
+    assert not store.content.has_ref(checkpoint)
+    with pytest.raises(ArtifactNotFound):
+        delete_artifact(
+            artifact_store=store,
+            artifact_id=checkpoint,
+            study_or_trial=frozen,
+            storage=study._storage,
+        )
+    plot = upload_artifact(
+        artifact_store=store, file_path=str(make_file(b"p")), study_or_trial=study
+    )
+    delete_artifact(artifact_store=store, artifact_id=plot, study_or_trial=study)
+    assert get_all_artifact_meta(study) == []
+
+
+def test_delete_after_dashboard_removed_the_ref(
+    study: optuna.Study, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    store = optuna_cas.FileSystemArtifactStore(tmp_path / "a")
+    trial = study.ask()
+    artifact_id = upload_artifact(
+        artifact_store=store, file_path=str(make_file(b"x")), study_or_trial=trial
+    )
+    store.remove(artifact_id)  # what optuna-dashboard does first
+    delete_artifact(artifact_store=store, artifact_id=artifact_id, study_or_trial=trial)
+    assert get_all_artifact_meta(trial) == []
+
+
+def test_delete_finished_trial_artifact_from_a_fresh_storage_object(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    """As in another process: the trial -> study lookup works without this process's cache."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    store = optuna_cas.FileSystemArtifactStore(tmp_path / "a")
+    for _ in range(2):  # several studies, so trial ids and study ids differ
+        other = optuna.create_study(storage=url)
+        other.tell(other.ask(), 0.0)
+    study = optuna.create_study(storage=url, study_name="target")
+    trial = study.ask()
+    artifact_id = upload_artifact(
+        artifact_store=store, file_path=str(make_file(b"c")), study_or_trial=trial
+    )
+    study.tell(trial, 1.0)
+    fresh_storage = optuna.storages.RDBStorage(url)
+    frozen = optuna.load_study(study_name="target", storage=fresh_storage).trials[0]
+    delete_artifact(
+        artifact_store=store, artifact_id=artifact_id, study_or_trial=frozen, storage=fresh_storage
+    )
+    assert get_all_artifact_meta(frozen, storage=optuna.storages.RDBStorage(url)) == []
+    attrs = fresh_storage.get_study_system_attrs(study._study_id)
+    assert "artifacts-deleted:" + artifact_id in attrs

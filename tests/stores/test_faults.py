@@ -1,0 +1,155 @@
+"""Backoff over the real S3 and GCS servers with a fault-injecting proxy in between.
+
+SDK-level retries are off, so whatever survives the faults survives through our Backoff.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from optuna_cas import Backoff, Boto3ArtifactStore, GCSArtifactStore, download_artifact
+from optuna_cas.exceptions import TransientBackendError
+from tests.support.fault_proxy import FaultProxy
+from tests.support.gcs import GCS_TEST_CHUNK_SIZE, make_gcs_client
+from tests.support.gcs_resumable import ResumableSessions
+from tests.support.s3 import TEST_PART_SIZE
+
+# Modes that break a request before, during or after the server handled it.
+MODES = ("reset", "503", "truncate", "stall", "drop_response")
+STALL_SECONDS = 0.6
+CLIENT_TIMEOUT = 0.3
+
+
+def _proxy(endpoint_url: str, **kwargs: Any) -> FaultProxy:
+    parts = urlsplit(endpoint_url)
+    assert parts.hostname and parts.port
+    return FaultProxy(parts.hostname, parts.port, **kwargs)
+
+
+@pytest.fixture
+def s3_through_proxy(s3_server: Any, s3_bucket: str) -> Iterator[tuple[FaultProxy, Any]]:
+    import boto3
+    from botocore.config import Config
+
+    with _proxy(s3_server.endpoint_url, seed=1, keep_client_alive=True) as proxy:
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=proxy.endpoint_url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+            config=Config(
+                retries={"total_max_attempts": 1},
+                read_timeout=CLIENT_TIMEOUT,
+                connect_timeout=CLIENT_TIMEOUT,
+            ),
+        )
+        yield (
+            proxy,
+            Boto3ArtifactStore(s3_bucket, client, prefix="faults", part_size=TEST_PART_SIZE),
+        )
+
+
+@pytest.fixture
+def gcs_through_proxy(gcs_server: Any, gcs_bucket: Any) -> Iterator[tuple[FaultProxy, Any]]:
+    # fake-gcs-server cannot recover resumable sessions; ResumableSessions does, as GCS does.
+    with (
+        ResumableSessions(gcs_server) as sessions,
+        FaultProxy("127.0.0.1", sessions.port, seed=2) as proxy,
+    ):
+        client = make_gcs_client(proxy.endpoint_url)
+        store = GCSArtifactStore(
+            gcs_bucket.name,
+            client,
+            prefix="faults",
+            chunk_size=GCS_TEST_CHUNK_SIZE,
+            sdk_retries=False,
+            timeout=CLIENT_TIMEOUT,
+        )
+        yield proxy, store
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def remote(request: pytest.FixtureRequest) -> tuple[FaultProxy, Any]:
+    fixture: tuple[FaultProxy, Any] = request.getfixturevalue(f"{request.param}_through_proxy")
+    return fixture
+
+
+def test_hundred_round_trips_survive_30_percent_faults(
+    remote: tuple[FaultProxy, Any], tmp_path: Path
+) -> None:
+    proxy, inner = remote
+    store = Backoff(inner, min_delay=0.01, max_delay=0.1, seed=0)
+    rng = random.Random(42)
+    # Mostly small files, some repeats (dedup path), a few large ones (multipart/resumable).
+    payloads = [rng.randbytes(rng.choice([0, 1, 4096, 200_000])) for _ in range(20)]
+    payloads += [rng.randbytes(6 * 1024 * 1024 + 17) for _ in range(2)]
+    proxy.set_faults(0.3, MODES, stall_seconds=STALL_SECONDS)
+    written: dict[str, bytes] = {}
+    for i in range(100):
+        data = payloads[i % len(payloads)] if i % 7 else payloads[0]
+        artifact_id = f"art-{i}"
+        store.write(artifact_id, io.BytesIO(data))
+        written[artifact_id] = data
+    for artifact_id, data in written.items():
+        target = tmp_path / f"{artifact_id}.bin"
+        download_artifact(artifact_store=store, file_path=str(target), artifact_id=artifact_id)
+        assert target.read_bytes() == data, artifact_id
+    faults = [r for r in proxy.requests if r.fault]
+    proxy.clear_faults()
+    assert len(faults) > 50  # the faults really happened
+    assert {f.fault for f in faults} == set(MODES)
+    # One blob per distinct content, nothing else in the blob space.
+    distinct = {bytes(d) for d in written.values()}
+    assert len(list(inner.content.iter_blobs())) == len(distinct)
+
+
+def test_gives_up_after_max_retries_with_the_original_error(remote: tuple[FaultProxy, Any]) -> None:
+    proxy, inner = remote
+    inner.write("present", io.BytesIO(b"x"))
+    proxy.reset_log()
+    proxy.set_faults(1.0, ("503",))
+    sleeps: list[float] = []
+    store = Backoff(inner, max_retries=4, sleep=sleeps.append)
+    with (
+        pytest.raises(TransientBackendError, match=r"503|navailable"),
+        store.open_reader("present") as r,
+    ):
+        r.read()
+    assert len(proxy.requests) == 4
+    assert len(sleeps) == 3
+
+
+def test_remove_is_sent_exactly_once_on_success(remote: tuple[FaultProxy, Any]) -> None:
+    proxy, inner = remote
+    store = Backoff(inner)
+    store.write("doomed", io.BytesIO(b"x"))
+    proxy.reset_log()
+    store.remove("doomed")
+    assert [r.method for r in proxy.requests].count("DELETE") == 1
+
+
+def test_remove_whose_response_is_lost_is_still_a_success(remote: tuple[FaultProxy, Any]) -> None:
+    proxy, inner = remote
+    store = Backoff(inner, min_delay=0.01)
+    store.write("doomed", io.BytesIO(b"x"))
+    proxy.fail_next("drop_response", methods={"DELETE"})
+    store.remove("doomed")  # first DELETE applied but its answer lost; the retry finds it gone
+    assert not inner.content.has_ref("doomed")
+
+
+def test_blob_create_whose_response_is_lost_is_not_an_error(remote: tuple[FaultProxy, Any]) -> None:
+    # The create-if-absent PUT is applied, its answer lost; the retry gets 412/exists.
+    proxy, inner = remote
+    store = Backoff(inner, min_delay=0.01)
+    proxy.fail_next("drop_response", methods={"PUT", "POST"})
+    store.write("a", io.BytesIO(b"payload"))
+    with store.open_reader("a") as reader:
+        assert reader.read() == b"payload"
