@@ -6,10 +6,13 @@ safe segment. Keys are ``/``-separated sequences of such segments.
 
 from __future__ import annotations
 
+import re
+
 from optuna_cas.exceptions import InvalidKeyError
 
 # Longest single segment most filesystems accept (NAME_MAX on Linux, macOS, NTFS).
 MAX_SEGMENT_BYTES = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _segment_problem(segment: str) -> str | None:
@@ -19,9 +22,12 @@ def _segment_problem(segment: str) -> str | None:
         return "it is a relative path component"
     if "/" in segment or "\\" in segment:
         return "it contains a path separator"
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in segment):
+    if _CONTROL.search(segment):
         return "it contains a NUL or control character"
-    if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+    # A UTF-8 character takes at most 4 bytes: only long names need encoding to measure.
+    if len(segment) * 4 > MAX_SEGMENT_BYTES and (
+        len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES
+    ):
         return f"it is longer than {MAX_SEGMENT_BYTES} bytes"
     if segment.startswith(".tmp-"):
         return "names starting with '.tmp-' are reserved for temporary files"

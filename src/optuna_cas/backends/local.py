@@ -57,6 +57,7 @@ class LocalBackend:
         except OSError as e:
             raise StoreConfigError(f"Cannot create store directory {str(path)!r}: {e}") from e
         self._root = path.resolve()
+        self._root_str = str(self._root)
         self._fsync = fsync
 
     @property
@@ -72,12 +73,22 @@ class LocalBackend:
 
     def _path(self, key: str) -> Path:
         validate_key(key)
-        path = self._root / key
         # A symlinked directory inside the store must not lead reads or writes outside it.
-        parent = path.parent
-        if parent.exists() and not parent.resolve().is_relative_to(self._root):
-            raise InvalidKeyError(f"Invalid key: {key!r} (resolves outside {str(self._root)!r})")
-        return path
+        # One lstat per directory of the key (1-3 of them) instead of resolving the whole
+        # absolute path: small uploads do this several times each.
+        root = self._root_str
+        current = root
+        for part in key.split("/")[:-1]:
+            current = f"{current}/{part}"
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                break  # not created yet: nothing below it can be a link
+            if stat.S_ISLNK(mode):
+                target = os.path.realpath(current)
+                if target != root and not target.startswith(root + os.sep):
+                    raise InvalidKeyError(f"Invalid key: {key!r} (resolves outside {root!r})")
+        return Path(f"{root}/{key}")
 
     def _missing(self, key: str) -> ArtifactNotFound:
         return ArtifactNotFound(f"no object {key!r} in {self.describe()}")
@@ -121,10 +132,14 @@ class LocalBackend:
         path = self._path(key)
         if if_absent and path.is_file():
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}"[:255])
         try:
-            with open(temp, "xb") as out:
+            out_file = open(temp, "xb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)  # first object in this directory
+            out_file = open(temp, "xb")  # noqa: SIM115
+        try:
+            with out_file as out:
                 _copy_to(content_body, out)
                 if self._fsync:
                     out.flush()
@@ -191,8 +206,10 @@ class LocalBackend:
             >>> LocalBackend(tempfile.mkdtemp()).exists("k")
             False
         """
-        path = self._path(key)
-        return path.is_file() and not path.is_symlink()
+        try:
+            return stat.S_ISREG(os.lstat(self._path(key)).st_mode)
+        except FileNotFoundError:
+            return False
 
     def touch(self, key: str) -> None:
         """Set ``key``'s modification time to now (a dedup hit protects its blob from gc).
