@@ -4,16 +4,23 @@ Each uploader makes a blob unreferenced on purpose (upload, remove), then upload
 bytes again about one grace period later, just as gc is about to delete that blob, and keeps
 that second artifact. Each payload races gc exactly once, so a lost blob cannot be repaired
 by a later upload and hide the bug. gc pauses between listing refs and deleting, as it does on
-a large remote store. The store refreshes re-used blobs after 0.2 s; gc's grace is 0.5 s.
+a large remote store. Each re-upload is timed to land just after its blob's grace period runs
+out, when gc is about to delete it. The store refreshes re-used blobs after 0.2 s and gc's
+grace is 2 s, so the protection holds as long as no upload stalls ~1.8 s between checking
+its blob and writing its ref (the gc module's one assumption: 90 minutes with the defaults);
+a 0.5 s grace proved too tight for a loaded 2-core machine. With the freshen and the re-check
+after the ref both disabled, this test fails.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import multiprocessing
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +30,7 @@ from optuna_cas.content import ContentStore
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 FRESHEN_AFTER = 0.2
-GRACE = 0.5
+GRACE = 2.0
 ITERATIONS = 150
 
 
@@ -42,20 +49,34 @@ def uploader(root: str, worker: int, journal: str) -> None:
     rng = random.Random(worker)
     sources = Path(root).parent / f"sources-{worker}"
     sources.mkdir()
-    pending: list[tuple[float, int]] = []  # (when to re-upload, payload number)
+    pending: list[tuple[float, int]] = []  # heap of (when to re-upload, payload number)
     with open(journal, "w") as log:
         for n in range(ITERATIONS):
             path = sources / f"{n}.bin"
             path.write_bytes(payload(worker, n))
             store.put(f"tmp-{worker}-{n}", path)
             store.remove(f"tmp-{worker}-{n}")  # its blob is unreferenced from now on
-            pending.append((time.time() + GRACE * rng.uniform(0.9, 1.3), n))
-            while pending and pending[0][0] <= time.time():
-                _, m = pending.pop(0)
-                store.put(f"keep-{worker}-{m}", sources / f"{m}.bin")
-                log.write(json.dumps({"id": f"keep-{worker}-{m}", "n": m}) + "\n")
-                log.flush()
+            # Just past the grace period: the blob is unreferenced and old enough to collect.
+            heapq.heappush(pending, (time.time() + GRACE + rng.uniform(0.0, 0.15), n))
+            _reupload_due(store, worker, sources, pending, log)
             time.sleep(0.01)
+        while pending:  # the last ones become due after the loop
+            time.sleep(0.005)
+            _reupload_due(store, worker, sources, pending, log)
+
+
+def _reupload_due(
+    store: ContentAddressedArtifactStore,
+    worker: int,
+    sources: Path,
+    pending: list[tuple[float, int]],
+    log: Any,
+) -> None:
+    while pending and pending[0][0] <= time.time():
+        _, m = heapq.heappop(pending)
+        store.put(f"keep-{worker}-{m}", sources / f"{m}.bin")
+        log.write(json.dumps({"id": f"keep-{worker}-{m}", "n": m}) + "\n")
+        log.flush()
 
 
 def slow_sweep_start(task: str, done: int, total: int | None) -> None:
@@ -84,7 +105,7 @@ def test_gc_loop_never_deletes_what_a_returned_upload_references(tmp_path: Path)
     ]
     for p in uploaders:
         p.start()
-    stop_at = time.time() + 6
+    stop_at = time.time() + 9
     gc_process = ctx.Process(target=collector, args=(str(root), stop_at, str(tmp_path / "gc.json")))
     gc_process.start()
     for p in uploaders:

@@ -15,15 +15,23 @@ each remaining candidate, stat it again and delete it only if it is *still* olde
 ``grace_period``.
 
 Suppose G deletes B, at time td, while U's ref R points at B. G's last stat, at ts < td,
-found B older than ``grace_period``. Had U's step 1 happened before ts, B's time would have
-been at most 30 min old at ts, so G would have spared B: hence U's step 1 came after ts. Then
-R was written after ts, after G's ref listing (b), which is why G did not see it; and U's step
-3 came after ts too. If step 3 came after td, U found B gone and wrote it again. The only loss
-is U performing steps 1, 2 and 3 *entirely* between G's stat and G's delete of that one blob:
-three sequential requests of U inside the gap between two back-to-back requests of G. Without
-locks or conditional deletes (which S3 and GCS do not offer for this) that window cannot be
-closed; it is milliseconds wide, and the concurrency test (two uploaders, gc in a loop) never
-hits it.
+found B older than ``grace_period``. U's step 1, at t1, left B's time at least
+t1 - ``freshen_after``, so B's age at ts was at most (ts - t1) + ``freshen_after``: hence
+ts - t1 > ``grace_period`` - ``freshen_after``. R was not in G's ref listing (b), which ended
+before ts, so U wrote R after it. Two cases:
+
+* U's step 3 came after td: it found B gone and wrote it again. Nothing is lost.
+* U's step 3 came before td: then U spent more than ``grace_period`` - ``freshen_after``
+  minus the length of G's sweep between its steps 1 and 2, and finished steps 2 and 3 inside
+  G's stat-to-delete gap for that blob.
+
+So the one assumption is that an upload takes less than ``grace_period`` - ``freshen_after``
+(90 minutes with the defaults) from checking its blob to writing its ref, which normally
+takes milliseconds. A process frozen for longer than that in exactly that gap (a
+suspended laptop, say) is the residual risk; without locks or conditional deletes, which
+S3 and GCS do not offer for this, it cannot be removed. Pick a longer ``grace_period`` if
+your workers can stall for hours. The concurrency test (two uploaders, gc in a loop, every
+re-used blob racing gc) checks the rest.
 
 Temp files of interrupted local writes older than the grace period are removed too.
 """
