@@ -1,0 +1,126 @@
+"""Digest values, windowed file hashing, the file-digest memo and the overlapped local copy."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from optuna_cas import FileSystemArtifactStore
+from optuna_cas.backends.local import TEMP_PREFIX
+from optuna_cas.content import _FILE_DIGESTS, _STAGE_MIN_BYTES
+from optuna_cas.digest import HASH_WINDOW, Digest, VerifyingReader, hash_open_file
+from optuna_cas.exceptions import IntegrityError
+from tests.conftest import random_bytes
+
+
+@pytest.mark.parametrize(
+    "size", [1, 4095, 4097, HASH_WINDOW - 1, HASH_WINDOW, HASH_WINDOW + 1, 2 * HASH_WINDOW + 17]
+)
+@pytest.mark.parametrize("start", [0, 1, 4096, 70_000])
+def test_windowed_hash_matches_whole_hash(tmp_path: Path, size: int, start: int) -> None:
+    data = random_bytes(size, seed=size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        f.seek(min(start, size))
+        assert hash_open_file(f) == Digest.of_bytes(data[min(start, size) :])
+        assert f.tell() == min(start, size)
+
+
+def test_digest_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="hex digest"):
+        Digest("xyz", 1)
+    with pytest.raises(ValueError, match="size"):
+        Digest("a" * 64, -1)
+    with pytest.raises(ValueError, match="algorithm"):
+        Digest("a" * 64, 1, algorithm="md5")
+    with pytest.raises(ValueError, match="blake3:<hex>"):
+        Digest.parse("nocolon", 1)
+
+
+def test_verifying_reader_only_verifies_at_eof() -> None:
+    good = Digest.of_bytes(b"abcdef")
+    reader = VerifyingReader(io.BytesIO(b"abcdef"), good, name="x")
+    assert reader.read(3) == b"abc" and not reader.verified
+    assert reader.read() == b"def" and reader.verified
+    with pytest.raises(IntegrityError, match="got 5 bytes, expected 6"):
+        VerifyingReader(io.BytesIO(b"abcde"), good, name="x").read()
+
+
+def test_unchanged_file_is_not_hashed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna_cas.content as content_module
+
+    store = FileSystemArtifactStore(tmp_path / "s")
+    path = tmp_path / "ckpt.bin"
+    path.write_bytes(random_bytes(100_000))
+    monkeypatch.setattr(content_module._FileDigestMemo, "_SETTLED_NS", 0)  # no 2 s wait here
+    calls = []
+    real = content_module.hash_open_file
+    monkeypatch.setattr(content_module, "hash_open_file", lambda f: calls.append(1) or real(f))
+    first = store.put("a", path)
+    second = store.put("b", path)
+    assert first.digest == second.digest and len(calls) == 1
+    path.write_bytes(random_bytes(100_000, seed=9))  # any write changes mtime/ctime
+    third = store.put("c", path)
+    assert len(calls) == 2 and third.digest != first.digest
+    with store.open_reader("c") as reader:
+        assert reader.read() == path.read_bytes()
+
+
+def test_recently_changed_files_are_not_memoised(tmp_path: Path) -> None:
+    store = FileSystemArtifactStore(tmp_path / "s")
+    path = tmp_path / "fresh.bin"
+    path.write_bytes(b"just written")
+    store.put("a", path)
+    assert _FILE_DIGESTS.get(os.stat(path)) is None  # a write in the same tick would be invisible
+
+
+@pytest.mark.parametrize("present", [False, True])
+def test_large_file_copy_overlapped_with_hash(tmp_path: Path, present: bool) -> None:
+    store = FileSystemArtifactStore(tmp_path / "s")
+    data = random_bytes(_STAGE_MIN_BYTES + 12_345, seed=3)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    if present:
+        (tmp_path / "copy.bin").write_bytes(data)
+        store.put("first", tmp_path / "copy.bin")  # a different file with the same bytes
+    blobs_before = (
+        {p for p in (tmp_path / "s" / "blobs").rglob("*") if p.is_file()} if present else set()
+    )
+    ref = store.put("big", path)
+    assert ref.digest == Digest.of_bytes(data)
+    with store.open_reader("big") as reader:
+        assert reader.read() == data
+    files = [p for p in (tmp_path / "s").rglob("*") if p.is_file()]
+    assert not [p for p in files if p.name.startswith(TEMP_PREFIX)]  # aborted or published
+    if present:
+        after = {p for p in (tmp_path / "s" / "blobs").rglob("*") if p.is_file()}
+        assert after == blobs_before  # dedup: the staged copy was dropped
+
+
+def test_large_file_changed_during_overlapped_upload_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna_cas.content as content_module
+
+    store = FileSystemArtifactStore(tmp_path / "s")
+    path = tmp_path / "big.bin"
+    path.write_bytes(random_bytes(_STAGE_MIN_BYTES + 1))
+    real = content_module.hash_open_file
+
+    def hash_then_append(f):  # type: ignore[no-untyped-def]
+        digest = real(f)
+        with open(path, "ab") as g:
+            g.write(b"more")
+        return digest
+
+    monkeypatch.setattr(content_module, "hash_open_file", hash_then_append)
+    with pytest.raises(IntegrityError, match="changed while it was being uploaded"):
+        store.put("a", path)
+    assert list(store.content.iter_blobs()) == []
