@@ -152,3 +152,48 @@ def test_dashboard_delete_returns_404_for_missing_via_our_exception(
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(urllib.request.Request(path, method="DELETE"))
     assert info.value.code == 404  # our ArtifactNotFound caught as Optuna's
+
+
+@pytest.mark.parametrize("wrap", ["plain", "backoff", "cached"])
+def test_optunas_local_files_readable_through_wrappers(tmp_path: Path, wrap: str) -> None:
+    import io
+
+    oa.FileSystemArtifactStore(str(tmp_path)).write("legacy-2", io.BytesIO(b"from optuna"))
+    store: optuna_cas.ContentAddressedArtifactStore = FileSystemArtifactStore(tmp_path)
+    if wrap == "backoff":
+        store = optuna_cas.Backoff(store)
+    elif wrap == "cached":
+        store = optuna_cas.CachedArtifactStore(store, directory=tmp_path / ".cache")
+    with store.open_reader("legacy-2") as reader:
+        assert reader.read() == b"from optuna"
+    target = tmp_path / "dl"
+    optuna_cas.download_artifact(
+        artifact_store=store, file_path=str(target), artifact_id="legacy-2"
+    )
+    assert target.read_bytes() == b"from optuna"
+    with pytest.raises(optuna_cas.exceptions.ArtifactNotFound):
+        store.open_reader("never-written")
+
+
+@pytest.mark.s3
+def test_objects_optunas_boto3_store_wrote_stay_readable(s3_client: object, s3_bucket: str) -> None:
+    import io
+
+    oa.Boto3ArtifactStore(s3_bucket, client=s3_client).write("legacy-s3", io.BytesIO(b"optuna s3"))
+    ours = optuna_cas.Boto3ArtifactStore(s3_bucket, s3_client)
+    with ours.open_reader("legacy-s3") as reader:
+        assert reader.read() == b"optuna s3"
+
+
+@pytest.mark.gcs
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_objects_optunas_gcs_store_wrote_stay_readable(
+    gcs_client: object, gcs_bucket: object
+) -> None:
+    import io
+
+    name = gcs_bucket.name  # type: ignore[attr-defined]
+    oa.GCSArtifactStore(name, gcs_client).write("legacy-gcs", io.BytesIO(b"optuna gcs"))
+    ours = optuna_cas.GCSArtifactStore(name, gcs_client)
+    with ours.open_reader("legacy-gcs") as reader:
+        assert reader.read() == b"optuna gcs"

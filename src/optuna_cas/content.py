@@ -670,7 +670,13 @@ class ContentStore:
             >>> store.open_artifact("a").read()
             b'x'
         """
-        ref = self.get_ref(artifact_id)
+        try:
+            ref = self.get_ref(artifact_id)
+        except ArtifactNotFound:
+            legacy = self._open_legacy(artifact_id)
+            if legacy is None:
+                raise
+            return legacy
         try:
             return self.open_blob(ref.digest)
         except ArtifactNotFound as e:
@@ -678,6 +684,20 @@ class ContentStore:
                 f"Artifact {artifact_id!r}: its blob {ref.digest} is missing from "
                 f"{self.describe()} (run 'optuna-cas verify')"
             ) from e
+
+    def _open_legacy(self, artifact_id: str) -> BinaryIO | None:
+        """An object Optuna's own store wrote at ``<artifact_id>`` (no ref, no digest).
+
+        Optuna's file-system, S3 and GCS stores keep one object per ID at the store's root;
+        reading them (unverified: there is no digest) means switching the import loses
+        nothing already uploaded.
+        """
+        if artifact_id + "/" in (BLOB_PREFIX, REF_PREFIX, QUARANTINE_PREFIX):
+            return None
+        try:
+            return self._backend.open_reader(artifact_id)
+        except ArtifactNotFound:
+            return None
 
 
 def materialize(

@@ -69,7 +69,6 @@ from optuna_cas.digest import CHUNK_SIZE, Digest, Hasher, VerifyingReader, hash_
 from optuna_cas.exceptions import ArtifactNotFound, StoreConfigError
 from optuna_cas.refs import ArtifactRef
 from optuna_cas.stores.base import ContentAddressedArtifactStore, content_store_of
-from optuna_cas.stores.filesystem import FileSystemArtifactStore
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -845,10 +844,6 @@ class CachedArtifactStore(ContentAddressedArtifactStore):
             cache_uploads=cache_uploads,
         )
         super().__init__(content.with_blob_cache(self._cache))
-        # Files Optuna's own FileSystemArtifactStore left stay readable, as without the cache.
-        self._legacy: ContentAddressedArtifactStore | None = (
-            store if isinstance(store, FileSystemArtifactStore) else None
-        )
         self._refs: collections.OrderedDict[str, ArtifactRef] = collections.OrderedDict()
         self._refs_lock = threading.Lock()
 
@@ -916,9 +911,8 @@ class CachedArtifactStore(ContentAddressedArtifactStore):
         try:
             ref = self.get_ref(artifact_id)
         except ArtifactNotFound:
-            if self._legacy is not None:
-                return self._legacy.open_reader(artifact_id)
-            raise
+            # Perhaps an object Optuna's own store wrote (no ref): the content store knows.
+            return self.content.open_artifact(artifact_id)
         try:
             return self.content.open_blob(ref.digest)
         except ArtifactNotFound as e:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import BinaryIO
 
-from optuna_cas._validation import validate_artifact_id
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.content import ContentStore
-from optuna_cas.exceptions import ArtifactNotFound
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["FileSystemArtifactStore"]
@@ -37,29 +34,12 @@ class FileSystemArtifactStore(ContentAddressedArtifactStore):
         >>> store.write("a2", io.BytesIO(b"checkpoint"))   # same bytes: one blob, two refs
         >>> len(list(store.content.iter_blobs()))
         1
+        >>> import pathlib
+        >>> _ = (pathlib.Path(store.content.backend.root) / "legacy-id").write_bytes(b"old")
+        >>> store.open_reader("legacy-id").read()   # written by Optuna's own store
+        b'old'
     """
 
     def __init__(self, base_path: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self._backend = LocalBackend(base_path, fsync=fsync)
         super().__init__(ContentStore(self._backend))
-
-    def open_reader(self, artifact_id: str) -> BinaryIO:
-        """Open an artifact; falls back to a file Optuna's own store left at ``base_path/<id>``.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> base = pathlib.Path(tempfile.mkdtemp()); _ = (base / "legacy-id").write_bytes(b"old")
-            >>> FileSystemArtifactStore(base).open_reader("legacy-id").read()
-            b'old'
-        """
-        try:
-            return super().open_reader(artifact_id)
-        except ArtifactNotFound:
-            validate_artifact_id(artifact_id)
-            if artifact_id in ("blobs", "refs"):
-                raise
-            try:
-                return self._backend.open_reader(artifact_id)
-            except ArtifactNotFound:
-                pass
-            raise
