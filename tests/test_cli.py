@@ -186,3 +186,29 @@ def test_python_dash_m_works(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0 and json.loads(result.stdout)["artifacts"] == 0
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    import io
+
+    from optuna_cas._progress_bar import ProgressBar
+
+    class FakeTTY(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    piped = io.StringIO()
+    bar = ProgressBar(stream=piped)
+    bar("get x", 10, 100)
+    bar.close()
+    assert piped.getvalue() == ""
+    tty = FakeTTY()
+    bar = ProgressBar(stream=tty)
+    bar("get x", 50, 100)
+    bar("get x", 100, 100)
+    bar.close()
+    assert "get x [" in tty.getvalue() and "100%" in tty.getvalue() and "ETA" in tty.getvalue()
+    quiet = FakeTTY()
+    bar = ProgressBar(stream=quiet, enabled=False)
+    bar("get x", 100, 100)
+    assert quiet.getvalue() == ""

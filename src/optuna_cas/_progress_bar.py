@@ -47,6 +47,11 @@ class ProgressBar:
         self._last_draw = 0.0
         self._drawn = False
 
+    @property
+    def enabled(self) -> bool:
+        """Whether anything will be drawn (a TTY and not disabled)."""
+        return self._enabled
+
     def __call__(self, task: str, done: int, total: int | None) -> None:
         """Record progress; redraw at most ten times a second."""
         if not self._enabled:
@@ -57,19 +62,21 @@ class ProgressBar:
         if now - self._last_draw < 0.1 and (total is None or done < total):
             return
         self._last_draw = now
-        elapsed = max(now - self._started, 1e-6)
-        rate = done / elapsed
+        elapsed = now - self._started
         fmt = human_bytes if self._unit == "B" else (lambda n: f"{int(n)}")
+        # Rate and ETA mean nothing in the first instants: show them once measurable.
+        rate = done / elapsed if elapsed > 0.2 else None
+        speed = f"{fmt(rate)}/s" if rate is not None else "--/s"
         if total:
             fraction = min(done / total, 1.0)
             filled = int(fraction * 24)
-            eta = (total - done) / rate if rate > 0 else 0.0
+            eta = f"{(total - done) / rate:4.0f}s" if rate else "  --"
             line = (
                 f"{task} [{'#' * filled}{'.' * (24 - filled)}] {fraction:4.0%} "
-                f"{fmt(done)}/{fmt(total)} {fmt(rate)}/s ETA {eta:4.0f}s"
+                f"{fmt(done)}/{fmt(total)} {speed} ETA {eta}"
             )
         else:
-            line = f"{task} {fmt(done)} {fmt(rate)}/s"
+            line = f"{task} {fmt(done)} {speed}"
         self._stream.write("\r" + line[:120].ljust(120))
         self._stream.flush()
         self._drawn = True

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from optuna_cas._progress_bar import ProgressBar, human_bytes
-from optuna_cas.exceptions import OptunaCasError
+from optuna_cas.exceptions import ArtifactNotFound, OptunaCasError
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["main"]
@@ -128,7 +128,26 @@ def cmd_get(args: argparse.Namespace) -> int:
     from optuna_cas import download_artifact
 
     store = _open(args, cached=True)
-    download_artifact(artifact_store=store, file_path=args.dest, artifact_id=args.artifact_id)
+    bar = _bar(args)
+    ref = None
+    if bar.enabled and not os.path.lexists(args.dest):
+        try:
+            ref = store.get_ref(args.artifact_id)
+        except ArtifactNotFound:
+            ref = None  # maybe written by Optuna's own store: download_artifact handles it
+    if ref is None:
+        download_artifact(artifact_store=store, file_path=args.dest, artifact_id=args.artifact_id)
+    else:
+        # download_artifact's steps, with a progress bar on the transfer.
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            bar(f"get {ref.filename or args.artifact_id}", done, ref.size)
+
+        store.content.materialize_blob(ref.digest, args.dest, progress=advance)
+        bar.close()
     _print(args, f"wrote {args.dest} ({human_bytes(os.path.getsize(args.dest))}, verified)")
     return 0
 

@@ -459,8 +459,13 @@ class ContentStore:
         """
         target = Path(path)
         key = blob_key(digest)
-        if self._blob_cache is not None and progress is None:
-            self._blob_cache.materialize(digest, target, lambda: self._backend.open_reader(key))
+        if self._blob_cache is not None:
+            # Progress counts what comes from the store; a cache hit is a local copy.
+            def fetch() -> BinaryIO:
+                reader = self._backend.open_reader(key)
+                return reader if progress is None else _CountingReader(reader, progress)  # type: ignore[return-value]
+
+            self._blob_cache.materialize(digest, target, fetch)
             return
         with self.open_blob(digest) as reader:
             materialize(reader, target, progress=progress)
@@ -768,6 +773,30 @@ def publish_new_file(temp: Path, target: Path) -> None:
         if os.path.lexists(target):
             raise FileExistsError(f"File already exists: {target!s}") from None
         os.replace(temp, target)
+
+
+class _CountingReader(io.RawIOBase):
+    """Passes reads through and reports how many bytes went by."""
+
+    def __init__(self, inner: BinaryIO, progress: ProgressCallback) -> None:
+        super().__init__()
+        self._inner = inner
+        self._progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        n = readinto(self._inner, memoryview(buffer).cast("B"))
+        if n:
+            self._progress(n)
+        return n
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            super().close()
 
 
 def _copy_to_spool(source: BinaryIO, out: BinaryIO) -> None:
