@@ -10,8 +10,12 @@ import pytest
 from optuna_cas.demo import main
 
 
-def test_demo_reports_the_dedup_it_measured(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--output", str(tmp_path / "demo"), "--trials", "8", "--checkpoint-kib", "256"]) == 0
+def test_demo_reports_the_dedup_it_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["--output", str(tmp_path / "demo"), "--trials", "8", "--checkpoint-kib", "256"]) == 0
+    )
     out = capsys.readouterr().out
     match = re.search(r"dedup ratio\s+:\s+([0-9.]+)x", out)
     assert match is not None, out
