@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -592,19 +593,35 @@ class ContentStore:
             if "/" not in artifact_id:
                 yield artifact_id
 
-    def iter_refs(self) -> Iterator[ArtifactRef]:
+    def iter_refs(self, *, workers: int = 8) -> Iterator[ArtifactRef]:
         """Every ref in the store; refs removed while listing are skipped.
+
+        Refs are read ``workers`` at a time: on S3 or GCS each is one ~5 ms request, and gc,
+        verify, sync and stats read them all.
 
         Example:
             >>> from optuna_cas.backends.memory import MemoryBackend
             >>> list(ContentStore(MemoryBackend()).iter_refs())
             []
         """
-        for artifact_id in self.iter_ref_ids():
+
+        def read(artifact_id: str) -> ArtifactRef | None:
             try:
-                yield self.get_ref(artifact_id)
+                return self.get_ref(artifact_id)
             except ArtifactNotFound:
-                continue
+                return None
+
+        ids = list(self.iter_ref_ids())
+        if workers <= 1 or len(ids) < 2:
+            refs: Iterator[ArtifactRef | None] = map(read, ids)
+            yield from (ref for ref in refs if ref is not None)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="optuna-cas-refs") as pool:
+            # Bounded look-ahead: batches keep memory flat on stores with millions of refs.
+            for start in range(0, len(ids), 256):
+                for ref in pool.map(read, ids[start : start + 256]):
+                    if ref is not None:
+                        yield ref
 
     # -- artifacts ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from optuna_cas.content import QUARANTINE_PREFIX, BlobInfo
 from optuna_cas.digest import CHUNK_SIZE, Digest, Hasher, readinto
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 from optuna_cas.operations._progress import Progress, ProgressCallback
+from optuna_cas.refs import ArtifactRef
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["MissingBlob", "VerifyReport", "verify"]
@@ -106,23 +107,34 @@ def verify(
         blobs[info.hexdigest] = info
         report.blobs_checked += 1
     expected_size: dict[str, int] = {}
-    for artifact_id in content.iter_ref_ids():
+
+    def read(artifact_id: str) -> ArtifactRef | str | None:
         try:
-            ref = content.get_ref(artifact_id)
+            return content.get_ref(artifact_id)
         except ArtifactNotFound:
-            continue  # removed while we listed
+            return None  # removed while we listed
         except IntegrityError:
-            report.malformed_refs.append(artifact_id)
+            return artifact_id  # malformed
+
+    ids = list(content.iter_ref_ids())
+    with ThreadPoolExecutor(max_workers=max(1, workers) * 2) as pool:  # ~5 ms requests remotely
+        results = list(pool.map(read, ids))
+    for result in results:
+        if result is None:
             continue
+        if isinstance(result, str):
+            report.malformed_refs.append(result)
+            continue
+        ref = result
         report.refs_checked += 1
         hexdigest = ref.digest.hexdigest
         expected_size[hexdigest] = ref.size
         stored = blobs.get(hexdigest)
         if stored is None:
-            report.missing.append(MissingBlob(artifact_id, str(ref.digest), "missing"))
+            report.missing.append(MissingBlob(ref.artifact_id, str(ref.digest), "missing"))
         elif stored.stored_size != ref.size:
             report.missing.append(
-                MissingBlob(artifact_id, str(ref.digest), f"size {stored.stored_size}")
+                MissingBlob(ref.artifact_id, str(ref.digest), f"size {stored.stored_size}")
             )
     report.orphans = sorted(info.key for h, info in blobs.items() if h not in expected_size)
 
