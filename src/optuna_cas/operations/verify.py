@@ -118,8 +118,8 @@ def verify(
 
     ids = list(content.iter_ref_ids())
     with ThreadPoolExecutor(max_workers=max(1, workers) * 2) as pool:  # ~5 ms requests remotely
-        results = list(pool.map(read, ids))
-    for result in results:
+        ref_results = list(pool.map(read, ids))
+    for result in ref_results:
         if result is None:
             continue
         if isinstance(result, str):
