@@ -239,6 +239,15 @@ class Config:
     s3_file: int
     s3_reps: int
     s3_rss_file: int
+    cache_file: int  # issue 4
+    cache_reps: int
+    cache_throttled_reps: int
+    lifecycle_local: int  # issue 5: artifacts on the local store
+    lifecycle_s3: int  # ... and on moto (~8 ms per request on 2 cores)
+    lifecycle_reps: int
+    sync_total: int
+    sync_artifacts: int
+    sync_reps: int
 
 
 FULL = Config(
@@ -252,6 +261,15 @@ FULL = Config(
     s3_file=256 * MiB,
     s3_reps=5,
     s3_rss_file=512 * MiB,
+    cache_file=256 * MiB,
+    cache_reps=5,
+    cache_throttled_reps=3,
+    lifecycle_local=10_000,
+    lifecycle_s3=2_000,
+    lifecycle_reps=3,
+    sync_total=GiB,
+    sync_artifacts=100,
+    sync_reps=3,
 )
 QUICK = Config(
     big=64 * MiB,
@@ -264,4 +282,13 @@ QUICK = Config(
     s3_file=24 * MiB,
     s3_reps=1,
     s3_rss_file=32 * MiB,
+    cache_file=24 * MiB,
+    cache_reps=1,
+    cache_throttled_reps=1,
+    lifecycle_local=500,
+    lifecycle_s3=200,
+    lifecycle_reps=1,
+    sync_total=40 * MiB,
+    sync_artifacts=10,
+    sync_reps=1,
 )

@@ -1,0 +1,377 @@
+"""Issue 4: downloads through ``CachedArtifactStore`` against uncached ones and Optuna's store.
+
+One moto server; every contender downloads the same artifact, once over loopback and once
+through ``FaultProxy`` throttled to 1 Gbit/s, whose request log shows what a cached read asks
+the server for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import optuna
+
+import optuna_cas
+import optuna_cas.middleware.cache as cache_module
+from benchmarks._moto import make_client, moto_server
+from benchmarks._util import (
+    Config,
+    Contender,
+    Row,
+    Section,
+    fmt_times,
+    make_random_file,
+    measure,
+    median,
+    mib,
+    remove,
+    seconds,
+    warm_page_cache,
+)
+from tests.support.fault_proxy import FaultProxy
+
+BUCKET = "bench-cache"
+PREFIX = "cas"
+LINK = 125_000_000  # bytes/s: 1 Gbit/s
+
+
+@dataclass
+class _Ids:
+    ours: str
+    theirs: str
+
+
+@dataclass
+class _Log:
+    """Requests the proxy saw during each rep of one contender."""
+
+    blob_gets: list[int] = field(default_factory=list)
+    total: list[int] = field(default_factory=list)
+
+    def add(self, proxy: FaultProxy) -> None:
+        records = proxy.requests
+        self.blob_gets.append(sum(r.method == "GET" and "/blobs/" in r.path for r in records))
+        self.total.append(len(records))
+
+
+def run_cache(cfg: Config, data: Path) -> list[Section]:
+    data.mkdir(parents=True, exist_ok=True)
+    src = make_random_file(data / "cache.bin", cfg.cache_file, seed=6)
+    warm_page_cache(src)
+    with moto_server() as endpoint:
+        url = urlsplit(endpoint)
+        assert url.hostname is not None and url.port is not None
+        with FaultProxy(
+            url.hostname, url.port, bandwidth_bytes_per_s=LINK, keep_client_alive=True
+        ) as proxy:
+            fast = make_client(endpoint)
+            fast.create_bucket(Bucket=BUCKET)
+            study = optuna.create_study()
+            ids = _Ids(
+                optuna_cas.upload_artifact(
+                    artifact_store=optuna_cas.Boto3ArtifactStore(BUCKET, fast, prefix=PREFIX),
+                    file_path=str(src),
+                    study_or_trial=study,
+                ),
+                optuna.artifacts.upload_artifact(
+                    artifact_store=optuna.artifacts.Boto3ArtifactStore(BUCKET, fast),
+                    file_path=str(src),
+                    study_or_trial=study,
+                ),
+            )
+            warm = data / "cache-warm"
+            _prime(fast, ids.ours, warm, data / "prime.bin")
+            slow = make_client(proxy.endpoint_url)
+            loop = _Bench(fast, ids, src, data, warm, None)
+            loop_times = measure(loop.contenders(with_cp=True), cfg.cache_reps)
+            link = _Bench(slow, ids, src, data, warm, proxy)
+            link_times = measure(link.contenders(with_cp=False), cfg.cache_throttled_reps)
+    remove(src)
+    return [_section(cfg, loop, loop_times, link, link_times)]
+
+
+def _prime(client: Any, artifact_id: str, directory: Path, out: Path) -> None:
+    """Fill the cache, then read it once more than 2 s later so this process trusts it.
+
+    The cache re-hashes an entry on a hit unless this process verified that unchanged file
+    before, and it only remembers files whose ctime was >= 2 s old when it hashed them.
+    """
+    for pause in (0.0, 2.1):
+        time.sleep(pause)
+        store = _cached(client, directory)
+        optuna_cas.download_artifact(
+            artifact_store=store, file_path=str(out), artifact_id=artifact_id
+        )
+        store.close()
+        remove(out)
+
+
+def _cached(
+    client: Any, directory: Path, materialize: Literal["copy", "hardlink"] = "copy"
+) -> optuna_cas.CachedArtifactStore:
+    return optuna_cas.CachedArtifactStore(
+        optuna_cas.Boto3ArtifactStore(BUCKET, client, prefix=PREFIX),
+        directory=directory,
+        materialize=materialize,
+    )
+
+
+class _Bench:
+    """The contenders over one link (a client straight to moto, or one through the proxy)."""
+
+    def __init__(
+        self,
+        client: Any,
+        ids: _Ids,
+        src: Path,
+        data: Path,
+        warm: Path,
+        proxy: FaultProxy | None,
+    ) -> None:
+        self.client = client
+        self.ids = ids
+        self.src = src
+        self.data = data
+        self.warm = warm
+        self.proxy = proxy
+        self.logs: dict[str, _Log] = {}
+        self.construct: list[float] = []  # seconds to build a CachedArtifactStore
+        self._counter = itertools.count()
+        self._out = data / "out.bin"
+        self._store: Any = None
+        self._fill_dir = data / "cache-fill"
+
+    def _fresh_out(self) -> None:
+        self._out = self.data / f"out-{next(self._counter)}.bin"
+
+    def _open(
+        self,
+        directory: Path,
+        *,
+        forget: bool = False,
+        materialize: Literal["copy", "hardlink"] = "copy",
+    ) -> None:
+        self._fresh_out()
+        if forget:
+            cache_module._VERIFIED.clear()  # as in a process that has not read this entry yet
+        start = time.perf_counter()
+        self._store = _cached(self.client, directory, materialize)
+        self.construct.append(time.perf_counter() - start)
+        if self.proxy is not None:
+            self.proxy.reset_log()
+
+    def _close(self, name: str) -> None:
+        if self.proxy is not None:
+            self.logs.setdefault(name, _Log()).add(self.proxy)
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        remove(self._out)
+
+    def _download(self) -> None:
+        optuna_cas.download_artifact(
+            artifact_store=self._store, file_path=str(self._out), artifact_id=self.ids.ours
+        )
+
+    def contenders(self, *, with_cp: bool) -> list[Contender]:
+        ours = optuna_cas.Boto3ArtifactStore(BUCKET, self.client, prefix=PREFIX)
+        theirs = optuna.artifacts.Boto3ArtifactStore(BUCKET, self.client)
+
+        def fill(name: str, materialize: Literal["copy", "hardlink"]) -> Contender:
+            def setup() -> None:
+                if self._fill_dir.exists():
+                    remove(self._fill_dir)
+                self._open(self._fill_dir, materialize=materialize)
+
+            def teardown() -> None:
+                self._close(name)
+                shutil.rmtree(self._fill_dir)
+
+            return Contender(name, self._download, setup=setup, teardown=teardown)
+
+        def plain(name: str, run: Any) -> Contender:
+            return Contender(name, run, setup=self._fresh_out, teardown=lambda: self._close(name))
+
+        contenders = [
+            plain(
+                "optuna",
+                lambda: optuna.artifacts.download_artifact(
+                    artifact_store=theirs, file_path=str(self._out), artifact_id=self.ids.theirs
+                ),
+            ),
+            plain(
+                "uncached",
+                lambda: optuna_cas.download_artifact(
+                    artifact_store=ours, file_path=str(self._out), artifact_id=self.ids.ours
+                ),
+            ),
+            fill("fill", "copy"),
+            Contender(
+                "cached",
+                self._download,
+                setup=lambda: self._open(self.warm),
+                teardown=lambda: self._close("cached"),
+            ),
+            Contender(
+                "cached-new-process",
+                self._download,
+                setup=lambda: self._open(self.warm, forget=True),
+                teardown=lambda: self._close("cached-new-process"),
+            ),
+        ]
+        if with_cp:  # loopback only: the link is the bottleneck on the throttled one
+            contenders.append(fill("fill-hardlink", "hardlink"))
+            contenders.append(
+                plain(
+                    "cp",
+                    lambda: subprocess.run(["cp", str(self.src), str(self._out)], check=True),
+                )
+            )
+        return contenders
+
+
+def _section(
+    cfg: Config,
+    loop: _Bench,
+    lt: dict[str, list[float]],
+    link: _Bench,
+    kt: dict[str, list[float]],
+) -> Section:
+    size = cfg.cache_file
+    label = mib(size)
+    m = {k: median(v) for k, v in lt.items()}
+    k = {name: median(v) for name, v in kt.items()}
+    cached_log = link.logs["cached"]
+    blob_gets = max(cached_log.blob_gets + link.logs["cached-new-process"].blob_gets)
+    vs_cp = m["cached"] / m["cp"]
+    new_vs_cp = m["cached-new-process"] / m["cp"]
+    vs_optuna = k["optuna"] / k["cached"]
+    fill_loop = m["fill"] / m["uncached"]
+    fill_link = k["fill"] / k["uncached"]
+    section = Section(
+        f"9. Read-through cache: download of a {label} artifact from S3 (moto)",
+        [
+            Row(
+                "Blob GETs of a cached read (new store instance), 1 Gbit/s proxy log",
+                f"{blob_gets} blob GETs; "
+                + (
+                    "1 request in all (the ref)"
+                    if max(cached_log.total) == 1
+                    else f"{max(cached_log.total)} requests in all"
+                ),
+                f"fill: {max(link.logs['fill'].blob_gets)} blob GET",
+                "—",
+                "0",
+                blob_gets == 0,
+            ),
+            Row(
+                "Cached read vs `cp` of the same file on local disk",
+                seconds(m["cached"], size),
+                f"`cp`: {seconds(m['cp'], size)}",
+                f"{vs_cp:.2f}x cp time",
+                "≤ 1.25x cp",
+                vs_cp <= 1.25,
+            ),
+            Row(
+                "Cached read, entry not yet verified by this process (as in a new process)",
+                seconds(m["cached-new-process"], size),
+                f"`cp`: {seconds(m['cp'], size)}",
+                f"{new_vs_cp:.2f}x cp time",
+                "—",
+                None,
+            ),
+            Row(
+                "Cached read vs Optuna, 1 Gbit/s link",
+                seconds(k["cached"], size),
+                f"Optuna: {seconds(k['optuna'], size)}",
+                f"{vs_optuna:.1f}x faster",
+                "≥ 10x faster",
+                vs_optuna >= 10,
+            ),
+            Row(
+                "Cached read vs Optuna, loopback",
+                seconds(m["cached"], size),
+                f"Optuna: {seconds(m['optuna'], size)}",
+                f"{m['optuna'] / m['cached']:.1f}x faster",
+                "—",
+                None,
+            ),
+            Row(
+                "Cache fill (first read through the cache) vs uncached, loopback",
+                seconds(m["fill"], size),
+                f"ours uncached: {seconds(m['uncached'], size)}",
+                f"{fill_loop:.2f}x uncached time",
+                "≤ 1.2x",
+                fill_loop <= 1.2,
+            ),
+            Row(
+                'Cache fill with `materialize="hardlink"` (opt-in), loopback',
+                seconds(m["fill-hardlink"], size),
+                f"ours uncached: {seconds(m['uncached'], size)}",
+                f"{m['fill-hardlink'] / m['uncached']:.2f}x uncached time",
+                "—",
+                None,
+            ),
+            Row(
+                "Cache fill vs uncached, 1 Gbit/s link",
+                seconds(k["fill"], size),
+                f"ours uncached: {seconds(k['uncached'], size)}",
+                f"{fill_link:.2f}x uncached time",
+                "≤ 1.2x",
+                fill_link <= 1.2,
+            ),
+            Row(
+                "Uncached download vs Optuna (loopback / 1 Gbit/s)",
+                f"{seconds(m['uncached'])} / {seconds(k['uncached'])}",
+                f"Optuna: {seconds(m['optuna'])} / {seconds(k['optuna'])}",
+                f"{m['optuna'] / m['uncached']:.2f}x / {k['optuna'] / k['uncached']:.2f}x "
+                "Optuna throughput",
+                "—",
+                None,
+            ),
+        ],
+        [
+            f"Per-rep seconds, loopback (median of {cfg.cache_reps}, after 1 warm-up round, "
+            "order rotated): "
+            + "; ".join(f"{name} {fmt_times(v)}" for name, v in lt.items())
+            + ".",
+            f"Per-rep seconds, 1 Gbit/s (`FaultProxy`, {LINK:,} B/s per direction, median of "
+            f"{cfg.cache_throttled_reps}): "
+            + "; ".join(f"{name} {fmt_times(v)}" for name, v in kt.items())
+            + ".",
+            "All downloads use `download_artifact` to a new file per rep. *Cached*: a new "
+            "`CachedArtifactStore` (new `Boto3ArtifactStore` inside) over a cache directory "
+            "filled earlier in this run; it asks the server for the ref only (artifact ID to "
+            "digest), then copies the entry with `copy_file_range`. *Fill*: a new, empty cache "
+            "directory per rep. Building the `CachedArtifactStore` (opens the diskcache "
+            f"database) is not timed: median {median(loop.construct) * 1000:.1f} ms.",
+            "A cache hit is verified (size, BLAKE3) before use unless this process already "
+            "verified the unchanged file (see `DiskBlobCache._known_good`); the *cached* rows "
+            "are the steady state of a worker process, the *not yet verified* row clears that "
+            "per-process memory before each rep, so it adds one hash of the entry.",
+            "Optuna's and our uncached download are both one streamed GET; ours also hashes "
+            "while writing.",
+        ],
+    )
+    why = "Why the loopback fill target is missed: " if fill_loop > 1.2 else "Fill cost: "
+    section.notes.append(
+        why + "a fill (copy mode) writes every byte twice, into the cache entry and into the "
+        "download, where an uncached download writes it once; with moto on loopback "
+        "delivering ~0.5-0.7 GB/s, that second write is not always hidden. Measured outside "
+        "this run (256 MiB, 13 rotated rounds, quiet machine): uncached 0.370 s; fill 0.479 s "
+        "(1.29x); uncached download followed by a `copy_file_range` of the result 0.463 s "
+        "(1.25x); a fill that streams into the cache entry only and then copies it 0.468 s "
+        "(1.26x): the cost is the second copy, not how the fill tees. It swings with the "
+        "machine's load and the VM's slow first touch of memory: full runs of this benchmark "
+        "measured 1.00x (quiet) to 2.6x (other jobs running). Over the 1 Gbit/s link the second copy is hidden, and the *hardlink* row "
+        "shows a fill without it; copy mode at the cost of hardlink would need a copy-on-write "
+        "clone (`FICLONE`; this filesystem has no reflink)."
+    )
+    return section
