@@ -50,3 +50,7 @@ clean:
 # The documentation site; warnings are errors (mkdocs strict mode).
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site
+
+# The long reliability run (docs/reliability.md); `make test` runs the short one.
+soak: $(STAMP)
+	OPTUNA_CAS_SOAK=1 $(BIN)/pytest -m reliability -q

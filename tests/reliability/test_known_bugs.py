@@ -1,0 +1,232 @@
+"""Minimal reproductions of bugs the reliability scenarios found in ``src/``.
+
+Each is ``xfail(strict=True)``: when the bug is fixed the test passes, strict xfail turns that
+into a failure, and the marker (and any work-around in the scenario tests) should go.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from optuna_cas import gc, verify
+from optuna_cas.backends.local import LocalBackend
+from optuna_cas.content import ContentStore, blob_key
+from optuna_cas.stores.base import ContentAddressedArtifactStore
+from tests.reliability._common import S3_PART_SIZE, boto3_store
+
+pytestmark = pytest.mark.reliability
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "gc's last look compares a blob's time with the time of that look, not with when gc "
+        "listed the refs: a sweep that reaches a blob more than grace_period after an upload "
+        "re-used (touched) it deletes the blob although the upload's ref, written after the "
+        "ref listing, points at it"
+    ),
+)
+def test_slow_gc_sweep_spares_a_blob_reused_after_the_ref_listing(tmp_path: Path) -> None:
+    store = ContentAddressedArtifactStore(
+        ContentStore(LocalBackend(tmp_path / "store"), freshen_after=0.2)
+    )
+    store.write("old", io.BytesIO(b"B"))
+    store.remove("old")  # B is garbage ...
+    time.sleep(0.6)  # ... and older than the grace period (0.5 s)
+
+    def slow_sweep(task: str, done: int, total: int | None) -> None:
+        # gc has listed blobs and refs, and is about to look at B again. Its sweep is slow
+        # (a large store, a slow network): meanwhile an upload re-uses B and returns.
+        if done == 0:
+            store.write("kept", io.BytesIO(b"B"))  # dedup hit: touches B, writes its ref
+            assert store.content.has_blob(store.get_ref("kept").digest)
+            time.sleep(0.6)  # the sweep reaches B more than grace_period after the touch
+
+    gc(store, grace_period=0.5, progress=slow_sweep)
+    assert verify(store).missing == []  # fails: 'kept' points at a deleted blob
+
+
+@pytest.mark.s3
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "S3Backend.touch copies a multipart blob onto itself without ChecksumAlgorithm; moto "
+        "then keeps the composite CRC32 as if it were a full-object one and botocore rejects "
+        "every later GET of the blob ('checksum mismatch in transit'), so a blob re-used after "
+        "freshen_after can no longer be read (passing ChecksumAlgorithm='CRC32' fixes it)"
+    ),
+)
+def test_touched_multipart_blob_stays_readable(s3_server: Any, s3_bucket: str) -> None:
+    store = boto3_store(s3_bucket, s3_server.endpoint_url, prefix="touch", sdk_retries=True)
+    data = b"x" * (S3_PART_SIZE + 1)  # one byte over a part: a multipart upload
+    ref = store.put("a", io.BytesIO(data))
+    with store.open_reader("a") as reader:
+        assert reader.read() == data
+    store.content.backend.touch(blob_key(ref.digest))  # what a dedup hit after 30 min does
+    with store.open_reader("a") as reader:
+        assert reader.read() == data  # fails: TransientBackendError, checksum mismatch
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=OSError,
+    reason=(
+        "LocalBackend.write names its temp file '.tmp-<uuid>-<name>' cut to 255 *characters*; "
+        "a legal non-ASCII artifact ID of more than ~217 bytes makes it longer than 255 bytes "
+        "and the write fails with ENAMETOOLONG"
+    ),
+)
+def test_local_store_accepts_every_id_the_validator_accepts(tmp_path: Path) -> None:
+    from optuna_cas import FileSystemArtifactStore
+    from optuna_cas._validation import validate_artifact_id
+
+    store = FileSystemArtifactStore(tmp_path / "store")
+    artifact_id = validate_artifact_id("é" * 127)  # 254 bytes: a legal ID and file name
+    store.write(artifact_id, io.BytesIO(b"x"))
+    with store.open_reader(artifact_id) as reader:
+        assert reader.read() == b"x"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=OSError,
+    reason=(
+        "materialize (and the cache's _temp_beside) name the temp file '.<name[:64]>.<rand>"
+        ".partial', cutting the name to 64 *characters*: for a legal destination name of "
+        "multibyte characters (here 240 bytes) the temp name exceeds 255 bytes and the "
+        "download fails with ENAMETOOLONG"
+    ),
+)
+def test_download_to_every_legal_file_name(tmp_path: Path) -> None:
+    from optuna_cas import FileSystemArtifactStore, download_artifact
+
+    store = FileSystemArtifactStore(tmp_path / "store")
+    store.write("a", io.BytesIO(b"x"))
+    target = tmp_path / ("😀" * 60)  # 240 bytes: a legal file name
+    target.write_bytes(b"")  # proof that the file system accepts the name
+    target.unlink()
+    download_artifact(artifact_store=store, file_path=str(target), artifact_id="a")
+    assert target.read_bytes() == b"x"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "LocalBackend.stage_copy (uploads >= 8 MiB) creates its temp file under "
+        "<root>/blobs without the symlink containment check of _path: if 'blobs' is a link "
+        "to a directory outside the store, the whole file is first written there (then "
+        "removed when the commit is refused; a crash in between leaves it there)"
+    ),
+)
+def test_large_upload_writes_nothing_through_a_symlinked_blobs_dir(tmp_path: Path) -> None:
+    import os
+
+    from optuna_cas import FileSystemArtifactStore
+    from optuna_cas.exceptions import InvalidKeyError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store = FileSystemArtifactStore(tmp_path / "store")
+    os.symlink(outside, tmp_path / "store" / "blobs")
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\1" * (9 * 1024 * 1024))  # takes the staged-copy path
+    time.sleep(0.05)
+    before = os.stat(outside).st_mtime_ns
+    with pytest.raises(InvalidKeyError):
+        store.put("big", big)
+    assert os.stat(outside).st_mtime_ns == before  # fails: a temp file came and went
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "LocalBackend.write(if_absent=True) follows symlinks (path.is_file(), os.link) while "
+        "stat() does not: a blob file replaced by a symlink counts as missing for reads but "
+        "as present for writes, so re-uploading the same bytes returns without repairing it "
+        "and the new artifact is unreadable"
+    ),
+)
+def test_upload_repairs_a_blob_that_is_a_symlink(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from optuna_cas import FileSystemArtifactStore
+
+    store = FileSystemArtifactStore(tmp_path / "store")
+    store.write("a", io.BytesIO(b"content"))
+    digest = store.get_ref("a").digest
+    blob = tmp_path / "store" / blob_key(digest)
+    shutil.copy(blob, tmp_path / "copy")
+    os.unlink(blob)
+    os.symlink(tmp_path / "copy", blob)
+    store.write("b", io.BytesIO(b"content"))  # returns ...
+    with store.open_reader("b") as reader:  # ... but fails: ArtifactNotFound
+        assert reader.read() == b"content"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=OSError,
+    reason=(
+        "LocalBackend.__init__ calls path.exists() outside its try: a path the OS refuses "
+        "(a component over 255 bytes: ENAMETOOLONG) escapes open_store/FileSystemArtifactStore "
+        "as a bare OSError instead of the documented StoreConfigError"
+    ),
+)
+def test_open_store_reports_an_impossible_path_as_store_config_error(tmp_path: Path) -> None:
+    from optuna_cas import open_store
+    from optuna_cas.exceptions import StoreConfigError
+
+    with pytest.raises(StoreConfigError):
+        open_store(str(tmp_path / ("x" * 300)))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=UnicodeEncodeError,
+    reason=(
+        "ArtifactRef.to_json uses ensure_ascii=False then .encode('utf-8'): a file whose name "
+        "is not valid UTF-8 (legal on Linux; Python shows its bytes as lone surrogates) cannot "
+        "be uploaded, although Optuna's own upload_artifact accepts it (the blob is written, "
+        "then the ref fails: an orphan blob, no metadata)"
+    ),
+)
+def test_upload_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    import os
+
+    import optuna
+
+    from optuna_cas import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+
+    path = os.path.join(os.fsencode(tmp_path), b"model-\xe9.bin")  # latin-1 e-acute
+    with open(path, "wb") as f:
+        f.write(b"weights")
+    study = optuna.create_study()
+    store = FileSystemArtifactStore(tmp_path / "store")
+    upload_artifact(artifact_store=store, file_path=os.fsdecode(path), study_or_trial=study)
+    assert len(get_all_artifact_meta(study)) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason=(
+        "LocalBackend expands '~' with Path.expanduser, which raises RuntimeError('Could not "
+        "determine home directory.') for '~nosuchuser/...': open_store and "
+        "FileSystemArtifactStore leak it instead of a StoreConfigError (or a literal path)"
+    ),
+)
+def test_open_store_of_an_unknown_users_home(tmp_path: Path, monkeypatch: Any) -> None:
+    from optuna_cas import open_store
+    from optuna_cas.exceptions import StoreConfigError
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        open_store("~no-such-user-here/artifacts")
+    except StoreConfigError:
+        pass
