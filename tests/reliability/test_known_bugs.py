@@ -22,15 +22,6 @@ from tests.reliability._common import S3_PART_SIZE, boto3_store
 pytestmark = pytest.mark.reliability
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gc's last look compares a blob's time with the time of that look, not with when gc "
-        "listed the refs: a sweep that reaches a blob more than grace_period after an upload "
-        "re-used (touched) it deletes the blob although the upload's ref, written after the "
-        "ref listing, points at it"
-    ),
-)
 def test_slow_gc_sweep_spares_a_blob_reused_after_the_ref_listing(tmp_path: Path) -> None:
     store = ContentAddressedArtifactStore(
         ContentStore(LocalBackend(tmp_path / "store"), freshen_after=0.2)
@@ -52,15 +43,6 @@ def test_slow_gc_sweep_spares_a_blob_reused_after_the_ref_listing(tmp_path: Path
 
 
 @pytest.mark.s3
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "S3Backend.touch copies a multipart blob onto itself without ChecksumAlgorithm; moto "
-        "then keeps the composite CRC32 as if it were a full-object one and botocore rejects "
-        "every later GET of the blob ('checksum mismatch in transit'), so a blob re-used after "
-        "freshen_after can no longer be read (passing ChecksumAlgorithm='CRC32' fixes it)"
-    ),
-)
 def test_touched_multipart_blob_stays_readable(s3_server: Any, s3_bucket: str) -> None:
     store = boto3_store(s3_bucket, s3_server.endpoint_url, prefix="touch", sdk_retries=True)
     data = b"x" * (S3_PART_SIZE + 1)  # one byte over a part: a multipart upload

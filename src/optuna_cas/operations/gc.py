@@ -11,19 +11,16 @@ An upload U of content B does, in order:
 
 gc G does, in order: (a) list blobs and keep as candidates those older than
 ``grace_period`` (> 30 min); (b) list refs and drop every candidate a ref points at; (c) for
-each remaining candidate, stat it again and delete it only if it is *still* older than
-``grace_period``.
+each remaining candidate, stat it again and delete it only if its time is still older than
+gc's start minus ``grace_period``.
 
-Suppose G deletes B, at time td, while U's ref R points at B. G's last stat, at ts < td,
-found B older than ``grace_period``. U's step 1, at t1, left B's time at least
-t1 - ``freshen_after``, so B's age at ts was at most (ts - t1) + ``freshen_after``: hence
-ts - t1 > ``grace_period`` - ``freshen_after``. R was not in G's ref listing (b), which ended
-before ts, so U wrote R after it. Two cases:
-
-* U's step 3 came after td: it found B gone and wrote it again. Nothing is lost.
-* U's step 3 came before td: then U spent more than ``grace_period`` - ``freshen_after``
-  minus the length of G's sweep between its steps 1 and 2, and finished steps 2 and 3 inside
-  G's stat-to-delete gap for that blob.
+Suppose G deletes B while U's ref R points at B. Let t0 be G's start (before (a)). G's last
+look found B's time older than t0 - ``grace_period``. U's step 1, at t1, left B's time at
+least t1 - ``freshen_after``; hence t1 < t0 - (``grace_period`` - ``freshen_after``). R was
+not in G's ref listing (b), which began after t0, so U wrote R after t0: U spent more than
+``grace_period`` - ``freshen_after`` between its steps 1 and 2. (And if U's step 3 came after
+G's delete, U found B gone and wrote it again.) Measuring ages from t0 rather than from the
+moment of the last look matters: a sweep that takes long must not shorten the margin.
 
 So the one assumption is that an upload takes less than ``grace_period`` - ``freshen_after``
 (90 minutes with the defaults) from checking its blob to writing its ref, which normally
@@ -124,6 +121,8 @@ def gc(
         (1, 7)
     """
     content = store.content
+    # (S3 reports times in whole seconds: keep grace_period - freshen_after well above 1 s
+    # there; the defaults are 90 minutes apart.)
     if grace_period <= content.freshen_after and not allow_short_grace:
         raise ValueError(
             f"grace_period={grace_period!r}s is unsafe while other processes upload: it must "
@@ -153,7 +152,9 @@ def gc(
             fresh = content.backend.stat(info.key)
         except ArtifactNotFound:
             fresh = None
-        if fresh is not None and time.time() - fresh.modified <= grace_period:
+        # Measured against gc's start, before refs were listed, not against now: a slow sweep
+        # must not widen the window (the argument above counts from the ref listing).
+        if fresh is not None and now - fresh.modified <= grace_period:
             report.kept_young += 1
         elif fresh is not None:
             try:
