@@ -117,3 +117,20 @@ def validate_prefix(prefix: str) -> str:
         except InvalidKeyError as e:
             raise InvalidKeyError(f"Invalid prefix: {prefix!r} ({e})") from None
     return stripped
+
+
+def shorten_name(name: str, max_bytes: int) -> str:
+    """Cut a file name to at most ``max_bytes`` bytes on disk, never inside a character.
+
+    File-system limits count bytes (255 on Linux), not characters: ``"é" * 200`` is 400.
+    Names that are not valid UTF-8 (Python keeps their bytes as surrogates) count as the
+    bytes they came from.
+
+    Example:
+        >>> shorten_name("é" * 10, 5)
+        'éé'
+    """
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) <= max_bytes:
+        return name
+    return encoded[:max_bytes].decode("utf-8", "ignore")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from optuna_cas._validation import validate_artifact_id
+from optuna_cas._validation import shorten_name, validate_artifact_id
 from optuna_cas.backends.base import Backend
 from optuna_cas.digest import (
     ALGORITHM,
@@ -750,7 +750,7 @@ def materialize(
         raise FileExistsError(f"File already exists: {target!s}")
     directory = target.parent if str(target.parent) else Path(".")
     fd, temp_name = tempfile.mkstemp(
-        prefix=f".{target.name[:64]}.", suffix=".partial", dir=directory
+        prefix=f".{shorten_name(target.name, 64)}.", suffix=".partial", dir=directory
     )
     try:
         with open(fd, "wb") as out:

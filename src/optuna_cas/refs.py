@@ -79,7 +79,9 @@ class ArtifactRef:
             "encoding": self.encoding,
             "created": self.created,
         }
-        return json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        # ASCII-only JSON: file names that are not valid UTF-8 (kept by Python as lone
+        # surrogates) survive as \udcXX escapes instead of failing to encode.
+        return json.dumps(record, sort_keys=True).encode("ascii")
 
     @classmethod
     def from_json(cls, data: bytes, artifact_id: str) -> ArtifactRef:

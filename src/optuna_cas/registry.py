@@ -121,10 +121,17 @@ def open_store(
     text = os.fspath(url)
     if not isinstance(text, str) or not text:
         raise StoreConfigError(f"Invalid store URL: {url!r}")
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as e:  # e.g. "s3://[" (an invalid IPv6 host)
+        raise StoreConfigError(f"Invalid store URL {text!r}: {e}") from e
     scheme = parts.scheme.lower()
     if scheme == "" or (len(scheme) == 1 and os.name == "nt"):  # a plain (or drive) path
-        return _file("", str(Path(text).expanduser()), {"fsync": fsync})
+        try:
+            local = Path(text).expanduser()
+        except RuntimeError as e:  # "~nosuchuser/..."
+            raise StoreConfigError(f"Invalid store path {text!r}: {e}") from e
+        return _file("", str(local), {"fsync": fsync})
     entry = _SCHEMES.get(scheme)
     if entry is None:
         raise StoreConfigError(

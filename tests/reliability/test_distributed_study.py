@@ -48,16 +48,13 @@ FAULT_MODES = ("reset", "503", "truncate", "drop_response") * 2 + ("stall",)
 CLIENT_TIMEOUT = 0.5
 STALL_SECONDS = 1.0
 FRESHEN_AFTER = 0.5
-# Above FRESHEN_AFTER by more than S3's one-second Last-Modified resolution, and above the
-# longest gc run: a run that takes longer than the grace period can delete a blob an upload
-# re-used during that run (the gc bug in test_known_bugs.py, which a 3 s grace hit in the soak,
-# where a run reads ~1000 refs one GET at a time). Lower it again once that is fixed.
+# Above FRESHEN_AFTER by more than S3's one-second Last-Modified resolution. (The soak used
+# 30 s while gc measured ages from its last look, a bug since fixed: see test_known_bugs.py.)
 GRACE = scale(4.0, 30.0)
 PREFIX = "study"
-# gc's freshen-touch of a multipart blob leaves moto with a CRC32 that botocore then rejects
-# on every GET (test_known_bugs.py). Until that is fixed, botocore's response checksum check
-# is off here; optuna-cas still checks BLAKE3 on every read. Set to True once fixed.
-SDK_CHECKSUMS = False
+# botocore's response checksum check stays on (it was off while gc's touch of a multipart
+# blob broke moto's CRC32, a bug since fixed: see test_known_bugs.py).
+SDK_CHECKSUMS = True
 
 
 def _start(ctx: Any, target: Any, cfg: dict[str, Any]) -> Any:

@@ -1,7 +1,6 @@
-"""Minimal reproductions of bugs the reliability scenarios found in ``src/``.
+"""Regression tests: minimal reproductions of bugs the reliability scenarios found in ``src/``.
 
-Each is ``xfail(strict=True)``: when the bug is fixed the test passes, strict xfail turns that
-into a failure, and the marker (and any work-around in the scenario tests) should go.
+Each was first committed as ``xfail(strict=True)`` and turned into a plain test with its fix.
 """
 
 from __future__ import annotations
@@ -54,15 +53,6 @@ def test_touched_multipart_blob_stays_readable(s3_server: Any, s3_bucket: str) -
         assert reader.read() == data  # fails: TransientBackendError, checksum mismatch
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason=(
-        "LocalBackend.write names its temp file '.tmp-<uuid>-<name>' cut to 255 *characters*; "
-        "a legal non-ASCII artifact ID of more than ~217 bytes makes it longer than 255 bytes "
-        "and the write fails with ENAMETOOLONG"
-    ),
-)
 def test_local_store_accepts_every_id_the_validator_accepts(tmp_path: Path) -> None:
     from optuna_cas import FileSystemArtifactStore
     from optuna_cas._validation import validate_artifact_id
@@ -74,16 +64,6 @@ def test_local_store_accepts_every_id_the_validator_accepts(tmp_path: Path) -> N
         assert reader.read() == b"x"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason=(
-        "materialize (and the cache's _temp_beside) name the temp file '.<name[:64]>.<rand>"
-        ".partial', cutting the name to 64 *characters*: for a legal destination name of "
-        "multibyte characters (here 240 bytes) the temp name exceeds 255 bytes and the "
-        "download fails with ENAMETOOLONG"
-    ),
-)
 def test_download_to_every_legal_file_name(tmp_path: Path) -> None:
     from optuna_cas import FileSystemArtifactStore, download_artifact
 
@@ -96,15 +76,6 @@ def test_download_to_every_legal_file_name(tmp_path: Path) -> None:
     assert target.read_bytes() == b"x"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "LocalBackend.stage_copy (uploads >= 8 MiB) creates its temp file under "
-        "<root>/blobs without the symlink containment check of _path: if 'blobs' is a link "
-        "to a directory outside the store, the whole file is first written there (then "
-        "removed when the commit is refused; a crash in between leaves it there)"
-    ),
-)
 def test_large_upload_writes_nothing_through_a_symlinked_blobs_dir(tmp_path: Path) -> None:
     import os
 
@@ -124,15 +95,6 @@ def test_large_upload_writes_nothing_through_a_symlinked_blobs_dir(tmp_path: Pat
     assert os.stat(outside).st_mtime_ns == before  # fails: a temp file came and went
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "LocalBackend.write(if_absent=True) follows symlinks (path.is_file(), os.link) while "
-        "stat() does not: a blob file replaced by a symlink counts as missing for reads but "
-        "as present for writes, so re-uploading the same bytes returns without repairing it "
-        "and the new artifact is unreadable"
-    ),
-)
 def test_upload_repairs_a_blob_that_is_a_symlink(tmp_path: Path) -> None:
     import os
     import shutil
@@ -151,15 +113,6 @@ def test_upload_repairs_a_blob_that_is_a_symlink(tmp_path: Path) -> None:
         assert reader.read() == b"content"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason=(
-        "LocalBackend.__init__ calls path.exists() outside its try: a path the OS refuses "
-        "(a component over 255 bytes: ENAMETOOLONG) escapes open_store/FileSystemArtifactStore "
-        "as a bare OSError instead of the documented StoreConfigError"
-    ),
-)
 def test_open_store_reports_an_impossible_path_as_store_config_error(tmp_path: Path) -> None:
     from optuna_cas import open_store
     from optuna_cas.exceptions import StoreConfigError
@@ -168,16 +121,6 @@ def test_open_store_reports_an_impossible_path_as_store_config_error(tmp_path: P
         open_store(str(tmp_path / ("x" * 300)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason=(
-        "ArtifactRef.to_json uses ensure_ascii=False then .encode('utf-8'): a file whose name "
-        "is not valid UTF-8 (legal on Linux; Python shows its bytes as lone surrogates) cannot "
-        "be uploaded, although Optuna's own upload_artifact accepts it (the blob is written, "
-        "then the ref fails: an orphan blob, no metadata)"
-    ),
-)
 def test_upload_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
     import os
 
@@ -194,15 +137,6 @@ def test_upload_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
     assert len(get_all_artifact_meta(study)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason=(
-        "LocalBackend expands '~' with Path.expanduser, which raises RuntimeError('Could not "
-        "determine home directory.') for '~nosuchuser/...': open_store and "
-        "FileSystemArtifactStore leak it instead of a StoreConfigError (or a literal path)"
-    ),
-)
 def test_open_store_of_an_unknown_users_home(tmp_path: Path, monkeypatch: Any) -> None:
     from optuna_cas import open_store
     from optuna_cas.exceptions import StoreConfigError

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from optuna_cas._validation import validate_key
+from optuna_cas._validation import shorten_name, validate_key
 from optuna_cas.backends.base import ObjectInfo
 from optuna_cas.digest import CHUNK_SIZE, readinto
 from optuna_cas.exceptions import ArtifactNotFound, InvalidKeyError, StoreConfigError
@@ -49,14 +49,17 @@ class LocalBackend:
     """
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False) -> None:
-        path = Path(root).expanduser()
-        if path.exists() and not path.is_dir():
-            raise StoreConfigError(f"Store path {str(path)!r} exists and is not a directory")
         try:
+            path = Path(root).expanduser()
+        except RuntimeError as e:  # "~nosuchuser/..."
+            raise StoreConfigError(f"Cannot use store path {str(root)!r}: {e}") from e
+        try:
+            if path.exists() and not path.is_dir():
+                raise StoreConfigError(f"Store path {str(path)!r} exists and is not a directory")
             path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
+            self._root = path.resolve()
+        except OSError as e:  # too long, permission denied, a file in the way, ...
             raise StoreConfigError(f"Cannot create store directory {str(path)!r}: {e}") from e
-        self._root = path.resolve()
         self._root_str = str(self._root)
         self._fsync = fsync
 
@@ -130,9 +133,19 @@ class LocalBackend:
             b'1'
         """
         path = self._path(key)
-        if if_absent and path.is_file():
-            return
-        temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}"[:255])
+        if if_absent:
+            try:
+                mode: int | None = os.lstat(path).st_mode
+            except FileNotFoundError:
+                mode = None
+            if mode is not None and stat.S_ISREG(mode):
+                return
+            if mode is not None:
+                # Something that is not a stored object (a symlink, say) sits at the key:
+                # replace that entry itself, never what it points at.
+                if_absent = False
+        name = f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}"
+        temp = path.with_name(shorten_name(name, 255))
         try:
             out_file = open(temp, "xb")  # noqa: SIM115 - closed by the with below
         except FileNotFoundError:
@@ -175,8 +188,9 @@ class LocalBackend:
             >>> staged.commit("blobs/x/y", if_absent=True); b.open_reader("blobs/x/y").read()
             b'payload'
         """
-        validate_key(directory)
-        folder = self._root / directory
+        # The same containment check as every key below ``directory`` gets, done *before*
+        # the copy starts: a symlinked directory must not receive the bytes at all.
+        folder = self._path(f"{directory}/staged").parent
         folder.mkdir(parents=True, exist_ok=True)
         return StagedCopy(self, source_fd, offset, folder)
 

@@ -63,6 +63,7 @@ from typing import Any, BinaryIO, Literal, cast
 import diskcache
 import diskcache.core
 
+from optuna_cas._validation import shorten_name
 from optuna_cas.content import materialize as _materialize_stream
 from optuna_cas.content import publish_new_file
 from optuna_cas.digest import CHUNK_SIZE, Digest, Hasher, VerifyingReader, hash_open_file, readinto
@@ -1218,7 +1219,9 @@ def _try_link(source: str, target: Path) -> bool:
 
 def _temp_beside(target: Path) -> tuple[int, str]:
     directory = target.parent if str(target.parent) else Path(".")
-    return tempfile.mkstemp(prefix=f".{target.name[:64]}.", suffix=".partial", dir=directory)
+    return tempfile.mkstemp(
+        prefix=f".{shorten_name(target.name, 64)}.", suffix=".partial", dir=directory
+    )
 
 
 def _position(stream: BinaryIO) -> int | None:
