@@ -177,17 +177,6 @@ def too_long(name: str) -> bool:
         return False
 
 
-def temp_name_bug(name: str, *, local_ref: bool = False) -> bool:
-    """Whether ``name`` hits the known temp-name bug (test_known_bugs.py): a legal name whose
-    temp file name, cut to a number of *characters*, is more than 255 *bytes*."""
-    try:
-        if local_ref:
-            return len(f".tmp-{'0' * 32}-{name}"[:255].encode()) > 255
-        return not too_long(name) and len(f".{name[:64]}.12345678.partial".encode()) > 255
-    except UnicodeEncodeError:
-        return False
-
-
 def destination_errors(dest_name: str) -> tuple[type[BaseException], ...]:
     """What creating ``out/<dest_name>`` may legitimately raise."""
     return (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError)
@@ -243,16 +232,7 @@ def test_api_with_hostile_names(
         before = snapshot(root)
         result = attempt(upload, FileNotFoundError, IsADirectoryError, ValueError)
         assert_confined(before, snapshot(root))
-        texts = [filename, mimetype or "", encoding or ""]
-        if (
-            source is not None
-            and result == "UnicodeEncodeError"
-            and not all(map(_encodable, texts))
-        ):
-            # Known bug (test_known_bugs.py): a file name, mimetype or encoding that is not
-            # valid UTF-8 cannot be stored in the ref (Optuna itself accepts them).
-            TALLY["upload with non-UTF-8 name/mimetype/encoding refused (known bug)"] += 1
-        elif source is not None:
+        if source is not None:  # also with non-UTF-8 names, mimetypes, encodings (fixed bug)
             assert result == "ok", "a readable regular file must upload"
         if result != "ok":
             assert get_all_artifact_meta(trial) == []
@@ -280,10 +260,10 @@ def test_api_with_hostile_names(
         except OSError as e:
             if e.errno != errno.ENAMETOOLONG:
                 raise
-            # The file system refuses the name; legitimate if it really is too long.
-            assert too_long(Path(target).name) or temp_name_bug(Path(target).name), target
-            name_too_long = too_long(Path(target).name)
-            TALLY["ENAMETOOLONG" if name_too_long else "ENAMETOOLONG (known temp-name bug)"] += 1
+            # The file system refuses the name: legitimate only if it really is too long (temp
+            # names once were cut by characters, not bytes: a fixed bug).
+            assert too_long(Path(target).name), target
+            TALLY["ENAMETOOLONG"] += 1
             result = "ENAMETOOLONG"
         after = snapshot(root)
         rel_target = os.path.relpath(target, root)
@@ -344,13 +324,7 @@ def _exercise_store(store: Any, artifact_id: Any, data: bytes) -> None:
             assert outcome != "ok" or (valid and outcome == "ok"), artifact_id
         return
     attempt(lambda: store.open_reader(artifact_id), ArtifactNotFound)
-    try:
-        store.write(artifact_id, io.BytesIO(data))
-    except OSError as e:
-        if e.errno == errno.ENAMETOOLONG and temp_name_bug(artifact_id, local_ref=True):
-            TALLY["ENAMETOOLONG (known temp-name bug)"] += 1
-            return
-        raise
+    store.write(artifact_id, io.BytesIO(data))  # every valid ID (temp names cut by bytes)
     with store.open_reader(artifact_id) as reader:
         assert reader.read() == data
     ref = store.put(artifact_id, io.BytesIO(data[::-1]), filename=artifact_id, mimetype=artifact_id)
@@ -435,20 +409,8 @@ def test_open_store_with_hostile_urls(url: str) -> None:
         os.chdir(root / "sandbox")  # plain paths are relative to here
         try:
             before = snapshot(root)
-            try:
-                outcome = attempt(lambda: open_store(url), StoreConfigError, ValueError)
-            except OSError as e:
-                # Known bug (test_known_bugs.py): should be a StoreConfigError.
-                if e.errno != errno.ENAMETOOLONG:
-                    raise
-                outcome = "ENAMETOOLONG"
-                TALLY["open_store ENAMETOOLONG (known bug: not StoreConfigError)"] += 1
-            except RuntimeError as e:
-                # Known bug (test_known_bugs.py): "~nosuchuser/..." should be a StoreConfigError.
-                if not url.startswith("~") or "home directory" not in str(e):
-                    raise
-                outcome = "RuntimeError"
-                TALLY["open_store RuntimeError for ~unknown-user (known bug)"] += 1
+            # Impossible paths and ~unknownuser are StoreConfigErrors too (fixed bugs).
+            outcome = attempt(lambda: open_store(url), StoreConfigError, ValueError)
             after = snapshot(root)
         finally:
             os.chdir(cwd)
