@@ -347,19 +347,11 @@ class ContentStore:
             digest = hash_open_file(f)
             if start == 0:
                 _FILE_DIGESTS.remember(os.fstat(f.fileno()), digest, hash_started)
-            key = blob_key(digest)
-            try:
-                info = self._backend.stat(key)
-            except ArtifactNotFound:
-                stored_size: int | None = None
-            else:
-                stored_size = info.size
-                if stored_size == digest.size:
-                    staged.abort()
-                    if time.time() - info.modified > self.freshen_after:
-                        self._freshen(key)
-                    return digest, False
-            staged.commit(key, if_absent=stored_size is None)
+            present, repair = self._check_stored(digest)
+            if present:
+                staged.abort()
+                return digest, False
+            staged.commit(blob_key(digest), if_absent=not repair)
         except BaseException:
             staged.abort()
             raise
@@ -368,22 +360,33 @@ class ContentStore:
             self._blob_cache.add_file(digest, f)
         return digest, True
 
-    def _store_blob(self, digest: Digest, source: BinaryIO) -> bool:
-        """Write ``source`` under ``digest``'s key unless present. Returns True if written."""
+    def _check_stored(self, digest: Digest) -> tuple[bool, bool]:
+        """Return (present, repair) for ``digest``'s blob.
+
+        ``present``: stored with the right size; its time is refreshed if older than
+        ``freshen_after`` (so gc spares a re-used blob). ``repair``: an object of the wrong
+        size is in the way (corrupt) and must be overwritten, not created-if-absent.
+        """
         key = blob_key(digest)
         try:
             info = self._backend.stat(key)
         except ArtifactNotFound:
-            stored_size: int | None = None
-        else:
-            stored_size = info.size
-            if stored_size == digest.size:
-                if time.time() - info.modified > self.freshen_after:
-                    self._freshen(key)
-                return False
+            return False, False
+        if info.size != digest.size:
+            return False, True
+        if time.time() - info.modified > self.freshen_after:
+            self._freshen(key)
+        return True, False
+
+    def _store_blob(self, digest: Digest, source: BinaryIO) -> bool:
+        """Write ``source`` under ``digest``'s key unless present. Returns True if written."""
+        present, repair = self._check_stored(digest)
+        if present:
+            return False
+        key = blob_key(digest)
         start = source.tell()
         # A present object of the wrong size is corrupt: overwrite it to repair.
-        self._backend.write(key, source, if_absent=stored_size is None)
+        self._backend.write(key, source, if_absent=not repair)
         if self._blob_cache is not None:
             source.seek(start)
             self._blob_cache.add_file(digest, source)
