@@ -1,17 +1,15 @@
-"""A ``moto_server`` subprocess on 127.0.0.1 (like ``tests/support/s3.py``, without pytest)."""
+"""A ``moto_server`` subprocess on 127.0.0.1, started by the tests' own helper."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tests.support.s3 import running_moto_server
 
 _RUNNING_ON = re.compile(rb"Running on (http://127\.0\.0\.1:\d+)")
 
@@ -31,36 +29,12 @@ def make_client(endpoint_url: str) -> Any:
 
 @contextmanager
 def moto_server() -> Iterator[str]:
-    """Start ``moto_server`` on a free port (``-p0``); yield its endpoint URL."""
-    with tempfile.TemporaryDirectory(prefix="bench-moto-") as tmp:
-        log_path = Path(tmp) / "moto.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        # Log to a file, not a pipe: nobody drains a pipe while benchmarks run.
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p0"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                match = _RUNNING_ON.search(log_path.read_bytes())
-                if match:
-                    break
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start:\n{log_path.read_text()}")
-                time.sleep(0.02)
-            yield match.group(1).decode()
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """Start ``moto_server`` on a free port (the tests' own helper); yield its endpoint URL."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-moto-") as tmp,
+        running_moto_server(Path(tmp) / "moto.log") as server,
+    ):
+        yield server.endpoint_url
 
 
 def delete_prefix(client: Any, bucket: str, prefix: str) -> None:

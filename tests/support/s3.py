@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,6 +94,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     if importlib.util.find_spec("moto") is None:
         pytest.skip("needs moto[server] (the 'dev' extra)")
     log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    with running_moto_server(log_path) as server:
+        yield server
+
+
+@contextmanager
+def running_moto_server(log_path: Path) -> Iterator[S3Server]:
+    """A ``moto_server`` on 127.0.0.1 and a free port, for as long as the block runs.
+
+    No pytest needed: the benchmarks start their server with this too.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # The log goes to a file, not a pipe: nobody drains a pipe during the tests, and a full
     # pipe would block the server on its next access-log line.
