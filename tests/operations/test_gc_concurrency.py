@@ -56,6 +56,11 @@ def uploader(root: str, worker: int, journal: str) -> None:
             path.write_bytes(payload(worker, n))
             store.put(f"tmp-{worker}-{n}", path)
             store.remove(f"tmp-{worker}-{n}")  # its blob is unreferenced from now on
+            # Plus garbage never used again, so that gc always has work whatever the timing.
+            junk = sources / f"junk-{n}.bin"
+            junk.write_bytes(random.Random(f"junk-{worker}-{n}").randbytes(1024))
+            store.put(f"junk-{worker}-{n}", junk)
+            store.remove(f"junk-{worker}-{n}")
             # Just past the grace period: the blob is unreferenced and old enough to collect.
             heapq.heappush(pending, (time.time() + GRACE + rng.uniform(0.0, 0.15), n))
             _reupload_due(store, worker, sources, pending, log)
