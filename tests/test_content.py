@@ -140,15 +140,15 @@ def test_file_changed_during_upload_is_refused(tmp_path: Path, monkeypatch) -> N
 
     path = tmp_path / "f"
     path.write_bytes(b"version 1")
-    real_hash = content_module.hash_open_file
+    real_copy = content_module.copy_hashing
 
-    def hash_then_modify(f):  # type: ignore[no-untyped-def]
-        digest = real_hash(f)
+    def copy_then_modify(*args):  # type: ignore[no-untyped-def]
+        digest = real_copy(*args)
         with open(path, "ab") as g:  # the user's training loop appends meanwhile
             g.write(b" and more")
         return digest
 
-    monkeypatch.setattr(content_module, "hash_open_file", hash_then_modify)
+    monkeypatch.setattr(content_module, "copy_hashing", copy_then_modify)
     store = ContentStore(LocalBackend(tmp_path / "s"))
     with pytest.raises(IntegrityError, match="changed while it was being uploaded"):
         store.put_artifact("a", path)

@@ -10,9 +10,17 @@ import pytest
 
 from optuna_cas import FileSystemArtifactStore
 from optuna_cas.backends.local import TEMP_PREFIX
-from optuna_cas.content import _FILE_DIGESTS, _STAGE_MIN_BYTES
-from optuna_cas.digest import HASH_WINDOW, Digest, VerifyingReader, hash_open_file
+from optuna_cas.content import DEFAULT_FILE_DIGESTS
+from optuna_cas.digest import (
+    HASH_WINDOW,
+    Digest,
+    VerifyingReader,
+    hash_fd,
+    hash_private_range,
+    new_blake3,
+)
 from optuna_cas.exceptions import IntegrityError
+from optuna_cas.ingest import OVERLAP_MIN_BYTES as _STAGE_MIN_BYTES
 from tests.conftest import random_bytes
 
 
@@ -24,10 +32,14 @@ def test_windowed_hash_matches_whole_hash(tmp_path: Path, size: int, start: int)
     data = random_bytes(size, seed=size)
     path = tmp_path / "f"
     path.write_bytes(data)
+    expected = Digest.of_bytes(data[min(start, size) :])
     with open(path, "rb") as f:
         f.seek(min(start, size))
-        assert hash_open_file(f) == Digest.of_bytes(data[min(start, size) :])
-        assert f.tell() == min(start, size)
+        assert hash_fd(f.fileno(), min(start, size)) == expected
+        assert f.tell() == min(start, size)  # pread: the position is untouched
+        hasher = new_blake3(size)
+        hash_private_range(f.fileno(), hasher, min(start, size), size)
+        assert hasher.hexdigest() == expected.hexdigest
 
 
 def test_digest_rejects_bad_values() -> None:
@@ -58,10 +70,10 @@ def test_unchanged_file_is_not_hashed_again(
     store = FileSystemArtifactStore(tmp_path / "s")
     path = tmp_path / "ckpt.bin"
     path.write_bytes(random_bytes(100_000))
-    monkeypatch.setattr(content_module._FileDigestMemo, "_SETTLED_NS", 0)  # no 2 s wait here
+    monkeypatch.setattr(DEFAULT_FILE_DIGESTS, "_settled_ns", 0)  # no 2 s wait here
     calls = []
-    real = content_module.hash_open_file
-    monkeypatch.setattr(content_module, "hash_open_file", lambda f: calls.append(1) or real(f))
+    real = content_module.copy_hashing
+    monkeypatch.setattr(content_module, "copy_hashing", lambda *a: calls.append(1) or real(*a))
     first = store.put("a", path)
     second = store.put("b", path)
     assert first.digest == second.digest and len(calls) == 1
@@ -77,7 +89,9 @@ def test_recently_changed_files_are_not_memoised(tmp_path: Path) -> None:
     path = tmp_path / "fresh.bin"
     path.write_bytes(b"just written")
     store.put("a", path)
-    assert _FILE_DIGESTS.get(os.stat(path)) is None  # a write in the same tick would be invisible
+    assert (
+        DEFAULT_FILE_DIGESTS.get(os.stat(path)) is None
+    )  # a write in the same tick would be invisible
 
 
 @pytest.mark.parametrize("present", [False, True])
@@ -111,15 +125,15 @@ def test_large_file_changed_during_overlapped_upload_is_refused(
     store = FileSystemArtifactStore(tmp_path / "s")
     path = tmp_path / "big.bin"
     path.write_bytes(random_bytes(_STAGE_MIN_BYTES + 1))
-    real = content_module.hash_open_file
+    real = content_module.copy_hashing
 
-    def hash_then_append(f):  # type: ignore[no-untyped-def]
-        digest = real(f)
+    def copy_then_append(*args):  # type: ignore[no-untyped-def]
+        digest = real(*args)
         with open(path, "ab") as g:
             g.write(b"more")
         return digest
 
-    monkeypatch.setattr(content_module, "hash_open_file", hash_then_append)
+    monkeypatch.setattr(content_module, "copy_hashing", copy_then_append)
     with pytest.raises(IntegrityError, match="changed while it was being uploaded"):
         store.put("a", path)
     assert list(store.content.iter_blobs()) == []

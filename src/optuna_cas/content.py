@@ -20,29 +20,28 @@ from __future__ import annotations
 import io
 import os
 import re
-import stat
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
-from optuna_cas._validation import shorten_name, validate_artifact_id
-from optuna_cas.backends.base import Backend
+from optuna_cas._fileio import PositionalReader, publish_new_file, temp_beside
+from optuna_cas._validation import validate_artifact_id
+from optuna_cas.backends.base import Backend, SupportsStaging
 from optuna_cas.digest import (
     ALGORITHM,
     CHUNK_SIZE,
     Digest,
-    Hasher,
     VerifyingReader,
-    hash_open_file,
+    hash_fd,
     hash_stream,
     readinto,
 )
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.ingest import FileDigestMemo, FileSource, copy_hashing, copy_stream_hashing, now_ns
 from optuna_cas.refs import ArtifactRef
 
 __all__ = [
@@ -68,45 +67,8 @@ FRESHEN_AFTER_SECONDS = 30 * 60
 _BLOB_KEY = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]{2})/([0-9a-f]{62})")
 
 
-# Below this size a plain hash-then-copy is as fast as overlapping them.
-_STAGE_MIN_BYTES = 8 * 1024 * 1024
-
-
-class _FileDigestMemo:
-    """Digests of files this process hashed, keyed by what changes whenever a file does.
-
-    (device, inode, size, mtime_ns, ctime_ns) changes on every write (ctime cannot be set back
-    by user code), so a hit means the same bytes: git's index and dvc's state db rely on the
-    same fact. Like git ("racy git") we only remember files whose ctime was at least
-    ``_SETTLED_NS`` old when hashing began, since a write within one timestamp tick would not
-    change it. Re-uploading an unchanged file then costs a stat and an existence check.
-    """
-
-    _SETTLED_NS = 2_000_000_000
-    _CAPACITY = 4096
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[int, ...], Digest] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(st: os.stat_result) -> tuple[int, ...]:
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    def get(self, st: os.stat_result) -> Digest | None:
-        with self._lock:
-            return self._entries.get(self.key(st))
-
-    def remember(self, st: os.stat_result, digest: Digest, hash_started_ns: int) -> None:
-        if hash_started_ns - st.st_ctime_ns < self._SETTLED_NS:
-            return
-        with self._lock:
-            if len(self._entries) >= self._CAPACITY:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[self.key(st)] = digest
-
-
-_FILE_DIGESTS = _FileDigestMemo()
+# Digests of files this process stored, shared by every store (see FileDigestMemo).
+DEFAULT_FILE_DIGESTS = FileDigestMemo()
 
 
 def blob_key(digest: Digest) -> str:
@@ -190,6 +152,7 @@ class ContentStore:
         blob_cache: Optional local cache consulted before the backend on reads.
         freshen_after: Seconds after which a re-used blob's time is refreshed (so that gc,
             whose grace period must exceed this, spares it).
+        file_digests: Remembers digests of unchanged files (default: one per process).
 
     Example:
         >>> import io
@@ -210,10 +173,12 @@ class ContentStore:
         *,
         blob_cache: BlobCache | None = None,
         freshen_after: float = FRESHEN_AFTER_SECONDS,
+        file_digests: FileDigestMemo = DEFAULT_FILE_DIGESTS,
     ) -> None:
         self._backend = backend
         self._blob_cache = blob_cache
         self.freshen_after = freshen_after
+        self._file_digests = file_digests
 
     @property
     def backend(self) -> Backend:
@@ -239,11 +204,21 @@ class ContentStore:
             >>> ContentStore(MemoryBackend()).with_backend(MemoryBackend()).blob_cache is None
             True
         """
-        return ContentStore(backend, blob_cache=self._blob_cache, freshen_after=self.freshen_after)
+        return ContentStore(
+            backend,
+            blob_cache=self._blob_cache,
+            freshen_after=self.freshen_after,
+            file_digests=self._file_digests,
+        )
 
     def with_blob_cache(self, blob_cache: BlobCache | None) -> ContentStore:
         """The same backend read through ``blob_cache``."""
-        return ContentStore(self._backend, blob_cache=blob_cache, freshen_after=self.freshen_after)
+        return ContentStore(
+            self._backend,
+            blob_cache=blob_cache,
+            freshen_after=self.freshen_after,
+            file_digests=self._file_digests,
+        )
 
     def describe(self) -> str:
         """The backend's URL-like name, for messages."""
@@ -271,10 +246,10 @@ class ContentStore:
     def put_blob(self, source: BinaryIO | str | os.PathLike[str]) -> Digest:
         """Store the bytes of a file path or stream (from its position) once; return the digest.
 
-        Regular files are hashed first (memory-mapped, multi-threaded) and copied only if the
-        blob is missing. Other seekable streams are hashed, rewound, then copied if missing.
-        Non-seekable streams are spooled to a temporary file while hashing. Memory stays
-        bounded in every case.
+        The digest is always that of the bytes stored (see :mod:`optuna_cas.ingest`): a local
+        store copies into its own temp file while hashing that copy; other stores hash first
+        and then send the bytes through a reader that verifies them, so nothing is published
+        under a key that names other bytes. Nothing already published is ever deleted here.
 
         Args:
             source: A path, or a binary stream positioned at the start of the content.
@@ -283,7 +258,8 @@ class ContentStore:
             The digest (and size) of the content.
 
         Raises:
-            IntegrityError: A file changed while it was being uploaded.
+            IntegrityError: A file changed while it was being uploaded (nothing is recorded).
+            UnsupportedSourceError: ``source`` names a directory, FIFO, device or socket.
 
         Example:
             >>> import io
@@ -292,73 +268,68 @@ class ContentStore:
             3
         """
         if isinstance(source, str | os.PathLike):
-            with open(source, "rb") as f:
-                return self._put_file(f)
-        if _is_regular_file(source):
-            return self._put_file(source)
+            with FileSource.open(source) as src:
+                return self._put_file(src)
+        file_source = FileSource.of_stream(source)
+        if file_source is not None:
+            digest = self._put_file(file_source)
+            source.seek(file_source.start + digest.size)
+            return digest
+        if isinstance(self._backend, SupportsStaging):
+            return self._put_staged(lambda fd: copy_stream_hashing(source, fd))
         if _seekable(source):
             start = source.tell()
             digest = hash_stream(source)
             source.seek(start)
-            self._store_blob(digest, source)
+            self._store_verified(digest, source)
+            source.seek(start + digest.size)
             return digest
         with tempfile.TemporaryFile(prefix="optuna-cas-spool-") as spool:
-            digest = _copy_hashing(source, spool)
-            spool.seek(0)
-            self._store_blob(digest, spool)
+            digest = copy_stream_hashing(source, spool.fileno())
+            self._store_verified(digest, spool)
             return digest
 
-    def _put_file(self, f: BinaryIO) -> Digest:
-        start = f.tell()
-        before = os.fstat(f.fileno())
-        remembered = _FILE_DIGESTS.get(before) if start == 0 else None
-        stager = getattr(self._backend, "stage_copy", None)
-        if remembered is not None:
-            digest = remembered
-            written = self._store_blob(digest, f)
-        elif callable(stager) and before.st_size - start >= _STAGE_MIN_BYTES:
-            digest, written = self._hash_while_copying(f, stager)
+    def _put_file(self, src: FileSource) -> Digest:
+        remembered = self._file_digests.get(src.before) if src.start == 0 else None
+        if remembered is not None and self._check_stored(remembered) == (True, False):
+            src.check_unchanged()
+            return remembered
+        started = now_ns()
+        if isinstance(self._backend, SupportsStaging):
+            digest = self._put_staged(
+                lambda fd: copy_hashing(src.fd, src.start, fd, src.size_hint), src
+            )
         else:
-            hash_started = time.time_ns()
-            digest = hash_open_file(f)
-            written = self._store_blob(digest, f)
-            if start == 0:
-                _FILE_DIGESTS.remember(before, digest, hash_started)
-        after = os.fstat(f.fileno())
-        if _FileDigestMemo.key(before) != _FileDigestMemo.key(after):
-            # What we copied may not be what we hashed: never leave a blob under a wrong name.
-            if written:
-                self._backend.remove(blob_key(digest))
-            name = getattr(f, "name", "<stream>")
-            raise IntegrityError(f"File {name!r} changed while it was being uploaded; retry")
-        f.seek(start + digest.size)
+            digest = hash_fd(src.fd, src.start)
+            reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
+            try:
+                self._store_verified(digest, reader)
+            except IntegrityError:
+                src.check_unchanged()  # the file changed under us: say so, by name
+                raise
+            src.check_unchanged()
+        if src.start == 0:
+            self._file_digests.remember(src.before, digest, started)
         return digest
 
-    def _hash_while_copying(self, f: BinaryIO, stager: Callable[..., Any]) -> tuple[Digest, bool]:
-        """Hash a large local file while the backend copies it; drop the copy on a dedup hit.
-
-        Hash and kernel copy run on both cores at once (BLAKE3 and copy_file_range release
-        the GIL): a fresh upload costs about one copy, not a hash plus a copy.
-        """
-        start = f.tell()
-        staged = stager(f.fileno(), start, BLOB_PREFIX.rstrip("/"))
+    def _put_staged(self, fill: Callable[[int], Digest], src: FileSource | None = None) -> Digest:
+        """Copy into the backend's own temp file while hashing the copy; publish by rename."""
+        assert isinstance(self._backend, SupportsStaging)
+        staged = self._backend.stage(BLOB_PREFIX.rstrip("/"))
         try:
-            hash_started = time.time_ns()
-            digest = hash_open_file(f)
-            if start == 0:
-                _FILE_DIGESTS.remember(os.fstat(f.fileno()), digest, hash_started)
-            present, repair = self._check_stored(digest)
-            if present:
-                staged.abort()
-                return digest, False
-            staged.commit(blob_key(digest), if_absent=not repair)
+            digest = fill(staged.fd)
+            if src is not None:
+                src.check_unchanged()
+            # Published even if the blob is present: the bytes are verified, so replacing is
+            # harmless, repairs a corrupt copy of any size, and refreshes the blob's time.
+            staged.commit(blob_key(digest))
         except BaseException:
-            staged.abort()
+            staged.discard()
             raise
         if self._blob_cache is not None:
-            f.seek(start)
-            self._blob_cache.add_file(digest, f)
-        return digest, True
+            with self._backend.open_reader(blob_key(digest)) as reader:
+                self._blob_cache.add_file(digest, reader)
+        return digest
 
     def _check_stored(self, digest: Digest) -> tuple[bool, bool]:
         """Return (present, repair) for ``digest``'s blob.
@@ -378,15 +349,23 @@ class ContentStore:
             self._freshen(key)
         return True, False
 
-    def _store_blob(self, digest: Digest, source: BinaryIO) -> bool:
-        """Write ``source`` under ``digest``'s key unless present. Returns True if written."""
+    def _store_verified(self, digest: Digest, source: BinaryIO) -> bool:
+        """Send ``source`` under ``digest``'s key unless present, verifying it on the way.
+
+        Every backend publishes only after reading its input to EOF, and the verifying reader
+        raises there (or as soon as a byte too many arrives) if the bytes are not ``digest``:
+        so a source that changed since it was hashed publishes nothing. Returns True if sent.
+        """
         present, repair = self._check_stored(digest)
         if present:
             return False
-        key = blob_key(digest)
         start = source.tell()
+        name = f"upload of {digest}"
+        verifying = VerifyingReader(source, digest, name=name, close_source=False)
         # A present object of the wrong size is corrupt: overwrite it to repair.
-        self._backend.write(key, source, if_absent=not repair)
+        self._backend.write(
+            blob_key(digest), io.BufferedReader(verifying, CHUNK_SIZE), if_absent=not repair
+        )
         if self._blob_cache is not None:
             source.seek(start)
             self._blob_cache.add_file(digest, source)
@@ -678,9 +657,25 @@ class ContentStore:
         if not self.has_blob(digest):
             if not isinstance(source, str | os.PathLike):
                 source.seek(start or 0)
-            if self.put_blob(source) != digest:
-                raise IntegrityError(f"Content of artifact {artifact_id!r} changed during upload")
+            try:
+                again = self.put_blob(source)
+            except BaseException:
+                self._remove_own_ref(artifact_id)
+                raise
+            if again != digest:
+                self._remove_own_ref(artifact_id)
+                raise IntegrityError(
+                    f"Content of artifact {artifact_id!r} changed during upload; nothing was "
+                    "recorded for it"
+                )
         return ref
+
+    def _remove_own_ref(self, artifact_id: str) -> None:
+        # Only the ref this upload just wrote: blobs are never deleted on the upload path.
+        try:
+            self._backend.remove(self.ref_key(artifact_id))
+        except ArtifactNotFound:
+            pass
 
     def open_artifact(self, artifact_id: str) -> BinaryIO:
         """A verifying reader of an artifact's content.
@@ -751,10 +746,7 @@ def materialize(
     """
     if os.path.lexists(target):
         raise FileExistsError(f"File already exists: {target!s}")
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, temp_name = tempfile.mkstemp(
-        prefix=f".{shorten_name(target.name, 64)}.", suffix=".partial", dir=directory
-    )
+    fd, temp_name = temp_beside(target)
     try:
         with open(fd, "wb") as out:
             buffer = bytearray(CHUNK_SIZE)
@@ -769,30 +761,6 @@ def materialize(
             os.unlink(temp_name)
         except FileNotFoundError:
             pass
-
-
-def publish_new_file(temp: Path, target: Path) -> None:
-    """Give the complete file ``temp`` the name ``target``, failing if ``target`` exists.
-
-    ``os.link`` is atomic and refuses an existing name; on filesystems without hard links we
-    fall back to ``os.replace`` after one more existence check. ``temp`` is left for the caller.
-
-    Example:
-        >>> import tempfile
-        >>> from pathlib import Path
-        >>> d = Path(tempfile.mkdtemp()); (d / "t").write_bytes(b"x")
-        1
-        >>> publish_new_file(d / "t", d / "final"); (d / "final").read_bytes()
-        b'x'
-    """
-    try:
-        os.link(temp, target)
-    except FileExistsError:
-        raise FileExistsError(f"File already exists: {target!s}") from None
-    except OSError:
-        if os.path.lexists(target):
-            raise FileExistsError(f"File already exists: {target!s}") from None
-        os.replace(temp, target)
 
 
 class _CountingReader(io.RawIOBase):
@@ -826,25 +794,8 @@ def _copy_to_spool(source: BinaryIO, out: BinaryIO) -> None:
         out.write(view[:n])
 
 
-def _copy_hashing(source: BinaryIO, out: io.BufferedRandom | BinaryIO) -> Digest:
-    hasher = Hasher()
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
-    while n := readinto(source, view):
-        hasher.update(view[:n])
-        out.write(view[:n])
-    return hasher.digest()
-
-
 def _seekable(stream: BinaryIO) -> bool:
     try:
         return bool(stream.seekable()) and stream.tell() >= 0
     except (AttributeError, OSError, ValueError):
-        return False
-
-
-def _is_regular_file(stream: BinaryIO) -> bool:
-    try:
-        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode) and _seekable(stream)
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return False

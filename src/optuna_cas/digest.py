@@ -12,7 +12,7 @@ import mmap
 import os
 import re
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import blake3
 
@@ -24,9 +24,11 @@ __all__ = [
     "Digest",
     "Hasher",
     "VerifyingReader",
+    "hash_fd",
     "hash_file",
-    "hash_open_file",
+    "hash_private_range",
     "hash_stream",
+    "new_blake3",
     "readinto",
 ]
 
@@ -143,10 +145,7 @@ class Hasher:
 
 
 def hash_file(path: str | os.PathLike[str]) -> Digest:
-    """Hash a file on disk as fast as the machine allows.
-
-    Uses a memory map and BLAKE3's multi-threaded mode (~10 GB/s on two cores from page cache):
-    hashing stays far ahead of any disk or network copy.
+    """Hash a file on disk by reading it (never memory-mapped: see :func:`hash_fd`).
 
     Args:
         path: A regular file.
@@ -161,44 +160,109 @@ def hash_file(path: str | os.PathLike[str]) -> Digest:
         ...     hash_file(f.name) == Digest.of_bytes(b"hello")
         True
     """
-    with open(path, "rb") as f:
-        return hash_open_file(f)
+    with open(path, "rb", buffering=0) as f:
+        return hash_fd(f.fileno())
 
 
-# Files are hashed through memory-map windows of this size: as fast as mapping the whole file
-# (BLAKE3 multi-threads within a window) while only one window's pages count as resident, so
-# uploading a 1 GiB file does not grow the process by 1 GiB.
-HASH_WINDOW = 16 * 1024 * 1024
+# Large reads keep the per-call overhead small and give BLAKE3's thread pool enough work.
+_READ_HASH_BUFFER = 16 * 1024 * 1024
+# Below this a thread pool costs more than it saves (~0.2 ms to start one in a child process).
+_PARALLEL_MIN_BYTES = 1024 * 1024
+# BLAKE3's "AUTO" mode runs on a global thread pool that a forked child inherits without its
+# threads: the child's first large hash then blocks forever. After a fork every hasher gets a
+# pool of its own instead (threads created in the child), or a single thread for small inputs.
+_GLOBAL_POOL_USABLE = True
+_THREADS = max(1, os.cpu_count() or 1)
 
 
-def hash_open_file(f: BinaryIO) -> Digest:
-    """Hash an open regular file from its current position to EOF; the position is kept.
+def _forked() -> None:
+    global _GLOBAL_POOL_USABLE
+    _GLOBAL_POOL_USABLE = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+def new_blake3(expected_size: int | None = None) -> Any:
+    """A BLAKE3 hasher using every core for large inputs, safe in forked children.
 
     Args:
-        f: A seekable file object with a real file descriptor.
+        expected_size: Bytes about to be hashed, if known; small inputs get one thread.
 
     Returns:
-        The digest of the bytes from the current position to EOF.
+        A ``blake3.blake3`` object.
+
+    Example:
+        >>> h = new_blake3(5); _ = h.update(b"hello")
+        >>> h.hexdigest() == Digest.of_bytes(b"hello").hexdigest
+        True
+    """
+    if (expected_size is not None and expected_size < _PARALLEL_MIN_BYTES) or _THREADS == 1:
+        return blake3.blake3()
+    if _GLOBAL_POOL_USABLE:
+        return blake3.blake3(max_threads=blake3.blake3.AUTO)
+    return blake3.blake3(max_threads=_THREADS)
+
+
+def hash_fd(fd: int, start: int = 0) -> Digest:
+    """Hash an open file from ``start`` to EOF with ``pread`` into one reused buffer.
+
+    Reads, never maps: a file someone else can truncate would turn a memory map into SIGBUS.
+    The descriptor's position is not used or changed. The digest is of exactly the bytes read
+    (a pseudo-file whose size says 0, e.g. in /proc, is read to its real end).
+
+    Args:
+        fd: A readable file descriptor.
+        start: Offset to start at.
+
+    Returns:
+        The digest of the bytes from ``start`` to EOF.
 
     Example:
         >>> import tempfile
         >>> with tempfile.TemporaryFile() as f:
-        ...     _ = f.write(b"xhello"); _ = f.seek(1)
-        ...     hash_open_file(f) == Digest.of_bytes(b"hello"), f.tell()
-        (True, 1)
+        ...     _ = f.write(b"xhello"); f.flush()
+        ...     hash_fd(f.fileno(), 1) == Digest.of_bytes(b"hello")
+        True
     """
-    start = f.tell()
-    end = os.fstat(f.fileno()).st_size
-    if end - start <= 0:
-        return Digest.of_bytes(b"")
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    size_hint = max(os.fstat(fd).st_size - start, 0)
+    hasher = new_blake3(size_hint)
+    buffer = bytearray(min(_READ_HASH_BUFFER, max(size_hint, CHUNK_SIZE)))
+    view = memoryview(buffer)
+    offset = start
+    while n := os.preadv(fd, [view], offset):
+        hasher.update(view[:n])
+        offset += n
+    return Digest(hexdigest=hasher.hexdigest(), size=offset - start)
+
+
+# Private files are hashed through memory-map windows of this size: as fast as mapping the
+# whole file (BLAKE3 multi-threads within a window) while only one window counts as resident.
+HASH_WINDOW = 16 * 1024 * 1024
+
+
+def hash_private_range(fd: int, hasher: Any, start: int, end: int) -> None:
+    """Feed bytes ``[start, end)`` of a file *this process owns* to ``hasher`` via mmap.
+
+    Only for files nobody else can truncate (our own temp copies): a truncation under a map
+    kills the process with SIGBUS. Callers hashing anything else use :func:`hash_fd`.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryFile() as f:
+        ...     _ = f.write(b"hello"); f.flush()
+        ...     h = new_blake3(); hash_private_range(f.fileno(), h, 0, 5)
+        ...     h.hexdigest() == Digest.of_bytes(b"hello").hexdigest
+        True
+    """
     # mmap offsets must be multiples of the allocation granularity: map from an aligned
     # offset and skip the slack in the first window.
     offset = start - start % mmap.ALLOCATIONGRANULARITY
     skip = start - offset
     while offset < end:
         length = min(HASH_WINDOW, end - offset)
-        with mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=offset) as window:
+        with mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset) as window:
             view = memoryview(window)
             try:
                 hasher.update(view[skip:])
@@ -206,7 +270,6 @@ def hash_open_file(f: BinaryIO) -> Digest:
                 view.release()
         offset += length
         skip = 0
-    return Digest(hexdigest=hasher.hexdigest(), size=end - start)
 
 
 def hash_stream(stream: BinaryIO) -> Digest:
@@ -275,13 +338,23 @@ class VerifyingReader(io.RawIOBase):
         optuna_cas.exceptions.IntegrityError: blob: content does not match blake3:ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f (size 5)
     """
 
-    def __init__(self, source: BinaryIO, expected: Digest, *, name: str) -> None:
+    def __init__(
+        self, source: BinaryIO, expected: Digest, *, name: str, close_source: bool = True
+    ) -> None:
         super().__init__()
         self._source = source
+        self._close_source = close_source
         self._expected = expected
         self._name = name
         self._hasher = Hasher()
         self._verified = False
+        # Where the content starts in a seekable source: a retry may rewind to it.
+        self._origin: int | None = None
+        try:
+            if source.seekable():
+                self._origin = source.tell()
+        except (AttributeError, OSError, ValueError):
+            pass
 
     def readable(self) -> bool:
         """Always True."""
@@ -312,14 +385,48 @@ class VerifyingReader(io.RawIOBase):
             self._verified = True
         return 0
 
+    def seekable(self) -> bool:
+        """True if the source can be rewound (only back to the start is supported)."""
+        return self._origin is not None
+
+    def tell(self) -> int:
+        """Bytes read so far."""
+        return self._hasher.size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move within the content (seekable sources only), verifying afresh from the start.
+
+        A retried upload rewinds its input. Hashing is sequential, so any move re-reads the
+        content from its start up to the new position: the bytes are all checked again.
+        """
+        if self._origin is None:
+            raise io.UnsupportedOperation("the source of this verifying reader cannot seek")
+        here = self._hasher.size
+        if whence not in (io.SEEK_SET, io.SEEK_CUR):
+            raise io.UnsupportedOperation("a verifying reader cannot seek from the end")
+        target = max(offset if whence == io.SEEK_SET else here + offset, 0)
+        if target != here:
+            self._source.seek(self._origin)
+            self._hasher = Hasher()
+            self._verified = False
+            buffer = memoryview(bytearray(min(CHUNK_SIZE, max(target, 1))))
+            while self._hasher.size < target:
+                want = min(len(buffer), target - self._hasher.size)
+                n = readinto(self._source, buffer[:want])
+                if not n:
+                    break
+                self._hasher.update(buffer[:n])
+        return self._hasher.size
+
     @property
     def verified(self) -> bool:
         """True once EOF was reached and size and digest matched."""
         return self._verified
 
     def close(self) -> None:
-        """Close this reader and the source."""
+        """Close this reader, and the source unless ``close_source=False``."""
         try:
-            self._source.close()
+            if self._close_source:
+                self._source.close()
         finally:
             super().close()

@@ -23,6 +23,7 @@ __all__ = [
     "OptunaCasError",
     "StoreConfigError",
     "TransientBackendError",
+    "UnsupportedSourceError",
 ]
 
 
@@ -115,5 +116,17 @@ class TransientBackendError(BackendError):
 
     Example:
         >>> issubclass(TransientBackendError, BackendError)
+        True
+    """
+
+
+class UnsupportedSourceError(OptunaCasError, ValueError):
+    """A file given to upload cannot be stored: a directory, FIFO, device or socket.
+
+    Those can block forever (a FIFO with no writer) or never end (``/dev/zero``); Optuna would
+    hang or fill the disk. The message names the file and what it is.
+
+    Example:
+        >>> issubclass(UnsupportedSourceError, ValueError)
         True
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,10 +80,41 @@ def test_gc_removes_stale_temp_files_of_interrupted_local_writes(tmp_path: Path)
     store.write("a", io.BytesIO(b"x"))
     leftover = tmp_path / "blobs" / f"{TEMP_PREFIX}dead-writer"
     leftover.write_bytes(b"partial")
+    in_flight = tmp_path / "blobs" / f"{TEMP_PREFIX}live-writer"
+    in_flight.write_bytes(b"being written")
+    hour_ago = time.time() - 3601
+    os.utime(leftover, (hour_ago, hour_ago))
     user_file = tmp_path / "my-notes.txt"
     user_file.write_text("mine")
+    # Even with grace 0, a temp file touched within the hour may be a live upload's.
     assert gc_now(store).temp_files_removed == 1
-    assert not leftover.exists() and user_file.exists()
+    assert not leftover.exists() and user_file.exists() and in_flight.exists()
+
+
+def test_gc_with_no_grace_never_fails_concurrent_uploads(tmp_path: Path) -> None:
+    import threading
+
+    store = optuna_cas.FileSystemArtifactStore(tmp_path)
+    data = [os.urandom(9 * 1024 * 1024) for _ in range(2)]  # big enough to take a moment
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set():
+            gc_now(store)
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    try:
+        for i in range(12):
+            try:
+                store.write(f"a{i}", io.BytesIO(data[i % 2]))
+            except BaseException as e:  # the old gc deleted the upload's temp file
+                errors.append(e)
+    finally:
+        stop.set()
+        collector.join()
+    assert errors == []
 
 
 def test_dedup_hit_freshens_an_old_blob(tmp_path: Path) -> None:

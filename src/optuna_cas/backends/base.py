@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Backend", "ObjectInfo", "RequestRunner", "run_once"]
+__all__ = ["Backend", "ObjectInfo", "RequestRunner", "StagedObject", "SupportsStaging", "run_once"]
 
 _T = TypeVar("_T")
 
@@ -115,4 +115,37 @@ class Backend(Protocol):
 
     def describe(self) -> str:
         """A short URL-like name for messages, e.g. ``s3://bucket/prefix``."""
+        ...
+
+
+class StagedObject(Protocol):
+    """A private temp file a backend will publish under a key (see :class:`SupportsStaging`)."""
+
+    fd: int
+
+    def commit(self, key: str) -> None:
+        """Publish the file's bytes under ``key`` atomically (replacing what is there)."""
+        ...
+
+    def discard(self) -> None:
+        """Drop the file; a no-op after :meth:`commit`."""
+        ...
+
+
+@runtime_checkable
+class SupportsStaging(Protocol):
+    """A backend that can hand out a private temp file on its own file system.
+
+    The content store copies a source into it while hashing the copy, then commits it under
+    the digest's key: one copy, and the digest is of exactly the bytes stored.
+
+    Example:
+        >>> import tempfile
+        >>> from optuna_cas.backends.local import LocalBackend
+        >>> isinstance(LocalBackend(tempfile.mkdtemp()), SupportsStaging)
+        True
+    """
+
+    def stage(self, area: str) -> StagedObject:
+        """A new, empty temp file below ``area``."""
         ...

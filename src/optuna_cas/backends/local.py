@@ -12,18 +12,23 @@ import errno
 import io
 import os
 import stat
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from optuna_cas._fileio import describe_mode, kernel_copy, real_fileno
 from optuna_cas._validation import shorten_name, validate_key
 from optuna_cas.backends.base import ObjectInfo
 from optuna_cas.digest import CHUNK_SIZE, readinto
-from optuna_cas.exceptions import ArtifactNotFound, InvalidKeyError, StoreConfigError
+from optuna_cas.exceptions import (
+    ArtifactNotFound,
+    IntegrityError,
+    InvalidKeyError,
+    StoreConfigError,
+)
 
-__all__ = ["TEMP_PREFIX", "LocalBackend", "StagedCopy"]
+__all__ = ["TEMP_PREFIX", "LocalBackend", "StagedFile"]
 
 TEMP_PREFIX = ".tmp-"
 
@@ -108,16 +113,28 @@ class LocalBackend:
         """
         path = self._path(key)
         try:
-            fd = os.open(
-                path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-            )
+            # O_NONBLOCK: a FIFO planted at a key must not block the open forever; the type
+            # is then checked on the descriptor itself (no race with a swap of the name).
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError as e:
             raise self._missing(key) from e
         except OSError as e:
-            if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENOTDIR):
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise self._missing(key) from e
             raise
-        reader = open(fd, "rb", buffering=CHUNK_SIZE)  # noqa: SIM115 - handed to the caller
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise self._missing(key)  # a directory is a key prefix, not an object
+            if not stat.S_ISREG(mode):
+                raise IntegrityError(
+                    f"{key!r} in {self.describe()} is {describe_mode(mode)}, not a stored "
+                    "object (run 'optuna-cas verify')"
+                )
+            reader = open(fd, "rb", buffering=CHUNK_SIZE)  # noqa: SIM115 - handed to the caller
+        except BaseException:
+            os.close(fd)
+            raise
         if offset:
             reader.seek(offset)
         return reader
@@ -173,26 +190,24 @@ class LocalBackend:
         if self._fsync:
             _fsync_dir(path.parent)
 
-    def stage_copy(self, source_fd: int, offset: int, directory: str) -> StagedCopy:
-        """Start copying a file (from ``offset`` to EOF) into a temp file under ``directory``.
+    def stage(self, area: str) -> StagedFile:
+        """A new private temp file under ``area`` (e.g. ``"blobs"``), to fill and then publish.
 
-        The copy runs in the kernel on a background thread while the caller does something
-        else (the content store hashes the same file meanwhile); it is published under a key
-        with :meth:`StagedCopy.commit` or dropped with :meth:`StagedCopy.abort`.
+        The content store copies and hashes into it, then names it with
+        :meth:`StagedFile.commit`; nothing is visible under any key before that.
 
         Example:
             >>> import os, tempfile
             >>> b = LocalBackend(tempfile.mkdtemp())
-            >>> src = tempfile.TemporaryFile(); _ = src.write(b"payload"); src.flush()
-            >>> staged = b.stage_copy(src.fileno(), 0, "blobs")
-            >>> staged.commit("blobs/x/y", if_absent=True); b.open_reader("blobs/x/y").read()
+            >>> staged = b.stage("blobs"); _ = os.write(staged.fd, b"payload")
+            >>> staged.commit("blobs/x/y"); b.open_reader("blobs/x/y").read()
             b'payload'
         """
-        # The same containment check as every key below ``directory`` gets, done *before*
-        # the copy starts: a symlinked directory must not receive the bytes at all.
-        folder = self._path(f"{directory}/staged").parent
+        # The same containment check every key below ``area`` gets, done *before* any byte is
+        # written: a symlinked directory must not receive the bytes at all.
+        folder = self._path(f"{area}/staged").parent
         folder.mkdir(parents=True, exist_ok=True)
-        return StagedCopy(self, source_fd, offset, folder)
+        return StagedFile(self, folder)
 
     def remove(self, key: str) -> None:
         """Delete ``key``; a missing key raises ``ArtifactNotFound``.
@@ -256,7 +271,10 @@ class LocalBackend:
         return ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every stored object whose key starts with ``prefix``; temp files and links skipped.
+        """Every object whose key starts with ``prefix``; temp files and symlinks skipped.
+
+        FIFOs, sockets and devices planted at a key are listed (reading them raises
+        ``IntegrityError``), so that verify and gc report them instead of never seeing them.
 
         Example:
             >>> import io, tempfile
@@ -285,7 +303,7 @@ class LocalBackend:
                     st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # removed while we walked
-                if _is_regular(st.st_mode):
+                if not stat.S_ISLNK(st.st_mode):
                     yield ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime)
 
     def list_temporary(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -335,81 +353,45 @@ class LocalBackend:
         return self._root.as_uri()
 
 
-class StagedCopy:
-    """A kernel copy running on a background thread into a temp file; commit or abort it.
+class StagedFile:
+    """A private temp file in the store (open for reading and writing), published by rename.
 
     Example:
         >>> import tempfile
-        >>> b = LocalBackend(tempfile.mkdtemp())
-        >>> src = tempfile.TemporaryFile(); _ = src.write(b"x"); src.flush()
-        >>> b.stage_copy(src.fileno(), 0, "blobs").abort()
+        >>> LocalBackend(tempfile.mkdtemp()).stage("blobs").discard()
     """
 
-    def __init__(self, backend: LocalBackend, source_fd: int, offset: int, folder: Path) -> None:
+    def __init__(self, backend: LocalBackend, folder: Path) -> None:
         self._backend = backend
-        # Our own descriptor: the caller may close or seek theirs while we copy.
-        self._source_fd = os.dup(source_fd)
-        self._offset = offset
-        self._temp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-        self._out_fd = os.open(
-            self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-        )
-        self._cancel = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="optuna-cas-stage", daemon=True)
-        self._thread.start()
+        self.path = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
-    def _run(self) -> None:
-        try:
-            copied, finished = _kernel_copy(
-                self._source_fd, self._out_fd, self._offset, self._cancel
-            )
-            if not finished and not self._cancel.is_set():
-                # The kernel refused this pair of files: finish in user space from where it stopped.
-                with open(self._source_fd, "rb", closefd=False) as src:
-                    src.seek(self._offset + copied)
-                    while chunk := src.read(CHUNK_SIZE):
-                        if self._cancel.is_set():
-                            return
-                        os.write(self._out_fd, chunk)
-        except BaseException as e:  # reported by commit()
-            self._error = e
+    def commit(self, key: str) -> None:
+        """Publish the file under ``key`` with ``os.replace`` (atomic), then close it.
 
-    def commit(self, key: str, *, if_absent: bool) -> None:
-        """Wait for the copy, then publish it under ``key`` (atomic; ``if_absent`` as in write)."""
+        Replacing is right for content-addressed keys: the bytes are verified and identical
+        to any good copy already there, and a corrupt copy gets repaired (a reader holding the
+        old file keeps reading it). The key's time becomes now, which also protects the blob
+        from a concurrent gc for the grace period.
+        """
         try:
-            self._thread.join()
-            if self._error is not None:
-                raise self._error
             if self._backend._fsync:
-                os.fsync(self._out_fd)
+                os.fsync(self.fd)
             path = self._backend._path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            if if_absent:
-                try:
-                    os.link(self._temp, path)
-                except FileExistsError:
-                    pass
-            else:
-                os.replace(self._temp, path)
+            os.replace(self.path, path)
+            if self._backend._fsync:
+                _fsync_dir(path.parent)
         finally:
-            self._cleanup()
+            self.discard()
 
-    def abort(self) -> None:
-        """Stop the copy and remove the temp file."""
-        self._cancel.set()
-        self._thread.join()
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        for fd in (self._out_fd, self._source_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._out_fd = self._source_fd = -1
+    def discard(self) -> None:
+        """Close and remove the temp file (a no-op after :meth:`commit`)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         try:
-            os.unlink(self._temp)
+            os.unlink(self.path)
         except FileNotFoundError:
             pass
 
@@ -420,12 +402,13 @@ def _is_regular(mode: int) -> bool:
 
 def _copy_to(source: BinaryIO, out: io.BufferedWriter) -> None:
     """Copy the rest of ``source`` into ``out``, in the kernel when both are real files."""
-    fileno = _real_fileno(source)
+    fileno = real_fileno(source)
     if fileno is not None:
         out.flush()
         start = source.tell()
-        copied, finished = _kernel_copy(fileno, out.fileno(), start)
+        copied, finished = kernel_copy(fileno, out.fileno(), start, out.tell())
         source.seek(start + copied)
+        out.seek(out.tell() + copied)
         if finished:
             return
     # Not a real file, or the kernel refused (e.g. across some filesystems): copy in user space.
@@ -433,44 +416,6 @@ def _copy_to(source: BinaryIO, out: io.BufferedWriter) -> None:
     view = memoryview(buffer)
     while n := readinto(source, view):
         out.write(view[:n])
-
-
-# Errors meaning "this kernel/filesystem pair cannot copy this way", not "the copy failed".
-_UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
-
-
-def _kernel_copy(
-    src_fd: int, dst_fd: int, offset: int, cancel: threading.Event | None = None
-) -> tuple[int, bool]:
-    """copy_file_range from ``offset`` to EOF; returns (bytes copied, reached EOF)."""
-    copy_range = getattr(os, "copy_file_range", None)
-    if copy_range is None:  # pragma: no cover - not Linux
-        return 0, False
-    copied = 0
-    while cancel is None or not cancel.is_set():
-        try:
-            n = copy_range(src_fd, dst_fd, 64 * CHUNK_SIZE, offset + copied)
-        except OSError as e:
-            if e.errno in _UNSUPPORTED:
-                return copied, False
-            raise
-        if n == 0:
-            return copied, True
-        copied += n
-    return copied, False
-
-
-def _real_fileno(stream: BinaryIO) -> int | None:
-    """The descriptor of a seekable regular file behind ``stream``, else None."""
-    try:
-        fileno = stream.fileno()
-        if not stat.S_ISREG(os.fstat(fileno).st_mode) or not stream.seekable():
-            return None
-        # Buffered readers may have read ahead: the descriptor's offset is not the stream's.
-        stream.tell()
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        return None
-    return fileno
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -63,10 +63,10 @@ from typing import Any, BinaryIO, Literal, cast
 import diskcache
 import diskcache.core
 
+from optuna_cas._fileio import publish_new_file
 from optuna_cas._validation import shorten_name
 from optuna_cas.content import materialize as _materialize_stream
-from optuna_cas.content import publish_new_file
-from optuna_cas.digest import CHUNK_SIZE, Digest, Hasher, VerifyingReader, hash_open_file, readinto
+from optuna_cas.digest import CHUNK_SIZE, Digest, Hasher, VerifyingReader, hash_fd, readinto
 from optuna_cas.exceptions import ArtifactNotFound, StoreConfigError
 from optuna_cas.refs import ArtifactRef
 from optuna_cas.stores.base import ContentAddressedArtifactStore, content_store_of
@@ -697,7 +697,7 @@ class DiskBlobCache:
                 with open(temp, "rb") as written:
                     if os.fstat(written.fileno()).st_size != digest.size:
                         return False
-                    if hash_open_file(written) != digest:
+                    if hash_fd(written.fileno()) != digest:
                         return False
                 self._remember_good(digest, before, started)
             publish_new_file(Path(temp), target)
@@ -1163,7 +1163,7 @@ def _copy_verified(source: BinaryIO, temp: str, digest: Digest) -> bool:
         with open(temp, "rb") as written:
             ok = (
                 os.fstat(written.fileno()).st_size == digest.size
-                and hash_open_file(written) == digest
+                and hash_fd(written.fileno()) == digest
             )
     if ok:
         os.chmod(temp, _READ_ONLY)

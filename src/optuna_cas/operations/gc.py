@@ -30,7 +30,9 @@ S3 and GCS do not offer for this, it cannot be removed. Pick a longer ``grace_pe
 your workers can stall for hours. The concurrency test (two uploaders, gc in a loop, every
 re-used blob racing gc) checks the rest.
 
-Temp files of interrupted local writes older than the grace period are removed too.
+Temp files of interrupted local writes are removed too once untouched for the grace period,
+and never sooner than an hour (``STALE_TEMP_SECONDS``): an upload in progress keeps writing its
+temp file, so only a dead one's goes.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ from optuna_cas.stores.base import ContentAddressedArtifactStore
 __all__ = ["DEFAULT_GRACE_PERIOD", "GcReport", "gc"]
 
 DEFAULT_GRACE_PERIOD = 2 * 60 * 60.0  # seconds
+# A temp file is written continuously while its upload runs, so one untouched for an hour
+# belongs to a dead process. Never less than this, whatever grace_period says: a short grace
+# is about blobs, and deleting a live upload's temp file would fail that upload.
+STALE_TEMP_SECONDS = 60 * 60.0
 
 
 @dataclass
@@ -165,7 +171,9 @@ def gc(
             except ArtifactNotFound:
                 pass  # another gc got there first
         sweep.advance(1)
-    report.temp_files_removed = _remove_stale_temp_files(store, now - grace_period, dry_run)
+    report.temp_files_removed = _remove_stale_temp_files(
+        store, now - max(grace_period, STALE_TEMP_SECONDS), dry_run
+    )
     return report
 
 

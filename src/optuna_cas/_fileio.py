@@ -1,0 +1,273 @@
+"""Local file plumbing shared by the layers: safe opens, kernel copies, temp files, publishing.
+
+Everything here treats the file system as untrusted: paths given by callers may name FIFOs,
+devices or directories, and files may change or shrink while we read them. So sources are
+opened without blocking and checked to be regular files, reads use explicit offsets, and new
+files appear under their final name only when complete (temp file beside it, then a link).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import tempfile
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from optuna_cas._validation import shorten_name
+from optuna_cas.exceptions import UnsupportedSourceError
+
+__all__ = [
+    "PositionalReader",
+    "describe_mode",
+    "kernel_copy",
+    "open_regular_file",
+    "publish_new_file",
+    "real_fileno",
+    "temp_beside",
+]
+
+# Kernel copies go in steps this large: big enough that syscall overhead vanishes, small
+# enough that a cancel (or a hashing thread trailing the copy) is never far behind.
+COPY_STEP = 16 * 1024 * 1024
+# Errors meaning "this kernel/filesystem pair cannot copy this way", not "the copy failed".
+_UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+
+
+def describe_mode(mode: int) -> str:
+    """A file type in words, for error messages.
+
+    Example:
+        >>> import stat
+        >>> describe_mode(stat.S_IFIFO), describe_mode(stat.S_IFREG)
+        ('a FIFO', 'a regular file')
+    """
+    for test, words in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def open_regular_file(path: str | os.PathLike[str]) -> int:
+    """Open a caller's file for reading; refuse anything but a regular file, without blocking.
+
+    ``O_NONBLOCK`` keeps a FIFO from blocking the open forever; the type is then checked on
+    the open descriptor (no race with a rename). Symlinks are followed: the caller named them.
+
+    Args:
+        path: The file.
+
+    Returns:
+        A read-only descriptor (close it).
+
+    Raises:
+        FileNotFoundError: No such file.
+        UnsupportedSourceError: A directory, FIFO, device or socket (they block, never end or
+            cannot be read as a file).
+
+    Example:
+        >>> open_regular_file("/dev/zero")
+        Traceback (most recent call last):
+        ...
+        optuna_cas.exceptions.UnsupportedSourceError: Cannot upload '/dev/zero': it is a character device, not a regular file
+    """
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(e.errno, f"No such file to upload: {name!r}") from None
+    except OSError as e:
+        if e.errno not in (errno.EISDIR, errno.ENXIO):  # a directory; a socket
+            raise
+        kind = describe_mode(os.stat(name).st_mode)
+        raise UnsupportedSourceError(
+            f"Cannot upload {name!r}: it is {kind}, not a regular file"
+        ) from e
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UnsupportedSourceError(
+            f"Cannot upload {name!r}: it is {describe_mode(mode)}, not a regular file"
+        )
+    return fd
+
+
+def real_fileno(stream: BinaryIO) -> int | None:
+    """The descriptor of a seekable regular file behind ``stream``, else None.
+
+    Example:
+        >>> import io
+        >>> real_fileno(io.BytesIO(b"x")) is None
+        True
+    """
+    try:
+        fileno = stream.fileno()
+        if not stat.S_ISREG(os.fstat(fileno).st_mode) or not stream.seekable():
+            return None
+        stream.tell()  # buffered readers: the stream's position, not the descriptor's
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return fileno
+
+
+def kernel_copy(
+    src_fd: int,
+    dst_fd: int,
+    src_offset: int,
+    dst_offset: int,
+    cancel: threading.Event | None = None,
+    on_progress: object = None,
+) -> tuple[int, bool]:
+    """``copy_file_range`` from ``src_offset`` to EOF, at explicit offsets on both sides.
+
+    Descriptors' own positions are neither used nor changed.
+
+    Args:
+        src_fd: Source descriptor.
+        dst_fd: Destination descriptor.
+        src_offset: Where to start reading.
+        dst_offset: Where to start writing.
+        cancel: Stop between steps when set.
+        on_progress: Called with the total bytes copied so far after each step.
+
+    Returns:
+        (bytes copied, whether EOF was reached). ``False`` with fewer bytes means the kernel
+        refused this pair of files (or the copy was cancelled): finish in user space.
+
+    Example:
+        >>> import tempfile
+        >>> src, dst = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        >>> _ = src.write(b"payload"); src.flush()
+        >>> kernel_copy(src.fileno(), dst.fileno(), 3, 0)[0]
+        4
+    """
+    copy_range = getattr(os, "copy_file_range", None)
+    if copy_range is None:  # pragma: no cover - not Linux
+        return 0, False
+    copied = 0
+    while cancel is None or not cancel.is_set():
+        try:
+            n = copy_range(src_fd, dst_fd, COPY_STEP, src_offset + copied, dst_offset + copied)
+        except OSError as e:
+            if e.errno in _UNSUPPORTED:
+                return copied, False
+            raise
+        if n == 0:
+            return copied, True
+        copied += n
+        if callable(on_progress):
+            on_progress(copied)
+    return copied, False
+
+
+class PositionalReader(io.RawIOBase):
+    """Reads a descriptor with ``pread`` from its own offset, leaving the descriptor alone.
+
+    Lets the content store re-read a caller's open file without moving the caller's position
+    and without a memory map (a truncated file then reads short instead of raising SIGBUS).
+
+    Example:
+        >>> import tempfile
+        >>> f = tempfile.TemporaryFile(); _ = f.write(b"hello"); f.flush()
+        >>> PositionalReader(f.fileno(), 1).read()
+        b'ello'
+    """
+
+    def __init__(self, fd: int, start: int = 0) -> None:
+        super().__init__()
+        self._fd = fd
+        self._offset = start
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        """Read at the current offset."""
+        n = os.preadv(self._fd, [memoryview(buffer).cast("B")], self._offset)
+        self._offset += n
+        return n
+
+    def seekable(self) -> bool:
+        """Always True."""
+        return True
+
+    def tell(self) -> int:
+        """This reader's own offset."""
+        return self._offset
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move this reader's own offset (the descriptor's is never touched)."""
+        if whence == io.SEEK_CUR:
+            offset += self._offset
+        elif whence == io.SEEK_END:
+            offset += os.fstat(self._fd).st_size
+        if offset < 0:
+            raise ValueError(f"negative seek position {offset}")
+        self._offset = offset
+        return offset
+
+
+def temp_beside(target: Path) -> tuple[int, str]:
+    """Create a private temp file in ``target``'s directory; errors name ``target``.
+
+    Beside the target, a rename never crosses file systems.
+
+    Returns:
+        (descriptor, temp path).
+
+    Raises:
+        FileNotFoundError: ``target``'s directory does not exist.
+        OSError: The directory is not writable (the message names ``target``).
+
+    Example:
+        >>> import os, tempfile
+        >>> from pathlib import Path
+        >>> fd, name = temp_beside(Path(tempfile.mkdtemp()) / "model.pt"); os.close(fd)
+        >>> os.path.basename(name).startswith(".model.pt.")
+        True
+    """
+    directory = target.parent if str(target.parent) else Path(".")
+    try:
+        return tempfile.mkstemp(
+            prefix=f".{shorten_name(target.name, 64)}.", suffix=".partial", dir=directory
+        )
+    except OSError as e:
+        raise type(e)(e.errno, f"Cannot create {str(target)!r}: {e.strerror}") from None
+
+
+def publish_new_file(temp: Path, target: Path) -> None:
+    """Give the complete file ``temp`` the name ``target``, failing if ``target`` exists.
+
+    ``os.link`` is atomic and refuses an existing name; on filesystems without hard links we
+    fall back to ``os.replace`` after one more existence check. ``temp`` is left for the caller.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> d = Path(tempfile.mkdtemp()); (d / "t").write_bytes(b"x")
+        1
+        >>> publish_new_file(d / "t", d / "final"); (d / "final").read_bytes()
+        b'x'
+    """
+    try:
+        os.link(temp, target)
+    except FileExistsError:
+        raise FileExistsError(f"File already exists: {target!s}") from None
+    except OSError as e:
+        if os.path.lexists(target):
+            raise FileExistsError(f"File already exists: {target!s}") from None
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise type(e)(e.errno, f"Cannot create {str(target)!r}: {e.strerror}") from None
+        os.replace(temp, target)

@@ -1,0 +1,337 @@
+"""Reading a caller's source into bytes we own, hashing exactly what we store.
+
+The content store's ingest rules (DESIGN.md invariants 10, 11 and 13):
+
+* **Hash what you store.** A digest comes from the bytes as they are written (the buffer that
+  goes to our own temp file, or the stream verified on its way to the backend), never from a
+  separate read that might see other bytes. So a blob always matches its key.
+* **Never map a file you do not own.** A training loop truncates ``model.pt`` before it writes
+  it again; a memory map of it would kill the process with SIGBUS. Callers' files are read with
+  ``pread`` or copied in the kernel; only our own temp copies are memory-mapped for hashing.
+* **Read to EOF.** A pseudo-file whose size says 0 (``/proc/self/mountinfo``) has content: the
+  size is a hint, never a bound.
+* **Refuse what is not a file.** FIFOs, devices, sockets and directories are refused before a
+  byte is read (a FIFO blocks forever; ``/dev/zero`` never ends).
+* **A source that changed while it was read is an error.** Its identity (device, inode, size,
+  mtime, ctime: any write or truncation changes ctime, which user code cannot set back) is
+  compared before and after; a change raises :class:`~optuna_cas.exceptions.IntegrityError`
+  naming the file, and the caller records nothing for it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, BinaryIO
+
+from optuna_cas._fileio import kernel_copy, open_regular_file, real_fileno
+from optuna_cas.digest import CHUNK_SIZE, Digest, hash_private_range, new_blake3, readinto
+from optuna_cas.exceptions import IntegrityError
+
+__all__ = ["FileDigestMemo", "FileSource", "copy_hashing", "copy_stream_hashing"]
+
+# Below this a plain read-write-hash loop is as fast as a kernel copy with a trailing hash.
+OVERLAP_MIN_BYTES = 8 * 1024 * 1024
+# The user-space loop's buffer: 1 MiB measured as fast as any size here for hash + copy.
+_BUFFER_BYTES = CHUNK_SIZE
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class FileSource:
+    """A regular file being uploaded: a descriptor, where the content starts, its identity.
+
+    Args:
+        fd: A readable descriptor of a regular file.
+        start: Offset of the first byte to upload.
+        name: For messages (the path, or the stream's name).
+        owned: Close ``fd`` in :meth:`close`.
+
+    Example:
+        >>> import tempfile
+        >>> f = tempfile.NamedTemporaryFile(); _ = f.write(b"abc"); f.flush()
+        >>> with FileSource.open(f.name) as src:
+        ...     src.size_hint
+        3
+    """
+
+    def __init__(self, fd: int, start: int, name: str, *, owned: bool) -> None:
+        self.fd = fd
+        self.start = start
+        self.name = name
+        self._owned = owned
+        self.before = os.fstat(fd)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> FileSource:
+        """Open a path (regular files only; see :func:`optuna_cas._fileio.open_regular_file`).
+
+        Example:
+            >>> FileSource.open("/nonexistent/x")
+            Traceback (most recent call last):
+            ...
+            FileNotFoundError: [Errno 2] No such file to upload: '/nonexistent/x'
+        """
+        return cls(open_regular_file(path), 0, os.fspath(path), owned=True)
+
+    @classmethod
+    def of_stream(cls, stream: BinaryIO) -> FileSource | None:
+        """The regular file behind an open stream, from the stream's position; else None.
+
+        Example:
+            >>> import io
+            >>> FileSource.of_stream(io.BytesIO(b"x")) is None
+            True
+        """
+        fd = real_fileno(stream)
+        if fd is None:
+            return None
+        return cls(fd, stream.tell(), str(getattr(stream, "name", "<stream>")), owned=False)
+
+    @property
+    def size_hint(self) -> int:
+        """Bytes the file's size promises from ``start`` (pseudo-files may hold more).
+
+        Example:
+            >>> import tempfile
+            >>> f = tempfile.TemporaryFile(); _ = f.write(b"abcd"); f.flush()
+            >>> FileSource(f.fileno(), 1, "f", owned=False).size_hint
+            3
+        """
+        return max(self.before.st_size - self.start, 0)
+
+    def check_unchanged(self) -> None:
+        """Raise ``IntegrityError`` naming the file if it changed since it was opened.
+
+        Example:
+            >>> import tempfile
+            >>> f = tempfile.TemporaryFile(); _ = f.write(b"a"); f.flush()
+            >>> src = FileSource(f.fileno(), 0, "model.pt", owned=False)
+            >>> _ = f.write(b"b"); f.flush()
+            >>> src.check_unchanged()
+            Traceback (most recent call last):
+            ...
+            optuna_cas.exceptions.IntegrityError: File 'model.pt' changed while it was being uploaded (size 1 -> 2); ...
+        """
+        after = os.fstat(self.fd)
+        if _identity(after) != _identity(self.before):
+            change = (
+                f"size {self.before.st_size} -> {after.st_size}"
+                if after.st_size != self.before.st_size
+                else "rewritten"
+                if after.st_ino == self.before.st_ino
+                else "replaced"
+            )
+            raise IntegrityError(
+                f"File {self.name!r} changed while it was being uploaded ({change}); nothing "
+                "was stored for it: retry once it is written"
+            )
+
+    def close(self) -> None:
+        """Close the descriptor if this object opened it."""
+        if self._owned and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class FileDigestMemo:
+    """Digests of files this process stored, keyed by what changes whenever a file does.
+
+    (device, inode, size, mtime_ns, ctime_ns) changes on every write (ctime cannot be set back
+    by user code), so a hit means the same bytes: git's index and dvc's state db rely on the
+    same fact. Like git ("racy git") only files whose ctime was at least ``settled_ns`` old when
+    the copy began are remembered, since a write within one timestamp tick would not change it.
+    Re-uploading an unchanged file then costs a stat and an existence check.
+
+    Args:
+        capacity: Entries kept (oldest forgotten first).
+        settled_ns: How old a file's ctime must be to be remembered.
+
+    Example:
+        >>> import os, tempfile
+        >>> memo = FileDigestMemo()
+        >>> st = os.stat(tempfile.mkdtemp())
+        >>> memo.remember(st, Digest.of_bytes(b""), st.st_ctime_ns + 10**10)
+        >>> memo.get(st) == Digest.of_bytes(b"")
+        True
+    """
+
+    def __init__(self, *, capacity: int = 4096, settled_ns: int = 2_000_000_000) -> None:
+        self._capacity = capacity
+        self._settled_ns = settled_ns
+        self._entries: dict[tuple[int, ...], Digest] = {}
+        self._lock = threading.Lock()
+        # A fork while another thread holds the lock would leave the child's copy locked.
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._new_lock)
+
+    def _new_lock(self) -> None:
+        self._lock = threading.Lock()
+
+    def get(self, st: os.stat_result) -> Digest | None:
+        """The digest remembered for this file identity, if any."""
+        with self._lock:
+            return self._entries.get(_identity(st))
+
+    def remember(self, st: os.stat_result, digest: Digest, copy_started_ns: int) -> None:
+        """Remember ``digest`` for the file whose identity before the copy was ``st``."""
+        if copy_started_ns - st.st_ctime_ns < self._settled_ns:
+            return
+        with self._lock:
+            if len(self._entries) >= self._capacity:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[_identity(st)] = digest
+
+    def clear(self) -> None:
+        """Forget everything.
+
+        Example:
+            >>> FileDigestMemo().clear()
+        """
+        with self._lock:
+            self._entries.clear()
+
+
+def copy_hashing(src_fd: int, src_start: int, out_fd: int, size_hint: int) -> Digest:
+    """Copy a file from ``src_start`` to EOF into ``out_fd`` (ours, from offset 0); hash the copy.
+
+    Large files are copied in the kernel on a helper thread while this thread hashes what has
+    already landed in ``out_fd`` through a memory map (ours: nobody truncates it), so a fresh
+    upload costs about one copy. Small files, pseudo-files (size 0) and file systems the kernel
+    will not copy between use one loop that writes and hashes the same buffer. Either way the
+    digest is of the bytes in ``out_fd``.
+
+    Args:
+        src_fd: The source (read with explicit offsets; never mapped).
+        src_start: First byte to copy.
+        out_fd: Our own file, open for reading and writing.
+        size_hint: The size the source claims from ``src_start`` (picks the strategy).
+
+    Returns:
+        The digest and size of what was written.
+
+    Example:
+        >>> import tempfile
+        >>> src, out = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        >>> _ = src.write(b"hello"); src.flush()
+        >>> copy_hashing(src.fileno(), 0, out.fileno(), 5) == Digest.of_bytes(b"hello")
+        True
+    """
+    hasher = new_blake3(size_hint)
+    copied = 0
+    if size_hint >= OVERLAP_MIN_BYTES:
+        copied, finished = _overlapped_kernel_copy(src_fd, src_start, out_fd, hasher)
+        if finished:
+            return Digest(hexdigest=hasher.hexdigest(), size=copied)
+    # User space, from wherever the kernel stopped: the buffer we write is the one we hash.
+    buffer = bytearray(_BUFFER_BYTES)
+    view = memoryview(buffer)
+    while n := os.preadv(src_fd, [view], src_start + copied):
+        _pwrite_all(out_fd, view[:n], copied)
+        hasher.update(view[:n])
+        copied += n
+    return Digest(hexdigest=hasher.hexdigest(), size=copied)
+
+
+def copy_stream_hashing(stream: BinaryIO, out_fd: int) -> Digest:
+    """Copy a stream from its position to EOF into ``out_fd``, hashing the buffer written.
+
+    Example:
+        >>> import io, tempfile
+        >>> out = tempfile.TemporaryFile()
+        >>> copy_stream_hashing(io.BytesIO(b"abc"), out.fileno()).size
+        3
+    """
+    hasher = new_blake3()
+    buffer = bytearray(_BUFFER_BYTES)
+    view = memoryview(buffer)
+    written = 0
+    while n := readinto(stream, view):
+        _pwrite_all(out_fd, view[:n], written)
+        hasher.update(view[:n])
+        written += n
+    return Digest(hexdigest=hasher.hexdigest(), size=written)
+
+
+class _CopyProgress:
+    """Bytes a kernel copy has finished, for a hasher waiting to trail behind it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.copied = 0
+        self.done = False
+
+    def update(self, copied: int) -> None:
+        with self._cond:
+            self.copied = copied
+            self._cond.notify()
+
+    def finish(self) -> None:
+        with self._cond:
+            self.done = True
+            self._cond.notify()
+
+    def wait_beyond(self, hashed: int) -> tuple[int, bool]:
+        with self._cond:
+            self._cond.wait_for(lambda: self.copied > hashed or self.done)
+            return self.copied, self.done
+
+
+def _overlapped_kernel_copy(
+    src_fd: int, src_start: int, out_fd: int, hasher: Any
+) -> tuple[int, bool]:
+    progress = _CopyProgress()
+    cancel = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = kernel_copy(src_fd, out_fd, src_start, 0, cancel, progress.update)
+        except BaseException as e:  # re-raised on the caller's thread below
+            outcome["error"] = e
+        finally:
+            progress.finish()
+
+    thread = threading.Thread(target=run, name="optuna-cas-copy", daemon=True)
+    thread.start()
+    hashed = 0
+    try:
+        while True:
+            copied, done = progress.wait_beyond(hashed)
+            if copied > hashed:
+                hash_private_range(out_fd, hasher, hashed, copied)
+                hashed = copied
+            elif done:
+                break
+    finally:
+        cancel.set()
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    copied, finished = outcome["result"]
+    return int(copied), bool(finished)
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def now_ns() -> int:
+    """Wall-clock nanoseconds (compared with file ctimes by :class:`FileDigestMemo`).
+
+    Example:
+        >>> now_ns() > 0
+        True
+    """
+    return time.time_ns()
