@@ -44,8 +44,8 @@ pytestmark = [pytest.mark.reliability, pytest.mark.s3]
 
 WORKERS = 4
 # Seconds each worker optimises, after its own start-up. The short run has two storages to
-# cover in about the time one took before: 5 s each instead of 10 s.
-DURATION = scale(5.0, 100.0)
+# cover in about the time one took before: 6 s each instead of 10 s.
+DURATION = scale(6.0, 100.0)
 FAULT_RATE = 0.2
 # Stalls cost a whole client timeout each: one stall for every eight other faults.
 FAULT_MODES = ("reset", "503", "truncate", "drop_response") * 2 + ("stall",)
@@ -53,7 +53,7 @@ CLIENT_TIMEOUT = 0.5
 STALL_SECONDS = 1.0
 FRESHEN_AFTER = 0.5
 # Above FRESHEN_AFTER by more than S3's one-second Last-Modified resolution; short enough that
-# scratch payloads of a 5 s run both get revived and get collected. (The soak used 30 s while
+# scratch payloads of a 6 s run both get revived and get collected. (The soak used 30 s while
 # gc measured ages from its last look, a bug since fixed: see test_known_bugs.py.)
 GRACE = scale(3.0, 30.0)
 PREFIX = "study"
@@ -275,4 +275,5 @@ def test_distributed_study_survives_faults_and_concurrent_gc(
     )
     assert totals.get("uploads_revived", 0) > 0
     assert sum(len(r["deleted"]) for r in runs) > 0  # gc really collected during the run
-    assert faults["faults_injected"] > 50
+    # The short run injects 60-110 (fewer the busier the machine), the soak ~1,000.
+    assert faults["faults_injected"] > 30
