@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Where Debian's postgresql package puts the server programs, one directory per version
+# (set it to a missing directory to exercise the install path of ensure-postgres).
+PG_LIB ?= /usr/lib/postgresql
 
-.PHONY: install test test-fast lint format typecheck doctest bench demo docs soak clean
+.PHONY: install ensure-postgres test test-fast lint format typecheck doctest bench demo docs soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "optuna-cas needs Python >= 3.11 (set PYTHON=...)"'
@@ -16,6 +19,23 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The tests start a throwaway PostgreSQL cluster of their own (tests/support/postgres.py) and
+# need its server programs: Debian's `postgresql` package, whose initdb lives in
+# /usr/lib/postgresql/<version>/bin, off PATH. Installed only where missing (needs root, as on
+# CI); a no-op where present.
+ensure-postgres:
+	@if command -v initdb >/dev/null 2>&1 || ls $(PG_LIB)/*/bin/initdb >/dev/null 2>&1; then \
+		exit 0; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "PostgreSQL (initdb) is missing: install the 'postgresql' package as root" >&2; \
+		exit 1; \
+	else \
+		echo "Installing PostgreSQL (Debian package 'postgresql') for the tests"; \
+		apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql && \
+		ls /usr/lib/postgresql/*/bin/initdb; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -32,10 +52,10 @@ typecheck: $(STAMP)
 doctest: $(STAMP)
 	$(BIN)/pytest -q -p no:randomly --doctest-modules src/optuna_cas -o addopts="" -o testpaths=src
 
-test: lint typecheck doctest
+test: ensure-postgres lint typecheck doctest
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: ensure-postgres $(STAMP)
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -52,5 +72,5 @@ docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site
 
 # The long reliability run (docs/reliability.md); `make test` runs the short one.
-soak: $(STAMP)
+soak: ensure-postgres $(STAMP)
 	OPTUNA_CAS_SOAK=1 $(BIN)/pytest -m reliability -q

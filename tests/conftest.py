@@ -11,7 +11,12 @@ from optuna_cas.backends.base import Backend
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.backends.memory import MemoryBackend
 
-pytest_plugins = ["tests.support.s3", "tests.support.gcs", "tests.support.stores"]
+pytest_plugins = [
+    "tests.support.s3",
+    "tests.support.gcs",
+    "tests.support.postgres",
+    "tests.support.stores",
+]
 
 # Every backend kind the conformance suites run against. Each name has a fixture
 # "<name>_backend" returning a fresh, empty backend.

@@ -186,10 +186,18 @@ def boto3_store(
 
 
 def rdb_storage(url: str) -> Any:
-    """Optuna's RDB storage on a SQLite file shared by processes (long lock timeout)."""
+    """Optuna's RDB storage shared by processes: a SQLite file or a PostgreSQL database.
+
+    SQLite gets a long lock timeout (writers wait for each other); PostgreSQL a connect
+    timeout, so that a server gone away fails the worker instead of hanging it.
+    """
     import optuna
 
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    if url.startswith("sqlite"):
+        connect_args: dict[str, Any] = {"timeout": 60}
+    else:
+        connect_args = {"connect_timeout": 10}
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args})
 
 
 class CountingHandler(logging.Handler):
