@@ -212,3 +212,154 @@ def test_progress_bar_only_on_a_terminal() -> None:
     bar = ProgressBar(stream=quiet, enabled=False)
     bar("get x", 100, 100)
     assert quiet.getvalue() == ""
+
+
+# -- terminal safety: values from refs, attributes, file names and errors are escaped ---------
+
+EVIL = "evil\x1b[2J\u202egpj.txt\nFORGED-ROW"  # clears the screen, reverses text, adds a row
+RAW = ("\x1b", "\u202e", "\u2066", "\x07", "\x9b")  # ESC, RLO, LRI, BEL, CSI (C1)
+
+
+def assert_no_raw_controls(text: str) -> None:
+    found = [c for c in RAW if c in text]
+    assert not found, f"raw control characters {found!r} in {text!r}"
+
+
+def test_human_output_escapes_control_and_bidi_characters(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    db = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    study = optuna.create_study(study_name="esc", storage=db)
+    trial_id = study.ask()._trial_id
+    store = f"file://{tmp_path / 'store'}"
+    trial = ["--storage", db, "--study", "esc", "--trial", "0"]
+
+    put = run("--store", store, "put", str(make_file(b"x", name=EVIL)), *trial)
+    assert_no_raw_controls(put.stdout)
+    assert "evil\\x1b[2J\\u202egpj.txt\\x0aFORGED-ROW" in put.stdout
+    artifact_id = put.stdout.splitlines()[-1]
+
+    # Entries planted in the Optuna storage by someone else: a hostile ID and mimetype, and
+    # a malformed entry whose key carries escapes (reported as one escaped warning line).
+    hostile_id = "id\u2066\x9b2J"
+    study._storage.set_trial_system_attr(
+        trial_id,
+        "artifacts:" + hostile_id,
+        json.dumps(
+            {
+                "artifact_id": hostile_id,
+                "filename": "\x07bell",
+                "mimetype": "\x1b[31m",
+                "encoding": None,
+            }
+        ),
+    )
+    study._storage.set_trial_system_attr(trial_id, "artifacts:\x1b[2Jbad", "{not json")
+
+    for listing in (run("--store", store, "ls"), run("ls", *trial)):
+        assert_no_raw_controls(listing.stdout + listing.stderr)
+        rows = listing.stdout.splitlines()[1:]
+        assert any(row.startswith(artifact_id) and "\\x0aFORGED-ROW" in row for row in rows)
+        assert not any(row.startswith("FORGED-ROW") for row in rows)
+    trial_listing = run("ls", *trial)
+    assert len(trial_listing.stdout.splitlines()) == 3  # header, our upload, the planted entry
+    assert "id\\u2066\\x9b2J" in trial_listing.stdout and "\\x1b[31m" in trial_listing.stdout
+    (warning,) = trial_listing.stderr.splitlines()
+    assert warning.startswith("optuna-cas: warning: artifact metadata 'artifacts:\\x1b[2Jbad'")
+
+    # --json stays exact.
+    rows = json.loads(run("ls", *trial, "--json").stdout)
+    assert {r["filename"] for r in rows} == {EVIL, "\x07bell"}
+    stored = json.loads(run("--store", store, "ls", "--json").stdout)
+    assert [r["filename"] for r in stored] == [EVIL]
+
+    removed = run("--store", store, "rm", artifact_id, *trial)
+    assert_no_raw_controls(removed.stdout)
+
+
+def test_verify_escapes_ids_of_bad_refs(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    run("--store", str(store), "stats")  # creates the layout
+    (store / "refs").mkdir(exist_ok=True)
+    (store / "refs" / "ref\u202eevil").write_bytes(b"[" * 100_000)
+    result = run("--store", str(store), "verify", check=False)
+    assert result.returncode == 1
+    assert "BADREF   ref\\u202eevil" in result.stdout
+    assert_no_raw_controls(result.stdout + result.stderr)
+
+
+def test_error_line_escapes_control_characters(tmp_path: Path) -> None:
+    # botocore quotes the bucket name raw in its message.
+    result = run(
+        "--store",
+        "s3://b\x1bc\u202ex/y",  # no "[": urlsplit would refuse it as an IPv6 address
+        "--endpoint-url",
+        "http://127.0.0.1:9",
+        "--retries",
+        "1",
+        "stats",
+        env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+        check=False,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("optuna-cas: error: ") and "b\\x1bc\\u202ex" in line
+    assert_no_raw_controls(result.stderr)
+
+
+def test_escape_for_terminal() -> None:
+    from optuna_cas._terminal import escape_for_terminal
+
+    assert (
+        escape_for_terminal("a\x00\t\n\x1b\x7f\x85\x9f b")
+        == "a\\x00\\x09\\x0a\\x1b\\x7f\\x85\\x9f b"
+    )
+    bidi = "".join(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+    assert escape_for_terminal(bidi) == "".join(f"\\u{ord(c):04x}" for c in bidi)
+    assert escape_for_terminal("name\udc80") == "name\\udc80"  # a non-UTF-8 file name
+    assert escape_for_terminal("naïve 模型 \\x1b.pt") == "naïve 模型 \\x1b.pt"
+    assert escape_for_terminal(None) == "None"
+
+
+# -- argument validation: a bad number is a usage error naming the option and the value --------
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "value"),
+    [
+        (["--retries", "0", "stats"], "--retries", "'0'"),
+        (["--retries", "-3", "stats"], "--retries", "'-3'"),
+        (["--retries", "1000000000", "stats"], "--retries", "'1000000000'"),
+        (["--retries", "many", "stats"], "--retries", "'many'"),
+        (["stats", "--retries", "101"], "--retries", "'101'"),
+        (["gc", "--grace", "nan"], "--grace", "'nan'"),
+        (["gc", "--grace", "inf"], "--grace", "'inf'"),
+        (["gc", "--grace", "-1"], "--grace", "'-1'"),
+        (["gc", "--grace", "soon"], "--grace", "'soon'"),
+        (["cache", "prune", "--max-bytes", "-1"], "--max-bytes", "'-1'"),
+        (["cache", "prune", "--max-bytes", "1.5"], "--max-bytes", "'1.5'"),
+    ],
+)
+def test_bad_numbers_are_usage_errors(
+    tmp_path: Path, args: list[str], option: str, value: str
+) -> None:
+    store = tmp_path / "store"
+    result = run("--store", str(store), "--cache-dir", str(tmp_path / "cache"), *args, check=False)
+    assert result.returncode == 2, result
+    (line,) = [ln for ln in result.stderr.splitlines() if ": error: " in ln]
+    assert f"argument {option}: {value} is not" in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--retries", "1", "stats"],
+        ["--retries", "100", "stats"],
+        ["gc", "--grace", "0", "--allow-short-grace"],
+        ["gc", "--grace", "7200.5"],
+    ],
+)
+def test_good_numbers_at_the_bounds_are_accepted(tmp_path: Path, args: list[str]) -> None:
+    run("--store", str(tmp_path / "store"), "-q", *args)

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX
+from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, is_tombstone
 from optuna_cas._optuna import MetadataTarget, import_optuna, resolve_target
 from optuna_cas.exceptions import ArtifactNotFound
 
@@ -29,6 +29,8 @@ def delete_artifact(
     The order is the reverse of an upload: the metadata stops pointing at the artifact first,
     then the ref goes, so no metadata ever points at missing data. The blob may be shared
     with other artifacts; :func:`optuna_cas.gc` reclaims it once nothing refers to it.
+
+    Entries that cannot be read (not JSON, wrong fields) are deleted the same way.
 
     For a trial that is still running (and for study-level artifacts) the entry is replaced
     by JSON ``null``, optuna-dashboard's own tombstone. Optuna forbids changing a finished
@@ -94,11 +96,18 @@ def deleted_on_study(target: MetadataTarget) -> set[str]:
     if target.trial_id is None:
         return set()
     attrs = target.storage.get_study_system_attrs(target.owning_study_id())
-    return {k[len(DELETED_ATTR_PREFIX) :] for k in attrs if k.startswith(DELETED_ATTR_PREFIX)}
+    return {
+        k[len(DELETED_ATTR_PREFIX) :]
+        for k in attrs
+        if isinstance(k, str) and k.startswith(DELETED_ATTR_PREFIX)
+    }
 
 
 def is_live(target: MetadataTarget, artifact_id: str) -> bool:
     """Whether ``artifact_id`` is recorded on the target and not deleted.
+
+    The entry's value is not parsed: an entry that :func:`optuna_cas.get_all_artifact_meta`
+    skips as malformed is still live here, so that it can be deleted.
 
     Example:
         >>> import optuna
@@ -107,7 +116,9 @@ def is_live(target: MetadataTarget, artifact_id: str) -> bool:
         >>> is_live(resolve_target(optuna.create_study(), None), "nope")
         False
     """
-    value = target.system_attrs().get(ARTIFACTS_ATTR_PREFIX + artifact_id)
-    if value is None or json.loads(value) is None:
+    attrs = target.system_attrs()
+    key = ARTIFACTS_ATTR_PREFIX + artifact_id
+    # Anything but a tombstone is live, readable or not: a malformed entry must be deletable.
+    if key not in attrs or is_tombstone(attrs[key]):
         return False
     return artifact_id not in deleted_on_study(target)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import warnings
 from typing import Any
 
 from optuna_cas._delete import deleted_on_study
-from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, ArtifactMeta
+from optuna_cas._json import clip
+from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, ArtifactMeta, is_tombstone
 from optuna_cas._optuna import resolve_target
+from optuna_cas.exceptions import MalformedRecordError, MalformedRecordWarning
 
 __all__ = ["get_all_artifact_meta"]
 
@@ -19,6 +21,12 @@ def get_all_artifact_meta(study_or_trial: Any, *, storage: Any = None) -> list[A
     artifacts), except that entries optuna-dashboard deleted (JSON ``null``, on which Optuna
     crashes) and deleted by :func:`optuna_cas.delete_artifact` are skipped, and each entry
     carries ``digest`` and ``size`` when it was uploaded by optuna-cas.
+
+    Anyone with access to the Optuna storage can write these entries. One that cannot be read
+    (not JSON, too large or deeply nested, not an object, a missing key or a value of the
+    wrong type, an ``artifact_id`` that is not the one in its key) is skipped with a
+    :class:`~optuna_cas.exceptions.MalformedRecordWarning` naming the attribute and the
+    reason, so that it never hides the others. (Optuna raises on the first such entry.)
 
     Args:
         study_or_trial: A ``Trial``, ``FrozenTrial`` or ``Study``.
@@ -38,16 +46,27 @@ def get_all_artifact_meta(study_or_trial: Any, *, storage: Any = None) -> list[A
     deleted = deleted_on_study(target)
     metas: list[ArtifactMeta] = []
     for key, value in target.system_attrs().items():
-        if not key.startswith(ARTIFACTS_ATTR_PREFIX):
+        if not isinstance(key, str) or not key.startswith(ARTIFACTS_ATTR_PREFIX):
             continue
-        if value is None or json.loads(value) is None:
+        if is_tombstone(value):
             continue  # deleted (optuna-dashboard's tombstone)
-        meta = ArtifactMeta.from_json(value)
-        if meta.artifact_id not in deleted:  # deleted after its trial finished
-            metas.append(meta)
+        if key[len(ARTIFACTS_ATTR_PREFIX) :] in deleted:
+            continue  # deleted after its trial finished (checked first: it may be unreadable)
+        try:
+            metas.append(_read_entry(key, value))
+        except MalformedRecordError as e:
+            warnings.warn(f"{e} (skipped)", MalformedRecordWarning, stacklevel=2)
     # Upload order on every storage (RDB storages return attributes in key order). Entries
     # written by Optuna or optuna-dashboard carry no time: with any of those present we cannot
     # place them, so the storage's order is kept, as Optuna does.
     if all(meta.created is not None for meta in metas):
         metas.sort(key=lambda meta: meta.created or 0.0)
     return metas
+
+
+def _read_entry(key: str, value: Any) -> ArtifactMeta:
+    what = f"artifact metadata {clip(key)}"
+    meta = ArtifactMeta.from_json(value, what=what)
+    if ARTIFACTS_ATTR_PREFIX + meta.artifact_id != key:
+        raise MalformedRecordError(f"{what}: it names artifact {clip(meta.artifact_id)}")
+    return meta

@@ -6,7 +6,16 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["ARTIFACTS_ATTR_PREFIX", "DEFAULT_MIME_TYPE", "ArtifactMeta"]
+from optuna_cas._json import (
+    created_field,
+    loads_bounded,
+    optional_size_field,
+    optional_str_field,
+    require_object,
+    str_field,
+)
+
+__all__ = ["ARTIFACTS_ATTR_PREFIX", "DEFAULT_MIME_TYPE", "ArtifactMeta", "is_tombstone"]
 
 ARTIFACTS_ATTR_PREFIX = "artifacts:"
 DEFAULT_MIME_TYPE = "application/octet-stream"
@@ -21,8 +30,8 @@ class ArtifactMeta:
 
     Attributes:
         artifact_id: The per-upload ID.
-        filename: Base name of the uploaded file.
-        mimetype: MIME type.
+        filename: Base name of the uploaded file (None only in entries other tools wrote so).
+        mimetype: MIME type (None only in entries other tools wrote so).
         encoding: Content encoding, or None.
         digest: ``"blake3:<hex>"`` of the content (None for entries written by Optuna itself).
         size: Length in bytes (None for entries written by Optuna itself).
@@ -37,8 +46,8 @@ class ArtifactMeta:
     """
 
     artifact_id: str
-    filename: str
-    mimetype: str
+    filename: str | None
+    mimetype: str | None
     encoding: str | None
     digest: str | None = None
     size: int | None = None
@@ -54,21 +63,51 @@ class ArtifactMeta:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> ArtifactMeta:
+    def from_json(cls, text: str, *, what: str = "artifact metadata") -> ArtifactMeta:
         """Parse Optuna's JSON form; keys optuna-cas adds are optional.
+
+        The text is untrusted (anyone with the Optuna storage can write it): its size and
+        nesting are bounded and every field's type is checked. Optuna's four keys must be
+        present; ``created`` that is not a number (or a numeric string) counts as unknown.
+
+        Args:
+            text: The attribute's value.
+            what: Names the record in error messages.
+
+        Raises:
+            MalformedRecordError: ``text`` is not such a record; the message starts with
+                ``what`` and says why.
 
         Example:
             >>> ArtifactMeta.from_json('{"artifact_id": "i", "filename": "f", '
             ...     '"mimetype": "m", "encoding": null}').digest is None
             True
+            >>> ArtifactMeta.from_json('{"artifact_id": "i"}', what="attribute 'artifacts:i'")
+            Traceback (most recent call last):
+            ...
+            optuna_cas.exceptions.MalformedRecordError: attribute 'artifacts:i': missing field 'filename'
         """
-        record: dict[str, Any] = json.loads(text)
+        record = require_object(loads_bounded(text, what), what)
         return cls(
-            artifact_id=record["artifact_id"],
-            filename=record["filename"],
-            mimetype=record["mimetype"],
-            encoding=record["encoding"],
-            digest=record.get("digest"),
-            size=record.get("size"),
-            created=record.get("created"),
+            artifact_id=str_field(record, "artifact_id", what),
+            filename=optional_str_field(record, "filename", what, required=True),
+            mimetype=optional_str_field(record, "mimetype", what, required=True),
+            encoding=optional_str_field(record, "encoding", what, required=True),
+            digest=optional_str_field(record, "digest", what),
+            size=optional_size_field(record, "size", what),
+            created=created_field(record.get("created")),
         )
+
+
+def is_tombstone(value: Any) -> bool:
+    """Whether an ``artifacts:<id>`` attribute value marks a deleted artifact.
+
+    optuna-dashboard and :func:`optuna_cas.delete_artifact` overwrite the entry with the JSON
+    text ``null``; an absent or Python ``None`` value means the same. Decided without parsing
+    (the text is exactly ``null`` between JSON whitespace), so any value can be asked about.
+
+    Example:
+        >>> is_tombstone("null"), is_tombstone(None), is_tombstone('{"artifact_id": "a"}')
+        (True, True, False)
+    """
+    return value is None or (isinstance(value, str) and value.strip(" \t\n\r") == "null")

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import mimetypes
 import os
 import sys
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from optuna_cas._json import clip
 from optuna_cas._progress_bar import ProgressBar, human_bytes
+from optuna_cas._terminal import escape_for_terminal as esc
 from optuna_cas.exceptions import ArtifactNotFound, OptunaCasError
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
@@ -32,6 +36,8 @@ class UsageError(Exception):
 
 
 def _print(args: argparse.Namespace, text: str) -> None:
+    # Callers pass every value that comes from a ref, an attribute, a file name or an error
+    # through esc() (untrusted text: see _terminal); the message itself is ours.
     if not args.quiet:
         print(text)
 
@@ -119,8 +125,8 @@ def cmd_put(args: argparse.Namespace) -> int:
             mimetype=args.mimetype or guessed or "application/octet-stream",
             encoding=args.encoding or guessed_encoding,
         )
-    _print(args, f"stored {ref.filename} ({human_bytes(ref.size)}, {ref.digest})")
-    print(artifact_id)  # always the last line: scripts capture it
+    _print(args, f"stored {esc(ref.filename)} ({human_bytes(ref.size)}, {ref.digest})")
+    print(esc(artifact_id))  # always the last line: scripts capture it
     return 0
 
 
@@ -144,11 +150,12 @@ def cmd_get(args: argparse.Namespace) -> int:
         def advance(n: int) -> None:
             nonlocal done
             done += n
-            bar(f"get {ref.filename or args.artifact_id}", done, ref.size)
+            bar(f"get {esc(ref.filename or args.artifact_id)}", done, ref.size)
 
         store.content.materialize_blob(ref.digest, args.dest, progress=advance)
         bar.close()
-    _print(args, f"wrote {args.dest} ({human_bytes(os.path.getsize(args.dest))}, verified)")
+    size = human_bytes(os.path.getsize(args.dest))
+    _print(args, f"wrote {esc(args.dest)} ({size}, verified)")
     return 0
 
 
@@ -182,9 +189,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     print(f"{'ARTIFACT ID':36}  {'SIZE':>10}  {'MIMETYPE':24}  FILENAME")
     for row in rows:
         size = human_bytes(row["size"]) if row.get("size") is not None else "?"
-        print(
-            f"{row['artifact_id']:36}  {size:>10}  {str(row['mimetype'])[:24]:24}  {row['filename']}"
-        )
+        artifact_id, mimetype = esc(row["artifact_id"]), esc(row["mimetype"])[:24]
+        print(f"{artifact_id:36}  {size:>10}  {mimetype:24}  {esc(row['filename'])}")
     return 0
 
 
@@ -202,7 +208,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
         )
     else:
         store.remove(args.artifact_id)
-    _print(args, f"removed {args.artifact_id} (run 'optuna-cas gc' to reclaim unused blobs)")
+    _print(args, f"removed {esc(args.artifact_id)} (run 'optuna-cas gc' to reclaim unused blobs)")
     return 0
 
 
@@ -221,7 +227,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     verb = "would delete" if args.dry_run else "deleted"
     if args.dry_run:
         for key in report.deleted:
-            _print(args, f"  {key}")
+            _print(args, f"  {esc(key)}")
     _print(
         args,
         f"{verb} {report.deleted_count} unreferenced blobs ({human_bytes(report.bytes_freed)}); "
@@ -238,11 +244,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify(_open(args), deep=not args.fast, quarantine=args.quarantine, progress=bar)
     bar.close()
     for key in report.corrupt:
-        print(f"CORRUPT  {key}" + ("  (quarantined)" if key in report.quarantined else ""))
+        print(f"CORRUPT  {esc(key)}" + ("  (quarantined)" if key in report.quarantined else ""))
     for missing in report.missing:
-        print(f"MISSING  ref {missing.artifact_id} -> {missing.digest} ({missing.problem})")
+        print(
+            f"MISSING  ref {esc(missing.artifact_id)} -> {esc(missing.digest)} "
+            f"({esc(missing.problem)})"
+        )
     for artifact_id in report.malformed_refs:
-        print(f"BADREF   {artifact_id}")
+        print(f"BADREF   {esc(artifact_id)}")
     mode = "deep" if report.deep else "fast"
     _print(
         args,
@@ -301,7 +310,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(asdict(info) | {"directory": str(info.directory)}, indent=2))
     else:
-        print(f"directory  {info.directory}")
+        print(f"directory  {esc(info.directory)}")
         print(f"entries    {info.entries}")
         print(f"size       {human_bytes(info.size_bytes)} of {human_bytes(info.size_limit)}")
         print(f"hits       {info.hits}")
@@ -423,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
             p.add_argument(
                 "--grace",
-                type=float,
+                type=_seconds,
                 default=7200.0,
                 metavar="SECONDS",
                 help="keep blobs younger than this (default 7200)",
@@ -441,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("dst", metavar="DST", help="destination store URL")
         elif name == "cache":
             p.add_argument("action", choices=["info", "clear", "prune"])
-            p.add_argument("--max-bytes", type=int, metavar="N", help="prune down to N bytes")
+            p.add_argument(
+                "--max-bytes", type=_byte_count, metavar="N", help="prune down to N bytes"
+            )
             p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -465,10 +476,10 @@ def _common_options(*, suppress_defaults: bool) -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--retries",
-        type=int,
+        type=_retries,
         default=default(5),
         metavar="N",
-        help="attempts per request (default 5; 1 = no retry)",
+        help="attempts per request, 1 to 100 (default 5; 1 = no retry)",
     )
     common.add_argument(
         "--cache-dir",
@@ -503,28 +514,89 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        # Warnings (e.g. a malformed Optuna entry that was skipped) as one escaped line each,
+        # not Python's two-line form that echoes source code.
+        warnings.showwarning = _show_warning
+        return _run(parser, args)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except UsageError as e:
         parser.print_usage(sys.stderr)
-        print(f"optuna-cas: error: {e}", file=sys.stderr)
+        print(f"optuna-cas: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("optuna-cas: interrupted", file=sys.stderr)
         return 130
     except (OptunaCasError, OSError, ValueError, TypeError) as e:
         if args.debug:
-            traceback.print_exc()
+            _print_traceback()
         print(f"optuna-cas: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except Exception as e:
         if args.debug:
-            traceback.print_exc()
+            _print_traceback()
         name = type(e).__name__
         print(f"optuna-cas: error: {name}: {_one_line(e)} (--debug for details)", file=sys.stderr)
         return 1
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return " ".join(text.split())
+def _one_line(message: object) -> str:
+    """An error or warning as one line, safe for a terminal (it may quote stored values)."""
+    text = str(message) or type(message).__name__
+    return esc(" ".join(text.split()))
+
+
+def _print_traceback() -> None:
+    lines = traceback.format_exc().splitlines()
+    print("\n".join(esc(line) for line in lines), file=sys.stderr)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    print(f"optuna-cas: warning: {_one_line(message)}", file=sys.stderr)
+
+
+# -- argument types: a bad value is a usage error naming the option and the value -------------
+
+
+def _retries(text: str) -> int:
+    """``--retries``: attempts per request, 1 (no retry) to 100."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{clip(text, 40)} is not a whole number from 1 to 100")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """``--grace``: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{clip(text, 40)} is not a number of seconds >= 0")
+    return value
+
+
+def _byte_count(text: str) -> int:
+    """``--max-bytes``: a whole number of bytes >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{clip(text, 40)} is not a whole number of bytes >= 0")
+    return value

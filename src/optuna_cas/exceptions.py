@@ -20,6 +20,8 @@ __all__ = [
     "BackendError",
     "IntegrityError",
     "InvalidKeyError",
+    "MalformedRecordError",
+    "MalformedRecordWarning",
     "OptunaCasError",
     "StoreConfigError",
     "TransientBackendError",
@@ -85,6 +87,34 @@ class InvalidKeyError(OptunaCasError, ValueError):
     Example:
         >>> issubclass(InvalidKeyError, ValueError)
         True
+    """
+
+
+class MalformedRecordError(OptunaCasError, ValueError):
+    """A stored record (a ref, an Optuna attribute) cannot be read.
+
+    It is not JSON, too large, too deeply nested, or has a field of the wrong type; the
+    message names the record and the reason.
+
+    Example:
+        >>> issubclass(MalformedRecordError, ValueError)
+        True
+    """
+
+
+class MalformedRecordWarning(UserWarning):
+    """A malformed record was skipped so that the good ones around it could still be used.
+
+    :func:`optuna_cas.get_all_artifact_meta` warns with this for every ``artifacts:<id>``
+    attribute it cannot read; the message names the attribute and the reason.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warnings.warn("skipping 'artifacts:x'", MalformedRecordWarning)
+        >>> caught[0].category.__name__
+        'MalformedRecordWarning'
     """
 
 

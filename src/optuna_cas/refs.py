@@ -12,9 +12,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from optuna_cas._json import (
+    clip,
+    created_field,
+    loads_bounded,
+    optional_str_field,
+    require_object,
+    size_field,
+    str_field,
+)
 from optuna_cas._validation import validate_artifact_id
 from optuna_cas.digest import Digest
-from optuna_cas.exceptions import IntegrityError
+from optuna_cas.exceptions import IntegrityError, MalformedRecordError
 
 __all__ = ["REF_FORMAT_VERSION", "ArtifactRef"]
 
@@ -96,22 +105,25 @@ class ArtifactRef:
             ...
             optuna_cas.exceptions.IntegrityError: ref 'a' is malformed: missing field 'artifact_id'
         """
+        what = f"ref {artifact_id!r} is malformed"
         try:
-            record = json.loads(data.decode("utf-8"))
+            record = require_object(loads_bounded(data, what), what)
+            created = created_field(record.get("created"))
             ref = cls(
-                artifact_id=record["artifact_id"],
-                digest=Digest.parse(record["digest"], int(record["size"])),
-                filename=record.get("filename"),
-                mimetype=record.get("mimetype"),
-                encoding=record.get("encoding"),
-                created=float(record.get("created", 0.0)),
+                artifact_id=str_field(record, "artifact_id", what),
+                digest=Digest.parse(
+                    str_field(record, "digest", what),
+                    size_field(record, "size", what),
+                ),
+                filename=optional_str_field(record, "filename", what),
+                mimetype=optional_str_field(record, "mimetype", what),
+                encoding=optional_str_field(record, "encoding", what),
+                created=0.0 if created is None else created,
             )
-        except KeyError as e:
-            raise IntegrityError(f"ref {artifact_id!r} is malformed: missing field {e}") from e
-        except (ValueError, TypeError, AttributeError) as e:
-            raise IntegrityError(f"ref {artifact_id!r} is malformed: {e}") from e
+        except MalformedRecordError as e:
+            raise IntegrityError(str(e)) from e
+        except ValueError as e:  # a bad digest or artifact ID
+            raise IntegrityError(f"{what}: {e}") from e
         if ref.artifact_id != artifact_id:
-            raise IntegrityError(
-                f"ref {artifact_id!r} is malformed: it names artifact {ref.artifact_id!r}"
-            )
+            raise IntegrityError(f"{what}: it names artifact {clip(ref.artifact_id)}")
         return ref

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import mimetypes
 import os
 import shutil
@@ -19,6 +20,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -296,6 +298,129 @@ def test_api_with_hostile_names(
                 artifact_store=store, artifact_id=meta.artifact_id, study_or_trial=trial
             )
         assert verify(store).ok
+
+
+# -- Optuna metadata planted by someone else -------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+not_a_string = json_values.filter(lambda v: v is not None and not isinstance(v, str))
+not_a_size = st.one_of(
+    st.text(max_size=8),
+    st.booleans(),
+    st.integers(max_value=-1),
+    st.floats(),
+    st.lists(json_values),
+)
+META_FIELDS = {"filename": "f.bin", "mimetype": "application/x", "encoding": None}
+# What may be planted: (kind, payload); the value is built per key by planted_value().
+plantings = st.one_of(
+    st.tuples(st.just("text"), st.text(max_size=200)),
+    st.tuples(st.just("json"), json_values),
+    st.tuples(st.just("raw object"), not_a_string),  # stored as is, not as a JSON string
+    st.tuples(
+        st.just("deep"), st.tuples(st.sampled_from(["[", '{"a":']), st.integers(33, 200_000))
+    ),
+    st.tuples(st.just("huge"), st.integers(1, 4096)),
+    st.tuples(
+        st.just("wrong field"),
+        st.one_of(
+            st.tuples(
+                st.sampled_from(["filename", "mimetype", "encoding", "digest"]), not_a_string
+            ),
+            st.tuples(st.just("size"), not_a_size),
+            st.tuples(st.just("artifact_id"), json_values),
+        ),
+    ),
+    st.tuples(st.just("missing field"), st.sampled_from(["artifact_id", *META_FIELDS])),
+)
+
+
+def planted_value(kind: str, payload: Any, artifact_id: str) -> Any:
+    """A value for ``artifacts:<artifact_id>`` that get_all_artifact_meta must skip."""
+    from optuna_cas._json import MAX_RECORD_SIZE
+
+    good = {"artifact_id": artifact_id, **META_FIELDS}
+    if kind == "text":
+        return payload
+    if kind == "json":
+        return json.dumps(payload)
+    if kind == "raw object":
+        return payload
+    if kind == "deep":
+        opener, depth = payload
+        return opener * depth + ("]" * depth if opener == "[" else "1" + "}" * depth)
+    if kind == "huge":  # a valid record, but just over the size limit
+        text = json.dumps(good | {"pad": ""})
+        return text[:-2] + "x" * (MAX_RECORD_SIZE - len(text) + payload) + '"}'
+    if kind == "wrong field":
+        field, value = payload
+        if field == "artifact_id" and value == artifact_id:
+            value = [value]
+        return json.dumps(good | {field: value})
+    return json.dumps({k: v for k, v in good.items() if k != payload})
+
+
+def _is_tombstone(value: Any) -> bool:
+    # JSON null is optuna-dashboard's delete marker: skipped silently, not a malformed entry.
+    return isinstance(value, str) and value.strip(" \t\n\r") == "null"
+
+
+@settings(HYPOTHESIS, max_examples=scale(80, 800))
+@given(
+    planted=st.lists(st.tuples(plantings, st.text(max_size=12)), max_size=8),
+    split=st.integers(0, 8),
+    on_study=st.booleans(),
+)
+def test_planted_metadata_never_hides_good_artifacts(
+    planted: list[tuple[tuple[str, Any], str]], split: int, on_study: bool
+) -> None:
+    import optuna
+
+    from optuna_cas import MemoryArtifactStore
+    from optuna_cas.exceptions import MalformedRecordWarning
+
+    store = MemoryArtifactStore()
+    study = optuna.create_study()
+    owner = study if on_study else study.ask()
+    storage, trial_id = study._storage, getattr(owner, "_trial_id", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "good.bin"
+        source.write_bytes(b"good")
+
+        def upload() -> str:
+            return upload_artifact(
+                artifact_store=store, file_path=str(source), study_or_trial=owner
+            )
+
+        good, bad_keys = [upload()], []
+        for i, ((kind, payload), suffix) in enumerate(planted):
+            if i == split:
+                good.append(upload())
+            artifact_id = f"bad-{i}{suffix}"
+            value = planted_value(kind, payload, artifact_id)
+            if _is_tombstone(value):
+                continue
+            key = "artifacts:" + artifact_id
+            if trial_id is None:
+                storage.set_study_system_attr(study._study_id, key, value)
+            else:
+                storage.set_trial_system_attr(trial_id, key, value)
+            bad_keys.append(key)
+            TALLY[f"planted {kind}"] += 1
+        good.append(upload())
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            metas = get_all_artifact_meta(owner)
+    assert [m.artifact_id for m in metas] == good
+    messages = [str(w.message) for w in caught if w.category is MalformedRecordWarning]
+    assert len(messages) == len(bad_keys), messages
+    for key in bad_keys:
+        assert sum(m.startswith(f"artifact metadata {key!r}: ") for m in messages) == 1, key
 
 
 # -- the store methods ----------------------------------------------------------------------
