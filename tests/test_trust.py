@@ -336,7 +336,7 @@ def test_download_errors_name_the_destination_not_a_temp_file(tmp_path: Path) ->
 
 def test_upload_errors_name_the_file(tmp_path: Path) -> None:
     store = FileSystemArtifactStore(tmp_path / "s")
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
         store.put("a", tmp_path / "missing.pt")
 
 
