@@ -27,7 +27,6 @@ from optuna_cas import (
 from optuna_cas.content import blob_key
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, StoreConfigError
-from optuna_cas.middleware import cache as cache_module
 from optuna_cas.middleware.cache import CACHE_DIR_ENV, default_cache_dir
 from tests.conftest import random_bytes
 from tests.support.fault_proxy import FaultProxy
@@ -145,6 +144,26 @@ def test_lru_touched_entry_survives_and_size_stays_within_limit(tmp_path: Path) 
     assert sum(p.stat().st_size for p in entry_files(tmp_path / "cache")) <= size_limit
 
 
+def test_a_big_blob_evicts_exactly_the_least_recently_used_entries_it_needs(
+    tmp_path: Path,
+) -> None:
+    # Several evictions for one insertion: strictly in LRU order, and not one more than needed
+    # (diskcache's public cull() would drop ten at a time).
+    size_limit = 3 * MiB
+    cache = DiskBlobCache(tmp_path / "cache", size_limit=size_limit)
+    small = [CountingFetch(random_bytes(256 * KiB, seed=40 + i)) for i in range(10)]
+    for blob in small:
+        read_all(cache.open(blob.digest, blob))
+    read_all(cache.open(small[0].digest, small[0]))  # most recently used now
+    big = CountingFetch(random_bytes(MiB + 100 * KiB, seed=50))
+    assert read_all(cache.open(big.digest, big)) == big.data
+    kept = [blob.digest in cache for blob in small]
+    gone = kept.index(True, 1) - 1  # small[1..gone] were evicted, oldest first
+    assert gone >= 2 and kept == [True] + [False] * gone + [True] * (9 - gone)
+    assert big.digest in cache and cache.volume() <= size_limit
+    assert cache.volume() + 256 * KiB > size_limit  # one eviction fewer would not have fit
+
+
 def test_blob_larger_than_limit_is_streamed_not_cached(tmp_path: Path) -> None:
     cache = DiskBlobCache(tmp_path / "cache", size_limit=1 * MiB)
     big = CountingFetch(random_bytes(2 * MiB, seed=1))
@@ -178,40 +197,23 @@ def test_corrupt_entry_is_dropped_and_refetched(tmp_path: Path, how: str, read_v
     assert len(store.cache) == 1
 
 
-def test_verified_entries_are_remembered_until_the_file_changes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    hashed: list[Digest] = []
-    real_matches = cache_module._matches
-
-    def counting_matches(handle: BinaryIO, digest: Digest) -> bool:
-        hashed.append(digest)
-        return real_matches(handle, digest)
-
-    monkeypatch.setattr(cache_module, "_matches", counting_matches)
+def test_every_use_is_verified_whatever_was_checked_before(tmp_path: Path) -> None:
+    # No process remembers earlier checks: an entry edited in place (same size) after it was
+    # verified several times is still caught on the next use, by every way of reading.
     data = random_bytes(300 * KiB, seed=8)
     store = CachedArtifactStore(FileSystemArtifactStore(tmp_path / "fs"), directory=tmp_path / "c")
     store.write("a", io.BytesIO(data))
-    # A fresh entry (ctime within the margin) is hashed on every use.
-    for _ in range(2):
+    for _ in range(3):
         assert read_all(store.open_reader("a")) == data
-    assert len(hashed) == 2
-
-    monkeypatch.setattr(cache_module, "_CTIME_MARGIN_NS", 0)  # as if the entry were older
-    time.sleep(0.05)  # beyond ctime's coarse granularity
-    assert read_all(store.open_reader("a")) == data
-    assert len(hashed) == 3
-    assert read_all(store.open_reader("a")) == data
-    optuna_cas.download_artifact(
-        artifact_store=store, file_path=str(tmp_path / "o"), artifact_id="a"
-    )
-    assert (tmp_path / "o").read_bytes() == data
-    assert len(hashed) == 3  # remembered: no hashing
-
-    time.sleep(0.05)
-    corrupt(only_entry(tmp_path / "c"), "flip")  # a write changes ctime
-    assert read_all(store.open_reader("a")) == data
-    assert len(hashed) == 4 and only_entry(tmp_path / "c").read_bytes() == data
+    for n, via in enumerate(["open_reader", "download", "open_reader", "download"]):
+        corrupt(only_entry(tmp_path / "c"), "flip")
+        if via == "open_reader":
+            assert read_all(store.open_reader("a")) == data
+        else:
+            out = tmp_path / f"o{n}"
+            optuna_cas.download_artifact(artifact_store=store, file_path=str(out), artifact_id="a")
+            assert out.read_bytes() == data
+        assert only_entry(tmp_path / "c").read_bytes() == data
 
 
 def test_corrupt_store_blob_is_not_cached(tmp_path: Path) -> None:

@@ -1,0 +1,456 @@
+"""The cache's file layer: a ``diskcache.Disk`` that treats its own directory as untrusted.
+
+Every row of diskcache's index names a value file, and diskcache itself would open, hard-link
+or delete whatever path a row names (``../x``, ``/etc/x``, a symlinked subdirectory), block on
+a FIFO and follow symlinks. :class:`ConfinedDisk` overrides the documented ``Disk`` extension
+points (``store``, ``fetch``, ``remove``, ``get``) so that:
+
+* a row's filename must match diskcache's own layout, ``<2 hex>/<2 hex>/<28 hex>.val``; any
+  other row is unusable and its "file" is never touched;
+* the path is walked one component at a time with ``O_NOFOLLOW`` from the cache directory, so
+  a symlink anywhere below it stops the walk; the value file is opened ``O_NOFOLLOW |
+  O_NONBLOCK`` (a FIFO or device cannot block us) and must ``fstat`` as a regular file;
+* an unusable row is returned as :class:`Unusable` (with a reason that names no descriptor
+  number), never raised through diskcache's transaction, so the caller can report and drop it;
+* values are only ever files handed in as :class:`FillTemp`, renamed from the cache's ``tmp``
+  directory; nothing is ever unpickled from a row (neither values nor keys).
+
+The cache directory itself (the path the user configured) is trusted; everything inside it is
+not. POSIX only (``dir_fd``, ``O_NOFOLLOW``), like the rest of the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import sqlite3
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import diskcache
+import diskcache.core
+
+from optuna_cas._fileio import publish_new_file, real_fileno, temp_beside
+from optuna_cas.digest import (
+    CHUNK_SIZE,
+    Digest,
+    Hasher,
+    VerifyingReader,
+    hash_private_range,
+    new_blake3,
+    readinto,
+)
+from optuna_cas.exceptions import IntegrityError, OptunaCasError, StoreConfigError
+
+#: Temp files of fills in progress live in this subdirectory of the cache: adoption is then a
+#: rename on one filesystem, and the name never collides with diskcache's two-hex subdirectories.
+TEMP_DIR = "tmp"
+# diskcache's Disk.filename(): 32 random hex digits split 2/2/28, plus ".val".
+_VALUE_NAME = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{28}\.val)")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_ENTRY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_COPY_STEP = 64 * CHUNK_SIZE
+# "This kernel/filesystem pair cannot copy this way": fall back to read/write, not a failure.
+_UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+#: What a failing cache directory raises (diskcache.Timeout: database locked beyond the timeout).
+CACHE_ERRORS: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
+# Inserted and deleted to make diskcache evict one more LRU entry (see evict_lru).
+_EVICTION_MARKER = "optuna-cas:evict-one"
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """What :meth:`ConfinedDisk.fetch` returns for a row it refuses to open."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class FillTemp:
+    """A complete, verified temp file in ``<cache>/tmp`` (open as ``fd``), ready for adoption."""
+
+    fd: int
+    name: str
+    size: int
+
+
+class ConfinedDisk(diskcache.Disk):  # type: ignore[misc]
+    """``diskcache.Disk`` that stays inside its directory and adopts :class:`FillTemp` files."""
+
+    def __init__(
+        self, directory: str, min_file_size: int = 0, pickle_protocol: int = 0, **_: Any
+    ) -> None:
+        # Settings come from the (untrusted) database too: unknown disk_* keys are ignored.
+        super().__init__(directory, min_file_size=min_file_size, pickle_protocol=pickle_protocol)
+        self._root = directory
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        """Rename a :class:`FillTemp` to a fresh value-file name; other values as diskcache.
+
+        ``Cache.add`` calls this before its transaction and commits the row naming the file
+        after, the order diskcache uses for its own files; if the transaction fails or another
+        process's row won, diskcache hands the name to :meth:`remove`.
+        """
+        if not isinstance(value, FillTemp):
+            return super().store(value, read, key=key)  # only the size-0 eviction marker
+        filename, _ = self.filename(key, value)
+        first, second, name = filename.split(os.sep)
+        for attempt in range(10):
+            # Another process evicting the last file of a subdirectory removes the
+            # subdirectory, possibly between our mkdir and rename: retry, as diskcache does.
+            try:
+                with (
+                    walk(self._root, (TEMP_DIR,)) as temps,
+                    walk(self._root, (first, second), create=True) as target,
+                ):
+                    os.rename(value.name, name, src_dir_fd=temps, dst_dir_fd=target)
+                break
+            except FileNotFoundError:
+                if attempt == 9:
+                    raise
+        return value.size, diskcache.core.MODE_BINARY, filename, None
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        """An open regular value file, or :class:`Unusable` (never unpickles, never blocks)."""
+        if mode != diskcache.core.MODE_BINARY or not read or not isinstance(filename, str):
+            return Unusable(f"index row is not a value file (mode {mode!r})")
+        try:
+            return open_entry(self._root, filename)
+        except EntryRefusedError as e:
+            return Unusable(str(e))
+
+    def remove(self, file_path: Any) -> None:
+        """Delete a value file and its emptied subdirectories; a made-up name is left alone."""
+        match = _VALUE_NAME.fullmatch(file_path) if isinstance(file_path, str) else None
+        if match is None:
+            return
+        first, second, name = match.groups()
+        # Suppressed: two processes may remove the same file or directory at once.
+        with contextlib.suppress(OSError), opendir(self._root) as root:
+            with opendir(first, root) as top:
+                with opendir(second, top) as sub:
+                    try:
+                        os.unlink(name, dir_fd=sub)
+                    except IsADirectoryError:
+                        os.rmdir(name, dir_fd=sub)  # a directory planted there, if empty
+                with contextlib.suppress(OSError):
+                    os.rmdir(second, dir_fd=top)
+            os.rmdir(first, dir_fd=root)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        """Keys are strings; a pickled key from a tampered row stays bytes, never unpickled."""
+        return super().get(key, True)
+
+
+class EntryRefusedError(OptunaCasError):
+    """A value file that must not be used; the message names the file, never a descriptor."""
+
+
+@contextlib.contextmanager
+def opendir(name: str, dir_fd: int | None = None, *, create: bool = False) -> Iterator[int]:
+    """A descriptor of directory ``name``; below ``dir_fd``, never through a symlink there."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o755, dir_fd=dir_fd)
+    fd = os.open(name, _DIR_FLAGS if dir_fd is None else _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def walk(root: str, parts: tuple[str, ...], *, create: bool = False) -> Iterator[int]:
+    """A descriptor of ``root/parts...``, refusing a symlink at any component below ``root``."""
+    with contextlib.ExitStack() as stack:
+        fd = stack.enter_context(opendir(root))
+        for part in parts:
+            fd = stack.enter_context(opendir(part, fd, create=create))
+        yield fd
+
+
+def open_entry(root: str, filename: str) -> BinaryIO:
+    """Open the value file ``filename`` under ``root`` if it is a plain regular file there.
+
+    Raises:
+        EntryRefusedError: Not diskcache's name pattern, missing, reached through a symlink, or
+            not a regular file.
+    """
+    match = _VALUE_NAME.fullmatch(filename)
+    if match is None:
+        raise EntryRefusedError(f"index names {filename[:120]!r}, not a value file of the cache")
+    first, second, name = match.groups()
+    try:
+        with walk(root, (first, second)) as sub:
+            # lstat first so a device node is never even opened; fstat below is the real check.
+            _require_regular(os.stat(name, dir_fd=sub, follow_symlinks=False), filename)
+            fd = os.open(name, _ENTRY_FLAGS, dir_fd=sub)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise EntryRefusedError(f"{filename!r} leads through a symlink or a file") from None
+        raise EntryRefusedError(f"{filename!r}: {e.strerror or e}") from None
+    try:
+        _require_regular(os.fstat(fd), filename)
+        return open(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _require_regular(st: os.stat_result, filename: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise EntryRefusedError(f"{filename!r} is {kind}, not a regular file")
+
+
+def new_temp(root: str) -> tuple[int, str]:
+    """Create an empty private file in ``root/tmp`` (made if missing); returns (fd, name)."""
+    name = f"fill-{secrets.token_hex(8)}.partial"
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with walk(root, (TEMP_DIR,), create=True) as temps:
+        return os.open(name, flags, 0o600, dir_fd=temps), name
+
+
+def unlink_temp(root: str, name: str) -> None:
+    """Remove ``root/tmp/name`` if it is still there."""
+    with contextlib.suppress(OSError), walk(root, (TEMP_DIR,)) as temps:
+        os.unlink(name, dir_fd=temps)
+
+
+def remove_temps_older_than(root: str, cutoff: float) -> None:
+    """Remove files in ``root/tmp`` last modified before ``cutoff`` (left by dead processes)."""
+    with (
+        contextlib.suppress(OSError),
+        walk(root, (TEMP_DIR,)) as temps,
+        os.scandir(temps) as entries,
+    ):
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.name, dir_fd=temps)
+
+
+def evict_lru(cache: diskcache.Cache, limit: int, *, restore: int) -> int:
+    """Evict least-recently-used entries, one at a time, until ``cache.volume() <= limit``.
+
+    Public calls only: with ``cull_limit=1``, inserting a new key makes diskcache evict the one
+    least-recently-used entry if the volume is at or over its ``size_limit`` (set to ``limit``
+    for this process only, then back to ``restore``); the marker key (newest, size 0) is
+    deleted again. Bounded: one round per entry present at the start. Returns how many went.
+    """
+    evicted = 0
+    cache.reset("size_limit", limit, update=False)
+    try:
+        for _ in range(len(cache) + 1):
+            if cache.volume() <= limit:
+                break
+            before = len(cache)
+            cache.set(_EVICTION_MARKER, 0, retry=True)
+            cache.delete(_EVICTION_MARKER, retry=True)
+            evicted += max(0, before - len(cache))
+    finally:
+        cache.reset("size_limit", restore, update=False)
+    return evicted
+
+
+def copy_range(src_fd: int, dst_fd: int, limit: int, src_offset: int = 0) -> int:
+    """Copy up to ``limit`` bytes from ``src_offset`` into ``dst_fd`` (from 0); returns the count.
+
+    In-kernel where possible. Explicit offsets leave both descriptors' positions alone; the
+    limit bounds a source that keeps growing.
+    """
+    copied = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while copied < limit and (
+                n := os.copy_file_range(
+                    src_fd, dst_fd, min(_COPY_STEP, limit - copied), src_offset + copied, copied
+                )
+            ):
+                copied += n
+            return copied
+        except OSError as e:
+            if e.errno not in _UNSUPPORTED:
+                raise
+    view = memoryview(bytearray(CHUNK_SIZE))
+    while copied < limit and (
+        n := os.preadv(src_fd, [view[: limit - copied]], src_offset + copied)
+    ):
+        done = 0
+        while done < n:
+            done += os.pwrite(dst_fd, view[done:n], copied + done)
+        copied += n
+    return copied
+
+
+def link_open_file(fd: int, target: Path) -> bool:
+    """Hard-link the inode open as ``fd`` to the new name ``target``; False if impossible here.
+
+    Links the descriptor through ``/proc/self/fd`` (Linux), so the new name is exactly the
+    inode the caller checked, never whatever a path names by now. ``linkat`` never replaces.
+    """
+    if not os.path.isdir("/proc/self/fd"):
+        return False
+    try:
+        # dst_dir_fd makes Python call linkat(AT_SYMLINK_FOLLOW); plain link() would try to
+        # link the /proc symlink itself (EXDEV).
+        with opendir(str(target.parent) or ".") as parent:
+            os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=parent, follow_symlinks=True)
+    except FileExistsError:
+        raise FileExistsError(f"File already exists: {target!s}") from None
+    except OSError:
+        return False  # other filesystem, no hard links, entry evicted (no name left), ...
+    return True
+
+
+def tee(
+    source: BinaryIO, cache_fd: int, out_fd: int | None, warn: Callable[[OSError], None]
+) -> bool:
+    """Copy ``source`` to EOF into ``out_fd`` and ``cache_fd`` (-1: none); False if no cache.
+
+    A failed write to the cache is warned about and ends the cache's part: the rest still goes
+    to ``out_fd``, or, without one, the copy stops.
+    """
+    cached = cache_fd >= 0
+    view = memoryview(bytearray(CHUNK_SIZE))
+    while n := readinto(source, view):
+        if out_fd is not None:
+            write_all(out_fd, view[:n])
+        if cached:
+            try:
+                write_all(cache_fd, view[:n])
+            except OSError as e:
+                warn(e)
+                cached = False
+                if out_fd is None:
+                    return False
+    return cached
+
+
+def write_all(fd: int, view: memoryview) -> None:
+    """``os.write`` until every byte of ``view`` is written."""
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
+
+
+class EntryReader(VerifyingReader):
+    """A verifying reader of a cache entry that drops the entry when it does not match."""
+
+    def __init__(
+        self, source: BinaryIO, expected: Digest, *, name: str, on_mismatch: Callable[[], None]
+    ) -> None:
+        super().__init__(source, expected, name=name)
+        self._on_mismatch = on_mismatch
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        try:
+            return super().readinto(buffer)
+        except IntegrityError:
+            self._on_mismatch()  # edited after its check: the next use refetches
+            raise
+
+
+def holds(handle: BinaryIO, digest: Digest) -> bool:
+    """Whether a shared entry file holds exactly ``digest``'s bytes (read at most size + 1).
+
+    Plain reads, never a memory map: someone truncating a mapped shared file would kill this
+    process with SIGBUS instead of failing a check.
+    """
+    handle.seek(0)
+    hasher = Hasher()
+    view = memoryview(bytearray(CHUNK_SIZE))
+    while hasher.size <= digest.size and (n := readinto(handle, view)):
+        hasher.update(view[:n])
+    return hasher.digest() == digest
+
+
+def private_holds(fd: int, digest: Digest) -> bool:
+    """Whether our own temp file holds ``digest``'s bytes (memory-mapped: nobody else has it)."""
+    if os.fstat(fd).st_size != digest.size:
+        return False
+    hasher = new_blake3(digest.size)
+    hash_private_range(fd, hasher, 0, digest.size)
+    return bool(hasher.hexdigest() == digest.hexdigest)
+
+
+def copy_and_publish(fd: int, digest: Digest, target: Path) -> bool:
+    """Copy an entry to a private temp beside ``target``, hash that copy, link it into place."""
+    out_fd, out_temp = temp_beside(target)
+    try:
+        try:
+            if copy_range(fd, out_fd, digest.size + 1) != digest.size:
+                return False
+            if not private_holds(out_fd, digest):
+                return False
+        finally:
+            os.close(out_fd)
+        publish_new_file(Path(out_temp), target)
+        return True
+    finally:
+        unlink_quietly(out_temp)
+
+
+def copy_source(source: BinaryIO, fd: int, limit: int) -> int:
+    """Copy ``source`` from its position into ``fd``, at most ``limit`` bytes; the count."""
+    fileno = real_fileno(source)
+    if fileno is not None:
+        return copy_range(fileno, fd, limit, source.tell())
+    copied = 0
+    view = memoryview(bytearray(CHUNK_SIZE))
+    while copied < limit and (n := readinto(source, view[: limit - copied])):
+        write_all(fd, view[:n])
+        copied += n
+    return copied
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def prepare_directory(directory: Path) -> None:
+    """Create the cache directory if needed and check that files can be made in it.
+
+    Raises:
+        StoreConfigError: It is a file, cannot be created or is not writable.
+    """
+    if os.path.lexists(directory) and not directory.is_dir():
+        raise StoreConfigError(f"Cache directory {str(directory)!r} exists and is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreConfigError(
+            f"Cannot create cache directory {str(directory)!r}: {e.strerror or e}"
+        ) from e
+    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+        # SQLite follows symlinks: a planted one would make it write outside the directory.
+        path = directory / name
+        if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+            raise StoreConfigError(f"Cache database {str(path)!r} is not a regular file")
+    # Probe by creating a file: os.access says yes to root and knows nothing of read-only
+    # mounts, while a real write fails in both cases.
+    try:
+        fd, name = new_temp(str(directory))
+        os.close(fd)
+        unlink_temp(str(directory), name)
+    except OSError as e:
+        raise StoreConfigError(
+            f"Cache directory {str(directory)!r} is not writable: {e.strerror or e}"
+        ) from e

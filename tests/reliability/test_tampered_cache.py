@@ -1,0 +1,254 @@
+"""A hostile cache directory (DESIGN invariant 13: local state is untrusted input).
+
+Each test plants one attack in a real cache directory: an index row edited with ``sqlite3`` on
+``cache.db`` so that it names a file outside the cache, a value file swapped for a symlink, a
+directory, a FIFO or a device node, or a value file edited in place after it was checked.
+Reads must still return the right bytes (refetched from the store), nothing outside the cache
+may be touched or hard-linked, and nothing may block, leak descriptors or report a descriptor
+number instead of the cache key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import logging
+import multiprocessing
+import os
+import re
+import resource
+import signal
+import sqlite3
+import stat
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from optuna_cas import DiskBlobCache
+from optuna_cas.digest import Digest
+from optuna_cas.exceptions import IntegrityError
+from tests.conftest import random_bytes
+
+pytestmark = pytest.mark.reliability
+
+KiB = 1024
+MiB = 1024 * KiB
+# A descriptor number where a name belongs: "<_io.BufferedReader name=7>", "Is a directory: 7".
+_FD_NUMBER = re.compile(r"(?:name=|: )\d+\b")
+
+
+class CountingFetch:
+    """The store's side of a fill: fixed bytes, counting how often they are fetched."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.digest = Digest.of_bytes(data)
+        self.calls = 0
+
+    def __call__(self) -> BinaryIO:
+        self.calls += 1
+        return io.BytesIO(self.data)
+
+
+def read_through(cache: DiskBlobCache, blob: CountingFetch, via: str, out_dir: Path) -> bytes:
+    if via == "open":
+        with cache.open(blob.digest, blob) as reader:
+            return reader.read()
+    target = out_dir / f"download-{uuid.uuid4().hex}"
+    cache.materialize(blob.digest, target, blob)
+    return target.read_bytes()
+
+
+def value_filename(cache_dir: Path) -> str:
+    """The filename the index holds for the cache's only value file."""
+    with contextlib.closing(sqlite3.connect(cache_dir / "cache.db", timeout=30)) as con:
+        ((filename,),) = con.execute(
+            "SELECT filename FROM Cache WHERE filename IS NOT NULL"
+        ).fetchall()
+    return str(filename)
+
+
+def set_value_filename(cache_dir: Path, filename: str) -> None:
+    """Tamper with the index: make the only value row name ``filename``."""
+    with contextlib.closing(sqlite3.connect(cache_dir / "cache.db", timeout=30)) as con, con:
+        con.execute("UPDATE Cache SET filename = ? WHERE filename IS NOT NULL", (filename,))
+
+
+# -- rows naming files outside the cache ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["open", "materialize"])
+@pytest.mark.parametrize("where", ["dotdot", "absolute", "symlinked-subdirectory"])
+def test_row_naming_a_file_outside_is_never_opened_or_deleted(
+    tmp_path: Path, where: str, via: str
+) -> None:
+    cache_dir = tmp_path / "cache"
+    cache = DiskBlobCache(cache_dir, size_limit=64 * MiB)
+    blob = CountingFetch(random_bytes(200 * KiB, seed=1))
+    assert read_through(cache, blob, "open", tmp_path) == blob.data  # filled
+
+    outside = tmp_path / "outside"
+    if where == "dotdot":
+        victim, filename = tmp_path / "victim.val", "../victim.val"
+    elif where == "absolute":
+        victim = tmp_path / "victim.val"
+        filename = str(victim)
+    else:  # a value-file name of the right shape, through a planted symlink to a directory
+        first = next(f"{i:02x}" for i in range(256) if not (cache_dir / f"{i:02x}").exists())
+        (cache_dir / first).symlink_to(outside, target_is_directory=True)
+        name = f"0d/{'0' * 28}.val"
+        victim, filename = outside / name, f"{first}/{name}"
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    victim.write_bytes(b"precious bytes outside the cache")
+    set_value_filename(cache_dir, filename)
+
+    for _ in range(2):
+        assert read_through(cache, blob, via, tmp_path) == blob.data
+    assert victim.read_bytes() == b"precious bytes outside the cache"
+    assert blob.calls == 2  # refetched once; the healed entry served the second read
+    assert value_filename(cache_dir) != filename
+
+
+def test_symlinked_entry_is_never_hard_linked(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    cache = DiskBlobCache(cache_dir, size_limit=64 * MiB, materialize="hardlink")
+    blob = CountingFetch(random_bytes(200 * KiB, seed=2))
+    assert read_through(cache, blob, "open", tmp_path) == blob.data
+    # Someone else's file with the right bytes today (and any bytes tomorrow).
+    outside = tmp_path / "someone-elses.bin"
+    outside.write_bytes(blob.data)
+    entry = cache_dir / value_filename(cache_dir)
+    entry.unlink()
+    entry.symlink_to(outside)
+
+    target = tmp_path / "download.bin"
+    cache.materialize(blob.digest, target, blob)
+    assert target.read_bytes() == blob.data
+    assert not os.path.samefile(target, outside)
+    assert os.stat(outside).st_nlink == 1 and outside.read_bytes() == blob.data
+    assert os.path.samefile(target, cache_dir / value_filename(cache_dir))  # the refetched entry
+
+
+# -- an entry edited after it was checked --------------------------------------------------------
+
+
+def flip_middle_byte(path: Path) -> None:
+    os.chmod(path, 0o644)  # cache files are read-only
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, io.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("how", ["read", "chunks"])
+def test_entry_edited_after_its_check_is_never_served(tmp_path: Path, how: str) -> None:
+    cache_dir = tmp_path / "cache"
+    cache = DiskBlobCache(cache_dir, size_limit=64 * MiB)
+    blob = CountingFetch(random_bytes(3 * MiB + 17, seed=3))
+    assert read_through(cache, blob, "open", tmp_path) == blob.data
+    reader = cache.open(blob.digest, blob)  # a hit: the entry is checked now
+    flip_middle_byte(cache_dir / value_filename(cache_dir))  # ... and edited after the check
+    with reader, pytest.raises(IntegrityError, match=blob.digest.hexdigest):
+        if how == "read":
+            reader.read()
+        else:
+            for _chunk in iter(functools.partial(reader.read, 64 * KiB), b""):
+                pass  # a streaming consumer must never reach a clean EOF
+    for via in ("open", "materialize", "open"):
+        assert read_through(cache, blob, via, tmp_path) == blob.data
+
+
+# -- directories, FIFOs and devices at a value path ----------------------------------------------
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _plant(path: Path, kind: str) -> None:
+    """Put a ``kind`` special file where the value file ``path`` is (if not there already)."""
+    mode = os.lstat(path).st_mode
+    if kind == "directory" and stat.S_ISDIR(mode):
+        return
+    if kind == "fifo" and stat.S_ISFIFO(mode):
+        return
+    if kind == "device" and stat.S_ISCHR(mode):
+        return
+    path.unlink()
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.mknod(path, stat.S_IFCHR | 0o444, os.makedev(1, 5))  # what /dev/zero is
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.texts.append(record.getMessage())
+
+
+def _special_file_reads(cache_dir: str, kind: str, result: str) -> None:
+    """In a child: 50 reads, each finding ``kind`` at the value path; report what happened."""
+    # An endless copy (a device read to EOF) must fail, not fill the disk.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * MiB, 256 * MiB))
+    messages = _Messages()
+    logging.getLogger("optuna_cas").addHandler(messages)
+    directory = Path(cache_dir)
+    out = directory.parent / "out"
+    out.mkdir()
+    cache = DiskBlobCache(directory, size_limit=64 * MiB)
+    blob = CountingFetch(random_bytes(300 * KiB, seed=4))
+    read_through(cache, blob, "open", out)  # warm up: database connection, loggers
+    wrong = 0
+    before = _fd_count()
+    for i in range(50):
+        _plant(directory / value_filename(directory), kind)
+        try:
+            wrong += read_through(cache, blob, "open" if i % 2 else "materialize", out) != blob.data
+        except Exception as e:
+            messages.texts.append(f"raised {type(e).__name__}: {e}")
+            wrong += 1
+    after = _fd_count()
+    Path(result).write_text(
+        json.dumps({"wrong": wrong, "leaked_fds": after - before, "messages": messages.texts})
+    )
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_special_file_at_a_value_path_never_blocks_or_leaks(tmp_path: Path, kind: str) -> None:
+    if kind == "device":
+        try:
+            os.mknod(tmp_path / "probe", stat.S_IFCHR | 0o444, os.makedev(1, 5))
+        except PermissionError:
+            pytest.skip("creating a device node needs CAP_MKNOD")
+    result = tmp_path / "result.json"
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(
+        target=_special_file_reads, args=(str(tmp_path / "cache"), kind, str(result))
+    )
+    child.start()
+    child.join(120)  # a generous bound on 50 small reads: only a blocked read gets near it
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail(f"a read blocked on a {kind} at a cache value path")
+    assert child.exitcode == 0
+    outcome = json.loads(result.read_text())
+    assert outcome["wrong"] == 0, outcome["messages"][:3]
+    assert outcome["leaked_fds"] <= 2, outcome
+    # Every read reported the bad entry by its cache key, never by a descriptor number.
+    digest_hex = Digest.of_bytes(random_bytes(300 * KiB, seed=4)).hexdigest
+    assert len(outcome["messages"]) >= 50
+    for text in outcome["messages"]:
+        assert digest_hex in text and not _FD_NUMBER.search(text), text
