@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from optuna_cas._fileio import open_regular_file
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, DEFAULT_MIME_TYPE, ArtifactMeta
 from optuna_cas._optuna import resolve_target
 from optuna_cas.exceptions import ArtifactNotFound
@@ -85,6 +86,8 @@ def upload_artifact(
     Raises:
         FileNotFoundError: ``file_path`` does not exist.
         IsADirectoryError: ``file_path`` is a directory.
+        UnsupportedSourceError: ``file_path`` is a FIFO, device or socket (a ``ValueError``).
+        IntegrityError: The file changed while it was uploaded; nothing is recorded.
         ValueError: A ``FrozenTrial`` without ``storage``.
 
     Example:
@@ -100,9 +103,9 @@ def upload_artifact(
         36
     """
     path = os.fspath(file_path)
-    if os.path.isdir(path):
+    if os.path.isdir(path):  # Optuna raises IsADirectoryError here too (from open())
         raise IsADirectoryError(f"Cannot upload a directory as an artifact: {path!r}")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"No such file to upload: {path!r}")
     target = resolve_target(study_or_trial, storage)
 
@@ -127,7 +130,8 @@ def upload_artifact(
         )
         meta.digest, meta.size, meta.created = str(ref.digest), ref.size, ref.created
     else:
-        with open(path, "rb") as f:
+        # Optuna's own stores get the same safe open: FIFOs and devices are refused first.
+        with os.fdopen(open_regular_file(path), "rb") as f:
             artifact_store.write(artifact_id, f)
         meta.created = time.time()
 

@@ -98,9 +98,10 @@ def cmd_put(args: argparse.Namespace) -> int:
     from optuna_cas import upload_artifact
 
     path = args.file
+    # Checked before the store is opened; FIFOs and devices are refused by the upload itself.
     if os.path.isdir(path):
-        raise OptunaCasError(f"{path!r} is a directory, not a file")
-    if not os.path.isfile(path):
+        raise OptunaCasError(f"{path!r} is a directory, not a regular file")
+    if not os.path.exists(path):
         raise OptunaCasError(f"no such file: {path!r}")
     store = _open(args)
     target = _optuna_target(args)

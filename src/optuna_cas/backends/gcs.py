@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import http.client
 import io
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -108,11 +109,13 @@ class GCSBackend:
                 f"chunk_size must be a positive multiple of {_CHUNK_MULTIPLE}, got {chunk_size}"
             )
         self._prefix = validate_prefix(prefix)
-        if client is None:
-            client = _default_client()
-        self._client = client
+        # A client we build is rebuilt in a forked child: its HTTP session would share the
+        # parent's connections. A client passed in is the caller's to make per process.
+        self._owns_client = client is None
+        self._client_value = client if client is not None else _default_client()
+        self._client_pid = os.getpid()
         self._bucket_name = bucket
-        self._bucket = client.bucket(bucket)
+        self._bucket_value = self._client_value.bucket(bucket)
         self._chunk_size = chunk_size
         self._single_request_limit = min(chunk_size, _MAX_SINGLE_REQUEST)
         self._timeout = timeout
@@ -122,6 +125,19 @@ class GCSBackend:
         self._run: RequestRunner = run_once
         # Set once the bucket is known to exist, so a 404 needs no second look (see _not_found).
         self._bucket_seen = False
+
+    @property
+    def _client(self) -> Any:
+        if self._client_pid != os.getpid() and self._owns_client:
+            self._client_value = _default_client()
+            self._bucket_value = self._client_value.bucket(self._bucket_name)
+            self._client_pid = os.getpid()
+        return self._client_value
+
+    @property
+    def _bucket(self) -> Any:
+        self._client  # noqa: B018 - rebuilds both after a fork
+        return self._bucket_value
 
     # -- public API ------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import copy
 import functools
 import io
 import math
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -334,9 +335,15 @@ class S3Backend:
         # HEAD answers a bare 404 for a missing bucket as for a missing key; the first such
         # answer triggers one HeadBucket to tell them apart (see _confirm_bucket).
         self._bucket_confirmed = False
-        if client is None:
-            client = self._default_client(endpoint_url, max_concurrency)
-        self._client = client
+        # A client we build is rebuilt in a forked child: its connection pool would share
+        # the parent's sockets. A client passed in is the caller's to make per process.
+        self._client_factory = (
+            (lambda: self._default_client(endpoint_url, max_concurrency))
+            if client is None
+            else None
+        )
+        self._client_value = client if client is not None else self._client_factory()  # type: ignore[misc]
+        self._client_pid = os.getpid()
 
     @staticmethod
     def _default_client(endpoint_url: str | None, max_concurrency: int) -> S3Client:
@@ -351,6 +358,13 @@ class S3Backend:
         return session.client("s3", endpoint_url=endpoint_url, config=config)
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    @property
+    def _client(self) -> S3Client:
+        if self._client_pid != os.getpid() and self._client_factory is not None:
+            self._client_value = self._client_factory()
+            self._client_pid = os.getpid()
+        return self._client_value
 
     def _full_key(self, key: str) -> str:
         return f"{self._prefix}/{key}" if self._prefix else key
