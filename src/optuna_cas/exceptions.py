@@ -20,6 +20,7 @@ __all__ = [
     "BackendError",
     "IntegrityError",
     "InvalidKeyError",
+    "MalformedRecordWarning",
     "OptunaCasError",
     "StoreConfigError",
     "TransientBackendError",
@@ -129,4 +130,20 @@ class UnsupportedSourceError(OptunaCasError, ValueError):
     Example:
         >>> issubclass(UnsupportedSourceError, ValueError)
         True
+    """
+
+
+class MalformedRecordWarning(UserWarning):
+    """A bad record (a malformed ref, a special file at a key, a corrupt row) was skipped.
+
+    Operations over many records report such a record and go on with the others instead of
+    failing as a whole; ``optuna-cas verify`` lists them with their reasons.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warnings.warn("skipped ref 'x'", MalformedRecordWarning)
+        >>> caught[0].category.__name__
+        'MalformedRecordWarning'
     """
