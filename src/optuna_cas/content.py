@@ -599,8 +599,8 @@ class ContentStore:
         """Every ref in the store (or those of ``artifact_ids``); absent refs are skipped.
 
         A ref that cannot be read as one (malformed or oversized JSON, a record naming another
-        ID, a FIFO or socket at its key, an ID that is not a valid artifact ID) is a bad
-        record: it is passed to ``on_bad(artifact_id, reason)`` and skipped, so it never hides
+        ID, a FIFO, socket or directory at its key, an ID that is not a valid artifact ID) is
+        a bad record: it is passed to ``on_bad(artifact_id, reason)`` and skipped, so it never hides
         the good ones. Without ``on_bad``, each is reported with a
         :class:`~optuna_cas.exceptions.MalformedRecordWarning`. Errors of the backend itself
         (network, permissions) still propagate: skipping those would make refs vanish.
@@ -626,7 +626,12 @@ class ContentStore:
             ['bad']
         """
         report = on_bad if on_bad is not None else self._warn_bad_ref
-        ids = list(self.iter_ref_ids() if artifact_ids is None else artifact_ids)
+        if artifact_ids is None:
+            ids, nested = self._list_ref_ids()
+            for name in nested:
+                report(name, f"{REF_PREFIX}{name} is a directory, not a ref")
+        else:
+            ids = list(artifact_ids)
         if workers <= 1 or len(ids) < 2:
             for artifact_id in ids:
                 yield from self._ref_or_report(artifact_id, self._read_ref(artifact_id), report)
@@ -638,6 +643,23 @@ class ContentStore:
                 # Reports are made here, in the caller's thread, not in the pool's.
                 for artifact_id, result in zip(batch, pool.map(self._read_ref, batch), strict=True):
                     yield from self._ref_or_report(artifact_id, result, report)
+
+    def _list_ref_ids(self) -> tuple[list[str], list[str]]:
+        """IDs of the refs, and names under ``refs/`` that hold keys of their own.
+
+        Nothing this library writes nests below ``refs/<id>/``: such an entry is foreign (a
+        directory planted where a ref should be) and is reported rather than ignored.
+        """
+        ids: list[str] = []
+        nested: dict[str, None] = {}
+        for info in self._backend.list(REF_PREFIX):
+            name = info.key[len(REF_PREFIX) :]
+            head, slash, _ = name.partition("/")
+            if slash:
+                nested[head] = None
+            else:
+                ids.append(name)
+        return ids, list(nested)
 
     def _read_ref(self, artifact_id: str) -> ArtifactRef | str | None:
         """The ref, the reason it is bad, or None when it is absent (removed meanwhile)."""

@@ -27,7 +27,7 @@ from tests.conftest import random_bytes
 from tests.support.stores import STORE_BUILDERS
 
 GOOD = {"good-1": b"first good artifact", "good-2": b"second good artifact" * 50}
-BAD_REF_KINDS = ["malformed", "deep", "huge", "other-id", "fifo"]
+BAD_REF_KINDS = ["malformed", "deep", "huge", "other-id", "fifo", "directory"]
 
 
 @pytest.fixture(params=["filesystem", "s3"])
@@ -52,6 +52,9 @@ def plant_bad_ref(store: ContentAddressedArtifactStore, kind: str, artifact_id: 
         if root is None:
             pytest.skip("a FIFO can only be planted in a local store")
         os.mkfifo(root / "refs" / artifact_id)
+        return
+    if kind == "directory":  # keys below refs/<id>/: a directory where the ref should be
+        backend.write(f"refs/{artifact_id}/inside", io.BytesIO(store.get_ref("good-1").to_json()))
         return
     data = {
         "malformed": b'{"artifact_id": "' + artifact_id.encode(),  # truncated JSON
@@ -144,6 +147,7 @@ def test_verify_names_a_bad_ref_and_why(store: ContentAddressedArtifactStore, ki
         "huge": "larger than",
         "other-id": "names artifact 'good-1'",
         "fifo": "FIFO",
+        "directory": "is a directory",
     }[kind]
     assert expected in report.reasons["bad"]
     assert report.refs_checked == len(GOOD)
