@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from tests.conftest import random_bytes
 from tests.support.stores import STORE_BUILDERS
 
 GOOD = {"good-1": b"first good artifact", "good-2": b"second good artifact" * 50}
-BAD_REF_KINDS = ["malformed", "deep", "huge", "other-id", "fifo", "directory"]
+BAD_REF_KINDS = ["malformed", "deep", "huge", "other-id", "fifo", "socket", "directory"]
 
 
 @pytest.fixture(params=["filesystem", "s3"])
@@ -47,11 +48,15 @@ def with_good_artifacts(store: ContentAddressedArtifactStore) -> None:
 
 def plant_bad_ref(store: ContentAddressedArtifactStore, kind: str, artifact_id: str) -> None:
     backend = store.content.backend
-    if kind == "fifo":
+    if kind in ("fifo", "socket"):
         root = local_root(store)
         if root is None:
-            pytest.skip("a FIFO can only be planted in a local store")
-        os.mkfifo(root / "refs" / artifact_id)
+            pytest.skip(f"a {kind} can only be planted in a local store")
+        if kind == "fifo":
+            os.mkfifo(root / "refs" / artifact_id)
+        else:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.bind(str(root / "refs" / artifact_id))
         return
     if kind == "directory":  # keys below refs/<id>/: a directory where the ref should be
         backend.write(f"refs/{artifact_id}/inside", io.BytesIO(store.get_ref("good-1").to_json()))
@@ -147,6 +152,7 @@ def test_verify_names_a_bad_ref_and_why(store: ContentAddressedArtifactStore, ki
         "huge": "larger than",
         "other-id": "names artifact 'good-1'",
         "fifo": "FIFO",
+        "socket": "socket",
         "directory": "is a directory",
     }[kind]
     assert expected in report.reasons["bad"]
