@@ -680,9 +680,9 @@ class ContentStore:
             yield result
 
     def _warn_bad_ref(self, artifact_id: str, reason: str) -> None:
+        hint = "" if "optuna-cas verify" in reason else " (run 'optuna-cas verify')"
         warnings.warn(
-            f"skipped bad ref {artifact_id!r} in {self.describe()}: {reason} "
-            "(run 'optuna-cas verify')",
+            f"skipped bad ref {artifact_id!r} in {self.describe()}: {reason}{hint}",
             MalformedRecordWarning,
             stacklevel=4,
         )
