@@ -600,8 +600,8 @@ class ContentStore:
 
         A ref that cannot be read as one (malformed or oversized JSON, a record naming another
         ID, a FIFO, socket or directory at its key, an ID that is not a valid artifact ID) is
-        a bad record: it is passed to ``on_bad(artifact_id, reason)`` and skipped, so it never hides
-        the good ones. Without ``on_bad``, each is reported with a
+        a bad record: it is passed to ``on_bad(artifact_id, reason)`` and skipped, so it
+        never hides the good ones. Without ``on_bad``, each is reported with a
         :class:`~optuna_cas.exceptions.MalformedRecordWarning`. Errors of the backend itself
         (network, permissions) still propagate: skipping those would make refs vanish.
 

@@ -45,7 +45,7 @@ class VerifyReport:
         quarantined: Keys of corrupt blobs moved under ``quarantine/`` (an entry that is not
             a file, such as a FIFO, holds no bytes to keep and is removed).
         malformed_refs: IDs of refs that could not be read: malformed or oversized records,
-            records naming another ID, FIFOs or sockets at a ref key.
+            records naming another ID, FIFOs, sockets or directories at a ref key.
         reasons: Why each malformed ref (by ID) and each corrupt blob (by key) is bad.
 
     Example:
