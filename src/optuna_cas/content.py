@@ -22,7 +22,8 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,12 @@ from optuna_cas.digest import (
     hash_stream,
     readinto,
 )
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.exceptions import (
+    ArtifactNotFound,
+    IntegrityError,
+    InvalidKeyError,
+    MalformedRecordWarning,
+)
 from optuna_cas.ingest import FileDigestMemo, FileSource, copy_hashing, copy_stream_hashing, now_ns
 from optuna_cas.refs import ArtifactRef
 
@@ -142,6 +148,8 @@ class BlobCache(Protocol):
 
 
 ProgressCallback = Callable[[int], None]
+# on_bad(artifact_id, reason): a ref that could not be read as one (see ContentStore.iter_refs).
+BadRefCallback = Callable[[str, str], None]
 
 
 class ContentStore:
@@ -511,7 +519,8 @@ class ContentStore:
 
         Raises:
             ArtifactNotFound: No such artifact (the message names the ID and the store).
-            IntegrityError: The stored ref is malformed.
+            IntegrityError: The stored ref is malformed, or is not a stored object (a FIFO,
+                socket or device planted at its key).
 
         Example:
             >>> from optuna_cas.backends.memory import MemoryBackend
@@ -530,7 +539,12 @@ class ContentStore:
             ) from e
         if len(data) > MAX_REF_BYTES:
             raise IntegrityError(f"ref {artifact_id!r} is larger than {MAX_REF_BYTES} bytes")
-        return ArtifactRef.from_json(data, artifact_id)
+        try:
+            return ArtifactRef.from_json(data, artifact_id)
+        except (RecursionError, ArithmeticError) as e:
+            # Deeply nested JSON or a number too large for a float: the record is bad, and
+            # the callers that skip bad refs must see IntegrityError, not a crash.
+            raise IntegrityError(f"ref {artifact_id!r} is malformed: {type(e).__name__}") from e
 
     def has_ref(self, artifact_id: str) -> bool:
         """Whether an artifact ID has a ref.
@@ -575,35 +589,103 @@ class ContentStore:
             if "/" not in artifact_id:
                 yield artifact_id
 
-    def iter_refs(self, *, workers: int = 8) -> Iterator[ArtifactRef]:
-        """Every ref in the store; refs removed while listing are skipped.
+    def iter_refs(
+        self,
+        artifact_ids: Iterable[str] | None = None,
+        *,
+        workers: int = 8,
+        on_bad: BadRefCallback | None = None,
+    ) -> Iterator[ArtifactRef]:
+        """Every ref in the store (or those of ``artifact_ids``); absent refs are skipped.
+
+        A ref that cannot be read as one (malformed or oversized JSON, a record naming another
+        ID, a FIFO, socket or directory at its key, an ID that is not a valid artifact ID) is
+        a bad record: it is passed to ``on_bad(artifact_id, reason)`` and skipped, so it
+        never hides the good ones. Without ``on_bad``, each is reported with a
+        :class:`~optuna_cas.exceptions.MalformedRecordWarning`. Errors of the backend itself
+        (network, permissions) still propagate: skipping those would make refs vanish.
 
         Refs are read ``workers`` at a time: on S3 or GCS each is one ~5 ms request, and gc,
         verify, sync and stats read them all.
 
+        Args:
+            artifact_ids: Read only these (default: list every ref).
+            workers: Parallel reads.
+            on_bad: Called with the ID and the reason for each bad ref.
+
         Example:
+            >>> import io
             >>> from optuna_cas.backends.memory import MemoryBackend
-            >>> list(ContentStore(MemoryBackend()).iter_refs())
-            []
+            >>> store = ContentStore(MemoryBackend())
+            >>> _ = store.put_artifact("good", io.BytesIO(b"x"))
+            >>> store.backend.write("refs/bad", io.BytesIO(b"{not json"))
+            >>> bad = []
+            >>> [r.artifact_id for r in store.iter_refs(on_bad=lambda i, why: bad.append(i))]
+            ['good']
+            >>> bad
+            ['bad']
         """
-
-        def read(artifact_id: str) -> ArtifactRef | None:
-            try:
-                return self.get_ref(artifact_id)
-            except ArtifactNotFound:
-                return None
-
-        ids = list(self.iter_ref_ids())
+        report = on_bad if on_bad is not None else self._warn_bad_ref
+        if artifact_ids is None:
+            ids, nested = self._list_ref_ids()
+            for name in nested:
+                report(name, f"{REF_PREFIX}{name} is a directory, not a ref")
+        else:
+            ids = list(artifact_ids)
         if workers <= 1 or len(ids) < 2:
-            refs: Iterator[ArtifactRef | None] = map(read, ids)
-            yield from (ref for ref in refs if ref is not None)
+            for artifact_id in ids:
+                yield from self._ref_or_report(artifact_id, self._read_ref(artifact_id), report)
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="optuna-cas-refs") as pool:
             # Bounded look-ahead: batches keep memory flat on stores with millions of refs.
             for start in range(0, len(ids), 256):
-                for ref in pool.map(read, ids[start : start + 256]):
-                    if ref is not None:
-                        yield ref
+                batch = ids[start : start + 256]
+                # Reports are made here, in the caller's thread, not in the pool's.
+                for artifact_id, result in zip(batch, pool.map(self._read_ref, batch), strict=True):
+                    yield from self._ref_or_report(artifact_id, result, report)
+
+    def _list_ref_ids(self) -> tuple[list[str], list[str]]:
+        """IDs of the refs, and names under ``refs/`` that hold keys of their own.
+
+        Nothing this library writes nests below ``refs/<id>/``: such an entry is foreign (a
+        directory planted where a ref should be) and is reported rather than ignored.
+        """
+        ids: list[str] = []
+        nested: dict[str, None] = {}
+        for info in self._backend.list(REF_PREFIX):
+            name = info.key[len(REF_PREFIX) :]
+            head, slash, _ = name.partition("/")
+            if slash:
+                nested[head] = None
+            else:
+                ids.append(name)
+        return ids, list(nested)
+
+    def _read_ref(self, artifact_id: str) -> ArtifactRef | str | None:
+        """The ref, the reason it is bad, or None when it is absent (removed meanwhile)."""
+        try:
+            return self.get_ref(artifact_id)
+        except ArtifactNotFound:
+            return None
+        except (IntegrityError, InvalidKeyError) as e:
+            return str(e)
+
+    @staticmethod
+    def _ref_or_report(
+        artifact_id: str, result: ArtifactRef | str | None, report: BadRefCallback
+    ) -> Iterator[ArtifactRef]:
+        if isinstance(result, str):
+            report(artifact_id, result)
+        elif result is not None:
+            yield result
+
+    def _warn_bad_ref(self, artifact_id: str, reason: str) -> None:
+        hint = "" if "optuna-cas verify" in reason else " (run 'optuna-cas verify')"
+        warnings.warn(
+            f"skipped bad ref {artifact_id!r} in {self.describe()}: {reason}{hint}",
+            MalformedRecordWarning,
+            stacklevel=4,
+        )
 
     # -- artifacts ---------------------------------------------------------------------------
 

@@ -102,22 +102,6 @@ class MalformedRecordError(OptunaCasError, ValueError):
     """
 
 
-class MalformedRecordWarning(UserWarning):
-    """A malformed record was skipped so that the good ones around it could still be used.
-
-    :func:`optuna_cas.get_all_artifact_meta` warns with this for every ``artifacts:<id>``
-    attribute it cannot read; the message names the attribute and the reason.
-
-    Example:
-        >>> import warnings
-        >>> with warnings.catch_warnings(record=True) as caught:
-        ...     warnings.simplefilter("always")
-        ...     warnings.warn("skipping 'artifacts:x'", MalformedRecordWarning)
-        >>> caught[0].category.__name__
-        'MalformedRecordWarning'
-    """
-
-
 class StoreConfigError(OptunaCasError, ValueError):
     """A store cannot be built as asked: bad URL, missing extra, unusable directory, ...
 
@@ -159,4 +143,22 @@ class UnsupportedSourceError(OptunaCasError, ValueError):
     Example:
         >>> issubclass(UnsupportedSourceError, ValueError)
         True
+    """
+
+
+class MalformedRecordWarning(UserWarning):
+    """A bad record (a malformed ref or attribute, a special file at a key) was skipped.
+
+    Operations over many records report such a record and go on with the others instead of
+    failing as a whole: :func:`optuna_cas.get_all_artifact_meta` warns with this for every
+    ``artifacts:<id>`` attribute it cannot read, gc/stats/sync for every bad ref; the message
+    names the record and the reason. ``optuna-cas verify`` lists them with their reasons.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warnings.warn("skipped ref 'x'", MalformedRecordWarning)
+        >>> caught[0].category.__name__
+        'MalformedRecordWarning'
     """

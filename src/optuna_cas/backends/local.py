@@ -121,6 +121,11 @@ class LocalBackend:
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise self._missing(key) from e
+            if e.errno == errno.ENXIO:  # a socket (or a device without driver) cannot be opened
+                raise IntegrityError(
+                    f"{key!r} in {self.describe()} is {_describe_entry(path)}, not a stored "
+                    "object (run 'optuna-cas verify')"
+                ) from e
             raise
         try:
             mode = os.fstat(fd).st_mode
@@ -394,6 +399,13 @@ class StagedFile:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def _describe_entry(path: Path) -> str:
+    try:
+        return describe_mode(os.lstat(path).st_mode)
+    except OSError:
+        return "not a regular file"
 
 
 def _is_regular(mode: int) -> bool:

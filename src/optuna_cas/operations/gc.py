@@ -30,6 +30,17 @@ S3 and GCS do not offer for this, it cannot be removed. Pick a longer ``grace_pe
 your workers can stall for hours. The concurrency test (two uploaders, gc in a loop, every
 re-used blob racing gc) checks the rest.
 
+Bad refs
+--------
+A ref that cannot be read (malformed JSON, a record naming another ID, a FIFO at its key) is
+reported in :attr:`GcReport.bad_refs` and with a
+:class:`~optuna_cas.exceptions.MalformedRecordWarning`, and gc goes on: one bad record must
+not stop the collection of the whole store. It names no blob gc can trust, but its bytes are
+searched for digests (``blake3:<64 hex>``) and the blobs they name are kept: a damaged ref
+can then still be repaired (from Optuna's metadata, which records the digest) while its blob
+exists. Errors of the backend itself (network, permissions) still stop gc before it deletes
+anything, since a ref it could not read might name any blob.
+
 Temp files of interrupted local writes are removed too once untouched for the grace period,
 and never sooner than an hour (``STALE_TEMP_SECONDS``): an upload in progress keeps writing its
 temp file, so only a dead one's goes.
@@ -37,10 +48,13 @@ temp file, so only a dead one's goes.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
-from optuna_cas.exceptions import ArtifactNotFound
+from optuna_cas.content import MAX_REF_BYTES, ContentStore
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, InvalidKeyError
+from optuna_cas.operations._bad_records import BadRecords
 from optuna_cas.operations._progress import Progress, ProgressCallback
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
@@ -51,6 +65,8 @@ DEFAULT_GRACE_PERIOD = 2 * 60 * 60.0  # seconds
 # belongs to a dead process. Never less than this, whatever grace_period says: a short grace
 # is about blobs, and deleting a live upload's temp file would fail that upload.
 STALE_TEMP_SECONDS = 60 * 60.0
+# A digest as refs spell it: what a damaged ref may still tell about its blob.
+_DIGEST_IN_REF = re.compile(rb"blake3:([0-9a-f]{64})")
 
 
 @dataclass
@@ -65,6 +81,8 @@ class GcReport:
         bytes_freed: Their total size.
         kept_young: Unreferenced blobs spared because they are younger than the grace period.
         temp_files_removed: Leftovers of interrupted local writes removed.
+        bad_refs: IDs of refs that could not be read (skipped; ``optuna-cas verify`` says
+            why). Blobs whose digest appears in their bytes are kept.
 
     Example:
         >>> GcReport(dry_run=True).deleted_count
@@ -78,6 +96,7 @@ class GcReport:
     bytes_freed: int = 0
     kept_young: int = 0
     temp_files_removed: int = 0
+    bad_refs: list[str] = field(default_factory=list)
 
     @property
     def deleted_count(self) -> int:
@@ -100,7 +119,8 @@ def gc(
 ) -> GcReport:
     """Delete blobs that no ref points at and that are older than ``grace_period``.
 
-    Safe while other processes upload to the store (see the module docstring for why).
+    Safe while other processes upload to the store (see the module docstring for why). A bad
+    ref is reported (``report.bad_refs`` and a warning) and skipped; gc goes on.
 
     Args:
         store: Any optuna-cas store (also behind ``Backoff`` or a cache).
@@ -146,9 +166,14 @@ def gc(
         else:
             young.add(info.hexdigest)
     referenced: set[str] = set()
-    for ref in content.iter_refs():
+    bad = BadRecords()
+    for ref in content.iter_refs(on_bad=bad):
         report.refs_scanned += 1
         referenced.add(ref.digest.hexdigest)
+    report.bad_refs = sorted(bad.reasons)
+    bad.warn("gc", content.describe(), "refs")
+    for artifact_id in report.bad_refs:
+        referenced |= _digests_named_in_bad_ref(content, artifact_id)
     report.kept_young = len(young - referenced)
     doomed = [info for digest, info in old.items() if digest not in referenced]
     sweep = Progress("gc: deleting unreferenced blobs", len(doomed), progress)
@@ -175,6 +200,17 @@ def gc(
         store, now - max(grace_period, STALE_TEMP_SECONDS), dry_run
     )
     return report
+
+
+def _digests_named_in_bad_ref(content: ContentStore, artifact_id: str) -> set[str]:
+    """Hex digests spelled out in a ref that does not parse (none for a FIFO, say)."""
+    try:
+        key = content.ref_key(artifact_id)
+        with content.backend.open_reader(key) as reader:
+            data = reader.read(MAX_REF_BYTES)
+    except (ArtifactNotFound, IntegrityError, InvalidKeyError):
+        return set()
+    return {match.decode("ascii") for match in _DIGEST_IN_REF.findall(data)}
 
 
 def _remove_stale_temp_files(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from optuna_cas.operations._bad_records import BadRecords
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["StoreStats", "stats"]
@@ -19,6 +20,8 @@ class StoreStats:
         logical_bytes: Sum of artifact sizes, as if each were a separate copy (Optuna's cost).
         stored_bytes: Bytes actually stored in blobs (refs, tiny, not counted).
         referenced_blobs: Blobs some ref points at (the rest await gc).
+        bad_refs: Refs that could not be read (not counted in the other figures; ``optuna-cas
+            verify`` names them).
 
     Example:
         >>> StoreStats(4, 1, 400, 100, 1).dedup_ratio
@@ -30,6 +33,7 @@ class StoreStats:
     logical_bytes: int
     stored_bytes: int
     referenced_blobs: int
+    bad_refs: int = 0
 
     @property
     def dedup_ratio(self) -> float:
@@ -55,6 +59,9 @@ class StoreStats:
 def stats(store: ContentAddressedArtifactStore) -> StoreStats:
     """Count artifacts and blobs and sum their sizes (one listing of each, one read per ref).
 
+    A ref that cannot be read is counted in ``bad_refs`` (with a
+    :class:`~optuna_cas.exceptions.MalformedRecordWarning`) instead of failing the whole count.
+
     Args:
         store: Any optuna-cas store (also behind ``Backoff`` or a cache).
 
@@ -72,7 +79,9 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
         (3, 1, 300, 100, 3.0)
     """
     content = store.content
-    refs = list(content.iter_refs())
+    bad = BadRecords()
+    refs = list(content.iter_refs(on_bad=bad))
+    bad.warn("stats", content.describe(), "refs")
     blobs = {info.hexdigest: info.stored_size for info in content.iter_blobs()}
     referenced = {ref.digest.hexdigest for ref in refs} & blobs.keys()
     return StoreStats(
@@ -81,4 +90,5 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
         logical_bytes=sum(ref.size for ref in refs),
         stored_bytes=sum(blobs.values()),
         referenced_blobs=len(referenced),
+        bad_refs=len(bad.reasons),
     )

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from optuna_cas.content import QUARANTINE_PREFIX, BlobInfo
 from optuna_cas.digest import CHUNK_SIZE, Digest, Hasher, readinto
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.operations._bad_records import BadRecords
 from optuna_cas.operations._progress import Progress, ProgressCallback
-from optuna_cas.refs import ArtifactRef
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["MissingBlob", "VerifyReport", "verify"]
@@ -42,8 +42,11 @@ class VerifyReport:
         corrupt: Keys of blobs whose bytes do not match their name.
         missing: Refs whose blob is absent or of the wrong size.
         orphans: Keys of blobs no ref points at (gc reclaims them).
-        quarantined: Keys of corrupt blobs moved under ``quarantine/``.
-        malformed_refs: IDs of refs that could not be parsed.
+        quarantined: Keys of corrupt blobs moved under ``quarantine/`` (an entry that is not
+            a file, such as a FIFO, holds no bytes to keep and is removed).
+        malformed_refs: IDs of refs that could not be read: malformed or oversized records,
+            records naming another ID, FIFOs, sockets or directories at a ref key.
+        reasons: Why each malformed ref (by ID) and each corrupt blob (by key) is bad.
 
     Example:
         >>> VerifyReport(deep=True).ok
@@ -59,6 +62,7 @@ class VerifyReport:
     orphans: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     malformed_refs: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -79,7 +83,11 @@ def verify(
     workers: int = 4,
     progress: ProgressCallback | None = None,
 ) -> VerifyReport:
-    """Check a store: refs to missing blobs, corrupt blobs (deep), orphan blobs.
+    """Check a store: bad refs, refs to missing blobs, corrupt blobs (deep), orphan blobs.
+
+    Every problem is reported with its reason (``report.reasons``) and the check goes on; a
+    FIFO, socket or device planted at a key is reported (as a malformed ref or a corrupt
+    blob), never read from, so verify cannot hang on one.
 
     Args:
         store: Any optuna-cas store (also behind ``Backoff``; a cache is bypassed: the
@@ -107,25 +115,9 @@ def verify(
         blobs[info.hexdigest] = info
         report.blobs_checked += 1
     expected_size: dict[str, int] = {}
-
-    def read(artifact_id: str) -> ArtifactRef | str | None:
-        try:
-            return content.get_ref(artifact_id)
-        except ArtifactNotFound:
-            return None  # removed while we listed
-        except IntegrityError:
-            return artifact_id  # malformed
-
-    ids = list(content.iter_ref_ids())
-    with ThreadPoolExecutor(max_workers=max(1, workers) * 2) as pool:  # ~5 ms requests remotely
-        ref_results = list(pool.map(read, ids))
-    for result in ref_results:
-        if result is None:
-            continue
-        if isinstance(result, str):
-            report.malformed_refs.append(result)
-            continue
-        ref = result
+    bad = BadRecords()
+    # ~5 ms requests remotely: read refs with more threads than blobs are hashed with.
+    for ref in content.iter_refs(workers=max(1, workers) * 2, on_bad=bad):
         report.refs_checked += 1
         hexdigest = ref.digest.hexdigest
         expected_size[hexdigest] = ref.size
@@ -136,21 +128,25 @@ def verify(
             report.missing.append(
                 MissingBlob(ref.artifact_id, str(ref.digest), f"size {stored.stored_size}")
             )
+    report.malformed_refs = sorted(bad.reasons)
+    report.reasons.update(bad.reasons)
     report.orphans = sorted(info.key for h, info in blobs.items() if h not in expected_size)
 
     if deep:
         todo = list(blobs.values())
         bar = Progress("verify: hashing blobs", sum(i.stored_size for i in todo), progress)
 
-        def check(info: BlobInfo) -> bool:
-            return _blob_matches(store, info, bar)
+        def check(info: BlobInfo) -> str | None:
+            return _blob_problem(store, info, bar)
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = list(pool.map(check, todo))
+            problems = list(pool.map(check, todo))
         report.bytes_hashed = bar.done
-        report.corrupt = sorted(
-            info.key for info, good in zip(todo, results, strict=True) if not good
-        )
+        for info, problem in zip(todo, problems, strict=True):
+            if problem is not None:
+                report.corrupt.append(info.key)
+                report.reasons[info.key] = problem
+        report.corrupt.sort()
     if quarantine:
         for key in report.corrupt:
             _quarantine(store, key)
@@ -158,8 +154,10 @@ def verify(
     return report
 
 
-def _blob_matches(store: ContentAddressedArtifactStore, info: BlobInfo, bar: Progress) -> bool:
-    """Re-hash one blob straight from the backend (never from a cache)."""
+def _blob_problem(
+    store: ContentAddressedArtifactStore, info: BlobInfo, bar: Progress
+) -> str | None:
+    """Re-hash one blob straight from the backend (never from a cache); None if it is good."""
     hasher = Hasher()
     buffer = bytearray(CHUNK_SIZE)
     view = memoryview(buffer)
@@ -169,15 +167,26 @@ def _blob_matches(store: ContentAddressedArtifactStore, info: BlobInfo, bar: Pro
                 hasher.update(view[:n])
                 bar.advance(n)
     except ArtifactNotFound:
-        return True  # deleted (by gc) while we looked: nothing corrupt left behind
+        return None  # deleted (by gc) while we looked: nothing corrupt left behind
+    except IntegrityError as e:
+        return str(e)  # not a stored object at all: a FIFO, socket or device at the key
     got = hasher.digest()
-    return got == Digest(info.hexdigest, got.size, info.algorithm)
+    if got != Digest(info.hexdigest, got.size, info.algorithm):
+        return f"content hashes to {got}, not the digest its key names"
+    return None
 
 
 def _quarantine(store: ContentAddressedArtifactStore, key: str) -> None:
     backend = store.content.backend
     try:
-        with backend.open_reader(key) as reader:
+        try:
+            reader = backend.open_reader(key)
+        except IntegrityError:
+            # A FIFO, socket or device holds no stored bytes to keep: just clear the key, so
+            # the next upload of the same content writes a good blob there.
+            backend.remove(key)
+            return
+        with reader:
             backend.write(QUARANTINE_PREFIX + key, reader)
         backend.remove(key)
     except ArtifactNotFound:
