@@ -136,7 +136,7 @@ def test_malformed_ref_is_an_integrity_error(memory_backend: Backend) -> None:
 
 
 def test_file_changed_during_upload_is_refused(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import optuna_cas.content as content_module
+    import optuna_cas.blobstore as content_module
 
     path = tmp_path / "f"
     path.write_bytes(b"version 1")

@@ -65,7 +65,7 @@ def test_verifying_reader_only_verifies_at_eof() -> None:
 def test_unchanged_file_is_not_hashed_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import optuna_cas.content as content_module
+    import optuna_cas.blobstore as content_module
 
     store = FileSystemArtifactStore(tmp_path / "s")
     path = tmp_path / "ckpt.bin"
@@ -120,7 +120,7 @@ def test_large_file_copy_overlapped_with_hash(tmp_path: Path, present: bool) -> 
 def test_large_file_changed_during_overlapped_upload_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import optuna_cas.content as content_module
+    import optuna_cas.blobstore as content_module
 
     store = FileSystemArtifactStore(tmp_path / "s")
     path = tmp_path / "big.bin"

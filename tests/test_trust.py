@@ -79,7 +79,7 @@ def test_a_failed_upload_never_deletes_a_blob_someone_else_published(tmp_path: P
 
 
 def test_changed_source_records_nothing_on_local_store(tmp_path: Path) -> None:
-    import optuna_cas.content as content_module
+    import optuna_cas.blobstore as content_module
 
     store = FileSystemArtifactStore(tmp_path / "s")
     path = tmp_path / "model.pt"
@@ -356,3 +356,44 @@ def test_stream_sources_are_not_closed_or_moved_wrongly() -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="procfs")
 def test_subprocess_script_is_valid_python() -> None:
     compile(textwrap.dedent(_TRUNCATE_DURING_UPLOAD), "<script>", "exec")
+
+
+# -- gc's last look and its delete ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reuse", ["touch", "republish"])
+def test_gc_never_deletes_a_blob_reused_between_its_last_look_and_the_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reuse: str
+) -> None:
+    from optuna_cas import gc
+    from optuna_cas.blobstore import BlobStore
+
+    store = FileSystemArtifactStore(tmp_path / "s")
+    path = tmp_path / "ckpt.bin"
+    path.write_bytes(b"old checkpoint" * 1000)
+    store.put("old", path)
+    store.remove("old")  # unreferenced: gc's candidate
+    blob = tmp_path / "s" / blob_key(Digest.of_bytes(path.read_bytes()))
+    os.utime(blob, (1, 1))  # and old
+    real_restat = BlobStore.restat_blob
+
+    def restat_then_race(self: Any, info: Any) -> Any:
+        seen = real_restat(self, info)
+        # An upload re-uses the blob right after gc's last look, and returns.
+        if reuse == "touch":
+            os.utime(blob)
+            store.content.put_ref(_ref("new", path))
+        else:
+            store.put("new", path)
+        return seen
+
+    monkeypatch.setattr(BlobStore, "restat_blob", restat_then_race)
+    gc(store, grace_period=0, allow_short_grace=True)
+    with store.open_reader("new") as reader:
+        assert reader.read() == path.read_bytes()
+
+
+def _ref(artifact_id: str, path: Path) -> Any:
+    from optuna_cas.refs import ArtifactRef
+
+    return ArtifactRef(artifact_id, Digest.of_bytes(path.read_bytes()))

@@ -14,16 +14,21 @@ import os
 import stat
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from optuna_cas._validation import shorten_name
+from optuna_cas.digest import CHUNK_SIZE, readinto
 from optuna_cas.exceptions import UnsupportedSourceError
 
 __all__ = [
+    "ByteProgress",
+    "CountingReader",
     "PositionalReader",
     "describe_mode",
     "kernel_copy",
+    "materialize",
     "open_regular_file",
     "publish_new_file",
     "real_fileno",
@@ -271,3 +276,88 @@ def publish_new_file(temp: Path, target: Path) -> None:
         if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise type(e)(e.errno, f"Cannot create {str(target)!r}: {e.strerror}") from None
         os.replace(temp, target)
+
+
+# progress(n): ``n`` more bytes went by (called often; keep it cheap).
+ByteProgress = Callable[[int], None]
+
+
+def materialize(reader: BinaryIO, target: Path, *, progress: ByteProgress | None = None) -> None:
+    """Copy ``reader`` into a new file at ``target`` atomically, never overwriting.
+
+    Bytes go to a temp file beside ``target``; only when the reader reached EOF cleanly (a
+    verifying reader has then checked the digest) is it linked into place. Any failure removes
+    the temp file, so no partial file is ever visible at ``target``.
+
+    Args:
+        reader: The content (typically verifying).
+        target: The new file.
+        progress: Called with the number of bytes after each chunk.
+
+    Raises:
+        FileExistsError: ``target`` exists (checked again at publication, atomically).
+
+    Example:
+        >>> import io, tempfile
+        >>> from pathlib import Path
+        >>> target = Path(tempfile.mkdtemp()) / "f"
+        >>> materialize(io.BytesIO(b"abc"), target); target.read_bytes()
+        b'abc'
+    """
+    if os.path.lexists(target):
+        raise FileExistsError(f"File already exists: {target!s}")
+    fd, temp_name = temp_beside(target)
+    try:
+        with open(fd, "wb") as out:
+            buffer = bytearray(CHUNK_SIZE)
+            view = memoryview(buffer)
+            while n := readinto(reader, view):
+                out.write(view[:n])
+                if progress is not None:
+                    progress(n)
+        publish_new_file(Path(temp_name), target)
+    finally:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+
+
+class CountingReader(io.RawIOBase):
+    """Passes reads through and reports how many bytes went by.
+
+    Example:
+        >>> import io
+        >>> seen = []
+        >>> CountingReader(io.BytesIO(b"abc"), seen.append).read()
+        b'abc'
+        >>> seen
+        [3]
+    """
+
+    def __init__(self, inner: BinaryIO, progress: ByteProgress) -> None:
+        super().__init__()
+        self._inner = inner
+        self._progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        n = readinto(self._inner, memoryview(buffer).cast("B"))
+        if n:
+            self._progress(n)
+        return n
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            super().close()
+
+
+def copy_to_spool(source: BinaryIO, out: BinaryIO) -> None:
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    while n := readinto(source, view):
+        out.write(view[:n])

@@ -14,7 +14,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Backend", "ObjectInfo", "RequestRunner", "StagedObject", "SupportsStaging", "run_once"]
+__all__ = [
+    "Backend",
+    "ObjectInfo",
+    "RequestRunner",
+    "StagedObject",
+    "SupportsConditionalRemove",
+    "SupportsRequestRunner",
+    "SupportsStaging",
+    "SupportsTempFiles",
+    "conditional_remover_of",
+    "run_once",
+    "staging_of",
+    "temp_files_of",
+]
 
 _T = TypeVar("_T")
 
@@ -149,3 +162,108 @@ class SupportsStaging(Protocol):
     def stage(self, area: str) -> StagedObject:
         """A new, empty temp file below ``area``."""
         ...
+
+
+@runtime_checkable
+class SupportsRequestRunner(Protocol):
+    """A backend whose operations take several requests and can run each through a runner.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> isinstance(MemoryBackend(), SupportsRequestRunner)
+        False
+    """
+
+    def with_request_runner(self, runner: RequestRunner) -> Backend:
+        """A copy that sends every request of every operation through ``runner``."""
+        ...
+
+
+@runtime_checkable
+class SupportsTempFiles(Protocol):
+    """A backend that can leave temp files behind when a writer dies (gc removes them).
+
+    Example:
+        >>> import tempfile
+        >>> from optuna_cas.backends.local import LocalBackend
+        >>> isinstance(LocalBackend(tempfile.mkdtemp()), SupportsTempFiles)
+        True
+    """
+
+    def list_temporary(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Temp files of interrupted writes."""
+        ...
+
+    def remove_temporary(self, key: str) -> None:
+        """Delete one temp file named by :meth:`list_temporary`."""
+        ...
+
+
+@runtime_checkable
+class SupportsConditionalRemove(Protocol):
+    """A backend that can delete an object only if it is still the one a listing described.
+
+    gc decides from a listing and a last look; an upload may re-use (touch or re-publish) the
+    blob between that look and the delete. A conditional delete closes that window.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> isinstance(MemoryBackend(), SupportsConditionalRemove)
+        True
+    """
+
+    def remove_if_unchanged(self, key: str, seen: ObjectInfo) -> bool:
+        """Delete ``key`` if its size and time are still ``seen``'s; True if deleted."""
+        ...
+
+
+@runtime_checkable
+class _Decorator(Protocol):
+    @property
+    def inner(self) -> Backend: ...
+
+
+def _layers(backend: object) -> Iterator[object]:
+    """``backend``, then each backend a decorator (retries, say) wraps, innermost last."""
+    current = backend
+    yield current
+    while isinstance(current, _Decorator):
+        current = current.inner
+        yield current
+
+
+def staging_of(backend: object) -> SupportsStaging | None:
+    """The layer of ``backend`` that can stage files, if any (also behind retries).
+
+    Capabilities are typed Protocols; wrappers are plain decorators exposing ``inner``, so a
+    local backend behind retries still offers staging and temp-file cleanup.
+
+    Example:
+        >>> import tempfile
+        >>> from optuna_cas.backends.local import LocalBackend
+        >>> staging_of(LocalBackend(tempfile.mkdtemp())) is not None
+        True
+    """
+    return next((b for b in _layers(backend) if isinstance(b, SupportsStaging)), None)
+
+
+def conditional_remover_of(backend: object) -> SupportsConditionalRemove | None:
+    """The layer of ``backend`` that can delete conditionally, if any.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> conditional_remover_of(MemoryBackend()) is not None
+        True
+    """
+    return next((b for b in _layers(backend) if isinstance(b, SupportsConditionalRemove)), None)
+
+
+def temp_files_of(backend: object) -> SupportsTempFiles | None:
+    """The layer of ``backend`` that can leave temp files behind, if any.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> temp_files_of(MemoryBackend()) is None
+        True
+    """
+    return next((b for b in _layers(backend) if isinstance(b, SupportsTempFiles)), None)

@@ -232,6 +232,47 @@ class LocalBackend:
         except FileNotFoundError as e:
             raise self._missing(key) from e
 
+    def remove_if_unchanged(self, key: str, seen: ObjectInfo) -> bool:
+        """Delete ``key`` only if it is still the file ``seen`` describes; True if deleted.
+
+        POSIX has no compare-and-unlink, so the file is first renamed away (atomic: from then
+        on nobody can touch or replace it through its key), then checked; if an upload touched
+        or re-published it since ``seen`` was taken, it is linked back (unless a newer copy
+        was published meanwhile) instead of deleted.
+
+        Example:
+            >>> import io, tempfile
+            >>> b = LocalBackend(tempfile.mkdtemp()); b.write("k", io.BytesIO(b"x"))
+            >>> seen = b.stat("k"); b.remove_if_unchanged("k", seen), b.exists("k")
+            (True, False)
+        """
+        path = self._path(key)
+        doomed = path.with_name(
+            shorten_name(f"{TEMP_PREFIX}gc-{uuid.uuid4().hex}-{path.name}", 255)
+        )
+        try:
+            os.rename(path, doomed)
+        except FileNotFoundError:
+            return False
+        try:
+            st = os.lstat(doomed)
+            if (
+                stat.S_ISREG(st.st_mode)
+                and st.st_size == seen.size
+                and st.st_mtime == seen.modified
+            ):
+                return True
+            try:
+                os.link(doomed, path)  # changed since gc looked: put it back
+            except FileExistsError:
+                pass  # a newer copy was published meanwhile: it stays
+            return False
+        finally:
+            try:
+                os.unlink(doomed)
+            except FileNotFoundError:
+                pass
+
     def exists(self, key: str) -> bool:
         """Whether ``key`` is a stored object (a regular file, not a symlink).
 

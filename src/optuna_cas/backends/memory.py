@@ -81,6 +81,23 @@ class MemoryBackend:
             if self._objects.pop(key, None) is None:
                 raise ArtifactNotFound(f"no object {key!r} in {self.describe()}")
 
+    def remove_if_unchanged(self, key: str, seen: ObjectInfo) -> bool:
+        """Delete ``key`` if its size and time are still ``seen``'s; True if deleted.
+
+        Example:
+            >>> import io
+            >>> b = MemoryBackend(); b.write("k", io.BytesIO(b"1")); seen = b.stat("k")
+            >>> b.touch("k"); b.remove_if_unchanged("k", seen)
+            False
+        """
+        validate_key(key)
+        with self._lock:
+            entry = self._objects.get(key)
+            if entry is None or len(entry[0]) != seen.size or entry[1] != seen.modified:
+                return False
+            del self._objects[key]
+            return True
+
     def exists(self, key: str) -> bool:
         """Whether ``key`` is stored.
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol, TypeVar, cast
 
-from optuna_cas.backends.base import Backend, ObjectInfo
+from optuna_cas.backends.base import Backend, ObjectInfo, SupportsRequestRunner
 from optuna_cas.digest import readinto
 from optuna_cas.exceptions import ArtifactNotFound
 from optuna_cas.middleware.retry import Retrier, RetryPolicy
@@ -120,9 +120,12 @@ class RetryingBackend:
         self._retrier = retrier
         # A backend that makes several requests per write (multipart, resumable) can retry
         # each of them itself; then the write as a whole is not retried again on top.
-        hook = getattr(backend, "with_request_runner", None)
-        self._per_request = callable(hook)
-        self._backend: Backend = hook(self._run_request) if callable(hook) else backend
+        self._per_request = isinstance(backend, SupportsRequestRunner)
+        self._backend: Backend = (
+            backend.with_request_runner(self._run_request)
+            if isinstance(backend, SupportsRequestRunner)
+            else backend
+        )
 
     def _run_request(self, description: str, request: Callable[[], T]) -> T:
         return self._retrier.call(description, request)
@@ -205,10 +208,6 @@ class RetryingBackend:
         """The wrapped backend's name."""
         return self._backend.describe()
 
-    def __getattr__(self, name: str) -> object:
-        # Backend-specific extras (e.g. a local backend's temp-file listing) pass through.
-        return getattr(self._backend, name)
-
 
 class Backoff(ContentAddressedArtifactStore):
     """A drop-in for ``optuna.artifacts.Backoff`` that retries only what can succeed.
@@ -269,7 +268,9 @@ class Backoff(ContentAddressedArtifactStore):
         self._backend = backend
         if isinstance(backend, ContentAddressedArtifactStore):
             inner = backend.content
-            super().__init__(inner.with_backend(RetryingBackend(inner.backend, self._retrier)))
+            super().__init__(
+                inner.with_parts(backend=RetryingBackend(inner.backend, self._retrier))
+            )
             self._foreign: _OptunaStore | None = None
         else:
             super().__init__(None)

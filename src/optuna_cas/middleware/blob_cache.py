@@ -50,8 +50,8 @@ from typing import BinaryIO, cast
 
 import diskcache
 
+from optuna_cas._fileio import materialize as _materialize_stream
 from optuna_cas._fileio import publish_new_file, temp_beside
-from optuna_cas.content import materialize as _materialize_stream
 from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
 from optuna_cas.exceptions import IntegrityError, StoreConfigError
 from optuna_cas.middleware import _cache_files as files

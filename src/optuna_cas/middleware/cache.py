@@ -9,15 +9,8 @@ described in :mod:`optuna_cas.middleware.blob_cache`; this module re-exports its
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import os
-import threading
-from typing import BinaryIO
 
-from optuna_cas.digest import Digest
-from optuna_cas.exceptions import ArtifactNotFound
-from optuna_cas.middleware._cache_files import CACHE_ERRORS
 from optuna_cas.middleware.blob_cache import DiskBlobCache
 from optuna_cas.middleware.cache_config import (
     CACHE_DIR_ENV,
@@ -26,7 +19,6 @@ from optuna_cas.middleware.cache_config import (
     MaterializeMode,
     default_cache_dir,
 )
-from optuna_cas.refs import ArtifactRef
 from optuna_cas.stores.base import ContentAddressedArtifactStore, content_store_of
 
 __all__ = [
@@ -104,9 +96,7 @@ class CachedArtifactStore(ContentAddressedArtifactStore):
             materialize=materialize,
             cache_uploads=cache_uploads,
         )
-        super().__init__(content.with_blob_cache(self._cache))
-        self._refs: collections.OrderedDict[str, ArtifactRef] = collections.OrderedDict()
-        self._refs_lock = threading.Lock()
+        super().__init__(content.with_parts(blob_cache=self._cache))
 
     @property
     def cache(self) -> DiskBlobCache:
@@ -133,114 +123,6 @@ class CachedArtifactStore(ContentAddressedArtifactStore):
         """
         return self._store
 
-    def get_ref(self, artifact_id: str) -> ArtifactRef:
-        """The ref of an artifact, remembered after the first lookup.
-
-        Raises:
-            ArtifactNotFound: No such artifact.
-
-        Example:
-            >>> import io, tempfile
-            >>> from optuna_cas import MemoryArtifactStore
-            >>> store = CachedArtifactStore(MemoryArtifactStore(), directory=tempfile.mkdtemp())
-            >>> store.write("a", io.BytesIO(b"abc")); store.get_ref("a").size
-            3
-        """
-        with self._refs_lock:
-            ref = self._refs.get(artifact_id)
-            if ref is not None:
-                self._refs.move_to_end(artifact_id)
-                return ref
-        ref = self.content.get_ref(artifact_id)
-        self._remember(ref)
-        return ref
-
-    def open_reader(self, artifact_id: str) -> BinaryIO:
-        """Open an artifact: from the cache if it holds the blob, else filling it.
-
-        Raises:
-            ArtifactNotFound: No such artifact, or its blob is missing from the store.
-            IntegrityError: The store's bytes do not match the digest.
-
-        Example:
-            >>> import io, tempfile
-            >>> from optuna_cas import MemoryArtifactStore
-            >>> store = CachedArtifactStore(MemoryArtifactStore(), directory=tempfile.mkdtemp())
-            >>> store.write("a", io.BytesIO(b"abc")); store.open_reader("a").read()
-            b'abc'
-        """
-        try:
-            ref = self.get_ref(artifact_id)
-        except ArtifactNotFound:
-            # Perhaps an object Optuna's own store wrote (no ref): the content store knows.
-            return self.content.open_artifact(artifact_id)
-        try:
-            return self.content.open_blob(ref.digest)
-        except ArtifactNotFound as e:
-            self._forget(artifact_id)
-            raise ArtifactNotFound(
-                f"Artifact {artifact_id!r}: its blob {ref.digest} is missing from "
-                f"{self.content.describe()} (run 'optuna-cas verify')"
-            ) from e
-
-    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        """Store ``content_body`` (from its position) in the wrapped store and in the cache.
-
-        Example:
-            >>> import io, tempfile
-            >>> from optuna_cas import MemoryArtifactStore
-            >>> store = CachedArtifactStore(MemoryArtifactStore(), directory=tempfile.mkdtemp())
-            >>> store.write("a", io.BytesIO(b"abc")); len(store.cache)
-            1
-        """
-        self.put(artifact_id, content_body)
-
-    def put(
-        self,
-        artifact_id: str,
-        source: BinaryIO | str | os.PathLike[str],
-        *,
-        filename: str | None = None,
-        mimetype: str | None = None,
-        encoding: str | None = None,
-    ) -> ArtifactRef:
-        """Like :meth:`write`, also recording file metadata; returns the ref.
-
-        Example:
-            >>> import io, tempfile
-            >>> from optuna_cas import MemoryArtifactStore
-            >>> store = CachedArtifactStore(MemoryArtifactStore(), directory=tempfile.mkdtemp())
-            >>> store.put("a", io.BytesIO(b"abc"), filename="a.txt").filename
-            'a.txt'
-        """
-        self._forget(artifact_id)
-        start = None if isinstance(source, str | os.PathLike) else _position(source)
-        ref = self.content.put_artifact(
-            artifact_id, source, filename=filename, mimetype=mimetype, encoding=encoding
-        )
-        self._remember(ref)
-        self._cache_after_dedup(ref.digest, source, start)
-        return ref
-
-    def remove(self, artifact_id: str) -> None:
-        """Remove an artifact's ref from the wrapped store (its blob stays until gc).
-
-        Raises:
-            ArtifactNotFound: No such artifact.
-
-        Example:
-            >>> import io, tempfile
-            >>> from optuna_cas import MemoryArtifactStore
-            >>> store = CachedArtifactStore(MemoryArtifactStore(), directory=tempfile.mkdtemp())
-            >>> store.write("a", io.BytesIO(b"abc")); store.remove("a")
-            >>> store.open_reader("a")
-            Traceback (most recent call last):
-            ...
-            optuna_cas.exceptions.ArtifactNotFound: Artifact 'a' not found in memory://
-        """
-        self._forget(artifact_id)
-        self.content.remove_ref(artifact_id)
-
     def close(self) -> None:
         """Close the cache's database connection of this thread.
 
@@ -253,51 +135,3 @@ class CachedArtifactStore(ContentAddressedArtifactStore):
 
     def __repr__(self) -> str:
         return f"CachedArtifactStore({self._store!r}, directory={str(self._cache.directory)!r})"
-
-    def _remember(self, ref: ArtifactRef) -> None:
-        with self._refs_lock:
-            self._refs[ref.artifact_id] = ref
-            self._refs.move_to_end(ref.artifact_id)
-            while len(self._refs) > _MAX_REMEMBERED_REFS:
-                self._refs.popitem(last=False)
-
-    def _forget(self, artifact_id: str) -> None:
-        with self._refs_lock:
-            self._refs.pop(artifact_id, None)
-
-    def _cache_after_dedup(
-        self,
-        digest: Digest,
-        source: BinaryIO | str | os.PathLike[str],
-        start: int | None,
-    ) -> None:
-        """Cache an upload the store deduplicated (ContentStore caches only real uploads)."""
-        if not self._cache.cache_uploads or digest.size > self._cache.size_limit:
-            return
-        try:
-            if digest in self._cache:
-                return
-        except CACHE_ERRORS:
-            return
-        if isinstance(source, str | os.PathLike):
-            with contextlib.suppress(OSError), open(source, "rb") as f:
-                self._cache.add_file(digest, f)
-            return
-        if start is None:
-            return  # a non-seekable stream was consumed: nothing to re-read
-        try:
-            end = source.tell()
-            source.seek(start)
-            try:
-                self._cache.add_file(digest, source)
-            finally:
-                source.seek(end)
-        except (OSError, ValueError):
-            return
-
-
-def _position(stream: BinaryIO) -> int | None:
-    try:
-        return stream.tell() if stream.seekable() else None
-    except (AttributeError, OSError, ValueError):
-        return None

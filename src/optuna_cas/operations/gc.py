@@ -22,11 +22,18 @@ not in G's ref listing (b), which began after t0, so U wrote R after t0: U spent
 G's delete, U found B gone and wrote it again.) Measuring ages from t0 rather than from the
 moment of the last look matters: a sweep that takes long must not shorten the margin.
 
+The argument needs G's delete to act on what its last look saw: if U re-used B *between* G's
+last look and G's delete (touched it, or published a new copy, then wrote R and re-checked B),
+an unconditional delete would remove what U just relied on. So where the backend can, the
+delete is conditional (``remove_if_unchanged``: the local backend renames the file away,
+checks it is still the file gc judged, and otherwise puts it back); on S3 and GCS that last
+window (one HEAD to one DELETE, milliseconds) remains.
+
 So the one assumption is that an upload takes less than ``grace_period`` - ``freshen_after``
 (90 minutes with the defaults) from checking its blob to writing its ref, which normally
 takes milliseconds. A process frozen for longer than that in exactly that gap (a
 suspended laptop, say) is the residual risk; without locks or conditional deletes, which
-S3 and GCS do not offer for this, it cannot be removed. Pick a longer ``grace_period`` if
+S3 does not offer for this, it cannot be removed. Pick a longer ``grace_period`` if
 your workers can stall for hours. The concurrency test (two uploaders, gc in a loop, every
 re-used blob racing gc) checks the rest.
 
@@ -52,8 +59,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from optuna_cas.content import MAX_REF_BYTES, ContentStore
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, InvalidKeyError
+from optuna_cas.backends.base import temp_files_of
+from optuna_cas.content import ContentStore
 from optuna_cas.operations._bad_records import BadRecords
 from optuna_cas.operations._progress import Progress, ProgressCallback
 from optuna_cas.stores.base import ContentAddressedArtifactStore
@@ -179,22 +186,15 @@ def gc(
     sweep = Progress("gc: deleting unreferenced blobs", len(doomed), progress)
     for info in doomed:
         # (c) the last look: a dedup hit since (a) refreshed the blob's time.
-        try:
-            fresh = content.backend.stat(info.key)
-        except ArtifactNotFound:
-            fresh = None
+        fresh = content.restat_blob(info)
         # Measured against gc's start, before refs were listed, not against now: a slow sweep
         # must not widen the window (the argument above counts from the ref listing).
         if fresh is not None and now - fresh.modified <= grace_period:
             report.kept_young += 1
-        elif fresh is not None:
-            try:
-                if not dry_run:
-                    content.remove_blob(info.digest)
-                report.deleted.append(info.key)
-                report.bytes_freed += fresh.size
-            except ArtifactNotFound:
-                pass  # another gc got there first
+        # Deleted only if still as last seen: an upload re-using it since then wins.
+        elif fresh is not None and (dry_run or content.remove_blob_if_unchanged(fresh)):
+            report.deleted.append(info.key)
+            report.bytes_freed += fresh.stored_size
         sweep.advance(1)
     report.temp_files_removed = _remove_stale_temp_files(
         store, now - max(grace_period, STALE_TEMP_SECONDS), dry_run
@@ -204,27 +204,20 @@ def gc(
 
 def _digests_named_in_bad_ref(content: ContentStore, artifact_id: str) -> set[str]:
     """Hex digests spelled out in a ref that does not parse (none for a FIFO, say)."""
-    try:
-        key = content.ref_key(artifact_id)
-        with content.backend.open_reader(key) as reader:
-            data = reader.read(MAX_REF_BYTES)
-    except (ArtifactNotFound, IntegrityError, InvalidKeyError):
-        return set()
-    return {match.decode("ascii") for match in _DIGEST_IN_REF.findall(data)}
+    data = content.read_raw_ref(artifact_id)
+    return set() if data is None else {m.decode("ascii") for m in _DIGEST_IN_REF.findall(data)}
 
 
 def _remove_stale_temp_files(
     store: ContentAddressedArtifactStore, older_than: float, dry_run: bool
 ) -> int:
-    backend = store.content.backend
-    lister = getattr(backend, "list_temporary", None)
-    remover = getattr(backend, "remove_temporary", None)
-    if not callable(lister) or not callable(remover):
+    temps = temp_files_of(store.content.backend)
+    if temps is None:
         return 0
     removed = 0
-    for info in list(lister()):
+    for info in list(temps.list_temporary()):
         if info.modified < older_than:
             if not dry_run:
-                remover(info.key)
+                temps.remove_temporary(info.key)
             removed += 1
     return removed

@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from optuna_cas.content import QUARANTINE_PREFIX, BlobInfo
+from optuna_cas.content import BlobInfo
 from optuna_cas.digest import CHUNK_SIZE, Digest, Hasher, readinto
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 from optuna_cas.operations._bad_records import BadRecords
@@ -148,8 +148,9 @@ def verify(
                 report.reasons[info.key] = problem
         report.corrupt.sort()
     if quarantine:
+        by_key = {info.key: info for info in blobs.values()}
         for key in report.corrupt:
-            _quarantine(store, key)
+            content.quarantine_blob(by_key[key])
             report.quarantined.append(key)
     return report
 
@@ -162,7 +163,7 @@ def _blob_problem(
     buffer = bytearray(CHUNK_SIZE)
     view = memoryview(buffer)
     try:
-        with store.content.backend.open_reader(info.key) as reader:
+        with store.content.open_stored_blob(info) as reader:
             while n := readinto(reader, view):
                 hasher.update(view[:n])
                 bar.advance(n)
@@ -174,20 +175,3 @@ def _blob_problem(
     if got != Digest(info.hexdigest, got.size, info.algorithm):
         return f"content hashes to {got}, not the digest its key names"
     return None
-
-
-def _quarantine(store: ContentAddressedArtifactStore, key: str) -> None:
-    backend = store.content.backend
-    try:
-        try:
-            reader = backend.open_reader(key)
-        except IntegrityError:
-            # A FIFO, socket or device holds no stored bytes to keep: just clear the key, so
-            # the next upload of the same content writes a good blob there.
-            backend.remove(key)
-            return
-        with reader:
-            backend.write(QUARANTINE_PREFIX + key, reader)
-        backend.remove(key)
-    except ArtifactNotFound:
-        pass

@@ -1,0 +1,563 @@
+"""Blobs: content stored once under its BLAKE3 digest, written and read verified.
+
+Layout inside any backend::
+
+    blobs/blake3/<first 2 hex>/<remaining 62 hex>   immutable content, written once
+
+This is the only layer that hashes. Invariants it keeps:
+
+* the digest is always that of the bytes stored (see :mod:`optuna_cas.ingest`): a key never
+  names other bytes, and a file changed mid-upload records nothing;
+* re-uploads of stored bytes cost a hash and an existence check, never a copy (remote stores)
+  or a copy published by rename, which also repairs a corrupt blob (local stores);
+* the upload path never deletes a blob (a concurrent uploader may rely on it; gc collects);
+* every read that returns bytes verifies them against the digest while streaming.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from optuna_cas._fileio import (
+    ByteProgress,
+    CountingReader,
+    PositionalReader,
+    materialize,
+)
+from optuna_cas.backends.base import (
+    Backend,
+    ObjectInfo,
+    SupportsStaging,
+    conditional_remover_of,
+    staging_of,
+)
+from optuna_cas.digest import (
+    ALGORITHM,
+    CHUNK_SIZE,
+    Digest,
+    VerifyingReader,
+    hash_fd,
+    hash_stream,
+)
+from optuna_cas.exceptions import (
+    ArtifactNotFound,
+    IntegrityError,
+)
+from optuna_cas.ingest import FileDigestMemo, FileSource, copy_hashing, copy_stream_hashing, now_ns
+
+__all__ = [
+    "BLOB_PREFIX",
+    "DEFAULT_FILE_DIGESTS",
+    "FRESHEN_AFTER_SECONDS",
+    "QUARANTINE_PREFIX",
+    "BlobCache",
+    "BlobInfo",
+    "BlobStore",
+    "blob_key",
+]
+
+BLOB_PREFIX = "blobs/"
+# Corrupt blobs moved aside by verify(quarantine=True): kept for inspection, never read.
+QUARANTINE_PREFIX = "quarantine/"
+# A dedup hit on a blob older than this refreshes its modification time, so garbage
+# collection (whose grace period must exceed this: see optuna_cas.operations.gc) spares it.
+FRESHEN_AFTER_SECONDS = 30 * 60
+_BLOB_KEY = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]{2})/([0-9a-f]{62})")
+
+
+# Digests of files this process stored, shared by every store (see FileDigestMemo).
+DEFAULT_FILE_DIGESTS = FileDigestMemo()
+
+
+def blob_key(digest: Digest) -> str:
+    """The backend key of a blob: ``blobs/<algorithm>/<2 hex>/<62 hex>``.
+
+    Two-character fan-out keeps directories small on local disks (as git and dvc do).
+
+    Example:
+        >>> blob_key(Digest.of_bytes(b""))[:20]
+        'blobs/blake3/af/1349'
+    """
+    hexdigest = digest.hexdigest
+    return f"{BLOB_PREFIX}{digest.algorithm}/{hexdigest[:2]}/{hexdigest[2:]}"
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A blob as listed in a backend: its digest (named by the key) and what is stored.
+
+    Attributes:
+        hexdigest: The digest named by the key.
+        algorithm: Hash algorithm named by the key.
+        stored_size: Bytes actually stored (a mismatch with refs means corruption).
+        modified: Last modification time, epoch seconds.
+        key: The backend key.
+
+    Example:
+        >>> BlobInfo("ab" * 32, "blake3", 3, 0.0, "blobs/...").stored_size
+        3
+    """
+
+    hexdigest: str
+    algorithm: str
+    stored_size: int
+    modified: float
+    key: str
+
+    @property
+    def digest(self) -> Digest:
+        """The digest, taking the stored size as the size.
+
+        Example:
+            >>> BlobInfo("ab" * 32, "blake3", 3, 0.0, "k").digest.size
+            3
+        """
+        return Digest(hexdigest=self.hexdigest, size=self.stored_size, algorithm=self.algorithm)
+
+
+class BlobCache(Protocol):
+    """A local cache of blobs keyed by digest (see :mod:`optuna_cas.middleware.cache`).
+
+    ``fetch`` opens the blob's raw bytes in the backing store; the cache verifies everything it
+    stores or returns.
+    """
+
+    def open(self, digest: Digest, fetch: Callable[[], BinaryIO]) -> BinaryIO:
+        """A verified reader of the blob, filling the cache from ``fetch`` on a miss."""
+        ...
+
+    def materialize(self, digest: Digest, path: Path, fetch: Callable[[], BinaryIO]) -> None:
+        """Write the blob to the new file ``path`` (verified), filling the cache on a miss."""
+        ...
+
+    def add_file(self, digest: Digest, source: BinaryIO) -> None:
+        """Offer a just-uploaded blob (``source`` at its start) to the cache."""
+        ...
+
+    def discard(self, digest: Digest) -> None:
+        """Forget a blob (e.g. after gc removed it)."""
+        ...
+
+
+class BlobStore:
+    """Blobs on top of any :class:`~optuna_cas.backends.base.Backend`.
+
+    The base of :class:`~optuna_cas.content.ContentStore`, which adds refs and artifacts.
+
+    Args:
+        backend: Where bytes live.
+        blob_cache: Optional local cache consulted before the backend on reads.
+        freshen_after: Seconds after which a re-used blob's time is refreshed (so that gc,
+            whose grace period must exceed this, spares it).
+        file_digests: Remembers digests of unchanged files (default: one per process).
+
+    Example:
+        >>> import io
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> store = BlobStore(MemoryBackend())
+        >>> digest = store.put_blob(io.BytesIO(b"weights"))
+        >>> store.put_blob(io.BytesIO(b"weights")) == digest, len(list(store.iter_blobs()))
+        (True, 1)
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        blob_cache: BlobCache | None = None,
+        freshen_after: float = FRESHEN_AFTER_SECONDS,
+        file_digests: FileDigestMemo = DEFAULT_FILE_DIGESTS,
+    ) -> None:
+        self._backend = backend
+        self._blob_cache = blob_cache
+        self.freshen_after = freshen_after
+        self._file_digests = file_digests
+
+    @property
+    def backend(self) -> Backend:
+        """The backend below this store.
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> BlobStore(MemoryBackend()).backend.describe()
+            'memory://'
+        """
+        return self._backend
+
+    @property
+    def blob_cache(self) -> BlobCache | None:
+        """The read cache in front of the backend, if any."""
+        return self._blob_cache
+
+    def describe(self) -> str:
+        """The backend's URL-like name, for messages."""
+        return self._backend.describe()
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def has_blob(self, digest: Digest) -> bool:
+        """Whether a blob of this digest *and size* is stored.
+
+        A stored object of the wrong size is corrupt (e.g. truncated by a crash of the storage
+        host); reporting it absent lets the next upload of the same bytes repair it.
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> BlobStore(MemoryBackend()).has_blob(Digest.of_bytes(b"x"))
+            False
+        """
+        try:
+            info = self._backend.stat(blob_key(digest))
+        except ArtifactNotFound:
+            return False
+        return info.size == digest.size
+
+    def put_blob(self, source: BinaryIO | str | os.PathLike[str]) -> Digest:
+        """Store the bytes of a file path or stream (from its position) once; return the digest.
+
+        The digest is always that of the bytes stored (see :mod:`optuna_cas.ingest`): a local
+        store copies into its own temp file while hashing that copy; other stores hash first
+        and then send the bytes through a reader that verifies them, so nothing is published
+        under a key that names other bytes. Nothing already published is ever deleted here.
+
+        Args:
+            source: A path, or a binary stream positioned at the start of the content.
+
+        Returns:
+            The digest (and size) of the content.
+
+        Raises:
+            IntegrityError: A file changed while it was being uploaded (nothing is recorded).
+            UnsupportedSourceError: ``source`` names a directory, FIFO, device or socket.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> BlobStore(MemoryBackend()).put_blob(io.BytesIO(b"abc")).size
+            3
+        """
+        if isinstance(source, str | os.PathLike):
+            with FileSource.open(source) as src:
+                return self._put_file(src)
+        file_source = FileSource.of_stream(source)
+        if file_source is not None:
+            digest = self._put_file(file_source)
+            source.seek(file_source.start + digest.size)
+            return digest
+        if self._stager() is not None:
+            return self._put_staged(lambda fd: copy_stream_hashing(source, fd))
+        if seekable(source):
+            start = source.tell()
+            digest = hash_stream(source)
+            source.seek(start)
+            self._store_verified(digest, source)
+            source.seek(start + digest.size)
+            return digest
+        with tempfile.TemporaryFile(prefix="optuna-cas-spool-") as spool:
+            digest = copy_stream_hashing(source, spool.fileno())
+            self._store_verified(digest, spool)
+            return digest
+
+    def _put_file(self, src: FileSource) -> Digest:
+        remembered = self._file_digests.get(src.before) if src.start == 0 else None
+        if remembered is not None and self._check_stored(remembered) == (True, False):
+            if self._blob_cache is not None:
+                reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
+                self._blob_cache.add_file(remembered, reader)
+            src.check_unchanged()
+            return remembered
+        started = now_ns()
+        if self._stager() is not None:
+            digest = self._put_staged(
+                lambda fd: copy_hashing(src.fd, src.start, fd, src.size_hint), src
+            )
+        else:
+            digest = hash_fd(src.fd, src.start)
+            reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
+            try:
+                self._store_verified(digest, reader)
+            except IntegrityError:
+                src.check_unchanged()  # the file changed under us: say so, by name
+                raise
+            src.check_unchanged()
+        if src.start == 0:
+            self._file_digests.remember(src.before, digest, started)
+        return digest
+
+    def _put_staged(self, fill: Callable[[int], Digest], src: FileSource | None = None) -> Digest:
+        """Copy into the backend's own temp file while hashing the copy; publish by rename."""
+        stager = self._stager()
+        assert stager is not None
+        staged = stager.stage(BLOB_PREFIX.rstrip("/"))
+        try:
+            digest = fill(staged.fd)
+            if src is not None:
+                src.check_unchanged()
+            # Published even if the blob is present: the bytes are verified, so replacing is
+            # harmless, repairs a corrupt copy of any size, and refreshes the blob's time.
+            staged.commit(blob_key(digest))
+        except BaseException:
+            staged.discard()
+            raise
+        if self._blob_cache is not None:
+            with self._backend.open_reader(blob_key(digest)) as reader:
+                self._blob_cache.add_file(digest, reader)
+        return digest
+
+    def _stager(self) -> SupportsStaging | None:
+        # A local backend behind Backoff still stages: local copies need no retries.
+        return staging_of(self._backend)
+
+    def _check_stored(self, digest: Digest) -> tuple[bool, bool]:
+        """Return (present, repair) for ``digest``'s blob.
+
+        ``present``: stored with the right size; its time is refreshed if older than
+        ``freshen_after`` (so gc spares a re-used blob). ``repair``: an object of the wrong
+        size is in the way (corrupt) and must be overwritten, not created-if-absent.
+        """
+        key = blob_key(digest)
+        try:
+            info = self._backend.stat(key)
+        except ArtifactNotFound:
+            return False, False
+        if info.size != digest.size:
+            return False, True
+        if time.time() - info.modified > self.freshen_after:
+            self._freshen(key)
+        return True, False
+
+    def _store_verified(self, digest: Digest, source: BinaryIO) -> bool:
+        """Send ``source`` under ``digest``'s key unless present, verifying it on the way.
+
+        Every backend publishes only after reading its input to EOF, and the verifying reader
+        raises there (or as soon as a byte too many arrives) if the bytes are not ``digest``:
+        so a source that changed since it was hashed publishes nothing. Returns True if sent.
+        """
+        present, repair = self._check_stored(digest)
+        start = source.tell()
+        if not present:
+            name = f"upload of {digest}"
+            verifying = VerifyingReader(source, digest, name=name, close_source=False)
+            # A present object of the wrong size is corrupt: overwrite it to repair.
+            self._backend.write(
+                blob_key(digest), io.BufferedReader(verifying, CHUNK_SIZE), if_absent=not repair
+            )
+        if self._blob_cache is not None:
+            # Dedup hit or not: the uploading worker often reads its upload back.
+            source.seek(start)
+            self._blob_cache.add_file(digest, source)
+            source.seek(start + digest.size)
+        return not present
+
+    def _freshen(self, key: str) -> None:
+        try:
+            self._backend.touch(key)
+        except ArtifactNotFound:
+            pass  # collected meanwhile: put_artifact's re-check after the ref rewrites it
+
+    def write_verified_blob(self, digest: Digest, reader: BinaryIO) -> None:
+        """Store a blob from a reader that already verifies ``digest``.
+
+        For example another store's :meth:`open_blob`: no second hashing pass, no temp copy.
+
+        The reader raises at EOF if the bytes are wrong; every backend publishes only after
+        reading to EOF, so a bad source leaves nothing under the blob's key.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> a, b = BlobStore(MemoryBackend()), BlobStore(MemoryBackend())
+            >>> d = a.put_blob(io.BytesIO(b"x"))
+            >>> b.write_verified_blob(d, a.open_blob(d)); b.has_blob(d)
+            True
+        """
+        self._backend.write(blob_key(digest), reader, if_absent=True)
+
+    def open_blob(self, digest: Digest) -> BinaryIO:
+        """A reader of the blob that raises ``IntegrityError`` rather than return wrong bytes.
+
+        Raises:
+            ArtifactNotFound: No such blob.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = BlobStore(MemoryBackend())
+            >>> d = store.put_blob(io.BytesIO(b"abc"))
+            >>> store.open_blob(d).read()
+            b'abc'
+        """
+        key = blob_key(digest)
+        if self._blob_cache is not None:
+            return self._blob_cache.open(digest, lambda: self._backend.open_reader(key))
+        raw = self._backend.open_reader(key)
+        name = f"blob {digest} in {self.describe()}"
+        return io.BufferedReader(VerifyingReader(raw, digest, name=name), CHUNK_SIZE)
+
+    def materialize_blob(
+        self,
+        digest: Digest,
+        path: str | os.PathLike[str],
+        *,
+        progress: ByteProgress | None = None,
+    ) -> None:
+        """Write the blob to the new file ``path``: verified, atomic, never overwriting.
+
+        Raises:
+            FileExistsError: ``path`` exists.
+            IntegrityError: The stored bytes do not match; nothing is left at ``path``.
+
+        Example:
+            >>> import io, os, tempfile
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = BlobStore(MemoryBackend())
+            >>> d = store.put_blob(io.BytesIO(b"abc"))
+            >>> target = os.path.join(tempfile.mkdtemp(), "out.bin")
+            >>> store.materialize_blob(d, target); open(target, "rb").read()
+            b'abc'
+        """
+        target = Path(path)
+        key = blob_key(digest)
+        if self._blob_cache is not None:
+            # Progress counts what comes from the store; a cache hit is a local copy.
+            def fetch() -> BinaryIO:
+                reader = self._backend.open_reader(key)
+                return reader if progress is None else CountingReader(reader, progress)  # type: ignore[return-value]
+
+            self._blob_cache.materialize(digest, target, fetch)
+            return
+        with self.open_blob(digest) as reader:
+            materialize(reader, target, progress=progress)
+
+    def remove_blob(self, digest: Digest) -> None:
+        """Delete a blob (callers must make sure no ref needs it: see :func:`optuna_cas.gc`).
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = BlobStore(MemoryBackend()); d = store.put_blob(io.BytesIO(b"x"))
+            >>> store.remove_blob(d); store.has_blob(d)
+            False
+        """
+        self._backend.remove(blob_key(digest))
+        if self._blob_cache is not None:
+            self._blob_cache.discard(digest)
+
+    def remove_blob_if_unchanged(self, info: BlobInfo) -> bool:
+        """Delete a blob only if it is still as ``info`` saw it (gc's delete); True if deleted.
+
+        Where the backend cannot do that atomically (S3), the blob is deleted unconditionally:
+        the window between gc's last look and its delete is then the residual risk documented
+        in :mod:`optuna_cas.operations.gc`.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = BlobStore(MemoryBackend()); _ = store.put_blob(io.BytesIO(b"x"))
+            >>> [store.remove_blob_if_unchanged(info) for info in store.iter_blobs()]
+            [True]
+        """
+        remover = conditional_remover_of(self._backend)
+        seen = ObjectInfo(key=info.key, size=info.stored_size, modified=info.modified)
+        if remover is not None:
+            removed = remover.remove_if_unchanged(info.key, seen)
+        else:
+            try:
+                self._backend.remove(info.key)
+                removed = True
+            except ArtifactNotFound:
+                removed = False
+        if removed and self._blob_cache is not None:
+            self._blob_cache.discard(info.digest)
+        return removed
+
+    def restat_blob(self, info: BlobInfo) -> BlobInfo | None:
+        """A listed blob looked at again (gc's last look); None if it is gone or not a file.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = BlobStore(MemoryBackend()); _ = store.put_blob(io.BytesIO(b"x"))
+            >>> [store.restat_blob(info).stored_size for info in store.iter_blobs()]
+            [1]
+        """
+        try:
+            fresh = self._backend.stat(info.key)
+        except ArtifactNotFound:
+            return None
+        return BlobInfo(info.hexdigest, info.algorithm, fresh.size, fresh.modified, info.key)
+
+    def open_stored_blob(self, info: BlobInfo) -> BinaryIO:
+        """The bytes stored for a listed blob, unverified and never from a cache (verify's view).
+
+        Raises:
+            ArtifactNotFound: Gone meanwhile.
+            IntegrityError: Not a stored object (a FIFO, socket or device at the key).
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = BlobStore(MemoryBackend()); _ = store.put_blob(io.BytesIO(b"x"))
+            >>> [store.open_stored_blob(info).read() for info in store.iter_blobs()]
+            [b'x']
+        """
+        return self._backend.open_reader(info.key)
+
+    def quarantine_blob(self, info: BlobInfo) -> None:
+        """Move a corrupt blob under ``quarantine/``, kept for inspection and never read.
+
+        The next upload of the same content then writes a good one. A FIFO or device there
+        holds no bytes to keep: it is just removed.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = BlobStore(MemoryBackend()); _ = store.put_blob(io.BytesIO(b"x"))
+            >>> for info in list(store.iter_blobs()):
+            ...     store.quarantine_blob(info)
+            >>> list(store.iter_blobs()), [i.key for i in store.backend.list("quarantine/")]
+            ([], ['quarantine/blobs/blake3/...'])
+        """
+        try:
+            try:
+                reader = self._backend.open_reader(info.key)
+            except IntegrityError:
+                self._backend.remove(info.key)
+                return
+            with reader:
+                self._backend.write(QUARANTINE_PREFIX + info.key, reader)
+            self._backend.remove(info.key)
+        except ArtifactNotFound:
+            pass
+        if self._blob_cache is not None:
+            self._blob_cache.discard(info.digest)
+
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        """Every blob in the backend (keys that do not parse as blob keys are skipped).
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> list(BlobStore(MemoryBackend()).iter_blobs())
+            []
+        """
+        for info in self._backend.list(f"{BLOB_PREFIX}{ALGORITHM}/"):
+            match = _BLOB_KEY.fullmatch(info.key)
+            if match is None:
+                continue
+            algorithm, head, tail = match.groups()
+            yield BlobInfo(head + tail, algorithm, info.size, info.modified, info.key)
+
+
+def seekable(stream: BinaryIO) -> bool:
+    try:
+        return bool(stream.seekable()) and stream.tell() >= 0
+    except (AttributeError, OSError, ValueError):
+        return False
