@@ -1,0 +1,250 @@
+"""optuna-dashboard over an optuna-cas store, with its artifact deletes made safe.
+
+optuna-dashboard accepts any object with ``open_reader``/``write``/``remove`` as its artifact
+store, so previews, downloads and uploads work with ours unchanged. Its delete does not: it
+removes the artifact first and records the deletion afterwards. On a finished trial Optuna
+refuses that record (``UpdateFinishedTrialError``, HTTP 500), leaving metadata that points at
+nothing, and the route removes whatever ID it is given, recorded on that trial or not.
+
+:func:`dashboard_app` puts a small WSGI layer in front of the dashboard that checks each
+artifact delete first. It answers 404 for an artifact the trial or study does not record,
+409 for a finished trial's (nothing is removed; ``optuna-cas rm`` records such a deletion on
+the study instead), and otherwise writes the deletion record *before* letting the dashboard
+remove the ref, the same order as :func:`optuna_cas.delete_artifact`. The blob itself stays
+until :func:`optuna_cas.gc` finds nothing using it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from optuna_cas._delete import is_live
+from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, is_tombstone
+from optuna_cas._optuna import MetadataTarget, import_optuna, study_id_of_trial
+from optuna_cas._terminal import escape_for_terminal
+from optuna_cas.exceptions import StoreConfigError
+
+__all__ = ["dashboard_app", "open_optuna_storage", "serve_dashboard"]
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+# The dashboard's own delete routes (bottle's ``int`` filter is ``-?\d+``).
+_TRIAL_DELETE = re.compile(r"/api/artifacts/(-?\d+)/(-?\d+)/([0-9a-fA-F-]+)")
+_STUDY_DELETE = re.compile(r"/api/artifacts/(-?\d+)/([0-9a-fA-F-]+)")
+# Where dashboards before optuna.artifacts recorded a trial's artifacts: on the study.
+_LEGACY_TRIAL_PREFIX = "dashboard:artifacts:{trial_id}:"
+
+
+def _import_dashboard() -> Any:
+    try:
+        import optuna_dashboard
+    except ImportError as e:
+        raise StoreConfigError(
+            "The dashboard needs optuna-dashboard: pip install 'optuna-cas[dashboard]'"
+        ) from e
+    return optuna_dashboard
+
+
+def open_optuna_storage(url: str) -> Any:
+    """Open an Optuna storage by URL, refusing to invent one from a typo.
+
+    A database URL (``sqlite:///db.sqlite3``, ``postgresql://...``) gives an ``RDBStorage``;
+    the path of an existing journal file gives a ``JournalStorage``. A SQLite file that does
+    not exist is an error naming it (SQLAlchemy would silently create an empty database).
+
+    Raises:
+        StoreConfigError: No storage at ``url``.
+
+    Example:
+        >>> import os, tempfile
+        >>> url = "sqlite:///" + os.path.join(tempfile.mkdtemp(), "db.sqlite3")
+        >>> import optuna; optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> _ = optuna.create_study(storage=url, study_name="s")
+        >>> open_optuna_storage(url).get_all_studies()[0].study_name
+        's'
+        >>> open_optuna_storage("sqlite:///no/such.db")
+        Traceback (most recent call last):
+        ...
+        optuna_cas.exceptions.StoreConfigError: no SQLite database at 'no/such.db'
+    """
+    optuna = import_optuna()
+    if "://" not in url:
+        if not os.path.isfile(url):
+            raise StoreConfigError(
+                f"no Optuna storage at {url!r}: give a database URL such as "
+                "sqlite:///db.sqlite3 or the path of an existing journal file"
+            )
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :].split("?", 1)[0]
+        if path and path != ":memory:" and not os.path.isfile(path):
+            raise StoreConfigError(f"no SQLite database at {path!r}")
+    return optuna.storages.RDBStorage(url)
+
+
+def dashboard_app(storage: Any, artifact_store: Any) -> WsgiApp:
+    """optuna-dashboard's WSGI application over ``artifact_store``, with safe artifact deletes.
+
+    Serve it with any WSGI server (gunicorn, uWSGI, wsgiref); :func:`serve_dashboard` does
+    that for you.
+
+    Args:
+        storage: An Optuna storage object or URL (see :func:`open_optuna_storage`).
+        artifact_store: Any optuna-cas store (or anything with Optuna's three methods).
+
+    Raises:
+        StoreConfigError: optuna-dashboard is not installed, or no storage at the URL.
+
+    Example:
+        >>> import optuna
+        >>> from optuna_cas import MemoryArtifactStore
+        >>> storage = optuna.storages.InMemoryStorage()
+        >>> app = dashboard_app(storage, MemoryArtifactStore())
+        >>> callable(app)
+        True
+    """
+    dashboard = _import_dashboard()
+    if isinstance(storage, str):
+        storage = open_optuna_storage(storage)
+    inner = dashboard.wsgi(storage, artifact_store=artifact_store)
+    return _SafeDeletes(inner, storage)
+
+
+def serve_dashboard(
+    storage: Any,
+    artifact_store: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    ready: Callable[[str], None] | None = None,
+    log_requests: bool = True,
+) -> None:
+    """Serve optuna-dashboard over ``artifact_store`` until interrupted (Ctrl-C).
+
+    Args:
+        storage: An Optuna storage object or URL (see :func:`open_optuna_storage`).
+        artifact_store: The optuna-cas store holding the study's artifacts.
+        host: Address to listen on; the default accepts local connections only.
+        port: Port to listen on; 0 picks a free one (``ready`` is told which).
+        ready: Called with the server's URL once it accepts connections.
+        log_requests: Log one line per request on stderr.
+
+    Raises:
+        StoreConfigError: optuna-dashboard is not installed, or no storage at the URL.
+        OSError: The address cannot be bound.
+
+    Example:
+        >>> from optuna_cas import FileSystemArtifactStore
+        >>> serve_dashboard("sqlite:///db.sqlite3", FileSystemArtifactStore("./artifacts"),
+        ...                 port=8080)  # doctest: +SKIP
+    """
+    app = dashboard_app(storage, artifact_store)
+    handler = _RequestLog if log_requests else _Quiet
+    with make_server(
+        host, port, app, server_class=_ThreadedServer, handler_class=handler
+    ) as server:
+        if ready is not None:
+            ready(f"http://{host}:{server.server_port}/")
+        server.serve_forever()
+
+
+class _ThreadedServer(ThreadingMixIn, WSGIServer):
+    # The dashboard's pages fetch many API routes at once; one slow request must not stall
+    # the rest, and request threads must not keep the process alive after Ctrl-C.
+    daemon_threads = True
+
+
+class _RequestLog(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        # Request lines are whatever a client sent: escape them for the terminal.
+        line = format % args
+        print(f"{self.address_string()} {escape_for_terminal(line)}", file=sys.stderr)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _SafeDeletes:
+    """WSGI layer: check an artifact delete and record it before the dashboard removes it."""
+
+    def __init__(self, app: WsgiApp, storage: Any) -> None:
+        self._app = app
+        self._storage = storage
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if str(environ.get("REQUEST_METHOD", "")).upper() == "DELETE":
+            path = str(environ.get("PATH_INFO", ""))
+            refusal: tuple[str, str] | None = None
+            if match := _TRIAL_DELETE.fullmatch(path):
+                study_id, trial_id = int(match[1]), int(match[2])
+                refusal = self._prepare_trial_delete(study_id, trial_id, match[3])
+            elif match := _STUDY_DELETE.fullmatch(path):
+                refusal = self._prepare_study_delete(int(match[1]), match[2])
+            if refusal is not None:
+                status, reason = refusal
+                body = json.dumps({"reason": reason}).encode()
+                headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+                start_response(status, headers)
+                return [body]
+        return self._app(environ, start_response)
+
+    def _prepare_trial_delete(
+        self, study_id: int, trial_id: int, artifact_id: str
+    ) -> tuple[str, str] | None:
+        """None to let the dashboard go on (the deletion is already recorded), else a refusal."""
+        optuna = import_optuna()
+        try:
+            trial = self._storage.get_trial(trial_id)
+            owner = study_id_of_trial(self._storage, trial_id)
+        except (KeyError, ValueError):
+            return "404 Not Found", f"There is no trial with ID {trial_id}."
+        if owner != study_id:
+            return "404 Not Found", f"Trial {trial_id} is not in study {study_id}."
+        legacy_key = _LEGACY_TRIAL_PREFIX.format(trial_id=trial_id) + artifact_id
+        legacy = self._storage.get_study_system_attrs(study_id).get(legacy_key)
+        target = MetadataTarget(storage=self._storage, trial_id=trial_id, study_id=study_id)
+        recorded_legacy = not is_tombstone(legacy)
+        if not (recorded_legacy or is_live(target, artifact_id)):
+            return "404 Not Found", f"Trial {trial_id} has no artifact {artifact_id}."
+        finished = (
+            f"Trial {trial.number} has finished, and Optuna does not let a finished trial's "
+            "attributes change, so its artifacts cannot be deleted here; nothing was deleted. "
+            f"'optuna-cas rm --storage URL --study NAME --trial {trial.number} {artifact_id}' "
+            "records the deletion on the study instead."
+        )
+        if trial.state.is_finished():
+            return "409 Conflict", finished
+        # Record the deletion first: should the trial finish between the check above and the
+        # dashboard's own record, the entry already says "deleted" and nothing dangles.
+        key = ARTIFACTS_ATTR_PREFIX + artifact_id
+        if key in self._storage.get_trial_system_attrs(trial_id):
+            try:
+                self._storage.set_trial_system_attr(trial_id, key, json.dumps(None))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return "409 Conflict", finished  # it finished a moment ago
+        if recorded_legacy:
+            self._storage.set_study_system_attr(study_id, legacy_key, json.dumps(None))
+        return None
+
+    def _prepare_study_delete(self, study_id: int, artifact_id: str) -> tuple[str, str] | None:
+        target = MetadataTarget(storage=self._storage, trial_id=None, study_id=study_id)
+        try:
+            live = is_live(target, artifact_id)
+        except KeyError:
+            return "404 Not Found", f"There is no study with ID {study_id}."
+        if not live:
+            return "404 Not Found", f"Study {study_id} has no artifact {artifact_id}."
+        target.set_system_attr(ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(None))
+        return None
