@@ -209,20 +209,24 @@ class _SafeDeletes:
             trial = self._storage.get_trial(trial_id)
             owner = study_id_of_trial(self._storage, trial_id)
         except (KeyError, ValueError):
-            return "404 Not Found", f"There is no trial with ID {trial_id}."
+            return "404 Not Found", f"artifact {artifact_id}: there is no trial with ID {trial_id}"
         if owner != study_id:
-            return "404 Not Found", f"Trial {trial_id} is not in study {study_id}."
+            return (
+                "404 Not Found",
+                f"artifact {artifact_id}: trial {trial_id} is not in study {study_id}",
+            )
         legacy_key = _LEGACY_TRIAL_PREFIX.format(trial_id=trial_id) + artifact_id
         legacy = self._storage.get_study_system_attrs(study_id).get(legacy_key)
         target = MetadataTarget(storage=self._storage, trial_id=trial_id, study_id=study_id)
         recorded_legacy = not is_tombstone(legacy)
         if not (recorded_legacy or is_live(target, artifact_id)):
-            return "404 Not Found", f"Trial {trial_id} has no artifact {artifact_id}."
+            return "404 Not Found", f"artifact {artifact_id}: trial {trial_id} does not record it"
+        # The dashboard shows the reason after "Failed to delete " (and adds the full stop).
         finished = (
-            f"Trial {trial.number} has finished, and Optuna does not let a finished trial's "
-            "attributes change, so its artifacts cannot be deleted here; nothing was deleted. "
-            f"'optuna-cas rm --storage URL --study NAME --trial {trial.number} {artifact_id}' "
-            "records the deletion on the study instead."
+            f"an artifact of trial {trial.number}: the trial has finished, and Optuna lets no "
+            "one change a finished trial, so the deletion could not be recorded; nothing was "
+            f"deleted. 'optuna-cas rm {artifact_id} --storage URL --study NAME --trial "
+            f"{trial.number}' records it on the study instead"
         )
         if trial.state.is_finished():
             return "409 Conflict", finished
@@ -243,8 +247,8 @@ class _SafeDeletes:
         try:
             live = is_live(target, artifact_id)
         except KeyError:
-            return "404 Not Found", f"There is no study with ID {study_id}."
+            return "404 Not Found", f"artifact {artifact_id}: there is no study with ID {study_id}"
         if not live:
-            return "404 Not Found", f"Study {study_id} has no artifact {artifact_id}."
+            return "404 Not Found", f"artifact {artifact_id}: study {study_id} does not record it"
         target.set_system_attr(ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(None))
         return None
