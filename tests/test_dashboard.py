@@ -7,6 +7,7 @@ it removes any ID it is given, whether or not the trial in the URL records it.
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
@@ -235,3 +236,53 @@ def test_dashboard_command_errors(tmp_path: Path, args: list[str], code: int, me
     )
     assert result.returncode == code, result.stderr
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "{study}/{trial}/{artifact}%0A",  # bottle's "$" also matches before a final newline
+        "{study}/{trial}/{head}%FF{tail}",  # bottle drops bytes that are not UTF-8
+        "{study}/0000000000000000000000{trial}/{artifact}",  # longer than any ID
+    ],
+)
+def test_delete_spelled_past_the_check_removes_nothing(served: Served, spelling: str) -> None:
+    study = served.study
+    trial = study.ask()
+    artifact_id = served.upload(trial)
+    study.tell(trial, 1.0)
+    path = spelling.format(
+        study=study._study_id,
+        trial=trial._trial_id,
+        artifact=artifact_id,
+        head=artifact_id[:8],
+        tail=artifact_id[8:],
+    )
+    connection = http.client.HTTPConnection("127.0.0.1", int(served.url.rsplit(":", 1)[1]))
+    connection.request("DELETE", f"/api/artifacts/{path}")
+    status = connection.getresponse().status
+
+    # Bottle routes these to the dashboard's delete, which removes before it records (and
+    # on this finished trial cannot record at all). The store it was given refuses.
+    assert status == 404
+    assert served.store.content.has_ref(artifact_id)
+    assert served.download(f"{study._study_id}/{trial._trial_id}/{artifact_id}") == DATA
+
+
+def test_deleting_a_study_removes_its_artifacts_only(served: Served) -> None:
+    doomed = optuna.create_study(storage=served.storage_url)
+    doomed_ids = [served.upload(doomed), served.upload(doomed.ask())]
+    kept_study = served.study
+    kept_trial = kept_study.ask()
+    kept_id = served.upload(kept_trial)  # identical bytes: the same blob
+
+    request = urllib.request.Request(
+        f"{served.url}/api/studies/{doomed._study_id}",
+        data=json.dumps({"remove_associated_artifacts": True}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="DELETE",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 204
+    assert not any(served.store.content.has_ref(i) for i in doomed_ids)
+    assert served.download(f"{kept_study._study_id}/{kept_trial._trial_id}/{kept_id}") == DATA

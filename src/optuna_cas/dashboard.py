@@ -12,6 +12,11 @@ artifact delete first. It answers 404 for an artifact the trial or study does no
 the study instead), and otherwise writes the deletion record *before* letting the dashboard
 remove the ref, the same order as :func:`optuna_cas.delete_artifact`. The blob itself stays
 until :func:`optuna_cas.gc` finds nothing using it.
+
+The check fails closed: the dashboard gets the store behind a wrapper whose ``remove`` removes
+only what the layer approved for the request being served. A request that reaches one of the
+dashboard's delete routes without matching the layer's own reading of the path (bottle
+normalises paths its own way) removes nothing.
 """
 
 from __future__ import annotations
@@ -21,24 +26,31 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, BinaryIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from optuna_cas._delete import is_live
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, is_tombstone
 from optuna_cas._optuna import MetadataTarget, import_optuna, study_id_of_trial
 from optuna_cas._terminal import escape_for_terminal
-from optuna_cas.exceptions import StoreConfigError
+from optuna_cas.exceptions import ArtifactNotFound, StoreConfigError
 
 __all__ = ["dashboard_app", "open_optuna_storage", "serve_dashboard"]
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-# The dashboard's own delete routes (bottle's ``int`` filter is ``-?\d+``).
-_TRIAL_DELETE = re.compile(r"/api/artifacts/(-?\d+)/(-?\d+)/([0-9a-fA-F-]+)")
-_STUDY_DELETE = re.compile(r"/api/artifacts/(-?\d+)/([0-9a-fA-F-]+)")
+# The dashboard's routes that remove artifacts. Bottle's ``int`` is ``-?\d+``; longer numbers
+# than any ID here simply do not match, and then nothing may be removed (see _approved).
+_ID = r"(-?\d{1,19})"
+_TRIAL_ARTIFACT_DELETE = re.compile(rf"/api/artifacts/{_ID}/{_ID}/([0-9a-fA-F-]+)")
+_STUDY_ARTIFACT_DELETE = re.compile(rf"/api/artifacts/{_ID}/([0-9a-fA-F-]+)")
+_STUDY_DELETE = re.compile(rf"/api/studies/{_ID}")  # removes all the study's artifacts
+# The artifact IDs the request being served may remove; _ANY for a study deletion.
+_ANY = "*"
+_approved: ContextVar[frozenset[str]] = ContextVar("optuna_cas_dashboard_removals")
 # Where dashboards before optuna.artifacts recorded a trial's artifacts: on the study.
 _LEGACY_TRIAL_PREFIX = "dashboard:artifacts:{trial_id}:"
 
@@ -116,7 +128,7 @@ def dashboard_app(storage: Any, artifact_store: Any) -> WsgiApp:
     dashboard = _import_dashboard()
     if isinstance(storage, str):
         storage = open_optuna_storage(storage)
-    inner = dashboard.wsgi(storage, artifact_store=artifact_store)
+    inner = dashboard.wsgi(storage, artifact_store=_RemoveOnlyApproved(artifact_store))
     return _SafeDeletes(inner, storage)
 
 
@@ -184,21 +196,32 @@ class _SafeDeletes:
         self._storage = storage
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        approved: frozenset[str] = frozenset()
+        refusal: tuple[str, str] | None = None
         if str(environ.get("REQUEST_METHOD", "")).upper() == "DELETE":
             path = str(environ.get("PATH_INFO", ""))
-            refusal: tuple[str, str] | None = None
-            if match := _TRIAL_DELETE.fullmatch(path):
-                study_id, trial_id = int(match[1]), int(match[2])
-                refusal = self._prepare_trial_delete(study_id, trial_id, match[3])
-            elif match := _STUDY_DELETE.fullmatch(path):
+            if match := _TRIAL_ARTIFACT_DELETE.fullmatch(path):
+                study_id, trial_id, artifact_id = int(match[1]), int(match[2]), match[3]
+                refusal = self._prepare_trial_delete(study_id, trial_id, artifact_id)
+                approved = frozenset([artifact_id])
+            elif match := _STUDY_ARTIFACT_DELETE.fullmatch(path):
                 refusal = self._prepare_study_delete(int(match[1]), match[2])
-            if refusal is not None:
-                status, reason = refusal
-                body = json.dumps({"reason": reason}).encode()
-                headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-                start_response(status, headers)
-                return [body]
-        return self._app(environ, start_response)
+                approved = frozenset([match[2]])
+            elif _STUDY_DELETE.fullmatch(path):
+                approved = frozenset([_ANY])  # the study goes, and all its artifacts with it
+        if refusal is not None:
+            status, reason = refusal
+            body = json.dumps({"reason": reason}).encode()
+            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            start_response(status, headers)
+            return [body]
+        # Bottle runs the route inside this call, in this thread: the approval is seen by
+        # _RemoveOnlyApproved.remove and by nothing else.
+        token = _approved.set(approved)
+        try:
+            return self._app(environ, start_response)
+        finally:
+            _approved.reset(token)
 
     def _prepare_trial_delete(
         self, study_id: int, trial_id: int, artifact_id: str
@@ -252,3 +275,27 @@ class _SafeDeletes:
             return "404 Not Found", f"artifact {artifact_id}: study {study_id} does not record it"
         target.set_system_attr(ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(None))
         return None
+
+
+class _RemoveOnlyApproved:
+    """The store as the dashboard sees it: ``remove`` only what _SafeDeletes approved."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        reader: BinaryIO = self._store.open_reader(artifact_id)
+        return reader
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self._store.write(artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        approved = _approved.get(frozenset())
+        if artifact_id not in approved and _ANY not in approved:
+            # ArtifactNotFound is what the dashboard's delete routes answer 404 to, before
+            # they record anything.
+            raise ArtifactNotFound(
+                f"Artifact {artifact_id!r} was not removed: the request was not checked"
+            )
+        self._store.remove(artifact_id)
