@@ -8,8 +8,11 @@ PYTEST_ARGS ?=
 # Where Debian's postgresql package puts the server programs, one directory per version
 # (set it to a missing directory to exercise the install path of ensure-postgres).
 PG_LIB ?= /usr/lib/postgresql
+# The browser the dashboard test drives (set it to a missing name to exercise the install path
+# of ensure-chromium).
+CHROMIUM ?= chromium
 
-.PHONY: install ensure-postgres test test-fast lint format typecheck doctest bench demo docs soak clean
+.PHONY: install ensure-postgres ensure-chromium test test-fast lint format typecheck doctest bench demo docs soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "optuna-cas needs Python >= 3.11 (set PYTHON=...)"'
@@ -37,6 +40,22 @@ ensure-postgres:
 		ls /usr/lib/postgresql/*/bin/initdb; \
 	fi
 
+# The dashboard test (tests/test_dashboard_browser.py) drives a real headless browser:
+# Debian's `chromium` package. Installed only where missing (needs root, as on CI); a no-op
+# where present. The test fails, never skips, without it.
+ensure-chromium:
+	@if command -v $(CHROMIUM) >/dev/null 2>&1; then \
+		exit 0; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "Chromium is missing: install the 'chromium' package as root" >&2; \
+		exit 1; \
+	else \
+		echo "Installing Chromium (Debian package 'chromium') for the dashboard test"; \
+		apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium && \
+		command -v chromium; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
@@ -52,10 +71,10 @@ typecheck: $(STAMP)
 doctest: $(STAMP)
 	$(BIN)/pytest -q -p no:randomly --doctest-modules src/optuna_cas -o addopts="" -o testpaths=src
 
-test: ensure-postgres lint typecheck doctest
+test: ensure-postgres ensure-chromium lint typecheck doctest
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: ensure-postgres $(STAMP)
+test-fast: ensure-postgres ensure-chromium $(STAMP)
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)

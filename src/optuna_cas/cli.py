@@ -319,6 +319,31 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from optuna_cas.dashboard import serve_dashboard
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not a port number from 0 to 65535")
+    store = _open(args, cached=True)
+
+    def ready(url: str) -> None:
+        # The URL is the result (scripts and tests read it: --port 0 picks a free port).
+        print(f"optuna-dashboard at {esc(url)} (Ctrl-C to stop)", flush=True)
+
+    try:
+        serve_dashboard(
+            args.storage,
+            store,
+            host=args.host,
+            port=args.port,
+            ready=ready,
+            log_requests=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        _print(args, "stopped")  # Ctrl-C is how a server is meant to end
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str, str]] = [
@@ -376,6 +401,12 @@ COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str, str]] = [
         cmd_cache,
         "inspect or clear the local read cache",
         "optuna-cas cache info\noptuna-cas cache prune --max-bytes 5000000000",
+    ),
+    (
+        "dashboard",
+        cmd_dashboard,
+        "serve optuna-dashboard over the store (previews, downloads, safe deletes)",
+        "optuna-cas --store ./artifacts dashboard sqlite:///db.sqlite3 --port 8080",
     ),
 ]
 
@@ -455,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "--max-bytes", type=_byte_count, metavar="N", help="prune down to N bytes"
             )
             p.add_argument("--json", action="store_true", help="machine-readable output")
+        elif name == "dashboard":
+            p.add_argument("storage", metavar="STORAGE", help="Optuna storage URL or journal file")
+            p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+            p.add_argument(
+                "--port", type=int, default=8080, help="0 picks a free one (default 8080)"
+            )
     return parser
 
 
