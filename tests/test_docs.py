@@ -23,7 +23,7 @@ import pytest
 from tests.support.docs import Block, Document, docs_env, parse, run_blocks
 
 REPO = Path(__file__).resolve().parents[1]
-DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 
 # The endpoints the docs use as examples; a reader's MinIO or emulator is there.
 EXAMPLE_S3_ENDPOINT = "http://localhost:9000"
