@@ -188,10 +188,31 @@ class Row:
 
 
 @dataclass
+class Throughput:
+    """One workload of the throughput chart: bytes per second of each contender that ran it."""
+
+    workload: str
+    bytes_per_s: dict[str, float]  # "optuna-cas", "Optuna", "cp" (the chart's colours)
+
+
+@dataclass
+class MemoryPoint:
+    """One point of the memory chart: a process's peak RSS for one operation and file size."""
+
+    series: str  # e.g. "optuna-cas upload"
+    file_size: int
+    peak_rss: int
+
+
+@dataclass
 class Section:
     title: str
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Figures for the charts (benchmarks/charts.py), besides the table.
+    throughput: list[Throughput] = field(default_factory=list)
+    memory: list[MemoryPoint] = field(default_factory=list)
+    baselines: dict[str, int] = field(default_factory=dict)  # label -> peak RSS, flat lines
 
 
 def seconds(t: float, size: int | None = None) -> str:
@@ -230,6 +251,7 @@ class Config:
     """Sizes and repetitions; ``QUICK`` is a smoke test, ``FULL`` the issues' targets."""
 
     big: int
+    rss_sizes: tuple[int, ...]  # peak RSS over file size (section 5); big is measured too
     reps: int
     checkpoint: int
     checkpoint_uploads: int
@@ -252,6 +274,7 @@ class Config:
 
 FULL = Config(
     big=GiB,
+    rss_sizes=(64 * MiB, 256 * MiB),
     reps=7,
     checkpoint=64 * MiB,
     checkpoint_uploads=20,
@@ -273,6 +296,7 @@ FULL = Config(
 )
 QUICK = Config(
     big=64 * MiB,
+    rss_sizes=(16 * MiB, 32 * MiB),
     reps=2,
     checkpoint=4 * MiB,
     checkpoint_uploads=20,

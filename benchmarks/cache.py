@@ -25,6 +25,7 @@ from benchmarks._util import (
     Contender,
     Row,
     Section,
+    Throughput,
     fmt_times,
     make_random_file,
     measure,
@@ -355,6 +356,16 @@ def _section(
             "while writing.",
         ],
     )
+    section.throughput = [
+        Throughput(
+            f"Download {label} again (cache hit), S3 on loopback",
+            {"optuna-cas": size / m["cached"], "Optuna": size / m["optuna"], "cp": size / m["cp"]},
+        ),
+        Throughput(
+            f"Download {label} again (cache hit), S3 at 1 Gbit/s",
+            {"optuna-cas": size / k["cached"], "Optuna": size / k["optuna"]},
+        ),
+    ]
     why = "Why the loopback fill target is missed: " if fill_loop > 1.2 else "Fill cost: "
     section.notes.append(
         why + "a fill (copy mode) writes every byte twice, into the cache entry and into the "

@@ -14,9 +14,11 @@ import optuna_cas
 from benchmarks._util import (
     Config,
     Contender,
+    MemoryPoint,
     MiB,
     Row,
     Section,
+    Throughput,
     count_files,
     disk_usage,
     fingerprint,
@@ -68,7 +70,7 @@ def run_local(cfg: Config, data: Path) -> list[Section]:
         _big_upload(cfg, src, stores),
         _checkpoint(cfg, data, stores),
         _small_files(cfg, data, stores),
-        _rss(cfg, src, stores),
+        _rss(cfg, src, data, stores),
     ]
 
 
@@ -186,6 +188,17 @@ def _big_upload(cfg: Config, src: Path, stores: Path) -> Section:
             f"copy {fmt_times(times['copy'])}.",
         ],
     )
+    section.throughput = [
+        Throughput(
+            f"Upload {label}, local",
+            {"optuna-cas": size / t_ours, "Optuna": size / t_optuna, "cp": size / t_cp},
+        ),
+        # Optuna and cp write the whole file again: their repeat is their fresh copy.
+        Throughput(
+            f"Upload {label} again, local",
+            {"optuna-cas": size / t_repeat, "Optuna": size / t_optuna, "cp": size / t_cp},
+        ),
+    ]
     if vs_cp < 0.8:
         section.notes.append(
             "Why the fresh target is missed: a fresh upload is two sequential passes, hash "
@@ -229,6 +242,7 @@ def _checkpoint(cfg: Config, data: Path, stores: Path) -> Section:
     (ours_bytes, ours_t), (theirs_bytes, theirs_t) = results["ours"], results["optuna"]
     n = cfg.checkpoint_uploads
     label = mib(cfg.checkpoint)
+    total = n * cfg.checkpoint
     return Section(
         f"3. {n} uploads of one {label} checkpoint",
         [
@@ -252,6 +266,12 @@ def _checkpoint(cfg: Config, data: Path, stores: Path) -> Section:
         [
             f"One copy of the checkpoint occupies {one_copy:,} bytes; ours adds {n} small refs "
             "and the fan-out directories."
+        ],
+        throughput=[
+            Throughput(
+                f"{n} uploads of one {label} checkpoint",
+                {"optuna-cas": total / ours_t, "Optuna": total / theirs_t},
+            )
         ],
     )
 
@@ -322,30 +342,62 @@ def _small_files(cfg: Config, data: Path, stores: Path) -> Section:
             "key validation (~14%), a `mkdir(exist_ok=True)` per write (~7%), a realpath of "
             "the parent per key (~7%).",
         ],
+        throughput=[
+            Throughput(
+                f"{cfg.small_files:,} uploads of {cfg.small_size // 1024} KiB files",
+                {
+                    "optuna-cas": ops_ours * cfg.small_size,
+                    "Optuna": ops_theirs * cfg.small_size,
+                },
+            )
+        ],
     )
 
 
-def _rss(cfg: Config, src: Path, stores: Path) -> Section:
-    label = mib(cfg.big)
-    limit = 100 * MiB
-    base_optuna = run_child("import-optuna")
-    base_import = run_child("import")
-    base_study = run_child("study")
-    up_ours = run_child("upload-ours", str(stores / "rss-up-ours"), str(src))
-    up_theirs = run_child("upload-optuna", str(stores / "rss-up-optuna"), str(src))
+def _rss_at(src: Path, stores: Path) -> dict[str, Any]:
+    """Peak memory of a child uploading ``src`` and one downloading it, ours and Optuna's."""
+    results = {
+        "optuna-cas upload": run_child("upload-ours", str(stores / "rss-up-ours"), str(src)),
+        "Optuna upload": run_child("upload-optuna", str(stores / "rss-up-optuna"), str(src)),
+    }
     remove(stores / "rss-up-ours")
     remove(stores / "rss-up-optuna")
-
     ours_dir, theirs_dir = stores / "rss-dl-ours", stores / "rss-dl-optuna"
     with open(src, "rb") as f:
         optuna_cas.FileSystemArtifactStore(ours_dir).write("bench-artifact", f)
     with open(src, "rb") as f:
         _optuna_store(theirs_dir).write("bench-artifact", f)
     out_ours, out_theirs = stores / "rss-out-ours.bin", stores / "rss-out-optuna.bin"
-    dl_ours = run_child("download-ours", str(ours_dir), "bench-artifact", str(out_ours))
-    dl_theirs = run_child("download-optuna", str(theirs_dir), "bench-artifact", str(out_theirs))
+    results["optuna-cas download"] = run_child(
+        "download-ours", str(ours_dir), "bench-artifact", str(out_ours)
+    )
+    results["Optuna download"] = run_child(
+        "download-optuna", str(theirs_dir), "bench-artifact", str(out_theirs)
+    )
     for path in (ours_dir, theirs_dir, out_ours, out_theirs):
         remove(path)
+    return results
+
+
+def _rss(cfg: Config, src: Path, data: Path, stores: Path) -> Section:
+    label = mib(cfg.big)
+    limit = 100 * MiB
+    base_optuna = run_child("import-optuna")
+    base_import = run_child("import")
+    base_study = run_child("study")
+    by_size: dict[int, dict[str, Any]] = {}
+    for size in sorted({*cfg.rss_sizes, cfg.big}):
+        if size == cfg.big:
+            by_size[size] = _rss_at(src, stores)
+            continue
+        smaller = make_random_file(data / f"rss-{size}.bin", size, seed=4)
+        warm_page_cache(smaller)
+        by_size[size] = _rss_at(smaller, stores)
+        remove(smaller)
+    up_ours, up_theirs, dl_ours, dl_theirs = (
+        by_size[cfg.big][k]
+        for k in ("optuna-cas upload", "Optuna upload", "optuna-cas download", "Optuna download")
+    )
 
     def cell(r: Any) -> str:
         return f"{mib(r.peak_rss)} (anon {mib(r.peak_anon)})"
@@ -403,6 +455,26 @@ def _rss(cfg: Config, src: Path, stores: Path) -> Section:
             "`import optuna`.",
         ],
     )
+    section.memory = [
+        MemoryPoint(series, size, result.peak_rss)
+        for size, results in by_size.items()
+        for series, result in results.items()
+    ]
+    section.baselines = {"import optuna_cas + study": base_study.peak_rss}
+    smaller = [size for size in sorted(by_size) if size != cfg.big]
+    if smaller:
+        section.notes.append(
+            "Smaller files, same children (peak RSS, MiB; the chart above draws them all): "
+            + "; ".join(
+                f"{mib(size)}: "
+                + ", ".join(
+                    f"{series} {result.peak_rss / MiB:.1f}"
+                    for series, result in by_size[size].items()
+                )
+                for size in smaller
+            )
+            + "."
+        )
     if up_ours.peak_rss >= limit and up_ours.peak_anon < limit:
         section.notes.append(
             "Why the upload target is missed: `hash_open_file` maps the whole file and hashes "

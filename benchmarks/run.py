@@ -6,9 +6,9 @@ Usage::
     python -m benchmarks.run --quick    # smoke test with small sizes (< 60 s)
     python -m benchmarks.run --only s3  # one group
 
-A full run writes ``docs/benchmarks.md``; ``--quick`` or ``--only`` write to
-``.bench-data/benchmarks-<mode>.md`` unless ``--output`` says otherwise, so a smoke test never
-replaces the real report. Test data lives in ``.bench-data/`` and is deleted afterwards.
+A full run writes ``docs/benchmarks.md`` and its charts to ``docs/img/``; ``--quick`` or
+``--only`` write to ``.bench-data/benchmarks-<mode>.md`` (charts in ``.bench-data/img/``)
+unless ``--output`` says otherwise, so a smoke test never replaces the real report. Test data lives in ``.bench-data/`` and is deleted afterwards.
 """
 
 from __future__ import annotations
@@ -50,7 +50,20 @@ def _machine() -> list[str]:
     ]
 
 
-def _report(sections: list[Section], command: str, started: dt.datetime, elapsed: float) -> str:
+def _charts(sections: list[Section], output: Path) -> list[str]:
+    """Draw the charts into ``img/`` beside the report; the Markdown that shows them."""
+    from benchmarks.charts import write_charts
+
+    lines = []
+    for chart in write_charts(sections, output.parent / "img"):
+        link = Path(os.path.relpath(chart.path, output.parent)).as_posix()
+        lines += [f"![{chart.alt}]({link})", "", chart.caption, ""]
+    return ["### At a glance", "", *lines] if lines else []
+
+
+def _report(
+    sections: list[Section], command: str, started: dt.datetime, elapsed: float, output: Path
+) -> str:
     met = [row.met for s in sections for row in s.rows if row.met is not None]
     lines = [
         "# Benchmarks",
@@ -70,6 +83,7 @@ def _report(sections: list[Section], command: str, started: dt.datetime, elapsed
         "(see DESIGN.md), so single timings swing by 2-4x; compare the ratios within a run, "
         "not absolute numbers across runs.",
         "",
+        *_charts(sections, output),
     ]
     lines.extend(render_section(s) for s in sections)
     return "\n".join(lines)
@@ -126,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             sections += run_lifecycle(cfg, data / "lifecycle")
     finally:
         shutil.rmtree(data, ignore_errors=True)
-    report = _report(sections, command, started, time.perf_counter() - t0)
+    report = _report(sections, command, started, time.perf_counter() - t0, output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report + "\n")
     print(report)

@@ -16,6 +16,7 @@ from benchmarks._util import (
     MiB,
     Row,
     Section,
+    Throughput,
     fmt_times,
     make_random_file,
     measure,
@@ -180,6 +181,20 @@ def _throughput(cfg: Config, client: Any, src: Path, data: Path) -> Section:
             "its repeat-upload time (its reps above upload the same bytes again).",
         ],
     )
+    section.throughput = [
+        Throughput(
+            f"Upload {label}, S3 (moto)",
+            {"optuna-cas": size / t_up, "Optuna": size / t_up_theirs},
+        ),
+        Throughput(
+            f"Upload {label} again, S3 (moto)",
+            {"optuna-cas": size / t_repeat, "Optuna": size / t_up_theirs},
+        ),
+        Throughput(
+            f"Download {label}, S3 (moto)",
+            {"optuna-cas": size / t_down, "Optuna": size / t_down_theirs},
+        ),
+    ]
     if up_ratio < 1.0:
         section.notes.append(
             "Why the upload target is missed (measured with raw boto3 calls, 256 MiB, 4 x 8 "

@@ -17,7 +17,11 @@ from urllib.parse import unquote, urlsplit
 from optuna_cas.exceptions import StoreConfigError
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
-__all__ = ["open_store", "supported_schemes"]
+__all__ = ["ENDPOINT_ENV", "open_store", "supported_schemes"]
+
+#: Environment variable naming the S3-compatible endpoint of ``s3://`` URLs when no
+#: ``endpoint_url`` is passed (the CLI's ``--endpoint-url`` default too).
+ENDPOINT_ENV = "OPTUNA_CAS_ENDPOINT_URL"
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,12 @@ def open_store(
     Args:
         url: ``file:///abs/path`` or a plain path, ``s3://bucket/prefix``,
             ``gs://bucket/prefix``, or ``memory://``.
-        endpoint_url: S3-compatible endpoint (MinIO, R2, a local test server).
-        client: A ready SDK client for ``s3://`` or ``gs://``.
+        endpoint_url: S3-compatible endpoint (MinIO, R2, a local test server). For
+            ``s3://`` URLs without ``endpoint_url`` or ``client``, ``$OPTUNA_CAS_ENDPOINT_URL``
+            is used if set; else boto3 applies its own configuration (``AWS_ENDPOINT_URL``,
+            ``~/.aws/config``) and, failing that, AWS itself.
+        client: A ready SDK client for ``s3://`` or ``gs://`` (then no endpoint is read
+            from the environment: the client has its own).
         fsync: For local stores, make writes durable against power loss.
 
     Returns:
@@ -150,6 +158,9 @@ def open_store(
         if parts.query or parts.fragment:
             raise StoreConfigError(f"Store URL {text!r}: query strings are not supported")
         options["client"] = client
+        if scheme == "s3" and endpoint_url is None and client is None:
+            # The variable names a service for s3:// URLs only; empty means unset.
+            endpoint_url = os.environ.get(ENDPOINT_ENV) or None
         if endpoint_url is not None:
             if scheme != "s3":
                 raise StoreConfigError(f"endpoint_url applies to s3:// URLs, not {text!r}")
