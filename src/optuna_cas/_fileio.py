@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import io
 import os
+import secrets
 import stat
-import tempfile
 import threading
 from pathlib import Path
 from typing import BinaryIO
@@ -220,9 +220,12 @@ class PositionalReader(io.RawIOBase):
 
 
 def temp_beside(target: Path) -> tuple[int, str]:
-    """Create a private temp file in ``target``'s directory; errors name ``target``.
+    """Create a new temp file in ``target``'s directory, to become ``target``; errors name it.
 
-    Beside the target, a rename never crosses file systems.
+    Beside the target, a rename never crosses file systems. The file gets the mode any new
+    file gets (``0o666`` less the umask, and the directory's default ACL), as Optuna's own
+    ``download_artifact`` and ``open(path, "w")`` give: the published file is the user's
+    file, not a private temp (``mkstemp`` would make it ``0o600``).
 
     Returns:
         (descriptor, temp path).
@@ -232,19 +235,29 @@ def temp_beside(target: Path) -> tuple[int, str]:
         OSError: The directory is not writable (the message names ``target``).
 
     Example:
-        >>> import os, tempfile
+        >>> import os, stat, tempfile
         >>> from pathlib import Path
         >>> fd, name = temp_beside(Path(tempfile.mkdtemp()) / "model.pt"); os.close(fd)
         >>> os.path.basename(name).startswith(".model.pt.")
         True
+        >>> old = os.umask(0o027); fd, name = temp_beside(Path(name)); _ = os.umask(old)
+        >>> oct(stat.S_IMODE(os.fstat(fd).st_mode)); os.close(fd)
+        '0o640'
     """
     directory = target.parent if str(target.parent) else Path(".")
-    try:
-        return tempfile.mkstemp(
-            prefix=f".{shorten_name(target.name, 64)}.", suffix=".partial", dir=directory
-        )
-    except OSError as e:
-        raise type(e)(e.errno, f"Cannot create {str(target)!r}: {e.strerror}") from None
+    prefix = f".{shorten_name(target.name, 64)}."
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    for _attempt in range(100):
+        name = os.path.join(directory, f"{prefix}{secrets.token_hex(6)}.partial")
+        try:
+            # 0o666: the kernel applies the umask (and default ACLs) itself. Reading the
+            # umask to compute a mode would mean changing it, which races other threads.
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise type(e)(e.errno, f"Cannot create {str(target)!r}: {e.strerror}") from None
+    raise FileExistsError(f"Cannot create a temp file beside {str(target)!r}: names all taken")
 
 
 def publish_new_file(temp: Path, target: Path) -> None:
