@@ -141,9 +141,6 @@ class BlobCache(Protocol):
         ...
 
 
-ProgressCallback = Callable[[int], None]
-
-
 class ContentStore:
     """Blobs and refs on top of any :class:`~optuna_cas.backends.base.Backend`.
 
@@ -418,13 +415,7 @@ class ContentStore:
         name = f"blob {digest} in {self.describe()}"
         return io.BufferedReader(VerifyingReader(raw, digest, name=name), CHUNK_SIZE)
 
-    def materialize_blob(
-        self,
-        digest: Digest,
-        path: str | os.PathLike[str],
-        *,
-        progress: ProgressCallback | None = None,
-    ) -> None:
+    def materialize_blob(self, digest: Digest, path: str | os.PathLike[str]) -> None:
         """Write the blob to the new file ``path``: verified, atomic, never overwriting.
 
         Raises:
@@ -443,15 +434,10 @@ class ContentStore:
         target = Path(path)
         key = blob_key(digest)
         if self._blob_cache is not None:
-            # Progress counts what comes from the store; a cache hit is a local copy.
-            def fetch() -> BinaryIO:
-                reader = self._backend.open_reader(key)
-                return reader if progress is None else _CountingReader(reader, progress)  # type: ignore[return-value]
-
-            self._blob_cache.materialize(digest, target, fetch)
+            self._blob_cache.materialize(digest, target, lambda: self._backend.open_reader(key))
             return
         with self.open_blob(digest) as reader:
-            materialize(reader, target, progress=progress)
+            materialize(reader, target)
 
     def remove_blob(self, digest: Digest) -> None:
         """Delete a blob (callers must make sure no ref needs it: see :func:`optuna_cas.gc`).
@@ -720,9 +706,7 @@ class ContentStore:
             return None
 
 
-def materialize(
-    reader: BinaryIO, target: Path, *, progress: ProgressCallback | None = None
-) -> None:
+def materialize(reader: BinaryIO, target: Path) -> None:
     """Copy ``reader`` into a new file at ``target`` atomically, never overwriting.
 
     Bytes go to a temp file beside ``target``; only when the reader reached EOF cleanly (a
@@ -732,7 +716,6 @@ def materialize(
     Args:
         reader: The content (typically verifying).
         target: The new file.
-        progress: Called with the number of bytes after each chunk.
 
     Raises:
         FileExistsError: ``target`` exists (checked again at publication, atomically).
@@ -753,38 +736,12 @@ def materialize(
             view = memoryview(buffer)
             while n := readinto(reader, view):
                 out.write(view[:n])
-                if progress is not None:
-                    progress(n)
         publish_new_file(Path(temp_name), target)
     finally:
         try:
             os.unlink(temp_name)
         except FileNotFoundError:
             pass
-
-
-class _CountingReader(io.RawIOBase):
-    """Passes reads through and reports how many bytes went by."""
-
-    def __init__(self, inner: BinaryIO, progress: ProgressCallback) -> None:
-        super().__init__()
-        self._inner = inner
-        self._progress = progress
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        n = readinto(self._inner, memoryview(buffer).cast("B"))
-        if n:
-            self._progress(n)
-        return n
-
-    def close(self) -> None:
-        try:
-            self._inner.close()
-        finally:
-            super().close()
 
 
 def _copy_to_spool(source: BinaryIO, out: BinaryIO) -> None:
