@@ -656,7 +656,9 @@ def test_ls_lists_everything_the_store_serves(
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def run_on_terminal(*args: str, columns: int = 80) -> tuple[int, str, str]:
+def run_on_terminal(
+    *args: str, columns: int = 80, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     """Run the CLI with stderr on a pseudo-terminal of ``columns`` columns; (rc, stdout, tty)."""
     import fcntl
     import pty
@@ -665,7 +667,7 @@ def run_on_terminal(*args: str, columns: int = 80) -> tuple[int, str, str]:
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"}
+    env = {**os.environ, **(env or {}), "COLUMNS": str(columns), "TERM": "xterm"}
     proc = subprocess.Popen(
         [str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=slave, env=env, text=True
     )
@@ -691,24 +693,27 @@ def bar_segments(screen: str) -> list[str]:
 
 
 def test_put_and_get_show_progress_that_fits_an_80_column_terminal(
-    tmp_path: Path, make_file: Callable[..., Path]
+    store_env: tuple[str, dict[str, str]], tmp_path: Path, make_file: Callable[..., Path]
 ) -> None:
-    store = str(tmp_path / "store")
+    store, env = store_env
+    env = {**env, "OPTUNA_CAS_CACHE_DIR": str(tmp_path / "cache")}
     name = "a-checkpoint-with-a-rather-long-file-name-" + "x" * 60 + ".pt"
     src = make_file(random_bytes(32 * 1024 * 1024), name=name)
-    rc, stdout, screen = run_on_terminal("--store", store, "put", str(src))
+    rc, stdout, screen = run_on_terminal("--store", store, "put", str(src), env=env)
     assert rc == 0, screen
     segments = bar_segments(screen)
     assert any(s.startswith("put a-check") and "%|" in s for s in segments), segments
     assert all(len(s) <= 80 for s in segments), [s for s in segments if len(s) > 80]
     artifact_id = stdout.splitlines()[-1]
-    rc, _, screen = run_on_terminal("--store", store, "get", artifact_id, str(tmp_path / "o"))
+    rc, _, screen = run_on_terminal(
+        "--store", store, "get", artifact_id, str(tmp_path / "o"), env=env
+    )
     assert rc == 0, screen
     segments = bar_segments(screen)
     assert any(s.startswith("get a-check") for s in segments), segments
     assert all(len(s) <= 80 for s in segments), [s for s in segments if len(s) > 80]
     # Without a terminal there is no bar at all.
-    piped = run("--store", store, "put", str(src))
+    piped = run("--store", store, "put", str(src), env=env)
     assert piped.stderr == ""
 
 
