@@ -31,7 +31,7 @@ __all__ = ["main"]
 STORE_ENV = "OPTUNA_CAS_STORE"
 ENDPOINT_ENV = "OPTUNA_CAS_ENDPOINT_URL"
 GLOBAL_OPTIONS_NOTE = (
-    "global options (--store, --json, -q, --retries, ...) may also follow the command: "
+    "global options (--store, --json, -q, --retries, ...) may also follow the command;\n"
     "see 'optuna-cas --help'"
 )
 

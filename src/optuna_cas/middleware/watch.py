@@ -53,6 +53,8 @@ class TransferWatch:
 
     def __init__(self, task: str, total: int | None, progress: ProgressCallback | None = None):
         self._progress = Progress(task, total, progress)
+        self.reporting = progress is not None
+        """Whether anyone is told of the progress (else only the outcome is recorded)."""
         self._lock = threading.Lock()
         self.stored_new_blob = False
         """Whether the operation stored a blob the store did not hold before."""
@@ -207,8 +209,12 @@ class _WatchedStaged:
         self._watch = watch
         self.fd = staged.fd
         self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="optuna-cas-progress", daemon=True)
-        self._poller.start()
+        self._poller: threading.Thread | None = None
+        if watch.reporting:
+            self._poller = threading.Thread(
+                target=self._poll, name="optuna-cas-progress", daemon=True
+            )
+            self._poller.start()
 
     def _poll(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
@@ -220,7 +226,8 @@ class _WatchedStaged:
     def _stop_polling(self) -> None:
         # Before the descriptor is closed: fstat must never see a reused number.
         self._stop.set()
-        self._poller.join()
+        if self._poller is not None:
+            self._poller.join()
 
     def commit(self, key: str) -> None:
         self._stop_polling()
