@@ -270,6 +270,7 @@ class Config:
     sync_total: int
     sync_artifacts: int
     sync_reps: int
+    startup_reps: int  # fresh interpreters per start-up contender
 
 
 FULL = Config(
@@ -293,6 +294,7 @@ FULL = Config(
     sync_total=GiB,
     sync_artifacts=100,
     sync_reps=3,
+    startup_reps=10,
 )
 QUICK = Config(
     big=64 * MiB,
@@ -315,4 +317,5 @@ QUICK = Config(
     sync_total=40 * MiB,
     sync_artifacts=10,
     sync_reps=1,
+    startup_reps=3,
 )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -64,7 +68,7 @@ def test_put_ls_get_rm_gc_verify_round_trip(
     first = run("put", str(src), env=env).stdout.strip().splitlines()[-1]
     second = run("put", str(src), env=env).stdout.strip().splitlines()[-1]
     assert first != second
-    listing = json.loads(run("ls", "--json", env=env).stdout)
+    listing = json.loads(run("ls", "--json", env=env).stdout)["artifacts"]
     assert {row["artifact_id"] for row in listing} == {first, second}
     assert all(row["filename"] == "model.pt" and row["size"] == len(data) for row in listing)
     stats = json.loads(run("stats", "--json", env=env).stdout)
@@ -113,13 +117,14 @@ def test_optuna_options_record_metadata(tmp_path: Path, make_file: Callable[...,
         "--trial",
         "0",
     ).stdout.splitlines()[-1]
-    rows = json.loads(run("ls", "--storage", db, "--study", "cli", "--trial", "0", "--json").stdout)
+    rows = json.loads(
+        run("ls", "--storage", db, "--study", "cli", "--trial", "0", "--json").stdout
+    )["artifacts"]
     assert [(r["artifact_id"], r["mimetype"]) for r in rows] == [(artifact_id, "image/png")]
     run("--store", store, "rm", artifact_id, "--storage", db, "--study", "cli", "--trial", "0")
-    assert (
-        json.loads(run("ls", "--storage", db, "--study", "cli", "--trial", "0", "--json").stdout)
-        == []
-    )
+    assert json.loads(
+        run("ls", "--storage", db, "--study", "cli", "--trial", "0", "--json").stdout
+    ) == {"artifacts": []}
 
 
 @pytest.mark.parametrize(
@@ -128,12 +133,12 @@ def test_optuna_options_record_metadata(tmp_path: Path, make_file: Callable[...,
         (["--store", "ftp://x/y", "stats"], 1, "scheme 'ftp' is not one of"),
         (["stats"], 2, "no store given"),
         (
-            ["--store", "{tmp}/s", "get", "00000000-0000-0000-0000-000000000000", "{tmp}/o"],
+            ["--store", "{tmp}", "get", "00000000-0000-0000-0000-000000000000", "{tmp}/o"],
             1,
             "not found",
         ),
         (["--store", "{tmp}/s", "put", "{tmp}/missing.bin"], 1, "no such file"),
-        (["--store", "{tmp}/s", "get", "../etc/passwd", "{tmp}/o"], 1, "Invalid artifact_id"),
+        (["--store", "{tmp}", "get", "../etc/passwd", "{tmp}/o"], 1, "Invalid artifact_id"),
         (["--store", "{tmp}/s", "frobnicate"], 2, "invalid choice"),
         (["ls", "--study", "x"], 2, "--study and --storage go together"),
     ],
@@ -180,38 +185,12 @@ def test_every_command_has_help_with_an_example() -> None:
 
 def test_python_dash_m_works(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "optuna_cas", "--store", str(tmp_path / "s"), "stats", "--json"],
+        [sys.executable, "-m", "optuna_cas", "--store", str(tmp_path), "stats", "--json"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0 and json.loads(result.stdout)["artifacts"] == 0
-
-
-def test_progress_bar_only_on_a_terminal() -> None:
-    import io
-
-    from optuna_cas._progress_bar import ProgressBar
-
-    class FakeTTY(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    piped = io.StringIO()
-    bar = ProgressBar(stream=piped)
-    bar("get x", 10, 100)
-    bar.close()
-    assert piped.getvalue() == ""
-    tty = FakeTTY()
-    bar = ProgressBar(stream=tty)
-    bar("get x", 50, 100)
-    bar("get x", 100, 100)
-    bar.close()
-    assert "get x [" in tty.getvalue() and "100%" in tty.getvalue() and "ETA" in tty.getvalue()
-    quiet = FakeTTY()
-    bar = ProgressBar(stream=quiet, enabled=False)
-    bar("get x", 100, 100)
-    assert quiet.getvalue() == ""
 
 
 # -- terminal safety: values from refs, attributes, file names and errors are escaped ---------
@@ -268,9 +247,9 @@ def test_human_output_escapes_control_and_bidi_characters(
     assert warning.startswith("optuna-cas: warning: artifact metadata 'artifacts:\\x1b[2Jbad'")
 
     # --json stays exact.
-    rows = json.loads(run("ls", *trial, "--json").stdout)
+    rows = json.loads(run("ls", *trial, "--json").stdout)["artifacts"]
     assert {r["filename"] for r in rows} == {EVIL, "\x07bell"}
-    stored = json.loads(run("--store", store, "ls", "--json").stdout)
+    stored = json.loads(run("--store", store, "ls", "--json").stdout)["artifacts"]
     assert [r["filename"] for r in stored] == [EVIL]
 
     removed = run("--store", store, "rm", artifact_id, *trial)
@@ -279,8 +258,7 @@ def test_human_output_escapes_control_and_bidi_characters(
 
 def test_verify_escapes_ids_of_bad_refs(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    run("--store", str(store), "stats")  # creates the layout
-    (store / "refs").mkdir(exist_ok=True)
+    (store / "refs").mkdir(parents=True)
     (store / "refs" / "ref\u202eevil").write_bytes(b"[" * 100_000)
     result = run("--store", str(store), "verify", check=False)
     assert result.returncode == 1
@@ -362,4 +340,400 @@ def test_bad_numbers_are_usage_errors(
     ],
 )
 def test_good_numbers_at_the_bounds_are_accepted(tmp_path: Path, args: list[str]) -> None:
-    run("--store", str(tmp_path / "store"), "-q", *args)
+    run("--store", str(tmp_path), "-q", *args)
+
+
+# -- a CLI for people and scripts ------------------------------------------------------------
+
+UUID0 = "00000000-0000-0000-0000-000000000000"
+
+
+def run_bytes(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    result = subprocess.run(
+        [str(SCRIPT), *args], capture_output=True, env={**os.environ, **(env or {})}, timeout=120
+    )
+    assert result.returncode == 0, result
+    return result
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ls"],
+        ["stats"],
+        ["verify"],
+        ["get", UUID0, "{tmp}/out"],
+        ["rm", UUID0],
+        ["gc"],
+        ["sync", "{store}", "{tmp}/dst"],
+    ],
+    ids=lambda c: c[0],
+)
+@pytest.mark.parametrize("form", ["path", "file-url"])
+def test_read_commands_never_create_a_store(tmp_path: Path, command: list[str], form: str) -> None:
+    typo = tmp_path / "artifcats"
+    store = str(typo) if form == "path" else f"file://{typo}"
+    args = [a.format(tmp=tmp_path, store=store) for a in command]
+    if args[0] != "sync":
+        args = ["--store", store, *args]
+    result = run(*args, check=False)
+    assert result.returncode == 1, result
+    assert f"no store at '{typo}'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing created, dst included
+
+
+def test_put_and_sync_destination_create_a_store(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    run("--store", str(tmp_path / "new"), "put", str(make_file(b"x")))
+    assert (tmp_path / "new").is_dir()
+    run("sync", str(tmp_path / "new"), f"file://{tmp_path / 'copy'}")
+    assert (
+        json.loads(run("--store", str(tmp_path / "copy"), "stats", "--json").stdout)["artifacts"]
+        == 1
+    )
+
+
+def test_json_on_every_command_is_one_document_on_stdout(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    store = str(tmp_path / "store")
+    env = {"OPTUNA_CAS_STORE": store, "OPTUNA_CAS_CACHE_DIR": str(tmp_path / "cache")}
+    src = make_file(b"checkpoint", name="model.pt")
+
+    def doc(*args: str, before: bool = False) -> dict[str, Any]:
+        # --json is a global option: before the command or after it, the same document.
+        argv = ["--json", *args] if before else [*args, "--json"]
+        out = run(*argv, env=env).stdout
+        parsed = json.loads(out)  # the whole of stdout: one document, nothing else
+        assert isinstance(parsed, dict), out
+        return parsed
+
+    put = doc("put", str(src))
+    (row,) = put["artifacts"]
+    assert (row["filename"], row["size"], row["already_stored"]) == ("model.pt", 10, False)
+    artifact_id = row["artifact_id"]
+    got = doc("get", artifact_id, str(tmp_path / "out.pt"), before=True)
+    assert (got["size"], got["verified"], got["digest"]) == (10, True, row["digest"])
+    assert [r["artifact_id"] for r in doc("ls")["artifacts"]] == [artifact_id]
+    assert doc("stats", before=True)["artifacts"] == 1
+    assert doc("verify")["ok"] is True
+    assert doc("sync", store, str(tmp_path / "copy"), before=True)["blobs_copied"] == 1
+    assert doc("cache", "info")["entries"] == 0
+    assert doc("rm", artifact_id, before=True) == {"removed": [artifact_id]}
+    assert doc("gc", "--grace", "0", "--allow-short-grace")["deleted_count"] == 1
+
+
+def test_put_takes_several_files_and_prints_their_ids_in_order(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    store = str(tmp_path / "store")
+    files = [make_file(f"content {i}".encode(), name=f"f{i}.txt") for i in range(3)]
+    out = run("--store", store, "put", *map(str, files)).stdout.splitlines()
+    ids = out[-3:]
+    listing = json.loads(run("--store", store, "ls", "--json").stdout)["artifacts"]
+    by_id = {r["artifact_id"]: r["filename"] for r in listing}
+    assert [by_id[i] for i in ids] == ["f0.txt", "f1.txt", "f2.txt"]
+    quiet = run("--store", store, "-q", "put", *map(str, files)).stdout.splitlines()
+    assert len(quiet) == 3 and not set(quiet) & set(ids)
+
+
+def test_put_says_when_the_bytes_were_already_stored(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    store = str(tmp_path / "store")
+    src = make_file(random_bytes(100_000), name="model.pt")
+    first = run("--store", store, "put", str(src)).stdout
+    assert "stored model.pt" in first and "already" not in first
+    second = run("--store", store, "put", str(src)).stdout
+    assert "model.pt: these bytes were already stored" in second
+    again = json.loads(run("--store", store, "put", str(src), "--json").stdout)
+    assert again["artifacts"][0]["already_stored"] is True
+
+
+def test_put_says_already_stored_on_every_store(
+    store_env: tuple[str, dict[str, str]], make_file: Callable[..., Path]
+) -> None:
+    url, env = store_env
+    src = make_file(random_bytes(50_000), name="model.pt")
+    first = json.loads(run("--store", url, "put", str(src), "--json", env=env).stdout)
+    second = json.loads(run("--store", url, "put", str(src), "--json", env=env).stdout)
+    assert first["artifacts"][0]["already_stored"] is False
+    assert second["artifacts"][0]["already_stored"] is True
+
+
+def test_get_into_a_directory_and_to_stdout(tmp_path: Path, make_file: Callable[..., Path]) -> None:
+    store = str(tmp_path / "store")
+    data = random_bytes(300_000)
+    artifact_id = run("--store", store, "put", str(make_file(data, name="model.pt"))).stdout
+    artifact_id = artifact_id.splitlines()[-1]
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    out = run("--store", store, "get", artifact_id, f"{downloads}/").stdout
+    assert (downloads / "model.pt").read_bytes() == data
+    assert "downloads/model.pt" in out
+    # An existing directory without the slash is a directory too; never overwritten.
+    again = run("--store", store, "get", artifact_id, str(downloads), check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    piped = run_bytes("--store", store, "get", artifact_id, "-")
+    assert piped.stdout == data
+    assert b"wrote" in piped.stderr  # the summary goes to stderr: stdout is the data
+    quiet = run_bytes("--store", store, "-q", "get", artifact_id, "-")
+    assert quiet.stdout == data and quiet.stderr == b""
+
+
+def test_get_into_a_directory_refuses_a_hostile_recorded_file_name(tmp_path: Path) -> None:
+    from optuna_cas import FileSystemArtifactStore
+
+    store = FileSystemArtifactStore(tmp_path / "store")
+    store.put("a1", io.BytesIO(b"payload"), filename="../escaped")
+    store.put("a2", io.BytesIO(b"payload"), filename="name\x1b[2J")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    for artifact_id in ("a1", "a2"):
+        result = run(
+            "--store", str(tmp_path / "store"), "get", artifact_id, f"{downloads}/", check=False
+        )
+        assert result.returncode == 1 and "not a plain file name" in result.stderr
+        assert_no_raw_controls(result.stderr)
+    assert list(downloads.iterdir()) == [] and not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_downloaded_files_get_the_mode_the_umask_gives(
+    tmp_path: Path, make_file: Callable[..., Path], umask: int, mode: int
+) -> None:
+    store = str(tmp_path / "store")
+    artifact_id = run("--store", store, "put", str(make_file(b"weights"))).stdout.splitlines()[-1]
+    out = tmp_path / "cli.bin"
+    result = subprocess.run(
+        [str(SCRIPT), "--store", store, "get", artifact_id, str(out)],
+        capture_output=True,
+        text=True,
+        umask=umask,
+        timeout=120,
+    )
+    assert result.returncode == 0, result
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+    # The library itself, also through the cache (a miss, then a hit).
+    script = (
+        "import sys\n"
+        "from optuna_cas import CachedArtifactStore, FileSystemArtifactStore, download_artifact\n"
+        "store = FileSystemArtifactStore(sys.argv[1])\n"
+        "download_artifact(artifact_store=store, file_path=sys.argv[3], artifact_id=sys.argv[2])\n"
+        "cached = CachedArtifactStore(store, directory=sys.argv[4])\n"
+        "for name in sys.argv[5:]:\n"
+        "    download_artifact(artifact_store=cached, file_path=name, artifact_id=sys.argv[2])\n"
+    )
+    names = [str(tmp_path / n) for n in ("lib.bin", "miss.bin", "hit.bin")]
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            store,
+            artifact_id,
+            names[0],
+            str(tmp_path / "cache"),
+            *names[1:],
+        ],
+        check=True,
+        umask=umask,
+        timeout=120,
+    )
+    assert [stat.S_IMODE(os.stat(n).st_mode) for n in names] == [mode] * 3
+
+
+def test_errors_speak_the_clis_language(tmp_path: Path, make_file: Callable[..., Path]) -> None:
+    store = str(tmp_path / "store")
+    run("--store", store, "put", str(make_file(b"x")))
+    short = run("--store", store, "gc", "--grace", "60", check=False)
+    assert short.returncode == 2
+    assert "--allow-short-grace" in short.stderr and "allow_short_grace" not in short.stderr
+    assert "--grace 60" in short.stderr and "grace_period" not in short.stderr
+
+    # Two studies in one storage: study "b"'s trial number 1 has another internal trial ID.
+    db = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    a = optuna.create_study(study_name="a", storage=db)
+    for _ in range(3):
+        a.ask()
+    b = optuna.create_study(study_name="b", storage=db)
+    b.ask()
+    finished = b.ask()
+    b.tell(finished, 1.0)
+    assert finished._trial_id != finished.number
+    target = ["--storage", db, "--study", "b", "--trial", "1"]
+    put = run("--store", store, "put", str(make_file(b"y")), *target, check=False)
+    assert put.returncode == 1
+    assert "trial 1 of study 'b' has finished (COMPLETE)" in put.stderr
+    assert "leave out --trial" in put.stderr and "Trial#" not in put.stderr
+    assert f"trial {finished._trial_id}" not in put.stderr
+    rm = run(
+        "--store", store, "rm", UUID0, "--storage", db, "--study", "b", "--trial", "0", check=False
+    )
+    assert rm.returncode == 1
+    assert "is not recorded on trial 0 of study 'b'" in rm.stderr, rm.stderr
+    missing = run("ls", "--storage", db, "--study", "b", "--trial", "9", check=False)
+    assert missing.returncode == 1 and "study 'b' has no trial number 9" in missing.stderr
+
+
+def test_subcommand_help_does_not_repeat_the_global_options(tmp_path: Path) -> None:
+    top = run("--help").stdout
+    for option in ("--endpoint-url", "--retries", "--cache-dir", "--no-cache", "--json"):
+        assert option in top
+    for name in ("ls", "put", "get", "gc"):
+        text = run(name, "--help").stdout
+        assert "--endpoint-url" not in text and "--cache-dir" not in text, text
+        assert "global options" in text
+    # ... yet they are still accepted after the command.
+    run("stats", "--store", str(tmp_path), "--retries", "1", "--json")
+
+
+def test_ls_lists_everything_the_store_serves(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    import optuna.artifacts
+
+    base = tmp_path / "store"
+    base.mkdir()
+    db = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    study = optuna.create_study(study_name="s", storage=db)
+    trial = study.ask()
+    # Written by Optuna's own store before the switch: a flat file, no ref.
+    legacy_id = optuna.artifacts.upload_artifact(
+        artifact_store=optuna.artifacts.FileSystemArtifactStore(str(base)),
+        file_path=str(make_file(b"old weights", name="old.pt")),
+        study_or_trial=trial,
+    )
+    store_args = ["--store", str(base)]
+    study_level = run(
+        *store_args,
+        "put",
+        str(make_file(b"notes", name="notes.txt")),
+        "--storage",
+        db,
+        "--study",
+        "s",
+    ).stdout.splitlines()[-1]
+    on_trial = run(
+        *store_args,
+        "put",
+        str(make_file(b"new", name="new.pt")),
+        "--storage",
+        db,
+        "--study",
+        "s",
+        "--trial",
+        "0",
+    ).stdout.splitlines()[-1]
+
+    rows = json.loads(run(*store_args, "ls", "--json").stdout)["artifacts"]
+    assert {r["artifact_id"]: r["origin"] for r in rows} == {
+        study_level: "optuna-cas",
+        on_trial: "optuna-cas",
+        legacy_id: "optuna-store",
+    }
+    (legacy,) = [r for r in rows if r["artifact_id"] == legacy_id]
+    assert legacy["size"] == len(b"old weights") and legacy["digest"] is None
+    human = run(*store_args, "ls").stdout
+    assert legacy_id in human and "1 written by Optuna's own store" in human
+
+    listed = json.loads(run("ls", "--storage", db, "--study", "s", "--json").stdout)
+    got = {(r["artifact_id"], r["trial"]) for r in listed["artifacts"]}
+    assert got == {(study_level, None), (on_trial, 0), (legacy_id, 0)}
+    trial_only = json.loads(
+        run("ls", "--storage", db, "--study", "s", "--trial", "0", "--json").stdout
+    )["artifacts"]
+    assert {r["artifact_id"] for r in trial_only} == {on_trial, legacy_id}
+    # And get serves the legacy object (unverified: Optuna kept no digest).
+    out = run(*store_args, "get", legacy_id, str(tmp_path / "old.pt")).stdout
+    assert "not verified" in out and (tmp_path / "old.pt").read_bytes() == b"old weights"
+
+
+# -- progress on a terminal -----------------------------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run_on_terminal(
+    *args: str, columns: int = 80, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run the CLI with stderr on a pseudo-terminal of ``columns`` columns; (rc, stdout, tty)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {**os.environ, **(env or {}), "COLUMNS": str(columns), "TERM": "xterm"}
+    proc = subprocess.Popen(
+        [str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=slave, env=env, text=True
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    stdout = proc.stdout.read() if proc.stdout else ""
+    rc = proc.wait(timeout=120)
+    os.close(master)
+    return rc, stdout, b"".join(chunks).decode("utf-8", "replace")
+
+
+def bar_segments(screen: str) -> list[str]:
+    """Every state a line of the terminal was drawn in (redraws start with a carriage return)."""
+    return [ANSI.sub("", s) for s in re.split(r"[\r\n]", screen) if s.strip()]
+
+
+def test_put_and_get_show_progress_that_fits_an_80_column_terminal(
+    store_env: tuple[str, dict[str, str]], tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    store, env = store_env
+    env = {**env, "OPTUNA_CAS_CACHE_DIR": str(tmp_path / "cache")}
+    name = "a-checkpoint-with-a-rather-long-file-name-" + "x" * 60 + ".pt"
+    src = make_file(random_bytes(32 * 1024 * 1024), name=name)
+    rc, stdout, screen = run_on_terminal("--store", store, "put", str(src), env=env)
+    assert rc == 0, screen
+    segments = bar_segments(screen)
+    assert any(s.startswith("put a-check") and "%|" in s for s in segments), segments
+    assert all(len(s) <= 80 for s in segments), [s for s in segments if len(s) > 80]
+    artifact_id = stdout.splitlines()[-1]
+    rc, _, screen = run_on_terminal(
+        "--store", store, "get", artifact_id, str(tmp_path / "o"), env=env
+    )
+    assert rc == 0, screen
+    segments = bar_segments(screen)
+    assert any(s.startswith("get a-check") for s in segments), segments
+    assert all(len(s) <= 80 for s in segments), [s for s in segments if len(s) > 80]
+    # Without a terminal there is no bar at all.
+    piped = run("--store", store, "put", str(src), env=env)
+    assert piped.stderr == ""
+
+
+def test_terminal_progress_draws_only_on_a_terminal() -> None:
+    from optuna_cas._bars import TerminalProgress
+
+    class FakeTTY(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    piped = io.StringIO()
+    with TerminalProgress(stream=piped) as bar:
+        bar("get x", 10, 100)
+    assert piped.getvalue() == ""
+    tty = FakeTTY()
+    with TerminalProgress(stream=tty) as bar:
+        bar("get x", 50, 100)
+        bar("get x", 100, 100)
+    assert "get x" in tty.getvalue() and "%|" in tty.getvalue()
+    quiet = FakeTTY()
+    with TerminalProgress(stream=quiet, enabled=False) as bar:
+        bar("get x", 100, 100)
+    assert quiet.getvalue() == ""

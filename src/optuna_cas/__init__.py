@@ -15,26 +15,60 @@ Example:
 
 from __future__ import annotations
 
-from optuna_cas import exceptions
-from optuna_cas._delete import delete_artifact
-from optuna_cas._download import download_artifact
-from optuna_cas._list_artifact_meta import get_all_artifact_meta
-from optuna_cas._meta import ArtifactMeta
-from optuna_cas._upload import upload_artifact
-from optuna_cas.digest import Digest
-from optuna_cas.middleware.backoff import Backoff
-from optuna_cas.middleware.cache import CachedArtifactStore, CacheInfo, DiskBlobCache
-from optuna_cas.operations.gc import GcReport, gc
-from optuna_cas.operations.stats import StoreStats, stats
-from optuna_cas.operations.sync import SyncReport, sync
-from optuna_cas.operations.verify import VerifyReport, verify
-from optuna_cas.refs import ArtifactRef
-from optuna_cas.registry import open_store
-from optuna_cas.stores.base import ContentAddressedArtifactStore
-from optuna_cas.stores.boto3 import Boto3ArtifactStore
-from optuna_cas.stores.filesystem import FileSystemArtifactStore
-from optuna_cas.stores.gcs import GCSArtifactStore
-from optuna_cas.stores.memory import MemoryArtifactStore
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public names are imported on first use (PEP 562): ``import optuna_cas`` and the
+# ``optuna-cas`` command start fast, and a command imports only what it uses.
+_WHERE: dict[str, str] = {
+    "ArtifactMeta": "optuna_cas._meta",
+    "ArtifactRef": "optuna_cas.refs",
+    "Backoff": "optuna_cas.middleware.backoff",
+    "Boto3ArtifactStore": "optuna_cas.stores.boto3",
+    "CacheInfo": "optuna_cas.middleware.cache",
+    "CachedArtifactStore": "optuna_cas.middleware.cache",
+    "ContentAddressedArtifactStore": "optuna_cas.stores.base",
+    "Digest": "optuna_cas.digest",
+    "DiskBlobCache": "optuna_cas.middleware.cache",
+    "FileSystemArtifactStore": "optuna_cas.stores.filesystem",
+    "GCSArtifactStore": "optuna_cas.stores.gcs",
+    "GcReport": "optuna_cas.operations.gc",
+    "MemoryArtifactStore": "optuna_cas.stores.memory",
+    "StoreStats": "optuna_cas.operations.stats",
+    "SyncReport": "optuna_cas.operations.sync",
+    "VerifyReport": "optuna_cas.operations.verify",
+    "delete_artifact": "optuna_cas._delete",
+    "download_artifact": "optuna_cas._download",
+    "gc": "optuna_cas.operations.gc",
+    "get_all_artifact_meta": "optuna_cas._list_artifact_meta",
+    "open_store": "optuna_cas.registry",
+    "stats": "optuna_cas.operations.stats",
+    "sync": "optuna_cas.operations.sync",
+    "upload_artifact": "optuna_cas._upload",
+    "verify": "optuna_cas.operations.verify",
+}
+
+if TYPE_CHECKING:
+    from optuna_cas import exceptions
+    from optuna_cas._delete import delete_artifact
+    from optuna_cas._download import download_artifact
+    from optuna_cas._list_artifact_meta import get_all_artifact_meta
+    from optuna_cas._meta import ArtifactMeta
+    from optuna_cas._upload import upload_artifact
+    from optuna_cas.digest import Digest
+    from optuna_cas.middleware.backoff import Backoff
+    from optuna_cas.middleware.cache import CachedArtifactStore, CacheInfo, DiskBlobCache
+    from optuna_cas.operations.gc import GcReport, gc
+    from optuna_cas.operations.stats import StoreStats, stats
+    from optuna_cas.operations.sync import SyncReport, sync
+    from optuna_cas.operations.verify import VerifyReport, verify
+    from optuna_cas.refs import ArtifactRef
+    from optuna_cas.registry import open_store
+    from optuna_cas.stores.base import ContentAddressedArtifactStore
+    from optuna_cas.stores.boto3 import Boto3ArtifactStore
+    from optuna_cas.stores.filesystem import FileSystemArtifactStore
+    from optuna_cas.stores.gcs import GCSArtifactStore
+    from optuna_cas.stores.memory import MemoryArtifactStore
 
 __all__ = [
     "ArtifactMeta",
@@ -66,3 +100,18 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "exceptions":
+        return importlib.import_module("optuna_cas.exceptions")
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'optuna_cas' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

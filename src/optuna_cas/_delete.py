@@ -62,13 +62,9 @@ def delete_artifact(
     target = resolve_target(study_or_trial, storage)
     key = ARTIFACTS_ATTR_PREFIX + artifact_id
     if not is_live(target, artifact_id):
-        where = (
-            f"trial {target.trial_id}"
-            if target.trial_id is not None
-            else f"study {target.study_id}"
-        )
         raise ArtifactNotFound(
-            f"Artifact {artifact_id!r} is not recorded on {where} (or was deleted)"
+            f"Artifact {artifact_id!r} is not recorded on {describe_target(target)} "
+            "(or was deleted)"
         )
     optuna = import_optuna()
     try:
@@ -84,6 +80,32 @@ def delete_artifact(
         artifact_store.remove(artifact_id)
     except ArtifactNotFound:
         pass  # the ref was already gone (e.g. removed by optuna-dashboard): metadata was the record
+
+
+def describe_target(target: MetadataTarget) -> str:
+    """A trial or study as its user knows it: the trial's *number* and the study's name.
+
+    Optuna's internal trial and study IDs (``Trial#17``) mean nothing to the person who
+    typed ``--trial 3``; they are shown only if the storage cannot name the study.
+
+    Example:
+        >>> import optuna
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> from optuna_cas._optuna import resolve_target
+        >>> study = optuna.create_study(study_name="demo")
+        >>> describe_target(resolve_target(study.ask(), None))
+        "trial 0 of study 'demo'"
+    """
+    storage = target.storage
+    try:
+        study = repr(storage.get_study_name_from_id(target.owning_study_id()))
+        if target.trial_id is None:
+            return f"study {study}"
+        return f"trial {storage.get_trial(target.trial_id).number} of study {study}"
+    except Exception:  # a storage that cannot say: the IDs are better than nothing
+        if target.trial_id is None:
+            return f"study with ID {target.study_id}"
+        return f"trial with ID {target.trial_id}"
 
 
 def deleted_on_study(target: MetadataTarget) -> set[str]:

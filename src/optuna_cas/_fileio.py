@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import io
 import os
+import secrets
 import stat
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +23,6 @@ from optuna_cas.digest import CHUNK_SIZE, readinto
 from optuna_cas.exceptions import UnsupportedSourceError
 
 __all__ = [
-    "ByteProgress",
-    "CountingReader",
     "PositionalReader",
     "describe_mode",
     "kernel_copy",
@@ -132,7 +130,7 @@ def kernel_copy(
     src_offset: int,
     dst_offset: int,
     cancel: threading.Event | None = None,
-    on_progress: object = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> tuple[int, bool]:
     """``copy_file_range`` from ``src_offset`` to EOF, at explicit offsets on both sides.
 
@@ -171,7 +169,7 @@ def kernel_copy(
         if n == 0:
             return copied, True
         copied += n
-        if callable(on_progress):
+        if on_progress is not None:
             on_progress(copied)
     return copied, False
 
@@ -225,9 +223,12 @@ class PositionalReader(io.RawIOBase):
 
 
 def temp_beside(target: Path) -> tuple[int, str]:
-    """Create a private temp file in ``target``'s directory; errors name ``target``.
+    """Create a new temp file in ``target``'s directory, to become ``target``; errors name it.
 
-    Beside the target, a rename never crosses file systems.
+    Beside the target, a rename never crosses file systems. The file gets the mode any new
+    file gets (``0o666`` less the umask, and the directory's default ACL), as Optuna's own
+    ``download_artifact`` and ``open(path, "w")`` give: the published file is the user's
+    file, not a private temp (``mkstemp`` would make it ``0o600``).
 
     Returns:
         (descriptor, temp path).
@@ -237,19 +238,29 @@ def temp_beside(target: Path) -> tuple[int, str]:
         OSError: The directory is not writable (the message names ``target``).
 
     Example:
-        >>> import os, tempfile
+        >>> import os, stat, tempfile
         >>> from pathlib import Path
         >>> fd, name = temp_beside(Path(tempfile.mkdtemp()) / "model.pt"); os.close(fd)
         >>> os.path.basename(name).startswith(".model.pt.")
         True
+        >>> old = os.umask(0o027); fd, name = temp_beside(Path(name)); _ = os.umask(old)
+        >>> oct(stat.S_IMODE(os.fstat(fd).st_mode)); os.close(fd)
+        '0o640'
     """
     directory = target.parent if str(target.parent) else Path(".")
-    try:
-        return tempfile.mkstemp(
-            prefix=f".{shorten_name(target.name, 64)}.", suffix=".partial", dir=directory
-        )
-    except OSError as e:
-        raise type(e)(e.errno, f"Cannot create {str(target)!r}: {e.strerror}") from None
+    prefix = f".{shorten_name(target.name, 64)}."
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    for _attempt in range(100):
+        name = os.path.join(directory, f"{prefix}{secrets.token_hex(6)}.partial")
+        try:
+            # 0o666: the kernel applies the umask (and default ACLs) itself. Reading the
+            # umask to compute a mode would mean changing it, which races other threads.
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise type(e)(e.errno, f"Cannot create {str(target)!r}: {e.strerror}") from None
+    raise FileExistsError(f"Cannot create a temp file beside {str(target)!r}: names all taken")
 
 
 def publish_new_file(temp: Path, target: Path) -> None:
@@ -278,11 +289,7 @@ def publish_new_file(temp: Path, target: Path) -> None:
         os.replace(temp, target)
 
 
-# progress(n): ``n`` more bytes went by (called often; keep it cheap).
-ByteProgress = Callable[[int], None]
-
-
-def materialize(reader: BinaryIO, target: Path, *, progress: ByteProgress | None = None) -> None:
+def materialize(reader: BinaryIO, target: Path) -> None:
     """Copy ``reader`` into a new file at ``target`` atomically, never overwriting.
 
     Bytes go to a temp file beside ``target``; only when the reader reached EOF cleanly (a
@@ -292,7 +299,6 @@ def materialize(reader: BinaryIO, target: Path, *, progress: ByteProgress | None
     Args:
         reader: The content (typically verifying).
         target: The new file.
-        progress: Called with the number of bytes after each chunk.
 
     Raises:
         FileExistsError: ``target`` exists (checked again at publication, atomically).
@@ -313,47 +319,12 @@ def materialize(reader: BinaryIO, target: Path, *, progress: ByteProgress | None
             view = memoryview(buffer)
             while n := readinto(reader, view):
                 out.write(view[:n])
-                if progress is not None:
-                    progress(n)
         publish_new_file(Path(temp_name), target)
     finally:
         try:
             os.unlink(temp_name)
         except FileNotFoundError:
             pass
-
-
-class CountingReader(io.RawIOBase):
-    """Passes reads through and reports how many bytes went by.
-
-    Example:
-        >>> import io
-        >>> seen = []
-        >>> CountingReader(io.BytesIO(b"abc"), seen.append).read()
-        b'abc'
-        >>> seen
-        [3]
-    """
-
-    def __init__(self, inner: BinaryIO, progress: ByteProgress) -> None:
-        super().__init__()
-        self._inner = inner
-        self._progress = progress
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        n = readinto(self._inner, memoryview(buffer).cast("B"))
-        if n:
-            self._progress(n)
-        return n
-
-    def close(self) -> None:
-        try:
-            self._inner.close()
-        finally:
-            super().close()
 
 
 def copy_to_spool(source: BinaryIO, out: BinaryIO) -> None:

@@ -1,4 +1,4 @@
-r"""Making untrusted text safe to print on a terminal.
+r"""Human output: untrusted text made safe to print on a terminal, and byte counts.
 
 File names, artifact IDs, mimetypes and error messages shown by the CLI come from refs and
 Optuna attributes that anyone with access to the store or the storage can write. Printed raw,
@@ -10,7 +10,7 @@ is left exact, since ``json.dumps`` escapes them already.
 
 from __future__ import annotations
 
-__all__ = ["escape_for_terminal"]
+__all__ = ["escape_for_terminal", "human_bytes"]
 
 
 def _escape_table() -> dict[int, str]:
@@ -40,3 +40,19 @@ def escape_for_terminal(value: object) -> str:
         'naïve.txt'
     """
     return str(value).translate(_ESCAPES)
+
+
+def human_bytes(n: float) -> str:
+    """A byte count in binary units, for summary lines.
+
+    Example:
+        >>> human_bytes(1536), human_bytes(12), human_bytes(3 * 1024**3)
+        ('1.5 KiB', '12 B', '3.0 GiB')
+    """
+    if abs(n) < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")

@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from optuna_cas._fileio import (
-    ByteProgress,
-    CountingReader,
     PositionalReader,
     materialize,
 )
@@ -402,13 +400,7 @@ class BlobStore:
         name = f"blob {digest} in {self.describe()}"
         return io.BufferedReader(VerifyingReader(raw, digest, name=name), CHUNK_SIZE)
 
-    def materialize_blob(
-        self,
-        digest: Digest,
-        path: str | os.PathLike[str],
-        *,
-        progress: ByteProgress | None = None,
-    ) -> None:
+    def materialize_blob(self, digest: Digest, path: str | os.PathLike[str]) -> None:
         """Write the blob to the new file ``path``: verified, atomic, never overwriting.
 
         Raises:
@@ -427,15 +419,10 @@ class BlobStore:
         target = Path(path)
         key = blob_key(digest)
         if self._blob_cache is not None:
-            # Progress counts what comes from the store; a cache hit is a local copy.
-            def fetch() -> BinaryIO:
-                reader = self._backend.open_reader(key)
-                return reader if progress is None else CountingReader(reader, progress)  # type: ignore[return-value]
-
-            self._blob_cache.materialize(digest, target, fetch)
+            self._blob_cache.materialize(digest, target, lambda: self._backend.open_reader(key))
             return
         with self.open_blob(digest) as reader:
-            materialize(reader, target, progress=progress)
+            materialize(reader, target)
 
     def remove_blob(self, digest: Digest) -> None:
         """Delete a blob (callers must make sure no ref needs it: see :func:`optuna_cas.gc`).

@@ -40,12 +40,14 @@ class OptunaCasError(Exception):
 
 
 def _optuna_artifact_not_found() -> tuple[type[BaseException], ...]:
-    # Optuna is an optional extra: without it our class simply has one base fewer.
-    try:
-        from optuna.artifacts.exceptions import ArtifactNotFound as _OptunaArtifactNotFound
-    except ImportError:  # pragma: no cover - exercised only without the optuna extra
+    # Optuna is an optional extra: without it our class simply has one base fewer. Loaded
+    # without optuna.artifacts' __init__, which would import boto3 and google-cloud-storage.
+    from optuna_cas._optuna_exceptions import optuna_artifact_exceptions
+
+    module = optuna_artifact_exceptions()
+    if module is None:  # pragma: no cover - exercised only without the optuna extra
         return ()
-    return (_OptunaArtifactNotFound,)
+    return (module.ArtifactNotFound,)
 
 
 class ArtifactNotFound(OptunaCasError, FileNotFoundError, *_optuna_artifact_not_found()):  # type: ignore[misc]

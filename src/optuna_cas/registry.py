@@ -36,7 +36,11 @@ def _file(netloc: str, path: str, options: dict[str, Any]) -> ContentAddressedAr
 
     if netloc not in ("", "localhost"):
         raise StoreConfigError(f"file:// URLs must not name a host, got {netloc!r}")
-    return FileSystemArtifactStore(unquote(path), fsync=bool(options.pop("fsync", False)))
+    local = unquote(path)
+    if not options.pop("create", True) and not os.path.exists(local):
+        # A mistyped path must not silently become a new, empty store.
+        raise StoreConfigError(f"no store at {local!r} (nothing was created)")
+    return FileSystemArtifactStore(local, fsync=bool(options.pop("fsync", False)))
 
 
 def _memory(netloc: str, path: str, options: dict[str, Any]) -> ContentAddressedArtifactStore:
@@ -94,6 +98,7 @@ def open_store(
     endpoint_url: str | None = None,
     client: Any = None,
     fsync: bool = False,
+    create: bool = True,
 ) -> ContentAddressedArtifactStore:
     """Build a store from a URL.
 
@@ -107,6 +112,9 @@ def open_store(
         client: A ready SDK client for ``s3://`` or ``gs://`` (then no endpoint is read
             from the environment: the client has its own).
         fsync: For local stores, make writes durable against power loss.
+        create: For local stores, create the directory if it does not exist. With
+            ``False`` a missing directory is an error (for readers: a mistyped path must not
+            become a new, empty store). Remote buckets are never created.
 
     Returns:
         A :class:`~optuna_cas.stores.base.ContentAddressedArtifactStore`; wrap it in
@@ -114,7 +122,8 @@ def open_store(
 
     Raises:
         StoreConfigError: Unknown scheme, malformed URL, option that does not apply to the
-            scheme, or the scheme's SDK is not installed (the message names the extra).
+            scheme, the scheme's SDK is not installed (the message names the extra), or
+            ``create=False`` and there is no local store at the path (``no store at ...``).
 
     Example:
         >>> import tempfile
@@ -125,6 +134,10 @@ def open_store(
         Traceback (most recent call last):
         ...
         optuna_cas.exceptions.StoreConfigError: Unsupported store URL 'ftp://host/x': scheme 'ftp' is not one of file, gcs, gs, memory, s3
+        >>> open_store("/no/such/dir", create=False)
+        Traceback (most recent call last):
+        ...
+        optuna_cas.exceptions.StoreConfigError: no store at '/no/such/dir' (nothing was created)
     """
     text = os.fspath(url)
     if not isinstance(text, str) or not text:
@@ -139,7 +152,7 @@ def open_store(
             local = Path(text).expanduser()
         except RuntimeError as e:  # "~nosuchuser/..."
             raise StoreConfigError(f"Invalid store path {text!r}: {e}") from e
-        return _file("", str(local), {"fsync": fsync})
+        return _file("", str(local), {"fsync": fsync, "create": create})
     entry = _SCHEMES.get(scheme)
     if entry is None:
         raise StoreConfigError(
@@ -171,4 +184,5 @@ def open_store(
             f"endpoint_url and client apply to s3:// and gs:// URLs, not {text!r}"
         )
     options["fsync"] = fsync
+    options["create"] = create
     return entry.build(parts.netloc, parts.path, options)

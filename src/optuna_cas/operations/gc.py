@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from optuna_cas.backends.base import temp_files_of
 from optuna_cas.content import ContentStore
 from optuna_cas.operations._bad_records import BadRecords
-from optuna_cas.operations._progress import Progress, ProgressCallback
+from optuna_cas.progress import Progress, ProgressCallback
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["DEFAULT_GRACE_PERIOD", "GcReport", "gc"]

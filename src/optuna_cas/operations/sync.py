@@ -12,7 +12,7 @@ from optuna_cas.content import ContentStore
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 from optuna_cas.operations._bad_records import BadRecords
-from optuna_cas.operations._progress import Progress, ProgressCallback
+from optuna_cas.progress import Progress, ProgressCallback
 from optuna_cas.refs import ArtifactRef
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 

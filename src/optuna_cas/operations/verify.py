@@ -9,7 +9,7 @@ from optuna_cas.content import BlobInfo
 from optuna_cas.digest import CHUNK_SIZE, Digest, Hasher, readinto
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 from optuna_cas.operations._bad_records import BadRecords
-from optuna_cas.operations._progress import Progress, ProgressCallback
+from optuna_cas.progress import Progress, ProgressCallback
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["MissingBlob", "VerifyReport", "verify"]

@@ -1,0 +1,178 @@
+"""What ``optuna-cas ls`` lists: everything a store serves, or everything a study records.
+
+A store serves two kinds of artifacts: those with a ref (uploaded through optuna-cas) and
+the flat objects Optuna's own stores wrote at the store's root before the switch, which
+:meth:`~optuna_cas.content.ContentStore.open_artifact` still reads (without a digest to check).
+A study records artifacts at study level and on each of its trials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from optuna_cas._list_artifact_meta import get_all_artifact_meta
+from optuna_cas._meta import ArtifactMeta
+from optuna_cas._validation import validate_artifact_id
+from optuna_cas.content import BLOB_PREFIX, QUARANTINE_PREFIX, REF_PREFIX, ContentStore
+from optuna_cas.exceptions import InvalidKeyError
+from optuna_cas.refs import ArtifactRef
+
+__all__ = ["ListedArtifact", "list_store_artifacts", "list_study_artifacts"]
+
+#: ``origin`` of an artifact uploaded through optuna-cas (it has a ref and a digest).
+OPTUNA_CAS = "optuna-cas"
+#: ``origin`` of an object Optuna's own store wrote (no ref: no filename, no digest).
+OPTUNA_STORE = "optuna-store"
+
+
+@dataclass(frozen=True)
+class ListedArtifact:
+    """One row of a listing.
+
+    Attributes:
+        artifact_id: The artifact's ID.
+        filename: Recorded file name (None for objects Optuna's own store wrote).
+        mimetype: Recorded MIME type, or None.
+        encoding: Recorded content encoding, or None.
+        digest: ``blake3:<hex>``, or None when nothing records one.
+        size: Bytes, or None when unknown.
+        created: Upload time (epoch seconds), or None when unknown.
+        origin: ``"optuna-cas"`` (a ref or metadata with a digest) or ``"optuna-store"``
+            (an object of Optuna's own store, or metadata Optuna wrote).
+        trial: The trial's number for a trial's artifact in a study listing, else None.
+
+    Example:
+        >>> ListedArtifact("id", "m.pt", None, None, None, 3, None, "optuna-cas").size
+        3
+    """
+
+    artifact_id: str
+    filename: str | None
+    mimetype: str | None
+    encoding: str | None
+    digest: str | None
+    size: int | None
+    created: float | None
+    origin: str
+    trial: int | None = None
+
+    @classmethod
+    def of_ref(cls, ref: ArtifactRef) -> ListedArtifact:
+        """A row for an artifact with a ref.
+
+        Example:
+            >>> from optuna_cas.digest import Digest
+            >>> ref = ArtifactRef(artifact_id="a", digest=Digest.of_bytes(b"x"), filename="x.txt")
+            >>> ListedArtifact.of_ref(ref).origin
+            'optuna-cas'
+        """
+        return cls(
+            artifact_id=ref.artifact_id,
+            filename=ref.filename,
+            mimetype=ref.mimetype,
+            encoding=ref.encoding,
+            digest=str(ref.digest),
+            size=ref.size,
+            created=ref.created,
+            origin=OPTUNA_CAS,
+        )
+
+    @classmethod
+    def of_meta(cls, meta: ArtifactMeta, trial: int | None) -> ListedArtifact:
+        """A row for an entry of a study's or trial's Optuna metadata.
+
+        Example:
+            >>> meta = ArtifactMeta("a", "x.txt", "text/plain", None)
+            >>> ListedArtifact.of_meta(meta, trial=3).origin   # no digest: Optuna wrote it
+            'optuna-store'
+        """
+        return cls(
+            artifact_id=meta.artifact_id,
+            filename=meta.filename,
+            mimetype=meta.mimetype,
+            encoding=meta.encoding,
+            digest=meta.digest,
+            size=meta.size,
+            created=meta.created,
+            origin=OPTUNA_CAS if meta.digest is not None else OPTUNA_STORE,
+            trial=trial,
+        )
+
+
+def list_store_artifacts(content: ContentStore) -> list[ListedArtifact]:
+    """Every artifact the store serves: refs in upload order, then Optuna's own objects.
+
+    Example:
+        >>> import io
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> content = ContentStore(MemoryBackend())
+        >>> _ = content.put_artifact("new", io.BytesIO(b"x"), filename="x.txt")
+        >>> content.backend.write("old", io.BytesIO(b"written by Optuna"))
+        >>> [(row.artifact_id, row.origin) for row in list_store_artifacts(content)]
+        [('new', 'optuna-cas'), ('old', 'optuna-store')]
+    """
+    refs = sorted(content.iter_refs(), key=lambda ref: ref.created)
+    rows = [ListedArtifact.of_ref(ref) for ref in refs]
+    with_ref = {ref.artifact_id for ref in refs}
+    legacy = [row for row in _optuna_store_objects(content) if row.artifact_id not in with_ref]
+    rows.extend(sorted(legacy, key=lambda row: (row.created or 0.0, row.artifact_id)))
+    return rows
+
+
+def _optuna_store_objects(content: ContentStore) -> Iterator[ListedArtifact]:
+    """Objects at the root that Optuna's own store could have written under an artifact ID.
+
+    Optuna's stores keep one object per ID at the root (``base_path/<id>``, or the bucket's
+    ``<id>``); our own keys all live below ``blobs/``, ``refs/`` or ``quarantine/``. Names
+    starting with a dot are temporary or hidden files, never an artifact.
+    """
+    ours = (BLOB_PREFIX, REF_PREFIX, QUARANTINE_PREFIX)
+    for info in content.backend.list(""):
+        key = info.key
+        if "/" in key or key.startswith(".") or (key + "/") in ours:
+            continue
+        try:
+            validate_artifact_id(key)
+        except InvalidKeyError:
+            continue
+        yield ListedArtifact(
+            artifact_id=key,
+            filename=None,
+            mimetype=None,
+            encoding=None,
+            digest=None,
+            size=info.size,
+            created=info.modified,
+            origin=OPTUNA_STORE,
+        )
+
+
+def list_study_artifacts(study: Any, trial_number: int | None = None) -> list[ListedArtifact]:
+    """A study's artifacts: study-level ones, then each trial's in trial order.
+
+    With ``trial_number``, only that trial's.
+
+    Raises:
+        KeyError: The study has no trial of that number.
+
+    Example:
+        >>> import optuna
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> list_study_artifacts(optuna.create_study())
+        []
+    """
+    storage = study._storage
+    if trial_number is not None:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, trial_number)
+        trial = storage.get_trial(trial_id)
+        return [ListedArtifact.of_meta(m, trial.number) for m in _metas(trial, storage)]
+    rows = [ListedArtifact.of_meta(meta, None) for meta in get_all_artifact_meta(study)]
+    for trial in study.get_trials(deepcopy=False):
+        rows.extend(ListedArtifact.of_meta(m, trial.number) for m in _metas(trial, storage))
+    return rows
+
+
+def _metas(trial: Any, storage: Any) -> list[ArtifactMeta]:
+    return get_all_artifact_meta(trial, storage=storage)

@@ -1,0 +1,253 @@
+"""``TransferWatch``: what one upload or download moves between this machine and a store.
+
+The content store decides whether bytes travel at all (a blob already stored is not sent
+again) and how (a local store copies into its own temp file in the kernel; S3 and GCS read a
+stream). Rather than thread a callback through each of those paths, the watch wraps the
+store's *backend*, where every byte of content passes: it reports bytes as the backend reads
+or writes them, and notes whether a new blob was stored. The command line uses it to draw
+progress bars and to say "already stored".
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Iterator
+from typing import BinaryIO, cast
+
+from optuna_cas.backends.base import (
+    Backend,
+    ObjectInfo,
+    StagedObject,
+    SupportsStaging,
+    staging_of,
+)
+from optuna_cas.content import BLOB_PREFIX, REF_PREFIX
+from optuna_cas.digest import CHUNK_SIZE, readinto
+from optuna_cas.progress import Progress, ProgressCallback
+from optuna_cas.stores.base import ContentAddressedArtifactStore
+
+__all__ = ["TransferWatch"]
+
+# How often the size of a temp file being filled by a kernel copy is looked at.
+POLL_SECONDS = 0.1
+
+
+class TransferWatch:
+    """Reports the content bytes one operation moves, and whether it stored a new blob.
+
+    Args:
+        task: Shown with the progress, e.g. ``"put model.pt"``.
+        total: Bytes expected (the file's size), or None.
+        progress: Called as ``progress(task, done, total)``; None to only record.
+
+    Example:
+        >>> import io
+        >>> from optuna_cas import MemoryArtifactStore
+        >>> store = MemoryArtifactStore()
+        >>> seen = []
+        >>> watch = TransferWatch("put", 7, lambda task, done, total: seen.append(done))
+        >>> _ = watch.watch(store).put("a1", io.BytesIO(b"weights"))
+        >>> watch.stored_new_blob, seen[-1]
+        (True, 7)
+        >>> again = TransferWatch("put", 7)
+        >>> _ = again.watch(store).put("a2", io.BytesIO(b"weights"))
+        >>> again.stored_new_blob   # the same bytes: only a new ref
+        False
+    """
+
+    def __init__(self, task: str, total: int | None, progress: ProgressCallback | None = None):
+        self._progress = Progress(task, total, progress)
+        self.reporting = progress is not None
+        """Whether anyone is told of the progress (else only the outcome is recorded)."""
+        self._lock = threading.Lock()
+        self.stored_new_blob = False
+        """Whether the operation stored a blob the store did not hold before."""
+
+    @property
+    def done(self) -> int:
+        """Content bytes moved so far.
+
+        Example:
+            >>> TransferWatch("get", None).done
+            0
+        """
+        return self._progress.done
+
+    def watch(self, store: ContentAddressedArtifactStore) -> ContentAddressedArtifactStore:
+        """The same store (same backend, cache and settings), watched by this object.
+
+        Example:
+            >>> from optuna_cas import MemoryArtifactStore
+            >>> type(TransferWatch("get", None).watch(MemoryArtifactStore())).__name__
+            'ContentAddressedArtifactStore'
+        """
+        content = store.content
+        inner = content.backend
+        # A local backend stages (perhaps behind retries): watch its staged files.
+        stager = staging_of(inner)
+        watched: Backend = (
+            _WatchedStagingBackend(inner, self, stager)
+            if stager is not None
+            else _WatchedBackend(inner, self)
+        )
+        return ContentAddressedArtifactStore(content.with_parts(backend=watched))
+
+    # -- called by the watched backend (possibly from several threads) ------------------------
+
+    def _advance(self, amount: int) -> None:
+        with self._lock:
+            self._progress.advance(amount)
+
+    def _moved_to(self, done: int) -> None:
+        with self._lock:
+            self._progress.set(done)
+
+    def _blob_stored(self) -> None:
+        self.stored_new_blob = True
+
+
+class _Counting(io.RawIOBase):
+    """Passes reads (and seeks, for retries that rewind) through, reporting the bytes."""
+
+    def __init__(self, inner: BinaryIO, watch: TransferWatch) -> None:
+        super().__init__()
+        self._inner = inner
+        self._watch = watch
+        self._start: int | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        n = readinto(self._inner, memoryview(buffer).cast("B"))
+        if n:
+            self._watch._advance(n)
+        return n
+
+    def seekable(self) -> bool:
+        try:
+            return bool(self._inner.seekable())
+        except (AttributeError, ValueError):
+            return False
+
+    def tell(self) -> int:
+        position = self._inner.tell()
+        if self._start is None:
+            self._start = position
+        return position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        position = self._inner.seek(offset, whence)
+        # A retry rewinds to where the write began: the bytes are counted again from there.
+        self._watch._moved_to(max(0, position - (self._start or 0)))
+        return position
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            super().close()
+
+
+def _counting(stream: BinaryIO, watch: TransferWatch) -> BinaryIO:
+    return cast(BinaryIO, io.BufferedReader(_Counting(stream, watch), CHUNK_SIZE))
+
+
+class _WatchedBackend:
+    """A backend that reports the content bytes it reads and writes (not refs)."""
+
+    def __init__(self, inner: Backend, watch: TransferWatch) -> None:
+        self._inner = inner
+        self._watch = watch
+
+    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
+        reader = self._inner.open_reader(key, offset=offset)
+        return reader if key.startswith(REF_PREFIX) else _counting(reader, self._watch)
+
+    def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
+        if not key.startswith(BLOB_PREFIX):
+            self._inner.write(key, content_body, if_absent=if_absent)
+            return
+        body = _Counting(content_body, self._watch)
+        body.tell()  # where this write starts, for rewinds
+        self._inner.write(
+            key, cast(BinaryIO, io.BufferedReader(body, CHUNK_SIZE)), if_absent=if_absent
+        )
+        self._watch._blob_stored()
+
+    def remove(self, key: str) -> None:
+        self._inner.remove(key)
+
+    def exists(self, key: str) -> bool:
+        return self._inner.exists(key)
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self._inner.stat(key)
+
+    def touch(self, key: str) -> None:
+        self._inner.touch(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self._inner.list(prefix)
+
+    def describe(self) -> str:
+        return self._inner.describe()
+
+    @property
+    def inner(self) -> Backend:
+        """The watched backend (its other capabilities, e.g. temp-file cleanup, stay found)."""
+        return self._inner
+
+
+class _WatchedStagingBackend(_WatchedBackend):
+    """For a local store: the kernel fills its temp file, so the file's size is the progress."""
+
+    def __init__(self, inner: Backend, watch: TransferWatch, stager: SupportsStaging) -> None:
+        super().__init__(inner, watch)
+        self._stager = stager
+
+    def stage(self, area: str) -> StagedObject:
+        return _WatchedStaged(self._stager.stage(area), self._inner, self._watch)
+
+
+class _WatchedStaged:
+    def __init__(self, staged: StagedObject, backend: Backend, watch: TransferWatch) -> None:
+        self._staged = staged
+        self._backend = backend
+        self._watch = watch
+        self.fd = staged.fd
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        if watch.reporting:
+            self._poller = threading.Thread(
+                target=self._poll, name="optuna-cas-progress", daemon=True
+            )
+            self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            try:
+                self._watch._moved_to(os.fstat(self.fd).st_size)
+            except OSError:
+                return
+
+    def _stop_polling(self) -> None:
+        # Before the descriptor is closed: fstat must never see a reused number.
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+
+    def commit(self, key: str) -> None:
+        self._stop_polling()
+        self._watch._moved_to(os.fstat(self.fd).st_size)
+        # The content store publishes its verified copy even over an existing blob.
+        existed = key.startswith(BLOB_PREFIX) and self._backend.exists(key)
+        self._staged.commit(key)
+        if key.startswith(BLOB_PREFIX) and not existed:
+            self._watch._blob_stored()
+
+    def discard(self) -> None:
+        self._stop_polling()
+        self._staged.discard()
