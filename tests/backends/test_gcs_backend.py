@@ -191,6 +191,13 @@ def test_list_reports_sizes_and_times(gcs_backend: GCSBackend) -> None:
     assert gcs_backend.stat("blobs/aa/1") == infos["blobs/aa/1"]
 
 
+def test_list_skips_names_that_are_not_valid_keys(gcs_backend: GCSBackend, gcs_bucket: Any) -> None:
+    # Objects made by other tools: a console "folder", relative segments, a control character.
+    for name in ("refs/", "refs/./a", "refs/../b", "refs/c\x07d", "refs/ok"):
+        gcs_bucket.blob(name).upload_from_string(b"x")
+    assert [i.key for i in gcs_backend.list()] == ["refs/ok"]
+
+
 def test_missing_key(gcs_backend: GCSBackend, gcs_bucket: Any) -> None:
     for call in (
         lambda: gcs_backend.open_reader("refs/nope"),  # at open time, not at first read
@@ -477,6 +484,25 @@ def test_lost_answer_to_the_last_chunk_with_the_object_missing_is_an_error(
     )
     with pytest.raises(BackendError, match="session ended before the upload was complete"):
         backend.write("blobs/x", io.BytesIO(os.urandom(3 * CHUNK + 1)))
+
+
+def test_sdk_retries_recover_a_failed_chunk_without_a_runner(
+    faulty_gcs: FaultyGCS, gcs_bucket: Any
+) -> None:
+    # The default (no Backoff): each chunk is retried on google-cloud-storage's DEFAULT_RETRY
+    # schedule, after asking the session what it holds.
+    backend = GCSBackend(
+        gcs_bucket.name,
+        client=make_gcs_client(faulty_gcs.proxy.endpoint_url),
+        chunk_size=CHUNK,
+        timeout=0.3,
+    )
+    data = os.urandom(3 * CHUNK + 5)
+    faulty_gcs.proxy.fail_next("drop_response", methods={"PUT"})  # the first chunk
+    backend.write("blobs/x", io.BytesIO(data), if_absent=True)
+    assert session_starts(faulty_gcs.proxy) == 1
+    assert faulty_gcs.sessions.status_queries == 1
+    assert gcs_bucket.blob("blobs/x").download_as_bytes() == data
 
 
 def test_resumable_uploads_survive_30_percent_faults(

@@ -12,7 +12,7 @@ import os
 import sys
 import tracemalloc
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -24,6 +24,7 @@ from optuna_cas.exceptions import (
     StoreConfigError,
     TransientBackendError,
 )
+from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from tests.support.fault_proxy import FaultProxy
 from tests.support.s3 import TEST_PART_SIZE, S3Server, make_s3_client
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.s3
 
 MiB = 1024 * 1024
+T = TypeVar("T")
 
 
 def _raw_read(client: S3Client, bucket: str, key: str) -> bytes:
@@ -418,6 +420,38 @@ def test_failed_part_aborts_multipart_upload(
         faulty_backend.write("k", io.BytesIO(os.urandom(12 * MiB)))
     assert _pending_uploads(s3_client, s3_bucket) == []
     assert not faulty_backend.exists("k")
+
+
+@pytest.mark.parametrize("if_absent", [False, True])
+def test_lost_answer_to_the_completion_is_a_success(
+    faulty_backend: S3Backend,
+    proxy: FaultProxy,
+    s3_client: S3Client,
+    s3_bucket: str,
+    if_absent: bool,
+) -> None:
+    # The upload completes but its answer is lost; the retried completion finds the upload gone
+    # (NoSuchUpload) or, created-if-absent, the object there (412): both mean it is stored.
+    retrier = Retrier(RetryPolicy(min_delay=0.01, max_delay=0.05))
+    completion = f"complete upload of {faulty_backend.describe()}/k"
+    attempts: list[int] = []
+
+    def runner(description: str, request: Callable[[], T]) -> T:
+        def attempt() -> T:
+            if description == completion:
+                attempts.append(1)
+                if len(attempts) == 1:
+                    proxy.fail_next("drop_response", methods={"POST"})
+            return request()
+
+        return retrier.call(description, attempt)
+
+    data = os.urandom(12 * MiB)
+    faulty_backend.with_request_runner(runner).write("k", io.BytesIO(data), if_absent=if_absent)
+    assert len(attempts) == 2
+    assert [r.fault for r in proxy.requests if r.fault] == ["drop_response"]
+    assert _raw_read(s3_client, s3_bucket, "k") == data
+    assert _pending_uploads(s3_client, s3_bucket) == []
 
 
 def test_read_timeout_is_transient(

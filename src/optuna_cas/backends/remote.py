@@ -42,8 +42,8 @@ from optuna_cas.backends.remote_io import (
     PartReader,
     PartSender,
     read_up_to,
+    remaining_size,
 )
-from optuna_cas.backends.remote_io import remaining_size as _remaining_size
 from optuna_cas.exceptions import (
     ArtifactNotFound,
     BackendError,
@@ -425,7 +425,7 @@ class RemoteBackend(abc.ABC):
     def _upload_in_parts(self, key: str, head: bytes, stream: BinaryIO, *, if_absent: bool) -> None:
         where = self._where(key)
         part_size = self._part_size
-        remaining = _remaining_size(stream)
+        remaining = remaining_size(stream)
         if self._max_parts is not None and remaining is not None:
             part_size = max(part_size, math.ceil((len(head) + remaining) / self._max_parts))
         upload = self._request(
@@ -458,22 +458,23 @@ class RemoteBackend(abc.ABC):
                     del part  # the sender holds the only reference now
                 sender.drain()
             number += 1
+            if part:
+                self._check_part_count(key, number, part_size)
             total = offset + len(part)
             # EOF was read: only now may a request publish the object.
-            self._publish(
-                key,
-                total,
-                f"upload part {number} of {where}",
-                functools.partial(upload.send_last, number, offset, part, total),
-            )
+            last = functools.partial(upload.send_last, number, offset, part, total)
             if upload.completes_separately:
+                self._request(key, f"upload part {number} of {where}", last)
                 self._publish(key, total, f"complete upload of {where}", upload.complete)
+            else:
+                self._publish(key, total, f"upload part {number} of {where}", last)
         except BaseException:
             # Unpublished parts are invisible but may be billed until dropped.
             upload.abort()
             raise
 
     def _publish(self, key: str, total: int, description: str, request: Callable[[], None]) -> None:
+        """Send the request that publishes the object (S3's complete, GCS's last chunk)."""
         try:
             self._request(key, description, request)
         except UploadGoneError:
