@@ -159,3 +159,58 @@ def test_concurrent_writers_of_one_key_leave_one_whole_object(any_backend: Backe
 
 def test_describe_names_the_store(any_backend: Backend) -> None:
     assert "://" in any_backend.describe()
+
+
+def test_reader_seeks(any_backend: Backend) -> None:
+    data = random_bytes(300_000, seed=7)
+    any_backend.write("k", io.BytesIO(data))
+    with any_backend.open_reader("k", offset=10) as reader:
+        assert reader.read(5) == data[10:15]
+        assert reader.seek(200_000) == 200_000
+        assert reader.read(7) == data[200_000:200_007]
+        reader.seek(-3, io.SEEK_END)
+        assert reader.read() == data[-3:]
+        reader.seek(0)
+        assert reader.read() == data
+        assert reader.seek(len(data) + 5) == len(data) + 5
+        assert reader.read() == b""
+
+
+def test_if_absent_keeps_existing_large_object(any_backend: Backend) -> None:
+    # 6 MiB: a multipart upload on S3 and a resumable one on GCS, refused when it publishes.
+    first = random_bytes(6 * 1024 * 1024, seed=8)
+    any_backend.write("blobs/big", io.BytesIO(first), if_absent=True)
+    any_backend.write("blobs/big", io.BytesIO(random_bytes(len(first), seed=9)), if_absent=True)
+    assert read_all(any_backend, "blobs/big") == first
+
+
+class FailsAtEof(io.RawIOBase):
+    """Delivers ``data``, then raises where EOF would be: a verifying reader on wrong bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        count = self._inner.readinto(b)
+        if not count and len(b):
+            raise OSError("digest mismatch at EOF")
+        return count
+
+
+@pytest.mark.parametrize("if_absent", [False, True])
+@pytest.mark.parametrize(
+    "size",
+    # small; GCS chunk and S3 part multiples (the last part is then empty); and ragged
+    [100, 10 * 1024 * 1024, 6 * 1024 * 1024 + 12345],
+)
+def test_stream_failing_at_eof_publishes_nothing(
+    any_backend: Backend, size: int, if_absent: bool
+) -> None:
+    source = FailsAtEof(random_bytes(size, seed=size))
+    with pytest.raises(OSError, match="digest mismatch at EOF"):
+        any_backend.write("blobs/bad", source, if_absent=if_absent)  # type: ignore[arg-type]
+    assert not any_backend.exists("blobs/bad")
+    assert list(any_backend.list("blobs/")) == []

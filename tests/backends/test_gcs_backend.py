@@ -96,10 +96,10 @@ def test_is_a_backend(gcs_backend: GCSBackend, gcs_bucket: Any) -> None:
 
 
 def test_resumable_round_trip_20_mib(
-    gcs_backend: GCSBackend, gcs_client: Any, gcs_bucket: Any
+    gcs_backend: GCSBackend, gcs_protocol_client: Any, gcs_bucket: Any
 ) -> None:
     data = os.urandom(20 * MiB)
-    requests = record_requests(gcs_client)
+    requests = record_requests(gcs_protocol_client)
     gcs_backend.write("blobs/big", io.BytesIO(data))
     assert any("uploadType=resumable" in r for r in requests), requests
     assert not any("uploadType=multipart" in r for r in requests)
@@ -108,10 +108,12 @@ def test_resumable_round_trip_20_mib(
     assert read_all(gcs_backend, "blobs/big", piece=3 * MiB + 7) == data
 
 
-def test_small_body_is_one_request(gcs_backend: GCSBackend, gcs_client: Any) -> None:
-    requests = record_requests(gcs_client)
+def test_small_body_is_one_request(gcs_backend: GCSBackend, gcs_protocol_client: Any) -> None:
+    requests = record_requests(gcs_protocol_client)
     gcs_backend.write("refs/a", io.BytesIO(b"x" * 1000), if_absent=True)
-    assert len(requests) == 1 and "uploadType=multipart" in requests[0], requests
+    # Only uploads: google-cloud-storage may fetch bucket metadata in a thread of its own.
+    uploads = [r for r in requests if "/upload/" in r]
+    assert len(uploads) == 1 and "uploadType=multipart" in uploads[0], requests
 
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 2 * CHUNK + 12345])
@@ -189,6 +191,13 @@ def test_list_reports_sizes_and_times(gcs_backend: GCSBackend) -> None:
     assert gcs_backend.stat("blobs/aa/1") == infos["blobs/aa/1"]
 
 
+def test_list_skips_names_that_are_not_valid_keys(gcs_backend: GCSBackend, gcs_bucket: Any) -> None:
+    # Objects made by other tools: a console "folder", relative segments, a control character.
+    for name in ("refs/", "refs/./a", "refs/../b", "refs/c\x07d", "refs/ok"):
+        gcs_bucket.blob(name).upload_from_string(b"x")
+    assert [i.key for i in gcs_backend.list()] == ["refs/ok"]
+
+
 def test_missing_key(gcs_backend: GCSBackend, gcs_bucket: Any) -> None:
     for call in (
         lambda: gcs_backend.open_reader("refs/nope"),  # at open time, not at first read
@@ -258,7 +267,10 @@ def test_source_error_propagates_unchanged_and_publishes_nothing(gcs_backend: GC
     assert not gcs_backend.exists("k")
 
 
-def test_memory_bounded_both_ways(gcs_backend: GCSBackend) -> None:
+def test_memory_bounded_both_ways(gcs_client: Any, gcs_bucket: Any) -> None:
+    # Straight to fake-gcs-server: the protocol shim runs in this process, and tracemalloc
+    # would count the object it assembles.
+    gcs_backend = GCSBackend(gcs_bucket.name, client=gcs_client, chunk_size=CHUNK)
     size = 64 * MiB
     source = NonSeekable(size, block=CHUNK)
     tracemalloc.start()
@@ -332,26 +344,6 @@ def test_keys_and_arguments_are_validated_before_io(gcs_client: Any) -> None:
         GCSBackend("gs://bucket", client=gcs_client)
 
 
-def test_replayable_stream_seeks_back_within_last_read_only() -> None:
-    # The SDK's resumable-upload recovery seeks back to what the server persisted, which is
-    # always inside the last chunk read; a fault proxy exercises it end to end.
-    from optuna_cas.backends.gcs import _ReplayableStream
-
-    data = os.urandom(1000)
-    stream = _ReplayableStream(data[:300], io.BytesIO(data[300:]))
-    assert stream.tell() == 0
-    assert stream.read(250) == data[:250]
-    assert stream.read(250) == data[250:500]
-    assert stream.seek(400) == 400
-    assert stream.read(250) == data[400:650]  # 100 replayed + 150 fresh
-    stream.seek(420)
-    assert stream.read(10) == data[420:430]
-    with pytest.raises(ValueError):
-        stream.seek(100)  # older than the last read: gone
-    assert stream.read(10_000) == data[430:]
-    assert stream.read(10) == b""
-
-
 # -- per-request retries of resumable uploads ----------------------------------------------------
 #
 # fake-gcs-server (1.54) cannot check resumable-upload recovery: it appends every chunk it gets
@@ -363,8 +355,9 @@ def test_replayable_stream_seeks_back_within_last_read_only() -> None:
 @dataclass
 class FaultyGCS:
     proxy: FaultProxy
-    backend: RetryingBackend  # as Backoff builds it: SDK retries off, every request retried
+    backend: GCSBackend  # SDK retries off: every fault surfaces to the request runner
     sessions: ResumableSessions
+    retrier: Retrier
 
 
 @pytest.fixture
@@ -379,32 +372,38 @@ def faulty_gcs(gcs_server: GCSServer, gcs_bucket: Any) -> Iterator[FaultyGCS]:
             timeout=0.3,
         )
         retrier = Retrier(RetryPolicy(min_delay=0.01, max_delay=0.05))
-        yield FaultyGCS(proxy, RetryingBackend(backend, retrier), sessions)
+        yield FaultyGCS(proxy, backend, sessions, retrier)
 
 
 def session_starts(proxy: FaultProxy) -> int:
     return sum(r.method == "POST" and "uploadType=resumable" in r.path for r in proxy.requests)
 
 
-def fail_chunk(proxy: FaultProxy, client: Any, number: int, mode: str) -> None:
-    """Make the proxy break chunk request ``number`` (1-based) of the next resumable upload."""
-    seen = 0
+def retrying_with_hooks(
+    retrier: Retrier, hooks: dict[str, Callable[[int], None]]
+) -> Callable[[str, Callable[[], T]], T]:
+    """A request runner like Backoff's that calls ``hooks[description](attempt)`` first."""
 
-    def hook(response: Any, *args: Any, **kwargs: Any) -> None:
-        nonlocal seen
-        if response.request.method == "PUT" and "upload_id=" in response.request.url:
-            seen += 1
-            if seen == number - 1:
-                proxy.fail_next(mode, methods={"PUT"})
+    def runner(description: str, request: Callable[[], T]) -> T:
+        hook = hooks.get(description)
+        if hook is None:
+            return retrier.call(description, request)
+        attempts = 0
 
-    if number == 1:
-        proxy.fail_next(mode, methods={"PUT"})
-    else:
-        client._http.hooks["response"].append(hook)
+        def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            hook(attempts)
+            return request()
+
+        return retrier.call(description, attempt)
+
+    return runner
 
 
-def test_default_backend_does_not_run_requests_itself(gcs_backend: GCSBackend) -> None:
-    assert not gcs_backend.runs_every_request
+def test_every_request_of_a_write_goes_through_the_runner(
+    gcs_backend: GCSBackend, gcs_bucket: Any
+) -> None:
     calls: list[str] = []
 
     def runner(description: str, request: Callable[[], T]) -> T:
@@ -412,25 +411,24 @@ def test_default_backend_does_not_run_requests_itself(gcs_backend: GCSBackend) -
         return request()
 
     routed = gcs_backend.with_request_runner(runner)
-    assert routed.runs_every_request and not gcs_backend.runs_every_request
     data = os.urandom(3 * CHUNK + 5)
     routed.write("blobs/r", io.BytesIO(data), if_absent=True)
     routed.write("refs/r", io.BytesIO(b"small"), if_absent=True)
     assert read_all(gcs_backend, "blobs/r") == data
     where = f"{gcs_backend.describe()}/blobs/r"
-    assert calls == [
-        f"check {where}",
-        f"start resumable upload of {where}",
-        *(f"upload chunk {n} of {where}" for n in (1, 2, 3, 4)),
-        f"upload {gcs_backend.describe()}/refs/r",
-    ]
+    upload = [f"start upload of {where}", *(f"upload part {n} of {where}" for n in (1, 2, 3, 4))]
+    assert calls == [*upload, f"upload {gcs_backend.describe()}/refs/r"]
+    # Present already: no look first; the session's precondition refuses the last chunk.
+    before = generation(gcs_bucket, "blobs/r")
     calls.clear()
-    routed.write("blobs/r", io.BytesIO(data), if_absent=True)
-    assert calls == [f"check {where}"]
+    routed.write("blobs/r", io.BytesIO(os.urandom(3 * CHUNK + 5)), if_absent=True)
+    assert calls == upload
+    assert generation(gcs_bucket, "blobs/r") == before
+    assert read_all(gcs_backend, "blobs/r") == data
 
 
 @pytest.mark.parametrize(
-    ("mode", "chunk", "size"),
+    ("mode", "part", "size"),
     [
         ("503", 4, 6 * MiB),  # refused before GCS saw it: resent from the same byte
         ("drop_response", 3, 6 * MiB),  # stored, answer lost: the status query says so
@@ -440,11 +438,21 @@ def test_default_backend_does_not_run_requests_itself(gcs_backend: GCSBackend) -
     ],
 )
 def test_a_failed_chunk_is_resent_alone(
-    faulty_gcs: FaultyGCS, gcs_bucket: Any, mode: str, chunk: int, size: int
+    faulty_gcs: FaultyGCS, gcs_bucket: Any, mode: str, part: int, size: int
 ) -> None:
-    proxy, backend = faulty_gcs.proxy, faulty_gcs.backend
-    source = NonSeekable(size, block=CHUNK // 2 + 3)  # only the replay window can rewind
-    fail_chunk(proxy, backend.inner._client, chunk, mode)  # type: ignore[attr-defined]
+    proxy = faulty_gcs.proxy
+
+    def break_first_attempt(attempt: int) -> None:
+        if attempt == 1:
+            proxy.fail_next(mode, methods={"PUT"})
+
+    where = f"{faulty_gcs.backend.describe()}/blobs/x"
+    backend = faulty_gcs.backend.with_request_runner(
+        retrying_with_hooks(
+            faulty_gcs.retrier, {f"upload part {part} of {where}": break_first_attempt}
+        )
+    )
+    source = NonSeekable(size, block=CHUNK // 2 + 3)
     backend.write("blobs/x", source, if_absent=True)  # type: ignore[arg-type]
 
     assert [r.fault for r in proxy.requests if r.fault] == [mode]
@@ -459,26 +467,49 @@ def test_a_failed_chunk_is_resent_alone(
 
 
 def test_lost_answer_to_the_last_chunk_with_the_object_missing_is_an_error(
-    faulty_gcs: FaultyGCS, gcs_bucket: Any, monkeypatch: pytest.MonkeyPatch
+    faulty_gcs: FaultyGCS, gcs_bucket: Any
 ) -> None:
     # The session says "finished", but the object is not there: never call that done.
-    proxy, backend = faulty_gcs.proxy, faulty_gcs.backend
-    fail_chunk(proxy, backend.inner._client, 4, "drop_response")  # type: ignore[attr-defined]
-    reload = GCSBackend._reload
+    def lose_answer_then_object(attempt: int) -> None:
+        if attempt == 1:
+            faulty_gcs.proxy.fail_next("drop_response", methods={"PUT"})
+        else:
+            gcs_bucket.blob("blobs/x").delete()  # as if deleted right after it was made
 
-    def delete_then_reload(self: GCSBackend, key: str) -> Any:
-        gcs_bucket.blob(self._name(key)).delete()  # as if deleted right after it was made
-        return reload(self, key)
-
-    monkeypatch.setattr(GCSBackend, "_reload", delete_then_reload)
+    where = f"{faulty_gcs.backend.describe()}/blobs/x"
+    backend = faulty_gcs.backend.with_request_runner(
+        retrying_with_hooks(
+            faulty_gcs.retrier, {f"upload part 4 of {where}": lose_answer_then_object}
+        )
+    )
     with pytest.raises(BackendError, match="session ended before the upload was complete"):
         backend.write("blobs/x", io.BytesIO(os.urandom(3 * CHUNK + 1)))
+
+
+def test_sdk_retries_recover_a_failed_chunk_without_a_runner(
+    faulty_gcs: FaultyGCS, gcs_bucket: Any
+) -> None:
+    # The default (no Backoff): each chunk is retried on google-cloud-storage's DEFAULT_RETRY
+    # schedule, after asking the session what it holds.
+    backend = GCSBackend(
+        gcs_bucket.name,
+        client=make_gcs_client(faulty_gcs.proxy.endpoint_url),
+        chunk_size=CHUNK,
+        timeout=0.3,
+    )
+    data = os.urandom(3 * CHUNK + 5)
+    faulty_gcs.proxy.fail_next("drop_response", methods={"PUT"})  # the first chunk
+    backend.write("blobs/x", io.BytesIO(data), if_absent=True)
+    assert session_starts(faulty_gcs.proxy) == 1
+    assert faulty_gcs.sessions.status_queries == 1
+    assert gcs_bucket.blob("blobs/x").download_as_bytes() == data
 
 
 def test_resumable_uploads_survive_30_percent_faults(
     faulty_gcs: FaultyGCS, gcs_bucket: Any
 ) -> None:
-    proxy, backend = faulty_gcs.proxy, faulty_gcs.backend
+    proxy = faulty_gcs.proxy
+    backend = RetryingBackend(faulty_gcs.backend, faulty_gcs.retrier)  # as Backoff builds it
     payloads = {f"blobs/{i}": os.urandom(3 * MiB + i * 1000) for i in range(20)}
     proxy.set_faults(0.3, ("reset", "503", "truncate", "drop_response", "stall"), stall_seconds=0.6)
     for key, data in payloads.items():

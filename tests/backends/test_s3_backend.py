@@ -12,7 +12,7 @@ import os
 import sys
 import tracemalloc
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -24,6 +24,7 @@ from optuna_cas.exceptions import (
     StoreConfigError,
     TransientBackendError,
 )
+from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from tests.support.fault_proxy import FaultProxy
 from tests.support.s3 import TEST_PART_SIZE, S3Server, make_s3_client
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.s3
 
 MiB = 1024 * 1024
+T = TypeVar("T")
 
 
 def _raw_read(client: S3Client, bucket: str, key: str) -> bytes:
@@ -218,14 +220,18 @@ def test_if_absent_never_overwrites(
     assert _raw_read(s3_client, s3_bucket, "k") == b"new"
 
 
-def test_if_absent_multipart_checks_before_uploading(
+def test_if_absent_multipart_leaves_an_existing_object_to_the_server_check(
     s3_backend: S3Backend, s3_client: S3Client, s3_bucket: str
 ) -> None:
+    # No HEAD before the upload (callers check presence themselves, and a HEAD cannot close
+    # the race anyway): the conditional complete answers 412, which means "already present".
     s3_client.put_object(Bucket=s3_bucket, Key="k", Body=b"there")
-    creates = _count_calls(s3_client, "CreateMultipartUpload")
+    heads = _count_calls(s3_client, "HeadObject")
+    completes = _count_calls(s3_client, "CompleteMultipartUpload")
     s3_backend.write("k", io.BytesIO(bytes(12 * MiB)), if_absent=True)
-    assert creates == []
+    assert heads == [] and completes == [1]
     assert _raw_read(s3_client, s3_bucket, "k") == b"there"
+    assert _pending_uploads(s3_client, s3_bucket) == []
 
 
 def test_if_absent_multipart_race_keeps_the_first_object(
@@ -277,7 +283,13 @@ def test_list_paginates(s3_backend: S3Backend, s3_client: S3Client, s3_bucket: s
     for key in keys:
         s3_client.put_object(Bucket=s3_bucket, Key=key, Body=key.encode())
     s3_client.put_object(Bucket=s3_bucket, Key="other/1", Body=b"")
-    s3_backend._page_size = 7
+
+    # Pages of 7 instead of S3's 1,000, set on the test's client through botocore's public
+    # event hooks: the backend has no knob for it, and must follow every continuation token.
+    def small_pages(params: dict[str, Any], **_: Any) -> None:
+        params["MaxKeys"] = 7
+
+    s3_client.meta.events.register("provide-client-params.s3.ListObjectsV2", small_pages)
     calls = _count_calls(s3_client, "ListObjectsV2")
 
     infos = list(s3_backend.list("refs/"))
@@ -285,6 +297,7 @@ def test_list_paginates(s3_backend: S3Backend, s3_client: S3Client, s3_bucket: s
     assert len(calls) == 4  # 7 + 7 + 7 + 4
     assert all(i.size == len(i.key) and i.modified > 0 for i in infos)
     assert len(list(s3_backend.list())) == 26
+    assert len(calls) == 4 + 4  # 26 objects: 7 + 7 + 7 + 5
 
 
 def test_list_skips_names_that_are_not_valid_keys(
@@ -407,6 +420,38 @@ def test_failed_part_aborts_multipart_upload(
         faulty_backend.write("k", io.BytesIO(os.urandom(12 * MiB)))
     assert _pending_uploads(s3_client, s3_bucket) == []
     assert not faulty_backend.exists("k")
+
+
+@pytest.mark.parametrize("if_absent", [False, True])
+def test_lost_answer_to_the_completion_is_a_success(
+    faulty_backend: S3Backend,
+    proxy: FaultProxy,
+    s3_client: S3Client,
+    s3_bucket: str,
+    if_absent: bool,
+) -> None:
+    # The upload completes but its answer is lost; the retried completion finds the upload gone
+    # (NoSuchUpload) or, created-if-absent, the object there (412): both mean it is stored.
+    retrier = Retrier(RetryPolicy(min_delay=0.01, max_delay=0.05))
+    completion = f"complete upload of {faulty_backend.describe()}/k"
+    attempts: list[int] = []
+
+    def runner(description: str, request: Callable[[], T]) -> T:
+        def attempt() -> T:
+            if description == completion:
+                attempts.append(1)
+                if len(attempts) == 1:
+                    proxy.fail_next("drop_response", methods={"POST"})
+            return request()
+
+        return retrier.call(description, attempt)
+
+    data = os.urandom(12 * MiB)
+    faulty_backend.with_request_runner(runner).write("k", io.BytesIO(data), if_absent=if_absent)
+    assert len(attempts) == 2
+    assert [r.fault for r in proxy.requests if r.fault] == ["drop_response"]
+    assert _raw_read(s3_client, s3_bucket, "k") == data
+    assert _pending_uploads(s3_client, s3_bucket) == []
 
 
 def test_read_timeout_is_transient(

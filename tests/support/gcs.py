@@ -145,5 +145,26 @@ def gcs_bucket(gcs_client: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def gcs_backend(gcs_client: Any, gcs_bucket: Any) -> GCSBackend:
-    return GCSBackend(gcs_bucket.name, client=gcs_client, chunk_size=GCS_TEST_CHUNK_SIZE)
+def gcs_sessions(gcs_server: GCSServer) -> Iterator[Any]:
+    """GCS's documented resumable-upload protocol in front of fake-gcs-server.
+
+    fake-gcs-server ignores ``if_generation_match`` on resumable uploads and cannot recover a
+    session (see tests/support/gcs_resumable.py); the backend follows GCS, so tests that depend
+    on either go through this. Yields a ``ResumableSessions``; its ``port`` is the endpoint.
+    """
+    from tests.support.gcs_resumable import ResumableSessions
+
+    with ResumableSessions(gcs_server) as sessions:
+        yield sessions
+
+
+@pytest.fixture
+def gcs_protocol_client(gcs_sessions: Any) -> Any:
+    """A client whose resumable uploads behave as on GCS (through ``gcs_sessions``)."""
+    return make_gcs_client(f"http://127.0.0.1:{gcs_sessions.port}")
+
+
+@pytest.fixture
+def gcs_backend(gcs_protocol_client: Any, gcs_bucket: Any) -> GCSBackend:
+    """A backend on a fresh bucket whose resumable uploads follow GCS's protocol."""
+    return GCSBackend(gcs_bucket.name, client=gcs_protocol_client, chunk_size=GCS_TEST_CHUNK_SIZE)

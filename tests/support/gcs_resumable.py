@@ -5,7 +5,9 @@ fake-gcs-server (the bundled v1.54) does not implement session recovery: a statu
 second time. Real GCS does neither. Tests that retry individual chunks (our Backoff does)
 put this small server between the client and fake-gcs-server: it keeps upload sessions
 itself, answers status queries with 308 + ``Range``, places chunks at their Content-Range
-offset and publishes the finished object with one ``uploadType=media`` request upstream.
+offset and publishes the finished object with one ``uploadType=multipart`` request upstream,
+the one kind of upload on which fake-gcs-server checks ``ifGenerationMatch`` (it ignores it on
+media and resumable uploads, where GCS checks it).
 Every other request is relayed unchanged.
 """
 
@@ -43,8 +45,9 @@ class ResumableSessions:
     """GCS's resumable-upload protocol in front of fake-gcs-server; other requests are relayed.
 
     Chunks land at their Content-Range offset, status queries get 308 + ``Range`` (or the
-    final answer again once the upload finished), and the last chunk publishes the object
-    with one ``uploadType=media`` request (preconditions included) to fake-gcs-server.
+    final answer again once the upload finished), a DELETE cancels (499), and the last chunk
+    publishes the object with one ``uploadType=multipart`` request (the kind on which
+    fake-gcs-server honours preconditions such as ``ifGenerationMatch=0``).
     """
 
     def __init__(self, upstream: GCSServer) -> None:
@@ -95,6 +98,9 @@ class ResumableSessions:
                 return self._start(req, url.path, query, body)
             if req.command == "PUT":
                 return self._put(req, query.get("upload_id", ""), body)
+            if req.command == "DELETE":  # cancel: GCS answers 499 and forgets the session
+                self.sessions.pop(query.get("upload_id", ""), None)
+                return self._reply(req, 499, b"")
         status, headers, payload = self._upstream(req.command, req.path, body, dict(req.headers))
         self._reply(req, status, payload, headers)
 
@@ -132,18 +138,34 @@ class ResumableSessions:
                     return self._reply(req, 400, b"bad chunk")
                 session.data[start:] = body
             if total != "*" and int(total) == len(session.data):
-                status, _, payload = self._upstream(
-                    "POST",
-                    f"/upload/storage/v1/b/{session.bucket}/o?"
-                    + urlencode({"uploadType": "media", "name": session.name, **session.query}),
-                    bytes(session.data),
-                    {"Content-Type": session.content_type},
-                )
+                status, payload = self._publish(session)
                 if status in (200, 201, 412):
                     session.result = (status, payload)
                 return self._reply(req, status, payload, {"Content-Type": "application/json"})
             headers = {"Range": f"bytes=0-{len(session.data) - 1}"} if session.data else {}
             self._reply(req, 308, b"", headers)
+
+    def _publish(self, session: _Session) -> tuple[int, bytes]:
+        """One multipart upload of the whole object: fake-gcs-server checks preconditions
+        (``ifGenerationMatch``) on those, not on media or resumable uploads."""
+        boundary = uuid.uuid4().hex
+        metadata = json.dumps({"name": session.name, "contentType": session.content_type})
+        body = b"".join(
+            [
+                f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
+                f"{metadata}\r\n--{boundary}\r\nContent-Type: {session.content_type}\r\n\r\n".encode(),
+                bytes(session.data),
+                f"\r\n--{boundary}--\r\n".encode(),
+            ]
+        )
+        status, _, payload = self._upstream(
+            "POST",
+            f"/upload/storage/v1/b/{session.bucket}/o?"
+            + urlencode({"uploadType": "multipart", **session.query}),
+            body,
+            {"Content-Type": f"multipart/related; boundary={boundary}"},
+        )
+        return status, payload
 
     def _upstream(
         self, method: str, path: str, body: bytes, headers: dict[str, str]

@@ -6,6 +6,7 @@ to give up. Sleeping and randomness are injected so tests never sleep and are re
 
 from __future__ import annotations
 
+import importlib
 import logging
 import random
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from optuna_cas.backends.remote import Fault
 from optuna_cas.exceptions import (
     ArtifactNotFound,
     BackendError,
@@ -26,52 +28,33 @@ __all__ = ["Retrier", "RetryPolicy", "is_transient"]
 logger = logging.getLogger("optuna_cas.retry")
 T = TypeVar("T")
 
-# SDK exception class names that mean "the network or service hiccupped". Matched by name
-# along the MRO so that wrapping Optuna's own stores needs no SDK import here.
-_TRANSIENT_NAMES = frozenset(
-    {
-        # botocore / urllib3 / requests
-        "EndpointConnectionError",
-        "ConnectionClosedError",
-        "ReadTimeoutError",
-        "ConnectTimeoutError",
-        "ResponseStreamingError",
-        "IncompleteReadError",
-        "ProtocolError",
-        "ChunkedEncodingError",
-        "ConnectionError",
-        "Timeout",
-        "IncompleteRead",
-        # google.api_core
-        "ServiceUnavailable",
-        "InternalServerError",
-        "TooManyRequests",
-        "BadGateway",
-        "GatewayTimeout",
-        "DeadlineExceeded",
-        "RetryError",
-    }
-)
-_TRANSIENT_S3_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestTimeout",
-        "ServiceUnavailable",
-        "InternalError",
-        "RequestTimeTooSkewed",
-    }
+# Optuna's own stores raise the SDKs' errors untranslated. To wrap them, an error whose class
+# comes from one of these packages is judged by that SDK's one error table, the very table our
+# backend uses to translate it (imported only when such an error shows up).
+_SDK_TABLES: tuple[tuple[frozenset[str], str, str], ...] = (
+    (
+        frozenset({"botocore", "boto3", "s3transfer", "urllib3"}),
+        "optuna_cas.backends.s3",
+        "classify_s3_error",
+    ),
+    (
+        frozenset({"google", "requests", "urllib3", "http"}),
+        "optuna_cas.backends.gcs",
+        "classify_gcs_error",
+    ),
 )
 
 
 def is_transient(error: BaseException) -> bool:
     """Whether retrying the operation that raised ``error`` may succeed.
 
-    Never transient: a missing artifact (ours or Optuna's), invalid input, integrity errors,
-    and our own permanent :class:`~optuna_cas.exceptions.BackendError`. Transient: our
-    :class:`~optuna_cas.exceptions.TransientBackendError`, connection resets and timeouts, and
-    the SDKs' throttling and 5xx errors (so Optuna's own stores can be wrapped too).
+    Our stores translate every SDK error at the backend boundary, so for them this is simply
+    "is it a :class:`~optuna_cas.exceptions.TransientBackendError`". Never transient: a missing
+    artifact (ours or Optuna's), invalid input, integrity errors, and any other optuna-cas
+    error. For errors from other stores (Optuna's own, wrapped by ``Backoff``): an SDK's error is
+    judged by that SDK's error table (:func:`~optuna_cas.backends.s3.classify_s3_error`,
+    :func:`~optuna_cas.backends.gcs.classify_gcs_error`), and a bare connection reset or
+    timeout is transient.
 
     Example:
         >>> is_transient(ConnectionResetError()), is_transient(ValueError("bad id"))
@@ -83,16 +66,26 @@ def is_transient(error: BaseException) -> bool:
         return False
     if type(error).__name__ == "ArtifactNotFound":  # Optuna's class, without importing it
         return False
-    if isinstance(error, ConnectionError | TimeoutError):
-        return True
-    if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(error).__mro__):
-        return True
-    response = getattr(error, "response", None)
-    if isinstance(response, dict):  # botocore ClientError
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        code = response.get("Error", {}).get("Code", "")
-        return bool(status >= 500 or code in _TRANSIENT_S3_CODES)
-    return False
+    transient = _judged_by_sdk_table(error)
+    if transient is not None:
+        return transient
+    return isinstance(error, ConnectionError | TimeoutError)
+
+
+def _judged_by_sdk_table(error: BaseException) -> bool | None:
+    """The verdict of the error table of the SDK ``error`` comes from; ``None`` if none."""
+    packages = {cls.__module__.partition(".")[0] for cls in type(error).__mro__}
+    for roots, module, function in _SDK_TABLES:
+        if not packages & roots:
+            continue
+        try:
+            classify = getattr(importlib.import_module(module), function)
+            verdict = classify(error)
+        except ImportError:  # e.g. a urllib3 error where only the other SDK is installed
+            continue
+        if verdict is not None:
+            return bool(verdict[0] is Fault.TRANSIENT)
+    return None
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ class GCSArtifactStore(ContentAddressedArtifactStore):
     """A drop-in for ``optuna.artifacts.GCSArtifactStore``.
 
     Blobs go to ``<prefix>/blobs/...`` and refs to ``<prefix>/refs/<artifact_id>``. Reads and
-    writes stream (Optuna's store holds whole objects in RAM); small blobs are created with
-    ``if_generation_match=0`` and large ones with resumable uploads after an existence check,
-    so no object is overwritten.
+    writes stream (Optuna's store holds whole objects in RAM); blobs are created with
+    ``if_generation_match=0`` (small ones in one request, large ones by a resumable upload
+    carrying the same precondition), so no object is overwritten.
 
     Args:
         bucket_name: The bucket.

@@ -1,0 +1,556 @@
+"""One base for object stores reached over the network (S3, GCS).
+
+An adapter (``S3Backend``, ``GCSBackend``) supplies only primitive requests (HEAD, a
+conditional PUT, a ranged GET, DELETE, a listing, a multipart or resumable upload) and one
+table that sorts its SDK's errors into :class:`Fault` kinds. This base owns everything else,
+once for all of them:
+
+* keys, the prefix and bucket-name checks, before any request;
+* ``write``: one request for small bodies, parts for large ones, with memory bounded by
+  part size times concurrency, never closing the caller's stream, and publishing nothing before
+  that stream was read to EOF (a verifying reader raises there);
+* create-if-absent: a 412 means "already present" (keys are content addresses, so whatever is
+  there holds the same bytes; it is also the answer to a retried create whose first answer was
+  lost), and a finished upload whose answer was lost is recognised by the object it left;
+* error translation in one context manager (httpx's habit): a missing key is
+  :class:`~optuna_cas.exceptions.ArtifactNotFound`, a missing bucket a clear
+  :class:`~optuna_cas.exceptions.BackendError`, faults a retry may cure
+  :class:`~optuna_cas.exceptions.TransientBackendError`;
+* the request runner: ``with_request_runner`` returns a copy that sends each request of a
+  write (each part, each chunk) through the runner, so :class:`~optuna_cas.Backoff` retries one
+  part rather than a whole upload.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import copy
+import enum
+import functools
+import io
+import math
+import re
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, ClassVar, NoReturn, Protocol, TypeVar
+
+from optuna_cas._validation import validate_key, validate_prefix
+from optuna_cas.backends.base import ObjectInfo, RequestRunner, run_once
+from optuna_cas.backends.remote_io import (
+    Download,
+    ObjectReader,
+    PartReader,
+    PartSender,
+    read_up_to,
+    remaining_size,
+)
+from optuna_cas.exceptions import (
+    ArtifactNotFound,
+    BackendError,
+    OptunaCasError,
+    StoreConfigError,
+    TransientBackendError,
+)
+
+__all__ = ["AlreadyPresentError", "Fault", "PartUpload", "RemoteBackend", "UploadGoneError"]
+
+T = TypeVar("T")
+_BAD_BUCKET_CHARACTER = re.compile(r"[/\s\x00-\x1f\x7f]")
+
+
+class Fault(enum.Enum):
+    """What an SDK error means, as an adapter's error table says; the base picks our exception.
+
+    Example:
+        >>> Fault("transient") is Fault.TRANSIENT
+        True
+    """
+
+    MISSING = "missing"  # 404: no such object, or no such bucket (the base tells them apart)
+    NO_BUCKET = "no bucket"  # the service said the bucket does not exist
+    EXISTS = "exists"  # 412 on a create-if-absent: the object is there
+    GONE = "gone"  # the multipart/resumable upload is no longer known to the service
+    DENIED = "denied"  # 401/403
+    TRANSIENT = "transient"  # connection trouble, throttling, 5xx, a body cut short
+    PERMANENT = "permanent"  # anything else the SDK raised
+
+
+class AlreadyPresentError(BackendError):
+    """A create-if-absent met an existing object (HTTP 412); ``write`` swallows it."""
+
+
+class UploadGoneError(BackendError):
+    """The service no longer knows an upload (finished, cancelled or expired).
+
+    Raised by an adapter's upload, or from a :attr:`Fault.GONE` error. After the last part it
+    usually means the upload *did* finish and the answer was lost: the base then looks for the
+    object before believing it failed.
+    """
+
+
+class PartUpload(Protocol):
+    """One multipart (S3) or resumable (GCS) upload in progress; each method is one request.
+
+    Every method may be called again after it failed (the request runner retries it).
+    """
+
+    completes_separately: bool
+    """Whether :meth:`complete` is a request of its own (S3), or the last part publishes."""
+
+    def send_part(self, number: int, offset: int, data: bytes) -> None:
+        """Send part ``number`` (1-based; ``data`` starts at byte ``offset``), not the last."""
+        ...
+
+    def send_last(self, number: int, offset: int, data: bytes, total: int) -> None:
+        """Send the last part (possibly empty); the caller's stream has reached EOF."""
+        ...
+
+    def complete(self) -> None:
+        """Publish the object (when :attr:`completes_separately`)."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the upload; best effort, never raises."""
+        ...
+
+
+class RemoteBackend(abc.ABC):
+    """The :class:`~optuna_cas.backends.base.Backend` contract for one bucket of a remote store.
+
+    Subclasses implement the ``_primitive`` methods below and :meth:`_classify`; see
+    :class:`~optuna_cas.backends.s3.S3Backend` and :class:`~optuna_cas.backends.gcs.GCSBackend`.
+
+    Args:
+        bucket: Bucket name (not a URL).
+        prefix: Key prefix inside the bucket; keys live below it.
+        single_request_limit: Bodies up to this many bytes go in one request.
+        part_size: Bytes per part of a larger upload.
+        max_parts: The service's limit on parts per upload (``None``: no limit).
+        concurrency: Parts sent at once (1: in order, on the calling thread).
+        read_buffer: Buffer size of the readers ``open_reader`` returns.
+
+    Raises:
+        StoreConfigError: The bucket name is not a plain name.
+        InvalidKeyError: ``prefix`` has an unsafe segment.
+
+    Example:
+        >>> from optuna_cas.backends.s3 import S3Backend
+        >>> issubclass(S3Backend, RemoteBackend)
+        True
+    """
+
+    scheme: ClassVar[str]
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str,
+        single_request_limit: int,
+        part_size: int,
+        max_parts: int | None,
+        concurrency: int,
+        read_buffer: int,
+    ) -> None:
+        if not isinstance(bucket, str) or not bucket or _BAD_BUCKET_CHARACTER.search(bucket):
+            raise StoreConfigError(
+                f"{type(self).__name__}: invalid bucket name {bucket!r} "
+                f"(a plain name, not a URL or path)"
+            )
+        if concurrency < 1:
+            raise StoreConfigError(
+                f"{type(self).__name__}: max_concurrency must be at least 1, got {concurrency}"
+            )
+        self._bucket_name = bucket
+        self._prefix = validate_prefix(prefix)
+        self._single_request_limit = single_request_limit
+        self._part_size = part_size
+        self._max_parts = max_parts
+        self._concurrency = concurrency
+        self._read_buffer = read_buffer
+        self._run: RequestRunner = run_once
+        # Set once the bucket is known to exist, so later 404s need no second look.
+        self._bucket_seen = False
+
+    # ---- primitives: one request each, raising the SDK's own errors -------------------------
+
+    @abc.abstractmethod
+    def _head(self, name: str) -> tuple[int, float]:
+        """Size and modification time (epoch seconds) of the object ``name``."""
+
+    @abc.abstractmethod
+    def _get(self, name: str, offset: int) -> Download:
+        """Open ``name`` from ``offset``; past the end, an empty body (not an error)."""
+
+    @abc.abstractmethod
+    def _put(self, name: str, data: bytes, *, if_absent: bool) -> None:
+        """Store ``data`` in one request; with ``if_absent``, only if ``name`` is absent."""
+
+    @abc.abstractmethod
+    def _start_upload(self, name: str, *, if_absent: bool) -> PartUpload:
+        """Begin a multipart/resumable upload that publishes ``name`` only when complete."""
+
+    @abc.abstractmethod
+    def _delete(self, name: str) -> None:
+        """Delete ``name``; a missing object raises the SDK's not-found error."""
+
+    @abc.abstractmethod
+    def _touch(self, name: str) -> None:
+        """Set the modification time of ``name`` to now without changing its bytes."""
+
+    @abc.abstractmethod
+    def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        """``(name, size, modified)`` of every object whose name starts with ``prefix``."""
+
+    @abc.abstractmethod
+    def _bucket_exists(self) -> bool:
+        """Whether the bucket exists (may raise, e.g. access denied)."""
+
+    @abc.abstractmethod
+    def _classify(self, error: BaseException) -> tuple[Fault, str] | None:
+        """The adapter's error table: what an SDK error means, and a short detail.
+
+        ``None`` for errors that are not the SDK's; those propagate untouched.
+        """
+
+    # ---- the Backend protocol ---------------------------------------------------------------
+
+    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
+        """Open ``key`` for reading from byte ``offset``.
+
+        The first request is made here, so a missing key fails now rather than at the first
+        read. The stream is seekable (a seek starts a new request at the new place).
+
+        Args:
+            key: The object's key.
+            offset: First byte to read; at or past the end, reads return ``b""``.
+
+        Returns:
+            A buffered binary stream; close it (or use ``with``) to release the connection.
+
+        Raises:
+            ArtifactNotFound: No object under ``key``.
+            TransientBackendError: Connection trouble, also while reading, or a short body.
+            BackendError: Any other refusal (missing bucket, access denied).
+
+        Example:
+            .. code-block:: python
+
+                with backend.open_reader("refs/a", offset=1) as f:
+                    f.read()
+        """
+        validate_key(key)
+        if offset < 0:
+            raise ValueError(f"offset must not be negative, got {offset}")
+        raw = ObjectReader(
+            self._download(key, offset),
+            offset,
+            reopen=functools.partial(self._download, key),
+            guard=functools.partial(self._translating, key),
+            name=f"{self.describe()} key {key!r}",
+        )
+        return io.BufferedReader(raw, buffer_size=self._read_buffer)
+
+    def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
+        """Store the rest of ``content_body`` under ``key``, all or nothing.
+
+        Reads from the stream's current position to EOF and never closes it. Bodies up to the
+        single-request limit go in one request; larger ones in a multipart/resumable upload
+        that the service publishes only when it completes, after EOF was read, and that is
+        aborted on any failure.
+
+        Args:
+            key: The object's key.
+            content_body: A binary stream; it need not be seekable.
+            if_absent: Leave an existing object untouched (no error). The service checks this
+                when publishing, so a large body may be sent before it turns out present.
+
+        Raises:
+            TransientBackendError: Connection trouble, throttling or 5xx.
+            BackendError: Any other refusal (missing bucket, access denied). Errors raised by
+                ``content_body`` itself propagate unchanged.
+
+        Example:
+            .. code-block:: python
+
+                import io
+
+                backend.write("refs/abc", io.BytesIO(b"{}"), if_absent=True)
+        """
+        validate_key(key)
+        name = self._name(key)
+        # Reading one byte past the limit tells small from large without knowing the size.
+        head = read_up_to(content_body, self._single_request_limit + 1)
+        try:
+            if len(head) <= self._single_request_limit:
+                self._request(
+                    key,
+                    f"upload {self._where(key)}",
+                    functools.partial(self._put, name, head, if_absent=if_absent),
+                )
+            else:
+                self._upload_in_parts(key, head, content_body, if_absent=if_absent)
+        except AlreadyPresentError:
+            if not if_absent:
+                raise
+
+    def remove(self, key: str) -> None:
+        """Delete ``key``; a missing key raises ``ArtifactNotFound``.
+
+        Example:
+            .. code-block:: python
+
+                backend.remove("refs/abc")
+        """
+        validate_key(key)
+        with self._translating(key):
+            self._delete(self._name(key))
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` is stored (one metadata request).
+
+        Raises:
+            BackendError: The bucket does not exist, access is denied, etc.
+
+        Example:
+            .. code-block:: python
+
+                backend.exists("refs/abc")  # True or False
+        """
+        try:
+            self.stat(key)
+        except ArtifactNotFound:
+            return False
+        return True
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and modification time of ``key``.
+
+        Raises:
+            ArtifactNotFound: No such key.
+
+        Example:
+            .. code-block:: python
+
+                backend.stat("refs/abc").size  # 2
+        """
+        validate_key(key)
+        with self._translating(key):
+            size, modified = self._head(self._name(key))
+        return ObjectInfo(key=key, size=size, modified=modified)
+
+    def touch(self, key: str) -> None:
+        """Set ``key``'s modification time to now without changing its bytes (no bytes move).
+
+        Example:
+            .. code-block:: python
+
+                backend.touch("blobs/blake3/ab/cd...")
+        """
+        validate_key(key)
+        with self._translating(key):
+            self._touch(self._name(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, keys relative to the backend's prefix.
+
+        Objects whose names are not valid keys (e.g. ``folder/`` markers made by consoles) are
+        skipped: no other method could use them.
+
+        Example:
+            .. code-block:: python
+
+                [info.key for info in backend.list("refs/")]  # ['refs/abc', ...]
+        """
+        root = f"{self._prefix}/" if self._prefix else ""
+        with self._translating(None):
+            for name, size, modified in self._list(root + prefix):
+                key = name[len(root) :]
+                try:
+                    validate_key(key)
+                except ValueError:
+                    continue
+                yield ObjectInfo(key=key, size=size, modified=modified)
+
+    def describe(self) -> str:
+        """Return ``<scheme>://bucket`` or ``<scheme>://bucket/prefix``.
+
+        Example:
+            .. code-block:: python
+
+                backend.describe()  # 's3://my-bucket/studies'
+        """
+        root = f"{self.scheme}://{self._bucket_name}"
+        return f"{root}/{self._prefix}" if self._prefix else root
+
+    def with_request_runner(self, runner: RequestRunner) -> RemoteBackend:
+        """A copy of this backend that sends every request of ``write`` through ``runner``.
+
+        :class:`~optuna_cas.Backoff` passes a retrying runner, so a failed part of a multipart
+        or resumable upload is retried alone instead of the whole upload. The other methods
+        make one request each; Backoff retries those itself.
+
+        Example:
+            .. code-block:: python
+
+                from optuna_cas.backends.base import run_once
+
+                same = backend.with_request_runner(run_once)
+        """
+        clone = copy.copy(self)
+        clone._run = runner
+        return clone
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _name(self, key: str) -> str:
+        return f"{self._prefix}/{key}" if self._prefix else key
+
+    def _where(self, key: str) -> str:
+        return f"{self.describe()}/{key}"
+
+    def _download(self, key: str, offset: int) -> Download:
+        with self._translating(key):
+            return self._get(self._name(key), offset)
+
+    def _request(self, key: str, description: str, request: Callable[[], T]) -> T:
+        """Send one request through the runner, its SDK errors translated."""
+
+        def attempt() -> T:
+            with self._translating(key):
+                return request()
+
+        return self._run(description, attempt)
+
+    def _upload_in_parts(self, key: str, head: bytes, stream: BinaryIO, *, if_absent: bool) -> None:
+        where = self._where(key)
+        part_size = self._part_size
+        remaining = remaining_size(stream)
+        if self._max_parts is not None and remaining is not None:
+            part_size = max(part_size, math.ceil((len(head) + remaining) / self._max_parts))
+        upload = self._request(
+            key,
+            f"start upload of {where}",
+            functools.partial(self._start_upload, self._name(key), if_absent=if_absent),
+        )
+        try:
+            parts = PartReader(head, stream, part_size)
+            del head  # the part reader holds it now; let it go once sent
+            offset, number = 0, 0
+            with PartSender(self._concurrency) as sender:
+                while True:
+                    # The caller's stream is read here, outside any request: its errors
+                    # propagate as they are, never translated or retried.
+                    part = parts.next()
+                    if parts.eof:
+                        break
+                    number += 1
+                    self._check_part_count(key, number, part_size)
+                    sender.submit(
+                        functools.partial(
+                            self._request,
+                            key,
+                            f"upload part {number} of {where}",
+                            functools.partial(upload.send_part, number, offset, part),
+                        )
+                    )
+                    offset += len(part)
+                    del part  # the sender holds the only reference now
+                sender.drain()
+            number += 1
+            if part:
+                self._check_part_count(key, number, part_size)
+            total = offset + len(part)
+            # EOF was read: only now may a request publish the object.
+            last = functools.partial(upload.send_last, number, offset, part, total)
+            if upload.completes_separately:
+                self._request(key, f"upload part {number} of {where}", last)
+                self._publish(key, total, f"complete upload of {where}", upload.complete)
+            else:
+                self._publish(key, total, f"upload part {number} of {where}", last)
+        except BaseException:
+            # Unpublished parts are invisible but may be billed until dropped.
+            upload.abort()
+            raise
+
+    def _publish(self, key: str, total: int, description: str, request: Callable[[], None]) -> None:
+        """Send the request that publishes the object (S3's complete, GCS's last chunk)."""
+        try:
+            self._request(key, description, request)
+        except UploadGoneError:
+            # Retried after its answer was lost, the publishing request finds the upload over.
+            # The object tells whether it was ours that finished.
+            with contextlib.suppress(ArtifactNotFound):
+                if self.stat(key).size == total:
+                    return
+            raise
+
+    def _check_part_count(self, key: str, number: int, part_size: int) -> None:
+        if self._max_parts is not None and number > self._max_parts:
+            raise BackendError(
+                f"{self._where(key)} needs more than {self._max_parts} parts of {part_size} "
+                f"bytes; raise part_size or pass a seekable stream"
+            )
+
+    @contextlib.contextmanager
+    def _translating(self, key: str | None) -> Iterator[None]:
+        """Re-raise SDK errors from the block as ours (``raise ... from``); others pass."""
+        try:
+            yield
+        except OptunaCasError:
+            raise
+        except Exception as error:
+            verdict = self._classify(error)
+            if verdict is None:
+                raise
+            self._raise(*verdict, key=key, cause=error)
+
+    def _raise(self, fault: Fault, detail: str, *, key: str | None, cause: Exception) -> NoReturn:
+        store = self.describe()
+        on = f" for key {key!r}" if key is not None else ""
+        error: OptunaCasError
+        if fault is Fault.MISSING and key is not None and self._bucket_is_there():
+            error = ArtifactNotFound(f"no object {key!r} in {store}")
+        elif fault in (Fault.MISSING, Fault.NO_BUCKET):
+            # A 404 on a bucket-level request (a listing) can only mean the bucket.
+            error = BackendError(f"{store}: bucket {self._bucket_name!r} does not exist")
+        elif fault is Fault.EXISTS:
+            error = AlreadyPresentError(f"{store}: {key!r} already exists")
+        elif fault is Fault.GONE:
+            error = UploadGoneError(
+                f"{store}: the upload session ended before the upload was complete{on} ({detail})"
+            )
+        elif fault is Fault.DENIED:
+            error = BackendError(
+                f"{store}: access denied{on} ({detail}); check the credentials and their "
+                f"permissions on bucket {self._bucket_name!r}"
+            )
+        elif fault is Fault.TRANSIENT:
+            error = TransientBackendError(f"{store}: {detail}{on}")
+        else:
+            error = BackendError(f"{store}: request failed{on} ({detail})")
+        raise error from cause
+
+    def _bucket_is_there(self) -> bool:
+        """Tell a missing key from a missing bucket: both are a bare 404 (asked once).
+
+        Only a clear "does not exist" is believed: a reader may not be allowed to look at the
+        bucket (S3 HeadBucket 403, GCS without storage.buckets.get), and then the object is
+        simply missing. Other failures of the check are raised, translated.
+        """
+        if self._bucket_seen:
+            return True
+        try:
+            exists = self._bucket_exists()
+        except Exception as error:
+            verdict = self._classify(error)
+            if verdict is None:
+                raise
+            fault, detail = verdict
+            if fault in (Fault.MISSING, Fault.NO_BUCKET):
+                return False
+            if fault is not Fault.DENIED:
+                self._raise(fault, detail, key=None, cause=error)
+            exists = True
+        self._bucket_seen = exists
+        return exists

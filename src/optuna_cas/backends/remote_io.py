@@ -1,0 +1,291 @@
+"""Byte plumbing shared by the remote backends: cutting uploads into parts, reading objects.
+
+Nothing here knows an SDK. :class:`PartReader` turns the caller's stream into upload parts and
+hands out the last part only once the stream reported EOF; :class:`PartSender` sends parts with
+bounded concurrency and memory; :class:`ObjectReader` turns an adapter's response bodies into
+one seekable, length-checked raw stream.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from optuna_cas.exceptions import TransientBackendError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+__all__ = [
+    "Body",
+    "Download",
+    "ObjectReader",
+    "PartReader",
+    "PartSender",
+    "read_up_to",
+    "remaining_size",
+]
+
+
+def read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """Read ``size`` bytes from ``stream``, fewer only at EOF (raw streams return short reads).
+
+    Returns ``bytes``, not ``bytearray``: the SDKs send ``bytes`` bodies without copying them.
+
+    Raises:
+        TypeError: ``stream`` is a text stream.
+
+    Example:
+        >>> read_up_to(io.BytesIO(b"abcdef"), 4), read_up_to(io.BytesIO(b"ab"), 4)
+        (b'abcd', b'ab')
+    """
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        chunk = stream.read(remaining)
+        if not chunk:
+            break
+        if isinstance(chunk, str):
+            raise TypeError("content_body must be a binary stream, got a text stream")
+        chunks.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
+        remaining -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def remaining_size(stream: BinaryIO) -> int | None:
+    """Bytes left in ``stream`` if it can tell cheaply (a seekable stream), else ``None``.
+
+    Example:
+        >>> f = io.BytesIO(b"abcdef"); _ = f.seek(2)
+        >>> remaining_size(f), f.tell()
+        (4, 2)
+    """
+    try:
+        if not stream.seekable():
+            return None
+        position = stream.tell()
+        end = stream.seek(0, io.SEEK_END)
+        stream.seek(position)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return max(end - position, 0)
+
+
+class PartReader:
+    """``head``, then the rest of ``stream``, cut into parts of exactly ``part_size`` bytes.
+
+    Every part but the last is full. The last one is shorter, possibly empty, and is returned
+    only after ``stream`` reported EOF: a backend that publishes with (or after) the last part
+    therefore never publishes before the caller's stream was read to its end, which is where a
+    verifying reader raises when the bytes are wrong.
+
+    Example:
+        >>> parts = PartReader(b"abc", io.BytesIO(b"defgh"), 3)
+        >>> [parts.next(), parts.next(), parts.next(), parts.eof]
+        [b'abc', b'def', b'gh', True]
+    """
+
+    def __init__(self, head: bytes, stream: BinaryIO, part_size: int) -> None:
+        self._head = memoryview(head)
+        self._stream = stream
+        self._part_size = part_size
+        self.eof = False
+
+    def next(self) -> bytes:
+        """The next part; shorter than ``part_size`` (and then :attr:`eof`) only at the end."""
+        size = self._part_size
+        if len(self._head) >= size:
+            part = self._head[:size].tobytes()
+            self._head = self._head[size:]
+            return part
+        part = self._head.tobytes() + read_up_to(self._stream, size - len(self._head))
+        self._head = memoryview(b"")
+        self.eof = len(part) < size
+        return part
+
+
+class PartSender:
+    """Sends parts on up to ``concurrency`` threads, holding at most that many in memory.
+
+    With ``concurrency == 1`` parts go out in order on the calling thread (GCS needs order).
+
+    Example:
+        >>> sent = []
+        >>> with PartSender(2) as sender:
+        ...     for n in range(3):
+        ...         sender.submit(lambda n=n: sent.append(n))
+        ...     sender.drain()
+        >>> sorted(sent)
+        [0, 1, 2]
+    """
+
+    def __init__(self, concurrency: int) -> None:
+        self._concurrency = concurrency
+        self._pool = (
+            ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="optuna-cas-upload")
+            if concurrency > 1
+            else None
+        )
+        self._pending: set[Future[object]] = set()
+
+    def __enter__(self) -> PartSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for future in self._pending:
+            future.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def submit(self, send: Callable[[], object]) -> None:
+        """Send one part; returns once fewer than ``concurrency`` parts are in flight."""
+        if self._pool is None:
+            send()
+            return
+        self._pending.add(self._pool.submit(send))
+        # Wait *before* the caller reads the next part, so buffered parts stay within bounds.
+        while len(self._pending) >= self._concurrency:
+            done, self._pending = wait(self._pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()  # re-raises the part's (translated) error
+
+    def drain(self) -> None:
+        """Wait for every part in flight; raise the first failure."""
+        done, self._pending = wait(self._pending)
+        for future in done:
+            future.result()
+
+
+class Body(Protocol):
+    """A response body as an adapter hands it over: fills buffers, then gets closed."""
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill (a prefix of) ``buffer``; 0 only at the end of the body."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+@dataclass
+class Download:
+    """One opened read of an object: its body from some offset, and the object's whole size.
+
+    Example:
+        >>> Download(body=io.BytesIO(b"xyz"), size=3).size
+        3
+    """
+
+    body: Body
+    size: int
+
+
+class ObjectReader(io.RawIOBase):
+    """A remote object as a seekable raw stream that never mistakes a cut body for EOF.
+
+    Args:
+        first: The download opened by ``open_reader`` (so a missing key fails there).
+        offset: Where ``first`` starts.
+        reopen: Opens the object again at a byte offset (after a seek).
+        guard: A context manager that translates SDK errors raised while reading.
+        name: For messages, e.g. ``"s3://bucket key 'refs/a'"``.
+
+    Example:
+        >>> from contextlib import nullcontext
+        >>> def reopen(at):
+        ...     return Download(io.BytesIO(b"hello"[at:]), 5)
+        >>> reader = ObjectReader(reopen(1), 1, reopen=reopen, guard=nullcontext, name="x")
+        >>> reader.readall(), reader.seek(-2, io.SEEK_END), reader.readall()
+        (b'ello', 3, b'lo')
+    """
+
+    def __init__(
+        self,
+        first: Download,
+        offset: int,
+        *,
+        reopen: Callable[[int], Download],
+        guard: Callable[[], AbstractContextManager[object]],
+        name: str,
+    ) -> None:
+        super().__init__()
+        self._current: Download | None = first
+        self._size = first.size
+        self._pos = offset
+        self._reopen = reopen
+        self._guard = guard
+        self._name = name
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def seekable(self) -> bool:
+        """Always True: a seek closes the body and the next read opens one at the new place."""
+        return True
+
+    def tell(self) -> int:
+        """The current position."""
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        """Move to ``pos`` (relative to ``whence``); the next read starts a request there."""
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}
+        if whence not in bases:
+            raise ValueError(f"invalid whence: {whence!r}")
+        target = bases[whence] + pos
+        if target < 0:
+            raise ValueError(f"negative seek position {target}")
+        if target != self._pos:
+            self._drop_body()
+            self._pos = target
+        return self._pos
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        """Fill a prefix of ``buffer``; 0 only at the end of the object."""
+        self._checkClosed()
+        with memoryview(buffer) as raw, raw.cast("B") as view:
+            if self._current is None and self._pos < self._size:
+                self._current = self._reopen(self._pos)
+                self._size = self._current.size
+            wanted = min(len(view), self._size - self._pos)
+            if wanted <= 0 or self._current is None:
+                return 0
+            with self._guard():
+                count = self._current.body.readinto(view[:wanted])
+        if not count:
+            # The body ended before the object did: a cut connection, never the end of data.
+            raise TransientBackendError(
+                f"{self._name}: connection ended at byte {self._pos} of {self._size}"
+            )
+        self._pos += count
+        return count
+
+    def readall(self) -> bytes:
+        """The rest of the object, read into one buffer (RawIOBase would go 8 KiB at a time)."""
+        out = bytearray(max(self._size - self._pos, 0))
+        with memoryview(out) as view:
+            done = 0
+            while done < len(out):
+                count = self.readinto(view[done:])
+                if not count:
+                    break
+                done += count
+        del out[done:]
+        return bytes(out)
+
+    def close(self) -> None:
+        """Release the connection of the body being read, if any."""
+        if not self.closed:
+            self._drop_body()
+        super().close()
+
+    def _drop_body(self) -> None:
+        current, self._current = self._current, None
+        if current is not None:
+            current.body.close()
