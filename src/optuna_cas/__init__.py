@@ -25,6 +25,7 @@ from optuna_cas.digest import Digest
 from optuna_cas.middleware.backoff import Backoff
 from optuna_cas.middleware.cache import CachedArtifactStore, CacheInfo, DiskBlobCache
 from optuna_cas.operations.gc import GcReport, gc
+from optuna_cas.operations.reconcile import ReconcileReport, reconcile
 from optuna_cas.operations.stats import StoreStats, stats
 from optuna_cas.operations.sync import SyncReport, sync
 from optuna_cas.operations.verify import VerifyReport, verify
@@ -50,6 +51,7 @@ __all__ = [
     "GCSArtifactStore",
     "GcReport",
     "MemoryArtifactStore",
+    "ReconcileReport",
     "StoreStats",
     "SyncReport",
     "VerifyReport",
@@ -59,6 +61,7 @@ __all__ = [
     "gc",
     "get_all_artifact_meta",
     "open_store",
+    "reconcile",
     "stats",
     "sync",
     "upload_artifact",
