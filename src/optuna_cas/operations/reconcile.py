@@ -28,7 +28,7 @@ from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["CATEGORIES", "Finding", "ReconcileReport", "reconcile"]
 
-OTHER_STUDIES_NOTE = "refs no metadata of this study names may belong to other studies"
+OTHER_STUDIES_NOTE = "named by no metadata of this study: it may belong to another study"
 FINISHED_TRIAL_NOTE = (
     "the trial has finished, so the deletion is recorded on the study as "
     f"'{DELETED_ATTR_PREFIX}<id>': optuna-cas honours it, Optuna's own listing and "
@@ -201,11 +201,7 @@ def reconcile(
             why = "its metadata records it deleted; 'optuna-cas rm ID' removes the ref"
             report.unreferenced.append(Finding(artifact_id, gone[artifact_id], why))
         else:
-            report.unreferenced.append(
-                Finding(
-                    artifact_id, None, f"named by no metadata of this study ({OTHER_STUDIES_NOTE})"
-                )
-            )
+            report.unreferenced.append(Finding(artifact_id, None, OTHER_STUDIES_NOTE))
     return report
 
 
