@@ -314,7 +314,8 @@ def _verify_study(args: argparse.Namespace) -> int:
     )
     _print(
         args,
-        f"study '{esc(args.study)}': {report.entries_checked} entries checked: {counts}; "
+        f"study '{esc(args.study)}': {report.entries_checked} artifact "
+        f"entr{'y' if report.entries_checked == 1 else 'ies'} checked: {counts}; "
         f"{len(report.unreferenced)} of {report.refs_listed} refs in the store named by no "
         "entry of this study (other studies sharing the store may use them; never deleted)",
     )
