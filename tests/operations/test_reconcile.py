@@ -345,3 +345,17 @@ def test_blob_collected_while_its_ref_is_rebuilt_leaves_no_dangling_ref(
     assert report.rebuilt == [] and found(report.deleted) == [(artifact_id, 0)]
     assert "collected during the repair" in report.deleted[0].reason
     assert not store.content.has_ref(artifact_id)
+
+
+def test_nothing_is_recorded_deleted_against_a_store_without_a_trace_of_the_study(
+    study: optuna.Study, upload: Callable[..., str], tmp_path: Path
+) -> None:
+    ids = [upload(study.ask(), b"one"), upload(study, b"two")]
+    before = (study_attrs(study), trial_attrs(study, 0))
+    wrong = FileSystemArtifactStore(tmp_path / "another-projects-store")
+    wrong.write("unrelated", io.BytesIO(b"unrelated"))
+
+    report = reconcile(wrong, study, repair=True)
+    assert found(report.lost) == [(ids[0], 0), (ids[1], None)] and report.deleted == []
+    assert all("the right one?" in f.reason for f in report.lost) and not report.ok
+    assert (study_attrs(study), trial_attrs(study, 0)) == before

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
-from optuna_cas._delete import DELETED_ATTR_PREFIX, record_deletion
+from optuna_cas._delete import DELETED_ATTR_PREFIX, is_live, record_deletion
 from optuna_cas._meta import ArtifactMeta
 from optuna_cas._optuna import import_optuna
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, OptunaCasError
+from optuna_cas.operations._reconcile_report import CATEGORIES, Finding, ReconcileReport
 from optuna_cas.operations._study_metadata import MetadataEntry, read_study_metadata
 from optuna_cas.refs import ArtifactRef
 from optuna_cas.refstore import RefStore
@@ -29,104 +29,14 @@ from optuna_cas.stores.base import ContentAddressedArtifactStore
 __all__ = ["CATEGORIES", "Finding", "ReconcileReport", "reconcile"]
 
 OTHER_STUDIES_NOTE = "named by no metadata of this study: it may belong to another study"
+WRONG_STORE_NOTE = (
+    "none of the study's artifacts is in this store (the right one? if so, delete each with "
+    "'optuna-cas rm ID --storage URL --study NAME [--trial N]')"
+)
 FINISHED_TRIAL_NOTE = (
     "the trial has finished, so the deletion is recorded on the study as "
     f"'{DELETED_ATTR_PREFIX}<id>': optuna-cas honours it, Optuna's own listing and "
     "optuna-dashboard still show the artifact"
-)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One artifact ID and what was found (or done) about it.
-
-    Attributes:
-        artifact_id: The ID (from the attribute's key; may be any text someone wrote there).
-        trial_number: The trial's number within the study; None for a study-level artifact
-            or a ref that no metadata names.
-        reason: What is the matter, in words.
-    """
-
-    artifact_id: str
-    trial_number: int | None
-    reason: str
-
-
-@dataclass
-class ReconcileReport:
-    """What :func:`reconcile` found and, with ``repair=True``, did.
-
-    Attributes:
-        repair: Repairs were made.
-        entries_checked: Metadata entries read (tombstones and recorded deletions excluded).
-        refs_listed: Refs in the store.
-        consistent: Entries whose artifact downloads (ref matching the recorded digest, or an
-            object Optuna's own store wrote).
-        repairable: No ref (or a damaged one), but the recorded blob is stored: ``repair``
-            writes the ref again from the metadata.
-        lost: No ref and no blob (or no digest recorded): the bytes are gone. ``repair``
-            records the deletion.
-        missing_blobs: The ref is there but its blob is not: the bytes are gone and the ref
-            stays (``optuna-cas verify`` reports it too); not repaired.
-        conflicts: The ref names other content than the metadata recorded, or is damaged
-            with nothing to rebuild it from; not repaired.
-        malformed: Entries that cannot be read, each with the reason; not repaired.
-        unreferenced: Refs no live metadata of this study names. Reported only: they may
-            belong to another study sharing the store.
-        rebuilt: Refs written again from the metadata by ``repair``.
-        deleted: Deletions recorded by ``repair``.
-
-    Example:
-        >>> ReconcileReport(repair=False).ok
-        True
-    """
-
-    repair: bool
-    entries_checked: int = 0
-    refs_listed: int = 0
-    consistent: list[Finding] = field(default_factory=list)
-    repairable: list[Finding] = field(default_factory=list)
-    lost: list[Finding] = field(default_factory=list)
-    missing_blobs: list[Finding] = field(default_factory=list)
-    conflicts: list[Finding] = field(default_factory=list)
-    malformed: list[Finding] = field(default_factory=list)
-    unreferenced: list[Finding] = field(default_factory=list)
-    rebuilt: list[Finding] = field(default_factory=list)
-    deleted: list[Finding] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Nothing dangles, conflicts or is malformed (unreferenced refs are not a fault).
-
-        Example:
-            >>> ReconcileReport(repair=False, lost=[Finding("a", 0, "gone")]).ok
-            False
-        """
-        problems = (self.repairable, self.lost, self.missing_blobs, self.conflicts)
-        return not (any(problems) or self.malformed)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """The number of findings in each list, by the list's name.
-
-        Example:
-            >>> ReconcileReport(repair=False).counts["lost"]
-            0
-        """
-        return {name: len(getattr(self, name)) for name in CATEGORIES}
-
-
-# The report's lists, in the order the CLI prints them.
-CATEGORIES = (
-    "repairable",
-    "lost",
-    "missing_blobs",
-    "conflicts",
-    "malformed",
-    "rebuilt",
-    "deleted",
-    "unreferenced",
-    "consistent",
 )
 
 
@@ -140,8 +50,9 @@ def reconcile(
     size, file name, mimetype, encoding, time) when the blob is still stored, so downloads
     work again; when the bytes are gone, the deletion is recorded as optuna-dashboard
     records it (JSON ``null``; for a finished trial, which Optuna does not let anyone change,
-    ``artifacts-deleted:<id>`` on the study). Conflicting refs, malformed entries and refs
-    no metadata names are reported and left alone. A second run after a repair finds nothing.
+    ``artifacts-deleted:<id>`` on the study), unless the store holds nothing of the study at
+    all (the wrong store, most likely). Conflicting refs, malformed entries and refs no
+    metadata names are reported and left alone. A second run after a repair finds nothing.
 
     Args:
         store: The optuna-cas store the study's artifacts were uploaded to.
@@ -189,8 +100,16 @@ def reconcile(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         stored = dict(zip(digests, pool.map(content.has_blob, digests), strict=True))
 
-    for entry in entries:
-        _check(store, entry, refs.get(entry.meta.artifact_id), damaged, stored, report)
+    lost = [
+        found
+        for entry in entries
+        if (
+            found := _check(store, entry, refs.get(entry.meta.artifact_id), damaged, stored, report)
+        )
+    ]
+    # Pointed at the wrong store, every artifact looks lost: record nothing deleted then.
+    known = bool(refs or damaged or report.consistent) or any(stored.values())
+    _settle_lost(lost, report, known=known)
 
     named = {e.meta.artifact_id for e in entries} | {f.artifact_id for f in report.malformed}
     for artifact_id in content.iter_ref_ids():
@@ -212,8 +131,11 @@ def _check(
     damaged: dict[str, str],
     stored: dict[Digest, bool],
     report: ReconcileReport,
-) -> None:
-    """Classify one entry into the report, repairing it if asked to."""
+) -> tuple[MetadataEntry, str] | None:
+    """Classify one entry into the report, rebuilding its ref if asked to.
+
+    Returns the entry and the reason if its bytes are lost (see :func:`_settle_lost`).
+    """
     artifact_id, recorded = entry.meta.artifact_id, entry.digest
 
     def note(findings: list[Finding], reason: str) -> None:
@@ -230,23 +152,25 @@ def _check(
             note(report.missing_blobs, f"its blob {ref.digest} is missing from the store")
         else:
             note(report.consistent, "ref present" + ("" if recorded else " (no digest recorded)"))
-        return
+        return None
     damage = damaged.get(artifact_id)
     if damage is None and _has_legacy_object(store, artifact_id):
         note(report.consistent, "no ref: an object Optuna's own store wrote is served")
-        return
+        return None
     no_ref = f"the ref is damaged ({damage})" if damage else "no ref in the store"
     if recorded is not None and stored.get(recorded, False):
         if not report.repair:
             note(report.repairable, f"{no_ref}; its blob {recorded} is stored: repair rebuilds it")
-            return
+            return None
+        if not is_live(entry.target, artifact_id):
+            return None  # deleted while we looked: nothing to mend
         try:
             if _rebuild_ref(store, entry.meta, recorded):
                 note(report.rebuilt, f"ref rebuilt from the metadata ({recorded})")
-                return
+                return None
         except (OptunaCasError, OSError) as e:
             note(report.repairable, f"{no_ref}; rebuilding it failed: {e}")
-            return
+            return None
         no_ref += "; its blob was collected during the repair"
     elif recorded is not None:
         no_ref += f" and its blob {recorded} is not stored"
@@ -254,16 +178,34 @@ def _check(
         no_ref += " and the metadata records no digest (written by Optuna or optuna-dashboard)"
     if damage is not None:  # the ref may still be mended by hand; never hide the artifact
         note(report.conflicts, f"{no_ref}: nothing to rebuild the ref from")
-    elif not report.repair:
-        note(report.lost, f"{no_ref}: repair records the deletion")
-    elif record_deletion(entry.target, artifact_id):
-        note(report.deleted, f"{no_ref}: deletion recorded ({FINISHED_TRIAL_NOTE})")
-    else:
-        note(report.deleted, f"{no_ref}: deletion recorded (JSON null, the dashboard's tombstone)")
+        return None
+    return entry, no_ref
+
+
+def _settle_lost(
+    lost: list[tuple[MetadataEntry, str]], report: ReconcileReport, *, known: bool
+) -> None:
+    """Report lost artifacts; with ``repair``, record them deleted as the dashboard does.
+
+    A tombstone overwrites the entry, so it is written only if the store is ``known`` to
+    hold some trace of the study (a ref, a blob or an object of one of its artifacts).
+    """
+    for entry, reason in lost:
+        artifact_id, number = entry.meta.artifact_id, entry.trial_number
+        if not report.repair:
+            report.lost.append(Finding(artifact_id, number, f"{reason}: repair records it deleted"))
+        elif not known:
+            why = f"{reason}; not recorded deleted: {WRONG_STORE_NOTE}"
+            report.lost.append(Finding(artifact_id, number, why))
+        elif is_live(entry.target, artifact_id):  # else deleted while we looked
+            on_study = record_deletion(entry.target, artifact_id)
+            how = FINISHED_TRIAL_NOTE if on_study else "JSON null, the dashboard's tombstone"
+            report.deleted.append(Finding(artifact_id, number, f"{reason}: deleted ({how})"))
 
 
 def _has_legacy_object(store: ContentAddressedArtifactStore, artifact_id: str) -> bool:
     """Whether the store serves ``artifact_id`` without a ref (a file Optuna's store wrote)."""
+    store.content.forget_ref(artifact_id)  # absent from the backend: a cache's memory is stale
     try:
         with store.content.open_artifact(artifact_id):
             return True
