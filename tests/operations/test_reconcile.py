@@ -24,6 +24,7 @@ from optuna_cas.digest import Digest
 from optuna_cas.operations.reconcile import CATEGORIES, Finding
 from optuna_cas.refs import ArtifactRef
 from tests.conftest import random_bytes
+from tests.support.stores import STORE_BUILDERS
 from tests.test_malformed_metadata import BAD, meta_json
 
 
@@ -359,3 +360,32 @@ def test_nothing_is_recorded_deleted_against_a_store_without_a_trace_of_the_stud
     assert found(report.lost) == [(ids[0], 0), (ids[1], None)] and report.deleted == []
     assert all("the right one?" in f.reason for f in report.lost) and not report.ok
     assert (study_attrs(study), trial_attrs(study, 0)) == before
+
+
+@pytest.mark.parametrize("kind", ["memory", "s3", "gcs", "cached-backoff-s3"])
+def test_repair_on_every_kind_of_store(
+    kind: str, request: pytest.FixtureRequest, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    remote = STORE_BUILDERS[kind](request)
+    study = optuna.create_study()
+    trial = study.ask()
+    data = random_bytes(100_000, seed=1)
+    ids = [
+        upload_artifact(
+            artifact_store=remote, file_path=str(make_file(d, name=n)), study_or_trial=trial
+        )
+        for d, n in [(data, "kept.bin"), (b"lost", "lost.bin")]
+    ]
+    lost_digest = remote.get_ref(ids[1]).digest
+    for artifact_id in ids:
+        remote.remove(artifact_id)
+    remote.content.remove_blob(lost_digest)
+
+    report = reconcile(remote, study)
+    assert found(report.repairable) == [(ids[0], 0)] and found(report.lost) == [(ids[1], 0)]
+    repaired = reconcile(remote, study, repair=True)
+    assert found(repaired.rebuilt) == [(ids[0], 0)] and found(repaired.deleted) == [(ids[1], 0)]
+    out = tmp_path / "out.bin"
+    download_artifact(artifact_store=remote, file_path=str(out), artifact_id=ids[0])
+    assert out.read_bytes() == data
+    assert (again := reconcile(remote, study)).ok and problems(again) == {}
