@@ -34,6 +34,7 @@ _WHERE: dict[str, str] = {
     "GCSArtifactStore": "optuna_cas.stores.gcs",
     "GcReport": "optuna_cas.operations.gc",
     "MemoryArtifactStore": "optuna_cas.stores.memory",
+    "ReconcileReport": "optuna_cas.operations.reconcile",
     "StoreStats": "optuna_cas.operations.stats",
     "SyncReport": "optuna_cas.operations.sync",
     "VerifyReport": "optuna_cas.operations.verify",
@@ -42,6 +43,7 @@ _WHERE: dict[str, str] = {
     "gc": "optuna_cas.operations.gc",
     "get_all_artifact_meta": "optuna_cas._list_artifact_meta",
     "open_store": "optuna_cas.registry",
+    "reconcile": "optuna_cas.operations.reconcile",
     "stats": "optuna_cas.operations.stats",
     "sync": "optuna_cas.operations.sync",
     "upload_artifact": "optuna_cas._upload",
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     from optuna_cas.middleware.backoff import Backoff
     from optuna_cas.middleware.cache import CachedArtifactStore, CacheInfo, DiskBlobCache
     from optuna_cas.operations.gc import GcReport, gc
+    from optuna_cas.operations.reconcile import ReconcileReport, reconcile
     from optuna_cas.operations.stats import StoreStats, stats
     from optuna_cas.operations.sync import SyncReport, sync
     from optuna_cas.operations.verify import VerifyReport, verify
@@ -84,6 +87,7 @@ __all__ = [
     "GCSArtifactStore",
     "GcReport",
     "MemoryArtifactStore",
+    "ReconcileReport",
     "StoreStats",
     "SyncReport",
     "VerifyReport",
@@ -93,6 +97,7 @@ __all__ = [
     "gc",
     "get_all_artifact_meta",
     "open_store",
+    "reconcile",
     "stats",
     "sync",
     "upload_artifact",

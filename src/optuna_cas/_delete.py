@@ -10,7 +10,7 @@ from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, is_tombstone
 from optuna_cas._optuna import MetadataTarget, import_optuna, resolve_target
 from optuna_cas.exceptions import ArtifactNotFound
 
-__all__ = ["DELETED_ATTR_PREFIX", "delete_artifact"]
+__all__ = ["DELETED_ATTR_PREFIX", "delete_artifact", "record_deletion"]
 
 # Study-level record of artifacts deleted from trials that had already finished (Optuna
 # forbids changing a finished trial's attributes, so its "artifacts:<id>" entry must stay).
@@ -60,22 +60,12 @@ def delete_artifact(
         []
     """
     target = resolve_target(study_or_trial, storage)
-    key = ARTIFACTS_ATTR_PREFIX + artifact_id
     if not is_live(target, artifact_id):
         raise ArtifactNotFound(
             f"Artifact {artifact_id!r} is not recorded on {describe_target(target)} "
             "(or was deleted)"
         )
-    optuna = import_optuna()
-    try:
-        target.set_system_attr(key, json.dumps(None))
-    except optuna.exceptions.UpdateFinishedTrialError:
-        study_id = target.owning_study_id()
-        target.storage.set_study_system_attr(
-            study_id,
-            DELETED_ATTR_PREFIX + artifact_id,
-            json.dumps({"trial_id": target.trial_id, "deleted": time.time()}),
-        )
+    record_deletion(target, artifact_id)
     try:
         artifact_store.remove(artifact_id)
     except ArtifactNotFound:
@@ -106,6 +96,37 @@ def describe_target(target: MetadataTarget) -> str:
         if target.trial_id is None:
             return f"study with ID {target.study_id}"
         return f"trial with ID {target.trial_id}"
+
+
+def record_deletion(target: MetadataTarget, artifact_id: str) -> bool:
+    """Mark an artifact deleted in Optuna's storage, the way optuna-dashboard understands it.
+
+    The entry becomes JSON ``null`` (the dashboard's tombstone). A finished trial cannot be
+    changed, so there the deletion is recorded on its study as ``artifacts-deleted:<id>``.
+
+    Returns:
+        True if it was recorded on the study (the trial had finished), False for a tombstone.
+
+    Example:
+        >>> import optuna
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study()
+        >>> record_deletion(resolve_target(study, None), "a1")
+        False
+        >>> study._storage.get_study_system_attrs(study._study_id)["artifacts:a1"]
+        'null'
+    """
+    optuna = import_optuna()
+    try:
+        target.set_system_attr(ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(None))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        target.storage.set_study_system_attr(
+            target.owning_study_id(),
+            DELETED_ATTR_PREFIX + artifact_id,
+            json.dumps({"trial_id": target.trial_id, "deleted": time.time()}),
+        )
+        return True
+    return False
 
 
 def deleted_on_study(target: MetadataTarget) -> set[str]:

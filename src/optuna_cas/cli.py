@@ -431,6 +431,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from optuna_cas import verify
 
+    if args.study or args.storage:
+        return _verify_study(args)
+    if args.repair:
+        raise UsageError("--repair mends a study's metadata: give --storage URL --study NAME")
     store = _open(args)
     with _bar(args, unit="B" if not args.fast else "blobs") as bar:
         report = verify(store, deep=not args.fast, quarantine=args.quarantine, progress=bar)
@@ -438,14 +442,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _emit_json(_report_json(report))
         return 0 if report.ok else 1
     for key in report.corrupt:
-        print(f"CORRUPT  {esc(key)}" + ("  (quarantined)" if key in report.quarantined else ""))
+        reason = report.reasons.get(key)
+        print(
+            f"CORRUPT  {esc(key)}"
+            + ("  (quarantined)" if key in report.quarantined else "")
+            + (f": {esc(reason)}" if reason else "")
+        )
     for missing in report.missing:
         print(
             f"MISSING  ref {esc(missing.artifact_id)} -> {esc(missing.digest)} "
             f"({esc(missing.problem)})"
         )
     for artifact_id in report.malformed_refs:
-        print(f"BADREF   {esc(artifact_id)}")
+        reason = report.reasons.get(artifact_id)
+        print(f"BADREF   {esc(artifact_id)}" + (f": {esc(reason)}" if reason else ""))
     mode = "deep" if report.deep else "fast"
     _print(
         args,
@@ -453,6 +463,66 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"({human_bytes(report.bytes_hashed)} hashed): {len(report.corrupt)} corrupt, "
         f"{len(report.missing)} missing, {len(report.orphans)} orphans (gc reclaims them)",
     )
+    return 0 if report.ok else 1
+
+
+# Findings of verify --study, in print order: (report list, label, words in the summary).
+_STUDY_FINDINGS = [
+    ("repairable", "DANGLING", "dangling with the blob stored"),
+    ("lost", "LOST", "lost"),
+    ("missing_blobs", "NOBLOB", "refs without their blob"),
+    ("conflicts", "CONFLICT", "conflicts"),
+    ("malformed", "MALFORMED", "malformed"),
+    ("rebuilt", "REBUILT", "refs rebuilt"),
+    ("deleted", "DELETED", "deletions recorded"),
+]
+_UNREFERENCED_SHOWN = 20
+
+
+def _verify_study(args: argparse.Namespace) -> int:
+    """``verify --storage URL --study NAME [--repair]``: the study's metadata against the store.
+
+    Only the study is checked, not the whole store: a store serves many studies, and its own
+    check (``verify`` alone) re-reads every blob.
+    """
+    from optuna_cas import reconcile
+
+    if args.fast or args.quarantine:
+        raise UsageError("--fast and --quarantine check the whole store: run them without --study")
+    store = _open(args)
+    target = _optuna_target(args)
+    assert target is not None
+    report = reconcile(store, target[0], repair=args.repair)
+    if args.json:
+        from dataclasses import asdict
+
+        _emit_json(
+            {"study": args.study, **asdict(report), "ok": report.ok, "counts": report.counts}
+        )
+        return 0 if report.ok else 1
+    for name, label, _ in _STUDY_FINDINGS:
+        for finding in getattr(report, name):
+            where = "study" if finding.trial_number is None else f"trial {finding.trial_number}"
+            print(f"{label:9}  {esc(finding.artifact_id)}  ({where}): {esc(finding.reason)}")
+    for finding in report.unreferenced[:_UNREFERENCED_SHOWN]:
+        _print(args, f"UNNAMED    {esc(finding.artifact_id)}: {esc(finding.reason)}")
+    if len(report.unreferenced) > _UNREFERENCED_SHOWN:
+        more = len(report.unreferenced) - _UNREFERENCED_SHOWN
+        _print(args, f"UNNAMED    ... and {more} more (--json lists them all)")
+    counts = ", ".join(
+        f"{report.counts[name]} {words}"
+        for name, _, words in _STUDY_FINDINGS
+        if args.repair or name not in ("rebuilt", "deleted")
+    )
+    _print(
+        args,
+        f"study '{esc(args.study)}': {report.entries_checked} artifact "
+        f"entr{'y' if report.entries_checked == 1 else 'ies'} checked: {counts}; "
+        f"{len(report.unreferenced)} of {report.refs_listed} refs in the store named by no "
+        "entry of this study (other studies sharing the store may use them; never deleted)",
+    )
+    if not report.ok and not args.repair and (report.repairable or report.lost):
+        _print(args, "run again with --repair to rebuild refs and record lost artifacts deleted")
     return 0 if report.ok else 1
 
 
@@ -579,8 +649,9 @@ COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str, str]] = [
     (
         "verify",
         cmd_verify,
-        "check every ref has its blob and every blob its bytes",
-        "optuna-cas --store s3://bucket/runs verify --fast",
+        "check every ref has its blob and every blob its bytes; or a study's metadata",
+        "optuna-cas --store s3://bucket/runs verify --fast\n"
+        "optuna-cas --store ./artifacts verify --storage sqlite:///db.sqlite3 --study s --repair",
     ),
     (
         "sync",
@@ -681,6 +752,18 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "verify":
             p.add_argument("--fast", action="store_true", help="check presence and size only")
             p.add_argument("--quarantine", action="store_true", help="move corrupt blobs aside")
+            p.add_argument(
+                "--storage", metavar="URL", help="with --study: check that study's metadata"
+            )
+            p.add_argument(
+                "--study", metavar="NAME", help="cross-check the study's artifacts with the store"
+            )
+            p.add_argument(
+                "--repair",
+                action="store_true",
+                help="with --study: rebuild refs from the metadata, record lost ones deleted",
+            )
+            p.set_defaults(trial=None)
         elif name == "sync":
             p.add_argument("src", metavar="SRC", help="source store URL (must exist)")
             p.add_argument("dst", metavar="DST", help="destination store URL (created if local)")
