@@ -737,3 +737,27 @@ def test_terminal_progress_draws_only_on_a_terminal() -> None:
     with TerminalProgress(stream=quiet, enabled=False) as bar:
         bar("get x", 100, 100)
     assert quiet.getvalue() == ""
+
+
+def test_sync_names_failures_and_exits_1(tmp_path: Path) -> None:
+    """A corrupt source blob is reported by ID and the exit status says so (not 0)."""
+    import io
+
+    from optuna_cas import FileSystemArtifactStore
+    from optuna_cas.content import blob_key
+
+    source = FileSystemArtifactStore(tmp_path / "src")
+    source.write("good", io.BytesIO(b"fine bytes"))
+    source.write("bad", io.BytesIO(b"other bytes"))
+    blob = tmp_path / "src" / blob_key(source.get_ref("bad").digest)
+    blob.chmod(0o644)
+    blob.write_bytes(b"Other bytes")  # same size, wrong content
+    result = subprocess.run(
+        [sys.executable, "-m", "optuna_cas", "sync", str(tmp_path / "src"), str(tmp_path / "dst")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result
+    assert "FAILED    bad" in result.stdout and "1 failed" in result.stdout
+    assert FileSystemArtifactStore(tmp_path / "dst").open_reader("good").read() == b"fine bytes"

@@ -1,0 +1,346 @@
+"""The ``optuna-cas`` command line: each command is a thin layer over one public function.
+
+Exit codes: 0 success, 1 failure (one clear line on stderr; ``--debug`` adds the traceback),
+2 usage error. With ``--json`` every command prints exactly one JSON object on stdout.
+
+Start-up is kept short (``optuna-cas --help`` must not take longer than ``import optuna``):
+this module imports only the standard library at the top; each command imports what it uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from optuna_cas._terminal import escape_for_terminal as esc
+from optuna_cas.cli._common import (
+    ENDPOINT_ENV,
+    GLOBAL_OPTIONS_NOTE,
+    STORE_ENV,
+    CommandError,
+    UsageError,
+    _byte_count,
+    _retries,
+    _seconds,
+)
+from optuna_cas.cli._files import cmd_get, cmd_ls, cmd_put, cmd_rm
+from optuna_cas.cli._maintenance import (
+    cmd_cache,
+    cmd_dashboard,
+    cmd_gc,
+    cmd_stats,
+    cmd_sync,
+    cmd_verify,
+)
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+# -- parser ---------------------------------------------------------------------------------
+
+COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str, str]] = [
+    (
+        "put",
+        cmd_put,
+        "store files; prints their new artifact IDs last, one per line",
+        "optuna-cas --store ./artifacts put model.pt config.json\n"
+        "optuna-cas --store s3://bucket/runs put model.pt --storage sqlite:///db.sqlite3 --study s --trial 3",
+    ),
+    (
+        "get",
+        cmd_get,
+        "download an artifact to a new file, into a directory, or to stdout (verified)",
+        "optuna-cas --store ./artifacts get 6f1c...-uuid model.pt\n"
+        "optuna-cas --store ./artifacts get 6f1c...-uuid downloads/\n"
+        "optuna-cas --store ./artifacts get 6f1c...-uuid - | tar -xz",
+    ),
+    (
+        "ls",
+        cmd_ls,
+        "list everything the store serves, or a study's (all trials) or a trial's artifacts",
+        "optuna-cas --store ./artifacts ls\noptuna-cas ls --storage sqlite:///db.sqlite3 --study s --json",
+    ),
+    (
+        "rm",
+        cmd_rm,
+        "remove an artifact (its blob is reclaimed by gc)",
+        "optuna-cas --store ./artifacts rm 6f1c...-uuid",
+    ),
+    (
+        "gc",
+        cmd_gc,
+        "delete blobs no artifact uses (safe during uploads)",
+        "optuna-cas --store ./artifacts gc --dry-run",
+    ),
+    (
+        "verify",
+        cmd_verify,
+        "check every ref has its blob and every blob its bytes; or a study's metadata",
+        "optuna-cas --store s3://bucket/runs verify --fast\n"
+        "optuna-cas --store ./artifacts verify --storage sqlite:///db.sqlite3 --study s --repair",
+    ),
+    (
+        "sync",
+        cmd_sync,
+        "copy artifacts between stores, moving only missing blobs",
+        "optuna-cas sync ./artifacts s3://bucket/runs",
+    ),
+    (
+        "stats",
+        cmd_stats,
+        "artifacts, blobs, logical vs stored bytes, dedup ratio",
+        "optuna-cas --store ./artifacts stats --json",
+    ),
+    (
+        "cache",
+        cmd_cache,
+        "inspect or clear the local read cache",
+        "optuna-cas cache info\noptuna-cas cache prune --max-bytes 5000000000",
+    ),
+    (
+        "dashboard",
+        cmd_dashboard,
+        "serve optuna-dashboard over the store (previews, downloads, safe deletes)",
+        "optuna-cas --store ./artifacts dashboard sqlite:///db.sqlite3 --port 8080",
+    ),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to render the CLI reference in the docs).
+
+    Example:
+        >>> build_parser().parse_args(["--store", "memory://", "stats"]).command
+        'stats'
+        >>> build_parser().parse_args(["stats", "--json"]).json
+        True
+    """
+    top = _common_options(after_command=False)
+    # Global options may be repeated after the command. There they are accepted but not
+    # shown in the command's help, and have no defaults: argparse copies a subparser's
+    # defaults over the namespace, which would reset what was given before the command.
+    common = _common_options(after_command=True)
+
+    parser = argparse.ArgumentParser(
+        prog="optuna-cas",
+        parents=[top],
+        description="Content-addressed artifact store for Optuna: put, get, gc, verify, sync.",
+        epilog="example:\n  optuna-cas --store ./artifacts put model.pt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, func, summary, example in COMMANDS:
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=summary,
+            description=summary,
+            epilog="example:\n  " + example.replace("\n", "\n  ") + "\n\n" + GLOBAL_OPTIONS_NOTE,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        if name in ("put", "ls", "rm"):
+            p.add_argument(
+                "--storage", metavar="URL", help="Optuna storage URL, e.g. sqlite:///db.sqlite3"
+            )
+            p.add_argument("--study", metavar="NAME", help="Optuna study name")
+            p.add_argument(
+                "--trial", type=int, metavar="NUMBER", help="trial number within the study"
+            )
+        if name == "put":
+            p.add_argument("files", nargs="+", metavar="FILE", help="files to store")
+            p.add_argument("--mimetype", help="default: guessed from each file name")
+            p.add_argument("--encoding", help="content encoding, e.g. gzip (default: guessed)")
+        elif name == "get":
+            p.add_argument("artifact_id", metavar="ID")
+            p.add_argument(
+                "dest",
+                metavar="DEST",
+                help="new file; or an existing directory (or one ending in /) to create "
+                "DEST/<recorded file name> in; or - for stdout",
+            )
+        elif name == "rm":
+            p.add_argument("artifact_id", metavar="ID")
+        elif name == "gc":
+            p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+            p.add_argument(
+                "--grace",
+                type=_seconds,
+                default=7200.0,
+                metavar="SECONDS",
+                help="keep blobs younger than this (default 7200)",
+            )
+            p.add_argument(
+                "--allow-short-grace",
+                action="store_true",
+                help="accept --grace <= 1800 s (only if nothing uploads meanwhile)",
+            )
+        elif name == "verify":
+            p.add_argument("--fast", action="store_true", help="check presence and size only")
+            p.add_argument("--quarantine", action="store_true", help="move corrupt blobs aside")
+            p.add_argument(
+                "--storage", metavar="URL", help="with --study: check that study's metadata"
+            )
+            p.add_argument(
+                "--study", metavar="NAME", help="cross-check the study's artifacts with the store"
+            )
+            p.add_argument(
+                "--repair",
+                action="store_true",
+                help="with --study: rebuild refs from the metadata, record lost ones deleted",
+            )
+            p.set_defaults(trial=None)
+        elif name == "sync":
+            p.add_argument("src", metavar="SRC", help="source store URL (must exist)")
+            p.add_argument("dst", metavar="DST", help="destination store URL (created if local)")
+        elif name == "cache":
+            p.add_argument("action", choices=["info", "clear", "prune"])
+            p.add_argument(
+                "--max-bytes", type=_byte_count, metavar="N", help="prune down to N bytes"
+            )
+        elif name == "dashboard":
+            p.add_argument("storage", metavar="STORAGE", help="Optuna storage URL or journal file")
+            p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+            p.add_argument(
+                "--port", type=int, default=8080, help="0 picks a free one (default 8080)"
+            )
+    return parser
+
+
+def _common_options(*, after_command: bool) -> argparse.ArgumentParser:
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if after_command else value
+
+    def shown(text: str) -> str:
+        return argparse.SUPPRESS if after_command else text
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store",
+        metavar="URL",
+        default=default(None),
+        help=shown(
+            f"store URL (file://, s3://, gs://; default ${STORE_ENV}); only put and sync's "
+            "destination create a new local store"
+        ),
+    )
+    common.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        default=default(None),
+        help=shown(f"S3-compatible endpoint (default ${ENDPOINT_ENV})"),
+    )
+    common.add_argument(
+        "--retries",
+        type=_retries,
+        default=default(5),
+        metavar="N",
+        help=shown("attempts per request, 1 to 100 (default 5; 1 = no retry)"),
+    )
+    common.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=default(None),
+        help=shown("read cache directory (default: see docs)"),
+    )
+    common.add_argument(
+        "--no-cache",
+        action="store_true",
+        default=default(False),
+        help=shown("do not read remote stores through the cache"),
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help=shown("print one JSON object on stdout instead of text (every command)"),
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help=shown("print only results: no progress, no summaries"),
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=default(False), help=shown("show tracebacks")
+    )
+    return common
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code.
+
+    Example:
+        >>> main(["--store", "memory://", "--quiet", "stats", "--json"])  # doctest: +ELLIPSIS
+        {
+          "artifacts": 0,
+        ...
+        0
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        # Warnings (e.g. a malformed Optuna entry that was skipped) as one escaped line each,
+        # not Python's two-line form that echoes source code.
+        warnings.showwarning = _show_warning
+        return _run(parser, args)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        return int(args.func(args))
+    except UsageError as e:
+        parser.print_usage(sys.stderr)
+        print(f"optuna-cas: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("optuna-cas: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (``get ID - | head``): nothing more to say to it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        print("optuna-cas: error: stdout was closed before the end", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if args.debug:
+            _print_traceback()
+        print(f"optuna-cas: error: {_describe(e)}", file=sys.stderr)
+        return 1
+
+
+def _describe(error: Exception) -> str:
+    """One line for an error: ours and the usual OS errors as they are, others with a type."""
+    from optuna_cas.exceptions import OptunaCasError
+
+    known = (CommandError, OptunaCasError, OSError, ValueError, TypeError)
+    if isinstance(error, known):
+        return _one_line(error)
+    return f"{type(error).__name__}: {_one_line(error)} (--debug for details)"
+
+
+def _one_line(message: object) -> str:
+    """An error or warning as one line, safe for a terminal (it may quote stored values)."""
+    text = str(message) or type(message).__name__
+    return esc(" ".join(text.split()))
+
+
+def _print_traceback() -> None:
+    lines = traceback.format_exc().splitlines()
+    print("\n".join(esc(line) for line in lines), file=sys.stderr)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    print(f"optuna-cas: warning: {_one_line(message)}", file=sys.stderr)

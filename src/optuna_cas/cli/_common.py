@@ -1,0 +1,191 @@
+"""What every command shares: the store and Optuna target options, output, argument types."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optuna_cas._bars import TerminalProgress
+    from optuna_cas.stores.base import ContentAddressedArtifactStore
+
+
+STORE_ENV = "OPTUNA_CAS_STORE"
+ENDPOINT_ENV = "OPTUNA_CAS_ENDPOINT_URL"
+GLOBAL_OPTIONS_NOTE = (
+    "global options (--store, --json, -q, --retries, ...) may also follow the command;\n"
+    "see 'optuna-cas --help'"
+)
+
+
+class UsageError(Exception):
+    """A problem with how the command was called (exit code 2)."""
+
+
+class CommandError(Exception):
+    """A failure explained in the CLI's own words (exit code 1)."""
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def _print(args: argparse.Namespace, text: str) -> None:
+    """A human line on stdout (not with ``-q`` or ``--json``).
+
+    Callers pass every value that comes from a ref, an attribute, a file name or an error
+    through esc() (untrusted text: see _terminal); the message itself is ours.
+    """
+    if not args.quiet and not args.json:
+        print(text)
+
+
+def _note(args: argparse.Namespace, text: str) -> None:
+    """A human line on stderr: for when stdout carries data (``get ID -``)."""
+    if not args.quiet:
+        print(text, file=sys.stderr)
+
+
+def _emit_json(document: dict[str, Any]) -> None:
+    """The one JSON object a command prints with ``--json``."""
+    import json
+
+    print(json.dumps(document, indent=2, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    return str(value)  # Path, Digest, ...
+
+
+def _report_json(report: Any) -> dict[str, Any]:
+    """A report dataclass as JSON: its fields and its computed properties (``ok``, ...)."""
+    from dataclasses import asdict
+
+    record = asdict(report)
+    for name in dir(type(report)):
+        if not name.startswith("_") and isinstance(getattr(type(report), name), property):
+            record[name] = getattr(report, name)
+    return record
+
+
+def _bar(args: argparse.Namespace, unit: str = "B") -> TerminalProgress:
+    from optuna_cas._bars import TerminalProgress
+
+    return TerminalProgress(enabled=not args.quiet, unit=unit)
+
+
+# -- stores and Optuna targets ----------------------------------------------------------------
+
+
+def _open(
+    args: argparse.Namespace,
+    url: str | None = None,
+    *,
+    cached: bool = False,
+    create: bool = False,
+) -> ContentAddressedArtifactStore:
+    """The store of ``--store`` (or ``url``); only ``create=True`` may create a local one."""
+    from optuna_cas import Backoff, open_store
+
+    url = url or args.store or os.environ.get(STORE_ENV)
+    if not url:
+        raise UsageError(f"no store given: pass --store URL or set {STORE_ENV}")
+    endpoint = args.endpoint_url or os.environ.get(ENDPOINT_ENV)
+    store: ContentAddressedArtifactStore = open_store(
+        url, endpoint_url=endpoint if url.startswith("s3://") else None, create=create
+    )
+    if args.retries > 1:
+        store = Backoff(store, max_retries=args.retries)
+    if cached and not args.no_cache and url.split("://", 1)[0] in ("s3", "gs", "gcs"):
+        from optuna_cas.middleware.cache import CachedArtifactStore
+
+        store = CachedArtifactStore(store, directory=args.cache_dir)
+    return store
+
+
+def _load_study(args: argparse.Namespace) -> Any:
+    """The study of ``--storage``/``--study``, or None if neither was given."""
+    if not (args.study or args.storage or args.trial is not None):
+        return None
+    if not (args.study and args.storage):
+        raise UsageError("--study and --storage go together (and --trial needs both)")
+    from optuna_cas._optuna import import_optuna
+
+    optuna = import_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=args.study, storage=args.storage)
+    except KeyError as e:
+        raise CommandError(f"no study named {args.study!r} in {args.storage}") from e
+
+
+def _trial(args: argparse.Namespace, study: Any) -> Any:
+    """The FrozenTrial ``--trial NUMBER`` names (the number the user typed, never the ID)."""
+    storage = study._storage
+    try:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, args.trial)
+    except KeyError as e:
+        raise CommandError(f"study {args.study!r} has no trial number {args.trial}") from e
+    return storage.get_trial(trial_id)
+
+
+def _optuna_target(args: argparse.Namespace, *, uploading: bool = False) -> tuple[Any, Any] | None:
+    """(study_or_trial, storage) from --storage/--study/--trial, or None if not given."""
+    study = _load_study(args)
+    if study is None:
+        return None
+    if args.trial is None:
+        return study, study._storage
+    trial = _trial(args, study)
+    if uploading and trial.state.is_finished():
+        raise CommandError(
+            f"trial {args.trial} of study {args.study!r} has finished "
+            f"({trial.state.name}) and Optuna allows no new artifacts on it; "
+            "leave out --trial to attach the file to the study"
+        )
+    return trial, study._storage
+
+
+# -- argument types: a bad value is a usage error naming the option and the value -------------
+
+
+def _retries(text: str) -> int:
+    """``--retries``: attempts per request, 1 (no retry) to 100."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{_clip(text)} is not a whole number from 1 to 100")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """``--grace``: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{_clip(text)} is not a number of seconds >= 0")
+    return value
+
+
+def _byte_count(text: str) -> int:
+    """``--max-bytes``: a whole number of bytes >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{_clip(text)} is not a whole number of bytes >= 0")
+    return value
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """``repr(text)``, cut to about ``limit`` characters (the value named in a usage error)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."

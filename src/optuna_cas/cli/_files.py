@@ -1,0 +1,251 @@
+"""Commands that move artifacts: put, get, ls, rm."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from optuna_cas._terminal import escape_for_terminal as esc
+from optuna_cas._terminal import human_bytes
+
+if TYPE_CHECKING:
+    from optuna_cas.refs import ArtifactRef
+    from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.cli._common import (
+    CommandError,
+    UsageError,
+    _bar,
+    _emit_json,
+    _load_study,
+    _note,
+    _open,
+    _optuna_target,
+    _print,
+    _trial,
+)
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    # Checked before the store is opened; FIFOs and devices are refused by the upload itself.
+    for path in args.files:
+        if os.path.isdir(path):
+            raise CommandError(f"{path!r} is a directory, not a regular file")
+        if not os.path.exists(path):
+            raise CommandError(f"no such file: {path!r}")
+    store = _open(args, create=True)
+    target = _optuna_target(args, uploading=True)
+    rows: list[dict[str, Any]] = []
+    try:
+        for path in args.files:
+            rows.append(_put_one(args, store, target, path))
+    except BaseException:
+        if rows and not args.quiet:
+            stored = ", ".join(f"{esc(r['filename'])} as {esc(r['artifact_id'])}" for r in rows)
+            print(f"optuna-cas: stored before the error: {stored}", file=sys.stderr)
+        raise
+    if args.json:
+        _emit_json({"artifacts": rows})
+        return 0
+    for row in rows:  # always the last lines, one per file in order: scripts capture them
+        print(esc(row["artifact_id"]))
+    return 0
+
+
+def _put_one(
+    args: argparse.Namespace,
+    store: ContentAddressedArtifactStore,
+    target: tuple[Any, Any] | None,
+    path: str,
+) -> dict[str, Any]:
+    import mimetypes
+    import uuid
+
+    from optuna_cas import upload_artifact
+    from optuna_cas.middleware.watch import TransferWatch
+
+    filename = os.path.basename(path)
+    with _bar(args) as bar:
+        watch = TransferWatch(
+            f"put {esc(filename)}", os.path.getsize(path), bar if bar.enabled else None
+        )
+        watched = watch.watch(store)
+        if target is not None:
+            artifact_id = upload_artifact(
+                artifact_store=watched,
+                file_path=path,
+                study_or_trial=target[0],
+                storage=target[1],
+                mimetype=args.mimetype,
+                encoding=args.encoding,
+            )
+            ref = watched.get_ref(artifact_id)
+        else:
+            guessed, guessed_encoding = mimetypes.guess_type(filename)
+            artifact_id = str(uuid.uuid4())
+            ref = watched.put(
+                artifact_id,
+                path,
+                filename=filename,
+                mimetype=args.mimetype or guessed or "application/octet-stream",
+                encoding=args.encoding or guessed_encoding,
+            )
+    already = not watch.stored_new_blob
+    what = f"{human_bytes(ref.size)}, {ref.digest}"
+    if already:
+        _print(
+            args,
+            f"{esc(ref.filename)}: these bytes were already stored ({what}); "
+            "only a new artifact ID was recorded",
+        )
+    else:
+        _print(args, f"stored {esc(ref.filename)} ({what})")
+    return _ref_json(ref) | {"path": path, "already_stored": already}
+
+
+def _ref_json(ref: ArtifactRef) -> dict[str, Any]:
+    return {
+        "artifact_id": ref.artifact_id,
+        "filename": ref.filename,
+        "mimetype": ref.mimetype,
+        "encoding": ref.encoding,
+        "digest": str(ref.digest),
+        "size": ref.size,
+        "created": ref.created,
+    }
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from optuna_cas.exceptions import ArtifactNotFound
+    from optuna_cas.middleware.watch import TransferWatch
+
+    to_stdout = args.dest == "-"
+    if to_stdout and args.json:
+        raise UsageError("get ID - writes the artifact to stdout: --json has no room there")
+    if to_stdout and sys.stdout.isatty():
+        raise CommandError(
+            "refusing to write an artifact to a terminal: redirect stdout or give a file"
+        )
+    store = _open(args, cached=True)
+    try:
+        ref: ArtifactRef | None = store.get_ref(args.artifact_id)
+    except ArtifactNotFound:
+        ref = None  # maybe written by Optuna's own store: read below, or not found there
+    dest = args.dest
+    if not to_stdout and (os.path.isdir(dest) or dest.endswith(("/", os.sep))):
+        dest = os.path.join(dest, _file_name_for(args.artifact_id, ref))
+    name = ref.filename if ref is not None and ref.filename else args.artifact_id
+    with _bar(args) as bar:
+        watch = TransferWatch(
+            f"get {esc(name)}", ref.size if ref else None, bar if bar.enabled else None
+        )
+        watched = watch.watch(store)
+        if to_stdout:
+            size = _copy_to_stdout(watched, args.artifact_id)
+        else:
+            from optuna_cas import download_artifact
+
+            download_artifact(artifact_store=watched, file_path=dest, artifact_id=args.artifact_id)
+            size = os.path.getsize(dest)
+    checked = "verified" if ref is not None else "not verified: Optuna's own store kept no digest"
+    if args.json:
+        _emit_json(
+            {
+                "artifact_id": args.artifact_id,
+                "path": dest,
+                "size": size,
+                "digest": str(ref.digest) if ref is not None else None,
+                "verified": ref is not None,
+            }
+        )
+    elif to_stdout:
+        _note(args, f"wrote {human_bytes(size)} to stdout ({checked})")
+    else:
+        _print(args, f"wrote {esc(dest)} ({human_bytes(size)}, {checked})")
+    return 0
+
+
+def _file_name_for(artifact_id: str, ref: ArtifactRef | None) -> str:
+    """The name ``get ID DIR/`` gives the file: the recorded file name, if it is a safe one.
+
+    The name comes from a ref anyone with the store can write: it must be a single plain
+    path component, or it could lead the file out of DIR or hide what it is.
+    """
+    if ref is None or not ref.filename:
+        return artifact_id  # Optuna's own store records no file name
+    name = ref.filename
+    if name in (".", "..") or "/" in name or "\\" in name or esc(name) != name:
+        raise CommandError(
+            f"artifact {artifact_id!r} records the file name {name!r}, which is not "
+            "a plain file name: give DEST as a file path"
+        )
+    return name
+
+
+def _copy_to_stdout(store: ContentAddressedArtifactStore, artifact_id: str) -> int:
+    """Stream an artifact to stdout; the reader checks the digest as it goes."""
+    from optuna_cas.digest import CHUNK_SIZE, readinto
+
+    out = sys.stdout.buffer
+    written = 0
+    view = memoryview(bytearray(CHUNK_SIZE))
+    with store.open_reader(artifact_id) as reader:
+        while n := readinto(reader, view):
+            out.write(view[:n])
+            written += n
+    out.flush()
+    return written
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from optuna_cas._listing import OPTUNA_STORE, list_store_artifacts, list_study_artifacts
+
+    study = _load_study(args)
+    if study is not None:
+        if args.trial is not None:
+            _trial(args, study)  # the error names the number typed
+        rows = list_study_artifacts(study, args.trial)
+    else:
+        rows = list_store_artifacts(_open(args).content)
+    if args.json:
+        _emit_json({"artifacts": [asdict(row) for row in rows]})
+        return 0
+    if not rows:
+        _print(args, "no artifacts")
+        return 0
+    by_trial = study is not None
+    header = f"{'ARTIFACT ID':36}  " + ("TRIAL  " if by_trial else "")
+    print(header + f"{'SIZE':>10}  {'MIMETYPE':24}  FILENAME")
+    for row in rows:
+        size = human_bytes(row.size) if row.size is not None else "?"
+        trial = ("-" if row.trial is None else str(row.trial)) if by_trial else ""
+        mimetype = esc(row.mimetype or "-")[:24]
+        line = f"{esc(row.artifact_id):36}  " + (f"{trial:>5}  " if by_trial else "")
+        print(line + f"{size:>10}  {mimetype:24}  {esc(row.filename or '-')}")
+    legacy = sum(1 for row in rows if row.origin == OPTUNA_STORE)
+    if legacy and not by_trial:
+        _print(args, f"({legacy} written by Optuna's own store: no file name, no digest to verify)")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    store = _open(args)
+    target = _optuna_target(args)
+    if target is not None:
+        from optuna_cas import delete_artifact
+
+        delete_artifact(
+            artifact_store=store,
+            artifact_id=args.artifact_id,
+            study_or_trial=target[0],
+            storage=target[1],
+        )
+    else:
+        store.remove(args.artifact_id)
+    if args.json:
+        _emit_json({"removed": [args.artifact_id]})
+    _print(args, f"removed {esc(args.artifact_id)} (run 'optuna-cas gc' to reclaim unused blobs)")
+    return 0

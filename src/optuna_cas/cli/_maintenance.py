@@ -1,0 +1,251 @@
+"""Commands that look after a store: gc, verify, sync, stats, cache, dashboard.
+
+verify also cross-checks a study's metadata with the store (``--storage``/``--study``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from optuna_cas._terminal import escape_for_terminal as esc
+from optuna_cas._terminal import human_bytes
+
+if TYPE_CHECKING:
+    pass
+from optuna_cas.cli._common import (
+    UsageError,
+    _bar,
+    _emit_json,
+    _open,
+    _optuna_target,
+    _print,
+    _report_json,
+)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from optuna_cas import gc
+
+    store = _open(args)
+    # gc itself refuses this too, but in the library's words (allow_short_grace=True).
+    freshen = store.content.freshen_after
+    if args.grace <= freshen and not args.allow_short_grace:
+        raise UsageError(
+            f"--grace {args.grace:g} is unsafe while other processes upload: it must be above "
+            f"{freshen:g} seconds (how often a re-used blob is marked as in use); add "
+            "--allow-short-grace if nothing uploads to the store meanwhile"
+        )
+    with _bar(args, unit="blobs") as bar:
+        report = gc(
+            store,
+            dry_run=args.dry_run,
+            grace_period=args.grace,
+            allow_short_grace=args.allow_short_grace,
+            progress=bar,
+        )
+    if args.json:
+        _emit_json(_report_json(report))
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    if args.dry_run:
+        for key in report.deleted:
+            _print(args, f"  {esc(key)}")
+    _print(
+        args,
+        f"{verb} {report.deleted_count} unreferenced blobs ({human_bytes(report.bytes_freed)}); "
+        f"scanned {report.blobs_scanned} blobs, {report.refs_scanned} refs; "
+        f"kept {report.kept_young} younger than the grace period",
+    )
+    for artifact_id in report.bad_refs:
+        _print(args, f"  bad ref {esc(artifact_id)} skipped (run 'optuna-cas verify')")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from optuna_cas import verify
+
+    if args.study or args.storage:
+        return _verify_study(args)
+    if args.repair:
+        raise UsageError("--repair mends a study's metadata: give --storage URL --study NAME")
+    store = _open(args)
+    with _bar(args, unit="B" if not args.fast else "blobs") as bar:
+        report = verify(store, deep=not args.fast, quarantine=args.quarantine, progress=bar)
+    if args.json:
+        _emit_json(_report_json(report))
+        return 0 if report.ok else 1
+    for key in report.corrupt:
+        reason = report.reasons.get(key)
+        print(
+            f"CORRUPT  {esc(key)}"
+            + ("  (quarantined)" if key in report.quarantined else "")
+            + (f": {esc(reason)}" if reason else "")
+        )
+    for missing in report.missing:
+        print(
+            f"MISSING  ref {esc(missing.artifact_id)} -> {esc(missing.digest)} "
+            f"({esc(missing.problem)})"
+        )
+    for artifact_id in report.malformed_refs:
+        reason = report.reasons.get(artifact_id)
+        print(f"BADREF   {esc(artifact_id)}" + (f": {esc(reason)}" if reason else ""))
+    mode = "deep" if report.deep else "fast"
+    _print(
+        args,
+        f"{mode} verify: {report.refs_checked} refs, {report.blobs_checked} blobs "
+        f"({human_bytes(report.bytes_hashed)} hashed): {len(report.corrupt)} corrupt, "
+        f"{len(report.missing)} missing, {len(report.orphans)} orphans (gc reclaims them)",
+    )
+    return 0 if report.ok else 1
+
+
+# Findings of verify --study, in print order: (report list, label, words in the summary).
+_STUDY_FINDINGS = [
+    ("repairable", "DANGLING", "dangling with the blob stored"),
+    ("lost", "LOST", "lost"),
+    ("missing_blobs", "NOBLOB", "refs without their blob"),
+    ("conflicts", "CONFLICT", "conflicts"),
+    ("malformed", "MALFORMED", "malformed"),
+    ("rebuilt", "REBUILT", "refs rebuilt"),
+    ("deleted", "DELETED", "deletions recorded"),
+]
+_UNREFERENCED_SHOWN = 20
+
+
+def _verify_study(args: argparse.Namespace) -> int:
+    """``verify --storage URL --study NAME [--repair]``: the study's metadata against the store.
+
+    Only the study is checked, not the whole store: a store serves many studies, and its own
+    check (``verify`` alone) re-reads every blob.
+    """
+    from optuna_cas import reconcile
+
+    if args.fast or args.quarantine:
+        raise UsageError("--fast and --quarantine check the whole store: run them without --study")
+    store = _open(args)
+    target = _optuna_target(args)
+    assert target is not None
+    report = reconcile(store, target[0], repair=args.repair)
+    if args.json:
+        from dataclasses import asdict
+
+        _emit_json(
+            {"study": args.study, **asdict(report), "ok": report.ok, "counts": report.counts}
+        )
+        return 0 if report.ok else 1
+    for name, label, _ in _STUDY_FINDINGS:
+        for finding in getattr(report, name):
+            where = "study" if finding.trial_number is None else f"trial {finding.trial_number}"
+            print(f"{label:9}  {esc(finding.artifact_id)}  ({where}): {esc(finding.reason)}")
+    for finding in report.unreferenced[:_UNREFERENCED_SHOWN]:
+        _print(args, f"UNNAMED    {esc(finding.artifact_id)}: {esc(finding.reason)}")
+    if len(report.unreferenced) > _UNREFERENCED_SHOWN:
+        more = len(report.unreferenced) - _UNREFERENCED_SHOWN
+        _print(args, f"UNNAMED    ... and {more} more (--json lists them all)")
+    counts = ", ".join(
+        f"{report.counts[name]} {words}"
+        for name, _, words in _STUDY_FINDINGS
+        if args.repair or name not in ("rebuilt", "deleted")
+    )
+    _print(
+        args,
+        f"study '{esc(args.study)}': {report.entries_checked} artifact "
+        f"entr{'y' if report.entries_checked == 1 else 'ies'} checked: {counts}; "
+        f"{len(report.unreferenced)} of {report.refs_listed} refs in the store named by no "
+        "entry of this study (other studies sharing the store may use them; never deleted)",
+    )
+    if not report.ok and not args.repair and (report.repairable or report.lost):
+        _print(args, "run again with --repair to rebuild refs and record lost artifacts deleted")
+    return 0 if report.ok else 1
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from optuna_cas import sync
+
+    source = _open(args, args.src)
+    destination = _open(args, args.dst, create=True)
+    with _bar(args) as bar:
+        report = sync(source, destination, progress=bar)
+    if args.json:
+        _emit_json(_report_json(report) | {"ok": report.ok})
+        return 0 if report.ok else 1
+    for artifact_id, reason in report.failed:
+        print(f"FAILED    {esc(artifact_id)}: {esc(reason)}")
+    for artifact_id, reason in report.conflicts:
+        print(f"CONFLICT  {esc(artifact_id)}: {esc(reason)}")
+    _print(
+        args,
+        f"copied {len(report.refs_copied)} refs and {report.blobs_copied} blobs "
+        f"({human_bytes(report.bytes_copied)}); {report.refs_skipped} refs and "
+        f"{report.blobs_skipped} blobs were already there; {len(report.failed)} failed, "
+        f"{len(report.conflicts)} conflicts",
+    )
+    return 0 if report.ok else 1
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from optuna_cas import stats
+
+    figures = stats(_open(args))
+    if args.json:
+        _emit_json(_report_json(figures))
+        return 0
+    print(f"artifacts      {figures.artifacts}")
+    print(f"unique blobs   {figures.unique_blobs} ({figures.unreferenced_blobs} unreferenced)")
+    print(f"logical bytes  {human_bytes(figures.logical_bytes)}")
+    print(f"stored bytes   {human_bytes(figures.stored_bytes)}")
+    print(f"dedup ratio    {figures.dedup_ratio:.2f}x")
+    if figures.bad_refs:
+        print(f"bad refs       {figures.bad_refs} (skipped; run 'optuna-cas verify')")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from optuna_cas.middleware.cache import DiskBlobCache
+
+    if args.action == "prune" and args.max_bytes is None:
+        raise UsageError("cache prune needs --max-bytes N")
+    cache = DiskBlobCache(args.cache_dir)
+    try:
+        if args.action == "clear":
+            cache.clear()
+        elif args.action == "prune":
+            cache.prune(args.max_bytes)
+        info = cache.info()
+    finally:
+        cache.close()
+    if args.json:
+        _emit_json(_report_json(info) | {"directory": str(info.directory)})
+        return 0
+    print(f"directory  {esc(info.directory)}")
+    print(f"entries    {info.entries}")
+    print(f"size       {human_bytes(info.size_bytes)} of {human_bytes(info.size_limit)}")
+    print(f"hits       {info.hits}")
+    print(f"misses     {info.misses}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from optuna_cas.dashboard import serve_dashboard
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not a port number from 0 to 65535")
+    store = _open(args, cached=True, create=True)  # the web UI uploads too
+
+    def ready(url: str) -> None:
+        # The URL is the result (scripts and tests read it: --port 0 picks a free port).
+        print(f"optuna-dashboard at {esc(url)} (Ctrl-C to stop)", flush=True)
+
+    try:
+        serve_dashboard(
+            args.storage,
+            store,
+            host=args.host,
+            port=args.port,
+            ready=ready,
+            log_requests=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        _print(args, "stopped")  # Ctrl-C is how a server is meant to end
+    return 0
