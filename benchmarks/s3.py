@@ -247,13 +247,11 @@ def _rss(cfg: Config, endpoint: str, client: Any, src: Path) -> Section:
     )
     if ours.peak_rss >= limit:
         section.notes.append(
-            "Why the target is missed: (1) the file is hashed through one mmap of the whole "
-            f"file before the upload, so its pages count in RSS ({mib(ours.peak_rss)} peak vs "
-            f"{mib(ours.peak_anon)} anonymous); (2) the baseline alone is {mib(base.peak_rss)} "
-            "(Optuna's `optuna.artifacts` package, imported for `ArtifactNotFound`, imports "
-            "boto3 and google-cloud-storage; a boto3 client is ~50 MiB by itself), and the "
-            f"upload adds {mib(ours.peak_anon - base.peak_anon)} of anonymous memory with "
-            "4 x 8 MiB parts held as `bytes`. Under 100 MiB needs both a bounded hash window "
-            "and parts streamed from the file (a seekable slice as `Body`, as s3transfer does)."
+            f"Why the target is missed: the baseline alone is {mib(base.peak_rss)} (boto3 and "
+            "a client are ~50 MiB by themselves), and the upload adds "
+            f"{mib(ours.peak_anon - base.peak_anon)} of anonymous memory: up to 4 parts of "
+            "8 MiB in flight as `bytes`, plus the hashing pass's 16 MiB read buffer. Under "
+            "100 MiB needs parts streamed from the file (a seekable slice as `Body`, as "
+            "s3transfer does)."
         )
     return section

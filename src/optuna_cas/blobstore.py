@@ -299,9 +299,14 @@ class BlobStore:
             digest = fill(staged.fd)
             if src is not None:
                 src.check_unchanged()
-            # Published even if the blob is present: the bytes are verified, so replacing is
-            # harmless, repairs a corrupt copy of any size, and refreshes the blob's time.
-            staged.commit(blob_key(digest))
+            # Dedup: a blob already stored with the right bytes gets no bytes written (the
+            # copy is dropped). One with the right size but wrong bytes (corrupt) is repaired
+            # by publishing our verified copy over it; its check reads, never maps, the file.
+            present, _ = self._check_stored(digest)
+            if present and self._stored_blob_matches(digest):
+                staged.discard()
+            else:
+                staged.commit(blob_key(digest))
         except BaseException:
             staged.discard()
             raise
@@ -309,6 +314,13 @@ class BlobStore:
             with self._backend.open_reader(blob_key(digest)) as reader:
                 self._blob_cache.add_file(digest, reader)
         return digest
+
+    def _stored_blob_matches(self, digest: Digest) -> bool:
+        try:
+            with self._backend.open_reader(blob_key(digest)) as reader:
+                return hash_fd(reader.fileno()) == digest
+        except (ArtifactNotFound, IntegrityError, OSError, io.UnsupportedOperation):
+            return False
 
     def _stager(self) -> SupportsStaging | None:
         # A local backend behind Backoff still stages: local copies need no retries.
