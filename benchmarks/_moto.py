@@ -1,17 +1,12 @@
-"""A ``moto_server`` subprocess on 127.0.0.1, started by the tests' own helper."""
+"""A ``moto_server`` subprocess on 127.0.0.1, started by optuna_cas.testing.servers."""
 
 from __future__ import annotations
 
-import re
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from tests.support.s3 import running_moto_server
-
-_RUNNING_ON = re.compile(rb"Running on (http://127\.0\.0\.1:\d+)")
+from optuna_cas.testing.servers import running_moto_server
 
 
 def make_client(endpoint_url: str) -> Any:
@@ -29,11 +24,8 @@ def make_client(endpoint_url: str) -> Any:
 
 @contextmanager
 def moto_server() -> Iterator[str]:
-    """Start ``moto_server`` on a free port (the tests' own helper); yield its endpoint URL."""
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-moto-") as tmp,
-        running_moto_server(Path(tmp) / "moto.log") as server,
-    ):
+    """Start ``moto_server`` on a free port (as the tests do); yield its endpoint URL."""
+    with running_moto_server() as server:
         yield server.endpoint_url
 
 

@@ -35,7 +35,7 @@ from benchmarks._util import (
     seconds,
     warm_page_cache,
 )
-from tests.support.fault_proxy import FaultProxy
+from optuna_cas.testing.faults import FaultProxy
 
 BUCKET = "bench-cache"
 PREFIX = "cas"

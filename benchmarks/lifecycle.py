@@ -28,7 +28,7 @@ from benchmarks._util import (
     seconds,
 )
 from optuna_cas.stores.base import ContentAddressedArtifactStore
-from tests.support.fault_proxy import FaultProxy
+from optuna_cas.testing.faults import FaultProxy
 
 BUCKET = "bench-lifecycle"
 SMALL = KiB

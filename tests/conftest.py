@@ -1,4 +1,8 @@
-"""Shared fixtures. Remote-server fixtures live in tests/support and are registered here."""
+"""Shared fixtures. Remote-server fixtures live in tests/support and are registered here.
+
+The backend contract runs per backend kind in tests/backends/test_<kind>.py (subclasses of
+optuna_cas.testing.backend.BackendConformance).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from optuna_cas.backends.base import Backend
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.backends.memory import MemoryBackend
+from optuna_cas.testing.streams import random_bytes
+
+__all__ = ["random_bytes"]  # the tests' deterministic bytes (from optuna_cas.testing)
 
 pytest_plugins = [
     "tests.support.s3",
@@ -17,10 +23,6 @@ pytest_plugins = [
     "tests.support.postgres",
     "tests.support.stores",
 ]
-
-# Every backend kind the conformance suites run against. Each name has a fixture
-# "<name>_backend" returning a fresh, empty backend.
-BACKEND_KINDS = ["memory", "local", "s3", "gcs"]
 
 
 @pytest.fixture
@@ -31,12 +33,6 @@ def memory_backend() -> MemoryBackend:
 @pytest.fixture
 def local_backend(tmp_path: Path) -> LocalBackend:
     return LocalBackend(tmp_path / "store")
-
-
-@pytest.fixture(params=BACKEND_KINDS)
-def any_backend(request: pytest.FixtureRequest) -> Backend:
-    backend: Backend = request.getfixturevalue(f"{request.param}_backend")
-    return backend
 
 
 @pytest.fixture
@@ -51,13 +47,6 @@ def make_file(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
-
-
-def random_bytes(size: int, seed: int = 0) -> bytes:
-    """Deterministic incompressible bytes."""
-    import random
-
-    return random.Random(seed).randbytes(size)
 
 
 @pytest.fixture(autouse=True)

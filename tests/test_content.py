@@ -13,7 +13,7 @@ from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.content import ContentStore, blob_key
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, InvalidKeyError
-from tests.backends.test_conformance import NonSeekable
+from optuna_cas.testing.streams import NonSeekable
 from tests.conftest import random_bytes
 
 

@@ -1,8 +1,8 @@
 """The remote-backend base and its adapters as code: one error table per SDK, public SDK API
 only, small modules, clients rebuilt after a fork.
 
-Behaviour against real servers is in test_conformance.py, test_s3_backend.py and
-test_gcs_backend.py.
+Behaviour against real servers is in test_s3.py and test_gcs.py (the BackendConformance suite
+and each service's own tests).
 """
 
 from __future__ import annotations

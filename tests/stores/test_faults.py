@@ -16,7 +16,7 @@ import pytest
 
 from optuna_cas import Backoff, Boto3ArtifactStore, GCSArtifactStore, download_artifact
 from optuna_cas.exceptions import TransientBackendError
-from tests.support.fault_proxy import FaultProxy
+from optuna_cas.testing.faults import FaultProxy
 from tests.support.gcs import GCS_TEST_CHUNK_SIZE, make_gcs_client
 from tests.support.gcs_resumable import ResumableSessions
 from tests.support.s3 import TEST_PART_SIZE

@@ -1,4 +1,8 @@
-"""S3 and GCS stores checked out of band with the raw SDK clients, and their bad inputs."""
+"""S3 and GCS stores: prefixes, missing buckets, opening by URL, and their bad inputs.
+
+Dedup checked out of band (one blob object, never rewritten) is StoreConformance's, run over
+every stack in tests/stores/test_store_conformance.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import io
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,59 +17,6 @@ import pytest
 
 from optuna_cas import Backoff, Boto3ArtifactStore, GCSArtifactStore, open_store
 from optuna_cas.exceptions import BackendError, StoreConfigError
-from tests.conftest import random_bytes
-from tests.support.gcs import GCS_TEST_CHUNK_SIZE
-from tests.support.s3 import TEST_PART_SIZE
-
-
-def s3_objects(client: Any, bucket: str) -> dict[str, tuple[str, Any]]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return {
-        o["Key"]: (o["ETag"], o["LastModified"]) for page in pages for o in page.get("Contents", [])
-    }
-
-
-def gcs_objects(bucket: Any) -> dict[str, int]:
-    return {blob.name: blob.generation for blob in bucket.client.list_blobs(bucket)}
-
-
-@pytest.mark.s3
-@pytest.mark.parametrize("size", [1000, 6 * 1024 * 1024])  # single PUT and multipart
-def test_s3_n_uploads_one_blob_object_never_overwritten(
-    s3_client: Any, s3_bucket: str, make_file: Callable[..., Path], size: int
-) -> None:
-    store = Boto3ArtifactStore(s3_bucket, s3_client, prefix="p", part_size=TEST_PART_SIZE)
-    path = make_file(random_bytes(size))
-    store.put("first", path)
-    before = s3_objects(s3_client, s3_bucket)
-    for i in range(5):
-        store.put(f"again-{i}", path)
-    after = s3_objects(s3_client, s3_bucket)
-    blobs = [k for k in after if k.startswith("p/blobs/")]
-    assert len(blobs) == 1
-    assert after[blobs[0]] == before[blobs[0]]  # same ETag and LastModified: not rewritten
-    assert sorted(k for k in after if k.startswith("p/refs/")) == sorted(
-        ["p/refs/first"] + [f"p/refs/again-{i}" for i in range(5)]
-    )
-
-
-@pytest.mark.gcs
-@pytest.mark.parametrize("size", [1000, 3 * 1024 * 1024])  # single upload and resumable
-def test_gcs_n_uploads_one_blob_object_never_overwritten(
-    gcs_client: Any, gcs_bucket: Any, make_file: Callable[..., Path], size: int
-) -> None:
-    store = GCSArtifactStore(
-        gcs_bucket.name, gcs_client, prefix="p", chunk_size=GCS_TEST_CHUNK_SIZE
-    )
-    path = make_file(random_bytes(size))
-    store.put("first", path)
-    before = gcs_objects(gcs_bucket)
-    for i in range(5):
-        store.put(f"again-{i}", path)
-    after = gcs_objects(gcs_bucket)
-    blobs = [k for k in after if k.startswith("p/blobs/")]
-    assert len(blobs) == 1
-    assert after[blobs[0]] == before[blobs[0]]  # same generation: never rewritten
 
 
 @pytest.mark.s3

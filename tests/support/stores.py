@@ -1,6 +1,8 @@
 """Fixtures building every artifact store and middleware stack the conformance suite covers.
 
-Each kind is a name in STORE_KINDS and a builder here; later layers (the cache) add theirs.
+Each kind is a name in STORE_BUILDERS and a builder here; later layers (the cache) add theirs.
+``raw_view`` gives the out-of-band view of a built store's storage (see
+optuna_cas.testing.raw) for the suites that check what was really written.
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ from optuna_cas import (
     GCSArtifactStore,
     MemoryArtifactStore,
 )
+from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.testing.raw import DirectoryView, GCSView, MemoryView, RawView, S3View
 from tests.support.gcs import GCS_TEST_CHUNK_SIZE
 from tests.support.s3 import TEST_PART_SIZE
 
 StoreBuilder = Callable[[pytest.FixtureRequest], ContentAddressedArtifactStore]
+
+FS_DIRECTORY = "fs-store"
+PREFIX = "conformance"  # the remote stores' prefix in their bucket
 
 
 def _fast_backoff(store: Any) -> Backoff:
@@ -36,21 +43,19 @@ def _memory(request: pytest.FixtureRequest) -> ContentAddressedArtifactStore:
 
 def _filesystem(request: pytest.FixtureRequest) -> ContentAddressedArtifactStore:
     tmp_path: Path = request.getfixturevalue("tmp_path")
-    return FileSystemArtifactStore(tmp_path / "fs-store")
+    return FileSystemArtifactStore(tmp_path / FS_DIRECTORY)
 
 
 def _s3(request: pytest.FixtureRequest) -> ContentAddressedArtifactStore:
     bucket: str = request.getfixturevalue("s3_bucket")
     client = request.getfixturevalue("s3_client")
-    return Boto3ArtifactStore(bucket, client, prefix="conformance", part_size=TEST_PART_SIZE)
+    return Boto3ArtifactStore(bucket, client, prefix=PREFIX, part_size=TEST_PART_SIZE)
 
 
 def _gcs(request: pytest.FixtureRequest) -> ContentAddressedArtifactStore:
     bucket = request.getfixturevalue("gcs_bucket")
     client = request.getfixturevalue("gcs_client")
-    return GCSArtifactStore(
-        bucket.name, client, prefix="conformance", chunk_size=GCS_TEST_CHUNK_SIZE
-    )
+    return GCSArtifactStore(bucket.name, client, prefix=PREFIX, chunk_size=GCS_TEST_CHUNK_SIZE)
 
 
 def _cached(
@@ -77,6 +82,20 @@ STORE_BUILDERS: dict[str, StoreBuilder] = {
 }
 
 
-@pytest.fixture(params=list(STORE_BUILDERS))
-def any_store(request: pytest.FixtureRequest) -> ContentAddressedArtifactStore:
-    return STORE_BUILDERS[request.param](request)
+def raw_view(
+    kind: str, request: pytest.FixtureRequest, store: ContentAddressedArtifactStore
+) -> RawView:
+    """What ``store`` (built by ``STORE_BUILDERS[kind]``) really holds, seen around it."""
+    base = kind.rsplit("-", 1)[-1]  # the innermost store: "cached-backoff-s3" -> "s3"
+    if base == "memory":
+        backend = store.content.backend
+        assert isinstance(backend, MemoryBackend), backend
+        return MemoryView(backend)
+    if base == "filesystem":
+        return DirectoryView(request.getfixturevalue("tmp_path") / FS_DIRECTORY)
+    if base == "s3":
+        client = request.getfixturevalue("s3_client")
+        return S3View(client, request.getfixturevalue("s3_bucket"), prefix=PREFIX)
+    if base == "gcs":
+        return GCSView(request.getfixturevalue("gcs_bucket"), prefix=PREFIX)
+    raise AssertionError(f"no raw view for store kind {kind!r}")

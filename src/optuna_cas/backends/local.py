@@ -112,6 +112,8 @@ class LocalBackend:
             optuna_cas.exceptions.ArtifactNotFound: no object 'refs/none' in file://...
         """
         path = self._path(key)
+        if offset < 0:  # refused before the open, like the other backends (no fd to leak)
+            raise ValueError(f"offset must not be negative, got {offset}")
         try:
             # O_NONBLOCK: a FIFO planted at a key must not block the open forever; the type
             # is then checked on the descriptor itself (no race with a swap of the name).

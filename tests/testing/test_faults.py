@@ -1,4 +1,4 @@
-"""Tests for tests/support/fault_proxy.py against a tiny local upstream and real moto."""
+"""Tests for optuna_cas.testing.faults.FaultProxy against a tiny local upstream and real moto."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.fault_proxy import FaultProxy
+from optuna_cas.testing.faults import FaultProxy
 
 CLIENT_ERRORS = (ConnectionError, http.client.HTTPException, TimeoutError)
 

@@ -1,0 +1,189 @@
+"""The tests of ``StoreConformance`` (see ``store.py``)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+import optuna_cas
+from optuna_cas.content import blob_key
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.refs import ArtifactRef
+from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.testing.raw import RawView
+from optuna_cas.testing.streams import random_bytes
+
+MiB = 1024 * 1024
+
+
+def _read(store: ContentAddressedArtifactStore, artifact_id: str) -> bytes:
+    with store.open_reader(artifact_id) as reader:
+        data: bytes = reader.read()
+    return data
+
+
+class StoreTests:
+    """Round trips, dedup checked out of band, removal, bad IDs, corruption, Optuna, stats."""
+
+    #: Out-of-band access to the storage below the store's root.
+    raw: RawView
+    #: The store re-publishes a blob it already holds: a local store renames its verified temp
+    #: copy over it (which also repairs a corrupt copy). Then a dedup hit must keep the blob's
+    #: bytes, but not the stored object's identity.
+    rewrites_duplicates: bool = False
+
+    @pytest.fixture
+    def store(self) -> ContentAddressedArtifactStore:
+        """A fresh, empty store; it must also set :attr:`raw`."""
+        raise NotImplementedError(f"{type(self).__name__} must provide a 'store' fixture")
+
+    def raw_ref(self, artifact_id: str) -> ArtifactRef | None:
+        """The ref really stored for ``artifact_id``, parsed (``None``: no ref)."""
+        data = self.raw.read(f"refs/{artifact_id}")
+        return None if data is None else ArtifactRef.from_json(data, artifact_id)
+
+    # ---- round trips ------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("size", [0, 1, 5 * MiB + 1])
+    def test_write_open_round_trip(self, store: ContentAddressedArtifactStore, size: int) -> None:
+        data = random_bytes(size, seed=size)
+        store.write("art-1", io.BytesIO(data))
+        assert _read(store, "art-1") == data
+        ref = store.get_ref("art-1")
+        assert ref.size == size
+        # Out of band: the ref names the digest, and the blob under its key holds the bytes.
+        assert self.raw_ref("art-1") == ref
+        assert self.raw.read(blob_key(ref.digest)) == data
+
+    def test_twenty_mib_artifact(
+        self, store: ContentAddressedArtifactStore, tmp_path: Path
+    ) -> None:
+        data = random_bytes(20 * MiB, seed=1)
+        path = tmp_path / "big.bin"
+        path.write_bytes(data)
+        ref = store.put("big", path, filename="big.bin")
+        assert ref.size == len(data)
+        assert _read(store, "big") == data
+        assert self.raw.unfinished() == []
+
+    # ---- dedup ------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("size", [1000, 6 * MiB])  # one request; multipart / resumable
+    def test_repeated_writes_store_one_blob_never_rewritten(
+        self, store: ContentAddressedArtifactStore, tmp_path: Path, size: int
+    ) -> None:
+        data = random_bytes(size, seed=2)
+        path = tmp_path / "same.bin"
+        path.write_bytes(data)
+        ref = store.put("copy-0", path)
+        key = blob_key(ref.digest)
+        version = self.raw.version(key)
+        for i in range(1, 5):
+            store.write(f"copy-{i}", io.BytesIO(data))
+        store.put("copy-5", path)
+        assert self.raw.keys("blobs/") == [key]
+        assert self.raw.read(key) == data
+        if not self.rewrites_duplicates:
+            assert self.raw.version(key) == version  # re-uploads wrote no blob bytes
+        assert self.raw.keys("refs/") == [f"refs/copy-{i}" for i in range(6)]
+        blobs = list(store.content.iter_blobs())
+        assert len(blobs) == 1 and blobs[0].stored_size == len(data)
+        assert sorted(store.content.iter_ref_ids()) == [f"copy-{i}" for i in range(6)]
+
+    # ---- remove, bad IDs, corruption ----------------------------------------------------------
+
+    def test_remove_then_missing(self, store: ContentAddressedArtifactStore) -> None:
+        store.write("gone", io.BytesIO(b"bye"))
+        digest = store.get_ref("gone").digest
+        store.remove("gone")
+        with pytest.raises(ArtifactNotFound, match="gone"):
+            store.open_reader("gone")
+        with pytest.raises(FileNotFoundError):  # what Optuna's callers catch
+            store.remove("gone")
+        assert self.raw_ref("gone") is None
+        assert self.raw.read(blob_key(digest)) == b"bye"  # the blob waits for gc
+
+    def test_remove_raises_optunas_artifact_not_found(
+        self, store: ContentAddressedArtifactStore
+    ) -> None:
+        artifacts = pytest.importorskip("optuna.artifacts")
+        store.write("gone", io.BytesIO(b"bye"))
+        store.remove("gone")
+        with pytest.raises(artifacts.exceptions.ArtifactNotFound):  # Optuna's class catches ours
+            store.remove("gone")
+
+    @pytest.mark.parametrize("bad", ["../escape", "/etc/passwd", "a/b", "", "nul\x00id", ".."])
+    def test_invalid_ids_rejected_and_nothing_written(
+        self, store: ContentAddressedArtifactStore, bad: str
+    ) -> None:
+        for call in (
+            lambda: store.write(bad, io.BytesIO(b"x")),
+            lambda: store.open_reader(bad),
+            lambda: store.remove(bad),
+        ):
+            with pytest.raises(ValueError, match=r"^Invalid artifact_id"):
+                call()
+        assert self.raw.keys() == [] and self.raw.unfinished() == []
+
+    def test_corrupt_blob_is_never_returned(
+        self, store: ContentAddressedArtifactStore, tmp_path: Path
+    ) -> None:
+        data = random_bytes(100_000, seed=3)
+        ref = store.put("victim", io.BytesIO(data))
+        evil = bytearray(data)
+        evil[500] ^= 1
+        self.raw.write(blob_key(ref.digest), bytes(evil))  # around the store: bit rot
+        cache = store.content.blob_cache
+        if cache is not None:  # it holds the verified upload: make reads go to the bad copy
+            cache.discard(ref.digest)
+        with pytest.raises(IntegrityError):
+            _read(store, "victim")
+        target = tmp_path / "out.bin"
+        with pytest.raises(IntegrityError):
+            optuna_cas.download_artifact(
+                artifact_store=store, file_path=str(target), artifact_id="victim"
+            )
+        assert not target.exists() and list(tmp_path.glob(".out.bin*")) == []
+
+    # ---- through Optuna -----------------------------------------------------------------------
+
+    def test_optuna_api_round_trip(
+        self, store: ContentAddressedArtifactStore, tmp_path: Path
+    ) -> None:
+        optuna = pytest.importorskip("optuna")
+        import optuna.artifacts as oa
+
+        data = random_bytes(1_234_567, seed=4)
+        inputs = tmp_path / "inputs"
+        inputs.mkdir()
+        (inputs / "w.pt").write_bytes(data)
+        (inputs / "w2.pt").write_bytes(data)
+        trial = optuna.create_study().ask()
+        ours = optuna_cas.upload_artifact(
+            artifact_store=store, file_path=str(inputs / "w.pt"), study_or_trial=trial
+        )
+        theirs = oa.upload_artifact(
+            artifact_store=store, file_path=str(inputs / "w2.pt"), study_or_trial=trial
+        )
+        for i, artifact_id in enumerate([ours, theirs]):
+            optuna_cas.download_artifact(
+                artifact_store=store, file_path=str(tmp_path / f"a{i}"), artifact_id=artifact_id
+            )
+            oa.download_artifact(
+                artifact_store=store, file_path=str(tmp_path / f"b{i}"), artifact_id=artifact_id
+            )
+            assert (tmp_path / f"a{i}").read_bytes() == data
+            assert (tmp_path / f"b{i}").read_bytes() == data
+        assert len(self.raw.keys("blobs/")) == 1
+        metas = optuna_cas.get_all_artifact_meta(trial)
+        assert sorted(m.filename or "" for m in metas) == ["w.pt", "w2.pt"]
+
+    def test_stats(self, store: ContentAddressedArtifactStore) -> None:
+        for i in range(4):
+            store.write(f"s{i}", io.BytesIO(b"x" * 1000 if i % 2 else b"y" * 500))
+        figures = optuna_cas.stats(store)
+        assert (figures.artifacts, figures.unique_blobs) == (4, 2)
+        assert (figures.logical_bytes, figures.stored_bytes) == (3000, 1500)
+        assert figures.dedup_ratio == 2.0
