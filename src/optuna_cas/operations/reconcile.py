@@ -71,8 +71,8 @@ def reconcile(
         >>> store, study = MemoryArtifactStore(), optuna.create_study()
         >>> artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=study)
         >>> store.remove(artifact_id)  # the ref goes, the metadata stays
-        >>> [f.artifact_id == artifact_id for f in reconcile(store, study).repairable]
-        [True]
+        >>> [f.artifact_id for f in reconcile(store, study).repairable] == [artifact_id]
+        True
         >>> reconcile(store, study, repair=True).ok, reconcile(store, study).ok
         (True, True)
     """
