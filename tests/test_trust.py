@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -351,11 +350,6 @@ def test_stream_sources_are_not_closed_or_moved_wrongly() -> None:
 
     garbage.collect()
     assert not stream.closed
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="procfs")
-def test_subprocess_script_is_valid_python() -> None:
-    compile(textwrap.dedent(_TRUNCATE_DURING_UPLOAD), "<script>", "exec")
 
 
 # -- gc's last look and its delete ------------------------------------------------------------
