@@ -24,11 +24,13 @@ from optuna_cas.exceptions import UnsupportedSourceError
 
 __all__ = [
     "PositionalReader",
+    "copy_between",
     "describe_mode",
     "kernel_copy",
     "materialize",
     "open_regular_file",
     "publish_new_file",
+    "pwrite_all",
     "real_fileno",
     "temp_beside",
 ]
@@ -131,6 +133,7 @@ def kernel_copy(
     dst_offset: int,
     cancel: threading.Event | None = None,
     on_progress: Callable[[int], None] | None = None,
+    limit: int | None = None,
 ) -> tuple[int, bool]:
     """``copy_file_range`` from ``src_offset`` to EOF, at explicit offsets on both sides.
 
@@ -143,9 +146,10 @@ def kernel_copy(
         dst_offset: Where to start writing.
         cancel: Stop between steps when set.
         on_progress: Called with the total bytes copied so far after each step.
+        limit: Copy at most this many bytes (bounds a source that keeps growing).
 
     Returns:
-        (bytes copied, whether EOF was reached). ``False`` with fewer bytes means the kernel
+        (bytes copied, whether EOF or ``limit`` was reached). ``False`` means the kernel
         refused this pair of files (or the copy was cancelled): finish in user space.
 
     Example:
@@ -160,8 +164,11 @@ def kernel_copy(
         return 0, False
     copied = 0
     while cancel is None or not cancel.is_set():
+        step = COPY_STEP if limit is None else min(COPY_STEP, limit - copied)
+        if step <= 0:
+            return copied, True
         try:
-            n = copy_range(src_fd, dst_fd, COPY_STEP, src_offset + copied, dst_offset + copied)
+            n = copy_range(src_fd, dst_fd, step, src_offset + copied, dst_offset + copied)
         except OSError as e:
             if e.errno in _UNSUPPORTED:
                 return copied, False
@@ -172,6 +179,45 @@ def kernel_copy(
         if on_progress is not None:
             on_progress(copied)
     return copied, False
+
+
+def copy_between(src_fd: int, dst_fd: int, limit: int, src_offset: int = 0) -> int:
+    """Copy up to ``limit`` bytes from ``src_offset`` into ``dst_fd`` (from 0); returns the count.
+
+    In the kernel where it can (:func:`kernel_copy`), in user space from wherever it stopped
+    otherwise. Explicit offsets leave both descriptors' positions alone.
+
+    Example:
+        >>> import tempfile
+        >>> src, dst = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        >>> _ = src.write(b"payload"); src.flush()
+        >>> copy_between(src.fileno(), dst.fileno(), 3, 1)
+        3
+    """
+    copied, finished = kernel_copy(src_fd, dst_fd, src_offset, 0, limit=limit)
+    if finished:
+        return copied
+    view = memoryview(bytearray(CHUNK_SIZE))
+    while copied < limit and (
+        n := os.preadv(src_fd, [view[: limit - copied]], src_offset + copied)
+    ):
+        pwrite_all(dst_fd, view[:n], copied)
+        copied += n
+    return copied
+
+
+def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    """``os.pwrite`` at ``offset`` until every byte of ``view`` is written.
+
+    Example:
+        >>> import tempfile
+        >>> f = tempfile.TemporaryFile(); pwrite_all(f.fileno(), memoryview(b"abc"), 2)
+        >>> os.pread(f.fileno(), 5, 0)[2:]
+        b'abc'
+    """
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
 class PositionalReader(io.RawIOBase):

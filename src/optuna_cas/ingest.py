@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, BinaryIO
 
-from optuna_cas._fileio import kernel_copy, open_regular_file, real_fileno
+from optuna_cas._fileio import kernel_copy, open_regular_file, pwrite_all, real_fileno
 from optuna_cas.digest import CHUNK_SIZE, Digest, hash_private_range, new_blake3, readinto
 from optuna_cas.exceptions import IntegrityError
 
@@ -236,7 +236,7 @@ def copy_hashing(src_fd: int, src_start: int, out_fd: int, size_hint: int) -> Di
     buffer = bytearray(_BUFFER_BYTES)
     view = memoryview(buffer)
     while n := os.preadv(src_fd, [view], src_start + copied):
-        _pwrite_all(out_fd, view[:n], copied)
+        pwrite_all(out_fd, view[:n], copied)
         hasher.update(view[:n])
         copied += n
     return Digest(hexdigest=hasher.hexdigest(), size=copied)
@@ -256,7 +256,7 @@ def copy_stream_hashing(stream: BinaryIO, out_fd: int) -> Digest:
     view = memoryview(buffer)
     written = 0
     while n := readinto(stream, view):
-        _pwrite_all(out_fd, view[:n], written)
+        pwrite_all(out_fd, view[:n], written)
         hasher.update(view[:n])
         written += n
     return Digest(hexdigest=hasher.hexdigest(), size=written)
@@ -319,12 +319,6 @@ def _overlapped_kernel_copy(
         raise outcome["error"]
     copied, finished = outcome["result"]
     return int(copied), bool(finished)
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
 
 
 def now_ns() -> int:

@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 import diskcache
 import diskcache.core
 
-from optuna_cas._fileio import publish_new_file, real_fileno, temp_beside
+from optuna_cas._fileio import copy_between, publish_new_file, real_fileno, temp_beside
 from optuna_cas.digest import (
     CHUNK_SIZE,
     Digest,
@@ -55,9 +55,6 @@ TEMP_DIR = "tmp"
 _VALUE_NAME = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{28}\.val)")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _ENTRY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-_COPY_STEP = 64 * CHUNK_SIZE
-# "This kernel/filesystem pair cannot copy this way": fall back to read/write, not a failure.
-_UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 #: What a failing cache directory raises (diskcache.Timeout: database locked beyond the timeout).
 CACHE_ERRORS: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
 # Inserted and deleted to make diskcache evict one more LRU entry (see evict_lru).
@@ -267,36 +264,6 @@ def evict_lru(cache: diskcache.Cache, limit: int, *, restore: int) -> int:
     return evicted
 
 
-def copy_range(src_fd: int, dst_fd: int, limit: int, src_offset: int = 0) -> int:
-    """Copy up to ``limit`` bytes from ``src_offset`` into ``dst_fd`` (from 0); returns the count.
-
-    In-kernel where possible. Explicit offsets leave both descriptors' positions alone; the
-    limit bounds a source that keeps growing.
-    """
-    copied = 0
-    if hasattr(os, "copy_file_range"):
-        try:
-            while copied < limit and (
-                n := os.copy_file_range(
-                    src_fd, dst_fd, min(_COPY_STEP, limit - copied), src_offset + copied, copied
-                )
-            ):
-                copied += n
-            return copied
-        except OSError as e:
-            if e.errno not in _UNSUPPORTED:
-                raise
-    view = memoryview(bytearray(CHUNK_SIZE))
-    while copied < limit and (
-        n := os.preadv(src_fd, [view[: limit - copied]], src_offset + copied)
-    ):
-        done = 0
-        while done < n:
-            done += os.pwrite(dst_fd, view[done:n], copied + done)
-        copied += n
-    return copied
-
-
 def link_open_file(fd: int, target: Path) -> bool:
     """Hard-link the inode open as ``fd`` to the new name ``target``; False if impossible here.
 
@@ -393,7 +360,7 @@ def copy_and_publish(fd: int, digest: Digest, target: Path) -> bool:
     out_fd, out_temp = temp_beside(target)
     try:
         try:
-            if copy_range(fd, out_fd, digest.size + 1) != digest.size:
+            if copy_between(fd, out_fd, digest.size + 1) != digest.size:
                 return False
             if not private_holds(out_fd, digest):
                 return False
@@ -409,7 +376,7 @@ def copy_source(source: BinaryIO, fd: int, limit: int) -> int:
     """Copy ``source`` from its position into ``fd``, at most ``limit`` bytes; the count."""
     fileno = real_fileno(source)
     if fileno is not None:
-        return copy_range(fileno, fd, limit, source.tell())
+        return copy_between(fileno, fd, limit, source.tell())
     copied = 0
     view = memoryview(bytearray(CHUNK_SIZE))
     while copied < limit and (n := readinto(source, view[: limit - copied])):

@@ -207,7 +207,7 @@ def sync(
         elif ref.artifact_id in at_dst:
             report.refs_skipped += 1
         else:
-            dst_content.put_ref(_same_ref(ref))
+            dst_content.put_ref(ref)  # refs are immutable values
             report.refs_copied.append(ref.artifact_id)
             if ref.artifact_id in malformed_at_dst:
                 report.refs_repaired.append(ref.artifact_id)
@@ -231,14 +231,3 @@ def _source_refs(
         except IntegrityError as e:
             bad(artifact_id, str(e))
     return refs
-
-
-def _same_ref(ref: ArtifactRef) -> ArtifactRef:
-    return ArtifactRef(
-        artifact_id=ref.artifact_id,
-        digest=ref.digest,
-        filename=ref.filename,
-        mimetype=ref.mimetype,
-        encoding=ref.encoding,
-        created=ref.created,
-    )
