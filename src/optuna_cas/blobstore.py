@@ -37,6 +37,8 @@ from optuna_cas.backends.base import (
     conditional_remover_of,
     staging_of,
 )
+from optuna_cas.chunks.layout import CHUNK_THRESHOLD, manifest_key
+from optuna_cas.chunks.store import ChunkStore
 from optuna_cas.digest import (
     ALGORITHM,
     CHUNK_SIZE,
@@ -144,6 +146,14 @@ class BlobCache(Protocol):
         """Forget a blob (e.g. after gc removed it)."""
         ...
 
+    def open_entry(self, digest: Digest) -> BinaryIO | None:
+        """The cached bytes, unverified (for chunk readers that check every chunk), or None."""
+        ...
+
+    def fill(self, digest: Digest, fetch: Callable[[], BinaryIO]) -> None:
+        """Cache the bytes ``fetch`` opens, verified against ``digest`` (best effort)."""
+        ...
+
 
 class BlobStore:
     """Blobs on top of any :class:`~optuna_cas.backends.base.Backend`.
@@ -156,6 +166,7 @@ class BlobStore:
         freshen_after: Seconds after which a re-used blob's time is refreshed (so that gc,
             whose grace period must exceed this, spares it).
         file_digests: Remembers digests of unchanged files (default: one per process).
+        chunk_threshold: Files of at least this many bytes are stored as chunks.
 
     Example:
         >>> import io
@@ -173,11 +184,15 @@ class BlobStore:
         blob_cache: BlobCache | None = None,
         freshen_after: float = FRESHEN_AFTER_SECONDS,
         file_digests: FileDigestMemo = DEFAULT_FILE_DIGESTS,
+        chunk_threshold: int = CHUNK_THRESHOLD,
     ) -> None:
         self._backend = backend
         self._blob_cache = blob_cache
         self.freshen_after = freshen_after
         self._file_digests = file_digests
+        # Files this large or larger are stored as chunks in packs (see optuna_cas.chunks).
+        self.chunk_threshold = chunk_threshold
+        self.chunks = ChunkStore(backend, cache=blob_cache, freshen_after=freshen_after)
 
     @property
     def backend(self) -> Backend:
@@ -215,8 +230,8 @@ class BlobStore:
         try:
             info = self._backend.stat(blob_key(digest))
         except ArtifactNotFound:
-            return False
-        return info.size == digest.size
+            return self.chunks.has_manifest(digest, with_packs=True)
+        return info.size == digest.size or self.chunks.has_manifest(digest, with_packs=True)
 
     def put_blob(self, source: BinaryIO | str | os.PathLike[str]) -> Digest:
         """Store the bytes of a file path or stream (from its position) once; return the digest.
@@ -246,6 +261,8 @@ class BlobStore:
             with FileSource.open(source) as src:
                 return self._put_file(src)
         file_source = FileSource.of_stream(source)
+        if file_source is None and seekable(source) and _remaining(source) >= self.chunk_threshold:
+            return self.chunks.put(source)
         if file_source is not None:
             digest = self._put_file(file_source)
             source.seek(file_source.start + digest.size)
@@ -266,14 +283,21 @@ class BlobStore:
 
     def _put_file(self, src: FileSource) -> Digest:
         remembered = self._file_digests.get(src.before) if src.start == 0 else None
-        if remembered is not None and self._check_stored(remembered) == (True, False):
+        if remembered is not None and remembered.size >= self.chunk_threshold:
+            if self.chunks.has_manifest(remembered):
+                src.check_unchanged()
+                return remembered
+        elif remembered is not None and self._check_stored(remembered) == (True, False):
             if self._blob_cache is not None:
                 reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
                 self._blob_cache.add_file(remembered, reader)
             src.check_unchanged()
             return remembered
         started = now_ns()
-        if self._stager() is not None:
+        if src.size_hint >= self.chunk_threshold:
+            reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
+            digest = self.chunks.put(reader, src.size_hint, src.check_unchanged)
+        elif self._stager() is not None:
             digest = self._put_staged(
                 lambda fd: copy_hashing(src.fd, src.start, fd, src.size_hint), src
             )
@@ -406,9 +430,19 @@ class BlobStore:
             b'abc'
         """
         key = blob_key(digest)
+        if digest.size >= self.chunk_threshold:
+            try:
+                return self.chunks.open(digest)
+            except ArtifactNotFound:
+                pass  # stored whole (below the threshold when it was uploaded)
         if self._blob_cache is not None:
             return self._blob_cache.open(digest, lambda: self._backend.open_reader(key))
-        raw = self._backend.open_reader(key)
+        try:
+            raw = self._backend.open_reader(key)
+        except ArtifactNotFound:
+            if digest.size >= self.chunk_threshold:
+                raise
+            return self.chunks.open(digest)  # chunked under a lower threshold
         name = f"blob {digest} in {self.describe()}"
         return io.BufferedReader(VerifyingReader(raw, digest, name=name), CHUNK_SIZE)
 
@@ -430,11 +464,14 @@ class BlobStore:
         """
         target = Path(path)
         key = blob_key(digest)
-        if self._blob_cache is not None:
+        if self._blob_cache is not None and not self._chunked(digest):
             self._blob_cache.materialize(digest, target, lambda: self._backend.open_reader(key))
             return
         with self.open_blob(digest) as reader:
             materialize(reader, target)
+
+    def _chunked(self, digest: Digest) -> bool:
+        return digest.size >= self.chunk_threshold and self._backend.exists(manifest_key(digest))
 
     def remove_blob(self, digest: Digest) -> None:
         """Delete a blob (callers must make sure no ref needs it: see :func:`optuna_cas.gc`).
@@ -553,6 +590,13 @@ class BlobStore:
                 continue
             algorithm, head, tail = match.groups()
             yield BlobInfo(head + tail, algorithm, info.size, info.modified, info.key)
+
+
+def _remaining(stream: BinaryIO) -> int:
+    start = stream.tell()
+    end = stream.seek(0, io.SEEK_END)
+    stream.seek(start)
+    return end - start
 
 
 def seekable(stream: BinaryIO) -> bool:

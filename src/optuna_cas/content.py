@@ -29,6 +29,7 @@ from optuna_cas.blobstore import (
     blob_key,
     seekable,
 )
+from optuna_cas.chunks.layout import CHUNK_THRESHOLD
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 from optuna_cas.ingest import FileDigestMemo
 from optuna_cas.refs import ArtifactRef
@@ -57,6 +58,7 @@ class ContentStore(BlobStore, RefStore):
         freshen_after: Seconds after which a re-used blob's time is refreshed (so that gc,
             whose grace period must exceed this, spares it).
         file_digests: Remembers digests of unchanged files (default: one per process).
+        chunk_threshold: Files of at least this many bytes are stored as chunks in packs.
 
     Example:
         >>> import io
@@ -78,6 +80,7 @@ class ContentStore(BlobStore, RefStore):
         blob_cache: BlobCache | None = None,
         freshen_after: float = FRESHEN_AFTER_SECONDS,
         file_digests: FileDigestMemo = DEFAULT_FILE_DIGESTS,
+        chunk_threshold: int = CHUNK_THRESHOLD,
     ) -> None:
         # Refs are remembered exactly when blobs are cached: a worker reading through a cache
         # saves both round trips, and every stack with a cache behaves the same.
@@ -87,6 +90,7 @@ class ContentStore(BlobStore, RefStore):
             blob_cache=blob_cache,
             freshen_after=freshen_after,
             file_digests=file_digests,
+            chunk_threshold=chunk_threshold,
         )
         RefStore.__init__(self, backend, remember_refs=blob_cache is not None)
 
@@ -109,6 +113,7 @@ class ContentStore(BlobStore, RefStore):
             blob_cache=blob_cache if blob_cache is not None else self._blob_cache,
             freshen_after=self.freshen_after,
             file_digests=self._file_digests,
+            chunk_threshold=self.chunk_threshold,
         )
 
     def describe(self) -> str:

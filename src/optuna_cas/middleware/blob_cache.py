@@ -320,6 +320,22 @@ class DiskBlobCache:
             os.close(fd)
             files.unlink_temp(self._root, name)
 
+    def open_entry(self, digest: Digest) -> BinaryIO | None:
+        """The entry's file if cached with the right size (a use, for LRU), else None.
+
+        Unverified: for callers that check every range they read (chunk readers, which hash
+        each chunk of a cached pack). Everyone else uses :meth:`open`.
+        """
+        return self._lookup(digest) if digest.size <= self._size_limit else None
+
+    def fill(self, digest: Digest, fetch: Callable[[], BinaryIO]) -> None:
+        """Cache the store's bytes of ``digest`` (verified on the way) unless too large."""
+        if digest.size <= self._size_limit and (filled := self._fill(digest, fetch)):
+            try:
+                self._adopt(digest, filled)
+            finally:
+                os.close(filled.fd)
+
     def discard(self, digest: Digest) -> None:
         """Forget a blob (e.g. after gc removed it from the store). Missing is fine.
 

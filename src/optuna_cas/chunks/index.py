@@ -1,0 +1,126 @@
+"""What chunks a store holds, learned from its index objects without a request per chunk.
+
+Every chunked upload that adds chunks writes one small index object listing them (and their
+packs) under ``chunk-index/<its own digest>``. An uploader lists that prefix and reads only the
+index objects it has not seen, so a long-lived worker pays one LIST per upload plus one GET per
+*new* upload anywhere. The index is a hint for dedup, never a source of truth for reads:
+
+* an object whose bytes do not hash to its name, or that does not parse, is skipped with a
+  warning naming it (a store's files are untrusted input);
+* an entry can outlive its pack (gc removed it): an uploader checks each pack it reuses once
+  per upload (:meth:`KnownChunks.forget_pack` if it is gone) and uploads the chunk again;
+* a missing entry only costs a duplicate chunk, which gc reclaims.
+
+Memory: about 150 bytes per distinct chunk in the store (some 2.4 MB per GiB of unique 64 KiB
+chunks), held while the store object lives.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import blake3
+
+from optuna_cas.backends.base import Backend
+from optuna_cas.chunks.layout import INDEX_PREFIX, parse_content_key
+from optuna_cas.chunks.table import INDEX_MAGIC, MAX_TABLE_BYTES, ChunkTable, parse_table
+from optuna_cas.digest import Digest
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, OptunaCasError
+
+__all__ = ["KnownChunks", "Location", "read_bounded"]
+
+logger = logging.getLogger("optuna_cas.chunks")
+
+Location = tuple[Digest, int]  # (pack, offset)
+
+
+def read_bounded(backend: Backend, key: str, limit: int = MAX_TABLE_BYTES) -> bytes:
+    """The whole object at ``key``, refusing one larger than ``limit`` bytes.
+
+    Raises:
+        ArtifactNotFound: No such object.
+        IntegrityError: It is larger than ``limit``.
+
+    Example:
+        >>> import io
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> b = MemoryBackend(); b.write("k", io.BytesIO(b"abc"))
+        >>> read_bounded(b, "k")
+        b'abc'
+    """
+    with backend.open_reader(key) as reader:
+        data = reader.read(limit + 1)
+    if len(data) > limit:
+        raise IntegrityError(f"{backend.describe()} key {key!r} is larger than {limit} bytes")
+    return data
+
+
+class KnownChunks:
+    """The chunks a store's index objects list: chunk digest to (pack, offset).
+
+    Args:
+        backend: The store's backend.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> known = KnownChunks(MemoryBackend()); known.refresh()
+        >>> known.find(Digest.of_bytes(b"x")) is None
+        True
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._chunks: dict[bytes, Location] = {}
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Read the index objects written since the last refresh."""
+        names = []
+        for info in self._backend.list(INDEX_PREFIX):
+            parsed = parse_content_key(info.key)
+            if parsed is not None and parsed[1] not in self._seen:
+                names.append(parsed[1])
+        for name in names:
+            table = self._load(name)
+            with self._lock:
+                self._seen.add(name)
+                if table is not None:
+                    self.add_table(table)
+
+    def _load(self, name: str) -> ChunkTable | None:
+        key = INDEX_PREFIX + name
+        try:
+            data = read_bounded(self._backend, key)
+            if blake3.blake3(data).hexdigest() != name:
+                raise IntegrityError(f"index object {key!r} does not hash to its name")
+            return parse_table(data, f"index object {key!r}", INDEX_MAGIC)
+        except ArtifactNotFound:
+            return None  # removed by gc meanwhile
+        except OptunaCasError as e:
+            logger.warning("Skipping %s in %s: %s", key, self._backend.describe(), e)
+            return None
+
+    def add_table(self, table: ChunkTable) -> None:
+        """Learn the entries of an index object (e.g. the one this process just wrote)."""
+        for chunk, pack, _length, offset in table:
+            self._chunks.setdefault(chunk, (table.packs[pack], offset))
+
+    def note_own(self, name: str) -> None:
+        """Mark an index object this process wrote (and added) as seen."""
+        with self._lock:
+            self._seen.add(name)
+
+    def find(self, chunk: Digest) -> Location | None:
+        """Where the store holds ``chunk``, if an index object said so."""
+        return self._chunks.get(bytes.fromhex(chunk.hexdigest))
+
+    def forget_pack(self, pack: Digest) -> None:
+        """Drop every entry in ``pack`` (found missing or damaged)."""
+        with self._lock:
+            for chunk in [c for c, (p, _) in self._chunks.items() if p == pack]:
+                del self._chunks[chunk]
+
+    def __len__(self) -> int:
+        return len(self._chunks)

@@ -1,0 +1,182 @@
+"""Writing new chunks into packs: the only place chunk bytes are stored.
+
+A :class:`PackWriter` appends each new chunk to the pack it is filling, hashing the pack as it
+goes; at :data:`~optuna_cas.chunks.layout.PACK_TARGET` bytes the pack is sealed and published
+under its digest. The bytes hashed are the bytes written (invariant 11): chunks arrive as
+buffers the chunker hashed, and the pack's digest is computed from those same buffers.
+
+* A local backend hands out a temp file in the store (staging); the pack is written there and
+  renamed into place: one copy.
+* Other backends get a private spool file; each sealed pack is sent by a background thread
+  (at most two in flight) through a reader that verifies the pack's digest, so a spool file
+  changed meanwhile publishes nothing.
+
+Concurrent uploaders each write their own packs; a chunk two of them add at once is stored
+twice, and gc reclaims the copy no manifest uses. Nothing here deletes a published object.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from optuna_cas._fileio import pwrite_all
+from optuna_cas.backends.base import Backend, StagedObject, staging_of
+from optuna_cas.chunks.layout import PACK_PREFIX, PACK_TARGET, pack_key
+from optuna_cas.chunks.table import INDEX_MAGIC, TableBuilder
+from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader, new_blake3
+
+__all__ = ["PackWriter"]
+
+_IN_FLIGHT = 2
+
+
+class _OpenPack:
+    """The pack being filled: a staged file in the store, or a private spool file."""
+
+    def __init__(self, backend: Backend, number: int, index_number: int) -> None:
+        stager = staging_of(backend)
+        self.staged: StagedObject | None = stager.stage(PACK_PREFIX.rstrip("/")) if stager else None
+        self.spool = None if self.staged else tempfile.TemporaryFile(prefix="optuna-cas-pack-")
+        self.fd = self.staged.fd if self.staged else self.spool.fileno()  # type: ignore[union-attr]
+        self.hasher: Any = new_blake3()
+        self.size = 0
+        self.number = number  # in the manifest's pack table
+        self.index_number = index_number  # in the index object's
+
+    def append(self, data: memoryview) -> int:
+        offset = self.size
+        pwrite_all(self.fd, data, offset)
+        self.hasher.update(data)
+        self.size += len(data)
+        return offset
+
+    def digest(self) -> Digest:
+        return Digest(self.hasher.hexdigest(), self.size)
+
+    def discard(self) -> None:
+        if self.staged is not None:
+            self.staged.discard()
+        if self.spool is not None:
+            self.spool.close()
+
+
+class PackWriter:
+    """Stores the new chunks of one upload in packs and records every chunk's place.
+
+    Args:
+        backend: Where packs go.
+        manifest: Receives one entry per chunk, in file order (pack numbers are this table's).
+        pack_target: Seal a pack once it holds this many bytes.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> from optuna_cas.chunks.table import MANIFEST_MAGIC
+        >>> backend, manifest = MemoryBackend(), TableBuilder(MANIFEST_MAGIC)
+        >>> writer = PackWriter(backend, manifest)
+        >>> writer.add_new(Digest.of_bytes(b"abc"), memoryview(b"abc"))
+        >>> writer.finish(); len(manifest), len(writer.index)
+        (1, 1)
+        >>> [k.startswith("packs/") for k in (i.key for i in backend.list())]
+        [True]
+    """
+
+    def __init__(
+        self, backend: Backend, manifest: TableBuilder, *, pack_target: int = PACK_TARGET
+    ) -> None:
+        self._backend = backend
+        self._manifest = manifest
+        self._pack_target = pack_target
+        self.index = TableBuilder(INDEX_MAGIC)  # the chunks this upload added
+        self._pack: _OpenPack | None = None
+        # chunk -> (its pack's number in the manifest, in the index object, offset)
+        self._new: dict[bytes, tuple[int, int, int]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._sending: list[Future[None]] = []
+        self.bytes_written = 0
+
+    def add_known(self, chunk: Digest, pack: Digest, offset: int) -> None:
+        """Record a chunk the store already holds at ``offset`` in ``pack``."""
+        self._manifest.add(chunk, self._manifest.pack_number(pack), offset)
+
+    def add_new(self, chunk: Digest, data: memoryview) -> None:
+        """Record a chunk the store lacks, storing ``data`` (its verified bytes) unless this
+        upload stored it already."""
+        raw = bytes.fromhex(chunk.hexdigest)
+        seen = self._new.get(raw)
+        if seen is None:
+            if self._pack is None:
+                self._pack = _OpenPack(
+                    self._backend, self._manifest.pack_number(None), self.index.pack_number(None)
+                )
+            offset = self._pack.append(data)
+            seen = self._new[raw] = (self._pack.number, self._pack.index_number, offset)
+            self.index.add_raw(raw, chunk.size, seen[1], offset)
+            self.bytes_written += chunk.size
+            if self._pack.size >= self._pack_target:
+                self._seal()
+        self._manifest.add_raw(raw, chunk.size, seen[0], seen[2])
+
+    def _seal(self) -> None:
+        pack, self._pack = self._pack, None
+        if pack is None:
+            return
+        digest = pack.digest()
+        self._manifest.resolve(pack.number, digest)
+        self.index.resolve(pack.index_number, digest)
+        if pack.staged is not None:
+            try:
+                pack.staged.commit(pack_key(digest))
+            finally:
+                pack.discard()
+            return
+        self._wait(_IN_FLIGHT - 1)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="optuna-cas-pack-upload")
+        self._sending.append(self._pool.submit(self._send, pack, digest))
+
+    def _send(self, pack: _OpenPack, digest: Digest) -> None:
+        assert pack.spool is not None
+        try:
+            pack.spool.seek(0)
+            verifying = VerifyingReader(
+                pack.spool, digest, name=f"pack {digest}", close_source=False
+            )
+            reader = io.BufferedReader(verifying, CHUNK_SIZE)
+            self._backend.write(pack_key(digest), reader, if_absent=True)  # type: ignore[arg-type]
+        finally:
+            pack.discard()
+
+    def _wait(self, at_most: int) -> None:
+        while len(self._sending) > at_most:
+            self._sending.pop(0).result()
+
+    def finish(self) -> None:
+        """Seal the last pack and wait until every pack is published."""
+        try:
+            self._seal()
+            self._wait(0)
+        finally:
+            self._shutdown()
+
+    def abort(self) -> None:
+        """Drop the open pack; packs already published stay (orphans for gc)."""
+        if self._pack is not None:
+            self._pack.discard()
+            self._pack = None
+        for future in self._sending:
+            future.cancel()
+        try:
+            self._wait(0)
+        except BaseException:  # noqa: BLE001 - the caller is already failing
+            pass
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

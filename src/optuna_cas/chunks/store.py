@@ -1,0 +1,268 @@
+"""Chunked content in one backend: put a stream, open or copy a file, all by the file's digest.
+
+Order of writes (so nothing ever points at missing data): packs, then the index object, then
+the manifest; the caller writes the ref after :meth:`ChunkStore.put` returns, and Optuna's
+metadata after that. Nothing here deletes a published object; only gc does.
+
+Concurrency with gc follows the blob rules (see :mod:`optuna_cas.operations.gc`): every pack an
+upload reuses is looked at once and touched if older than ``freshen_after``, so gc (whose grace
+period exceeds that, and whose delete is conditional on the pack being unchanged) spares it.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import threading
+import time
+from collections.abc import Callable
+from typing import BinaryIO
+
+import blake3
+
+from optuna_cas.backends.base import Backend
+from optuna_cas.chunks.chunker import Chunker
+from optuna_cas.chunks.index import KnownChunks, read_bounded
+from optuna_cas.chunks.layout import index_key, manifest_key, pack_key
+from optuna_cas.chunks.packer import PackWriter
+from optuna_cas.chunks.reader import ChunkedReader, PackCache, whole_file_reader
+from optuna_cas.chunks.table import (
+    ENTRY,
+    INDEX_MAGIC,
+    MANIFEST_MAGIC,
+    ChunkTable,
+    TableBuilder,
+    parse_table,
+)
+from optuna_cas.digest import Digest
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+
+__all__ = ["ChunkStore"]
+
+_MANIFEST_MEMO = 64
+
+
+class ChunkStore:
+    """Files stored as content-defined chunks in packs, named by the whole file's digest.
+
+    Args:
+        backend: Where packs, manifests and index objects live.
+        cache: Optional local cache of packs.
+        freshen_after: Seconds after which a reused pack or manifest is touched (see gc).
+
+    Example:
+        >>> import io, os
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> store = ChunkStore(MemoryBackend())
+        >>> data = os.urandom(1_000_000)
+        >>> digest = store.put(io.BytesIO(data))
+        >>> digest == Digest.of_bytes(data), store.open(digest).read() == data
+        (True, True)
+        >>> store.put(io.BytesIO(data)) == digest   # nothing new is written
+        True
+    """
+
+    def __init__(
+        self, backend: Backend, *, cache: PackCache | None = None, freshen_after: float = 1800.0
+    ) -> None:
+        self._backend = backend
+        self._cache = cache
+        self.freshen_after = freshen_after
+        self.known = KnownChunks(backend)
+        self._manifests: collections.OrderedDict[str, ChunkTable] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.last_new_bytes = 0  # chunk bytes the last put stored (for tests and stats)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def put(
+        self,
+        stream: BinaryIO,
+        size_hint: int | None = None,
+        check_unchanged: Callable[[], None] | None = None,
+    ) -> Digest:
+        """Chunk ``stream`` (from its position to EOF), store the chunks the backend lacks and
+        the file's manifest; return the file's digest.
+
+        Args:
+            stream: The content.
+            size_hint: Expected length, if known.
+            check_unchanged: Called after the last byte was read and before anything names
+                the file; raises if the source changed meanwhile (nothing is recorded then).
+
+        Raises:
+            IntegrityError: Raised by ``check_unchanged``.
+        """
+        self.known.refresh()
+        manifest = TableBuilder(MANIFEST_MAGIC)
+        writer = PackWriter(self._backend, manifest)
+        usable: dict[str, bool] = {}
+        chunker = Chunker(stream, size_hint)
+        try:
+            for chunk, data in chunker:
+                where = self.known.find(chunk)
+                if where is not None and self._pack_usable(where[0], usable):
+                    writer.add_known(chunk, *where)
+                else:
+                    writer.add_new(chunk, data)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        digest = chunker.digest()
+        if check_unchanged is not None:
+            check_unchanged()
+        self.last_new_bytes = writer.bytes_written
+        self._publish_index(writer.index)
+        if not self.has_manifest(digest):
+            self._write_manifest(digest, manifest.to_bytes(digest))
+        return digest
+
+    def _pack_usable(self, pack: Digest, usable: dict[str, bool]) -> bool:
+        """Whether a pack an index names is still there (looked at once per upload)."""
+        known = usable.get(pack.hexdigest)
+        if known is None:
+            known = usable[pack.hexdigest] = self._present(pack_key(pack), pack.size)
+            if not known:
+                self.known.forget_pack(pack)
+        return known
+
+    def _present(self, key: str, size: int | None = None) -> bool:
+        """Whether ``key`` is stored (with ``size``); touch it if old, so gc spares it."""
+        try:
+            info = self._backend.stat(key)
+        except ArtifactNotFound:
+            return False
+        if size is not None and info.size != size:
+            return False
+        if time.time() - info.modified > self.freshen_after:
+            try:
+                self._backend.touch(key)
+            except ArtifactNotFound:
+                return False
+        return True
+
+    def _publish_index(self, index: TableBuilder) -> None:
+        if not len(index):
+            return
+        data = index.to_bytes()
+        name = blake3.blake3(data).hexdigest()
+        self._backend.write(index_key(name), io.BytesIO(data), if_absent=True)
+        self.known.add_table(parse_table(data, "own index", INDEX_MAGIC))
+        self.known.note_own(name)
+
+    def _write_manifest(self, digest: Digest, data: bytes) -> None:
+        key = manifest_key(digest)
+        try:
+            self._backend.write(key, io.BytesIO(data), if_absent=True)
+        except FileExistsError:
+            pass
+        self._forget(digest)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def has_manifest(self, digest: Digest, *, with_packs: bool = False) -> bool:
+        """Whether ``digest``'s manifest is stored (and, ``with_packs``, every pack it names).
+
+        A manifest or pack older than ``freshen_after`` is touched, as a dedup hit must.
+        """
+        if not self._present(manifest_key(digest)):
+            return False
+        if not with_packs:
+            return True
+        try:
+            table = self.manifest(digest)
+        except (ArtifactNotFound, IntegrityError):
+            return False
+        return all(self._present(pack_key(p), p.size) for p in table.packs)
+
+    def manifest(self, digest: Digest) -> ChunkTable:
+        """The parsed manifest of ``digest`` (remembered: manifests never change meaning).
+
+        Raises:
+            ArtifactNotFound: No manifest for ``digest``.
+            IntegrityError: It is malformed or describes another file.
+        """
+        with self._lock:
+            table = self._manifests.get(digest.hexdigest)
+            if table is not None:
+                self._manifests.move_to_end(digest.hexdigest)
+                return table
+        key = manifest_key(digest)
+        name = f"manifest {key!r} in {self._backend.describe()}"
+        table = parse_table(read_bounded(self._backend, key), name, MANIFEST_MAGIC)
+        if table.file != digest:
+            raise IntegrityError(f"{name} describes {table.file}, not {digest}")
+        with self._lock:
+            self._manifests[digest.hexdigest] = table
+            while len(self._manifests) > _MANIFEST_MEMO:
+                self._manifests.popitem(last=False)
+        return table
+
+    def _forget(self, digest: Digest) -> None:
+        with self._lock:
+            self._manifests.pop(digest.hexdigest, None)
+
+    def open(self, digest: Digest, name: str | None = None) -> BinaryIO:
+        """A reader of the file, every chunk and the whole verified.
+
+        Raises:
+            ArtifactNotFound: No manifest, or a pack it needs is missing (when read).
+        """
+        table = self.manifest(digest)
+        what = name or f"chunked file {digest} in {self._backend.describe()}"
+        return whole_file_reader(
+            ChunkedReader(self._backend, table, what, self._cache), digest, what
+        )
+
+    # -- copying -------------------------------------------------------------------------------
+
+    def copy_from(self, source: ChunkStore, digest: Digest) -> int:
+        """Store ``digest`` here from another chunk store, moving only the chunks this one
+        lacks; returns the number of chunk bytes sent. Packs, index, then manifest.
+
+        Example:
+            >>> import io, os
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> a, b = ChunkStore(MemoryBackend()), ChunkStore(MemoryBackend())
+            >>> d = a.put(io.BytesIO(os.urandom(500_000)))
+            >>> b.copy_from(a, d) == d.size, b.copy_from(a, d)
+            (True, 0)
+        """
+        if self.has_manifest(digest, with_packs=True):
+            return 0
+        table = source.manifest(digest)
+        self.known.refresh()
+        usable: dict[str, bool] = {}
+        wanted, picked = bytearray(), set()
+        for entry in table:
+            where = self.known.find(Digest(entry.chunk.hex(), entry.length))
+            if entry.chunk in picked or (where and self._pack_usable(where[0], usable)):
+                continue
+            picked.add(entry.chunk)
+            wanted += ENTRY.pack(*entry)
+        missing = ChunkTable(INDEX_MAGIC, None, table.packs, bytes(wanted))
+        writer = PackWriter(self._backend, TableBuilder(MANIFEST_MAGIC))
+        reader = ChunkedReader(source._backend, missing, f"copy of {digest}")
+        try:
+            for entry in missing:
+                writer.add_new(
+                    Digest(entry.chunk.hex(), entry.length), memoryview(next(reader._chunks))
+                )
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            reader.close()
+        self._publish_index(writer.index)
+        manifest = TableBuilder(MANIFEST_MAGIC)
+        for entry in table:
+            where = self.known.find(Digest(entry.chunk.hex(), entry.length))
+            if where is None:
+                raise IntegrityError(f"copy of {digest}: chunk {entry.chunk.hex()} was not stored")
+            manifest.add(
+                Digest(entry.chunk.hex(), entry.length), manifest.pack_number(where[0]), where[1]
+            )
+        self._write_manifest(digest, manifest.to_bytes(digest))
+        return writer.bytes_written

@@ -1,0 +1,225 @@
+"""Chunk tables: the binary records behind manifests and index objects.
+
+Both list chunks and where they sit in packs. A *manifest* is the table of one file, in file
+order, headed by the file's digest; an *index object* is the table of the chunks one upload
+added, so that later uploads learn what the store holds without a request per chunk.
+
+Format (little-endian; docs/concepts.md)::
+
+    magic        8 bytes   b"OCASMFT1" (manifest) or b"OCASIDX1" (index)
+    file digest  32 bytes  } manifests only
+    file size    u64       }
+    pack count   u32
+    entry count  u32
+    packs        pack count  x (digest 32 bytes, size u64)
+    entries      entry count x (chunk digest 32 bytes, pack number u32, length u32, offset u64)
+
+Records are read from stores, so they are untrusted: :func:`parse_table` checks the length
+against the counts before allocating anything, and every entry against its pack and the file
+size, and raises :class:`~optuna_cas.exceptions.IntegrityError` naming the record otherwise.
+Entries stay packed in one ``bytes`` (48 bytes each): a 4 GiB file of 64 KiB chunks needs 3 MB.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from optuna_cas.chunks.layout import CHUNK_MAX
+from optuna_cas.digest import Digest
+from optuna_cas.exceptions import IntegrityError
+
+__all__ = [
+    "INDEX_MAGIC",
+    "MANIFEST_MAGIC",
+    "MAX_TABLE_BYTES",
+    "ChunkTable",
+    "Entry",
+    "TableBuilder",
+    "parse_table",
+]
+
+MANIFEST_MAGIC = b"OCASMFT1"
+INDEX_MAGIC = b"OCASIDX1"
+# Enough for about 1.4 million chunks (roughly 90 GiB of 64 KiB chunks) in one record.
+MAX_TABLE_BYTES = 64 * 1024 * 1024
+# A chunk is never longer than the chunker's maximum; tables from other parameters may use up
+# to this much, and nothing longer is accepted.
+_LONGEST_CHUNK = max(CHUNK_MAX, 16 * 1024 * 1024)
+
+_COUNTS = struct.Struct("<II")
+_FILE = struct.Struct("<32sQ")
+_PACK = struct.Struct("<32sQ")
+ENTRY = struct.Struct("<32sIIQ")
+
+
+class Entry(NamedTuple):
+    """One chunk: its digest (raw 32 bytes), the pack number, its length and pack offset."""
+
+    chunk: bytes
+    pack: int
+    length: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class ChunkTable:
+    """A parsed manifest or index object.
+
+    Attributes:
+        magic: Which kind of record.
+        file: The file's digest (manifests), else None.
+        packs: The packs that entries refer to by number.
+        entries: The packed entries (see :data:`ENTRY`).
+
+    Example:
+        >>> b = TableBuilder(INDEX_MAGIC)
+        >>> n = b.pack_number(Digest.of_bytes(b"abc"))
+        >>> b.add(Digest.of_bytes(b"ab"), n, 0)
+        >>> table = parse_table(b.to_bytes(), "index x", INDEX_MAGIC)
+        >>> [(e.length, e.offset) for e in table], len(table)
+        ([(2, 0)], 1)
+    """
+
+    magic: bytes
+    file: Digest | None
+    packs: tuple[Digest, ...]
+    entries: bytes
+
+    def __len__(self) -> int:
+        return len(self.entries) // ENTRY.size
+
+    def __iter__(self) -> Iterator[Entry]:
+        for fields in ENTRY.iter_unpack(self.entries):
+            yield Entry(*fields)
+
+    def entry(self, number: int) -> Entry:
+        """The ``number``-th entry.
+
+        Example:
+            >>> b = TableBuilder(INDEX_MAGIC); b.add(Digest.of_bytes(b"a"), 0, 5)
+            >>> b.packs.append(Digest.of_bytes(b"xxxxxa"))
+            >>> parse_table(b.to_bytes(), "x", INDEX_MAGIC).entry(0).offset
+            5
+        """
+        return Entry(*ENTRY.unpack_from(self.entries, number * ENTRY.size))
+
+
+class TableBuilder:
+    """Collects entries, then serialises them as a manifest or index object.
+
+    Pack numbers may be handed out before a pack's digest is known (a pack still being
+    written): fill ``packs[number]`` in before :meth:`to_bytes`.
+
+    Example:
+        >>> b = TableBuilder(MANIFEST_MAGIC)
+        >>> n = b.pack_number(Digest.of_bytes(b"xy"))
+        >>> b.add(Digest.of_bytes(b"xy"), n, 0)
+        >>> t = parse_table(b.to_bytes(Digest.of_bytes(b"xy")), "m", MANIFEST_MAGIC)
+        >>> t.file == Digest.of_bytes(b"xy")
+        True
+    """
+
+    def __init__(self, magic: bytes) -> None:
+        self.magic = magic
+        self.packs: list[Digest | None] = []
+        self._numbers: dict[str, int] = {}
+        self._entries = bytearray()
+
+    def __len__(self) -> int:
+        return len(self._entries) // ENTRY.size
+
+    def pack_number(self, pack: Digest | None) -> int:
+        """The number of ``pack`` in this table (added if new); None reserves a new number."""
+        if pack is None:
+            self.packs.append(None)
+            return len(self.packs) - 1
+        number = self._numbers.get(pack.hexdigest)
+        if number is None:
+            number = self._numbers[pack.hexdigest] = len(self.packs)
+            self.packs.append(pack)
+        return number
+
+    def resolve(self, number: int, pack: Digest) -> None:
+        """Name a pack whose number was reserved while it was being written."""
+        self.packs[number] = pack
+        self._numbers[pack.hexdigest] = number
+
+    def add(self, chunk: Digest, pack: int, offset: int) -> None:
+        """Append an entry: ``chunk`` at ``offset`` in pack number ``pack``."""
+        self._entries += ENTRY.pack(bytes.fromhex(chunk.hexdigest), pack, chunk.size, offset)
+
+    def add_raw(self, chunk: bytes, length: int, pack: int, offset: int) -> None:
+        """Append an entry from a raw 32-byte chunk digest."""
+        self._entries += ENTRY.pack(chunk, pack, length, offset)
+
+    def to_bytes(self, file: Digest | None = None) -> bytes:
+        """The record: a manifest (with ``file``) or an index object (without)."""
+        packs = [p for p in self.packs if p is not None]
+        if len(packs) != len(self.packs):
+            raise ValueError("a pack number was reserved but never resolved")
+        parts = [self.magic]
+        if file is not None:
+            parts.append(_FILE.pack(bytes.fromhex(file.hexdigest), file.size))
+        parts.append(_COUNTS.pack(len(packs), len(self)))
+        parts += [_PACK.pack(bytes.fromhex(p.hexdigest), p.size) for p in packs]
+        parts.append(bytes(self._entries))
+        return b"".join(parts)
+
+
+def parse_table(data: bytes, name: str, magic: bytes) -> ChunkTable:
+    """Parse and check a manifest or index object read from a store.
+
+    Args:
+        data: The record's bytes.
+        name: For messages, e.g. ``"manifest blake3:ab… in s3://bucket"``.
+        magic: :data:`MANIFEST_MAGIC` or :data:`INDEX_MAGIC`.
+
+    Raises:
+        IntegrityError: Not a well-formed record of that kind; the message names ``name``.
+
+    Example:
+        >>> parse_table(b"nonsense", "index x", INDEX_MAGIC)
+        Traceback (most recent call last):
+        ...
+        optuna_cas.exceptions.IntegrityError: index x is malformed: not a chunk table
+    """
+
+    def bad(reason: str) -> IntegrityError:
+        return IntegrityError(f"{name} is malformed: {reason}")
+
+    if len(data) > MAX_TABLE_BYTES:
+        raise bad(f"{len(data)} bytes, more than {MAX_TABLE_BYTES}")
+    if data[:8] != magic:
+        raise bad("not a chunk table")
+    at = 8
+    file = None
+    try:
+        if magic == MANIFEST_MAGIC:
+            raw, size = _FILE.unpack_from(data, at)
+            file = Digest(raw.hex(), size)
+            at += _FILE.size
+        pack_count, entry_count = _COUNTS.unpack_from(data, at)
+    except struct.error:
+        raise bad("truncated header") from None
+    at += _COUNTS.size
+    expected = at + pack_count * _PACK.size + entry_count * ENTRY.size
+    if len(data) != expected:
+        raise bad(f"{len(data)} bytes where its counts say {expected}")
+    packs = tuple(
+        Digest(raw.hex(), size)
+        for raw, size in _PACK.iter_unpack(data[at : at + pack_count * _PACK.size])
+    )
+    entries = data[at + pack_count * _PACK.size :]
+    total = 0
+    for chunk, pack, length, offset in ENTRY.iter_unpack(entries):
+        if pack >= pack_count:
+            raise bad(f"an entry names pack {pack} of {pack_count}")
+        if not 0 < length <= _LONGEST_CHUNK or offset + length > packs[pack].size:
+            raise bad(f"an entry of {length} bytes at {offset} does not fit its pack")
+        total += length
+    if file is not None and total != file.size:
+        raise bad(f"its chunks add up to {total} bytes, the file has {file.size}")
+    return ChunkTable(magic, file, packs, entries)

@@ -1,0 +1,198 @@
+"""Chunked artifacts through the content store: identity, dedup, order, verification."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from optuna_cas.backends.local import LocalBackend
+from optuna_cas.backends.memory import MemoryBackend
+from optuna_cas.blobstore import blob_key
+from optuna_cas.chunks.layout import INDEX_PREFIX, MANIFEST_PREFIX, PACK_PREFIX, manifest_key
+from optuna_cas.content import ContentStore
+from optuna_cas.digest import Digest, hash_file
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.middleware.blob_cache import DiskBlobCache
+
+THRESHOLD = 256 * 1024
+
+
+class CountingBackend:
+    """A memory backend that counts reads and the bytes they return."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBackend()
+        self.reads: list[tuple[str, int]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+        reader = self.inner.open_reader(key, offset=offset, length=length)
+        data = reader.read()
+        self.reads.append((key, len(data)))
+        return io.BytesIO(data)
+
+
+def _rand(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.fixture(params=["memory", "local"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ContentStore:
+    backend = MemoryBackend() if request.param == "memory" else LocalBackend(tmp_path / "store")
+    return ContentStore(backend, chunk_threshold=THRESHOLD)
+
+
+def _keys(store: ContentStore, prefix: str) -> list[str]:
+    return [info.key for info in store.backend.list(prefix)]
+
+
+def test_a_large_file_is_stored_as_chunks_under_its_whole_digest(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    data = _rand(3 * 1024 * 1024 + 17, 1)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(data)
+    ref = store.put_artifact("a1", path, filename="model.safetensors")
+    assert ref.digest == hash_file(path)
+    assert _keys(store, MANIFEST_PREFIX) == [manifest_key(ref.digest)]
+    assert _keys(store, PACK_PREFIX) and _keys(store, INDEX_PREFIX)
+    assert not store.backend.exists(blob_key(ref.digest))
+    assert store.open_artifact("a1").read() == data
+    target = tmp_path / "out.bin"
+    store.materialize_blob(ref.digest, target)
+    assert target.read_bytes() == data
+
+
+def test_small_files_stay_whole_blobs(store: ContentStore) -> None:
+    ref = store.put_artifact("s", io.BytesIO(b"x" * (THRESHOLD - 1)))
+    assert store.backend.exists(blob_key(ref.digest))
+    assert not _keys(store, MANIFEST_PREFIX)
+
+
+def test_a_shifted_version_stores_only_what_changed(store: ContentStore, tmp_path: Path) -> None:
+    base = _rand(4 * 1024 * 1024, 2)
+    first = tmp_path / "v1"
+    first.write_bytes(b'{"step": 1}' + base)
+    store.put_artifact("v1", first)
+    # A longer header shifts every later byte; one 64 KiB region in the middle changes.
+    changed = base[:2_000_000] + _rand(65536, 3) + base[2_065_536:]
+    second = tmp_path / "v2"
+    second.write_bytes(b'{"step": 10000, "lr": 0.1}' + changed)
+    ref = store.put_artifact("v2", second)
+    assert store.chunks.last_new_bytes <= 65536 + 4 * 256 * 1024
+    assert store.open_artifact("v2").read() == second.read_bytes()
+    assert ref.digest == hash_file(second)
+
+
+def test_the_same_file_again_writes_nothing(store: ContentStore, tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    path.write_bytes(_rand(1024 * 1024, 4))
+    store.put_artifact("a", path)
+    before = sorted(_keys(store, ""))
+    copy = tmp_path / "copy"
+    copy.write_bytes(path.read_bytes())  # re-saved: a new inode, so no memo shortcut
+    store.put_artifact("b", copy)
+    assert store.chunks.last_new_bytes == 0
+    assert sorted(k for k in _keys(store, "") if not k.startswith("refs/")) == sorted(
+        k for k in before if not k.startswith("refs/")
+    )
+
+
+def test_a_stream_source_is_chunked_too(store: ContentStore) -> None:
+    data = _rand(1024 * 1024, 5)
+    ref = store.put_artifact("a", io.BytesIO(data))
+    assert store.backend.exists(manifest_key(ref.digest))
+    assert store.open_artifact("a").read() == data
+
+
+def test_a_corrupt_pack_raises_and_leaves_no_file(tmp_path: Path) -> None:
+    store = ContentStore(LocalBackend(tmp_path / "s"), chunk_threshold=THRESHOLD)
+    data = _rand(1024 * 1024, 6)
+    ref = store.put_artifact("a", io.BytesIO(data))
+    (pack,) = _keys(store, PACK_PREFIX)
+    path = tmp_path / "s" / pack
+    os.chmod(path, 0o644)
+    raw = bytearray(path.read_bytes())
+    raw[500_000] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="does not match"):
+        store.open_artifact("a").read()
+    target = tmp_path / "out"
+    with pytest.raises(IntegrityError):
+        store.materialize_blob(ref.digest, target)
+    assert not target.exists()
+
+
+def test_a_missing_pack_names_itself(store: ContentStore) -> None:
+    store.put_artifact("a", io.BytesIO(_rand(1024 * 1024, 7)))
+    for key in _keys(store, PACK_PREFIX):
+        store.backend.remove(key)
+    with pytest.raises(ArtifactNotFound, match="pack"):
+        store.open_artifact("a").read()
+
+
+def test_a_store_written_whole_stays_readable_with_chunking_on(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "s")
+    data = _rand(2 * 1024 * 1024, 8)
+    old = ContentStore(backend, chunk_threshold=2**62)  # as before chunking existed
+    ref = old.put_artifact("old", io.BytesIO(data))
+    new = ContentStore(backend, chunk_threshold=THRESHOLD)
+    assert new.has_blob(ref.digest)
+    assert new.open_artifact("old").read() == data
+    target = tmp_path / "out"
+    new.materialize_blob(ref.digest, target)
+    assert target.read_bytes() == data
+
+
+def test_a_worker_with_version_k_cached_fetches_only_the_new_packs(tmp_path: Path) -> None:
+    backend = CountingBackend()
+    writer = ContentStore(backend, chunk_threshold=THRESHOLD)  # type: ignore[arg-type]
+    base = _rand(6 * 1024 * 1024, 9)
+    v1 = writer.put_artifact("v1", io.BytesIO(base))
+    v2_bytes = base[:3_000_000] + _rand(200_000, 10) + base[3_200_000:]
+    v2 = writer.put_artifact("v2", io.BytesIO(v2_bytes))
+    cache = DiskBlobCache(tmp_path / "cache", size_limit=2**30)
+    worker = ContentStore(backend, blob_cache=cache, chunk_threshold=THRESHOLD)  # type: ignore[arg-type]
+    assert worker.open_blob(v1.digest).read() == base
+    backend.reads.clear()
+    assert worker.open_blob(v2.digest).read() == v2_bytes
+    pack_bytes = sum(n for key, n in backend.reads if key.startswith(PACK_PREFIX))
+    assert 0 < pack_bytes <= 200_000 + 4 * 256 * 1024
+    backend.reads.clear()
+    assert worker.open_blob(v2.digest).read() == v2_bytes  # all from the cache now
+    assert not [key for key, _ in backend.reads if key.startswith(PACK_PREFIX)]
+
+
+def test_copy_moves_only_missing_chunks(tmp_path: Path) -> None:
+    source = ContentStore(MemoryBackend(), chunk_threshold=THRESHOLD)
+    target = ContentStore(LocalBackend(tmp_path / "t"), chunk_threshold=THRESHOLD)
+    base = _rand(3 * 1024 * 1024, 11)
+    v1 = source.put_artifact("v1", io.BytesIO(base))
+    v2_bytes = b"hdr" + base[:1_000_000] + _rand(100_000, 12) + base[1_100_000:]
+    v2 = source.put_artifact("v2", io.BytesIO(v2_bytes))
+    assert target.chunks.copy_from(source.chunks, v1.digest) == len(base)
+    sent = target.chunks.copy_from(source.chunks, v2.digest)
+    assert 0 < sent <= 100_000 + 4 * 256 * 1024
+    assert target.open_blob(v2.digest).read() == v2_bytes
+    assert target.chunks.copy_from(source.chunks, v2.digest) == 0
+
+
+def _versions() -> Iterator[bytes]:
+    base = _rand(2 * 1024 * 1024, 13)
+    for step in range(3):
+        yield f'{{"step": {step * 999}}}'.encode() + base + _rand(100_000, 100 + step)
+
+
+def test_packs_are_shared_and_digests_keep_identity(store: ContentStore) -> None:
+    digests = [store.put_artifact(f"v{i}", io.BytesIO(v)).digest for i, v in enumerate(_versions())]
+    assert digests == [Digest.of_bytes(v) for v in _versions()]
+    for i, v in enumerate(_versions()):
+        assert store.open_artifact(f"v{i}").read() == v
