@@ -196,3 +196,23 @@ def test_packs_are_shared_and_digests_keep_identity(store: ContentStore) -> None
     assert digests == [Digest.of_bytes(v) for v in _versions()]
     for i, v in enumerate(_versions()):
         assert store.open_artifact(f"v{i}").read() == v
+
+
+def test_sync_moves_only_the_chunks_the_destination_lacks(tmp_path: Path) -> None:
+    from optuna_cas import FileSystemArtifactStore, sync
+
+    src = FileSystemArtifactStore(tmp_path / "src")
+    dst = FileSystemArtifactStore(tmp_path / "dst")
+    base = _rand(10 * 1024 * 1024, 14)  # above the default 8 MiB threshold
+    src.write("v1", io.BytesIO(base))
+    assert sync(src, dst).ok
+    v2 = b'{"step": 2}' + base[:5_000_000] + _rand(300_000, 15) + base[5_300_000:]
+    src.write("v2", io.BytesIO(v2))
+    before = sum(i.size for i in dst.content.backend.list(PACK_PREFIX))
+    report = sync(src, dst)
+    assert report.ok and report.blobs_copied == 1
+    added = sum(i.size for i in dst.content.backend.list(PACK_PREFIX)) - before
+    assert 0 < added <= 300_000 + 4 * 256 * 1024
+    with dst.open_reader("v2") as reader:
+        assert reader.read() == v2
+    assert sync(src, dst).blobs_copied == 0

@@ -15,7 +15,7 @@ import collections
 import io
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import blake3
@@ -23,7 +23,13 @@ import blake3
 from optuna_cas.backends.base import Backend
 from optuna_cas.chunks.chunker import Chunker
 from optuna_cas.chunks.index import KnownChunks, read_bounded
-from optuna_cas.chunks.layout import index_key, manifest_key, pack_key
+from optuna_cas.chunks.layout import (
+    MANIFEST_PREFIX,
+    index_key,
+    manifest_key,
+    pack_key,
+    parse_content_key,
+)
 from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.reader import ChunkedReader, PackCache, whole_file_reader
 from optuna_cas.chunks.table import (
@@ -175,6 +181,19 @@ class ChunkStore:
         except (ArtifactNotFound, IntegrityError):
             return False
         return all(self._present(pack_key(p), p.size) for p in table.packs)
+
+    def manifest_hexdigests(self) -> Iterator[str]:
+        """The hex digests of every file stored as chunks (one listing of manifests).
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> list(ChunkStore(MemoryBackend()).manifest_hexdigests())
+            []
+        """
+        for info in self._backend.list(MANIFEST_PREFIX):
+            parsed = parse_content_key(info.key)
+            if parsed is not None and parsed[0] == "manifests":
+                yield parsed[1]
 
     def manifest(self, digest: Digest) -> ChunkTable:
         """The parsed manifest of ``digest`` (remembered: manifests never change meaning).

@@ -169,10 +169,16 @@ def sync(
         wanted.append(ref)
 
     present_blobs = {(info.hexdigest, info.stored_size) for info in dst_content.iter_blobs()}
+    present_files = set(dst_content.chunks.manifest_hexdigests())
     needed: dict[str, Digest] = {}
     for ref in wanted:
-        if (ref.digest.hexdigest, ref.size) not in present_blobs:
-            needed[ref.digest.hexdigest] = ref.digest
+        if (ref.digest.hexdigest, ref.size) in present_blobs:
+            continue
+        if ref.digest.hexdigest in present_files and dst_content.chunks.has_manifest(
+            ref.digest, with_packs=True
+        ):
+            continue
+        needed[ref.digest.hexdigest] = ref.digest
     report.blobs_skipped = len({ref.digest.hexdigest for ref in wanted}) - len(needed)
 
     bar = Progress("sync: copying blobs", sum(d.size for d in needed.values()), progress)
@@ -181,6 +187,12 @@ def sync(
     def transfer(digest: Digest) -> str | None:
         """Copy one blob; the reason it cannot be copied, or None when it was."""
         try:
+            if src_content.chunks.has_manifest(digest):
+                # Chunked: only the chunks the destination lacks move, each one verified.
+                sent = dst_content.chunks.copy_from(src_content.chunks, digest)
+                with lock:
+                    bar.advance(sent)
+                return None
             with src_content.open_blob(digest) as reader:  # verifying: raises on corruption
                 dst_content.write_verified_blob(digest, _Counting(reader, bar, lock))  # type: ignore[arg-type]
         except ArtifactNotFound:
