@@ -102,7 +102,7 @@ class Chunker:
                 if n < len(view):
                     filled.put(None)
                     return
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+        except BaseException as e:
             filled.put(e)
 
     def _cut(
@@ -140,8 +140,11 @@ class Chunker:
 
 
 def _chunks(cdc: FastCDC, view: memoryview, *, final: bool) -> Iterator[Any]:
-    """Chunks of ``view`` whose end is certain: all if ``final``, else those that start at
-    least CHUNK_MAX before the end (a later cut cannot depend on bytes not read yet)."""
+    """Chunks of ``view`` whose end is certain.
+
+    All of them if ``final``, else those that start at least CHUNK_MAX before the end (a later
+    cut cannot depend on bytes not read yet).
+    """
     limit = len(view) if final else len(view) - CHUNK_MAX
     for chunk in cdc.cut_buf(view):
         if chunk.offset >= limit and not final:

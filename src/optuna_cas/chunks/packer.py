@@ -18,7 +18,6 @@ twice, and gc reclaims the copy no manifest uses. Nothing here deletes a publish
 from __future__ import annotations
 
 import io
-import os
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -40,7 +39,8 @@ class _OpenPack:
     def __init__(self, backend: Backend, number: int, index_number: int) -> None:
         stager = staging_of(backend)
         self.staged: StagedObject | None = stager.stage(PACK_PREFIX.rstrip("/")) if stager else None
-        self.spool = None if self.staged else tempfile.TemporaryFile(prefix="optuna-cas-pack-")
+        # Closed in discard(), after the background upload read it.
+        self.spool = None if self.staged else tempfile.TemporaryFile(prefix="optuna-cas-pack-")  # noqa: SIM115
         self.fd = self.staged.fd if self.staged else self.spool.fileno()  # type: ignore[union-attr]
         self.hasher: Any = new_blake3()
         self.size = 0
@@ -103,8 +103,7 @@ class PackWriter:
         self._manifest.add(chunk, self._manifest.pack_number(pack), offset)
 
     def add_new(self, chunk: Digest, data: memoryview) -> None:
-        """Record a chunk the store lacks, storing ``data`` (its verified bytes) unless this
-        upload stored it already."""
+        """Record a chunk the store lacks; store ``data`` unless this upload already did."""
         raw = bytes.fromhex(chunk.hexdigest)
         seen = self._new.get(raw)
         if seen is None:
@@ -146,7 +145,7 @@ class PackWriter:
                 pack.spool, digest, name=f"pack {digest}", close_source=False
             )
             reader = io.BufferedReader(verifying, CHUNK_SIZE)
-            self._backend.write(pack_key(digest), reader, if_absent=True)  # type: ignore[arg-type]
+            self._backend.write(pack_key(digest), reader, if_absent=True)
         finally:
             pack.discard()
 
@@ -171,7 +170,7 @@ class PackWriter:
             future.cancel()
         try:
             self._wait(0)
-        except BaseException:  # noqa: BLE001 - the caller is already failing
+        except BaseException:
             pass
         finally:
             self._shutdown()

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import collections
 import io
-from collections.abc import Callable, Iterator
-from typing import BinaryIO, Protocol
+from collections.abc import Callable, Generator, Iterator
+from typing import BinaryIO, Protocol, cast
 
 import blake3
 
@@ -79,7 +79,9 @@ class ChunkedReader(io.RawIOBase):
         self._table = table
         self._name = name
         self._cache = cache
-        self._chunks = self._from_cache() if cache is not None else self._from_backend()
+        self._chunks: Generator[bytes, None, None] = (
+            self._from_cache() if cache is not None else self._from_backend()
+        )
         self._current = memoryview(b"")
         self.requests = 0
 
@@ -115,7 +117,7 @@ class ChunkedReader(io.RawIOBase):
             )
         return data
 
-    def _from_backend(self) -> Iterator[bytes]:
+    def _from_backend(self) -> Generator[bytes, None, None]:
         table, count, i = self._table, len(self._table), 0
         while i < count:
             first = table.entry(i)
@@ -152,7 +154,7 @@ class ChunkedReader(io.RawIOBase):
                 position = entry.offset + entry.length
                 yield self._check(entry, data, f"pack {pack}")
 
-    def _from_cache(self) -> Iterator[bytes]:
+    def _from_cache(self) -> Generator[bytes, None, None]:
         assert self._cache is not None
         cache = self._cache
         handles: collections.OrderedDict[int, BinaryIO] = collections.OrderedDict()
@@ -225,5 +227,5 @@ def _read_exactly(reader: BinaryIO, count: int, key: str) -> bytes:
 
 def whole_file_reader(reader: ChunkedReader, digest: Digest, name: str) -> BinaryIO:
     """``reader`` checked against the whole file's digest too, buffered for callers."""
-    verifying = VerifyingReader(reader, digest, name=name)
-    return io.BufferedReader(verifying, 1024 * 1024)  # type: ignore[return-value]
+    verifying = VerifyingReader(cast(BinaryIO, reader), digest, name=name)
+    return cast(BinaryIO, io.BufferedReader(verifying, 1024 * 1024))

@@ -87,8 +87,9 @@ class ChunkStore:
         size_hint: int | None = None,
         check_unchanged: Callable[[], None] | None = None,
     ) -> Digest:
-        """Chunk ``stream`` (from its position to EOF), store the chunks the backend lacks and
-        the file's manifest; return the file's digest.
+        """Store ``stream`` (from its position to EOF) as chunks; return the file's digest.
+
+        Only the chunks the backend lacks are written, then the file's manifest.
 
         Args:
             stream: The content.
@@ -237,8 +238,9 @@ class ChunkStore:
     # -- copying -------------------------------------------------------------------------------
 
     def copy_from(self, source: ChunkStore, digest: Digest) -> int:
-        """Store ``digest`` here from another chunk store, moving only the chunks this one
-        lacks; returns the number of chunk bytes sent. Packs, index, then manifest.
+        """Store ``digest`` here from another chunk store; return the chunk bytes sent.
+
+        Only the chunks this store lacks move: packs, then the index object, then the manifest.
 
         Example:
             >>> import io, os

@@ -214,7 +214,7 @@ def parse_table(data: bytes, name: str, magic: bytes) -> ChunkTable:
     )
     entries = data[at + pack_count * _PACK.size :]
     total = 0
-    for chunk, pack, length, offset in ENTRY.iter_unpack(entries):
+    for _chunk, pack, length, offset in ENTRY.iter_unpack(entries):
         if pack >= pack_count:
             raise bad(f"an entry names pack {pack} of {pack_count}")
         if not 0 < length <= _LONGEST_CHUNK or offset + length > packs[pack].size:
