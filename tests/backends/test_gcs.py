@@ -99,6 +99,9 @@ class TestGCSBackend(BackendConformance):
     def requests_sent(self) -> int:
         return len(self.requests)
 
+    def is_download(self, method: str, path: str) -> bool:
+        return method == "GET" and "alt=media" in path  # not the metadata GET before it
+
     def backend_at(self, sub: str) -> Backend:
         return self._gcs(self.client, self.bucket.name, f"{self.PREFIX}/{sub}")
 

@@ -19,7 +19,8 @@ from optuna_cas.exceptions import (
     InvalidKeyError,
     TransientBackendError,
 )
-from optuna_cas.middleware.retry import RetryPolicy, is_transient
+from optuna_cas.middleware.backoff import RetryingBackend
+from optuna_cas.middleware.retry import Retrier, RetryPolicy, is_transient
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from tests.conftest import random_bytes
 
@@ -40,9 +41,9 @@ class FlakyBackend(MemoryBackend):
             if error is not None:
                 raise error
 
-    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
         self._tick("open_reader")
-        return super().open_reader(key, offset=offset)
+        return super().open_reader(key, offset=offset, length=length)
 
     def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
         self._tick("write")
@@ -199,8 +200,8 @@ def test_read_resumes_mid_stream_at_offset() -> None:
             super().__init__()
             self.offsets: list[int] = []
 
-        def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
-            reader = super().open_reader(key, offset=offset)
+        def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+            reader = super().open_reader(key, offset=offset, length=length)
             if not key.startswith("blobs/"):
                 return reader
             self.offsets.append(offset)
@@ -226,6 +227,46 @@ def test_read_resumes_mid_stream_at_offset() -> None:
     with store.open_reader("a") as reader:
         assert reader.read() == data
     assert backend.offsets[0] == 0 and backend.offsets[1] > 0 and len(backend.offsets) == 3
+
+
+def test_a_bounded_read_resumes_at_the_cut_up_to_the_same_end() -> None:
+    data = random_bytes(100_000, seed=3)
+
+    class CutsTheFirstBody(MemoryBackend):
+        """The first reader breaks after 30,000 bytes; every open is recorded."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.opens: list[tuple[int, int | None]] = []
+
+        def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+            self.opens.append((offset, length))
+            reader = super().open_reader(key, offset=offset, length=length)
+            if len(self.opens) > 1:
+                return reader
+            budget = [30_000]
+
+            class Cut(io.RawIOBase):
+                def readable(self) -> bool:
+                    return True
+
+                def readinto(self, b: Any) -> int:
+                    if budget[0] <= 0:
+                        raise ConnectionResetError("cut mid-body")
+                    n = reader.readinto(memoryview(b)[: budget[0]])  # type: ignore[attr-defined]
+                    budget[0] -= n
+                    return int(n)
+
+            return Cut()  # type: ignore[return-value]
+
+    backend = CutsTheFirstBody()
+    backend.write("packs/p", io.BytesIO(data))
+    retrying = RetryingBackend(backend, Retrier(RetryPolicy(), sleep=lambda s: None))
+    with retrying.open_reader("packs/p", offset=10_000, length=50_000) as reader:
+        got = b"".join(iter(lambda: reader.read(4096), b""))
+    assert got == data[10_000:60_000]
+    # Reopened where the cut body stopped, for the rest of the window only.
+    assert backend.opens == [(10_000, 50_000), (40_000, 20_000)]
 
 
 def test_backoff_over_backoff_and_over_filesystem(tmp_path: Any) -> None:

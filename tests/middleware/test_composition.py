@@ -51,9 +51,9 @@ class CountingBackend:
     def _note(self, op: str, key: str) -> None:
         self.calls.append((op, key.split("/", 1)[0]))
 
-    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
         self._note("get", key)
-        return self._inner.open_reader(key, offset=offset)
+        return self._inner.open_reader(key, offset=offset, length=length)
 
     def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
         self._note("put", key)

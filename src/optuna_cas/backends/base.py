@@ -82,7 +82,12 @@ class Backend(Protocol):
     Contract (the conformance suite checks every implementation against it):
 
     * ``open_reader`` returns a readable binary stream positioned at ``offset``; a missing key
-      raises :class:`~optuna_cas.exceptions.ArtifactNotFound`.
+      raises :class:`~optuna_cas.exceptions.ArtifactNotFound`. With ``length`` the stream
+      yields at most ``length`` bytes (fewer only at the object's end), and a remote backend
+      asks its server for exactly that window, never the rest of the object. Positions stay
+      the object's; a seekable bounded stream seeks only within ``[offset, offset + length]``
+      and ``SEEK_END`` counts from the end of the window (:mod:`optuna_cas.backends.window`).
+      A negative ``offset`` or ``length`` raises ``ValueError`` before any I/O.
     * ``write`` reads ``content_body`` from its *current* position to EOF and stores it
       atomically: readers see the old object, no object, or the whole new one. It never closes
       ``content_body``. With ``if_absent=True`` an existing object is left untouched (no error).
@@ -98,8 +103,8 @@ class Backend(Protocol):
         True
     """
 
-    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
-        """Open ``key`` for reading from byte ``offset``."""
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+        """Open ``key`` for reading from byte ``offset``, up to ``length`` bytes (None: all)."""
         ...
 
     def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:

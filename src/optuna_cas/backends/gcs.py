@@ -206,14 +206,16 @@ class GCSBackend(RemoteBackend):
         when = blob.updated or blob.time_created
         return int(blob.size or 0), when.timestamp() if when is not None else 0.0
 
-    def _get(self, name: str, offset: int) -> Download:
+    def _get(self, name: str, offset: int, stop: int | None) -> Download:
         meta = self._reload(name)
         # A fresh handle pinned to the generation seen now: every range then comes from the
         # same object version, and URLs are built from the client's endpoint, not the
         # server-supplied ``mediaLink`` (which bypasses proxies and emulator endpoints).
         blob = self._bucket.blob(name, generation=meta.generation)
         size = int(meta.size or 0)
-        body = _RangedBody(blob, offset, size, self._download_range)
+        # Each download then ends where the window does: no byte past it is ever asked for.
+        end = size if stop is None else min(size, stop)
+        body = _RangedBody(blob, offset, end, self._download_range)
         return Download(body=body, size=size)
 
     def _put(self, name: str, data: bytes, *, if_absent: bool) -> None:
@@ -340,22 +342,22 @@ class _IntoView:
 
 
 class _RangedBody:
-    """One object generation read by ranged downloads, one request per buffer filled."""
+    """One object generation read by ranged downloads up to ``end``, one per buffer filled."""
 
     def __init__(
         self,
         blob: Any,
         offset: int,
-        size: int,
+        end: int,
         download: Callable[[Any, _IntoView, int, int], None],
     ) -> None:
         self._blob = blob
         self._pos = offset
-        self._size = size
+        self._end = end  # exclusive: the object's size, or a bounded read's end
         self._download = download
 
     def readinto(self, buffer: memoryview) -> int:
-        wanted = min(len(buffer), self._size - self._pos)
+        wanted = min(len(buffer), self._end - self._pos)
         if wanted <= 0:
             return 0
         sink = _IntoView(buffer[:wanted], f"gs://{self._blob.bucket.name}/{self._blob.name}")

@@ -9,17 +9,19 @@ exists). A reader therefore sees the whole object or none of it, even if the wri
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import os
 import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from optuna_cas._fileio import describe_mode, kernel_copy, real_fileno
 from optuna_cas._validation import shorten_name, validate_key
 from optuna_cas.backends.base import ObjectInfo
+from optuna_cas.backends.window import Window, WindowReader, check_range
 from optuna_cas.digest import CHUNK_SIZE, readinto
 from optuna_cas.exceptions import (
     ArtifactNotFound,
@@ -101,19 +103,24 @@ class LocalBackend:
     def _missing(self, key: str) -> ArtifactNotFound:
         return ArtifactNotFound(f"no object {key!r} in {self.describe()}")
 
-    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
-        """Open ``key`` for reading from ``offset``; symlinks are not followed.
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+        """Open ``key`` for reading from ``offset`` (up to ``length`` bytes); no symlinks.
+
+        With a ``length`` the reader reads the window with ``pread`` (it never moves a shared
+        file offset) and seeks only within it (see :mod:`optuna_cas.backends.window`).
 
         Example:
-            >>> import tempfile
-            >>> LocalBackend(tempfile.mkdtemp()).open_reader("refs/none")
+            >>> import io, tempfile
+            >>> b = LocalBackend(tempfile.mkdtemp()); b.write("k", io.BytesIO(b"0123456789"))
+            >>> b.open_reader("k", offset=2, length=3).read()
+            b'234'
+            >>> b.open_reader("refs/none")
             Traceback (most recent call last):
             ...
             optuna_cas.exceptions.ArtifactNotFound: no object 'refs/none' in file://...
         """
         path = self._path(key)
-        if offset < 0:  # refused before the open, like the other backends (no fd to leak)
-            raise ValueError(f"offset must not be negative, got {offset}")
+        check_range(offset, length)  # before the open, like the other backends (no fd to leak)
         try:
             # O_NONBLOCK: a FIFO planted at a key must not block the open forever; the type
             # is then checked on the descriptor itself (no race with a swap of the name).
@@ -130,14 +137,16 @@ class LocalBackend:
                 ) from e
             raise
         try:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISDIR(mode):
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
                 raise self._missing(key)  # a directory is a key prefix, not an object
-            if not stat.S_ISREG(mode):
+            if not stat.S_ISREG(st.st_mode):
                 raise IntegrityError(
-                    f"{key!r} in {self.describe()} is {describe_mode(mode)}, not a stored "
+                    f"{key!r} in {self.describe()} is {describe_mode(st.st_mode)}, not a stored "
                     "object (run 'optuna-cas verify')"
                 )
+            if length is not None:
+                return _window_reader(fd, Window.of(offset, length), st.st_size)
             reader = open(fd, "rb", buffering=CHUNK_SIZE)  # noqa: SIM115 - handed to the caller
         except BaseException:
             os.close(fd)
@@ -442,6 +451,17 @@ class StagedFile:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def _window_reader(fd: int, window: Window, size: int) -> BinaryIO:
+    """A buffered reader of ``window`` of the open regular file ``fd``; it owns ``fd``."""
+
+    def pread(view: memoryview, position: int) -> int:
+        return os.preadv(fd, [view], position)
+
+    raw = WindowReader(pread, window, size=size, on_close=functools.partial(os.close, fd))
+    buffer = min(CHUNK_SIZE, max(window.end(size) - window.start, 1))  # no more than it holds
+    return cast(BinaryIO, io.BufferedReader(raw, buffer_size=buffer))
 
 
 def _describe_entry(path: Path) -> str:

@@ -7,10 +7,11 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from optuna_cas._validation import validate_key
 from optuna_cas.backends.base import ObjectInfo
+from optuna_cas.backends.window import Window, WindowReader, check_range
 from optuna_cas.exceptions import ArtifactNotFound
 
 __all__ = ["MemoryBackend"]
@@ -31,23 +32,41 @@ class MemoryBackend:
         self._objects: dict[str, tuple[bytes, float]] = {}
         self._lock = threading.Lock()
 
-    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
-        """Open ``key`` for reading from byte ``offset``.
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+        """Open ``key`` for reading from byte ``offset``, up to ``length`` bytes.
+
+        With a ``length`` the reader seeks only within its window (see
+        :mod:`optuna_cas.backends.window`).
 
         Example:
-            >>> MemoryBackend().open_reader("nope")
+            >>> import io
+            >>> b = MemoryBackend(); b.write("k", io.BytesIO(b"0123456789"))
+            >>> b.open_reader("k", offset=8, length=5).read()
+            b'89'
+            >>> b.open_reader("nope")
             Traceback (most recent call last):
             ...
             optuna_cas.exceptions.ArtifactNotFound: no object 'nope' in memory://
         """
         validate_key(key)
+        check_range(offset, length)
         with self._lock:
             entry = self._objects.get(key)
         if entry is None:
             raise ArtifactNotFound(f"no object {key!r} in {self.describe()}")
-        stream = io.BytesIO(entry[0])
-        stream.seek(offset)
-        return stream
+        data = entry[0]
+        if length is None:
+            stream = io.BytesIO(data)
+            stream.seek(offset)
+            return stream
+
+        def pread(view: memoryview, position: int) -> int:
+            piece = memoryview(data)[position : position + len(view)]
+            view[: len(piece)] = piece
+            return len(piece)
+
+        window = WindowReader(pread, Window.of(offset, length), size=len(data))
+        return cast(BinaryIO, io.BufferedReader(window))
 
     def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
         """Store the rest of ``content_body`` under ``key``.

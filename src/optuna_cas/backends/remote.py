@@ -44,6 +44,7 @@ from optuna_cas.backends.remote_io import (
     read_up_to,
     remaining_size,
 )
+from optuna_cas.backends.window import check_range
 from optuna_cas.exceptions import (
     ArtifactNotFound,
     BackendError,
@@ -179,8 +180,13 @@ class RemoteBackend(abc.ABC):
         """Size and modification time (epoch seconds) of the object ``name``."""
 
     @abc.abstractmethod
-    def _get(self, name: str, offset: int) -> Download:
-        """Open ``name`` from ``offset``; past the end, an empty body (not an error)."""
+    def _get(self, name: str, offset: int, stop: int | None) -> Download:
+        """Open ``name`` from ``offset`` up to ``stop`` (exclusive; ``None``: to its end).
+
+        The request asks the server for exactly that range. Past the end of the object, or
+        with ``stop <= offset``, the body is empty (not an error) but a missing object still
+        raises. ``Download.size`` is always the whole object's size.
+        """
 
     @abc.abstractmethod
     def _put(self, name: str, data: bytes, *, if_absent: bool) -> None:
@@ -215,15 +221,22 @@ class RemoteBackend(abc.ABC):
 
     # ---- the Backend protocol ---------------------------------------------------------------
 
-    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
-        """Open ``key`` for reading from byte ``offset``.
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+        """Open ``key`` for reading from byte ``offset``, up to ``length`` bytes.
 
         The first request is made here, so a missing key fails now rather than at the first
-        read. The stream is seekable (a seek starts a new request at the new place).
+        read. The stream is seekable (a seek starts a new request at the new place; with a
+        ``length``, only within the window, see :mod:`optuna_cas.backends.window`).
+
+        With a ``length`` the server is asked for exactly ``[offset, offset + length)``, so no
+        byte past the window crosses the wire: S3 gets one ranged GET, GCS one metadata
+        request and one ranged download per read buffer (``chunk_size``) of the window.
+        ``length=0`` fetches no bytes at all (only the metadata that tells a missing key).
 
         Args:
             key: The object's key.
             offset: First byte to read; at or past the end, reads return ``b""``.
+            length: Most bytes to read (fewer only at the object's end); ``None``: to the end.
 
         Returns:
             A buffered binary stream; close it (or use ``with``) to release the connection.
@@ -232,20 +245,26 @@ class RemoteBackend(abc.ABC):
             ArtifactNotFound: No object under ``key``.
             TransientBackendError: Connection trouble, also while reading, or a short body.
             BackendError: Any other refusal (missing bucket, access denied).
+            ValueError: ``offset`` or ``length`` is negative.
 
         Example:
             .. code-block:: python
 
                 with backend.open_reader("refs/a", offset=1) as f:
                     f.read()
+                with backend.open_reader("packs/p", offset=4096, length=65536) as f:
+                    f.read()  # 64 KiB, one ranged GET of exactly those bytes
         """
         validate_key(key)
-        if offset < 0:
-            raise ValueError(f"offset must not be negative, got {offset}")
+        check_range(offset, length)
+        stop = None if length is None else offset + length
+        # A reopen (after a seek) continues up to the same end.
+        download = functools.partial(self._download, key, stop=stop)
         raw = ObjectReader(
-            self._download(key, offset),
+            download(offset),
             offset,
-            reopen=functools.partial(self._download, key),
+            stop=stop,
+            reopen=download,
             guard=functools.partial(self._translating, key),
             name=f"{self.describe()} key {key!r}",
         )
@@ -409,9 +428,9 @@ class RemoteBackend(abc.ABC):
     def _where(self, key: str) -> str:
         return f"{self.describe()}/{key}"
 
-    def _download(self, key: str, offset: int) -> Download:
+    def _download(self, key: str, offset: int, *, stop: int | None) -> Download:
         with self._translating(key):
-            return self._get(self._name(key), offset)
+            return self._get(self._name(key), offset, stop)
 
     def _request(self, key: str, description: str, request: Callable[[], T]) -> T:
         """Send one request through the runner, its SDK errors translated."""

@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from optuna_cas.backends.window import Window
 from optuna_cas.exceptions import TransientBackendError
 
 if TYPE_CHECKING:
@@ -191,7 +192,11 @@ class ObjectReader(io.RawIOBase):
     Args:
         first: The download opened by ``open_reader`` (so a missing key fails there).
         offset: Where ``first`` starts.
-        reopen: Opens the object again at a byte offset (after a seek).
+        stop: Where a bounded read ends (exclusive; ``None``: the object's end). The reader
+            yields nothing past it and seeks only within ``[offset, stop]``
+            (:class:`~optuna_cas.backends.window.Window`).
+        reopen: Opens the object again at a byte offset, up to the same ``stop`` (after a
+            seek).
         guard: A context manager that translates SDK errors raised while reading.
         name: For messages, e.g. ``"s3://bucket key 'refs/a'"``.
 
@@ -202,6 +207,13 @@ class ObjectReader(io.RawIOBase):
         >>> reader = ObjectReader(reopen(1), 1, reopen=reopen, guard=nullcontext, name="x")
         >>> reader.readall(), reader.seek(-2, io.SEEK_END), reader.readall()
         (b'ello', 3, b'lo')
+        >>> def reopen_window(at):  # what a server sends for the range [at, 4)
+        ...     return Download(io.BytesIO(b"hello"[at:4]), 5)
+        >>> window = ObjectReader(
+        ...     reopen_window(1), 1, stop=4, reopen=reopen_window, guard=nullcontext, name="x"
+        ... )
+        >>> window.readall(), window.seek(-1, io.SEEK_END), window.readall()
+        (b'ell', 3, b'l')
     """
 
     def __init__(
@@ -209,6 +221,7 @@ class ObjectReader(io.RawIOBase):
         first: Download,
         offset: int,
         *,
+        stop: int | None = None,
         reopen: Callable[[int], Download],
         guard: Callable[[], AbstractContextManager[object]],
         name: str,
@@ -216,6 +229,7 @@ class ObjectReader(io.RawIOBase):
         super().__init__()
         self._current: Download | None = first
         self._size = first.size
+        self._window = Window(offset, stop)
         self._pos = offset
         self._reopen = reopen
         self._guard = guard
@@ -235,12 +249,7 @@ class ObjectReader(io.RawIOBase):
 
     def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
         """Move to ``pos`` (relative to ``whence``); the next read starts a request there."""
-        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}
-        if whence not in bases:
-            raise ValueError(f"invalid whence: {whence!r}")
-        target = bases[whence] + pos
-        if target < 0:
-            raise ValueError(f"negative seek position {target}")
+        target = self._window.seek(pos, whence, current=self._pos, size=self._size)
         if target != self._pos:
             self._drop_body()
             self._pos = target
@@ -250,25 +259,26 @@ class ObjectReader(io.RawIOBase):
         """Fill a prefix of ``buffer``; 0 only at the end of the object."""
         self._checkClosed()
         with memoryview(buffer) as raw, raw.cast("B") as view:
-            if self._current is None and self._pos < self._size:
+            if self._current is None and self._pos < self._window.end(self._size):
                 self._current = self._reopen(self._pos)
                 self._size = self._current.size
-            wanted = min(len(view), self._size - self._pos)
+            wanted = min(len(view), self._window.end(self._size) - self._pos)
             if wanted <= 0 or self._current is None:
                 return 0
             with self._guard():
                 count = self._current.body.readinto(view[:wanted])
         if not count:
-            # The body ended before the object did: a cut connection, never the end of data.
+            # The body ended before the object (or window) did: a cut connection, never EOF.
             raise TransientBackendError(
-                f"{self._name}: connection ended at byte {self._pos} of {self._size}"
+                f"{self._name}: connection ended at byte {self._pos} of "
+                f"{self._window.end(self._size)}"
             )
         self._pos += count
         return count
 
     def readall(self) -> bytes:
-        """The rest of the object, read into one buffer (RawIOBase would go 8 KiB at a time)."""
-        out = bytearray(max(self._size - self._pos, 0))
+        """The rest of the object or window in one buffer (RawIOBase would go 8 KiB at a time)."""
+        out = bytearray(max(self._window.end(self._size) - self._pos, 0))
         with memoryview(out) as view:
             done = 0
             while done < len(out):

@@ -233,16 +233,21 @@ class S3Backend(RemoteBackend):
         response = self._client.head_object(Bucket=self._bucket_name, Key=name)
         return int(response["ContentLength"]), response["LastModified"].timestamp()
 
-    def _get(self, name: str, offset: int) -> Download:
+    def _get(self, name: str, offset: int, stop: int | None) -> Download:
         from botocore.exceptions import ClientError
 
-        if offset == 0:
+        if stop is not None and stop <= offset:
+            # Nothing to fetch ("bytes=5-4" is no range: S3 would send the whole object).
+            # The HEAD still tells a missing key.
+            return Download(body=io.BytesIO(b""), size=self._head(name)[0])
+        if offset == 0 and stop is None:
             # No "bytes=0-": S3 answers 416 to it on an empty object.
             response = self._client.get_object(Bucket=self._bucket_name, Key=name)
             return Download(body=_body(response["Body"]), size=int(response["ContentLength"]))
+        last = "" if stop is None else str(stop - 1)  # HTTP ranges name their last byte
         try:
             response = self._client.get_object(
-                Bucket=self._bucket_name, Key=name, Range=f"bytes={offset}-"
+                Bucket=self._bucket_name, Key=name, Range=f"bytes={offset}-{last}"
             )
         except ClientError as e:
             if _error_code(e)[0] != "InvalidRange":

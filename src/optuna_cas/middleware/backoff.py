@@ -138,13 +138,18 @@ class RetryingBackend:
     def _where(self, key: str) -> str:
         return f"{self._backend.describe().rstrip('/')}/{key}"
 
-    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
-        """Open with retries; the reader resumes from where it was after a mid-stream error."""
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+        """Open with retries; the reader resumes from where it was after a mid-stream error.
+
+        A bounded read (``length``) resumes up to the same end: the reopen asks for the rest
+        of the window only.
+        """
 
         def reopen(at: int) -> BinaryIO:
+            rest = None if length is None else length - at
             return self._retrier.call(
                 f"open {self._where(key)}",
-                lambda: self._backend.open_reader(key, offset=offset + at),
+                lambda: self._backend.open_reader(key, offset=offset + at, length=rest),
             )
 
         first = reopen(0)

@@ -162,8 +162,8 @@ class _WatchedBackend:
         self._inner = inner
         self._watch = watch
 
-    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
-        reader = self._inner.open_reader(key, offset=offset)
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+        reader = self._inner.open_reader(key, offset=offset, length=length)
         return reader if key.startswith(REF_PREFIX) else _counting(reader, self._watch)
 
     def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:

@@ -137,14 +137,16 @@ class BackendFaultTests(BackendHooks):
         assert len(proxy.requests) >= len(calls)
         assert read_all(via, "k") == b"hello"  # nothing stays broken
 
-    @pytest.mark.parametrize("offset", [0, 1000])
+    # (offset, length): to the end, from an offset, and a bounded window inside the object
+    @pytest.mark.parametrize("window", [(0, None), (1000, None), (1000, 600_000)])
     def test_a_cut_body_is_an_error_never_short_data(
-        self, proxied: tuple[Backend, FaultProxy], offset: int
+        self, proxied: tuple[Backend, FaultProxy], window: tuple[int, int | None]
     ) -> None:
         via, proxy = proxied
+        offset, length = window
         data = random_bytes(MiB, seed=16)
         self.raw_write("k", data)
-        expected = data[offset:]
+        expected = data[offset:] if length is None else data[offset : offset + length]
 
         def read_cut(piece: int, *, cut_from_open: bool) -> bytes | None:
             """What the reader returned, or None if it raised (after a true prefix)."""
@@ -152,7 +154,7 @@ class BackendFaultTests(BackendHooks):
             if cut_from_open:
                 proxy.set_faults(1.0, ["truncate"], methods=["GET"])
             try:
-                with via.open_reader("k", offset=offset) as reader:
+                with via.open_reader("k", offset=offset, length=length) as reader:
                     proxy.set_faults(1.0, ["truncate"], methods=["GET"])
                     while chunk := reader.read(piece):
                         got += chunk

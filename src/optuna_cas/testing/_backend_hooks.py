@@ -89,6 +89,10 @@ class BackendHooks:
         """How many requests the ``backend`` fixture's client has sent so far (``None``: n/a)."""
         return None
 
+    def is_download(self, method: str, path: str) -> bool:
+        """Whether a request the fault proxy saw fetches an object's bytes (not metadata)."""
+        return method == "GET"
+
     # ---- other backends on the same storage -----------------------------------------------
 
     def backend_at(self, sub: str) -> Backend | None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 from optuna_cas.testing._backend_faults import BackendFaultTests
 from optuna_cas.testing._backend_hooks import MULTIPART, BackendHooks, read_all
 from optuna_cas.testing._backend_io import BAD_KEYS, BackendIOTests
+from optuna_cas.testing._backend_ranges import BackendRangeTests
 
 __all__ = ["BAD_KEYS", "MULTIPART", "BackendConformance", "BackendHooks", "read_all"]
 
 
-class BackendConformance(BackendIOTests, BackendFaultTests):
+class BackendConformance(BackendIOTests, BackendRangeTests, BackendFaultTests):
     """Every test of the :class:`~optuna_cas.backends.base.Backend` contract.
 
     Subclass it in a module pytest collects (a class named ``Test...``), provide a ``backend``
@@ -28,6 +29,8 @@ class BackendConformance(BackendIOTests, BackendFaultTests):
     * ``raw_read`` / ``raw_write`` / ``raw_keys`` / ``raw_version`` / ``raw_unfinished`` /
       ``raw_backdate``: out-of-band access, by default through ``self.raw``.
     * ``requests_sent()``: a request counter, to check that bad keys are refused before I/O.
+    * ``is_download(method, path)``: which requests the fault proxy sees fetch object bytes
+      (bounded reads must fetch exactly their window in one of them).
     * ``backend_at(sub)``: the same storage below a sub-prefix (prefix isolation).
     * ``missing_container()``: a backend on a bucket that does not exist, and its name.
     * ``upstream()`` and ``backend_via(url)``: the server's address and a backend reaching it

@@ -68,6 +68,21 @@ class RequestRecord:
     forwarded: bool = False
 
 
+@dataclass(frozen=True)
+class _Forced:
+    """A fault queued by ``fail_next``, and which requests it may hit."""
+
+    mode: str
+    methods: frozenset[str] | None
+    stall_seconds: float
+    matching: Callable[[str, str], bool] | None
+
+    def applies_to(self, method: str, path: str) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        return self.matching is None or self.matching(method, path)
+
+
 class _Outcome(enum.Enum):
     KEEP = 1
     CLOSE = 2
@@ -153,7 +168,7 @@ class FaultProxy:
         self._modes: tuple[str, ...] = ()
         self._stall_seconds = 2.0
         self._methods: frozenset[str] | None = None
-        self._forced: deque[tuple[str, frozenset[str] | None, float]] = deque()
+        self._forced: deque[_Forced] = deque()
         self._records: list[RequestRecord] = []
         self._stopping = threading.Event()
         self._listener: socket.socket | None = None
@@ -263,12 +278,17 @@ class FaultProxy:
         *,
         stall_seconds: float = 2.0,
         methods: Collection[str] | None = None,
+        matching: Callable[[str, str], bool] | None = None,
     ) -> None:
-        """Force ``mode`` on the next ``count`` requests (of ``methods``), before random faults."""
+        """Force ``mode`` on the next ``count`` requests (of ``methods``), before random faults.
+
+        ``matching(method, path)``, if given, must also be true of the request: e.g. to cut an
+        object download but not the metadata request that precedes it.
+        """
         _check_modes([mode])
         ms = None if methods is None else frozenset(m.upper() for m in methods)
         with self._lock:
-            self._forced.extend([(mode, ms, stall_seconds)] * count)
+            self._forced.extend([_Forced(mode, ms, stall_seconds, matching)] * count)
 
     def clear_faults(self) -> None:
         """Disable random faults and drop pending ``fail_next`` faults."""
@@ -291,13 +311,13 @@ class FaultProxy:
 
     # ---- internals -------------------------------------------------------------------------
 
-    def _pick_fault(self, method: str) -> tuple[str | None, float]:
+    def _pick_fault(self, method: str, path: str) -> tuple[str | None, float]:
         with self._lock:
             if self._forced:
-                mode, ms, stall = self._forced[0]
-                if ms is None or method in ms:
+                forced = self._forced[0]
+                if forced.applies_to(method, path):
                     self._forced.popleft()
-                    return mode, stall
+                    return forced.mode, forced.stall_seconds
             eligible = self._methods is None or method in self._methods
             if self._rate > 0 and eligible and self._rng.random() < self._rate:
                 return self._rng.choice(self._modes), self._stall_seconds
@@ -406,7 +426,7 @@ class FaultProxy:
             self._records.append(rec)
         client_close = wants_close(head, version)
         req_kind, req_len = framing(head, method=method, status=None)
-        fault, stall_seconds = self._pick_fault(method)
+        fault, stall_seconds = self._pick_fault(method, path)
         rec.fault = fault
 
         def count_req(n: int) -> None:
