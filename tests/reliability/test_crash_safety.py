@@ -4,7 +4,8 @@ Each round starts an uploader (``upload_artifact`` to fresh trials of a study on
 SQLite file) and a downloader (``download_artifact`` to new files, alternately through a plain
 and a cached store), waits until both are working, and kills each at its own random moment.
 Payloads mix shared contents (dedup hits) with unique ones large enough that kills land inside
-blob writes: 9 MiB locally (the hash-while-copying path), 6 MiB on S3 (multipart).
+blob writes: 9 MiB locally and on S3 (above the 8 MiB chunking threshold: chunked uploads,
+packs written and published), 6 MiB on S3 (a whole blob, multipart).
 
 Afterwards: ``verify`` finds no corrupt blob and no ref to a missing blob; every Optuna
 metadata entry (in every trial, killed ones included) has its ref and blob and downloads
@@ -54,7 +55,7 @@ POOL = {
     "local": [payload_name("pool", n, i) for i, n in enumerate([1024, 200 * 1024, 2 * MiB])],
     "s3": [payload_name("pool", n, i) for i, n in enumerate([1024, 100 * 1024, 6 * MiB + 1])],
 }
-UNIQUE_SIZES = {"local": [512 * 1024, 9 * MiB], "s3": [256 * 1024, 6 * MiB + 1]}
+UNIQUE_SIZES = {"local": [512 * 1024, 9 * MiB], "s3": [256 * 1024, 6 * MiB + 1, 9 * MiB + 1]}
 
 
 def _forkserver() -> Any:
