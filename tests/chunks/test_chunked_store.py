@@ -216,3 +216,15 @@ def test_sync_moves_only_the_chunks_the_destination_lacks(tmp_path: Path) -> Non
     with dst.open_reader("v2") as reader:
         assert reader.read() == v2
     assert sync(src, dst).blobs_copied == 0
+
+
+def test_verify_counts_a_chunked_artifact_as_present(tmp_path: Path) -> None:
+    from optuna_cas import FileSystemArtifactStore, verify
+
+    store = FileSystemArtifactStore(tmp_path / "s")
+    store.write("big", io.BytesIO(_rand(9 * 1024 * 1024, 16)))
+    assert verify(store).ok and not verify(store).missing
+    for info in list(store.content.backend.list(PACK_PREFIX)):
+        store.content.backend.remove(info.key)
+    report = verify(store)
+    assert [m.artifact_id for m in report.missing] == ["big"]

@@ -114,6 +114,8 @@ def verify(
     for info in content.iter_blobs():
         blobs[info.hexdigest] = info
         report.blobs_checked += 1
+    # Files stored as chunks have a manifest instead of a blob (see optuna_cas.chunks).
+    chunked = set(content.chunks.manifest_hexdigests())
     expected_size: dict[str, int] = {}
     bad = BadRecords()
     # ~5 ms requests remotely: read refs with more threads than blobs are hashed with.
@@ -122,7 +124,10 @@ def verify(
         hexdigest = ref.digest.hexdigest
         expected_size[hexdigest] = ref.size
         stored = blobs.get(hexdigest)
-        if stored is None:
+        if stored is None and hexdigest in chunked:
+            if not content.chunks.has_manifest(ref.digest, with_packs=True):
+                report.missing.append(MissingBlob(ref.artifact_id, str(ref.digest), "pack missing"))
+        elif stored is None:
             report.missing.append(MissingBlob(ref.artifact_id, str(ref.digest), "missing"))
         elif stored.stored_size != ref.size:
             report.missing.append(
