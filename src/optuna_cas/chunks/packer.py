@@ -22,46 +22,92 @@ import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import blake3
+
 from optuna_cas._fileio import pwrite_all
 from optuna_cas.backends.base import Backend, StagedObject, staging_of
 from optuna_cas.chunks.layout import PACK_PREFIX, PACK_TARGET, pack_key
 from optuna_cas.chunks.table import INDEX_MAGIC, TableBuilder
-from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader, new_blake3
+from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
 
 __all__ = ["PackWriter"]
 
 _IN_FLIGHT = 2
+_WRITE_BUFFER = 4 * 1024 * 1024
 
 
 class _OpenPack:
-    """The pack being filled: a staged file in the store, or a private spool file."""
+    """The pack being filled: a staged file in the store, or a private spool file.
 
-    def __init__(self, backend: Backend, number: int, index_number: int) -> None:
+    Chunks are gathered into 4 MiB buffers that a writer thread writes and hashes while the
+    caller cuts the next ones (``pwrite`` and BLAKE3 release the GIL); two buffers alternate.
+    """
+
+    def __init__(
+        self, backend: Backend, number: int, index_number: int, io_pool: ThreadPoolExecutor
+    ) -> None:
         stager = staging_of(backend)
         self.staged: StagedObject | None = stager.stage(PACK_PREFIX.rstrip("/")) if stager else None
         # Closed in discard(), after the background upload read it.
         self.spool = None if self.staged else tempfile.TemporaryFile(prefix="optuna-cas-pack-")  # noqa: SIM115
         self.fd = self.staged.fd if self.staged else self.spool.fileno()  # type: ignore[union-attr]
-        self.hasher: Any = new_blake3()
+        # One thread per hasher: 4 MiB updates gain nothing from a pool.
+        self._hasher: Any = blake3.blake3()
+        self._io = io_pool
+        self._buffers = [bytearray(_WRITE_BUFFER), bytearray(_WRITE_BUFFER)]
+        self._filled = 0  # bytes in the current buffer
+        self._written = 0  # where the current buffer starts in the file
+        self._pending: Future[None] | None = None
         self.size = 0
         self.number = number  # in the manifest's pack table
         self.index_number = index_number  # in the index object's
 
     def append(self, data: memoryview) -> int:
+        """Add a chunk's bytes (copied now); return its offset in the pack."""
+        n = len(data)
+        if self._filled + n > _WRITE_BUFFER:
+            self._flush()
+        self._buffers[0][self._filled : self._filled + n] = data
         offset = self.size
-        pwrite_all(self.fd, data, offset)
-        self.hasher.update(data)
-        self.size += len(data)
+        self._filled += n
+        self.size += n
         return offset
 
+    def _flush(self) -> None:
+        self._wait()
+        if self._filled:
+            buffer, filled, at = self._buffers[0], self._filled, self._written
+            self._pending = self._io.submit(self._write, buffer, filled, at)
+            self._buffers.reverse()
+            self._written += filled
+            self._filled = 0
+
+    def _write(self, buffer: bytearray, filled: int, at: int) -> None:
+        with memoryview(buffer) as whole:
+            view = whole[:filled]
+            pwrite_all(self.fd, view, at)
+            self._hasher.update(view)  # the bytes just written, from the same buffer
+            view.release()
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def digest(self) -> Digest:
-        return Digest(self.hasher.hexdigest(), self.size)
+        """Write what is buffered; the pack's digest."""
+        self._flush()
+        self._wait()
+        return Digest(self._hasher.hexdigest(), self.size)
 
     def discard(self) -> None:
-        if self.staged is not None:
-            self.staged.discard()
-        if self.spool is not None:
-            self.spool.close()
+        try:
+            self._wait()
+        finally:
+            if self.staged is not None:
+                self.staged.discard()
+            if self.spool is not None:
+                self.spool.close()
 
 
 class PackWriter:
@@ -94,7 +140,8 @@ class PackWriter:
         self._pack: _OpenPack | None = None
         # chunk -> (its pack's number in the manifest, in the index object, offset)
         self._new: dict[bytes, tuple[int, int, int]] = {}
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None  # sends sealed packs (remote backends)
+        self._io: ThreadPoolExecutor | None = None  # writes and hashes pack buffers
         self._sending: list[Future[None]] = []
         self.bytes_written = 0
 
@@ -108,8 +155,13 @@ class PackWriter:
         seen = self._new.get(raw)
         if seen is None:
             if self._pack is None:
+                if self._io is None:
+                    self._io = ThreadPoolExecutor(1, thread_name_prefix="optuna-cas-pack-write")
                 self._pack = _OpenPack(
-                    self._backend, self._manifest.pack_number(None), self.index.pack_number(None)
+                    self._backend,
+                    self._manifest.pack_number(None),
+                    self.index.pack_number(None),
+                    self._io,
                 )
             offset = self._pack.append(data)
             seen = self._new[raw] = (self._pack.number, self._pack.index_number, offset)
@@ -123,7 +175,11 @@ class PackWriter:
         pack, self._pack = self._pack, None
         if pack is None:
             return
-        digest = pack.digest()
+        try:
+            digest = pack.digest()
+        except BaseException:
+            pack.discard()
+            raise
         self._manifest.resolve(pack.number, digest)
         self.index.resolve(pack.index_number, digest)
         if pack.staged is not None:
@@ -176,6 +232,7 @@ class PackWriter:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for pool in (self._pool, self._io):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._io = None
