@@ -18,7 +18,6 @@ chunks), held while the store object lives.
 from __future__ import annotations
 
 import logging
-import threading
 
 import blake3
 
@@ -72,8 +71,9 @@ class KnownChunks:
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._chunks: dict[bytes, Location] = {}
+        # No lock: every update is one dict or set operation, atomic under the GIL, and a
+        # lock held by another thread at a fork would hang a forked worker.
         self._seen: set[str] = set()
-        self._lock = threading.Lock()
 
     def refresh(self) -> None:
         """Read the index objects written since the last refresh."""
@@ -84,10 +84,9 @@ class KnownChunks:
                 names.append(parsed[1])
         for name in names:
             table = self._load(name)
-            with self._lock:
-                self._seen.add(name)
-                if table is not None:
-                    self.add_table(table)
+            self._seen.add(name)
+            if table is not None:
+                self.add_table(table)
 
     def _load(self, name: str) -> ChunkTable | None:
         key = INDEX_PREFIX + name
@@ -109,8 +108,7 @@ class KnownChunks:
 
     def note_own(self, name: str) -> None:
         """Mark an index object this process wrote (and added) as seen."""
-        with self._lock:
-            self._seen.add(name)
+        self._seen.add(name)
 
     def find(self, chunk: Digest) -> Location | None:
         """Where the store holds ``chunk``, if an index object said so."""
@@ -118,9 +116,9 @@ class KnownChunks:
 
     def forget_pack(self, pack: Digest) -> None:
         """Drop every entry in ``pack`` (found missing or damaged)."""
-        with self._lock:
-            for chunk in [c for c, (p, _) in self._chunks.items() if p == pack]:
-                del self._chunks[chunk]
+        for chunk, (where, _) in list(self._chunks.items()):
+            if where == pack:
+                self._chunks.pop(chunk, None)
 
     def __len__(self) -> int:
         return len(self._chunks)

@@ -11,9 +11,7 @@ period exceeds that, and whose delete is conditional on the pack being unchanged
 
 from __future__ import annotations
 
-import collections
 import io
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -75,8 +73,9 @@ class ChunkStore:
         self._cache = cache
         self.freshen_after = freshen_after
         self.known = KnownChunks(backend)
-        self._manifests: collections.OrderedDict[str, ChunkTable] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        # Parsed manifests, oldest first. No lock (a fork while another thread held it would
+        # hang the child): single dict operations are atomic under the GIL.
+        self._manifests: dict[str, ChunkTable] = {}
         self.last_new_bytes = 0  # chunk bytes the last put stored (for tests and stats)
 
     # -- writing -------------------------------------------------------------------------------
@@ -203,25 +202,24 @@ class ChunkStore:
             ArtifactNotFound: No manifest for ``digest``.
             IntegrityError: It is malformed or describes another file.
         """
-        with self._lock:
-            table = self._manifests.get(digest.hexdigest)
-            if table is not None:
-                self._manifests.move_to_end(digest.hexdigest)
-                return table
+        table = self._manifests.get(digest.hexdigest)
+        if table is not None:
+            return table
         key = manifest_key(digest)
         name = f"manifest {key!r} in {self._backend.describe()}"
         table = parse_table(read_bounded(self._backend, key), name, MANIFEST_MAGIC)
         if table.file != digest:
             raise IntegrityError(f"{name} describes {table.file}, not {digest}")
-        with self._lock:
-            self._manifests[digest.hexdigest] = table
-            while len(self._manifests) > _MANIFEST_MEMO:
-                self._manifests.popitem(last=False)
+        self._manifests[digest.hexdigest] = table
+        while len(self._manifests) > _MANIFEST_MEMO:
+            try:
+                self._manifests.pop(next(iter(self._manifests)), None)
+            except (RuntimeError, StopIteration):  # another thread changed it meanwhile
+                break
         return table
 
     def _forget(self, digest: Digest) -> None:
-        with self._lock:
-            self._manifests.pop(digest.hexdigest, None)
+        self._manifests.pop(digest.hexdigest, None)
 
     def open(self, digest: Digest, name: str | None = None) -> BinaryIO:
         """A reader of the file, every chunk and the whole verified.
