@@ -228,3 +228,14 @@ def test_verify_counts_a_chunked_artifact_as_present(tmp_path: Path) -> None:
         store.content.backend.remove(info.key)
     report = verify(store)
     assert [m.artifact_id for m in report.missing] == ["big"]
+
+
+def test_an_uploading_worker_reads_its_upload_from_the_cache(tmp_path: Path) -> None:
+    backend = CountingBackend()
+    cache = DiskBlobCache(tmp_path / "cache", size_limit=2**30)
+    worker = ContentStore(backend, blob_cache=cache, chunk_threshold=THRESHOLD)  # type: ignore[arg-type]
+    data = _rand(3 * 1024 * 1024, 17)
+    ref = worker.put_artifact("a", io.BytesIO(data))
+    backend.reads.clear()
+    assert worker.open_blob(ref.digest).read() == data
+    assert not [key for key, _ in backend.reads if key.startswith(PACK_PREFIX)]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 import blake3
 
@@ -30,10 +30,18 @@ from optuna_cas.chunks.layout import PACK_PREFIX, PACK_TARGET, pack_key
 from optuna_cas.chunks.table import INDEX_MAGIC, TableBuilder
 from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
 
-__all__ = ["PackWriter"]
+__all__ = ["PackWriter", "UploadCache"]
 
 _IN_FLIGHT = 2
 _WRITE_BUFFER = 4 * 1024 * 1024
+
+
+class UploadCache(Protocol):
+    """A local cache offered the packs an upload sends (the blob cache, usually)."""
+
+    def add_file(self, digest: Digest, source: BinaryIO) -> None:
+        """Cache ``source``'s bytes under ``digest`` if they match (best effort)."""
+        ...
 
 
 class _OpenPack:
@@ -117,6 +125,7 @@ class PackWriter:
         backend: Where packs go.
         manifest: Receives one entry per chunk, in file order (pack numbers are this table's).
         pack_target: Seal a pack once it holds this many bytes.
+        cache: Offered each pack sent to a remote backend.
 
     Example:
         >>> from optuna_cas.backends.memory import MemoryBackend
@@ -131,9 +140,15 @@ class PackWriter:
     """
 
     def __init__(
-        self, backend: Backend, manifest: TableBuilder, *, pack_target: int = PACK_TARGET
+        self,
+        backend: Backend,
+        manifest: TableBuilder,
+        *,
+        pack_target: int = PACK_TARGET,
+        cache: UploadCache | None = None,
     ) -> None:
         self._backend = backend
+        self._cache = cache
         self._manifest = manifest
         self._pack_target = pack_target
         self.index = TableBuilder(INDEX_MAGIC)  # the chunks this upload added
@@ -202,6 +217,11 @@ class PackWriter:
             )
             reader = io.BufferedReader(verifying, CHUNK_SIZE)
             self._backend.write(pack_key(digest), reader, if_absent=True)
+            if self._cache is not None:
+                # The uploading worker often reads its upload back: keep the pack (the cache
+                # verifies it; it skips this when told not to cache uploads).
+                pack.spool.seek(0)
+                self._cache.add_file(digest, pack.spool)
         finally:
             pack.discard()
 

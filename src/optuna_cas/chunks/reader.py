@@ -44,6 +44,10 @@ class PackCache(Protocol):
         """Cache the bytes ``fetch`` opens, verified against ``digest`` (best effort)."""
         ...
 
+    def add_file(self, digest: Digest, source: BinaryIO) -> None:
+        """Offer a pack this process uploaded (``source`` at its start); best effort."""
+        ...
+
     def discard(self, digest: Digest) -> None:
         """Forget an entry found damaged."""
         ...

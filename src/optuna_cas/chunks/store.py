@@ -101,7 +101,7 @@ class ChunkStore:
         """
         self.known.refresh()
         manifest = TableBuilder(MANIFEST_MAGIC)
-        writer = PackWriter(self._backend, manifest)
+        writer = PackWriter(self._backend, manifest, cache=self._cache)
         usable: dict[str, bool] = {}
         chunker = Chunker(stream, size_hint)
         try:
