@@ -227,11 +227,16 @@ class BlobStore:
             >>> BlobStore(MemoryBackend()).has_blob(Digest.of_bytes(b"x"))
             False
         """
+        chunked = digest.size >= self.chunk_threshold  # where to look first
+        if chunked and self.chunks.has_manifest(digest, with_packs=True):
+            return True
         try:
             info = self._backend.stat(blob_key(digest))
         except ArtifactNotFound:
-            return self.chunks.has_manifest(digest, with_packs=True)
-        return info.size == digest.size or self.chunks.has_manifest(digest, with_packs=True)
+            info = None
+        if info is not None and info.size == digest.size:
+            return True
+        return not chunked and self.chunks.has_manifest(digest, with_packs=True)
 
     def put_blob(self, source: BinaryIO | str | os.PathLike[str]) -> Digest:
         """Store the bytes of a file path or stream (from its position) once; return the digest.
