@@ -123,6 +123,7 @@ def test_large_file_changed_during_overlapped_upload_is_refused(
     import optuna_cas.blobstore as content_module
 
     store = FileSystemArtifactStore(tmp_path / "s")
+    store.content.chunk_threshold = 2**62  # the whole-blob path (chunked: the test below)
     path = tmp_path / "big.bin"
     path.write_bytes(random_bytes(_STAGE_MIN_BYTES + 1))
     real = content_module.copy_hashing
@@ -137,3 +138,25 @@ def test_large_file_changed_during_overlapped_upload_is_refused(
     with pytest.raises(IntegrityError, match="changed while it was being uploaded"):
         store.put("a", path)
     assert list(store.content.iter_blobs()) == []
+
+
+def test_large_file_changed_during_chunked_upload_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna_cas.chunks.store as chunk_store
+
+    store = FileSystemArtifactStore(tmp_path / "s")
+    path = tmp_path / "big.bin"
+    path.write_bytes(random_bytes(9 * 1024 * 1024))
+
+    class AppendAfterReading(chunk_store.Chunker):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield from super().__iter__()
+            with open(path, "ab") as g:
+                g.write(b"more")
+
+    monkeypatch.setattr(chunk_store, "Chunker", AppendAfterReading)
+    with pytest.raises(IntegrityError, match="changed while it was being uploaded"):
+        store.put("a", path)
+    assert list(store.content.chunks.manifest_hexdigests()) == []
+    assert list(store.content.iter_ref_ids()) == []
