@@ -138,8 +138,13 @@ class RetryingBackend:
     def _where(self, key: str) -> str:
         return f"{self._backend.describe().rstrip('/')}/{key}"
 
-    def open_reader(self, key: str, *, offset: int = 0) -> BinaryIO:
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
         """Open with retries; the reader resumes from where it was after a mid-stream error."""
+        if length is not None:  # minimal window until the `ranged` branch lands (no resume)
+            return self._retrier.call(
+                f"open {self._where(key)}",
+                lambda: self._backend.open_reader(key, offset=offset, length=length),
+            )
 
         def reopen(at: int) -> BinaryIO:
             return self._retrier.call(
