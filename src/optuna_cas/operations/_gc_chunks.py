@@ -33,12 +33,12 @@ from optuna_cas.chunks.table import (
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 from optuna_cas.operations._bad_records import BadRecords
+from optuna_cas.operations._chunk_listing import ChunkListing
 from optuna_cas.operations._gc_report import GcReport
 from optuna_cas.progress import Progress, ProgressCallback
 
 __all__ = [
     "REPACK_BELOW",
-    "ChunkListing",
     "LiveChunks",
     "collect_chunks",
     "consolidate_index",
@@ -55,35 +55,6 @@ REPACK_BELOW = 0.5
 _INDEX_PART = 500_000
 
 Location = tuple[Digest, int, int]  # (pack, offset, length)
-
-
-@dataclass
-class ChunkListing:
-    """Step (a) of gc for chunked content: manifests, packs and index objects as listed.
-
-    Example:
-        >>> from optuna_cas.backends.memory import MemoryBackend
-        >>> ChunkListing.of(ChunkStore(MemoryBackend())).packs
-        {}
-    """
-
-    manifests: list[StoredObject]
-    packs: dict[str, StoredObject]
-    indexes: list[StoredObject]
-
-    @classmethod
-    def of(cls, chunks: ChunkStore) -> ChunkListing:
-        """List everything chunked in ``chunks``' backend."""
-        return cls(
-            list(chunks.iter_manifests()),
-            {p.hexdigest: p for p in chunks.iter_packs()},
-            list(chunks.iter_indexes()),
-        )
-
-    def has_pack(self, pack: Digest) -> bool:
-        """Whether ``pack`` was listed, with the size its digest says."""
-        listed = self.packs.get(pack.hexdigest)
-        return listed is not None and listed.size == pack.size
 
 
 @dataclass

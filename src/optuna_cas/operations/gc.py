@@ -126,7 +126,8 @@ import time
 from optuna_cas.backends.base import temp_files_of
 from optuna_cas.content import ContentStore
 from optuna_cas.operations._bad_records import BadRecords
-from optuna_cas.operations._gc_chunks import ChunkListing, collect_chunks
+from optuna_cas.operations._chunk_listing import ChunkListing
+from optuna_cas.operations._gc_chunks import collect_chunks
 from optuna_cas.operations._gc_report import GcReport
 from optuna_cas.progress import Progress, ProgressCallback
 from optuna_cas.stores.base import ContentAddressedArtifactStore
