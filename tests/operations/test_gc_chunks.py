@@ -109,8 +109,10 @@ def test_gc_after_deleting_half_a_series_keeps_the_rest_and_reclaims_the_space(
     stored = stored_chunk_bytes(store)
     assert stored <= 1.2 * unique_chunk_bytes(list(live.values())) < before
     assert verify(store).ok
+    assert len(list(store.content.chunks.iter_indexes())) == 1  # consolidated
     third = gc_now(store)  # nothing left to do
     assert not (third.manifests_deleted or third.packs_deleted or third.packs_repacked)
+    assert third.index_objects_deleted == 0  # the same index again, kept
 
 
 def test_dry_run_changes_nothing_and_lists_what_a_real_run_does(backend: Any) -> None:

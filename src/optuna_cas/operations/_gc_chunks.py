@@ -379,7 +379,9 @@ def consolidate_index(
         return
     keep: set[str] = set()
     part = TableBuilder(INDEX_MAGIC)
-    for chunk, (pack, offset, length) in _live_locations(listing, live, *relocation).items():
+    # In digest order: a run that changes nothing writes an index of the same name again.
+    where = _live_locations(listing, live, *relocation)
+    for chunk, (pack, offset, length) in sorted(where.items()):
         part.add_raw(chunk, length, part.pack_number(pack), offset)
         if len(part) >= _INDEX_PART:
             keep.add(chunks.publish_index(part) or "")
