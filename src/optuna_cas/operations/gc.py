@@ -58,8 +58,8 @@ which packs hold). A ref names the file's digest either way. gc extends the step
     places (same key, same chunks, one atomic write). The old pack is not deleted now: it is
     touched and left for a later run, which deletes it once no kept manifest uses it and it
     is a grace period old. So a reader that loaded the old manifest just before the rewrite
-    keeps working for at least a whole gc interval and one grace period; readers and
-    uploads re-read a manifest whenever they open or check a file;
+    keeps working until the next gc run at least, and for at least a grace period after the
+    rewrite; readers and uploads re-read a manifest whenever they open or check a file;
 (h) publishes one consolidated index object of every live chunk where it now is, then
     deletes the index objects listed in (a) that are older than ``grace_period``. Index
     objects are only hints: an uploader checks (and touches) every pack it reuses, so a
@@ -87,11 +87,13 @@ M(F) itself read "M(F) is referenced" for "P is live".)
   and found P live, and G deletes no live pack. (Only gc's repack and a repairing upload
   rewrite a manifest, and each names only packs it has just written or looked at.)
 * Otherwise R or M(F) was written after G's listings began, so t3 > t0, and after U's look
-  P's time is at least t3 - ``freshen_after`` > t0 - ``grace_period``. If G's last look at
-  P came after t3, G found P young and kept it. If it came before: either U touched P, and
-  G's conditional delete, coming after U's look, refused; or U did not need to, and P's time
-  was already young at G's last look, which then kept it; or G deleted P before t3, and U
-  found P gone in step 3 and wrote it again.
+  P's time is at least t3 - ``freshen_after`` > t0 - ``grace_period`` (gc requires
+  ``grace_period`` > ``freshen_after``). If G's last look at P came after t3, G found P
+  young and kept it. If it came before: either U touched P, and G's conditional delete,
+  coming after U's look, refused; or U did not need to, and P's time was already young at
+  G's last look, which then kept it. (Had G deleted P before t3, U would have found it gone
+  and done step 1 again, which looks at and touches, after t0, every pack the manifest it
+  leaves names: the same reasoning covers those.)
 
 Unlike the blob argument, this one assumes nothing about how long an upload takes: step 3
 touches what it looks at (a blob's re-check only stats it). What remains is the same as for
