@@ -761,3 +761,46 @@ def test_sync_names_failures_and_exits_1(tmp_path: Path) -> None:
     assert result.returncode == 1, result
     assert "FAILED    bad" in result.stdout and "1 failed" in result.stdout
     assert FileSystemArtifactStore(tmp_path / "dst").open_reader("good").read() == b"fine bytes"
+
+
+def test_stats_verify_and_gc_report_chunked_files(tmp_path: Path) -> None:
+    from optuna_cas.backends.local import LocalBackend
+    from optuna_cas.chunks.layout import manifest_key
+    from optuna_cas.content import ContentStore
+
+    root = tmp_path / "store"
+    content = ContentStore(LocalBackend(root), chunk_threshold=256 * 1024)
+    backbone = random_bytes(1_000_000, seed=1)
+    for i in range(4):
+        content.put_artifact(f"v{i}", io.BytesIO(backbone + random_bytes(300_000, seed=10 + i)))
+    content.put_artifact("small", io.BytesIO(b"tiny"))
+    store = str(root)
+
+    stats = json.loads(run("--store", store, "stats", "--json").stdout)
+    assert (stats["chunked_files"], stats["unique_blobs"], stats["artifacts"]) == (4, 1, 5)
+    assert stats["stored_bytes"] == stats["blob_bytes"] + stats["chunked_bytes"]
+    assert (stats["blob_bytes"], stats["whole_file_bytes"]) == (4, 4 * 1_300_000 + 4)
+    assert stats["chunk_dedup_ratio"] > 1.5  # the backbone is stored once, not four times
+    human = run("--store", store, "stats").stdout
+    assert "chunked files     4 (0 unreferenced)" in human and "whole-file dedup" in human
+
+    report = json.loads(run("--store", store, "verify", "--json").stdout)
+    assert report["ok"] and report["manifests_checked"] == 4 and report["packs_checked"] >= 4
+    assert "4 chunked files in" in run("--store", store, "verify").stdout
+
+    content.remove_ref("v0")
+    content.remove_ref("v1")
+    dry = run("--store", store, "gc", "--dry-run", "--grace", "0", "--allow-short-grace").stdout
+    assert "chunked: would delete 2 of 4 manifests" in dry
+    gone = json.loads(
+        run("--store", store, "gc", "--grace", "0", "--allow-short-grace", "--json").stdout
+    )
+    assert len(gone["manifests_deleted"]) == 2 and gone["bytes_freed"] > 0
+
+    pack = content.chunks.manifest(content.get_ref("v2").digest).packs[-1]
+    for listed in content.chunks.iter_packs():
+        if listed.hexdigest == pack.hexdigest:
+            (root / listed.key).unlink()
+    failed = run("--store", store, "verify", "--fast", check=False)
+    assert failed.returncode == 1
+    assert f"NOPACK   {manifest_key(content.get_ref('v2').digest)} -> {pack}" in failed.stdout

@@ -38,6 +38,7 @@ from optuna_cas.backends.base import (
     staging_of,
 )
 from optuna_cas.chunks.layout import CHUNK_THRESHOLD, manifest_key
+from optuna_cas.chunks.reader import PackCache
 from optuna_cas.chunks.store import ChunkStore
 from optuna_cas.digest import (
     ALGORITHM,
@@ -123,11 +124,11 @@ class BlobInfo:
         return Digest(hexdigest=self.hexdigest, size=self.stored_size, algorithm=self.algorithm)
 
 
-class BlobCache(Protocol):
-    """A local cache of blobs keyed by digest (see :mod:`optuna_cas.middleware.cache`).
+class BlobCache(PackCache, Protocol):
+    """A local cache of blobs (and packs) keyed by digest (see :mod:`optuna_cas.middleware.cache`).
 
-    ``fetch`` opens the blob's raw bytes in the backing store; the cache verifies everything it
-    stores or returns.
+    ``fetch`` opens the raw bytes in the backing store; the cache verifies everything it
+    stores or returns (``open_entry`` aside: its callers check every chunk they read).
     """
 
     def open(self, digest: Digest, fetch: Callable[[], BinaryIO]) -> BinaryIO:
@@ -136,22 +137,6 @@ class BlobCache(Protocol):
 
     def materialize(self, digest: Digest, path: Path, fetch: Callable[[], BinaryIO]) -> None:
         """Write the blob to the new file ``path`` (verified), filling the cache on a miss."""
-        ...
-
-    def add_file(self, digest: Digest, source: BinaryIO) -> None:
-        """Offer a just-uploaded blob (``source`` at its start) to the cache."""
-        ...
-
-    def discard(self, digest: Digest) -> None:
-        """Forget a blob (e.g. after gc removed it)."""
-        ...
-
-    def open_entry(self, digest: Digest) -> BinaryIO | None:
-        """The cached bytes, unverified (for chunk readers that check every chunk), or None."""
-        ...
-
-    def fill(self, digest: Digest, fetch: Callable[[], BinaryIO]) -> None:
-        """Cache the bytes ``fetch`` opens, verified against ``digest`` (best effort)."""
         ...
 
 
@@ -289,7 +274,8 @@ class BlobStore:
     def _put_file(self, src: FileSource) -> Digest:
         remembered = self._file_digests.get(src.before) if src.start == 0 else None
         if remembered is not None and remembered.size >= self.chunk_threshold:
-            if self.chunks.has_manifest(remembered):
+            # With its packs: a re-upload after the ref (gc's argument) must repair a gone pack.
+            if self.chunks.has_manifest(remembered, with_packs=True):
                 src.check_unchanged()
                 return remembered
         elif remembered is not None and self._check_stored(remembered) == (True, False):

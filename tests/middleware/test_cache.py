@@ -16,7 +16,6 @@ import optuna.artifacts as oa
 import pytest
 
 import optuna_cas
-from optuna_cas.backends.local import LocalBackend
 from optuna_cas import (
     Backoff,
     Boto3ArtifactStore,
@@ -25,6 +24,7 @@ from optuna_cas import (
     FileSystemArtifactStore,
     MemoryArtifactStore,
 )
+from optuna_cas.backends.local import LocalBackend
 from optuna_cas.content import blob_key
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, StoreConfigError

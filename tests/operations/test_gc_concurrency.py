@@ -10,6 +10,12 @@ grace is 2 s, so the protection holds as long as no upload stalls ~1.8 s between
 its blob and writing its ref (the gc module's one assumption: 90 minutes with the defaults);
 a 0.5 s grace proved too tight for a loaded 2-core machine. With the freshen and the re-check
 after the ref both disabled, this test fails.
+
+The chunked variant does the same with files stored as chunks: every payload shares a
+backbone with all others (so packs are reused across processes), and every other payload is
+first uploaded with a long tail of its own, so that its re-upload reuses only part of the
+first upload's pack, which gc then repacks. The re-uploads race gc's deletes of manifests
+and packs and its rewrites of manifests.
 """
 
 from __future__ import annotations
@@ -32,20 +38,32 @@ from optuna_cas.stores.base import ContentAddressedArtifactStore
 FRESHEN_AFTER = 0.2
 GRACE = 2.0
 ITERATIONS = 150
+# The chunked variant: files from this size on are chunks; every payload starts with BACKBONE.
+CHUNK_THRESHOLD = 128 * 1024
+BACKBONE = random.Random("backbone").randbytes(192 * 1024)
 
 
-def open_test_store(root: Path) -> ContentAddressedArtifactStore:
+def open_test_store(root: Path, kind: str = "blobs") -> ContentAddressedArtifactStore:
+    threshold = CHUNK_THRESHOLD if kind == "chunked" else 2**62
     return ContentAddressedArtifactStore(
-        ContentStore(LocalBackend(root), freshen_after=FRESHEN_AFTER)
+        ContentStore(LocalBackend(root), freshen_after=FRESHEN_AFTER, chunk_threshold=threshold)
     )
 
 
-def payload(worker: int, n: int) -> bytes:
+def payload(worker: int, n: int, kind: str = "blobs") -> bytes:
+    if kind == "chunked":  # mostly its own bytes, so that its pack is repacked once it is gone
+        return BACKBONE + random.Random(f"{worker}-{n}").randbytes(256 * 1024)
     return random.Random(f"{worker}-{n}").randbytes(32 * 1024)
 
 
-def uploader(root: str, worker: int, journal: str) -> None:
-    store = open_test_store(Path(root))
+def junk_bytes(worker: int, n: int, kind: str) -> bytes:
+    if kind == "chunked":
+        return BACKBONE[: 96 * 1024] + random.Random(f"junk-{worker}-{n}").randbytes(512 * 1024)
+    return random.Random(f"junk-{worker}-{n}").randbytes(1024)
+
+
+def uploader(root: str, worker: int, journal: str, kind: str) -> None:
+    store = open_test_store(Path(root), kind)
     rng = random.Random(worker)
     sources = Path(root).parent / f"sources-{worker}"
     sources.mkdir()
@@ -53,12 +71,17 @@ def uploader(root: str, worker: int, journal: str) -> None:
     with open(journal, "w") as log:
         for n in range(ITERATIONS):
             path = sources / f"{n}.bin"
-            path.write_bytes(payload(worker, n))
+            path.write_bytes(payload(worker, n, kind))
+            if kind == "chunked" and n % 2:
+                # A longer first version: the re-upload reuses a third of its pack, which gc
+                # then repacks (unless it deleted the pack first).
+                path = sources / f"{n}-longer.bin"
+                path.write_bytes(payload(worker, n, kind) + junk_bytes(worker, -n, kind))
             store.put(f"tmp-{worker}-{n}", path)
             store.remove(f"tmp-{worker}-{n}")  # its blob is unreferenced from now on
             # Plus garbage never used again, so that gc always has work whatever the timing.
             junk = sources / f"junk-{n}.bin"
-            junk.write_bytes(random.Random(f"junk-{worker}-{n}").randbytes(1024))
+            junk.write_bytes(junk_bytes(worker, n, kind))
             store.put(f"junk-{worker}-{n}", junk)
             store.remove(f"junk-{worker}-{n}")
             # Just past the grace period: the blob is unreferenced and old enough to collect.
@@ -89,29 +112,35 @@ def slow_sweep_start(task: str, done: int, total: int | None) -> None:
         time.sleep(0.05)
 
 
-def collector(root: str, stop_at: float, result: str) -> None:
-    store = open_test_store(Path(root))
-    runs = deleted = 0
+def collector(root: str, stop_at: float, result: str, kind: str) -> None:
+    store = open_test_store(Path(root), kind)
+    counts = {"runs": 0, "deleted": 0, "manifests": 0, "packs": 0, "repacked": 0}
     while time.time() < stop_at:
         report = gc(store, grace_period=GRACE, progress=slow_sweep_start)
-        runs += 1
-        deleted += report.deleted_count
-    Path(result).write_text(json.dumps({"runs": runs, "deleted": deleted}))
+        counts["runs"] += 1
+        counts["deleted"] += report.deleted_count + len(report.manifests_deleted)
+        counts["manifests"] += len(report.manifests_deleted)
+        counts["packs"] += len(report.packs_deleted)
+        counts["repacked"] += len(report.packs_repacked)
+    Path(result).write_text(json.dumps(counts))
 
 
 @pytest.mark.slow
-def test_gc_loop_never_deletes_what_a_returned_upload_references(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["blobs", "chunked"])
+def test_gc_loop_never_deletes_what_a_returned_upload_references(tmp_path: Path, kind: str) -> None:
     root = tmp_path / "store"
     root.mkdir()
     ctx = multiprocessing.get_context("spawn")
     journals = [tmp_path / f"journal-{w}.jsonl" for w in range(2)]
     uploaders = [
-        ctx.Process(target=uploader, args=(str(root), w, str(journals[w]))) for w in range(2)
+        ctx.Process(target=uploader, args=(str(root), w, str(journals[w]), kind)) for w in range(2)
     ]
     for p in uploaders:
         p.start()
     stop_at = time.time() + 9
-    gc_process = ctx.Process(target=collector, args=(str(root), stop_at, str(tmp_path / "gc.json")))
+    gc_process = ctx.Process(
+        target=collector, args=(str(root), stop_at, str(tmp_path / "gc.json"), kind)
+    )
     gc_process.start()
     for p in uploaders:
         p.join(120)
@@ -119,9 +148,11 @@ def test_gc_loop_never_deletes_what_a_returned_upload_references(tmp_path: Path)
     gc_process.join(60)
     assert gc_process.exitcode == 0
     gc_stats = json.loads((tmp_path / "gc.json").read_text())
-    assert gc_stats["deleted"] > 20  # gc really deleted blobs all through the run
+    assert gc_stats["deleted"] > 20  # gc really deleted content all through the run
+    if kind == "chunked":  # and packs, and it repacked some while uploads reused them
+        assert gc_stats["packs"] > 20 and gc_stats["repacked"] > 0, gc_stats
 
-    store = open_test_store(root)
+    store = open_test_store(root, kind)
     kept = 0
     for worker, journal in enumerate(journals):
         for line in journal.read_text().splitlines():
@@ -129,7 +160,8 @@ def test_gc_loop_never_deletes_what_a_returned_upload_references(tmp_path: Path)
             target = tmp_path / "out" / event["id"]
             target.parent.mkdir(exist_ok=True)
             download_artifact(artifact_store=store, file_path=str(target), artifact_id=event["id"])
-            assert target.read_bytes() == payload(worker, event["n"]), event["id"]
+            assert target.read_bytes() == payload(worker, event["n"], kind), event["id"]
             kept += 1
     assert kept > 100
-    assert not verify(store, deep=False).missing
+    report = verify(store, deep=False)
+    assert not report.missing and not report.missing_packs

@@ -51,14 +51,30 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if args.dry_run:
         for key in report.deleted:
             _print(args, f"  {esc(key)}")
+    if args.dry_run:
+        for key in [*report.manifests_deleted, *report.packs_deleted]:
+            _print(args, f"  {esc(key)}")
+        for key in report.packs_repacked:
+            _print(args, f"  {esc(key)} (repack)")
     _print(
         args,
-        f"{verb} {report.deleted_count} unreferenced blobs ({human_bytes(report.bytes_freed)}); "
-        f"scanned {report.blobs_scanned} blobs, {report.refs_scanned} refs; "
+        f"{verb} {report.deleted_count} unreferenced blobs ({human_bytes(report.bytes_freed)} "
+        f"in all); scanned {report.blobs_scanned} blobs, {report.refs_scanned} refs; "
         f"kept {report.kept_young} younger than the grace period",
     )
+    if report.manifests_scanned or report.packs_scanned:
+        repack = "would repack" if args.dry_run else "repacked"
+        _print(
+            args,
+            f"chunked: {verb} {len(report.manifests_deleted)} of {report.manifests_scanned} "
+            f"manifests, {len(report.packs_deleted)} of {report.packs_scanned} packs, "
+            f"{report.index_objects_deleted} index objects; {repack} "
+            f"{len(report.packs_repacked)} packs ({human_bytes(report.bytes_repacked)} live)",
+        )
     for artifact_id in report.bad_refs:
         _print(args, f"  bad ref {esc(artifact_id)} skipped (run 'optuna-cas verify')")
+    for key in report.bad_manifests:
+        _print(args, f"  bad manifest {esc(key)}: packs left alone (run 'optuna-cas verify')")
     return 0
 
 
@@ -90,12 +106,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for artifact_id in report.malformed_refs:
         reason = report.reasons.get(artifact_id)
         print(f"BADREF   {esc(artifact_id)}" + (f": {esc(reason)}" if reason else ""))
+    for pack in report.missing_packs:
+        print(f"NOPACK   {esc(pack.manifest)} -> {esc(pack.pack)} ({esc(pack.problem)})")
+    for key in report.bad_files:
+        reason = report.reasons.get(key)
+        print(f"BADFILE  {esc(key)}" + (f": {esc(reason)}" if reason else ""))
+    for key in report.bad_index_objects:  # hints only: reported, not a failure
+        _print(args, f"  index object {esc(key)} skipped by uploaders: {esc(report.reasons[key])}")
     mode = "deep" if report.deep else "fast"
+    chunked = (
+        f", {report.manifests_checked} chunked files in {report.packs_checked} packs"
+        if report.manifests_checked or report.packs_checked
+        else ""
+    )
+    problems = (
+        f", {len(report.missing_packs)} missing packs, {len(report.bad_files)} unreadable files"
+        if chunked
+        else ""
+    )
     _print(
         args,
-        f"{mode} verify: {report.refs_checked} refs, {report.blobs_checked} blobs "
+        f"{mode} verify: {report.refs_checked} refs, {report.blobs_checked} blobs{chunked} "
         f"({human_bytes(report.bytes_hashed)} hashed): {len(report.corrupt)} corrupt, "
-        f"{len(report.missing)} missing, {len(report.orphans)} orphans (gc reclaims them)",
+        f"{len(report.missing)} missing{problems}, {len(report.orphans)} orphans "
+        "(gc reclaims them)",
     )
     return 0 if report.ok else 1
 
@@ -191,13 +225,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(_report_json(figures))
         return 0
-    print(f"artifacts      {figures.artifacts}")
-    print(f"unique blobs   {figures.unique_blobs} ({figures.unreferenced_blobs} unreferenced)")
-    print(f"logical bytes  {human_bytes(figures.logical_bytes)}")
-    print(f"stored bytes   {human_bytes(figures.stored_bytes)}")
-    print(f"dedup ratio    {figures.dedup_ratio:.2f}x")
+    print(f"artifacts         {figures.artifacts}")
+    print(f"unique blobs      {figures.unique_blobs} ({figures.unreferenced_blobs} unreferenced)")
+    print(
+        f"chunked files     {figures.chunked_files} "
+        f"({figures.unreferenced_chunked_files} unreferenced) in {figures.packs} packs"
+    )
+    print(f"logical bytes     {human_bytes(figures.logical_bytes)}")
+    print(f"whole-file dedup  {human_bytes(figures.whole_file_bytes)} (each content once)")
+    print(
+        f"stored bytes      {human_bytes(figures.stored_bytes)} "
+        f"(blobs {human_bytes(figures.blob_bytes)}, "
+        f"chunked {human_bytes(figures.chunked_bytes)})"
+    )
+    print(f"dedup ratio       {figures.dedup_ratio:.2f}x")
+    print(f"chunk dedup ratio {figures.chunk_dedup_ratio:.2f}x (whole-file dedup / stored)")
     if figures.bad_refs:
-        print(f"bad refs       {figures.bad_refs} (skipped; run 'optuna-cas verify')")
+        print(f"bad refs          {figures.bad_refs} (skipped; run 'optuna-cas verify')")
     return 0
 
 

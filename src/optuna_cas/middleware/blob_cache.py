@@ -4,37 +4,26 @@
 API only (``Cache.get/add/set/delete/clear/volume/reset`` and a ``Disk`` subclass, the
 documented extension point: see :mod:`optuna_cas.middleware._cache_files`).
 
-Never stale, never wrong: an entry is keyed by digest and size, so it holds exactly those bytes
-or is corrupt, and nothing is handed out unverified. No process remembers earlier checks:
+Never stale, never wrong: an entry is keyed by digest and size, and nothing is handed out
+unverified (``open_entry`` hands a pack to a chunk reader, which checks every chunk it reads):
 
 * ``open`` on a hit checks the size (``fstat``) and hashes the entry before returning (a
   corrupt entry is dropped and refetched instead of failing the caller halfway); the reader
   hashes again as the caller reads and raises ``IntegrityError`` at EOF (and drops the entry)
   if it was edited after the check.
-* ``materialize`` copies the entry to a private temp file beside the target, hashes that copy
-  (memory-mapped: nobody else can truncate it), then links it into place, never overwriting.
-  ``"hardlink"`` mode hashes the entry and links exactly the inode it hashed (through
-  ``/proc/self/fd``), never a name that may have become a symlink; else it copies.
-* A fill streams the store's bytes once through a ``VerifyingReader`` into a private temp file
-  in ``<cache>/tmp`` (and a download's temp file, same pass); only then does ``Cache.add``
-  rename it into diskcache's layout: nothing unverified ever gets a name diskcache knows.
+* ``materialize`` copies the entry to a private temp file beside the target, hashes that copy,
+  then links it into place; ``"hardlink"`` mode links exactly the inode it hashed.
+* A fill streams the store's bytes once, verifying, into a private temp file (and a download's
+  temp file); only then does ``Cache.add`` give it a name diskcache knows.
 
 Everything under the directory is untrusted: a row naming anything but a regular file at
-diskcache's own ``xx/yy/<hex>.val`` name inside it is reported (a warning naming the cache key)
-and dropped, without touching what it names. A tampered database can make the cache useless,
-never make it read or delete outside files, block, or serve wrong bytes.
+diskcache's own ``xx/yy/<hex>.val`` name inside it is reported and dropped, untouched. A
+tampered database can make the cache useless, never read or delete outside it or block.
 
-Exact least-recently-used eviction, publicly: ``eviction_policy="least-recently-used"`` with
-``cull_limit=1`` makes every insertion over the limit evict the one LRU entry; while still over
-(a new blob bigger than the one evicted), inserting and deleting a size-0 marker key evicts the
-next. Entries go strictly in LRU order, only as many as needed (``Cache.cull()`` drops ten at a
-time). Processes adding at the same moment may each be one blob over until they evict.
-
-Shared by processes: a value file is complete before the row naming it is committed, and is
-never modified, only unlinked (open descriptors survive that). Concurrent fills of one blob
-each use their own temp file; ``Cache.add`` lets the first commit win and removes the other.
-If the directory fails (disk full, database locked beyond ``timeout``), reads and writes go to
-the store with a warning: the cache is never required for correctness.
+Exact LRU eviction with the public API (see ``_cache_files.evict_lru``). Shared by processes:
+a value file is complete before its row is committed and never modified; concurrent fills use
+their own temp files and the first ``Cache.add`` wins. If the directory fails (disk full, a
+lock held beyond ``timeout``), the store is used directly, with a warning.
 """
 
 from __future__ import annotations
@@ -77,10 +66,9 @@ _READ_ONLY = 0o444
 class DiskBlobCache:
     """A bounded, least-recently-used disk cache of blobs on ``diskcache``, keyed by digest.
 
-    Implements the :class:`~optuna_cas.content.BlobCache` protocol. Usually built for you by
-    :class:`~optuna_cas.CachedArtifactStore`. Every entry is verified when filled and on every
-    use; a corrupt or unusable entry is dropped and refetched, never returned. Several
-    processes may share one directory (see the module notes).
+    Implements :class:`~optuna_cas.content.BlobCache`; usually built by
+    :class:`~optuna_cas.CachedArtifactStore`. Entries are verified when filled and on every
+    use (a corrupt one is dropped and refetched); processes may share one directory.
 
     Args:
         directory: Where to keep the cache; default :func:`default_cache_dir`. Created if
@@ -91,12 +79,10 @@ class DiskBlobCache:
             given.
         materialize: How a download is made from a cache entry: ``"copy"`` (default; an
             in-kernel copy, then verified) or ``"hardlink"`` (free and instant, for read-only
-            use; Linux). **Caveat of "hardlink"**: the downloaded file *is* the cache entry;
-            editing it in place (rather than replacing it) changes the cache. Cache files are
-            read-only (mode 0444), and the cache verifies every entry before use, so an edited
-            entry is detected, dropped and refetched: the cache never serves wrong bytes. But
-            the edited file is what it is, and other hard-linked downloads of the same blob
-            change with it. Falls back to a copy when linking is impossible.
+            use; Linux). **Caveat of "hardlink"**: the downloaded file *is* the cache entry
+            (mode 0444); editing it in place is detected (the entry is dropped and fetched
+            again), but other hard-linked downloads of the blob change with it. Falls back to
+            a copy when linking is impossible.
         cache_uploads: Keep blobs offered by uploads (:meth:`add_file`). Turn off in a
             process that uploads but will not read back, so it does not fill the disk.
         timeout: Seconds to wait for the cache's database lock before giving up on the cache
@@ -321,15 +307,25 @@ class DiskBlobCache:
             files.unlink_temp(self._root, name)
 
     def open_entry(self, digest: Digest) -> BinaryIO | None:
-        """The entry's file if cached with the right size (a use, for LRU), else None.
+        """The entry's file if cached at the right size (unverified: for chunk readers).
 
-        Unverified: for callers that check every range they read (chunk readers, which hash
-        each chunk of a cached pack). Everyone else uses :meth:`open`.
+        Example:
+            >>> import io, tempfile
+            >>> cache, d = DiskBlobCache(tempfile.mkdtemp()), Digest.of_bytes(b"pack")
+            >>> cache.fill(d, lambda: io.BytesIO(b"pack")); cache.open_entry(d).read()
+            b'pack'
         """
         return self._lookup(digest) if digest.size <= self._size_limit else None
 
     def fill(self, digest: Digest, fetch: Callable[[], BinaryIO]) -> None:
-        """Cache the store's bytes of ``digest`` (verified on the way) unless too large."""
+        """Cache the store's bytes of ``digest`` (verified on the way) unless too large.
+
+        Example:
+            >>> import io, tempfile
+            >>> cache, d = DiskBlobCache(tempfile.mkdtemp()), Digest.of_bytes(b"x")
+            >>> cache.fill(d, lambda: io.BytesIO(b"x")); d in cache
+            True
+        """
         if digest.size <= self._size_limit and (filled := self._fill(digest, fetch)):
             try:
                 self._adopt(digest, filled)
@@ -450,10 +446,7 @@ class DiskBlobCache:
         self.close()
 
     def __repr__(self) -> str:
-        return (
-            f"DiskBlobCache({self._root!r}, size_limit={self._size_limit}, "
-            f"materialize={self._materialize!r})"
-        )
+        return f"DiskBlobCache({self._root!r}, size_limit={self._size_limit})"
 
     # -- internals -----------------------------------------------------------------------------
 

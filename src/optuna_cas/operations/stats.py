@@ -1,10 +1,11 @@
-"""``stats``: how much a store holds and how much dedup saves."""
+"""``stats``: how much a store holds and how much dedup saves, whole-file and chunk-level."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from optuna_cas.operations._bad_records import BadRecords
+from optuna_cas.operations._chunk_listing import ChunkListing
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["StoreStats", "stats"]
@@ -14,14 +15,26 @@ __all__ = ["StoreStats", "stats"]
 class StoreStats:
     """Counts and sizes of one store.
 
+    Three sizes tell where the savings come from: ``logical_bytes`` (every artifact a copy of
+    its own, as Optuna's stores keep them), ``whole_file_bytes`` (each distinct content
+    once: whole-file dedup) and ``stored_bytes`` (what the store holds: blobs, plus packs,
+    manifests and index objects for chunked files, whose shared chunks are stored once).
+
     Attributes:
         artifacts: Number of refs (artifact IDs).
-        unique_blobs: Distinct contents stored.
+        unique_blobs: Distinct contents stored as one blob each.
         logical_bytes: Sum of artifact sizes, as if each were a separate copy (Optuna's cost).
-        stored_bytes: Bytes actually stored in blobs (refs, tiny, not counted).
+        stored_bytes: Bytes actually stored: ``blob_bytes`` + ``chunked_bytes`` (refs, tiny,
+            not counted).
         referenced_blobs: Blobs some ref points at (the rest await gc).
         bad_refs: Refs that could not be read (not counted in the other figures; ``optuna-cas
             verify`` names them).
+        whole_file_bytes: Sum of the sizes of the distinct contents refs name.
+        blob_bytes: Bytes stored in blobs.
+        chunked_bytes: Bytes stored for chunked files: packs, manifests and index objects.
+        chunked_files: Distinct contents stored as chunks (one manifest each).
+        referenced_chunked_files: Chunked files some ref points at (the rest await gc).
+        packs: Pack objects holding the chunks.
 
     Example:
         >>> StoreStats(4, 1, 400, 100, 1).dedup_ratio
@@ -34,6 +47,12 @@ class StoreStats:
     stored_bytes: int
     referenced_blobs: int
     bad_refs: int = 0
+    whole_file_bytes: int = 0
+    blob_bytes: int = 0
+    chunked_bytes: int = 0
+    chunked_files: int = 0
+    referenced_chunked_files: int = 0
+    packs: int = 0
 
     @property
     def dedup_ratio(self) -> float:
@@ -46,6 +65,18 @@ class StoreStats:
         return self.logical_bytes / self.stored_bytes if self.stored_bytes else 1.0
 
     @property
+    def chunk_dedup_ratio(self) -> float:
+        """Whole-file-dedup bytes over stored bytes: what chunking saves beyond whole files.
+
+        1.0 when nothing is stored; lower while unreferenced content awaits gc.
+
+        Example:
+            >>> StoreStats(2, 0, 300, 120, 0, whole_file_bytes=240).chunk_dedup_ratio
+            2.0
+        """
+        return self.whole_file_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+    @property
     def unreferenced_blobs(self) -> int:
         """Blobs no ref points at: what :func:`optuna_cas.gc` would reclaim.
 
@@ -55,11 +86,22 @@ class StoreStats:
         """
         return self.unique_blobs - self.referenced_blobs
 
+    @property
+    def unreferenced_chunked_files(self) -> int:
+        """Chunked files no ref points at: what :func:`optuna_cas.gc` would reclaim.
+
+        Example:
+            >>> StoreStats(1, 0, 10, 30, 0, chunked_files=2).unreferenced_chunked_files
+            2
+        """
+        return self.chunked_files - self.referenced_chunked_files
+
 
 def stats(store: ContentAddressedArtifactStore) -> StoreStats:
-    """Count artifacts and blobs and sum their sizes (one listing of each, one read per ref).
+    """Count artifacts, blobs and chunked files and sum their sizes.
 
-    A ref that cannot be read is counted in ``bad_refs`` (with a
+    One listing of each prefix and one read per ref; manifests are not read. A ref that
+    cannot be read is counted in ``bad_refs`` (with a
     :class:`~optuna_cas.exceptions.MalformedRecordWarning`) instead of failing the whole count.
 
     Args:
@@ -77,18 +119,32 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
         >>> s = stats(store)
         >>> (s.artifacts, s.unique_blobs, s.logical_bytes, s.stored_bytes, s.dedup_ratio)
         (3, 1, 300, 100, 3.0)
+        >>> s.whole_file_bytes, s.chunked_bytes
+        (100, 0)
     """
     content = store.content
     bad = BadRecords()
     refs = list(content.iter_refs(on_bad=bad))
     bad.warn("stats", content.describe(), "refs")
     blobs = {info.hexdigest: info.stored_size for info in content.iter_blobs()}
-    referenced = {ref.digest.hexdigest for ref in refs} & blobs.keys()
+    chunked = ChunkListing.of(content.chunks)
+    manifests = {m.hexdigest for m in chunked.manifests}
+    distinct = {ref.digest.hexdigest: ref.size for ref in refs}
+    blob_bytes = sum(blobs.values())
+    chunked_bytes = sum(
+        obj.size for obj in [*chunked.manifests, *chunked.packs.values(), *chunked.indexes]
+    )
     return StoreStats(
         artifacts=len(refs),
         unique_blobs=len(blobs),
         logical_bytes=sum(ref.size for ref in refs),
-        stored_bytes=sum(blobs.values()),
-        referenced_blobs=len(referenced),
+        stored_bytes=blob_bytes + chunked_bytes,
+        referenced_blobs=len(distinct.keys() & blobs.keys()),
         bad_refs=len(bad.reasons),
+        whole_file_bytes=sum(distinct.values()),
+        blob_bytes=blob_bytes,
+        chunked_bytes=chunked_bytes,
+        chunked_files=len(manifests),
+        referenced_chunked_files=len(distinct.keys() & manifests),
+        packs=len(chunked.packs),
     )

@@ -1,78 +1,25 @@
-"""``verify``: check that every ref has its blob and every blob has the bytes its name says."""
+"""``verify``: every ref has its content, and everything stored has the bytes its name says.
+
+That is blobs, and chunked files: manifests, packs and index objects (see
+:mod:`optuna_cas.operations._verify_chunks`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
-from optuna_cas.content import BlobInfo
-from optuna_cas.digest import CHUNK_SIZE, Digest, Hasher, readinto
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.chunks.table import ChunkTable
+from optuna_cas.content import QUARANTINE_PREFIX, BlobInfo
+from optuna_cas.operations import _verify_chunks as chunked
 from optuna_cas.operations._bad_records import BadRecords
+from optuna_cas.operations._chunk_listing import ChunkListing
+from optuna_cas.operations._rehash import rehash_problem
+from optuna_cas.operations._verify_report import MissingBlob, MissingPack, VerifyReport
 from optuna_cas.progress import Progress, ProgressCallback
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
-__all__ = ["MissingBlob", "VerifyReport", "verify"]
-
-
-@dataclass(frozen=True)
-class MissingBlob:
-    """A ref whose blob is absent or of the wrong size.
-
-    Attributes:
-        artifact_id: The ref.
-        digest: The blob it names.
-        problem: ``"missing"`` or ``"size <n>"`` (the stored size).
-    """
-
-    artifact_id: str
-    digest: str
-    problem: str
-
-
-@dataclass
-class VerifyReport:
-    """What :func:`verify` found.
-
-    Attributes:
-        deep: Blobs were re-hashed (else only presence and size were checked).
-        refs_checked: Refs read.
-        blobs_checked: Blobs listed.
-        bytes_hashed: Bytes read and hashed (deep mode).
-        corrupt: Keys of blobs whose bytes do not match their name.
-        missing: Refs whose blob is absent or of the wrong size.
-        orphans: Keys of blobs no ref points at (gc reclaims them).
-        quarantined: Keys of corrupt blobs moved under ``quarantine/`` (an entry that is not
-            a file, such as a FIFO, holds no bytes to keep and is removed).
-        malformed_refs: IDs of refs that could not be read: malformed or oversized records,
-            records naming another ID, FIFOs, sockets or directories at a ref key.
-        reasons: Why each malformed ref (by ID) and each corrupt blob (by key) is bad.
-
-    Example:
-        >>> VerifyReport(deep=True).ok
-        True
-    """
-
-    deep: bool
-    refs_checked: int = 0
-    blobs_checked: int = 0
-    bytes_hashed: int = 0
-    corrupt: list[str] = field(default_factory=list)
-    missing: list[MissingBlob] = field(default_factory=list)
-    orphans: list[str] = field(default_factory=list)
-    quarantined: list[str] = field(default_factory=list)
-    malformed_refs: list[str] = field(default_factory=list)
-    reasons: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """No corrupt blob, no missing blob, no malformed ref (orphans are harmless).
-
-        Example:
-            >>> VerifyReport(deep=False, orphans=["blobs/x"]).ok
-            True
-        """
-        return not (self.corrupt or self.missing or self.malformed_refs)
+__all__ = ["MissingBlob", "MissingPack", "VerifyReport", "verify"]
 
 
 def verify(
@@ -83,19 +30,24 @@ def verify(
     workers: int = 4,
     progress: ProgressCallback | None = None,
 ) -> VerifyReport:
-    """Check a store: bad refs, refs to missing blobs, corrupt blobs (deep), orphan blobs.
+    """Check a store: bad refs, refs to missing content, corrupt objects (deep), orphans.
 
-    Every problem is reported with its reason (``report.reasons``) and the check goes on; a
-    FIFO, socket or device planted at a key is reported (as a malformed ref or a corrupt
-    blob), never read from, so verify cannot hang on one.
+    Chunked files are checked too: shallow, every manifest parses and every pack it names is
+    stored with the right size; deep, every pack is re-hashed and every chunked file read
+    back through its manifest (each chunk and the whole file verified). Every problem is
+    reported with its reason (``report.reasons``) and the check goes on; a FIFO, socket or
+    device planted at a key is reported (as a malformed ref or a corrupt object), never read
+    from, so verify cannot hang on one.
 
     Args:
         store: Any optuna-cas store (also behind ``Backoff``; a cache is bypassed: the
             backend's own bytes are checked).
-        deep: Re-hash every blob (reads everything); else check presence and size only.
-        quarantine: Move corrupt blobs to ``quarantine/...``, so that the next upload of the
-            same bytes writes a good copy (and reads fail as missing, not as corrupt).
-        workers: Blobs hashed in parallel (BLAKE3 and I/O release the GIL).
+        deep: Re-hash every blob and pack and read every chunked file (reads everything);
+            else check presence and size only.
+        quarantine: Move corrupt blobs, packs and manifests to ``quarantine/...``, so that
+            the next upload of the same bytes writes a good copy (and reads fail as missing,
+            not as corrupt).
+        workers: Objects hashed in parallel (BLAKE3 and I/O release the GIL).
         progress: Called as ``progress(task, done, total)``; ``total`` is in bytes when deep.
 
     Returns:
@@ -114,69 +66,71 @@ def verify(
     for info in content.iter_blobs():
         blobs[info.hexdigest] = info
         report.blobs_checked += 1
-    # Files stored as chunks have a manifest instead of a blob (see optuna_cas.chunks).
-    chunked = set(content.chunks.manifest_hexdigests())
-    expected_size: dict[str, int] = {}
+    listing = ChunkListing.of(content.chunks)
+    manifests = chunked.check_manifests(content.chunks, listing, report)
+    chunked.check_indexes(content.chunks, listing, report)
+    listed = {m.hexdigest for m in listing.manifests}
+    referenced: set[str] = set()
     bad = BadRecords()
     # ~5 ms requests remotely: read refs with more threads than blobs are hashed with.
     for ref in content.iter_refs(workers=max(1, workers) * 2, on_bad=bad):
         report.refs_checked += 1
         hexdigest = ref.digest.hexdigest
-        expected_size[hexdigest] = ref.size
-        stored = blobs.get(hexdigest)
-        if stored is None and hexdigest in chunked:
-            if not content.chunks.has_manifest(ref.digest, with_packs=True):
-                report.missing.append(MissingBlob(ref.artifact_id, str(ref.digest), "pack missing"))
-        elif stored is None:
-            report.missing.append(MissingBlob(ref.artifact_id, str(ref.digest), "missing"))
-        elif stored.stored_size != ref.size:
-            report.missing.append(
-                MissingBlob(ref.artifact_id, str(ref.digest), f"size {stored.stored_size}")
-            )
+        referenced.add(hexdigest)
+        problem = _content_problem(blobs.get(hexdigest), manifests.get(hexdigest), ref.size)
+        # A manifest listed but not parsed is reported as corrupt already, not as missing.
+        if problem is not None and not (problem == "missing" and hexdigest in listed):
+            report.missing.append(MissingBlob(ref.artifact_id, str(ref.digest), problem))
     report.malformed_refs = sorted(bad.reasons)
     report.reasons.update(bad.reasons)
-    report.orphans = sorted(info.key for h, info in blobs.items() if h not in expected_size)
+    report.orphans = sorted(
+        [info.key for h, info in blobs.items() if h not in referenced]
+        + chunked.chunk_orphans(listing, manifests, referenced)
+    )
 
     if deep:
-        todo = list(blobs.values())
-        bar = Progress("verify: hashing blobs", sum(i.stored_size for i in todo), progress)
-
-        def check(info: BlobInfo) -> str | None:
-            return _blob_problem(store, info, bar)
-
+        checks: list[chunked.Check] = [
+            (info.key, "corrupt", _blob_check(store, info)) for info in blobs.values()
+        ]
+        checks += chunked.deep_checks(content.chunks, listing, manifests)
+        total = sum(i.stored_size for i in blobs.values())
+        bar = Progress("verify: hashing", total + chunked.deep_bytes(listing, manifests), progress)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            problems = list(pool.map(check, todo))
+            problems = list(pool.map(lambda check: check[2](bar), checks))
         report.bytes_hashed = bar.done
-        for info, problem in zip(todo, problems, strict=True):
+        for (key, kind, _), problem in zip(checks, problems, strict=True):
             if problem is not None:
-                report.corrupt.append(info.key)
-                report.reasons[info.key] = problem
-        report.corrupt.sort()
+                (report.corrupt if kind == "corrupt" else report.bad_files).append(key)
+                report.reasons[key] = problem
+        report.bad_files.sort()
+    report.corrupt.sort()
     if quarantine:
-        by_key = {info.key: info for info in blobs.values()}
+        blob_keys = {info.key: info for info in blobs.values()}
         for key in report.corrupt:
-            content.quarantine_blob(by_key[key])
-            report.quarantined.append(key)
+            if key in blob_keys:
+                content.quarantine_blob(blob_keys[key])
+                report.quarantined.append(key)
+        chunked.quarantine_chunked(content.chunks, listing, manifests, report, QUARANTINE_PREFIX)
+        report.quarantined.sort()
     return report
 
 
-def _blob_problem(
-    store: ContentAddressedArtifactStore, info: BlobInfo, bar: Progress
+def _content_problem(
+    blob: BlobInfo | None, manifest: tuple[object, ChunkTable] | None, size: int
 ) -> str | None:
+    """Why a ref's content is not there (``"missing"``, ``"size <n>"``), or None."""
+    if blob is not None and blob.stored_size == size:
+        return None
+    if manifest is not None:
+        stored = manifest[1].file
+        return None if stored is None or stored.size == size else f"size {stored.size}"
+    return "missing" if blob is None else f"size {blob.stored_size}"
+
+
+def _blob_check(
+    store: ContentAddressedArtifactStore, info: BlobInfo
+) -> Callable[[Progress], str | None]:
     """Re-hash one blob straight from the backend (never from a cache); None if it is good."""
-    hasher = Hasher()
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
-    try:
-        with store.content.open_stored_blob(info) as reader:
-            while n := readinto(reader, view):
-                hasher.update(view[:n])
-                bar.advance(n)
-    except ArtifactNotFound:
-        return None  # deleted (by gc) while we looked: nothing corrupt left behind
-    except IntegrityError as e:
-        return str(e)  # not a stored object at all: a FIFO, socket or device at the key
-    got = hasher.digest()
-    if got != Digest(info.hexdigest, got.size, info.algorithm):
-        return f"content hashes to {got}, not the digest its key names"
-    return None
+    return lambda bar: rehash_problem(
+        lambda: store.content.open_stored_blob(info), info.hexdigest, info.algorithm, bar
+    )

@@ -1,0 +1,184 @@
+"""verify over chunked content: manifests, packs and index objects.
+
+Shallow: every manifest parses and describes the file its key names, and every pack it names
+is stored with the right size; every index object hashes to its name and parses (a bad one
+is reported, not counted as a failure: index objects are hints). Deep, in addition: every
+pack hashes to its name, and every chunked file reads back through its manifest, each chunk
+and the whole file checked against their digests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from optuna_cas.chunks.store import ChunkStore, StoredObject
+from optuna_cas.chunks.table import ChunkTable
+from optuna_cas.digest import ALGORITHM, CHUNK_SIZE, Digest, readinto
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.operations._chunk_listing import ChunkListing
+from optuna_cas.operations._rehash import rehash_problem
+from optuna_cas.operations._verify_report import MissingPack, VerifyReport
+from optuna_cas.progress import Progress
+
+__all__ = [
+    "Manifests",
+    "check_indexes",
+    "check_manifests",
+    "chunk_orphans",
+    "deep_bytes",
+    "deep_checks",
+    "quarantine_chunked",
+]
+
+# Parsed manifests by the file's hex digest, with the object listed.
+Manifests = dict[str, tuple[StoredObject, ChunkTable]]
+# A deep check: (key, what kind of finding a problem is, the check).
+Check = tuple[str, str, Callable[[Progress], str | None]]
+
+
+def check_manifests(chunks: ChunkStore, listing: ChunkListing, report: VerifyReport) -> Manifests:
+    """Parse every manifest and look up every pack it names; return the parsed ones.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> chunks = ChunkStore(MemoryBackend())
+        >>> check_manifests(chunks, ChunkListing.of(chunks), VerifyReport(deep=False))
+        {}
+    """
+    report.manifests_checked = len(listing.manifests)
+    report.packs_checked = len(listing.packs)
+    parsed: Manifests = {}
+    for obj in listing.manifests:
+        try:
+            table = chunks.read_manifest(obj)
+        except ArtifactNotFound:
+            continue  # deleted (by gc) while we looked
+        except IntegrityError as e:
+            report.corrupt.append(obj.key)
+            report.reasons[obj.key] = str(e)
+            continue
+        parsed[obj.hexdigest] = (obj, table)
+        for pack in table.packs:
+            listed = listing.packs.get(pack.hexdigest)
+            if listed is None:
+                problem = "missing"
+            elif listed.size != pack.size:
+                problem = f"size {listed.size}"
+            else:
+                continue
+            report.missing_packs.append(MissingPack(obj.key, str(pack), problem))
+    return parsed
+
+
+def check_indexes(chunks: ChunkStore, listing: ChunkListing, report: VerifyReport) -> None:
+    """Report index objects that do not hash to their name or do not parse.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> chunks, report = ChunkStore(MemoryBackend()), VerifyReport(deep=False)
+        >>> check_indexes(chunks, ChunkListing.of(chunks), report); report.bad_index_objects
+        []
+    """
+    report.index_objects_checked = len(listing.indexes)
+    for obj in listing.indexes:
+        try:
+            chunks.read_index(obj)
+        except ArtifactNotFound:
+            continue  # replaced by gc while we looked
+        except IntegrityError as e:
+            report.bad_index_objects.append(obj.key)
+            report.reasons[obj.key] = str(e)
+    report.bad_index_objects.sort()
+
+
+def chunk_orphans(listing: ChunkListing, parsed: Manifests, referenced: set[str]) -> list[str]:
+    """Keys of manifests no ref names and of packs no readable manifest names.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> chunk_orphans(ChunkListing.of(ChunkStore(MemoryBackend())), {}, set())
+        []
+    """
+    used = {pack.hexdigest for _, table in parsed.values() for pack in table.packs}
+    orphans = [m.key for m in listing.manifests if m.hexdigest not in referenced]
+    return orphans + [p.key for h, p in listing.packs.items() if h not in used]
+
+
+def deep_checks(chunks: ChunkStore, listing: ChunkListing, parsed: Manifests) -> list[Check]:
+    """The deep checks and their byte counts: re-hash every pack, read every chunked file.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> chunks = ChunkStore(MemoryBackend())
+        >>> deep_checks(chunks, ChunkListing.of(chunks), {})
+        []
+    """
+    checks: list[Check] = []
+    for pack in listing.packs.values():
+        checks.append((pack.key, "corrupt", _pack_check(chunks, pack)))
+    for obj, table in parsed.values():
+        checks.append((obj.key, "bad_file", _file_check(chunks, obj, table)))
+    return checks
+
+
+def deep_bytes(listing: ChunkListing, parsed: Manifests) -> int:
+    """Bytes :func:`deep_checks` reads: every pack, then every chunked file whole."""
+    files = sum(table.file.size for _, table in parsed.values() if table.file is not None)
+    return sum(p.size for p in listing.packs.values()) + files
+
+
+def pack_key_of(listing: ChunkListing, pack: Digest) -> str | None:
+    """The key ``pack`` was listed under, if it was."""
+    listed = listing.packs.get(pack.hexdigest)
+    return None if listed is None else listed.key
+
+
+def _pack_check(chunks: ChunkStore, pack: StoredObject) -> Callable[[Progress], str | None]:
+    return lambda bar: rehash_problem(
+        lambda: chunks.open_stored(pack), pack.hexdigest, ALGORITHM, bar
+    )
+
+
+def _file_check(
+    chunks: ChunkStore, obj: StoredObject, table: ChunkTable
+) -> Callable[[Progress], str | None]:
+    def check(bar: Progress) -> str | None:
+        view = memoryview(bytearray(CHUNK_SIZE))
+        try:
+            with chunks.open_file(table, f"chunked file {table.file} ({obj.key})") as reader:
+                while n := readinto(reader, view):
+                    bar.advance(n)
+        except ArtifactNotFound:
+            return None  # a pack is gone: reported as a missing pack (or gc took it meanwhile)
+        except IntegrityError as e:
+            return str(e)
+        return None
+
+    return check
+
+
+def quarantine_chunked(
+    chunks: ChunkStore,
+    listing: ChunkListing,
+    parsed: Manifests,
+    report: VerifyReport,
+    prefix: str,
+) -> None:
+    """Move corrupt packs and manifests under ``prefix`` (the next upload writes good ones).
+
+    A manifest is moved if it is malformed, or if its file does not read back although every
+    pack it names is present and sound (then its entries are wrong); a file that fails only
+    because a pack is bad keeps its manifest, and the pack is moved.
+    """
+    corrupt = set(report.corrupt)
+    missing = {m.manifest for m in report.missing_packs}
+    by_key = {obj.key: obj for obj in [*listing.manifests, *listing.packs.values()]}
+    doomed = [by_key[key] for key in report.corrupt if key in by_key]
+    tables = {obj.key: (obj, table) for obj, table in parsed.values()}
+    for key in report.bad_files:
+        obj, table = tables[key]
+        if key not in missing and all(pack_key_of(listing, p) not in corrupt for p in table.packs):
+            doomed.append(obj)
+    for obj in doomed:
+        chunks.quarantine(obj, prefix)
+        report.quarantined.append(obj.key)

@@ -1,0 +1,193 @@
+"""verify over chunked artifacts: manifests, packs, index objects; shallow, deep, quarantine."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+
+from optuna_cas import verify
+from optuna_cas.backends.local import LocalBackend
+from optuna_cas.backends.memory import MemoryBackend
+from optuna_cas.chunks.layout import index_key, manifest_key, pack_key
+from optuna_cas.chunks.table import MANIFEST_MAGIC, TableBuilder
+from optuna_cas.content import ContentStore
+from optuna_cas.digest import Digest
+from optuna_cas.stores.base import ContentAddressedArtifactStore
+
+THRESHOLD = 256 * 1024
+
+
+def _rand(n: int, seed: object) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.fixture(params=["memory", "local"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ContentAddressedArtifactStore:
+    backend: Any = (
+        MemoryBackend() if request.param == "memory" else LocalBackend(tmp_path / "store")
+    )
+    return ContentAddressedArtifactStore(ContentStore(backend, chunk_threshold=THRESHOLD))
+
+
+BACKBONE = _rand(1024 * 1024, "backbone")
+FILES = {
+    "a": BACKBONE + _rand(300 * 1024, "a"),
+    "b": b"header" + BACKBONE + _rand(200 * 1024, "b"),
+    "small": b"a whole blob",
+}
+
+
+def _fill(store: ContentAddressedArtifactStore) -> None:
+    for name, data in FILES.items():
+        store.write(name, io.BytesIO(data))
+
+
+def _packs(store: ContentAddressedArtifactStore) -> list[Any]:
+    return sorted(store.content.chunks.iter_packs(), key=lambda p: p.key)
+
+
+def _flip_a_byte(store: ContentAddressedArtifactStore, key: str, at: int) -> None:
+    backend = store.content.backend
+    with backend.open_reader(key) as reader:
+        data = bytearray(reader.read())
+    data[at] ^= 1
+    backend.write(key, io.BytesIO(bytes(data)))  # out of band: same size, other bytes
+
+
+def test_a_sound_chunked_store_verifies_and_counts_what_it_read(
+    store: ContentAddressedArtifactStore,
+) -> None:
+    _fill(store)
+    report = verify(store)
+    assert report.ok and report.orphans == []
+    assert (report.manifests_checked, report.packs_checked) == (2, 2)
+    assert report.index_objects_checked == 2 and report.bad_index_objects == []
+    pack_bytes = sum(p.size for p in _packs(store))
+    file_bytes = len(FILES["a"]) + len(FILES["b"])
+    assert report.bytes_hashed == pack_bytes + file_bytes + len(FILES["small"])
+
+
+def test_a_missing_pack_is_named_with_its_manifest(store: ContentAddressedArtifactStore) -> None:
+    _fill(store)
+    first = _packs(store)
+    pack_of_a = next(
+        p for p in first if p.hexdigest in {d.hexdigest for d in _manifest(store, "a").packs}
+    )
+    store.content.backend.remove(pack_of_a.key)
+    report = verify(store, deep=False)
+    assert not report.ok
+    assert {(m.manifest, m.pack, m.problem) for m in report.missing_packs} >= {
+        (manifest_key(store.get_ref("a").digest), f"blake3:{pack_of_a.hexdigest}", "missing")
+    }
+    assert report.missing == []  # the refs' manifests are there
+
+
+def _manifest(store: ContentAddressedArtifactStore, name: str) -> Any:
+    return store.content.chunks.manifest(store.get_ref(name).digest)
+
+
+def test_a_corrupt_pack_is_found_deep_and_quarantined_then_a_reupload_repairs(
+    store: ContentAddressedArtifactStore,
+) -> None:
+    _fill(store)
+    pack = next(p for p in _packs(store) if p.size > len(BACKBONE))  # a's: holds the backbone
+    _flip_a_byte(store, pack.key, 600_000)  # in the backbone, past the first cuts
+    assert verify(store, deep=False).ok  # same size: only a deep check can tell
+    report = verify(store, quarantine=True)
+    assert report.corrupt == [pack.key]
+    assert "hashes to" in report.reasons[pack.key]
+    # Both files use the backbone's chunks in that pack: both fail to read back.
+    users = sorted(manifest_key(store.get_ref(n).digest) for n in ["a", "b"])
+    assert report.bad_files == users
+    assert "does not match" in report.reasons[users[0]]
+    assert report.quarantined == [pack.key]  # the manifests are fine: they stay
+    assert store.content.backend.exists("quarantine/" + pack.key)
+
+    store.write("again", io.BytesIO(FILES["a"]))  # the same bytes: good chunks again
+    for name in ["a", "b"]:
+        with store.open_reader(name) as reader:
+            assert reader.read() == FILES[name]
+    assert verify(store).ok
+
+
+def test_a_malformed_manifest_is_corrupt_and_quarantined(
+    store: ContentAddressedArtifactStore,
+) -> None:
+    _fill(store)
+    key = manifest_key(store.get_ref("a").digest)
+    store.content.backend.write(key, io.BytesIO(b"OCASMFT1 and then nonsense"))
+    report = verify(store, deep=False, quarantine=True)
+    assert report.corrupt == [key] and "malformed" in report.reasons[key]
+    assert report.missing == [] and report.quarantined == [key]
+    store.write("again", io.BytesIO(FILES["a"]))
+    with store.open_reader("a") as reader:
+        assert reader.read() == FILES["a"]
+
+
+def test_a_manifest_of_another_file_is_corrupt(store: ContentAddressedArtifactStore) -> None:
+    _fill(store)
+    backend = store.content.backend
+    with backend.open_reader(manifest_key(store.get_ref("b").digest)) as reader:
+        b_manifest = reader.read()
+    key = manifest_key(store.get_ref("a").digest)
+    backend.write(key, io.BytesIO(b_manifest))
+    report = verify(store, deep=False)
+    assert report.corrupt == [key] and "describes" in report.reasons[key]
+
+
+def test_chunks_in_the_wrong_order_fail_the_whole_file_check(
+    store: ContentAddressedArtifactStore,
+) -> None:
+    _fill(store)
+    digest = store.get_ref("a").digest
+    table = store.content.chunks.manifest(digest)
+    entries = list(table)
+    entries[0], entries[1] = entries[1], entries[0]  # every chunk still matches its digest
+    swapped = TableBuilder(MANIFEST_MAGIC)
+    for chunk, pack, length, offset in entries:
+        swapped.add_raw(chunk, length, swapped.pack_number(table.packs[pack]), offset)
+    store.content.chunks.replace_manifest(swapped, digest)
+    assert verify(store, deep=False).ok
+    report = verify(store, quarantine=True)
+    key = manifest_key(digest)
+    assert report.bad_files == [key] and report.corrupt == []
+    assert str(digest.hexdigest) in report.reasons[key] or "digest" in report.reasons[key]
+    assert report.quarantined == [key]  # its packs are sound: the manifest is what is wrong
+
+
+def test_a_bad_index_object_is_reported_but_harmless(
+    store: ContentAddressedArtifactStore,
+) -> None:
+    _fill(store)
+    backend = store.content.backend
+    garbage = b"not an index"
+    backend.write(index_key(blake3.blake3(garbage).hexdigest()), io.BytesIO(garbage))
+    misnamed = index_key("ab" * 32)
+    backend.write(misnamed, io.BytesIO(b"whatever"))
+    report = verify(store, deep=False)
+    assert report.ok
+    assert report.bad_index_objects == sorted(
+        [index_key(blake3.blake3(garbage).hexdigest()), misnamed]
+    )
+    assert "does not hash to its name" in report.reasons[misnamed]
+
+
+def test_unreferenced_manifests_and_unused_packs_are_orphans(
+    store: ContentAddressedArtifactStore,
+) -> None:
+    _fill(store)
+    lone = _rand(400 * 1024, "lone")
+    store.write("lone", io.BytesIO(lone))
+    digest = Digest.of_bytes(lone)
+    (lone_pack,) = store.content.chunks.manifest(digest).packs
+    store.remove("lone")
+    report = verify(store, deep=False)
+    assert report.ok and report.orphans == [manifest_key(digest)]  # its manifest uses the pack
+    store.content.backend.remove(manifest_key(digest))
+    report = verify(store, deep=False)
+    assert report.ok and report.orphans == [pack_key(lone_pack)]
