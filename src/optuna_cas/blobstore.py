@@ -284,7 +284,8 @@ class BlobStore:
     def _put_file(self, src: FileSource) -> Digest:
         remembered = self._file_digests.get(src.before) if src.start == 0 else None
         if remembered is not None and remembered.size >= self.chunk_threshold:
-            if self.chunks.has_manifest(remembered):
+            # With its packs: a re-upload after the ref (gc's argument) must repair a gone pack.
+            if self.chunks.has_manifest(remembered, with_packs=True):
                 src.check_unchanged()
                 return remembered
         elif remembered is not None and self._check_stored(remembered) == (True, False):

@@ -89,6 +89,13 @@ class ChunkedReader(io.RawIOBase):
         """Always True."""
         return True
 
+    def chunks(self) -> Iterator[bytes]:
+        """Each entry's bytes, verified against its digest, in table order.
+
+        Instead of :meth:`read`, for copying chunks, where entry boundaries matter.
+        """
+        return self._chunks
+
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         """Copy the next bytes of the file into ``buffer``; 0 at the end."""
         while not self._current:

@@ -37,6 +37,71 @@ S3 does not offer for this, it cannot be removed. Pick a longer ``grace_period``
 your workers can stall for hours. The concurrency test (two uploaders, gc in a loop, every
 re-used blob racing gc) checks the rest.
 
+Chunked content: manifests, packs and index objects
+---------------------------------------------------
+A file of at least ``chunk_threshold`` bytes is stored as content-defined chunks in *packs*
+(named by the pack's digest), a *manifest* that lists its chunks (named by the whole file's
+digest, as its blob would be) and *index objects* (hints telling uploaders which chunks
+which packs hold). A ref names the file's digest either way. gc extends the steps above:
+
+(a) lists blobs, manifests, packs and index objects, all before (b) it lists refs;
+(d) deletes each manifest that no ref names and that is older than ``grace_period``, after a
+    last look and conditionally, as for blobs. Every other manifest listed is *kept*, one
+    whose delete was refused (an upload re-used it meanwhile) included;
+(e) reads every kept manifest afresh: the chunk ranges they name are *live*;
+(f) deletes each pack no kept manifest uses that is older than ``grace_period`` (last look,
+    conditional delete);
+(g) *repacks* each pack older than ``grace_period`` whose live bytes are less than half its
+    size: its live chunks are copied into new packs (each verified on the way; one that also
+    sits in a pack that stays is pointed there instead), an index object of them is
+    published, and every kept manifest using the old pack is replaced by one naming the new
+    places (same key, same chunks, one atomic write). The old pack is not deleted now: it is
+    touched and left for a later run, which deletes it once no kept manifest uses it and it
+    is a grace period old. So a reader that loaded the old manifest just before the rewrite
+    keeps working for at least a whole gc interval and one grace period; readers and
+    uploads re-read a manifest whenever they open or check a file;
+(h) publishes one consolidated index object of every live chunk where it now is, then
+    deletes the index objects listed in (a) that are older than ``grace_period``. Index
+    objects are only hints: an uploader checks (and touches) every pack it reuses, so a
+    stale or missing entry costs at most a duplicate chunk, which a later run reclaims.
+
+If a kept manifest cannot be read (malformed, naming another file), it might name any pack:
+(f) to (h) are skipped for the run and the manifest is reported in
+:attr:`GcReport.bad_manifests`.
+
+An upload U of a chunked file F does, in order:
+
+1. for each chunk: reuse a pack an index object names, after a stat of that pack (once per
+   upload) that touches it when older than ``freshen_after``, or append the chunk to a new
+   pack of its own; then write its index object; then look at the manifest M(F) and every
+   pack it names (touching each that is old), and write M(F) if it is absent, or over it if
+   it names a pack that is gone;
+2. write its ref R;
+3. look at M(F) and every pack it names again, touching each older than ``freshen_after``;
+   if any is gone, do 1 again (which writes what is gone, M(F) included).
+
+Suppose G deletes a pack P that M(F) named when U looked at it in step 3, at time t3. (For
+M(F) itself read "M(F) is referenced" for "P is live".)
+
+* If R was in G's ref listing (b) and M(F) in its listing (a), G kept M(F), read it in (e)
+  and found P live, and G deletes no live pack. (Only gc's repack and a repairing upload
+  rewrite a manifest, and each names only packs it has just written or looked at.)
+* Otherwise R or M(F) was written after G's listings began, so t3 > t0, and after U's look
+  P's time is at least t3 - ``freshen_after`` > t0 - ``grace_period``. If G's last look at
+  P came after t3, G found P young and kept it. If it came before: either U touched P, and
+  G's conditional delete, coming after U's look, refused; or U did not need to, and P's time
+  was already young at G's last look, which then kept it; or G deleted P before t3, and U
+  found P gone in step 3 and wrote it again.
+
+Unlike the blob argument, this one assumes nothing about how long an upload takes: step 3
+touches what it looks at (a blob's re-check only stats it). What remains is the same as for
+blobs: on S3 and GCS the window between G's last look and its delete (one HEAD to one
+DELETE), and a clock on the uploader far off the store's.
+
+Two gc runs at once are not expected, and lose no file either: each deletes only what its
+own listings saw unused and old, and a repack only adds packs and leaves the old one in
+place. A reader's window after a repack may then be shorter.
+
 Bad refs
 --------
 A ref that cannot be read (malformed JSON, a record naming another ID, a FIFO at its key) is
@@ -57,15 +122,16 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
 
 from optuna_cas.backends.base import temp_files_of
 from optuna_cas.content import ContentStore
 from optuna_cas.operations._bad_records import BadRecords
+from optuna_cas.operations._gc_chunks import ChunkListing, collect_chunks
+from optuna_cas.operations._gc_report import GcReport
 from optuna_cas.progress import Progress, ProgressCallback
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
-__all__ = ["DEFAULT_GRACE_PERIOD", "GcReport", "gc"]
+__all__ = ["DEFAULT_GRACE_PERIOD", "GcReport", "gc"]  # GcReport: from _gc_report
 
 DEFAULT_GRACE_PERIOD = 2 * 60 * 60.0  # seconds
 # A temp file is written continuously while its upload runs, so one untouched for an hour
@@ -76,46 +142,6 @@ STALE_TEMP_SECONDS = 60 * 60.0
 _DIGEST_IN_REF = re.compile(rb"blake3:([0-9a-f]{64})")
 
 
-@dataclass
-class GcReport:
-    """What a gc run found and did.
-
-    Attributes:
-        dry_run: Nothing was deleted.
-        blobs_scanned: Blobs listed.
-        refs_scanned: Refs listed.
-        deleted: Keys of blobs deleted (in a dry run: that a real run would delete).
-        bytes_freed: Their total size.
-        kept_young: Unreferenced blobs spared because they are younger than the grace period.
-        temp_files_removed: Leftovers of interrupted local writes removed.
-        bad_refs: IDs of refs that could not be read (skipped; ``optuna-cas verify`` says
-            why). Blobs whose digest appears in their bytes are kept.
-
-    Example:
-        >>> GcReport(dry_run=True).deleted_count
-        0
-    """
-
-    dry_run: bool
-    blobs_scanned: int = 0
-    refs_scanned: int = 0
-    deleted: list[str] = field(default_factory=list)
-    bytes_freed: int = 0
-    kept_young: int = 0
-    temp_files_removed: int = 0
-    bad_refs: list[str] = field(default_factory=list)
-
-    @property
-    def deleted_count(self) -> int:
-        """Number of blobs deleted (or to delete, in a dry run).
-
-        Example:
-            >>> GcReport(dry_run=False, deleted=["blobs/x"]).deleted_count
-            1
-        """
-        return len(self.deleted)
-
-
 def gc(
     store: ContentAddressedArtifactStore,
     *,
@@ -124,10 +150,11 @@ def gc(
     allow_short_grace: bool = False,
     progress: ProgressCallback | None = None,
 ) -> GcReport:
-    """Delete blobs that no ref points at and that are older than ``grace_period``.
+    """Delete blobs and chunked files no ref names, once older than ``grace_period``.
 
-    Safe while other processes upload to the store (see the module docstring for why). A bad
-    ref is reported (``report.bad_refs`` and a warning) and skipped; gc goes on.
+    Packs no kept manifest uses go too, and mostly dead ones are repacked. Safe while other
+    processes upload to the store (see the module docstring for why). A bad ref is reported
+    (``report.bad_refs`` and a warning) and skipped; gc goes on.
 
     Args:
         store: Any optuna-cas store (also behind ``Backoff`` or a cache).
@@ -164,7 +191,8 @@ def gc(
         )
     report = GcReport(dry_run=dry_run)
     now = time.time()
-    # (a) blobs, then (b) refs: the order the safety argument relies on.
+    # (a) blobs, manifests, packs and index objects, then (b) refs: the order the safety
+    # argument relies on.
     old, young = {}, set()
     for info in content.iter_blobs():
         report.blobs_scanned += 1
@@ -172,6 +200,7 @@ def gc(
             old[info.hexdigest] = info
         else:
             young.add(info.hexdigest)
+    chunked = ChunkListing.of(content.chunks)
     referenced: set[str] = set()
     bad = BadRecords()
     for ref in content.iter_refs(on_bad=bad):
@@ -196,6 +225,16 @@ def gc(
             report.deleted.append(info.key)
             report.bytes_freed += fresh.stored_size
         sweep.advance(1)
+    collect_chunks(
+        content.chunks,
+        chunked,
+        referenced,
+        report,
+        now=now,
+        grace_period=grace_period,
+        dry_run=dry_run,
+        progress=progress,
+    )
     report.temp_files_removed = _remove_stale_temp_files(
         store, now - max(grace_period, STALE_TEMP_SECONDS), dry_run
     )

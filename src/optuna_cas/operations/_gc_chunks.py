@@ -1,0 +1,435 @@
+"""gc of chunked content: manifests, packs and index objects.
+
+The order of the steps, and why it is safe while others upload and read, is argued in
+:mod:`optuna_cas.operations.gc`; this module carries the steps out:
+
+1. :func:`sweep_manifests`: delete unreferenced manifests older than the grace period (last
+   look, conditional delete); the rest are *kept*.
+2. :func:`live_chunks`: read every kept manifest afresh: the chunk ranges they name are live.
+3. :func:`sweep_packs`: delete packs no kept manifest uses that are older than the grace
+   period (last look, conditional delete).
+4. :func:`repack`: copy the live chunks of old, mostly dead packs into new packs, then point
+   every kept manifest at them; the old pack is touched and left for a later run.
+5. :func:`consolidate_index`: one index object of every live chunk; old index objects go.
+
+Memory: about 200 bytes per distinct live chunk (some 3 MB per GiB of unique 64 KiB chunks),
+plus the pack list of each kept manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from optuna_cas.chunks.packer import PackWriter
+from optuna_cas.chunks.store import ChunkStore, StoredObject
+from optuna_cas.chunks.table import (
+    INDEX_MAGIC,
+    MANIFEST_MAGIC,
+    ChunkTable,
+    TableBuilder,
+    parse_table,
+)
+from optuna_cas.digest import Digest
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.operations._bad_records import BadRecords
+from optuna_cas.operations._gc_report import GcReport
+from optuna_cas.progress import Progress, ProgressCallback
+
+__all__ = [
+    "REPACK_BELOW",
+    "ChunkListing",
+    "LiveChunks",
+    "collect_chunks",
+    "consolidate_index",
+    "live_chunks",
+    "repack",
+    "sweep_manifests",
+    "sweep_packs",
+]
+
+# A pack older than the grace period whose live bytes are less than this share of its size is
+# repacked: its live chunks are copied (at most half a pack) to reclaim the rest.
+REPACK_BELOW = 0.5
+# Entries per consolidated index object: 24 MB, well below what a reader accepts (64 MiB).
+_INDEX_PART = 500_000
+
+Location = tuple[Digest, int, int]  # (pack, offset, length)
+
+
+@dataclass
+class ChunkListing:
+    """Step (a) of gc for chunked content: manifests, packs and index objects as listed.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> ChunkListing.of(ChunkStore(MemoryBackend())).packs
+        {}
+    """
+
+    manifests: list[StoredObject]
+    packs: dict[str, StoredObject]
+    indexes: list[StoredObject]
+
+    @classmethod
+    def of(cls, chunks: ChunkStore) -> ChunkListing:
+        """List everything chunked in ``chunks``' backend."""
+        return cls(
+            list(chunks.iter_manifests()),
+            {p.hexdigest: p for p in chunks.iter_packs()},
+            list(chunks.iter_indexes()),
+        )
+
+    def has_pack(self, pack: Digest) -> bool:
+        """Whether ``pack`` was listed, with the size its digest says."""
+        listed = self.packs.get(pack.hexdigest)
+        return listed is not None and listed.size == pack.size
+
+
+@dataclass
+class LiveChunks:
+    """The chunks kept manifests name, by pack, and which packs each kept manifest uses.
+
+    Attributes:
+        by_pack: Pack hex digest to ``{offset: (chunk digest, length)}``.
+        packs: Pack hex digest to the pack's digest (with the size manifests give it).
+        users: Each kept manifest with the hex digests of the packs it names.
+
+    Example:
+        >>> LiveChunks().live_bytes("ab" * 32)
+        0
+    """
+
+    by_pack: dict[str, dict[int, tuple[bytes, int]]] = field(default_factory=dict)
+    packs: dict[str, Digest] = field(default_factory=dict)
+    users: list[tuple[StoredObject, frozenset[str]]] = field(default_factory=list)
+
+    def add(self, obj: StoredObject, table: ChunkTable) -> None:
+        """Count ``table`` (the manifest ``obj``) as kept."""
+        for pack in table.packs:
+            self.packs.setdefault(pack.hexdigest, pack)
+        for chunk, number, length, offset in table:
+            ranges = self.by_pack.setdefault(table.packs[number].hexdigest, {})
+            ranges.setdefault(offset, (chunk, length))
+        self.users.append((obj, frozenset(p.hexdigest for p in table.packs)))
+
+    def live_bytes(self, pack: str) -> int:
+        """Bytes of ``pack`` some kept manifest names (each range once)."""
+        return sum(length for _, length in self.by_pack.get(pack, {}).values())
+
+
+def collect_chunks(
+    chunks: ChunkStore,
+    listing: ChunkListing,
+    referenced: set[str],
+    report: GcReport,
+    *,
+    now: float,
+    grace_period: float,
+    dry_run: bool,
+    progress: ProgressCallback | None = None,
+) -> None:
+    """Steps 1 to 5 above, after blobs were collected; fills ``report`` in.
+
+    Args:
+        chunks: The store's chunked content.
+        listing: What step (a) listed, before refs were listed.
+        referenced: Hex digests the refs (and bad refs' bytes) name.
+        report: Receives the counts.
+        now: gc's start: every age is measured from it.
+        grace_period: Seconds.
+        dry_run: Only report.
+        progress: As for :func:`optuna_cas.gc`.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> chunks, report = ChunkStore(MemoryBackend()), GcReport(dry_run=False)
+        >>> listing = ChunkListing.of(chunks)
+        >>> collect_chunks(chunks, listing, set(), report, now=0.0, grace_period=0.0,
+        ...                dry_run=False)
+        >>> report.packs_deleted
+        []
+    """
+    report.manifests_scanned = len(listing.manifests)
+    report.packs_scanned = len(listing.packs)
+    report.index_objects_scanned = len(listing.indexes)
+    timing = (now, grace_period)
+    kept = sweep_manifests(chunks, listing, referenced, report, timing, dry_run, progress)
+    live = live_chunks(chunks, kept, report)
+    if live is None:
+        return  # a kept manifest could not be read: any pack may be its
+    sweep_packs(chunks, listing, live, report, timing, dry_run, progress)
+    moved, gone = repack(chunks, listing, live, report, timing, dry_run, progress)
+    consolidate_index(chunks, listing, live, (moved, gone), report, timing, dry_run)
+
+
+def _old(obj: StoredObject, timing: tuple[float, float]) -> bool:
+    # Measured against gc's start, not now: a slow sweep must not widen the window.
+    now, grace_period = timing
+    return now - obj.modified > grace_period
+
+
+def _delete(
+    chunks: ChunkStore, obj: StoredObject, timing: tuple[float, float], dry_run: bool
+) -> StoredObject | None:
+    """The last look and the conditional delete; the object as deleted, or None if spared."""
+    fresh = chunks.restat(obj)
+    if fresh is None or not _old(fresh, timing):
+        return None  # gone already, or re-used (touched or re-published) since the listing
+    if dry_run or chunks.remove_if_unchanged(fresh):
+        return fresh
+    return None
+
+
+def sweep_manifests(
+    chunks: ChunkStore,
+    listing: ChunkListing,
+    referenced: set[str],
+    report: GcReport,
+    timing: tuple[float, float],
+    dry_run: bool,
+    progress: ProgressCallback | None = None,
+) -> list[StoredObject]:
+    """Delete unreferenced manifests older than the grace period; return the kept ones.
+
+    A manifest whose delete is refused (re-used since the listing) is kept, so the packs it
+    names stay live.
+    """
+    doomed = [m for m in listing.manifests if m.hexdigest not in referenced and _old(m, timing)]
+    doomed_keys = {m.key for m in doomed}
+    kept = [m for m in listing.manifests if m.key not in doomed_keys]
+    sweep = Progress("gc: deleting unreferenced manifests", len(doomed), progress)
+    for obj in doomed:
+        deleted = _delete(chunks, obj, timing, dry_run)
+        if deleted is None:
+            kept.append(obj)
+        else:
+            report.manifests_deleted.append(obj.key)
+            report.bytes_freed += deleted.size
+        sweep.advance(1)
+    return kept
+
+
+def live_chunks(
+    chunks: ChunkStore, kept: Iterable[StoredObject], report: GcReport
+) -> LiveChunks | None:
+    """Read every kept manifest afresh; None (and ``report.bad_manifests``) if one is bad.
+
+    A kept manifest that cannot be read might name any pack, so then no pack is deleted or
+    repacked in this run. A backend error (network, permissions) stops gc.
+    """
+    live = LiveChunks()
+    bad = BadRecords()
+    for obj in kept:
+        try:
+            table = chunks.read_manifest(obj)
+        except ArtifactNotFound:
+            continue  # removed meanwhile (verify --quarantine, say): it names nothing now
+        except IntegrityError as e:
+            bad(obj.key, str(e))
+            continue
+        live.add(obj, table)
+    if bad:
+        report.bad_manifests = sorted(bad.reasons)
+        bad.warn("gc (packs left alone)", chunks.backend.describe(), "manifests")
+        return None
+    return live
+
+
+def sweep_packs(
+    chunks: ChunkStore,
+    listing: ChunkListing,
+    live: LiveChunks,
+    report: GcReport,
+    timing: tuple[float, float],
+    dry_run: bool,
+    progress: ProgressCallback | None = None,
+) -> None:
+    """Delete packs no kept manifest uses and older than the grace period."""
+    doomed = [p for h, p in listing.packs.items() if h not in live.packs and _old(p, timing)]
+    sweep = Progress("gc: deleting unused packs", len(doomed), progress)
+    for obj in doomed:
+        deleted = _delete(chunks, obj, timing, dry_run)
+        if deleted is not None:
+            report.packs_deleted.append(obj.key)
+            report.bytes_freed += deleted.size
+        sweep.advance(1)
+
+
+def repack(
+    chunks: ChunkStore,
+    listing: ChunkListing,
+    live: LiveChunks,
+    report: GcReport,
+    timing: tuple[float, float],
+    dry_run: bool,
+    progress: ProgressCallback | None = None,
+) -> tuple[dict[bytes, Location], set[str]]:
+    """Copy the live chunks of old, mostly dead packs into new packs; rewrite kept manifests.
+
+    Chunks also stored in a pack that stays are pointed there instead of copied (duplicates
+    from racing uploads are reclaimed this way). Each chunk copied is verified on the way. A
+    pack whose chunks cannot all be read (corrupt, gone) is left as it is and its manifests
+    unchanged; ``optuna-cas verify`` reports it. Returns where each moved chunk is now, and
+    the packs no kept manifest uses any more.
+    """
+    candidates = [
+        obj
+        for hexdigest, obj in listing.packs.items()
+        if hexdigest in live.packs
+        and _old(obj, timing)
+        and obj.size == live.packs[hexdigest].size
+        and live.live_bytes(hexdigest) < REPACK_BELOW * obj.size
+    ]
+    if not candidates:
+        return {}, set()
+    leaving = {obj.hexdigest for obj in candidates}
+    moved = _chunks_staying_elsewhere(listing, live, leaving)
+    plans = []  # per old pack: the sub-table of its live chunks still to copy
+    picked: set[bytes] = set()
+    for obj in candidates:
+        plan = TableBuilder(INDEX_MAGIC)
+        number = plan.pack_number(live.packs[obj.hexdigest])
+        for offset, (chunk, length) in sorted(live.by_pack[obj.hexdigest].items()):
+            if chunk not in moved and chunk not in picked:
+                picked.add(chunk)
+                plan.add_raw(chunk, length, number, offset)
+        plans.append((obj, parse_table(plan.to_bytes(), f"repack plan of {obj.key}", INDEX_MAGIC)))
+    to_copy = sum(e.length for _, table in plans for e in table)
+    if dry_run:
+        report.packs_repacked = sorted(obj.key for obj in candidates)
+        report.bytes_repacked = to_copy
+        return {}, set()
+    moved |= _copy_chunks(chunks, plans, to_copy, progress)
+    done = [obj for obj in candidates if _all_moved(live, obj.hexdigest, moved)]
+    report.packs_repacked = sorted(obj.key for obj in done)
+    report.bytes_repacked = sum(e.length for _, table in plans for e in table)
+    gone = {obj.hexdigest for obj in done}
+    report.manifests_rewritten = _point_manifests_at(chunks, live, gone, moved)
+    for obj in done:
+        # Readers that loaded a manifest before its rewrite still read this pack: it stays
+        # until a run at least one grace period from now finds it unused.
+        chunks.touch(obj)
+    return moved, gone
+
+
+def _chunks_staying_elsewhere(
+    listing: ChunkListing, live: LiveChunks, leaving: set[str]
+) -> dict[bytes, Location]:
+    """Live chunks that also sit in a live pack that stays (and was listed, whole)."""
+    elsewhere: dict[bytes, Location] = {}
+    for hexdigest, ranges in live.by_pack.items():
+        pack = live.packs[hexdigest]
+        if hexdigest in leaving or not listing.has_pack(pack):
+            continue
+        for offset, (chunk, length) in ranges.items():
+            elsewhere.setdefault(chunk, (pack, offset, length))
+    return elsewhere
+
+
+def _copy_chunks(
+    chunks: ChunkStore,
+    plans: list[tuple[StoredObject, ChunkTable]],
+    total: int,
+    progress: ProgressCallback | None,
+) -> dict[bytes, Location]:
+    """Write the planned chunks into new packs (verified on the way); where each went."""
+    writer = PackWriter(chunks.backend, TableBuilder(INDEX_MAGIC))
+    bar = Progress("gc: repacking", total, progress)
+    try:
+        for obj, table in plans:
+            with chunks.read_chunks(table, f"gc's repack of {obj.key}") as reader:
+                try:
+                    for entry, data in zip(table, reader.chunks(), strict=True):
+                        writer.add_new(Digest(entry.chunk.hex(), entry.length), memoryview(data))
+                        bar.advance(entry.length)
+                except (ArtifactNotFound, IntegrityError):
+                    continue  # this pack stays as it is; verify reports it
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    chunks.publish_index(writer.index)
+    if not len(writer.index):
+        return {}
+    index = parse_table(writer.index.to_bytes(), "gc's new index", INDEX_MAGIC)
+    return {e.chunk: (index.packs[e.pack], e.offset, e.length) for e in index}
+
+
+def _all_moved(live: LiveChunks, pack: str, moved: dict[bytes, Location]) -> bool:
+    return all(
+        chunk in moved and moved[chunk][2] == length
+        for chunk, length in live.by_pack[pack].values()
+    )
+
+
+def _point_manifests_at(
+    chunks: ChunkStore, live: LiveChunks, gone: set[str], moved: dict[bytes, Location]
+) -> int:
+    """Rewrite each kept manifest that uses a repacked pack; return how many were."""
+    rewritten = 0
+    for obj, packs in live.users:
+        if not packs & gone:
+            continue
+        try:
+            table = chunks.read_manifest(obj)  # afresh, right before replacing it
+        except (ArtifactNotFound, IntegrityError):
+            continue
+        new = TableBuilder(MANIFEST_MAGIC)
+        for chunk, number, length, offset in table:
+            pack = table.packs[number]
+            where = moved.get(chunk) if pack.hexdigest in gone else None
+            if where is not None and where[2] == length:
+                pack, offset = where[0], where[1]
+            new.add_raw(chunk, length, new.pack_number(pack), offset)
+        assert table.file is not None
+        chunks.replace_manifest(new, table.file)
+        rewritten += 1
+    return rewritten
+
+
+def consolidate_index(
+    chunks: ChunkStore,
+    listing: ChunkListing,
+    live: LiveChunks,
+    relocation: tuple[dict[bytes, Location], set[str]],
+    report: GcReport,
+    timing: tuple[float, float],
+    dry_run: bool,
+) -> None:
+    """Publish one index of every live chunk where it now is; delete old index objects.
+
+    Index objects are hints (an uploader checks every pack it reuses), so an entry lost here
+    costs at most a duplicate chunk, never data; young ones stay for uploads still running.
+    """
+    old = [i for i in listing.indexes if _old(i, timing)]
+    if dry_run:
+        report.index_objects_deleted = len(old)
+        return
+    keep: set[str] = set()
+    part = TableBuilder(INDEX_MAGIC)
+    for chunk, (pack, offset, length) in _live_locations(listing, live, *relocation).items():
+        part.add_raw(chunk, length, part.pack_number(pack), offset)
+        if len(part) >= _INDEX_PART:
+            keep.add(chunks.publish_index(part) or "")
+            part = TableBuilder(INDEX_MAGIC)
+    keep.add(chunks.publish_index(part) or "")
+    for obj in old:
+        # One with the consolidated index's name (nothing changed since) is it: it stays.
+        if obj.hexdigest not in keep and chunks.remove(obj):
+            report.index_objects_deleted += 1
+            report.bytes_freed += obj.size
+
+
+def _live_locations(
+    listing: ChunkListing, live: LiveChunks, moved: dict[bytes, Location], gone: set[str]
+) -> dict[bytes, Location]:
+    """Every live chunk, once: where a repack put it, else where a kept manifest names it."""
+    where: dict[bytes, Location] = dict(moved)
+    for hexdigest, ranges in live.by_pack.items():
+        pack = live.packs[hexdigest]
+        if hexdigest in gone or not listing.has_pack(pack):
+            continue  # repacked, or missing or damaged (verify reports it): no hint to it
+        for offset, (chunk, length) in ranges.items():
+            where.setdefault(chunk, (pack, offset, length))
+    return where
