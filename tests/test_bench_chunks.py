@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks._util import QUICK, MiB
-from benchmarks.chunks import _Gc, _gc_section, stored_bytes
+from benchmarks._util import QUICK, ChildResult, GiB, MiB
+from benchmarks.chunks import _Gc, _gc_section, ingest_note, rss_note, stored_bytes
 
 
 def test_stored_bytes_counts_content_objects_not_refs(tmp_path: Path) -> None:
@@ -38,3 +38,20 @@ def test_gc_that_collected_is_measured_against_live_unique() -> None:
     good, bad = (_gc_section(QUICK, [_gc(0, after)]).rows[0] for after in (110 * MiB, 130 * MiB))
     assert good.met is True and good.ratio.startswith("1.100x")
     assert bad.met is False
+
+
+def test_rss_note_gives_growth_per_gib_of_file() -> None:
+    def child(anon_mib: float) -> ChildResult:
+        return ChildResult(peak_rss=0, peak_anon=int(anon_mib * MiB), seconds=1.0)
+
+    results = {
+        512 * MiB: {"upload": child(54.0), "download": child(30.0)},
+        4 * GiB: {"upload": child(68.0), "download": child(30.0)},
+    }
+    note = rss_note(512 * MiB, 4 * GiB, results)
+    assert "upload 4.0 MiB per GiB" in note and "download 0.0 MiB per GiB" in note
+
+
+def test_ingest_note_bounds_the_upload_by_chunking_alone() -> None:
+    note = ingest_note({"cp": 0.5, "chunk": 2.0, "chunked": 3.0, "hash": 0.4, "whole": 1.0})
+    assert "at most 0.25x cp" in note and "4.0x `cp`'s time" in note
