@@ -213,6 +213,17 @@ class Section:
     throughput: list[Throughput] = field(default_factory=list)
     memory: list[MemoryPoint] = field(default_factory=list)
     baselines: dict[str, int] = field(default_factory=dict)  # label -> peak RSS, flat lines
+    stored: list[StoredBytes] = field(default_factory=list)  # issue 13's store cost chart
+
+
+@dataclass
+class StoredBytes:
+    """One series of the store-cost chart: what chunked storage holds against two references."""
+
+    series: str  # e.g. "frozen, safetensors"
+    unique: int  # bytes no earlier version held (the generator's count)
+    stored: int  # packs + manifests + index objects + blobs
+    whole_file: int  # what whole-file dedup holds: the distinct files' sizes
 
 
 def seconds(t: float, size: int | None = None) -> str:
@@ -271,6 +282,14 @@ class Config:
     sync_artifacts: int
     sync_reps: int
     startup_reps: int  # fresh interpreters per start-up contender
+    # issue 13: chunk-level dedup (benchmarks/chunks.py)
+    chunk_versions: int  # versions per checkpoint series
+    chunk_version_size: int  # bytes per version (>= 8 MiB, so it is stored as chunks)
+    chunk_ingest: int  # one random file ingested into a local store
+    chunk_s3_version: int  # bytes per version of the S3 k -> k+1 series
+    chunk_cold: int  # cold S3 download, chunked vs one blob
+    chunk_cold_reps: int
+    chunk_rss_sizes: tuple[int, int]  # peak RSS of a chunked upload/download at both sizes
 
 
 FULL = Config(
@@ -295,6 +314,13 @@ FULL = Config(
     sync_artifacts=100,
     sync_reps=3,
     startup_reps=10,
+    chunk_versions=10,
+    chunk_version_size=64 * MiB,
+    chunk_ingest=GiB,
+    chunk_s3_version=64 * MiB,
+    chunk_cold=GiB,
+    chunk_cold_reps=3,
+    chunk_rss_sizes=(512 * MiB, 4 * GiB),
 )
 QUICK = Config(
     big=64 * MiB,
@@ -318,4 +344,11 @@ QUICK = Config(
     sync_artifacts=10,
     sync_reps=1,
     startup_reps=3,
+    chunk_versions=3,
+    chunk_version_size=10 * MiB,
+    chunk_ingest=64 * MiB,
+    chunk_s3_version=12 * MiB,
+    chunk_cold=32 * MiB,
+    chunk_cold_reps=1,
+    chunk_rss_sizes=(16 * MiB, 64 * MiB),
 )

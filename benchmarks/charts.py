@@ -1,7 +1,9 @@
-"""The report's charts: throughput per workload, and peak memory over file size (PNG files).
+"""The report's charts: throughput per workload, peak memory over file size, and the store cost
+of chunked checkpoint series (PNG files).
 
 Drawn with matplotlib's Agg canvas (no display, no pyplot state) from the figures the
-benchmark sections collect (``Section.throughput``, ``Section.memory``, ``Section.baselines``).
+benchmark sections collect (``Section.throughput``, ``Section.memory``, ``Section.baselines``,
+``Section.stored``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks._util import GiB, MemoryPoint, MiB, Section, Throughput
+from benchmarks._util import GiB, MemoryPoint, MiB, Section, StoredBytes, Throughput
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 
 THROUGHPUT_PNG = "bench-throughput.png"
 MEMORY_PNG = "bench-memory.png"
+STORED_PNG = "bench-chunks-stored.png"
 MEMORY_TARGET = 100 * MiB  # issue 2's "< 100 MiB" for a local upload or download
 
 # One colour per contender, the same in every chart.
@@ -45,6 +48,9 @@ def write_charts(sections: Sequence[Section], directory: Path) -> list[Chart]:
     if memory:
         baselines = {k: v for s in sections for k, v in s.baselines.items()}
         charts.append(memory_chart(memory, baselines, directory / MEMORY_PNG))
+    stored = [b for s in sections for b in s.stored]
+    if stored:
+        charts.append(stored_chart(stored, directory / STORED_PNG))
     return charts
 
 
@@ -143,4 +149,40 @@ def memory_chart(points: Sequence[MemoryPoint], baselines: dict[str, int], path:
         "Peak RSS over file size, local filesystem",
         "Peak RSS of a process that uploads or downloads one file on the local filesystem, "
         "by file size (section 5): flat lines mean memory does not grow with the file.",
+    )
+
+
+# Bars of the store-cost chart, bottom to top within a series: what must be kept, what is.
+STORED_BARS = (
+    ("unique bytes", "unique", "#2ca02c"),
+    ("optuna-cas, chunked", "stored", COLOURS["optuna-cas"]),
+    ("whole-file dedup", "whole_file", "#7f7f7f"),
+)
+
+
+def stored_chart(items: Sequence[StoredBytes], path: Path) -> Chart:
+    """Horizontal bars per checkpoint series: unique bytes, chunked store, whole-file dedup."""
+    height = 0.8 / len(STORED_BARS)
+    figure, axes = _figure(9, 1.2 + 0.55 * len(items))
+    for index, (label, attribute, colour) in enumerate(STORED_BARS):
+        ys = [row + (index - (len(STORED_BARS) - 1) / 2) * height for row in range(len(items))]
+        xs = [getattr(item, attribute) / MiB for item in items]
+        bars = axes.barh(ys, xs, height=height * 0.9, color=colour, label=label)
+        axes.bar_label(bars, labels=[f"{x:,.0f}" for x in xs], padding=3, fontsize=7)
+    ticks = [f"{item.series}\n{item.stored / item.unique:.2f}x unique" for item in items]
+    axes.set_yticks(range(len(items)), ticks, fontsize=8)
+    axes.invert_yaxis()  # first series on top, as in the report
+    top = max(max(item.whole_file, item.stored) for item in items) / MiB
+    axes.set_xlim(0, top * 1.15)  # room for the labels right of the bars
+    axes.set_xlabel("MiB stored for the whole series (shorter is better)")
+    # Above the plot: every series' bars reach to the right somewhere.
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=3, fontsize=8)
+    axes.grid(axis="x", alpha=0.3)
+    figure.savefig(path)
+    return Chart(
+        path,
+        "Store cost of checkpoint series: unique bytes, chunked store, whole-file dedup",
+        "Bytes a local store holds for each checkpoint series (section 14): the series' unique "
+        "bytes (what any store must keep), optuna-cas with chunk-level dedup, and whole-file "
+        "dedup (one blob per distinct file, as before chunking).",
     )

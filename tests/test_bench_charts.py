@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 from benchmarks import charts
-from benchmarks._util import GiB, MemoryPoint, MiB, Row, Section, Throughput
+from benchmarks._util import GiB, MemoryPoint, MiB, Row, Section, StoredBytes, Throughput
 
 
 def _sections() -> list[Section]:
@@ -82,3 +82,19 @@ def test_report_embeds_the_charts_relative_to_itself(tmp_path: Path) -> None:
     for link in links:
         _png_size(output.parent / link)
     assert text.index("### At a glance") < text.index("### 1-2. Upload")
+
+
+def test_stored_chart_draws_all_three_bars(tmp_path: Path) -> None:
+    section = Section(
+        "14. Store cost",
+        stored=[
+            StoredBytes("frozen, safetensors", 100 * MiB, 104 * MiB, 640 * MiB),
+            StoredBytes("full, raw", 640 * MiB, 641 * MiB, 640 * MiB),
+        ],
+    )
+    (chart,) = charts.write_charts([section], tmp_path)
+    assert chart.path.name == charts.STORED_PNG
+    width, height = _png_size(chart.path)
+    assert width >= 500 and height >= 150
+    for _label, _attribute, colour in charts.STORED_BARS:
+        assert _has_colour(chart.path, colour), colour
