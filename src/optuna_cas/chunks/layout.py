@@ -37,8 +37,8 @@ __all__ = [
 CHUNK_MIN = 16 * 1024
 CHUNK_AVG = 64 * 1024
 CHUNK_MAX = 256 * 1024
-# Files smaller than this stay one blob: below it a chunked copy saves little and costs a
-# manifest, a pack and an index object.
+# Files smaller than this stay one blob: a chunked file costs three objects to write and two
+# requests to read, and from 8 MiB a changed version already saves 91-94% (chunk-study.md).
 CHUNK_THRESHOLD = 8 * 1024 * 1024
 # A pack is sealed and published once it holds this much: large enough that S3/GCS requests
 # scale with bytes, small enough that a reader needing one chunk range wastes little.
