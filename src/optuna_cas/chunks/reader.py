@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import collections
 import io
+import queue
+import threading
 from collections.abc import Callable, Generator, Iterator
-from typing import BinaryIO, Protocol, cast
+from typing import BinaryIO, Protocol, TypeVar, cast
 
 import blake3
 
@@ -31,6 +33,11 @@ COALESCE_GAP = 1024 * 1024
 # One ranged read never spans more than this, so a reader can be retried cheaply.
 MAX_REQUEST = 64 * 1024 * 1024
 _OPEN_PACKS = 16
+# Bytes fetched per read call from a pack (whole entries, so chunks are views into it).
+_BLOCK = 4 * 1024 * 1024
+_Bytes = TypeVar("_Bytes", bytes, memoryview)
+# Batches of about _BLOCK bytes fetched ahead of the caller.
+READ_AHEAD = 3
 
 
 class PackCache(Protocol):
@@ -61,6 +68,10 @@ class ChunkedReader(io.RawIOBase):
         table: The file's manifest.
         name: For messages, e.g. ``"artifact 'a1'"``.
         cache: Optional local pack cache.
+        check_chunks: Hash every chunk fetched from the backend. Off only where the caller
+            checks the whole file's digest anyway (a download): a wrong chunk then fails the
+            whole-file check at the end, and the work is not done twice. Chunks read from the
+            cache are always checked (a bad cached pack is dropped and fetched again).
 
     Example:
         >>> import io
@@ -76,15 +87,24 @@ class ChunkedReader(io.RawIOBase):
     """
 
     def __init__(
-        self, backend: Backend, table: ChunkTable, name: str, cache: PackCache | None = None
+        self,
+        backend: Backend,
+        table: ChunkTable,
+        name: str,
+        cache: PackCache | None = None,
+        *,
+        check_chunks: bool = True,
     ) -> None:
         super().__init__()
+        self._check_chunks = check_chunks
         self._backend = backend
         self._table = table
         self._name = name
         self._cache = cache
-        self._chunks: Generator[bytes, None, None] = (
-            self._from_cache() if cache is not None else self._from_backend()
+        # From the backend, a thread fetches and checks chunks ahead of the caller, so network
+        # waits and chunk hashing overlap the caller's own work (whole-file hash, disk writes).
+        self._chunks: Generator[bytes | memoryview, None, None] = (
+            self._from_cache() if cache is not None else _read_ahead(self._from_backend())
         )
         self._current = memoryview(b"")
         self.requests = 0
@@ -93,7 +113,7 @@ class ChunkedReader(io.RawIOBase):
         """Always True."""
         return True
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> Iterator[bytes | memoryview]:
         """Each entry's bytes, verified against its digest, in table order.
 
         Instead of :meth:`read`, for copying chunks, where entry boundaries matter.
@@ -102,15 +122,18 @@ class ChunkedReader(io.RawIOBase):
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         """Copy the next bytes of the file into ``buffer``; 0 at the end."""
-        while not self._current:
-            data = next(self._chunks, None)
-            if data is None:
-                return 0
-            self._current = memoryview(data)
-        n = min(len(buffer), len(self._current))
-        buffer[:n] = self._current[:n]
-        self._current = self._current[n:]
-        return n
+        done, size = 0, len(buffer)
+        while done < size:  # fill the whole buffer: fewer, larger calls for the hashing above
+            if not self._current:
+                data = next(self._chunks, None)
+                if data is None:
+                    break
+                self._current = memoryview(data)
+            n = min(size - done, len(self._current))
+            buffer[done : done + n] = self._current[:n]
+            self._current = self._current[n:]
+            done += n
+        return done
 
     def close(self) -> None:
         """Stop reading; release any open pack."""
@@ -120,7 +143,7 @@ class ChunkedReader(io.RawIOBase):
 
     # -- plans ---------------------------------------------------------------------------------
 
-    def _check(self, entry: Entry, data: bytes, where: str) -> bytes:
+    def _check(self, entry: Entry, data: _Bytes, where: str) -> _Bytes:
         if len(data) != entry.length or blake3.blake3(data).digest() != entry.chunk:
             raise IntegrityError(
                 f"{self._name}: chunk {entry.chunk.hex()} at {entry.offset} in {where} does not "
@@ -128,7 +151,7 @@ class ChunkedReader(io.RawIOBase):
             )
         return data
 
-    def _from_backend(self) -> Generator[bytes, None, None]:
+    def _from_backend(self) -> Generator[bytes | memoryview, None, None]:
         table, count, i = self._table, len(self._table), 0
         while i < count:
             first = table.entry(i)
@@ -146,7 +169,9 @@ class ChunkedReader(io.RawIOBase):
             yield from self._read_run(table.packs[first.pack], start, end, range(i, j))
             i = j
 
-    def _read_run(self, pack: Digest, start: int, end: int, numbers: range) -> Iterator[bytes]:
+    def _read_run(
+        self, pack: Digest, start: int, end: int, numbers: range
+    ) -> Iterator[bytes | memoryview]:
         key = pack_key(pack)
         self.requests += 1
         try:
@@ -157,15 +182,27 @@ class ChunkedReader(io.RawIOBase):
                 "(run 'optuna-cas verify')"
             ) from e
         with reader:
-            position = start
-            for number in numbers:
-                entry = self._table.entry(number)
-                _read_exactly(reader, entry.offset - position, key)  # a coalesced gap
-                data = _read_exactly(reader, entry.length, key)
-                position = entry.offset + entry.length
-                yield self._check(entry, data, f"pack {pack}")
+            position, count = start, len(numbers)
+            i = 0
+            while i < count:
+                # One read per block of whole entries (up to _BLOCK bytes, gaps included); the
+                # chunks are views into it: no copy per chunk.
+                first = self._table.entry(numbers[i])
+                j, block_end = i + 1, first.offset + first.length
+                while j < count:
+                    nxt = self._table.entry(numbers[j])
+                    if nxt.offset + nxt.length - position > _BLOCK:
+                        break
+                    block_end, j = nxt.offset + nxt.length, j + 1
+                block = memoryview(_read_exactly(reader, block_end - position, key))
+                for number in numbers[i:j]:
+                    entry = self._table.entry(number)
+                    at = entry.offset - position
+                    data = block[at : at + entry.length]
+                    yield self._check(entry, data, f"pack {pack}") if self._check_chunks else data
+                position, i = block_end, j
 
-    def _from_cache(self) -> Generator[bytes, None, None]:
+    def _from_cache(self) -> Generator[bytes | memoryview, None, None]:
         assert self._cache is not None
         cache = self._cache
         handles: collections.OrderedDict[int, BinaryIO] = collections.OrderedDict()
@@ -227,6 +264,59 @@ class ChunkedReader(io.RawIOBase):
                 f"{self._name}: its pack {pack} is missing from {self._backend.describe()} "
                 "(run 'optuna-cas verify')"
             ) from e
+
+
+_END = object()
+
+
+def _put(slots: queue.Queue[object], item: object, stop: threading.Event) -> bool:
+    """Hand ``item`` over unless the consumer stopped; False if it did."""
+    while not stop.is_set():
+        try:
+            slots.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _read_ahead(
+    source: Generator[bytes | memoryview, None, None],
+) -> Generator[bytes | memoryview, None, None]:
+    """``source``'s items, produced by a thread up to :data:`READ_AHEAD` items ahead."""
+    slots: queue.Queue[object] = queue.Queue(maxsize=READ_AHEAD)
+    stop = threading.Event()
+
+    def produce() -> None:
+        # Items go over in batches of about _BLOCK bytes: one hand-over per batch, not per chunk.
+        batch: list[bytes | memoryview] = []
+        size = 0
+        try:
+            for item in source:
+                batch.append(item)
+                size += len(item)
+                if size >= _BLOCK:
+                    if not _put(slots, batch, stop):
+                        return
+                    batch, size = [], 0
+            if batch and not _put(slots, batch, stop):
+                return
+            _put(slots, _END, stop)
+        except BaseException as e:  # raised in the consumer
+            _put(slots, e, stop)
+        finally:
+            source.close()
+
+    thread = threading.Thread(target=produce, name="optuna-cas-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := slots.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield from cast(list[bytes | memoryview], item)
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _read_exactly(reader: BinaryIO, count: int, key: str) -> bytes:

@@ -268,7 +268,10 @@ class ChunkStore:
         table = self.manifest(digest)
         what = name or f"chunked file {digest} in {self._backend.describe()}"
         return whole_file_reader(
-            ChunkedReader(self._backend, table, what, self._cache), digest, what
+            # The whole-file check below covers every chunk fetched from the backend.
+            ChunkedReader(self._backend, table, what, self._cache, check_chunks=False),
+            digest,
+            what,
         )
 
     # -- copying -------------------------------------------------------------------------------
