@@ -11,10 +11,12 @@ before it is handed on, and the caller also checks the whole file's digest.
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Protocol, TypeVar, cast
 
 import blake3
@@ -151,7 +153,8 @@ class ChunkedReader(io.RawIOBase):
             )
         return data
 
-    def _from_backend(self) -> Generator[bytes | memoryview, None, None]:
+    def _runs(self) -> Iterator[tuple[Digest, int, int, range]]:
+        """(pack, start, end, entry numbers): one ranged read each, in file order."""
         table, count, i = self._table, len(self._table), 0
         while i < count:
             first = table.entry(i)
@@ -166,41 +169,73 @@ class ChunkedReader(io.RawIOBase):
                 ):
                     break
                 end, j = nxt.offset + nxt.length, j + 1
-            yield from self._read_run(table.packs[first.pack], start, end, range(i, j))
+            yield table.packs[first.pack], start, end, range(i, j)
             i = j
 
-    def _read_run(
-        self, pack: Digest, start: int, end: int, numbers: range
-    ) -> Iterator[bytes | memoryview]:
-        key = pack_key(pack)
+    def _from_backend(self) -> Generator[bytes | memoryview, None, None]:
+        # The next run's request is sent while this one is read, so the server's time to first
+        # byte overlaps our reading (one request at a time otherwise waits for each).
+        runs = self._runs()
+        opener = ThreadPoolExecutor(1, thread_name_prefix="optuna-cas-open-run")
+        upcoming: tuple[tuple[Digest, int, int, range], Future[BinaryIO]] | None = None
+        try:
+            run = next(runs, None)
+            if run is not None:
+                upcoming = run, opener.submit(self._open_run, *run[:3])
+            while upcoming is not None:
+                (pack, start, _end, numbers), opening = upcoming
+                upcoming = None
+                reader = opening.result()
+                run = next(runs, None)
+                if run is not None:
+                    upcoming = run, opener.submit(self._open_run, *run[:3])
+                with reader:
+                    yield from self._read_opened(reader, pack, start, numbers)
+        finally:
+            if upcoming is not None:
+                with contextlib.suppress(Exception):
+                    upcoming[1].result().close()
+            opener.shutdown(wait=True)
+
+    def _open_run(self, pack: Digest, start: int, end: int) -> BinaryIO:
         self.requests += 1
         try:
-            reader = self._backend.open_reader(key, offset=start, length=end - start)
+            return self._backend.open_reader(pack_key(pack), offset=start, length=end - start)
         except ArtifactNotFound as e:
             raise ArtifactNotFound(
                 f"{self._name}: its pack {pack} is missing from {self._backend.describe()} "
                 "(run 'optuna-cas verify')"
             ) from e
-        with reader:
-            position, count = start, len(numbers)
-            i = 0
-            while i < count:
-                # One read per block of whole entries (up to _BLOCK bytes, gaps included); the
-                # chunks are views into it: no copy per chunk.
-                first = self._table.entry(numbers[i])
-                j, block_end = i + 1, first.offset + first.length
-                while j < count:
-                    nxt = self._table.entry(numbers[j])
-                    if nxt.offset + nxt.length - position > _BLOCK:
-                        break
-                    block_end, j = nxt.offset + nxt.length, j + 1
-                block = memoryview(_read_exactly(reader, block_end - position, key))
-                for number in numbers[i:j]:
-                    entry = self._table.entry(number)
-                    at = entry.offset - position
-                    data = block[at : at + entry.length]
-                    yield self._check(entry, data, f"pack {pack}") if self._check_chunks else data
-                position, i = block_end, j
+
+    def _read_run(
+        self, pack: Digest, start: int, end: int, numbers: range
+    ) -> Iterator[bytes | memoryview]:
+        with self._open_run(pack, start, end) as reader:
+            yield from self._read_opened(reader, pack, start, numbers)
+
+    def _read_opened(
+        self, reader: BinaryIO, pack: Digest, start: int, numbers: range
+    ) -> Iterator[bytes | memoryview]:
+        key = pack_key(pack)
+        position, count = start, len(numbers)
+        i = 0
+        while i < count:
+            # One read per block of whole entries (up to _BLOCK bytes, gaps included); the
+            # chunks are views into it: no copy per chunk.
+            first = self._table.entry(numbers[i])
+            j, block_end = i + 1, first.offset + first.length
+            while j < count:
+                nxt = self._table.entry(numbers[j])
+                if nxt.offset + nxt.length - position > _BLOCK:
+                    break
+                block_end, j = nxt.offset + nxt.length, j + 1
+            block = memoryview(_read_exactly(reader, block_end - position, key))
+            for number in numbers[i:j]:
+                entry = self._table.entry(number)
+                at = entry.offset - position
+                data = block[at : at + entry.length]
+                yield self._check(entry, data, f"pack {pack}") if self._check_chunks else data
+            position, i = block_end, j
 
     def _from_cache(self) -> Generator[bytes | memoryview, None, None]:
         assert self._cache is not None
