@@ -804,3 +804,20 @@ def test_stats_verify_and_gc_report_chunked_files(tmp_path: Path) -> None:
     failed = run("--store", store, "verify", "--fast", check=False)
     assert failed.returncode == 1
     assert f"NOPACK   {manifest_key(content.get_ref('v2').digest)} -> {pack}" in failed.stdout
+
+
+def test_put_of_a_new_version_says_how_much_of_it_was_new(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    store = str(tmp_path / "store")
+    base = random_bytes(9 * 1024 * 1024)  # above the 8 MiB threshold: stored as chunks
+    first = make_file(base, name="v1.pt")
+    second = make_file(
+        b"step=2" + base[:4_000_000] + random_bytes(200_000) + base[4_200_000:], name="v2.pt"
+    )
+    run("--store", store, "put", str(first))
+    out = json.loads(run("--store", store, "--json", "put", str(second)).stdout)["artifacts"][0]
+    assert not out["already_stored"]
+    assert 200_000 <= out["new_chunk_bytes"] <= 200_000 + 1024 * 1024
+    text = run("--store", store, "put", str(second)).stdout
+    assert "already stored" in text

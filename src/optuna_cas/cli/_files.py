@@ -99,9 +99,19 @@ def _put_one(
             f"{esc(ref.filename)}: these bytes were already stored ({what}); "
             "only a new artifact ID was recorded",
         )
+    elif watch.new_chunk_bytes or ref.size >= watched.content.chunk_threshold:
+        _print(
+            args,
+            f"stored {esc(ref.filename)} ({what}) as chunks: "
+            f"{human_bytes(watch.new_chunk_bytes)} of them new",
+        )
     else:
         _print(args, f"stored {esc(ref.filename)} ({what})")
-    return _ref_json(ref) | {"path": path, "already_stored": already}
+    return _ref_json(ref) | {
+        "path": path,
+        "already_stored": already,
+        "new_chunk_bytes": watch.new_chunk_bytes,
+    }
 
 
 def _ref_json(ref: ArtifactRef) -> dict[str, Any]:

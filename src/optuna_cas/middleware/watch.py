@@ -23,6 +23,7 @@ from optuna_cas.backends.base import (
     SupportsStaging,
     staging_of,
 )
+from optuna_cas.chunks.layout import MANIFEST_PREFIX, PACK_PREFIX
 from optuna_cas.content import BLOB_PREFIX, REF_PREFIX
 from optuna_cas.digest import CHUNK_SIZE, readinto
 from optuna_cas.progress import Progress, ProgressCallback
@@ -63,7 +64,10 @@ class TransferWatch:
         """Whether anyone is told of the progress (else only the outcome is recorded)."""
         self._lock = threading.Lock()
         self.stored_new_blob = False
-        """Whether the operation stored a blob the store did not hold before."""
+        """Whether the operation stored content the store did not hold before (a new blob, or
+        a new chunked file)."""
+        self.new_chunk_bytes = 0
+        """Bytes of new chunks stored, for content stored as chunks (see optuna_cas.chunks)."""
 
     @property
     def done(self) -> int:
@@ -106,6 +110,10 @@ class TransferWatch:
 
     def _blob_stored(self) -> None:
         self.stored_new_blob = True
+
+    def _pack_stored(self, size: int) -> None:
+        with self._lock:
+            self.new_chunk_bytes += size
 
 
 class _Counting(io.RawIOBase):
@@ -167,15 +175,22 @@ class _WatchedBackend:
         return reader if key.startswith(REF_PREFIX) else _counting(reader, self._watch)
 
     def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
-        if not key.startswith(BLOB_PREFIX):
+        if key.startswith(MANIFEST_PREFIX):
+            self._inner.write(key, content_body, if_absent=if_absent)
+            self._watch._blob_stored()  # a chunked file the store did not hold
+            return
+        if not key.startswith((BLOB_PREFIX, PACK_PREFIX)):
             self._inner.write(key, content_body, if_absent=if_absent)
             return
         body = _Counting(content_body, self._watch)
-        body.tell()  # where this write starts, for rewinds
+        start = body.tell()  # where this write starts, for rewinds
         self._inner.write(
             key, cast(BinaryIO, io.BufferedReader(body, CHUNK_SIZE)), if_absent=if_absent
         )
-        self._watch._blob_stored()
+        if key.startswith(PACK_PREFIX):
+            self._watch._pack_stored(body.tell() - start)
+        else:
+            self._watch._blob_stored()
 
     def remove(self, key: str) -> None:
         self._inner.remove(key)
@@ -244,9 +259,12 @@ class _WatchedStaged:
         self._watch._moved_to(os.fstat(self.fd).st_size)
         # The content store publishes its verified copy even over an existing blob.
         existed = key.startswith(BLOB_PREFIX) and self._backend.exists(key)
+        size = os.fstat(self.fd).st_size
         self._staged.commit(key)
         if key.startswith(BLOB_PREFIX) and not existed:
             self._watch._blob_stored()
+        elif key.startswith(PACK_PREFIX):
+            self._watch._pack_stored(size)
 
     def discard(self) -> None:
         self._stop_polling()
