@@ -319,16 +319,17 @@ def _small_files(cfg: Config, data: Path, stores: Path) -> Section:
     shutil.rmtree(folder)
     ops_ours = cfg.small_files / median(times["ours"])
     ops_theirs = cfg.small_files / median(times["optuna"])
-    return Section(
+    ratio = ops_ours / ops_theirs
+    section = Section(
         f"4. {cfg.small_files:,} uploads of distinct {cfg.small_size // 1024} KiB files",
         [
             Row(
                 "`upload_artifact` into an in-memory study",
                 f"{ops_ours:,.0f} ops/s",
                 f"Optuna: {ops_theirs:,.0f} ops/s",
-                f"{ops_ours / ops_theirs:.2f}x Optuna",
-                "report the ratio",
-                None,
+                f"{ratio:.2f}x Optuna",
+                "≥ 0.8x Optuna",
+                ratio >= 0.8,
             )
         ],
         [
@@ -337,9 +338,10 @@ def _small_files(cfg: Config, data: Path, stores: Path) -> Section:
             f"{fmt_times(times['optuna'])}. A fresh store and study per round.",
             "Each of our uploads opens the source (refusing FIFOs and devices), copies it into "
             "a temp file in the store while hashing the copy, checks the source did not change, "
-            "publishes the blob by rename, writes a JSON ref (temp file + rename) and the study "
-            "attribute: two new files where Optuna writes one (in place, not atomically), and "
-            "file creation dominates on this machine (~0.1 ms each).",
+            "publishes the blob by rename (creating its fan-out directory if it is the first "
+            "there), writes a JSON ref (temp file + rename), checks the blob is still there "
+            "(a concurrent gc) and writes the study attribute: two new files where Optuna "
+            "writes one (in place, not atomically).",
         ],
         throughput=[
             Throughput(
@@ -351,6 +353,16 @@ def _small_files(cfg: Config, data: Path, stores: Path) -> Section:
             )
         ],
     )
+    if ratio < 0.8:
+        section.notes.append(
+            "Why the target is missed: creating a file is most of both loops here (ext4 "
+            "kernel time, 0.03-0.6 ms per file depending on how many inodes were deleted "
+            "lately: each round deletes the previous round's store), and ours creates two "
+            "per upload (blob and ref) plus up to 256 fan-out directories in a new store, "
+            "where Optuna creates one. Storing small content inside its ref would make it one "
+            "file per upload (a format change, not made here)."
+        )
+    return section
 
 
 def _rss_at(src: Path, stores: Path) -> dict[str, Any]:
