@@ -253,6 +253,7 @@ class Config:
     big: int
     rss_sizes: tuple[int, ...]  # peak RSS over file size (section 5); big is measured too
     reps: int
+    resaved: int  # the re-saved checkpoint (issue 11: new inode and mtime, same bytes)
     checkpoint: int
     checkpoint_uploads: int
     small_files: int
@@ -277,6 +278,7 @@ FULL = Config(
     big=GiB,
     rss_sizes=(64 * MiB, 256 * MiB),
     reps=7,
+    resaved=512 * MiB,
     checkpoint=64 * MiB,
     checkpoint_uploads=20,
     small_files=1000,
@@ -300,6 +302,7 @@ QUICK = Config(
     big=64 * MiB,
     rss_sizes=(16 * MiB, 32 * MiB),
     reps=2,
+    resaved=32 * MiB,
     checkpoint=4 * MiB,
     checkpoint_uploads=20,
     small_files=100,

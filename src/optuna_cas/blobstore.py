@@ -8,8 +8,11 @@ This is the only layer that hashes. Invariants it keeps:
 
 * the digest is always that of the bytes stored (see :mod:`optuna_cas.ingest`): a key never
   names other bytes, and a file changed mid-upload records nothing;
-* re-uploads of stored bytes cost a hash and an existence check, never a copy (remote stores)
-  or a copy published by rename, which also repairs a corrupt blob (local stores);
+* re-uploads of stored bytes write no blob bytes: remote stores hash and check existence;
+  local stores copy while hashing the copy and compare it with the stored blob (repairing a
+  corrupt one). A file this process stored and that has not changed since costs a stat; a
+  large one saved again with the same bytes (its fingerprint names a blob unchanged since it
+  was known good) is hashed in place, without a copy;
 * the upload path never deletes a blob (a concurrent uploader may rely on it; gc collects);
 * every read that returns bytes verifies them against the digest while streaming.
 """
@@ -49,7 +52,15 @@ from optuna_cas.exceptions import (
     ArtifactNotFound,
     IntegrityError,
 )
-from optuna_cas.ingest import FileDigestMemo, FileSource, copy_hashing, copy_stream_hashing, now_ns
+from optuna_cas.ingest import (
+    FileDigestMemo,
+    FileSource,
+    copy_hashing,
+    copy_stream_hashing,
+    fingerprint,
+    hash_in_place,
+    now_ns,
+)
 
 __all__ = [
     "BLOB_PREFIX",
@@ -273,10 +284,17 @@ class BlobStore:
             src.check_unchanged()
             return remembered
         started = now_ns()
-        if self._stager() is not None:
-            digest = self._put_staged(
-                lambda fd: copy_hashing(src.fd, src.start, fd, src.size_hint), src
-            )
+        stager = self._stager()
+        if stager is not None:
+            hint = fingerprint(src) if self._blob_cache is None else None
+            digest = self._reuse_known_content(src, hint)
+            if digest is None:
+                digest = self._put_staged(
+                    lambda fd: copy_hashing(src.fd, src.start, fd, src.size_hint),
+                    src,
+                    stager,
+                    hint,
+                )
         else:
             digest = hash_fd(src.fd, src.start)
             reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
@@ -290,9 +308,15 @@ class BlobStore:
             self._file_digests.remember(src.before, digest, started)
         return digest
 
-    def _put_staged(self, fill: Callable[[int], Digest], src: FileSource | None = None) -> Digest:
+    def _put_staged(
+        self,
+        fill: Callable[[int], Digest],
+        src: FileSource | None = None,
+        stager: SupportsStaging | None = None,
+        hint: bytes | None = None,
+    ) -> Digest:
         """Copy into the backend's own temp file while hashing the copy; publish by rename."""
-        stager = self._stager()
+        stager = stager or self._stager()
         assert stager is not None
         staged = stager.stage(BLOB_PREFIX.rstrip("/"))
         try:
@@ -310,10 +334,48 @@ class BlobStore:
         except BaseException:
             staged.discard()
             raise
+        if hint is not None:  # the blob now holds exactly these bytes: see _reuse_known_content
+            self._remember_stored(digest, hint)
         if self._blob_cache is not None:
             with self._backend.open_reader(blob_key(digest)) as reader:
                 self._blob_cache.add_file(digest, reader)
         return digest
+
+    def _reuse_known_content(self, src: FileSource, hint: bytes | None) -> Digest | None:
+        """The digest of a large file saved again with bytes this store already holds, or None.
+
+        A re-saved file (new inode and mtime) misses the identity memo. Its fingerprint names
+        the content this process last stored or verified here with that fingerprint; if that
+        blob is unchanged since (same size and mtime: a corrupting write changes the mtime, and
+        then the copy path below compares and repairs it), the file is hashed where it lies
+        (``pread``, never a map) and nothing is copied: a dedup hit stores no bytes, and the
+        digest is of exactly the bytes read, which the re-check after hashing proves were the
+        file's. Any mismatch returns None, and the caller takes the copy path.
+        """
+        known = None if hint is None else self._file_digests.likely(self.describe(), hint)
+        if known is None:
+            return None
+        candidate, state = known
+        if self._stored_state(candidate) != state:
+            return None
+        digest = hash_in_place(src)
+        src.check_unchanged()
+        if digest != candidate or self._check_stored(digest) != (True, False):
+            return None
+        self._remember_stored(digest, hint)  # a freshening touch changed the mtime
+        return digest
+
+    def _stored_state(self, digest: Digest) -> tuple[int, float] | None:
+        try:
+            info = self._backend.stat(blob_key(digest))
+        except ArtifactNotFound:
+            return None
+        return info.size, info.modified
+
+    def _remember_stored(self, digest: Digest, hint: bytes | None) -> None:
+        state = self._stored_state(digest)
+        if hint is not None and state is not None:
+            self._file_digests.remember_stored(self.describe(), hint, digest, state)
 
     def _stored_blob_matches(self, digest: Digest) -> bool:
         try:
