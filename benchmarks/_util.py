@@ -264,6 +264,7 @@ class Config:
     big: int
     rss_sizes: tuple[int, ...]  # peak RSS over file size (section 5); big is measured too
     reps: int
+    resaved: int  # the re-saved checkpoint (issue 11: new inode and mtime, same bytes)
     checkpoint: int
     checkpoint_uploads: int
     small_files: int
@@ -272,6 +273,7 @@ class Config:
     s3_file: int
     s3_reps: int
     s3_rss_file: int
+    s3_rss_large: int | None  # issue 11: the same extra memory at a much larger upload
     cache_file: int  # issue 4
     cache_reps: int
     cache_throttled_reps: int
@@ -296,6 +298,7 @@ FULL = Config(
     big=GiB,
     rss_sizes=(64 * MiB, 256 * MiB),
     reps=7,
+    resaved=512 * MiB,
     checkpoint=64 * MiB,
     checkpoint_uploads=20,
     small_files=1000,
@@ -304,6 +307,7 @@ FULL = Config(
     s3_file=256 * MiB,
     s3_reps=5,
     s3_rss_file=512 * MiB,
+    s3_rss_large=4 * GiB,  # moto takes ~40-90 s for it: full runs only
     cache_file=256 * MiB,
     cache_reps=5,
     cache_throttled_reps=3,
@@ -326,6 +330,7 @@ QUICK = Config(
     big=64 * MiB,
     rss_sizes=(16 * MiB, 32 * MiB),
     reps=2,
+    resaved=32 * MiB,
     checkpoint=4 * MiB,
     checkpoint_uploads=20,
     small_files=100,
@@ -334,6 +339,7 @@ QUICK = Config(
     s3_file=24 * MiB,
     s3_reps=1,
     s3_rss_file=32 * MiB,
+    s3_rss_large=None,
     cache_file=24 * MiB,
     cache_reps=1,
     cache_throttled_reps=1,

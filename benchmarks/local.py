@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,6 +34,7 @@ from benchmarks._util import (
     warm_page_cache,
 )
 from optuna_cas.backends.local import LocalBackend
+from optuna_cas.content import DEFAULT_FILE_DIGESTS
 from optuna_cas.digest import hash_file
 
 
@@ -68,6 +70,7 @@ def run_local(cfg: Config, data: Path) -> list[Section]:
     warm_page_cache(src)
     return [
         _big_upload(cfg, src, stores),
+        _resaved_upload(cfg, data, stores),
         _checkpoint(cfg, data, stores),
         _small_files(cfg, data, stores),
         _rss(cfg, src, data, stores),
@@ -209,6 +212,101 @@ def _big_upload(cfg: Config, src: Path, stores: Path) -> Section:
     return section
 
 
+def _resaved_upload(cfg: Config, data: Path, stores: Path) -> Section:
+    """Issue 11: a checkpoint saved again with the same bytes, as ``torch.save`` leaves it."""
+    size = cfg.resaved
+    src = make_random_file(data / "resaved.pt", size, seed=5)
+    warm_page_cache(src)
+    study = optuna.create_study()
+
+    def upload(store: Any) -> None:
+        optuna_cas.upload_artifact(artifact_store=store, file_path=str(src), study_or_trial=study)
+
+    def resave() -> None:
+        # A new file renamed over the old: new inode and mtime, same bytes. Flushed to disk
+        # here (untimed) so that no writeback of it runs during the timed uploads.
+        temp = src.with_name(src.name + ".new")
+        shutil.copyfile(src, temp)
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, src)
+
+    def resave_in_new_process() -> None:
+        resave()
+        DEFAULT_FILE_DIGESTS.clear()  # what a new process starts with
+
+    fresh = _Fresh(stores, "resaved-fresh", optuna_cas.FileSystemArtifactStore)
+    repeat_dir = stores / "resaved-repeat"
+    repeat_store = optuna_cas.FileSystemArtifactStore(repeat_dir)
+    upload(repeat_store)  # the first save (setup)
+    blobs_before = fingerprint(repeat_dir / "blobs")
+    times = measure(
+        [
+            Contender("fresh", lambda: upload(fresh.store), fresh.setup, fresh.teardown),
+            Contender("resaved", lambda: upload(repeat_store), setup=resave),
+            Contender("new-process", lambda: upload(repeat_store), setup=resave_in_new_process),
+        ],
+        cfg.reps,
+    )
+    changed = len(fingerprint(repeat_dir / "blobs") ^ blobs_before)
+    uploads = count_files(repeat_dir / "refs") - 1
+    remove(repeat_dir)
+    remove(src)
+    t_fresh, t_resaved, t_new = (median(times[k]) for k in ("fresh", "resaved", "new-process"))
+    ratio = t_resaved / t_fresh
+    label = mib(size)
+    return Section(
+        f"2b. Repeat upload of a re-saved identical {label} file, local filesystem",
+        [
+            Row(
+                "Re-saved file (new inode and mtime, same bytes), uploaded again",
+                seconds(t_resaved, size),
+                f"ours fresh: {seconds(t_fresh, size)}",
+                f"{ratio:.2f}x fresh time",
+                "≤ 0.5x ours fresh",
+                ratio <= 0.5,
+            ),
+            Row(
+                "… by a process that has not uploaded it before",
+                seconds(t_new, size),
+                f"ours fresh: {seconds(t_fresh, size)}",
+                f"{t_new / t_fresh:.2f}x fresh time",
+                "—",
+                None,
+            ),
+            Row(
+                f"Blob files written by the {uploads} re-saved uploads",
+                "none" if changed == 0 else f"{changed} blob files created or rewritten",
+                "—",
+                "—",
+                "0",
+                changed == 0,
+            ),
+        ],
+        [
+            f"Per-rep seconds (median of {cfg.reps}, after 1 warm-up round; order rotated): "
+            f"fresh {fmt_times(times['fresh'])}; re-saved {fmt_times(times['resaved'])}; "
+            f"new process {fmt_times(times['new-process'])}. Fresh = a new store per rep.",
+            "Before each re-saved upload the file is copied to a new file, flushed and renamed "
+            "over the old one (untimed), so the digest memo keyed by inode, size and times "
+            "misses. The upload reads 32 windows of 4 KiB (a fingerprint naming content this "
+            "process stored in this store), checks that blob's size and mtime are unchanged "
+            "since, then hashes the file where it lies (`pread` on a read-ahead thread, never "
+            "mapped) and, digest equal, writes only the ref: no copy, no read of the blob.",
+            "*New process*: the in-process memo is cleared before each upload, as in a new "
+            "process; the upload then copies the file into a temp file while hashing the copy "
+            "and reads the stored blob once to compare (which repairs a corrupt blob of the "
+            "right size), then drops the copy.",
+        ],
+        throughput=[
+            Throughput(
+                f"Upload {label} re-saved, local",
+                {"optuna-cas": size / t_resaved},
+            )
+        ],
+    )
+
+
 def _backend_copy(backend: LocalBackend, src: Path) -> None:
     with open(src, "rb") as f:
         backend.write("blobs/copy", f, if_absent=True)
@@ -319,16 +417,17 @@ def _small_files(cfg: Config, data: Path, stores: Path) -> Section:
     shutil.rmtree(folder)
     ops_ours = cfg.small_files / median(times["ours"])
     ops_theirs = cfg.small_files / median(times["optuna"])
-    return Section(
+    ratio = ops_ours / ops_theirs
+    section = Section(
         f"4. {cfg.small_files:,} uploads of distinct {cfg.small_size // 1024} KiB files",
         [
             Row(
                 "`upload_artifact` into an in-memory study",
                 f"{ops_ours:,.0f} ops/s",
                 f"Optuna: {ops_theirs:,.0f} ops/s",
-                f"{ops_ours / ops_theirs:.2f}x Optuna",
-                "report the ratio",
-                None,
+                f"{ratio:.2f}x Optuna",
+                "≥ 0.8x Optuna",
+                ratio >= 0.8,
             )
         ],
         [
@@ -337,9 +436,10 @@ def _small_files(cfg: Config, data: Path, stores: Path) -> Section:
             f"{fmt_times(times['optuna'])}. A fresh store and study per round.",
             "Each of our uploads opens the source (refusing FIFOs and devices), copies it into "
             "a temp file in the store while hashing the copy, checks the source did not change, "
-            "publishes the blob by rename, writes a JSON ref (temp file + rename) and the study "
-            "attribute: two new files where Optuna writes one (in place, not atomically), and "
-            "file creation dominates on this machine (~0.1 ms each).",
+            "publishes the blob by rename (creating its fan-out directory if it is the first "
+            "there), writes a JSON ref (temp file + rename), checks the blob is still there "
+            "(a concurrent gc) and writes the study attribute: two new files where Optuna "
+            "writes one (in place, not atomically).",
         ],
         throughput=[
             Throughput(
@@ -351,6 +451,16 @@ def _small_files(cfg: Config, data: Path, stores: Path) -> Section:
             )
         ],
     )
+    if ratio < 0.8:
+        section.notes.append(
+            "Why the target is missed: creating a file is most of both loops here (ext4 "
+            "kernel time, 0.03-0.6 ms per file depending on how many inodes were deleted "
+            "lately: each round deletes the previous round's store), and ours creates two "
+            "per upload (blob and ref) plus up to 256 fan-out directories in a new store, "
+            "where Optuna creates one. Storing small content inside its ref would make it one "
+            "file per upload (a format change, not made here)."
+        )
+    return section
 
 
 def _rss_at(src: Path, stores: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.content import ContentStore, blob_key
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, InvalidKeyError
+from optuna_cas.ingest import FINGERPRINT_MIN_BYTES, FileDigestMemo, FileSource, fingerprint
 from optuna_cas.testing.streams import NonSeekable
 from tests.conftest import random_bytes
 
@@ -168,3 +170,143 @@ def test_bad_artifact_ids_rejected_before_io(bad: str) -> None:
         with pytest.raises(ValueError, match=r"^Invalid artifact_id"):
             call(bad)
     assert backend.writes == []
+
+
+# -- a large file saved again (new inode and mtime, as torch.save leaves it) ------------------
+
+RESAVED_SIZE = FINGERPRINT_MIN_BYTES + 12_345
+
+
+def whole_blob_store(path: Path) -> ContentStore:
+    """A store that keeps files of RESAVED_SIZE whole (below its chunk threshold)."""
+    return ContentStore(
+        LocalBackend(path), file_digests=FileDigestMemo(), chunk_threshold=4 * RESAVED_SIZE
+    )
+
+
+def resave(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``torch.save`` does: a new file (new inode and mtime) over the old."""
+    temp = path.with_name(path.name + ".new")
+    temp.write_bytes(data)
+    os.replace(temp, path)
+
+
+def count_stages(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    staged: list[str] = []
+    real_stage = backend.stage
+
+    def stage(area: str):  # type: ignore[no-untyped-def]
+        staged.append(area)
+        return real_stage(area)
+
+    monkeypatch.setattr(backend, "stage", stage)
+    return staged
+
+
+def fingerprint_of(path: Path) -> bytes | None:
+    with FileSource.open(path) as src:
+        return fingerprint(src)
+
+
+def test_resaved_identical_file_is_hashed_in_place_not_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = whole_blob_store(tmp_path / "s")
+    backend = store.backend
+    assert isinstance(backend, LocalBackend)
+    data = random_bytes(RESAVED_SIZE, seed=5)
+    path = tmp_path / "model.pt"
+    path.write_bytes(data)
+    first = store.put_artifact("a", path)
+    resave(path, data)
+    staged = count_stages(backend, monkeypatch)
+    assert store.put_artifact("b", path).digest == first.digest
+    assert staged == []  # no temp copy of the 8 MiB: the dedup hit stores no bytes
+    assert len(list(store.iter_blobs())) == 1
+    with store.open_artifact("b") as reader:
+        assert reader.read() == data
+
+
+def test_resaved_file_with_other_bytes_behind_the_same_fingerprint_is_stored(
+    tmp_path: Path,
+) -> None:
+    store = whole_blob_store(tmp_path / "s")
+    data = random_bytes(RESAVED_SIZE, seed=6)
+    path = tmp_path / "model.pt"
+    path.write_bytes(data)
+    store.put_artifact("a", path)
+    changed = bytearray(data)
+    changed[RESAVED_SIZE // 2 + 50_000] ^= 0xFF  # between two of the fingerprint's windows
+    resave(path, bytes(changed))
+    original = tmp_path / "original.bin"
+    original.write_bytes(data)
+    assert fingerprint_of(path) == fingerprint_of(original)  # the case this test is about
+    ref = store.put_artifact("b", path)
+    assert ref.digest == Digest.of_bytes(bytes(changed))
+    for artifact_id, expected in (("a", data), ("b", bytes(changed))):
+        with store.open_artifact(artifact_id) as reader:
+            assert reader.read() == expected
+
+
+def test_resaved_file_repairs_a_large_blob_corrupted_at_the_same_size(tmp_path: Path) -> None:
+    store = whole_blob_store(tmp_path / "s")
+    backend = store.backend
+    assert isinstance(backend, LocalBackend)
+    data = random_bytes(RESAVED_SIZE, seed=7)
+    path = tmp_path / "model.pt"
+    path.write_bytes(data)
+    digest = store.put_artifact("a", path).digest
+    blob = backend.root / blob_key(digest)
+    published = blob.stat().st_mtime_ns
+    corrupt = bytearray(data)
+    corrupt[RESAVED_SIZE // 3] ^= 0xFF
+    blob.write_bytes(bytes(corrupt))
+    if blob.stat().st_mtime_ns == published:  # the same clock tick: the write's mtime is later
+        os.utime(blob, ns=(published, published + 1_000_000))
+    resave(path, data)
+    store.put_artifact("b", path)
+    assert blob.read_bytes() == data
+
+
+def test_resaved_identical_chunked_file_is_hashed_in_place_not_chunked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ContentStore(LocalBackend(tmp_path / "s"), file_digests=FileDigestMemo())
+    assert store.chunk_threshold <= RESAVED_SIZE
+    data = random_bytes(RESAVED_SIZE, seed=9)
+    path = tmp_path / "model.pt"
+    path.write_bytes(data)
+    first = store.put_artifact("a", path)
+    resave(path, data)
+    puts: list[int] = []
+    real_put = store.chunks.put
+    monkeypatch.setattr(store.chunks, "put", lambda *a, **k: puts.append(1) or real_put(*a, **k))
+    assert store.put_artifact("b", path).digest == first.digest
+    assert puts == []  # no second chunking pass over the 8 MiB
+    with store.open_artifact("b") as reader:
+        assert reader.read() == data
+
+
+def test_resaved_file_changed_while_hashed_in_place_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna_cas.blobstore as blobstore_module
+
+    store = ContentStore(LocalBackend(tmp_path / "s"), file_digests=FileDigestMemo())
+    data = random_bytes(RESAVED_SIZE, seed=8)
+    path = tmp_path / "model.pt"
+    path.write_bytes(data)
+    store.put_artifact("a", path)
+    resave(path, data)
+    real_hash = blobstore_module.hash_in_place
+
+    def hash_then_modify(src: FileSource) -> Digest:
+        digest = real_hash(src)
+        with open(path, "r+b") as f:  # the training loop rewrites the file meanwhile
+            f.write(b"new weights")
+        return digest
+
+    monkeypatch.setattr(blobstore_module, "hash_in_place", hash_then_modify)
+    with pytest.raises(IntegrityError, match=r"model\.pt.*changed while it was being uploaded"):
+        store.put_artifact("b", path)
+    assert not store.has_ref("b")

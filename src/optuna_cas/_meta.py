@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from optuna_cas._json import (
@@ -60,7 +60,18 @@ class ArtifactMeta:
             >>> ArtifactMeta("i", "f", "text/plain", None).to_json()[:20]
             '{"artifact_id": "i",'
         """
-        return json.dumps(asdict(self))
+        # A literal dict, not dataclasses.asdict (which deep-copies): this runs once per upload.
+        return json.dumps(
+            {
+                "artifact_id": self.artifact_id,
+                "filename": self.filename,
+                "mimetype": self.mimetype,
+                "encoding": self.encoding,
+                "digest": self.digest,
+                "size": self.size,
+                "created": self.created,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str, *, what: str = "artifact metadata") -> ArtifactMeta:

@@ -13,6 +13,9 @@ from optuna_cas.exceptions import InvalidKeyError
 # Longest single segment most filesystems accept (NAME_MAX on Linux, macOS, NTFS).
 MAX_SEGMENT_BYTES = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Keys this library builds (``blobs/blake3/ab/cd...``, ``refs/<uuid>``) pass in one match:
+# short ASCII segments that do not start with a dot cannot hit any rule of _segment_problem.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}(?:/[A-Za-z0-9_-][A-Za-z0-9._-]{0,62})*")
 
 
 def _segment_problem(segment: str) -> str | None:
@@ -87,6 +90,8 @@ def validate_key(key: object) -> str:
     """
     if not isinstance(key, str):
         raise InvalidKeyError(f"Invalid key: {key!r} (expected str, got {type(key).__name__})")
+    if _PLAIN_KEY.fullmatch(key):
+        return key
     for segment in key.split("/"):
         problem = _segment_problem(segment)
         if problem is not None:

@@ -8,8 +8,11 @@ This is the only layer that hashes. Invariants it keeps:
 
 * the digest is always that of the bytes stored (see :mod:`optuna_cas.ingest`): a key never
   names other bytes, and a file changed mid-upload records nothing;
-* re-uploads of stored bytes cost a hash and an existence check, never a copy (remote stores)
-  or a copy published by rename, which also repairs a corrupt blob (local stores);
+* re-uploads of stored bytes write no blob bytes: remote stores hash and check existence;
+  local stores copy while hashing the copy and compare it with the stored blob (repairing a
+  corrupt one). A file this process stored and that has not changed since costs a stat; a
+  large one saved again with the same bytes (its fingerprint names a blob unchanged since it
+  was known good) is hashed in place, without a copy;
 * the upload path never deletes a blob (a concurrent uploader may rely on it; gc collects);
 * every read that returns bytes verifies them against the digest while streaming.
 """
@@ -18,11 +21,9 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -32,16 +33,20 @@ from optuna_cas._fileio import (
 )
 from optuna_cas.backends.base import (
     Backend,
-    ObjectInfo,
     SupportsStaging,
-    conditional_remover_of,
     staging_of,
+)
+from optuna_cas.blob_maintenance import (
+    BLOB_PREFIX,
+    QUARANTINE_PREFIX,
+    BlobInfo,
+    BlobMaintenance,
+    blob_key,
 )
 from optuna_cas.chunks.layout import CHUNK_THRESHOLD, manifest_key
 from optuna_cas.chunks.reader import PackCache
 from optuna_cas.chunks.store import ChunkStore
 from optuna_cas.digest import (
-    ALGORITHM,
     CHUNK_SIZE,
     Digest,
     VerifyingReader,
@@ -52,7 +57,15 @@ from optuna_cas.exceptions import (
     ArtifactNotFound,
     IntegrityError,
 )
-from optuna_cas.ingest import FileDigestMemo, FileSource, copy_hashing, copy_stream_hashing, now_ns
+from optuna_cas.ingest import (
+    FileDigestMemo,
+    FileSource,
+    copy_hashing,
+    copy_stream_hashing,
+    fingerprint,
+    hash_in_place,
+    now_ns,
+)
 
 __all__ = [
     "BLOB_PREFIX",
@@ -65,63 +78,11 @@ __all__ = [
     "blob_key",
 ]
 
-BLOB_PREFIX = "blobs/"
-# Corrupt blobs moved aside by verify(quarantine=True): kept for inspection, never read.
-QUARANTINE_PREFIX = "quarantine/"
 # A dedup hit on a blob older than this refreshes its modification time, so garbage
 # collection (whose grace period must exceed this: see optuna_cas.operations.gc) spares it.
 FRESHEN_AFTER_SECONDS = 30 * 60
-_BLOB_KEY = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]{2})/([0-9a-f]{62})")
-
-
 # Digests of files this process stored, shared by every store (see FileDigestMemo).
 DEFAULT_FILE_DIGESTS = FileDigestMemo()
-
-
-def blob_key(digest: Digest) -> str:
-    """The backend key of a blob: ``blobs/<algorithm>/<2 hex>/<62 hex>``.
-
-    Two-character fan-out keeps directories small on local disks (as git and dvc do).
-
-    Example:
-        >>> blob_key(Digest.of_bytes(b""))[:20]
-        'blobs/blake3/af/1349'
-    """
-    hexdigest = digest.hexdigest
-    return f"{BLOB_PREFIX}{digest.algorithm}/{hexdigest[:2]}/{hexdigest[2:]}"
-
-
-@dataclass(frozen=True)
-class BlobInfo:
-    """A blob as listed in a backend: its digest (named by the key) and what is stored.
-
-    Attributes:
-        hexdigest: The digest named by the key.
-        algorithm: Hash algorithm named by the key.
-        stored_size: Bytes actually stored (a mismatch with refs means corruption).
-        modified: Last modification time, epoch seconds.
-        key: The backend key.
-
-    Example:
-        >>> BlobInfo("ab" * 32, "blake3", 3, 0.0, "blobs/...").stored_size
-        3
-    """
-
-    hexdigest: str
-    algorithm: str
-    stored_size: int
-    modified: float
-    key: str
-
-    @property
-    def digest(self) -> Digest:
-        """The digest, taking the stored size as the size.
-
-        Example:
-            >>> BlobInfo("ab" * 32, "blake3", 3, 0.0, "k").digest.size
-            3
-        """
-        return Digest(hexdigest=self.hexdigest, size=self.stored_size, algorithm=self.algorithm)
 
 
 class BlobCache(PackCache, Protocol):
@@ -140,7 +101,7 @@ class BlobCache(PackCache, Protocol):
         ...
 
 
-class BlobStore:
+class BlobStore(BlobMaintenance):
     """Blobs on top of any :class:`~optuna_cas.backends.base.Backend`.
 
     The base of :class:`~optuna_cas.content.ContentStore`, which adds refs and artifacts.
@@ -285,12 +246,21 @@ class BlobStore:
             src.check_unchanged()
             return remembered
         started = now_ns()
-        if src.size_hint >= self.chunk_threshold:
+        hint = fingerprint(src) if self._blob_cache is None else None
+        digest = self._reuse_known_content(src, hint)
+        if digest is not None:
+            pass
+        elif src.size_hint >= self.chunk_threshold:
             reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
             digest = self.chunks.put(reader, src.size_hint, src.check_unchanged)
-        elif self._stager() is not None:
+            if hint is not None:  # its manifest and packs were just checked or written
+                self._remember_stored(digest, hint)
+        elif (stager := self._stager()) is not None:
             digest = self._put_staged(
-                lambda fd: copy_hashing(src.fd, src.start, fd, src.size_hint), src
+                lambda fd: copy_hashing(src.fd, src.start, fd, src.size_hint),
+                src,
+                stager,
+                hint,
             )
         else:
             digest = hash_fd(src.fd, src.start)
@@ -305,9 +275,15 @@ class BlobStore:
             self._file_digests.remember(src.before, digest, started)
         return digest
 
-    def _put_staged(self, fill: Callable[[int], Digest], src: FileSource | None = None) -> Digest:
+    def _put_staged(
+        self,
+        fill: Callable[[int], Digest],
+        src: FileSource | None = None,
+        stager: SupportsStaging | None = None,
+        hint: bytes | None = None,
+    ) -> Digest:
         """Copy into the backend's own temp file while hashing the copy; publish by rename."""
-        stager = self._stager()
+        stager = stager or self._stager()
         assert stager is not None
         staged = stager.stage(BLOB_PREFIX.rstrip("/"))
         try:
@@ -325,10 +301,57 @@ class BlobStore:
         except BaseException:
             staged.discard()
             raise
+        if hint is not None:  # the blob now holds exactly these bytes: see _reuse_known_content
+            self._remember_stored(digest, hint)
         if self._blob_cache is not None:
             with self._backend.open_reader(blob_key(digest)) as reader:
                 self._blob_cache.add_file(digest, reader)
         return digest
+
+    def _reuse_known_content(self, src: FileSource, hint: bytes | None) -> Digest | None:
+        """The digest of a large file saved again with bytes this store already holds, or None.
+
+        A re-saved file (new inode and mtime) misses the identity memo. Its fingerprint names
+        the content this process last stored or verified here with that fingerprint; if that
+        blob is unchanged since (same size and mtime: a corrupting write changes the mtime, and
+        then the copy path below compares and repairs it), the file is hashed where it lies
+        (``pread``, never a map) and nothing is copied: a dedup hit stores no bytes, and the
+        digest is of exactly the bytes read, which the re-check after hashing proves were the
+        file's. Any mismatch returns None, and the caller takes the copy path.
+        """
+        known = None if hint is None else self._file_digests.likely(self.describe(), hint)
+        if known is None:
+            return None
+        candidate, state = known
+        if self._stored_state(candidate) != state:
+            return None
+        digest = hash_in_place(src)
+        src.check_unchanged()
+        if digest != candidate:
+            return None
+        if self._stored_key(digest) == blob_key(digest):
+            if self._check_stored(digest) != (True, False):
+                return None
+        elif not self.chunks.has_manifest(digest, with_packs=True):
+            return None
+        self._remember_stored(digest, hint)  # a freshening touch changed the mtime
+        return digest
+
+    def _stored_key(self, digest: Digest) -> str:
+        """Where ``digest``'s content is named: its manifest (chunked) or its blob."""
+        return manifest_key(digest) if digest.size >= self.chunk_threshold else blob_key(digest)
+
+    def _stored_state(self, digest: Digest) -> tuple[int, float] | None:
+        try:
+            info = self._backend.stat(self._stored_key(digest))
+        except ArtifactNotFound:
+            return None
+        return info.size, info.modified
+
+    def _remember_stored(self, digest: Digest, hint: bytes | None) -> None:
+        state = self._stored_state(digest)
+        if hint is not None and state is not None:
+            self._file_digests.remember_stored(self.describe(), hint, digest, state)
 
     def _stored_blob_matches(self, digest: Digest) -> bool:
         try:
@@ -477,110 +500,6 @@ class BlobStore:
         self._backend.remove(blob_key(digest))
         if self._blob_cache is not None:
             self._blob_cache.discard(digest)
-
-    def remove_blob_if_unchanged(self, info: BlobInfo) -> bool:
-        """Delete a blob only if it is still as ``info`` saw it (gc's delete); True if deleted.
-
-        Where the backend cannot do that atomically (S3), the blob is deleted unconditionally:
-        the window between gc's last look and its delete is then the residual risk documented
-        in :mod:`optuna_cas.operations.gc`.
-
-        Example:
-            >>> import io
-            >>> from optuna_cas.backends.memory import MemoryBackend
-            >>> store = BlobStore(MemoryBackend()); _ = store.put_blob(io.BytesIO(b"x"))
-            >>> [store.remove_blob_if_unchanged(info) for info in store.iter_blobs()]
-            [True]
-        """
-        remover = conditional_remover_of(self._backend)
-        seen = ObjectInfo(key=info.key, size=info.stored_size, modified=info.modified)
-        if remover is not None:
-            removed = remover.remove_if_unchanged(info.key, seen)
-        else:
-            try:
-                self._backend.remove(info.key)
-                removed = True
-            except ArtifactNotFound:
-                removed = False
-        if removed and self._blob_cache is not None:
-            self._blob_cache.discard(info.digest)
-        return removed
-
-    def restat_blob(self, info: BlobInfo) -> BlobInfo | None:
-        """A listed blob looked at again (gc's last look); None if it is gone or not a file.
-
-        Example:
-            >>> import io
-            >>> from optuna_cas.backends.memory import MemoryBackend
-            >>> store = BlobStore(MemoryBackend()); _ = store.put_blob(io.BytesIO(b"x"))
-            >>> [store.restat_blob(info).stored_size for info in store.iter_blobs()]
-            [1]
-        """
-        try:
-            fresh = self._backend.stat(info.key)
-        except ArtifactNotFound:
-            return None
-        return BlobInfo(info.hexdigest, info.algorithm, fresh.size, fresh.modified, info.key)
-
-    def open_stored_blob(self, info: BlobInfo) -> BinaryIO:
-        """The bytes stored for a listed blob, unverified and never from a cache (verify's view).
-
-        Raises:
-            ArtifactNotFound: Gone meanwhile.
-            IntegrityError: Not a stored object (a FIFO, socket or device at the key).
-
-        Example:
-            >>> import io
-            >>> from optuna_cas.backends.memory import MemoryBackend
-            >>> store = BlobStore(MemoryBackend()); _ = store.put_blob(io.BytesIO(b"x"))
-            >>> [store.open_stored_blob(info).read() for info in store.iter_blobs()]
-            [b'x']
-        """
-        return self._backend.open_reader(info.key)
-
-    def quarantine_blob(self, info: BlobInfo) -> None:
-        """Move a corrupt blob under ``quarantine/``, kept for inspection and never read.
-
-        The next upload of the same content then writes a good one. A FIFO or device there
-        holds no bytes to keep: it is just removed.
-
-        Example:
-            >>> import io
-            >>> from optuna_cas.backends.memory import MemoryBackend
-            >>> store = BlobStore(MemoryBackend()); _ = store.put_blob(io.BytesIO(b"x"))
-            >>> for info in list(store.iter_blobs()):
-            ...     store.quarantine_blob(info)
-            >>> list(store.iter_blobs()), [i.key for i in store.backend.list("quarantine/")]
-            ([], ['quarantine/blobs/blake3/...'])
-        """
-        try:
-            try:
-                reader = self._backend.open_reader(info.key)
-            except IntegrityError:
-                self._backend.remove(info.key)
-                return
-            with reader:
-                self._backend.write(QUARANTINE_PREFIX + info.key, reader)
-            self._backend.remove(info.key)
-        except ArtifactNotFound:
-            pass
-        if self._blob_cache is not None:
-            self._blob_cache.discard(info.digest)
-
-    def iter_blobs(self) -> Iterator[BlobInfo]:
-        """Every blob in the backend (keys that do not parse as blob keys are skipped).
-
-        Example:
-            >>> from optuna_cas.backends.memory import MemoryBackend
-            >>> list(BlobStore(MemoryBackend()).iter_blobs())
-            []
-        """
-        for info in self._backend.list(f"{BLOB_PREFIX}{ALGORITHM}/"):
-            match = _BLOB_KEY.fullmatch(info.key)
-            if match is None:
-                continue
-            algorithm, head, tail = match.groups()
-            yield BlobInfo(head + tail, algorithm, info.size, info.modified, info.key)
 
 
 def _remaining(stream: BinaryIO) -> int:

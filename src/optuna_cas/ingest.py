@@ -4,7 +4,11 @@ The content store's ingest rules (DESIGN.md invariants 10, 11 and 13):
 
 * **Hash what you store.** A digest comes from the bytes as they are written (the buffer that
   goes to our own temp file, or the stream verified on its way to the backend), never from a
-  separate read that might see other bytes. So a blob always matches its key.
+  separate read that might see other bytes. So a blob always matches its key. The one upload
+  that stores no bytes, a re-saved large file recognised as a dedup hit (see
+  :func:`fingerprint`), records the digest of the bytes it read from the file, which the
+  identity re-check after reading proves were the file's, and which names a blob this process
+  knew to hold exactly those bytes.
 * **Never map a file you do not own.** A training loop truncates ``model.pt`` before it writes
   it again; a memory map of it would kill the process with SIGBUS. Callers' files are read with
   ``pread`` or copied in the kernel; only our own temp copies are memory-mapped for hashing.
@@ -20,21 +24,43 @@ The content store's ingest rules (DESIGN.md invariants 10, 11 and 13):
 
 from __future__ import annotations
 
+import collections
 import os
+import queue
 import threading
 import time
+from collections.abc import Hashable
 from typing import Any, BinaryIO
 
+import blake3
+
 from optuna_cas._fileio import kernel_copy, open_regular_file, pwrite_all, real_fileno
-from optuna_cas.digest import CHUNK_SIZE, Digest, hash_private_range, new_blake3, readinto
+from optuna_cas.digest import CHUNK_SIZE, Digest, hash_fd, hash_private_range, new_blake3, readinto
 from optuna_cas.exceptions import IntegrityError
 
-__all__ = ["FileDigestMemo", "FileSource", "copy_hashing", "copy_stream_hashing"]
+__all__ = [
+    "FileDigestMemo",
+    "FileSource",
+    "copy_hashing",
+    "copy_stream_hashing",
+    "fingerprint",
+    "hash_in_place",
+]
 
 # Below this a plain read-write-hash loop is as fast as a kernel copy with a trailing hash.
 OVERLAP_MIN_BYTES = 8 * 1024 * 1024
 # The user-space loop's buffer: 1 MiB measured as fast as any size here for hash + copy.
 _BUFFER_BYTES = CHUNK_SIZE
+# Files at least this large get a content fingerprint (see fingerprint()); below it a copy
+# costs little more than the hash pass a fingerprint can save.
+FINGERPRINT_MIN_BYTES = OVERLAP_MIN_BYTES
+_FINGERPRINT_WINDOWS = 32
+_FINGERPRINT_WINDOW_BYTES = 4096
+# hash_in_place's read-ahead: this many buffers of _BUFFER_BYTES in flight.
+_READ_AHEAD_BUFFERS = 3
+# ... but a small file gets a buffer its size: zeroing a fresh 1 MiB buffer (~20 us, more on
+# this VM's first touch of memory) cost more than copying and hashing a 4 KiB file.
+_MIN_BUFFER_BYTES = 64 * 1024
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
@@ -152,8 +178,12 @@ class FileDigestMemo:
     the copy began are remembered, since a write within one timestamp tick would not change it.
     Re-uploading an unchanged file then costs a stat and an existence check.
 
+    It also remembers, per store, which content a large file's :func:`fingerprint` last named
+    there and the state of the stored object then (:meth:`likely`, :meth:`remember_stored`), so
+    that a file saved again with the same bytes (new inode) is hashed in place, not copied.
+
     Args:
-        capacity: Entries kept (oldest forgotten first).
+        capacity: Entries kept of each kind (oldest forgotten first).
         settled_ns: How old a file's ctime must be to be remembered.
 
     Example:
@@ -169,6 +199,10 @@ class FileDigestMemo:
         self._capacity = capacity
         self._settled_ns = settled_ns
         self._entries: dict[tuple[int, ...], Digest] = {}
+        # (store, fingerprint) -> (digest, the stored object's state when it was known good).
+        self._contents: collections.OrderedDict[tuple[str, bytes], tuple[Digest, Hashable]] = (
+            collections.OrderedDict()
+        )
         self._lock = threading.Lock()
         # A fork while another thread holds the lock would leave the child's copy locked.
         if hasattr(os, "register_at_fork"):
@@ -199,6 +233,123 @@ class FileDigestMemo:
         """
         with self._lock:
             self._entries.clear()
+            self._contents.clear()
+
+    def likely(self, store: str, fingerprint: bytes) -> tuple[Digest, Hashable] | None:
+        """The content last stored in ``store`` whose fingerprint was ``fingerprint``, if any.
+
+        Returns the digest and the stored object's state (as given to :meth:`remember_stored`)
+        when this process last knew it held exactly those bytes. A hint, never a proof: the
+        caller hashes the whole file before relying on it (see :func:`fingerprint`).
+
+        Example:
+            >>> memo = FileDigestMemo(); d = Digest.of_bytes(b"x")
+            >>> memo.remember_stored("file:///s", b"fp", d, (1, 0.5))
+            >>> memo.likely("file:///s", b"fp") == (d, (1, 0.5)), memo.likely("file:///t", b"fp")
+            (True, None)
+        """
+        with self._lock:
+            found = self._contents.get((store, fingerprint))
+            if found is not None:
+                self._contents.move_to_end((store, fingerprint))
+            return found
+
+    def remember_stored(
+        self, store: str, fingerprint: bytes, digest: Digest, state: Hashable
+    ) -> None:
+        """Remember that ``store`` holds ``digest`` (fingerprint ``fingerprint``), in ``state``.
+
+        Call it only when the stored bytes are known to be ``digest``'s: just written from a
+        verified copy, or just compared. ``state`` (size and modification time, say) lets a
+        later upload see whether the stored object changed since.
+        """
+        with self._lock:
+            self._contents[(store, fingerprint)] = (digest, state)
+            self._contents.move_to_end((store, fingerprint))
+            while len(self._contents) > self._capacity:
+                self._contents.popitem(last=False)
+
+
+def fingerprint(src: FileSource) -> bytes | None:
+    """A cheap guess at a large file's content: 32 windows of 4 KiB spread over it, and its size.
+
+    Lets an upload recognise a file saved again with the same bytes (a new inode and mtime, as
+    ``torch.save`` leaves it, so :class:`FileDigestMemo` misses) before it copies anything.
+    Reads about 128 KiB with ``pread`` (never a map). Only a hint: files that differ outside
+    the windows have equal fingerprints, so the caller hashes the whole file before trusting
+    the content a fingerprint names. None for files smaller than ``FINGERPRINT_MIN_BYTES``.
+
+    Example:
+        >>> import tempfile
+        >>> f = tempfile.TemporaryFile(); _ = f.write(bytes(FINGERPRINT_MIN_BYTES)); f.flush()
+        >>> len(fingerprint(FileSource(f.fileno(), 0, "f", owned=False)))
+        32
+        >>> fingerprint(FileSource(f.fileno(), 1, "f", owned=False)) is None
+        True
+    """
+    size = src.size_hint
+    if size < FINGERPRINT_MIN_BYTES:
+        return None
+    hasher = blake3.blake3(size.to_bytes(8, "little"))
+    last = size - _FINGERPRINT_WINDOW_BYTES
+    for i in range(_FINGERPRINT_WINDOWS):
+        offset = src.start + last * i // (_FINGERPRINT_WINDOWS - 1)
+        hasher.update(os.pread(src.fd, _FINGERPRINT_WINDOW_BYTES, offset))
+    return hasher.digest()
+
+
+def hash_in_place(src: FileSource) -> Digest:
+    """Hash a caller's file from ``src.start`` to EOF where it lies, reading ahead on a thread.
+
+    ``pread`` only (a map of a file someone can truncate turns into SIGBUS). A helper thread
+    reads the next buffers while this one hashes (both release the GIL): measured here ~25%
+    faster than reading and hashing in turn. Memory: three 1 MiB buffers. The digest is of
+    exactly the bytes read; the caller re-checks the file's identity afterwards.
+
+    Example:
+        >>> import tempfile
+        >>> f = tempfile.TemporaryFile(); _ = f.write(b"xhello"); f.flush()
+        >>> hash_in_place(FileSource(f.fileno(), 1, "f", owned=False)) == Digest.of_bytes(b"hello")
+        True
+    """
+    if src.size_hint < OVERLAP_MIN_BYTES:
+        return hash_fd(src.fd, src.start)
+    hasher = new_blake3(src.size_hint)
+    free: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+    full: queue.SimpleQueue[tuple[memoryview, int] | BaseException] = queue.SimpleQueue()
+    for _ in range(_READ_AHEAD_BUFFERS):
+        free.put(memoryview(bytearray(_BUFFER_BYTES)))
+
+    def read_ahead() -> None:
+        offset = src.start
+        try:
+            while (view := free.get()) is not None:
+                n = os.preadv(src.fd, [view], offset)
+                full.put((view, n))
+                if not n:
+                    return
+                offset += n
+        except BaseException as e:  # re-raised on the hashing thread
+            full.put(e)
+
+    thread = threading.Thread(target=read_ahead, name="optuna-cas-read", daemon=True)
+    thread.start()
+    size = 0
+    try:
+        while True:
+            item = full.get()
+            if isinstance(item, BaseException):
+                raise item
+            view, n = item
+            if not n:
+                break
+            hasher.update(view[:n])
+            size += n
+            free.put(view)
+    finally:
+        free.put(None)  # stops the reader if this thread failed first
+        thread.join()
+    return Digest(hexdigest=hasher.hexdigest(), size=size)
 
 
 def copy_hashing(src_fd: int, src_start: int, out_fd: int, size_hint: int) -> Digest:
@@ -233,7 +384,8 @@ def copy_hashing(src_fd: int, src_start: int, out_fd: int, size_hint: int) -> Di
         if finished:
             return Digest(hexdigest=hasher.hexdigest(), size=copied)
     # User space, from wherever the kernel stopped: the buffer we write is the one we hash.
-    buffer = bytearray(_BUFFER_BYTES)
+    # One byte over the size hint lets a small file's second read see EOF at once.
+    buffer = bytearray(min(_BUFFER_BYTES, max(_MIN_BUFFER_BYTES, size_hint - copied + 1)))
     view = memoryview(buffer)
     while n := os.preadv(src_fd, [view], src_start + copied):
         pwrite_all(out_fd, view[:n], copied)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from optuna_cas._fileio import describe_mode, kernel_copy, real_fileno
+from optuna_cas._fileio import describe_mode, kernel_copy, pwrite_all, real_fileno
 from optuna_cas._validation import shorten_name, validate_key
 from optuna_cas.backends.base import ObjectInfo
 from optuna_cas.backends.window import Window, WindowReader, check_range
@@ -33,6 +33,8 @@ from optuna_cas.exceptions import (
 __all__ = ["TEMP_PREFIX", "LocalBackend", "StagedFile"]
 
 TEMP_PREFIX = ".tmp-"
+# First buffer of a user-space copy (see _copy_to).
+_FIRST_BUFFER_BYTES = 64 * 1024
 
 
 class LocalBackend:
@@ -68,6 +70,7 @@ class LocalBackend:
         except OSError as e:  # too long, permission denied, a file in the way, ...
             raise StoreConfigError(f"Cannot create store directory {str(path)!r}: {e}") from e
         self._root_str = str(self._root)
+        self._uri = self._root.as_uri()  # every miss names it: Path.as_uri is slow
         self._fsync = fsync
 
     @property
@@ -82,6 +85,10 @@ class LocalBackend:
         return self._root
 
     def _path(self, key: str) -> Path:
+        return Path(self._fspath(key))
+
+    def _fspath(self, key: str) -> str:
+        """``key``'s absolute path as a string (no ``Path``: the hot paths of small uploads)."""
         validate_key(key)
         # A symlinked directory inside the store must not lead reads or writes outside it.
         # One lstat per directory of the key (1-3 of them) instead of resolving the whole
@@ -98,7 +105,7 @@ class LocalBackend:
                 target = os.path.realpath(current)
                 if target != root and not target.startswith(root + os.sep):
                     raise InvalidKeyError(f"Invalid key: {key!r} (resolves outside {root!r})")
-        return Path(f"{root}/{key}")
+        return f"{root}/{key}"
 
     def _missing(self, key: str) -> ArtifactNotFound:
         return ArtifactNotFound(f"no object {key!r} in {self.describe()}")
@@ -165,7 +172,7 @@ class LocalBackend:
             >>> b.open_reader("k").read()
             b'1'
         """
-        path = self._path(key)
+        path = self._fspath(key)
         if if_absent:
             try:
                 mode: int | None = os.lstat(path).st_mode
@@ -177,19 +184,17 @@ class LocalBackend:
                 # Something that is not a stored object (a symlink, say) sits at the key:
                 # replace that entry itself, never what it points at.
                 if_absent = False
-        name = f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}"
-        temp = path.with_name(shorten_name(name, 255))
+        directory, _, name = path.rpartition("/")
+        temp = f"{directory}/{shorten_name(f'{TEMP_PREFIX}{uuid.uuid4().hex}-{name}', 255)}"
+        fd = _create_beside(temp, directory, 0o666)
+        published = False
         try:
-            out_file = open(temp, "xb")  # noqa: SIM115 - closed by the with below
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)  # first object in this directory
-            out_file = open(temp, "xb")  # noqa: SIM115
-        try:
-            with out_file as out:
-                _copy_to(content_body, out)
+            try:
+                _copy_to(content_body, fd)
                 if self._fsync:
-                    out.flush()
-                    os.fsync(out.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             if if_absent:
                 try:
                     os.link(temp, path)
@@ -197,14 +202,16 @@ class LocalBackend:
                     pass  # someone else published the same key first: keep theirs
             else:
                 os.replace(temp, path)
+                published = True
         finally:
             # After link or on failure the temp name is still there; after replace it is not.
-            try:
-                os.unlink(temp)
-            except FileNotFoundError:
-                pass
+            if not published:
+                try:
+                    os.unlink(temp)
+                except FileNotFoundError:
+                    pass
         if self._fsync:
-            _fsync_dir(path.parent)
+            _fsync_dir(directory)
 
     def stage(self, area: str) -> StagedFile:
         """A new private temp file under ``area`` (e.g. ``"blobs"``), to fill and then publish.
@@ -221,8 +228,7 @@ class LocalBackend:
         """
         # The same containment check every key below ``area`` gets, done *before* any byte is
         # written: a symlinked directory must not receive the bytes at all.
-        folder = self._path(f"{area}/staged").parent
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._fspath(f"{area}/staged").rpartition("/")[0]
         return StagedFile(self, folder)
 
     def remove(self, key: str) -> None:
@@ -293,7 +299,7 @@ class LocalBackend:
             False
         """
         try:
-            return stat.S_ISREG(os.lstat(self._path(key)).st_mode)
+            return stat.S_ISREG(os.lstat(self._fspath(key)).st_mode)
         except FileNotFoundError:
             return False
 
@@ -305,7 +311,7 @@ class LocalBackend:
             >>> b = LocalBackend(tempfile.mkdtemp()); b.write("k", io.BytesIO(b"x")); b.touch("k")
         """
         try:
-            os.utime(self._path(key), follow_symlinks=False)
+            os.utime(self._fspath(key), follow_symlinks=False)
         except FileNotFoundError as e:
             raise self._missing(key) from e
 
@@ -318,7 +324,7 @@ class LocalBackend:
             >>> b.stat("k").size
             3
         """
-        path = self._path(key)
+        path = self._fspath(key)
         try:
             st = os.stat(path, follow_symlinks=False)
         except FileNotFoundError as e:
@@ -407,7 +413,7 @@ class LocalBackend:
             >>> LocalBackend("/tmp").describe()
             'file:///tmp'
         """
-        return self._root.as_uri()
+        return self._uri
 
 
 class StagedFile:
@@ -418,10 +424,10 @@ class StagedFile:
         >>> LocalBackend(tempfile.mkdtemp()).stage("blobs").discard()
     """
 
-    def __init__(self, backend: LocalBackend, folder: Path) -> None:
+    def __init__(self, backend: LocalBackend, folder: str) -> None:
         self._backend = backend
-        self.path = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.path = f"{folder}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+        self.fd = _create_beside(self.path, folder, 0o644)
 
     def commit(self, key: str) -> None:
         """Publish the file under ``key`` with ``os.replace`` (atomic), then close it.
@@ -434,11 +440,16 @@ class StagedFile:
         try:
             if self._backend._fsync:
                 os.fsync(self.fd)
-            path = self._backend._path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.path, path)
+            path = self._backend._fspath(key)
+            try:
+                os.replace(self.path, path)
+            except FileNotFoundError:
+                # The first blob in its fan-out directory (or our temp file was removed: then
+                # the retry raises again, naming it).
+                os.makedirs(path.rpartition("/")[0], exist_ok=True)
+                os.replace(self.path, path)
             if self._backend._fsync:
-                _fsync_dir(path.parent)
+                _fsync_dir(path.rpartition("/")[0])
         finally:
             self.discard()
 
@@ -475,25 +486,41 @@ def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
-def _copy_to(source: BinaryIO, out: io.BufferedWriter) -> None:
-    """Copy the rest of ``source`` into ``out``, in the kernel when both are real files."""
+def _create_beside(path: str, directory: str, mode: int) -> int:
+    """Create the new file ``path`` (read-write) in ``directory``, creating that if missing.
+
+    Trying first and creating the directory only on failure saves a ``mkdir`` per write.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, mode)
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)  # the first object in this directory
+        return os.open(path, flags, mode)
+
+
+def _copy_to(source: BinaryIO, out_fd: int) -> None:
+    """Copy the rest of ``source`` into the new file ``out_fd``, in the kernel when possible."""
+    written = 0
     fileno = real_fileno(source)
     if fileno is not None:
-        out.flush()
         start = source.tell()
-        copied, finished = kernel_copy(fileno, out.fileno(), start, out.tell())
-        source.seek(start + copied)
-        out.seek(out.tell() + copied)
+        written, finished = kernel_copy(fileno, out_fd, start, 0)
+        source.seek(start + written)
         if finished:
             return
-    # Not a real file, or the kernel refused (e.g. across some filesystems): copy in user space.
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
+    # Not a real file, or the kernel refused (e.g. across some filesystems): copy in user
+    # space. Refs are a few hundred bytes: start with a small buffer (zeroing a fresh 1 MiB
+    # one costs more than the write) and grow it once the source proves large.
+    view = memoryview(bytearray(_FIRST_BUFFER_BYTES))
     while n := readinto(source, view):
-        out.write(view[:n])
+        pwrite_all(out_fd, view[:n], written)
+        written += n
+        if n == len(view) and len(view) < CHUNK_SIZE:
+            view = memoryview(bytearray(CHUNK_SIZE))
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: str | Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -98,11 +98,11 @@ class PartUpload(Protocol):
     completes_separately: bool
     """Whether :meth:`complete` is a request of its own (S3), or the last part publishes."""
 
-    def send_part(self, number: int, offset: int, data: bytes) -> None:
+    def send_part(self, number: int, offset: int, data: bytearray) -> None:
         """Send part ``number`` (1-based; ``data`` starts at byte ``offset``), not the last."""
         ...
 
-    def send_last(self, number: int, offset: int, data: bytes, total: int) -> None:
+    def send_last(self, number: int, offset: int, data: bytearray, total: int) -> None:
         """Send the last part (possibly empty); the caller's stream has reached EOF."""
         ...
 
@@ -307,8 +307,13 @@ class RemoteBackend(abc.ABC):
                     f"upload {self._where(key)}",
                     functools.partial(self._put, name, head, if_absent=if_absent),
                 )
-            else:
-                self._upload_in_parts(key, head, content_body, if_absent=if_absent)
+                return
+            part_size = self._part_size_for(len(head), content_body)
+            # The part reader copies the head into its first buffer and lets it go: this
+            # frame must not keep it alive for the whole upload.
+            parts = PartReader(head, content_body, part_size)
+            del head
+            self._upload_in_parts(key, parts, part_size, if_absent=if_absent)
         except AlreadyPresentError:
             if not if_absent:
                 raise
@@ -441,20 +446,23 @@ class RemoteBackend(abc.ABC):
 
         return self._run(description, attempt)
 
-    def _upload_in_parts(self, key: str, head: bytes, stream: BinaryIO, *, if_absent: bool) -> None:
-        where = self._where(key)
-        part_size = self._part_size
+    def _part_size_for(self, head: int, stream: BinaryIO) -> int:
+        """The configured part size, raised if the service's part limit needs it."""
         remaining = remaining_size(stream)
-        if self._max_parts is not None and remaining is not None:
-            part_size = max(part_size, math.ceil((len(head) + remaining) / self._max_parts))
+        if self._max_parts is None or remaining is None:
+            return self._part_size
+        return max(self._part_size, math.ceil((head + remaining) / self._max_parts))
+
+    def _upload_in_parts(
+        self, key: str, parts: PartReader, part_size: int, *, if_absent: bool
+    ) -> None:
+        where = self._where(key)
         upload = self._request(
             key,
             f"start upload of {where}",
             functools.partial(self._start_upload, self._name(key), if_absent=if_absent),
         )
         try:
-            parts = PartReader(head, stream, part_size)
-            del head  # the part reader holds it now; let it go once sent
             offset, number = 0, 0
             with PartSender(self._concurrency) as sender:
                 while True:
@@ -467,10 +475,11 @@ class RemoteBackend(abc.ABC):
                     self._check_part_count(key, number, part_size)
                     sender.submit(
                         functools.partial(
-                            self._request,
+                            self._send_part,
                             key,
                             f"upload part {number} of {where}",
                             functools.partial(upload.send_part, number, offset, part),
+                            functools.partial(parts.release, part),
                         )
                     )
                     offset += len(part)
@@ -491,6 +500,19 @@ class RemoteBackend(abc.ABC):
             # Unpublished parts are invisible but may be billed until dropped.
             upload.abort()
             raise
+
+    def _send_part(
+        self, key: str, description: str, send: Callable[[], None], release: Callable[[], None]
+    ) -> None:
+        """Send one part (retried through the runner), then give its buffer back.
+
+        The buffer returns before the sender learns the part is done and reads the next one,
+        so parts in memory never outnumber the buffers (``concurrency``).
+        """
+        try:
+            self._request(key, description, send)
+        finally:
+            release()
 
     def _publish(self, key: str, total: int, description: str, request: Callable[[], None]) -> None:
         """Send the request that publishes the object (S3's complete, GCS's last chunk)."""

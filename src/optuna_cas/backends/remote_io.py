@@ -9,6 +9,7 @@ one seekable, length-checked raw stream.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from optuna_cas.backends.window import Window
+from optuna_cas.digest import readinto
 from optuna_cas.exceptions import TransientBackendError
 
 if TYPE_CHECKING:
@@ -30,6 +32,9 @@ __all__ = [
     "read_up_to",
     "remaining_size",
 ]
+
+# A head's rest shorter than this is copied out so the (part-sized) head can be freed.
+_COMPACT_REST = 1024 * 1024
 
 
 def read_up_to(stream: BinaryIO, size: int) -> bytes:
@@ -79,6 +84,12 @@ def remaining_size(stream: BinaryIO) -> int | None:
 class PartReader:
     """``head``, then the rest of ``stream``, cut into parts of exactly ``part_size`` bytes.
 
+    Parts are read into buffers of ``part_size`` bytes, each lent by :meth:`next` and given
+    back by :meth:`release` once its part was sent, then reused: there are never more buffers
+    than parts out at once (:class:`PartSender` bounds those), whatever the size of the upload,
+    and no part is allocated per part (leaving the allocator to return it, or not). The SDKs
+    send a ``bytearray`` body without copying it.
+
     Every part but the last is full. The last one is shorter, possibly empty, and is returned
     only after ``stream`` reported EOF: a backend that publishes with (or after) the last part
     therefore never publishes before the caller's stream was read to its end, which is where a
@@ -86,27 +97,68 @@ class PartReader:
 
     Example:
         >>> parts = PartReader(b"abc", io.BytesIO(b"defgh"), 3)
-        >>> [parts.next(), parts.next(), parts.next(), parts.eof]
-        [b'abc', b'def', b'gh', True]
+        >>> first = parts.next(); bytes(first); parts.release(first)
+        b'abc'
+        >>> second = parts.next(); bytes(second), second is first; parts.release(second)
+        (b'def', True)
+        >>> bytes(parts.next()), parts.eof
+        (b'gh', True)
     """
 
     def __init__(self, head: bytes, stream: BinaryIO, part_size: int) -> None:
-        self._head = memoryview(head)
+        self._head: memoryview | None = memoryview(head)
         self._stream = stream
         self._part_size = part_size
+        self._free: list[bytearray] = []  # buffers given back, sent from other threads
+        self._lock = threading.Lock()
         self.eof = False
 
-    def next(self) -> bytes:
-        """The next part; shorter than ``part_size`` (and then :attr:`eof`) only at the end."""
-        size = self._part_size
-        if len(self._head) >= size:
-            part = self._head[:size].tobytes()
-            self._head = self._head[size:]
-            return part
-        part = self._head.tobytes() + read_up_to(self._stream, size - len(self._head))
-        self._head = memoryview(b"")
-        self.eof = len(part) < size
-        return part
+    def next(self) -> bytearray:
+        """The next part, in a buffer lent until :meth:`release`; short only at the end."""
+        buffer = self._take()
+        with memoryview(buffer) as view:
+            filled = self._fill_from_head(view)
+            while filled < len(view):
+                count = readinto(self._stream, view[filled:])
+                if not count:
+                    break
+                filled += count
+        if filled < len(buffer):
+            self.eof = True  # the last part: this buffer is not lent again
+            try:
+                del buffer[filled:]
+            except BufferError:
+                # A view of it outlived an earlier part's request (a failed one's traceback
+                # may hold it), so it cannot shrink in place: copy the short last part.
+                return buffer[:filled]
+        return buffer
+
+    def release(self, part: bytearray) -> None:
+        """Take back the buffer of a part that was sent (or will never be)."""
+        if len(part) == self._part_size:
+            with self._lock:
+                self._free.append(part)
+
+    def _take(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self._part_size)
+
+    def _fill_from_head(self, view: memoryview) -> int:
+        head = self._head
+        if head is None:
+            return 0
+        filled = min(len(head), len(view))
+        view[:filled] = head[:filled]
+        rest = head[filled:]
+        if not rest:
+            self._head = None
+        elif len(rest) <= _COMPACT_REST:
+            self._head = memoryview(rest.tobytes())  # lets the part-sized head go now
+        else:
+            self._head = rest
+        return filled
 
 
 class PartSender:
