@@ -25,7 +25,9 @@ from optuna_cas.digest import Digest, new_blake3, readinto
 
 __all__ = ["Chunker"]
 
-_BLOCK = 8 * 1024 * 1024
+# Small enough that the three blocks stay a few MiB of resident memory (an S3 upload's budget is
+# its part buffers), large enough that a hand-over per block costs nothing measurable.
+_BLOCK = 2 * 1024 * 1024
 _BLOCKS = 3  # one being read, one being cut, one spare
 
 

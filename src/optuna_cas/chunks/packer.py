@@ -33,7 +33,7 @@ from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
 __all__ = ["PackWriter", "UploadCache"]
 
 _IN_FLIGHT = 2
-_WRITE_BUFFER = 4 * 1024 * 1024
+_WRITE_BUFFER = 2 * 1024 * 1024
 
 
 class UploadCache(Protocol):
@@ -47,7 +47,7 @@ class UploadCache(Protocol):
 class _OpenPack:
     """The pack being filled: a staged file in the store, or a private spool file.
 
-    Chunks are gathered into 4 MiB buffers that a writer thread writes and hashes while the
+    Chunks are gathered into 2 MiB buffers that a writer thread writes and hashes while the
     caller cuts the next ones (``pwrite`` and BLAKE3 release the GIL); two buffers alternate.
     """
 
@@ -59,7 +59,7 @@ class _OpenPack:
         # Closed in discard(), after the background upload read it.
         self.spool = None if self.staged else tempfile.TemporaryFile(prefix="optuna-cas-pack-")  # noqa: SIM115
         self.fd = self.staged.fd if self.staged else self.spool.fileno()  # type: ignore[union-attr]
-        # One thread per hasher: 4 MiB updates gain nothing from a pool.
+        # One thread per hasher: 2 MiB updates gain nothing from a pool.
         self._hasher: Any = blake3.blake3()
         self._io = io_pool
         self._buffers = [bytearray(_WRITE_BUFFER), bytearray(_WRITE_BUFFER)]
@@ -106,6 +106,7 @@ class _OpenPack:
         """Write what is buffered; the pack's digest."""
         self._flush()
         self._wait()
+        self._buffers = []  # sealed: let the memory go while the pack is sent
         return Digest(self._hasher.hexdigest(), self.size)
 
     def discard(self) -> None:
