@@ -56,6 +56,7 @@ from optuna_cas.digest import (
 from optuna_cas.exceptions import (
     ArtifactNotFound,
     IntegrityError,
+    StoreConfigError,
 )
 from optuna_cas.ingest import (
     FileDigestMemo,
@@ -81,6 +82,9 @@ __all__ = [
 # A dedup hit on a blob older than this refreshes its modification time, so garbage
 # collection (whose grace period must exceed this: see optuna_cas.operations.gc) spares it.
 FRESHEN_AFTER_SECONDS = 30 * 60
+# A threshold no file reaches: chunking off.
+_NEVER = 2**63
+
 # Digests of files this process stored, shared by every store (see FileDigestMemo).
 DEFAULT_FILE_DIGESTS = FileDigestMemo()
 
@@ -112,7 +116,8 @@ class BlobStore(BlobMaintenance):
         freshen_after: Seconds after which a re-used blob's time is refreshed (so that gc,
             whose grace period must exceed this, spares it).
         file_digests: Remembers digests of unchanged files (default: one per process).
-        chunk_threshold: Files of at least this many bytes are stored as chunks.
+        chunk_threshold: Files of at least this many bytes are stored as chunks (``None``:
+            never).
 
     Example:
         >>> import io
@@ -130,14 +135,23 @@ class BlobStore(BlobMaintenance):
         blob_cache: BlobCache | None = None,
         freshen_after: float = FRESHEN_AFTER_SECONDS,
         file_digests: FileDigestMemo = DEFAULT_FILE_DIGESTS,
-        chunk_threshold: int = CHUNK_THRESHOLD,
+        chunk_threshold: int | None = CHUNK_THRESHOLD,
     ) -> None:
         self._backend = backend
         self._blob_cache = blob_cache
         self.freshen_after = freshen_after
         self._file_digests = file_digests
         # Files this large or larger are stored as chunks in packs (see optuna_cas.chunks).
-        self.chunk_threshold = chunk_threshold
+        if chunk_threshold is not None and (
+            not isinstance(chunk_threshold, int)
+            or isinstance(chunk_threshold, bool)
+            or chunk_threshold < 1
+        ):
+            raise StoreConfigError(
+                f"chunk_threshold must be a positive number of bytes or None, got "
+                f"{chunk_threshold!r}"
+            )
+        self.chunk_threshold = _NEVER if chunk_threshold is None else chunk_threshold
         self.chunks = ChunkStore(backend, cache=blob_cache, freshen_after=freshen_after)
 
     @property

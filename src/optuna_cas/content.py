@@ -37,6 +37,7 @@ from optuna_cas.refstore import MAX_REF_BYTES, REF_PREFIX, RefStore
 
 __all__ = [
     "BLOB_PREFIX",
+    "CHUNK_THRESHOLD",
     "DEFAULT_FILE_DIGESTS",
     "FRESHEN_AFTER_SECONDS",
     "MAX_REF_BYTES",
@@ -58,7 +59,8 @@ class ContentStore(BlobStore, RefStore):
         freshen_after: Seconds after which a re-used blob's time is refreshed (so that gc,
             whose grace period must exceed this, spares it).
         file_digests: Remembers digests of unchanged files (default: one per process).
-        chunk_threshold: Files of at least this many bytes are stored as chunks in packs.
+        chunk_threshold: Files of at least this many bytes are stored as chunks in packs
+            (``None``: never).
 
     Example:
         >>> import io
@@ -80,7 +82,7 @@ class ContentStore(BlobStore, RefStore):
         blob_cache: BlobCache | None = None,
         freshen_after: float = FRESHEN_AFTER_SECONDS,
         file_digests: FileDigestMemo = DEFAULT_FILE_DIGESTS,
-        chunk_threshold: int = CHUNK_THRESHOLD,
+        chunk_threshold: int | None = CHUNK_THRESHOLD,
     ) -> None:
         # Refs are remembered exactly when blobs are cached: a worker reading through a cache
         # saves both round trips, and every stack with a cache behaves the same.

@@ -239,3 +239,18 @@ def test_an_uploading_worker_reads_its_upload_from_the_cache(tmp_path: Path) -> 
     backend.reads.clear()
     assert worker.open_blob(ref.digest).read() == data
     assert not [key for key, _ in backend.reads if key.startswith(PACK_PREFIX)]
+
+
+def test_stores_take_a_chunk_threshold_or_none(tmp_path: Path) -> None:
+    from optuna_cas import FileSystemArtifactStore, MemoryArtifactStore
+    from optuna_cas.exceptions import StoreConfigError
+
+    whole = FileSystemArtifactStore(tmp_path / "w", chunk_threshold=None)
+    whole.write("a", io.BytesIO(_rand(9 * 1024 * 1024, 18)))
+    assert list(whole.content.iter_blobs()) and not _keys(whole.content, MANIFEST_PREFIX)
+    small = MemoryArtifactStore(chunk_threshold=THRESHOLD)
+    small.write("a", io.BytesIO(_rand(THRESHOLD, 19)))
+    assert _keys(small.content, MANIFEST_PREFIX)
+    for bad in (0, -1, True, 1.5, "8MiB"):
+        with pytest.raises(StoreConfigError, match="chunk_threshold"):
+            MemoryArtifactStore(chunk_threshold=bad)  # type: ignore[arg-type]

@@ -103,10 +103,10 @@ class ChunkedReader(io.RawIOBase):
         self._table = table
         self._name = name
         self._cache = cache
-        # From the backend, a thread fetches and checks chunks ahead of the caller, so network
-        # waits and chunk hashing overlap the caller's own work (whole-file hash, disk writes).
-        self._chunks: Generator[bytes | memoryview, None, None] = (
-            self._from_cache() if cache is not None else _read_ahead(self._from_backend())
+        # A thread fetches and checks chunks ahead of the caller, so network waits and chunk
+        # hashing overlap the caller's own work (whole-file hash, disk writes).
+        self._chunks: Generator[bytes | memoryview, None, None] = _read_ahead(
+            self._from_cache() if cache is not None else self._from_backend()
         )
         self._current = memoryview(b"")
         self.requests = 0

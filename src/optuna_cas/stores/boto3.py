@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from optuna_cas.backends.s3 import S3Backend
-from optuna_cas.content import ContentStore
+from optuna_cas.content import CHUNK_THRESHOLD, ContentStore
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 if TYPE_CHECKING:
@@ -31,6 +31,9 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
         endpoint_url: For S3-compatible services (MinIO, R2, moto, ...); not with ``client``.
         part_size: Multipart part size in bytes (>= 5 MiB).
         max_concurrency: Parts uploaded at once (memory use is about this times part_size).
+        chunk_threshold: Files of at least this many bytes (8 MiB by default) are stored as
+            content-defined chunks, deduplicated between versions (docs/concepts.md);
+            ``None`` stores every file as one blob.
 
     Raises:
         StoreConfigError: boto3 is missing (``pip install 'optuna-cas[s3]'``) or an option
@@ -54,6 +57,7 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
         endpoint_url: str | None = None,
         part_size: int = 8 * 1024 * 1024,
         max_concurrency: int = 4,
+        chunk_threshold: int | None = CHUNK_THRESHOLD,
     ) -> None:
         del avoid_buf_copy  # our uploads never buffer nor close the source
         backend = S3Backend(
@@ -65,4 +69,4 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
             max_concurrency=max_concurrency,
             multipart_threshold=part_size,
         )
-        super().__init__(ContentStore(backend))
+        super().__init__(ContentStore(backend, chunk_threshold=chunk_threshold))

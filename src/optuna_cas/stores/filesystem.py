@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from optuna_cas.backends.local import LocalBackend
-from optuna_cas.content import ContentStore
+from optuna_cas.content import CHUNK_THRESHOLD, ContentStore
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["FileSystemArtifactStore"]
@@ -23,6 +23,9 @@ class FileSystemArtifactStore(ContentAddressedArtifactStore):
         base_path: The directory; created if missing.
         fsync: Also make each write durable against power loss (see
             :class:`~optuna_cas.backends.local.LocalBackend`).
+        chunk_threshold: Files of at least this many bytes (8 MiB by default) are stored as
+            content-defined chunks, deduplicated between versions (docs/concepts.md);
+            ``None`` stores every file as one blob.
 
     Raises:
         StoreConfigError: ``base_path`` is a file or cannot be created.
@@ -40,6 +43,12 @@ class FileSystemArtifactStore(ContentAddressedArtifactStore):
         b'old'
     """
 
-    def __init__(self, base_path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        base_path: str | os.PathLike[str],
+        *,
+        fsync: bool = False,
+        chunk_threshold: int | None = CHUNK_THRESHOLD,
+    ) -> None:
         self._backend = LocalBackend(base_path, fsync=fsync)
-        super().__init__(ContentStore(self._backend))
+        super().__init__(ContentStore(self._backend, chunk_threshold=chunk_threshold))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from optuna_cas.backends.gcs import GCSBackend
-from optuna_cas.content import ContentStore
+from optuna_cas.content import CHUNK_THRESHOLD, ContentStore
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["GCSArtifactStore"]
@@ -49,6 +49,7 @@ class GCSArtifactStore(ContentAddressedArtifactStore):
         chunk_size: int = 8 * 1024 * 1024,
         sdk_retries: bool = True,
         timeout: float = 60.0,
+        chunk_threshold: int | None = CHUNK_THRESHOLD,
     ) -> None:
         backend = GCSBackend(
             bucket_name,
@@ -58,4 +59,4 @@ class GCSArtifactStore(ContentAddressedArtifactStore):
             sdk_retries=sdk_retries,
             timeout=timeout,
         )
-        super().__init__(ContentStore(backend))
+        super().__init__(ContentStore(backend, chunk_threshold=chunk_threshold))

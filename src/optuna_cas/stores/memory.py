@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from optuna_cas.backends.memory import MemoryBackend
-from optuna_cas.content import ContentStore
+from optuna_cas.content import CHUNK_THRESHOLD, ContentStore
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["MemoryArtifactStore"]
@@ -12,6 +12,11 @@ __all__ = ["MemoryArtifactStore"]
 class MemoryArtifactStore(ContentAddressedArtifactStore):
     """A content-addressed artifact store whose bytes live in this process only.
 
+    Args:
+        chunk_threshold: Files of at least this many bytes (8 MiB by default) are stored as
+            content-defined chunks, deduplicated between versions (docs/concepts.md);
+            ``None`` stores every file as one blob.
+
     Example:
         >>> import io
         >>> store = MemoryArtifactStore()
@@ -19,5 +24,5 @@ class MemoryArtifactStore(ContentAddressedArtifactStore):
         b'x'
     """
 
-    def __init__(self) -> None:
-        super().__init__(ContentStore(MemoryBackend()))
+    def __init__(self, *, chunk_threshold: int | None = CHUNK_THRESHOLD) -> None:
+        super().__init__(ContentStore(MemoryBackend(), chunk_threshold=chunk_threshold))
