@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from optuna_cas._validation import validate_artifact_id
-from optuna_cas.backends.base import Backend
+from optuna_cas.backends.base import Backend, read_at_most
 from optuna_cas.exceptions import (
     ArtifactNotFound,
     IntegrityError,
@@ -131,8 +131,7 @@ class RefStore:
                     self._memo.move_to_end(artifact_id)
                     return remembered
         try:
-            with self._backend.open_reader(key) as reader:
-                data = reader.read(MAX_REF_BYTES + 1)
+            data = read_at_most(self._backend, key, MAX_REF_BYTES)
         except ArtifactNotFound as e:
             raise ArtifactNotFound(
                 f"Artifact {artifact_id!r} not found in {self.describe()}"
@@ -160,8 +159,9 @@ class RefStore:
             True
         """
         try:
-            with self._backend.open_reader(self.ref_key(artifact_id)) as reader:
-                data: bytes = reader.read(MAX_REF_BYTES)
+            data = read_at_most(self._backend, self.ref_key(artifact_id), MAX_REF_BYTES)[
+                :MAX_REF_BYTES
+            ]
         except (ArtifactNotFound, IntegrityError, InvalidKeyError):
             return None
         return data

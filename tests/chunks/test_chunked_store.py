@@ -254,3 +254,20 @@ def test_stores_take_a_chunk_threshold_or_none(tmp_path: Path) -> None:
     for bad in (0, -1, True, 1.5, "8MiB"):
         with pytest.raises(StoreConfigError, match="chunk_threshold"):
             MemoryArtifactStore(chunk_threshold=bad)  # type: ignore[arg-type]
+
+
+def test_reading_a_manifest_or_a_ref_allocates_about_its_size(tmp_path: Path) -> None:
+    import tracemalloc
+
+    store = ContentStore(LocalBackend(tmp_path / "s"), chunk_threshold=THRESHOLD)
+    ref = store.put_artifact("a", io.BytesIO(_rand(2 * 1024 * 1024, 20)))
+    fresh = ContentStore(LocalBackend(tmp_path / "s"), chunk_threshold=THRESHOLD)
+    tracemalloc.start()
+    try:
+        fresh.chunks.manifest(ref.digest)
+        fresh.get_ref("a")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # A bounded read once allocated its whole bound (64 MiB for a manifest, 1 MiB for a ref).
+    assert peak < 512 * 1024

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
 
+_PIECE = 64 * 1024
+
 __all__ = [
     "Backend",
     "ObjectInfo",
@@ -24,12 +26,14 @@ __all__ = [
     "SupportsStaging",
     "SupportsTempFiles",
     "conditional_remover_of",
+    "read_at_most",
     "run_once",
     "staging_of",
     "temp_files_of",
 ]
 
 _T = TypeVar("_T")
+_PIECE = 64 * 1024  # read_at_most's read size
 
 
 class RequestRunner(Protocol):
@@ -272,3 +276,27 @@ def temp_files_of(backend: object) -> SupportsTempFiles | None:
         True
     """
     return next((b for b in _layers(backend) if isinstance(b, SupportsTempFiles)), None)
+
+
+def read_at_most(backend: Backend, key: str, limit: int) -> bytes:
+    """The object at ``key``, or its first ``limit + 1`` bytes if it is longer than ``limit``.
+
+    For records with a size bound (refs, manifests): one byte too many tells the caller the
+    object is too large. Read in pieces, so a small object costs a small buffer: a single
+    ``read(limit + 1)`` would allocate the whole bound up front.
+
+    Raises:
+        ArtifactNotFound: No such object.
+
+    Example:
+        >>> import io
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> b = MemoryBackend(); b.write("k", io.BytesIO(b"abcdef"))
+        >>> read_at_most(b, "k", 100), read_at_most(b, "k", 3)
+        (b'abcdef', b'abcd')
+    """
+    data = bytearray()
+    with backend.open_reader(key) as reader:
+        while len(data) <= limit and (piece := reader.read(min(_PIECE, limit + 1 - len(data)))):
+            data += piece
+    return bytes(data)

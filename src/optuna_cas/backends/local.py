@@ -154,7 +154,10 @@ class LocalBackend:
                 )
             if length is not None:
                 return _window_reader(fd, Window.of(offset, length), st.st_size)
-            reader = open(fd, "rb", buffering=CHUNK_SIZE)  # noqa: SIM115 - handed to the caller
+            # A buffer no larger than the object (refs are a few hundred bytes): the buffer is
+            # allocated when the reader is made.
+            buffering = max(8192, min(CHUNK_SIZE, st.st_size))
+            reader = open(fd, "rb", buffering=buffering)  # noqa: SIM115 - handed to the caller
         except BaseException:
             os.close(fd)
             raise

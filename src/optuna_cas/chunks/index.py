@@ -21,7 +21,7 @@ import logging
 
 import blake3
 
-from optuna_cas.backends.base import Backend
+from optuna_cas.backends.base import Backend, read_at_most
 from optuna_cas.chunks.layout import INDEX_PREFIX, parse_content_key
 from optuna_cas.chunks.table import INDEX_MAGIC, MAX_TABLE_BYTES, ChunkTable, parse_table
 from optuna_cas.digest import Digest
@@ -48,8 +48,7 @@ def read_bounded(backend: Backend, key: str, limit: int = MAX_TABLE_BYTES) -> by
         >>> read_bounded(b, "k")
         b'abc'
     """
-    with backend.open_reader(key) as reader:
-        data = reader.read(limit + 1)
+    data = read_at_most(backend, key, limit)
     if len(data) > limit:
         raise IntegrityError(f"{backend.describe()} key {key!r} is larger than {limit} bytes")
     return data
