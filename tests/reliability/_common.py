@@ -22,6 +22,9 @@ RESULTS_DIR = Path(__file__).resolve().parents[2] / ".bench-data" / "reliability
 MiB = 1024 * 1024
 # 5 MiB is the smallest multipart part S3 accepts: a 6 MiB payload takes the multipart path.
 S3_PART_SIZE = 5 * MiB
+# GCS's counterpart (a multiple of 256 KiB): bodies up to 4 MiB go in one request, a 6 MiB
+# payload or a 9 MiB pack by a resumable upload of several chunks.
+GCS_CHUNK_SIZE = 4 * MiB
 
 
 def scale(short: Any, soak: Any) -> Any:
@@ -180,6 +183,33 @@ def boto3_store(
         endpoint_url, timeout=timeout, sdk_retries=sdk_retries, sdk_checksums=sdk_checksums
     )
     store = Boto3ArtifactStore(bucket, client, prefix=prefix, part_size=S3_PART_SIZE)
+    if freshen_after is not None:
+        store.content.freshen_after = freshen_after
+    return store
+
+
+def gcs_store(
+    bucket: str,
+    endpoint_url: str,
+    *,
+    prefix: str,
+    timeout: float = 60.0,
+    freshen_after: float | None = None,
+    sdk_retries: bool = False,
+) -> Any:
+    """A ``GCSArtifactStore`` on fake-gcs-server (anonymous client, SDK retries off by default);
+    ``freshen_after`` lowered so a short-grace gc may run beside it."""
+    from optuna_cas import GCSArtifactStore
+    from optuna_cas.testing.servers import make_gcs_client
+
+    store = GCSArtifactStore(
+        bucket,
+        make_gcs_client(endpoint_url),
+        prefix=prefix,
+        chunk_size=GCS_CHUNK_SIZE,
+        sdk_retries=sdk_retries,
+        timeout=timeout,
+    )
     if freshen_after is not None:
         store.content.freshen_after = freshen_after
     return store

@@ -19,7 +19,8 @@ STORES: dict[str, Any] = {}
 
 
 def build(spec: dict[str, Any]) -> dict[str, Any]:
-    from optuna_cas import Boto3ArtifactStore, FileSystemArtifactStore
+    """The three stores; the GCS one needs ``STORAGE_EMULATOR_HOST`` set (see upload_task)."""
+    from optuna_cas import Boto3ArtifactStore, FileSystemArtifactStore, GCSArtifactStore
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -30,6 +31,9 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
         "s3": Boto3ArtifactStore(
             spec["bucket"], prefix="pools", endpoint_url=spec["endpoint"], part_size=5 * MiB
         ),
+        # No client either: google-cloud-storage finds the emulator (anonymously) through
+        # STORAGE_EMULATOR_HOST, the way Optuna users point theirs at one.
+        "gcs": GCSArtifactStore(spec["gcs_bucket"], prefix="pools", chunk_size=4 * MiB),
     }
 
 
@@ -40,8 +44,12 @@ def payload(worker_task: int, size: int) -> bytes:
 
 
 def upload_task(args: tuple[dict[str, Any], int, str]) -> list[tuple[str, str, str]]:
-    """Write this task's files and upload each to both stores; returns (store, id, digest)."""
+    """Write this task's files and upload each to every store; returns (store, id, digest)."""
     spec, task, directory = args
+    if not STORES:
+        # A spawned child inherits the parent's environment, but a forkserver child gets the
+        # server's, which may predate the variable (the server outlives a test).
+        os.environ.setdefault("STORAGE_EMULATOR_HOST", spec["gcs_endpoint"])
     stores = STORES or build(spec)
     done = []
     for size in SIZES:

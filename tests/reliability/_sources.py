@@ -53,12 +53,13 @@ def open_store(spec: dict[str, Any]) -> Any:
             ContentStore(LocalBackend(spec["root"]), freshen_after=spec["freshen_after"])
         )
     from optuna_cas import Backoff
-    from tests.reliability._common import boto3_store
+    from tests.reliability._common import boto3_store, gcs_store
 
-    store = boto3_store(
+    make = {"s3": boto3_store, "gcs": gcs_store}[spec["kind"]]
+    store = make(
         spec["bucket"], spec["endpoint"], prefix="changing", freshen_after=spec["freshen_after"]
     )
-    # Several processes hammer one moto server: it drops connections now and then.
+    # Several processes hammer one server: moto drops connections now and then.
     return Backoff(store, min_delay=0.05, max_delay=1.0)
 
 

@@ -19,6 +19,7 @@ from tests.reliability._common import (
     Journal,
     boto3_store,
     count_logs,
+    gcs_store,
     holds_payload,
     payload_bytes,
     payload_name,
@@ -229,14 +230,15 @@ def gc_loop(cfg: dict[str, Any]) -> None:
 
 
 def crash_store(cfg: dict[str, Any], *, cached: bool = False) -> Any:
-    """The store of a crash-test process: local directory or S3 (direct, SDK retries on)."""
+    """The store of a crash-test process: local directory, S3 or GCS (SDK retries on)."""
     from optuna_cas import Backoff, CachedArtifactStore, FileSystemArtifactStore
 
     if cfg["kind"] == "local":
         store: Any = FileSystemArtifactStore(cfg["store_dir"])
     else:
+        make = {"s3": boto3_store, "gcs": gcs_store}[cfg["kind"]]
         store = Backoff(
-            boto3_store(cfg["bucket"], cfg["endpoint"], prefix=cfg["prefix"], sdk_retries=True),
+            make(cfg["bucket"], cfg["endpoint"], prefix=cfg["prefix"], sdk_retries=True),
             min_delay=0.02,
             max_delay=0.2,
         )

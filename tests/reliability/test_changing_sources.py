@@ -32,17 +32,20 @@ FRESHEN_AFTER = 0.5  # well under GRACE: the safety argument of gc holds (operat
 def _spec(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
     if kind == "local":
         return {"kind": "local", "root": str(tmp_path / "store"), "freshen_after": FRESHEN_AFTER}
-    server = request.getfixturevalue("s3_server")
-    bucket = request.getfixturevalue("s3_bucket")
+    server = request.getfixturevalue(f"{kind}_server")
+    bucket = request.getfixturevalue(f"{kind}_bucket")
     return {
-        "kind": "s3",
+        "kind": kind,
         "endpoint": server.endpoint_url,
-        "bucket": bucket,
+        "bucket": bucket if kind == "s3" else bucket.name,
         "freshen_after": FRESHEN_AFTER,
     }
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
+@pytest.mark.parametrize(
+    "kind",
+    ["local", pytest.param("s3", marks=pytest.mark.s3), pytest.param("gcs", marks=pytest.mark.gcs)],
+)
 def test_no_acknowledged_upload_is_lost_while_its_source_changes(
     tmp_path: Path, request: pytest.FixtureRequest, kind: str
 ) -> None:
@@ -108,6 +111,7 @@ def test_no_acknowledged_upload_is_lost_while_its_source_changes(
     errors = [e for es in events.values() for e in es if e["event"] == "error"]
 
     from optuna_cas import Digest
+    from optuna_cas.chunks.layout import CHUNK_THRESHOLD
 
     store = _sources.open_store(spec)  # a fresh process view of the store
     lost, torn = [], []
@@ -128,6 +132,7 @@ def test_no_acknowledged_upload_is_lost_while_its_source_changes(
             "checkpoint_rewrites": len(events.get("train", [])),
             "acknowledged": len(acks),
             "acknowledged_from_changing_file": len(changing_acks),
+            "acknowledged_chunked": sum(a["size"] >= CHUNK_THRESHOLD for a in acks),
             "refused_changed_source": len(refused),
             "gc_runs": len(gc_runs),
             "gc_deleted_blobs": sum(e["deleted"] for e in gc_runs),

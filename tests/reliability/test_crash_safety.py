@@ -4,8 +4,9 @@ Each round starts an uploader (``upload_artifact`` to fresh trials of a study on
 SQLite file) and a downloader (``download_artifact`` to new files, alternately through a plain
 and a cached store), waits until both are working, and kills each at its own random moment.
 Payloads mix shared contents (dedup hits) with unique ones large enough that kills land inside
-blob writes: 9 MiB locally and on S3 (above the 8 MiB chunking threshold: chunked uploads,
-packs written and published), 6 MiB on S3 (a whole blob, multipart).
+blob writes: 9 MiB locally, on S3 and on GCS (above the 8 MiB chunking threshold: chunked
+uploads, packs written and published), 6 MiB on S3 and GCS (a whole blob, multipart on S3, a
+resumable upload of several chunks on GCS).
 
 Afterwards: ``verify`` finds no corrupt blob and no ref to a missing blob; every Optuna
 metadata entry (in every trial, killed ones included) has its ref and blob and downloads
@@ -51,11 +52,18 @@ pytestmark = pytest.mark.reliability
 
 ROUNDS = scale(10, 80)
 KILL_WINDOW = 0.6  # seconds after a process reports ready
+REMOTE_POOL = [payload_name("pool", n, i) for i, n in enumerate([1024, 100 * 1024, 6 * MiB + 1])]
+REMOTE_UNIQUE_SIZES = [256 * 1024, 6 * MiB + 1, 9 * MiB + 1]
 POOL = {
     "local": [payload_name("pool", n, i) for i, n in enumerate([1024, 200 * 1024, 2 * MiB])],
-    "s3": [payload_name("pool", n, i) for i, n in enumerate([1024, 100 * 1024, 6 * MiB + 1])],
+    "s3": REMOTE_POOL,
+    "gcs": REMOTE_POOL,
 }
-UNIQUE_SIZES = {"local": [512 * 1024, 9 * MiB], "s3": [256 * 1024, 6 * MiB + 1, 9 * MiB + 1]}
+UNIQUE_SIZES = {
+    "local": [512 * 1024, 9 * MiB],
+    "s3": REMOTE_UNIQUE_SIZES,
+    "gcs": REMOTE_UNIQUE_SIZES,
+}
 
 
 def _forkserver() -> Any:
@@ -74,7 +82,10 @@ def _run_to_completion(ctx: Any, target: Any, cfg: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(scale(300, 1800))
-@pytest.mark.parametrize("kind", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.mark.parametrize(
+    "kind",
+    ["local", pytest.param("s3", marks=pytest.mark.s3), pytest.param("gcs", marks=pytest.mark.gcs)],
+)
 def test_sigkill_never_leaves_partial_data(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -100,10 +111,17 @@ def test_sigkill_never_leaves_partial_data(
     downloads.mkdir()
     if kind == "local":
         base["store_dir"] = str(tmp_path / "store")
-    else:
+    elif kind == "s3":
         server = request.getfixturevalue("s3_server")
         base |= {
             "bucket": request.getfixturevalue("s3_bucket"),
+            "endpoint": server.endpoint_url,
+            "prefix": "crash",
+        }
+    else:
+        server = request.getfixturevalue("gcs_server")
+        base |= {
+            "bucket": request.getfixturevalue("gcs_bucket").name,
             "endpoint": server.endpoint_url,
             "prefix": "crash",
         }
@@ -174,10 +192,12 @@ def test_sigkill_never_leaves_partial_data(
     metas = [m for t in trials for m in get_all_artifact_meta(t, storage=storage)]
     out = tmp_path / "check"
     out.mkdir()
+    chunked = 0  # of the metadata entries, those stored as chunks in packs (>= 8 MiB)
     for n, meta in enumerate(metas):
         ref = store.get_ref(meta.artifact_id)  # the ref exists ...
         assert str(ref.digest) == meta.digest
         assert store.content.has_blob(ref.digest)  # ... and so does its blob
+        chunked += store.content.chunks.has_manifest(ref.digest)
         target = out / f"{n}.bin"
         download_artifact(artifact_store=store, file_path=str(target), artifact_id=meta.artifact_id)
         assert holds_payload(target, meta.filename), meta
@@ -220,14 +240,16 @@ def test_sigkill_never_leaves_partial_data(
             assert holds_payload(reader.read(), filename)
 
     # Leftovers of interrupted writes in the store itself.
+    store_temps = 0
+    incomplete_multipart: int | None = 0
     if kind == "local":
         store_temps = len(list(store.content.backend.list_temporary()))
-        incomplete_multipart = 0
-    else:
-        store_temps = 0
+    elif kind == "s3":
         client = s3_client(base["endpoint"], sdk_retries=True)
         uploads = client.list_multipart_uploads(Bucket=base["bucket"]).get("Uploads", [])
         incomplete_multipart = len(uploads)
+    else:
+        incomplete_multipart = None  # GCS lists no resumable sessions (they expire in a week)
 
     marks["checked"] = time.monotonic()
     # -- a re-run of the interrupted uploads succeeds -------------------------------------
@@ -281,6 +303,7 @@ def test_sigkill_never_leaves_partial_data(
             },
             "store": {
                 "metadata_entries_checked": len(metas),
+                "metadata_entries_chunked": chunked,
                 "refs_without_metadata": refs_without_metadata,
                 "trials": len(trials),
                 "verify_after_kills": {

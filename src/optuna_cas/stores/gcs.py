@@ -28,6 +28,9 @@ class GCSArtifactStore(ContentAddressedArtifactStore):
         sdk_retries: Keep google-cloud-storage's own retries (off when :class:`Backoff`
             should see every fault itself).
         timeout: Seconds per HTTP request.
+        chunk_threshold: Files of at least this many bytes (8 MiB by default) are stored as
+            content-defined chunks, deduplicated between versions (docs/concepts.md);
+            ``None`` stores every file as one blob.
 
     Raises:
         StoreConfigError: google-cloud-storage is missing (``pip install 'optuna-cas[gcs]'``).
