@@ -271,3 +271,11 @@ def test_reading_a_manifest_or_a_ref_allocates_about_its_size(tmp_path: Path) ->
         tracemalloc.stop()
     # A bounded read once allocated its whole bound (64 MiB for a manifest, 1 MiB for a ref).
     assert peak < 512 * 1024
+
+
+def test_chunks_repeated_inside_one_file_are_stored_once(store: ContentStore) -> None:
+    block = _rand(1024 * 1024, 21)
+    data = block * 4 + b"tail"
+    store.put_artifact("r", io.BytesIO(data))
+    assert store.chunks.last_new_bytes < 1024 * 1024 + 4 * 256 * 1024
+    assert store.open_artifact("r").read() == data

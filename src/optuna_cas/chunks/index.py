@@ -11,7 +11,7 @@ index objects it has not seen, so a long-lived worker pays one LIST per upload p
   per upload (:meth:`KnownChunks.forget_pack` if it is gone) and uploads the chunk again;
 * a missing entry only costs a duplicate chunk, which gc reclaims.
 
-Memory: about 150 bytes per distinct chunk in the store (some 2.4 MB per GiB of unique 64 KiB
+Memory: about 100 bytes per distinct chunk in the store (some 1.5 MB per GiB of unique 64 KiB
 chunks), held while the store object lives.
 """
 
@@ -32,6 +32,8 @@ __all__ = ["KnownChunks", "Location", "read_bounded"]
 logger = logging.getLogger("optuna_cas.chunks")
 
 Location = tuple[Digest, int]  # (pack, offset)
+_SHIFT = 40  # offsets within a pack stay far below 2**40 (1 TiB)
+_OFFSET = (1 << _SHIFT) - 1
 
 
 def read_bounded(backend: Backend, key: str, limit: int = MAX_TABLE_BYTES) -> bytes:
@@ -69,7 +71,11 @@ class KnownChunks:
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
-        self._chunks: dict[bytes, Location] = {}
+        # chunk -> pack number << 40 | offset: one int per chunk (a store can name millions),
+        # packs by number in self._packs.
+        self._chunks: dict[bytes, int] = {}
+        self._packs: list[Digest] = []
+        self._pack_numbers: dict[str, int] = {}
         # No lock: every update is one dict or set operation, atomic under the GIL, and a
         # lock held by another thread at a fork would hang a forked worker.
         self._seen: set[str] = set()
@@ -102,8 +108,17 @@ class KnownChunks:
 
     def add_table(self, table: ChunkTable) -> None:
         """Learn the entries of an index object (e.g. the one this process just wrote)."""
+        numbers = [self._pack_number(p) << _SHIFT for p in table.packs]
         for chunk, pack, _length, offset in table:
-            self._chunks.setdefault(chunk, (table.packs[pack], offset))
+            if offset <= _OFFSET:  # a larger one is not ours (packs are tens of MiB): a hint lost
+                self._chunks.setdefault(chunk, numbers[pack] | offset)
+
+    def _pack_number(self, pack: Digest) -> int:
+        number = self._pack_numbers.get(pack.hexdigest)
+        if number is None:
+            number = self._pack_numbers[pack.hexdigest] = len(self._packs)
+            self._packs.append(pack)
+        return number
 
     def note_own(self, name: str) -> None:
         """Mark an index object this process wrote (and added) as seen."""
@@ -111,12 +126,16 @@ class KnownChunks:
 
     def find(self, chunk: Digest) -> Location | None:
         """Where the store holds ``chunk``, if an index object said so."""
-        return self._chunks.get(bytes.fromhex(chunk.hexdigest))
+        where = self._chunks.get(bytes.fromhex(chunk.hexdigest))
+        return None if where is None else (self._packs[where >> _SHIFT], where & _OFFSET)
 
     def forget_pack(self, pack: Digest) -> None:
         """Drop every entry in ``pack`` (found missing or damaged)."""
-        for chunk, (where, _) in list(self._chunks.items()):
-            if where == pack:
+        number = self._pack_numbers.get(pack.hexdigest)
+        if number is None:
+            return
+        for chunk, where in list(self._chunks.items()):
+            if where >> _SHIFT == number:
                 self._chunks.pop(chunk, None)
 
     def __len__(self) -> int:

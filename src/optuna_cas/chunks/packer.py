@@ -154,8 +154,11 @@ class PackWriter:
         self._pack_target = pack_target
         self.index = TableBuilder(INDEX_MAGIC)  # the chunks this upload added
         self._pack: _OpenPack | None = None
-        # chunk -> (its pack's number in the manifest, in the index object, offset)
-        self._new: dict[bytes, tuple[int, int, int]] = {}
+        # chunk -> its row in self.index (one int per new chunk: memory per chunk matters for
+        # multi-GiB files); the row gives the index pack number and offset, and
+        # _manifest_pack maps index pack numbers to the manifest's.
+        self._new: dict[bytes, int] = {}
+        self._manifest_pack: list[int] = []
         self._pool: ThreadPoolExecutor | None = None  # sends sealed packs (remote backends)
         self._io: ThreadPoolExecutor | None = None  # writes and hashes pack buffers
         self._sending: list[Future[None]] = []
@@ -168,24 +171,28 @@ class PackWriter:
     def add_new(self, chunk: Digest, data: memoryview) -> None:
         """Record a chunk the store lacks; store ``data`` unless this upload already did."""
         raw = bytes.fromhex(chunk.hexdigest)
-        seen = self._new.get(raw)
-        if seen is None:
-            if self._pack is None:
-                if self._io is None:
-                    self._io = ThreadPoolExecutor(1, thread_name_prefix="optuna-cas-pack-write")
-                self._pack = _OpenPack(
-                    self._backend,
-                    self._manifest.pack_number(None),
-                    self.index.pack_number(None),
-                    self._io,
-                )
-            offset = self._pack.append(data)
-            seen = self._new[raw] = (self._pack.number, self._pack.index_number, offset)
-            self.index.add_raw(raw, chunk.size, seen[1], offset)
-            self.bytes_written += chunk.size
-            if self._pack.size >= self._pack_target:
-                self._seal()
-        self._manifest.add_raw(raw, chunk.size, seen[0], seen[2])
+        row = self._new.get(raw)
+        if row is not None:
+            _chunk, index_pack, _length, offset = self.index.entry(row)
+            self._manifest.add_raw(raw, chunk.size, self._manifest_pack[index_pack], offset)
+            return
+        if self._pack is None:
+            if self._io is None:
+                self._io = ThreadPoolExecutor(1, thread_name_prefix="optuna-cas-pack-write")
+            self._pack = _OpenPack(
+                self._backend,
+                self._manifest.pack_number(None),
+                self.index.pack_number(None),
+                self._io,
+            )
+            self._manifest_pack.append(self._pack.number)
+        offset = self._pack.append(data)
+        self._new[raw] = len(self.index)
+        self.index.add_raw(raw, chunk.size, self._pack.index_number, offset)
+        self._manifest.add_raw(raw, chunk.size, self._pack.number, offset)
+        self.bytes_written += chunk.size
+        if self._pack.size >= self._pack_target:
+            self._seal()
 
     def _seal(self) -> None:
         pack, self._pack = self._pack, None

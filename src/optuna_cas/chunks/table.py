@@ -151,6 +151,10 @@ class TableBuilder:
         """Append an entry: ``chunk`` at ``offset`` in pack number ``pack``."""
         self._entries += ENTRY.pack(bytes.fromhex(chunk.hexdigest), pack, chunk.size, offset)
 
+    def entry(self, row: int) -> Entry:
+        """The ``row``-th entry added."""
+        return Entry(*ENTRY.unpack_from(self._entries, row * ENTRY.size))
+
     def add_raw(self, chunk: bytes, length: int, pack: int, offset: int) -> None:
         """Append an entry from a raw 32-byte chunk digest."""
         self._entries += ENTRY.pack(chunk, pack, length, offset)
