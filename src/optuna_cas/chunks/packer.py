@@ -194,6 +194,10 @@ class PackWriter:
         if self._pack.size >= self._pack_target:
             self._seal()
 
+    def forget_new(self) -> None:
+        """Drop the map of this upload's new chunks (after :meth:`finish`)."""
+        self._new = {}
+
     def _seal(self) -> None:
         pack, self._pack = self._pack, None
         if pack is None:

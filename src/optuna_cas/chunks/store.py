@@ -119,6 +119,7 @@ class ChunkStore:
         except BaseException:
             writer.abort()
             raise
+        writer.forget_new()  # before the records are serialised: memory per chunk adds up
         digest = chunker.digest()
         if check_unchanged is not None:
             check_unchanged()
@@ -186,7 +187,8 @@ class ChunkStore:
         data = index.to_bytes()
         name = blake3.blake3(data).hexdigest()
         self._backend.write(index_key(name), io.BytesIO(data), if_absent=True)
-        self.known.add_table(parse_table(data, "own index", INDEX_MAGIC))
+        del data
+        self.known.add_table(index.as_table())
         self.known.note_own(name)
         return name
 

@@ -164,13 +164,27 @@ class TableBuilder:
         packs = [p for p in self.packs if p is not None]
         if len(packs) != len(self.packs):
             raise ValueError("a pack number was reserved but never resolved")
-        parts = [self.magic]
+        parts: list[bytes | bytearray] = [self.magic]
         if file is not None:
             parts.append(_FILE.pack(bytes.fromhex(file.hexdigest), file.size))
         parts.append(_COUNTS.pack(len(packs), len(self)))
         parts += [_PACK.pack(bytes.fromhex(p.hexdigest), p.size) for p in packs]
-        parts.append(bytes(self._entries))
+        parts.append(self._entries)  # joined without an intermediate copy
         return b"".join(parts)
+
+    def as_table(self) -> ChunkTable:
+        """The entries as a :class:`ChunkTable` (all pack numbers resolved), without a parse.
+
+        Example:
+            >>> b = TableBuilder(INDEX_MAGIC); b.add(Digest.of_bytes(b"a"), b.pack_number(
+            ...     Digest.of_bytes(b"a")), 0)
+            >>> len(b.as_table())
+            1
+        """
+        packs = tuple(p for p in self.packs if p is not None)
+        if len(packs) != len(self.packs):
+            raise ValueError("a pack number was reserved but never resolved")
+        return ChunkTable(self.magic, None, packs, bytes(self._entries))
 
 
 def parse_table(data: bytes, name: str, magic: bytes) -> ChunkTable:
