@@ -202,10 +202,14 @@ class ChunkedReader(io.RawIOBase):
         try:
             return self._backend.open_reader(pack_key(pack), offset=start, length=end - start)
         except ArtifactNotFound as e:
-            raise ArtifactNotFound(
-                f"{self._name}: its pack {pack} is missing from {self._backend.describe()} "
-                "(run 'optuna-cas verify')"
-            ) from e
+            raise self._missing(pack) from e
+
+    def _missing(self, pack: Digest) -> ArtifactNotFound:
+        """The error for a pack the manifest names but the backend does not hold."""
+        return ArtifactNotFound(
+            f"{self._name}: its pack {pack} is missing from {self._backend.describe()} "
+            "(run 'optuna-cas verify')"
+        )
 
     def _read_run(
         self, pack: Digest, start: int, end: int, numbers: range
@@ -295,10 +299,7 @@ class ChunkedReader(io.RawIOBase):
         try:
             self._cache.fill(pack, lambda: self._backend.open_reader(pack_key(pack)))
         except ArtifactNotFound as e:
-            raise ArtifactNotFound(
-                f"{self._name}: its pack {pack} is missing from {self._backend.describe()} "
-                "(run 'optuna-cas verify')"
-            ) from e
+            raise self._missing(pack) from e
 
 
 _END = object()
