@@ -24,7 +24,7 @@ from optuna_cas.exceptions import UnsupportedSourceError
 
 __all__ = [
     "PositionalReader",
-    "copy_between",
+    "copy_range",
     "describe_mode",
     "kernel_copy",
     "materialize",
@@ -181,27 +181,27 @@ def kernel_copy(
     return copied, False
 
 
-def copy_between(src_fd: int, dst_fd: int, limit: int, src_offset: int = 0) -> int:
-    """Copy up to ``limit`` bytes from ``src_offset`` into ``dst_fd`` (from 0); returns the count.
+def copy_range(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, length: int) -> int:
+    """Copy ``length`` bytes between explicit offsets; fewer only if the source ends first.
 
     In the kernel where it can (:func:`kernel_copy`), in user space from wherever it stopped
-    otherwise. Explicit offsets leave both descriptors' positions alone.
+    otherwise. Returns the bytes copied.
 
     Example:
         >>> import tempfile
         >>> src, dst = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         >>> _ = src.write(b"payload"); src.flush()
-        >>> copy_between(src.fileno(), dst.fileno(), 3, 1)
-        3
+        >>> copy_range(src.fileno(), dst.fileno(), 3, 2, 4), os.pread(dst.fileno(), 9, 2)
+        (4, b'load')
     """
-    copied, finished = kernel_copy(src_fd, dst_fd, src_offset, 0, limit=limit)
+    copied, finished = kernel_copy(src_fd, dst_fd, src_offset, dst_offset, limit=length)
     if finished:
         return copied
-    view = memoryview(bytearray(CHUNK_SIZE))
-    while copied < limit and (
-        n := os.preadv(src_fd, [view[: limit - copied]], src_offset + copied)
+    view = memoryview(bytearray(min(CHUNK_SIZE, length - copied)))
+    while copied < length and (
+        n := os.preadv(src_fd, [view[: length - copied]], src_offset + copied)
     ):
-        pwrite_all(dst_fd, view[:n], copied)
+        pwrite_all(dst_fd, view[:n], dst_offset + copied)
         copied += n
     return copied
 

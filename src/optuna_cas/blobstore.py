@@ -492,9 +492,12 @@ class BlobStore(BlobMaintenance):
         """
         target = Path(path)
         key = blob_key(digest)
-        if self._blob_cache is not None and not self._chunked(digest):
-            self._blob_cache.materialize(digest, target, lambda: self._backend.open_reader(key))
-            return
+        if self._blob_cache is not None:
+            if not self._chunked(digest):
+                self._blob_cache.materialize(digest, target, lambda: self._backend.open_reader(key))
+                return
+            if self.chunks.materialize_cached(digest, target):
+                return
         with self.open_blob(digest) as reader:
             materialize(reader, target)
 

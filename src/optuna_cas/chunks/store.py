@@ -16,11 +16,13 @@ import io
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 import blake3
 
 from optuna_cas.backends.base import Backend, ObjectInfo, conditional_remover_of
+from optuna_cas.chunks.assemble import assemble_from_cache
 from optuna_cas.chunks.chunker import Chunker
 from optuna_cas.chunks.index import KnownChunks, read_bounded
 from optuna_cas.chunks.layout import (
@@ -275,6 +277,23 @@ class ChunkStore:
             digest,
             what,
         )
+
+    def materialize_cached(self, digest: Digest, target: Path) -> bool:
+        """Write the file at the new path ``target`` from cached packs (copied in the kernel).
+
+        False, with nothing at ``target``, when there is no cache or the packs could not be
+        used (see :func:`~optuna_cas.chunks.assemble.assemble_from_cache`): read with
+        :meth:`open` then.
+        """
+        if self._cache is None:
+            return False
+        self._forget(digest)  # gc may have moved its chunks: read what is stored now
+        table = self.manifest(digest)
+
+        def fetch(pack: Digest) -> BinaryIO:
+            return self._backend.open_reader(pack_key(pack))
+
+        return assemble_from_cache(table, digest, target, self._cache, fetch)
 
     # -- copying -------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 import diskcache
 import diskcache.core
 
-from optuna_cas._fileio import copy_between, publish_new_file, real_fileno, temp_beside
+from optuna_cas._fileio import copy_range, publish_new_file, real_fileno, temp_beside
 from optuna_cas.digest import (
     CHUNK_SIZE,
     Digest,
@@ -360,7 +360,7 @@ def copy_and_publish(fd: int, digest: Digest, target: Path) -> bool:
     out_fd, out_temp = temp_beside(target)
     try:
         try:
-            if copy_between(fd, out_fd, digest.size + 1) != digest.size:
+            if copy_range(fd, out_fd, 0, 0, digest.size + 1) != digest.size:
                 return False
             if not private_holds(out_fd, digest):
                 return False
@@ -376,7 +376,7 @@ def copy_source(source: BinaryIO, fd: int, limit: int) -> int:
     """Copy ``source`` from its position into ``fd``, at most ``limit`` bytes; the count."""
     fileno = real_fileno(source)
     if fileno is not None:
-        return copy_between(fileno, fd, limit, source.tell())
+        return copy_range(fileno, fd, source.tell(), 0, limit)
     copied = 0
     view = memoryview(bytearray(CHUNK_SIZE))
     while copied < limit and (n := readinto(source, view[: limit - copied])):

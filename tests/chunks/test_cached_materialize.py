@@ -1,0 +1,150 @@
+"""Downloads of chunked files through the cache: packs copied in the kernel, the whole checked."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+import optuna_cas.chunks.store as chunk_store
+from optuna_cas.backends.local import LocalBackend
+from optuna_cas.chunks.assemble import assemble_from_cache
+from optuna_cas.chunks.layout import PACK_PREFIX, pack_key
+from optuna_cas.content import ContentStore
+from optuna_cas.exceptions import ArtifactNotFound
+from optuna_cas.middleware.blob_cache import DiskBlobCache
+
+THRESHOLD = 256 * 1024
+SIZE = 3 * 1024 * 1024 + 5
+
+
+def _rand(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _worker(tmp_path: Path, size_limit: int = 2**30) -> ContentStore:
+    cache = DiskBlobCache(tmp_path / "cache", size_limit=size_limit)
+    return ContentStore(
+        LocalBackend(tmp_path / "store"), blob_cache=cache, chunk_threshold=THRESHOLD
+    )
+
+
+def _no_chunk_by_chunk_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read chunk by chunk")
+
+    monkeypatch.setattr(chunk_store, "ChunkedReader", refuse)
+
+
+def _cached_pack_files(tmp_path: Path, store: ContentStore) -> list[Path]:
+    sizes = {info.size for info in store.backend.list(PACK_PREFIX)}
+    found = [
+        p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.stat().st_size in sizes
+    ]
+    assert found
+    return found
+
+
+@pytest.fixture
+def uploaded(tmp_path: Path) -> tuple[ContentStore, bytes, object]:
+    data = _rand(SIZE, 1)
+    store = _worker(tmp_path)
+    ref = store.put_artifact("a", io.BytesIO(data))
+    return store, data, ref.digest
+
+
+def test_a_cached_chunked_file_is_assembled_from_packs_not_read_chunk_by_chunk(
+    tmp_path: Path, uploaded: tuple[ContentStore, bytes, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _store, data, digest = uploaded
+    _no_chunk_by_chunk_reads(monkeypatch)
+    for i in range(2):  # the first fills the cache; a new worker finds the packs there
+        target = tmp_path / f"out{i}"
+        _worker(tmp_path).materialize_blob(digest, target)  # type: ignore[arg-type]
+        assert target.read_bytes() == data
+    assert sorted(os.listdir(tmp_path)) == ["cache", "out0", "out1", "store"]
+
+
+def test_a_first_read_fills_the_cache_then_assembles(tmp_path: Path) -> None:
+    data = _rand(SIZE, 2)
+    ref = ContentStore(LocalBackend(tmp_path / "store"), chunk_threshold=THRESHOLD).put_artifact(
+        "a", io.BytesIO(data)
+    )
+    worker = _worker(tmp_path)
+    worker.materialize_blob(ref.digest, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+    assert _cached_pack_files(tmp_path, worker)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_cached_pack_is_dropped_and_the_download_is_still_right(
+    tmp_path: Path,
+    uploaded: tuple[ContentStore, bytes, object],
+    damage: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, data, digest = uploaded
+    store.materialize_blob(digest, tmp_path / "fill")  # type: ignore[arg-type]
+    for path in _cached_pack_files(tmp_path, store):
+        path.chmod(0o600)
+        with open(path, "r+b") as f:
+            if damage == "flip":
+                f.seek(SIZE // 2)
+                f.write(bytes(b ^ 0xFF for b in f.read(16)))
+                f.seek(SIZE // 2)
+            else:
+                f.truncate(SIZE // 2)
+    _worker(tmp_path).materialize_blob(digest, tmp_path / "out")  # type: ignore[arg-type]
+    assert (tmp_path / "out").read_bytes() == data
+    # The bad entry was replaced by a good one: the next download is assembled again.
+    _no_chunk_by_chunk_reads(monkeypatch)
+    _worker(tmp_path).materialize_blob(digest, tmp_path / "again")  # type: ignore[arg-type]
+    assert (tmp_path / "again").read_bytes() == data
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".partial")]
+
+
+def test_packs_too_large_for_the_cache_are_read_chunk_by_chunk(
+    tmp_path: Path, uploaded: tuple[ContentStore, bytes, object]
+) -> None:
+    _store, data, digest = uploaded
+    small = _worker(tmp_path / "other", size_limit=1024)
+    small_store = ContentStore(
+        LocalBackend(tmp_path / "store"), blob_cache=small.blob_cache, chunk_threshold=THRESHOLD
+    )
+    small_store.materialize_blob(digest, tmp_path / "out")  # type: ignore[arg-type]
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_a_pack_missing_from_the_store_is_named(
+    tmp_path: Path, uploaded: tuple[ContentStore, bytes, object]
+) -> None:
+    store, _data, digest = uploaded
+    for info in list(store.backend.list(PACK_PREFIX)):
+        store.backend.remove(info.key)
+    fresh = ContentStore(
+        LocalBackend(tmp_path / "store"),
+        blob_cache=DiskBlobCache(tmp_path / "empty-cache"),
+        chunk_threshold=THRESHOLD,
+    )
+    with pytest.raises(ArtifactNotFound, match="pack"):
+        fresh.materialize_blob(digest, tmp_path / "out")  # type: ignore[arg-type]
+    assert sorted(os.listdir(tmp_path)) == ["cache", "empty-cache", "store"]
+
+
+def test_an_existing_target_is_never_overwritten(
+    tmp_path: Path, uploaded: tuple[ContentStore, bytes, object]
+) -> None:
+    store, _data, digest = uploaded
+    target = tmp_path / "exists"
+    target.write_bytes(b"mine")
+    table = store.chunks.manifest(digest)  # type: ignore[arg-type]
+
+    def fetch(pack: object) -> io.BufferedReader:
+        return store.backend.open_reader(pack_key(pack))  # type: ignore[arg-type, return-value]
+
+    with pytest.raises(FileExistsError):
+        assemble_from_cache(table, digest, target, store.blob_cache, fetch)  # type: ignore[arg-type]
+    assert target.read_bytes() == b"mine"
