@@ -326,3 +326,4 @@ def test_sigkill_never_leaves_partial_data(
         },
     )
     assert kills["upload"] >= ROUNDS // 2 and kills["download"] >= ROUNDS // 2
+    assert chunked >= 1, "no chunked upload was checked: the chunk path went untested"
