@@ -52,6 +52,8 @@ def test_rss_note_gives_growth_per_gib_of_file() -> None:
     assert "upload 4.0 MiB per GiB" in note and "download 0.0 MiB per GiB" in note
 
 
-def test_ingest_note_bounds_the_upload_by_chunking_alone() -> None:
-    note = ingest_note({"cp": 0.5, "chunk": 2.0, "chunked": 3.0, "hash": 0.4, "whole": 1.0})
-    assert "at most 0.25x cp" in note and "4.0x `cp`'s time" in note
+def test_ingest_note_bounds_the_upload_by_its_cpu_time() -> None:
+    times = {"cp": 0.5, "chunk": 2.0, "chunked": 3.0, "hash": 0.4, "whole": 1.0}
+    note = ingest_note(times, cpu=4.0, cores=2)
+    assert "less than 2.00 s, 0.25x `cp`'s throughput" in note and "4.0x `cp`'s time" in note
+    assert "1.3 cores busy" in note
