@@ -343,7 +343,7 @@ def _gc_section(cfg: Config, gcs: list[_Gc]) -> Section:
 def _chunk_only(path: Path) -> Digest:
     """Cut and hash the file as an upload does (FastCDC, BLAKE3 per chunk and whole); no writes."""
     with open(path, "rb") as f:
-        chunker = Chunker(f, path.stat().st_size)
+        chunker = Chunker(f)
         for _digest, _data in chunker:
             pass
         return chunker.digest()

@@ -89,7 +89,6 @@ class ChunkStore:
     def put(
         self,
         stream: BinaryIO,
-        size_hint: int | None = None,
         check_unchanged: Callable[[], None] | None = None,
     ) -> Digest:
         """Store ``stream`` (from its position to EOF) as chunks; return the file's digest.
@@ -98,7 +97,6 @@ class ChunkStore:
 
         Args:
             stream: The content.
-            size_hint: Expected length, if known.
             check_unchanged: Called after the last byte was read and before anything names
                 the file; raises if the source changed meanwhile (nothing is recorded then).
 
@@ -109,7 +107,7 @@ class ChunkStore:
         manifest = TableBuilder(MANIFEST_MAGIC)
         writer = PackWriter(self._backend, manifest, cache=self._cache)
         usable: dict[str, bool] = {}
-        chunker = Chunker(stream, size_hint)
+        chunker = Chunker(stream)
         try:
             for chunk, data in chunker:
                 where = self.known.find(chunk)
