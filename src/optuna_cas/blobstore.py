@@ -493,16 +493,19 @@ class BlobStore(BlobMaintenance):
         target = Path(path)
         key = blob_key(digest)
         if self._blob_cache is not None:
-            if not self._chunked(digest):
+            # Chunked: assembled from cached packs (None: no manifest, so a whole blob).
+            chunked = (
+                self.chunks.materialize_cached(digest, target)
+                if digest.size >= self.chunk_threshold
+                else None
+            )
+            if chunked is None:
                 self._blob_cache.materialize(digest, target, lambda: self._backend.open_reader(key))
                 return
-            if self.chunks.materialize_cached(digest, target):
+            if chunked:
                 return
         with self.open_blob(digest) as reader:
             materialize(reader, target)
-
-    def _chunked(self, digest: Digest) -> bool:
-        return digest.size >= self.chunk_threshold and self._backend.exists(manifest_key(digest))
 
     def remove_blob(self, digest: Digest) -> None:
         """Delete a blob (callers must make sure no ref needs it: see :func:`optuna_cas.gc`).

@@ -129,7 +129,7 @@ def test_a_pack_missing_from_the_store_is_named(
         blob_cache=DiskBlobCache(tmp_path / "empty-cache"),
         chunk_threshold=THRESHOLD,
     )
-    with pytest.raises(ArtifactNotFound, match="pack"):
+    with pytest.raises(ArtifactNotFound, match=r"its pack blake3:\w+ is missing from"):
         fresh.materialize_blob(digest, tmp_path / "out")  # type: ignore[arg-type]
     assert sorted(os.listdir(tmp_path)) == ["cache", "empty-cache", "store"]
 
@@ -148,3 +148,37 @@ def test_an_existing_target_is_never_overwritten(
     with pytest.raises(FileExistsError):
         assemble_from_cache(table, digest, target, store.blob_cache, fetch)  # type: ignore[arg-type]
     assert target.read_bytes() == b"mine"
+
+
+class _CountingBackend:
+    """A local backend that counts the calls made to it, by method name."""
+
+    def __init__(self, root: Path) -> None:
+        self.inner = LocalBackend(root)
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args: object, **kwargs: object) -> object:
+            if name != "describe":  # names for messages, no request
+                self.calls.append(name)
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def test_a_cached_download_asks_the_store_for_the_manifest_only(
+    tmp_path: Path, uploaded: tuple[ContentStore, bytes, object]
+) -> None:
+    _store, data, digest = uploaded
+    _worker(tmp_path).materialize_blob(digest, tmp_path / "fill")  # type: ignore[arg-type]
+    backend = _CountingBackend(tmp_path / "store")
+    cache = DiskBlobCache(tmp_path / "cache", size_limit=2**30)
+    worker = ContentStore(backend, blob_cache=cache, chunk_threshold=THRESHOLD)  # type: ignore[arg-type]
+    backend.calls.clear()
+    worker.materialize_blob(digest, tmp_path / "out")  # type: ignore[arg-type]
+    assert (tmp_path / "out").read_bytes() == data
+    assert backend.calls == ["open_reader"]  # the manifest; no existence check, no pack

@@ -27,7 +27,7 @@ from optuna_cas.chunks.table import ChunkTable, Entry
 from optuna_cas.digest import Digest, VerifyingReader
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
-__all__ = ["COALESCE_GAP", "ChunkedReader", "PackCache"]
+__all__ = ["COALESCE_GAP", "ChunkedReader", "PackCache", "missing_pack"]
 
 # Bytes between two wanted chunks of one pack that are read and dropped rather than starting a
 # second request: about what one more request costs in time on S3.
@@ -205,11 +205,7 @@ class ChunkedReader(io.RawIOBase):
             raise self._missing(pack) from e
 
     def _missing(self, pack: Digest) -> ArtifactNotFound:
-        """The error for a pack the manifest names but the backend does not hold."""
-        return ArtifactNotFound(
-            f"{self._name}: its pack {pack} is missing from {self._backend.describe()} "
-            "(run 'optuna-cas verify')"
-        )
+        return missing_pack(self._name, pack, self._backend)
 
     def _read_run(
         self, pack: Digest, start: int, end: int, numbers: range
@@ -360,6 +356,19 @@ def _read_exactly(reader: BinaryIO, count: int, key: str) -> bytes:
     if len(data) != count:
         raise IntegrityError(f"{key!r} ended {count - len(data)} bytes early")
     return data
+
+
+def missing_pack(name: str, pack: Digest, backend: Backend) -> ArtifactNotFound:
+    """The error for a pack a manifest names but ``backend`` does not hold.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> str(missing_pack("artifact 'a'", Digest.of_bytes(b""), MemoryBackend()))[:29]
+        "artifact 'a': its pack blake3"
+    """
+    return ArtifactNotFound(
+        f"{name}: its pack {pack} is missing from {backend.describe()} (run 'optuna-cas verify')"
+    )
 
 
 def whole_file_reader(reader: ChunkedReader, digest: Digest, name: str) -> BinaryIO:

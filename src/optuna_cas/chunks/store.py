@@ -35,7 +35,7 @@ from optuna_cas.chunks.layout import (
     parse_content_key,
 )
 from optuna_cas.chunks.packer import PackWriter
-from optuna_cas.chunks.reader import ChunkedReader, PackCache, whole_file_reader
+from optuna_cas.chunks.reader import ChunkedReader, PackCache, missing_pack, whole_file_reader
 from optuna_cas.chunks.table import (
     ENTRY,
     INDEX_MAGIC,
@@ -276,20 +276,31 @@ class ChunkStore:
             what,
         )
 
-    def materialize_cached(self, digest: Digest, target: Path) -> bool:
+    def materialize_cached(self, digest: Digest, target: Path) -> bool | None:
         """Write the file at the new path ``target`` from cached packs (copied in the kernel).
 
-        False, with nothing at ``target``, when there is no cache or the packs could not be
-        used (see :func:`~optuna_cas.chunks.assemble.assemble_from_cache`): read with
-        :meth:`open` then.
+        Returns:
+            True when done. False, with nothing at ``target``, when there is no cache or the
+            packs could not be used (see :func:`~optuna_cas.chunks.assemble.assemble_from_cache`):
+            read with :meth:`open` then. None when ``digest`` has no manifest (stored whole).
+
+        Raises:
+            ArtifactNotFound: A pack the manifest names is missing from the store.
         """
         if self._cache is None:
             return False
         self._forget(digest)  # gc may have moved its chunks: read what is stored now
-        table = self.manifest(digest)
+        try:
+            table = self.manifest(digest)
+        except ArtifactNotFound:
+            return None
+        what = f"chunked file {digest} in {self._backend.describe()}"
 
         def fetch(pack: Digest) -> BinaryIO:
-            return self._backend.open_reader(pack_key(pack))
+            try:
+                return self._backend.open_reader(pack_key(pack))
+            except ArtifactNotFound as e:
+                raise missing_pack(what, pack, self._backend) from e
 
         return assemble_from_cache(table, digest, target, self._cache, fetch)
 
