@@ -279,3 +279,21 @@ def test_chunks_repeated_inside_one_file_are_stored_once(store: ContentStore) ->
     store.put_artifact("r", io.BytesIO(data))
     assert store.chunks.last_new_bytes < 1024 * 1024 + 4 * 256 * 1024
     assert store.open_artifact("r").read() == data
+
+
+def test_a_file_is_present_only_while_every_pack_it_names_is(tmp_path: Path) -> None:
+    # On a remote-like backend the packs are looked at in parallel: one missing must count.
+    store = ContentStore(MemoryBackend(), chunk_threshold=THRESHOLD)
+    base = _rand(2 * 1024 * 1024, 20)
+    store.put_artifact("v1", io.BytesIO(base))
+    v2 = base[:1_000_000] + _rand(300_000, 21) + base[1_300_000:]
+    digest = store.put_artifact("v2", io.BytesIO(v2)).digest
+    packs = _keys(store, PACK_PREFIX)
+    assert len(store.chunks.manifest(digest).packs) == len(packs) == 2
+    assert store.has_blob(digest)
+    for key in packs:
+        data = store.backend.open_reader(key).read()
+        store.backend.remove(key)
+        assert not store.has_blob(digest)
+        store.backend.write(key, io.BytesIO(data))
+        assert store.has_blob(digest)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
 import blake3
 
-from optuna_cas.backends.base import Backend
+from optuna_cas.backends.base import Backend, staging_of
 from optuna_cas.chunks.assemble import assemble_from_cache
 from optuna_cas.chunks.chunker import Chunker
 from optuna_cas.chunks.index import KnownChunks, read_bounded
@@ -47,6 +48,8 @@ from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 __all__ = ["ChunkStore", "StoredObject"]
 
 _MANIFEST_MEMO = 64
+# Packs looked at at once when checking that a remote store holds a file's packs.
+_PARALLEL_HEADS = 8
 
 
 class ChunkStore(ChunkMaintenance):
@@ -213,7 +216,14 @@ class ChunkStore(ChunkMaintenance):
             table = self.manifest(digest)
         except (ArtifactNotFound, IntegrityError):
             return False
-        return all(self._present(pack_key(p), p.size) for p in table.packs)
+        return self._all_present(table.packs)
+
+    def _all_present(self, packs: Sequence[Digest]) -> bool:
+        """Whether every pack is stored; remote stores are asked in parallel (a HEAD each)."""
+        if len(packs) <= 1 or staging_of(self._backend) is not None:
+            return all(self._present(pack_key(p), p.size) for p in packs)
+        with ThreadPoolExecutor(min(_PARALLEL_HEADS, len(packs))) as pool:
+            return all(pool.map(lambda p: self._present(pack_key(p), p.size), packs))
 
     def manifest_hexdigests(self) -> Iterator[str]:
         """The hex digests of every file stored as chunks (one listing of manifests).
