@@ -7,6 +7,7 @@ _common.Journal), and the test checks every acknowledged upload afterwards.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -34,6 +35,7 @@ def holds_one_version(data: bytes) -> bool:
     return 0 <= v < VERSIONS and version_bytes(v)[: len(data)] == data
 
 
+@functools.cache  # checked against every acknowledged upload: computed once per version
 def version_bytes(v: int) -> bytes:
     """The exact bytes of checkpoint version ``v`` (deterministic, incompressible)."""
     import blake3

@@ -42,6 +42,7 @@ def _spec(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str
     }
 
 
+@pytest.mark.timeout(scale(300, 1200))  # the soak checks hundreds of acks of up to 12 MiB
 @pytest.mark.parametrize(
     "kind",
     ["local", pytest.param("s3", marks=pytest.mark.s3), pytest.param("gcs", marks=pytest.mark.gcs)],
