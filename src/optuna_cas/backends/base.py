@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
 
-_PIECE = 64 * 1024
-
 __all__ = [
     "Backend",
     "ObjectInfo",
