@@ -6,13 +6,9 @@ verify also cross-checks a study's metadata with the store (``--storage``/``--st
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from optuna_cas._terminal import escape_for_terminal as esc
 from optuna_cas._terminal import human_bytes
-
-if TYPE_CHECKING:
-    pass
 from optuna_cas.cli._common import (
     UsageError,
     _bar,
@@ -49,10 +45,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         return 0
     verb = "would delete" if args.dry_run else "deleted"
     if args.dry_run:
-        for key in report.deleted:
-            _print(args, f"  {esc(key)}")
-    if args.dry_run:
-        for key in [*report.manifests_deleted, *report.packs_deleted]:
+        for key in [*report.deleted, *report.manifests_deleted, *report.packs_deleted]:
             _print(args, f"  {esc(key)}")
         for key in report.packs_repacked:
             _print(args, f"  {esc(key)} (repack)")
@@ -202,7 +195,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     with _bar(args) as bar:
         report = sync(source, destination, progress=bar)
     if args.json:
-        _emit_json(_report_json(report) | {"ok": report.ok})
+        _emit_json(_report_json(report))  # with "ok", a property
         return 0 if report.ok else 1
     for artifact_id, reason in report.failed:
         print(f"FAILED    {esc(artifact_id)}: {esc(reason)}")
@@ -260,7 +253,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     finally:
         cache.close()
     if args.json:
-        _emit_json(_report_json(info) | {"directory": str(info.directory)})
+        _emit_json(_report_json(info))
         return 0
     print(f"directory  {esc(info.directory)}")
     print(f"entries    {info.entries}")
