@@ -43,7 +43,7 @@ class RequestRunner(Protocol):
     one part, not a whole upload (0.7**7 odds of a clean 7-request upload at 30% faults).
     """
 
-    def __call__(self, description: str, request: Callable[[], _T]) -> _T:
+    def __call__(self, description: str, request: Callable[[], _T], /) -> _T:
         """Run ``request`` (described for logs) and return its result."""
         ...
 
