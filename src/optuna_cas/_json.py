@@ -21,7 +21,6 @@ from optuna_cas.exceptions import MalformedRecordError
 __all__ = [
     "MAX_RECORD_DEPTH",
     "MAX_RECORD_SIZE",
-    "clip",
     "created_field",
     "loads_bounded",
     "optional_size_field",
@@ -228,16 +227,6 @@ def created_field(value: Any) -> float | None:
     except OverflowError:  # an integer beyond float range
         return None
     return number if math.isfinite(number) else None
-
-
-def clip(text: str, limit: int = 120) -> str:
-    """``repr(text)``, cut to about ``limit`` characters: for naming untrusted values in messages.
-
-    Example:
-        >>> clip("x" * 500, 10)
-        "'xxxxxxxxxx'..."
-    """
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def _a(value: Any) -> str:

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from optuna_cas._terminal import clip
+
 if TYPE_CHECKING:
     from optuna_cas._bars import TerminalProgress
     from optuna_cas.stores.base import ContentAddressedArtifactStore
@@ -160,7 +162,7 @@ def _retries(text: str) -> int:
     except ValueError:
         value = 0
     if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{_clip(text)} is not a whole number from 1 to 100")
+        raise argparse.ArgumentTypeError(f"{clip(text, 40)} is not a whole number from 1 to 100")
     return value
 
 
@@ -171,7 +173,7 @@ def _seconds(text: str) -> float:
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{_clip(text)} is not a number of seconds >= 0")
+        raise argparse.ArgumentTypeError(f"{clip(text, 40)} is not a number of seconds >= 0")
     return value
 
 
@@ -182,10 +184,5 @@ def _byte_count(text: str) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{_clip(text)} is not a whole number of bytes >= 0")
+        raise argparse.ArgumentTypeError(f"{clip(text, 40)} is not a whole number of bytes >= 0")
     return value
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    """``repr(text)``, cut to about ``limit`` characters (the value named in a usage error)."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
