@@ -8,6 +8,7 @@ Optuna's protocol (Optuna's own stores included), it retries each of the three m
 
 from __future__ import annotations
 
+import contextlib
 import io
 import random
 import time
@@ -79,10 +80,8 @@ class ResumingReader(io.RawIOBase):
             return readinto(self._reader, view)
 
         def resume() -> None:
-            try:
+            with contextlib.suppress(Exception):
                 self._reader.close()
-            except Exception:
-                pass
             self._reader = self._reopen(self._offset)
 
         n = self._retrier.call(
