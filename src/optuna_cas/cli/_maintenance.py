@@ -85,25 +85,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _emit_json(_report_json(report))
         return 0 if report.ok else 1
     for key in report.corrupt:
-        reason = report.reasons.get(key)
-        print(
-            f"CORRUPT  {esc(key)}"
-            + ("  (quarantined)" if key in report.quarantined else "")
-            + (f": {esc(reason)}" if reason else "")
-        )
+        quarantined = "  (quarantined)" if key in report.quarantined else ""
+        print(f"CORRUPT  {esc(key)}{quarantined}{_because(report.reasons.get(key))}")
     for missing in report.missing:
         print(
             f"MISSING  ref {esc(missing.artifact_id)} -> {esc(missing.digest)} "
             f"({esc(missing.problem)})"
         )
     for artifact_id in report.malformed_refs:
-        reason = report.reasons.get(artifact_id)
-        print(f"BADREF   {esc(artifact_id)}" + (f": {esc(reason)}" if reason else ""))
+        print(f"BADREF   {esc(artifact_id)}{_because(report.reasons.get(artifact_id))}")
     for pack in report.missing_packs:
         print(f"NOPACK   {esc(pack.manifest)} -> {esc(pack.pack)} ({esc(pack.problem)})")
     for key in report.bad_files:
-        reason = report.reasons.get(key)
-        print(f"BADFILE  {esc(key)}" + (f": {esc(reason)}" if reason else ""))
+        print(f"BADFILE  {esc(key)}{_because(report.reasons.get(key))}")
     for key in report.bad_index_objects:  # hints only: reported, not a failure
         _print(args, f"  index object {esc(key)} skipped by uploaders: {esc(report.reasons[key])}")
     mode = "deep" if report.deep else "fast"
@@ -125,6 +119,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "(gc reclaims them)",
     )
     return 0 if report.ok else 1
+
+
+def _because(reason: str | None) -> str:
+    return f": {esc(reason)}" if reason else ""
 
 
 # Findings of verify --study, in print order: (report list, label, words in the summary).
