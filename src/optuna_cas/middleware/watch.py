@@ -256,10 +256,10 @@ class _WatchedStaged:
 
     def commit(self, key: str) -> None:
         self._stop_polling()
-        self._watch._moved_to(os.fstat(self.fd).st_size)
+        size = os.fstat(self.fd).st_size
+        self._watch._moved_to(size)
         # The content store publishes its verified copy even over an existing blob.
         existed = key.startswith(BLOB_PREFIX) and self._backend.exists(key)
-        size = os.fstat(self.fd).st_size
         self._staged.commit(key)
         if key.startswith(BLOB_PREFIX) and not existed:
             self._watch._blob_stored()
