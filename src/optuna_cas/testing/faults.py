@@ -356,9 +356,7 @@ class FaultProxy:
         except (OSError, Closed, ValueError):
             outcome = _Outcome.CLOSE
         finally:
-            for up in ups:
-                self._untrack(up.sock)
-                up.close()
+            self._drop_upstream(ups)
             if outcome is _Outcome.RESET:
                 with contextlib.suppress(OSError):
                     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
