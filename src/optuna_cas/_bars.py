@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from types import TracebackType
 from typing import Any, TextIO
 
 __all__ = ["TerminalProgress", "shorten", "terminal_width"]
@@ -118,10 +117,5 @@ class TerminalProgress:
     def __enter__(self) -> TerminalProgress:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -66,10 +67,9 @@ def delete_artifact(
             "(or was deleted)"
         )
     record_deletion(target, artifact_id)
-    try:
+    # The ref may be gone already (e.g. removed by optuna-dashboard): the metadata was the record.
+    with contextlib.suppress(ArtifactNotFound):
         artifact_store.remove(artifact_id)
-    except ArtifactNotFound:
-        pass  # the ref was already gone (e.g. removed by optuna-dashboard): metadata was the record
 
 
 def describe_target(target: MetadataTarget) -> str:

@@ -97,7 +97,8 @@ def download_artifact(
                 raise IntegrityError(
                     f"Artifact {artifact_id!r}: the store's ref names {ref.digest} (size "
                     f"{ref.size}) but Optuna's metadata recorded {recorded[0]} (size "
-                    f"{_size_text(recorded[1])}) at upload; refusing to download"
+                    f"{'unknown' if recorded[1] is None else recorded[1]}) at upload; "
+                    "refusing to download"
                 )
             try:
                 content.materialize_blob(ref.digest, target)
@@ -173,7 +174,3 @@ def _is_size(value: Any) -> bool:
 def _same_content(recorded: tuple[str, int | None], digest: Digest) -> bool:
     text, size = recorded
     return text == str(digest) and (size is None or size == digest.size)
-
-
-def _size_text(size: int | None) -> str:
-    return "unknown" if size is None else str(size)

@@ -21,7 +21,6 @@ from optuna_cas.exceptions import MalformedRecordError
 __all__ = [
     "MAX_RECORD_DEPTH",
     "MAX_RECORD_SIZE",
-    "clip",
     "created_field",
     "loads_bounded",
     "optional_size_field",
@@ -68,20 +67,13 @@ def nesting_depth(text: str, *, stop_above: int | None = None) -> int:
     return deepest
 
 
-def loads_bounded(
-    data: str | bytes,
-    what: str,
-    *,
-    max_size: int = MAX_RECORD_SIZE,
-    max_depth: int = MAX_RECORD_DEPTH,
-) -> Any:
+def loads_bounded(data: str | bytes, what: str, *, max_size: int = MAX_RECORD_SIZE) -> Any:
     """``json.loads`` for untrusted records: bounded size and depth, one error type.
 
     Args:
         data: The stored text (``bytes`` are decoded as UTF-8).
         what: Names the record; messages read ``"<what>: <reason>"``.
         max_size: Largest accepted length (characters for ``str``, bytes for ``bytes``).
-        max_depth: Deepest accepted nesting of arrays and objects.
 
     Returns:
         The parsed value (any JSON type).
@@ -111,13 +103,13 @@ def loads_bounded(
         text = data
     else:
         raise MalformedRecordError(f"{what}: not JSON text but {_a(data)}")
-    if nesting_depth(text, stop_above=max_depth) > max_depth:
-        raise MalformedRecordError(f"{what}: nested deeper than {max_depth} levels")
+    if nesting_depth(text, stop_above=MAX_RECORD_DEPTH) > MAX_RECORD_DEPTH:
+        raise MalformedRecordError(f"{what}: nested deeper than {MAX_RECORD_DEPTH} levels")
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as e:
         # ValueError covers JSONDecodeError and integers too long to convert. RecursionError
-        # cannot happen within max_depth; caught anyway so that it can never escape.
+        # cannot happen within MAX_RECORD_DEPTH; caught anyway so that it can never escape.
         raise MalformedRecordError(f"{what}: not valid JSON ({e})") from e
 
 
@@ -228,16 +220,6 @@ def created_field(value: Any) -> float | None:
     except OverflowError:  # an integer beyond float range
         return None
     return number if math.isfinite(number) else None
-
-
-def clip(text: str, limit: int = 120) -> str:
-    """``repr(text)``, cut to about ``limit`` characters: for naming untrusted values in messages.
-
-    Example:
-        >>> clip("x" * 500, 10)
-        "'xxxxxxxxxx'..."
-    """
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def _a(value: Any) -> str:

@@ -6,9 +6,9 @@ import warnings
 from typing import Any
 
 from optuna_cas._delete import deleted_on_study
-from optuna_cas._json import clip
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, ArtifactMeta, is_tombstone
 from optuna_cas._optuna import resolve_target
+from optuna_cas._terminal import clip
 from optuna_cas.exceptions import MalformedRecordError, MalformedRecordWarning
 
 __all__ = ["get_all_artifact_meta"]

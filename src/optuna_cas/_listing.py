@@ -164,15 +164,13 @@ def list_study_artifacts(study: Any, trial_number: int | None = None) -> list[Li
         []
     """
     storage = study._storage
-    if trial_number is not None:
+    if trial_number is None:
+        rows = [ListedArtifact.of_meta(meta, None) for meta in get_all_artifact_meta(study)]
+        trials = study.get_trials(deepcopy=False)
+    else:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, trial_number)
-        trial = storage.get_trial(trial_id)
-        return [ListedArtifact.of_meta(m, trial.number) for m in _metas(trial, storage)]
-    rows = [ListedArtifact.of_meta(meta, None) for meta in get_all_artifact_meta(study)]
-    for trial in study.get_trials(deepcopy=False):
-        rows.extend(ListedArtifact.of_meta(m, trial.number) for m in _metas(trial, storage))
+        rows, trials = [], [storage.get_trial(trial_id)]
+    for trial in trials:
+        metas = get_all_artifact_meta(trial, storage=storage)
+        rows.extend(ListedArtifact.of_meta(meta, trial.number) for meta in metas)
     return rows
-
-
-def _metas(trial: Any, storage: Any) -> list[ArtifactMeta]:
-    return get_all_artifact_meta(trial, storage=storage)

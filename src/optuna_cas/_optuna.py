@@ -5,6 +5,7 @@ Optuna is an optional extra; it is imported on first use with an install hint.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,10 +110,8 @@ def study_id_of_trial(storage: Any, trial_id: int) -> int:
         >>> study_id_of_trial(study._storage, trial._trial_id) == study._study_id
         True
     """
-    try:
+    with contextlib.suppress(Exception):
         return _study_id_from_internals(storage, trial_id)
-    except Exception:
-        pass
     for study in storage.get_all_studies():
         trials = storage.get_all_trials(study._study_id, deepcopy=False)
         if any(t._trial_id == trial_id for t in trials):

@@ -16,6 +16,7 @@ waits on ``sys.meta_path`` for the package to be imported.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -127,10 +128,8 @@ class _BindingLoader(importlib.abc.Loader):
         return module
 
     def exec_module(self, module: ModuleType) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             sys.meta_path.remove(self._finder)
-        except ValueError:
-            pass
         module.exceptions = self._exceptions  # type: ignore[attr-defined]
         # From here on the package is an ordinary module of its real loader.
         module.__loader__ = self._loader

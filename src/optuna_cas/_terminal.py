@@ -1,4 +1,4 @@
-r"""Human output: untrusted text made safe to print on a terminal, and byte counts.
+r"""Human output: untrusted text made safe to print on a terminal or cut short, and byte counts.
 
 File names, artifact IDs, mimetypes and error messages shown by the CLI come from refs and
 Optuna attributes that anyone with access to the store or the storage can write. Printed raw,
@@ -10,7 +10,7 @@ is left exact, since ``json.dumps`` escapes them already.
 
 from __future__ import annotations
 
-__all__ = ["escape_for_terminal", "human_bytes"]
+__all__ = ["clip", "escape_for_terminal", "human_bytes"]
 
 
 def _escape_table() -> dict[int, str]:
@@ -40,6 +40,16 @@ def escape_for_terminal(value: object) -> str:
         'naïve.txt'
     """
     return str(value).translate(_ESCAPES)
+
+
+def clip(text: str, limit: int = 120) -> str:
+    """``repr(text)``, cut to about ``limit`` characters: for naming untrusted values in messages.
+
+    Example:
+        >>> clip("x" * 500, 10)
+        "'xxxxxxxxxx'..."
+    """
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def human_bytes(n: float) -> str:

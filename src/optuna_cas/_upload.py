@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mimetypes
 import os
@@ -139,9 +140,7 @@ def upload_artifact(
         target.set_system_attr(ARTIFACTS_ATTR_PREFIX + artifact_id, meta.to_json())
     except BaseException:
         # No metadata will point at this artifact: do not leave an orphan ref behind either.
-        try:
+        with contextlib.suppress(ArtifactNotFound):
             artifact_store.remove(artifact_id)
-        except ArtifactNotFound:
-            pass
         raise
     return artifact_id

@@ -7,6 +7,7 @@ stay in :mod:`optuna_cas.blobstore`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -167,7 +168,7 @@ class BlobMaintenance:
             >>> list(store.iter_blobs()), [i.key for i in store.backend.list("quarantine/")]
             ([], ['quarantine/blobs/blake3/...'])
         """
-        try:
+        with contextlib.suppress(ArtifactNotFound):
             try:
                 reader = self._backend.open_reader(info.key)
             except IntegrityError:
@@ -176,8 +177,6 @@ class BlobMaintenance:
             with reader:
                 self._backend.write(QUARANTINE_PREFIX + info.key, reader)
             self._backend.remove(info.key)
-        except ArtifactNotFound:
-            pass
         if self._blob_cache is not None:
             self._blob_cache.discard(info.digest)
 

@@ -29,6 +29,7 @@ from optuna_cas import (
 )
 from optuna_cas._list_artifact_meta import get_all_artifact_meta
 from optuna_cas._optuna import import_optuna
+from optuna_cas._terminal import human_bytes as _human
 from optuna_cas.digest import hash_file
 from optuna_cas.operations.stats import stats
 
@@ -41,14 +42,6 @@ EPOCHS = 6
 def _weights(seed: str, size: int) -> bytes:
     # Incompressible like real float weights; deterministic so repeats really are repeats.
     return random.Random(seed).randbytes(size)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def run_demo(

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optuna_cas._json import (
-    clip,
     created_field,
     loads_bounded,
     optional_str_field,
@@ -21,6 +20,7 @@ from optuna_cas._json import (
     size_field,
     str_field,
 )
+from optuna_cas._terminal import clip
 from optuna_cas._validation import validate_artifact_id
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import IntegrityError, MalformedRecordError

@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
 
-_PIECE = 64 * 1024
-
 __all__ = [
     "Backend",
     "ObjectInfo",
@@ -45,7 +43,7 @@ class RequestRunner(Protocol):
     one part, not a whole upload (0.7**7 odds of a clean 7-request upload at 30% faults).
     """
 
-    def __call__(self, description: str, request: Callable[[], _T]) -> _T:
+    def __call__(self, description: str, request: Callable[[], _T], /) -> _T:
         """Run ``request`` (described for logs) and return its result."""
         ...
 

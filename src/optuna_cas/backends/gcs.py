@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from optuna_cas.backends.per_process import PerProcess
+from optuna_cas.backends.per_process import PerProcess, _itself
 from optuna_cas.backends.remote import Fault, RemoteBackend
 from optuna_cas.backends.remote_io import Download
 from optuna_cas.backends.resumable import ResumableUpload
@@ -294,10 +294,6 @@ def _worth_retrying(error: BaseException) -> bool:
         return True
     verdict = classify_gcs_error(error)
     return verdict is not None and verdict[0] is Fault.TRANSIENT
-
-
-def _itself(value: Any) -> Any:
-    return value
 
 
 def _handles(build_client: Callable[[], Any], bucket: str) -> _Handles:

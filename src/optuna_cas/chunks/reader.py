@@ -207,11 +207,12 @@ class ChunkedReader(io.RawIOBase):
     def _missing(self, pack: Digest) -> ArtifactNotFound:
         return missing_pack(self._name, pack, self._backend)
 
-    def _read_run(
-        self, pack: Digest, start: int, end: int, numbers: range
-    ) -> Iterator[bytes | memoryview]:
-        with self._open_run(pack, start, end) as reader:
-            yield from self._read_opened(reader, pack, start, numbers)
+    def _read_entry(self, number: int) -> Iterator[bytes | memoryview]:
+        """Entry ``number`` alone, from the backend (its pack is not cached, or is bad there)."""
+        entry = self._table.entry(number)
+        pack, start = self._table.packs[entry.pack], entry.offset
+        with self._open_run(pack, start, start + entry.length) as reader:
+            yield from self._read_opened(reader, pack, start, range(number, number + 1))
 
     def _read_opened(
         self, reader: BinaryIO, pack: Digest, start: int, numbers: range
@@ -247,9 +248,7 @@ class ChunkedReader(io.RawIOBase):
                 entry = self._table.entry(number)
                 handle = self._cached_pack(entry.pack, handles, uncached)
                 if handle is None:
-                    pack = self._table.packs[entry.pack]
-                    end = entry.offset + entry.length
-                    yield from self._read_run(pack, entry.offset, end, range(number, number + 1))
+                    yield from self._read_entry(number)
                     continue
                 handle.seek(entry.offset)
                 data = handle.read(entry.length)
@@ -259,9 +258,7 @@ class ChunkedReader(io.RawIOBase):
                     cache.discard(self._table.packs[entry.pack])
                     handles.pop(entry.pack).close()
                     uncached.add(entry.pack)
-                    pack = self._table.packs[entry.pack]
-                    end = entry.offset + entry.length
-                    yield from self._read_run(pack, entry.offset, end, range(number, number + 1))
+                    yield from self._read_entry(number)
         finally:
             for handle in handles.values():
                 handle.close()

@@ -161,9 +161,7 @@ class TableBuilder:
 
     def to_bytes(self, file: Digest | None = None) -> bytes:
         """The record: a manifest (with ``file``) or an index object (without)."""
-        packs = [p for p in self.packs if p is not None]
-        if len(packs) != len(self.packs):
-            raise ValueError("a pack number was reserved but never resolved")
+        packs = self._resolved_packs()
         parts: list[bytes | bytearray] = [self.magic]
         if file is not None:
             parts.append(_FILE.pack(bytes.fromhex(file.hexdigest), file.size))
@@ -181,10 +179,13 @@ class TableBuilder:
             >>> len(b.as_table())
             1
         """
+        return ChunkTable(self.magic, None, self._resolved_packs(), bytes(self._entries))
+
+    def _resolved_packs(self) -> tuple[Digest, ...]:
         packs = tuple(p for p in self.packs if p is not None)
         if len(packs) != len(self.packs):
             raise ValueError("a pack number was reserved but never resolved")
-        return ChunkTable(self.magic, None, packs, bytes(self._entries))
+        return packs
 
 
 def parse_table(data: bytes, name: str, magic: bytes) -> ChunkTable:

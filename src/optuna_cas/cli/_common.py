@@ -6,7 +6,10 @@ import argparse
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from optuna_cas._terminal import clip
 
 if TYPE_CHECKING:
     from optuna_cas._bars import TerminalProgress
@@ -15,6 +18,7 @@ if TYPE_CHECKING:
 
 STORE_ENV = "OPTUNA_CAS_STORE"
 ENDPOINT_ENV = "OPTUNA_CAS_ENDPOINT_URL"
+T = TypeVar("T")
 GLOBAL_OPTIONS_NOTE = (
     "global options (--store, --json, -q, --retries, ...) may also follow the command;\n"
     "see 'optuna-cas --help'"
@@ -153,39 +157,24 @@ def _optuna_target(args: argparse.Namespace, *, uploading: bool = False) -> tupl
 # -- argument types: a bad value is a usage error naming the option and the value -------------
 
 
-def _retries(text: str) -> int:
-    """``--retries``: attempts per request, 1 (no retry) to 100."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{_clip(text)} is not a whole number from 1 to 100")
-    return value
+def _checked(
+    parse: Callable[[str], T], ok: Callable[[T], bool], expected: str
+) -> Callable[[str], T]:
+    def convert(text: str) -> T:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{clip(text, 40)} is not {expected}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{clip(text, 40)} is not {expected}")
+        return value
+
+    return convert
 
 
-def _seconds(text: str) -> float:
-    """``--grace``: a finite number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{_clip(text)} is not a number of seconds >= 0")
-    return value
-
-
-def _byte_count(text: str) -> int:
-    """``--max-bytes``: a whole number of bytes >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{_clip(text)} is not a whole number of bytes >= 0")
-    return value
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    """``repr(text)``, cut to about ``limit`` characters (the value named in a usage error)."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+# --retries: attempts per request, 1 (no retry) to 100.
+_retries = _checked(int, lambda n: 1 <= n <= 100, "a whole number from 1 to 100")
+# --grace: a finite number of seconds >= 0.
+_seconds = _checked(float, lambda s: math.isfinite(s) and s >= 0, "a number of seconds >= 0")
+# --max-bytes: a whole number of bytes >= 0.
+_byte_count = _checked(int, lambda n: n >= 0, "a whole number of bytes >= 0")

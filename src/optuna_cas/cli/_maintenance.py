@@ -6,13 +6,9 @@ verify also cross-checks a study's metadata with the store (``--storage``/``--st
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from optuna_cas._terminal import escape_for_terminal as esc
 from optuna_cas._terminal import human_bytes
-
-if TYPE_CHECKING:
-    pass
 from optuna_cas.cli._common import (
     UsageError,
     _bar,
@@ -49,10 +45,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         return 0
     verb = "would delete" if args.dry_run else "deleted"
     if args.dry_run:
-        for key in report.deleted:
-            _print(args, f"  {esc(key)}")
-    if args.dry_run:
-        for key in [*report.manifests_deleted, *report.packs_deleted]:
+        for key in [*report.deleted, *report.manifests_deleted, *report.packs_deleted]:
             _print(args, f"  {esc(key)}")
         for key in report.packs_repacked:
             _print(args, f"  {esc(key)} (repack)")
@@ -92,25 +85,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _emit_json(_report_json(report))
         return 0 if report.ok else 1
     for key in report.corrupt:
-        reason = report.reasons.get(key)
-        print(
-            f"CORRUPT  {esc(key)}"
-            + ("  (quarantined)" if key in report.quarantined else "")
-            + (f": {esc(reason)}" if reason else "")
-        )
+        quarantined = "  (quarantined)" if key in report.quarantined else ""
+        print(f"CORRUPT  {esc(key)}{quarantined}{_because(report.reasons.get(key))}")
     for missing in report.missing:
         print(
             f"MISSING  ref {esc(missing.artifact_id)} -> {esc(missing.digest)} "
             f"({esc(missing.problem)})"
         )
     for artifact_id in report.malformed_refs:
-        reason = report.reasons.get(artifact_id)
-        print(f"BADREF   {esc(artifact_id)}" + (f": {esc(reason)}" if reason else ""))
+        print(f"BADREF   {esc(artifact_id)}{_because(report.reasons.get(artifact_id))}")
     for pack in report.missing_packs:
         print(f"NOPACK   {esc(pack.manifest)} -> {esc(pack.pack)} ({esc(pack.problem)})")
     for key in report.bad_files:
-        reason = report.reasons.get(key)
-        print(f"BADFILE  {esc(key)}" + (f": {esc(reason)}" if reason else ""))
+        print(f"BADFILE  {esc(key)}{_because(report.reasons.get(key))}")
     for key in report.bad_index_objects:  # hints only: reported, not a failure
         _print(args, f"  index object {esc(key)} skipped by uploaders: {esc(report.reasons[key])}")
     mode = "deep" if report.deep else "fast"
@@ -132,6 +119,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "(gc reclaims them)",
     )
     return 0 if report.ok else 1
+
+
+def _because(reason: str | None) -> str:
+    return f": {esc(reason)}" if reason else ""
 
 
 # Findings of verify --study, in print order: (report list, label, words in the summary).
@@ -202,7 +193,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     with _bar(args) as bar:
         report = sync(source, destination, progress=bar)
     if args.json:
-        _emit_json(_report_json(report) | {"ok": report.ok})
+        _emit_json(_report_json(report))  # with "ok", a property
         return 0 if report.ok else 1
     for artifact_id, reason in report.failed:
         print(f"FAILED    {esc(artifact_id)}: {esc(reason)}")
@@ -260,7 +251,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     finally:
         cache.close()
     if args.json:
-        _emit_json(_report_json(info) | {"directory": str(info.directory)})
+        _emit_json(_report_json(info))
         return 0
     print(f"directory  {esc(info.directory)}")
     print(f"entries    {info.entries}")

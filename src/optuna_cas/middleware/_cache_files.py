@@ -386,10 +386,8 @@ def copy_source(source: BinaryIO, fd: int, limit: int) -> int:
 
 
 def unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def prepare_directory(directory: Path) -> None:

@@ -8,11 +8,12 @@ Optuna's protocol (Optuna's own stores included), it retries each of the three m
 
 from __future__ import annotations
 
+import contextlib
 import io
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, Protocol, TypeVar, cast
+from typing import BinaryIO, Protocol, cast
 
 from optuna_cas.backends.base import Backend, ObjectInfo, SupportsRequestRunner
 from optuna_cas.digest import readinto
@@ -21,8 +22,6 @@ from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["Backoff", "ResumingReader", "RetryingBackend"]
-
-T = TypeVar("T")
 
 
 class _OptunaStore(Protocol):
@@ -81,10 +80,8 @@ class ResumingReader(io.RawIOBase):
             return readinto(self._reader, view)
 
         def resume() -> None:
-            try:
+            with contextlib.suppress(Exception):
                 self._reader.close()
-            except Exception:
-                pass
             self._reader = self._reopen(self._offset)
 
         n = self._retrier.call(
@@ -122,13 +119,10 @@ class RetryingBackend:
         # each of them itself; then the write as a whole is not retried again on top.
         self._per_request = isinstance(backend, SupportsRequestRunner)
         self._backend: Backend = (
-            backend.with_request_runner(self._run_request)
+            backend.with_request_runner(retrier.call)
             if isinstance(backend, SupportsRequestRunner)
             else backend
         )
-
-    def _run_request(self, description: str, request: Callable[[], T]) -> T:
-        return self._retrier.call(description, request)
 
     @property
     def inner(self) -> Backend:
@@ -172,14 +166,10 @@ class RetryingBackend:
         if start is None:
             self._backend.write(key, content_body, if_absent=if_absent)
             return
-
-        def rewind() -> None:
-            content_body.seek(start)
-
         self._retrier.call(
             f"write {self._where(key)}",
             lambda: self._backend.write(key, content_body, if_absent=if_absent),
-            before_retry=rewind,
+            before_retry=lambda: content_body.seek(start),
         )
 
     def remove(self, key: str) -> None:
@@ -321,7 +311,7 @@ class Backoff(ContentAddressedArtifactStore):
         self._retrier.call(
             f"write artifact {artifact_id!r}",
             lambda: foreign.write(artifact_id, content_body),
-            before_retry=lambda: _rewind(content_body, start),
+            before_retry=lambda: content_body.seek(start),
         )
 
     def remove(self, artifact_id: str) -> None:
@@ -338,10 +328,6 @@ class Backoff(ContentAddressedArtifactStore):
 
     def __repr__(self) -> str:
         return f"Backoff({self._backend!r}, max_retries={self.policy.max_retries})"
-
-
-def _rewind(stream: BinaryIO, position: int) -> None:
-    stream.seek(position)
 
 
 def _skip(reader: BinaryIO, count: int) -> None:

@@ -30,8 +30,6 @@ __all__ = [
     "default_cache_dir",
 ]
 
-_MAX_REMEMBERED_REFS = 4096
-
 
 class CachedArtifactStore(ContentAddressedArtifactStore):
     """Any optuna-cas artifact store read through a local :class:`DiskBlobCache`.

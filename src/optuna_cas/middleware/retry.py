@@ -174,7 +174,7 @@ class Retrier:
         operation: str,
         fn: Callable[[], T],
         *,
-        before_retry: Callable[[], None] | None = None,
+        before_retry: Callable[[], object] | None = None,
         missing_after_retry: Callable[[], T] | None = None,
     ) -> T:
         """Run ``fn`` until it succeeds, fails permanently, or attempts run out.

@@ -159,10 +159,6 @@ class _Counting(io.RawIOBase):
             super().close()
 
 
-def _counting(stream: BinaryIO, watch: TransferWatch) -> BinaryIO:
-    return cast(BinaryIO, io.BufferedReader(_Counting(stream, watch), CHUNK_SIZE))
-
-
 class _WatchedBackend:
     """A backend that reports the content bytes it reads and writes (not refs)."""
 
@@ -172,7 +168,9 @@ class _WatchedBackend:
 
     def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
         reader = self._inner.open_reader(key, offset=offset, length=length)
-        return reader if key.startswith(REF_PREFIX) else _counting(reader, self._watch)
+        if key.startswith(REF_PREFIX):
+            return reader
+        return cast(BinaryIO, io.BufferedReader(_Counting(reader, self._watch), CHUNK_SIZE))
 
     def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
         if key.startswith(MANIFEST_PREFIX):
@@ -256,10 +254,10 @@ class _WatchedStaged:
 
     def commit(self, key: str) -> None:
         self._stop_polling()
-        self._watch._moved_to(os.fstat(self.fd).st_size)
+        size = os.fstat(self.fd).st_size
+        self._watch._moved_to(size)
         # The content store publishes its verified copy even over an existing blob.
         existed = key.startswith(BLOB_PREFIX) and self._backend.exists(key)
-        size = os.fstat(self.fd).st_size
         self._staged.commit(key)
         if key.startswith(BLOB_PREFIX) and not existed:
             self._watch._blob_stored()

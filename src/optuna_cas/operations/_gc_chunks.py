@@ -255,7 +255,7 @@ def repack(
     if not candidates:
         return {}, set()
     leaving = {obj.hexdigest for obj in candidates}
-    moved = _chunks_staying_elsewhere(listing, live, leaving)
+    moved = _live_locations(listing, live, {}, leaving)  # chunks also in a pack that stays
     plans = []  # per old pack: the sub-table of its live chunks still to copy
     picked: set[bytes] = set()
     for obj in candidates:
@@ -266,15 +266,13 @@ def repack(
                 picked.add(chunk)
                 plan.add_raw(chunk, length, number, offset)
         plans.append((obj, parse_table(plan.to_bytes(), f"repack plan of {obj.key}", INDEX_MAGIC)))
-    to_copy = sum(e.length for _, table in plans for e in table)
+    report.bytes_repacked = sum(e.length for _, table in plans for e in table)
     if dry_run:
         report.packs_repacked = sorted(obj.key for obj in candidates)
-        report.bytes_repacked = to_copy
         return {}, set()
-    moved |= _copy_chunks(chunks, plans, to_copy, progress)
+    moved |= _copy_chunks(chunks, plans, report.bytes_repacked, progress)
     done = [obj for obj in candidates if _all_moved(live, obj.hexdigest, moved)]
     report.packs_repacked = sorted(obj.key for obj in done)
-    report.bytes_repacked = sum(e.length for _, table in plans for e in table)
     gone = {obj.hexdigest for obj in done}
     report.manifests_rewritten = _point_manifests_at(chunks, live, gone, moved)
     for obj in done:
@@ -282,20 +280,6 @@ def repack(
         # until a run at least one grace period from now finds it unused.
         chunks.touch(obj)
     return moved, gone
-
-
-def _chunks_staying_elsewhere(
-    listing: ChunkListing, live: LiveChunks, leaving: set[str]
-) -> dict[bytes, Location]:
-    """Live chunks that also sit in a live pack that stays (and was listed, whole)."""
-    elsewhere: dict[bytes, Location] = {}
-    for hexdigest, ranges in live.by_pack.items():
-        pack = live.packs[hexdigest]
-        if hexdigest in leaving or not listing.has_pack(pack):
-            continue
-        for offset, (chunk, length) in ranges.items():
-            elsewhere.setdefault(chunk, (pack, offset, length))
-    return elsewhere
 
 
 def _copy_chunks(
@@ -397,7 +381,10 @@ def consolidate_index(
 def _live_locations(
     listing: ChunkListing, live: LiveChunks, moved: dict[bytes, Location], gone: set[str]
 ) -> dict[bytes, Location]:
-    """Every live chunk, once: where a repack put it, else where a kept manifest names it."""
+    """Every live chunk, once: where ``moved`` puts it, else where a kept manifest names it.
+
+    Never in a pack of ``gone`` (repacked, or leaving) or one not listed whole.
+    """
     where: dict[bytes, Location] = dict(moved)
     for hexdigest, ranges in live.by_pack.items():
         pack = live.packs[hexdigest]

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from optuna_cas._delete import DELETED_ATTR_PREFIX
-from optuna_cas._json import clip
 from optuna_cas._list_artifact_meta import _read_entry
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, ArtifactMeta, is_tombstone
 from optuna_cas._optuna import MetadataTarget
+from optuna_cas._terminal import clip
 from optuna_cas._validation import validate_artifact_id
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import MalformedRecordError

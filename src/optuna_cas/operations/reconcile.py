@@ -11,6 +11,7 @@ recorded where the dashboard and :func:`optuna_cas.get_all_artifact_meta` look f
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -224,8 +225,6 @@ def _rebuild_ref(store: ContentAddressedArtifactStore, meta: ArtifactMeta, diges
     # as an upload does after writing its ref (see optuna_cas.operations.gc).
     if content.has_blob(digest):
         return True
-    try:
+    with contextlib.suppress(ArtifactNotFound):
         content.remove_ref(meta.artifact_id)
-    except ArtifactNotFound:
-        pass
     return False

@@ -50,5 +50,5 @@ class FileSystemArtifactStore(ContentAddressedArtifactStore):
         fsync: bool = False,
         chunk_threshold: int | None = CHUNK_THRESHOLD,
     ) -> None:
-        self._backend = LocalBackend(base_path, fsync=fsync)
-        super().__init__(ContentStore(self._backend, chunk_threshold=chunk_threshold))
+        backend = LocalBackend(base_path, fsync=fsync)
+        super().__init__(ContentStore(backend, chunk_threshold=chunk_threshold))

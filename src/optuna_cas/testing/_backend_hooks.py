@@ -16,10 +16,12 @@ MiB = 1024 * 1024
 MULTIPART = "multipart"
 
 
-def read_all(backend: Backend, key: str, *, offset: int = 0, piece: int = -1) -> bytes:
-    """Everything from ``offset`` to the end, read in pieces of ``piece`` bytes (-1: at once)."""
+def read_all(
+    backend: Backend, key: str, *, offset: int = 0, length: int | None = None, piece: int = -1
+) -> bytes:
+    """``length`` bytes (None: all) from ``offset``, read in pieces of ``piece`` (-1: at once)."""
     out = bytearray()
-    with backend.open_reader(key, offset=offset) as reader:
+    with backend.open_reader(key, offset=offset, length=length) as reader:
         if piece < 0:
             return reader.read()
         while data := reader.read(piece):

@@ -15,23 +15,12 @@ from optuna_cas.backends.base import Backend
 from optuna_cas.exceptions import ArtifactNotFound
 from optuna_cas.middleware.backoff import RetryingBackend
 from optuna_cas.middleware.retry import Retrier, RetryPolicy
-from optuna_cas.testing._backend_hooks import BackendHooks, MiB
+from optuna_cas.testing._backend_hooks import BackendHooks, MiB, read_all
 from optuna_cas.testing.faults import FaultProxy, RequestRecord
 from optuna_cas.testing.streams import random_bytes
 
 #: ``(offset, length)`` windows of a ``2 MiB + 1000``-byte object, all inside it.
 WINDOWS = ((0, 1), (0, 100), (5, 1000), (MiB - 1, 2), (MiB, MiB), (MiB + 7, MiB + 993), (0, 0))
-
-
-def read_range(backend: Backend, key: str, offset: int, length: int, piece: int = -1) -> bytes:
-    """The bytes a bounded reader yields, read in pieces of ``piece`` bytes (-1: at once)."""
-    out = bytearray()
-    with backend.open_reader(key, offset=offset, length=length) as reader:
-        if piece < 0:
-            return reader.read()
-        while data := reader.read(piece):
-            out += data
-    return bytes(out)
 
 
 class BackendRangeTests(BackendHooks):
@@ -48,14 +37,15 @@ class BackendRangeTests(BackendHooks):
         for offset, length in WINDOWS:
             if piece == 1 and length > 1000:
                 continue  # byte by byte only where it stays quick
-            got = read_range(backend, "packs/p", offset, length, piece)
+            got = read_all(backend, "packs/p", offset=offset, length=length, piece=piece)
             assert got == data[offset : offset + length], (offset, length)
 
     def test_a_window_past_the_end_stops_at_the_end(self, backend: Backend) -> None:
         data = self._stored(backend)
         size = len(data)
         for offset, length in ((size - 10, 100), (size - 1, MiB), (0, size + 1), (5, 10 * size)):
-            assert read_range(backend, "packs/p", offset, length) == data[offset:], offset
+            got = read_all(backend, "packs/p", offset=offset, length=length)
+            assert got == data[offset:], offset
 
     @pytest.mark.parametrize("size", [0, 100])
     def test_an_offset_past_the_end_with_a_length_reads_nothing(
@@ -64,9 +54,10 @@ class BackendRangeTests(BackendHooks):
         backend.write("packs/p", io.BytesIO(b"x" * size))
         for offset in (size, size + 1, size + MiB):
             for length in (0, 1, 10, MiB):
-                assert read_range(backend, "packs/p", offset, length) == b"", (offset, length)
+                got = read_all(backend, "packs/p", offset=offset, length=length)
+                assert got == b"", (offset, length)
         if size == 0:  # an empty object: a window at its start reads nothing either
-            assert read_range(backend, "packs/p", 0, 10) == b""
+            assert read_all(backend, "packs/p", offset=0, length=10) == b""
 
     def test_length_zero_reads_nothing(self, backend: Backend) -> None:
         data = self._stored(backend, size=1000)
@@ -74,7 +65,7 @@ class BackendRangeTests(BackendHooks):
             with backend.open_reader("packs/p", offset=offset, length=0) as reader:
                 assert reader.read() == b""
                 assert reader.read(10) == b""
-        assert read_range(backend, "packs/p", 0, 1000) == data  # nothing was disturbed
+        assert read_all(backend, "packs/p", offset=0, length=1000) == data  # nothing was disturbed
 
     def test_a_bounded_reader_fills_a_reused_buffer(self, backend: Backend) -> None:
         data = self._stored(backend, size=3 * MiB + 17)
@@ -150,7 +141,7 @@ class BackendRangeTests(BackendHooks):
         cases = [(100_000, 300_000, -1), (100_000, 300_000, 4096), (0, 5, -1), (size - 9, MiB, -1)]
         for offset, length, piece in cases:
             proxy.reset_log()
-            got = read_range(via, "packs/p", offset, length, piece)
+            got = read_all(via, "packs/p", offset=offset, length=length, piece=piece)
             assert got == data[offset : offset + length]
             downloads = self._downloads(proxy)
             assert len(downloads) == 1, (offset, length, downloads)
@@ -179,7 +170,7 @@ class BackendRangeTests(BackendHooks):
         self.raw_write("packs/p", random_bytes(1000, seed=23))
         proxy.reset_log()
         for offset in (0, 500, 5000):
-            assert read_range(via, "packs/p", offset, 0) == b""
+            assert read_all(via, "packs/p", offset=offset, length=0) == b""
         assert self._downloads(proxy) == []
 
     def test_a_body_cut_mid_window_resumes_inside_the_window(
@@ -192,7 +183,7 @@ class BackendRangeTests(BackendHooks):
         retrying = RetryingBackend(via, Retrier(RetryPolicy(min_delay=0, max_delay=0)))
         proxy.reset_log()
         proxy.fail_next("truncate", matching=self.is_download)
-        got = read_range(retrying, "packs/p", offset, length, piece=64 * 1024)
+        got = read_all(retrying, "packs/p", offset=offset, length=length, piece=64 * 1024)
         assert got == data[offset : offset + length]
         downloads = self._downloads(proxy)
         assert [r.fault for r in downloads[:1]] == ["truncate"]

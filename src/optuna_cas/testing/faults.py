@@ -24,7 +24,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 
 from optuna_cas.testing._http import (
     CHUNK,
@@ -217,12 +216,7 @@ class FaultProxy:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     @property
@@ -362,9 +356,7 @@ class FaultProxy:
         except (OSError, Closed, ValueError):
             outcome = _Outcome.CLOSE
         finally:
-            for up in ups:
-                self._untrack(up.sock)
-                up.close()
+            self._drop_upstream(ups)
             if outcome is _Outcome.RESET:
                 with contextlib.suppress(OSError):
                     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
