@@ -52,10 +52,16 @@ pytestmark = pytest.mark.reliability
 
 ROUNDS = scale(10, 80)
 KILL_WINDOW = 0.6  # seconds after a process reports ready
-REMOTE_POOL = [payload_name("pool", n, i) for i, n in enumerate([1024, 100 * 1024, 6 * MiB + 1])]
+# Each pool has one file above the 8 MiB chunking threshold: the seeding run stores it, so
+# every run checks at least one chunked artifact, and repeat uploads of it are chunked dedup hits.
+REMOTE_POOL = [
+    payload_name("pool", n, i) for i, n in enumerate([1024, 100 * 1024, 6 * MiB + 1, 9 * MiB + 3])
+]
 REMOTE_UNIQUE_SIZES = [256 * 1024, 6 * MiB + 1, 9 * MiB + 1]
 POOL = {
-    "local": [payload_name("pool", n, i) for i, n in enumerate([1024, 200 * 1024, 2 * MiB])],
+    "local": [
+        payload_name("pool", n, i) for i, n in enumerate([1024, 200 * 1024, 2 * MiB, 9 * MiB + 3])
+    ],
     "s3": REMOTE_POOL,
     "gcs": REMOTE_POOL,
 }
