@@ -63,19 +63,20 @@ def read_through(cache: DiskBlobCache, blob: CountingFetch, via: str, out_dir: P
     return target.read_bytes()
 
 
-def value_filename(cache_dir: Path) -> str:
-    """The filename the index holds for the cache's only value file."""
+def value_filename(cache_dir: Path, key: str | None = None) -> str:
+    """The filename the index holds for the value file of ``key`` (default: the only one)."""
+    where, args = ("key = ?", (key,)) if key is not None else ("filename IS NOT NULL", ())
     with contextlib.closing(sqlite3.connect(cache_dir / "cache.db", timeout=30)) as con:
-        ((filename,),) = con.execute(
-            "SELECT filename FROM Cache WHERE filename IS NOT NULL"
-        ).fetchall()
+        ((filename,),) = con.execute(f"SELECT filename FROM Cache WHERE {where}", args).fetchall()
     return str(filename)
 
 
-def set_value_filename(cache_dir: Path, filename: str) -> None:
-    """Tamper with the index: make the only value row name ``filename``."""
+def set_value_filename(cache_dir: Path, filename: str, key: str | None = None) -> None:
+    """Tamper with the index: make the value row of ``key`` (default: the only one) name
+    ``filename``."""
+    where, args = ("key = ?", (key,)) if key is not None else ("filename IS NOT NULL", ())
     with contextlib.closing(sqlite3.connect(cache_dir / "cache.db", timeout=30)) as con, con:
-        con.execute("UPDATE Cache SET filename = ? WHERE filename IS NOT NULL", (filename,))
+        con.execute(f"UPDATE Cache SET filename = ? WHERE {where}", (filename, *args))
 
 
 # -- rows naming files outside the cache ---------------------------------------------------------

@@ -61,6 +61,10 @@ class PackCache(Protocol):
         """Forget an entry found damaged."""
         ...
 
+    def close(self) -> None:
+        """Release what the calling thread holds (its connection to the cache's index)."""
+        ...
+
 
 class ChunkedReader(io.RawIOBase):
     """A file reassembled from its manifest, chunk by chunk, every chunk verified.
@@ -262,6 +266,9 @@ class ChunkedReader(io.RawIOBase):
         finally:
             for handle in handles.values():
                 handle.close()
+            # This runs in the read-ahead thread, which ends now: a connection it opened to the
+            # cache's index would outlive it (one leaked descriptor or more per read).
+            cache.close()
 
     def _cached_pack(
         self, number: int, handles: collections.OrderedDict[int, BinaryIO], uncached: set[int]
