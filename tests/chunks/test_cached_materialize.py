@@ -182,3 +182,15 @@ def test_a_cached_download_asks_the_store_for_the_manifest_only(
     worker.materialize_blob(digest, tmp_path / "out")  # type: ignore[arg-type]
     assert (tmp_path / "out").read_bytes() == data
     assert backend.calls == ["open_reader"]  # the manifest; no existence check, no pack
+
+
+def test_chunked_uploads_that_offer_packs_to_the_cache_leak_no_descriptor(tmp_path: Path) -> None:
+    from optuna_cas.backends.memory import MemoryBackend
+
+    cache = DiskBlobCache(tmp_path / "cache", size_limit=2**30)
+    store = ContentStore(MemoryBackend(), blob_cache=cache, chunk_threshold=THRESHOLD)
+    store.put_artifact("warm-up", io.BytesIO(_rand(SIZE, 50)))  # this thread's own connection
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(5):  # each sends its packs from a new thread, which offers them to the cache
+        store.put_artifact(f"a{i}", io.BytesIO(_rand(SIZE, 51 + i)))
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -12,6 +12,7 @@ hit of a whole blob does too.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,8 @@ from optuna_cas.chunks.table import ChunkTable
 from optuna_cas.digest import Digest, hash_private_range, new_blake3
 
 __all__ = ["assemble_from_cache", "contiguous_runs"]
+
+logger = logging.getLogger(__name__)
 
 _OPEN_PACKS = 16
 
@@ -109,6 +112,11 @@ def assemble_from_cache(
             for handle in handles.values():
                 handle.close()
         if not matches:
+            logger.warning(
+                "Cached packs of %s do not reassemble it (changed or damaged in the cache); "
+                "dropping them and reading from the store",
+                digest,
+            )
             for pack in table.packs:
                 cache.discard(pack)
             return False

@@ -43,6 +43,10 @@ class UploadCache(Protocol):
         """Cache ``source``'s bytes under ``digest`` if they match (best effort)."""
         ...
 
+    def close(self) -> None:
+        """Release what the calling thread holds (its connection to the cache's index)."""
+        ...
+
 
 class _OpenPack:
     """The pack being filled: a staged file in the store, or a private spool file.
@@ -264,6 +268,10 @@ class PackWriter:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        if self._pool is not None and self._cache is not None:
+            # The sender thread offered packs to the cache: its connection to the cache's
+            # index would outlive the thread (a leaked descriptor per upload).
+            self._pool.submit(self._cache.close).result()
         for pool in (self._pool, self._io):
             if pool is not None:
                 pool.shutdown(wait=True)
