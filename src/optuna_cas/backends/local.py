@@ -188,7 +188,7 @@ class LocalBackend:
                 # replace that entry itself, never what it points at.
                 if_absent = False
         directory, _, name = path.rpartition("/")
-        temp = f"{directory}/{shorten_name(f'{TEMP_PREFIX}{uuid.uuid4().hex}-{name}', 255)}"
+        temp = f"{directory}/{shorten_name(f'{TEMP_PREFIX}{_unique()}-{name}', 255)}"
         fd = _create_beside(temp, directory, 0o666)
         published = False
         try:
@@ -429,8 +429,9 @@ class StagedFile:
 
     def __init__(self, backend: LocalBackend, folder: str) -> None:
         self._backend = backend
-        self.path = f"{folder}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+        self.path = f"{folder}/{TEMP_PREFIX}{_unique()}"
         self.fd = _create_beside(self.path, folder, 0o644)
+        self._published = False
 
     def commit(self, key: str) -> None:
         """Publish the file under ``key`` with ``os.replace`` (atomic), then close it.
@@ -441,26 +442,31 @@ class StagedFile:
         from a concurrent gc for the grace period.
         """
         try:
-            if self._backend._fsync:
-                os.fsync(self.fd)
-            path = self._backend._fspath(key)
-            try:
-                os.replace(self.path, path)
-            except FileNotFoundError:
-                # The first blob in its fan-out directory (or our temp file was removed: then
-                # the retry raises again, naming it).
-                os.makedirs(path.rpartition("/")[0], exist_ok=True)
-                os.replace(self.path, path)
-            if self._backend._fsync:
-                _fsync_dir(path.rpartition("/")[0])
+            self._publish(self._backend._fspath(key))
         finally:
             self.discard()
+
+    def _publish(self, path: str) -> None:
+        if self._backend._fsync:
+            os.fsync(self.fd)
+        try:
+            os.replace(self.path, path)
+        except FileNotFoundError:
+            # The first blob in its fan-out directory (or our temp file was removed: then
+            # the retry raises again, naming it).
+            _make_parent(path)
+            os.replace(self.path, path)
+        self._published = True
+        if self._backend._fsync:
+            _fsync_dir(path.rpartition("/")[0])
 
     def discard(self) -> None:
         """Close and remove the temp file (a no-op after :meth:`commit`)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self._published:
+            return  # the temp name went with the rename: no unlink to fail
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -489,6 +495,22 @@ def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
+def _unique() -> str:
+    """32 random hex digits for a temp name (a ``uuid4`` object per name cost more than this)."""
+    return os.urandom(16).hex()
+
+
+def _make_parent(path: str) -> None:
+    """Create ``path``'s directory: one ``mkdir`` when only the last level is missing."""
+    directory = path.rpartition("/")[0]
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        pass  # another writer made it first
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+
+
 def _create_beside(path: str, directory: str, mode: int) -> int:
     """Create the new file ``path`` (read-write) in ``directory``, creating that if missing.
 
@@ -504,6 +526,14 @@ def _create_beside(path: str, directory: str, mode: int) -> int:
 
 def _copy_to(source: BinaryIO, out_fd: int) -> None:
     """Copy the rest of ``source`` into the new file ``out_fd``, in the kernel when possible."""
+    if type(source) is io.BytesIO:
+        # Refs and other small records: one write straight from the buffer, no copy.
+        with source.getbuffer() as buffer:
+            start = source.tell()
+            pwrite_all(out_fd, buffer[start:], 0)
+            end = len(buffer)
+        source.seek(max(start, end))  # consumed to EOF, as the loop below leaves it
+        return
     written = 0
     fileno = real_fileno(source)
     if fileno is not None:
