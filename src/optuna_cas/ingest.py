@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 import blake3
 
-from optuna_cas._fileio import kernel_copy, open_regular_file, pwrite_all, real_fileno
+from optuna_cas._fileio import kernel_copy, open_regular_file_stat, pwrite_all, real_fileno
 from optuna_cas.digest import CHUNK_SIZE, Digest, hash_fd, hash_private_range, new_blake3, readinto
 from optuna_cas.exceptions import IntegrityError
 
@@ -75,6 +75,7 @@ class FileSource:
         start: Offset of the first byte to upload.
         name: For messages (the path, or the stream's name).
         owned: Close ``fd`` in :meth:`close`.
+        before: ``fstat(fd)`` if the caller has just taken it (saves taking it again).
 
     Example:
         >>> import tempfile
@@ -84,12 +85,14 @@ class FileSource:
         3
     """
 
-    def __init__(self, fd: int, start: int, name: str, *, owned: bool) -> None:
+    def __init__(
+        self, fd: int, start: int, name: str, *, owned: bool, before: os.stat_result | None = None
+    ) -> None:
         self.fd = fd
         self.start = start
         self.name = name
         self._owned = owned
-        self.before = os.fstat(fd)
+        self.before = os.fstat(fd) if before is None else before
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> FileSource:
@@ -101,7 +104,8 @@ class FileSource:
             ...
             FileNotFoundError: [Errno 2] No such file to upload: '/nonexistent/x'
         """
-        return cls(open_regular_file(path), 0, os.fspath(path), owned=True)
+        fd, st = open_regular_file_stat(path)
+        return cls(fd, 0, os.fspath(path), owned=True, before=st)
 
     @classmethod
     def of_stream(cls, stream: BinaryIO) -> FileSource | None:
