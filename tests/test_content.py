@@ -123,6 +123,30 @@ def test_blob_of_wrong_size_is_repaired_by_next_upload(tmp_path: Path) -> None:
         assert r.read() == b"good bytes"
 
 
+def test_blob_corrupted_at_the_same_size_is_repaired_by_next_upload(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "s")
+    store = ContentStore(backend)
+    ref = store.put_artifact("a", io.BytesIO(b"good bytes"))
+    corrupt(backend, blob_key(ref.digest), b"evil bytes")  # a size check cannot see it
+    store.put_artifact("b", io.BytesIO(b"good bytes"))
+    with store.open_artifact("a") as r:
+        assert r.read() == b"good bytes"
+
+
+def test_reupload_to_a_local_store_keeps_the_stored_blob_and_leaves_no_temp(
+    tmp_path: Path,
+) -> None:
+    backend = LocalBackend(tmp_path / "s")
+    store = ContentStore(backend)
+    ref = store.put_artifact("a", io.BytesIO(b"same bytes"))
+    blob = backend.root / blob_key(ref.digest)
+    before = blob.stat()
+    store.put_artifact("b", io.BytesIO(b"same bytes"))
+    after = blob.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert [p.name for p in (backend.root / "blobs").iterdir()] == ["blake3"]
+
+
 def test_missing_blob_behind_ref_names_both(tmp_path: Path) -> None:
     store = ContentStore(LocalBackend(tmp_path / "s"))
     ref = store.put_artifact("a", io.BytesIO(b"x"))

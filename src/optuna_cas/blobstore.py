@@ -33,6 +33,7 @@ from optuna_cas._fileio import (
 )
 from optuna_cas.backends.base import (
     Backend,
+    ObjectInfo,
     SupportsStaging,
     staging_of,
 )
@@ -307,14 +308,19 @@ class BlobStore(BlobMaintenance):
             digest = fill(staged.fd)
             if src is not None:
                 src.check_unchanged()
-            # Dedup: a blob already stored with the right bytes gets no bytes written (the
-            # copy is dropped). One with the right size but wrong bytes (corrupt) is repaired
-            # by publishing our verified copy over it; its check reads, never maps, the file.
-            present, _ = self._check_stored(digest)
-            if present and self._stored_blob_matches(digest):
+            # Published at once if nothing is stored under the key (the usual case, one look
+            # at the key). Dedup: a blob already stored with the right bytes gets no bytes
+            # written (the copy is dropped). One of the wrong size, or of the right size but
+            # wrong bytes (corrupt), is repaired by publishing our verified copy over it; its
+            # check reads, never maps, the file.
+            key = blob_key(digest)
+            existing = staged.commit_new(key)
+            if existing is None:
+                pass
+            elif self._present(key, existing, digest) and self._stored_blob_matches(digest):
                 staged.discard()
             else:
-                staged.commit(blob_key(digest))
+                staged.commit(key)
         except BaseException:
             staged.discard()
             raise
@@ -392,11 +398,19 @@ class BlobStore(BlobMaintenance):
             info = self._backend.stat(key)
         except ArtifactNotFound:
             return False, False
+        present = self._present(key, info, digest)
+        return present, not present
+
+    def _present(self, key: str, info: ObjectInfo, digest: Digest) -> bool:
+        """Whether ``info`` (stored at ``key``) is ``digest``'s blob by its size; freshens it.
+
+        Its time is refreshed if older than ``freshen_after`` (so gc spares a re-used blob).
+        """
         if info.size != digest.size:
-            return False, True
+            return False
         if time.time() - info.modified > self.freshen_after:
             self._freshen(key)
-        return True, False
+        return True
 
     def _store_verified(self, digest: Digest, source: BinaryIO) -> bool:
         """Send ``source`` under ``digest``'s key unless present, verifying it on the way.

@@ -446,6 +446,37 @@ class StagedFile:
         finally:
             self.discard()
 
+    def commit_new(self, key: str) -> ObjectInfo | None:
+        """Publish under ``key`` unless a stored object (a regular file) is there; else its info.
+
+        The content store's publish of a new blob: one containment walk serves both the look
+        at the key and the rename (a ``stat`` and then a :meth:`commit` walked the key's
+        directories twice). Anything else at the key (a symlink, a FIFO) is replaced, as
+        :meth:`commit` would. When an object is returned the file stays staged.
+
+        Example:
+            >>> import os, tempfile
+            >>> b = LocalBackend(tempfile.mkdtemp())
+            >>> first = b.stage("blobs"); _ = os.write(first.fd, b"abc")
+            >>> first.commit_new("blobs/x/y") is None
+            True
+            >>> second = b.stage("blobs"); second.commit_new("blobs/x/y").size
+            3
+            >>> second.discard()
+        """
+        path = self._backend._fspath(key)
+        try:
+            st: os.stat_result | None = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None  # (also when the fan-out directory is not there yet)
+        if st is not None and _is_regular(st.st_mode):
+            return ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime)
+        try:
+            self._publish(path)
+        finally:
+            self.discard()
+        return None
+
     def _publish(self, path: str) -> None:
         if self._backend._fsync:
             os.fsync(self.fd)
