@@ -14,7 +14,13 @@ from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.content import ContentStore, blob_key
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, InvalidKeyError
-from optuna_cas.ingest import FINGERPRINT_MIN_BYTES, FileDigestMemo, FileSource, fingerprint
+from optuna_cas.ingest import (
+    FINGERPRINT_MIN_BYTES,
+    FileDigestMemo,
+    FileSource,
+    copy_hashing,
+    fingerprint,
+)
 from optuna_cas.testing.streams import NonSeekable
 from tests.conftest import random_bytes
 
@@ -334,3 +340,19 @@ def test_resaved_file_changed_while_hashed_in_place_is_refused(
     with pytest.raises(IntegrityError, match=r"model\.pt.*changed while it was being uploaded"):
         store.put_artifact("b", path)
     assert not store.has_ref("b")
+
+
+@pytest.mark.parametrize("size_hint", [0, 1, 4096])
+def test_copy_hashing_reads_to_eof_past_a_size_hint_that_is_too_small(
+    size_hint: int, tmp_path: Path
+) -> None:
+    data = random_bytes(300 * 1024)  # larger than any first buffer: it must grow
+    (tmp_path / "src").write_bytes(data)
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
+    try:
+        assert copy_hashing(src, 0, out, size_hint) == Digest.of_bytes(data)
+    finally:
+        os.close(src)
+        os.close(out)
+    assert (tmp_path / "out").read_bytes() == data
