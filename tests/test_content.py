@@ -21,6 +21,7 @@ from optuna_cas.ingest import (
     copy_hashing,
     fingerprint,
 )
+from optuna_cas.refs import ArtifactRef
 from optuna_cas.testing.streams import NonSeekable
 from tests.conftest import random_bytes
 
@@ -151,6 +152,33 @@ def test_reupload_to_a_local_store_keeps_the_stored_blob_and_leaves_no_temp(
     after = blob.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert [p.name for p in (backend.root / "blobs").iterdir()] == ["blake3"]
+
+
+@pytest.mark.parametrize("source", ["fresh path", "dedup path", "fresh stream"])
+def test_blob_collected_right_after_the_ref_is_written_is_stored_again(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A concurrent gc judged the blob unreferenced before the ref existed, and deletes it
+    # right after the ref is written: the re-check after the ref must see it gone, whether
+    # this upload published the blob itself (one lstat) or found it stored (full check).
+    store = ContentStore(LocalBackend(tmp_path / "s"))
+    data = b"collected by a concurrent gc"
+    if source == "dedup path":
+        store.put_artifact("earlier", io.BytesIO(data))
+        store.remove_ref("earlier")
+    put_ref = store.put_ref
+
+    def put_ref_then_gc_runs(ref: ArtifactRef) -> None:
+        put_ref(ref)
+        store.remove_blob(ref.digest)
+
+    monkeypatch.setattr(store, "put_ref", put_ref_then_gc_runs)
+    (tmp_path / "f").write_bytes(data)
+    with open(tmp_path / "f", "rb") as stream:
+        ref = store.put_artifact("a", stream if source == "fresh stream" else tmp_path / "f")
+    assert store.has_blob(ref.digest)
+    with store.open_artifact("a") as r:
+        assert r.read() == data
 
 
 def test_missing_blob_behind_ref_names_both(tmp_path: Path) -> None:

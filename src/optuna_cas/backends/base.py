@@ -157,6 +157,14 @@ class StagedObject(Protocol):
         """
         ...
 
+    def still_published(self, size: int) -> bool:
+        """After this object published its file: whether ``size`` bytes are still stored there.
+
+        One look at the very path of the publish (a concurrent gc may have removed it since).
+        False also when nothing was published; callers then make the full check.
+        """
+        ...
+
     def discard(self) -> None:
         """Drop the file; a no-op after :meth:`commit`."""
         ...

@@ -432,6 +432,7 @@ class StagedFile:
         self.path = f"{folder}/{TEMP_PREFIX}{_unique()}"
         self.fd = _create_beside(self.path, folder, 0o644)
         self._published = False
+        self._published_path: str | None = None
 
     def commit(self, key: str) -> None:
         """Publish the file under ``key`` with ``os.replace`` (atomic), then close it.
@@ -477,6 +478,31 @@ class StagedFile:
             self.discard()
         return None
 
+    def still_published(self, size: int) -> bool:
+        """After a commit: whether the key still holds a regular file of ``size`` bytes.
+
+        One ``lstat`` of the path the commit renamed to; its directories were checked for
+        symlinks leading out of the store by that commit, moments before.
+
+        Example:
+            >>> import os, tempfile
+            >>> b = LocalBackend(tempfile.mkdtemp())
+            >>> staged = b.stage("blobs"); _ = os.write(staged.fd, b"abc")
+            >>> staged.still_published(3)
+            False
+            >>> staged.commit("blobs/x/y"); staged.still_published(3)
+            True
+            >>> b.remove("blobs/x/y"); staged.still_published(3)
+            False
+        """
+        if self._published_path is None:
+            return False
+        try:
+            st = os.lstat(self._published_path)
+        except OSError:
+            return False
+        return _is_regular(st.st_mode) and st.st_size == size
+
     def _publish(self, path: str) -> None:
         if self._backend._fsync:
             os.fsync(self.fd)
@@ -488,6 +514,7 @@ class StagedFile:
             _make_parent(path)
             os.replace(self.path, path)
         self._published = True
+        self._published_path = path
         if self._backend._fsync:
             _fsync_dir(path.rpartition("/")[0])
 

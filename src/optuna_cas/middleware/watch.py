@@ -277,6 +277,9 @@ class _WatchedStaged:
             self._watch._pack_stored(size)
         return existing
 
+    def still_published(self, size: int) -> bool:
+        return self._staged.still_published(size)
+
     def discard(self) -> None:
         self._stop_polling()
         self._staged.discard()
