@@ -21,6 +21,13 @@ from typing import BinaryIO, cast
 from optuna_cas._fileio import describe_mode, kernel_copy, pwrite_all, real_fileno
 from optuna_cas._validation import shorten_name, validate_key
 from optuna_cas.backends.base import ObjectInfo
+from optuna_cas.backends.local_files import (
+    TEMP_PREFIX,
+    StagedFile,
+    create_beside,
+    fsync_dir,
+    unique_name,
+)
 from optuna_cas.backends.window import Window, WindowReader, check_range
 from optuna_cas.digest import CHUNK_SIZE, readinto
 from optuna_cas.exceptions import (
@@ -32,7 +39,6 @@ from optuna_cas.exceptions import (
 
 __all__ = ["TEMP_PREFIX", "LocalBackend", "StagedFile"]
 
-TEMP_PREFIX = ".tmp-"
 # First buffer of a user-space copy (see _copy_to).
 _FIRST_BUFFER_BYTES = 64 * 1024
 
@@ -188,8 +194,8 @@ class LocalBackend:
                 # replace that entry itself, never what it points at.
                 if_absent = False
         directory, _, name = path.rpartition("/")
-        temp = f"{directory}/{shorten_name(f'{TEMP_PREFIX}{_unique()}-{name}', 255)}"
-        fd = _create_beside(temp, directory, 0o666)
+        temp = f"{directory}/{shorten_name(f'{TEMP_PREFIX}{unique_name()}-{name}', 255)}"
+        fd = create_beside(temp, directory, 0o666)
         published = False
         try:
             try:
@@ -214,7 +220,7 @@ class LocalBackend:
                 except FileNotFoundError:
                     pass
         if self._fsync:
-            _fsync_dir(directory)
+            fsync_dir(directory)
 
     def stage(self, area: str) -> StagedFile:
         """A new private temp file under ``area`` (e.g. ``"blobs"``), to fill and then publish.
@@ -232,7 +238,7 @@ class LocalBackend:
         # The same containment check every key below ``area`` gets, done *before* any byte is
         # written: a symlinked directory must not receive the bytes at all.
         folder = self._fspath(f"{area}/staged").rpartition("/")[0]
-        return StagedFile(self, folder)
+        return StagedFile(folder, resolve=self._fspath, fsync=self._fsync)
 
     def remove(self, key: str) -> None:
         """Delete ``key``; a missing key raises ``ArtifactNotFound``.
@@ -419,118 +425,6 @@ class LocalBackend:
         return self._uri
 
 
-class StagedFile:
-    """A private temp file in the store (open for reading and writing), published by rename.
-
-    Example:
-        >>> import tempfile
-        >>> LocalBackend(tempfile.mkdtemp()).stage("blobs").discard()
-    """
-
-    def __init__(self, backend: LocalBackend, folder: str) -> None:
-        self._backend = backend
-        self.path = f"{folder}/{TEMP_PREFIX}{_unique()}"
-        self.fd = _create_beside(self.path, folder, 0o644)
-        self._published = False
-        self._published_path: str | None = None
-
-    def commit(self, key: str) -> None:
-        """Publish the file under ``key`` with ``os.replace`` (atomic), then close it.
-
-        Replacing is right for content-addressed keys: the bytes are verified and identical
-        to any good copy already there, and a corrupt copy gets repaired (a reader holding the
-        old file keeps reading it). The key's time becomes now, which also protects the blob
-        from a concurrent gc for the grace period.
-        """
-        try:
-            self._publish(self._backend._fspath(key))
-        finally:
-            self.discard()
-
-    def commit_new(self, key: str) -> ObjectInfo | None:
-        """Publish under ``key`` unless a stored object (a regular file) is there; else its info.
-
-        The content store's publish of a new blob: one containment walk serves both the look
-        at the key and the rename (a ``stat`` and then a :meth:`commit` walked the key's
-        directories twice). Anything else at the key (a symlink, a FIFO) is replaced, as
-        :meth:`commit` would. When an object is returned the file stays staged.
-
-        Example:
-            >>> import os, tempfile
-            >>> b = LocalBackend(tempfile.mkdtemp())
-            >>> first = b.stage("blobs"); _ = os.write(first.fd, b"abc")
-            >>> first.commit_new("blobs/x/y") is None
-            True
-            >>> second = b.stage("blobs"); second.commit_new("blobs/x/y").size
-            3
-            >>> second.discard()
-        """
-        path = self._backend._fspath(key)
-        try:
-            st: os.stat_result | None = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            st = None  # (also when the fan-out directory is not there yet)
-        if st is not None and _is_regular(st.st_mode):
-            return ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime)
-        try:
-            self._publish(path)
-        finally:
-            self.discard()
-        return None
-
-    def still_published(self, size: int) -> bool:
-        """After a commit: whether the key still holds a regular file of ``size`` bytes.
-
-        One ``lstat`` of the path the commit renamed to; its directories were checked for
-        symlinks leading out of the store by that commit, moments before.
-
-        Example:
-            >>> import os, tempfile
-            >>> b = LocalBackend(tempfile.mkdtemp())
-            >>> staged = b.stage("blobs"); _ = os.write(staged.fd, b"abc")
-            >>> staged.still_published(3)
-            False
-            >>> staged.commit("blobs/x/y"); staged.still_published(3)
-            True
-            >>> b.remove("blobs/x/y"); staged.still_published(3)
-            False
-        """
-        if self._published_path is None:
-            return False
-        try:
-            st = os.lstat(self._published_path)
-        except OSError:
-            return False
-        return _is_regular(st.st_mode) and st.st_size == size
-
-    def _publish(self, path: str) -> None:
-        if self._backend._fsync:
-            os.fsync(self.fd)
-        try:
-            os.replace(self.path, path)
-        except FileNotFoundError:
-            # The first blob in its fan-out directory (or our temp file was removed: then
-            # the retry raises again, naming it).
-            _make_parent(path)
-            os.replace(self.path, path)
-        self._published = True
-        self._published_path = path
-        if self._backend._fsync:
-            _fsync_dir(path.rpartition("/")[0])
-
-    def discard(self) -> None:
-        """Close and remove the temp file (a no-op after :meth:`commit`)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self._published:
-            return  # the temp name went with the rename: no unlink to fail
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
 def _window_reader(fd: int, window: Window, size: int) -> BinaryIO:
     """A buffered reader of ``window`` of the open regular file ``fd``; it owns ``fd``."""
 
@@ -551,35 +445,6 @@ def _describe_entry(path: Path) -> str:
 
 def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
-
-
-def _unique() -> str:
-    """32 random hex digits for a temp name (a ``uuid4`` object per name cost more than this)."""
-    return os.urandom(16).hex()
-
-
-def _make_parent(path: str) -> None:
-    """Create ``path``'s directory: one ``mkdir`` when only the last level is missing."""
-    directory = path.rpartition("/")[0]
-    try:
-        os.mkdir(directory)
-    except FileExistsError:
-        pass  # another writer made it first
-    except FileNotFoundError:
-        os.makedirs(directory, exist_ok=True)
-
-
-def _create_beside(path: str, directory: str, mode: int) -> int:
-    """Create the new file ``path`` (read-write) in ``directory``, creating that if missing.
-
-    Trying first and creating the directory only on failure saves a ``mkdir`` per write.
-    """
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    try:
-        return os.open(path, flags, mode)
-    except FileNotFoundError:
-        os.makedirs(directory, exist_ok=True)  # the first object in this directory
-        return os.open(path, flags, mode)
 
 
 def _copy_to(source: BinaryIO, out_fd: int) -> None:
@@ -609,11 +474,3 @@ def _copy_to(source: BinaryIO, out_fd: int) -> None:
         written += n
         if n == len(view) and len(view) < CHUNK_SIZE:
             view = memoryview(bytearray(CHUNK_SIZE))
-
-
-def _fsync_dir(directory: str | Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
