@@ -14,7 +14,14 @@ from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.content import ContentStore, blob_key
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, InvalidKeyError
-from optuna_cas.ingest import FINGERPRINT_MIN_BYTES, FileDigestMemo, FileSource, fingerprint
+from optuna_cas.ingest import (
+    FINGERPRINT_MIN_BYTES,
+    FileDigestMemo,
+    FileSource,
+    copy_hashing,
+    fingerprint,
+)
+from optuna_cas.refs import ArtifactRef
 from optuna_cas.testing.streams import NonSeekable
 from tests.conftest import random_bytes
 
@@ -121,6 +128,57 @@ def test_blob_of_wrong_size_is_repaired_by_next_upload(tmp_path: Path) -> None:
     store.put_artifact("b", io.BytesIO(b"good bytes"))
     with store.open_artifact("a") as r:
         assert r.read() == b"good bytes"
+
+
+def test_blob_corrupted_at_the_same_size_is_repaired_by_next_upload(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "s")
+    store = ContentStore(backend)
+    ref = store.put_artifact("a", io.BytesIO(b"good bytes"))
+    corrupt(backend, blob_key(ref.digest), b"evil bytes")  # a size check cannot see it
+    store.put_artifact("b", io.BytesIO(b"good bytes"))
+    with store.open_artifact("a") as r:
+        assert r.read() == b"good bytes"
+
+
+def test_reupload_to_a_local_store_keeps_the_stored_blob_and_leaves_no_temp(
+    tmp_path: Path,
+) -> None:
+    backend = LocalBackend(tmp_path / "s")
+    store = ContentStore(backend)
+    ref = store.put_artifact("a", io.BytesIO(b"same bytes"))
+    blob = backend.root / blob_key(ref.digest)
+    before = blob.stat()
+    store.put_artifact("b", io.BytesIO(b"same bytes"))
+    after = blob.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert [p.name for p in (backend.root / "blobs").iterdir()] == ["blake3"]
+
+
+@pytest.mark.parametrize("source", ["fresh path", "dedup path", "fresh stream"])
+def test_blob_collected_right_after_the_ref_is_written_is_stored_again(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A concurrent gc judged the blob unreferenced before the ref existed, and deletes it
+    # right after the ref is written: the re-check after the ref must see it gone, whether
+    # this upload published the blob itself (one lstat) or found it stored (full check).
+    store = ContentStore(LocalBackend(tmp_path / "s"))
+    data = b"collected by a concurrent gc"
+    if source == "dedup path":
+        store.put_artifact("earlier", io.BytesIO(data))
+        store.remove_ref("earlier")
+    put_ref = store.put_ref
+
+    def put_ref_then_gc_runs(ref: ArtifactRef) -> None:
+        put_ref(ref)
+        store.remove_blob(ref.digest)
+
+    monkeypatch.setattr(store, "put_ref", put_ref_then_gc_runs)
+    (tmp_path / "f").write_bytes(data)
+    with open(tmp_path / "f", "rb") as stream:
+        ref = store.put_artifact("a", stream if source == "fresh stream" else tmp_path / "f")
+    assert store.has_blob(ref.digest)
+    with store.open_artifact("a") as r:
+        assert r.read() == data
 
 
 def test_missing_blob_behind_ref_names_both(tmp_path: Path) -> None:
@@ -310,3 +368,19 @@ def test_resaved_file_changed_while_hashed_in_place_is_refused(
     with pytest.raises(IntegrityError, match=r"model\.pt.*changed while it was being uploaded"):
         store.put_artifact("b", path)
     assert not store.has_ref("b")
+
+
+@pytest.mark.parametrize("size_hint", [0, 1, 4096])
+def test_copy_hashing_reads_to_eof_past_a_size_hint_that_is_too_small(
+    size_hint: int, tmp_path: Path
+) -> None:
+    data = random_bytes(300 * 1024)  # larger than any first buffer: it must grow
+    (tmp_path / "src").write_bytes(data)
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
+    try:
+        assert copy_hashing(src, 0, out, size_hint) == Digest.of_bytes(data)
+    finally:
+        os.close(src)
+        os.close(out)
+    assert (tmp_path / "out").read_bytes() == data

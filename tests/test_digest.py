@@ -160,3 +160,37 @@ def test_large_file_changed_during_chunked_upload_is_refused(
         store.put("a", path)
     assert list(store.content.chunks.manifest_hexdigests()) == []
     assert list(store.content.iter_ref_ids()) == []
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 1024 * 1024 - 1, 1024 * 1024 + 1])
+def test_hash_fd_of_files_around_its_buffer_sizes(size: int, tmp_path: Path) -> None:
+    data = random_bytes(size, seed=size)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert hash_fd(fd) == Digest.of_bytes(data)
+        assert size == 0 or hash_fd(fd, 1) == Digest.of_bytes(data[1:])
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("claimed", [0, 10])
+def test_hash_fd_reads_past_a_size_that_says_less(
+    claimed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pseudo-file (or a file still growing) holds more than fstat says: read to EOF anyway.
+    import types
+
+    import optuna_cas.digest as digest_module
+
+    data = random_bytes(300 * 1024, seed=5)  # more than any first buffer
+    (tmp_path / "f").write_bytes(data)
+    lying = types.SimpleNamespace(
+        fstat=lambda fd: os.stat_result((0,) * 6 + (claimed,) + (0,) * 3), preadv=os.preadv
+    )
+    monkeypatch.setattr(digest_module, "os", lying)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert hash_fd(fd) == Digest.of_bytes(data)
+    finally:
+        os.close(fd)

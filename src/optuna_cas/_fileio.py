@@ -29,6 +29,7 @@ __all__ = [
     "kernel_copy",
     "materialize",
     "open_regular_file",
+    "open_regular_file_stat",
     "publish_new_file",
     "pwrite_all",
     "real_fileno",
@@ -87,6 +88,18 @@ def open_regular_file(path: str | os.PathLike[str]) -> int:
         ...
         optuna_cas.exceptions.UnsupportedSourceError: Cannot upload '/dev/zero': it is a character device, not a regular file
     """
+    return open_regular_file_stat(path)[0]
+
+
+def open_regular_file_stat(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
+    """:func:`open_regular_file`, also returning the descriptor's ``fstat`` (the type check's).
+
+    Example:
+        >>> import tempfile
+        >>> f = tempfile.NamedTemporaryFile(); _ = f.write(b"abc"); f.flush()
+        >>> fd, st = open_regular_file_stat(f.name); os.close(fd); st.st_size
+        3
+    """
     name = os.fspath(path)
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -99,13 +112,13 @@ def open_regular_file(path: str | os.PathLike[str]) -> int:
         raise UnsupportedSourceError(
             f"Cannot upload {name!r}: it is {kind}, not a regular file"
         ) from e
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise UnsupportedSourceError(
-            f"Cannot upload {name!r}: it is {describe_mode(mode)}, not a regular file"
+            f"Cannot upload {name!r}: it is {describe_mode(st.st_mode)}, not a regular file"
         )
-    return fd
+    return fd, st
 
 
 def real_fileno(stream: BinaryIO) -> int | None:

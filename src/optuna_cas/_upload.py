@@ -6,6 +6,7 @@ import contextlib
 import functools
 import mimetypes
 import os
+import stat
 import time
 import uuid
 import warnings
@@ -104,10 +105,13 @@ def upload_artifact(
         36
     """
     path = os.fspath(file_path)
-    if os.path.isdir(path):  # Optuna raises IsADirectoryError here too (from open())
+    # One stat for both checks (os.path.isdir and os.path.exists took one each).
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # what os.path.exists reports as absent
+        raise FileNotFoundError(f"No such file to upload: {path!r}") from None
+    if stat.S_ISDIR(mode):  # Optuna raises IsADirectoryError here too (from open())
         raise IsADirectoryError(f"Cannot upload a directory as an artifact: {path!r}")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No such file to upload: {path!r}")
     target = resolve_target(study_or_trial, storage)
 
     filename = os.path.basename(path)

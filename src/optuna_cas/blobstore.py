@@ -33,6 +33,8 @@ from optuna_cas._fileio import (
 )
 from optuna_cas.backends.base import (
     Backend,
+    ObjectInfo,
+    StagedObject,
     SupportsStaging,
     staging_of,
 )
@@ -76,6 +78,7 @@ __all__ = [
     "BlobCache",
     "BlobInfo",
     "BlobStore",
+    "PublishReceipt",
     "blob_key",
 ]
 
@@ -103,6 +106,30 @@ class BlobCache(PackCache, Protocol):
     def materialize(self, digest: Digest, path: Path, fetch: Callable[[], BinaryIO]) -> None:
         """Write the blob to the new file ``path`` (verified), filling the cache on a miss."""
         ...
+
+
+class PublishReceipt:
+    """Where an upload published its blob into a local store, for the re-check after its ref.
+
+    :class:`~optuna_cas.content.ContentStore` checks the blob is still stored once the ref
+    exists (a concurrent gc may have deleted it: see :mod:`optuna_cas.operations.gc`). When
+    the upload itself has just published the blob by rename, one ``lstat`` of that path
+    answers "still there"; anything else (a dedup hit, a remote store, a missing file) is
+    answered by the full :meth:`BlobStore.has_blob`.
+
+    Example:
+        >>> PublishReceipt().still_stored(Digest.of_bytes(b"x"))
+        False
+    """
+
+    __slots__ = ("staged",)
+
+    def __init__(self) -> None:
+        self.staged: StagedObject | None = None
+
+    def still_stored(self, digest: Digest) -> bool:
+        """True if the blob this upload published is still at its key (False: unknown)."""
+        return self.staged is not None and self.staged.still_published(digest.size)
 
 
 class BlobStore(BlobMaintenance):
@@ -153,6 +180,9 @@ class BlobStore(BlobMaintenance):
             )
         self.chunk_threshold = _NEVER if chunk_threshold is None else chunk_threshold
         self.chunks = ChunkStore(backend, cache=blob_cache, freshen_after=freshen_after)
+        # Found once: a runtime Protocol check per upload cost ~5% of a small file's upload.
+        # A local backend behind Backoff still stages: local copies need no retries.
+        self._staging = staging_of(backend)
 
     @property
     def backend(self) -> Backend:
@@ -222,18 +252,24 @@ class BlobStore(BlobMaintenance):
             >>> BlobStore(MemoryBackend()).put_blob(io.BytesIO(b"abc")).size
             3
         """
+        return self._put_blob(source, None)
+
+    def _put_blob(
+        self, source: BinaryIO | str | os.PathLike[str], receipt: PublishReceipt | None
+    ) -> Digest:
+        """:meth:`put_blob`; ``receipt`` learns where a local store published the blob."""
         if isinstance(source, str | os.PathLike):
             with FileSource.open(source) as src:
-                return self._put_file(src)
+                return self._put_file(src, receipt)
         file_source = FileSource.of_stream(source)
         if file_source is None and seekable(source) and _remaining(source) >= self.chunk_threshold:
             return self.chunks.put(source)
         if file_source is not None:
-            digest = self._put_file(file_source)
+            digest = self._put_file(file_source, receipt)
             source.seek(file_source.start + digest.size)
             return digest
         if self._stager() is not None:
-            return self._put_staged(lambda fd: copy_stream_hashing(source, fd))
+            return self._put_staged(lambda fd: copy_stream_hashing(source, fd), receipt=receipt)
         if seekable(source):
             start = source.tell()
             digest = hash_stream(source)
@@ -246,7 +282,7 @@ class BlobStore(BlobMaintenance):
             self._store_verified(digest, spool)
             return digest
 
-    def _put_file(self, src: FileSource) -> Digest:
+    def _put_file(self, src: FileSource, receipt: PublishReceipt | None = None) -> Digest:
         remembered = self._file_digests.get(src.before) if src.start == 0 else None
         if remembered is not None and remembered.size >= self.chunk_threshold:
             # With its packs: a re-upload after the ref (gc's argument) must repair a gone pack.
@@ -275,6 +311,7 @@ class BlobStore(BlobMaintenance):
                 src,
                 stager,
                 hint,
+                receipt,
             )
         else:
             digest = hash_fd(src.fd, src.start)
@@ -295,6 +332,7 @@ class BlobStore(BlobMaintenance):
         src: FileSource | None = None,
         stager: SupportsStaging | None = None,
         hint: bytes | None = None,
+        receipt: PublishReceipt | None = None,
     ) -> Digest:
         """Copy into the backend's own temp file while hashing the copy; publish by rename."""
         stager = stager or self._stager()
@@ -304,17 +342,26 @@ class BlobStore(BlobMaintenance):
             digest = fill(staged.fd)
             if src is not None:
                 src.check_unchanged()
-            # Dedup: a blob already stored with the right bytes gets no bytes written (the
-            # copy is dropped). One with the right size but wrong bytes (corrupt) is repaired
-            # by publishing our verified copy over it; its check reads, never maps, the file.
-            present, _ = self._check_stored(digest)
-            if present and self._stored_blob_matches(digest):
+            # Published at once if nothing is stored under the key (the usual case, one look
+            # at the key). Dedup: a blob already stored with the right bytes gets no bytes
+            # written (the copy is dropped). One of the wrong size, or of the right size but
+            # wrong bytes (corrupt), is repaired by publishing our verified copy over it; its
+            # check reads, never maps, the file.
+            key = blob_key(digest)
+            existing = staged.commit_new(key)
+            if existing is None:
+                published = True
+            elif self._present(key, existing, digest) and self._stored_blob_matches(digest):
+                published = False
                 staged.discard()
             else:
-                staged.commit(blob_key(digest))
+                published = True
+                staged.commit(key)
         except BaseException:
             staged.discard()
             raise
+        if published and receipt is not None:
+            receipt.staged = staged
         if hint is not None:  # the blob now holds exactly these bytes: see _reuse_known_content
             self._remember_stored(digest, hint)
         if self._blob_cache is not None:
@@ -375,8 +422,7 @@ class BlobStore(BlobMaintenance):
             return False
 
     def _stager(self) -> SupportsStaging | None:
-        # A local backend behind Backoff still stages: local copies need no retries.
-        return staging_of(self._backend)
+        return self._staging
 
     def _check_stored(self, digest: Digest) -> tuple[bool, bool]:
         """Return (present, repair) for ``digest``'s blob.
@@ -390,11 +436,19 @@ class BlobStore(BlobMaintenance):
             info = self._backend.stat(key)
         except ArtifactNotFound:
             return False, False
+        present = self._present(key, info, digest)
+        return present, not present
+
+    def _present(self, key: str, info: ObjectInfo, digest: Digest) -> bool:
+        """Whether ``info`` (stored at ``key``) is ``digest``'s blob by its size; freshens it.
+
+        Its time is refreshed if older than ``freshen_after`` (so gc spares a re-used blob).
+        """
         if info.size != digest.size:
-            return False, True
+            return False
         if time.time() - info.modified > self.freshen_after:
             self._freshen(key)
-        return True, False
+        return True
 
     def _store_verified(self, digest: Digest, source: BinaryIO) -> bool:
         """Send ``source`` under ``digest``'s key unless present, verifying it on the way.

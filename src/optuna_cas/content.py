@@ -26,6 +26,7 @@ from optuna_cas.blobstore import (
     BlobCache,
     BlobInfo,
     BlobStore,
+    PublishReceipt,
     blob_key,
     seekable,
 )
@@ -159,7 +160,8 @@ class ContentStore(BlobStore, RefStore):
         encoding: str | None,
     ) -> ArtifactRef:
         start = None if isinstance(source, str | os.PathLike) else source.tell()
-        digest = self.put_blob(source)
+        receipt = PublishReceipt()
+        digest = self._put_blob(source, receipt)
         ref = ArtifactRef(
             artifact_id=artifact_id,
             digest=digest,
@@ -170,8 +172,10 @@ class ContentStore(BlobStore, RefStore):
         self.put_ref(ref)
         # Blob before ref is not enough with a concurrent gc: it may have judged the blob
         # unreferenced before our ref existed and delete it now. Checking after the ref is
-        # written closes that race (argument in optuna_cas.operations.gc).
-        if not self.has_blob(digest):
+        # written closes that race (argument in optuna_cas.operations.gc). A blob this
+        # upload just renamed into place is looked at where it was put (one lstat); any
+        # other answer than "still there" gets the full check.
+        if not receipt.still_stored(digest) and not self.has_blob(digest):
             if not isinstance(source, str | os.PathLike):
                 source.seek(start or 0)
             try:

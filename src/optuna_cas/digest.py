@@ -94,6 +94,25 @@ class Digest:
         return cls(hexdigest=hexdigest, size=size, algorithm=algorithm)
 
     @classmethod
+    def computed(cls, hexdigest: str, size: int) -> Digest:
+        """A digest a BLAKE3 hasher just produced over ``size`` counted bytes: not re-checked.
+
+        Parsing untrusted text goes through the constructor (or :meth:`parse`), which
+        validates; this skips that for values that are valid by construction (every upload
+        makes one).
+
+        Example:
+            >>> h = blake3.blake3(b"x")
+            >>> Digest.computed(h.hexdigest(), 1) == Digest.of_bytes(b"x")
+            True
+        """
+        digest = object.__new__(cls)
+        object.__setattr__(digest, "hexdigest", hexdigest)
+        object.__setattr__(digest, "size", size)
+        object.__setattr__(digest, "algorithm", ALGORITHM)
+        return digest
+
+    @classmethod
     def of_bytes(cls, data: bytes) -> Digest:
         """Hash a small in-memory byte string.
 
@@ -141,7 +160,7 @@ class Hasher:
             >>> Hasher().digest().size
             0
         """
-        return Digest(hexdigest=self._hasher.hexdigest(), size=self.size)
+        return Digest.computed(self._hasher.hexdigest(), self.size)
 
 
 def hash_file(path: str | os.PathLike[str]) -> Digest:
@@ -166,6 +185,8 @@ def hash_file(path: str | os.PathLike[str]) -> Digest:
 
 # Large reads keep the per-call overhead small and give BLAKE3's thread pool enough work.
 _READ_HASH_BUFFER = 16 * 1024 * 1024
+# First buffer for a file that says it is empty (it may be a pseudo-file with content).
+_SMALL_READ_BUFFER = 64 * 1024
 # Below this a thread pool costs more than it saves (~0.2 ms to start one in a child process).
 _PARALLEL_MIN_BYTES = 1024 * 1024
 # BLAKE3's "AUTO" mode runs on a global thread pool that a forked child inherits without its
@@ -228,13 +249,18 @@ def hash_fd(fd: int, start: int = 0) -> Digest:
     """
     size_hint = max(os.fstat(fd).st_size - start, 0)
     hasher = new_blake3(size_hint)
-    buffer = bytearray(min(_READ_HASH_BUFFER, max(size_hint, CHUNK_SIZE)))
-    view = memoryview(buffer)
+    # A small file gets a buffer its size (+1 to see EOF in the same loop): zeroing a 1 MiB
+    # one cost more than hashing a few KiB. One that fills up (the file is larger than its
+    # size said: a pseudo-file, a file growing) is replaced by a large one.
+    first = min(_READ_HASH_BUFFER, size_hint + 1 if size_hint else _SMALL_READ_BUFFER)
+    view = memoryview(bytearray(first))
     offset = start
     while n := os.preadv(fd, [view], offset):
         hasher.update(view[:n])
         offset += n
-    return Digest(hexdigest=hasher.hexdigest(), size=offset - start)
+        if n == len(view) < CHUNK_SIZE:
+            view = memoryview(bytearray(CHUNK_SIZE))
+    return Digest.computed(hasher.hexdigest(), offset - start)
 
 
 # Private files are hashed through memory-map windows of this size: as fast as mapping the

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 import blake3
 
-from optuna_cas._fileio import kernel_copy, open_regular_file, pwrite_all, real_fileno
+from optuna_cas._fileio import kernel_copy, open_regular_file_stat, pwrite_all, real_fileno
 from optuna_cas.digest import CHUNK_SIZE, Digest, hash_fd, hash_private_range, new_blake3, readinto
 from optuna_cas.exceptions import IntegrityError
 
@@ -58,8 +58,9 @@ _FINGERPRINT_WINDOWS = 32
 _FINGERPRINT_WINDOW_BYTES = 4096
 # hash_in_place's read-ahead: this many buffers of _BUFFER_BYTES in flight.
 _READ_AHEAD_BUFFERS = 3
-# ... but a small file gets a buffer its size: zeroing a fresh 1 MiB buffer (~20 us, more on
-# this VM's first touch of memory) cost more than copying and hashing a 4 KiB file.
+# ... but a small file gets a buffer its size (plus one byte, to see EOF): zeroing a fresh 1 MiB
+# buffer (~20 us, more on this VM's first touch of memory) cost more than copying and hashing a
+# 4 KiB file, and a 64 KiB one still ~1 us. A file that says it is empty starts with this:
 _MIN_BUFFER_BYTES = 64 * 1024
 
 
@@ -75,6 +76,7 @@ class FileSource:
         start: Offset of the first byte to upload.
         name: For messages (the path, or the stream's name).
         owned: Close ``fd`` in :meth:`close`.
+        before: ``fstat(fd)`` if the caller has just taken it (saves taking it again).
 
     Example:
         >>> import tempfile
@@ -84,12 +86,14 @@ class FileSource:
         3
     """
 
-    def __init__(self, fd: int, start: int, name: str, *, owned: bool) -> None:
+    def __init__(
+        self, fd: int, start: int, name: str, *, owned: bool, before: os.stat_result | None = None
+    ) -> None:
         self.fd = fd
         self.start = start
         self.name = name
         self._owned = owned
-        self.before = os.fstat(fd)
+        self.before = os.fstat(fd) if before is None else before
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> FileSource:
@@ -101,7 +105,8 @@ class FileSource:
             ...
             FileNotFoundError: [Errno 2] No such file to upload: '/nonexistent/x'
         """
-        return cls(open_regular_file(path), 0, os.fspath(path), owned=True)
+        fd, st = open_regular_file_stat(path)
+        return cls(fd, 0, os.fspath(path), owned=True, before=st)
 
     @classmethod
     def of_stream(cls, stream: BinaryIO) -> FileSource | None:
@@ -349,7 +354,7 @@ def hash_in_place(src: FileSource) -> Digest:
     finally:
         free.put(None)  # stops the reader if this thread failed first
         thread.join()
-    return Digest(hexdigest=hasher.hexdigest(), size=size)
+    return Digest.computed(hasher.hexdigest(), size)
 
 
 def copy_hashing(src_fd: int, src_start: int, out_fd: int, size_hint: int) -> Digest:
@@ -382,16 +387,20 @@ def copy_hashing(src_fd: int, src_start: int, out_fd: int, size_hint: int) -> Di
     if size_hint >= OVERLAP_MIN_BYTES:
         copied, finished = _overlapped_kernel_copy(src_fd, src_start, out_fd, hasher)
         if finished:
-            return Digest(hexdigest=hasher.hexdigest(), size=copied)
+            return Digest.computed(hasher.hexdigest(), copied)
     # User space, from wherever the kernel stopped: the buffer we write is the one we hash.
     # One byte over the size hint lets a small file's second read see EOF at once.
-    buffer = bytearray(min(_BUFFER_BYTES, max(_MIN_BUFFER_BYTES, size_hint - copied + 1)))
-    view = memoryview(buffer)
+    # A size hint of 0 may be a pseudo-file with content: it starts with a mid-size buffer. A
+    # buffer that fills up is replaced by a full-size one (the file is larger than it said).
+    left = size_hint - copied
+    view = memoryview(bytearray(min(_BUFFER_BYTES, left + 1 if left > 0 else _MIN_BUFFER_BYTES)))
     while n := os.preadv(src_fd, [view], src_start + copied):
         pwrite_all(out_fd, view[:n], copied)
         hasher.update(view[:n])
         copied += n
-    return Digest(hexdigest=hasher.hexdigest(), size=copied)
+        if n == len(view) < _BUFFER_BYTES:
+            view = memoryview(bytearray(_BUFFER_BYTES))
+    return Digest.computed(hasher.hexdigest(), copied)
 
 
 def copy_stream_hashing(stream: BinaryIO, out_fd: int) -> Digest:
@@ -411,7 +420,7 @@ def copy_stream_hashing(stream: BinaryIO, out_fd: int) -> Digest:
         pwrite_all(out_fd, view[:n], written)
         hasher.update(view[:n])
         written += n
-    return Digest(hexdigest=hasher.hexdigest(), size=written)
+    return Digest.computed(hasher.hexdigest(), written)
 
 
 class _CopyProgress:

@@ -28,6 +28,9 @@ from optuna_cas.exceptions import IntegrityError, MalformedRecordError
 __all__ = ["REF_FORMAT_VERSION", "ArtifactRef"]
 
 REF_FORMAT_VERSION = 1
+# json.dumps(..., sort_keys=True) builds a new encoder per call; one shared encoder gives the
+# same bytes (encode() keeps no state between calls, so threads can share it).
+_ENCODER = json.JSONEncoder(sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class ArtifactRef:
         }
         # ASCII-only JSON: file names that are not valid UTF-8 (kept by Python as lone
         # surrogates) survive as \udcXX escapes instead of failing to encode.
-        return json.dumps(record, sort_keys=True).encode("ascii")
+        return _ENCODER.encode(record).encode("ascii")
 
     @classmethod
     def from_json(cls, data: bytes, artifact_id: str) -> ArtifactRef:

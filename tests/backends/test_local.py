@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from optuna_cas.backends.base import Backend
-from optuna_cas.backends.local import LocalBackend
+from optuna_cas.backends.local import TEMP_PREFIX, LocalBackend
 from optuna_cas.middleware.backoff import RetryingBackend
 from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from optuna_cas.testing.backend import BackendConformance
@@ -46,3 +47,47 @@ class TestRetryingLocalBackend(TestLocalBackend):
     def backend_at(self, sub: str) -> Backend:
         retrier = Retrier(RetryPolicy(min_delay=0.01, max_delay=0.05))
         return RetryingBackend(super().backend_at(sub), retrier)
+
+
+def _staged_with(backend: LocalBackend, data: bytes):  # type: ignore[no-untyped-def]
+    staged = backend.stage("blobs")
+    os.write(staged.fd, data)
+    return staged
+
+
+def _temps(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+def test_commit_new_publishes_when_nothing_is_there(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "s")
+    staged = _staged_with(backend, b"payload")
+    assert staged.commit_new("blobs/ab/cd") is None
+    assert (backend.root / "blobs/ab/cd").read_bytes() == b"payload"
+    assert _temps(backend.root / "blobs") == []
+
+
+def test_commit_new_leaves_a_stored_object_alone_and_keeps_the_file_staged(
+    tmp_path: Path,
+) -> None:
+    backend = LocalBackend(tmp_path / "s")
+    _staged_with(backend, b"first").commit_new("blobs/ab/cd")
+    staged = _staged_with(backend, b"second!")
+    info = staged.commit_new("blobs/ab/cd")
+    assert info is not None and info.size == len(b"first")
+    assert (backend.root / "blobs/ab/cd").read_bytes() == b"first"
+    staged.commit("blobs/ab/cd")  # the caller may still repair it
+    assert (backend.root / "blobs/ab/cd").read_bytes() == b"second!"
+    assert _temps(backend.root / "blobs") == []
+
+
+def test_commit_new_replaces_a_symlink_at_the_key_without_following_it(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "s")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not ours")
+    (backend.root / "blobs/ab").mkdir(parents=True)
+    (backend.root / "blobs/ab/cd").symlink_to(outside)
+    assert _staged_with(backend, b"payload").commit_new("blobs/ab/cd") is None
+    assert not (backend.root / "blobs/ab/cd").is_symlink()
+    assert (backend.root / "blobs/ab/cd").read_bytes() == b"payload"
+    assert outside.read_bytes() == b"not ours"

@@ -147,6 +147,22 @@ class StagedObject(Protocol):
         """Publish the file's bytes under ``key`` atomically (replacing what is there)."""
         ...
 
+    def commit_new(self, key: str) -> ObjectInfo | None:
+        """Publish under ``key`` unless an object is stored there; else return its info.
+
+        When an object is returned nothing was published and the file is still staged: the
+        caller discards it or, to repair a bad object, commits it over that one.
+        """
+        ...
+
+    def still_published(self, size: int) -> bool:
+        """After this object published its file: whether ``size`` bytes are still stored there.
+
+        One look at the very path of the publish (a concurrent gc may have removed it since).
+        False also when nothing was published; callers then make the full check.
+        """
+        ...
+
     def discard(self) -> None:
         """Drop the file; a no-op after :meth:`commit`."""
         ...

@@ -21,6 +21,13 @@ from typing import BinaryIO, cast
 from optuna_cas._fileio import describe_mode, kernel_copy, pwrite_all, real_fileno
 from optuna_cas._validation import shorten_name, validate_key
 from optuna_cas.backends.base import ObjectInfo
+from optuna_cas.backends.local_files import (
+    TEMP_PREFIX,
+    StagedFile,
+    create_beside,
+    fsync_dir,
+    unique_name,
+)
 from optuna_cas.backends.window import Window, WindowReader, check_range
 from optuna_cas.digest import CHUNK_SIZE, readinto
 from optuna_cas.exceptions import (
@@ -32,7 +39,6 @@ from optuna_cas.exceptions import (
 
 __all__ = ["TEMP_PREFIX", "LocalBackend", "StagedFile"]
 
-TEMP_PREFIX = ".tmp-"
 # First buffer of a user-space copy (see _copy_to).
 _FIRST_BUFFER_BYTES = 64 * 1024
 
@@ -188,8 +194,8 @@ class LocalBackend:
                 # replace that entry itself, never what it points at.
                 if_absent = False
         directory, _, name = path.rpartition("/")
-        temp = f"{directory}/{shorten_name(f'{TEMP_PREFIX}{uuid.uuid4().hex}-{name}', 255)}"
-        fd = _create_beside(temp, directory, 0o666)
+        temp = f"{directory}/{shorten_name(f'{TEMP_PREFIX}{unique_name()}-{name}', 255)}"
+        fd = create_beside(temp, directory, 0o666)
         published = False
         try:
             try:
@@ -214,7 +220,7 @@ class LocalBackend:
                 except FileNotFoundError:
                     pass
         if self._fsync:
-            _fsync_dir(directory)
+            fsync_dir(directory)
 
     def stage(self, area: str) -> StagedFile:
         """A new private temp file under ``area`` (e.g. ``"blobs"``), to fill and then publish.
@@ -232,7 +238,7 @@ class LocalBackend:
         # The same containment check every key below ``area`` gets, done *before* any byte is
         # written: a symlinked directory must not receive the bytes at all.
         folder = self._fspath(f"{area}/staged").rpartition("/")[0]
-        return StagedFile(self, folder)
+        return StagedFile(folder, resolve=self._fspath, fsync=self._fsync)
 
     def remove(self, key: str) -> None:
         """Delete ``key``; a missing key raises ``ArtifactNotFound``.
@@ -419,54 +425,6 @@ class LocalBackend:
         return self._uri
 
 
-class StagedFile:
-    """A private temp file in the store (open for reading and writing), published by rename.
-
-    Example:
-        >>> import tempfile
-        >>> LocalBackend(tempfile.mkdtemp()).stage("blobs").discard()
-    """
-
-    def __init__(self, backend: LocalBackend, folder: str) -> None:
-        self._backend = backend
-        self.path = f"{folder}/{TEMP_PREFIX}{uuid.uuid4().hex}"
-        self.fd = _create_beside(self.path, folder, 0o644)
-
-    def commit(self, key: str) -> None:
-        """Publish the file under ``key`` with ``os.replace`` (atomic), then close it.
-
-        Replacing is right for content-addressed keys: the bytes are verified and identical
-        to any good copy already there, and a corrupt copy gets repaired (a reader holding the
-        old file keeps reading it). The key's time becomes now, which also protects the blob
-        from a concurrent gc for the grace period.
-        """
-        try:
-            if self._backend._fsync:
-                os.fsync(self.fd)
-            path = self._backend._fspath(key)
-            try:
-                os.replace(self.path, path)
-            except FileNotFoundError:
-                # The first blob in its fan-out directory (or our temp file was removed: then
-                # the retry raises again, naming it).
-                os.makedirs(path.rpartition("/")[0], exist_ok=True)
-                os.replace(self.path, path)
-            if self._backend._fsync:
-                _fsync_dir(path.rpartition("/")[0])
-        finally:
-            self.discard()
-
-    def discard(self) -> None:
-        """Close and remove the temp file (a no-op after :meth:`commit`)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
 def _window_reader(fd: int, window: Window, size: int) -> BinaryIO:
     """A buffered reader of ``window`` of the open regular file ``fd``; it owns ``fd``."""
 
@@ -489,21 +447,16 @@ def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
-def _create_beside(path: str, directory: str, mode: int) -> int:
-    """Create the new file ``path`` (read-write) in ``directory``, creating that if missing.
-
-    Trying first and creating the directory only on failure saves a ``mkdir`` per write.
-    """
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    try:
-        return os.open(path, flags, mode)
-    except FileNotFoundError:
-        os.makedirs(directory, exist_ok=True)  # the first object in this directory
-        return os.open(path, flags, mode)
-
-
 def _copy_to(source: BinaryIO, out_fd: int) -> None:
     """Copy the rest of ``source`` into the new file ``out_fd``, in the kernel when possible."""
+    if type(source) is io.BytesIO:
+        # Refs and other small records: one write straight from the buffer, no copy.
+        with source.getbuffer() as buffer:
+            start = source.tell()
+            pwrite_all(out_fd, buffer[start:], 0)
+            end = len(buffer)
+        source.seek(max(start, end))  # consumed to EOF, as the loop below leaves it
+        return
     written = 0
     fileno = real_fileno(source)
     if fileno is not None:
@@ -521,11 +474,3 @@ def _copy_to(source: BinaryIO, out_fd: int) -> None:
         written += n
         if n == len(view) and len(view) < CHUNK_SIZE:
             view = memoryview(bytearray(CHUNK_SIZE))
-
-
-def _fsync_dir(directory: str | Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -264,6 +264,20 @@ class _WatchedStaged:
         elif key.startswith(PACK_PREFIX):
             self._watch._pack_stored(size)
 
+    def commit_new(self, key: str) -> ObjectInfo | None:
+        self._stop_polling()
+        size = os.fstat(self.fd).st_size
+        self._watch._moved_to(size)
+        existing = self._staged.commit_new(key)
+        if existing is None and key.startswith(BLOB_PREFIX):
+            self._watch._blob_stored()
+        elif existing is None and key.startswith(PACK_PREFIX):
+            self._watch._pack_stored(size)
+        return existing
+
+    def still_published(self, size: int) -> bool:
+        return self._staged.still_published(size)
+
     def discard(self) -> None:
         self._stop_polling()
         self._staged.discard()
