@@ -158,12 +158,11 @@ class PackWriter:
         self._cache = cache
         self._manifest = manifest
         self._pack_target = pack_target
-        self.index = TableBuilder(INDEX_MAGIC)  # the chunks this upload added
+        # The chunks this upload added, findable by digest (a chunk repeated in the file is
+        # stored once) in a few bytes per chunk: multi-GiB files have tens of thousands.
+        self.index = TableBuilder(INDEX_MAGIC, findable=True)
         self._pack: _OpenPack | None = None
-        # chunk -> its row in self.index (one int per new chunk: memory per chunk matters for
-        # multi-GiB files); the row gives the index pack number and offset, and
-        # _manifest_pack maps index pack numbers to the manifest's.
-        self._new: dict[bytes, int] = {}
+        # Index pack numbers to the manifest's.
         self._manifest_pack: list[int] = []
         self._pool: ThreadPoolExecutor | None = None  # sends sealed packs (remote backends)
         self._io: ThreadPoolExecutor | None = None  # writes and hashes pack buffers
@@ -181,7 +180,7 @@ class PackWriter:
     def add_new(self, chunk: Digest, data: memoryview) -> None:
         """Record a chunk the store lacks; store ``data`` unless this upload already did."""
         raw = bytes.fromhex(chunk.hexdigest)
-        row = self._new.get(raw)
+        row = self.index.row_of(raw)
         if row is not None:
             _chunk, index_pack, _length, offset = self.index.entry(row)
             self._manifest.add_raw(raw, chunk.size, self._manifest_pack[index_pack], offset)
@@ -199,7 +198,6 @@ class PackWriter:
             )
             self._manifest_pack.append(self._pack.number)
         offset = self._pack.append(data)
-        self._new[raw] = len(self.index)
         self.index.add_raw(raw, chunk.size, self._pack.index_number, offset)
         self._manifest.add_raw(raw, chunk.size, self._pack.number, offset)
         self.bytes_written += chunk.size
@@ -207,8 +205,8 @@ class PackWriter:
             self._seal()
 
     def forget_new(self) -> None:
-        """Drop the map of this upload's new chunks (after :meth:`finish`)."""
-        self._new = {}
+        """Stop finding this upload's new chunks by digest (after :meth:`finish`)."""
+        self.index.stop_finding()
 
     def _seal(self) -> None:
         pack, self._pack = self._pack, None

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from optuna_cas.chunks.digest_index import DigestIndex
 from optuna_cas.chunks.layout import CHUNK_MAX
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import IntegrityError
@@ -113,6 +114,9 @@ class TableBuilder:
     Pack numbers may be handed out before a pack's digest is known (a pack still being
     written): fill ``packs[number]`` in before :meth:`to_bytes`.
 
+    With ``findable``, :meth:`row_of` finds an entry by its chunk (each chunk added once):
+    an upload's index finds a chunk repeated in the file, in a few bytes per entry.
+
     Example:
         >>> b = TableBuilder(MANIFEST_MAGIC)
         >>> n = b.pack_number(Digest.of_bytes(b"xy"))
@@ -122,11 +126,12 @@ class TableBuilder:
         True
     """
 
-    def __init__(self, magic: bytes) -> None:
+    def __init__(self, magic: bytes, *, findable: bool = False) -> None:
         self.magic = magic
         self.packs: list[Digest | None] = []
         self._numbers: dict[str, int] = {}
         self._entries = bytearray()
+        self._rows = DigestIndex(self._entries, ENTRY.size) if findable else None
 
     def __len__(self) -> int:
         return len(self._entries) // ENTRY.size
@@ -149,7 +154,7 @@ class TableBuilder:
 
     def add(self, chunk: Digest, pack: int, offset: int) -> None:
         """Append an entry: ``chunk`` at ``offset`` in pack number ``pack``."""
-        self._entries += ENTRY.pack(bytes.fromhex(chunk.hexdigest), pack, chunk.size, offset)
+        self.add_raw(bytes.fromhex(chunk.hexdigest), chunk.size, pack, offset)
 
     def entry(self, row: int) -> Entry:
         """The ``row``-th entry added."""
@@ -158,6 +163,24 @@ class TableBuilder:
     def add_raw(self, chunk: bytes, length: int, pack: int, offset: int) -> None:
         """Append an entry from a raw 32-byte chunk digest."""
         self._entries += ENTRY.pack(chunk, pack, length, offset)
+        if self._rows is not None:
+            self._rows.add_next()
+
+    def row_of(self, chunk: bytes) -> int | None:
+        """The row of the entry of ``chunk`` (a raw digest), if added (``findable`` only).
+
+        Example:
+            >>> b = TableBuilder(INDEX_MAGIC, findable=True); b.add(Digest.of_bytes(b"a"), 0, 5)
+            >>> b.row_of(bytes.fromhex(Digest.of_bytes(b"a").hexdigest)), b.row_of(bytes(32))
+            (0, None)
+        """
+        if self._rows is None:
+            raise ValueError("row_of() on a table built without findable=True")
+        return self._rows.find(chunk)
+
+    def stop_finding(self) -> None:
+        """Drop what :meth:`row_of` needs (once no more lookups come)."""
+        self._rows = None
 
     def to_bytes(self, file: Digest | None = None) -> bytes:
         """The record: a manifest (with ``file``) or an index object (without)."""
