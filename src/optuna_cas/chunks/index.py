@@ -24,7 +24,7 @@ import struct
 import blake3
 
 from optuna_cas.backends.base import Backend, read_at_most
-from optuna_cas.chunks.digest_index import DigestIndex
+from optuna_cas.chunks.digest_index import DigestIndex, Records
 from optuna_cas.chunks.layout import INDEX_PREFIX, parse_content_key
 from optuna_cas.chunks.table import INDEX_MAGIC, MAX_TABLE_BYTES, ChunkTable, parse_table
 from optuna_cas.digest import Digest
@@ -79,8 +79,8 @@ class KnownChunks:
         # One 40-byte record per chunk (a store can name millions): its digest and its place,
         # pack number << 40 | offset, packs by number in self._packs; found by digest through
         # self._rows.
-        self._records = bytearray()
-        self._rows = DigestIndex(self._records, _RECORD.size)
+        self._records = Records(_RECORD.size)
+        self._rows = DigestIndex(self._records)
         self._forgotten = 0
         self._packs: list[Digest] = []
         self._pack_numbers: dict[str, int] = {}
@@ -124,10 +124,10 @@ class KnownChunks:
                 continue
             row = rows.find(chunk)
             if row is None:
-                records += _RECORD.pack(chunk, numbers[pack] | offset)
-                rows.add_next()
-            elif _RECORD.unpack_from(records, row * _RECORD.size)[1] == _FORGOTTEN:
-                _RECORD.pack_into(records, row * _RECORD.size, chunk, numbers[pack] | offset)
+                records.append(_RECORD.pack(chunk, numbers[pack] | offset))
+                rows.add_next(chunk)
+            elif _RECORD.unpack_from(*records.locate(row))[1] == _FORGOTTEN:
+                _RECORD.pack_into(*records.locate(row), chunk, numbers[pack] | offset)
                 self._forgotten -= 1
 
     def _pack_number(self, pack: Digest) -> int:
@@ -146,7 +146,7 @@ class KnownChunks:
         row = self._rows.find(bytes.fromhex(chunk.hexdigest))
         if row is None:
             return None
-        where = _RECORD.unpack_from(self._records, row * _RECORD.size)[1]
+        where = _RECORD.unpack_from(*self._records.locate(row))[1]
         return None if where == _FORGOTTEN else (self._packs[where >> _SHIFT], where & _OFFSET)
 
     def forget_pack(self, pack: Digest) -> None:
@@ -155,10 +155,11 @@ class KnownChunks:
         if number is None:
             return
         records = self._records
-        for row, (chunk, where) in enumerate(_RECORD.iter_unpack(bytes(records))):
+        for row in range(len(records)):
+            chunk, where = _RECORD.unpack_from(*records.locate(row))
             if where != _FORGOTTEN and where >> _SHIFT == number:
-                _RECORD.pack_into(records, row * _RECORD.size, chunk, _FORGOTTEN)
+                _RECORD.pack_into(*records.locate(row), chunk, _FORGOTTEN)
                 self._forgotten += 1
 
     def __len__(self) -> int:
-        return len(self._records) // _RECORD.size - self._forgotten
+        return len(self._records) - self._forgotten

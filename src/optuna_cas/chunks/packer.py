@@ -27,7 +27,7 @@ import blake3
 from optuna_cas._fileio import pwrite_all
 from optuna_cas.backends.base import Backend, StagedObject, part_buffer_reuser_of, staging_of
 from optuna_cas.chunks.layout import PACK_PREFIX, PACK_TARGET, pack_key
-from optuna_cas.chunks.table import INDEX_MAGIC, TableBuilder
+from optuna_cas.chunks.table import INDEX_MAGIC, MANIFEST_MAGIC, TableBuilder
 from optuna_cas.digest import Digest, VerifyingReader
 
 __all__ = ["PackWriter", "UploadCache"]
@@ -131,6 +131,8 @@ class PackWriter:
     Args:
         backend: Where packs go.
         manifest: Receives one entry per chunk, in file order (pack numbers are this table's).
+            By default (:attr:`manifest`) a manifest that names each new chunk by reference
+            to :attr:`index`, in 8 bytes instead of 48.
         pack_target: Seal a pack once it holds this many bytes.
         cache: Offered each pack sent to a remote backend.
 
@@ -149,18 +151,21 @@ class PackWriter:
     def __init__(
         self,
         backend: Backend,
-        manifest: TableBuilder,
+        manifest: TableBuilder | None = None,
         *,
         pack_target: int = PACK_TARGET,
         cache: UploadCache | None = None,
     ) -> None:
         self._backend = backend
         self._cache = cache
-        self._manifest = manifest
         self._pack_target = pack_target
         # The chunks this upload added, findable by digest (a chunk repeated in the file is
         # stored once) in a few bytes per chunk: multi-GiB files have tens of thousands.
         self.index = TableBuilder(INDEX_MAGIC, findable=True)
+        self._borrowing = manifest is None
+        self.manifest = self._manifest = (
+            TableBuilder(MANIFEST_MAGIC, source=self.index) if manifest is None else manifest
+        )
         self._pack: _OpenPack | None = None
         # Index pack numbers to the manifest's.
         self._manifest_pack: list[int] = []
@@ -183,7 +188,10 @@ class PackWriter:
         row = self.index.row_of(raw)
         if row is not None:
             _chunk, index_pack, _length, offset = self.index.entry(row)
-            self._manifest.add_raw(raw, chunk.size, self._manifest_pack[index_pack], offset)
+            if self._borrowing:
+                self._manifest.add_from_source(row, self._manifest_pack[index_pack])
+            else:
+                self._manifest.add_raw(raw, chunk.size, self._manifest_pack[index_pack], offset)
             return
         if self._pack is None:
             if self._io is None:
@@ -199,7 +207,10 @@ class PackWriter:
             self._manifest_pack.append(self._pack.number)
         offset = self._pack.append(data)
         self.index.add_raw(raw, chunk.size, self._pack.index_number, offset)
-        self._manifest.add_raw(raw, chunk.size, self._pack.number, offset)
+        if self._borrowing:
+            self._manifest.add_from_source(len(self.index) - 1, self._pack.number)
+        else:
+            self._manifest.add_raw(raw, chunk.size, self._pack.number, offset)
         self.bytes_written += chunk.size
         if self._pack.size >= self._pack_target:
             self._seal()

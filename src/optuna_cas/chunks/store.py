@@ -104,8 +104,8 @@ class ChunkStore:
             IntegrityError: Raised by ``check_unchanged``.
         """
         self.known.refresh()
-        manifest = TableBuilder(MANIFEST_MAGIC)
-        writer = PackWriter(self._backend, manifest, cache=self._cache)
+        writer = PackWriter(self._backend, cache=self._cache)
+        manifest = writer.manifest  # new chunks by reference to writer.index: 8 bytes each
         usable: dict[str, bool] = {}
         chunker = Chunker(stream, size_hint)
         try:
