@@ -23,7 +23,9 @@ the record. For a map of dedup hints, a row left out is a hint lost.
 
 from __future__ import annotations
 
+import struct
 from array import array
+from typing import Any
 
 __all__ = ["DigestIndex", "Records"]
 
@@ -62,6 +64,19 @@ class Records:
             self._blocks.append(bytearray(size << _BLOCK_SHIFT))
         at = (count & _IN_BLOCK) * size
         self._blocks[-1][at : at + size] = record
+        self._count = count + 1
+
+    def pack(self, layout: struct.Struct, *fields: Any) -> None:
+        """Add a record packed from ``fields`` by ``layout`` (a struct of ``size`` bytes).
+
+        Packed in place: no intermediate ``bytes`` (this runs for every chunk of an upload).
+        """
+        count = self._count
+        if not count & _IN_BLOCK:
+            if layout.size != self.size:
+                raise ValueError(f"records of {layout.size} bytes, not {self.size}")
+            self._blocks.append(bytearray(self.size << _BLOCK_SHIFT))
+        layout.pack_into(self._blocks[-1], (count & _IN_BLOCK) * self.size, *fields)
         self._count = count + 1
 
     def locate(self, row: int) -> tuple[bytearray, int]:
@@ -135,9 +150,33 @@ class DigestIndex:
             slot = (slot + 1) & mask
         return None
 
+    def find_or_add(self, digest: bytes, layout: struct.Struct, *fields: Any) -> int | None:
+        """The row of ``digest``; if it has none, append its record and index it (None).
+
+        The record is ``layout`` packed from ``fields`` (which start with ``digest``). One
+        probe for both, for the loops that run once per chunk.
+        """
+        if (self._count + 1) * 2 > len(self._slots):
+            self._grow()
+        slots, records = self._slots, self._records
+        blocks, size = records._blocks, records.size
+        mask = len(slots) - 1
+        slot = hash(digest) & mask
+        while row := slots[slot]:
+            row -= 1
+            at = (row & _IN_BLOCK) * size
+            if blocks[row >> _BLOCK_SHIFT][at : at + _DIGEST] == digest:
+                return row
+            slot = (slot + 1) & mask
+        records.pack(layout, *fields)
+        if self._count < records._count:  # else threads raced to append: a hint lost
+            self._count += 1
+            slots[slot] = records._count  # its row + 1
+        return None
+
     def add_next(self, digest: bytes) -> None:
         """Index the next row (``len(self)``): the record just appended, starting with ``digest``."""
-        if self._count >= len(self._records):
+        if self._count >= self._records._count:
             return  # threads raced to append: the record was not kept (a hint lost)
         if (self._count + 1) * 2 > len(self._slots):
             self._grow()
@@ -149,14 +188,29 @@ class DigestIndex:
         self._count += 1
         slots[slot] = self._count  # row + 1
 
-    def _grow(self) -> None:
-        slots = array("I", bytes(8 * len(self._slots)))  # twice as many 4-byte slots
+    def reserve(self, count: int) -> None:
+        """Make room for ``count`` rows in all, so adding up to there never re-indexes."""
+        slots = len(self._slots)
+        while count * 2 > slots:
+            slots *= 2
+        if slots > len(self._slots):
+            self._grow(slots)
+
+    def _grow(self, slots_wanted: int = 0) -> None:
+        # Twice as many 4-byte slots (or as many as wanted).
+        slots = array("I", bytes(4 * max(2 * len(self._slots), slots_wanted)))
         mask = len(slots) - 1
-        blocks, size = self._records._blocks, self._records.size
-        for row in range(self._count):
-            at = (row & _IN_BLOCK) * size
-            slot = hash(bytes(blocks[row >> _BLOCK_SHIFT][at : at + _DIGEST])) & mask
-            while slots[slot]:
-                slot = (slot + 1) & mask
-            slots[slot] = row + 1
+        records = self._records
+        digests = struct.Struct(f"{_DIGEST}s{records.size - _DIGEST}x")
+        row = 0
+        # Blocks never resize (records only add blocks), so views of them are harmless.
+        for piece in records.pieces():
+            for (digest,) in digests.iter_unpack(piece):
+                if row == self._count:
+                    break
+                row += 1
+                slot = hash(digest) & mask
+                while slots[slot]:
+                    slot = (slot + 1) & mask
+                slots[slot] = row
         self._slots = slots

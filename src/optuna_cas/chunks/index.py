@@ -26,7 +26,7 @@ import blake3
 from optuna_cas.backends.base import Backend, read_at_most
 from optuna_cas.chunks.digest_index import DigestIndex, Records
 from optuna_cas.chunks.layout import INDEX_PREFIX, parse_content_key
-from optuna_cas.chunks.table import INDEX_MAGIC, MAX_TABLE_BYTES, ChunkTable, parse_table
+from optuna_cas.chunks.table import ENTRY, INDEX_MAGIC, MAX_TABLE_BYTES, ChunkTable, parse_table
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, OptunaCasError
 
@@ -118,16 +118,15 @@ class KnownChunks:
     def add_table(self, table: ChunkTable) -> None:
         """Learn the entries of an index object (e.g. the one this process just wrote)."""
         numbers = [self._pack_number(p) << _SHIFT for p in table.packs]
-        records, rows = self._records, self._rows
-        for chunk, pack, _length, offset in table:
+        records, find_or_add = self._records, self._rows.find_or_add
+        self._rows.reserve(len(records) + len(table))  # one re-index, not one per doubling
+        for chunk, pack, _length, offset in ENTRY.iter_unpack(table.entries):
             if offset > _OFFSET:  # not ours (packs are tens of MiB): a hint lost
                 continue
-            row = rows.find(chunk)
-            if row is None:
-                records.append(_RECORD.pack(chunk, numbers[pack] | offset))
-                rows.add_next(chunk)
-            elif _RECORD.unpack_from(*records.locate(row))[1] == _FORGOTTEN:
-                _RECORD.pack_into(*records.locate(row), chunk, numbers[pack] | offset)
+            where = numbers[pack] | offset
+            row = find_or_add(chunk, _RECORD, chunk, where)
+            if row is not None and _RECORD.unpack_from(*records.locate(row))[1] == _FORGOTTEN:
+                _RECORD.pack_into(*records.locate(row), chunk, where)
                 self._forgotten -= 1
 
     def _pack_number(self, pack: Digest) -> int:

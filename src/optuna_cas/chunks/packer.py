@@ -185,7 +185,15 @@ class PackWriter:
     def add_new(self, chunk: Digest, data: memoryview) -> None:
         """Record a chunk the store lacks; store ``data`` unless this upload already did."""
         raw = bytes.fromhex(chunk.hexdigest)
-        row = self.index.row_of(raw)
+        pack = self._pack
+        if pack is not None:
+            # Entered in the index at the pack's end unless it is there already: one probe.
+            row = self.index.find_or_add(raw, chunk.size, pack.index_number, pack.size)
+            if row is None:
+                self._store_new(raw, chunk.size, pack, data)
+                return
+        else:
+            row = self.index.row_of(raw)
         if row is not None:
             _chunk, index_pack, _length, offset = self.index.entry(row)
             if self._borrowing:
@@ -205,14 +213,18 @@ class PackWriter:
                 list(self._write_buffers),
             )
             self._manifest_pack.append(self._pack.number)
-        offset = self._pack.append(data)
-        self.index.add_raw(raw, chunk.size, self._pack.index_number, offset)
+        self.index.add_raw(raw, chunk.size, self._pack.index_number, self._pack.size)
+        self._store_new(raw, chunk.size, self._pack, data)
+
+    def _store_new(self, raw: bytes, size: int, pack: _OpenPack, data: memoryview) -> None:
+        """Write a chunk just entered in the index (at the pack's end) and name it."""
+        offset = pack.append(data)
         if self._borrowing:
-            self._manifest.add_from_source(len(self.index) - 1, self._pack.number)
+            self._manifest.add_from_source(len(self.index) - 1, pack.number)
         else:
-            self._manifest.add_raw(raw, chunk.size, self._pack.number, offset)
-        self.bytes_written += chunk.size
-        if self._pack.size >= self._pack_target:
+            self._manifest.add_raw(raw, size, pack.number, offset)
+        self.bytes_written += size
+        if pack.size >= self._pack_target:
             self._seal()
 
     def forget_new(self) -> None:

@@ -24,6 +24,7 @@ from optuna_cas.backends.base import Backend, ObjectInfo, conditional_remover_of
 from optuna_cas.chunks.chunker import Chunker
 from optuna_cas.chunks.index import KnownChunks, read_bounded
 from optuna_cas.chunks.layout import (
+    CHUNK_AVG,
     INDEX_PREFIX,
     MANIFEST_PREFIX,
     PACK_PREFIX,
@@ -48,6 +49,7 @@ from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 __all__ = ["ChunkStore", "StoredObject"]
 
 _MANIFEST_MEMO = 64
+_EXPECT_AT_MOST = 1 << 17  # chunks of an 8 GiB file: 1 MiB of index slots
 
 
 class ChunkStore:
@@ -106,6 +108,9 @@ class ChunkStore:
         self.known.refresh()
         writer = PackWriter(self._backend, cache=self._cache)
         manifest = writer.manifest  # new chunks by reference to writer.index: 8 bytes each
+        if size_hint:
+            # Spares re-indexing as it grows; capped (a hint, and slots are resident memory).
+            writer.index.expect(min(size_hint // CHUNK_AVG, _EXPECT_AT_MOST))
         usable: dict[str, bool] = {}
         chunker = Chunker(stream, size_hint)
         try:

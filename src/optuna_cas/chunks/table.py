@@ -183,11 +183,11 @@ class TableBuilder:
 
     def add_raw(self, chunk: bytes, length: int, pack: int, offset: int) -> None:
         """Append an entry from a raw 32-byte chunk digest."""
-        self._entries.append(ENTRY.pack(chunk, pack, length, offset))
+        self._entries.pack(ENTRY, chunk, pack, length, offset)
         if self._rows is not None:
             self._rows.add_next(chunk)
         if self._order is not None:
-            self._order.append(_REF.pack(_OWN | (len(self._entries) - 1), pack))
+            self._order.pack(_REF, _OWN | (len(self._entries) - 1), pack)
 
     def add_from_source(self, row: int, pack: int) -> None:
         """Append the source's entry ``row``, in this table's pack number ``pack``.
@@ -200,7 +200,7 @@ class TableBuilder:
         """
         if self._order is None:
             raise ValueError("add_from_source() on a table built without a source")
-        self._order.append(_REF.pack(row, pack))
+        self._order.pack(_REF, row, pack)
 
     def _entry_pieces(self) -> list[bytearray | memoryview]:
         """The entries in order, ready to join."""
@@ -225,6 +225,28 @@ class TableBuilder:
         if self._rows is None:
             raise ValueError("row_of() on a table built without findable=True")
         return self._rows.find(chunk)
+
+    def find_or_add(self, chunk: bytes, length: int, pack: int, offset: int) -> int | None:
+        """:meth:`row_of` ``chunk``; if it has none, :meth:`add_raw` it and return None.
+
+        Example:
+            >>> b = TableBuilder(INDEX_MAGIC, findable=True)
+            >>> b.find_or_add(bytes(32), 1, 0, 0), b.find_or_add(bytes(32), 1, 0, 9), len(b)
+            (None, 0, 1)
+        """
+        if self._rows is None or self._order is not None:
+            raise ValueError("find_or_add() on a table built without findable=True")
+        return self._rows.find_or_add(chunk, ENTRY, chunk, pack, length, offset)
+
+    def expect(self, count: int) -> None:
+        """Make :meth:`row_of` room for ``count`` entries at once (a hint; more still fit).
+
+        Example:
+            >>> b = TableBuilder(INDEX_MAGIC, findable=True); b.expect(1000); len(b)
+            0
+        """
+        if self._rows is not None:
+            self._rows.reserve(count)
 
     def stop_finding(self) -> None:
         """Drop what :meth:`row_of` needs (once no more lookups come)."""
