@@ -578,9 +578,11 @@ def rss_note(small: int, big: int, results: dict[int, dict[str, ChildResult]]) -
     return (
         f"Growth of peak anonymous memory between the two sizes: upload {per_gib('upload'):.1f} "
         f"MiB per GiB of file, download {per_gib('download'):.1f} MiB per GiB. An upload keeps "
-        "per-chunk state until it ends: the manifest and the index object being built (48 B "
-        "per chunk each), the packer's list of chunks and the in-memory map of known chunks, "
-        "which also holds every chunk named by the store's index objects (tracemalloc, outside "
-        "this run: about 230 B retained per new chunk, ~13,500 chunks per GiB of random "
-        "bytes), so an uploader's memory grows with the file's and the store's chunk counts."
+        "per-chunk state until it ends: the index object being built (48 B per chunk) and "
+        "the manifest (8 B per new chunk, a reference to the index; 56 B per known one), with "
+        "4-byte hash slots to find a chunk repeated in the file; the store's map of known "
+        "chunks learns them at the end (a 40-byte record and a slot each). tracemalloc, "
+        "outside this run: 67 B per new chunk during the upload, 51 B per known chunk "
+        "(tests/chunks/test_upload_memory.py; ~13,500 chunks per GiB of random bytes), so an "
+        "uploader's memory still grows with the file's and the store's chunk counts."
     )

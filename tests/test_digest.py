@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from optuna_cas import FileSystemArtifactStore
 from optuna_cas.backends.local import TEMP_PREFIX
+from optuna_cas.backends.remote_io import remaining_size
 from optuna_cas.content import DEFAULT_FILE_DIGESTS
 from optuna_cas.digest import (
     HASH_WINDOW,
@@ -60,6 +62,37 @@ def test_verifying_reader_only_verifies_at_eof() -> None:
     assert reader.read() == b"def" and reader.verified
     with pytest.raises(IntegrityError, match="got 5 bytes, expected 6"):
         VerifyingReader(io.BytesIO(b"abcde"), good, name="x").read()
+
+
+class _CountingBytesIO(io.BytesIO):
+    """Counts the bytes read from it (an observer of our own stream, not a patch)."""
+
+    read_bytes = 0
+
+    def readinto(self, buffer: Any) -> int:
+        n = super().readinto(buffer)
+        self.read_bytes += n
+        return n
+
+
+def test_asking_a_verifying_reader_its_size_reads_nothing() -> None:
+    # An S3/GCS write asks how much is left (seek to the end and back) to send a large
+    # stream in parts at once; before, a verifying reader refused SEEK_END, and every pack
+    # was first read into a part-sized head (a part-sized allocation per pack).
+    data = os.urandom(100_000)
+    source = _CountingBytesIO(data)
+    reader = io.BufferedReader(VerifyingReader(source, Digest.of_bytes(data), name="x"))
+    assert remaining_size(reader) == len(data)
+    assert source.read_bytes == 0
+    assert reader.read() == data and source.read_bytes == len(data)
+
+
+def test_a_verifying_reader_rewound_after_a_move_verifies_everything_again() -> None:
+    data = os.urandom(10_000)
+    reader = VerifyingReader(io.BytesIO(data), Digest.of_bytes(data), name="x")
+    assert reader.seek(-10, io.SEEK_END) == len(data) - 10 == reader.tell()
+    assert reader.read() == data[-10:] and reader.verified
+    assert reader.seek(0) == 0 and reader.read() == data and reader.verified
 
 
 def test_unchanged_file_is_not_hashed_again(

@@ -302,7 +302,7 @@ class BlobStore(BlobMaintenance):
             pass
         elif src.size_hint >= self.chunk_threshold:
             reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
-            digest = self.chunks.put(reader, src.check_unchanged)
+            digest = self.chunks.put(reader, src.size_hint, src.check_unchanged)
             if hint is not None:  # its manifest and packs were just checked or written
                 self._remember_stored(digest, hint)
         elif (stager := self._stager()) is not None:

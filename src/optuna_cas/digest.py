@@ -376,6 +376,7 @@ class VerifyingReader(io.RawIOBase):
         self._verified = False
         # Where the content starts in a seekable source: a retry may rewind to it.
         self._origin: int | None = None
+        self._target: int | None = None  # where a seek asked to go (moved at the next read)
         try:
             if source.seekable():
                 self._origin = source.tell()
@@ -388,6 +389,8 @@ class VerifyingReader(io.RawIOBase):
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         """Read into ``buffer``, hashing what was read; verify at EOF."""
+        if self._target is not None:
+            self._move(self._target)
         view = memoryview(buffer).cast("B")
         n = readinto(self._source, view)
         if n:
@@ -416,33 +419,45 @@ class VerifyingReader(io.RawIOBase):
         return self._origin is not None
 
     def tell(self) -> int:
-        """Bytes read so far."""
-        return self._hasher.size
+        """The position: bytes read so far, or where a seek asked to go."""
+        return self._hasher.size if self._target is None else self._target
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         """Move within the content (seekable sources only), verifying afresh from the start.
 
         A retried upload rewinds its input. Hashing is sequential, so any move re-reads the
-        content from its start up to the new position: the bytes are all checked again.
+        content from its start up to the new position: the bytes are all checked again. The
+        end (``SEEK_END``) is where the expected size says. The move happens at the next read,
+        so asking the size (a seek to the end and back) reads nothing.
+
+        Example:
+            >>> reader = VerifyingReader(io.BytesIO(b"hello"), Digest.of_bytes(b"hello"), name="x")
+            >>> reader.seek(0, io.SEEK_END), reader.seek(0), reader.read()
+            (5, 0, b'hello')
         """
         if self._origin is None:
             raise io.UnsupportedOperation("the source of this verifying reader cannot seek")
-        here = self._hasher.size
-        if whence not in (io.SEEK_SET, io.SEEK_CUR):
-            raise io.UnsupportedOperation("a verifying reader cannot seek from the end")
-        target = max(offset if whence == io.SEEK_SET else here + offset, 0)
-        if target != here:
-            self._source.seek(self._origin)
-            self._hasher = Hasher()
-            self._verified = False
-            buffer = memoryview(bytearray(min(CHUNK_SIZE, max(target, 1))))
-            while self._hasher.size < target:
-                want = min(len(buffer), target - self._hasher.size)
-                n = readinto(self._source, buffer[:want])
-                if not n:
-                    break
-                self._hasher.update(buffer[:n])
-        return self._hasher.size
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self.tell(), io.SEEK_END: self._expected.size}
+        if whence not in bases:
+            raise ValueError(f"invalid whence {whence!r}")
+        target = max(bases[whence] + offset, 0)
+        self._target = None if target == self._hasher.size else target
+        return target
+
+    def _move(self, target: int) -> None:
+        """Re-read (and hash) the content from its start up to ``target``."""
+        self._target = None
+        assert self._origin is not None  # only a seek sets a target, and it needs an origin
+        self._source.seek(self._origin)
+        self._hasher = Hasher()
+        self._verified = False
+        buffer = memoryview(bytearray(min(CHUNK_SIZE, max(target, 1))))
+        while self._hasher.size < target:
+            want = min(len(buffer), target - self._hasher.size)
+            n = readinto(self._source, buffer[:want])
+            if not n:
+                break
+            self._hasher.update(buffer[:n])
 
     @property
     def verified(self) -> bool:

@@ -11,6 +11,7 @@ same middleware (:class:`~optuna_cas.Backoff`) can wrap either kind of object.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
 
@@ -20,10 +21,12 @@ __all__ = [
     "RequestRunner",
     "StagedObject",
     "SupportsConditionalRemove",
+    "SupportsPartBufferReuse",
     "SupportsRequestRunner",
     "SupportsStaging",
     "SupportsTempFiles",
     "conditional_remover_of",
+    "part_buffer_reuser_of",
     "read_at_most",
     "run_once",
     "staging_of",
@@ -241,6 +244,24 @@ class SupportsConditionalRemove(Protocol):
 
 
 @runtime_checkable
+class SupportsPartBufferReuse(Protocol):
+    """A backend whose large writes can share one set of part buffers for a while.
+
+    A writer that sends many large objects in a row (the packs of a chunked upload) holds
+    :meth:`reusing_part_buffers` for its run, so memory does not grow with the objects sent.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> isinstance(MemoryBackend(), SupportsPartBufferReuse)
+        False
+    """
+
+    def reusing_part_buffers(self) -> AbstractContextManager[None]:
+        """Within the block, large writes reuse the part buffers earlier ones gave back."""
+        ...
+
+
+@runtime_checkable
 class _Decorator(Protocol):
     @property
     def inner(self) -> Backend: ...
@@ -290,6 +311,17 @@ def temp_files_of(backend: object) -> SupportsTempFiles | None:
         True
     """
     return next((b for b in _layers(backend) if isinstance(b, SupportsTempFiles)), None)
+
+
+def part_buffer_reuser_of(backend: object) -> SupportsPartBufferReuse | None:
+    """The layer of ``backend`` whose large writes can share part buffers, if any.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> part_buffer_reuser_of(MemoryBackend()) is None
+        True
+    """
+    return next((b for b in _layers(backend) if isinstance(b, SupportsPartBufferReuse)), None)
 
 
 def read_at_most(backend: Backend, key: str, limit: int) -> bytes:

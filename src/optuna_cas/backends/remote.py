@@ -32,15 +32,17 @@ import io
 import math
 import re
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, ClassVar, NoReturn, Protocol, TypeVar
+from typing import BinaryIO, ClassVar, NoReturn, TypeVar
 
 from optuna_cas._validation import validate_key, validate_prefix
 from optuna_cas.backends.base import ObjectInfo, RequestRunner, run_once
 from optuna_cas.backends.remote_io import (
     Download,
     ObjectReader,
+    PartBuffers,
     PartReader,
     PartSender,
+    PartUpload,
     read_up_to,
     remaining_size,
 )
@@ -87,32 +89,6 @@ class UploadGoneError(BackendError):
     usually means the upload *did* finish and the answer was lost: the base then looks for the
     object before believing it failed.
     """
-
-
-class PartUpload(Protocol):
-    """One multipart (S3) or resumable (GCS) upload in progress; each method is one request.
-
-    Every method may be called again after it failed (the request runner retries it).
-    """
-
-    completes_separately: bool
-    """Whether :meth:`complete` is a request of its own (S3), or the last part publishes."""
-
-    def send_part(self, number: int, offset: int, data: bytearray) -> None:
-        """Send part ``number`` (1-based; ``data`` starts at byte ``offset``), not the last."""
-        ...
-
-    def send_last(self, number: int, offset: int, data: bytearray, total: int) -> None:
-        """Send the last part (possibly empty); the caller's stream has reached EOF."""
-        ...
-
-    def complete(self) -> None:
-        """Publish the object (when :attr:`completes_separately`)."""
-        ...
-
-    def abort(self) -> None:
-        """Drop the upload; best effort, never raises."""
-        ...
 
 
 class RemoteBackend(abc.ABC):
@@ -172,6 +148,8 @@ class RemoteBackend(abc.ABC):
         self._run: RequestRunner = run_once
         # Set once the bucket is known to exist, so later 404s need no second look.
         self._bucket_seen = False
+        # Shared with the copies with_request_runner makes (a shallow copy).
+        self._part_buffers = PartBuffers(keep=concurrency)
 
     # ---- primitives: one request each, raising the SDK's own errors -------------------------
 
@@ -298,10 +276,13 @@ class RemoteBackend(abc.ABC):
         """
         validate_key(key)
         name = self._name(key)
-        # Reading one byte past the limit tells small from large without knowing the size.
-        head = read_up_to(content_body, self._single_request_limit + 1)
+        remaining = remaining_size(content_body)
+        # Reading one byte past the limit tells small from large without knowing the size;
+        # a stream known to be large goes to parts at once (no part-sized head to copy).
+        large = remaining is not None and remaining > self._single_request_limit
+        head = b"" if large else read_up_to(content_body, self._single_request_limit + 1)
         try:
-            if len(head) <= self._single_request_limit:
+            if len(head) <= self._single_request_limit and not large:
                 self._request(
                     key,
                     f"upload {self._where(key)}",
@@ -311,12 +292,23 @@ class RemoteBackend(abc.ABC):
             part_size = self._part_size_for(len(head), content_body)
             # The part reader copies the head into its first buffer and lets it go: this
             # frame must not keep it alive for the whole upload.
-            parts = PartReader(head, content_body, part_size)
-            del head
-            self._upload_in_parts(key, parts, part_size, if_absent=if_absent)
+            with PartReader(head, content_body, part_size, self._part_buffers) as parts:
+                del head
+                self._upload_in_parts(key, parts, part_size, if_absent=if_absent)
         except AlreadyPresentError:
             if not if_absent:
                 raise
+
+    def reusing_part_buffers(self) -> contextlib.AbstractContextManager[None]:
+        """Within the block, large writes share one set of part buffers (:class:`PartBuffers`).
+
+        Example:
+            .. code-block:: python
+
+                with backend.reusing_part_buffers():
+                    backend.write("packs/a", pack_a); backend.write("packs/b", pack_b)
+        """
+        return self._part_buffers.held()
 
     def remove(self, key: str) -> None:
         """Delete ``key``; a missing key raises ``ArtifactNotFound``.

@@ -8,9 +8,10 @@ one seekable, length-checked raw stream.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -27,14 +28,18 @@ __all__ = [
     "Body",
     "Download",
     "ObjectReader",
+    "PartBuffers",
     "PartReader",
     "PartSender",
+    "PartUpload",
     "read_up_to",
     "remaining_size",
 ]
 
 # A head's rest shorter than this is copied out so the (part-sized) head can be freed.
 _COMPACT_REST = 1024 * 1024
+# A last part at most this fraction of a part is copied out, so its buffer can be reused.
+_TAIL_FRACTION = 4
 
 
 def read_up_to(stream: BinaryIO, size: int) -> bytes:
@@ -81,6 +86,89 @@ def remaining_size(stream: BinaryIO) -> int | None:
     return max(end - position, 0)
 
 
+class PartUpload(Protocol):
+    """One multipart (S3) or resumable (GCS) upload in progress; each method is one request.
+
+    Every method may be called again after it failed (the request runner retries it).
+    """
+
+    completes_separately: bool
+    """Whether :meth:`complete` is a request of its own (S3), or the last part publishes."""
+
+    def send_part(self, number: int, offset: int, data: bytearray) -> None:
+        """Send part ``number`` (1-based; ``data`` starts at byte ``offset``), not the last."""
+        ...
+
+    def send_last(self, number: int, offset: int, data: bytearray, total: int) -> None:
+        """Send the last part (possibly empty); the caller's stream has reached EOF."""
+        ...
+
+    def complete(self) -> None:
+        """Publish the object (when :attr:`completes_separately`)."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the upload; best effort, never raises."""
+        ...
+
+
+class PartBuffers:
+    """Part buffers kept from one upload to the next, but only while someone holds the pool.
+
+    A writer that sends many objects in a row (the packs of a chunked upload) holds it for its
+    whole run: each upload takes the buffers the previous one gave back instead of allocating a
+    fresh set, so memory does not grow with the number of objects sent. (A fresh set per
+    object leaves multi-MiB blocks that glibc's malloc keeps resident once its dynamic mmap
+    threshold has risen, and that fragment its heaps.) Held by nobody, it keeps nothing: an
+    idle process holds no part buffers.
+
+    No lock (a fork while another thread held one would hang the child): every update is one
+    list or dict operation, atomic under the GIL. A buffer given back while the last holder
+    lets go may stay until the next holder lets go: at most ``keep`` of them.
+
+    Args:
+        keep: Most buffers kept (the parts one upload has in memory at once).
+
+    Example:
+        >>> pool = PartBuffers(keep=2)
+        >>> with pool.held():
+        ...     a = pool.take(4); pool.give(a); pool.take(4) is a
+        True
+        >>> b = pool.take(4); pool.give(b); pool.take(4) is b  # not held: nothing kept
+        False
+    """
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._free: dict[int, list[bytearray]] = {}
+        self._holders: list[object] = []
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes: one given back earlier, else a new one."""
+        try:
+            return self._free.get(size, []).pop()
+        except IndexError:
+            return bytearray(size)
+
+    def give(self, buffer: bytearray) -> None:
+        """Keep ``buffer`` for a later :meth:`take` if the pool is held and not full."""
+        free = self._free
+        if self._holders and sum(len(kept) for kept in list(free.values())) < self._keep:
+            free.setdefault(len(buffer), []).append(buffer)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Keep buffers given back until the block (and every other holder's) ends."""
+        token = object()
+        self._holders.append(token)
+        try:
+            yield
+        finally:
+            self._holders.remove(token)
+            if not self._holders:
+                self._free = {}
+
+
 class PartReader:
     """``head``, then the rest of ``stream``, cut into parts of exactly ``part_size`` bytes.
 
@@ -95,6 +183,9 @@ class PartReader:
     therefore never publishes before the caller's stream was read to its end, which is where a
     verifying reader raises when the bytes are wrong.
 
+    With a shared ``pool`` (:class:`PartBuffers`), buffers come from it when it has some, and
+    :meth:`close` gives them back to it for the next upload.
+
     Example:
         >>> parts = PartReader(b"abc", io.BytesIO(b"defgh"), 3)
         >>> first = parts.next(); bytes(first); parts.release(first)
@@ -105,10 +196,13 @@ class PartReader:
         (b'gh', True)
     """
 
-    def __init__(self, head: bytes, stream: BinaryIO, part_size: int) -> None:
+    def __init__(
+        self, head: bytes, stream: BinaryIO, part_size: int, pool: PartBuffers | None = None
+    ) -> None:
         self._head: memoryview | None = memoryview(head)
         self._stream = stream
         self._part_size = part_size
+        self._pool = pool
         self._free: list[bytearray] = []  # buffers given back, sent from other threads
         self._lock = threading.Lock()
         self.eof = False
@@ -124,9 +218,15 @@ class PartReader:
                     break
                 filled += count
         if filled < len(buffer):
-            self.eof = True  # the last part: this buffer is not lent again
+            self.eof = True  # the last part
+            if filled <= len(buffer) // _TAIL_FRACTION:
+                # A short tail (a pack's is a fraction of a chunk) is copied out cheaply, so
+                # the whole buffer stays reusable.
+                tail = buffer[:filled]
+                self.release(buffer)
+                return tail
             try:
-                del buffer[filled:]
+                del buffer[filled:]  # not lent again
             except BufferError:
                 # A view of it outlived an earlier part's request (a failed one's traceback
                 # may hold it), so it cannot shrink in place: copy the short last part.
@@ -139,10 +239,26 @@ class PartReader:
             with self._lock:
                 self._free.append(part)
 
+    def __enter__(self) -> PartReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Give the buffers back to the shared pool (after the upload ended)."""
+        with self._lock:
+            free, self._free = self._free, []
+        if self._pool is not None:
+            for buffer in free:
+                self._pool.give(buffer)
+
     def _take(self) -> bytearray:
         with self._lock:
             if self._free:
                 return self._free.pop()
+        if self._pool is not None:
+            return self._pool.take(self._part_size)
         return bytearray(self._part_size)
 
     def _fill_from_head(self, view: memoryview) -> int:

@@ -11,19 +11,22 @@ index objects it has not seen, so a long-lived worker pays one LIST per upload p
   per upload (:meth:`KnownChunks.forget_pack` if it is gone) and uploads the chunk again;
 * a missing entry only costs a duplicate chunk, which gc reclaims.
 
-Memory: about 100 bytes per distinct chunk in the store (some 1.5 MB per GiB of unique 64 KiB
+Memory: about 50 bytes per distinct chunk in the store (a 40-byte record and a slot of the
+:class:`~optuna_cas.chunks.digest_index.DigestIndex`; under 1 MB per GiB of unique 64 KiB
 chunks), held while the store object lives.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 
 import blake3
 
 from optuna_cas.backends.base import Backend, read_at_most
+from optuna_cas.chunks.digest_index import DigestIndex, Records
 from optuna_cas.chunks.layout import INDEX_PREFIX, parse_content_key
-from optuna_cas.chunks.table import INDEX_MAGIC, MAX_TABLE_BYTES, ChunkTable, parse_table
+from optuna_cas.chunks.table import ENTRY, INDEX_MAGIC, MAX_TABLE_BYTES, ChunkTable, parse_table
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, OptunaCasError
 
@@ -34,6 +37,8 @@ logger = logging.getLogger("optuna_cas.chunks")
 Location = tuple[Digest, int]  # (pack, offset)
 _SHIFT = 40  # offsets within a pack stay far below 2**40 (1 TiB)
 _OFFSET = (1 << _SHIFT) - 1
+_RECORD = struct.Struct("<32sQ")  # chunk digest, pack number << 40 | offset
+_FORGOTTEN = (1 << 64) - 1  # the place of a chunk whose pack was found missing
 
 
 def read_bounded(backend: Backend, key: str, limit: int = MAX_TABLE_BYTES) -> bytes:
@@ -71,13 +76,17 @@ class KnownChunks:
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
-        # chunk -> pack number << 40 | offset: one int per chunk (a store can name millions),
-        # packs by number in self._packs.
-        self._chunks: dict[bytes, int] = {}
+        # One 40-byte record per chunk (a store can name millions): its digest and its place,
+        # pack number << 40 | offset, packs by number in self._packs; found by digest through
+        # self._rows.
+        self._records = Records(_RECORD.size)
+        self._rows = DigestIndex(self._records)
+        self._forgotten = 0
         self._packs: list[Digest] = []
         self._pack_numbers: dict[str, int] = {}
-        # No lock: every update is one dict or set operation, atomic under the GIL, and a
-        # lock held by another thread at a fork would hang a forked worker.
+        # No lock: a lock held by another thread at a fork would hang a forked worker. Updates
+        # are single dict, set or bytearray operations, atomic under the GIL; threads racing
+        # to learn the same chunk at worst lose a hint (see DigestIndex).
         self._seen: set[str] = set()
 
     def refresh(self) -> None:
@@ -109,9 +118,16 @@ class KnownChunks:
     def add_table(self, table: ChunkTable) -> None:
         """Learn the entries of an index object (e.g. the one this process just wrote)."""
         numbers = [self._pack_number(p) << _SHIFT for p in table.packs]
-        for chunk, pack, _length, offset in table:
-            if offset <= _OFFSET:  # a larger one is not ours (packs are tens of MiB): a hint lost
-                self._chunks.setdefault(chunk, numbers[pack] | offset)
+        records, find_or_add = self._records, self._rows.find_or_add
+        self._rows.reserve(len(records) + len(table))  # one re-index, not one per doubling
+        for chunk, pack, _length, offset in ENTRY.iter_unpack(table.entries):
+            if offset > _OFFSET:  # not ours (packs are tens of MiB): a hint lost
+                continue
+            where = numbers[pack] | offset
+            row = find_or_add(chunk, _RECORD, chunk, where)
+            if row is not None and _RECORD.unpack_from(*records.locate(row))[1] == _FORGOTTEN:
+                _RECORD.pack_into(*records.locate(row), chunk, where)
+                self._forgotten -= 1
 
     def _pack_number(self, pack: Digest) -> int:
         number = self._pack_numbers.get(pack.hexdigest)
@@ -126,17 +142,23 @@ class KnownChunks:
 
     def find(self, chunk: Digest) -> Location | None:
         """Where the store holds ``chunk``, if an index object said so."""
-        where = self._chunks.get(bytes.fromhex(chunk.hexdigest))
-        return None if where is None else (self._packs[where >> _SHIFT], where & _OFFSET)
+        row = self._rows.find(bytes.fromhex(chunk.hexdigest))
+        if row is None:
+            return None
+        where = _RECORD.unpack_from(*self._records.locate(row))[1]
+        return None if where == _FORGOTTEN else (self._packs[where >> _SHIFT], where & _OFFSET)
 
     def forget_pack(self, pack: Digest) -> None:
         """Drop every entry in ``pack`` (found missing or damaged)."""
         number = self._pack_numbers.get(pack.hexdigest)
         if number is None:
             return
-        for chunk, where in list(self._chunks.items()):
-            if where >> _SHIFT == number:
-                self._chunks.pop(chunk, None)
+        records = self._records
+        for row in range(len(records)):
+            chunk, where = _RECORD.unpack_from(*records.locate(row))
+            if where != _FORGOTTEN and where >> _SHIFT == number:
+                _RECORD.pack_into(*records.locate(row), chunk, _FORGOTTEN)
+                self._forgotten += 1
 
     def __len__(self) -> int:
-        return len(self._chunks)
+        return len(self._records) - self._forgotten

@@ -17,18 +17,18 @@ twice, and gc reclaims the copy no manifest uses. Nothing here deletes a publish
 
 from __future__ import annotations
 
-import io
+import contextlib
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 import blake3
 
 from optuna_cas._fileio import pwrite_all
-from optuna_cas.backends.base import Backend, StagedObject, staging_of
+from optuna_cas.backends.base import Backend, StagedObject, part_buffer_reuser_of, staging_of
 from optuna_cas.chunks.layout import PACK_PREFIX, PACK_TARGET, pack_key
-from optuna_cas.chunks.table import INDEX_MAGIC, TableBuilder
-from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
+from optuna_cas.chunks.table import INDEX_MAGIC, MANIFEST_MAGIC, TableBuilder
+from optuna_cas.digest import Digest, VerifyingReader
 
 __all__ = ["PackWriter", "UploadCache"]
 
@@ -53,10 +53,16 @@ class _OpenPack:
 
     Chunks are gathered into 2 MiB buffers that a writer thread writes and hashes while the
     caller cuts the next ones (``pwrite`` and BLAKE3 release the GIL); two buffers alternate.
+    They are the upload's (``buffers``), used by one pack after the other.
     """
 
     def __init__(
-        self, backend: Backend, number: int, index_number: int, io_pool: ThreadPoolExecutor
+        self,
+        backend: Backend,
+        number: int,
+        index_number: int,
+        io_pool: ThreadPoolExecutor,
+        buffers: list[bytearray],
     ) -> None:
         stager = staging_of(backend)
         self.staged: StagedObject | None = stager.stage(PACK_PREFIX.rstrip("/")) if stager else None
@@ -66,7 +72,7 @@ class _OpenPack:
         # One thread per hasher: 2 MiB updates gain nothing from a pool.
         self._hasher: Any = blake3.blake3()
         self._io = io_pool
-        self._buffers = [bytearray(_WRITE_BUFFER), bytearray(_WRITE_BUFFER)]
+        self._buffers = buffers
         self._filled = 0  # bytes in the current buffer
         self._written = 0  # where the current buffer starts in the file
         self._pending: Future[None] | None = None
@@ -110,7 +116,7 @@ class _OpenPack:
         """Write what is buffered; the pack's digest."""
         self._flush()
         self._wait()
-        self._buffers = []  # sealed: let the memory go while the pack is sent
+        self._buffers = []  # sealed: the next pack fills them while this one is sent
         return Digest(self._hasher.hexdigest(), self.size)
 
     def discard(self) -> None:
@@ -129,6 +135,8 @@ class PackWriter:
     Args:
         backend: Where packs go.
         manifest: Receives one entry per chunk, in file order (pack numbers are this table's).
+            By default (:attr:`manifest`) a manifest that names each new chunk by reference
+            to :attr:`index`, in 8 bytes instead of 48.
         pack_target: Seal a pack once it holds this many bytes.
         cache: Offered each pack sent to a remote backend.
 
@@ -147,25 +155,31 @@ class PackWriter:
     def __init__(
         self,
         backend: Backend,
-        manifest: TableBuilder,
+        manifest: TableBuilder | None = None,
         *,
         pack_target: int = PACK_TARGET,
         cache: UploadCache | None = None,
     ) -> None:
         self._backend = backend
         self._cache = cache
-        self._manifest = manifest
         self._pack_target = pack_target
-        self.index = TableBuilder(INDEX_MAGIC)  # the chunks this upload added
+        # The chunks this upload added, findable by digest (a chunk repeated in the file is
+        # stored once) in a few bytes per chunk: multi-GiB files have tens of thousands.
+        self.index = TableBuilder(INDEX_MAGIC, findable=True)
+        self._borrowing = manifest is None
+        self.manifest = self._manifest = (
+            TableBuilder(MANIFEST_MAGIC, source=self.index) if manifest is None else manifest
+        )
         self._pack: _OpenPack | None = None
-        # chunk -> its row in self.index (one int per new chunk: memory per chunk matters for
-        # multi-GiB files); the row gives the index pack number and offset, and
-        # _manifest_pack maps index pack numbers to the manifest's.
-        self._new: dict[bytes, int] = {}
+        # Index pack numbers to the manifest's.
         self._manifest_pack: list[int] = []
         self._pool: ThreadPoolExecutor | None = None  # sends sealed packs (remote backends)
         self._io: ThreadPoolExecutor | None = None  # writes and hashes pack buffers
         self._sending: list[Future[None]] = []
+        # Reused by every pack of the upload: buffers allocated per pack would be freed to a
+        # malloc that keeps them resident (and fragmented) once its mmap threshold has risen.
+        self._write_buffers: list[bytearray] = []
+        self._held = contextlib.ExitStack()  # the backend's part buffers, shared by all packs
         self.bytes_written = 0
 
     def add_known(self, chunk: Digest, pack: Digest, offset: int) -> None:
@@ -175,32 +189,51 @@ class PackWriter:
     def add_new(self, chunk: Digest, data: memoryview) -> None:
         """Record a chunk the store lacks; store ``data`` unless this upload already did."""
         raw = bytes.fromhex(chunk.hexdigest)
-        row = self._new.get(raw)
+        pack = self._pack
+        if pack is not None:
+            # Entered in the index at the pack's end unless it is there already: one probe.
+            row = self.index.find_or_add(raw, chunk.size, pack.index_number, pack.size)
+            if row is None:
+                self._store_new(raw, chunk.size, pack, data)
+                return
+        else:
+            row = self.index.row_of(raw)
         if row is not None:
             _chunk, index_pack, _length, offset = self.index.entry(row)
-            self._manifest.add_raw(raw, chunk.size, self._manifest_pack[index_pack], offset)
+            if self._borrowing:
+                self._manifest.add_from_source(row, self._manifest_pack[index_pack])
+            else:
+                self._manifest.add_raw(raw, chunk.size, self._manifest_pack[index_pack], offset)
             return
         if self._pack is None:
             if self._io is None:
                 self._io = ThreadPoolExecutor(1, thread_name_prefix="optuna-cas-pack-write")
+                self._write_buffers = [bytearray(_WRITE_BUFFER), bytearray(_WRITE_BUFFER)]
             self._pack = _OpenPack(
                 self._backend,
                 self._manifest.pack_number(None),
                 self.index.pack_number(None),
                 self._io,
+                list(self._write_buffers),
             )
             self._manifest_pack.append(self._pack.number)
-        offset = self._pack.append(data)
-        self._new[raw] = len(self.index)
-        self.index.add_raw(raw, chunk.size, self._pack.index_number, offset)
-        self._manifest.add_raw(raw, chunk.size, self._pack.number, offset)
-        self.bytes_written += chunk.size
-        if self._pack.size >= self._pack_target:
+        self.index.add_raw(raw, chunk.size, self._pack.index_number, self._pack.size)
+        self._store_new(raw, chunk.size, self._pack, data)
+
+    def _store_new(self, raw: bytes, size: int, pack: _OpenPack, data: memoryview) -> None:
+        """Write a chunk just entered in the index (at the pack's end) and name it."""
+        offset = pack.append(data)
+        if self._borrowing:
+            self._manifest.add_from_source(len(self.index) - 1, pack.number)
+        else:
+            self._manifest.add_raw(raw, size, pack.number, offset)
+        self.bytes_written += size
+        if pack.size >= self._pack_target:
             self._seal()
 
     def forget_new(self) -> None:
-        """Drop the map of this upload's new chunks (after :meth:`finish`)."""
-        self._new = {}
+        """Stop finding this upload's new chunks by digest (after :meth:`finish`)."""
+        self.index.stop_finding()
 
     def _seal(self) -> None:
         pack, self._pack = self._pack, None
@@ -222,17 +255,21 @@ class PackWriter:
         self._wait(_IN_FLIGHT - 1)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="optuna-cas-pack-upload")
+            reuser = part_buffer_reuser_of(self._backend)
+            if reuser is not None:
+                self._held.enter_context(reuser.reusing_part_buffers())
         self._sending.append(self._pool.submit(self._send, pack, digest))
 
     def _send(self, pack: _OpenPack, digest: Digest) -> None:
         assert pack.spool is not None
         try:
             pack.spool.seek(0)
+            # Unbuffered: the backend reads whole parts into its own buffers. Seekable, so it
+            # knows the size and reads no part-sized head first.
             verifying = VerifyingReader(
                 pack.spool, digest, name=f"pack {digest}", close_source=False
             )
-            reader = io.BufferedReader(verifying, CHUNK_SIZE)
-            self._backend.write(pack_key(digest), reader, if_absent=True)
+            self._backend.write(pack_key(digest), cast(BinaryIO, verifying), if_absent=True)
             if self._cache is not None:
                 # The uploading worker often reads its upload back: keep the pack (the cache
                 # verifies it; it skips this when told not to cache uploads).
@@ -276,3 +313,5 @@ class PackWriter:
             if pool is not None:
                 pool.shutdown(wait=True)
         self._pool = self._io = None
+        self._write_buffers = []
+        self._held.close()

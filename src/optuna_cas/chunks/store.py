@@ -25,6 +25,7 @@ from optuna_cas.chunks.assemble import assemble_from_cache
 from optuna_cas.chunks.chunker import Chunker
 from optuna_cas.chunks.index import KnownChunks, read_bounded
 from optuna_cas.chunks.layout import (
+    CHUNK_AVG,
     MANIFEST_PREFIX,
     index_key,
     manifest_key,
@@ -50,6 +51,7 @@ __all__ = ["ChunkStore", "StoredObject"]
 _MANIFEST_MEMO = 64
 # Packs looked at at once when checking that a remote store holds a file's packs.
 _PARALLEL_HEADS = 8
+_EXPECT_AT_MOST = 1 << 17  # chunks of an 8 GiB file: 1 MiB of index slots
 
 
 class ChunkStore(ChunkMaintenance):
@@ -89,6 +91,7 @@ class ChunkStore(ChunkMaintenance):
     def put(
         self,
         stream: BinaryIO,
+        size_hint: int | None = None,
         check_unchanged: Callable[[], None] | None = None,
     ) -> Digest:
         """Store ``stream`` (from its position to EOF) as chunks; return the file's digest.
@@ -97,6 +100,7 @@ class ChunkStore(ChunkMaintenance):
 
         Args:
             stream: The content.
+            size_hint: Expected length, if known (sizes the map of this upload's chunks).
             check_unchanged: Called after the last byte was read and before anything names
                 the file; raises if the source changed meanwhile (nothing is recorded then).
 
@@ -104,8 +108,11 @@ class ChunkStore(ChunkMaintenance):
             IntegrityError: Raised by ``check_unchanged``.
         """
         self.known.refresh()
-        manifest = TableBuilder(MANIFEST_MAGIC)
-        writer = PackWriter(self._backend, manifest, cache=self._cache)
+        writer = PackWriter(self._backend, cache=self._cache)
+        manifest = writer.manifest  # new chunks by reference to writer.index: 8 bytes each
+        if size_hint:
+            # Spares re-indexing as it grows; capped (a hint, and slots are resident memory).
+            writer.index.expect(min(size_hint // CHUNK_AVG, _EXPECT_AT_MOST))
         usable: dict[str, bool] = {}
         chunker = Chunker(stream)
         try:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from optuna_cas.chunks.digest_index import DigestIndex, Records
 from optuna_cas.chunks.layout import CHUNK_MAX
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import IntegrityError
@@ -53,6 +54,9 @@ _COUNTS = struct.Struct("<II")
 _FILE = struct.Struct("<32sQ")
 _PACK = struct.Struct("<32sQ")
 ENTRY = struct.Struct("<32sIIQ")
+# A row of a table that borrows its entries (see TableBuilder): (reference, pack number).
+_REF = struct.Struct("<II")
+_OWN = 1 << 31  # the reference is to the table's own entries, not its source's
 
 
 class Entry(NamedTuple):
@@ -113,6 +117,13 @@ class TableBuilder:
     Pack numbers may be handed out before a pack's digest is known (a pack still being
     written): fill ``packs[number]`` in before :meth:`to_bytes`.
 
+    With ``findable``, :meth:`row_of` finds an entry by its chunk (each chunk added once):
+    an upload's index finds a chunk repeated in the file, in a few bytes per entry.
+
+    With a ``source``, :meth:`add_from_source` adds one of its entries by reference: an
+    upload's manifest names each new chunk as the upload's index does, in 8 bytes instead of
+    48 (the entries are written out in full by :meth:`to_bytes`).
+
     Example:
         >>> b = TableBuilder(MANIFEST_MAGIC)
         >>> n = b.pack_number(Digest.of_bytes(b"xy"))
@@ -122,14 +133,20 @@ class TableBuilder:
         True
     """
 
-    def __init__(self, magic: bytes) -> None:
+    def __init__(
+        self, magic: bytes, *, findable: bool = False, source: TableBuilder | None = None
+    ) -> None:
         self.magic = magic
         self.packs: list[Digest | None] = []
         self._numbers: dict[str, int] = {}
-        self._entries = bytearray()
+        self._entries = Records(ENTRY.size)
+        self._rows = DigestIndex(self._entries) if findable else None
+        self._source = source
+        # With a source, the rows in order: references to its entries or to our own.
+        self._order = Records(_REF.size) if source is not None else None
 
     def __len__(self) -> int:
-        return len(self._entries) // ENTRY.size
+        return len(self._entries) if self._order is None else len(self._order)
 
     def pack_number(self, pack: Digest | None) -> int:
         """The number of ``pack`` in this table (added if new); None reserves a new number."""
@@ -149,25 +166,101 @@ class TableBuilder:
 
     def add(self, chunk: Digest, pack: int, offset: int) -> None:
         """Append an entry: ``chunk`` at ``offset`` in pack number ``pack``."""
-        self._entries += ENTRY.pack(bytes.fromhex(chunk.hexdigest), pack, chunk.size, offset)
+        self.add_raw(bytes.fromhex(chunk.hexdigest), chunk.size, pack, offset)
 
     def entry(self, row: int) -> Entry:
         """The ``row``-th entry added."""
-        return Entry(*ENTRY.unpack_from(self._entries, row * ENTRY.size))
+        if self._order is None:
+            return Entry(*ENTRY.unpack_from(*self._entries.locate(row)))
+        return self._resolve(*_REF.unpack_from(*self._order.locate(row)))
+
+    def _resolve(self, ref: int, pack: int) -> Entry:
+        if ref & _OWN:
+            return Entry(*ENTRY.unpack_from(*self._entries.locate(ref & ~_OWN)))
+        assert self._source is not None
+        chunk, _pack, length, offset = self._source.entry(ref)
+        return Entry(chunk, pack, length, offset)
 
     def add_raw(self, chunk: bytes, length: int, pack: int, offset: int) -> None:
         """Append an entry from a raw 32-byte chunk digest."""
-        self._entries += ENTRY.pack(chunk, pack, length, offset)
+        self._entries.pack(ENTRY, chunk, pack, length, offset)
+        if self._rows is not None:
+            self._rows.add_next(chunk)
+        if self._order is not None:
+            self._order.pack(_REF, _OWN | (len(self._entries) - 1), pack)
+
+    def add_from_source(self, row: int, pack: int) -> None:
+        """Append the source's entry ``row``, in this table's pack number ``pack``.
+
+        Example:
+            >>> index = TableBuilder(INDEX_MAGIC); index.add(Digest.of_bytes(b"a"), 0, 5)
+            >>> manifest = TableBuilder(MANIFEST_MAGIC, source=index)
+            >>> manifest.add_from_source(0, 3); manifest.entry(0)[1:]
+            (3, 1, 5)
+        """
+        if self._order is None:
+            raise ValueError("add_from_source() on a table built without a source")
+        self._order.pack(_REF, row, pack)
+
+    def _entry_pieces(self) -> list[bytearray | memoryview]:
+        """The entries in order, ready to join."""
+        if self._order is None:
+            return self._entries.pieces()
+        out = bytearray(len(self) * ENTRY.size)
+        at = 0
+        for piece in self._order.pieces():
+            for ref, pack in _REF.iter_unpack(piece):
+                ENTRY.pack_into(out, at, *self._resolve(ref, pack))
+                at += ENTRY.size
+        return [out]
+
+    def row_of(self, chunk: bytes) -> int | None:
+        """The row of the entry of ``chunk`` (a raw digest), if added (``findable`` only).
+
+        Example:
+            >>> b = TableBuilder(INDEX_MAGIC, findable=True); b.add(Digest.of_bytes(b"a"), 0, 5)
+            >>> b.row_of(bytes.fromhex(Digest.of_bytes(b"a").hexdigest)), b.row_of(bytes(32))
+            (0, None)
+        """
+        if self._rows is None:
+            raise ValueError("row_of() on a table built without findable=True")
+        return self._rows.find(chunk)
+
+    def find_or_add(self, chunk: bytes, length: int, pack: int, offset: int) -> int | None:
+        """:meth:`row_of` ``chunk``; if it has none, :meth:`add_raw` it and return None.
+
+        Example:
+            >>> b = TableBuilder(INDEX_MAGIC, findable=True)
+            >>> b.find_or_add(bytes(32), 1, 0, 0), b.find_or_add(bytes(32), 1, 0, 9), len(b)
+            (None, 0, 1)
+        """
+        if self._rows is None or self._order is not None:
+            raise ValueError("find_or_add() on a table built without findable=True")
+        return self._rows.find_or_add(chunk, ENTRY, chunk, pack, length, offset)
+
+    def expect(self, count: int) -> None:
+        """Make :meth:`row_of` room for ``count`` entries at once (a hint; more still fit).
+
+        Example:
+            >>> b = TableBuilder(INDEX_MAGIC, findable=True); b.expect(1000); len(b)
+            0
+        """
+        if self._rows is not None:
+            self._rows.reserve(count)
+
+    def stop_finding(self) -> None:
+        """Drop what :meth:`row_of` needs (once no more lookups come)."""
+        self._rows = None
 
     def to_bytes(self, file: Digest | None = None) -> bytes:
         """The record: a manifest (with ``file``) or an index object (without)."""
         packs = self._resolved_packs()
-        parts: list[bytes | bytearray] = [self.magic]
+        parts: list[bytes | bytearray | memoryview] = [self.magic]
         if file is not None:
             parts.append(_FILE.pack(bytes.fromhex(file.hexdigest), file.size))
         parts.append(_COUNTS.pack(len(packs), len(self)))
         parts += [_PACK.pack(bytes.fromhex(p.hexdigest), p.size) for p in packs]
-        parts.append(self._entries)  # joined without an intermediate copy
+        parts += self._entry_pieces()  # joined without an intermediate copy
         return b"".join(parts)
 
     def as_table(self) -> ChunkTable:
@@ -179,7 +272,7 @@ class TableBuilder:
             >>> len(b.as_table())
             1
         """
-        return ChunkTable(self.magic, None, self._resolved_packs(), bytes(self._entries))
+        return ChunkTable(self.magic, None, self._resolved_packs(), b"".join(self._entry_pieces()))
 
     def _resolved_packs(self) -> tuple[Digest, ...]:
         packs = tuple(p for p in self.packs if p is not None)
