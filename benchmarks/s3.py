@@ -289,10 +289,11 @@ def _rss(cfg: Config, endpoint: str, client: Any, data: Path) -> Section:
             "baseline child's.",
             "Where the extra memory goes: both files are above the chunking threshold, so the "
             "upload cuts chunks (three 2.25 MiB blocks), writes new ones into a pack through two "
-            "2 MiB buffers and a spool file on disk, and sends each sealed pack (about 32 MiB) "
+            "1 MiB buffers (2 MiB for a local store, where the write speed matters) and a spool "
+            "file on disk, and sends each sealed pack (about 32 MiB) "
             f"as a multipart upload with at most {_CONCURRENCY} "
             f"{_PART_SIZE // MiB} MiB part buffers in flight: "
-            f"{_CONCURRENCY * _PART_SIZE // MiB} + 6.75 + 4 = 42.75 MiB of buffers, "
+            f"{_CONCURRENCY * _PART_SIZE // MiB} + 6.75 + 2 = 40.75 MiB of buffers, "
             "allocated once per upload. On top of that it keeps 67 B per new chunk until the "
             "end (its index record, 48 B; the manifest's reference to it, 8 B; hash slots to "
             "find a chunk repeated in the file), about 0.45 MiB at 512 MiB and 3.4 MiB at "
@@ -322,11 +323,9 @@ def _rss(cfg: Config, endpoint: str, client: Any, data: Path) -> Section:
     )
     if any(extra(ours[size]) > bound for size in sizes):
         section.notes.append(
-            "Why the bound is missed (measured by the helper: 44.9 MiB at 512 MiB, 48.6-48.9 "
-            "MiB at 4 GiB): 42.75 MiB of buffers + 67 B per new chunk (3.4 MiB at 4 GiB) + "
-            "about 2 MiB of threads, requests and Python objects. Pack write buffers of 1 MiB "
-            "instead of 2 MiB would make it 42.8 and 46.8 MiB, but slowed local chunked "
-            "uploads in 2 of 3 A/B rounds (more hand-overs to the writer thread): not taken."
+            "Why the bound is missed: 40.75 MiB of buffers + 67 B per new chunk (3.4 MiB at "
+            "4 GiB) + about 2 MiB of threads, requests and Python objects leave little room "
+            "under 48 MiB; the run-to-run spread of VmHWM is about 1 MiB."
         )
     if first.peak_rss >= limit:
         section.notes.append(

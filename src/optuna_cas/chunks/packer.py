@@ -34,6 +34,9 @@ __all__ = ["PackWriter", "UploadCache"]
 
 _IN_FLIGHT = 2
 _WRITE_BUFFER = 2 * 1024 * 1024
+# A remote upload's packs go to a spool file at page-cache speed while the network is the
+# bottleneck: smaller buffers cost nothing there and leave room for the part buffers.
+_SPOOL_BUFFER = 1024 * 1024
 
 
 class UploadCache(Protocol):
@@ -51,8 +54,9 @@ class UploadCache(Protocol):
 class _OpenPack:
     """The pack being filled: a staged file in the store, or a private spool file.
 
-    Chunks are gathered into 2 MiB buffers that a writer thread writes and hashes while the
-    caller cuts the next ones (``pwrite`` and BLAKE3 release the GIL); two buffers alternate.
+    Chunks are gathered into buffers (2 MiB; 1 MiB for a spool file) that a writer thread
+    writes and hashes while the caller cuts the next ones (``pwrite`` and BLAKE3 release the
+    GIL); two buffers alternate.
     They are the upload's (``buffers``), used by one pack after the other.
     """
 
@@ -83,7 +87,7 @@ class _OpenPack:
     def append(self, data: memoryview) -> int:
         """Add a chunk's bytes (copied now); return its offset in the pack."""
         n = len(data)
-        if self._filled + n > _WRITE_BUFFER:
+        if self._filled + n > len(self._buffers[0]):
             self._flush()
         self._buffers[0][self._filled : self._filled + n] = data
         offset = self.size
@@ -208,7 +212,8 @@ class PackWriter:
         if self._pack is None:
             if self._io is None:
                 self._io = ThreadPoolExecutor(1, thread_name_prefix="optuna-cas-pack-write")
-                self._write_buffers = [bytearray(_WRITE_BUFFER), bytearray(_WRITE_BUFFER)]
+                size = _WRITE_BUFFER if staging_of(self._backend) else _SPOOL_BUFFER
+                self._write_buffers = [bytearray(size), bytearray(size)]
             self._pack = _OpenPack(
                 self._backend,
                 self._manifest.pack_number(None),
