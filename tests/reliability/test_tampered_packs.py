@@ -203,7 +203,7 @@ class _Attacker:
             raise AssertionError(attack)
 
     def install_hooks(self) -> None:
-        copy_range, private_copy_holds = assemble.copy_range, assemble._private_copy_holds
+        copy_range, private_copy_holds = assemble.copy_range, assemble.private_file_holds
 
         def copying(source: int, *args: int) -> int:
             edit = self.on_open.pop(os.fstat(source).st_ino, None)
@@ -217,7 +217,7 @@ class _Attacker:
             return private_copy_holds(fd, digest)
 
         assemble.copy_range = copying  # type: ignore[assignment]
-        assemble._private_copy_holds = checking  # type: ignore[assignment]
+        assemble.private_file_holds = checking  # type: ignore[assignment]
 
 
 def _refuse_chunk_by_chunk(*args: object, **kwargs: object) -> None:

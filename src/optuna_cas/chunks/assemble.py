@@ -21,7 +21,7 @@ from typing import BinaryIO
 from optuna_cas._fileio import copy_range, publish_new_file, real_fileno, temp_beside
 from optuna_cas.chunks.reader import PackCache
 from optuna_cas.chunks.table import ChunkTable
-from optuna_cas.digest import Digest, hash_private_range, new_blake3
+from optuna_cas.digest import Digest, private_file_holds
 
 __all__ = ["assemble_from_cache", "contiguous_runs"]
 
@@ -106,7 +106,7 @@ def assemble_from_cache(
             complete = _copy_runs(table, cache, fetch, handles, out_fd, digest.size)
             if complete is None:
                 return False
-            matches = complete and _private_copy_holds(out_fd, digest)
+            matches = complete and private_file_holds(out_fd, digest)
         finally:
             os.close(out_fd)
             for handle in handles.values():
@@ -175,12 +175,3 @@ def _cached_pack(
     if len(handles) > _OPEN_PACKS:
         handles.popitem(last=False)[1].close()
     return handle
-
-
-def _private_copy_holds(fd: int, digest: Digest) -> bool:
-    # Our own temp file, which nobody else truncates: mapped and hashed on every core.
-    if os.fstat(fd).st_size != digest.size:
-        return False
-    hasher = new_blake3(digest.size)
-    hash_private_range(fd, hasher, 0, digest.size)
-    return bool(hasher.hexdigest() == digest.hexdigest)

@@ -42,8 +42,7 @@ from optuna_cas.digest import (
     Digest,
     Hasher,
     VerifyingReader,
-    hash_private_range,
-    new_blake3,
+    private_file_holds,
     readinto,
 )
 from optuna_cas.exceptions import IntegrityError, OptunaCasError, StoreConfigError
@@ -346,15 +345,6 @@ def holds(handle: BinaryIO, digest: Digest) -> bool:
     return hasher.digest() == digest
 
 
-def private_holds(fd: int, digest: Digest) -> bool:
-    """Whether our own temp file holds ``digest``'s bytes (memory-mapped: nobody else has it)."""
-    if os.fstat(fd).st_size != digest.size:
-        return False
-    hasher = new_blake3(digest.size)
-    hash_private_range(fd, hasher, 0, digest.size)
-    return bool(hasher.hexdigest() == digest.hexdigest)
-
-
 def copy_and_publish(fd: int, digest: Digest, target: Path) -> bool:
     """Copy an entry to a private temp beside ``target``, hash that copy, link it into place."""
     out_fd, out_temp = temp_beside(target)
@@ -362,7 +352,7 @@ def copy_and_publish(fd: int, digest: Digest, target: Path) -> bool:
         try:
             if copy_range(fd, out_fd, 0, 0, digest.size + 1) != digest.size:
                 return False
-            if not private_holds(out_fd, digest):
+            if not private_file_holds(out_fd, digest):
                 return False
         finally:
             os.close(out_fd)

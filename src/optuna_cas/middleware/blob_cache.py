@@ -41,7 +41,7 @@ import diskcache
 
 from optuna_cas._fileio import materialize as _materialize_stream
 from optuna_cas._fileio import publish_new_file, temp_beside
-from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
+from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader, private_file_holds
 from optuna_cas.exceptions import IntegrityError, StoreConfigError
 from optuna_cas.middleware import _cache_files as files
 from optuna_cas.middleware._cache_files import CACHE_ERRORS, ConfinedDisk, FillTemp, Unusable
@@ -293,9 +293,9 @@ class DiskBlobCache:
             self._warn_bypass(e)
             return
         try:
-            if files.copy_source(
-                source, fd, digest.size + 1
-            ) == digest.size and files.private_holds(fd, digest):
+            if files.copy_source(source, fd, digest.size + 1) == digest.size and private_file_holds(
+                fd, digest
+            ):
                 os.fchmod(fd, _READ_ONLY)
                 self._adopt(digest, FillTemp(fd, name, digest.size))
             else:
