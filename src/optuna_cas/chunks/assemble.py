@@ -11,7 +11,6 @@ hit of a whole blob does too.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -19,15 +18,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from optuna_cas._fileio import copy_range, publish_new_file, real_fileno, temp_beside
-from optuna_cas.chunks.reader import PackCache
+from optuna_cas.chunks.reader import CachedPacks, PackCache
 from optuna_cas.chunks.table import ChunkTable
 from optuna_cas.digest import Digest, private_file_holds
 
 __all__ = ["assemble_from_cache", "contiguous_runs"]
 
 logger = logging.getLogger(__name__)
-
-_OPEN_PACKS = 16
 
 
 def contiguous_runs(table: ChunkTable) -> Iterator[tuple[int, int, int]]:
@@ -99,18 +96,17 @@ def assemble_from_cache(
     """
     if os.path.lexists(target):
         raise FileExistsError(f"File already exists: {target!s}")
-    handles: collections.OrderedDict[int, BinaryIO] = collections.OrderedDict()
+    packs = CachedPacks(cache, table.packs, fetch)
     out_fd, temp = temp_beside(target)
     try:
         try:
-            complete = _copy_runs(table, cache, fetch, handles, out_fd, digest.size)
+            complete = _copy_runs(table, packs, out_fd, digest.size)
             if complete is None:
                 return False
             matches = complete and private_file_holds(out_fd, digest)
         finally:
             os.close(out_fd)
-            for handle in handles.values():
-                handle.close()
+            packs.close()
         if not matches:
             logger.warning(
                 "Cached packs of %s do not reassemble it (changed or damaged in the cache); "
@@ -129,18 +125,11 @@ def assemble_from_cache(
             pass
 
 
-def _copy_runs(
-    table: ChunkTable,
-    cache: PackCache,
-    fetch: Callable[[Digest], BinaryIO],
-    handles: collections.OrderedDict[int, BinaryIO],
-    out_fd: int,
-    size: int,
-) -> bool | None:
+def _copy_runs(table: ChunkTable, packs: CachedPacks, out_fd: int, size: int) -> bool | None:
     """Copy every run into ``out_fd``; None if a pack is not cacheable, False if one is short."""
     position = 0
     for number, offset, length in contiguous_runs(table):
-        handle = _cached_pack(table, number, cache, fetch, handles)
+        handle = packs.get(number)
         source = None if handle is None else real_fileno(handle)
         if source is None:
             return None
@@ -151,27 +140,3 @@ def _copy_runs(
             return False
         position += length
     return position == size
-
-
-def _cached_pack(
-    table: ChunkTable,
-    number: int,
-    cache: PackCache,
-    fetch: Callable[[Digest], BinaryIO],
-    handles: collections.OrderedDict[int, BinaryIO],
-) -> BinaryIO | None:
-    handle = handles.get(number)
-    if handle is not None:
-        handles.move_to_end(number)
-        return handle
-    pack = table.packs[number]
-    handle = cache.open_entry(pack)
-    if handle is None:
-        cache.fill(pack, lambda: fetch(pack))
-        handle = cache.open_entry(pack)
-    if handle is None:
-        return None
-    handles[number] = handle
-    if len(handles) > _OPEN_PACKS:
-        handles.popitem(last=False)[1].close()
-    return handle

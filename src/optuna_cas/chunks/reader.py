@@ -15,7 +15,7 @@ import contextlib
 import io
 import queue
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Protocol, TypeVar, cast
 
@@ -27,7 +27,7 @@ from optuna_cas.chunks.table import ChunkTable, Entry
 from optuna_cas.digest import Digest, VerifyingReader
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
-__all__ = ["COALESCE_GAP", "ChunkedReader", "PackCache", "missing_pack"]
+__all__ = ["COALESCE_GAP", "CachedPacks", "ChunkedReader", "PackCache", "missing_pack"]
 
 # Bytes between two wanted chunks of one pack that are read and dropped rather than starting a
 # second request: about what one more request costs in time on S3.
@@ -64,6 +64,71 @@ class PackCache(Protocol):
     def close(self) -> None:
         """Release what the calling thread holds (its connection to the cache's index)."""
         ...
+
+
+class CachedPacks:
+    """A table's packs opened from a local cache (filled on a miss), the last few kept open.
+
+    Args:
+        cache: Holds packs under their digests.
+        packs: The table's pack list (numbers index it).
+        fetch: Opens a pack's bytes in the store, for a fill.
+
+    Example:
+        >>> import io, tempfile
+        >>> from optuna_cas.middleware.blob_cache import DiskBlobCache
+        >>> pack, cache = Digest.of_bytes(b"pack"), DiskBlobCache(tempfile.mkdtemp())
+        >>> packs = CachedPacks(cache, [pack], lambda p: io.BytesIO(b"pack"))
+        >>> packs.get(0).read(); packs.close()
+        b'pack'
+    """
+
+    def __init__(
+        self,
+        cache: PackCache,
+        packs: Sequence[Digest],
+        fetch: Callable[[Digest], BinaryIO],
+    ) -> None:
+        self._cache = cache
+        self._packs = packs
+        self._fetch = fetch
+        self._handles: collections.OrderedDict[int, BinaryIO] = collections.OrderedDict()
+        self._uncached: set[int] = set()
+
+    def get(self, number: int) -> BinaryIO | None:
+        """Pack ``number``'s cached file (filled first if absent); None if it cannot be cached."""
+        if number in self._uncached:
+            return None
+        handle = self._handles.get(number)
+        if handle is not None:
+            self._handles.move_to_end(number)
+            return handle
+        pack = self._packs[number]
+        handle = self._cache.open_entry(pack)
+        if handle is None:
+            self._cache.fill(pack, lambda: self._fetch(pack))
+            handle = self._cache.open_entry(pack)
+        if handle is None:
+            self._uncached.add(number)  # too large for the cache, or the cache failed
+            return None
+        self._handles[number] = handle
+        if len(self._handles) > _OPEN_PACKS:
+            self._handles.popitem(last=False)[1].close()
+        return handle
+
+    def drop(self, number: int) -> None:
+        """Pack ``number`` was found damaged: remove it from the cache and stop using it."""
+        self._cache.discard(self._packs[number])
+        handle = self._handles.pop(number, None)
+        if handle is not None:
+            handle.close()
+        self._uncached.add(number)
+
+    def close(self) -> None:
+        """Close every pack file still open."""
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
 
 
 class ChunkedReader(io.RawIOBase):
@@ -245,12 +310,11 @@ class ChunkedReader(io.RawIOBase):
     def _from_cache(self) -> Generator[bytes | memoryview, None, None]:
         assert self._cache is not None
         cache = self._cache
-        handles: collections.OrderedDict[int, BinaryIO] = collections.OrderedDict()
-        uncached: set[int] = set()
+        packs = CachedPacks(cache, self._table.packs, self._fetch_pack)
         try:
             for number in range(len(self._table)):
                 entry = self._table.entry(number)
-                handle = self._cached_pack(entry.pack, handles, uncached)
+                handle = packs.get(entry.pack)
                 if handle is None:
                     yield from self._read_entry(number)
                     continue
@@ -259,45 +323,19 @@ class ChunkedReader(io.RawIOBase):
                 try:
                     yield self._check(entry, data, "the cache")
                 except IntegrityError:
-                    cache.discard(self._table.packs[entry.pack])
-                    handles.pop(entry.pack).close()
-                    uncached.add(entry.pack)
+                    packs.drop(entry.pack)
                     yield from self._read_entry(number)
         finally:
-            for handle in handles.values():
-                handle.close()
+            packs.close()
             # This runs in the read-ahead thread, which ends now: a connection it opened to the
             # cache's index would outlive it (one leaked descriptor or more per read).
             cache.close()
 
-    def _cached_pack(
-        self, number: int, handles: collections.OrderedDict[int, BinaryIO], uncached: set[int]
-    ) -> BinaryIO | None:
-        assert self._cache is not None
-        if number in uncached:
-            return None
-        handle = handles.get(number)
-        if handle is not None:
-            handles.move_to_end(number)
-            return handle
-        pack = self._table.packs[number]
-        handle = self._cache.open_entry(pack)
-        if handle is None:
-            self._fill(pack)
-            handle = self._cache.open_entry(pack)
-        if handle is None:
-            uncached.add(number)  # too large for the cache, or the cache failed
-            return None
-        handles[number] = handle
-        if len(handles) > _OPEN_PACKS:
-            handles.popitem(last=False)[1].close()
-        return handle
-
-    def _fill(self, pack: Digest) -> None:
-        assert self._cache is not None
+    def _fetch_pack(self, pack: Digest) -> BinaryIO:
+        """A whole pack from the backend, for a cache fill."""
         self.requests += 1
         try:
-            self._cache.fill(pack, lambda: self._backend.open_reader(pack_key(pack)))
+            return self._backend.open_reader(pack_key(pack))
         except ArtifactNotFound as e:
             raise self._missing(pack) from e
 
