@@ -22,7 +22,6 @@ from optuna_cas.chunks.table import (
     INDEX_MAGIC,
     MANIFEST_MAGIC,
     ChunkTable,
-    TableBuilder,
     parse_table,
 )
 from optuna_cas.digest import Digest
@@ -44,9 +43,6 @@ class ChunkMaintenance:
     _backend: Backend
     _cache: PackCache | None
     _manifests: dict[str, ChunkTable]
-
-    def _write_manifest(self, digest: Digest, data: bytes, *, replace: bool = False) -> None:
-        raise NotImplementedError
 
     @property
     def backend(self) -> Backend:
@@ -184,25 +180,6 @@ class ChunkMaintenance:
         if table.file.hexdigest != obj.hexdigest:
             raise IntegrityError(f"{name} describes {table.file}, not the file its key names")
         return table
-
-    def replace_manifest(self, table: TableBuilder, file: Digest) -> None:
-        """Publish a new manifest for ``file`` over the stored one, atomically.
-
-        gc's repack: the same chunks in new places.
-
-        Example:
-            >>> import io, os
-            >>> from optuna_cas.backends.memory import MemoryBackend
-            >>> from optuna_cas.chunks.store import ChunkStore
-            >>> store = ChunkStore(MemoryBackend()); data = os.urandom(99)
-            >>> d = store.put(io.BytesIO(data)); (m,) = store.iter_manifests()
-            >>> old = store.read_manifest(m); new = TableBuilder(MANIFEST_MAGIC)
-            >>> for e in old:
-            ...     new.add_raw(e.chunk, e.length, new.pack_number(old.packs[0]), e.offset)
-            >>> store.replace_manifest(new, d); store.open(d).read() == data
-            True
-        """
-        self._write_manifest(file, table.to_bytes(file), replace=True)
 
     def read_index(self, obj: StoredObject) -> ChunkTable:
         """A listed index object, checked to hash to its name and to parse.
