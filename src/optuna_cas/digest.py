@@ -29,7 +29,6 @@ __all__ = [
     "hash_private_range",
     "hash_stream",
     "new_blake3",
-    "private_file_holds",
     "readinto",
 ]
 
@@ -291,31 +290,14 @@ def hash_private_range(fd: int, hasher: Any, start: int, end: int) -> None:
         length = min(HASH_WINDOW, end - offset)
         with mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset) as window:
             view = memoryview(window)
+            part = view[skip:]
             try:
-                hasher.update(view[skip:])
-            finally:
+                hasher.update(part)
+            finally:  # a hasher's exception keeps `part` alive: release it, or closing fails
+                part.release()
                 view.release()
         offset += length
         skip = 0
-
-
-def private_file_holds(fd: int, digest: Digest) -> bool:
-    """Whether a file *this process owns* holds exactly ``digest``'s bytes (mapped, all cores).
-
-    Only for our own temp copies (see :func:`hash_private_range`).
-
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryFile() as f:
-        ...     _ = f.write(b"hello"); f.flush()
-        ...     private_file_holds(f.fileno(), Digest.of_bytes(b"hello"))
-        True
-    """
-    if os.fstat(fd).st_size != digest.size:
-        return False
-    hasher = new_blake3(digest.size)
-    hash_private_range(fd, hasher, 0, digest.size)
-    return bool(hasher.hexdigest() == digest.hexdigest)
 
 
 def hash_stream(stream: BinaryIO) -> Digest:

@@ -29,13 +29,20 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, BinaryIO
 
 import blake3
 
-from optuna_cas._fileio import kernel_copy, open_regular_file_stat, pwrite_all, real_fileno
-from optuna_cas.digest import CHUNK_SIZE, Digest, hash_fd, hash_private_range, new_blake3, readinto
+from optuna_cas._fileio import (
+    OVERLAP_MIN_BYTES,
+    hash_behind_copy,
+    kernel_copy,
+    open_regular_file_stat,
+    pwrite_all,
+    real_fileno,
+)
+from optuna_cas.digest import CHUNK_SIZE, Digest, hash_fd, new_blake3, readinto
 from optuna_cas.exceptions import IntegrityError
 
 __all__ = [
@@ -47,8 +54,6 @@ __all__ = [
     "hash_in_place",
 ]
 
-# Below this a plain read-write-hash loop is as fast as a kernel copy with a trailing hash.
-OVERLAP_MIN_BYTES = 8 * 1024 * 1024
 # The user-space loop's buffer: 1 MiB measured as fast as any size here for hash + copy.
 _BUFFER_BYTES = CHUNK_SIZE
 # Files at least this large get a content fingerprint (see fingerprint()); below it a copy
@@ -423,63 +428,14 @@ def copy_stream_hashing(stream: BinaryIO, out_fd: int) -> Digest:
     return Digest.computed(hasher.hexdigest(), written)
 
 
-class _CopyProgress:
-    """Bytes a kernel copy has finished, for a hasher waiting to trail behind it."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.copied = 0
-        self.done = False
-
-    def update(self, copied: int) -> None:
-        with self._cond:
-            self.copied = copied
-            self._cond.notify()
-
-    def finish(self) -> None:
-        with self._cond:
-            self.done = True
-            self._cond.notify()
-
-    def wait_beyond(self, hashed: int) -> tuple[int, bool]:
-        with self._cond:
-            self._cond.wait_for(lambda: self.copied > hashed or self.done)
-            return self.copied, self.done
-
-
 def _overlapped_kernel_copy(
     src_fd: int, src_start: int, out_fd: int, hasher: Any
 ) -> tuple[int, bool]:
-    progress = _CopyProgress()
-    cancel = threading.Event()
-    outcome: dict[str, Any] = {}
+    def copy(stop: threading.Event, progress: Callable[[int], None]) -> tuple[int, bool]:
+        return kernel_copy(src_fd, out_fd, src_start, 0, stop, progress)
 
-    def run() -> None:
-        try:
-            outcome["result"] = kernel_copy(src_fd, out_fd, src_start, 0, cancel, progress.update)
-        except BaseException as e:  # re-raised on the caller's thread below
-            outcome["error"] = e
-        finally:
-            progress.finish()
-
-    thread = threading.Thread(target=run, name="optuna-cas-copy", daemon=True)
-    thread.start()
-    hashed = 0
-    try:
-        while True:
-            copied, done = progress.wait_beyond(hashed)
-            if copied > hashed:
-                hash_private_range(out_fd, hasher, hashed, copied)
-                hashed = copied
-            elif done:
-                break
-    finally:
-        cancel.set()
-        thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    copied, finished = outcome["result"]
-    return int(copied), bool(finished)
+    (copied, finished), _ = hash_behind_copy(copy, out_fd, hasher)
+    return copied, finished
 
 
 def now_ns() -> int:

@@ -203,21 +203,25 @@ class _Attacker:
             raise AssertionError(attack)
 
     def install_hooks(self) -> None:
-        copy_range, private_copy_holds = assemble.copy_range, assemble.private_file_holds
+        copy_range, copy_holds = assemble.copy_range, assemble.copy_holds
 
-        def copying(source: int, *args: int) -> int:
+        def copying(source: int, *args: Any) -> int:
             edit = self.on_open.pop(os.fstat(source).st_ino, None)
             if edit is not None:
                 edit()
             return copy_range(source, *args)
 
-        def checking(fd: int, digest: Digest) -> bool:
-            while self.on_check:
-                self.on_check.pop()()
-            return private_copy_holds(fd, digest)
+        def checking(copy: Any, fd: int, digest: Digest) -> tuple[Any, bool]:
+            def copy_then_edit(*args: Any) -> Any:
+                result = copy(*args)
+                while self.on_check:
+                    self.on_check.pop()()
+                return result
+
+            return copy_holds(copy_then_edit, fd, digest)
 
         assemble.copy_range = copying  # type: ignore[assignment]
-        assemble.private_file_holds = checking  # type: ignore[assignment]
+        assemble.copy_holds = checking  # type: ignore[assignment]
 
 
 def _refuse_chunk_by_chunk(*args: object, **kwargs: object) -> None:

@@ -4,23 +4,25 @@ Reading through the cache chunk by chunk moves every byte through this process t
 (read, per-chunk hash, whole-file hash, write): about twice ``cp``'s time for a file that is
 entirely on local disk. Here each run of chunks lying back to back in one cached pack is copied
 with ``copy_file_range`` into a private temp file beside the target, and that copy is hashed
-once and linked into place. The digest is checked on the bytes the user gets (a cached pack
+as it lands, on a second core (``copy_holds``), and linked into place. The digest is checked on the bytes the user gets (a cached pack
 changed by someone else fails the check, whatever it was when copied), which is what a cache
 hit of a whole blob does too.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from optuna_cas._fileio import copy_range, publish_new_file, real_fileno, temp_beside
+from optuna_cas._fileio import copy_holds, copy_range, publish_new_file, real_fileno, temp_beside
 from optuna_cas.chunks.reader import CachedPacks, PackCache
 from optuna_cas.chunks.table import ChunkTable
-from optuna_cas.digest import Digest, private_file_holds
+from optuna_cas.digest import Digest
 
 __all__ = ["assemble_from_cache", "contiguous_runs"]
 
@@ -100,10 +102,12 @@ def assemble_from_cache(
     out_fd, temp = temp_beside(target)
     try:
         try:
-            complete = _copy_runs(table, packs, out_fd, digest.size)
+            complete, holds = copy_holds(
+                functools.partial(_copy_runs, table, packs, out_fd, digest.size), out_fd, digest
+            )
             if complete is None:
                 return False
-            matches = complete and private_file_holds(out_fd, digest)
+            matches = complete and holds
         finally:
             os.close(out_fd)
             packs.close()
@@ -125,7 +129,14 @@ def assemble_from_cache(
             pass
 
 
-def _copy_runs(table: ChunkTable, packs: CachedPacks, out_fd: int, size: int) -> bool | None:
+def _copy_runs(
+    table: ChunkTable,
+    packs: CachedPacks,
+    out_fd: int,
+    size: int,
+    stop: threading.Event,
+    progress: Callable[[int], None],
+) -> bool | None:
     """Copy every run into ``out_fd``; None if a pack is not cacheable, False if one is short."""
     position = 0
     for number, offset, length in contiguous_runs(table):
@@ -133,10 +144,17 @@ def _copy_runs(table: ChunkTable, packs: CachedPacks, out_fd: int, size: int) ->
         source = None if handle is None else real_fileno(handle)
         if source is None:
             return None
-        if (
-            position + length > size
-            or copy_range(source, out_fd, offset, position, length) < length
-        ):
+        if position + length > size or stop.is_set():
+            return False
+        copied = copy_range(
+            source, out_fd, offset, position, length, stop, _shifted(progress, position)
+        )
+        if copied < length:
             return False
         position += length
     return position == size
+
+
+def _shifted(progress: Callable[[int], None], base: int) -> Callable[[int], None]:
+    """``progress`` for a copy that starts ``base`` bytes into the file."""
+    return lambda copied: progress(base + copied)

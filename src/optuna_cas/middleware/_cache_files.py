@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import secrets
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +38,12 @@ from typing import Any, BinaryIO
 import diskcache
 import diskcache.core
 
-from optuna_cas._fileio import copy_range, publish_new_file, real_fileno, temp_beside
+from optuna_cas._fileio import copy_holds, copy_range, publish_new_file, real_fileno, temp_beside
 from optuna_cas.digest import (
     CHUNK_SIZE,
     Digest,
     Hasher,
     VerifyingReader,
-    private_file_holds,
     readinto,
 )
 from optuna_cas.exceptions import IntegrityError, OptunaCasError, StoreConfigError
@@ -350,9 +351,10 @@ def copy_and_publish(fd: int, digest: Digest, target: Path) -> bool:
     out_fd, out_temp = temp_beside(target)
     try:
         try:
-            if copy_range(fd, out_fd, 0, 0, digest.size + 1) != digest.size:
-                return False
-            if not private_file_holds(out_fd, digest):
+            _, holds = copy_holds(
+                functools.partial(copy_range, fd, out_fd, 0, 0, digest.size + 1), out_fd, digest
+            )
+            if not holds:
                 return False
         finally:
             os.close(out_fd)
@@ -362,16 +364,26 @@ def copy_and_publish(fd: int, digest: Digest, target: Path) -> bool:
         unlink_quietly(out_temp)
 
 
-def copy_source(source: BinaryIO, fd: int, limit: int) -> int:
-    """Copy ``source`` from its position into ``fd``, at most ``limit`` bytes; the count."""
+def copy_source(
+    source: BinaryIO,
+    fd: int,
+    limit: int,
+    stop: threading.Event,
+    progress: Callable[[int], None],
+) -> int:
+    """Copy ``source`` from its position into ``fd``, at most ``limit`` bytes; the count.
+
+    Stops early once ``stop`` is set; ``progress`` gets the running count (a ``CopyFunction``).
+    """
     fileno = real_fileno(source)
     if fileno is not None:
-        return copy_range(fileno, fd, source.tell(), 0, limit)
+        return copy_range(fileno, fd, source.tell(), 0, limit, stop, progress)
     copied = 0
     view = memoryview(bytearray(CHUNK_SIZE))
-    while copied < limit and (n := readinto(source, view[: limit - copied])):
+    while copied < limit and not stop.is_set() and (n := readinto(source, view[: limit - copied])):
         write_all(fd, view[:n])
         copied += n
+        progress(copied)
     return copied
 
 

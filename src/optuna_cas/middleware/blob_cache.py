@@ -28,6 +28,7 @@ lock held beyond ``timeout``), the store is used directly, with a warning.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -39,9 +40,9 @@ from typing import BinaryIO, cast
 
 import diskcache
 
+from optuna_cas._fileio import copy_holds, publish_new_file, temp_beside
 from optuna_cas._fileio import materialize as _materialize_stream
-from optuna_cas._fileio import publish_new_file, temp_beside
-from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader, private_file_holds
+from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
 from optuna_cas.exceptions import IntegrityError, StoreConfigError
 from optuna_cas.middleware import _cache_files as files
 from optuna_cas.middleware._cache_files import CACHE_ERRORS, ConfinedDisk, FillTemp, Unusable
@@ -293,9 +294,8 @@ class DiskBlobCache:
             self._warn_bypass(e)
             return
         try:
-            if files.copy_source(source, fd, digest.size + 1) == digest.size and private_file_holds(
-                fd, digest
-            ):
+            copy = functools.partial(files.copy_source, source, fd, digest.size + 1)
+            if copy_holds(copy, fd, digest)[1]:
                 os.fchmod(fd, _READ_ONLY)
                 self._adopt(digest, FillTemp(fd, name, digest.size))
             else:
