@@ -345,13 +345,15 @@ def _section(
             + ".",
             "All downloads use `download_artifact` to a new file per rep. *Cached*: a new "
             "`CachedArtifactStore` (new `Boto3ArtifactStore` inside) over a cache directory "
-            "filled earlier in this run; it asks the server for the ref only (artifact ID to "
-            "digest), then copies the entry with `copy_file_range`. *Fill*: a new, empty cache "
+            "filled earlier in this run; it asks the server for the ref (artifact ID to digest) "
+            "and, the file being chunked, its manifest, then copies the runs of the cached "
+            "packs with `copy_file_range`. *Fill*: a new, empty cache "
             "directory per rep. Building the `CachedArtifactStore` (opens the diskcache "
             f"database) is not timed: median {median(loop.construct) * 1000:.1f} ms.",
-            "Every cache hit is verified: the entry is copied to a private temp file beside the "
-            "target and that copy is hashed (BLAKE3) before it is linked into place; no process "
-            "remembers earlier checks, so both *cached* rows measure the same path.",
+            "Every cache hit is verified: the cached bytes are copied to a private temp file "
+            "beside the target, a second thread hashes that copy (BLAKE3) as it lands, and "
+            "only then is it linked into place; no process remembers earlier checks, so both "
+            "*cached* rows measure the same path.",
             "Optuna's and our uncached download are both one streamed GET; ours also hashes "
             "while writing.",
         ],

@@ -3,10 +3,10 @@
 Reading through the cache chunk by chunk moves every byte through this process three times
 (read, per-chunk hash, whole-file hash, write): about twice ``cp``'s time for a file that is
 entirely on local disk. Here each run of chunks lying back to back in one cached pack is copied
-with ``copy_file_range`` into a private temp file beside the target, and that copy is hashed
-as it lands, on a second core (``copy_holds``), and linked into place. The digest is checked on the bytes the user gets (a cached pack
-changed by someone else fails the check, whatever it was when copied), which is what a cache
-hit of a whole blob does too.
+with ``copy_file_range`` into a private temp file beside the target; a second thread hashes
+that copy as it lands (``copy_holds``), and it is linked into place. The digest is checked on
+the bytes the user gets (a cached pack changed by someone else fails the check, whatever it
+was when copied), which is what a cache hit of a whole blob does too.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ unverified (``open_entry`` hands a pack to a chunk reader, which checks every ch
   corrupt entry is dropped and refetched instead of failing the caller halfway); the reader
   hashes again as the caller reads and raises ``IntegrityError`` at EOF (and drops the entry)
   if it was edited after the check.
-* ``materialize`` copies the entry to a private temp file beside the target, hashes that copy,
-  then links it into place; ``"hardlink"`` mode links exactly the inode it hashed.
+* ``materialize`` copies the entry to a private temp file beside the target, hashes that copy
+  as it lands, then links it into place; ``"hardlink"`` mode links exactly the inode it hashed.
 * A fill streams the store's bytes once, verifying, into a private temp file (and a download's
   temp file); only then does ``Cache.add`` give it a name diskcache knows.
 
