@@ -98,12 +98,14 @@ def assemble_from_cache(
     """
     if os.path.lexists(target):
         raise FileExistsError(f"File already exists: {target!s}")
-    packs = CachedPacks(cache, table.packs, fetch)
+    runs = list(contiguous_runs(table))
+    first_use = list(dict.fromkeys(number for number, _, _ in runs))
+    packs = CachedPacks(cache, table.packs, fetch, order=first_use)
     out_fd, temp = temp_beside(target)
     try:
         try:
             complete, holds = copy_holds(
-                functools.partial(_copy_runs, table, packs, out_fd, digest.size), out_fd, digest
+                functools.partial(_copy_runs, runs, packs, out_fd, digest.size), out_fd, digest
             )
             if complete is None:
                 return False
@@ -130,7 +132,7 @@ def assemble_from_cache(
 
 
 def _copy_runs(
-    table: ChunkTable,
+    runs: list[tuple[int, int, int]],
     packs: CachedPacks,
     out_fd: int,
     size: int,
@@ -139,7 +141,7 @@ def _copy_runs(
 ) -> bool | None:
     """Copy every run into ``out_fd``; None if a pack is not cacheable, False if one is short."""
     position = 0
-    for number, offset, length in contiguous_runs(table):
+    for number, offset, length in runs:
         handle = packs.get(number)
         source = None if handle is None else real_fileno(handle)
         if source is None:

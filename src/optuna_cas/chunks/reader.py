@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import queue
 import threading
@@ -40,6 +41,8 @@ _BLOCK = 4 * 1024 * 1024
 _Bytes = TypeVar("_Bytes", bytes, memoryview)
 # Batches of about _BLOCK bytes fetched ahead of the caller.
 READ_AHEAD = 3
+# Packs a cached copy fills ahead of the one it copies from: the next GET overlaps the copy.
+PREFETCH_AHEAD = 2
 
 
 class PackCache(Protocol):
@@ -61,6 +64,10 @@ class PackCache(Protocol):
         """Forget an entry found damaged."""
         ...
 
+    def __contains__(self, digest: object) -> bool:
+        """Whether an entry for ``digest`` exists (unverified)."""
+        ...
+
     def close(self) -> None:
         """Release what the calling thread holds (its connection to the cache's index)."""
         ...
@@ -72,7 +79,11 @@ class CachedPacks:
     Args:
         cache: Holds packs under their digests.
         packs: The table's pack list (numbers index it).
-        fetch: Opens a pack's bytes in the store, for a fill.
+        fetch: Opens a pack's bytes in the store, for a fill (thread-safe if ``order`` is
+            given).
+        order: The pack numbers the caller will ask for, in that order. From the first pack
+            found missing on, a thread fills the next ones while the caller copies out of
+            the current one (:class:`_Prefetcher`).
 
     Example:
         >>> import io, tempfile
@@ -88,10 +99,13 @@ class CachedPacks:
         cache: PackCache,
         packs: Sequence[Digest],
         fetch: Callable[[Digest], BinaryIO],
+        order: Sequence[int] = (),
     ) -> None:
         self._cache = cache
         self._packs = packs
         self._fetch = fetch
+        self._order = order
+        self._prefetcher: _Prefetcher | None = None
         self._handles: collections.OrderedDict[int, BinaryIO] = collections.OrderedDict()
         self._uncached: set[int] = set()
 
@@ -104,8 +118,13 @@ class CachedPacks:
             self._handles.move_to_end(number)
             return handle
         pack = self._packs[number]
+        if self._prefetcher is not None:
+            self._prefetcher.wait_for(number)  # raises what its fill of this pack raised
         handle = self._cache.open_entry(pack)
         if handle is None:
+            if self._prefetcher is None and number in self._order:
+                later = self._order[self._order.index(number) + 1 :]
+                self._prefetcher = _Prefetcher(self._cache, self._packs, self._fetch, later)
             self._cache.fill(pack, lambda: self._fetch(pack))
             handle = self._cache.open_entry(pack)
         if handle is None:
@@ -125,10 +144,88 @@ class CachedPacks:
         self._uncached.add(number)
 
     def close(self) -> None:
-        """Close every pack file still open."""
+        """Stop filling ahead; close every pack file still open."""
+        if self._prefetcher is not None:
+            self._prefetcher.stop()
+            self._prefetcher = None
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
+
+
+class _Prefetcher:
+    """Fills packs into the cache on one thread, in the order a copy will ask for them.
+
+    It stays at most :data:`PREFETCH_AHEAD` packs ahead of the last one asked for, so a copy
+    that stops early leaves little fetched for nothing. A fill's exception is kept and raised
+    to the thread that asks for that pack; the thread closes its own connection to the
+    cache's index when it ends (diskcache opens one per thread).
+    """
+
+    def __init__(
+        self,
+        cache: PackCache,
+        packs: Sequence[Digest],
+        fetch: Callable[[Digest], BinaryIO],
+        order: Sequence[int],
+    ) -> None:
+        self._cache, self._packs, self._fetch = cache, packs, fetch
+        # Where each pack is first asked for.
+        self._position = {number: i for i, number in reversed(list(enumerate(order)))}
+        self._order = order
+        self._cond = threading.Condition()
+        self._asked = 0  # entries of order asked for so far
+        self._outcome: dict[int, BaseException | None] = {}
+        self._stopped = self._ended = False
+        self._thread = threading.Thread(target=self._run, name="optuna-cas-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for i, number in enumerate(self._order):
+                with self._cond:
+                    self._cond.wait_for(functools.partial(self._may_fill, i))
+                    if self._stopped:
+                        return
+                if number in self._outcome:
+                    continue  # listed twice
+                error: BaseException | None = None
+                pack = self._packs[number]
+                try:
+                    if pack not in self._cache:
+                        self._cache.fill(pack, functools.partial(self._fetch, pack))
+                except BaseException as e:  # the asking thread raises it
+                    error = e
+                with self._cond:
+                    self._outcome[number] = error
+                    self._cond.notify_all()
+        finally:
+            self._cache.close()
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+
+    def _may_fill(self, position: int) -> bool:
+        return self._stopped or position < self._asked + PREFETCH_AHEAD
+
+    def wait_for(self, number: int) -> None:
+        """Pack ``number`` is wanted now: let the thread go further, and wait if it is ours."""
+        position = self._position.get(number)
+        if position is None:
+            return
+        with self._cond:
+            self._asked = max(self._asked, position + 1)
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: number in self._outcome or self._ended)
+            error = self._outcome.get(number)
+        if error is not None:
+            raise error
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join()
 
 
 class ChunkedReader(io.RawIOBase):
