@@ -345,9 +345,9 @@ def _section(
             + ".",
             "All downloads use `download_artifact` to a new file per rep. *Cached*: a new "
             "`CachedArtifactStore` (new `Boto3ArtifactStore` inside) over a cache directory "
-            "filled earlier in this run; it asks the server for the ref (artifact ID to digest) "
-            "and, the file being chunked, its manifest, then copies the runs of the cached "
-            "packs with `copy_file_range`. *Fill*: a new, empty cache "
+            "filled earlier in this run; it asks the server for the ref only (artifact ID to "
+            "digest: the chunked file's manifest is kept in the cache with its packs), then "
+            "copies the runs of the cached packs with `copy_file_range`. *Fill*: a new, empty cache "
             "directory per rep. Building the `CachedArtifactStore` (opens the diskcache "
             f"database) is not timed: median {median(loop.construct) * 1000:.1f} ms.",
             "Every cache hit is verified: the cached bytes are copied to a private temp file "

@@ -28,6 +28,7 @@ from optuna_cas.backends.local import LocalBackend
 from optuna_cas.content import blob_key
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, StoreConfigError
+from optuna_cas.middleware import _cache_files as cache_files
 from optuna_cas.middleware.cache import CACHE_DIR_ENV, default_cache_dir
 from tests.conftest import random_bytes
 from tests.support.fault_proxy import FaultProxy
@@ -287,10 +288,14 @@ def test_four_processes_fill_one_blob_at_once(tmp_path: Path) -> None:
     assert digests == [expected] * 4
     cache = DiskBlobCache(cache_dir, size_limit=256 * MiB)
     info = cache.info()
-    # 64 MiB is stored as chunks: the cache holds each pack once, filled by one process.
-    packs = {"".join(i.key.split("/")[-2:]) for i in LocalBackend(base).list("packs/")}
-    assert len(packs) >= 2 and info.entries == len(packs)
-    assert {blake3.blake3(f.read_bytes()).hexdigest() for f in entry_files(cache_dir)} == packs
+    # 64 MiB is stored as chunks: the cache holds each pack once, filled by one process, and
+    # the file's manifest once.
+    backend = LocalBackend(base)
+    packs = {"".join(i.key.split("/")[-2:]) for i in backend.list("packs/")}
+    (manifest,) = [read_all(backend.open_reader(i.key)) for i in backend.list("manifests/")]
+    assert len(packs) >= 2 and info.entries == len(packs) + 1
+    kept = {blake3.blake3(f.read_bytes()).hexdigest() for f in entry_files(cache_dir)}
+    assert kept == packs | {blake3.blake3(manifest).hexdigest()}
     assert list((cache_dir / "tmp").iterdir()) == []
 
 
@@ -447,10 +452,10 @@ def test_cache_failure_falls_back_to_the_store(
 ) -> None:
     store = CachedArtifactStore(MemoryArtifactStore(), directory=tmp_path / "c")
 
-    def disk_full() -> str:
+    def disk_full(root: str) -> str:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store.cache, "_new_temp", disk_full)
+    monkeypatch.setattr(cache_files, "new_temp", disk_full)
     store.write("a", io.BytesIO(b"payload"))  # the upload does not fail
     assert read_all(store.open_reader("a")) == b"payload"
     optuna_cas.download_artifact(

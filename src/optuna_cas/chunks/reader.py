@@ -28,7 +28,14 @@ from optuna_cas.chunks.table import ChunkTable, Entry
 from optuna_cas.digest import Digest, VerifyingReader
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
-__all__ = ["COALESCE_GAP", "CachedPacks", "ChunkedReader", "PackCache", "missing_pack"]
+__all__ = [
+    "COALESCE_GAP",
+    "CachedPacks",
+    "ChunkedReader",
+    "ManifestCache",
+    "PackCache",
+    "missing_pack",
+]
 
 # Bytes between two wanted chunks of one pack that are read and dropped rather than starting a
 # second request: about what one more request costs in time on S3.
@@ -45,8 +52,29 @@ READ_AHEAD = 3
 PREFETCH_AHEAD = 2
 
 
+class ManifestCache(Protocol):
+    """Manifest bytes kept locally, keyed by the file's digest (untrusted: parse with bounds)."""
+
+    def get(self, digest: Digest, limit: int) -> bytes | None:
+        """The bytes kept for ``digest`` (at most ``limit``), or None."""
+        ...
+
+    def add(self, digest: Digest, data: bytes) -> None:
+        """Keep ``data`` for ``digest`` (best effort)."""
+        ...
+
+    def discard(self, digest: Digest) -> None:
+        """Forget what is kept for ``digest``."""
+        ...
+
+
 class PackCache(Protocol):
     """What the reader needs from a local cache: whole packs, keyed by their digest."""
+
+    @property
+    def manifests(self) -> ManifestCache:
+        """Where manifests of chunked files are kept beside the packs."""
+        ...
 
     def open_entry(self, digest: Digest) -> BinaryIO | None:
         """The cached bytes (unverified: the reader checks each chunk), or None."""

@@ -11,6 +11,7 @@ period exceeds that, and whose delete is conditional on the pack being unchanged
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +40,7 @@ from optuna_cas.chunks.table import (
     ENTRY,
     INDEX_MAGIC,
     MANIFEST_MAGIC,
+    MAX_TABLE_BYTES,
     ChunkTable,
     TableBuilder,
     parse_table,
@@ -274,20 +276,20 @@ class ChunkStore(ChunkMaintenance):
             IntegrityError: It is malformed or describes another file.
         """
         table = self._manifests.get(digest.hexdigest)
-        if table is not None:
-            return table
+        return table if table is not None else self._read_manifest(digest)[0]
+
+    def _read_manifest(self, digest: Digest) -> tuple[ChunkTable, bytes]:
+        """The stored manifest of ``digest``, parsed and remembered, and its bytes."""
         key = manifest_key(digest)
-        name = f"manifest {key!r} in {self._backend.describe()}"
-        table = parse_table(read_bounded(self._backend, key), name, MANIFEST_MAGIC)
-        if table.file != digest:
-            raise IntegrityError(f"{name} describes {table.file}, not {digest}")
+        raw = read_bounded(self._backend, key)
+        table = _parse_manifest(raw, f"manifest {key!r} in {self._backend.describe()}", digest)
         self._manifests[digest.hexdigest] = table
         while len(self._manifests) > _MANIFEST_MEMO:
             try:
                 self._manifests.pop(next(iter(self._manifests)), None)
             except (RuntimeError, StopIteration):  # another thread changed it meanwhile
                 break
-        return table
+        return table, raw
 
     def _forget(self, digest: Digest) -> None:
         self._manifests.pop(digest.hexdigest, None)
@@ -311,6 +313,11 @@ class ChunkStore(ChunkMaintenance):
     def materialize_cached(self, digest: Digest, target: Path) -> bool | None:
         """Write the file at the new path ``target`` from cached packs (copied in the kernel).
 
+        The manifest is taken from the cache when it is kept there (then the store is not
+        asked at all) and kept there after a copy with the store's. A kept one is dropped if
+        it does not parse, does not reassemble the file, or names a pack gone from both the
+        cache and the store (gc repacked since): then the store's is read.
+
         Returns:
             True when done. False, with nothing at ``target``, when there is no cache or the
             packs could not be used (see :func:`~optuna_cas.chunks.assemble.assemble_from_cache`):
@@ -319,13 +326,9 @@ class ChunkStore(ChunkMaintenance):
         Raises:
             ArtifactNotFound: A pack the manifest names is missing from the store.
         """
-        if self._cache is None:
+        cache = self._cache
+        if cache is None:
             return False
-        self._forget(digest)  # gc may have moved its chunks: read what is stored now
-        try:
-            table = self.manifest(digest)
-        except ArtifactNotFound:
-            return None
         what = f"chunked file {digest} in {self._backend.describe()}"
 
         def fetch(pack: Digest) -> BinaryIO:
@@ -334,7 +337,22 @@ class ChunkStore(ChunkMaintenance):
             except ArtifactNotFound as e:
                 raise missing_pack(what, pack, self._backend) from e
 
-        return assemble_from_cache(table, digest, target, self._cache, fetch)
+        kept = cache.manifests.get(digest, MAX_TABLE_BYTES)
+        if kept is not None:
+            with contextlib.suppress(IntegrityError, ArtifactNotFound):
+                table = _parse_manifest(kept, f"cached manifest of {what}", digest)
+                if assemble_from_cache(table, digest, target, cache, fetch):
+                    return True
+            cache.manifests.discard(digest)
+        self._forget(digest)  # gc may have moved its chunks: read what is stored now
+        try:
+            table, raw = self._read_manifest(digest)
+        except ArtifactNotFound:
+            return None
+        done = assemble_from_cache(table, digest, target, cache, fetch)
+        if done:
+            cache.manifests.add(digest, raw)
+        return done
 
     # -- copying -------------------------------------------------------------------------------
 
@@ -389,3 +407,11 @@ class ChunkStore(ChunkMaintenance):
         # Replace one that is there but names a pack gone since (has_manifest said so above).
         self._write_manifest(digest, manifest.to_bytes(digest), replace=True)
         return writer.bytes_written
+
+
+def _parse_manifest(raw: bytes, name: str, digest: Digest) -> ChunkTable:
+    """Parse a manifest (bounds checked) and check that it describes ``digest``."""
+    table = parse_table(raw, name, MANIFEST_MAGIC)
+    if table.file != digest:
+        raise IntegrityError(f"{name} describes {table.file}, not {digest}")
+    return table

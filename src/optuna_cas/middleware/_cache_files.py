@@ -56,6 +56,9 @@ _VALUE_NAME = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{28}\.val)")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _ENTRY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 #: What a failing cache directory raises (diskcache.Timeout: database locked beyond the timeout).
+# Cache files are never modified after adoption: make accidental in-place edits (e.g. of a
+# hard-linked download) fail for ordinary users. Root ignores it; verification still catches.
+READ_ONLY = 0o444
 CACHE_ERRORS: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
 # Inserted and deleted to make diskcache evict one more LRU entry (see evict_lru).
 _EVICTION_MARKER = "optuna-cas:evict-one"

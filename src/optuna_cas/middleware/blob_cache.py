@@ -15,6 +15,7 @@ unverified (``open_entry`` hands a pack to a chunk reader, which checks every ch
   as it lands, then links it into place; ``"hardlink"`` mode links exactly the inode it hashed.
 * A fill streams the store's bytes once, verifying, into a private temp file (and a download's
   temp file); only then does ``Cache.add`` give it a name diskcache knows.
+* ``manifests`` keeps chunked files' manifests (unverified bytes; see ``manifest_entries``).
 
 Everything under the directory is untrusted: a row naming anything but a regular file at
 diskcache's own ``xx/yy/<hex>.val`` name inside it is reported and dropped, untouched. A
@@ -52,6 +53,7 @@ from optuna_cas.middleware.cache_config import (
     MaterializeMode,
     default_cache_dir,
 )
+from optuna_cas.middleware.manifest_entries import ManifestEntries
 
 __all__ = ["DiskBlobCache"]
 
@@ -59,9 +61,6 @@ logger = logging.getLogger("optuna_cas.cache")
 
 # A fill writes continuously, so a temp file untouched for this long belongs to a dead process.
 _STALE_TEMP_SECONDS = 3600.0
-# Cache files are never modified after adoption: make accidental in-place edits (e.g. of a
-# hard-linked download) fail for ordinary users. Root ignores it; verification still catches.
-_READ_ONLY = 0o444
 
 
 class DiskBlobCache:
@@ -143,6 +142,9 @@ class DiskBlobCache:
         except CACHE_ERRORS as e:
             raise StoreConfigError(f"Cannot open the cache in {self._root!r}: {e}") from e
         files.remove_temps_older_than(self._root, time.time() - _STALE_TEMP_SECONDS)
+        self.manifests = ManifestEntries(
+            self._cache, self._root, lambda: self._evict_to(size_limit), self._warn_bypass
+        )
 
     @property
     def directory(self) -> Path:
@@ -289,14 +291,14 @@ class DiskBlobCache:
         try:
             if digest in self:
                 return
-            fd, name = self._new_temp()
+            fd, name = files.new_temp(self._root)
         except CACHE_ERRORS as e:
             self._warn_bypass(e)
             return
         try:
             copy = functools.partial(files.copy_source, source, fd, digest.size + 1)
             if copy_holds(copy, fd, digest)[1]:
-                os.fchmod(fd, _READ_ONLY)
+                os.fchmod(fd, files.READ_ONLY)
                 self._adopt(digest, FillTemp(fd, name, digest.size))
             else:
                 logger.warning("Not caching %s: the uploaded source no longer matches it", digest)
@@ -513,7 +515,7 @@ class DiskBlobCache:
         was abandoned and the caller reads from the store instead.
         """
         try:
-            fd, name = self._new_temp()
+            fd, name = files.new_temp(self._root)
         except OSError as e:
             self._warn_bypass(e)
             if out_fd is None:
@@ -525,7 +527,7 @@ class DiskBlobCache:
             with VerifyingReader(fetch(), digest, name=f"blob {digest} (cache fill)") as source:
                 cached = files.tee(cast(BinaryIO, source), fd, out_fd, self._warn_bypass)
             if cached:
-                os.fchmod(fd, _READ_ONLY)
+                os.fchmod(fd, files.READ_ONLY)
                 return FillTemp(fd, name, digest.size)
         except BaseException:
             self._discard_temp(fd, name)
@@ -584,9 +586,6 @@ class DiskBlobCache:
 
     def _warn_bypass(self, error: BaseException) -> None:
         logger.warning("Cache in %s failed (%s); using the store directly", self._root, error)
-
-    def _new_temp(self) -> tuple[int, str]:
-        return files.new_temp(self._root)
 
     def _discard_temp(self, fd: int, name: str) -> None:
         if fd >= 0:
