@@ -7,6 +7,7 @@ and never build a key themselves.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -154,10 +155,8 @@ class ChunkMaintenance:
 
     def touch(self, obj: StoredObject) -> None:
         """Set a listed object's time to now (gc: an old pack stays for readers); no-op if gone."""
-        try:
+        with contextlib.suppress(ArtifactNotFound):
             self._backend.touch(obj.key)
-        except ArtifactNotFound:
-            pass
 
     def read_manifest(self, obj: StoredObject) -> ChunkTable:
         """A listed manifest, read afresh and checked to describe the file its key names.
@@ -255,7 +254,7 @@ class ChunkMaintenance:
             >>> list(store.iter_packs()), [i.key[:17] for i in store.backend.list("quar")]
             ([], ['quarantine/packs/'])
         """
-        try:
+        with contextlib.suppress(ArtifactNotFound):
             try:
                 reader = self._backend.open_reader(obj.key)
             except IntegrityError:
@@ -264,8 +263,6 @@ class ChunkMaintenance:
                 with reader:
                     self._backend.write(prefix + obj.key, reader)
                 self._backend.remove(obj.key)
-        except ArtifactNotFound:
-            pass
         self._forget_object(obj)
 
 

@@ -11,6 +11,7 @@ period exceeds that, and whose delete is conditional on the pack being unchanged
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -201,10 +202,8 @@ class ChunkStore(ChunkMaintenance):
 
     def _write_manifest(self, digest: Digest, data: bytes, *, replace: bool = False) -> None:
         key = manifest_key(digest)
-        try:
+        with contextlib.suppress(FileExistsError):
             self._backend.write(key, io.BytesIO(data), if_absent=not replace)
-        except FileExistsError:
-            pass
         self._forget(digest)
 
     def replace_manifest(self, table: TableBuilder, file: Digest) -> None:
