@@ -120,10 +120,6 @@ class ContentStore(BlobStore, RefStore):
             chunk_threshold=self.chunk_threshold,
         )
 
-    def describe(self) -> str:
-        """The backend's URL-like name, for messages."""
-        return self._backend.describe()
-
     # -- artifacts ---------------------------------------------------------------------------
 
     def put_artifact(
