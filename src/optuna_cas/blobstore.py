@@ -19,6 +19,7 @@ This is the only layer that hashes. Invariants it keeps:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -268,7 +269,7 @@ class BlobStore(BlobMaintenance):
             digest = self._put_file(file_source, receipt)
             source.seek(file_source.start + digest.size)
             return digest
-        if self._stager() is not None:
+        if self._staging is not None:
             return self._put_staged(lambda fd: copy_stream_hashing(source, fd), receipt=receipt)
         if seekable(source):
             start = source.tell()
@@ -305,7 +306,7 @@ class BlobStore(BlobMaintenance):
             digest = self.chunks.put(reader, src.size_hint, src.check_unchanged)
             if hint is not None:  # its manifest and packs were just checked or written
                 self._remember_stored(digest, hint)
-        elif (stager := self._stager()) is not None:
+        elif (stager := self._staging) is not None:
             digest = self._put_staged(
                 lambda fd: copy_hashing(src.fd, src.start, fd, src.size_hint),
                 src,
@@ -335,7 +336,7 @@ class BlobStore(BlobMaintenance):
         receipt: PublishReceipt | None = None,
     ) -> Digest:
         """Copy into the backend's own temp file while hashing the copy; publish by rename."""
-        stager = stager or self._stager()
+        stager = stager or self._staging
         assert stager is not None
         staged = stager.stage(BLOB_PREFIX.rstrip("/"))
         try:
@@ -421,9 +422,6 @@ class BlobStore(BlobMaintenance):
         except (ArtifactNotFound, IntegrityError, OSError, io.UnsupportedOperation):
             return False
 
-    def _stager(self) -> SupportsStaging | None:
-        return self._staging
-
     def _check_stored(self, digest: Digest) -> tuple[bool, bool]:
         """Return (present, repair) for ``digest``'s blob.
 
@@ -474,10 +472,9 @@ class BlobStore(BlobMaintenance):
         return not present
 
     def _freshen(self, key: str) -> None:
-        try:
+        # Collected meanwhile: put_artifact's re-check after the ref rewrites it.
+        with contextlib.suppress(ArtifactNotFound):
             self._backend.touch(key)
-        except ArtifactNotFound:
-            pass  # collected meanwhile: put_artifact's re-check after the ref rewrites it
 
     def write_verified_blob(self, digest: Digest, reader: BinaryIO) -> None:
         """Store a blob from a reader that already verifies ``digest``.
@@ -513,10 +510,9 @@ class BlobStore(BlobMaintenance):
         """
         key = blob_key(digest)
         if digest.size >= self.chunk_threshold:
-            try:
+            # No manifest: stored whole (below the threshold when it was uploaded).
+            with contextlib.suppress(ArtifactNotFound):
                 return self.chunks.open(digest)
-            except ArtifactNotFound:
-                pass  # stored whole (below the threshold when it was uploaded)
         if self._blob_cache is not None:
             return self._blob_cache.open(digest, lambda: self._backend.open_reader(key))
         try:
