@@ -28,17 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from optuna_cas._fileio import (
-    PositionalReader,
-    materialize,
-)
-from optuna_cas.backends.base import (
-    Backend,
-    ObjectInfo,
-    StagedObject,
-    SupportsStaging,
-    staging_of,
-)
+from optuna_cas._fileio import PositionalReader, materialize
+from optuna_cas.backends.base import Backend, ObjectInfo, StagedObject, SupportsStaging, staging_of
 from optuna_cas.blob_maintenance import (
     BLOB_PREFIX,
     QUARANTINE_PREFIX,
@@ -49,18 +40,8 @@ from optuna_cas.blob_maintenance import (
 from optuna_cas.chunks.layout import CHUNK_THRESHOLD, manifest_key
 from optuna_cas.chunks.reader import PackCache
 from optuna_cas.chunks.store import ChunkStore
-from optuna_cas.digest import (
-    CHUNK_SIZE,
-    Digest,
-    VerifyingReader,
-    hash_fd,
-    hash_stream,
-)
-from optuna_cas.exceptions import (
-    ArtifactNotFound,
-    IntegrityError,
-    StoreConfigError,
-)
+from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader, hash_fd, hash_stream
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, StoreConfigError
 from optuna_cas.ingest import (
     FileDigestMemo,
     FileSource,

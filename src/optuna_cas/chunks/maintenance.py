@@ -19,12 +19,7 @@ from optuna_cas.backends.base import Backend, ObjectInfo, conditional_remover_of
 from optuna_cas.chunks.index import read_bounded
 from optuna_cas.chunks.layout import INDEX_PREFIX, MANIFEST_PREFIX, PACK_PREFIX, parse_content_key
 from optuna_cas.chunks.reader import ChunkedReader, PackCache, whole_file_reader
-from optuna_cas.chunks.table import (
-    INDEX_MAGIC,
-    MANIFEST_MAGIC,
-    ChunkTable,
-    parse_table,
-)
+from optuna_cas.chunks.table import INDEX_MAGIC, MANIFEST_MAGIC, ChunkTable, parse_table
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
