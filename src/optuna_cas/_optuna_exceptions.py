@@ -21,7 +21,6 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -56,11 +55,11 @@ def optuna_artifact_exceptions() -> ModuleType | None:
         return None
     if _PACKAGE in sys.modules:  # already imported: the normal import costs nothing more
         return importlib.import_module(_MODULE)
-    path = _source_path()
-    if path is None:  # an unusual installation (zip, frozen): the slow, ordinary way
-        return importlib.import_module(_MODULE)
-    spec = importlib.util.spec_from_file_location(_MODULE, path)
-    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has one
+    # Found, not imported: find_spec runs nothing of the package's __init__.
+    package = importlib.util.find_spec(_PACKAGE)
+    folders = package.submodule_search_locations if package is not None else None
+    spec = importlib.machinery.PathFinder.find_spec(_MODULE, folders) if folders else None
+    if spec is None or spec.loader is None:  # an unusual installation: the ordinary way
         return importlib.import_module(_MODULE)
     module = importlib.util.module_from_spec(spec)
     sys.modules[_MODULE] = module
@@ -71,16 +70,6 @@ def optuna_artifact_exceptions() -> ModuleType | None:
         raise
     sys.meta_path.insert(0, _BindOnPackageImport(module))
     return module
-
-
-def _source_path() -> str | None:
-    package = sys.modules["optuna"]
-    for location in getattr(package, "__path__", []):
-        folder = os.path.join(location, "artifacts")
-        path = os.path.join(folder, "exceptions.py")
-        if os.path.isfile(path) and os.path.isfile(os.path.join(folder, "__init__.py")):
-            return path
-    return None
 
 
 class _BindOnPackageImport(importlib.abc.MetaPathFinder):

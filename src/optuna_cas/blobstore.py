@@ -19,6 +19,7 @@ This is the only layer that hashes. Invariants it keeps:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -27,17 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from optuna_cas._fileio import (
-    PositionalReader,
-    materialize,
-)
-from optuna_cas.backends.base import (
-    Backend,
-    ObjectInfo,
-    StagedObject,
-    SupportsStaging,
-    staging_of,
-)
+from optuna_cas._fileio import PositionalReader, materialize
+from optuna_cas.backends.base import Backend, ObjectInfo, StagedObject, SupportsStaging, staging_of
 from optuna_cas.blob_maintenance import (
     BLOB_PREFIX,
     QUARANTINE_PREFIX,
@@ -48,18 +40,8 @@ from optuna_cas.blob_maintenance import (
 from optuna_cas.chunks.layout import CHUNK_THRESHOLD, manifest_key
 from optuna_cas.chunks.reader import PackCache
 from optuna_cas.chunks.store import ChunkStore
-from optuna_cas.digest import (
-    CHUNK_SIZE,
-    Digest,
-    VerifyingReader,
-    hash_fd,
-    hash_stream,
-)
-from optuna_cas.exceptions import (
-    ArtifactNotFound,
-    IntegrityError,
-    StoreConfigError,
-)
+from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader, hash_fd, hash_stream
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, StoreConfigError
 from optuna_cas.ingest import (
     FileDigestMemo,
     FileSource,
@@ -268,7 +250,7 @@ class BlobStore(BlobMaintenance):
             digest = self._put_file(file_source, receipt)
             source.seek(file_source.start + digest.size)
             return digest
-        if self._stager() is not None:
+        if self._staging is not None:
             return self._put_staged(lambda fd: copy_stream_hashing(source, fd), receipt=receipt)
         if seekable(source):
             start = source.tell()
@@ -305,7 +287,7 @@ class BlobStore(BlobMaintenance):
             digest = self.chunks.put(reader, src.size_hint, src.check_unchanged)
             if hint is not None:  # its manifest and packs were just checked or written
                 self._remember_stored(digest, hint)
-        elif (stager := self._stager()) is not None:
+        elif (stager := self._staging) is not None:
             digest = self._put_staged(
                 lambda fd: copy_hashing(src.fd, src.start, fd, src.size_hint),
                 src,
@@ -335,7 +317,7 @@ class BlobStore(BlobMaintenance):
         receipt: PublishReceipt | None = None,
     ) -> Digest:
         """Copy into the backend's own temp file while hashing the copy; publish by rename."""
-        stager = stager or self._stager()
+        stager = stager or self._staging
         assert stager is not None
         staged = stager.stage(BLOB_PREFIX.rstrip("/"))
         try:
@@ -421,9 +403,6 @@ class BlobStore(BlobMaintenance):
         except (ArtifactNotFound, IntegrityError, OSError, io.UnsupportedOperation):
             return False
 
-    def _stager(self) -> SupportsStaging | None:
-        return self._staging
-
     def _check_stored(self, digest: Digest) -> tuple[bool, bool]:
         """Return (present, repair) for ``digest``'s blob.
 
@@ -474,10 +453,9 @@ class BlobStore(BlobMaintenance):
         return not present
 
     def _freshen(self, key: str) -> None:
-        try:
+        # Collected meanwhile: put_artifact's re-check after the ref rewrites it.
+        with contextlib.suppress(ArtifactNotFound):
             self._backend.touch(key)
-        except ArtifactNotFound:
-            pass  # collected meanwhile: put_artifact's re-check after the ref rewrites it
 
     def write_verified_blob(self, digest: Digest, reader: BinaryIO) -> None:
         """Store a blob from a reader that already verifies ``digest``.
@@ -513,10 +491,9 @@ class BlobStore(BlobMaintenance):
         """
         key = blob_key(digest)
         if digest.size >= self.chunk_threshold:
-            try:
+            # No manifest: stored whole (below the threshold when it was uploaded).
+            with contextlib.suppress(ArtifactNotFound):
                 return self.chunks.open(digest)
-            except ArtifactNotFound:
-                pass  # stored whole (below the threshold when it was uploaded)
         if self._blob_cache is not None:
             return self._blob_cache.open(digest, lambda: self._backend.open_reader(key))
         try:

@@ -11,6 +11,7 @@ only after its blob exists, so no ref points at missing data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from typing import BinaryIO
@@ -119,10 +120,6 @@ class ContentStore(BlobStore, RefStore):
             chunk_threshold=self.chunk_threshold,
         )
 
-    def describe(self) -> str:
-        """The backend's URL-like name, for messages."""
-        return self._backend.describe()
-
     # -- artifacts ---------------------------------------------------------------------------
 
     def put_artifact(
@@ -193,10 +190,8 @@ class ContentStore(BlobStore, RefStore):
 
     def _remove_own_ref(self, artifact_id: str) -> None:
         # Only the ref this upload just wrote: blobs are never deleted on the upload path.
-        try:
+        with contextlib.suppress(ArtifactNotFound):
             self._backend.remove(self.ref_key(artifact_id))
-        except ArtifactNotFound:
-            pass
 
     def open_artifact(self, artifact_id: str) -> BinaryIO:
         """A verifying reader of an artifact's content.

@@ -55,9 +55,7 @@ class Progress:
             >>> p = Progress("copy", None, None); p.advance(3); p.done
             3
         """
-        self.done += amount
-        if self._callback is not None:
-            self._callback(self.task, self.done, self.total)
+        self.set(self.done + amount)
 
     def set(self, done: int) -> None:
         """Record that ``done`` units are done in all (e.g. after a retry started over).

@@ -133,9 +133,7 @@ class RefStore:
         try:
             data = read_at_most(self._backend, key, MAX_REF_BYTES)
         except ArtifactNotFound as e:
-            raise ArtifactNotFound(
-                f"Artifact {artifact_id!r} not found in {self.describe()}"
-            ) from e
+            raise self._not_found(artifact_id) from e
         if len(data) > MAX_REF_BYTES:
             raise IntegrityError(f"ref {artifact_id!r} is larger than {MAX_REF_BYTES} bytes")
         try:
@@ -159,12 +157,11 @@ class RefStore:
             True
         """
         try:
-            data = read_at_most(self._backend, self.ref_key(artifact_id), MAX_REF_BYTES)[
+            return read_at_most(self._backend, self.ref_key(artifact_id), MAX_REF_BYTES)[
                 :MAX_REF_BYTES
             ]
         except (ArtifactNotFound, IntegrityError, InvalidKeyError):
             return None
-        return data
 
     def has_ref(self, artifact_id: str) -> bool:
         """Whether an artifact ID has a ref.
@@ -193,9 +190,10 @@ class RefStore:
         try:
             self._backend.remove(self.ref_key(artifact_id))
         except ArtifactNotFound as e:
-            raise ArtifactNotFound(
-                f"Artifact {artifact_id!r} not found in {self.describe()}"
-            ) from e
+            raise self._not_found(artifact_id) from e
+
+    def _not_found(self, artifact_id: str) -> ArtifactNotFound:
+        return ArtifactNotFound(f"Artifact {artifact_id!r} not found in {self.describe()}")
 
     def iter_ref_ids(self) -> Iterator[str]:
         """IDs of every ref in the store (one listing, no reads).

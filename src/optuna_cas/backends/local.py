@@ -8,6 +8,7 @@ exists). A reader therefore sees the whole object or none of it, even if the wri
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import io
@@ -288,16 +289,13 @@ class LocalBackend:
                 and st.st_mtime == seen.modified
             ):
                 return True
-            try:
-                os.link(doomed, path)  # changed since gc looked: put it back
-            except FileExistsError:
-                pass  # a newer copy was published meanwhile: it stays
+            # Changed since gc looked: put it back, unless a newer copy was published meanwhile.
+            with contextlib.suppress(FileExistsError):
+                os.link(doomed, path)
             return False
         finally:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(doomed)
-            except FileNotFoundError:
-                pass
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is a stored object (a regular file, not a symlink).
@@ -338,7 +336,7 @@ class LocalBackend:
             st = os.stat(path, follow_symlinks=False)
         except FileNotFoundError as e:
             raise self._missing(key) from e
-        if not _is_regular(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
             raise self._missing(key)
         return ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime)
 
@@ -410,10 +408,8 @@ class LocalBackend:
         name = key.rpartition("/")[2]
         if not name.startswith(TEMP_PREFIX) or ".." in key.split("/"):
             raise InvalidKeyError(f"Invalid key: {key!r} (not a temporary file)")
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._root / key)
-        except FileNotFoundError:
-            pass
 
     def describe(self) -> str:
         """``file://`` URL of the root.
@@ -441,10 +437,6 @@ def _describe_entry(path: Path) -> str:
         return describe_mode(os.lstat(path).st_mode)
     except OSError:
         return "not a regular file"
-
-
-def _is_regular(mode: int) -> bool:
-    return stat.S_ISREG(mode)
 
 
 def _copy_to(source: BinaryIO, out_fd: int) -> None:

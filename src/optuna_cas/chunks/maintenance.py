@@ -7,6 +7,7 @@ and never build a key themselves.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,12 +19,7 @@ from optuna_cas.backends.base import Backend, ObjectInfo, conditional_remover_of
 from optuna_cas.chunks.index import read_bounded
 from optuna_cas.chunks.layout import INDEX_PREFIX, MANIFEST_PREFIX, PACK_PREFIX, parse_content_key
 from optuna_cas.chunks.reader import ChunkedReader, PackCache, whole_file_reader
-from optuna_cas.chunks.table import (
-    INDEX_MAGIC,
-    MANIFEST_MAGIC,
-    ChunkTable,
-    parse_table,
-)
+from optuna_cas.chunks.table import INDEX_MAGIC, MANIFEST_MAGIC, ChunkTable, parse_table
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
@@ -154,10 +150,8 @@ class ChunkMaintenance:
 
     def touch(self, obj: StoredObject) -> None:
         """Set a listed object's time to now (gc: an old pack stays for readers); no-op if gone."""
-        try:
+        with contextlib.suppress(ArtifactNotFound):
             self._backend.touch(obj.key)
-        except ArtifactNotFound:
-            pass
 
     def read_manifest(self, obj: StoredObject) -> ChunkTable:
         """A listed manifest, read afresh and checked to describe the file its key names.
@@ -255,7 +249,7 @@ class ChunkMaintenance:
             >>> list(store.iter_packs()), [i.key[:17] for i in store.backend.list("quar")]
             ([], ['quarantine/packs/'])
         """
-        try:
+        with contextlib.suppress(ArtifactNotFound):
             try:
                 reader = self._backend.open_reader(obj.key)
             except IntegrityError:
@@ -264,8 +258,6 @@ class ChunkMaintenance:
                 with reader:
                     self._backend.write(prefix + obj.key, reader)
                 self._backend.remove(obj.key)
-        except ArtifactNotFound:
-            pass
         self._forget_object(obj)
 
 

@@ -203,10 +203,8 @@ class ChunkStore(ChunkMaintenance):
 
     def _write_manifest(self, digest: Digest, data: bytes, *, replace: bool = False) -> None:
         key = manifest_key(digest)
-        try:
+        with contextlib.suppress(FileExistsError):
             self._backend.write(key, io.BytesIO(data), if_absent=not replace)
-        except FileExistsError:
-            pass
         self._forget(digest)
 
     def replace_manifest(self, table: TableBuilder, file: Digest) -> None:

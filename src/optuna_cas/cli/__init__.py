@@ -212,63 +212,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _common_options(*, after_command: bool) -> argparse.ArgumentParser:
-    def default(value: Any) -> Any:
-        return argparse.SUPPRESS if after_command else value
-
-    def shown(text: str) -> str:
-        return argparse.SUPPRESS if after_command else text
-
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--store",
-        metavar="URL",
-        default=default(None),
-        help=shown(
-            f"store URL (file://, s3://, gs://; default ${STORE_ENV}); only put and sync's "
-            "destination create a new local store"
+    options = [
+        common.add_argument(
+            "--store",
+            metavar="URL",
+            help=f"store URL (file://, s3://, gs://; default ${STORE_ENV}); only put and sync's "
+            "destination create a new local store",
         ),
-    )
-    common.add_argument(
-        "--endpoint-url",
-        metavar="URL",
-        default=default(None),
-        help=shown(f"S3-compatible endpoint (default ${ENDPOINT_ENV})"),
-    )
-    common.add_argument(
-        "--retries",
-        type=_retries,
-        default=default(5),
-        metavar="N",
-        help=shown("attempts per request, 1 to 100 (default 5; 1 = no retry)"),
-    )
-    common.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        default=default(None),
-        help=shown("read cache directory (default: see docs)"),
-    )
-    common.add_argument(
-        "--no-cache",
-        action="store_true",
-        default=default(False),
-        help=shown("do not read remote stores through the cache"),
-    )
-    common.add_argument(
-        "--json",
-        action="store_true",
-        default=default(False),
-        help=shown("print one JSON object on stdout instead of text (every command)"),
-    )
-    common.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        default=default(False),
-        help=shown("print only results: no progress, no summaries"),
-    )
-    common.add_argument(
-        "--debug", action="store_true", default=default(False), help=shown("show tracebacks")
-    )
+        common.add_argument(
+            "--endpoint-url",
+            metavar="URL",
+            help=f"S3-compatible endpoint (default ${ENDPOINT_ENV})",
+        ),
+        common.add_argument(
+            "--retries",
+            type=_retries,
+            default=5,
+            metavar="N",
+            help="attempts per request, 1 to 100 (default 5; 1 = no retry)",
+        ),
+        common.add_argument(
+            "--cache-dir", metavar="DIR", help="read cache directory (default: see docs)"
+        ),
+        common.add_argument(
+            "--no-cache", action="store_true", help="do not read remote stores through the cache"
+        ),
+        common.add_argument(
+            "--json",
+            action="store_true",
+            help="print one JSON object on stdout instead of text (every command)",
+        ),
+        common.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            help="print only results: no progress, no summaries",
+        ),
+        common.add_argument("--debug", action="store_true", help="show tracebacks"),
+    ]
+    if after_command:  # repeated after the command (see build_parser): hidden, no defaults
+        for option in options:
+            option.default = option.help = argparse.SUPPRESS
     return common
 
 

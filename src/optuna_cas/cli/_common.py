@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -161,13 +162,11 @@ def _checked(
     parse: Callable[[str], T], ok: Callable[[T], bool], expected: str
 ) -> Callable[[str], T]:
     def convert(text: str) -> T:
-        try:
+        with contextlib.suppress(ValueError):
             value = parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{clip(text, 40)} is not {expected}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{clip(text, 40)} is not {expected}")
-        return value
+            if ok(value):
+                return value
+        raise argparse.ArgumentTypeError(f"{clip(text, 40)} is not {expected}")
 
     return convert
 

@@ -61,8 +61,10 @@ def _put_one(
 ) -> dict[str, Any]:
     import mimetypes
     import uuid
+    from dataclasses import asdict
 
     from optuna_cas import upload_artifact
+    from optuna_cas._listing import ListedArtifact
     from optuna_cas.middleware.watch import TransferWatch
 
     filename = os.path.basename(path)
@@ -107,23 +109,9 @@ def _put_one(
         )
     else:
         _print(args, f"stored {esc(ref.filename)} ({what})")
-    return _ref_json(ref) | {
-        "path": path,
-        "already_stored": already,
-        "new_chunk_bytes": watch.new_chunk_bytes,
-    }
-
-
-def _ref_json(ref: ArtifactRef) -> dict[str, Any]:
-    return {
-        "artifact_id": ref.artifact_id,
-        "filename": ref.filename,
-        "mimetype": ref.mimetype,
-        "encoding": ref.encoding,
-        "digest": str(ref.digest),
-        "size": ref.size,
-        "created": ref.created,
-    }
+    row = asdict(ListedArtifact.of_ref(ref))  # as `ls --json` shows it, less what ls adds
+    del row["origin"], row["trial"]
+    return row | {"path": path, "already_stored": already, "new_chunk_bytes": watch.new_chunk_bytes}
 
 
 def cmd_get(args: argparse.Namespace) -> int:

@@ -241,15 +241,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     if args.action == "prune" and args.max_bytes is None:
         raise UsageError("cache prune needs --max-bytes N")
-    cache = DiskBlobCache(args.cache_dir)
-    try:
+    with DiskBlobCache(args.cache_dir) as cache:
         if args.action == "clear":
             cache.clear()
         elif args.action == "prune":
             cache.prune(args.max_bytes)
         info = cache.info()
-    finally:
-        cache.close()
     if args.json:
         _emit_json(_report_json(info))
         return 0

@@ -15,13 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from optuna_cas.backends.remote import Fault
-from optuna_cas.exceptions import (
-    ArtifactNotFound,
-    BackendError,
-    IntegrityError,
-    OptunaCasError,
-    TransientBackendError,
-)
+from optuna_cas.exceptions import ArtifactNotFound, OptunaCasError, TransientBackendError
 
 __all__ = ["Retrier", "RetryPolicy", "is_transient"]
 
@@ -62,7 +56,7 @@ def is_transient(error: BaseException) -> bool:
     """
     if isinstance(error, TransientBackendError):
         return True
-    if isinstance(error, OptunaCasError | ArtifactNotFound | IntegrityError | BackendError):
+    if isinstance(error, OptunaCasError):  # ArtifactNotFound, IntegrityError, BackendError, ...
         return False
     if type(error).__name__ == "ArtifactNotFound":  # Optuna's class, without importing it
         return False

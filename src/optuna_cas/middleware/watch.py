@@ -16,13 +16,7 @@ import threading
 from collections.abc import Iterator
 from typing import BinaryIO, cast
 
-from optuna_cas.backends.base import (
-    Backend,
-    ObjectInfo,
-    StagedObject,
-    SupportsStaging,
-    staging_of,
-)
+from optuna_cas.backends.base import Backend, ObjectInfo, StagedObject, SupportsStaging, staging_of
 from optuna_cas.chunks.layout import MANIFEST_PREFIX, PACK_PREFIX
 from optuna_cas.content import BLOB_PREFIX, REF_PREFIX
 from optuna_cas.digest import CHUNK_SIZE, readinto

@@ -62,10 +62,8 @@ def verify(
     """
     content = store.content
     report = VerifyReport(deep=deep)
-    blobs: dict[str, BlobInfo] = {}
-    for info in content.iter_blobs():
-        blobs[info.hexdigest] = info
-        report.blobs_checked += 1
+    blobs = {info.hexdigest: info for info in content.iter_blobs()}  # one key per digest
+    report.blobs_checked = len(blobs)
     listing = ChunkListing.of(content.chunks)
     manifests = chunked.check_manifests(content.chunks, listing, report)
     chunked.check_indexes(content.chunks, listing, report)
