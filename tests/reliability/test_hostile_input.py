@@ -173,8 +173,9 @@ def attempt(fn: Callable[[], Any], *allowed: type[BaseException]) -> str:
 
 
 def too_long(name: str) -> bool:
+    # The bytes the OS gets: lone surrogates from undecodable bytes go back to those bytes.
     try:
-        return len(name.encode()) > 255
+        return len(os.fsencode(name)) > 255
     except UnicodeEncodeError:
         return False
 

@@ -154,7 +154,7 @@ def running_moto_server(log_path: Path | None = None) -> Iterator[S3Server]:
     # pipe would block the server on its next access-log line.
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p0"],
+            [sys.executable, "-m", "optuna_cas.testing._moto_main", "-H", "127.0.0.1", "-p0"],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
