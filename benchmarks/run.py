@@ -122,7 +122,8 @@ def _merged(
     """The report at ``output`` with this run's sections and charts put in (``--merge``)."""
     numbers = ", ".join(s.title.split(" ", 1)[0].rstrip(".") for s in sections)
     provenance = (
-        f"- `--only {group}`: sections {numbers} from `{command}` on {started:%Y-%m-%d %H:%M} "
+        f"- `--only {group}`: {'sections' if len(sections) > 1 else 'section'} {numbers} from "
+        f"`{command}` on {started:%Y-%m-%d %H:%M} "
         f"UTC (took {elapsed / 60:.1f} min, same machine); the other sections come from the "
         "command above"
     )

@@ -231,7 +231,7 @@ def _throughput(cfg: Config, client: Any, src: Path, data: Path) -> Section:
     if up_ratio < 1.0 or down_ratio < 1.0:
         section.notes.append(
             "Where a target is missed: the moto server and this process share 2 cores, and "
-            "the server is the bottleneck. A chunked upload cuts and hashes every chunk and "
+            "single reps swing by up to 3x (see above). A chunked upload cuts and hashes every chunk and "
             "each pack besides the whole file (section 15 measures that CPU), and a chunked "
             "download checks the whole file's digest over several ranged GETs where Optuna "
             "writes one GET unchecked. The *one blob* row is the same store without chunking "
