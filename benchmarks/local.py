@@ -409,6 +409,9 @@ def _small_files(cfg: Config, data: Path, stores: Path) -> Section:
         path = folder / f"file-{i:05d}.bin"
         path.write_bytes(rng.bytes(cfg.small_size))
         files.append(str(path))
+    # Earlier sections leave gigabytes of dirty pages; their writeback would slow the file
+    # creates timed here (section 15 does the same before its ingest).
+    os.sync()
     ours = _Fresh(stores, "small-ours", optuna_cas.FileSystemArtifactStore, keep=True)
     theirs = _Fresh(stores, "small-optuna", _optuna_store, keep=True)
 
