@@ -138,6 +138,10 @@ class DigestIndex:
 
     def find(self, digest: bytes) -> int | None:
         """The row whose record starts with ``digest``, or None."""
+        return self._probe(digest)[0]
+
+    def _probe(self, digest: bytes) -> tuple[int | None, int]:
+        """(the row of ``digest`` or None, the slot where the probe stopped)."""
         # Records.get inlined: this runs once or twice per chunk of every upload.
         slots, blocks, size = self._slots, self._records._blocks, self._records.size
         mask = len(slots) - 1
@@ -146,9 +150,9 @@ class DigestIndex:
             row -= 1
             at = (row & _IN_BLOCK) * size
             if blocks[row >> _BLOCK_SHIFT][at : at + _DIGEST] == digest:
-                return row
+                return row, slot
             slot = (slot + 1) & mask
-        return None
+        return None, slot
 
     def find_or_add(self, digest: bytes, layout: struct.Struct, *fields: Any) -> int | None:
         """The row of ``digest``; if it has none, append its record and index it (None).
@@ -158,20 +162,14 @@ class DigestIndex:
         """
         if (self._count + 1) * 2 > len(self._slots):
             self._grow()
-        slots, records = self._slots, self._records
-        blocks, size = records._blocks, records.size
-        mask = len(slots) - 1
-        slot = hash(digest) & mask
-        while row := slots[slot]:
-            row -= 1
-            at = (row & _IN_BLOCK) * size
-            if blocks[row >> _BLOCK_SHIFT][at : at + _DIGEST] == digest:
-                return row
-            slot = (slot + 1) & mask
+        row, slot = self._probe(digest)
+        if row is not None:
+            return row
+        records = self._records
         records.pack(layout, *fields)
         if self._count < records._count:  # else threads raced to append: a hint lost
             self._count += 1
-            slots[slot] = records._count  # its row + 1
+            self._slots[slot] = records._count  # its row + 1
         return None
 
     def add_next(self, digest: bytes) -> None:
