@@ -325,7 +325,7 @@ def copy_holds(copy: CopyFunction[_T], out_fd: int, digest: Digest) -> tuple[_T,
     if digest.size < OVERLAP_MIN_BYTES:
         hasher = new_blake3(digest.size)
         result = copy(threading.Event(), _ignore_progress)
-        hashed = os.fstat(out_fd).st_size
+        size = hashed = os.fstat(out_fd).st_size
         if hashed == digest.size:
             hash_private_range(out_fd, hasher, 0, hashed)
     else:
@@ -333,9 +333,8 @@ def copy_holds(copy: CopyFunction[_T], out_fd: int, digest: Digest) -> tuple[_T,
         # with it (measured 8.9 GB/s on a mapped file here, against ~3 GB/s for the copy).
         hasher = new_blake3(0)
         result, hashed = hash_behind_copy(copy, out_fd, hasher)
-    holds = (
-        hashed == digest.size == os.fstat(out_fd).st_size and hasher.hexdigest() == digest.hexdigest
-    )
+        size = os.fstat(out_fd).st_size
+    holds = hashed == digest.size == size and hasher.hexdigest() == digest.hexdigest
     return result, holds
 
 
