@@ -8,8 +8,9 @@ Example:
     >>> import io
     >>> from optuna_cas import MemoryArtifactStore
     >>> store = MemoryArtifactStore()
-    >>> store.write("a1", io.BytesIO(b"weights")); store.write("a2", io.BytesIO(b"weights"))
-    >>> len(list(store.content.iter_blobs()))
+    >>> weights = bytes(1 << 20)
+    >>> store.write("a1", io.BytesIO(weights)); store.write("a2", io.BytesIO(weights))
+    >>> len(list(store.content.iter_blobs()))   # stored once
     1
 """
 

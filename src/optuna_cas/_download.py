@@ -100,13 +100,7 @@ def download_artifact(
                     f"{'unknown' if recorded[1] is None else recorded[1]}) at upload; "
                     "refusing to download"
                 )
-            try:
-                content.materialize_blob(ref.digest, target)
-            except ArtifactNotFound as e:
-                raise ArtifactNotFound(
-                    f"Artifact {artifact_id!r}: its blob {ref.digest} is missing from "
-                    f"{content.describe()} (run 'optuna-cas verify')"
-                ) from e
+            content.materialize_artifact(ref, target)
             return
     with artifact_store.open_reader(artifact_id) as reader:
         if recorded is not None and recorded[1] is not None:

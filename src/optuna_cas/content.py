@@ -6,17 +6,20 @@ Layout inside any backend::
     refs/<artifact_id>                              small JSON (:mod:`~optuna_cas.refstore`)
 
 :class:`ContentStore` joins the two and adds artifacts: blob before ref, and a ref is written
-only after its blob exists, so no ref points at missing data.
+only after its blob exists, so no ref points at missing data. Content of at most
+:data:`~optuna_cas.refs.INLINE_LIMIT` bytes is kept inside its ref instead (no blob).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
+from pathlib import Path
 from typing import BinaryIO
 
-from optuna_cas._fileio import copy_to_spool
+from optuna_cas._fileio import copy_to_spool, materialize
 from optuna_cas._validation import validate_artifact_id
 from optuna_cas.backends.base import Backend
 from optuna_cas.blobstore import (
@@ -32,9 +35,10 @@ from optuna_cas.blobstore import (
     seekable,
 )
 from optuna_cas.chunks.layout import CHUNK_THRESHOLD
+from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
-from optuna_cas.ingest import FileDigestMemo
-from optuna_cas.refs import ArtifactRef
+from optuna_cas.ingest import FileDigestMemo, FileSource
+from optuna_cas.refs import INLINE_LIMIT, ArtifactRef
 from optuna_cas.refstore import MAX_REF_BYTES, REF_PREFIX, RefStore
 
 __all__ = [
@@ -42,6 +46,7 @@ __all__ = [
     "CHUNK_THRESHOLD",
     "DEFAULT_FILE_DIGESTS",
     "FRESHEN_AFTER_SECONDS",
+    "INLINE_LIMIT",
     "MAX_REF_BYTES",
     "QUARANTINE_PREFIX",
     "REF_PREFIX",
@@ -63,18 +68,23 @@ class ContentStore(BlobStore, RefStore):
         file_digests: Remembers digests of unchanged files (default: one per process).
         chunk_threshold: Files of at least this many bytes are stored as chunks in packs
             (``None``: never).
+        inline_limit: Content of at most this many bytes is kept inside its ref, not as a
+            blob (``None``: never).
 
     Example:
         >>> import io
         >>> from optuna_cas.backends.memory import MemoryBackend
         >>> store = ContentStore(MemoryBackend())
-        >>> ref = store.put_artifact("a1", io.BytesIO(b"weights"), filename="model.pt")
-        >>> store.put_artifact("a2", io.BytesIO(b"weights")).digest == ref.digest
+        >>> weights = bytes(8192)
+        >>> ref = store.put_artifact("a1", io.BytesIO(weights), filename="model.pt")
+        >>> store.put_artifact("a2", io.BytesIO(weights)).digest == ref.digest
         True
         >>> len(list(store.iter_blobs()))
         1
-        >>> store.open_artifact("a2").read()
-        b'weights'
+        >>> store.open_artifact("a2").read() == weights
+        True
+        >>> store.put_artifact("a3", io.BytesIO(b"small")).inline, len(list(store.iter_blobs()))
+        (b'small', 1)
     """
 
     def __init__(
@@ -85,7 +95,13 @@ class ContentStore(BlobStore, RefStore):
         freshen_after: float = FRESHEN_AFTER_SECONDS,
         file_digests: FileDigestMemo = DEFAULT_FILE_DIGESTS,
         chunk_threshold: int | None = CHUNK_THRESHOLD,
+        inline_limit: int | None = INLINE_LIMIT,
     ) -> None:
+        if inline_limit is not None and not 0 <= inline_limit <= INLINE_LIMIT:
+            raise ValueError(
+                f"inline_limit must be None or between 0 and {INLINE_LIMIT}, got {inline_limit}"
+            )
+        self.inline_limit = inline_limit
         # Refs are remembered exactly when blobs are cached: a worker reading through a cache
         # saves both round trips, and every stack with a cache behaves the same.
         BlobStore.__init__(
@@ -118,6 +134,7 @@ class ContentStore(BlobStore, RefStore):
             freshen_after=self.freshen_after,
             file_digests=self._file_digests,
             chunk_threshold=self.chunk_threshold,
+            inline_limit=self.inline_limit,
         )
 
     # -- artifacts ---------------------------------------------------------------------------
@@ -158,7 +175,19 @@ class ContentStore(BlobStore, RefStore):
     ) -> ArtifactRef:
         start = None if isinstance(source, str | os.PathLike) else source.tell()
         receipt = PublishReceipt()
-        digest = self._put_blob(source, receipt)
+        if isinstance(source, str | os.PathLike):
+            with FileSource.open(source) as src:
+                small = self._small_file(src)
+                digest = self._put_file(src, receipt) if small is None else Digest.of_bytes(small)
+        else:
+            small = self._small_stream(source)
+            digest = self._put_blob(source, receipt) if small is None else Digest.of_bytes(small)
+        if small is not None:
+            # The ref is the whole artifact: nothing to write before it, and no blob a
+            # concurrent gc could take away after it.
+            ref = ArtifactRef(artifact_id, digest, filename, mimetype, encoding, inline=small)
+            self.put_ref(ref)
+            return ref
         ref = ArtifactRef(
             artifact_id=artifact_id,
             digest=digest,
@@ -188,6 +217,46 @@ class ContentStore(BlobStore, RefStore):
                 )
         return ref
 
+    def _small_file(self, src: FileSource) -> bytes | None:
+        """All of ``src`` if it holds at most ``inline_limit`` bytes and did not change."""
+        limit = self.inline_limit
+        if limit is None or src.size_hint > limit:
+            return None
+        data = bytearray()
+        # Pseudo-files (size 0 in stat) may hold more: read one byte past the limit to know.
+        while len(data) <= limit and (
+            piece := os.pread(src.fd, limit + 1 - len(data), src.start + len(data))
+        ):
+            data += piece
+        if len(data) > limit:
+            return None
+        src.check_unchanged()
+        return bytes(data)
+
+    def _small_stream(self, source: BinaryIO) -> bytes | None:
+        """All of a stream from its position if that is at most ``inline_limit`` bytes.
+
+        The stream is then left at its end; otherwise where it was.
+        """
+        if self.inline_limit is None:
+            return None
+        file_source = FileSource.of_stream(source)
+        if file_source is not None:
+            small = self._small_file(file_source)
+            if small is not None:
+                source.seek(file_source.start + len(small))
+            return small
+        start = source.tell()
+        data = bytearray()
+        while len(data) <= self.inline_limit and (
+            piece := source.read(self.inline_limit + 1 - len(data))
+        ):
+            data += piece
+        if len(data) <= self.inline_limit:
+            return bytes(data)
+        source.seek(start)
+        return None
+
     def _remove_own_ref(self, artifact_id: str) -> None:
         # Only the ref this upload just wrote: blobs are never deleted on the upload path.
         with contextlib.suppress(ArtifactNotFound):
@@ -213,14 +282,44 @@ class ContentStore(BlobStore, RefStore):
             if legacy is None:
                 raise
             return legacy
+        if ref.inline is not None:
+            return io.BytesIO(ref.inline)
         try:
             return self.open_blob(ref.digest)
         except ArtifactNotFound as e:
             self.forget_ref(artifact_id)
-            raise ArtifactNotFound(
-                f"Artifact {artifact_id!r}: its blob {ref.digest} is missing from "
-                f"{self.describe()} (run 'optuna-cas verify')"
-            ) from e
+            raise self._missing(ref) from e
+
+    def materialize_artifact(self, ref: ArtifactRef, path: str | os.PathLike[str]) -> None:
+        """Write the content ``ref`` names to the new file ``path``: verified, atomic.
+
+        Raises:
+            ArtifactNotFound: Its blob is missing (the message says to run verify).
+            FileExistsError: ``path`` exists.
+
+        Example:
+            >>> import io, os, tempfile
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = ContentStore(MemoryBackend())
+            >>> ref = store.put_artifact("a", io.BytesIO(b"abc"))
+            >>> target = os.path.join(tempfile.mkdtemp(), "out.bin")
+            >>> store.materialize_artifact(ref, target); open(target, "rb").read()
+            b'abc'
+        """
+        if ref.inline is not None:  # checked against its digest when the ref was read
+            materialize(io.BytesIO(ref.inline), Path(path))
+            return
+        try:
+            self.materialize_blob(ref.digest, path)
+        except ArtifactNotFound as e:
+            self.forget_ref(ref.artifact_id)
+            raise self._missing(ref) from e
+
+    def _missing(self, ref: ArtifactRef) -> ArtifactNotFound:
+        return ArtifactNotFound(
+            f"Artifact {ref.artifact_id!r}: its blob {ref.digest} is missing from "
+            f"{self.describe()} (run 'optuna-cas verify')"
+        )
 
     def _open_legacy(self, artifact_id: str) -> BinaryIO | None:
         """An object Optuna's own store wrote at ``<artifact_id>`` (no ref, no digest).

@@ -59,7 +59,7 @@ def run_demo(
 
     Example:
         >>> import tempfile, pathlib
-        >>> report = run_demo(pathlib.Path(tempfile.mkdtemp()), trials=2, checkpoint_bytes=1024)  # doctest: +ELLIPSIS
+        >>> report = run_demo(pathlib.Path(tempfile.mkdtemp()), trials=2, checkpoint_bytes=8192)  # doctest: +ELLIPSIS
         optuna-cas demo...
         >>> report["dedup_ratio"] > 1
         True

@@ -7,6 +7,8 @@ without the Optuna storage.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
 from dataclasses import dataclass, field
@@ -25,9 +27,17 @@ from optuna_cas._validation import validate_artifact_id
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import IntegrityError, MalformedRecordError
 
-__all__ = ["REF_FORMAT_VERSION", "ArtifactRef"]
+__all__ = ["INLINE_LIMIT", "REF_FORMAT_VERSION", "ArtifactRef"]
 
-REF_FORMAT_VERSION = 1
+# Version 2 refs may carry the content itself (``inline``); version 1 refs never do. A ref
+# without content is still written as version 1, so stores stay readable by older releases
+# wherever they can be.
+REF_FORMAT_VERSION = 2
+_PLAIN_REF_VERSION = 1
+# Content of at most this many bytes is kept inside its ref: one object to write and one to
+# read, where a separate blob costs a second file (or two more requests) for a few bytes. A
+# 4 KiB file's ref is then about 5.8 KiB of JSON.
+INLINE_LIMIT = 4 * 1024
 # json.dumps(..., sort_keys=True) builds a new encoder per call; one shared encoder gives the
 # same bytes (encode() keeps no state between calls, so threads can share it).
 _ENCODER = json.JSONEncoder(sort_keys=True)
@@ -44,6 +54,8 @@ class ArtifactRef:
         mimetype: MIME type, if known.
         encoding: Content encoding (e.g. ``"gzip"``), if any.
         created: Upload time, seconds since the epoch.
+        inline: The content itself, for small files kept inside the ref (no blob); checked
+            against ``digest`` whenever a ref is built or parsed.
 
     Example:
         >>> from optuna_cas.digest import Digest
@@ -58,9 +70,14 @@ class ArtifactRef:
     mimetype: str | None = None
     encoding: str | None = None
     created: float = field(default_factory=time.time)
+    inline: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         validate_artifact_id(self.artifact_id)
+        if self.inline is not None and Digest.of_bytes(self.inline) != self.digest:
+            raise IntegrityError(
+                f"ref {self.artifact_id!r}: its inline content does not match {self.digest}"
+            )
 
     @property
     def size(self) -> int:
@@ -82,7 +99,7 @@ class ArtifactRef:
             True
         """
         record: dict[str, Any] = {
-            "version": REF_FORMAT_VERSION,
+            "version": _PLAIN_REF_VERSION if self.inline is None else REF_FORMAT_VERSION,
             "artifact_id": self.artifact_id,
             "digest": str(self.digest),
             "size": self.digest.size,
@@ -91,6 +108,8 @@ class ArtifactRef:
             "encoding": self.encoding,
             "created": self.created,
         }
+        if self.inline is not None:
+            record["inline"] = base64.b64encode(self.inline).decode("ascii")
         # ASCII-only JSON: file names that are not valid UTF-8 (kept by Python as lone
         # surrogates) survive as \udcXX escapes instead of failing to encode.
         return _ENCODER.encode(record).encode("ascii")
@@ -111,6 +130,12 @@ class ArtifactRef:
         what = f"ref {artifact_id!r} is malformed"
         try:
             record = require_object(loads_bounded(data, what), what)
+            version = record.get("version", _PLAIN_REF_VERSION)
+            if type(version) is not int or version not in (_PLAIN_REF_VERSION, REF_FORMAT_VERSION):
+                raise MalformedRecordError(
+                    f"{what}: format version {version!r:.40} is not one this release "
+                    f"reads (1 or {REF_FORMAT_VERSION}); a newer optuna-cas may have written it"
+                )
             created = created_field(record.get("created"))
             ref = cls(
                 artifact_id=str_field(record, "artifact_id", what),
@@ -122,6 +147,7 @@ class ArtifactRef:
                 mimetype=optional_str_field(record, "mimetype", what),
                 encoding=optional_str_field(record, "encoding", what),
                 created=0.0 if created is None else created,
+                inline=_inline_field(record, what),
             )
         except MalformedRecordError as e:
             raise IntegrityError(str(e)) from e
@@ -130,3 +156,16 @@ class ArtifactRef:
         if ref.artifact_id != artifact_id:
             raise IntegrityError(f"{what}: it names artifact {clip(ref.artifact_id)}")
         return ref
+
+
+def _inline_field(record: dict[str, Any], what: str) -> bytes | None:
+    """The ``inline`` content of a parsed ref (base64 text), or None if it has none."""
+    text = optional_str_field(record, "inline", what)
+    if text is None:
+        return None
+    if len(text) > 4 * (INLINE_LIMIT // 3 + 1):
+        raise MalformedRecordError(f"{what}: inline content longer than {INLINE_LIMIT} bytes")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as e:
+        raise MalformedRecordError(f"{what}: inline content is not base64") from e

@@ -227,7 +227,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(
         f"stored bytes      {human_bytes(figures.stored_bytes)} "
         f"(blobs {human_bytes(figures.blob_bytes)}, "
-        f"chunked {human_bytes(figures.chunked_bytes)})"
+        f"chunked {human_bytes(figures.chunked_bytes)}, "
+        f"inside refs {human_bytes(figures.inline_bytes)})"
     )
     print(f"dedup ratio       {figures.dedup_ratio:.2f}x")
     print(f"chunk dedup ratio {figures.chunk_dedup_ratio:.2f}x (whole-file dedup / stored)")

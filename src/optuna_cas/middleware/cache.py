@@ -65,9 +65,10 @@ class CachedArtifactStore(ContentAddressedArtifactStore):
         >>> import io, tempfile
         >>> from optuna_cas import MemoryArtifactStore
         >>> store = CachedArtifactStore(MemoryArtifactStore(), directory=tempfile.mkdtemp())
-        >>> store.write("a1", io.BytesIO(b"weights"))     # uploaded and cached
-        >>> store.open_reader("a1").read()
-        b'weights'
+        >>> weights = bytes(1 << 20)
+        >>> store.write("a1", io.BytesIO(weights))     # uploaded and cached
+        >>> store.open_reader("a1").read() == weights
+        True
         >>> store.cache.info().hits
         1
     """

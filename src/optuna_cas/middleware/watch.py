@@ -11,6 +11,7 @@ progress bars and to say "already stored".
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -42,12 +43,13 @@ class TransferWatch:
         >>> from optuna_cas import MemoryArtifactStore
         >>> store = MemoryArtifactStore()
         >>> seen = []
-        >>> watch = TransferWatch("put", 7, lambda task, done, total: seen.append(done))
-        >>> _ = watch.watch(store).put("a1", io.BytesIO(b"weights"))
+        >>> weights = bytes(10_000)
+        >>> watch = TransferWatch("put", 10_000, lambda task, done, total: seen.append(done))
+        >>> _ = watch.watch(store).put("a1", io.BytesIO(weights))
         >>> watch.stored_new_blob, seen[-1]
-        (True, 7)
-        >>> again = TransferWatch("put", 7)
-        >>> _ = again.watch(store).put("a2", io.BytesIO(b"weights"))
+        (True, 10000)
+        >>> again = TransferWatch("put", 10_000)
+        >>> _ = again.watch(store).put("a2", io.BytesIO(weights))
         >>> again.stored_new_blob   # the same bytes: only a new ref
         False
     """
@@ -104,6 +106,13 @@ class TransferWatch:
 
     def _blob_stored(self) -> None:
         self.stored_new_blob = True
+
+    def _ref_stored(self, record: bytes) -> None:
+        # A small file travels inside its ref (optuna_cas.refs): that is its content stored.
+        fields = json.loads(record)
+        if fields.get("inline") is not None:
+            self._advance(fields["size"])
+            self._blob_stored()
 
     def _pack_stored(self, size: int) -> None:
         with self._lock:
@@ -170,6 +179,11 @@ class _WatchedBackend:
         if key.startswith(MANIFEST_PREFIX):
             self._inner.write(key, content_body, if_absent=if_absent)
             self._watch._blob_stored()  # a chunked file the store did not hold
+            return
+        if key.startswith(REF_PREFIX):
+            record = content_body.read()  # a ref: a few KiB at most
+            self._inner.write(key, io.BytesIO(record), if_absent=if_absent)
+            self._watch._ref_stored(record)
             return
         if not key.startswith((BLOB_PREFIX, PACK_PREFIX)):
             self._inner.write(key, content_body, if_absent=if_absent)

@@ -177,11 +177,11 @@ def gc(
         >>> import io
         >>> from optuna_cas import MemoryArtifactStore
         >>> store = MemoryArtifactStore()
-        >>> store.write("keep", io.BytesIO(b"kept")); store.write("drop", io.BytesIO(b"dropped"))
+        >>> store.write("keep", io.BytesIO(b"k" * 5000)); store.write("drop", io.BytesIO(b"d" * 7000))
         >>> store.remove("drop")
         >>> report = gc(store, grace_period=0, allow_short_grace=True)
         >>> report.deleted_count, report.bytes_freed
-        (1, 7)
+        (1, 7000)
     """
     content = store.content
     # (S3 reports times in whole seconds: keep grace_period - freshen_after well above 1 s

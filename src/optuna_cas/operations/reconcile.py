@@ -68,7 +68,7 @@ def reconcile(
         >>> import optuna, os, tempfile
         >>> from optuna_cas import MemoryArtifactStore, upload_artifact
         >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
-        >>> path = os.path.join(tempfile.mkdtemp(), "x.txt"); _ = open(path, "w").write("x")
+        >>> path = os.path.join(tempfile.mkdtemp(), "x.txt"); _ = open(path, "w").write("x" * 5000)
         >>> store, study = MemoryArtifactStore(), optuna.create_study()
         >>> artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=study)
         >>> store.remove(artifact_id)  # the ref goes, the metadata stays
@@ -94,7 +94,7 @@ def reconcile(
         wanted, workers=workers, on_bad=damaged.__setitem__
     ):
         refs[ref.artifact_id] = ref
-    digests = {ref.digest for ref in refs.values()}
+    digests = {ref.digest for ref in refs.values() if ref.inline is None}
     digests |= {
         e.digest for e in entries if e.digest is not None and e.meta.artifact_id not in refs
     }
@@ -149,7 +149,7 @@ def _check(
                 f"the store's ref names {ref.digest} ({ref.size} bytes) but the metadata "
                 f"recorded {recorded} ({recorded.size} bytes)",
             )
-        elif not stored.get(ref.digest, False):
+        elif ref.inline is None and not stored.get(ref.digest, False):
             note(report.missing_blobs, f"its blob {ref.digest} is missing from the store")
         else:
             note(report.consistent, "ref present" + ("" if recorded else " (no digest recorded)"))

@@ -24,8 +24,8 @@ class StoreStats:
         artifacts: Number of refs (artifact IDs).
         unique_blobs: Distinct contents stored as one blob each.
         logical_bytes: Sum of artifact sizes, as if each were a separate copy (Optuna's cost).
-        stored_bytes: Bytes actually stored: ``blob_bytes`` + ``chunked_bytes`` (refs, tiny,
-            not counted).
+        stored_bytes: Bytes actually stored: ``blob_bytes`` + ``chunked_bytes`` +
+            ``inline_bytes`` (the rest of the refs, tiny, not counted).
         referenced_blobs: Blobs some ref points at (the rest await gc).
         bad_refs: Refs that could not be read (not counted in the other figures; ``optuna-cas
             verify`` names them).
@@ -35,6 +35,7 @@ class StoreStats:
         chunked_files: Distinct contents stored as chunks (one manifest each).
         referenced_chunked_files: Chunked files some ref points at (the rest await gc).
         packs: Pack objects holding the chunks.
+        inline_bytes: Content kept inside refs (small files: one copy per artifact).
 
     Example:
         >>> StoreStats(4, 1, 400, 100, 1).dedup_ratio
@@ -53,6 +54,7 @@ class StoreStats:
     chunked_files: int = 0
     referenced_chunked_files: int = 0
     packs: int = 0
+    inline_bytes: int = 0
 
     @property
     def dedup_ratio(self) -> float:
@@ -115,12 +117,13 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
         >>> from optuna_cas import MemoryArtifactStore
         >>> store = MemoryArtifactStore()
         >>> for i in range(3):
-        ...     store.write(f"a{i}", io.BytesIO(b"x" * 100))
+        ...     store.write(f"a{i}", io.BytesIO(b"x" * 10_000))
+        >>> store.write("small", io.BytesIO(b"x" * 100))  # kept inside its ref
         >>> s = stats(store)
         >>> (s.artifacts, s.unique_blobs, s.logical_bytes, s.stored_bytes, s.dedup_ratio)
-        (3, 1, 300, 100, 3.0)
-        >>> s.whole_file_bytes, s.chunked_bytes
-        (100, 0)
+        (4, 1, 30100, 10100, 2.98019801980198)
+        >>> s.whole_file_bytes, s.chunked_bytes, s.inline_bytes
+        (10100, 0, 100)
     """
     content = store.content
     bad = BadRecords()
@@ -131,6 +134,7 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
     manifests = {m.hexdigest for m in chunked.manifests}
     distinct = {ref.digest.hexdigest: ref.size for ref in refs}
     blob_bytes = sum(blobs.values())
+    inline_bytes = sum(ref.size for ref in refs if ref.inline is not None)
     chunked_bytes = sum(
         obj.size for obj in [*chunked.manifests, *chunked.packs.values(), *chunked.indexes]
     )
@@ -138,7 +142,7 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
         artifacts=len(refs),
         unique_blobs=len(blobs),
         logical_bytes=sum(ref.size for ref in refs),
-        stored_bytes=blob_bytes + chunked_bytes,
+        stored_bytes=blob_bytes + chunked_bytes + inline_bytes,
         referenced_blobs=len(distinct.keys() & blobs.keys()),
         bad_refs=len(bad.reasons),
         whole_file_bytes=sum(distinct.values()),
@@ -147,4 +151,5 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
         chunked_files=len(manifests),
         referenced_chunked_files=len(distinct.keys() & manifests),
         packs=len(chunked.packs),
+        inline_bytes=inline_bytes,
     )

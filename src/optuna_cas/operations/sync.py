@@ -127,9 +127,9 @@ def sync(
         >>> import io
         >>> from optuna_cas import MemoryArtifactStore
         >>> a, b = MemoryArtifactStore(), MemoryArtifactStore()
-        >>> a.write("x", io.BytesIO(b"data")); a.write("y", io.BytesIO(b"data"))
+        >>> a.write("x", io.BytesIO(b"d" * 5000)); a.write("y", io.BytesIO(b"d" * 5000))
         >>> sync(a, b).bytes_copied, sync(a, b).bytes_copied
-        (4, 0)
+        (5000, 0)
         >>> b.write("z", io.BytesIO(b"mine")); a.write("z", io.BytesIO(b"theirs"))
         >>> report = sync(a, b)
         >>> report.ok, [artifact_id for artifact_id, _ in report.conflicts]
@@ -172,14 +172,16 @@ def sync(
     present_files = set(dst_content.chunks.manifest_hexdigests())
     needed: dict[str, Digest] = {}
     for ref in wanted:
-        if (ref.digest.hexdigest, ref.size) in present_blobs:
-            continue
+        if ref.inline is not None or (ref.digest.hexdigest, ref.size) in present_blobs:
+            continue  # content inside the ref moves with it
         if ref.digest.hexdigest in present_files and dst_content.chunks.has_manifest(
             ref.digest, with_packs=True
         ):
             continue
         needed[ref.digest.hexdigest] = ref.digest
-    report.blobs_skipped = len({ref.digest.hexdigest for ref in wanted}) - len(needed)
+    report.blobs_skipped = len(
+        {ref.digest.hexdigest for ref in wanted if ref.inline is None}
+    ) - len(needed)
 
     bar = Progress("sync: copying blobs", sum(d.size for d in needed.values()), progress)
     lock = threading.Lock()

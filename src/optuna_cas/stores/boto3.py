@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from optuna_cas.backends.s3 import S3Backend
-from optuna_cas.content import CHUNK_THRESHOLD, ContentStore
+from optuna_cas.content import CHUNK_THRESHOLD, INLINE_LIMIT, ContentStore
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
         chunk_threshold: Files of at least this many bytes (8 MiB by default) are stored as
             content-defined chunks, deduplicated between versions (docs/concepts.md);
             ``None`` stores every file as one blob.
+        inline_limit: Files of at most this many bytes (4 KiB by default) are kept inside
+            their ref instead of a blob: one object to write and read; ``None``: never.
 
     Raises:
         StoreConfigError: boto3 is missing (``pip install 'optuna-cas[s3]'``) or an option
@@ -58,6 +60,7 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
         part_size: int = 8 * 1024 * 1024,
         max_concurrency: int = 4,
         chunk_threshold: int | None = CHUNK_THRESHOLD,
+        inline_limit: int | None = INLINE_LIMIT,
     ) -> None:
         del avoid_buf_copy  # our uploads never buffer nor close the source
         backend = S3Backend(
@@ -69,4 +72,6 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
             max_concurrency=max_concurrency,
             multipart_threshold=part_size,
         )
-        super().__init__(ContentStore(backend, chunk_threshold=chunk_threshold))
+        super().__init__(
+            ContentStore(backend, chunk_threshold=chunk_threshold, inline_limit=inline_limit)
+        )

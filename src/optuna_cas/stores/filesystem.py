@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from optuna_cas.backends.local import LocalBackend
-from optuna_cas.content import CHUNK_THRESHOLD, ContentStore
+from optuna_cas.content import CHUNK_THRESHOLD, INLINE_LIMIT, ContentStore
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["FileSystemArtifactStore"]
@@ -26,6 +26,8 @@ class FileSystemArtifactStore(ContentAddressedArtifactStore):
         chunk_threshold: Files of at least this many bytes (8 MiB by default) are stored as
             content-defined chunks, deduplicated between versions (docs/concepts.md);
             ``None`` stores every file as one blob.
+        inline_limit: Files of at most this many bytes (4 KiB by default) are kept inside
+            their ref instead of a blob: one object to write and read; ``None``: never.
 
     Raises:
         StoreConfigError: ``base_path`` is a file or cannot be created.
@@ -33,8 +35,9 @@ class FileSystemArtifactStore(ContentAddressedArtifactStore):
     Example:
         >>> import io, tempfile
         >>> store = FileSystemArtifactStore(tempfile.mkdtemp())
-        >>> store.write("a1", io.BytesIO(b"checkpoint"))
-        >>> store.write("a2", io.BytesIO(b"checkpoint"))   # same bytes: one blob, two refs
+        >>> checkpoint = bytes(1 << 20)
+        >>> store.write("a1", io.BytesIO(checkpoint))
+        >>> store.write("a2", io.BytesIO(checkpoint))   # same bytes: one blob, two refs
         >>> len(list(store.content.iter_blobs()))
         1
         >>> import pathlib
@@ -49,6 +52,9 @@ class FileSystemArtifactStore(ContentAddressedArtifactStore):
         *,
         fsync: bool = False,
         chunk_threshold: int | None = CHUNK_THRESHOLD,
+        inline_limit: int | None = INLINE_LIMIT,
     ) -> None:
         backend = LocalBackend(base_path, fsync=fsync)
-        super().__init__(ContentStore(backend, chunk_threshold=chunk_threshold))
+        super().__init__(
+            ContentStore(backend, chunk_threshold=chunk_threshold, inline_limit=inline_limit)
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from optuna_cas.backends.gcs import GCSBackend
-from optuna_cas.content import CHUNK_THRESHOLD, ContentStore
+from optuna_cas.content import CHUNK_THRESHOLD, INLINE_LIMIT, ContentStore
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["GCSArtifactStore"]
@@ -31,6 +31,8 @@ class GCSArtifactStore(ContentAddressedArtifactStore):
         chunk_threshold: Files of at least this many bytes (8 MiB by default) are stored as
             content-defined chunks, deduplicated between versions (docs/concepts.md);
             ``None`` stores every file as one blob.
+        inline_limit: Files of at most this many bytes (4 KiB by default) are kept inside
+            their ref instead of a blob: one object to write and read; ``None``: never.
 
     Raises:
         StoreConfigError: google-cloud-storage is missing (``pip install 'optuna-cas[gcs]'``).
@@ -53,6 +55,7 @@ class GCSArtifactStore(ContentAddressedArtifactStore):
         sdk_retries: bool = True,
         timeout: float = 60.0,
         chunk_threshold: int | None = CHUNK_THRESHOLD,
+        inline_limit: int | None = INLINE_LIMIT,
     ) -> None:
         backend = GCSBackend(
             bucket_name,
@@ -62,4 +65,6 @@ class GCSArtifactStore(ContentAddressedArtifactStore):
             sdk_retries=sdk_retries,
             timeout=timeout,
         )
-        super().__init__(ContentStore(backend, chunk_threshold=chunk_threshold))
+        super().__init__(
+            ContentStore(backend, chunk_threshold=chunk_threshold, inline_limit=inline_limit)
+        )
