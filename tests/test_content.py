@@ -25,6 +25,11 @@ from optuna_cas.refs import ArtifactRef
 from optuna_cas.testing.streams import NonSeekable
 from tests.conftest import random_bytes
 
+# Payloads for blob mechanics: files of at most INLINE_LIMIT (4 KiB) live inside their ref.
+SAME = b"same bytes" * 500
+GOOD = b"good bytes" * 500
+EVIL = b"evil bytes" * 500
+
 
 class RecordingBackend(MemoryBackend):
     """Memory backend that logs every write, to check order and dedup."""
@@ -48,7 +53,7 @@ def test_repeated_put_writes_blob_once_and_ref_each_time() -> None:
     backend = RecordingBackend()
     store = ContentStore(backend)
     for i in range(5):
-        store.put_artifact(f"id{i}", io.BytesIO(b"same bytes"))
+        store.put_artifact(f"id{i}", io.BytesIO(SAME))
     blob_writes = [k for k in backend.writes if k.startswith("blobs/")]
     assert len(blob_writes) == 1
     assert sorted(k for k in backend.writes if k.startswith("refs/")) == [
@@ -58,8 +63,10 @@ def test_repeated_put_writes_blob_once_and_ref_each_time() -> None:
 
 def test_blob_written_before_ref() -> None:
     backend = RecordingBackend()
-    ContentStore(backend).put_artifact("a", io.BytesIO(b"x"))
+    ContentStore(backend).put_artifact("a", io.BytesIO(SAME))
     assert [k.split("/")[0] for k in backend.writes] == ["blobs", "refs"]
+    ContentStore(backend).put_artifact("small", io.BytesIO(b"x"))  # inside its ref: one write
+    assert [k.split("/")[0] for k in backend.writes] == ["blobs", "refs", "refs"]
 
 
 class FailingBlobBackend(MemoryBackend):
@@ -72,7 +79,7 @@ class FailingBlobBackend(MemoryBackend):
 def test_failed_blob_write_leaves_no_ref() -> None:
     store = ContentStore(FailingBlobBackend())
     with pytest.raises(OSError, match="disk full"):
-        store.put_artifact("a", io.BytesIO(b"x"))
+        store.put_artifact("a", io.BytesIO(SAME))
     assert not store.has_ref("a")
 
 
@@ -104,17 +111,17 @@ def corrupt(backend: LocalBackend, key: str, data: bytes) -> None:
 def test_corrupt_blob_raises_integrity_error_on_read(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "s")
     store = ContentStore(backend)
-    ref = store.put_artifact("a", io.BytesIO(b"good bytes"))
-    corrupt(backend, blob_key(ref.digest), b"evil bytes")  # same size, other content
+    ref = store.put_artifact("a", io.BytesIO(GOOD))
+    corrupt(backend, blob_key(ref.digest), EVIL)  # same size, other content
     with pytest.raises(IntegrityError, match="does not match"), store.open_artifact("a") as r:
         r.read()
     corrupt(backend, blob_key(ref.digest), b"short")
     with (
-        pytest.raises(IntegrityError, match="got 5 bytes, expected 10"),
+        pytest.raises(IntegrityError, match="got 5 bytes, expected 5000"),
         store.open_artifact("a") as r,
     ):
         r.read()
-    corrupt(backend, blob_key(ref.digest), b"good bytes and more")
+    corrupt(backend, blob_key(ref.digest), GOOD + b" and more")
     with pytest.raises(IntegrityError, match="more than"), store.open_artifact("a") as r:
         r.read()
 
@@ -122,22 +129,22 @@ def test_corrupt_blob_raises_integrity_error_on_read(tmp_path: Path) -> None:
 def test_blob_of_wrong_size_is_repaired_by_next_upload(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "s")
     store = ContentStore(backend)
-    ref = store.put_artifact("a", io.BytesIO(b"good bytes"))
+    ref = store.put_artifact("a", io.BytesIO(GOOD))
     corrupt(backend, blob_key(ref.digest), b"trunc")
     assert not store.has_blob(ref.digest)
-    store.put_artifact("b", io.BytesIO(b"good bytes"))
+    store.put_artifact("b", io.BytesIO(GOOD))
     with store.open_artifact("a") as r:
-        assert r.read() == b"good bytes"
+        assert r.read() == GOOD
 
 
 def test_blob_corrupted_at_the_same_size_is_repaired_by_next_upload(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "s")
     store = ContentStore(backend)
-    ref = store.put_artifact("a", io.BytesIO(b"good bytes"))
-    corrupt(backend, blob_key(ref.digest), b"evil bytes")  # a size check cannot see it
-    store.put_artifact("b", io.BytesIO(b"good bytes"))
+    ref = store.put_artifact("a", io.BytesIO(GOOD))
+    corrupt(backend, blob_key(ref.digest), EVIL)  # a size check cannot see it
+    store.put_artifact("b", io.BytesIO(GOOD))
     with store.open_artifact("a") as r:
-        assert r.read() == b"good bytes"
+        assert r.read() == GOOD
 
 
 def test_reupload_to_a_local_store_keeps_the_stored_blob_and_leaves_no_temp(
@@ -145,10 +152,10 @@ def test_reupload_to_a_local_store_keeps_the_stored_blob_and_leaves_no_temp(
 ) -> None:
     backend = LocalBackend(tmp_path / "s")
     store = ContentStore(backend)
-    ref = store.put_artifact("a", io.BytesIO(b"same bytes"))
+    ref = store.put_artifact("a", io.BytesIO(SAME))
     blob = backend.root / blob_key(ref.digest)
     before = blob.stat()
-    store.put_artifact("b", io.BytesIO(b"same bytes"))
+    store.put_artifact("b", io.BytesIO(SAME))
     after = blob.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert [p.name for p in (backend.root / "blobs").iterdir()] == ["blake3"]
@@ -162,7 +169,7 @@ def test_blob_collected_right_after_the_ref_is_written_is_stored_again(
     # right after the ref is written: the re-check after the ref must see it gone, whether
     # this upload published the blob itself (one lstat) or found it stored (full check).
     store = ContentStore(LocalBackend(tmp_path / "s"))
-    data = b"collected by a concurrent gc"
+    data = b"collected by a concurrent gc" * 200
     if source == "dedup path":
         store.put_artifact("earlier", io.BytesIO(data))
         store.remove_ref("earlier")
@@ -183,7 +190,7 @@ def test_blob_collected_right_after_the_ref_is_written_is_stored_again(
 
 def test_missing_blob_behind_ref_names_both(tmp_path: Path) -> None:
     store = ContentStore(LocalBackend(tmp_path / "s"))
-    ref = store.put_artifact("a", io.BytesIO(b"x"))
+    ref = store.put_artifact("a", io.BytesIO(SAME))
     store.remove_blob(ref.digest)
     with pytest.raises(ArtifactNotFound, match=r"Artifact 'a': its blob blake3:"):
         store.open_artifact("a")
@@ -199,7 +206,7 @@ def test_file_changed_during_upload_is_refused(tmp_path: Path, monkeypatch) -> N
     import optuna_cas.blobstore as content_module
 
     path = tmp_path / "f"
-    path.write_bytes(b"version 1")
+    path.write_bytes(b"version 1" * 1000)
     real_copy = content_module.copy_hashing
 
     def copy_then_modify(*args):  # type: ignore[no-untyped-def]
@@ -214,6 +221,28 @@ def test_file_changed_during_upload_is_refused(tmp_path: Path, monkeypatch) -> N
         store.put_artifact("a", path)
     assert list(store.iter_blobs()) == []
     assert not store.has_ref("a")
+
+
+def test_small_file_changed_while_read_is_refused(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import optuna_cas.content as content_module
+
+    path = tmp_path / "f"
+    path.write_bytes(b"version 1")
+    real_pread = os.pread
+
+    def pread_then_append(fd: int, n: int, offset: int) -> bytes:
+        data = real_pread(fd, n, offset)
+        with open(path, "ab") as g:  # the training loop appends meanwhile
+            g.write(b" and more")
+        return data
+
+    monkeypatch.setattr(content_module.os, "pread", pread_then_append)
+    store = ContentStore(LocalBackend(tmp_path / "s"))
+    with pytest.raises(IntegrityError, match="changed while it was being uploaded"):
+        store.put_artifact("a", path)
+    monkeypatch.undo()
+    assert not store.has_ref("a")
+    assert [p for p in (tmp_path / "s").rglob("*") if p.is_file()] == []
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,8 @@ class StoreStats:
         referenced_blobs: Blobs some ref points at (the rest await gc).
         bad_refs: Refs that could not be read (not counted in the other figures; ``optuna-cas
             verify`` names them).
-        whole_file_bytes: Sum of the sizes of the distinct contents refs name.
+        whole_file_bytes: What whole-file dedup alone would store: the sizes of the distinct
+            contents refs name, counting content inside refs once per ref (it is).
         blob_bytes: Bytes stored in blobs.
         chunked_bytes: Bytes stored for chunked files: packs, manifests and index objects.
         chunked_files: Distinct contents stored as chunks (one manifest each).
@@ -132,7 +133,7 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
     blobs = {info.hexdigest: info.stored_size for info in content.iter_blobs()}
     chunked = ChunkListing.of(content.chunks)
     manifests = {m.hexdigest for m in chunked.manifests}
-    distinct = {ref.digest.hexdigest: ref.size for ref in refs}
+    distinct = {ref.digest.hexdigest: ref.size for ref in refs if ref.inline is None}
     blob_bytes = sum(blobs.values())
     inline_bytes = sum(ref.size for ref in refs if ref.inline is not None)
     chunked_bytes = sum(
@@ -145,7 +146,7 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
         stored_bytes=blob_bytes + chunked_bytes + inline_bytes,
         referenced_blobs=len(distinct.keys() & blobs.keys()),
         bad_refs=len(bad.reasons),
-        whole_file_bytes=sum(distinct.values()),
+        whole_file_bytes=sum(distinct.values()) + inline_bytes,
         blob_bytes=blob_bytes,
         chunked_bytes=chunked_bytes,
         chunked_files=len(manifests),

@@ -12,7 +12,7 @@ from optuna_cas.chunks.layout import MANIFEST_PREFIX, PACK_PREFIX
 from optuna_cas.content import blob_key
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
-from optuna_cas.refs import ArtifactRef
+from optuna_cas.refs import INLINE_LIMIT, ArtifactRef
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from optuna_cas.testing.raw import RawView
 from optuna_cas.testing.streams import random_bytes
@@ -48,16 +48,20 @@ class StoreTests:
 
     # ---- round trips ------------------------------------------------------------------------
 
-    @pytest.mark.parametrize("size", [0, 1, 5 * MiB + 1])
+    @pytest.mark.parametrize("size", [0, 1, INLINE_LIMIT, INLINE_LIMIT + 1, 5 * MiB + 1])
     def test_write_open_round_trip(self, store: ContentAddressedArtifactStore, size: int) -> None:
         data = random_bytes(size, seed=size)
         store.write("art-1", io.BytesIO(data))
         assert _read(store, "art-1") == data
         ref = store.get_ref("art-1")
         assert ref.size == size
-        # Out of band: the ref names the digest, and the blob under its key holds the bytes.
+        # Out of band: the ref names the digest, and holds the bytes (small files) or the
+        # blob under its key does; never both.
         assert self.raw_ref("art-1") == ref
-        assert self.raw.read(blob_key(ref.digest)) == data
+        if size <= INLINE_LIMIT:
+            assert ref.inline == data and self.raw.keys("blobs/") == []
+        else:
+            assert ref.inline is None and self.raw.read(blob_key(ref.digest)) == data
 
     def test_twenty_mib_artifact(
         self, store: ContentAddressedArtifactStore, tmp_path: Path
@@ -122,7 +126,8 @@ class StoreTests:
 
     # ---- dedup ------------------------------------------------------------------------------
 
-    @pytest.mark.parametrize("size", [1000, 6 * MiB])  # one request; multipart / resumable
+    # One request; multipart / resumable. (Files of at most INLINE_LIMIT bytes have no blob.)
+    @pytest.mark.parametrize("size", [INLINE_LIMIT + 1000, 6 * MiB])
     def test_repeated_writes_store_one_blob_never_rewritten(
         self, store: ContentAddressedArtifactStore, tmp_path: Path, size: int
     ) -> None:
@@ -147,15 +152,20 @@ class StoreTests:
     # ---- remove, bad IDs, corruption ----------------------------------------------------------
 
     def test_remove_then_missing(self, store: ContentAddressedArtifactStore) -> None:
-        store.write("gone", io.BytesIO(b"bye"))
+        data = b"bye" * INLINE_LIMIT
+        store.write("gone", io.BytesIO(data))
+        store.write("small", io.BytesIO(b"bye"))  # inside its ref
         digest = store.get_ref("gone").digest
         store.remove("gone")
-        with pytest.raises(ArtifactNotFound, match="gone"):
-            store.open_reader("gone")
-        with pytest.raises(FileNotFoundError):  # what Optuna's callers catch
-            store.remove("gone")
-        assert self.raw_ref("gone") is None
-        assert self.raw.read(blob_key(digest)) == b"bye"  # the blob waits for gc
+        store.remove("small")
+        for artifact_id in ("gone", "small"):
+            with pytest.raises(ArtifactNotFound, match=artifact_id):
+                store.open_reader(artifact_id)
+            with pytest.raises(FileNotFoundError):  # what Optuna's callers catch
+                store.remove(artifact_id)
+            assert self.raw_ref(artifact_id) is None
+        assert self.raw.read(blob_key(digest)) == data  # the blob waits for gc
+        assert self.raw.keys("blobs/") == [blob_key(digest)]  # the small file left none
 
     def test_remove_raises_optunas_artifact_not_found(
         self, store: ContentAddressedArtifactStore
@@ -234,8 +244,10 @@ class StoreTests:
 
     def test_stats(self, store: ContentAddressedArtifactStore) -> None:
         for i in range(4):
-            store.write(f"s{i}", io.BytesIO(b"x" * 1000 if i % 2 else b"y" * 500))
+            store.write(f"s{i}", io.BytesIO(b"x" * 10_000 if i % 2 else b"y" * 5000))
+        store.write("small", io.BytesIO(b"z" * 100))  # inside its ref: counted once per ref
         figures = optuna_cas.stats(store)
-        assert (figures.artifacts, figures.unique_blobs) == (4, 2)
-        assert (figures.logical_bytes, figures.stored_bytes) == (3000, 1500)
-        assert figures.dedup_ratio == 2.0
+        assert (figures.artifacts, figures.unique_blobs) == (5, 2)
+        assert (figures.logical_bytes, figures.stored_bytes) == (30_100, 15_100)
+        assert (figures.blob_bytes, figures.inline_bytes) == (15_000, 100)
+        assert figures.dedup_ratio == 30_100 / 15_100
