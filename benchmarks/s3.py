@@ -41,6 +41,7 @@ def run_s3(cfg: Config, data: Path) -> list[Section]:
         client.create_bucket(Bucket=BUCKET)
         sections = [_throughput(cfg, client, src, data)]
         remove(src)
+        sections.append(_small_files(cfg, client, data))
         sections.append(_rss(cfg, endpoint, client, data))
     return sections
 
@@ -239,6 +240,155 @@ def _throughput(cfg: Config, client: Any, src: Path, data: Path) -> Section:
             "download verified): compare it with the chunked rows in this run."
         )
     return section
+
+
+# Small files on S3: each request is a round trip, so requests per upload decide the speed.
+_SMALL_FILES_S3 = 200
+
+
+def _small_files(cfg: Config, client: Any, data: Path) -> Section:
+    import numpy as np
+
+    count, size = min(_SMALL_FILES_S3, cfg.small_files), cfg.small_size
+    folder = data / "s3-small"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(5)
+    files = []
+    for i in range(count):
+        path = folder / f"file-{i:04d}.bin"
+        path.write_bytes(rng.bytes(size))
+        files.append(str(path))
+    requests: dict[str, int] = {}
+    calls = [0]
+
+    def count_call(**_: Any) -> None:
+        calls[0] += 1
+
+    client.meta.events.register("before-call.s3", count_call)
+    counter = itertools.count()
+    state: dict[str, Any] = {}
+
+    def setup(name: str) -> None:
+        prefix = f"small-{name}-{next(counter)}"
+        state[name] = (
+            optuna_cas.Boto3ArtifactStore(BUCKET, client, prefix=prefix)
+            if name == "ours"
+            # Every file a blob, as before small files moved into their refs.
+            else optuna_cas.Boto3ArtifactStore(BUCKET, client, prefix=prefix, inline_limit=None)
+            if name == "ours-blobs"
+            else optuna.artifacts.Boto3ArtifactStore(BUCKET, client)
+        )
+        state[f"{name}-study"] = optuna.create_study()
+        calls[0] = 0
+
+    def upload(name: str, upload_artifact: Any) -> None:
+        state[f"{name}-ids"] = [
+            upload_artifact(
+                artifact_store=state[name], file_path=path, study_or_trial=state[f"{name}-study"]
+            )
+            for path in files
+        ]
+
+    def after_upload(name: str) -> None:
+        requests[f"{name}-up"] = calls[0]
+        calls[0] = 0
+
+    def download(name: str, download_artifact: Any) -> None:
+        for i, artifact_id in enumerate(state[f"{name}-ids"]):
+            download_artifact(
+                artifact_store=state[name],
+                file_path=str(folder / f"{name}-{i}.out"),
+                artifact_id=artifact_id,
+            )
+
+    def after_download(name: str) -> None:
+        requests[f"{name}-down"] = calls[0]
+        for out in folder.glob(f"{name}-*.out"):
+            out.unlink()
+
+    contenders = {"ours": optuna_cas, "ours-blobs": optuna_cas, "optuna": optuna.artifacts}
+    up = measure(
+        [
+            Contender(
+                name,
+                lambda name=name, m=module: upload(name, m.upload_artifact),
+                setup=lambda name=name: setup(name),
+                teardown=lambda name=name: after_upload(name),
+            )
+            for name, module in contenders.items()
+        ],
+        cfg.small_reps,
+    )
+    down = measure(
+        [
+            Contender(
+                name,
+                lambda name=name, m=module: download(name, m.download_artifact),
+                setup=lambda: calls.__setitem__(0, 0),
+                teardown=lambda name=name: after_download(name),
+            )
+            for name, module in contenders.items()
+        ],
+        cfg.small_reps,
+    )
+    client.meta.events.unregister("before-call.s3", count_call)
+    delete_prefix(client, BUCKET, "")
+    for path in files:
+        remove(Path(path))
+    folder.rmdir()
+    kib = f"{size // 1024} KiB"
+    t_up, t_up_theirs = median(up["ours"]), median(up["optuna"])
+    t_down, t_down_theirs = median(down["ours"]), median(down["optuna"])
+
+    def per_op(key: str) -> str:
+        return f"{requests[key] / count:.2f} requests each"
+
+    return Section(
+        f"6b. S3 (moto): {count} uploads and downloads of distinct {kib} files",
+        [
+            Row(
+                f"`upload_artifact` of {count} files",
+                f"{count / t_up:,.0f} ops/s; {per_op('ours-up')}",
+                f"Optuna: {count / t_up_theirs:,.0f} ops/s; {per_op('optuna-up')}",
+                f"{t_up_theirs / t_up:.2f}x Optuna",
+                "—",
+                None,
+            ),
+            Row(
+                f"`download_artifact` of {count} files",
+                f"{count / t_down:,.0f} ops/s; {per_op('ours-down')}",
+                f"Optuna: {count / t_down_theirs:,.0f} ops/s; {per_op('optuna-down')}",
+                f"{t_down_theirs / t_down:.2f}x Optuna",
+                "—",
+                None,
+            ),
+            Row(
+                "… the same with a blob per file (`inline_limit=None`): upload / download",
+                f"{count / median(up['ours-blobs']):,.0f} / "
+                f"{count / median(down['ours-blobs']):,.0f} ops/s; "
+                f"{requests['ours-blobs-up'] / count:.2f} / "
+                f"{requests['ours-blobs-down'] / count:.2f} requests each",
+                f"Optuna: {count / t_up_theirs:,.0f} / {count / t_down_theirs:,.0f} ops/s",
+                f"{t_up_theirs / median(up['ours-blobs']):.2f}x / "
+                f"{t_down_theirs / median(down['ours-blobs']):.2f}x Optuna",
+                "—",
+                None,
+            ),
+        ],
+        [
+            f"Seconds per {count} uploads (median of {cfg.small_reps}, after a warm-up round, "
+            f"order rotated): ours {fmt_times(up['ours'])}, ours with blobs "
+            f"{fmt_times(up['ours-blobs'])}, Optuna {fmt_times(up['optuna'])}; downloads: ours "
+            f"{fmt_times(down['ours'])}, ours with blobs {fmt_times(down['ours-blobs'])}, "
+            f"Optuna {fmt_times(down['optuna'])}. "
+            "Requests are the S3 API calls the client made (retries not counted), in the "
+            "last round.",
+            "A file of at most 4 KiB lives inside its ref (docs/concepts.md): an upload is "
+            "one PUT of the ref and a download one GET, verified against the ref's digest. A "
+            "larger file costs its blob's PUT and two HEADs besides (is it stored; after the ref, "
+            "is it still there: gc's race), and a download two GETs.",
+        ],
+    )
 
 
 # Our defaults (Boto3ArtifactStore): 8 MiB parts, 4 at once.
