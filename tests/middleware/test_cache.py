@@ -465,12 +465,13 @@ def test_cache_failure_falls_back_to_the_store(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(cache_files, "new_temp", disk_full)
-    store.write("a", io.BytesIO(b"payload"))  # the upload does not fail
-    assert read_all(store.open_reader("a")) == b"payload"
+    payload = b"payload" * 1000  # > INLINE_LIMIT: a blob, which the cache tries to keep
+    store.write("a", io.BytesIO(payload))  # the upload does not fail
+    assert read_all(store.open_reader("a")) == payload
     optuna_cas.download_artifact(
         artifact_store=store, file_path=str(tmp_path / "o"), artifact_id="a"
     )
-    assert (tmp_path / "o").read_bytes() == b"payload"
+    assert (tmp_path / "o").read_bytes() == payload
     assert len(store.cache) == 0
 
 
