@@ -139,10 +139,29 @@ def test_metadata_written_only_after_blob_and_ref(
         original(trial_id, key, value)
 
     storage.set_trial_system_attr = spy  # type: ignore[method-assign]
+    big = b"abc" * 2000  # > INLINE_LIMIT: a blob, written before the ref
+    upload_artifact(artifact_store=store, file_path=str(make_file(big)), study_or_trial=study.ask())
+    assert seen == [(True, True)]
+
+
+def test_metadata_of_a_small_file_written_only_after_its_ref_with_the_content(
+    study: optuna.Study, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    seen: list[bytes | None] = []
+    store = FileSystemArtifactStore(tmp_path / "a")
+    storage = study._storage
+    original = storage.set_trial_system_attr
+
+    def spy(trial_id: int, key: str, value: Any) -> None:
+        seen.append(store.get_ref(key.removeprefix("artifacts:")).inline)
+        original(trial_id, key, value)
+
+    storage.set_trial_system_attr = spy  # type: ignore[method-assign]
     upload_artifact(
         artifact_store=store, file_path=str(make_file(b"abc")), study_or_trial=study.ask()
     )
-    assert seen == [(True, True)]
+    assert seen == [b"abc"]  # the ref, holding the content (no blob), came first
+    assert list(store.content.iter_blobs()) == []
 
 
 def test_failed_store_write_leaves_no_metadata(

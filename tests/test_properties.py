@@ -14,8 +14,17 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from optuna_cas import FileSystemArtifactStore, download_artifact, gc, upload_artifact
 from optuna_cas.digest import CHUNK_SIZE
 from optuna_cas.exceptions import ArtifactNotFound
+from optuna_cas.refs import INLINE_LIMIT
 
 CHUNK_EDGES = [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE, 4096, 4097]
+# Content up to INLINE_LIMIT lives inside its ref; the model also needs blobs (dedup, gc), so
+# part of its content is padded past the limit. Distinct tails keep distinct contents apart.
+_BLOB_PAD = b"\x00" * (INLINE_LIMIT + 1)
+
+
+def _inline_or_blob(max_size: int) -> st.SearchStrategy[bytes]:
+    tail = st.binary(max_size=max_size)
+    return tail | tail.map(lambda t: _BLOB_PAD + t)
 
 
 def sized_bytes() -> st.SearchStrategy[bytes]:
@@ -67,7 +76,7 @@ class ArtifactStoreModel(RuleBasedStateMachine):
 
     @rule(
         target=ids,
-        data=st.sampled_from([b"", b"a", b"checkpoint", b"x" * 5000]) | st.binary(max_size=3000),
+        data=st.sampled_from([b"", b"a", b"checkpoint", b"x" * 5000]) | _inline_or_blob(3000),
     )
     def write(self, data: bytes) -> str:
         self.counter += 1
@@ -76,7 +85,7 @@ class ArtifactStoreModel(RuleBasedStateMachine):
         self.model[artifact_id] = data
         return artifact_id
 
-    @rule(artifact_id=ids, data=st.binary(max_size=100))
+    @rule(artifact_id=ids, data=_inline_or_blob(100))
     def overwrite(self, artifact_id: str, data: bytes) -> None:
         self.store.write(artifact_id, io.BytesIO(data))
         self.model[artifact_id] = data
@@ -110,16 +119,26 @@ class ArtifactStoreModel(RuleBasedStateMachine):
     @rule()
     def collect_garbage(self) -> None:
         gc(self.store, grace_period=0, allow_short_grace=True)
-        live = {self.store.get_ref(i).digest.hexdigest for i in self.model}
+        live = self._live_blobs()
         stored = {info.hexdigest for info in self.store.content.iter_blobs()}
         assert stored == live  # exactly the referenced blobs survive
+
+    def _live_blobs(self) -> set[str]:
+        """Digests of the live artifacts kept as blobs (content above INLINE_LIMIT)."""
+        refs = [self.store.get_ref(i) for i in self.model]
+        return {ref.digest.hexdigest for ref in refs if ref.inline is None}
 
     @invariant()
     def one_blob_per_distinct_live_content(self) -> None:
         stored = {info.hexdigest for info in self.store.content.iter_blobs()}
-        live = {self.store.get_ref(i).digest.hexdigest for i in self.model}
-        assert live <= stored  # removed refs leave blobs for gc; live ones are all present
+        assert self._live_blobs() <= stored  # removed refs leave blobs for gc; live ones stay
         assert sorted(self.store.content.iter_ref_ids()) == sorted(self.model)
+
+    @invariant()
+    def small_content_lives_in_its_ref_and_large_in_a_blob(self) -> None:
+        for artifact_id, data in self.model.items():
+            inline = self.store.get_ref(artifact_id).inline
+            assert inline == (data if len(data) <= INLINE_LIMIT else None), artifact_id
 
 
 TestArtifactStoreModel = ArtifactStoreModel.TestCase

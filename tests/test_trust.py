@@ -22,6 +22,7 @@ from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.content import ContentStore, blob_key
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, UnsupportedSourceError
+from optuna_cas.refs import INLINE_LIMIT
 from tests.conftest import random_bytes
 
 MiB = 1024 * 1024
@@ -263,7 +264,7 @@ def _run_with_timeout(fn: Any, seconds: float = 20) -> BaseException | None:
 def test_fifo_at_a_key_never_blocks_reads(tmp_path: Path, where: str) -> None:
     store = FileSystemArtifactStore(tmp_path / "s")
     root = tmp_path / "s"
-    store.write("a", io.BytesIO(b"payload"))
+    store.write("a", io.BytesIO(b"payload" * 1000))  # > INLINE_LIMIT: a blob to replace
     ref = store.get_ref("a")
     target = {
         "blob": root / blob_key(ref.digest),
@@ -288,7 +289,7 @@ def test_fifo_at_a_key_never_blocks_reads(tmp_path: Path, where: str) -> None:
 
 def test_directory_at_a_key_leaks_no_descriptor(tmp_path: Path) -> None:
     store = FileSystemArtifactStore(tmp_path / "s")
-    store.write("a", io.BytesIO(b"payload"))
+    store.write("a", io.BytesIO(b"p" * (INLINE_LIMIT + 1)))  # a blob, not inline content
     blob = tmp_path / "s" / blob_key(store.get_ref("a").digest)
     blob.unlink()
     blob.mkdir()

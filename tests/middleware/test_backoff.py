@@ -21,8 +21,13 @@ from optuna_cas.exceptions import (
 )
 from optuna_cas.middleware.backoff import RetryingBackend
 from optuna_cas.middleware.retry import Retrier, RetryPolicy, is_transient
+from optuna_cas.refs import INLINE_LIMIT
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from tests.conftest import random_bytes
+
+# Content just over the inline limit: stored as a blob, so an upload asks whether the blob
+# exists (stat) and streams the caller's bytes (write), the requests these tests fail.
+BLOB_CONTENT = b"x" * (INLINE_LIMIT + 1)
 
 
 class FlakyBackend(MemoryBackend):
@@ -125,11 +130,12 @@ def test_write_retries_each_request_and_rewinds(caplog: pytest.LogCaptureFixture
     backend = FlakyBackend()
     backend.plan["write_body"] = [ConnectionResetError("reset"), ConnectionResetError("reset")]
     store, sleeps = make(backend, jitter=False)
-    source = io.BytesIO(b"HDR:" + b"payload")
+    payload = b"payload" * 1000  # > INLINE_LIMIT: the caller's stream itself is uploaded
+    source = io.BytesIO(b"HDR:" + payload)
     source.seek(4)
     with caplog.at_level(logging.WARNING, logger="optuna_cas.retry"):
         store.write("a", source)
-    assert store.open_reader("a").read() == b"payload"
+    assert store.open_reader("a").read() == payload
     assert sleeps == [0.1, 0.2]
     assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING]
     assert "attempt 1 of 10" in caplog.records[0].getMessage()
@@ -142,7 +148,7 @@ def test_gives_up_after_max_retries_with_original_error() -> None:
     backend.plan["stat"] = [original] * 10
     store, sleeps = make(backend, max_retries=4, jitter=False)
     with pytest.raises(ConnectionResetError) as info:
-        store.write("a", io.BytesIO(b"x"))
+        store.write("a", io.BytesIO(BLOB_CONTENT))
     assert info.value is original
     assert backend.calls["stat"] == 4
     assert len(sleeps) == 3
@@ -156,7 +162,7 @@ def test_permanent_errors_are_not_retried(error: Exception) -> None:
     backend.plan["stat"] = [error]
     store, sleeps = make(backend)
     with pytest.raises(type(error)):
-        store.write("a", io.BytesIO(b"x"))
+        store.write("a", io.BytesIO(BLOB_CONTENT))
     assert backend.calls["stat"] == 1 and sleeps == []
 
 

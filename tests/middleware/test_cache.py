@@ -220,8 +220,9 @@ def test_every_use_is_verified_whatever_was_checked_before(tmp_path: Path) -> No
 
 def test_corrupt_store_blob_is_not_cached(tmp_path: Path) -> None:
     inner = MemoryArtifactStore()
-    ref = inner.put("a", io.BytesIO(b"good bytes"))
-    inner.content.backend.write(blob_key(ref.digest), io.BytesIO(b"evil bytes"))
+    # > INLINE_LIMIT, so the content is a blob that can be corrupted (same size, other bytes)
+    ref = inner.put("a", io.BytesIO(b"good bytes" * 500))
+    inner.content.backend.write(blob_key(ref.digest), io.BytesIO(b"evil bytes" * 500))
     store = CachedArtifactStore(inner, directory=tmp_path / "c")
     with pytest.raises(IntegrityError):
         store.open_reader("a")
@@ -415,22 +416,30 @@ def test_writes_go_through_and_stay_cached_also_on_dedup(
     store = CachedArtifactStore(inner, directory=tmp_path / "c")
     ref = store.put("dup", make_file(data), filename="w.pt")
     assert ref.digest in store.cache  # cached although no blob was uploaded
-    store.write("new", io.BytesIO(b"fresh bytes"))
-    assert Digest.of_bytes(b"fresh bytes") in store.cache
-    assert read_all(inner.open_reader("new")) == b"fresh bytes"  # went through
+    fresh = b"fresh bytes" * 400  # > INLINE_LIMIT: a blob, so there is something to cache
+    store.write("new", io.BytesIO(fresh))
+    assert Digest.of_bytes(fresh) in store.cache
+    assert read_all(inner.open_reader("new")) == fresh  # went through
+    assert len(list(inner.content.iter_blobs())) == 2
+
+    # Content kept inside its ref has no blob: nothing to cache, and the ref serves it.
+    store.write("tiny", io.BytesIO(b"fresh bytes"))
+    assert Digest.of_bytes(b"fresh bytes") not in store.cache
+    assert read_all(inner.open_reader("tiny")) == b"fresh bytes"
     assert len(list(inner.content.iter_blobs())) == 2
 
     off = CachedArtifactStore(inner, directory=tmp_path / "c-off", cache_uploads=False)
-    off.write("x", io.BytesIO(b"not cached"))
+    off.write("x", io.BytesIO(b"not cached" * 500))
     assert len(off.cache) == 0
 
 
 def test_backoff_around_the_cache_keeps_reading_through_it(tmp_path: Path) -> None:
     cached = CachedArtifactStore(MemoryArtifactStore(), directory=tmp_path / "c")
     store = Backoff(cached, min_delay=0.01)
-    store.write("a", io.BytesIO(b"abc"))
+    data = b"abc" * 2000  # > INLINE_LIMIT: read from a blob, so through the cache
+    store.write("a", io.BytesIO(data))
     for _ in range(2):
-        assert read_all(store.open_reader("a")) == b"abc"
+        assert read_all(store.open_reader("a")) == data
     assert cached.cache.info().hits == 2
 
 
@@ -456,12 +465,13 @@ def test_cache_failure_falls_back_to_the_store(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(cache_files, "new_temp", disk_full)
-    store.write("a", io.BytesIO(b"payload"))  # the upload does not fail
-    assert read_all(store.open_reader("a")) == b"payload"
+    payload = b"payload" * 1000  # > INLINE_LIMIT: a blob, which the cache tries to keep
+    store.write("a", io.BytesIO(payload))  # the upload does not fail
+    assert read_all(store.open_reader("a")) == payload
     optuna_cas.download_artifact(
         artifact_store=store, file_path=str(tmp_path / "o"), artifact_id="a"
     )
-    assert (tmp_path / "o").read_bytes() == b"payload"
+    assert (tmp_path / "o").read_bytes() == payload
     assert len(store.cache) == 0
 
 

@@ -20,6 +20,7 @@ from optuna_cas import Backoff, CachedArtifactStore, download_artifact
 from optuna_cas.backends.base import Backend, ObjectInfo
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.content import ContentStore
+from optuna_cas.refs import INLINE_LIMIT
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from tests.conftest import random_bytes
 from tests.stores.test_faults import gcs_through_proxy, s3_through_proxy  # noqa: F401
@@ -116,7 +117,8 @@ def _run(kind: str, order: str, request: pytest.FixtureRequest, tmp_path: Path) 
     # Fresh bytes per order: both runs share one server, and must both start from scratch.
     seed = ORDERS.index(order) * 10
     big = random_bytes(6 * 1024 * 1024 + 3, seed=seed + 1)  # multipart / resumable
-    small = random_bytes(1000, seed=seed + 2)
+    # Above INLINE_LIMIT: a blob, so the reads below could fetch it (or find it in the cache).
+    small = random_bytes(INLINE_LIMIT + 1000, seed=seed + 2)
     observed: dict[str, Any] = {}
 
     store.write(f"first-{order}", io.BytesIO(small))

@@ -30,11 +30,14 @@ from tests.reliability._common import (
 # Payloads shared by every trial of the distributed study (drawn with these weights): repeats
 # are the common case (dedup), the 6 MiB one goes multipart through the faulty proxy.
 STUDY_POOL = [
-    (payload_name("pool", 4 * 1024, 0), 30),
+    # Just above INLINE_LIMIT (4 KiB): the smallest blob. The last entry, 1 KiB, is kept
+    # inside its ref (no blob for gc to race).
+    (payload_name("pool", 4 * 1024 + 1, 0), 30),
     (payload_name("pool", 64 * 1024, 1), 30),
     (payload_name("pool", 256 * 1024, 2), 20),
     (payload_name("pool", 1024 * 1024, 3), 15),
     (payload_name("pool", 6 * 1024 * 1024 + 1, 4), 5),
+    (payload_name("pool", 1024, 5), 10),
 ]
 SCRATCH_SIZE = 48 * 1024
 

@@ -9,8 +9,8 @@ uploads, packs written and published), 6 MiB on S3 and GCS (a whole blob, multip
 resumable upload of several chunks on GCS).
 
 Afterwards: ``verify`` finds no corrupt blob and no ref to a missing blob; every Optuna
-metadata entry (in every trial, killed ones included) has its ref and blob and downloads
-byte-exact; every journaled "returned" upload is in the metadata; every download destination
+metadata entry (in every trial, killed ones included) has its ref and blob (a file of at most
+4 KiB: its ref holding the content) and downloads byte-exact; every journaled "returned" upload is in the metadata; every download destination
 holds nothing or the complete verified file; a re-run of the interrupted uploads succeeds.
 """
 
@@ -35,6 +35,7 @@ from optuna_cas import (
     verify,
 )
 from optuna_cas.digest import Digest
+from optuna_cas.refs import INLINE_LIMIT
 from tests.reliability._common import (
     MiB,
     holds_payload,
@@ -54,13 +55,17 @@ ROUNDS = scale(10, 80)
 KILL_WINDOW = 0.6  # seconds after a process reports ready
 # Each pool has one file above the 8 MiB chunking threshold: the seeding run stores it, so
 # every run checks at least one chunked artifact, and repeat uploads of it are chunked dedup hits.
+# The smallest is kept inside its ref (INLINE_LIMIT); the next is a blob just above the limit.
+SMALL_SIZES = [1024, INLINE_LIMIT + 1024]
 REMOTE_POOL = [
-    payload_name("pool", n, i) for i, n in enumerate([1024, 100 * 1024, 6 * MiB + 1, 9 * MiB + 3])
+    payload_name("pool", n, i)
+    for i, n in enumerate([*SMALL_SIZES, 100 * 1024, 6 * MiB + 1, 9 * MiB + 3])
 ]
 REMOTE_UNIQUE_SIZES = [256 * 1024, 6 * MiB + 1, 9 * MiB + 1]
 POOL = {
     "local": [
-        payload_name("pool", n, i) for i, n in enumerate([1024, 200 * 1024, 2 * MiB, 9 * MiB + 3])
+        payload_name("pool", n, i)
+        for i, n in enumerate([*SMALL_SIZES, 200 * 1024, 2 * MiB, 9 * MiB + 3])
     ],
     "s3": REMOTE_POOL,
     "gcs": REMOTE_POOL,
@@ -199,10 +204,15 @@ def test_sigkill_never_leaves_partial_data(
     out = tmp_path / "check"
     out.mkdir()
     chunked = 0  # of the metadata entries, those stored as chunks in packs (>= 8 MiB)
+    inline = 0  # ... and those kept inside their ref (<= INLINE_LIMIT)
     for n, meta in enumerate(metas):
         ref = store.get_ref(meta.artifact_id)  # the ref exists ...
         assert str(ref.digest) == meta.digest
-        assert store.content.has_blob(ref.digest)  # ... and so does its blob
+        if ref.digest.size <= INLINE_LIMIT:  # ... holding the content of a small file
+            assert ref.inline is not None and holds_payload(ref.inline, meta.filename), meta
+            inline += 1
+        else:
+            assert store.content.has_blob(ref.digest)  # ... and so does its blob
         chunked += store.content.chunks.has_manifest(ref.digest)
         target = out / f"{n}.bin"
         download_artifact(artifact_store=store, file_path=str(target), artifact_id=meta.artifact_id)
@@ -310,6 +320,7 @@ def test_sigkill_never_leaves_partial_data(
             "store": {
                 "metadata_entries_checked": len(metas),
                 "metadata_entries_chunked": chunked,
+                "metadata_entries_inline": inline,
                 "refs_without_metadata": refs_without_metadata,
                 "trials": len(trials),
                 "verify_after_kills": {
@@ -333,3 +344,4 @@ def test_sigkill_never_leaves_partial_data(
     )
     assert kills["upload"] >= ROUNDS // 2 and kills["download"] >= ROUNDS // 2
     assert chunked >= 1, "no chunked upload was checked: the chunk path went untested"
+    assert inline >= 1, "no small upload was checked: the inline path went untested"

@@ -26,6 +26,7 @@ import pytest
 
 from optuna_cas import download_artifact, gc, get_all_artifact_meta, verify
 from optuna_cas.digest import Digest
+from optuna_cas.refs import INLINE_LIMIT
 from tests.reliability._common import (
     boto3_store,
     fault_summary,
@@ -192,7 +193,8 @@ def test_distributed_study_survives_faults_and_concurrent_gc(
         assert holds_payload(target, meta.filename), meta
         assert meta.digest == str(Digest.of_bytes(payload_bytes(meta.filename)))
 
-    # -- raw listing: nothing but blobs and refs; one blob per content; verify clean --------
+    # -- raw listing: nothing but blobs and refs; one blob per content above INLINE_LIMIT (the
+    # smaller ones live in their refs only); verify clean ------------------------------------
     def raw_listing() -> tuple[list[str], list[str], list[str]]:
         client = s3_client(s3_server.endpoint_url, sdk_retries=True)
         keys = [
@@ -210,7 +212,10 @@ def test_distributed_study_survives_faults_and_concurrent_gc(
     assert other == []
     blob_digests = ["".join(k.split("/")[3:5]) for k in blobs]
     known = {e["digest"] for e in returned.values()}
-    live = {m.digest.split(":")[1] for m in metas if m.digest}
+    live = {m.digest.split(":")[1] for m in metas if m.digest and (m.size or 0) > INLINE_LIMIT}
+    small = [m for m in metas if m.size is not None and m.size <= INLINE_LIMIT]
+    assert small, "no small upload was checked: the inline path went untested"
+    assert {m.digest.split(":")[1] for m in small if m.digest}.isdisjoint(blob_digests)
     assert len(blob_digests) == len(set(blob_digests))
     assert set(blob_digests) <= known  # nothing stored that was never uploaded
     assert live <= set(blob_digests)

@@ -644,7 +644,8 @@ def test_symlinks_in_a_local_store_do_not_lead_out_of_it(tmp_path: Path) -> None
     (outside / "secret").write_bytes(b"secret")
     root = tmp_path / "store"
     store = FileSystemArtifactStore(root)
-    store.write("a", io.BytesIO(b"content of a"))
+    content_of_a = b"content of a" * 400  # > INLINE_LIMIT: a blob the links can point at
+    store.write("a", io.BytesIO(content_of_a))
     digest = store.get_ref("a").digest
     head, tail = digest.hexdigest[:2], digest.hexdigest[2:]
     blob_dir = root / "blobs" / "blake3" / head
@@ -689,7 +690,7 @@ def test_symlinks_in_a_local_store_do_not_lead_out_of_it(tmp_path: Path) -> None
     check(
         "blobs/blake3/<xx> -> outside dir",
         ("read", read("a")),
-        ("write same bytes", lambda: store.write("c", io.BytesIO(b"content of a"))),
+        ("write same bytes", lambda: store.write("c", io.BytesIO(content_of_a))),
         ("download", lambda: store.content.materialize_blob(digest, tmp_path / "dl-2")),
     )
     assert outcomes["blobs/blake3/<xx> -> outside dir: read"] != "ok"
@@ -706,7 +707,7 @@ def test_symlinks_in_a_local_store_do_not_lead_out_of_it(tmp_path: Path) -> None
     big.write_bytes(os.urandom(9 * 1024 * 1024))  # takes the staged-copy path
     check(
         "blobs -> outside dir",
-        ("write new bytes", lambda: store.write("d", io.BytesIO(b"new bytes"))),
+        ("write new bytes", lambda: store.write("d", io.BytesIO(b"new bytes" * 600))),
         ("put large file", lambda: store.put("e", big)),
         ("gc", lambda: gc(store, grace_period=0, allow_short_grace=True)),
     )
@@ -736,7 +737,7 @@ def test_symlinks_in_a_local_store_do_not_lead_out_of_it(tmp_path: Path) -> None
     os.symlink(outside / "blob-copy", blob)
     check("blob file -> outside file", ("read", read("a")))
     assert outcomes["blob file -> outside file: read"] != "ok"
-    assert (outside / "blob-copy").read_bytes() == b"content of a"
+    assert (outside / "blob-copy").read_bytes() == content_of_a
 
     # 6. A legacy (Optuna-written) artifact at the store's top is a link to a file outside.
     os.symlink(outside / "secret", root / "legacy-id")

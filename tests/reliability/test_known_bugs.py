@@ -15,6 +15,7 @@ import pytest
 from optuna_cas import gc, verify
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.content import ContentStore, blob_key
+from optuna_cas.refs import INLINE_LIMIT
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from tests.reliability._common import S3_PART_SIZE, boto3_store
 
@@ -25,7 +26,8 @@ def test_slow_gc_sweep_spares_a_blob_reused_after_the_ref_listing(tmp_path: Path
     store = ContentAddressedArtifactStore(
         ContentStore(LocalBackend(tmp_path / "store"), freshen_after=0.2)
     )
-    store.write("old", io.BytesIO(b"B"))
+    content = b"B" * (INLINE_LIMIT + 1)  # B: a blob (content up to the limit has none)
+    store.write("old", io.BytesIO(content))
     store.remove("old")  # B is garbage ...
     time.sleep(0.6)  # ... and older than the grace period (0.5 s)
 
@@ -33,7 +35,7 @@ def test_slow_gc_sweep_spares_a_blob_reused_after_the_ref_listing(tmp_path: Path
         # gc has listed blobs and refs, and is about to look at B again. Its sweep is slow
         # (a large store, a slow network): meanwhile an upload re-uses B and returns.
         if done == 0:
-            store.write("kept", io.BytesIO(b"B"))  # dedup hit: touches B, writes its ref
+            store.write("kept", io.BytesIO(content))  # dedup hit: touches B, writes its ref
             assert store.content.has_blob(store.get_ref("kept").digest)
             time.sleep(0.6)  # the sweep reaches B more than grace_period after the touch
 
@@ -107,15 +109,16 @@ def test_upload_repairs_a_blob_that_is_a_symlink(tmp_path: Path) -> None:
     from optuna_cas import FileSystemArtifactStore
 
     store = FileSystemArtifactStore(tmp_path / "store")
-    store.write("a", io.BytesIO(b"content"))
+    content = b"content" * 1000  # > INLINE_LIMIT: a blob
+    store.write("a", io.BytesIO(content))
     digest = store.get_ref("a").digest
     blob = tmp_path / "store" / blob_key(digest)
     shutil.copy(blob, tmp_path / "copy")
     os.unlink(blob)
     os.symlink(tmp_path / "copy", blob)
-    store.write("b", io.BytesIO(b"content"))  # returns ...
+    store.write("b", io.BytesIO(content))  # returns ...
     with store.open_reader("b") as reader:  # ... but fails: ArtifactNotFound
-        assert reader.read() == b"content"
+        assert reader.read() == content
 
 
 def test_open_store_reports_an_impossible_path_as_store_config_error(tmp_path: Path) -> None:

@@ -97,8 +97,10 @@ class Tampered:
     def upload_good(self, tmp_path: Path) -> None:
         sources = tmp_path / "sources"
         sources.mkdir()
-        payloads = [b"", b"x", os.urandom(1000), os.urandom(300_000), b"shared bytes"]
-        payloads.append(b"shared bytes")  # a dedup pair: two artifacts, one blob
+        # Up to INLINE_LIMIT bytes the content lives in the ref; above it, in a blob.
+        shared = b"shared bytes" * 400
+        payloads = [b"", b"x", os.urandom(1000), os.urandom(300_000), shared]
+        payloads.append(shared)  # a dedup pair: two artifacts, one blob
         trial = self.study.ask()
         for i, data in enumerate(payloads):
             path = sources / f"good-{i}.bin"
@@ -109,7 +111,7 @@ class Tampered:
             )
             self.good[artifact_id] = data
         # Garbage for gc to collect: an artifact whose ref was removed.
-        self.store.write("removed", io.BytesIO(b"garbage to collect"))
+        self.store.write("removed", io.BytesIO(b"garbage to collect" * 300))  # a blob
         self.garbage_key = blob_key(self.store.get_ref("removed").digest)
         self.store.remove("removed")
 
@@ -192,7 +194,9 @@ def test_tampered_store(tmp_path: Path) -> None:
     t = Tampered(tmp_path)
     t.upload_good(tmp_path)
     t.plant()
-    good_blobs = {blob_key(t.store.get_ref(artifact_id).digest) for artifact_id in t.good}
+    good_refs = [t.store.get_ref(artifact_id) for artifact_id in t.good]
+    good_blobs = {blob_key(ref.digest) for ref in good_refs if ref.inline is None}
+    assert len(good_blobs) == 2  # the large file and the dedup pair; the others are inline
     outside_before = snapshot(t.outside)
     outcomes: dict[str, Any] = {}
     downloads = tmp_path / "downloads"

@@ -16,6 +16,7 @@ import pytest
 
 from optuna_cas import Backoff, Boto3ArtifactStore, GCSArtifactStore, download_artifact
 from optuna_cas.exceptions import TransientBackendError
+from optuna_cas.refs import INLINE_LIMIT
 from optuna_cas.testing.faults import FaultProxy
 from tests.support.gcs import GCS_TEST_CHUNK_SIZE, make_gcs_client
 from tests.support.gcs_resumable import ResumableSessions
@@ -88,8 +89,10 @@ def test_hundred_round_trips_survive_30_percent_faults(
     proxy, inner = remote
     store = Backoff(inner, min_delay=0.01, max_delay=0.1, seed=0)
     rng = random.Random(42)
-    # Mostly small files, some repeats (dedup path), a few large ones (multipart/resumable).
-    payloads = [rng.randbytes(rng.choice([0, 1, 4096, 200_000])) for _ in range(20)]
+    # Mostly small files: some kept inside their ref, some blobs just over INLINE_LIMIT; some
+    # repeats (dedup path), a few large ones (multipart/resumable).
+    sizes = [0, 1, INLINE_LIMIT, INLINE_LIMIT + 1, 200_000]
+    payloads = [rng.randbytes(rng.choice(sizes)) for _ in range(20)]
     payloads += [rng.randbytes(6 * 1024 * 1024 + 17) for _ in range(2)]
     proxy.set_faults(0.3, MODES, stall_seconds=STALL_SECONDS)
     written: dict[str, bytes] = {}
@@ -106,9 +109,12 @@ def test_hundred_round_trips_survive_30_percent_faults(
     proxy.clear_faults()
     assert len(faults) > 50  # the faults really happened
     assert {f.fault for f in faults} == set(MODES)
-    # One blob per distinct content, nothing else in the blob space.
+    # One blob per distinct content above INLINE_LIMIT, nothing else in the blob space; the
+    # smaller content lives in its refs only.
     distinct = {bytes(d) for d in written.values()}
-    assert len(list(inner.content.iter_blobs())) == len(distinct)
+    blobbed = {d for d in distinct if len(d) > INLINE_LIMIT}
+    assert blobbed and len(blobbed) < len(distinct)  # both kinds were written
+    assert len(list(inner.content.iter_blobs())) == len(blobbed)
 
 
 def test_gives_up_after_max_retries_with_the_original_error(remote: tuple[FaultProxy, Any]) -> None:
@@ -150,6 +156,7 @@ def test_blob_create_whose_response_is_lost_is_not_an_error(remote: tuple[FaultP
     proxy, inner = remote
     store = Backoff(inner, min_delay=0.01)
     proxy.fail_next("drop_response", methods={"PUT", "POST"})
-    store.write("a", io.BytesIO(b"payload"))
+    payload = b"payload" * 1000  # > INLINE_LIMIT: the first PUT creates the blob
+    store.write("a", io.BytesIO(payload))
     with store.open_reader("a") as reader:
-        assert reader.read() == b"payload"
+        assert reader.read() == payload
