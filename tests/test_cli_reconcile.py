@@ -12,7 +12,6 @@ from optuna_cas import FileSystemArtifactStore
 from optuna_cas.refs import INLINE_LIMIT
 from tests.test_cli import assert_no_raw_controls, run
 
-
 # Above INLINE_LIMIT: blobs, which gc can take and a put can bring back. (A small file's
 # content lives only in its ref: tests/operations/test_reconcile.py covers that case.)
 KEPT = b"kept bytes" * (INLINE_LIMIT // 10 + 1)
