@@ -142,6 +142,26 @@ def test_dedup_hit_freshens_an_old_blob(tmp_path: Path) -> None:
     assert gc(store, grace_period=2.0).deleted == []
 
 
+def test_gc_collects_a_blob_only_small_files_refs_share_the_digest_of(tmp_path: Path) -> None:
+    # Written with inline_limit=None, a small file got a blob; the same bytes uploaded since
+    # live inside their ref, which needs no blob: the old blob is garbage once its ref goes.
+    with_blobs = optuna_cas.FileSystemArtifactStore(tmp_path, inline_limit=None)
+    with_blobs.write("old", io.BytesIO(b"tiny"))
+    key = blob_key(with_blobs.get_ref("old").digest)
+    store = optuna_cas.FileSystemArtifactStore(tmp_path)
+    store.write("new", io.BytesIO(b"tiny"))
+    assert store.get_ref("new").inline == b"tiny"
+    store.remove("old")
+
+    figures = optuna_cas.stats(store)
+    assert (figures.unique_blobs, figures.unreferenced_blobs) == (1, 1)
+    assert verify(store).orphans == [key]
+    assert gc_now(store).deleted == [key]  # verify's orphan is what gc collects
+    with store.open_reader("new") as reader:
+        assert reader.read() == b"tiny"
+    assert verify(store).ok and blob_keys(store) == set()
+
+
 # -- verify ---------------------------------------------------------------------------------
 
 

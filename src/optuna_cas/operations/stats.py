@@ -133,6 +133,8 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
     chunked = ChunkListing.of(content.chunks)
     manifests = {m.hexdigest for m in chunked.manifests}
     distinct = {ref.digest.hexdigest: ref.size for ref in refs}
+    # As gc counts them: a small file's ref holds its content and needs no blob or manifest.
+    referenced = {ref.digest.hexdigest for ref in refs if ref.inline is None}
     blob_bytes = sum(blobs.values())
     inline_bytes = sum(ref.size for ref in refs if ref.inline is not None)
     chunked_bytes = sum(
@@ -143,13 +145,13 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
         unique_blobs=len(blobs),
         logical_bytes=sum(ref.size for ref in refs),
         stored_bytes=blob_bytes + chunked_bytes + inline_bytes,
-        referenced_blobs=len(distinct.keys() & blobs.keys()),
+        referenced_blobs=len(referenced & blobs.keys()),
         bad_refs=len(bad.reasons),
         whole_file_bytes=sum(distinct.values()),
         blob_bytes=blob_bytes,
         chunked_bytes=chunked_bytes,
         chunked_files=len(manifests),
-        referenced_chunked_files=len(distinct.keys() & manifests),
+        referenced_chunked_files=len(referenced & manifests),
         packs=len(chunked.packs),
         inline_bytes=inline_bytes,
     )
