@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 import pytest
 
+from optuna_cas.refs import INLINE_LIMIT
 from tests.conftest import random_bytes
 
 SCRIPT = Path(sys.executable).with_name("optuna-cas")
@@ -400,7 +401,8 @@ def test_json_on_every_command_is_one_document_on_stdout(
 ) -> None:
     store = str(tmp_path / "store")
     env = {"OPTUNA_CAS_STORE": store, "OPTUNA_CAS_CACHE_DIR": str(tmp_path / "cache")}
-    src = make_file(b"checkpoint", name="model.pt")
+    data = b"checkpoint" * (INLINE_LIMIT // 10 + 1)  # a blob, for sync and gc to move
+    src = make_file(data, name="model.pt")
 
     def doc(*args: str, before: bool = False) -> dict[str, Any]:
         # --json is a global option: before the command or after it, the same document.
@@ -412,10 +414,10 @@ def test_json_on_every_command_is_one_document_on_stdout(
 
     put = doc("put", str(src))
     (row,) = put["artifacts"]
-    assert (row["filename"], row["size"], row["already_stored"]) == ("model.pt", 10, False)
+    assert (row["filename"], row["size"], row["already_stored"]) == ("model.pt", len(data), False)
     artifact_id = row["artifact_id"]
     got = doc("get", artifact_id, str(tmp_path / "out.pt"), before=True)
-    assert (got["size"], got["verified"], got["digest"]) == (10, True, row["digest"])
+    assert (got["size"], got["verified"], got["digest"]) == (len(data), True, row["digest"])
     assert [r["artifact_id"] for r in doc("ls")["artifacts"]] == [artifact_id]
     assert doc("stats", before=True)["artifacts"] == 1
     assert doc("verify")["ok"] is True
@@ -505,44 +507,43 @@ def test_downloaded_files_get_the_mode_the_umask_gives(
     tmp_path: Path, make_file: Callable[..., Path], umask: int, mode: int
 ) -> None:
     store = str(tmp_path / "store")
-    artifact_id = run("--store", store, "put", str(make_file(b"weights"))).stdout.splitlines()[-1]
-    out = tmp_path / "cli.bin"
-    result = subprocess.run(
-        [str(SCRIPT), "--store", store, "get", artifact_id, str(out)],
-        capture_output=True,
-        text=True,
-        umask=umask,
-        timeout=120,
-    )
-    assert result.returncode == 0, result
-    assert stat.S_IMODE(out.stat().st_mode) == mode
+    # A small file (its ref holds it) and a blob (which the cache below holds too).
+    ids = [
+        run("--store", store, "put", str(make_file(data))).stdout.splitlines()[-1]
+        for data in (b"weights", b"weights" * (INLINE_LIMIT // 7 + 1))
+    ]
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    for artifact_id in ids:
+        result = subprocess.run(
+            [str(SCRIPT), "--store", store, "get", artifact_id, str(outs / f"{artifact_id}.cli")],
+            capture_output=True,
+            text=True,
+            umask=umask,
+            timeout=120,
+        )
+        assert result.returncode == 0, result
     # The library itself, also through the cache (a miss, then a hit).
     script = (
         "import sys\n"
         "from optuna_cas import CachedArtifactStore, FileSystemArtifactStore, download_artifact\n"
         "store = FileSystemArtifactStore(sys.argv[1])\n"
-        "download_artifact(artifact_store=store, file_path=sys.argv[3], artifact_id=sys.argv[2])\n"
-        "cached = CachedArtifactStore(store, directory=sys.argv[4])\n"
-        "for name in sys.argv[5:]:\n"
-        "    download_artifact(artifact_store=cached, file_path=name, artifact_id=sys.argv[2])\n"
+        "cached = CachedArtifactStore(store, directory=sys.argv[2])\n"
+        "for artifact_id in sys.argv[4:]:\n"
+        "    out = sys.argv[3] + '/' + artifact_id\n"
+        "    download_artifact(artifact_store=store, file_path=out + '.lib', artifact_id=artifact_id)\n"
+        "    for name in ('.miss', '.hit'):\n"
+        "        download_artifact(artifact_store=cached, file_path=out + name, artifact_id=artifact_id)\n"
     )
-    names = [str(tmp_path / n) for n in ("lib.bin", "miss.bin", "hit.bin")]
     subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            script,
-            store,
-            artifact_id,
-            names[0],
-            str(tmp_path / "cache"),
-            *names[1:],
-        ],
+        [sys.executable, "-c", script, store, str(tmp_path / "cache"), str(outs), *ids],
         check=True,
         umask=umask,
         timeout=120,
     )
-    assert [stat.S_IMODE(os.stat(n).st_mode) for n in names] == [mode] * 3
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in outs.iterdir()}
+    expected = [f"{i}{suffix}" for i in ids for suffix in (".cli", ".lib", ".miss", ".hit")]
+    assert modes == dict.fromkeys(expected, mode)
 
 
 def test_errors_speak_the_clis_language(tmp_path: Path, make_file: Callable[..., Path]) -> None:
@@ -747,11 +748,12 @@ def test_sync_names_failures_and_exits_1(tmp_path: Path) -> None:
     from optuna_cas.content import blob_key
 
     source = FileSystemArtifactStore(tmp_path / "src")
-    source.write("good", io.BytesIO(b"fine bytes"))
-    source.write("bad", io.BytesIO(b"other bytes"))
+    fine, other = b"fine bytes" * 500, b"other bytes" * 500  # above INLINE_LIMIT: blobs
+    source.write("good", io.BytesIO(fine))
+    source.write("bad", io.BytesIO(other))
     blob = tmp_path / "src" / blob_key(source.get_ref("bad").digest)
     blob.chmod(0o644)
-    blob.write_bytes(b"Other bytes")  # same size, wrong content
+    blob.write_bytes(b"O" + other[1:])  # same size, wrong content
     result = subprocess.run(
         [sys.executable, "-m", "optuna_cas", "sync", str(tmp_path / "src"), str(tmp_path / "dst")],
         capture_output=True,
@@ -760,7 +762,7 @@ def test_sync_names_failures_and_exits_1(tmp_path: Path) -> None:
     )
     assert result.returncode == 1, result
     assert "FAILED    bad" in result.stdout and "1 failed" in result.stdout
-    assert FileSystemArtifactStore(tmp_path / "dst").open_reader("good").read() == b"fine bytes"
+    assert FileSystemArtifactStore(tmp_path / "dst").open_reader("good").read() == fine
 
 
 def test_stats_verify_and_gc_report_chunked_files(tmp_path: Path) -> None:
@@ -773,13 +775,21 @@ def test_stats_verify_and_gc_report_chunked_files(tmp_path: Path) -> None:
     backbone = random_bytes(1_000_000, seed=1)
     for i in range(4):
         content.put_artifact(f"v{i}", io.BytesIO(backbone + random_bytes(300_000, seed=10 + i)))
-    content.put_artifact("small", io.BytesIO(b"tiny"))
+    whole = b"w" * (INLINE_LIMIT + 1)  # below chunking, above INLINE_LIMIT: a whole blob
+    content.put_artifact("small", io.BytesIO(whole))
+    content.put_artifact("tiny", io.BytesIO(b"tiny"))  # kept inside its ref
     store = str(root)
 
     stats = json.loads(run("--store", store, "stats", "--json").stdout)
-    assert (stats["chunked_files"], stats["unique_blobs"], stats["artifacts"]) == (4, 1, 5)
-    assert stats["stored_bytes"] == stats["blob_bytes"] + stats["chunked_bytes"]
-    assert (stats["blob_bytes"], stats["whole_file_bytes"]) == (4, 4 * 1_300_000 + 4)
+    assert (stats["chunked_files"], stats["unique_blobs"], stats["artifacts"]) == (4, 1, 6)
+    assert stats["stored_bytes"] == (
+        stats["blob_bytes"] + stats["chunked_bytes"] + stats["inline_bytes"]
+    )
+    assert (stats["blob_bytes"], stats["inline_bytes"], stats["whole_file_bytes"]) == (
+        len(whole),
+        4,
+        4 * 1_300_000 + len(whole) + 4,
+    )
     assert stats["chunk_dedup_ratio"] > 1.5  # the backbone is stored once, not four times
     human = run("--store", store, "stats").stdout
     assert "chunked files     4 (0 unreferenced)" in human and "whole-file dedup" in human

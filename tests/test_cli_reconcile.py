@@ -9,7 +9,13 @@ from pathlib import Path
 import optuna
 
 from optuna_cas import FileSystemArtifactStore
+from optuna_cas.refs import INLINE_LIMIT
 from tests.test_cli import assert_no_raw_controls, run
+
+# Above INLINE_LIMIT: blobs, which gc can take and a put can bring back. (A small file's
+# content lives only in its ref: tests/operations/test_reconcile.py covers that case.)
+KEPT = b"kept bytes" * (INLINE_LIMIT // 10 + 1)
+LOST = b"lost bytes" * (INLINE_LIMIT // 10 + 1)
 
 
 def dangling_study(tmp_path: Path, make_file: Callable[..., Path]) -> tuple[list[str], str, str]:
@@ -24,12 +30,12 @@ def dangling_study(tmp_path: Path, make_file: Callable[..., Path]) -> tuple[list
     trial = ["--storage", db, "--study", "s", "--trial", "1"]
     ids = [
         run(*store, "-q", "put", str(make_file(data, name=name)), *trial).stdout.split()[-1]
-        for data, name in [(b"kept bytes", "kept.txt"), (b"lost bytes", "lost.txt")]
+        for data, name in [(KEPT, "kept.txt"), (LOST, "lost.txt")]
     ]
     for artifact_id in ids:
         run(*store, "rm", artifact_id)  # no --trial: only the ref goes
     run(*store, "gc", "--grace", "0", "--allow-short-grace")  # both blobs go...
-    run(*store, "put", str(make_file(b"kept bytes")))  # ...and one comes back
+    run(*store, "put", str(make_file(KEPT)))  # ...and one comes back
     return [*store, "verify", "--storage", db, "--study", "s"], ids[0], ids[1]
 
 
@@ -60,7 +66,7 @@ def test_dangling_metadata_exits_1_then_repair_mends_it(
     assert "0 dangling" in run(*verify).stdout  # exit 0: nothing left
     out = tmp_path / "out.txt"
     run("--store", str(tmp_path / "store"), "get", kept, str(out))
-    assert out.read_bytes() == b"kept bytes"
+    assert out.read_bytes() == KEPT
 
 
 def test_json_is_one_document(tmp_path: Path, make_file: Callable[..., Path]) -> None:

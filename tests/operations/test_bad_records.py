@@ -22,12 +22,19 @@ from optuna_cas import download_artifact, gc, stats, sync, upload_artifact, veri
 from optuna_cas.content import blob_key
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, MalformedRecordWarning
-from optuna_cas.refs import ArtifactRef
+from optuna_cas.refs import INLINE_LIMIT, ArtifactRef
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from tests.conftest import random_bytes
 from tests.support.stores import STORE_BUILDERS
 
-GOOD = {"good-1": b"first good artifact", "good-2": b"second good artifact" * 50}
+
+def blob_sized(text: bytes) -> bytes:
+    """``text`` repeated past INLINE_LIMIT: content stored as a blob, not inside its ref."""
+    return text * (INLINE_LIMIT // len(text) + 1)
+
+
+# Blob-sized: these tests are about blobs that bad records must not hide or lose.
+GOOD = {"good-1": blob_sized(b"first good artifact"), "good-2": blob_sized(b"second good artifact")}
 BAD_REF_KINDS = ["malformed", "deep", "huge", "other-id", "fifo", "socket", "directory"]
 
 
@@ -93,7 +100,7 @@ def test_gc_reports_a_bad_ref_and_still_collects(
     store: ContentAddressedArtifactStore, kind: str, tmp_path: Path
 ) -> None:
     with_good_artifacts(store)
-    store.write("dropped", io.BytesIO(b"garbage to collect"))
+    store.write("dropped", io.BytesIO(blob_sized(b"garbage to collect")))
     garbage = blob_key(store.get_ref("dropped").digest)
     store.remove("dropped")
     plant_bad_ref(store, kind, "bad")
@@ -112,7 +119,7 @@ def test_gc_reports_a_bad_ref_and_still_collects(
 def test_gc_keeps_the_blob_a_damaged_ref_still_names(tmp_path: Path) -> None:
     store = optuna_cas.FileSystemArtifactStore(tmp_path / "store")
     with_good_artifacts(store)
-    store.write("damaged", io.BytesIO(b"only the damaged ref names me"))
+    store.write("damaged", io.BytesIO(blob_sized(b"only the damaged ref names me")))
     key = blob_key(store.get_ref("damaged").digest)
     record = (tmp_path / "store" / "refs" / "damaged").read_bytes()
     # Cut the record short right after its digest, as a crashed disk might.
@@ -198,7 +205,7 @@ def test_iter_refs_skips_bad_refs_with_a_warning_by_default(tmp_path: Path) -> N
 def test_fifo_at_a_blob_key_is_reported_by_verify_and_stops_nothing(tmp_path: Path) -> None:
     store = optuna_cas.FileSystemArtifactStore(tmp_path / "store")
     with_good_artifacts(store)
-    store.write("victim", io.BytesIO(b"its blob becomes a FIFO"))
+    store.write("victim", io.BytesIO(blob_sized(b"its blob becomes a FIFO")))
     victim_key = blob_key(store.get_ref("victim").digest)
     stray_key = blob_key(Digest.of_bytes(b"never stored"))
     for key in (victim_key, stray_key):
@@ -227,7 +234,7 @@ def test_fifo_at_a_blob_key_is_reported_by_verify_and_stops_nothing(tmp_path: Pa
 
     quarantined = verify(store, quarantine=True)
     assert sorted(quarantined.quarantined) == sorted([victim_key, stray_key])
-    store.write("again", io.BytesIO(b"its blob becomes a FIFO"))  # re-upload repairs it
+    store.write("again", io.BytesIO(blob_sized(b"its blob becomes a FIFO")))  # re-upload repairs it
     assert verify(store).ok
 
 
@@ -243,7 +250,7 @@ def test_sync_reports_corrupt_source_blobs_and_copies_the_rest(
     with_good_artifacts(src)
     src.write("also-good", io.BytesIO(GOOD["good-1"]))  # shares a blob with good-1
     corrupt = {
-        "corrupt-small": b"small and then corrupted",
+        "corrupt-small": blob_sized(b"small and then corrupted"),
         # Above the S3 multipart threshold: the bad byte arrives after parts were uploaded.
         "corrupt-large": random_bytes(6 * 1024 * 1024, seed=7),
     }
@@ -281,7 +288,8 @@ def test_sync_reports_corrupt_source_blobs_and_copies_the_rest(
 def test_sync_never_overwrites_a_conflicting_destination_ref(tmp_path: Path) -> None:
     src = optuna_cas.FileSystemArtifactStore(tmp_path / "src")
     dst = optuna_cas.FileSystemArtifactStore(tmp_path / "dst")
-    src.write("shared-id", io.BytesIO(b"the source's content"))
+    # Blob-sized, so there is a source blob that must not be copied.
+    src.write("shared-id", io.BytesIO(blob_sized(b"the source's content")))
     src.write("other", io.BytesIO(b"copied as usual"))
     dst.write("shared-id", io.BytesIO(b"the destination's own"))
 
@@ -328,16 +336,20 @@ def upload(store: Any, study_or_trial: Any, path: Path, data: bytes) -> str:
     return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study_or_trial)
 
 
+# A ref naming a blob, and a small file's ref carrying the other content inside it.
+@pytest.mark.parametrize("size", [INLINE_LIMIT + 1, 64], ids=["blob", "inline"])
 def test_download_refuses_a_ref_swapped_to_other_content_of_the_same_size(
-    study: optuna.Study, tmp_path: Path
+    study: optuna.Study, tmp_path: Path, size: int
 ) -> None:
     store = optuna_cas.FileSystemArtifactStore(tmp_path / "store")
     trial = study.ask()
-    mine = upload(store, trial, tmp_path / "mine.bin", b"A" * 64)
-    theirs = upload(store, study, tmp_path / "theirs.bin", b"B" * 64)
-    swapped_to = store.get_ref(theirs).digest
+    mine = upload(store, trial, tmp_path / "mine.bin", b"A" * size)
+    theirs = upload(store, study, tmp_path / "theirs.bin", b"B" * size)
+    swapped = store.get_ref(theirs)
+    swapped_to = swapped.digest
     original = store.get_ref(mine).digest
-    store.content.put_ref(ArtifactRef(artifact_id=mine, digest=swapped_to))  # same size
+    # Same size, and a sound ref in itself: only the metadata's digest tells.
+    store.content.put_ref(ArtifactRef(artifact_id=mine, digest=swapped_to, inline=swapped.inline))
 
     target = tmp_path / "out.bin"
     with pytest.raises(IntegrityError) as error:
@@ -365,11 +377,11 @@ def test_download_refuses_a_ref_swapped_to_other_content_of_the_same_size(
     download_artifact(
         artifact_store=store, file_path=str(target), artifact_id=theirs, study_or_trial=study
     )
-    assert target.read_bytes() == b"B" * 64
+    assert target.read_bytes() == b"B" * size
     # Without a study, the Optuna-compatible call behaves as before (nothing to compare to).
     plain = tmp_path / "plain.bin"
     download_artifact(artifact_store=store, file_path=str(plain), artifact_id=mine)
-    assert plain.read_bytes() == b"B" * 64
+    assert plain.read_bytes() == b"B" * size
 
 
 def test_download_with_study_checks_what_it_can_and_refuses_what_it_cannot(

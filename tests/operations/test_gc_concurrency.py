@@ -59,7 +59,8 @@ def payload(worker: int, n: int, kind: str = "blobs") -> bytes:
 def junk_bytes(worker: int, n: int, kind: str) -> bytes:
     if kind == "chunked":
         return BACKBONE[: 96 * 1024] + random.Random(f"junk-{worker}-{n}").randbytes(512 * 1024)
-    return random.Random(f"junk-{worker}-{n}").randbytes(1024)
+    # Above INLINE_LIMIT (4 KiB): a blob for gc to delete, not content kept inside its ref.
+    return random.Random(f"junk-{worker}-{n}").randbytes(5 * 1024)
 
 
 def uploader(root: str, worker: int, journal: str, kind: str) -> None:

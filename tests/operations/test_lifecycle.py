@@ -17,11 +17,17 @@ from optuna_cas import delete_artifact, gc, get_all_artifact_meta, sync, upload_
 from optuna_cas.backends.local import TEMP_PREFIX
 from optuna_cas.content import blob_key
 from optuna_cas.exceptions import ArtifactNotFound
+from optuna_cas.refs import INLINE_LIMIT
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from tests.conftest import random_bytes
 from tests.support.stores import STORE_BUILDERS
 
 LIFECYCLE_KINDS = ["filesystem", "s3", "gcs", "backoff-s3"]
+
+
+def blob_sized(text: bytes) -> bytes:
+    """``text`` repeated past INLINE_LIMIT: content stored as a blob, not inside its ref."""
+    return text * (INLINE_LIMIT // len(text) + 1)
 
 
 @pytest.fixture(params=LIFECYCLE_KINDS)
@@ -42,11 +48,11 @@ def gc_now(store: ContentAddressedArtifactStore, **kwargs: object) -> optuna_cas
 
 def test_gc_keeps_exactly_the_referenced_blobs(store: ContentAddressedArtifactStore) -> None:
     for name in ["a", "b", "c"]:
-        store.write(f"keep-{name}", io.BytesIO(name.encode() * 100))
-    store.write("shared-1", io.BytesIO(b"shared"))
-    store.write("shared-2", io.BytesIO(b"shared"))
-    store.write("drop-1", io.BytesIO(b"only dropped"))
-    store.write("drop-2", io.BytesIO(b"also dropped" * 10))
+        store.write(f"keep-{name}", io.BytesIO(blob_sized(name.encode())))
+    store.write("shared-1", io.BytesIO(blob_sized(b"shared")))
+    store.write("shared-2", io.BytesIO(blob_sized(b"shared")))
+    store.write("drop-1", io.BytesIO(blob_sized(b"only dropped")))
+    store.write("drop-2", io.BytesIO(blob_sized(b"also dropped") * 2))
     keep = {blob_key(store.get_ref(i).digest) for i in ["keep-a", "keep-b", "keep-c", "shared-1"]}
     dropped = {blob_key(store.get_ref(i).digest) for i in ["drop-1", "drop-2"]}
     for artifact_id in ["drop-1", "drop-2", "shared-2"]:
@@ -58,7 +64,9 @@ def test_gc_keeps_exactly_the_referenced_blobs(store: ContentAddressedArtifactSt
 
     real = gc_now(store)
     assert set(real.deleted) == set(dry.deleted)  # the dry run listed what the real run deletes
-    assert real.bytes_freed == len(b"only dropped") + len(b"also dropped" * 10)
+    assert real.bytes_freed == len(blob_sized(b"only dropped")) + 2 * len(
+        blob_sized(b"also dropped")
+    )
     assert blob_keys(store) == keep
     assert verify(store).ok
     assert gc_now(store).deleted == []
@@ -67,7 +75,7 @@ def test_gc_keeps_exactly_the_referenced_blobs(store: ContentAddressedArtifactSt
 def test_gc_spares_young_blobs_and_refuses_unsafe_grace(
     store: ContentAddressedArtifactStore,
 ) -> None:
-    store.write("x", io.BytesIO(b"young"))
+    store.write("x", io.BytesIO(blob_sized(b"young")))
     store.remove("x")
     report = gc(store)  # default grace: the blob is seconds old
     assert report.deleted == [] and report.kept_young == 1
@@ -77,7 +85,7 @@ def test_gc_spares_young_blobs_and_refuses_unsafe_grace(
 
 def test_gc_removes_stale_temp_files_of_interrupted_local_writes(tmp_path: Path) -> None:
     store = optuna_cas.FileSystemArtifactStore(tmp_path)
-    store.write("a", io.BytesIO(b"x"))
+    store.write("a", io.BytesIO(blob_sized(b"x")))  # blob-sized: it makes the blobs/ directory
     leftover = tmp_path / "blobs" / f"{TEMP_PREFIX}dead-writer"
     leftover.write_bytes(b"partial")
     in_flight = tmp_path / "blobs" / f"{TEMP_PREFIX}live-writer"
@@ -122,30 +130,52 @@ def test_dedup_hit_freshens_an_old_blob(tmp_path: Path) -> None:
     from optuna_cas.content import ContentStore
 
     store = ContentAddressedArtifactStore(ContentStore(LocalBackend(tmp_path), freshen_after=1.0))
-    store.write("a", io.BytesIO(b"reused"))
+    store.write("a", io.BytesIO(blob_sized(b"reused")))
     path = tmp_path / blob_key(store.get_ref("a").digest)
     old = time.time() - 3600
     import os
 
     os.utime(path, (old, old))
     store.remove("a")
-    store.write("b", io.BytesIO(b"reused"))  # dedup hit on an hour-old blob: touched
+    store.write("b", io.BytesIO(blob_sized(b"reused")))  # dedup hit on an hour-old blob: touched
     assert path.stat().st_mtime > old + 3000
     assert gc(store, grace_period=2.0).deleted == []
+
+
+def test_gc_collects_a_blob_only_small_files_refs_share_the_digest_of(tmp_path: Path) -> None:
+    # Written with inline_limit=None, a small file got a blob; the same bytes uploaded since
+    # live inside their ref, which needs no blob: the old blob is garbage once its ref goes.
+    with_blobs = optuna_cas.FileSystemArtifactStore(tmp_path, inline_limit=None)
+    with_blobs.write("old", io.BytesIO(b"tiny"))
+    key = blob_key(with_blobs.get_ref("old").digest)
+    store = optuna_cas.FileSystemArtifactStore(tmp_path)
+    store.write("new", io.BytesIO(b"tiny"))
+    assert store.get_ref("new").inline == b"tiny"
+    store.remove("old")
+
+    figures = optuna_cas.stats(store)
+    assert (figures.unique_blobs, figures.unreferenced_blobs) == (1, 1)
+    assert verify(store).orphans == [key]
+    assert gc_now(store).deleted == [key]  # verify's orphan is what gc collects
+    with store.open_reader("new") as reader:
+        assert reader.read() == b"tiny"
+    assert verify(store).ok and blob_keys(store) == set()
 
 
 # -- verify ---------------------------------------------------------------------------------
 
 
 def test_verify_finds_corrupt_blob_and_missing_blob(store: ContentAddressedArtifactStore) -> None:
-    store.write("good", io.BytesIO(b"good bytes"))
-    store.write("bad", io.BytesIO(b"bad bytes!"))
-    store.write("lost", io.BytesIO(b"lost bytes"))
-    store.write("orphan", io.BytesIO(b"orphan"))
+    store.write("good", io.BytesIO(blob_sized(b"good bytes")))
+    store.write("bad", io.BytesIO(blob_sized(b"bad bytes!")))
+    store.write("lost", io.BytesIO(blob_sized(b"lost bytes")))
+    store.write("orphan", io.BytesIO(blob_sized(b"orphan")))
     bad_key = blob_key(store.get_ref("bad").digest)
     lost_digest = store.get_ref("lost").digest
     backend = store.content.backend
-    backend.write(bad_key, io.BytesIO(b"BAD bytes!"))  # out-of-band: same size, other bytes
+    backend.write(
+        bad_key, io.BytesIO(blob_sized(b"BAD bytes!"))
+    )  # out-of-band: same size, other bytes
     backend.remove(blob_key(lost_digest))  # out-of-band delete
     store.remove("orphan")
 
@@ -161,15 +191,15 @@ def test_verify_finds_corrupt_blob_and_missing_blob(store: ContentAddressedArtif
 
 
 def test_verify_quarantine_lets_reupload_repair(store: ContentAddressedArtifactStore) -> None:
-    store.write("v", io.BytesIO(b"precious"))
+    store.write("v", io.BytesIO(blob_sized(b"precious")))
     key = blob_key(store.get_ref("v").digest)
-    store.content.backend.write(key, io.BytesIO(b"PRECIOUS"))
+    store.content.backend.write(key, io.BytesIO(blob_sized(b"PRECIOUS")))
     report = verify(store, quarantine=True)
     assert report.quarantined == [key]
     assert store.content.backend.exists("quarantine/" + key)
-    store.write("v2", io.BytesIO(b"precious"))  # the same bytes again: a good copy
+    store.write("v2", io.BytesIO(blob_sized(b"precious")))  # the same bytes again: a good copy
     with store.open_reader("v") as reader:
-        assert reader.read() == b"precious"
+        assert reader.read() == blob_sized(b"precious")
     assert verify(store).ok
 
 
@@ -209,13 +239,13 @@ def test_sync_local_to_s3_to_gcs_moves_only_missing_bytes(
 def test_sync_selected_ids_and_corrupt_source(tmp_path: Path) -> None:
     src = optuna_cas.FileSystemArtifactStore(tmp_path / "src")
     dst = optuna_cas.FileSystemArtifactStore(tmp_path / "dst")
-    src.write("one", io.BytesIO(b"first"))
-    src.write("two", io.BytesIO(b"second"))
+    src.write("one", io.BytesIO(blob_sized(b"first")))
+    src.write("two", io.BytesIO(blob_sized(b"second")))
     assert sync(src, dst, artifact_ids=["two"]).refs_copied == ["two"]
     assert list(dst.content.iter_ref_ids()) == ["two"]
     with pytest.raises(ArtifactNotFound, match="nope"):
         sync(src, dst, artifact_ids=["nope"])
-    (tmp_path / "src" / blob_key(src.get_ref("one").digest)).write_bytes(b"FIRST")
+    (tmp_path / "src" / blob_key(src.get_ref("one").digest)).write_bytes(blob_sized(b"FIRST"))
     with pytest.warns(optuna_cas.exceptions.MalformedRecordWarning, match="'one'"):
         report = sync(src, dst)
     assert not report.ok and [artifact_id for artifact_id, _ in report.failed] == ["one"]
@@ -237,10 +267,10 @@ def test_delete_artifact_from_running_trial_then_gc_reclaims(
     store = optuna_cas.FileSystemArtifactStore(tmp_path / "a")
     trial = study.ask()
     kept = upload_artifact(
-        artifact_store=store, file_path=str(make_file(b"kept")), study_or_trial=trial
+        artifact_store=store, file_path=str(make_file(blob_sized(b"kept"))), study_or_trial=trial
     )
     gone = upload_artifact(
-        artifact_store=store, file_path=str(make_file(b"gone")), study_or_trial=trial
+        artifact_store=store, file_path=str(make_file(blob_sized(b"gone"))), study_or_trial=trial
     )
     delete_artifact(artifact_store=store, artifact_id=gone, study_or_trial=trial)
     assert [m.artifact_id for m in get_all_artifact_meta(trial)] == [kept]
@@ -281,6 +311,8 @@ def test_delete_artifact_of_finished_trial_and_of_study(
     )
     delete_artifact(artifact_store=store, artifact_id=plot, study_or_trial=study)
     assert get_all_artifact_meta(study) == []
+    # Small files: their content went with their refs, so gc has nothing to reclaim.
+    assert list(store.content.iter_blobs()) == [] and gc_now(store).deleted_count == 0
 
 
 def test_delete_after_dashboard_removed_the_ref(

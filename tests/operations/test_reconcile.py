@@ -22,10 +22,19 @@ from optuna_cas import (
 )
 from optuna_cas.digest import Digest
 from optuna_cas.operations.reconcile import CATEGORIES, Finding
-from optuna_cas.refs import ArtifactRef
+from optuna_cas.refs import INLINE_LIMIT, ArtifactRef
 from tests.conftest import random_bytes
 from tests.support.stores import STORE_BUILDERS
 from tests.test_malformed_metadata import BAD, meta_json
+
+
+def blob_sized(text: bytes) -> bytes:
+    """``text`` repeated past INLINE_LIMIT: content stored as a blob, not inside its ref.
+
+    A ref is rebuilt from the metadata only if the blob it names is still stored; a small
+    file's content lives only inside its ref (see the test on small files below).
+    """
+    return text * (INLINE_LIMIT // len(text) + 1)
 
 
 @pytest.fixture(params=["inmemory", "sqlite"])
@@ -116,7 +125,7 @@ def test_removed_ref_whose_blob_is_gone_gets_the_dashboards_tombstone(
 ) -> None:
     trial = study.ask()
     kept = upload(trial, b"kept")
-    lost = upload(trial, b"lost")
+    lost = upload(trial, blob_sized(b"lost"))
     store.remove(lost)
     collect_all(store)
 
@@ -138,13 +147,13 @@ def test_finished_trial_deletion_is_recorded_on_the_study(
     study: optuna.Study, store: FileSystemArtifactStore, upload: Callable[..., str]
 ) -> None:
     trial = study.ask()
-    lost = upload(trial, b"lost")
-    rebuildable = upload(trial, b"still stored")
+    lost = upload(trial, blob_sized(b"lost"))
+    rebuildable = upload(trial, blob_sized(b"still stored"))
     study.tell(trial, 1.0)  # finished: Optuna refuses any change to its attributes
     store.remove(lost)
     store.remove(rebuildable)
     collect_all(store)
-    store.content.put_blob(io.BytesIO(b"still stored"))  # this one's bytes are back
+    store.content.put_blob(io.BytesIO(blob_sized(b"still stored")))  # this one's bytes are back
 
     report = reconcile(store, study)
     assert found(report.lost) == [(lost, 0)] and found(report.repairable) == [(rebuildable, 0)]
@@ -165,7 +174,7 @@ def test_finished_trial_deletion_is_recorded_on_the_study(
 def test_plain_remove_of_a_study_artifact_dangles(
     study: optuna.Study, store: FileSystemArtifactStore, upload: Callable[..., str]
 ) -> None:
-    artifact_id = upload(study, b"study-level")
+    artifact_id = upload(study, blob_sized(b"study-level"))
     store.remove(artifact_id)  # `optuna-cas rm ID` without --study/--trial
     report = reconcile(store, study)
     assert found(report.repairable) == [(artifact_id, None)] and not report.ok
@@ -190,7 +199,7 @@ def test_conflicting_ref_is_reported_and_left_alone(
 def test_damaged_ref_is_rebuilt_from_the_metadata(
     study: optuna.Study, store: FileSystemArtifactStore, upload: Callable[..., str], tmp_path: Path
 ) -> None:
-    artifact_id = upload(study.ask(), b"bytes to keep")
+    artifact_id = upload(study.ask(), blob_sized(b"bytes to keep"))
     (tmp_path / "artifacts" / "refs" / artifact_id).write_bytes(b"[" * 100_000)
     report = reconcile(store, study)
     assert found(report.repairable) == [(artifact_id, 0)]
@@ -198,13 +207,37 @@ def test_damaged_ref_is_rebuilt_from_the_metadata(
     assert reconcile(store, study, repair=True).ok
     out = tmp_path / "out"
     download_artifact(artifact_store=store, file_path=str(out), artifact_id=artifact_id)
-    assert out.read_bytes() == b"bytes to keep"
+    assert out.read_bytes() == blob_sized(b"bytes to keep")
+
+
+def test_a_small_files_removed_or_damaged_ref_cannot_be_rebuilt(
+    study: optuna.Study, store: FileSystemArtifactStore, upload: Callable[..., str], tmp_path: Path
+) -> None:
+    # Its bytes were only inside the ref: the artifact is lost with it, correctly.
+    trial = study.ask()
+    kept = upload(trial, b"small and kept")
+    removed = upload(trial, b"small, ref removed")
+    damaged = upload(trial, b"small, ref damaged")
+    assert list(store.content.iter_blobs()) == []
+    store.remove(removed)
+    (tmp_path / "artifacts" / "refs" / damaged).write_bytes(b"[" * 100_000)
+
+    report = reconcile(store, study)
+    assert found(report.consistent) == [(kept, 0)] and report.repairable == []
+    assert found(report.lost) == [(removed, 0)] and "is not stored" in report.lost[0].reason
+    assert found(report.conflicts) == [(damaged, 0)]
+    assert "nothing to rebuild the ref from" in report.conflicts[0].reason
+
+    repaired = reconcile(store, study, repair=True)
+    assert repaired.rebuilt == [] and found(repaired.deleted) == [(removed, 0)]
+    assert found(repaired.conflicts) == [(damaged, 0)]  # left for a human: never hidden
+    assert [m.artifact_id for m in get_all_artifact_meta(trial)] == [kept, damaged]
 
 
 def test_ref_present_but_blob_missing_is_reported(
     study: optuna.Study, store: FileSystemArtifactStore, upload: Callable[..., str]
 ) -> None:
-    artifact_id = upload(study.ask(), b"vanishing")
+    artifact_id = upload(study.ask(), blob_sized(b"vanishing"))
     store.content.remove_blob(store.get_ref(artifact_id).digest)  # out-of-band delete
     for repair in (False, True):
         report = reconcile(store, study, repair=repair)
@@ -303,13 +336,15 @@ def test_repair_of_a_mixed_study_is_idempotent(
     study: optuna.Study, store: FileSystemArtifactStore, upload: Callable[..., str]
 ) -> None:
     running, finished = study.ask(), study.ask()
-    ids = [upload(t, bytes([i]) * 10) for i, t in enumerate([running, finished, study, running])]
+    ids = [
+        upload(t, blob_sized(bytes([i]))) for i, t in enumerate([running, finished, study, running])
+    ]
     study.tell(finished, 0.0)
     delete_artifact(artifact_store=store, artifact_id=ids[3], study_or_trial=running)
     for artifact_id in ids[:3]:
         store.remove(artifact_id)
     collect_all(store)
-    store.content.put_blob(io.BytesIO(bytes([1]) * 10))  # the finished trial's bytes are back
+    store.content.put_blob(io.BytesIO(blob_sized(bytes([1]))))  # the finished trial's are back
 
     first = reconcile(store, study, repair=True)
     assert first.ok
@@ -331,7 +366,7 @@ def test_blob_collected_while_its_ref_is_rebuilt_leaves_no_dangling_ref(
     upload: Callable[..., str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    artifact_id = upload(study.ask(), b"about to be collected")
+    artifact_id = upload(study.ask(), blob_sized(b"about to be collected"))
     digest = store.get_ref(artifact_id).digest
     store.remove(artifact_id)
     put_ref = store.content.put_ref
@@ -374,7 +409,7 @@ def test_repair_on_every_kind_of_store(
         upload_artifact(
             artifact_store=remote, file_path=str(make_file(d, name=n)), study_or_trial=trial
         )
-        for d, n in [(data, "kept.bin"), (b"lost", "lost.bin")]
+        for d, n in [(data, "kept.bin"), (blob_sized(b"lost"), "lost.bin")]
     ]
     lost_digest = remote.get_ref(ids[1]).digest
     for artifact_id in ids:

@@ -38,7 +38,7 @@ BACKBONE = _rand(1024 * 1024, "backbone")
 FILES = {
     "a": BACKBONE + _rand(300 * 1024, "a"),
     "b": b"header" + BACKBONE + _rand(200 * 1024, "b"),
-    "small": b"a whole blob",
+    "small": b"a whole blob" * 400,  # below chunking, above INLINE_LIMIT: a blob
 }
 
 

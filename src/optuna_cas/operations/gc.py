@@ -208,7 +208,8 @@ def gc(
     bad = BadRecords()
     for ref in content.iter_refs(on_bad=bad):
         report.refs_scanned += 1
-        referenced.add(ref.digest.hexdigest)
+        if ref.inline is None:  # a small file's ref holds its content: it needs no blob
+            referenced.add(ref.digest.hexdigest)
     report.bad_refs = sorted(bad.reasons)
     bad.warn("gc", content.describe(), "refs")
     for artifact_id in report.bad_refs:

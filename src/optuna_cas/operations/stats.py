@@ -133,6 +133,7 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
     blobs = {info.hexdigest: info.stored_size for info in content.iter_blobs()}
     chunked = ChunkListing.of(content.chunks)
     manifests = {m.hexdigest for m in chunked.manifests}
+    # As gc counts them: a small file's ref holds its content and needs no blob or manifest.
     distinct = {ref.digest.hexdigest: ref.size for ref in refs if ref.inline is None}
     blob_bytes = sum(blobs.values())
     inline_bytes = sum(ref.size for ref in refs if ref.inline is not None)
