@@ -225,6 +225,7 @@ def test_a_small_files_removed_or_damaged_ref_cannot_be_rebuilt(
     report = reconcile(store, study)
     assert found(report.consistent) == [(kept, 0)] and report.repairable == []
     assert found(report.lost) == [(removed, 0)] and "is not stored" in report.lost[0].reason
+    assert "kept inside its ref, and went with it" in report.lost[0].reason
     assert found(report.conflicts) == [(damaged, 0)]
     assert "nothing to rebuild the ref from" in report.conflicts[0].reason
 

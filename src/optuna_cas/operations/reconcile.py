@@ -23,7 +23,7 @@ from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, OptunaCasError
 from optuna_cas.operations._reconcile_report import CATEGORIES, Finding, ReconcileReport
 from optuna_cas.operations._study_metadata import MetadataEntry, read_study_metadata
-from optuna_cas.refs import ArtifactRef
+from optuna_cas.refs import INLINE_LIMIT, ArtifactRef
 from optuna_cas.refstore import RefStore
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
@@ -175,6 +175,8 @@ def _check(
         no_ref += "; its blob was collected during the repair"
     elif recorded is not None:
         no_ref += f" and its blob {recorded} is not stored"
+        if recorded.size <= INLINE_LIMIT:
+            no_ref += " (content this small is kept inside its ref, and went with it)"
     else:
         no_ref += " and the metadata records no digest (written by Optuna or optuna-dashboard)"
     if damage is not None:  # the ref may still be mended by hand; never hide the artifact
