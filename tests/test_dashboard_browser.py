@@ -29,8 +29,11 @@ RED = (255, 0, 0)
 SIDE = 64  # the artifact is a SIDE x SIDE solid red PNG
 
 
-def make_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    """A solid-colour 8-bit RGB PNG, built by hand (no imaging library needed)."""
+def make_png(width: int, height: int, rgb: tuple[int, int, int], comment: bytes = b"") -> bytes:
+    """A solid-colour 8-bit RGB PNG, built by hand (no imaging library needed).
+
+    ``comment`` goes into a tEXt chunk, which viewers ignore.
+    """
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data)
@@ -42,6 +45,7 @@ def make_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
         + chunk(b"IDAT", zlib.compress(rows))
+        + (chunk(b"tEXt", b"Comment\x00" + comment) if comment else b"")
         + chunk(b"IEND", b"")
     )
 
@@ -153,7 +157,9 @@ def _read_lines(stream: object, lines: queue.Queue[str]) -> None:
 @pytest.fixture
 def dashboard(tmp_path: Path) -> Iterator[Dashboard]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    png = make_png(SIDE, SIDE, RED)
+    # Past 4 KiB with a comment, so that the two trials share one blob (smaller files live
+    # inside their refs).
+    png = make_png(SIDE, SIDE, RED, comment=b"padding " * 700)
     source = tmp_path / "red.png"
     source.write_bytes(png)
     storage_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
