@@ -31,7 +31,8 @@ from optuna_cas.stores.base import ContentAddressedArtifactStore
 from optuna_cas.testing.faults import FaultProxy
 
 BUCKET = "bench-lifecycle"
-SMALL = KiB
+# Small, but above INLINE_LIMIT (4 KiB): each distinct content has a blob for gc and verify.
+SMALL = 8 * KiB
 
 
 class _Requests:
@@ -55,7 +56,7 @@ def _gc(store: ContentAddressedArtifactStore) -> optuna_cas.GcReport:
 
 
 def _populate(store: ContentAddressedArtifactStore, n: int, seed: int) -> list[str]:
-    """Write ``n`` 1 KiB artifacts, 30% duplicates; return the 10% to remove.
+    """Write ``n`` artifacts of SMALL bytes, 30% duplicates; return the 10% to remove.
 
     Those 10% hold content no other artifact shares, so removing them orphans 10% of the blobs.
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 from pathlib import Path
 from typing import Any
@@ -259,10 +260,13 @@ def _small_files(cfg: Config, client: Any, data: Path) -> Section:
         path.write_bytes(rng.bytes(size))
         files.append(str(path))
     requests: dict[str, int] = {}
+    kinds: dict[str, collections.Counter[str]] = {}
     calls = [0]
+    names: collections.Counter[str] = collections.Counter()
 
-    def count_call(**_: Any) -> None:
+    def count_call(model: Any, **_: Any) -> None:
         calls[0] += 1
+        names[model.name] += 1
 
     client.meta.events.register("before-call.s3", count_call)
     counter = itertools.count()
@@ -280,6 +284,7 @@ def _small_files(cfg: Config, client: Any, data: Path) -> Section:
         )
         state[f"{name}-study"] = optuna.create_study()
         calls[0] = 0
+        names.clear()
 
     def upload(name: str, upload_artifact: Any) -> None:
         state[f"{name}-ids"] = [
@@ -291,6 +296,7 @@ def _small_files(cfg: Config, client: Any, data: Path) -> Section:
 
     def after_upload(name: str) -> None:
         requests[f"{name}-up"] = calls[0]
+        kinds[name] = collections.Counter(names)
         calls[0] = 0
 
     def download(name: str, download_artifact: Any) -> None:
@@ -382,7 +388,13 @@ def _small_files(cfg: Config, client: Any, data: Path) -> Section:
             f"{fmt_times(down['ours'])}, ours with blobs {fmt_times(down['ours-blobs'])}, "
             f"Optuna {fmt_times(down['optuna'])}. "
             "Requests are the S3 API calls the client made (retries not counted), in the "
-            "last round.",
+            "last round; per upload: "
+            + "; ".join(
+                f"{name} "
+                + ", ".join(f"{op} {n / count:.2f}" for op, n in sorted(kinds[name].items()))
+                for name in contenders
+            )
+            + ".",
             "A file of at most 4 KiB lives inside its ref (docs/concepts.md): an upload is "
             "one PUT of the ref and a download one GET, verified against the ref's digest. A "
             "larger file costs its blob's PUT and two HEADs besides (is it stored; after the ref, "
