@@ -398,7 +398,8 @@ def _small_files(cfg: Config, client: Any, data: Path) -> Section:
             "A file of at most 4 KiB lives inside its ref (docs/concepts.md): an upload is "
             "one PUT of the ref and a download one GET, verified against the ref's digest. A "
             "larger file costs its blob's PUT and two HEADs besides (is it stored; after the ref, "
-            "is it still there: gc's race), and a download two GETs.",
+            "is it still there: gc's race), a third when this process uploaded the same file "
+            "before (here: in earlier rounds, to another store), and a download two GETs.",
         ],
     )
 
