@@ -37,6 +37,10 @@ S3 does not offer for this, it cannot be removed. Pick a longer ``grace_period``
 your workers can stall for hours. The concurrency test (two uploaders, gc in a loop, every
 re-used blob racing gc) checks the rest.
 
+A file of at most ``INLINE_LIMIT`` bytes (4 KiB) is kept inside its ref and has no blob: its
+upload writes R alone, so there is no B to lose, and such a ref protects no blob (a blob
+holding the same bytes, written by an older release, is collected like any other).
+
 Chunked content: manifests, packs and index objects
 ---------------------------------------------------
 A file of at least ``chunk_threshold`` bytes is stored as content-defined chunks in *packs*
