@@ -82,6 +82,39 @@ def set_value_filename(cache_dir: Path, filename: str, key: str | None = None) -
 # -- rows naming files outside the cache ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("planted", ["symlink", "file"])
+def test_an_entry_planted_where_a_value_subdirectory_goes_is_skipped_never_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str
+) -> None:
+    from optuna_cas.middleware._cache_files import ConfinedDisk
+
+    cache_dir = tmp_path / "cache"
+    cache = DiskBlobCache(cache_dir, size_limit=64 * MiB)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if planted == "symlink":
+        (cache_dir / "ab").symlink_to(outside, target_is_directory=True)
+    else:
+        (cache_dir / "ab").write_bytes(b"not a directory")
+    # diskcache draws value-file names at random; make the first draw land under the plant.
+    draws = iter([f"ab/cd/{'0' * 28}.val"])
+    real_filename = ConfinedDisk.filename
+
+    def filename(self: ConfinedDisk, key: object = None, value: object = None) -> object:
+        name = next(draws, None)
+        if name is None:
+            return real_filename(self, key, value)
+        return name, str(cache_dir / name)
+
+    monkeypatch.setattr(ConfinedDisk, "filename", filename)
+    blob = CountingFetch(random_bytes(200 * KiB, seed=3))
+    for _ in range(2):
+        assert read_through(cache, blob, "open", tmp_path) == blob.data
+    assert blob.calls == 1  # cached by the first read, under another name
+    assert list(outside.iterdir()) == []
+    assert not value_filename(cache_dir).startswith("ab/")
+
+
 @pytest.mark.parametrize("via", ["open", "materialize"])
 @pytest.mark.parametrize("where", ["dotdot", "absolute", "symlinked-subdirectory"])
 def test_row_naming_a_file_outside_is_never_opened_or_deleted(
@@ -169,6 +202,19 @@ def test_entry_edited_after_its_check_is_never_served(tmp_path: Path, how: str) 
 
 def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def _open_fds() -> set[tuple[int, str]]:
+    """Descriptors open now, with what each names: a new pair after an operation is a leak.
+
+    (Counts alone misread a descriptor an unrelated finalizer closes meanwhile as "none
+    leaked" or, the other way, fail.)
+    """
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is closed by now
+            fds.add((int(name), os.readlink(f"/proc/self/fd/{name}")))
+    return fds
 
 
 def _plant(path: Path, kind: str) -> None:

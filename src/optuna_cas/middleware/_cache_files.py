@@ -107,11 +107,13 @@ class ConfinedDisk(diskcache.Disk):  # type: ignore[misc]
         """
         if not isinstance(value, FillTemp):
             return super().store(value, read, key=key)  # only the size-0 eviction marker
-        filename, _ = self.filename(key, value)
-        first, second, name = filename.split(os.sep)
         for attempt in range(10):
+            filename, _ = self.filename(key, value)
+            first, second, name = filename.split(os.sep)
             # Another process evicting the last file of a subdirectory removes the
             # subdirectory, possibly between our mkdir and rename: retry, as diskcache does.
+            # A symlink or file planted where a subdirectory goes is never followed: the
+            # walk refuses it (ELOOP, ENOTDIR), and another random name is drawn.
             try:
                 with (
                     walk(self._root, (TEMP_DIR,)) as temps,
@@ -119,8 +121,12 @@ class ConfinedDisk(diskcache.Disk):  # type: ignore[misc]
                 ):
                     os.rename(value.name, name, src_dir_fd=temps, dst_dir_fd=target)
                 break
-            except FileNotFoundError:
-                if attempt == 9:
+            except OSError as e:
+                gone_or_planted = isinstance(e, FileNotFoundError) or e.errno in (
+                    errno.ELOOP,
+                    errno.ENOTDIR,
+                )
+                if attempt == 9 or not gone_or_planted:
                     raise
         return value.size, diskcache.core.MODE_BINARY, filename, None
 
