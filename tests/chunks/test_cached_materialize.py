@@ -16,6 +16,7 @@ from optuna_cas.chunks.layout import PACK_PREFIX, pack_key
 from optuna_cas.content import ContentStore
 from optuna_cas.exceptions import ArtifactNotFound
 from optuna_cas.middleware.blob_cache import DiskBlobCache
+from tests.support.fds import new_fds, open_fds
 
 THRESHOLD = 256 * 1024
 SIZE = 3 * 1024 * 1024 + 5
@@ -191,7 +192,7 @@ def test_chunked_uploads_that_offer_packs_to_the_cache_leak_no_descriptor(tmp_pa
     cache = DiskBlobCache(tmp_path / "cache", size_limit=2**30)
     store = ContentStore(MemoryBackend(), blob_cache=cache, chunk_threshold=THRESHOLD)
     store.put_artifact("warm-up", io.BytesIO(_rand(SIZE, 50)))  # this thread's own connection
-    before = len(os.listdir("/proc/self/fd"))
+    before = open_fds()
     for i in range(5):  # each sends its packs from a new thread, which offers them to the cache
         store.put_artifact(f"a{i}", io.BytesIO(_rand(SIZE, 51 + i)))
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert new_fds(before) == set()

@@ -21,6 +21,7 @@ from optuna_cas.content import ContentStore
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound
 from optuna_cas.middleware.blob_cache import DiskBlobCache
+from tests.support.fds import new_fds, open_fds
 
 THRESHOLD = 256 * 1024
 PART = 3 * 1024 * 1024 + 5
@@ -127,10 +128,10 @@ def test_prefetching_downloads_leak_no_descriptor(
     data, digest, first_use = spread
     worker, _, cache = _worker(tmp_path)
     worker.materialize_blob(digest, tmp_path / "warm-up")  # this thread's own connection
-    before = len(os.listdir("/proc/self/fd"))
+    before = open_fds()
     for i in range(4):  # each starts a prefetch thread, which opens its own connection
         for pack in first_use:
             cache.discard(pack)
         worker.materialize_blob(digest, tmp_path / f"out{i}")
         assert (tmp_path / f"out{i}").read_bytes() == data
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert new_fds(before) == set()

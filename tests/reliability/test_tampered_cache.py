@@ -204,19 +204,6 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _open_fds() -> set[tuple[int, str]]:
-    """Descriptors open now, with what each names: a new pair after an operation is a leak.
-
-    (Counts alone misread a descriptor an unrelated finalizer closes meanwhile as "none
-    leaked" or, the other way, fail.)
-    """
-    fds = set()
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # the listing's own descriptor is closed by now
-            fds.add((int(name), os.readlink(f"/proc/self/fd/{name}")))
-    return fds
-
-
 def _plant(path: Path, kind: str) -> None:
     """Put a ``kind`` special file where the value file ``path`` is (if not there already)."""
     mode = os.lstat(path).st_mode

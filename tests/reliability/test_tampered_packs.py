@@ -51,11 +51,11 @@ from tests.reliability.test_tampered_cache import (
     _FD_NUMBER,
     _fd_count,
     _Messages,
-    _open_fds,
     _plant,
     set_value_filename,
     value_filename,
 )
+from tests.support.fds import new_fds, open_fds
 
 pytestmark = pytest.mark.reliability
 
@@ -341,9 +341,9 @@ def test_a_tampered_pack_lost_from_the_store_fails_cleanly(tmp_path: Path) -> No
     attacker = _Attacker(tmp_path, store, digest)
     attacker.plant("flip", 1)
     store.backend.remove(pack_key(attacker.packs[1]))
-    before = _open_fds()
+    before = open_fds()
     with pytest.raises(ArtifactNotFound, match=str(attacker.packs[1])) as raised:
         store.materialize_blob(digest, out / "lost")
-    assert _open_fds() - before == set()
+    assert new_fds(before) == set()
     assert not _FD_NUMBER.search(str(raised.value))
     assert os.listdir(out) == ["fill"]
