@@ -228,15 +228,18 @@ def test_small_file_changed_while_read_is_refused(tmp_path: Path, monkeypatch) -
 
     path = tmp_path / "f"
     path.write_bytes(b"version 1")
-    real_pread = os.pread
+    real_preadv = os.preadv
+    appended = []
 
-    def pread_then_append(fd: int, n: int, offset: int) -> bytes:
-        data = real_pread(fd, n, offset)
-        with open(path, "ab") as g:  # the training loop appends meanwhile
-            g.write(b" and more")
-        return data
+    def preadv_then_append(fd: int, buffers: list[memoryview], offset: int) -> int:
+        n = real_preadv(fd, buffers, offset)
+        if not appended:  # the training loop appends once meanwhile
+            with open(path, "ab") as g:
+                g.write(b" and more")
+            appended.append(True)
+        return n
 
-    monkeypatch.setattr(content_module.os, "pread", pread_then_append)
+    monkeypatch.setattr(content_module.os, "preadv", preadv_then_append)
     store = ContentStore(LocalBackend(tmp_path / "s"))
     with pytest.raises(IntegrityError, match="changed while it was being uploaded"):
         store.put_artifact("a", path)

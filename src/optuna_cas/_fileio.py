@@ -35,6 +35,7 @@ __all__ = [
     "open_regular_file_stat",
     "publish_new_file",
     "pwrite_all",
+    "read_up_to",
     "real_fileno",
     "temp_beside",
 ]
@@ -382,6 +383,31 @@ def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     done = 0
     while done < len(view):
         done += os.pwrite(fd, view[done:], offset + done)
+
+
+def read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """Read ``size`` bytes from ``stream``, fewer only at EOF (raw streams return short reads).
+
+    Returns ``bytes``, not ``bytearray``: the SDKs send ``bytes`` bodies without copying them.
+
+    Raises:
+        TypeError: ``stream`` is a text stream.
+
+    Example:
+        >>> read_up_to(io.BytesIO(b"abcdef"), 4), read_up_to(io.BytesIO(b"ab"), 4)
+        (b'abcd', b'ab')
+    """
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        chunk = stream.read(remaining)
+        if not chunk:
+            break
+        if isinstance(chunk, str):
+            raise TypeError("content_body must be a binary stream, got a text stream")
+        chunks.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
+        remaining -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class PositionalReader(io.RawIOBase):

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from optuna_cas._fileio import copy_to_spool, materialize
+from optuna_cas._fileio import PositionalReader, copy_to_spool, materialize, read_up_to
 from optuna_cas._validation import validate_artifact_id
 from optuna_cas.backends.base import Backend
 from optuna_cas.blobstore import (
@@ -222,23 +222,21 @@ class ContentStore(BlobStore, RefStore):
         limit = self.inline_limit
         if limit is None or src.size_hint > limit:
             return None
-        data = bytearray()
         # Pseudo-files (size 0 in stat) may hold more: read one byte past the limit to know.
-        while len(data) <= limit and (
-            piece := os.pread(src.fd, limit + 1 - len(data), src.start + len(data))
-        ):
-            data += piece
+        reader = io.BufferedReader(PositionalReader(src.fd, src.start), limit + 1)
+        data = read_up_to(reader, limit + 1)
         if len(data) > limit:
             return None
         src.check_unchanged()
-        return bytes(data)
+        return data
 
     def _small_stream(self, source: BinaryIO) -> bytes | None:
         """All of a stream from its position if that is at most ``inline_limit`` bytes.
 
         The stream is then left at its end; otherwise where it was.
         """
-        if self.inline_limit is None:
+        limit = self.inline_limit
+        if limit is None:
             return None
         file_source = FileSource.of_stream(source)
         if file_source is not None:
@@ -247,13 +245,9 @@ class ContentStore(BlobStore, RefStore):
                 source.seek(file_source.start + len(small))
             return small
         start = source.tell()
-        data = bytearray()
-        while len(data) <= self.inline_limit and (
-            piece := source.read(self.inline_limit + 1 - len(data))
-        ):
-            data += piece
-        if len(data) <= self.inline_limit:
-            return bytes(data)
+        data = read_up_to(source, limit + 1)
+        if len(data) <= limit:
+            return data
         source.seek(start)
         return None
 

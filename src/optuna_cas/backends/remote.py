@@ -34,6 +34,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, ClassVar, NoReturn, TypeVar
 
+from optuna_cas._fileio import read_up_to
 from optuna_cas._validation import validate_key, validate_prefix
 from optuna_cas.backends.base import ObjectInfo, RequestRunner, run_once
 from optuna_cas.backends.remote_io import (
@@ -43,7 +44,6 @@ from optuna_cas.backends.remote_io import (
     PartReader,
     PartSender,
     PartUpload,
-    read_up_to,
     remaining_size,
 )
 from optuna_cas.backends.window import check_range

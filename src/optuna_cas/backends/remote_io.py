@@ -32,7 +32,6 @@ __all__ = [
     "PartReader",
     "PartSender",
     "PartUpload",
-    "read_up_to",
     "remaining_size",
 ]
 
@@ -40,31 +39,6 @@ __all__ = [
 _COMPACT_REST = 1024 * 1024
 # A last part at most this fraction of a part is copied out, so its buffer can be reused.
 _TAIL_FRACTION = 4
-
-
-def read_up_to(stream: BinaryIO, size: int) -> bytes:
-    """Read ``size`` bytes from ``stream``, fewer only at EOF (raw streams return short reads).
-
-    Returns ``bytes``, not ``bytearray``: the SDKs send ``bytes`` bodies without copying them.
-
-    Raises:
-        TypeError: ``stream`` is a text stream.
-
-    Example:
-        >>> read_up_to(io.BytesIO(b"abcdef"), 4), read_up_to(io.BytesIO(b"ab"), 4)
-        (b'abcd', b'ab')
-    """
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining > 0:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break
-        if isinstance(chunk, str):
-            raise TypeError("content_body must be a binary stream, got a text stream")
-        chunks.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
-        remaining -= len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def remaining_size(stream: BinaryIO) -> int | None:
