@@ -8,12 +8,16 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import optuna_cas.chunks.store as chunk_store
 from optuna_cas.backends.local import LocalBackend
-from optuna_cas.chunks.assemble import assemble_from_cache
+from optuna_cas.chunks.assemble import assemble_from_cache, contiguous_runs
 from optuna_cas.chunks.layout import PACK_PREFIX, pack_key
+from optuna_cas.chunks.table import MANIFEST_MAGIC, TableBuilder, parse_table
 from optuna_cas.content import ContentStore
+from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound
 from optuna_cas.middleware.blob_cache import DiskBlobCache
 from tests.support.fds import new_fds, open_fds
@@ -196,3 +200,30 @@ def test_chunked_uploads_that_offer_packs_to_the_cache_leak_no_descriptor(tmp_pa
     for i in range(5):  # each sends its packs from a new thread, which offers them to the cache
         store.put_artifact(f"a{i}", io.BytesIO(_rand(SIZE, 51 + i)))
     assert new_fds(before) == set()
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 40), st.integers(1, 9)),
+        max_size=30,
+    )
+)
+def test_contiguous_runs_cover_the_entries_in_order(
+    entries: list[tuple[int, int, int]],
+) -> None:
+    """Each run joins entries that lie back to back in one pack, and only those."""
+    builder = TableBuilder(MANIFEST_MAGIC)
+    for pack in range(3):
+        builder.pack_number(Digest.of_bytes(bytes([pack]) * 64))
+    for pack, offset, length in entries:
+        builder.add(Digest.of_bytes(bytes(length)), pack, offset)
+    size = sum(length for _, _, length in entries)
+    table = parse_table(builder.to_bytes(Digest.of_bytes(bytes(size))), "m", MANIFEST_MAGIC)
+
+    expected: list[list[int]] = []
+    for pack, offset, length in entries:
+        if expected and expected[-1][0] == pack and sum(expected[-1][1:]) == offset:
+            expected[-1][2] += length
+        else:
+            expected.append([pack, offset, length])
+    assert list(contiguous_runs(table)) == [tuple(run) for run in expected]
