@@ -381,13 +381,21 @@ def _section(
     )
     if vs_cp > 1.25:
         section.notes.append(
-            "Why the cached-read target is missed: a cached read is one kernel copy of the "
-            "file, as `cp` is, plus the ref GET (about 8 ms on this moto: 0.1x of `cp`'s time "
-            "here by itself), the check and some Python. The check costs little now: a second "
-            "thread hashes the copy as it lands (256 MiB, 15 interleaved rounds outside this "
-            "run: copy alone 0.113 s, copy with the trailing hash 0.119 s, copy then hash "
-            "0.156 s). Profiled once (cProfile, 0.127 s in all): `copy_file_range` 0.101 s, "
-            "the ref GET 0.009 s, the hashing thread's tail 0.005 s, reading the manifest's "
-            "runs 0.005 s."
+            "Why the cached-read target is missed: a cached read is kernel copies of the "
+            "file's runs out of the cached packs, a second thread hashing the copy as it lands, "
+            "plus the ref GET (5-9 ms on this moto) and some Python. Copying out of 8 packs is "
+            "slower than `cp` of one file, mostly because each pack's bytes land at another "
+            "offset modulo a page than they sit at in the pack (the kernel then copies each "
+            "page in two pieces). Measured outside this run (2026-11-28, 256 MiB, 11 rotated rounds, no "
+            "moto; copy with the trailing hash): the 8 cached packs back to back 0.118 s; the "
+            "same bytes from one file written from them 0.097 s, and from the original file in "
+            "the same 8 pieces at equal offsets 0.103 s; `cp` 0.092 s. Without the hash: 8 "
+            "packs 0.101 s, one file 0.089 s. Rewriting the packs with 64 KiB to 64 MiB "
+            "writes changed nothing (0.112-0.123 s). Reading the runs now takes one pass over "
+            "the manifest (about 5 ms of a 0.12 s read saved at 256 MiB). Tried and not kept: "
+            "starting the copy before the ref GET answers, from a remembered "
+            "artifact-to-digest hint: on 2 cores the loopback GET's CPU slowed the copy by as "
+            "much as the overlap saved (median 0.136 s with it; 0.120 s and 0.130 s in the "
+            "runs just before and after without it), and it needed a second index database."
         )
     return section
