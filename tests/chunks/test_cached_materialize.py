@@ -15,6 +15,7 @@ import optuna_cas.chunks.store as chunk_store
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.chunks.assemble import assemble_from_cache, contiguous_runs
 from optuna_cas.chunks.layout import PACK_PREFIX, pack_key
+from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.table import MANIFEST_MAGIC, TableBuilder, parse_table
 from optuna_cas.content import ContentStore
 from optuna_cas.digest import Digest
@@ -227,3 +228,28 @@ def test_contiguous_runs_cover_the_entries_in_order(
         else:
             expected.append([pack, offset, length])
     assert list(contiguous_runs(table)) == [tuple(run) for run in expected]
+
+
+def test_each_pack_starts_at_its_first_chunks_file_offset_modulo_a_page(tmp_path: Path) -> None:
+    """Runs then copy page for page (see PackWriter._open_pack); the lead is zeros no entry names."""
+    backend = LocalBackend(tmp_path)
+    writer = PackWriter(backend, TableBuilder(MANIFEST_MAGIC), pack_target=10_000)
+    chunks = [_rand(size, seed) for seed, size in enumerate([3000, 5001, 4097, 2500, 7000, 1234])]
+    for data in chunks:
+        writer.add_new(Digest.of_bytes(data), memoryview(data))
+    writer.finish()
+    whole = b"".join(chunks)
+    table = parse_table(writer.manifest.to_bytes(Digest.of_bytes(whole)), "m", MANIFEST_MAGIC)
+
+    firsts, position, seen = 0, 0, set()
+    for entry, data in zip(table, chunks, strict=True):
+        with backend.open_reader(pack_key(table.packs[entry.pack])) as reader:
+            pack = reader.read()
+        assert pack[entry.offset : entry.offset + entry.length] == data
+        if entry.pack not in seen:
+            seen.add(entry.pack)
+            firsts += 1
+            assert entry.offset == position % 4096
+            assert pack[: entry.offset] == bytes(entry.offset)
+        position += entry.length
+    assert firsts == len(table.packs) >= 3
