@@ -86,6 +86,7 @@ def run_local(cfg: Config, data: Path) -> list[Section]:
     return [
         _big_upload(cfg, src, stores),
         _resaved_upload(cfg, data, stores),
+        _big_download(cfg, src, stores),
         _checkpoint(cfg, data, stores),
         _small_files(cfg, data, stores),
         _rss(cfg, src, data, stores),
@@ -228,6 +229,109 @@ def _big_upload(cfg: Config, src: Path, stores: Path) -> Section:
             "upload is the price of later versions costing only their changed bytes "
             "(sections 14 and 16)."
         )
+    return section
+
+
+def _big_download(cfg: Config, src: Path, stores: Path) -> Section:
+    """``download_artifact`` from a local store (chunked and one blob) against cp and Optuna."""
+    size = cfg.big
+    study = optuna.create_study()
+    out = stores / "download.bin"
+    chunked = optuna_cas.FileSystemArtifactStore(stores / "dl-chunked")
+    whole = optuna_cas.FileSystemArtifactStore(stores / "dl-whole", chunk_threshold=None)
+    theirs = _optuna_store(stores / "dl-optuna")
+    ids = {
+        name: optuna_cas.upload_artifact(
+            artifact_store=store, file_path=str(src), study_or_trial=study
+        )
+        for name, store in (("chunked", chunked), ("whole", whole))
+    }
+    ids["optuna"] = optuna.artifacts.upload_artifact(
+        artifact_store=theirs, file_path=str(src), study_or_trial=study
+    )
+
+    def ours(store: Any, name: str) -> Contender:
+        return Contender(
+            name,
+            lambda: optuna_cas.download_artifact(
+                artifact_store=store, file_path=str(out), artifact_id=ids[name]
+            ),
+            teardown=lambda: remove(out),
+        )
+
+    times = measure(
+        [
+            Contender(
+                "cp",
+                lambda: subprocess.run(["cp", str(src), str(out)], check=True),
+                teardown=lambda: remove(out),
+            ),
+            ours(chunked, "chunked"),
+            ours(whole, "whole"),
+            Contender(
+                "optuna",
+                lambda: optuna.artifacts.download_artifact(
+                    artifact_store=theirs, file_path=str(out), artifact_id=ids["optuna"]
+                ),
+                teardown=lambda: remove(out),
+            ),
+        ],
+        cfg.reps,
+    )
+    for name in ("dl-chunked", "dl-whole", "dl-optuna"):
+        remove(stores / name)
+    t_cp, t_chunked, t_whole, t_optuna = (
+        median(times[k]) for k in ("cp", "chunked", "whole", "optuna")
+    )
+    label = mib(size)
+    section = Section(
+        f"2c. Download of a {label} file, local filesystem",
+        [
+            Row(
+                f"`download_artifact`, {label} stored as chunks (the default)",
+                seconds(t_chunked, size),
+                f"`cp`: {seconds(t_cp, size)}",
+                f"{t_chunked / t_cp:.2f}x cp time",
+                "—",
+                None,
+            ),
+            Row(
+                f"`download_artifact`, {label} stored as one blob (`chunk_threshold=None`)",
+                seconds(t_whole, size),
+                f"`cp`: {seconds(t_cp, size)}",
+                f"{t_whole / t_cp:.2f}x cp time",
+                "—",
+                None,
+            ),
+            Row(
+                "Chunked download vs Optuna's (which checks nothing)",
+                seconds(t_chunked, size),
+                f"Optuna: {seconds(t_optuna, size)}",
+                f"{t_optuna / t_chunked:.2f}x Optuna throughput",
+                "—",
+                None,
+            ),
+        ],
+        [
+            f"Per-rep seconds (median of {cfg.reps}, after 1 warm-up round; order rotated "
+            f"each round): cp {fmt_times(times['cp'])}; chunked {fmt_times(times['chunked'])}; "
+            f"one blob {fmt_times(times['whole'])}; Optuna {fmt_times(times['optuna'])}.",
+            "Each store holds the file uploaded once (untimed); every rep writes a new file "
+            "beside the stores, deleted after the rep; nothing is fsynced. Ours copies the "
+            "store's files (the blob, or the runs of chunks in each pack) with "
+            "`copy_file_range` into a temp file beside the target while a second thread hashes "
+            "the copy as it lands, then links it into place; a copy that does not match the "
+            "digest is dropped and the file read through the verifying stream, which names "
+            "the damage. Optuna's `download_artifact` streams the file through Python "
+            "(`shutil.copyfileobj`) unchecked.",
+        ],
+    )
+    section.throughput = [
+        Throughput(
+            f"Download {label}, local",
+            {"optuna-cas": size / t_chunked, "Optuna": size / t_optuna, "cp": size / t_cp},
+        ),
+    ]
     return section
 
 

@@ -8,7 +8,9 @@ files appear under their final name only when complete (temp file beside it, the
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import io
 import os
 import secrets
@@ -25,6 +27,7 @@ from optuna_cas.exceptions import UnsupportedSourceError
 __all__ = [
     "OVERLAP_MIN_BYTES",
     "PositionalReader",
+    "copy_and_publish",
     "copy_holds",
     "copy_range",
     "describe_mode",
@@ -523,6 +526,28 @@ def publish_new_file(temp: Path, target: Path) -> None:
         if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise type(e)(e.errno, f"Cannot create {str(target)!r}: {e.strerror}") from None
         os.replace(temp, target)
+
+
+def copy_and_publish(fd: int, digest: Digest, target: Path) -> bool:
+    """Copy file ``fd`` to a private temp beside ``target``; link it there if it is ``digest``.
+
+    The copy is made in the kernel and hashed as it lands (:func:`copy_holds`); ``fd`` is
+    never mapped, so a source that shrinks meanwhile only fails the check. False, leaving
+    nothing at ``target``, when the copy does not hash to ``digest``.
+    """
+    out_fd, out_temp = temp_beside(target)
+    try:
+        try:
+            copy = functools.partial(copy_range, fd, out_fd, 0, 0, digest.size + 1)
+            if not copy_holds(copy, out_fd, digest)[1]:
+                return False
+        finally:
+            os.close(out_fd)
+        publish_new_file(Path(out_temp), target)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out_temp)
 
 
 def materialize(reader: BinaryIO, target: Path) -> None:

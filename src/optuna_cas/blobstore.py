@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from optuna_cas._fileio import PositionalReader, materialize
+from optuna_cas._fileio import PositionalReader, copy_and_publish, materialize, real_fileno
 from optuna_cas.backends.base import Backend, ObjectInfo, StagedObject, SupportsStaging, staging_of
 from optuna_cas.blob_maintenance import (
     BLOB_PREFIX,
@@ -535,8 +535,29 @@ class BlobStore(BlobMaintenance):
                 return
             if chunked:
                 return
+        elif staging_of(self._backend) is not None and self._materialize_local(digest, target):
+            return
         with self.open_blob(digest) as reader:
             materialize(reader, target)
+
+    def _materialize_local(self, digest: Digest, target: Path) -> bool:
+        """From a local store's files, copied in the kernel and hashed as they land.
+
+        About ``cp``'s time, where reading into this process, hashing and writing takes
+        twice that. False, with nothing at ``target``, when it cannot be done that way or
+        the copy is not ``digest``: the verifying stream then says what is wrong.
+        """
+        if digest.size >= self.chunk_threshold:
+            done = self.chunks.materialize_local(digest, target)
+            if done is not None:
+                return done
+        try:
+            raw = self._backend.open_reader(blob_key(digest))
+        except ArtifactNotFound:
+            return False
+        with raw:
+            fd = real_fileno(raw)
+            return fd is not None and copy_and_publish(fd, digest, target)
 
     def remove_blob(self, digest: Digest) -> None:
         """Delete a blob (callers must make sure no ref needs it: see :func:`optuna_cas.gc`).

@@ -11,20 +11,24 @@ was when copied), which is what a cache hit of a whole blob does too.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from optuna_cas._fileio import copy_holds, copy_range, publish_new_file, real_fileno, temp_beside
-from optuna_cas.chunks.reader import CachedPacks, PackCache
+from optuna_cas.backends.base import Backend
+from optuna_cas.chunks.layout import pack_key
+from optuna_cas.chunks.reader import CachedPacks, PackCache, missing_pack
 from optuna_cas.chunks.table import ENTRY, ChunkTable
 from optuna_cas.digest import Digest
+from optuna_cas.exceptions import ArtifactNotFound
 
-__all__ = ["assemble_from_cache", "contiguous_runs"]
+__all__ = ["assemble_from_cache", "assemble_from_store", "contiguous_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,44 +101,115 @@ def assemble_from_cache(
         >>> target.read_bytes() == data
         True
     """
-    if os.path.lexists(target):
-        raise FileExistsError(f"File already exists: {target!s}")
     runs = list(contiguous_runs(table))
     first_use = list(dict.fromkeys(number for number, _, _ in runs))
-    packs = CachedPacks(cache, table.packs, fetch, order=first_use)
-    out_fd, temp = temp_beside(target)
+    copied = _copy_out(runs, digest, target, CachedPacks(cache, table.packs, fetch, first_use))
+    if copied is False:
+        logger.warning(
+            "Cached packs of %s do not reassemble it (changed or damaged in the cache); "
+            "dropping them and reading from the store",
+            digest,
+        )
+        for pack in table.packs:
+            cache.discard(pack)
+    return bool(copied)
+
+
+def assemble_from_store(table: ChunkTable, digest: Digest, target: Path, backend: Backend) -> bool:
+    """Write the file ``table`` describes to the new file ``target`` from a local store's packs.
+
+    As :func:`assemble_from_cache`, with the store's own pack files as the source: runs are
+    copied in the kernel and the copy is hashed as it lands. Returns False, leaving nothing at
+    ``target``, when a pack is not a local file or the copy does not hash to ``digest`` (the
+    caller then reads chunk by chunk, which names a damaged chunk). Nothing in the store is
+    changed.
+
+    Raises:
+        FileExistsError: ``target`` exists.
+        ArtifactNotFound: A pack is missing from the store.
+
+    Example:
+        >>> import io, os, tempfile
+        >>> from optuna_cas.backends.local import LocalBackend
+        >>> from optuna_cas.chunks.store import ChunkStore
+        >>> backend, data = LocalBackend(tempfile.mkdtemp()), os.urandom(300_000)
+        >>> d = ChunkStore(backend).put(io.BytesIO(data))
+        >>> target = Path(tempfile.mkdtemp()) / "model.pt"
+        >>> assemble_from_store(ChunkStore(backend).manifest(d), d, target, backend)
+        True
+        >>> target.read_bytes() == data
+        True
+    """
+    packs = _StorePacks(backend, table.packs, f"chunked file {digest}")
+    return bool(_copy_out(list(contiguous_runs(table)), digest, target, packs))
+
+
+class _PackFiles(Protocol):
+    def get(self, number: int) -> BinaryIO | None: ...
+
+    def close(self) -> None: ...
+
+
+class _StorePacks:
+    """A store's pack files, opened as they are needed and closed at the end."""
+
+    def __init__(self, backend: Backend, packs: tuple[Digest, ...], name: str) -> None:
+        self._backend, self._packs, self._name = backend, packs, name
+        self._handles: dict[int, BinaryIO] = {}
+
+    def get(self, number: int) -> BinaryIO | None:
+        handle = self._handles.get(number)
+        if handle is None:
+            pack = self._packs[number]
+            try:
+                handle = self._backend.open_reader(pack_key(pack))
+            except ArtifactNotFound as e:
+                raise missing_pack(self._name, pack, self._backend) from e
+            self._handles[number] = handle
+        return handle
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+
+def _copy_out(
+    runs: list[tuple[int, int, int]], digest: Digest, target: Path, packs: _PackFiles
+) -> bool | None:
+    """Copy ``runs`` to a temp beside ``target``, hashed as it lands; publish it if it matches.
+
+    True: published. None: a pack is not a local file. False: the copy is not ``digest``.
+    """
+    try:
+        if os.path.lexists(target):
+            raise FileExistsError(f"File already exists: {target!s}")
+        out_fd, temp = temp_beside(target)
+    except BaseException:
+        packs.close()
+        raise
     try:
         try:
             complete, holds = copy_holds(
                 functools.partial(_copy_runs, runs, packs, out_fd, digest.size), out_fd, digest
             )
-            if complete is None:
-                return False
-            matches = complete and holds
         finally:
             os.close(out_fd)
             packs.close()
-        if not matches:
-            logger.warning(
-                "Cached packs of %s do not reassemble it (changed or damaged in the cache); "
-                "dropping them and reading from the store",
-                digest,
-            )
-            for pack in table.packs:
-                cache.discard(pack)
+        if complete is None:
+            return None
+        if not (complete and holds):
             return False
         publish_new_file(Path(temp), target)
         return True
     finally:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-        except FileNotFoundError:
-            pass
 
 
 def _copy_runs(
     runs: list[tuple[int, int, int]],
-    packs: CachedPacks,
+    packs: _PackFiles,
     out_fd: int,
     size: int,
     stop: threading.Event,

@@ -22,7 +22,7 @@ from typing import BinaryIO
 import blake3
 
 from optuna_cas.backends.base import Backend, staging_of
-from optuna_cas.chunks.assemble import assemble_from_cache
+from optuna_cas.chunks.assemble import assemble_from_cache, assemble_from_store
 from optuna_cas.chunks.chunker import Chunker
 from optuna_cas.chunks.index import KnownChunks, read_bounded
 from optuna_cas.chunks.layout import (
@@ -351,6 +351,24 @@ class ChunkStore(ChunkMaintenance):
         if done:
             cache.manifests.add(digest, raw)
         return done
+
+    def materialize_local(self, digest: Digest, target: Path) -> bool | None:
+        """Write the file at the new path ``target`` from a local store's own pack files.
+
+        Returns:
+            True when done; False, with nothing at ``target``, when the packs are not local
+            files or do not reassemble the file (read with :meth:`open` then); None when
+            ``digest`` has no manifest (stored whole).
+
+        Raises:
+            ArtifactNotFound: A pack the manifest names is missing.
+        """
+        self._forget(digest)  # gc may have moved its chunks: read what is stored now
+        try:
+            table = self.manifest(digest)
+        except ArtifactNotFound:
+            return None
+        return assemble_from_store(table, digest, target, self._backend)
 
     # -- copying -------------------------------------------------------------------------------
 

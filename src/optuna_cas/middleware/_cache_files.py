@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import re
 import secrets
@@ -38,7 +37,7 @@ from typing import Any, BinaryIO
 import diskcache
 import diskcache.core
 
-from optuna_cas._fileio import copy_holds, copy_range, publish_new_file, real_fileno, temp_beside
+from optuna_cas._fileio import copy_range, real_fileno
 from optuna_cas.digest import (
     CHUNK_SIZE,
     Digest,
@@ -353,24 +352,6 @@ def holds(handle: BinaryIO, digest: Digest) -> bool:
     while hasher.size <= digest.size and (n := readinto(handle, view)):
         hasher.update(view[:n])
     return hasher.digest() == digest
-
-
-def copy_and_publish(fd: int, digest: Digest, target: Path) -> bool:
-    """Copy an entry to a private temp beside ``target``, hash that copy, link it into place."""
-    out_fd, out_temp = temp_beside(target)
-    try:
-        try:
-            _, holds = copy_holds(
-                functools.partial(copy_range, fd, out_fd, 0, 0, digest.size + 1), out_fd, digest
-            )
-            if not holds:
-                return False
-        finally:
-            os.close(out_fd)
-        publish_new_file(Path(out_temp), target)
-        return True
-    finally:
-        unlink_quietly(out_temp)
 
 
 def copy_source(

@@ -41,7 +41,7 @@ from typing import BinaryIO, cast
 
 import diskcache
 
-from optuna_cas._fileio import copy_holds, publish_new_file, temp_beside
+from optuna_cas._fileio import copy_and_publish, copy_holds, publish_new_file, temp_beside
 from optuna_cas._fileio import materialize as _materialize_stream
 from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
 from optuna_cas.exceptions import IntegrityError, StoreConfigError
@@ -484,7 +484,7 @@ class DiskBlobCache:
             try:
                 if not (
                     files.link_open_file(filled.fd, target)
-                    or files.copy_and_publish(filled.fd, digest, target)
+                    or copy_and_publish(filled.fd, digest, target)
                 ):
                     raise IntegrityError(f"Cache fill of {digest} changed before it was copied")
             finally:
@@ -561,7 +561,7 @@ class DiskBlobCache:
                 return False
             if files.link_open_file(handle.fileno(), target):
                 return True
-        return files.copy_and_publish(handle.fileno(), digest, target)
+        return copy_and_publish(handle.fileno(), digest, target)
 
     def _verifying(self, handle: BinaryIO, digest: Digest) -> BinaryIO:
         def dropped() -> None:
