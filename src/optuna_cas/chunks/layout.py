@@ -23,6 +23,7 @@ __all__ = [
     "CHUNK_THRESHOLD",
     "INDEX_PREFIX",
     "MANIFEST_PREFIX",
+    "PACK_LEAD_MAX",
     "PACK_PREFIX",
     "PACK_TARGET",
     "index_key",
@@ -43,6 +44,9 @@ CHUNK_THRESHOLD = 8 * 1024 * 1024
 # A pack is sealed and published once it holds this much: large enough that S3/GCS requests
 # scale with bytes, small enough that a reader needing one chunk range wastes little.
 PACK_TARGET = 32 * 1024 * 1024
+# A pack may start with fewer zeros than this, which no entry names, so that its first chunk
+# sits at its file offset modulo a page (see chunks.packer); readers never rely on it.
+PACK_LEAD_MAX = 4096
 
 PACK_PREFIX = "packs/"
 MANIFEST_PREFIX = "manifests/"

@@ -29,7 +29,7 @@ import blake3
 
 from optuna_cas._fileio import pwrite_all
 from optuna_cas.backends.base import Backend, StagedObject, part_buffer_reuser_of, staging_of
-from optuna_cas.chunks.layout import PACK_PREFIX, PACK_TARGET, pack_key
+from optuna_cas.chunks.layout import PACK_LEAD_MAX, PACK_PREFIX, PACK_TARGET, pack_key
 from optuna_cas.chunks.table import INDEX_MAGIC, MANIFEST_MAGIC, TableBuilder
 from optuna_cas.digest import Digest, VerifyingReader
 
@@ -37,8 +37,6 @@ __all__ = ["PackWriter", "UploadCache"]
 
 _IN_FLIGHT = 2
 _WRITE_BUFFER = 2 * 1024 * 1024
-# Packs keep their first chunk at its offset in the file modulo this (see _open_pack).
-_PAGE = 4096
 # A remote upload's packs go to a spool file at page-cache speed while the network is the
 # bottleneck: smaller buffers cost nothing there and leave room for the part buffers.
 _SPOOL_BUFFER = 1024 * 1024
@@ -247,7 +245,7 @@ class PackWriter:
             list(self._write_buffers),
         )
         self._manifest_pack.append(pack.number)
-        lead = self._position % _PAGE
+        lead = self._position % PACK_LEAD_MAX
         if lead:
             pack.append(memoryview(bytes(lead)))
         return pack
