@@ -256,6 +256,7 @@ def _big_download(cfg: Config, src: Path, stores: Path) -> Section:
             lambda: optuna_cas.download_artifact(
                 artifact_store=store, file_path=str(out), artifact_id=ids[name]
             ),
+            setup=os.sync,
             teardown=lambda: remove(out),
         )
 
@@ -264,6 +265,7 @@ def _big_download(cfg: Config, src: Path, stores: Path) -> Section:
             Contender(
                 "cp",
                 lambda: subprocess.run(["cp", str(src), str(out)], check=True),
+                setup=os.sync,
                 teardown=lambda: remove(out),
             ),
             ours(chunked, "chunked"),
@@ -273,6 +275,7 @@ def _big_download(cfg: Config, src: Path, stores: Path) -> Section:
                 lambda: optuna.artifacts.download_artifact(
                     artifact_store=theirs, file_path=str(out), artifact_id=ids["optuna"]
                 ),
+                setup=os.sync,
                 teardown=lambda: remove(out),
             ),
         ],
@@ -317,7 +320,9 @@ def _big_download(cfg: Config, src: Path, stores: Path) -> Section:
             f"each round): cp {fmt_times(times['cp'])}; chunked {fmt_times(times['chunked'])}; "
             f"one blob {fmt_times(times['whole'])}; Optuna {fmt_times(times['optuna'])}.",
             "Each store holds the file uploaded once (untimed); every rep writes a new file "
-            "beside the stores, deleted after the rep; nothing is fsynced. Ours copies the "
+            "beside the stores, deleted after the rep, and starts after a `sync` (untimed: "
+            "1 GiB written per rep otherwise leaves the next one competing with writeback); "
+            "nothing is fsynced. Ours copies the "
             "store's files (the blob, or the runs of chunks in each pack) with "
             "`copy_file_range` into a temp file beside the target while a second thread hashes "
             "the copy as it lands, then links it into place; a copy that does not match the "

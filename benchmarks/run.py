@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from benchmarks._util import FULL, QUICK, REPO, Section, render_section
+from benchmarks.figures import figures_to_draw
 from benchmarks.merge import ChartLink, merge_report
 
 # Not a temp dir: the local benchmarks need the disk the store would live on (git-ignored).
@@ -56,23 +57,27 @@ def _machine() -> list[str]:
     ]
 
 
-def _chart_links(sections: list[Section], output: Path) -> list[ChartLink]:
-    """Draw the charts into ``img/`` beside the report; how the report shows them."""
+def _chart_links(sections: list[Section], output: Path, *, merge: bool) -> list[ChartLink]:
+    """Draw the charts into ``img/`` beside the report; how the report shows them.
+
+    With ``merge``, from these sections' figures and those saved by earlier runs.
+    """
     from benchmarks.charts import write_charts
 
+    images = output.parent / "img"
     return [
         ChartLink(
             f"![{chart.alt}]({Path(os.path.relpath(chart.path, output.parent)).as_posix()})",
             chart.caption,
         )
-        for chart in write_charts(sections, output.parent / "img")
+        for chart in write_charts(figures_to_draw(sections, images, merge=merge), images)
     ]
 
 
 def _charts(sections: list[Section], output: Path) -> list[str]:
     """The "At a glance" block: every chart and its caption."""
     lines = []
-    for chart in _chart_links(sections, output):
+    for chart in _chart_links(sections, output, merge=False):
         lines += [chart.image, "", chart.caption, ""]
     return ["### At a glance", "", *lines] if lines else []
 
@@ -130,7 +135,7 @@ def _merged(
     return merge_report(
         output.read_text(),
         [render_section(s) for s in sections],
-        _chart_links(sections, output),
+        _chart_links(sections, output, merge=True),
         intro=INTRO,
         provenance=provenance,
     )

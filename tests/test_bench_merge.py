@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from benchmarks._util import Section, StoredBytes, Throughput
+from benchmarks.figures import figures_to_draw
 from benchmarks.merge import ChartLink, count_targets, merge_report
 
 OLD = """# Benchmarks
@@ -83,3 +87,26 @@ def test_a_second_merge_replaces_its_provenance_line() -> None:
     assert text.count("- `--only chunks`:") == 1
     assert "from `cmd2`" in text
     assert text.count("### 14.") == 1 and text.count("### 15.") == 1
+
+
+def test_a_merge_redraws_charts_from_every_groups_figures(tmp_path: Path) -> None:
+    """Figures of sections a merge did not re-run are kept; the re-run ones replaced."""
+    upload = Section("1-2. Upload", throughput=[Throughput("up", {"cp": 1.0})])
+    cache = Section("9. Cache", throughput=[Throughput("cached", {"cp": 2.0})])
+    stored = Section("14. Store cost", stored=[StoredBytes("frozen", 1, 2, 3)])
+    figures_to_draw([upload, cache, stored], tmp_path, merge=False)
+
+    rerun = Section("9. Cache, again", throughput=[Throughput("cached", {"cp": 5.0})])
+    new = Section("2c. Download", throughput=[Throughput("down", {"cp": 3.0})])
+    drawn = figures_to_draw([rerun, new], tmp_path, merge=True)
+    assert [s.title for s in drawn] == [
+        "1-2. Upload",
+        "9. Cache, again",
+        "14. Store cost",
+        "2c. Download",
+    ]
+    assert drawn[1].throughput == [Throughput("cached", {"cp": 5.0})]
+    assert drawn[2].stored == [StoredBytes("frozen", 1, 2, 3)]
+
+    # A full run starts over.
+    assert [s.title for s in figures_to_draw([new], tmp_path, merge=False)] == ["2c. Download"]
