@@ -45,7 +45,8 @@ CHUNK_THRESHOLD = 8 * 1024 * 1024
 # scale with bytes, small enough that a reader needing one chunk range wastes little.
 PACK_TARGET = 32 * 1024 * 1024
 # A pack may start with fewer zeros than this, which no entry names, so that its first chunk
-# sits at its file offset modulo a page (see chunks.packer); readers never rely on it.
+# sits at its file offset modulo a page (see chunks.packer). Readers may fetch them along with
+# the first chunk (a range from byte 0), never use them, and read packs without them alike.
 PACK_LEAD_MAX = 4096
 
 PACK_PREFIX = "packs/"
