@@ -55,11 +55,19 @@ def gcs_server() -> Iterator[GCSServer]:
         yield server
     finally:
         stop_fake_gcs_server(server.process)
+        if server.log_path is not None:
+            server.log_path.unlink(missing_ok=True)
 
 
 @pytest.fixture
-def gcs_client(gcs_server: GCSServer) -> Any:
-    return make_gcs_client(gcs_server.endpoint_url)
+def gcs_client(gcs_server: GCSServer) -> Iterator[Any]:
+    # One server serves the whole session: if it died, say so (with its log) rather than
+    # let every later test fail on "connection refused".
+    report = gcs_server.exit_report()
+    assert report is None, report
+    yield make_gcs_client(gcs_server.endpoint_url)
+    report = gcs_server.exit_report()
+    assert report is None, f"the server died during this test: {report}"
 
 
 @pytest.fixture

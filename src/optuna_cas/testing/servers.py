@@ -205,6 +205,26 @@ class GCSServer:
 
     endpoint_url: str
     process: subprocess.Popen[bytes]
+    # The server's stderr (a Go panic lands there), kept until the server is stopped.
+    log_path: Path | None = None
+
+    def exit_report(self) -> str | None:
+        """None while the server runs; once it has exited, its exit code and last log lines.
+
+        Example:
+            .. code-block:: python
+
+                assert server.exit_report() is None, server.exit_report()
+        """
+        code = self.process.poll()
+        if code is None:
+            return None
+        tail = ""
+        if self.log_path is not None and self.log_path.exists():
+            tail = self.log_path.read_bytes()[-4000:].decode(errors="replace")
+        return (
+            f"fake-gcs-server at {self.endpoint_url} exited with code {code}; its log ends:\n{tail}"
+        )
 
 
 def fake_gcs_server_binary() -> Path:
@@ -241,7 +261,9 @@ def start_fake_gcs_server(timeout: float = 10.0) -> GCSServer:
     for _ in range(5):
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        with tempfile.TemporaryFile() as log:
+        fd, name = tempfile.mkstemp(prefix="fake-gcs-server-", suffix=".log")
+        log_path = Path(name)
+        with os.fdopen(fd, "w+b") as log:
             process = subprocess.Popen(
                 [
                     str(binary),
@@ -257,12 +279,13 @@ def start_fake_gcs_server(timeout: float = 10.0) -> GCSServer:
                 try:
                     with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1) as response:
                         if response.status == 200:
-                            return GCSServer(endpoint_url=url, process=process)
+                            return GCSServer(endpoint_url=url, process=process, log_path=log_path)
                 except (urllib.error.URLError, OSError):
                     time.sleep(0.02)
             stop_fake_gcs_server(process)
             log.seek(0)
             last_error = log.read().decode(errors="replace")
+        log_path.unlink(missing_ok=True)
     raise RuntimeError(f"fake-gcs-server did not start: {last_error}")
 
 
@@ -292,6 +315,8 @@ def running_fake_gcs_server() -> Iterator[GCSServer]:
         yield server
     finally:
         stop_fake_gcs_server(server.process)
+        if server.log_path is not None:
+            server.log_path.unlink(missing_ok=True)
 
 
 def make_gcs_client(endpoint_url: str) -> Any:
