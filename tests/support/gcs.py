@@ -22,6 +22,7 @@ from optuna_cas.testing.servers import (
     GCSServer,
     fake_gcs_server_binary,
     make_gcs_client,
+    running_fake_gcs_server,
     start_fake_gcs_server,
     stop_fake_gcs_server,
 )
@@ -50,13 +51,8 @@ GCS_TEST_CHUNK_SIZE = 1024 * 1024
 
 @pytest.fixture(scope="session")
 def gcs_server() -> Iterator[GCSServer]:
-    server = start_fake_gcs_server()
-    try:
+    with running_fake_gcs_server() as server:
         yield server
-    finally:
-        stop_fake_gcs_server(server.process)
-        if server.log_path is not None:
-            server.log_path.unlink(missing_ok=True)
 
 
 @pytest.fixture
