@@ -483,17 +483,15 @@ def _rss(cfg: Config, endpoint: str, client: Any, data: Path) -> Section:
             "Where the extra memory goes: both files are above the chunking threshold, so the "
             "upload cuts chunks (three 2.25 MiB blocks), writes new ones into a pack through two "
             "1 MiB buffers (2 MiB for a local store, where the write speed matters) and a spool "
-            "file on disk, and sends each sealed pack (about 32 MiB) "
-            f"as a multipart upload with at most {_CONCURRENCY} "
-            f"{_PART_SIZE // MiB} MiB part buffers in flight: "
-            f"{_CONCURRENCY * _PART_SIZE // MiB} + 6.75 + 2 = 40.75 MiB of buffers, "
-            "allocated once per upload. On top of that it keeps 67 B per new chunk until the "
-            "end (its index record, 48 B; the manifest's reference to it, 8 B; hash slots to "
-            "find a chunk repeated in the file), about 0.45 MiB at 512 MiB and 3.4 MiB at "
-            "4 GiB (~13,000 chunks per GiB): the growth between the two sizes. The peak is "
-            "reached in the chunk loop (VmRSS when it ends equals VmHWM); the end of the upload "
-            "(index object, known chunks, manifest) stays ~30 MiB below it, the part buffers "
-            "being let go by then.",
+            "file on disk, reads each sealed pack (about 32 MiB) back through its digest (1 MiB "
+            "at a time), and sends it as a multipart upload of "
+            f"{_PART_SIZE // MiB} MiB parts, {_CONCURRENCY} in flight, each read from the spool "
+            "file as it goes out (`SealedFile`): botocore reads a part 1 MiB at a time for its "
+            "checksum and signature, so a part in flight costs about 2 MiB, not its size. On "
+            "top of that the upload keeps 67 B per new chunk until the end (its index record, "
+            "48 B; the manifest's reference to it, 8 B; hash slots to find a chunk repeated in "
+            "the file), about 0.45 MiB at 512 MiB and 3.4 MiB at 4 GiB (~13,000 chunks per "
+            "GiB): the growth between the two sizes.",
             "Why it grew with the file before (54.6 MiB at 512 MiB, 87.0 MiB at 4 GiB in the "
             "12:10 run; 54.5 and 85.9 MiB on the helper's driver): every pack allocated its own "
             "4 part buffers, an 8 MiB head and two write buffers, and freed them; after the "
@@ -501,10 +499,12 @@ def _rss(cfg: Config, endpoint: str, client: Any, data: Path) -> Section:
             "ones come from arenas that keep them resident and fragment (periodic malloc_trim "
             "cut 4 GiB to 62.5 MiB; MALLOC_ARENA_MAX=2 made it worse, 101.8 MiB). The per-chunk "
             "records were ~236 B (a dict of this upload's chunks, then the store's known chunks) "
-            "in bytearrays reallocated hundreds of times, each old copy a hole in the heap. Now "
-            "the buffers are reused across packs (`RemoteBackend.reusing_part_buffers`, held by "
-            "the pack writer), a pack's size is known so no head is read, and records sit in "
-            "fixed blocks with open-addressing slots.",
+            "in bytearrays reallocated hundreds of times, each old copy a hole in the heap. The "
+            "records now sit in fixed blocks with open-addressing slots and a pack's size is "
+            "known, so no head is read. Until the evening of 2026-11-28 each pack's parts "
+            f"were read into {_CONCURRENCY} part buffers of {_PART_SIZE // MiB} MiB (reused "
+            "across packs): 43.5 MiB extra and 113.8 MiB peak at 512 MiB in the 22:05 run that "
+            "day, 47.0 MiB extra at 4 GiB; now a pack is sent from its spool file.",
             "Measured with whole blobs (`chunk_threshold=None`) before chunking was merged, the "
             "extra RSS was 33.3 MiB at 512 MiB and 33.9 MiB at 4 GiB (perf11, f887f0b).",
             *(
@@ -516,15 +516,13 @@ def _rss(cfg: Config, endpoint: str, client: Any, data: Path) -> Section:
     )
     if any(extra(ours[size]) > bound for size in sizes):
         section.notes.append(
-            "Why the bound is missed: 40.75 MiB of buffers + 67 B per new chunk (3.4 MiB at "
-            "4 GiB) + about 2 MiB of threads, requests and Python objects leave little room "
-            "under 48 MiB; the run-to-run spread of VmHWM is about 1 MiB."
+            "Why the bound is missed: not known; the buffers above (about 17 MiB with the "
+            "parts in flight) and 67 B per new chunk should leave room under it."
         )
     if first.peak_rss >= limit:
         section.notes.append(
             f"Why the < 100 MiB target is missed: the baseline alone is {mib(base.peak_rss)} "
-            "(boto3 and a client are ~50 MiB by themselves), and the default 4 parts of 8 MiB "
-            f"in flight add {mib(_PART_SIZE * _CONCURRENCY)}: `max_concurrency=3` (or 6 MiB "
-            "parts) would fit, at some cost in throughput."
+            "(boto3 and a client are ~50 MiB by themselves), and the upload's buffers are "
+            "listed above."
         )
     return section

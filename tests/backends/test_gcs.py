@@ -9,13 +9,15 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from optuna_cas.backends.base import Backend
+from optuna_cas.backends.base import Backend, SealedFile
 from optuna_cas.backends.gcs import GCSBackend
 from optuna_cas.exceptions import (
     BackendError,
@@ -311,8 +313,15 @@ def test_every_request_of_a_write_goes_through_the_runner(
         ("drop_response", 7, 6 * MiB),  # the last request is an empty "that was all"
     ],
 )
+@pytest.mark.parametrize("sealed", [False, True], ids=["stream", "sealed-file"])
 def test_a_failed_chunk_is_resent_alone(
-    faulty_gcs: FaultyGCS, gcs_bucket: Any, mode: str, part: int, size: int
+    faulty_gcs: FaultyGCS,
+    gcs_bucket: Any,
+    mode: str,
+    part: int,
+    size: int,
+    sealed: bool,
+    tmp_path: Path,
 ) -> None:
     proxy = faulty_gcs.proxy
 
@@ -327,7 +336,12 @@ def test_a_failed_chunk_is_resent_alone(
         )
     )
     source = PatternSource(size, os.urandom(CHUNK // 2 + 3))
-    backend.write("blobs/x", source, if_absent=True)  # type: ignore[arg-type]
+    with open(tmp_path / "spool", "w+b") as spool:
+        if sealed:  # each chunk is sent (and resent) straight from the file
+            shutil.copyfileobj(source, spool, MiB)
+            spool.seek(0)
+        body = SealedFile(spool) if sealed else source
+        backend.write("blobs/x", body, if_absent=True)  # type: ignore[arg-type]
 
     assert [r.fault for r in proxy.requests if r.fault] == [mode]
     assert session_starts(proxy) == 1

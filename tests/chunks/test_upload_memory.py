@@ -1,8 +1,8 @@
-"""What a chunked upload keeps in memory: a few bytes per chunk, one set of buffers (issue 11).
+"""What a chunked upload keeps in memory: a few bytes per chunk, no part buffers for packs (issue 11).
 
 Structural checks, not RSS measurements: tracemalloc counts the Python allocations a chunk
-record costs (deterministic), and the part buffers an S3 upload sends are told apart by
-identity. benchmarks/s3.py measures the resident memory itself.
+record costs (deterministic), and the parts an S3 upload sends are told apart by type (a
+buffer, or a range of a sealed file). benchmarks/s3.py measures the resident memory itself.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from optuna_cas._fileio import pwrite_all
 from optuna_cas.backends.memory import MemoryBackend
+from optuna_cas.backends.remote_io import FilePart, Part
 from optuna_cas.backends.s3 import S3Backend
+from optuna_cas.chunks import packer
 from optuna_cas.chunks.chunker import Chunker
 from optuna_cas.chunks.digest_index import DigestIndex, Records
 from optuna_cas.chunks.index import KnownChunks
@@ -24,6 +27,7 @@ from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.store import ChunkStore
 from optuna_cas.chunks.table import ENTRY, INDEX_MAGIC, MANIFEST_MAGIC, ChunkTable, TableBuilder
 from optuna_cas.digest import Digest
+from optuna_cas.exceptions import IntegrityError
 from tests.support.s3 import TEST_PART_SIZE
 
 if TYPE_CHECKING:
@@ -150,25 +154,22 @@ def test_digest_index_finds_every_row_across_growth_and_blocks() -> None:
 
 
 class _WatchedS3(S3Backend):
-    """An S3 backend that remembers every part buffer it sent (by identity)."""
+    """An S3 backend that remembers every part it sent."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.sent: list[bytearray] = []
+        self.sent: list[Part] = []
 
     def _start_upload(self, name: str, *, if_absent: bool) -> Any:
         upload = super()._start_upload(name, if_absent=if_absent)
         send_part = upload.send_part
 
-        def watched(number: int, offset: int, data: bytearray) -> None:
-            self.sent.append(data)  # kept alive, so identities stay distinct
+        def watched(number: int, offset: int, data: Part) -> None:
+            self.sent.append(data)
             send_part(number, offset, data)
 
         upload.send_part = watched  # type: ignore[method-assign]
         return upload
-
-    def full_parts(self) -> int:
-        return len({id(b) for b in self.sent if len(b) == TEST_PART_SIZE})
 
 
 @pytest.fixture
@@ -183,25 +184,12 @@ def watched_s3(s3_client: S3Client, s3_bucket: str) -> Iterator[_WatchedS3]:
 
 
 @pytest.mark.s3
-def test_writes_in_a_row_share_the_part_buffers_only_while_held(watched_s3: _WatchedS3) -> None:
-    body = os.urandom(3 * TEST_PART_SIZE + 1000)
-    with watched_s3.reusing_part_buffers():
-        for key in ("a", "b", "c"):
-            watched_s3.write(key, io.BytesIO(body))
-    assert watched_s3.full_parts() <= 2  # max_concurrency, for 9 full parts
-    watched_s3.sent.clear()
-    for key in ("d", "e"):
-        watched_s3.write(key, io.BytesIO(body))
-    assert watched_s3.full_parts() > 2  # not held: each write had its own
-    assert watched_s3.open_reader("c").read() == body
-
-
-@pytest.mark.s3
-def test_the_packs_of_a_chunked_upload_share_one_set_of_part_buffers(
+def test_the_packs_of_a_chunked_upload_are_sent_from_their_spool_files(
     watched_s3: _WatchedS3,
 ) -> None:
-    # Before: each pack allocated its own part buffers (and an 8 MiB head), freed into a
-    # malloc that kept them resident: memory grew with the number of packs.
+    # Before: each pack's parts were read into part buffers (4 x 8 MiB by default, 32 of the
+    # 43.5 MiB an S3 upload of 512 MiB added to the process). Now a part is a range of the
+    # pack's private spool file, read as it is sent.
     data = os.urandom(4 * (TEST_PART_SIZE + 300_000))
     writer = PackWriter(watched_s3, pack_target=TEST_PART_SIZE + 200_000)
     try:
@@ -212,6 +200,34 @@ def test_the_packs_of_a_chunked_upload_share_one_set_of_part_buffers(
         writer.abort()
         raise
     assert len(writer.manifest.as_table().packs) >= 3
-    assert watched_s3.full_parts() <= 2  # max_concurrency, for 3 packs of 1-2 full parts
+    assert watched_s3.sent and all(isinstance(part, FilePart) for part in watched_s3.sent)
     store = ChunkStore(watched_s3)
     assert store.open(store.put(io.BytesIO(data))).read() == data  # all dedup hits now
+    # A plain stream still goes through part buffers (nobody promised it stays as it is).
+    watched_s3.sent.clear()
+    watched_s3.write("blobs/plain", io.BytesIO(data))
+    assert watched_s3.sent and all(isinstance(part, bytearray) for part in watched_s3.sent)
+
+
+def test_a_spool_file_that_does_not_hold_its_pack_is_never_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The spool is checked against the pack's digest before it is sealed and sent: a write
+    # that went wrong (here: one byte changed on its way to the file) fails the upload.
+    def damaging(fd: int, view: memoryview, offset: int) -> None:
+        damaged = bytearray(view)
+        damaged[len(damaged) // 2] ^= 1
+        pwrite_all(fd, memoryview(damaged), offset)
+
+    monkeypatch.setattr(packer, "pwrite_all", damaging)
+    backend = MemoryBackend()
+    writer = PackWriter(backend, pack_target=300_000)
+    with pytest.raises(IntegrityError, match=r"pack blake3:\w+.*does not match"):
+        try:
+            for chunk, view in Chunker(io.BytesIO(os.urandom(600_000))):
+                writer.add_new(chunk, view)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+    assert [info.key for info in backend.list("packs/")] == []

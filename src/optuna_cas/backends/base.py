@@ -10,8 +10,9 @@ same middleware (:class:`~optuna_cas.Backoff`) can wrap either kind of object.
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
 
@@ -19,14 +20,13 @@ __all__ = [
     "Backend",
     "ObjectInfo",
     "RequestRunner",
+    "SealedFile",
     "StagedObject",
     "SupportsConditionalRemove",
-    "SupportsPartBufferReuse",
     "SupportsRequestRunner",
     "SupportsStaging",
     "SupportsTempFiles",
     "conditional_remover_of",
-    "part_buffer_reuser_of",
     "read_at_most",
     "run_once",
     "staging_of",
@@ -35,6 +35,69 @@ __all__ = [
 
 _T = TypeVar("_T")
 _PIECE = 64 * 1024  # read_at_most's read size
+
+
+class SealedFile(io.RawIOBase):
+    """A private file whose bytes stay as they are until the ``write`` given it returns.
+
+    A plain stream to any backend; a remote one may send its ranges straight from the file
+    (each part read as it goes out, and again on a retry) instead of reading it into part
+    buffers first. Only for files nobody else can change: the pack writer's unlinked spool
+    files, whose digest it checked just before. Read with ``pread`` (never mapped), from the
+    position the file had when sealed up to its size then.
+
+    Args:
+        file: An open regular file; its position is where the content starts.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryFile() as f:
+        ...     _ = f.write(b"xhello"); _ = f.seek(1)
+        ...     sealed = SealedFile(f)
+        ...     sealed.read(), sealed.tell(), sealed.size
+        (b'hello', 6, 6)
+    """
+
+    def __init__(self, file: io.IOBase | BinaryIO) -> None:
+        super().__init__()
+        self._fd = file.fileno()
+        self._position = file.tell()
+        self.size = os.fstat(self._fd).st_size
+
+    def fileno(self) -> int:
+        """The sealed file's descriptor (it stays the caller's to close)."""
+        return self._fd
+
+    def readable(self) -> bool:
+        """Always true."""
+        return True
+
+    def seekable(self) -> bool:
+        """Always true."""
+        return True
+
+    def tell(self) -> int:
+        """The position in the file."""
+        return self._position
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        """Move like a file; the end is the size the file had when sealed."""
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        self._position = max(base + pos, 0)
+        return self._position
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Read at the position, never past the sealed size."""
+        want = min(len(buffer), self.size - self._position)
+        if want <= 0:
+            return 0
+        count = os.preadv(self._fd, [memoryview(buffer)[:want]], self._position)
+        self._position += count
+        return count
+
+    def close(self) -> None:
+        """Closes nothing of the caller's: the descriptor stays open."""
+        super().close()
 
 
 class RequestRunner(Protocol):
@@ -244,24 +307,6 @@ class SupportsConditionalRemove(Protocol):
 
 
 @runtime_checkable
-class SupportsPartBufferReuse(Protocol):
-    """A backend whose large writes can share one set of part buffers for a while.
-
-    A writer that sends many large objects in a row (the packs of a chunked upload) holds
-    :meth:`reusing_part_buffers` for its run, so memory does not grow with the objects sent.
-
-    Example:
-        >>> from optuna_cas.backends.memory import MemoryBackend
-        >>> isinstance(MemoryBackend(), SupportsPartBufferReuse)
-        False
-    """
-
-    def reusing_part_buffers(self) -> AbstractContextManager[None]:
-        """Within the block, large writes reuse the part buffers earlier ones gave back."""
-        ...
-
-
-@runtime_checkable
 class _Decorator(Protocol):
     @property
     def inner(self) -> Backend: ...
@@ -311,17 +356,6 @@ def temp_files_of(backend: object) -> SupportsTempFiles | None:
         True
     """
     return next((b for b in _layers(backend) if isinstance(b, SupportsTempFiles)), None)
-
-
-def part_buffer_reuser_of(backend: object) -> SupportsPartBufferReuse | None:
-    """The layer of ``backend`` whose large writes can share part buffers, if any.
-
-    Example:
-        >>> from optuna_cas.backends.memory import MemoryBackend
-        >>> part_buffer_reuser_of(MemoryBackend()) is None
-        True
-    """
-    return next((b for b in _layers(backend) if isinstance(b, SupportsPartBufferReuse)), None)
 
 
 def read_at_most(backend: Backend, key: str, limit: int) -> bytes:

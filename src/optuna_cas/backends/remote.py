@@ -36,11 +36,12 @@ from typing import BinaryIO, ClassVar, NoReturn, TypeVar
 
 from optuna_cas._fileio import read_up_to
 from optuna_cas._validation import validate_key, validate_prefix
-from optuna_cas.backends.base import ObjectInfo, RequestRunner, run_once
+from optuna_cas.backends.base import ObjectInfo, RequestRunner, SealedFile, run_once
 from optuna_cas.backends.remote_io import (
     Download,
+    FileParts,
     ObjectReader,
-    PartBuffers,
+    Part,
     PartReader,
     PartSender,
     PartUpload,
@@ -149,7 +150,6 @@ class RemoteBackend(abc.ABC):
         # Set once the bucket is known to exist, so later 404s need no second look.
         self._bucket_seen = False
         # Shared with the copies with_request_runner makes (a shallow copy).
-        self._part_buffers = PartBuffers(keep=concurrency)
 
     # ---- primitives: one request each, raising the SDK's own errors -------------------------
 
@@ -291,24 +291,19 @@ class RemoteBackend(abc.ABC):
                 return
             part_size = self._part_size_for(len(head), content_body)
             # The part reader copies the head into its first buffer and lets it go: this
-            # frame must not keep it alive for the whole upload.
-            with PartReader(head, content_body, part_size, self._part_buffers) as parts:
+            # frame must not keep it alive for the whole upload. A sealed file is sent from
+            # the file itself, range by range (no head was read: its size is known).
+            parts = (
+                FileParts(content_body, part_size)
+                if isinstance(content_body, SealedFile)
+                else PartReader(head, content_body, part_size)
+            )
+            with parts:
                 del head
                 self._upload_in_parts(key, parts, part_size, if_absent=if_absent)
         except AlreadyPresentError:
             if not if_absent:
                 raise
-
-    def reusing_part_buffers(self) -> contextlib.AbstractContextManager[None]:
-        """Within the block, large writes share one set of part buffers (:class:`PartBuffers`).
-
-        Example:
-            .. code-block:: python
-
-                with backend.reusing_part_buffers():
-                    backend.write("packs/a", pack_a); backend.write("packs/b", pack_b)
-        """
-        return self._part_buffers.held()
 
     def remove(self, key: str) -> None:
         """Delete ``key``; a missing key raises ``ArtifactNotFound``.
@@ -446,7 +441,7 @@ class RemoteBackend(abc.ABC):
         return max(self._part_size, math.ceil((head + remaining) / self._max_parts))
 
     def _upload_in_parts(
-        self, key: str, parts: PartReader, part_size: int, *, if_absent: bool
+        self, key: str, parts: PartReader | FileParts, part_size: int, *, if_absent: bool
     ) -> None:
         where = self._where(key)
         upload = self._request(
@@ -460,7 +455,7 @@ class RemoteBackend(abc.ABC):
                 while True:
                     # The caller's stream is read here, outside any request: its errors
                     # propagate as they are, never translated or retried.
-                    part = parts.next()
+                    part: Part = parts.next()
                     if parts.eof:
                         break
                     number += 1

@@ -1,21 +1,22 @@
 """Byte plumbing shared by the remote backends: cutting uploads into parts, reading objects.
 
 Nothing here knows an SDK. :class:`PartReader` turns the caller's stream into upload parts and
-hands out the last part only once the stream reported EOF; :class:`PartSender` sends parts with
-bounded concurrency and memory; :class:`ObjectReader` turns an adapter's response bodies into
-one seekable, length-checked raw stream.
+hands out the last part only once the stream reported EOF; :class:`FileParts` cuts a sealed
+file into ranges of itself instead (no buffers); :class:`PartSender` sends parts with bounded
+concurrency and memory; :class:`ObjectReader` turns an adapter's response bodies into one
+seekable, length-checked raw stream.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
+import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from optuna_cas.backends.window import Window
 from optuna_cas.digest import readinto
@@ -24,11 +25,15 @@ from optuna_cas.exceptions import TransientBackendError
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
+    from optuna_cas.backends.base import SealedFile
+
 __all__ = [
     "Body",
     "Download",
+    "FilePart",
+    "FileParts",
     "ObjectReader",
-    "PartBuffers",
+    "Part",
     "PartReader",
     "PartSender",
     "PartUpload",
@@ -39,6 +44,8 @@ __all__ = [
 _COMPACT_REST = 1024 * 1024
 # A last part at most this fraction of a part is copied out, so its buffer can be reused.
 _TAIL_FRACTION = 4
+# What a sealed file's part is read from the file at a time.
+_PART_READ = 256 * 1024
 
 
 def remaining_size(stream: BinaryIO) -> int | None:
@@ -69,11 +76,11 @@ class PartUpload(Protocol):
     completes_separately: bool
     """Whether :meth:`complete` is a request of its own (S3), or the last part publishes."""
 
-    def send_part(self, number: int, offset: int, data: bytearray) -> None:
+    def send_part(self, number: int, offset: int, data: Part) -> None:
         """Send part ``number`` (1-based; ``data`` starts at byte ``offset``), not the last."""
         ...
 
-    def send_last(self, number: int, offset: int, data: bytearray, total: int) -> None:
+    def send_last(self, number: int, offset: int, data: Part, total: int) -> None:
         """Send the last part (possibly empty); the caller's stream has reached EOF."""
         ...
 
@@ -84,63 +91,6 @@ class PartUpload(Protocol):
     def abort(self) -> None:
         """Drop the upload; best effort, never raises."""
         ...
-
-
-class PartBuffers:
-    """Part buffers kept from one upload to the next, but only while someone holds the pool.
-
-    A writer that sends many objects in a row (the packs of a chunked upload) holds it for its
-    whole run: each upload takes the buffers the previous one gave back instead of allocating a
-    fresh set, so memory does not grow with the number of objects sent. (A fresh set per
-    object leaves multi-MiB blocks that glibc's malloc keeps resident once its dynamic mmap
-    threshold has risen, and that fragment its heaps.) Held by nobody, it keeps nothing: an
-    idle process holds no part buffers.
-
-    No lock (a fork while another thread held one would hang the child): every update is one
-    list or dict operation, atomic under the GIL. A buffer given back while the last holder
-    lets go may stay until the next holder lets go: at most ``keep`` of them.
-
-    Args:
-        keep: Most buffers kept (the parts one upload has in memory at once).
-
-    Example:
-        >>> pool = PartBuffers(keep=2)
-        >>> with pool.held():
-        ...     a = pool.take(4); pool.give(a); pool.take(4) is a
-        True
-        >>> b = pool.take(4); pool.give(b); pool.take(4) is b  # not held: nothing kept
-        False
-    """
-
-    def __init__(self, keep: int) -> None:
-        self._keep = keep
-        self._free: dict[int, list[bytearray]] = {}
-        self._holders: list[object] = []
-
-    def take(self, size: int) -> bytearray:
-        """A buffer of ``size`` bytes: one given back earlier, else a new one."""
-        try:
-            return self._free.get(size, []).pop()
-        except IndexError:
-            return bytearray(size)
-
-    def give(self, buffer: bytearray) -> None:
-        """Keep ``buffer`` for a later :meth:`take` if the pool is held and not full."""
-        free = self._free
-        if self._holders and sum(len(kept) for kept in list(free.values())) < self._keep:
-            free.setdefault(len(buffer), []).append(buffer)
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Keep buffers given back until the block (and every other holder's) ends."""
-        token = object()
-        self._holders.append(token)
-        try:
-            yield
-        finally:
-            self._holders.remove(token)
-            if not self._holders:
-                self._free = {}
 
 
 class PartReader:
@@ -157,9 +107,6 @@ class PartReader:
     therefore never publishes before the caller's stream was read to its end, which is where a
     verifying reader raises when the bytes are wrong.
 
-    With a shared ``pool`` (:class:`PartBuffers`), buffers come from it when it has some, and
-    :meth:`close` gives them back to it for the next upload.
-
     Example:
         >>> parts = PartReader(b"abc", io.BytesIO(b"defgh"), 3)
         >>> first = parts.next(); bytes(first); parts.release(first)
@@ -170,13 +117,10 @@ class PartReader:
         (b'gh', True)
     """
 
-    def __init__(
-        self, head: bytes, stream: BinaryIO, part_size: int, pool: PartBuffers | None = None
-    ) -> None:
+    def __init__(self, head: bytes, stream: BinaryIO, part_size: int) -> None:
         self._head: memoryview | None = memoryview(head)
         self._stream = stream
         self._part_size = part_size
-        self._pool = pool
         self._free: list[bytearray] = []  # buffers given back, sent from other threads
         self._lock = threading.Lock()
         self.eof = False
@@ -207,9 +151,9 @@ class PartReader:
                 return buffer[:filled]
         return buffer
 
-    def release(self, part: bytearray) -> None:
+    def release(self, part: Part) -> None:
         """Take back the buffer of a part that was sent (or will never be)."""
-        if len(part) == self._part_size:
+        if isinstance(part, bytearray) and len(part) == self._part_size:
             with self._lock:
                 self._free.append(part)
 
@@ -220,19 +164,14 @@ class PartReader:
         self.close()
 
     def close(self) -> None:
-        """Give the buffers back to the shared pool (after the upload ended)."""
+        """Let the buffers go (after the upload ended)."""
         with self._lock:
-            free, self._free = self._free, []
-        if self._pool is not None:
-            for buffer in free:
-                self._pool.give(buffer)
+            self._free = []
 
     def _take(self) -> bytearray:
         with self._lock:
             if self._free:
                 return self._free.pop()
-        if self._pool is not None:
-            return self._pool.take(self._part_size)
         return bytearray(self._part_size)
 
     def _fill_from_head(self, view: memoryview) -> int:
@@ -249,6 +188,129 @@ class PartReader:
         else:
             self._head = rest
         return filled
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A part that is bytes ``[offset, offset + length)`` of a sealed file, read as it is sent.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryFile() as f:
+        ...     _ = f.write(b"abcdef"); f.flush()
+        ...     part = FilePart(f.fileno(), 1, 4)
+        ...     len(part), part.body(skip=1).read()
+        (4, b'cde')
+    """
+
+    fd: int
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def body(self, skip: int = 0) -> BinaryIO:
+        """A new stream of the part from byte ``skip`` on, one per request.
+
+        A retry reads the part again from the file. ``len()`` of the stream is what it will
+        send, so an HTTP client can declare the length without reading it first.
+        """
+        raw = _RangeBody(self.fd, self.offset + skip, self.length - skip)
+        return cast(BinaryIO, _PartBody(raw, _PART_READ))
+
+
+Part = bytearray | FilePart  # what a PartUpload sends: a lent buffer or a sealed file's range
+
+
+class _PartBody(io.BufferedReader):
+    """A buffered :class:`_RangeBody` that still tells its length (HTTP clients ask ``len``).
+
+    HTTP clients read a body 8-16 KiB at a time: buffered in C, that is one ``pread`` per
+    256 KiB instead of a Python call and a ``pread`` per block.
+    """
+
+    def __len__(self) -> int:
+        return len(cast(_RangeBody, self.raw))
+
+
+class _RangeBody(io.RawIOBase):
+    """Bytes ``[start, start + length)`` of a file, read with ``pread``; seekable within them."""
+
+    def __init__(self, fd: int, start: int, length: int) -> None:
+        super().__init__()
+        self._fd, self._start, self._length, self._position = fd, start, length, 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        self._position = max(base + pos, 0)
+        return self._position
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        with memoryview(buffer) as whole:
+            view = whole.cast("B")
+            want = min(len(view), self._length - self._position)
+            if want <= 0:
+                return 0
+            count = os.preadv(self._fd, [view[:want]], self._start + self._position)
+        if not count:
+            raise OSError(f"file part ended early (at byte {self._position} of {self._length})")
+        self._position += count
+        return count
+
+
+class FileParts:
+    """A :class:`~optuna_cas.backends.base.SealedFile`'s rest as parts that are ranges of it.
+
+    The same contract as :class:`PartReader` (every part full but the last, which may be
+    empty; :attr:`eof` set with it) with no buffers: each part is read from the file while it
+    is sent, so memory does not depend on part size or concurrency.
+
+    Example:
+        >>> import tempfile
+        >>> from optuna_cas.backends.base import SealedFile
+        >>> with tempfile.TemporaryFile() as f:
+        ...     _ = f.write(b"abcdefg"); _ = f.seek(0)
+        ...     parts = FileParts(SealedFile(f), 3)
+        ...     [(p.offset, len(p)) for p in (parts.next(), parts.next(), parts.next())]
+        [(0, 3), (3, 3), (6, 1)]
+    """
+
+    def __init__(self, file: SealedFile, part_size: int) -> None:
+        self._fd = file.fileno()
+        self._position = file.tell()
+        self._end = file.seek(0, io.SEEK_END)  # read to the end, as a stream would be
+        self._part_size = part_size
+        self.eof = False
+
+    def next(self) -> FilePart:
+        """The next range; short (possibly empty) only at the end."""
+        length = max(min(self._part_size, self._end - self._position), 0)
+        part = FilePart(self._fd, self._position, length)
+        self._position += length
+        self.eof = length < self._part_size
+        return part
+
+    def release(self, part: Part) -> None:
+        """Nothing to give back."""
+
+    def __enter__(self) -> FileParts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 class PartSender:

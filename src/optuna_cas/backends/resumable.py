@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Any
+from typing import Any, BinaryIO
 
 from optuna_cas.backends.remote import UploadGoneError
+from optuna_cas.backends.remote_io import Part
 from optuna_cas.exceptions import BackendError, TransientBackendError
 
 __all__ = ["ResumableUpload"]
@@ -64,11 +65,11 @@ class ResumableUpload:
         self._persisted = 0  # bytes GCS has confirmed holding
         self._in_doubt = False  # the last request failed: GCS may hold more than confirmed
 
-    def send_part(self, number: int, offset: int, data: bytearray) -> None:
+    def send_part(self, number: int, offset: int, data: Part) -> None:
         """Send one chunk that is not the last (its length a multiple of 256 KiB)."""
         self._send(offset, data, None)
 
-    def send_last(self, number: int, offset: int, data: bytearray, total: int) -> None:
+    def send_last(self, number: int, offset: int, data: Part, total: int) -> None:
         """Send the last chunk, possibly empty; GCS publishes the object with its answer.
 
         Raises:
@@ -85,13 +86,13 @@ class ResumableUpload:
         with contextlib.suppress(Exception):
             self._http.delete(self._url, timeout=self._timeout)
 
-    def _send(self, offset: int, data: bytearray, total: int | None) -> None:
+    def _send(self, offset: int, data: Part, total: int | None) -> None:
         if self._retry is None:
             self._send_once(offset, data, total)
         else:
             self._retry(self._send_once)(offset, data, total)
 
-    def _send_once(self, offset: int, data: bytearray, total: int | None) -> None:
+    def _send_once(self, offset: int, data: Part, total: int | None) -> None:
         end = offset + len(data)
         if self._in_doubt:
             self._ask()
@@ -99,9 +100,11 @@ class ResumableUpload:
         while total is not None or self._persisted < end:
             if not offset <= self._persisted <= end:
                 raise self._out_of_chunk(offset, end)
-            # A view, not a slice: slicing a bytearray would copy the chunk.
-            piece = memoryview(data)[self._persisted - offset :]
-            response = self._put(piece, self._persisted, total)
+            # A view, not a slice: slicing a bytearray would copy the chunk. A sealed
+            # file's range is read again from the file, from where GCS stopped.
+            skip = self._persisted - offset
+            piece = memoryview(data)[skip:] if isinstance(data, bytearray) else data.body(skip)
+            response = self._put(piece, len(data) - skip, self._persisted, total)
             if response.status_code in _FINISHED:
                 if total is None:
                     raise BackendError(
@@ -122,13 +125,13 @@ class ResumableUpload:
         response = self._request("bytes */*", b"")
         self._persisted = self._confirmed(response)
 
-    def _put(self, piece: memoryview, start: int, total: int | None) -> Any:
+    def _put(self, piece: memoryview | BinaryIO, length: int, start: int, total: int | None) -> Any:
         size = "*" if total is None else str(total)
-        if piece:
-            return self._request(f"bytes {start}-{start + len(piece) - 1}/{size}", piece)
+        if length:
+            return self._request(f"bytes {start}-{start + length - 1}/{size}", piece)
         return self._request(f"bytes */{size}", b"")
 
-    def _request(self, content_range: str, body: bytes | memoryview) -> Any:
+    def _request(self, content_range: str, body: bytes | memoryview | BinaryIO) -> Any:
         response = self._http.put(
             self._url,
             data=body,

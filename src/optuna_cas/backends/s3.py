@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 
 from optuna_cas.backends.per_process import PerProcess
 from optuna_cas.backends.remote import Fault, RemoteBackend
-from optuna_cas.backends.remote_io import Body, Download
+from optuna_cas.backends.remote_io import Body, Download, Part
 from optuna_cas.exceptions import StoreConfigError
 
 if TYPE_CHECKING:
@@ -322,7 +322,7 @@ class _MultipartUpload:
         self._parts: dict[int, CompletedPartTypeDef] = {}
         self._lock = threading.Lock()
 
-    def send_part(self, number: int, offset: int, data: bytearray) -> None:
+    def send_part(self, number: int, offset: int, data: Part) -> None:
         response = self._client.upload_part(
             Bucket=self._bucket,
             Key=self._name,
@@ -330,7 +330,8 @@ class _MultipartUpload:
             PartNumber=number,
             # botocore takes a bytearray as it is (its validator allows one; the stubs say
             # bytes): no copy of the part, and checksums read it in place, not 1 MiB at a time.
-            Body=cast(bytes, data),
+            # A sealed file's range is a seekable stream botocore reads (and rewinds) itself.
+            Body=cast(bytes, data if isinstance(data, bytearray) else data.body()),
             ChecksumAlgorithm="CRC32",
         )
         part: CompletedPartTypeDef = {"ETag": response["ETag"], "PartNumber": number}
@@ -339,7 +340,7 @@ class _MultipartUpload:
         with self._lock:
             self._parts[number] = part
 
-    def send_last(self, number: int, offset: int, data: bytearray, total: int) -> None:
+    def send_last(self, number: int, offset: int, data: Part, total: int) -> None:
         if data:  # S3 needs no empty closing part: complete() ends the upload
             self.send_part(number, offset, data)
 

@@ -5,17 +5,26 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import shutil
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from optuna_cas.backends.base import Backend
+from optuna_cas.backends.base import Backend, SealedFile
 from optuna_cas.exceptions import ArtifactNotFound, BackendError, TransientBackendError
+from optuna_cas.middleware.backoff import RetryingBackend
+from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from optuna_cas.testing._backend_hooks import MULTIPART, BackendHooks, MiB, read_all
 from optuna_cas.testing.faults import FaultProxy
 from optuna_cas.testing.servers import free_port
 from optuna_cas.testing.streams import FailsAfter, FailsAtEof, PatternSource, random_bytes
+
+#: A sealed file's parts are read from the file as they go out: what an SDK reads at a time,
+#: per part in flight, never a part's size (measured: S3, 4 parts of 5 MiB in flight, where
+#: botocore's checksum and signature read 1 MiB at a time, 7.2-8.2 MiB; GCS 0.1 MiB).
+SEALED_WRITE_BOUND = 12 * MiB
 
 
 class BackendFaultTests(BackendHooks):
@@ -75,6 +84,25 @@ class BackendFaultTests(BackendHooks):
         # Buffering the whole stream (or parts without a bound) would pass 64 MiB.
         assert write_peak < bound, f"write peak {write_peak / MiB:.1f} MiB"
         assert read_peak < bound, f"read peak {read_peak / MiB:.1f} MiB"
+
+    def test_a_sealed_file_is_sent_without_part_buffers(
+        self, backend: Backend, tmp_path: Path
+    ) -> None:
+        if self.memory_bound is None:
+            pytest.skip(f"{type(self).__name__}: memory is not measured (memory_bound is None)")
+        target = self.backend_for_memory_test(backend)
+        size = 24 * MiB
+        with open(tmp_path / "spool", "w+b") as f:
+            shutil.copyfileobj(PatternSource(size, random_bytes(MiB + 7, seed=19)), f, MiB)
+            f.seek(0)
+            tracemalloc.start()
+            try:
+                target.write("blobs/sealed", SealedFile(f))  # type: ignore[arg-type]
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+        assert target.stat("blobs/sealed").size == size
+        assert peak < SEALED_WRITE_BOUND, f"write peak {peak / MiB:.1f} MiB"
 
     # ---- the service refuses or cannot be reached -----------------------------------------
 
@@ -183,3 +211,25 @@ class BackendFaultTests(BackendHooks):
         assert [r.fault for r in proxy.requests if r.fault] == ["503"]
         assert not via.exists("k")
         assert self.raw_keys() == [] and self.raw_unfinished() == []
+
+    def test_sealed_file_parts_are_read_again_for_each_retry(
+        self, proxied: tuple[Backend, FaultProxy], tmp_path: Path
+    ) -> None:
+        # A sealed file's part is no buffer: each attempt (and a resend from the middle of a
+        # GCS chunk) reads its range from the file again.
+        via, proxy = proxied
+        retrying = RetryingBackend(via, Retrier(RetryPolicy(min_delay=0.01, max_delay=0.05)))
+        data = random_bytes(2 * self.multipart_size, seed=18)
+        with open(tmp_path / "spool", "w+b") as f:
+            f.write(data)
+            proxy.set_faults(0.3, ["503", "reset", "drop_response"], methods=["PUT"])
+            try:
+                for key in ("a", "b", "c"):
+                    f.seek(0)
+                    retrying.write(key, SealedFile(f), if_absent=True)  # type: ignore[arg-type]
+            finally:
+                proxy.clear_faults()
+        assert any(r.fault for r in proxy.requests)
+        for key in ("a", "b", "c"):
+            assert self.raw_read(key) == data, key
+        assert self.raw_unfinished() == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from optuna_cas.backends.base import Backend
+from optuna_cas.backends.base import Backend, SealedFile
 from optuna_cas.exceptions import ArtifactNotFound, InvalidKeyError
 from optuna_cas.testing._backend_hooks import MULTIPART, BackendHooks, MiB, read_all
 from optuna_cas.testing.streams import NonSeekable, OnEof, random_bytes
@@ -66,6 +66,17 @@ class BackendIOTests(BackendHooks):
         with open(path, "rb") as f:
             f.seek(4)
             backend.write("k", f)
+            assert not f.closed
+        assert self.raw_read("k") == data
+
+    @pytest.mark.parametrize("size", [0, 100, MULTIPART])
+    def test_write_from_sealed_file(self, backend: Backend, tmp_path: Path, size: int) -> None:
+        # Remote backends send a sealed file's parts straight from the file (no buffers).
+        data = random_bytes(self.sized(size), seed=5)
+        with open(tmp_path / "spool", "w+b") as f:
+            f.write(b"HEAD" + data)
+            f.seek(4)
+            backend.write("k", SealedFile(f))  # type: ignore[arg-type]
             assert not f.closed
         assert self.raw_read("k") == data
 
