@@ -1,4 +1,4 @@
-"""A copy checked by a hasher trailing it on a second thread (``_fileio.hash_behind_copy``)."""
+"""A copy checked by a hasher trailing it on a second thread (``_verified_copy.hash_behind_copy``)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from optuna_cas._fileio import (
-    COPY_STEP,
-    copy_holds,
-    copy_range,
-    hash_behind_copy,
-)
+from optuna_cas._fileio import COPY_STEP, copy_range
+from optuna_cas._verified_copy import copy_holds, hash_behind_copy
 from optuna_cas.digest import Digest, new_blake3
 from tests.conftest import random_bytes
 

@@ -8,9 +8,7 @@ files appear under their final name only when complete (temp file beside it, the
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import functools
 import io
 import os
 import secrets
@@ -18,20 +16,16 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import BinaryIO
 
 from optuna_cas._validation import shorten_name
-from optuna_cas.digest import CHUNK_SIZE, Digest, hash_private_range, new_blake3, readinto
+from optuna_cas.digest import CHUNK_SIZE, readinto
 from optuna_cas.exceptions import UnsupportedSourceError
 
 __all__ = [
-    "OVERLAP_MIN_BYTES",
     "PositionalReader",
-    "copy_and_publish",
-    "copy_holds",
     "copy_range",
     "describe_mode",
-    "hash_behind_copy",
     "kernel_copy",
     "materialize",
     "open_regular_file",
@@ -241,139 +235,6 @@ def copy_range(
     return copied
 
 
-_T = TypeVar("_T")
-# A copy run under hash_behind_copy: called with (stop, on_progress), writes our file from
-# offset 0 forward, reports the bytes in place after each step, and gives up once stop is set.
-CopyFunction = Callable[[threading.Event, Callable[[int], None]], _T]
-# Below this a copy, then a hash on one thread, is as fast as a copy with a trailing hasher.
-OVERLAP_MIN_BYTES = 8 * 1024 * 1024
-
-
-def hash_behind_copy(copy: CopyFunction[_T], out_fd: int, hasher: Any) -> tuple[_T, int]:
-    """Run ``copy`` on this thread while a helper thread hashes what has landed in ``out_fd``.
-
-    The kernel copy keeps one core busy while BLAKE3 follows on the other, so copying and
-    checking a file costs about one copy, not a copy and then a hash. ``out_fd`` is mapped to
-    hash it: it must be our own file, which nobody else truncates. ``copy`` runs on the
-    calling thread, so it may use per-thread resources (diskcache's connections) freely.
-
-    Args:
-        copy: Fills ``out_fd`` (see ``CopyFunction``); its result is returned.
-        out_fd: Our own file that ``copy`` fills.
-        hasher: A BLAKE3 hasher fed bytes ``[0, n)`` of ``out_fd``.
-
-    Returns:
-        (what ``copy`` returned, n): n is the last count ``copy`` reported, all of it hashed.
-
-    Example:
-        >>> import tempfile
-        >>> from optuna_cas.digest import Digest, new_blake3
-        >>> src, out = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-        >>> _ = src.write(b"hello"); src.flush(); h = new_blake3()
-        >>> copy = lambda stop, progress: kernel_copy(src.fileno(), out.fileno(), 0, 0,
-        ...                                           stop, progress)
-        >>> hash_behind_copy(copy, out.fileno(), h)
-        ((5, True), 5)
-        >>> h.hexdigest() == Digest.of_bytes(b"hello").hexdigest
-        True
-    """
-    progress = _CopyProgress()
-    failed: list[BaseException] = []
-
-    def hash_trailing() -> None:
-        try:
-            while True:
-                copied, done = progress.wait_beyond(progress.hashed)
-                if progress.abandoned:
-                    return
-                if copied > progress.hashed:
-                    hash_private_range(out_fd, hasher, progress.hashed, copied)
-                    progress.hashed = copied
-                elif done:
-                    return
-        except BaseException as e:  # re-raised on the caller's thread below
-            failed.append(e)
-            progress.stop.set()
-
-    thread = threading.Thread(target=hash_trailing, name="optuna-cas-hash", daemon=True)
-    thread.start()
-    finished = False
-    try:
-        result = copy(progress.stop, progress.update)
-        finished = True
-    finally:
-        progress.finish(abandon=not finished)
-        thread.join()
-    if failed:
-        raise failed[0]
-    return result, progress.hashed
-
-
-def copy_holds(copy: CopyFunction[_T], out_fd: int, digest: Digest) -> tuple[_T, bool]:
-    """Run ``copy`` into our own ``out_fd``; whether it then holds exactly ``digest``'s bytes.
-
-    Large copies are hashed as they land (:func:`hash_behind_copy`); small ones after.
-
-    Returns:
-        (what ``copy`` returned, whether ``out_fd`` holds ``digest``).
-
-    Example:
-        >>> import tempfile
-        >>> src, out = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-        >>> _ = src.write(b"hello"); src.flush()
-        >>> copy = lambda stop, progress: copy_range(src.fileno(), out.fileno(), 0, 0, 6,
-        ...                                          stop, progress)
-        >>> copy_holds(copy, out.fileno(), Digest.of_bytes(b"hello"))
-        (5, True)
-    """
-    if digest.size < OVERLAP_MIN_BYTES:
-        hasher = new_blake3(digest.size)
-        result = copy(threading.Event(), _ignore_progress)
-        size = hashed = os.fstat(out_fd).st_size
-        if hashed == digest.size:
-            hash_private_range(out_fd, hasher, 0, hashed)
-    else:
-        # One hashing thread: the copy has the other core, and one BLAKE3 thread keeps up
-        # with it (measured 8.9 GB/s on a mapped file here, against ~3 GB/s for the copy).
-        hasher = new_blake3(0)
-        result, hashed = hash_behind_copy(copy, out_fd, hasher)
-        size = os.fstat(out_fd).st_size
-    holds = hashed == digest.size == size and hasher.hexdigest() == digest.hexdigest
-    return result, holds
-
-
-def _ignore_progress(copied: int) -> None:
-    pass
-
-
-class _CopyProgress:
-    """Bytes a copy has put in place, for a hasher thread trailing behind it."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.copied = 0
-        self.hashed = 0
-        self.done = False
-        self.abandoned = False
-        self.stop = threading.Event()  # set by the hasher if it fails: the copy gives up
-
-    def update(self, copied: int) -> None:
-        with self._cond:
-            self.copied = copied
-            self._cond.notify()
-
-    def finish(self, *, abandon: bool) -> None:
-        with self._cond:
-            self.done = True
-            self.abandoned = abandon
-            self._cond.notify()
-
-    def wait_beyond(self, hashed: int) -> tuple[int, bool]:
-        with self._cond:
-            self._cond.wait_for(lambda: self.copied > hashed or self.done)
-            return self.copied, self.done
-
-
 def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     """``os.pwrite`` at ``offset`` until every byte of ``view`` is written.
 
@@ -526,28 +387,6 @@ def publish_new_file(temp: Path, target: Path) -> None:
         if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise type(e)(e.errno, f"Cannot create {str(target)!r}: {e.strerror}") from None
         os.replace(temp, target)
-
-
-def copy_and_publish(fd: int, digest: Digest, target: Path) -> bool:
-    """Copy file ``fd`` to a private temp beside ``target``; link it there if it is ``digest``.
-
-    The copy is made in the kernel and hashed as it lands (:func:`copy_holds`); ``fd`` is
-    never mapped, so a source that shrinks meanwhile only fails the check. False, leaving
-    nothing at ``target``, when the copy does not hash to ``digest``.
-    """
-    out_fd, out_temp = temp_beside(target)
-    try:
-        try:
-            copy = functools.partial(copy_range, fd, out_fd, 0, 0, digest.size + 1)
-            if not copy_holds(copy, out_fd, digest)[1]:
-                return False
-        finally:
-            os.close(out_fd)
-        publish_new_file(Path(out_temp), target)
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(out_temp)
 
 
 def materialize(reader: BinaryIO, target: Path) -> None:

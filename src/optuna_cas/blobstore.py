@@ -28,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from optuna_cas._fileio import PositionalReader, copy_and_publish, materialize, real_fileno
+from optuna_cas._fileio import PositionalReader, materialize, real_fileno
+from optuna_cas._verified_copy import copy_and_publish
 from optuna_cas.backends.base import Backend, ObjectInfo, StagedObject, SupportsStaging, staging_of
 from optuna_cas.blob_maintenance import (
     BLOB_PREFIX,

@@ -34,14 +34,8 @@ from typing import Any, BinaryIO
 
 import blake3
 
-from optuna_cas._fileio import (
-    OVERLAP_MIN_BYTES,
-    hash_behind_copy,
-    kernel_copy,
-    open_regular_file_stat,
-    pwrite_all,
-    real_fileno,
-)
+from optuna_cas._fileio import kernel_copy, open_regular_file_stat, pwrite_all, real_fileno
+from optuna_cas._verified_copy import OVERLAP_MIN_BYTES, hash_behind_copy
 from optuna_cas.digest import CHUNK_SIZE, Digest, hash_fd, new_blake3, readinto
 from optuna_cas.exceptions import IntegrityError
 

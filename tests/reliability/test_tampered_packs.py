@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+import optuna_cas._verified_copy as _verified_copy
 import optuna_cas.chunks.assemble as assemble
 import optuna_cas.chunks.store as chunk_store
 from optuna_cas import (
@@ -204,7 +205,7 @@ class _Attacker:
             raise AssertionError(attack)
 
     def install_hooks(self) -> None:
-        copy_range, copy_holds = assemble.copy_range, assemble.copy_holds
+        copy_range, copy_holds = assemble.copy_range, _verified_copy.copy_holds
 
         def copying(source: int, *args: Any) -> int:
             edit = self.on_open.pop(os.fstat(source).st_ino, None)
@@ -222,7 +223,7 @@ class _Attacker:
             return copy_holds(copy_then_edit, fd, digest)
 
         assemble.copy_range = copying  # type: ignore[assignment]
-        assemble.copy_holds = checking  # type: ignore[assignment]
+        _verified_copy.copy_holds = checking  # type: ignore[assignment]
 
 
 def _refuse_chunk_by_chunk(*args: object, **kwargs: object) -> None:

@@ -11,7 +11,6 @@ was when copied), which is what a cache hit of a whole blob does too.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -20,7 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from optuna_cas._fileio import copy_holds, copy_range, publish_new_file, real_fileno, temp_beside
+from optuna_cas._fileio import copy_range, real_fileno
+from optuna_cas._verified_copy import publish_copy
 from optuna_cas.backends.base import Backend
 from optuna_cas.chunks.layout import pack_key
 from optuna_cas.chunks.reader import CachedPacks, PackCache, missing_pack
@@ -184,27 +184,14 @@ def _copy_out(
     try:
         if os.path.lexists(target):
             raise FileExistsError(f"File already exists: {target!s}")
-        out_fd, temp = temp_beside(target)
-    except BaseException:
-        packs.close()
-        raise
-    try:
-        try:
-            complete, holds = copy_holds(
-                functools.partial(_copy_runs, runs, packs, out_fd, digest.size), out_fd, digest
-            )
-        finally:
-            os.close(out_fd)
-            packs.close()
-        if complete is None:
-            return None
-        if not (complete and holds):
-            return False
-        publish_new_file(Path(temp), target)
-        return True
+        complete, published = publish_copy(
+            lambda out_fd: functools.partial(_copy_runs, runs, packs, out_fd, digest.size),
+            digest,
+            target,
+        )
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+        packs.close()
+    return True if published else None if complete is None else False
 
 
 def _copy_runs(

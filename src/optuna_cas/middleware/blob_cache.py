@@ -41,8 +41,9 @@ from typing import BinaryIO, cast
 
 import diskcache
 
-from optuna_cas._fileio import copy_and_publish, copy_holds, publish_new_file, temp_beside
 from optuna_cas._fileio import materialize as _materialize_stream
+from optuna_cas._fileio import publish_new_file, temp_beside
+from optuna_cas._verified_copy import copy_and_publish, copy_holds
 from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
 from optuna_cas.exceptions import IntegrityError, StoreConfigError
 from optuna_cas.middleware import _cache_files as files
