@@ -340,7 +340,7 @@ def test_a_failed_chunk_is_resent_alone(
         if sealed:  # each chunk is sent (and resent) straight from the file
             shutil.copyfileobj(source, spool, MiB)
             spool.seek(0)
-        body = SealedFile(spool) if sealed else source
+        body = SealedFile.of(spool) if sealed else source
         backend.write("blobs/x", body, if_absent=True)  # type: ignore[arg-type]
 
     assert [r.fault for r in proxy.requests if r.fault] == [mode]

@@ -14,7 +14,10 @@ import io
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar, runtime_checkable
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = [
     "Backend",
@@ -38,35 +41,41 @@ _PIECE = 64 * 1024  # read_at_most's read size
 
 
 class SealedFile(io.RawIOBase):
-    """A private file whose bytes stay as they are until the ``write`` given it returns.
+    """Bytes of a private file that stay as they are until the ``write`` given them returns.
 
-    A plain stream to any backend; a remote one may send its ranges straight from the file
-    (each part read as it goes out, and again on a retry) instead of reading it into part
-    buffers first. Only for files nobody else can change: the pack writer's unlinked spool
-    files, whose digest it checked just before. Read with ``pread`` (never mapped), from the
-    position the file had when sealed up to its size then.
+    Bytes ``[start, start + length)`` of the file. A plain stream to any backend (positions count from ``start``; ``len()`` is ``length``);
+    a remote one may send its ranges straight from the file (each part read as it goes out,
+    and again on a retry) instead of reading it into part buffers first. Only for files
+    nobody else can change: the pack writer's unlinked spool files, whose digest it checked
+    just before. Read with ``pread``, never mapped; a file found shorter than promised is an
+    error, never a short object.
 
     Args:
-        file: An open regular file; its position is where the content starts.
+        fd: The file's descriptor (it stays the caller's to close).
+        start: Where the bytes start in the file.
+        length: How many there are.
 
     Example:
         >>> import tempfile
         >>> with tempfile.TemporaryFile() as f:
         ...     _ = f.write(b"xhello"); _ = f.seek(1)
-        ...     sealed = SealedFile(f)
-        ...     sealed.read(), sealed.tell(), sealed.size
-        (b'hello', 6, 6)
+        ...     sealed = SealedFile.of(f)
+        ...     sealed.read(), sealed.tell(), len(sealed), sealed.start
+        (b'hello', 5, 5, 1)
     """
 
-    def __init__(self, file: io.IOBase | BinaryIO) -> None:
+    def __init__(self, fd: int, start: int, length: int) -> None:
         super().__init__()
-        self._fd = file.fileno()
-        self._position = file.tell()
-        self.size = os.fstat(self._fd).st_size
+        self.fd, self.start, self._length, self._position = fd, start, length, 0
 
-    def fileno(self) -> int:
-        """The sealed file's descriptor (it stays the caller's to close)."""
-        return self._fd
+    @classmethod
+    def of(cls, file: io.IOBase | BinaryIO) -> SealedFile:
+        """``file`` from its position to its size now."""
+        start = file.tell()
+        return cls(file.fileno(), start, max(os.fstat(file.fileno()).st_size - start, 0))
+
+    def __len__(self) -> int:
+        return self._length
 
     def readable(self) -> bool:
         """Always true."""
@@ -77,27 +86,30 @@ class SealedFile(io.RawIOBase):
         return True
 
     def tell(self) -> int:
-        """The position in the file."""
+        """The position, counted from ``start``."""
         return self._position
 
     def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        """Move like a file; the end is the size the file had when sealed."""
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        """Move like a file whose end is ``length``."""
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
         self._position = max(base + pos, 0)
         return self._position
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        """Read at the position, never past the sealed size."""
-        want = min(len(buffer), self.size - self._position)
-        if want <= 0:
-            return 0
-        count = os.preadv(self._fd, [memoryview(buffer)[:want]], self._position)
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        """Read at the position, never past ``length``."""
+        with memoryview(buffer) as whole:
+            view = whole.cast("B")
+            want = min(len(view), self._length - self._position)
+            if want <= 0:
+                return 0
+            count = os.preadv(self.fd, [view[:want]], self.start + self._position)
+        if not count:
+            raise OSError(
+                f"sealed file ended early: byte {self._position} of {self._length} "
+                f"(from {self.start}) is gone"
+            )
         self._position += count
         return count
-
-    def close(self) -> None:
-        """Closes nothing of the caller's: the descriptor stays open."""
-        super().close()
 
 
 class RequestRunner(Protocol):

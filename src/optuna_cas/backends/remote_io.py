@@ -10,7 +10,6 @@ seekable, length-checked raw stream.
 from __future__ import annotations
 
 import io
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -18,14 +17,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
+from optuna_cas.backends.base import SealedFile
 from optuna_cas.backends.window import Window
 from optuna_cas.digest import readinto
 from optuna_cas.exceptions import TransientBackendError
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
-
-    from optuna_cas.backends.base import SealedFile
 
 __all__ = [
     "Body",
@@ -216,7 +214,7 @@ class FilePart:
         A retry reads the part again from the file. ``len()`` of the stream is what it will
         send, so an HTTP client can declare the length without reading it first.
         """
-        raw = _RangeBody(self.fd, self.offset + skip, self.length - skip)
+        raw = SealedFile(self.fd, self.offset + skip, self.length - skip)
         return cast(BinaryIO, _PartBody(raw, _PART_READ))
 
 
@@ -224,51 +222,14 @@ Part = bytearray | FilePart  # what a PartUpload sends: a lent buffer or a seale
 
 
 class _PartBody(io.BufferedReader):
-    """A buffered :class:`_RangeBody` that still tells its length (HTTP clients ask ``len``).
+    """A buffered :class:`SealedFile` that still tells its length (HTTP clients ask ``len``).
 
     HTTP clients read a body 8-16 KiB at a time: buffered in C, that is one ``pread`` per
     256 KiB instead of a Python call and a ``pread`` per block.
     """
 
     def __len__(self) -> int:
-        return len(cast(_RangeBody, self.raw))
-
-
-class _RangeBody(io.RawIOBase):
-    """Bytes ``[start, start + length)`` of a file, read with ``pread``; seekable within them."""
-
-    def __init__(self, fd: int, start: int, length: int) -> None:
-        super().__init__()
-        self._fd, self._start, self._length, self._position = fd, start, length, 0
-
-    def __len__(self) -> int:
-        return self._length
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
-        self._position = max(base + pos, 0)
-        return self._position
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        with memoryview(buffer) as whole:
-            view = whole.cast("B")
-            want = min(len(view), self._length - self._position)
-            if want <= 0:
-                return 0
-            count = os.preadv(self._fd, [view[:want]], self._start + self._position)
-        if not count:
-            raise OSError(f"file part ended early (at byte {self._position} of {self._length})")
-        self._position += count
-        return count
+        return len(cast("SealedFile", self.raw))
 
 
 class FileParts:
@@ -283,15 +244,15 @@ class FileParts:
         >>> from optuna_cas.backends.base import SealedFile
         >>> with tempfile.TemporaryFile() as f:
         ...     _ = f.write(b"abcdefg"); _ = f.seek(0)
-        ...     parts = FileParts(SealedFile(f), 3)
+        ...     parts = FileParts(SealedFile.of(f), 3)
         ...     [(p.offset, len(p)) for p in (parts.next(), parts.next(), parts.next())]
         [(0, 3), (3, 3), (6, 1)]
     """
 
     def __init__(self, file: SealedFile, part_size: int) -> None:
-        self._fd = file.fileno()
-        self._position = file.tell()
-        self._end = file.seek(0, io.SEEK_END)  # read to the end, as a stream would be
+        self._fd = file.fd
+        self._position = file.start + file.tell()
+        self._end = file.start + file.seek(0, io.SEEK_END)  # read to the end, like a stream
         self._part_size = part_size
         self.eof = False
 

@@ -303,7 +303,7 @@ class PackWriter:
             # Checked, and private (unlinked, ours alone): sealed, so a remote backend sends
             # each part straight from the file, with no part buffers in memory.
             pack.spool.seek(0)
-            sealed = SealedFile(pack.spool)
+            sealed = SealedFile.of(pack.spool)
             self._backend.write(pack_key(digest), cast(BinaryIO, sealed), if_absent=True)
             if self._cache is not None:
                 # The uploading worker often reads its upload back: keep the pack (the cache

@@ -97,7 +97,7 @@ class BackendFaultTests(BackendHooks):
             f.seek(0)
             tracemalloc.start()
             try:
-                target.write("blobs/sealed", SealedFile(f))  # type: ignore[arg-type]
+                target.write("blobs/sealed", SealedFile.of(f))  # type: ignore[arg-type]
                 _, peak = tracemalloc.get_traced_memory()
             finally:
                 tracemalloc.stop()
@@ -226,7 +226,7 @@ class BackendFaultTests(BackendHooks):
             try:
                 for key in ("a", "b", "c"):
                     f.seek(0)
-                    retrying.write(key, SealedFile(f), if_absent=True)  # type: ignore[arg-type]
+                    retrying.write(key, SealedFile.of(f), if_absent=True)  # type: ignore[arg-type]
             finally:
                 proxy.clear_faults()
         assert any(r.fault for r in proxy.requests)

@@ -76,7 +76,7 @@ class BackendIOTests(BackendHooks):
         with open(tmp_path / "spool", "w+b") as f:
             f.write(b"HEAD" + data)
             f.seek(4)
-            backend.write("k", SealedFile(f))  # type: ignore[arg-type]
+            backend.write("k", SealedFile.of(f))  # type: ignore[arg-type]
             assert not f.closed
         assert self.raw_read("k") == data
 
