@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -34,26 +35,40 @@ class Contender:
 
 
 def measure(
-    contenders: Sequence[Contender], reps: int, *, warmup: int = 1
+    contenders: Sequence[Contender],
+    reps: int,
+    *,
+    warmup: int = 1,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Time each contender ``reps`` times, rotating the order every round.
 
     This VM's first touch of memory is slow and its speed drifts, so contenders are compared
     within one run, round by round, never against a lone earlier number. Warm-up rounds are
-    run and discarded.
+    run and discarded. With ``cpu``, each run's CPU time in this process (user + system, all
+    threads) goes there too, by contender.
     """
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
     for round_ in range(warmup + reps):
         shift = round_ % len(contenders)
         for contender in [*contenders[shift:], *contenders[:shift]]:
             contender.setup()
+            used = _cpu_seconds()
             start = time.perf_counter()
             contender.run()
             elapsed = time.perf_counter() - start
+            used = _cpu_seconds() - used
             contender.teardown()
             if round_ >= warmup:
                 times[contender.name].append(elapsed)
+                if cpu is not None:
+                    cpu.setdefault(contender.name, []).append(used)
     return times
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def median(values: Sequence[float]) -> float:

@@ -92,6 +92,7 @@ def _throughput(cfg: Config, client: Any, src: Path, data: Path) -> Section:
         file_path=str(src),
         study_or_trial=study,
     )
+    cpu: dict[str, list[float]] = {}
     up = measure(
         [
             ours_contender("ours", CHUNK_THRESHOLD),
@@ -109,6 +110,7 @@ def _throughput(cfg: Config, client: Any, src: Path, data: Path) -> Section:
             ),
         ],
         cfg.s3_reps,
+        cpu=cpu,
     )
     blobs, blob_bytes = count_objects(client, BUCKET, "ours-repeat/blobs/")
     refs, _ = count_objects(client, BUCKET, "ours-repeat/refs/")
@@ -214,6 +216,13 @@ def _throughput(cfg: Config, client: Any, src: Path, data: Path) -> Section:
             "`upload_fileobj` with 8 MiB parts x 10 threads; a single GET).",
             "Optuna re-sends the whole file on every upload, so its fresh upload time is also "
             "its repeat-upload time (its reps above upload the same bytes again).",
+            "CPU time of this process per upload (median, user + system, all threads; the moto "
+            f"server's own not counted): ours {median(cpu['ours']):.2f} s, ours as one blob "
+            f"{median(cpu['ours-whole']):.2f} s, Optuna {median(cpu['optuna']):.2f} s. Both "
+            "sign every part with SHA-256 (plain HTTP) and checksum it with CRC32; a chunked "
+            "upload also cuts the file and hashes every chunk, the whole file and each pack "
+            "(written to a spool file and read back through its digest): on 2 cores shared "
+            "with the server, that CPU is taken from it.",
         ],
     )
     section.throughput = [
