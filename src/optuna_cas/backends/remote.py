@@ -258,7 +258,9 @@ class RemoteBackend(abc.ABC):
 
         Args:
             key: The object's key.
-            content_body: A binary stream; it need not be seekable.
+            content_body: A binary stream; it need not be seekable. A large
+                :class:`~optuna_cas.backends.base.SealedFile` is sent range by range from its
+                file (no part buffers).
             if_absent: Leave an existing object untouched (no error). The service checks this
                 when publishing, so a large body may be sent before it turns out present.
 
