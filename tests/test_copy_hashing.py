@@ -1,4 +1,4 @@
-"""A copy checked by a hasher trailing it on a second thread (``_verified_copy.hash_behind_copy``)."""
+"""A copy checked by a hasher trailing it on a second thread (`_verified_copy.hash_behind_copy`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a chunked upload keeps in memory: a few bytes per chunk, no part buffers for packs (issue 11).
+"""What a chunked upload keeps in memory: a few bytes per chunk, no part buffers (issue 11).
 
 Structural checks, not RSS measurements: tracemalloc counts the Python allocations a chunk
 record costs (deterministic), and the parts an S3 upload sends are told apart by type (a

@@ -43,12 +43,12 @@ _PIECE = 64 * 1024  # read_at_most's read size
 class SealedFile(io.RawIOBase):
     """Bytes of a private file that stay as they are until the ``write`` given them returns.
 
-    Bytes ``[start, start + length)`` of the file. A plain stream to any backend (positions count from ``start``; ``len()`` is ``length``);
-    a remote one may send its ranges straight from the file (each part read as it goes out,
-    and again on a retry) instead of reading it into part buffers first. Only for files
-    nobody else can change: the pack writer's unlinked spool files, whose digest it checked
-    just before. Read with ``pread``, never mapped; a file found shorter than promised is an
-    error, never a short object.
+    Bytes ``[start, start + length)`` of the file. A plain stream to any backend (positions
+    count from ``start``; ``len()`` is ``length``); a remote one may send its ranges straight
+    from the file (each part read as it goes out, and again on a retry) instead of reading it
+    into part buffers first. Only for files nobody else can change: the pack writer's
+    unlinked spool files, whose digest it checked just before. Read with ``pread``, never
+    mapped; a file found shorter than promised is an error, never a short object.
 
     Args:
         fd: The file's descriptor (it stays the caller's to close).
@@ -70,7 +70,8 @@ class SealedFile(io.RawIOBase):
 
     @classmethod
     def of(cls, file: io.IOBase | BinaryIO) -> SealedFile:
-        """``file`` from its position to its size now."""
+        """``file`` from its position to its size now (its buffered writes flushed first)."""
+        file.flush()
         start = file.tell()
         return cls(file.fileno(), start, max(os.fstat(file.fileno()).st_size - start, 0))
 
