@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import blake3
 
@@ -34,6 +34,7 @@ from optuna_cas.chunks.layout import (
     parse_content_key,
 )
 from optuna_cas.chunks.maintenance import ChunkMaintenance, StoredObject
+from optuna_cas.chunks.pack_checks import PackChecks
 from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.reader import ChunkedReader, PackCache, missing_pack, whole_file_reader
 from optuna_cas.chunks.table import (
@@ -110,38 +111,65 @@ class ChunkStore(ChunkMaintenance):
             IntegrityError: Raised by ``check_unchanged``.
         """
         self.known.refresh()
+        start = stream.tell() if _seekable(stream) else None
+        # Looks at reused packs go ahead of the chunk loop on a remote store (on a local one
+        # they cost microseconds), when the stream can be read again should one be gone.
+        background = start is not None and staging_of(self._backend) is None
+        checks = PackChecks(self._pack_present, background=background)
+        try:
+            while (done := self._cut_and_pack(stream, size_hint, checks)) is None:
+                # A pack this pass leaned on is gone (gc's race): again, storing its chunks.
+                stream.seek(cast(int, start))
+            writer, digest = done
+            if check_unchanged is not None:
+                check_unchanged()
+            self.last_new_bytes = writer.bytes_written
+            self.publish_index(writer.index)
+            stored = self._stored_manifest_state(digest, checks)
+            for pack in checks.settle()[0]:
+                self.known.forget_pack(pack)  # later uploads do not lean on it
+        finally:
+            checks.close()
+        if stored != "complete":
+            # One that names a pack gone since (or is malformed) is replaced by ours, whose
+            # packs this upload just wrote or checked: a re-upload repairs it.
+            self._write_manifest(
+                digest, writer.manifest.to_bytes(digest), replace=stored == "broken"
+            )
+        return digest
+
+    def _cut_and_pack(
+        self, stream: BinaryIO, size_hint: int | None, checks: PackChecks
+    ) -> tuple[PackWriter, Digest] | None:
+        """One pass over ``stream``: new chunks into packs; None if it leaned on a gone pack.
+
+        The packs such a pass wrote stay unnamed (gc's orphans).
+        """
         writer = PackWriter(self._backend, cache=self._cache)
-        manifest = writer.manifest  # new chunks by reference to writer.index: 8 bytes each
         if size_hint:
             # Spares re-indexing as it grows; capped (a hint, and slots are resident memory).
             writer.index.expect(min(size_hint // CHUNK_AVG, _EXPECT_AT_MOST))
-        usable: dict[str, bool] = {}
         chunker = Chunker(stream)
         try:
             for chunk, data in chunker:
                 where = self.known.find(chunk)
-                if where is not None and self._pack_usable(where[0], usable):
+                if where is not None and checks.assume(where[0]):
                     writer.add_known(chunk, *where)
                 else:
                     writer.add_new(chunk, data)
             writer.finish()
+            missing, leaned = checks.settle()
         except BaseException:
             writer.abort()
             raise
+        for pack in missing:
+            self.known.forget_pack(pack)
+        if leaned:
+            return None
         writer.forget_new()  # before the records are serialised: memory per chunk adds up
-        digest = chunker.digest()
-        if check_unchanged is not None:
-            check_unchanged()
-        self.last_new_bytes = writer.bytes_written
-        self.publish_index(writer.index)
-        stored = self._stored_manifest_state(digest, usable)
-        if stored != "complete":
-            # One that names a pack gone since (or is malformed) is replaced by ours, whose
-            # packs this upload just wrote or checked: a re-upload repairs it.
-            self._write_manifest(digest, manifest.to_bytes(digest), replace=stored == "broken")
-        return digest
+        return writer, chunker.digest()
 
-    def _stored_manifest_state(self, digest: Digest, usable: dict[str, bool]) -> str:
+    def _stored_manifest_state(self, digest: Digest, checks: PackChecks) -> str:
         """Whether ``digest``'s manifest is ``"absent"``, ``"complete"`` or ``"broken"``.
 
         Complete: it and every pack it names are stored (all touched if old, as a dedup hit
@@ -156,17 +184,36 @@ class ChunkStore(ChunkMaintenance):
             return "absent"
         except IntegrityError:
             return "broken"
-        complete = all(self._pack_usable(pack, usable) for pack in table.packs)
+        complete = all(checks.usable(pack) for pack in table.packs)
         return "complete" if complete else "broken"
 
-    def _pack_usable(self, pack: Digest, usable: dict[str, bool]) -> bool:
-        """Whether a pack an index names is still there (looked at once per upload)."""
-        known = usable.get(pack.hexdigest)
-        if known is None:
-            known = usable[pack.hexdigest] = self._present(pack_key(pack), pack.size)
-            if not known:
-                self.known.forget_pack(pack)
-        return known
+    def _chunks_to_copy(self, table: ChunkTable) -> bytes:
+        """The entries of ``table`` whose chunks this store lacks (each once).
+
+        The packs holding the others are looked at in parallel on a remote store, and the
+        choice is made again should one turn out gone.
+        """
+        checks = PackChecks(self._pack_present, background=staging_of(self._backend) is None)
+        try:
+            while True:
+                wanted, picked = bytearray(), set()
+                for entry in table:
+                    where = self.known.find(Digest(entry.chunk.hex(), entry.length))
+                    if entry.chunk in picked or (where and checks.assume(where[0])):
+                        continue
+                    picked.add(entry.chunk)
+                    wanted += ENTRY.pack(*entry)
+                gone, leaned = checks.settle()
+                for pack in gone:
+                    self.known.forget_pack(pack)
+                if not leaned:
+                    return bytes(wanted)
+        finally:
+            checks.close()
+
+    def _pack_present(self, pack: Digest) -> bool:
+        """Whether a pack an index names is still there (touched if old: see gc)."""
+        return self._present(pack_key(pack), pack.size)
 
     def _present(self, key: str, size: int | None = None) -> bool:
         """Whether ``key`` is stored (with ``size``); touch it if old, so gc spares it."""
@@ -389,15 +436,8 @@ class ChunkStore(ChunkMaintenance):
             return 0
         table = source.manifest(digest)
         self.known.refresh()
-        usable: dict[str, bool] = {}
-        wanted, picked = bytearray(), set()
-        for entry in table:
-            where = self.known.find(Digest(entry.chunk.hex(), entry.length))
-            if entry.chunk in picked or (where and self._pack_usable(where[0], usable)):
-                continue
-            picked.add(entry.chunk)
-            wanted += ENTRY.pack(*entry)
-        missing = ChunkTable(INDEX_MAGIC, None, table.packs, bytes(wanted))
+        wanted = self._chunks_to_copy(table)
+        missing = ChunkTable(INDEX_MAGIC, None, table.packs, wanted)
         writer = PackWriter(self._backend, TableBuilder(MANIFEST_MAGIC))
         reader = ChunkedReader(source._backend, missing, f"copy of {digest}")
         try:
@@ -431,3 +471,10 @@ def _parse_manifest(raw: bytes, name: str, digest: Digest) -> ChunkTable:
     if table.file != digest:
         raise IntegrityError(f"{name} describes {table.file}, not {digest}")
     return table
+
+
+def _seekable(stream: BinaryIO) -> bool:
+    try:
+        return stream.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
