@@ -22,8 +22,9 @@ from optuna_cas.digest import Digest
 
 __all__ = ["PackChecks"]
 
-# Looks at once (HEAD requests on a remote store).
-_THREADS = 8
+# Looks at once (HEAD requests on a remote store). With the 4 part uploads of a pack in flight
+# this stays within boto3's default pool of 10 connections (urllib3 warns past it).
+_THREADS = 4
 
 
 class PackChecks:
