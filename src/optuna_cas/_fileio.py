@@ -34,6 +34,7 @@ __all__ = [
     "pwrite_all",
     "read_up_to",
     "real_fileno",
+    "seekable",
     "temp_beside",
 ]
 
@@ -272,6 +273,22 @@ def read_up_to(stream: BinaryIO, size: int) -> bytes:
         chunks.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
         remaining -= len(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def seekable(stream: BinaryIO) -> bool:
+    """Whether ``stream`` can be read again from where it is now (it can seek and tell).
+
+    Example:
+        >>> r, w = os.pipe()
+        >>> with open(r, "rb") as pipe:
+        ...     seekable(io.BytesIO(b"x")), seekable(pipe)
+        (True, False)
+        >>> os.close(w)
+    """
+    try:
+        return bool(stream.seekable()) and stream.tell() >= 0
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class PositionalReader(io.RawIOBase):

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from optuna_cas._fileio import PositionalReader, materialize, real_fileno
+from optuna_cas._fileio import PositionalReader, materialize, real_fileno, seekable
 from optuna_cas._verified_copy import copy_and_publish
 from optuna_cas.backends.base import Backend, ObjectInfo, StagedObject, SupportsStaging, staging_of
 from optuna_cas.blob_maintenance import (
@@ -580,10 +580,3 @@ def _remaining(stream: BinaryIO) -> int:
     end = stream.seek(0, io.SEEK_END)
     stream.seek(start)
     return end - start
-
-
-def seekable(stream: BinaryIO) -> bool:
-    try:
-        return bool(stream.seekable()) and stream.tell() >= 0
-    except (AttributeError, OSError, ValueError):
-        return False

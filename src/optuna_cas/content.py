@@ -19,7 +19,13 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from optuna_cas._fileio import PositionalReader, copy_to_spool, materialize, read_up_to
+from optuna_cas._fileio import (
+    PositionalReader,
+    copy_to_spool,
+    materialize,
+    read_up_to,
+    seekable,
+)
 from optuna_cas._validation import validate_artifact_id
 from optuna_cas.backends.base import Backend
 from optuna_cas.blobstore import (
@@ -32,7 +38,6 @@ from optuna_cas.blobstore import (
     BlobStore,
     PublishReceipt,
     blob_key,
-    seekable,
 )
 from optuna_cas.chunks.layout import CHUNK_THRESHOLD
 from optuna_cas.digest import Digest

@@ -24,6 +24,7 @@ from optuna_cas.chunks.pack_checks import PackChecks
 from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.store import ChunkStore
 from optuna_cas.digest import Digest
+from optuna_cas.exceptions import IntegrityError
 
 SIZE = 3_000_000
 PACK = 200_000  # small packs: a 3 MB file spans about 15
@@ -130,3 +131,32 @@ def test_without_background_each_pack_is_asked_on_the_spot() -> None:
     assert checks.assume(a) and asked == [2, 3]  # once per pack
     assert checks.settle() == ([b], False)  # missing, but nothing leaned on it
     checks.close()
+
+
+def test_a_source_changed_before_the_restart_is_refused_and_names_nothing() -> None:
+    # The restart reads the source again: if it changed meanwhile, the caller's check (run
+    # after the last pass, before anything names the file) refuses the upload.
+    backend = _SlowLooks(delay=0.05)
+    store = ChunkStore(backend)
+    v1, v2 = _versions()
+    store.put(io.BytesIO(v1))
+    backend.remove(sorted(info.key for info in backend.list(PACK_PREFIX))[3])
+    source = _CountingReader(v2)
+
+    def changed_meanwhile() -> None:
+        if source.getvalue() != v2:
+            raise IntegrityError("the source changed while it was being uploaded")
+
+    original_seek = source.seek
+
+    def seek_and_change(pos: int, whence: int = 0) -> int:
+        if source.bytes_read:  # the restart: someone rewrote the file in between
+            source.getbuffer()[-1] ^= 1
+        return original_seek(pos, whence)
+
+    source.seek = seek_and_change  # type: ignore[method-assign]
+    manifests = {info.key for info in backend.list("manifests/")}
+    with pytest.raises(IntegrityError, match="changed while it was being uploaded"):
+        store.put(source, check_unchanged=changed_meanwhile)
+    assert source.bytes_read > len(v2)  # it did restart
+    assert {info.key for info in backend.list("manifests/")} == manifests

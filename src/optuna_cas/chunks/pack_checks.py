@@ -8,8 +8,8 @@ other, in the chunk loop, they add a round trip per pack (tens of them for a lar
 whose previous version is stored).
 
 With ``background=True`` the first look at a pack is sent on a small thread pool and the
-upload goes on as if the pack were there; :meth:`PackChecks.gone` then waits for every answer
-before anything names the file. A pack found gone (rare: gc's race) makes the upload start
+upload goes on as if the pack were there; :meth:`PackChecks.settle` then waits for every
+answer before anything names the file. A pack found gone (rare: gc's race) makes the upload start
 again from the source's beginning, with that pack known to be gone.
 """
 
@@ -22,9 +22,9 @@ from optuna_cas.digest import Digest
 
 __all__ = ["PackChecks"]
 
-# Looks at once (HEAD requests on a remote store). With the 4 part uploads of a pack in flight
-# this stays within boto3's default pool of 10 connections (urllib3 warns past it).
-_THREADS = 4
+# Looks at once during an upload (HEAD requests on a remote store). With the 4 part uploads of
+# a pack in flight this stays within boto3's default pool of 10 connections (urllib3 warns).
+UPLOAD_THREADS = 4
 
 
 class PackChecks:
@@ -33,6 +33,7 @@ class PackChecks:
     Args:
         present: Asks the store (and touches the pack if old); True if it is there.
         background: Ask on a thread pool and assume the answer is yes until :meth:`settle`.
+        threads: The pool's size.
 
     Example:
         >>> checks = PackChecks(lambda pack: pack.size == 1, background=True)
@@ -41,17 +42,24 @@ class PackChecks:
         (True, True)
         >>> missing, leaned = checks.settle(); [p.size for p in missing], leaned
         ([2], True)
-        >>> checks.assume(b)  # known now: the upload's next pass stores b's chunks itself
-        False
+        >>> checks.assume(b), checks.settle()  # known now, and reported once
+        (False, ([], False))
         >>> checks.close()
     """
 
-    def __init__(self, present: Callable[[Digest], bool], *, background: bool) -> None:
+    def __init__(
+        self,
+        present: Callable[[Digest], bool],
+        *,
+        background: bool,
+        threads: int = UPLOAD_THREADS,
+    ) -> None:
         self._present = present
         self._answers: dict[Digest, bool | Future[bool]] = {}
         self._leaned: set[Digest] = set()  # assumed present before the answer came
+        self._reported: set[Digest] = set()  # found missing and said so by settle()
         self._pool = (
-            ThreadPoolExecutor(_THREADS, thread_name_prefix="optuna-cas-pack-check")
+            ThreadPoolExecutor(threads, thread_name_prefix="optuna-cas-pack-check")
             if background
             else None
         )
@@ -78,17 +86,23 @@ class PackChecks:
         return answer if isinstance(answer, bool) else answer.result()
 
     def settle(self) -> tuple[list[Digest], bool]:
-        """Wait for every answer: the packs found missing, and whether one was leaned on.
+        """Wait for every answer: the packs newly found missing, and whether one was leaned on.
 
-        An upload that leaned on a missing pack must not be named: it starts again, and this
-        time :meth:`assume` says no for that pack.
+        Each missing pack is reported once, however often this is called. An upload that
+        leaned on a missing pack must not be named: it starts again, and this time
+        :meth:`assume` says no for that pack.
 
         Raises:
             BackendError: A look failed (the upload fails: nothing names the file yet).
         """
-        missing = [pack for pack in list(self._answers) if not self.usable(pack)]
+        missing = [
+            pack
+            for pack in list(self._answers)
+            if pack not in self._reported and not self.usable(pack)
+        ]
         leaned = any(pack in self._leaned for pack in missing)
         self._leaned.clear()
+        self._reported.update(missing)
         return missing, leaned
 
     def close(self) -> None:

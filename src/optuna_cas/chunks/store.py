@@ -15,12 +15,12 @@ import contextlib
 import io
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, cast
 
 import blake3
 
+from optuna_cas._fileio import seekable
 from optuna_cas.backends.base import Backend, staging_of
 from optuna_cas.chunks.assemble import assemble_from_cache, assemble_from_store
 from optuna_cas.chunks.chunker import Chunker
@@ -111,7 +111,7 @@ class ChunkStore(ChunkMaintenance):
             IntegrityError: Raised by ``check_unchanged``.
         """
         self.known.refresh()
-        start = stream.tell() if _seekable(stream) else None
+        start = stream.tell() if seekable(stream) else None
         # Looks at reused packs go ahead of the chunk loop on a remote store (on a local one
         # they cost microseconds), when the stream can be read again should one be gone.
         background = start is not None and staging_of(self._backend) is None
@@ -126,8 +126,7 @@ class ChunkStore(ChunkMaintenance):
             self.last_new_bytes = writer.bytes_written
             self.publish_index(writer.index)
             stored = self._stored_manifest_state(digest, checks)
-            for pack in checks.settle()[0]:
-                self.known.forget_pack(pack)  # later uploads do not lean on it
+            self._settle(checks)
         finally:
             checks.close()
         if stored != "complete":
@@ -158,12 +157,10 @@ class ChunkStore(ChunkMaintenance):
                 else:
                     writer.add_new(chunk, data)
             writer.finish()
-            missing, leaned = checks.settle()
+            leaned = self._settle(checks)
         except BaseException:
             writer.abort()
             raise
-        for pack in missing:
-            self.known.forget_pack(pack)
         if leaned:
             return None
         writer.forget_new()  # before the records are serialised: memory per chunk adds up
@@ -203,13 +200,21 @@ class ChunkStore(ChunkMaintenance):
                         continue
                     picked.add(entry.chunk)
                     wanted += ENTRY.pack(*entry)
-                gone, leaned = checks.settle()
-                for pack in gone:
-                    self.known.forget_pack(pack)
-                if not leaned:
+                if not self._settle(checks):
                     return bytes(wanted)
         finally:
             checks.close()
+
+    def _settle(self, checks: PackChecks) -> bool:
+        """Wait for ``checks``; forget the packs found gone (no later upload leans on them).
+
+        Returns:
+            Whether the pass leaned on one of them (it must start again).
+        """
+        missing, leaned = checks.settle()
+        for pack in missing:
+            self.known.forget_pack(pack)
+        return leaned
 
     def _pack_present(self, pack: Digest) -> bool:
         """Whether a pack an index names is still there (touched if old: see gc)."""
@@ -292,10 +297,12 @@ class ChunkStore(ChunkMaintenance):
 
     def _all_present(self, packs: Sequence[Digest]) -> bool:
         """Whether every pack is stored; remote stores are asked in parallel (a HEAD each)."""
-        if len(packs) <= 1 or staging_of(self._backend) is not None:
-            return all(self._present(pack_key(p), p.size) for p in packs)
-        with ThreadPoolExecutor(min(_PARALLEL_HEADS, len(packs))) as pool:
-            return all(pool.map(lambda p: self._present(pack_key(p), p.size), packs))
+        remote = len(packs) > 1 and staging_of(self._backend) is None
+        checks = PackChecks(self._pack_present, background=remote, threads=_PARALLEL_HEADS)
+        try:
+            return all(checks.assume(p) for p in packs) and not checks.settle()[0]
+        finally:
+            checks.close()
 
     def manifest_hexdigests(self) -> Iterator[str]:
         """The hex digests of every file stored as chunks (one listing of manifests).
@@ -471,10 +478,3 @@ def _parse_manifest(raw: bytes, name: str, digest: Digest) -> ChunkTable:
     if table.file != digest:
         raise IntegrityError(f"{name} describes {table.file}, not {digest}")
     return table
-
-
-def _seekable(stream: BinaryIO) -> bool:
-    try:
-        return stream.seekable()
-    except (AttributeError, OSError, ValueError):
-        return False
