@@ -117,14 +117,19 @@ def test_a_stream_that_cannot_be_read_again_waits_for_each_answer() -> None:
     v1, v2 = _versions()
     store.put(io.BytesIO(v1))
     backend.remove(sorted(info.key for info in backend.list(PACK_PREFIX))[3])
-    d2 = store.put(_OneWay(v2))  # type: ignore[arg-type]
+    d2 = store.put(_OneWay(v2))
     assert backend.most_in_flight == 1
     assert store.open(d2).read() == v2
 
 
 def test_without_background_each_pack_is_asked_on_the_spot() -> None:
     asked: list[int] = []
-    checks = PackChecks(lambda pack: asked.append(pack.size) or pack.size < 3, background=False)
+
+    def present(pack: Digest) -> bool:
+        asked.append(pack.size)
+        return pack.size < 3
+
+    checks = PackChecks(present, background=False)
     a, b = Digest.of_bytes(b"aa"), Digest.of_bytes(b"bbb")
     assert checks.assume(a) and asked == [2]
     assert not checks.assume(b) and asked == [2, 3]
