@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import io
 import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +187,28 @@ def test_s3_client_we_built_is_rebuilt_in_a_forked_child(
 
     assert _in_forked_child(child)
     assert ours.open_reader("k2").read() == b"from the child"
+
+
+@pytest.mark.s3
+def test_part_threads_are_rebuilt_in_a_forked_child(s3_client: Any, s3_bucket: str) -> None:
+    # The parent's part threads do not exist in a child: a pool inherited as it is would queue
+    # the child's parts forever.
+    from optuna_cas.backends.s3 import S3Backend
+    from tests.support.s3 import TEST_PART_SIZE
+
+    backend = S3Backend(
+        s3_bucket, client=s3_client, part_size=TEST_PART_SIZE, multipart_threshold=TEST_PART_SIZE
+    )
+    backend.write("parent", io.BytesIO(os.urandom(2 * TEST_PART_SIZE)))  # threads started
+    time.sleep(0.2)  # and idle, as a pool's threads are between uploads
+    data = os.urandom(2 * TEST_PART_SIZE)
+
+    def child() -> bool:
+        # A hung child dies (pytest-timeout's handler is inherited), the parent reads no answer.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(30)
+        backend.write("child", io.BytesIO(data))
+        return True
+
+    assert _in_forked_child(child)
+    assert backend.open_reader("child").read() == data

@@ -10,7 +10,10 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
@@ -158,6 +161,70 @@ def test_readinto_streams_in_chunks(s3_backend: S3Backend) -> None:
         while count := reader.readinto(buffer):
             out += buffer[:count]
     assert out == data
+
+
+class _PartsInFlight:
+    """A request runner that holds each part request a while and notes the most at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._now = 0
+        self.most = 0
+
+    def __call__(self, description: str, request: Callable[[], T]) -> T:
+        if not description.startswith("upload part"):
+            return request()
+        with self._lock:
+            self._now += 1
+            self.most = max(self.most, self._now)
+        try:
+            time.sleep(0.2)  # long enough for every part submitted meanwhile to start
+            return request()
+        finally:
+            with self._lock:
+                self._now -= 1
+
+
+def test_last_part_goes_out_beside_the_others(s3_client: S3Client, s3_bucket: str) -> None:
+    # Only the completion publishes an S3 upload: the last part need not wait for the rest.
+    backend = S3Backend(
+        s3_bucket,
+        client=s3_client,
+        part_size=TEST_PART_SIZE,
+        max_concurrency=3,
+        multipart_threshold=TEST_PART_SIZE,
+    )
+    parts = _PartsInFlight()
+    data = os.urandom(2 * TEST_PART_SIZE + TEST_PART_SIZE // 2)
+    backend.with_request_runner(parts).write("k", io.BytesIO(data))
+    assert parts.most == 3
+    assert _raw_read(s3_client, s3_bucket, "k") == data
+
+
+def test_uploads_at_once_share_the_backends_part_threads(
+    s3_client: S3Client, s3_bucket: str
+) -> None:
+    # Two packs in flight must not double the threads (each keeps memory for its requests).
+    backend = S3Backend(
+        s3_bucket,
+        client=s3_client,
+        part_size=TEST_PART_SIZE,
+        max_concurrency=2,
+        multipart_threshold=TEST_PART_SIZE,
+    )
+    parts = _PartsInFlight()
+    sending = backend.with_request_runner(parts)
+    datas = [os.urandom(3 * TEST_PART_SIZE) for _ in range(2)]
+    start = threading.Barrier(2)
+
+    def upload(n: int) -> None:
+        start.wait()
+        sending.write(f"k{n}", io.BytesIO(datas[n]))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(upload, range(2)))
+    assert parts.most == 2
+    assert [_raw_read(s3_client, s3_bucket, f"k{n}") for n in range(2)] == datas
 
 
 # ---- create-if-absent -------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from typing import BinaryIO, ClassVar, NoReturn, TypeVar
 from optuna_cas._fileio import read_up_to
 from optuna_cas._validation import validate_key, validate_prefix
 from optuna_cas.backends.base import ObjectInfo, RequestRunner, SealedFile, run_once
+from optuna_cas.backends.per_process import PerProcess
 from optuna_cas.backends.remote_io import (
     Download,
     FileParts,
@@ -45,6 +46,7 @@ from optuna_cas.backends.remote_io import (
     PartReader,
     PartSender,
     PartUpload,
+    part_threads,
     remaining_size,
 )
 from optuna_cas.backends.window import check_range
@@ -149,7 +151,11 @@ class RemoteBackend(abc.ABC):
         self._run: RequestRunner = run_once
         # Set once the bucket is known to exist, so later 404s need no second look.
         self._bucket_seen = False
-        # Shared with the copies with_request_runner makes (a shallow copy).
+        # Every upload through this backend sends its parts on these threads: packs sent at
+        # once (one finishing while the next starts) then use no more threads, nor the memory
+        # each keeps for its requests, than one upload. Rebuilt in a forked child (threads do
+        # not survive a fork); shared with the copies with_request_runner makes.
+        self._part_threads = PerProcess(functools.partial(part_threads, concurrency))
 
     # ---- primitives: one request each, raising the SDK's own errors -------------------------
 
@@ -453,7 +459,7 @@ class RemoteBackend(abc.ABC):
         )
         try:
             offset, number = 0, 0
-            with PartSender(self._concurrency) as sender:
+            with PartSender(self._concurrency, self._part_threads.get()) as sender:
                 while True:
                     # The caller's stream is read here, outside any request: its errors
                     # propagate as they are, never translated or retried.
@@ -473,15 +479,18 @@ class RemoteBackend(abc.ABC):
                     )
                     offset += len(part)
                     del part  # the sender holds the only reference now
+                number += 1
+                if part:
+                    self._check_part_count(key, number, part_size)
+                total = offset + len(part)
+                last = functools.partial(upload.send_last, number, offset, part, total)
+                if upload.completes_separately:
+                    # complete() publishes, so the last part goes out beside the others.
+                    description = f"upload part {number} of {where}"
+                    sender.submit(functools.partial(self._request, key, description, last))
                 sender.drain()
-            number += 1
-            if part:
-                self._check_part_count(key, number, part_size)
-            total = offset + len(part)
-            # EOF was read: only now may a request publish the object.
-            last = functools.partial(upload.send_last, number, offset, part, total)
+            # EOF was read and every part is in: only now may a request publish the object.
             if upload.completes_separately:
-                self._request(key, f"upload part {number} of {where}", last)
                 self._publish(key, total, f"complete upload of {where}", upload.complete)
             else:
                 self._publish(key, total, f"upload part {number} of {where}", last)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
@@ -35,6 +35,7 @@ __all__ = [
     "PartReader",
     "PartSender",
     "PartUpload",
+    "part_threads",
     "remaining_size",
 ]
 
@@ -274,14 +275,28 @@ class FileParts:
         pass
 
 
-class PartSender:
-    """Sends parts on up to ``concurrency`` threads, holding at most that many in memory.
+def part_threads(concurrency: int) -> ThreadPoolExecutor | None:
+    """Threads to send parts on, for :class:`PartSender`; none for one part at a time.
 
-    With ``concurrency == 1`` parts go out in order on the calling thread (GCS needs order).
+    Example:
+        >>> part_threads(1) is None, part_threads(4)._max_workers
+        (True, 4)
+    """
+    if concurrency == 1:
+        return None
+    return ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="optuna-cas-upload")
+
+
+class PartSender:
+    """Sends one upload's parts on ``threads``, holding at most ``concurrency`` in memory.
+
+    Without threads parts go out in order on the calling thread (GCS needs order). The threads
+    (:func:`part_threads`) may serve several uploads at once: their parts then take turns, and
+    the threads, each keeping some memory for its requests, stay as many as one upload uses.
 
     Example:
         >>> sent = []
-        >>> with PartSender(2) as sender:
+        >>> with PartSender(2, part_threads(2)) as sender:
         ...     for n in range(3):
         ...         sender.submit(lambda n=n: sent.append(n))
         ...     sender.drain()
@@ -289,13 +304,9 @@ class PartSender:
         [0, 1, 2]
     """
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, threads: Executor | None) -> None:
         self._concurrency = concurrency
-        self._pool = (
-            ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="optuna-cas-upload")
-            if concurrency > 1
-            else None
-        )
+        self._pool = threads
         self._pending: set[Future[object]] = set()
 
     def __enter__(self) -> PartSender:
@@ -304,8 +315,8 @@ class PartSender:
     def __exit__(self, *exc: object) -> None:
         for future in self._pending:
             future.cancel()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        # Parts read the caller's stream: none may still run once its upload is over.
+        wait(self._pending)
 
     def submit(self, send: Callable[[], object]) -> None:
         """Send one part; returns once fewer than ``concurrency`` parts are in flight."""
