@@ -210,7 +210,9 @@ def _throughput(cfg: Config, client: Any, src: Path, data: Path) -> Section:
             f"one blob {fmt_times(down['ours-whole'])}, Optuna {fmt_times(down['optuna'])}.",
             "Ours: its defaults (8 MiB parts x 4 threads, multipart with `If-None-Match` on "
             "completion; 256 MiB is above the chunking threshold, so ours uploads packs of "
-            "new chunks and downloads them with one ranged GET per pack, verified). Optuna: "
+            "new chunks, two packs in flight on the same 4 part threads so that one pack's "
+            "completion (moto copies its parts then: ~0.1 s per 32 MiB) overlaps the next "
+            "one's parts, and downloads them with one ranged GET per pack, verified). Optuna: "
             "its defaults "
             "(`avoid_buf_copy=False`: the file is copied into a `BytesIO`, then boto3 "
             "`upload_fileobj` with 8 MiB parts x 10 threads; a single GET).",
