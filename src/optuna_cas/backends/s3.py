@@ -168,7 +168,8 @@ class S3Backend(RemoteBackend):
         endpoint_url: For S3-compatible services (MinIO, R2, moto, ...); not with ``client``.
         part_size: Multipart part size in bytes (5 MiB .. 5 GiB). Raised automatically for a
             seekable stream that would otherwise need more than 10,000 parts.
-        max_concurrency: Parts uploaded at once; also the number of parts held in memory.
+        max_concurrency: Parts uploaded at once, by all uploads through the backend
+            together; also the most parts one upload holds in memory.
         multipart_threshold: Bodies up to this many bytes are sent in one ``PutObject``.
 
     Raises:

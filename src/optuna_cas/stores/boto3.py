@@ -30,7 +30,8 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
         prefix: Key prefix, so several stores can share a bucket.
         endpoint_url: For S3-compatible services (MinIO, R2, moto, ...); not with ``client``.
         part_size: Multipart part size in bytes (>= 5 MiB).
-        max_concurrency: Parts uploaded at once (memory use is about this times part_size).
+        max_concurrency: Parts uploaded at once, by all uploads through the store together
+            (a whole-file blob's memory use is about this times part_size).
         chunk_threshold: Files of at least this many bytes (8 MiB by default) are stored as
             content-defined chunks, deduplicated between versions (docs/concepts.md);
             ``None`` stores every file as one blob.
