@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import itertools
 import os
 import random
 import threading
@@ -29,16 +30,41 @@ PARTS = 5
 
 
 class _RecordingBackend(LocalBackend):
-    """Notes which thread opened each pack."""
+    """Notes which thread opened each pack, and when each pack was opened and closed."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, first_read_delay: float = 0.0) -> None:
         super().__init__(root)
         self.pack_reads: list[tuple[str, str]] = []
+        self.events: list[tuple[str, str]] = []
+        self._delay = first_read_delay
 
     def open_reader(self, key: str, **kwargs: Any) -> BinaryIO:
-        if key.startswith(PACK_PREFIX):
-            self.pack_reads.append((key, threading.current_thread().name))
-        return super().open_reader(key, **kwargs)
+        if not key.startswith(PACK_PREFIX):
+            return super().open_reader(key, **kwargs)
+        self.pack_reads.append((key, threading.current_thread().name))
+        self.events.append(("open", key))
+        return _Noted(super().open_reader(key, **kwargs), key, self.events, self._delay)
+
+
+class _Noted(io.BufferedReader):
+    """A pack reader that notes its close, and takes ``delay`` seconds for its first read."""
+
+    def __init__(
+        self, raw: BinaryIO, key: str, events: list[tuple[str, str]], delay: float
+    ) -> None:
+        super().__init__(raw)  # type: ignore[arg-type]
+        self._key, self._events, self._delay = key, events, delay
+
+    def readinto(self, buffer: Any) -> int:
+        if self._delay:
+            time.sleep(self._delay)
+            self._delay = 0.0
+        return super().readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._events.append(("close", self._key))
+        super().close()
 
 
 @pytest.fixture
@@ -57,8 +83,10 @@ def spread(tmp_path: Path) -> tuple[bytes, Digest, list[Digest]]:
     return data, digest, first_use
 
 
-def _worker(tmp_path: Path) -> tuple[ContentStore, _RecordingBackend, DiskBlobCache]:
-    backend = _RecordingBackend(tmp_path / "store")
+def _worker(
+    tmp_path: Path, first_read_delay: float = 0.0
+) -> tuple[ContentStore, _RecordingBackend, DiskBlobCache]:
+    backend = _RecordingBackend(tmp_path / "store", first_read_delay=first_read_delay)
     cache = DiskBlobCache(tmp_path / "cache", size_limit=2**30)
     return ContentStore(backend, blob_cache=cache, chunk_threshold=THRESHOLD), backend, cache
 
@@ -79,8 +107,32 @@ def test_packs_after_the_first_missing_one_are_fetched_on_the_prefetch_thread(
     assert len(backend.pack_reads) == len(threads) == len(first_use)
     assert threads.pop(pack_key(first_use[0])) == threading.current_thread().name
     assert set(threads) == {pack_key(p) for p in first_use[1:]}
-    assert set(threads.values()) == {"optuna-cas-prefetch"}
+    # The prefetch thread opens the first of them; its opener sends the next ones' requests.
+    assert {name.rsplit("_", 1)[0] for name in threads.values()} == {
+        "optuna-cas-prefetch",
+        "optuna-cas-open-pack",
+    }
     assert _prefetch_threads() == []
+
+
+def test_the_next_packs_request_is_sent_while_a_pack_is_filled(
+    tmp_path: Path, spread: tuple[bytes, Digest, list[Digest]]
+) -> None:
+    # A server's time to first byte overlaps the fill before, not added to every pack.
+    data, digest, first_use = spread
+    worker, backend, _ = _worker(tmp_path, first_read_delay=0.05)
+    worker.materialize_blob(digest, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+    order = [event for event in backend.events if event[1] != pack_key(first_use[0])]
+    overlapped = [
+        later
+        for earlier, later in itertools.pairwise(first_use[1:])
+        if order.index(("open", pack_key(later))) < order.index(("close", pack_key(earlier)))
+    ]
+    # Not every one: a prefetch already PREFETCH_AHEAD packs ahead of the copy waits (here at
+    # first, while this thread fills the first pack). One pack after another: none.
+    assert len(overlapped) >= 2
+    assert backend.events.count(("close", pack_key(first_use[-1]))) == 1
 
 
 def test_a_pack_missing_from_the_store_midway_is_named_and_nothing_is_left(

@@ -185,9 +185,10 @@ class _Prefetcher:
     """Fills packs into the cache on one thread, in the order a copy will ask for them.
 
     It stays at most :data:`PREFETCH_AHEAD` packs ahead of the last one asked for, so a copy
-    that stops early leaves little fetched for nothing. A fill's exception is kept and raised
-    to the thread that asks for that pack; the thread closes its own connection to the
-    cache's index when it ends (diskcache opens one per thread).
+    that stops early leaves little fetched for nothing. While it fills one pack, the next one's
+    request is sent (:class:`_PackOpener`). A fill's exception is kept and raised to the thread
+    that asks for that pack; the thread closes its own connection to the cache's index when it
+    ends (diskcache opens one per thread).
     """
 
     def __init__(
@@ -209,6 +210,7 @@ class _Prefetcher:
         self._thread.start()
 
     def _run(self) -> None:
+        opener = _PackOpener(self._fetch)
         try:
             for i, number in enumerate(self._order):
                 with self._cond:
@@ -221,13 +223,15 @@ class _Prefetcher:
                 pack = self._packs[number]
                 try:
                     if pack not in self._cache:
-                        self._cache.fill(pack, functools.partial(self._fetch, pack))
+                        self._open_next(opener, i)
+                        self._cache.fill(pack, functools.partial(opener.open, pack))
                 except BaseException as e:  # the asking thread raises it
                     error = e
                 with self._cond:
                     self._outcome[number] = error
                     self._cond.notify_all()
         finally:
+            opener.close()
             self._cache.close()
             with self._cond:
                 self._ended = True
@@ -235,6 +239,18 @@ class _Prefetcher:
 
     def _may_fill(self, position: int) -> bool:
         return self._stopped or position < self._asked + PREFETCH_AHEAD
+
+    def _open_next(self, opener: _PackOpener, position: int) -> None:
+        """Send the request of the pack filled after ``position``'s, if it may be filled now."""
+        following = self._order[position + 1 : position + 2]
+        if not following or following[0] in self._outcome:
+            return
+        with self._cond:
+            if not self._may_fill(position + 1) or self._stopped:
+                return
+        pack = self._packs[following[0]]
+        if pack != self._packs[self._order[position]] and pack not in self._cache:
+            opener.prepare(pack)
 
     def wait_for(self, number: int) -> None:
         """Pack ``number`` is wanted now: let the thread go further, and wait if it is ours."""
@@ -254,6 +270,36 @@ class _Prefetcher:
             self._stopped = True
             self._cond.notify_all()
         self._thread.join()
+
+
+class _PackOpener:
+    """Sends a pack's request on a thread of its own, ahead of the fill that will read it.
+
+    A fill reads its pack as fast as it arrives; waiting for the server's first byte before
+    each one left the link idle (moto: 12-16 ms per 32 MiB pack, a quarter of a fill on
+    loopback). Requests sent ahead that no fill takes are closed at the end.
+    """
+
+    def __init__(self, fetch: Callable[[Digest], BinaryIO]) -> None:
+        self._fetch = fetch
+        self._threads = ThreadPoolExecutor(1, thread_name_prefix="optuna-cas-open-pack")
+        self._sent: dict[Digest, Future[BinaryIO]] = {}
+
+    def prepare(self, pack: Digest) -> None:
+        if pack not in self._sent:
+            self._sent[pack] = self._threads.submit(self._fetch, pack)
+
+    def open(self, pack: Digest) -> BinaryIO:
+        sent = self._sent.pop(pack, None)
+        return self._fetch(pack) if sent is None else sent.result()
+
+    def close(self) -> None:
+        for sent in self._sent.values():
+            if not sent.cancel():
+                with contextlib.suppress(Exception):
+                    sent.result().close()
+        self._sent.clear()
+        self._threads.shutdown(wait=True)
 
 
 class ChunkedReader(io.RawIOBase):
