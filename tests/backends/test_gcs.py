@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from optuna_cas.backends.base import Backend, SealedFile
+from optuna_cas.backends.base import Backend, ObjectInfo, SealedFile
 from optuna_cas.backends.gcs import GCSBackend
 from optuna_cas.exceptions import (
     BackendError,
@@ -192,6 +192,33 @@ def test_prefix_slashes_are_normalised(gcs_client: Any, gcs_bucket: Any) -> None
     assert gcs_bucket.blob("b/refs/1").download_as_bytes() == b"from b"  # out of band
     assert b.describe() == f"gs://{gcs_bucket.name}/b"
     assert GCSBackend(gcs_bucket.name, client=gcs_client).describe() == f"gs://{gcs_bucket.name}"
+
+
+def test_gcs_delete_names_the_generation_and_metageneration_it_saw(
+    gcs_backend: GCSBackend, gcs_protocol_client: Any, gcs_bucket: Any
+) -> None:
+    # gc looks at a blob last, then deletes it; an upload may touch (a metadata patch) or
+    # re-publish it in between. The delete is conditional on the generation and metageneration
+    # of that look, so GCS refuses it then (412). fake-gcs-server ignores both preconditions
+    # on a DELETE and keeps ``updated`` and the metageneration through a patch (measured
+    # 2026-11-29): what is checked here is what we ask for, and our own comparison.
+    gcs_backend.write("blobs/b", io.BytesIO(b"x" * 100))
+    seen = gcs_backend.stat("blobs/b")
+    for stale in (
+        ObjectInfo("blobs/b", seen.size, seen.modified - 1),  # touched since gc's look
+        ObjectInfo("blobs/b", seen.size + 1, seen.modified),
+    ):
+        assert not gcs_backend.remove_if_unchanged("blobs/b", stale)
+    assert gcs_backend.exists("blobs/b")
+    stored = gcs_bucket.get_blob("blobs/b")
+    requests = record_requests(gcs_protocol_client)
+    assert gcs_backend.remove_if_unchanged("blobs/b", seen)
+    deletes = [r for r in requests if r.startswith("DELETE ")]
+    assert len(deletes) == 1, requests
+    assert f"ifGenerationMatch={stored.generation}" in deletes[0]
+    assert f"ifMetagenerationMatch={stored.metageneration}" in deletes[0]
+    assert not gcs_backend.exists("blobs/b")
+    assert not gcs_backend.remove_if_unchanged("blobs/b", seen)  # gone: nothing deleted
 
 
 def test_constructor_validates(gcs_client: Any) -> None:

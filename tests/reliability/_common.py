@@ -198,21 +198,44 @@ def gcs_store(
     sdk_retries: bool = False,
 ) -> Any:
     """A ``GCSArtifactStore`` on fake-gcs-server (anonymous client, SDK retries off by default);
-    ``freshen_after`` lowered so a short-grace gc may run beside it."""
+    ``freshen_after`` lowered so a short-grace gc may run beside it.
+
+    fake-gcs-server keeps an object's ``updated`` time through a metadata patch (GCS renews
+    it; measured 2026-11-29), so there the store's touch would not renew a re-used blob, and a
+    gc racing the uploads would judge it old: such a store touches by rewriting the object
+    onto itself, which the emulator does date anew.
+    """
     from optuna_cas import GCSArtifactStore
+    from optuna_cas.content import ContentStore
+    from optuna_cas.stores.base import ContentAddressedArtifactStore
     from optuna_cas.testing.servers import make_gcs_client
 
-    store = GCSArtifactStore(
-        bucket,
-        make_gcs_client(endpoint_url),
-        prefix=prefix,
-        chunk_size=GCS_CHUNK_SIZE,
-        sdk_retries=sdk_retries,
-        timeout=timeout,
-    )
-    if freshen_after is not None:
-        store.content.freshen_after = freshen_after
-    return store
+    client = make_gcs_client(endpoint_url)
+    options: dict[str, Any] = {
+        "prefix": prefix,
+        "chunk_size": GCS_CHUNK_SIZE,
+        "sdk_retries": sdk_retries,
+    }
+    if freshen_after is None:
+        return GCSArtifactStore(bucket, client, timeout=timeout, **options)
+    backend = _emulator_touch_backend()(bucket, client=client, timeout=timeout, **options)
+    return ContentAddressedArtifactStore(ContentStore(backend, freshen_after=freshen_after))
+
+
+@functools.cache
+def _emulator_touch_backend() -> type:
+    from optuna_cas.backends.gcs import GCSBackend
+
+    class EmulatorTouchGCSBackend(GCSBackend):
+        """Touches by a rewrite onto itself: a new generation, dated now (see gcs_store)."""
+
+        def _touch(self, name: str) -> None:
+            blob = self._bucket.blob(name)
+            token, _, _ = blob.rewrite(blob, timeout=self._timeout)
+            while token is not None:
+                token, _, _ = blob.rewrite(blob, token=token, timeout=self._timeout)
+
+    return EmulatorTouchGCSBackend
 
 
 def rdb_storage(url: str) -> Any:

@@ -19,11 +19,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from optuna_cas._validation import validate_key
+from optuna_cas.backends.base import ObjectInfo
 from optuna_cas.backends.per_process import PerProcess, _itself
-from optuna_cas.backends.remote import Fault, RemoteBackend
+from optuna_cas.backends.remote import AlreadyPresentError, Fault, RemoteBackend
 from optuna_cas.backends.remote_io import Download
 from optuna_cas.backends.resumable import ResumableUpload
-from optuna_cas.exceptions import BackendError, StoreConfigError, TransientBackendError
+from optuna_cas.exceptions import (
+    ArtifactNotFound,
+    BackendError,
+    StoreConfigError,
+    TransientBackendError,
+)
 
 __all__ = ["GCSBackend", "classify_gcs_error"]
 
@@ -202,9 +209,7 @@ class GCSBackend(RemoteBackend):
     # ---- primitives ---------------------------------------------------------------------------
 
     def _head(self, name: str) -> tuple[int, float]:
-        blob = self._reload(name)
-        when = blob.updated or blob.time_created
-        return int(blob.size or 0), when.timestamp() if when is not None else 0.0
+        return _size_and_time(self._reload(name))
 
     def _get(self, name: str, offset: int, stop: int | None) -> Download:
         meta = self._reload(name)
@@ -261,14 +266,46 @@ class GCSBackend(RemoteBackend):
             self._bucket, prefix=prefix, timeout=self._timeout, **self._retry
         )
         for blob in blobs:
-            when = blob.updated or blob.time_created
-            yield blob.name, int(blob.size or 0), when.timestamp() if when is not None else 0.0
+            yield blob.name, *_size_and_time(blob)
 
     def _bucket_exists(self) -> bool:
         return bool(self._bucket.exists(timeout=self._timeout, **self._retry))
 
     def _classify(self, error: BaseException) -> tuple[Fault, str] | None:
         return classify_gcs_error(error)
+
+    # ---- gc's delete ---------------------------------------------------------------------------
+
+    def remove_if_unchanged(self, key: str, seen: ObjectInfo) -> bool:
+        """Delete ``key`` only if it is still the object ``seen`` describes; True if deleted.
+
+        One look, then a delete on condition of the generation and metageneration that look
+        saw: a new copy (new generation) or a touch (a metadata patch, new metageneration)
+        in between makes GCS refuse it (412). So gc never removes a blob that an upload
+        re-used after gc's last look (see :mod:`optuna_cas.operations.gc`).
+
+        Example:
+            .. code-block:: python
+
+                seen = backend.stat("blobs/…")
+                backend.remove_if_unchanged("blobs/…", seen)  # False if touched since
+        """
+        validate_key(key)
+        name = self._name(key)
+        try:
+            with self._translating(key):
+                blob = self._reload(name)
+                if _size_and_time(blob) != (seen.size, seen.modified):
+                    return False
+                blob.delete(
+                    if_generation_match=blob.generation,
+                    if_metageneration_match=blob.metageneration,
+                    timeout=self._timeout,
+                    **self._retry,
+                )
+        except (ArtifactNotFound, AlreadyPresentError):
+            return False  # gone meanwhile, or changed since the look (412)
+        return True
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -287,6 +324,12 @@ class GCSBackend(RemoteBackend):
             timeout=self._timeout,
             **self._retry,
         )
+
+
+def _size_and_time(blob: Any) -> tuple[int, float]:
+    """An object's size and modification time (epoch seconds), as stat and list report them."""
+    when = blob.updated or blob.time_created
+    return int(blob.size or 0), when.timestamp() if when is not None else 0.0
 
 
 def _worth_retrying(error: BaseException) -> bool:

@@ -112,7 +112,7 @@ class ChunkMaintenance:
 
         This is gc's delete: an upload that re-used the object since gc's last look wins.
 
-        Where the backend cannot do that atomically (S3, GCS) it is deleted unconditionally:
+        Where the backend cannot do that atomically (S3) it is deleted unconditionally:
         the residual window documented in :mod:`optuna_cas.operations.gc`.
 
         Example:

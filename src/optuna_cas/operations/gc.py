@@ -26,8 +26,9 @@ The argument needs G's delete to act on what its last look saw: if U re-used B *
 last look and G's delete (touched it, or published a new copy, then wrote R and re-checked B),
 an unconditional delete would remove what U just relied on. So where the backend can, the
 delete is conditional (``remove_if_unchanged``: the local backend renames the file away,
-checks it is still the file gc judged, and otherwise puts it back); on S3 and GCS that last
-window (one HEAD to one DELETE, milliseconds) remains.
+checks it is still the file gc judged, and otherwise puts it back; GCS looks once more and
+deletes only the generation and metageneration it saw, which a touch or a new copy changes);
+on S3 that last window (one HEAD to one DELETE, milliseconds) remains.
 
 So the one assumption is that an upload takes less than ``grace_period`` - ``freshen_after``
 (90 minutes with the defaults) from checking its blob to writing its ref, which normally
@@ -101,7 +102,7 @@ M(F) itself read "M(F) is referenced" for "P is live".)
 
 Unlike the blob argument, this one assumes nothing about how long an upload takes: step 3
 touches what it looks at (a blob's re-check only stats it). What remains is the same as for
-blobs: on S3 and GCS the window between G's last look and its delete (one HEAD to one
+blobs: on S3 the window between G's last look and its delete (one HEAD to one
 DELETE), and a clock on the uploader far off the store's.
 
 Two gc runs at once are not expected, and lose no file either: each deletes only what its
