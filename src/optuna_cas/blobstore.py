@@ -38,8 +38,8 @@ from optuna_cas.blob_maintenance import (
     BlobMaintenance,
     blob_key,
 )
+from optuna_cas.chunks.cached_packs import PackCache
 from optuna_cas.chunks.layout import CHUNK_THRESHOLD, manifest_key
-from optuna_cas.chunks.reader import PackCache
 from optuna_cas.chunks.store import ChunkStore
 from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader, hash_fd, hash_stream
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, StoreConfigError

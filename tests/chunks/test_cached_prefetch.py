@@ -16,8 +16,8 @@ import pytest
 
 import optuna_cas.chunks.assemble as assemble
 from optuna_cas.backends.local import LocalBackend
+from optuna_cas.chunks.cached_packs import PREFETCH_AHEAD
 from optuna_cas.chunks.layout import PACK_PREFIX, pack_key
-from optuna_cas.chunks.reader import PREFETCH_AHEAD
 from optuna_cas.content import ContentStore
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound
@@ -133,6 +133,35 @@ def test_the_next_packs_request_is_sent_while_a_pack_is_filled(
     # first, while this thread fills the first pack). One pack after another: none.
     assert len(overlapped) >= 2
     assert backend.events.count(("close", pack_key(first_use[-1]))) == 1
+
+
+def test_a_request_sent_ahead_for_a_pack_filled_elsewhere_is_closed_when_its_turn_passes(
+    tmp_path: Path, spread: tuple[bytes, Digest, list[Digest]]
+) -> None:
+    # Workers on one machine share a cache: another one may fill a pack between our request
+    # sent ahead and our turn to fill it. That request is then never read; it must not stay
+    # open (a connection, and a response the server keeps pushing) until the copy ends.
+    data, digest, first_use = spread
+    worker, backend, _ = _worker(tmp_path, first_read_delay=0.05)
+    other = DiskBlobCache(tmp_path / "cache", size_limit=2**30)  # another process's view
+    elsewhere = first_use[2]
+    real_open = backend.open_reader
+
+    def open_and_race(key: str, **kwargs: Any) -> BinaryIO:
+        reader = real_open(key, **kwargs)
+        if key == pack_key(elsewhere) and elsewhere not in other:
+            plain = LocalBackend(tmp_path / "store")
+            other.fill(elsewhere, lambda: plain.open_reader(key))
+        return reader
+
+    backend.open_reader = open_and_race  # type: ignore[method-assign]
+    worker.materialize_blob(digest, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+    events = backend.events
+    assert events.count(("open", pack_key(elsewhere))) == 1  # sent ahead, never read
+    closed = events.index(("close", pack_key(elsewhere)))
+    assert closed < events.index(("open", pack_key(first_use[-1])))
+    other.close()
 
 
 def test_a_pack_missing_from_the_store_midway_is_named_and_nothing_is_left(

@@ -22,8 +22,9 @@ from typing import BinaryIO, Protocol
 from optuna_cas._fileio import copy_range, real_fileno
 from optuna_cas._verified_copy import publish_copy
 from optuna_cas.backends.base import Backend
+from optuna_cas.chunks.cached_packs import CachedPacks, PackCache
 from optuna_cas.chunks.layout import pack_key
-from optuna_cas.chunks.reader import CachedPacks, PackCache, missing_pack
+from optuna_cas.chunks.reader import missing_pack
 from optuna_cas.chunks.table import ENTRY, ChunkTable
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound

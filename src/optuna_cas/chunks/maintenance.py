@@ -16,9 +16,10 @@ from typing import BinaryIO
 import blake3
 
 from optuna_cas.backends.base import Backend, ObjectInfo, conditional_remover_of
+from optuna_cas.chunks.cached_packs import PackCache
 from optuna_cas.chunks.index import read_bounded
 from optuna_cas.chunks.layout import INDEX_PREFIX, MANIFEST_PREFIX, PACK_PREFIX, parse_content_key
-from optuna_cas.chunks.reader import ChunkedReader, PackCache, whole_file_reader
+from optuna_cas.chunks.reader import ChunkedReader, whole_file_reader
 from optuna_cas.chunks.table import INDEX_MAGIC, MANIFEST_MAGIC, ChunkTable, parse_table
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError

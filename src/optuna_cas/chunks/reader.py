@@ -2,304 +2,43 @@
 
 Without a cache, consecutive chunks that sit close together in one pack are fetched with one
 ranged read (gaps up to :data:`COALESCE_GAP` are read and dropped), so a file written in one
-upload costs one request per pack. With a cache (:class:`PackCache`), every pack the manifest
-names is made local once (a worker holding version *k* fetches only the packs of *k+1*'s new
-chunks) and chunks are read from there. Either way each chunk is checked against its digest
+upload costs one request per pack. With a cache (:mod:`optuna_cas.chunks.cached_packs`), every
+pack the manifest names is made local once (a worker holding version *k* fetches only the
+packs of *k+1*'s new chunks) and chunks are read from there. Either way each chunk is checked against its digest
 before it is handed on, and the caller also checks the whole file's digest.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import functools
 import io
 import queue
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Protocol, TypeVar, cast
+from typing import BinaryIO, TypeVar, cast
 
 import blake3
 
 from optuna_cas.backends.base import Backend
+from optuna_cas.chunks.cached_packs import CachedPacks, PackCache
 from optuna_cas.chunks.layout import PACK_LEAD_MAX, pack_key
 from optuna_cas.chunks.table import ChunkTable, Entry
 from optuna_cas.digest import Digest, VerifyingReader
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
-__all__ = [
-    "COALESCE_GAP",
-    "CachedPacks",
-    "ChunkedReader",
-    "ManifestCache",
-    "PackCache",
-    "missing_pack",
-]
+__all__ = ["COALESCE_GAP", "ChunkedReader", "missing_pack", "whole_file_reader"]
 
 # Bytes between two wanted chunks of one pack that are read and dropped rather than starting a
 # second request: about what one more request costs in time on S3.
 COALESCE_GAP = 1024 * 1024
 # One ranged read never spans more than this, so a reader can be retried cheaply.
 MAX_REQUEST = 64 * 1024 * 1024
-_OPEN_PACKS = 16
 # Bytes fetched per read call from a pack (whole entries, so chunks are views into it).
 _BLOCK = 4 * 1024 * 1024
 _Bytes = TypeVar("_Bytes", bytes, memoryview)
 # Batches of about _BLOCK bytes fetched ahead of the caller.
 READ_AHEAD = 3
-# Packs a cached copy fills ahead of the one it copies from: the next GET overlaps the copy.
-PREFETCH_AHEAD = 2
-
-
-class ManifestCache(Protocol):
-    """Manifest bytes kept locally, keyed by the file's digest (untrusted: parse with bounds)."""
-
-    def get(self, digest: Digest, limit: int) -> bytes | None:
-        """The bytes kept for ``digest`` (at most ``limit``), or None."""
-        ...
-
-    def add(self, digest: Digest, data: bytes) -> None:
-        """Keep ``data`` for ``digest`` (best effort)."""
-        ...
-
-    def discard(self, digest: Digest) -> None:
-        """Forget what is kept for ``digest``."""
-        ...
-
-
-class PackCache(Protocol):
-    """What the reader needs from a local cache: whole packs, keyed by their digest."""
-
-    @property
-    def manifests(self) -> ManifestCache:
-        """Where manifests of chunked files are kept beside the packs."""
-        ...
-
-    def open_entry(self, digest: Digest) -> BinaryIO | None:
-        """The cached bytes (unverified: the reader checks each chunk), or None."""
-        ...
-
-    def fill(self, digest: Digest, fetch: Callable[[], BinaryIO]) -> None:
-        """Cache the bytes ``fetch`` opens, verified against ``digest`` (best effort)."""
-        ...
-
-    def add_file(self, digest: Digest, source: BinaryIO) -> None:
-        """Offer a pack this process uploaded (``source`` at its start); best effort."""
-        ...
-
-    def discard(self, digest: Digest) -> None:
-        """Forget an entry found damaged."""
-        ...
-
-    def __contains__(self, digest: object) -> bool:
-        """Whether an entry for ``digest`` exists (unverified)."""
-        ...
-
-    def close(self) -> None:
-        """Release what the calling thread holds (its connection to the cache's index)."""
-        ...
-
-
-class CachedPacks:
-    """A table's packs opened from a local cache (filled on a miss), the last few kept open.
-
-    Args:
-        cache: Holds packs under their digests.
-        packs: The table's pack list (numbers index it).
-        fetch: Opens a pack's bytes in the store, for a fill (thread-safe if ``order`` is
-            given).
-        order: The pack numbers the caller will ask for, in that order. From the first pack
-            found missing on, a thread fills the next ones while the caller copies out of
-            the current one (:class:`_Prefetcher`).
-
-    Example:
-        >>> import io, tempfile
-        >>> from optuna_cas.middleware.blob_cache import DiskBlobCache
-        >>> pack, cache = Digest.of_bytes(b"pack"), DiskBlobCache(tempfile.mkdtemp())
-        >>> packs = CachedPacks(cache, [pack], lambda p: io.BytesIO(b"pack"))
-        >>> packs.get(0).read(); packs.close()
-        b'pack'
-    """
-
-    def __init__(
-        self,
-        cache: PackCache,
-        packs: Sequence[Digest],
-        fetch: Callable[[Digest], BinaryIO],
-        order: Sequence[int] = (),
-    ) -> None:
-        self._cache = cache
-        self._packs = packs
-        self._fetch = fetch
-        self._order = order
-        self._prefetcher: _Prefetcher | None = None
-        self._handles: collections.OrderedDict[int, BinaryIO] = collections.OrderedDict()
-        self._uncached: set[int] = set()
-
-    def get(self, number: int) -> BinaryIO | None:
-        """Pack ``number``'s cached file (filled first if absent); None if it cannot be cached."""
-        if number in self._uncached:
-            return None
-        handle = self._handles.get(number)
-        if handle is not None:
-            self._handles.move_to_end(number)
-            return handle
-        pack = self._packs[number]
-        if self._prefetcher is not None:
-            self._prefetcher.wait_for(number)  # raises what its fill of this pack raised
-        handle = self._cache.open_entry(pack)
-        if handle is None:
-            if self._prefetcher is None and number in self._order:
-                later = self._order[self._order.index(number) + 1 :]
-                self._prefetcher = _Prefetcher(self._cache, self._packs, self._fetch, later)
-            self._cache.fill(pack, lambda: self._fetch(pack))
-            handle = self._cache.open_entry(pack)
-        if handle is None:
-            self._uncached.add(number)  # too large for the cache, or the cache failed
-            return None
-        self._handles[number] = handle
-        if len(self._handles) > _OPEN_PACKS:
-            self._handles.popitem(last=False)[1].close()
-        return handle
-
-    def drop(self, number: int) -> None:
-        """Pack ``number`` was found damaged: remove it from the cache and stop using it."""
-        self._cache.discard(self._packs[number])
-        handle = self._handles.pop(number, None)
-        if handle is not None:
-            handle.close()
-        self._uncached.add(number)
-
-    def close(self) -> None:
-        """Stop filling ahead; close every pack file still open."""
-        if self._prefetcher is not None:
-            self._prefetcher.stop()
-            self._prefetcher = None
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
-
-
-class _Prefetcher:
-    """Fills packs into the cache on one thread, in the order a copy will ask for them.
-
-    It stays at most :data:`PREFETCH_AHEAD` packs ahead of the last one asked for, so a copy
-    that stops early leaves little fetched for nothing. While it fills one pack, the next one's
-    request is sent (:class:`_PackOpener`). A fill's exception is kept and raised to the thread
-    that asks for that pack; the thread closes its own connection to the cache's index when it
-    ends (diskcache opens one per thread).
-    """
-
-    def __init__(
-        self,
-        cache: PackCache,
-        packs: Sequence[Digest],
-        fetch: Callable[[Digest], BinaryIO],
-        order: Sequence[int],
-    ) -> None:
-        self._cache, self._packs, self._fetch = cache, packs, fetch
-        # Where each pack is first asked for.
-        self._position = {number: i for i, number in reversed(list(enumerate(order)))}
-        self._order = order
-        self._cond = threading.Condition()
-        self._asked = 0  # entries of order asked for so far
-        self._outcome: dict[int, BaseException | None] = {}
-        self._stopped = self._ended = False
-        self._thread = threading.Thread(target=self._run, name="optuna-cas-prefetch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        opener = _PackOpener(self._fetch)
-        try:
-            for i, number in enumerate(self._order):
-                with self._cond:
-                    self._cond.wait_for(functools.partial(self._may_fill, i))
-                    if self._stopped:
-                        return
-                if number in self._outcome:
-                    continue  # listed twice
-                error: BaseException | None = None
-                pack = self._packs[number]
-                try:
-                    if pack not in self._cache:
-                        self._open_next(opener, i)
-                        self._cache.fill(pack, functools.partial(opener.open, pack))
-                except BaseException as e:  # the asking thread raises it
-                    error = e
-                with self._cond:
-                    self._outcome[number] = error
-                    self._cond.notify_all()
-        finally:
-            opener.close()
-            self._cache.close()
-            with self._cond:
-                self._ended = True
-                self._cond.notify_all()
-
-    def _may_fill(self, position: int) -> bool:
-        return self._stopped or position < self._asked + PREFETCH_AHEAD
-
-    def _open_next(self, opener: _PackOpener, position: int) -> None:
-        """Send the request of the pack filled after ``position``'s, if it may be filled now."""
-        following = self._order[position + 1 : position + 2]
-        if not following or following[0] in self._outcome:
-            return
-        with self._cond:
-            if not self._may_fill(position + 1) or self._stopped:
-                return
-        pack = self._packs[following[0]]
-        if pack != self._packs[self._order[position]] and pack not in self._cache:
-            opener.prepare(pack)
-
-    def wait_for(self, number: int) -> None:
-        """Pack ``number`` is wanted now: let the thread go further, and wait if it is ours."""
-        position = self._position.get(number)
-        if position is None:
-            return
-        with self._cond:
-            self._asked = max(self._asked, position + 1)
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: number in self._outcome or self._ended)
-            error = self._outcome.get(number)
-        if error is not None:
-            raise error
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-        self._thread.join()
-
-
-class _PackOpener:
-    """Sends a pack's request on a thread of its own, ahead of the fill that will read it.
-
-    A fill reads its pack as fast as it arrives; waiting for the server's first byte before
-    each one left the link idle (moto: 12-16 ms per 32 MiB pack, a quarter of a fill on
-    loopback). Requests sent ahead that no fill takes are closed at the end.
-    """
-
-    def __init__(self, fetch: Callable[[Digest], BinaryIO]) -> None:
-        self._fetch = fetch
-        self._threads = ThreadPoolExecutor(1, thread_name_prefix="optuna-cas-open-pack")
-        self._sent: dict[Digest, Future[BinaryIO]] = {}
-
-    def prepare(self, pack: Digest) -> None:
-        if pack not in self._sent:
-            self._sent[pack] = self._threads.submit(self._fetch, pack)
-
-    def open(self, pack: Digest) -> BinaryIO:
-        sent = self._sent.pop(pack, None)
-        return self._fetch(pack) if sent is None else sent.result()
-
-    def close(self) -> None:
-        for sent in self._sent.values():
-            if not sent.cancel():
-                with contextlib.suppress(Exception):
-                    sent.result().close()
-        self._sent.clear()
-        self._threads.shutdown(wait=True)
 
 
 class ChunkedReader(io.RawIOBase):

@@ -23,6 +23,7 @@ import blake3
 from optuna_cas._fileio import seekable
 from optuna_cas.backends.base import Backend, staging_of
 from optuna_cas.chunks.assemble import assemble_from_cache, assemble_from_store
+from optuna_cas.chunks.cached_packs import PackCache
 from optuna_cas.chunks.chunker import Chunker
 from optuna_cas.chunks.index import KnownChunks, read_bounded
 from optuna_cas.chunks.layout import (
@@ -36,7 +37,7 @@ from optuna_cas.chunks.layout import (
 from optuna_cas.chunks.maintenance import ChunkMaintenance, StoredObject
 from optuna_cas.chunks.pack_checks import PackChecks
 from optuna_cas.chunks.packer import PackWriter
-from optuna_cas.chunks.reader import ChunkedReader, PackCache, missing_pack, whole_file_reader
+from optuna_cas.chunks.reader import ChunkedReader, missing_pack, whole_file_reader
 from optuna_cas.chunks.table import (
     ENTRY,
     INDEX_MAGIC,
