@@ -14,7 +14,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,6 +28,7 @@ __all__ = [
     "describe_mode",
     "kernel_copy",
     "materialize",
+    "materialize_buffers",
     "open_regular_file",
     "open_regular_file_stat",
     "publish_new_file",
@@ -427,21 +428,41 @@ def materialize(reader: BinaryIO, target: Path) -> None:
         >>> materialize(io.BytesIO(b"abc"), target); target.read_bytes()
         b'abc'
     """
+    materialize_buffers(_buffers_of(reader), target)
+
+
+def materialize_buffers(buffers: Iterable[bytes | memoryview], target: Path) -> None:
+    """As :func:`materialize`, writing ``buffers`` as they come (no copy into a buffer of ours).
+
+    The file is linked into place only once the iterator ended cleanly (a verifying one,
+    :func:`~optuna_cas.digest.verified_buffers`, has then checked the digest).
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "f"
+        >>> materialize_buffers([b"ab", memoryview(b"c")], target); target.read_bytes()
+        b'abc'
+    """
     if os.path.lexists(target):
         raise FileExistsError(f"File already exists: {target!s}")
     fd, temp_name = temp_beside(target)
     try:
         with open(fd, "wb") as out:
-            buffer = bytearray(CHUNK_SIZE)
-            view = memoryview(buffer)
-            while n := readinto(reader, view):
-                out.write(view[:n])
+            for buffer in buffers:
+                out.write(buffer)
         publish_new_file(Path(temp_name), target)
     finally:
         try:
             os.unlink(temp_name)
         except FileNotFoundError:
             pass
+
+
+def _buffers_of(reader: BinaryIO) -> Iterator[memoryview]:
+    """``reader``'s bytes in views of one reused buffer (each valid until the next)."""
+    view = memoryview(bytearray(CHUNK_SIZE))
+    while n := readinto(reader, view):
+        yield view[:n]
 
 
 def copy_to_spool(source: BinaryIO, out: BinaryIO) -> None:

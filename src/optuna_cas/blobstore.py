@@ -490,11 +490,15 @@ class BlobStore(BlobMaintenance):
             >>> store.open_blob(d).read()
             b'abc'
         """
-        key = blob_key(digest)
         if digest.size >= self.chunk_threshold:
             # No manifest: stored whole (below the threshold when it was uploaded).
             with contextlib.suppress(ArtifactNotFound):
                 return self.chunks.open(digest)
+        return self._open_whole(digest)
+
+    def _open_whole(self, digest: Digest) -> BinaryIO:
+        """:meth:`open_blob` without looking for a manifest (below the threshold, or none)."""
+        key = blob_key(digest)
         if self._blob_cache is not None:
             return self._blob_cache.open(digest, lambda: self._backend.open_reader(key))
         try:
@@ -538,7 +542,13 @@ class BlobStore(BlobMaintenance):
                 return
         elif staging_of(self._backend) is not None and self._materialize_local(digest, target):
             return
-        with self.open_blob(digest) as reader:
+        if digest.size < self.chunk_threshold:
+            reader = self.open_blob(digest)
+        elif self.chunks.materialize(digest, target):
+            return
+        else:
+            reader = self._open_whole(digest)
+        with reader:
             materialize(reader, target)
 
     def _materialize_local(self, digest: Digest, target: Path) -> bool:

@@ -11,6 +11,7 @@ import io
 import mmap
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -30,6 +31,7 @@ __all__ = [
     "hash_stream",
     "new_blake3",
     "readinto",
+    "verified_buffers",
 ]
 
 ALGORITHM = "blake3"
@@ -300,6 +302,49 @@ def hash_private_range(fd: int, hasher: Any, start: int, end: int) -> None:
         skip = 0
 
 
+def verified_buffers(
+    buffers: Iterable[bytes | memoryview], expected: Digest, *, name: str
+) -> Iterator[bytes | memoryview]:
+    """``buffers`` passed on unchanged and hashed; raises before ending unless they are ``expected``.
+
+    The buffer-at-a-time twin of :class:`VerifyingReader`, for a producer whose buffers can be
+    used as they are (no copy into a reader's buffer): a consumer that runs the iterator to
+    its end has had every byte checked.
+
+    Raises:
+        IntegrityError: More bytes than expected (as soon as they arrive), or at the end a
+            different size or digest.
+
+    Example:
+        >>> good = Digest.of_bytes(b"hello")
+        >>> b"".join(verified_buffers([b"hel", b"lo"], good, name="file"))
+        b'hello'
+        >>> b"".join(verified_buffers([b"hel", b"LO"], good, name="file"))
+        Traceback (most recent call last):
+        ...
+        optuna_cas.exceptions.IntegrityError: file: content does not match blake3:ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f (size 5)
+    """
+    hasher = Hasher()
+    for buffer in buffers:
+        hasher.update(buffer)
+        _check_not_over(hasher, expected, name)
+        yield buffer
+    _check_digest(hasher, expected, name)
+
+
+def _check_not_over(hasher: Hasher, expected: Digest, name: str) -> None:
+    if hasher.size > expected.size:
+        raise IntegrityError(f"{name}: more than the expected {expected.size} bytes")
+
+
+def _check_digest(hasher: Hasher, expected: Digest, name: str) -> None:
+    got = hasher.digest()
+    if got.size != expected.size:
+        raise IntegrityError(f"{name}: got {got.size} bytes, expected {expected.size}")
+    if got != expected:
+        raise IntegrityError(f"{name}: content does not match {expected} (size {expected.size})")
+
+
 def hash_stream(stream: BinaryIO) -> Digest:
     """Hash a stream from its current position to EOF with bounded memory.
 
@@ -397,22 +442,10 @@ class VerifyingReader(io.RawIOBase):
         n = readinto(self._source, view)
         if n:
             self._hasher.update(view[:n])
-            if self._hasher.size > self._expected.size:
-                raise IntegrityError(
-                    f"{self._name}: more than the expected {self._expected.size} bytes"
-                )
+            _check_not_over(self._hasher, self._expected, self._name)
             return n
         if not self._verified:
-            got = self._hasher.digest()
-            if got.size != self._expected.size:
-                raise IntegrityError(
-                    f"{self._name}: got {got.size} bytes, expected {self._expected.size}"
-                )
-            if got != self._expected:
-                raise IntegrityError(
-                    f"{self._name}: content does not match {self._expected} "
-                    f"(size {self._expected.size})"
-                )
+            _check_digest(self._hasher, self._expected, self._name)
             self._verified = True
         return 0
 

@@ -167,6 +167,23 @@ def test_resumable_round_trip_20_mib(
     assert read_all(gcs_backend, "blobs/big", piece=3 * MiB + 7) == data
 
 
+def test_small_raw_reads_cost_one_download_per_chunk_size(
+    gcs_backend: GCSBackend, gcs_protocol_client: Any
+) -> None:
+    # A chunked read takes 2 MiB blocks from the raw reader, not through its buffer: GCS
+    # still asks for a whole chunk_size per download and keeps the rest for the next reads.
+    data = os.urandom(3 * CHUNK + 5)
+    gcs_backend.write("packs/p", io.BytesIO(data))
+    requests = record_requests(gcs_protocol_client)
+    with gcs_backend.open_reader("packs/p") as f:
+        assert isinstance(f, io.BufferedReader)
+        raw = f.raw
+        got = b"".join(iter(lambda: raw.read(CHUNK // 4 + 1), b""))
+    assert got == data
+    downloads = [r for r in requests if "alt=media" in r]
+    assert len(downloads) == 4, requests
+
+
 def test_small_body_is_one_request(gcs_backend: GCSBackend, gcs_protocol_client: Any) -> None:
     requests = record_requests(gcs_protocol_client)
     gcs_backend.write("refs/a", io.BytesIO(b"x" * 1000), if_absent=True)

@@ -212,3 +212,46 @@ def test_part_threads_are_rebuilt_in_a_forked_child(s3_client: Any, s3_bucket: s
 
     assert _in_forked_child(child)
     assert backend.open_reader("child").read() == data
+
+
+class _CountingBody(io.BytesIO):
+    """A response body that remembers the bytes objects its ``read`` handed over."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.handed: list[bytes] = []
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.handed.append(data)
+        return data
+
+
+def _object_reader(body: io.BytesIO, size: int) -> Any:
+    from contextlib import nullcontext
+
+    from optuna_cas.backends.remote_io import Download, ObjectReader
+
+    def reopen(at: int) -> Download:
+        raise AssertionError("no reopen expected")
+
+    return ObjectReader(Download(body, size), 0, reopen=reopen, guard=nullcontext, name="k")
+
+
+def test_object_reader_read_hands_over_the_bodys_own_bytes() -> None:
+    # A chunked read takes its blocks from here: botocore's body hands over the bytes the
+    # socket was read into, where readinto would copy them once more (urllib3).
+    body = _CountingBody(b"0123456789")
+    reader = _object_reader(body, 10)
+    first = reader.read(6)
+    assert first == b"012345" and first is body.handed[-1]
+    assert reader.read(100) == b"6789" and reader.read(1) == b""
+
+
+def test_object_reader_read_of_a_cut_body_is_a_transient_error() -> None:
+    from optuna_cas.exceptions import TransientBackendError
+
+    reader = _object_reader(_CountingBody(b"abc"), 10)
+    assert reader.read(5) == b"abc"
+    with pytest.raises(TransientBackendError, match="connection ended at byte 3 of 10"):
+        reader.read(5)

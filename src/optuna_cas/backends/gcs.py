@@ -220,7 +220,7 @@ class GCSBackend(RemoteBackend):
         size = int(meta.size or 0)
         # Each download then ends where the window does: no byte past it is ever asked for.
         end = size if stop is None else min(size, stop)
-        body = _RangedBody(blob, offset, end, self._download_range)
+        body = _RangedBody(blob, offset, end, self._download_range, self._read_buffer)
         return Download(body=body, size=size)
 
     def _put(self, name: str, data: bytes, *, if_absent: bool) -> None:
@@ -381,7 +381,11 @@ class _IntoView:
 
 
 class _RangedBody:
-    """One object generation read by ranged downloads up to ``end``, one per buffer filled."""
+    """One object generation read by ranged downloads up to ``end``, one per buffer filled.
+
+    ``read`` asks for at least ``least`` bytes at a time (the backend's chunk size) and keeps
+    what it did not hand over yet for the next read: small reads cost no request each.
+    """
 
     def __init__(
         self,
@@ -389,13 +393,20 @@ class _RangedBody:
         offset: int,
         end: int,
         download: Callable[[Any, _IntoView, int, int], None],
+        least: int,
     ) -> None:
         self._blob = blob
-        self._pos = offset
+        self._pos = offset  # the next byte to download
         self._end = end  # exclusive: the object's size, or a bounded read's end
         self._download = download
+        self._least = least
+        self._kept = memoryview(b"")  # downloaded by read, not handed over yet
 
     def readinto(self, buffer: memoryview) -> int:
+        if self._kept:
+            part = self._pop(len(buffer))
+            buffer[: len(part)] = part
+            return len(part)
         wanted = min(len(buffer), self._end - self._pos)
         if wanted <= 0:
             return 0
@@ -403,6 +414,18 @@ class _RangedBody:
         self._download(self._blob, sink, self._pos, self._pos + wanted - 1)
         self._pos += sink.filled
         return sink.filled
+
+    def read(self, size: int) -> bytes:
+        if not self._kept:
+            fetched = bytearray(max(size, self._least))
+            with memoryview(fetched) as view:
+                filled = self.readinto(view)
+            self._kept = memoryview(fetched)[:filled]
+        return self._pop(size).tobytes()
+
+    def _pop(self, size: int) -> memoryview:
+        part, self._kept = self._kept[:size], self._kept[size:]
+        return part
 
     def close(self) -> None:
         """Nothing to release: each range was a request of its own."""

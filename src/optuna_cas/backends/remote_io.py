@@ -344,6 +344,14 @@ class Body(Protocol):
         """Fill (a prefix of) ``buffer``; 0 only at the end of the body."""
         ...
 
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes (fewer only at the end) in a new object; b"" at the end.
+
+        botocore's bodies hand over the bytes the socket was read into; their ``readinto``
+        reads those same bytes and copies them (urllib3).
+        """
+        ...
+
     def close(self) -> None:
         """Release the connection."""
         ...
@@ -433,16 +441,47 @@ class ObjectReader(io.RawIOBase):
 
     def readinto(self, buffer: WriteableBuffer) -> int:
         """Fill a prefix of ``buffer``; 0 only at the end of the object."""
-        self._checkClosed()
         with memoryview(buffer) as raw, raw.cast("B") as view:
-            if self._current is None and self._pos < self._window.end(self._size):
-                self._current = self._reopen(self._pos)
-                self._size = self._current.size
-            wanted = min(len(view), self._window.end(self._size) - self._pos)
-            if wanted <= 0 or self._current is None:
+            body, wanted = self._body(len(view))
+            if body is None:
                 return 0
             with self._guard():
-                count = self._current.body.readinto(view[:wanted])
+                count = body.readinto(view[:wanted])
+        return self._advance(count)
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all the rest if negative), as the body hands them over.
+
+        Unlike ``readinto``, no copy: a chunked read takes its blocks from here.
+
+        Example:
+            >>> from contextlib import nullcontext
+            >>> body = lambda at: Download(io.BytesIO(b"hello"[at:]), 5)
+            >>> ObjectReader(body(0), 0, reopen=body, guard=nullcontext, name="x").read(3)
+            b'hel'
+        """
+        if size is None or size < 0:
+            return self.readall()
+        body, wanted = self._body(size)
+        if body is None:
+            return b""
+        with self._guard():
+            data = body.read(wanted)
+        self._advance(len(data))
+        return data
+
+    def _body(self, size: int) -> tuple[Body | None, int]:
+        """The body to read from (opened if a seek dropped it) and how much of ``size``."""
+        self._checkClosed()
+        if self._current is None and self._pos < self._window.end(self._size):
+            self._current = self._reopen(self._pos)
+            self._size = self._current.size
+        wanted = min(size, self._window.end(self._size) - self._pos)
+        if wanted <= 0 or self._current is None:
+            return None, 0
+        return self._current.body, wanted
+
+    def _advance(self, count: int) -> int:
         if not count:
             # The body ended before the object (or window) did: a cut connection, never EOF.
             raise TransientBackendError(

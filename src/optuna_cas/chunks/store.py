@@ -20,7 +20,7 @@ from typing import BinaryIO, cast
 
 import blake3
 
-from optuna_cas._fileio import seekable
+from optuna_cas._fileio import materialize_buffers, seekable
 from optuna_cas.backends.base import Backend, staging_of
 from optuna_cas.chunks.assemble import assemble_from_cache, assemble_from_store
 from optuna_cas.chunks.cached_packs import PackCache
@@ -47,7 +47,7 @@ from optuna_cas.chunks.table import (
     TableBuilder,
     parse_table,
 )
-from optuna_cas.digest import Digest
+from optuna_cas.digest import Digest, verified_buffers
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
 __all__ = ["ChunkStore", "StoredObject"]
@@ -362,6 +362,42 @@ class ChunkStore(ChunkMaintenance):
             digest,
             what,
         )
+
+    def materialize(self, digest: Digest, target: Path) -> bool:
+        """Write the file at the new path ``target``, reading its packs (or its cached ones).
+
+        What :meth:`open` reads, without the copy into a reader's buffer: each block fetched
+        goes to the file as it is, hashed on the way, and the file gets its name only once
+        the whole file's digest matched.
+
+        Returns:
+            True when done; False, with nothing at ``target``, when ``digest`` has no
+            manifest (stored whole).
+
+        Raises:
+            ArtifactNotFound: A pack the manifest names is missing.
+            IntegrityError: The bytes read are not ``digest``'s.
+
+        Example:
+            >>> import io, os, tempfile
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store, data = ChunkStore(MemoryBackend()), os.urandom(300_000)
+            >>> d = store.put(io.BytesIO(data))
+            >>> target = Path(tempfile.mkdtemp()) / "model.pt"
+            >>> store.materialize(d, target), target.read_bytes() == data
+            (True, True)
+        """
+        self._forget(digest)  # gc may have moved its chunks: read what is stored now
+        try:
+            table = self.manifest(digest)
+        except ArtifactNotFound:
+            return False
+        what = f"chunked file {digest} in {self._backend.describe()}"
+        # The whole-file check covers every chunk fetched from the backend.
+        reader = ChunkedReader(self._backend, table, what, self._cache, check_chunks=False)
+        with reader:
+            materialize_buffers(verified_buffers(reader.chunks(), digest, name=what), target)
+        return True
 
     def materialize_cached(self, digest: Digest, target: Path) -> bool | None:
         """Write the file at the new path ``target`` from cached packs (copied in the kernel).
