@@ -14,11 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from optuna_cas.backends.base import Backend
+from optuna_cas.backends.base import Backend, SealedFile
 from optuna_cas.backends.s3 import S3Backend
 from optuna_cas.exceptions import InvalidKeyError, StoreConfigError, TransientBackendError
 from optuna_cas.middleware.backoff import RetryingBackend
@@ -164,15 +165,16 @@ def test_readinto_streams_in_chunks(s3_backend: S3Backend) -> None:
 
 
 class _PartsInFlight:
-    """A request runner that holds each part request a while and notes the most at once."""
+    """A request runner that holds each upload request a while and notes the most at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "upload part") -> None:
+        self._kind = kind
         self._lock = threading.Lock()
         self._now = 0
         self.most = 0
 
     def __call__(self, description: str, request: Callable[[], T]) -> T:
-        if not description.startswith("upload part"):
+        if not description.startswith(self._kind):
             return request()
         with self._lock:
             self._now += 1
@@ -225,6 +227,37 @@ def test_uploads_at_once_share_the_backends_part_threads(
         list(pool.map(upload, range(2)))
     assert parts.most == 2
     assert [_raw_read(s3_client, s3_bucket, f"k{n}") for n in range(2)] == datas
+
+
+def test_sealed_files_go_in_one_put_each_within_max_concurrency(
+    s3_client: S3Client, s3_bucket: str, tmp_path: Path
+) -> None:
+    # A chunked upload's packs: one PutObject each, streamed from the spool file (no parts,
+    # no completion), on the part threads, so they count against max_concurrency too.
+    backend = S3Backend(
+        s3_bucket,
+        client=s3_client,
+        part_size=TEST_PART_SIZE,
+        max_concurrency=2,
+        multipart_threshold=TEST_PART_SIZE,
+    )
+    puts = _PartsInFlight("upload s3://")
+    sending = backend.with_request_runner(puts)
+    creates = _count_calls(s3_client, "CreateMultipartUpload")
+    datas = [os.urandom(2 * TEST_PART_SIZE + n) for n in range(4)]
+    start = threading.Barrier(4)
+
+    def upload(n: int) -> None:
+        with open(tmp_path / f"spool{n}", "w+b") as f:
+            f.write(datas[n])
+            f.seek(0)
+            start.wait()
+            sending.write(f"packs/{n}", SealedFile.of(f), if_absent=True)  # type: ignore[arg-type]
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(upload, range(4)))
+    assert puts.most == 2 and creates == []
+    assert [_raw_read(s3_client, s3_bucket, f"packs/{n}") for n in range(4)] == datas
 
 
 # ---- create-if-absent -------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from optuna_cas.chunks import packer
 from optuna_cas.chunks.chunker import Chunker
 from optuna_cas.chunks.digest_index import DigestIndex, Records
 from optuna_cas.chunks.index import KnownChunks
+from optuna_cas.chunks.layout import pack_key
 from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.store import ChunkStore
 from optuna_cas.chunks.table import ENTRY, INDEX_MAGIC, MANIFEST_MAGIC, ChunkTable, TableBuilder
@@ -159,8 +160,16 @@ class _WatchedS3(S3Backend):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sent: list[Part] = []
+        self.in_one: list[str] = []  # objects sent in one request from a sealed file
+        self.in_parts: list[str] = []
+
+    def _put_file(self, name: str, part: FilePart, *, if_absent: bool) -> None:
+        self.sent.append(part)
+        self.in_one.append(name)
+        super()._put_file(name, part, if_absent=if_absent)
 
     def _start_upload(self, name: str, *, if_absent: bool) -> Any:
+        self.in_parts.append(name)
         upload = super()._start_upload(name, if_absent=if_absent)
         send_part = upload.send_part
 
@@ -188,8 +197,8 @@ def test_the_packs_of_a_chunked_upload_are_sent_from_their_spool_files(
     watched_s3: _WatchedS3,
 ) -> None:
     # Before: each pack's parts were read into part buffers (4 x 8 MiB by default, 32 of the
-    # 43.5 MiB an S3 upload of 512 MiB added to the process). Now a part is a range of the
-    # pack's private spool file, read as it is sent.
+    # 43.5 MiB an S3 upload of 512 MiB added to the process). Now a pack is its private spool
+    # file, read as it is sent: in one PutObject each (no parts, no completion).
     data = os.urandom(4 * (TEST_PART_SIZE + 300_000))
     writer = PackWriter(watched_s3, pack_target=TEST_PART_SIZE + 200_000)
     try:
@@ -199,14 +208,18 @@ def test_the_packs_of_a_chunked_upload_are_sent_from_their_spool_files(
     except BaseException:
         writer.abort()
         raise
-    assert len(writer.manifest.as_table().packs) >= 3
+    packs = writer.manifest.as_table().packs
+    assert len(packs) >= 3
     assert watched_s3.sent and all(isinstance(part, FilePart) for part in watched_s3.sent)
+    assert sorted(watched_s3.in_one) == sorted(pack_key(p) for p in packs)
+    assert watched_s3.in_parts == []
     store = ChunkStore(watched_s3)
     assert store.open(store.put(io.BytesIO(data))).read() == data  # all dedup hits now
     # A plain stream still goes through part buffers (nobody promised it stays as it is).
     watched_s3.sent.clear()
     watched_s3.write("blobs/plain", io.BytesIO(data))
     assert watched_s3.sent and all(isinstance(part, bytearray) for part in watched_s3.sent)
+    assert watched_s3.in_parts == ["blobs/plain"]
 
 
 def test_a_spool_file_that_does_not_hold_its_pack_is_never_sent(

@@ -26,20 +26,21 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
-import enum
 import functools
 import io
 import math
 import re
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, ClassVar, NoReturn, TypeVar
+from typing import BinaryIO, ClassVar, NoReturn, TypeVar, cast
 
 from optuna_cas._fileio import read_up_to
 from optuna_cas._validation import validate_key, validate_prefix
 from optuna_cas.backends.base import ObjectInfo, RequestRunner, SealedFile, run_once
 from optuna_cas.backends.per_process import PerProcess
+from optuna_cas.backends.remote_errors import AlreadyPresentError, Fault, UploadGoneError
 from optuna_cas.backends.remote_io import (
     Download,
+    FilePart,
     FileParts,
     ObjectReader,
     Part,
@@ -64,36 +65,6 @@ T = TypeVar("T")
 _BAD_BUCKET_CHARACTER = re.compile(r"[/\s\x00-\x1f\x7f]")
 
 
-class Fault(enum.Enum):
-    """What an SDK error means, as an adapter's error table says; the base picks our exception.
-
-    Example:
-        >>> Fault("transient") is Fault.TRANSIENT
-        True
-    """
-
-    MISSING = "missing"  # 404: no such object, or no such bucket (the base tells them apart)
-    NO_BUCKET = "no bucket"  # the service said the bucket does not exist
-    EXISTS = "exists"  # 412 on a create-if-absent: the object is there
-    GONE = "gone"  # the multipart/resumable upload is no longer known to the service
-    DENIED = "denied"  # 401/403
-    TRANSIENT = "transient"  # connection trouble, throttling, 5xx, a body cut short
-    PERMANENT = "permanent"  # anything else the SDK raised
-
-
-class AlreadyPresentError(BackendError):
-    """A create-if-absent met an existing object (HTTP 412); ``write`` swallows it."""
-
-
-class UploadGoneError(BackendError):
-    """The service no longer knows an upload (finished, cancelled or expired).
-
-    Raised by an adapter's upload, or from a :attr:`Fault.GONE` error. After the last part it
-    usually means the upload *did* finish and the answer was lost: the base then looks for the
-    object before believing it failed.
-    """
-
-
 class RemoteBackend(abc.ABC):
     """The :class:`~optuna_cas.backends.base.Backend` contract for one bucket of a remote store.
 
@@ -108,6 +79,8 @@ class RemoteBackend(abc.ABC):
         max_parts: The service's limit on parts per upload (``None``: no limit).
         concurrency: Parts sent at once (1: in order, on the calling thread).
         read_buffer: Buffer size of the readers ``open_reader`` returns.
+        sealed_request_limit: A :class:`~optuna_cas.backends.base.SealedFile` up to this many
+            bytes goes in one request, streamed from the file (:meth:`_put_file`); 0: never.
 
     Raises:
         StoreConfigError: The bucket name is not a plain name.
@@ -131,6 +104,7 @@ class RemoteBackend(abc.ABC):
         max_parts: int | None,
         concurrency: int,
         read_buffer: int,
+        sealed_request_limit: int = 0,
     ) -> None:
         if not isinstance(bucket, str) or not bucket or _BAD_BUCKET_CHARACTER.search(bucket):
             raise StoreConfigError(
@@ -148,6 +122,7 @@ class RemoteBackend(abc.ABC):
         self._max_parts = max_parts
         self._concurrency = concurrency
         self._read_buffer = read_buffer
+        self._sealed_request_limit = sealed_request_limit
         self._run: RequestRunner = run_once
         # Set once the bucket is known to exist, so later 404s need no second look.
         self._bucket_seen = False
@@ -175,6 +150,13 @@ class RemoteBackend(abc.ABC):
     @abc.abstractmethod
     def _put(self, name: str, data: bytes, *, if_absent: bool) -> None:
         """Store ``data`` in one request; with ``if_absent``, only if ``name`` is absent."""
+
+    def _put_file(self, name: str, part: FilePart, *, if_absent: bool) -> None:
+        """Store a sealed file's range in one request, reading ``part.body()`` as it is sent.
+
+        Only for adapters that pass a ``sealed_request_limit``.
+        """
+        raise NotImplementedError
 
     @abc.abstractmethod
     def _start_upload(self, name: str, *, if_absent: bool) -> PartUpload:
@@ -285,11 +267,20 @@ class RemoteBackend(abc.ABC):
         validate_key(key)
         name = self._name(key)
         remaining = remaining_size(content_body)
+        one_file = isinstance(content_body, SealedFile) and (
+            0 < (remaining or 0) <= self._sealed_request_limit
+        )
         # Reading one byte past the limit tells small from large without knowing the size;
         # a stream known to be large goes to parts at once (no part-sized head to copy).
-        large = remaining is not None and remaining > self._single_request_limit
+        large = one_file or (remaining is not None and remaining > self._single_request_limit)
         head = b"" if large else read_up_to(content_body, self._single_request_limit + 1)
         try:
+            if one_file:
+                part = FilePart.rest_of(cast(SealedFile, content_body))
+                self._send_in_one(
+                    key, functools.partial(self._put_file, name, part, if_absent=if_absent)
+                )
+                return
             if len(head) <= self._single_request_limit and not large:
                 self._request(
                     key,
@@ -440,6 +431,19 @@ class RemoteBackend(abc.ABC):
                 return request()
 
         return self._run(description, attempt)
+
+    def _send_in_one(self, key: str, put: Callable[[], None]) -> None:
+        """Send ``put`` (one request: a sealed file) on the part threads, and wait for it.
+
+        There it counts against ``concurrency`` like a part: the packs of a chunked upload go
+        this way, several at once, and with the parts of other uploads never exceed it.
+        """
+        request = functools.partial(self._request, key, f"upload {self._where(key)}", put)
+        threads = self._part_threads.get()
+        if threads is None:
+            request()
+        else:
+            threads.submit(request).result()
 
     def _part_size_for(self, head: int, stream: BinaryIO) -> int:
         """The configured part size, raised if the service's part limit needs it."""

@@ -209,6 +209,21 @@ class FilePart:
     def __len__(self) -> int:
         return self.length
 
+    @classmethod
+    def rest_of(cls, file: SealedFile) -> FilePart:
+        """The range from ``file``'s position to its end.
+
+        Example:
+            >>> import tempfile
+            >>> with tempfile.TemporaryFile() as f:
+            ...     _ = f.write(b"abcdef"); _ = f.seek(2)
+            ...     part = FilePart.rest_of(SealedFile.of(f))
+            ...     part.offset, len(part)
+            (2, 4)
+        """
+        position = file.tell()
+        return cls(file.fd, file.start + position, file.seek(0, io.SEEK_END) - position)
+
     def body(self, skip: int = 0) -> BinaryIO:
         """A new stream of the part from byte ``skip`` on, one per request.
 

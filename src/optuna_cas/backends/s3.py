@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 
 from optuna_cas.backends.per_process import PerProcess
 from optuna_cas.backends.remote import Fault, RemoteBackend
-from optuna_cas.backends.remote_io import Body, Download, Part
+from optuna_cas.backends.remote_io import Body, Download, FilePart, Part
 from optuna_cas.exceptions import StoreConfigError
 
 if TYPE_CHECKING:
@@ -33,6 +33,11 @@ _MIN_PART_SIZE = 5 * MiB
 _MAX_PART_SIZE = 5 * 1024 * MiB
 _MAX_PARTS = 10_000
 _READ_BUFFER_SIZE = 256 * 1024
+# A sealed file (a pack of a chunked upload, ~32 MiB) up to this size goes in one PutObject
+# streamed from the file, as restic and Xet send their packs: one request instead of six
+# (create, parts, complete), and no server-side concatenation of parts on completion. The
+# packs of one upload go several at once, so the parallelism of parts is kept.
+_SEALED_REQUEST_LIMIT = 64 * MiB
 
 # ---- the error table ----------------------------------------------------------------------------
 # The one list of what S3's error codes mean. Transient: codes AWS documents as retryable,
@@ -168,9 +173,11 @@ class S3Backend(RemoteBackend):
         endpoint_url: For S3-compatible services (MinIO, R2, moto, ...); not with ``client``.
         part_size: Multipart part size in bytes (5 MiB .. 5 GiB). Raised automatically for a
             seekable stream that would otherwise need more than 10,000 parts.
-        max_concurrency: Parts uploaded at once, by all uploads through the backend
-            together; also the most parts one upload holds in memory.
-        multipart_threshold: Bodies up to this many bytes are sent in one ``PutObject``.
+        max_concurrency: Parts (or packs) uploaded at once, by all uploads through the
+            backend together; also the most parts one upload holds in memory.
+        multipart_threshold: Bodies up to this many bytes are sent in one ``PutObject``;
+            so is a sealed file (a pack of a chunked upload) of up to 64 MiB, streamed from
+            the file.
 
     Raises:
         StoreConfigError: boto3 is not installed, or an argument is out of range.
@@ -207,6 +214,7 @@ class S3Backend(RemoteBackend):
             max_parts=_MAX_PARTS,
             concurrency=max_concurrency,
             read_buffer=_READ_BUFFER_SIZE,
+            sealed_request_limit=_SEALED_REQUEST_LIMIT,
         )
         if not _MIN_PART_SIZE <= part_size <= _MAX_PART_SIZE:
             raise StoreConfigError(
@@ -265,6 +273,13 @@ class S3Backend(RemoteBackend):
             self._client.put_object(Bucket=self._bucket_name, Key=name, Body=data, IfNoneMatch="*")
         else:
             self._client.put_object(Bucket=self._bucket_name, Key=name, Body=data)
+
+    def _put_file(self, name: str, part: FilePart, *, if_absent: bool) -> None:
+        body = part.body()
+        if if_absent:
+            self._client.put_object(Bucket=self._bucket_name, Key=name, Body=body, IfNoneMatch="*")
+        else:
+            self._client.put_object(Bucket=self._bucket_name, Key=name, Body=body)
 
     def _start_upload(self, name: str, *, if_absent: bool) -> _MultipartUpload:
         # Declaring per-part CRC32 (as boto3's transfer manager does) spares the server a

@@ -23,8 +23,8 @@ from optuna_cas.digest import Digest
 __all__ = ["PackChecks"]
 
 # Looks at once during an upload (HEAD requests on a remote store). With the backend's 4 part
-# threads and the 2 pack senders' own requests (start, complete) this stays within boto3's
-# default pool of 10 connections (urllib3 warns beyond it).
+# threads, which send S3's packs (one PUT each), this stays within boto3's default pool of 10
+# connections (urllib3 warns beyond it).
 UPLOAD_THREADS = 4
 
 

@@ -8,8 +8,8 @@ buffers the chunker hashed, and the pack's digest is computed from those same bu
 * A local backend hands out a temp file in the store (staging); the pack is written there and
   renamed into place: one copy.
 * Other backends get a private spool file; each sealed pack is read back through its digest,
-  so a spool file changed meanwhile publishes nothing, and sent by one of two background
-  threads (at most two packs in flight, their parts on the backend's part threads).
+  so a spool file changed meanwhile publishes nothing, and sent by one of four background
+  threads (at most four packs in flight; their requests run on the backend's part threads).
 
 A pack may start with up to 4 KiB of zeros that no entry names, so that its first chunk sits
 at its file offset modulo a page (see ``PackWriter._open_pack``).
@@ -34,11 +34,13 @@ from optuna_cas.digest import Digest, VerifyingReader
 
 __all__ = ["PackWriter", "UploadCache"]
 
-# Sealed packs waiting or being sent, and the threads sending them. Two senders let one pack's
-# closing requests (S3's complete: ~0.1 s per 32 MiB on moto) overlap the next pack's parts;
-# the parts of both share the backend's part threads, so memory stays that of one upload.
-_IN_FLIGHT = 2
-_SENDERS = 2
+# Sealed packs waiting or being sent (spool files on disk), and the threads sending them. S3
+# takes a pack in one PUT, sent on the backend's part threads (4 by default): four senders
+# keep four packs on the wire, as many streams as an upload in parts had. A backend that
+# sends packs in parts shares the same part threads among them, so memory stays that of one
+# upload either way.
+_IN_FLIGHT = 4
+_SENDERS = 4
 _WRITE_BUFFER = 2 * 1024 * 1024
 # A remote upload's packs go to a spool file at page-cache speed while the network is the
 # bottleneck: smaller buffers cost nothing there.
