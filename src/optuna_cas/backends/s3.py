@@ -400,5 +400,10 @@ def _default_client(endpoint_url: str | None, max_concurrency: int) -> S3Client:
         raise StoreConfigError("S3Backend needs boto3: pip install 'optuna-cas[s3]'") from e
     # A fresh session: boto3's default session is not safe to share across threads.
     session = boto3.session.Session()
-    config = Config(max_pool_connections=max(10, max_concurrency + 2))
+    config = Config(
+        max_pool_connections=max(10, max_concurrency + 2),
+        # Every read that materialises a file checks BLAKE3 digests: botocore's CRC32 of a
+        # whole object (on packs and small blobs, sent in one PUT) would check it again.
+        response_checksum_validation="when_required",
+    )
     return session.client("s3", endpoint_url=endpoint_url, config=config)
