@@ -255,25 +255,3 @@ def test_object_reader_read_of_a_cut_body_is_a_transient_error() -> None:
     assert reader.read(5) == b"abc"
     with pytest.raises(TransientBackendError, match="connection ended at byte 3 of 10"):
         reader.read(5)
-
-
-@pytest.mark.s3
-def test_an_s3_client_we_build_leaves_whole_object_checks_to_our_digests(
-    s3_server: Any, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # An object sent in one PUT (a pack) carries a full-object CRC32; botocore would check it
-    # again on every GET of the whole object, which every read's BLAKE3 check already covers.
-    from optuna_cas.backends.s3 import S3Backend
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    ours = S3Backend(s3_bucket, endpoint_url=s3_server.endpoint_url)
-    checked = []
-    ours._client.meta.events.register(
-        "after-call.s3.GetObject",
-        lambda http_response, parsed, **_: checked.append(type(parsed["Body"]).__name__),
-    )
-    ours.write("k", io.BytesIO(b"one put"))
-    assert ours.open_reader("k").read() == b"one put"
-    assert checked == ["StreamingBody"]  # not botocore's StreamingChecksumBody

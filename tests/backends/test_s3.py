@@ -187,15 +187,19 @@ class _PartsInFlight:
                 self._now -= 1
 
 
-def test_last_part_goes_out_beside_the_others(s3_client: S3Client, s3_bucket: str) -> None:
-    # Only the completion publishes an S3 upload: the last part need not wait for the rest.
-    backend = S3Backend(
-        s3_bucket,
-        client=s3_client,
+def _small_parts(client: S3Client, bucket: str, max_concurrency: int) -> S3Backend:
+    return S3Backend(
+        bucket,
+        client=client,
         part_size=TEST_PART_SIZE,
-        max_concurrency=3,
+        max_concurrency=max_concurrency,
         multipart_threshold=TEST_PART_SIZE,
     )
+
+
+def test_last_part_goes_out_beside_the_others(s3_client: S3Client, s3_bucket: str) -> None:
+    # Only the completion publishes an S3 upload: the last part need not wait for the rest.
+    backend = _small_parts(s3_client, s3_bucket, 3)
     parts = _PartsInFlight()
     data = os.urandom(2 * TEST_PART_SIZE + TEST_PART_SIZE // 2)
     backend.with_request_runner(parts).write("k", io.BytesIO(data))
@@ -206,14 +210,8 @@ def test_last_part_goes_out_beside_the_others(s3_client: S3Client, s3_bucket: st
 def test_uploads_at_once_share_the_backends_part_threads(
     s3_client: S3Client, s3_bucket: str
 ) -> None:
-    # Two packs in flight must not double the threads (each keeps memory for its requests).
-    backend = S3Backend(
-        s3_bucket,
-        client=s3_client,
-        part_size=TEST_PART_SIZE,
-        max_concurrency=2,
-        multipart_threshold=TEST_PART_SIZE,
-    )
+    # Two uploads at once must not double the threads (each keeps memory for its requests).
+    backend = _small_parts(s3_client, s3_bucket, 2)
     parts = _PartsInFlight()
     sending = backend.with_request_runner(parts)
     datas = [os.urandom(3 * TEST_PART_SIZE) for _ in range(2)]
@@ -234,13 +232,7 @@ def test_sealed_files_go_in_one_put_each_within_max_concurrency(
 ) -> None:
     # A chunked upload's packs: one PutObject each, streamed from the spool file (no parts,
     # no completion), on the part threads, so they count against max_concurrency too.
-    backend = S3Backend(
-        s3_bucket,
-        client=s3_client,
-        part_size=TEST_PART_SIZE,
-        max_concurrency=2,
-        multipart_threshold=TEST_PART_SIZE,
-    )
+    backend = _small_parts(s3_client, s3_bucket, 2)
     puts = _PartsInFlight("upload s3://")
     sending = backend.with_request_runner(puts)
     creates = _count_calls(s3_client, "CreateMultipartUpload")
@@ -412,5 +404,13 @@ def test_builds_its_own_client(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     backend = S3Backend(s3_bucket, endpoint_url=s3_server.endpoint_url, prefix="p")
+    # An object sent in one PUT (a pack) carries a full-object CRC32, which botocore would
+    # check again on every GET of the whole object: every read's BLAKE3 check covers it.
+    bodies: list[str] = []
+    backend._client.meta.events.register(
+        "after-call.s3.GetObject",
+        lambda parsed, **_: bodies.append(type(parsed["Body"]).__name__),
+    )
     backend.write("k", io.BytesIO(b"v"))
     assert backend.open_reader("k").read() == b"v"
+    assert bodies == ["StreamingBody"]  # not botocore's StreamingChecksumBody
