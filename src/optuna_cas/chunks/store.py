@@ -364,11 +364,14 @@ class ChunkStore(ChunkMaintenance):
         )
 
     def materialize(self, digest: Digest, target: Path) -> bool:
-        """Write the file at the new path ``target``, reading its packs (or its cached ones).
+        """Write the file at the new path ``target``, reading its packs from the store.
 
         What :meth:`open` reads, without the copy into a reader's buffer: each block fetched
         goes to the file as it is, hashed on the way, and the file gets its name only once
-        the whole file's digest matched.
+        the whole file's digest matched. A cache is not used: this is the path of a store
+        without one, and of a cache that could not take the file's packs
+        (:meth:`materialize_cached` said so), where reading through it would cost a request
+        per chunk instead of one per pack.
 
         Returns:
             True when done; False, with nothing at ``target``, when ``digest`` has no
@@ -394,7 +397,7 @@ class ChunkStore(ChunkMaintenance):
             return False
         what = f"chunked file {digest} in {self._backend.describe()}"
         # The whole-file check covers every chunk fetched from the backend.
-        reader = ChunkedReader(self._backend, table, what, self._cache, check_chunks=False)
+        reader = ChunkedReader(self._backend, table, what, check_chunks=False)
         with reader:
             materialize_buffers(verified_buffers(reader.chunks(), digest, name=what), target)
         return True
