@@ -73,7 +73,7 @@ def assemble_from_cache(
     store). Returns False, leaving nothing at ``target``, when a pack cannot be cached (too
     large for it, or the cache is failing) or when the copy does not hash to ``digest``; in
     that case every pack of the file is dropped from the cache, so a caller falling back to
-    a chunk-by-chunk read fetches them again.
+    a read from the store fetches them again.
 
     Args:
         table: The file's manifest.
@@ -122,8 +122,8 @@ def assemble_from_store(table: ChunkTable, digest: Digest, target: Path, backend
     As :func:`assemble_from_cache`, with the store's own pack files as the source: runs are
     copied in the kernel and the copy is hashed as it lands. Returns False, leaving nothing at
     ``target``, when a pack is not a local file or the copy does not hash to ``digest`` (the
-    caller then reads chunk by chunk, which names a damaged chunk). Nothing in the store is
-    changed.
+    caller then reads the packs through :class:`~optuna_cas.chunks.reader.ChunkedReader`,
+    whose error says what is wrong). Nothing in the store is changed.
 
     Raises:
         FileExistsError: ``target`` exists.

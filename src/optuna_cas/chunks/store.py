@@ -413,7 +413,7 @@ class ChunkStore(ChunkMaintenance):
         Returns:
             True when done. False, with nothing at ``target``, when there is no cache or the
             packs could not be used (see :func:`~optuna_cas.chunks.assemble.assemble_from_cache`):
-            read with :meth:`open` then. None when ``digest`` has no manifest (stored whole).
+            read with :meth:`materialize` then. None when ``digest`` has no manifest (stored whole).
 
         Raises:
             ArtifactNotFound: A pack the manifest names is missing from the store.
@@ -451,7 +451,7 @@ class ChunkStore(ChunkMaintenance):
 
         Returns:
             True when done; False, with nothing at ``target``, when the packs are not local
-            files or do not reassemble the file (read with :meth:`open` then); None when
+            files or do not reassemble the file (read with :meth:`materialize` then); None when
             ``digest`` has no manifest (stored whole).
 
         Raises:
