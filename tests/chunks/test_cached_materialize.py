@@ -133,6 +133,25 @@ def test_packs_too_large_for_the_cache_are_read_a_range_per_pack(
     assert backend.calls.count("open_reader") <= 1 + 2 * packs, backend.calls
 
 
+def test_a_stream_through_a_cache_too_small_for_its_packs_reads_a_range_per_pack(
+    tmp_path: Path, uploaded: tuple[ContentStore, bytes, object]
+) -> None:
+    # open_reader through the cache (what Optuna's own download_artifact calls): ~50 chunks
+    # once cost a request each when their pack could not be cached.
+    store, data, digest = uploaded
+    packs = len(list(store.backend.list(PACK_PREFIX)))
+    backend = _CountingBackend(tmp_path / "store")
+    small = ContentStore(
+        backend,  # type: ignore[arg-type]
+        blob_cache=DiskBlobCache(tmp_path / "small-cache", size_limit=1024),
+        chunk_threshold=THRESHOLD,
+    )
+    with small.open_blob(digest) as reader:  # type: ignore[arg-type]
+        assert reader.read() == data
+    # The manifest, each pack for the cache that refused it, each pack's range.
+    assert backend.calls.count("open_reader") <= 1 + 2 * packs, backend.calls
+
+
 def test_a_pack_missing_from_the_store_is_named(
     tmp_path: Path, uploaded: tuple[ContentStore, bytes, object]
 ) -> None:
