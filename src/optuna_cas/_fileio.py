@@ -466,7 +466,5 @@ def _buffers_of(reader: BinaryIO) -> Iterator[memoryview]:
 
 
 def copy_to_spool(source: BinaryIO, out: BinaryIO) -> None:
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
-    while n := readinto(source, view):
-        out.write(view[:n])
+    for buffer in _buffers_of(source):
+        out.write(buffer)

@@ -13,7 +13,7 @@ import functools
 import io
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from optuna_cas.backends.per_process import PerProcess
 from optuna_cas.backends.remote import Fault, RemoteBackend
@@ -268,18 +268,14 @@ class S3Backend(RemoteBackend):
         size = int(total) if total.isdigit() else offset + int(response["ContentLength"])
         return Download(body=_body(response["Body"]), size=size)
 
-    def _put(self, name: str, data: bytes, *, if_absent: bool) -> None:
+    def _put(self, name: str, data: bytes | BinaryIO, *, if_absent: bool) -> None:
         if if_absent:
             self._client.put_object(Bucket=self._bucket_name, Key=name, Body=data, IfNoneMatch="*")
         else:
             self._client.put_object(Bucket=self._bucket_name, Key=name, Body=data)
 
     def _put_file(self, name: str, part: FilePart, *, if_absent: bool) -> None:
-        body = part.body()
-        if if_absent:
-            self._client.put_object(Bucket=self._bucket_name, Key=name, Body=body, IfNoneMatch="*")
-        else:
-            self._client.put_object(Bucket=self._bucket_name, Key=name, Body=body)
+        self._put(name, part.body(), if_absent=if_absent)  # a new stream of it per attempt
 
     def _start_upload(self, name: str, *, if_absent: bool) -> _MultipartUpload:
         # Declaring per-part CRC32 (as boto3's transfer manager does) spares the server a
