@@ -87,14 +87,8 @@ def test_a_first_read_fills_the_cache_then_assembles(tmp_path: Path) -> None:
     assert _cached_pack_files(tmp_path, worker)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_a_damaged_cached_pack_is_dropped_and_the_download_is_still_right(
-    tmp_path: Path,
-    uploaded: tuple[ContentStore, bytes, object],
-    damage: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    store, data, digest = uploaded
+def _damage_cached_packs(tmp_path: Path, store: ContentStore, digest: object, damage: str) -> None:
+    """Fill the cache with ``digest``'s packs, then damage each cached pack file."""
     store.materialize_blob(digest, tmp_path / "fill")  # type: ignore[arg-type]
     for path in _cached_pack_files(tmp_path, store):
         path.chmod(0o600)
@@ -105,6 +99,37 @@ def test_a_damaged_cached_pack_is_dropped_and_the_download_is_still_right(
                 f.seek(SIZE // 2)
             else:
                 f.truncate(SIZE // 2)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_stream_through_the_cache_reads_past_a_damaged_cached_pack(
+    tmp_path: Path, uploaded: tuple[ContentStore, bytes, object], damage: str
+) -> None:
+    # open_reader through the cache checks each cached chunk: from the first bad one on, the
+    # pack is dropped and the rest of its entries come from the store in one range.
+    store, data, digest = uploaded
+    _damage_cached_packs(tmp_path, store, digest, damage)
+    backend = _CountingBackend(tmp_path / "store")
+    worker = ContentStore(
+        backend,  # type: ignore[arg-type]
+        blob_cache=DiskBlobCache(tmp_path / "cache", size_limit=2**30),
+        chunk_threshold=THRESHOLD,
+    )
+    with worker.open_blob(digest) as reader:  # type: ignore[arg-type]
+        assert reader.read() == data
+    packs = len(list(store.backend.list(PACK_PREFIX)))
+    assert backend.calls.count("open_reader") <= 1 + packs, backend.calls
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_cached_pack_is_dropped_and_the_download_is_still_right(
+    tmp_path: Path,
+    uploaded: tuple[ContentStore, bytes, object],
+    damage: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, data, digest = uploaded
+    _damage_cached_packs(tmp_path, store, digest, damage)
     _worker(tmp_path).materialize_blob(digest, tmp_path / "out")  # type: ignore[arg-type]
     assert (tmp_path / "out").read_bytes() == data
     # The bad entry was replaced by a good one: the next download is assembled again.

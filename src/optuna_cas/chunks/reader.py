@@ -1,11 +1,12 @@
-"""Reading a chunked file back: its chunks, in file order, each verified.
+"""Reading a chunked file back: its chunks, in file order, verified.
 
 Without a cache, consecutive chunks that sit close together in one pack are fetched with one
 ranged read (gaps up to :data:`COALESCE_GAP` are read and dropped), so a file written in one
-upload costs one request per pack. With a cache (:mod:`optuna_cas.chunks.cached_packs`), every
-pack the manifest names is made local once (a worker holding version *k* fetches only the
-packs of *k+1*'s new chunks) and chunks are read from there. Either way each chunk is checked against its digest
-before it is handed on, and the caller also checks the whole file's digest.
+upload costs one request per pack. With a cache (:mod:`optuna_cas.chunks.cached_packs`),
+every pack the manifest names is made local once (a worker holding version *k* fetches only
+the packs of *k+1*'s new chunks) and chunks are read from there. Chunks from the cache are
+checked against their digests; chunks from the store too, unless the caller checks the whole
+file's digest anyway (``check_chunks=False``, a download).
 """
 
 from __future__ import annotations
@@ -202,13 +203,6 @@ class ChunkedReader(io.RawIOBase):
     def _missing(self, pack: Digest) -> ArtifactNotFound:
         return missing_pack(self._name, pack, self._backend)
 
-    def _read_entry(self, number: int) -> Iterator[bytes | memoryview]:
-        """Entry ``number`` alone, from the backend (its pack is not cached, or is bad there)."""
-        entry = self._table.entry(number)
-        pack, start = self._table.packs[entry.pack], entry.offset
-        with self._open_run(pack, start, start + entry.length) as reader:
-            yield from self._read_opened(reader, pack, start, range(number, number + 1))
-
     def _read_opened(
         self, reader: BinaryIO, pack: Digest, start: int, numbers: range
     ) -> Iterator[bytes | memoryview]:
@@ -245,20 +239,21 @@ class ChunkedReader(io.RawIOBase):
                 entry = self._table.entry(number)
                 handle = packs.get(entry.pack)
                 if handle is None:
-                    # Not cacheable (too large, or the cache is failing): this entry and the
-                    # ones after it in the same pack come in one ranged read, not one each.
+                    # Not cacheable (too large, the cache failing, or found damaged there):
+                    # this entry and the ones after it in the same pack come from the store
+                    # in one ranged read, not one each.
                     pack, start, end, numbers = self._run_at(number)
                     with self._open_run(pack, start, end) as reader:
                         yield from self._read_opened(reader, pack, start, numbers)
                     number = numbers.stop
                     continue
                 handle.seek(entry.offset)
-                data = handle.read(entry.length)
                 try:
-                    yield self._check(entry, data, "the cache")
+                    data = self._check(entry, handle.read(entry.length), "the cache")
                 except IntegrityError:
-                    packs.drop(entry.pack)
-                    yield from self._read_entry(number)
+                    packs.drop(entry.pack)  # from now on uncached: read from the store above
+                    continue
+                yield data
                 number += 1
         finally:
             packs.close()

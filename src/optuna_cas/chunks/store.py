@@ -370,8 +370,8 @@ class ChunkStore(ChunkMaintenance):
         goes to the file as it is, hashed on the way, and the file gets its name only once
         the whole file's digest matched. A cache is not used: this is the path of a store
         without one, and of a cache that could not take the file's packs
-        (:meth:`materialize_cached` said so), where reading through it would cost a request
-        per chunk instead of one per pack.
+        (:meth:`materialize_cached` said so), which reading through it would only try to
+        fill again.
 
         Returns:
             True when done; False, with nothing at ``target``, when ``digest`` has no
