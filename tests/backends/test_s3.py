@@ -414,3 +414,23 @@ def test_builds_its_own_client(
     backend.write("k", io.BytesIO(b"v"))
     assert backend.open_reader("k").read() == b"v"
     assert bodies == ["StreamingBody"]  # not botocore's StreamingChecksumBody
+
+
+def test_a_callers_client_checks_no_crc32_on_our_gets_only(
+    s3_client: S3Client, s3_bucket: str
+) -> None:
+    # The caller's client keeps botocore's default (check a response's full-object CRC32):
+    # the backend's GETs skip that check (BLAKE3 covers their bytes); the caller's own do not.
+    backend = S3Backend(s3_bucket, client=s3_client, prefix="p")
+    S3Backend(s3_bucket, client=s3_client, prefix="q")  # a second backend: one hook, not two
+    bodies: list[str] = []
+    s3_client.meta.events.register(
+        "after-call.s3.GetObject",
+        lambda parsed, **_: bodies.append(type(parsed["Body"]).__name__),
+    )
+    backend.write("k", io.BytesIO(b"v" * 1000))  # one PUT: S3 keeps its CRC32
+    assert backend.open_reader("k").read() == b"v" * 1000
+    assert backend.open_reader("k", offset=0, length=1000).read() == b"v" * 1000
+    body = s3_client.get_object(Bucket=s3_bucket, Key="p/k")["Body"]
+    assert body.read() == b"v" * 1000
+    assert bodies == ["StreamingBody", "StreamingBody", "StreamingChecksumBody"]

@@ -138,9 +138,9 @@ def s3_client(
 ) -> Any:
     """A boto3 client; SDK retries off by default, optional short timeouts (for stalls).
 
-    ``sdk_checksums=False`` stops botocore from checking the CRC32 moto sends with a GET
-    (optuna-cas checks BLAKE3 itself): the work-around for the touch bug shown in
-    ``test_known_bugs.py``.
+    ``sdk_checksums=False`` stops botocore from checking the CRC32 moto sends with a GET on
+    every call of the client (optuna-cas's own GETs skip it anyway: it checks BLAKE3): the
+    work-around for the touch bug shown in ``test_known_bugs.py``.
     """
     global _boto_session
     import boto3

@@ -58,8 +58,9 @@ FRESHEN_AFTER = 0.5
 # gc measured ages from its last look, a bug since fixed: see test_known_bugs.py.)
 GRACE = scale(3.0, 30.0)
 PREFIX = "study"
-# botocore's response checksum check stays on (it was off while gc's touch of a multipart
-# blob broke moto's CRC32, a bug since fixed: see test_known_bugs.py).
+# The clients keep botocore's default response checksum check (it was off while gc's touch of a
+# multipart blob broke moto's CRC32, a bug since fixed: see test_known_bugs.py). optuna-cas's
+# own GETs skip it on any client (BLAKE3 covers their bytes).
 SDK_CHECKSUMS = True
 # Optuna RDB storages the scenario runs on (parameter of the test and part of its record name).
 STORAGES = ("postgresql", "sqlite")

@@ -38,6 +38,8 @@ _READ_BUFFER_SIZE = 256 * 1024
 # (create, parts, complete), and no server-side concatenation of parts on completion. The
 # packs of one upload go several at once, so the parallelism of parts is kept.
 _SEALED_REQUEST_LIMIT = 64 * MiB
+# Set while this thread makes one of our GetObject calls (see _without_response_checksum).
+_OUR_GET = threading.local()
 
 # ---- the error table ----------------------------------------------------------------------------
 # The one list of what S3's error codes mean. Transient: codes AWS documents as retryable,
@@ -231,6 +233,15 @@ class S3Backend(RemoteBackend):
         self._clients = PerProcess.unless_given(
             client, functools.partial(_default_client, endpoint_url, max_concurrency)
         )
+        if client is not None:
+            # Idempotent (unique_id); the hook acts on this backend's GETs only. Registered
+            # for every operation because botocore runs the handlers of a specific event
+            # name before those of the generic one, which is where it sets ChecksumMode.
+            client.meta.events.register_last(
+                "before-parameter-build",
+                _without_response_checksum,
+                unique_id="optuna-cas-without-response-checksum",
+            )
 
     @property
     def _client(self) -> S3Client:
@@ -251,13 +262,15 @@ class S3Backend(RemoteBackend):
             return Download(body=io.BytesIO(b""), size=self._head(name)[0])
         if offset == 0 and stop is None:
             # No "bytes=0-": S3 answers 416 to it on an empty object.
-            response = self._client.get_object(Bucket=self._bucket_name, Key=name)
+            with _our_get():
+                response = self._client.get_object(Bucket=self._bucket_name, Key=name)
             return Download(body=_body(response["Body"]), size=int(response["ContentLength"]))
         last = "" if stop is None else str(stop - 1)  # HTTP ranges name their last byte
         try:
-            response = self._client.get_object(
-                Bucket=self._bucket_name, Key=name, Range=f"bytes={offset}-{last}"
-            )
+            with _our_get():
+                response = self._client.get_object(
+                    Bucket=self._bucket_name, Key=name, Range=f"bytes={offset}-{last}"
+                )
         except ClientError as e:
             if _error_code(e)[0] != "InvalidRange":
                 raise
@@ -382,6 +395,28 @@ class _MultipartUpload:
             )
 
 
+@contextlib.contextmanager
+def _our_get() -> Iterator[None]:
+    _OUR_GET.active = True
+    try:
+        yield
+    finally:
+        _OUR_GET.active = False
+
+
+def _without_response_checksum(params: dict[str, object], model: object, **_: object) -> None:
+    """A botocore hook: no response checksum check on our GETs; the client's others unchanged.
+
+    An object sent in one PUT (a pack, a small blob, a ref) carries a full-object CRC32, and
+    a client left at botocore's default (``response_checksum_validation='when_supported'``)
+    would hash every byte of a whole-object GET with it again: a fifth of the CPU of a
+    download. Every read that materialises a file checks BLAKE3 digests over the same bytes.
+    Multipart objects (Optuna's own uploads) carry a composite CRC32 botocore never checks.
+    """
+    if getattr(_OUR_GET, "active", False) and getattr(model, "name", None) == "GetObject":
+        params.pop("ChecksumMode", None)
+
+
 def _body(streaming_body: object) -> Body:
     # botocore-stubs types StreamingBody.readinto's argument as IO[bytes]; it takes any
     # writable buffer, like every io stream.
@@ -398,8 +433,7 @@ def _default_client(endpoint_url: str | None, max_concurrency: int) -> S3Client:
     session = boto3.session.Session()
     config = Config(
         max_pool_connections=max(10, max_concurrency + 2),
-        # Every read that materialises a file checks BLAKE3 digests: botocore's CRC32 of a
-        # whole object (on packs and small blobs, sent in one PUT) would check it again.
+        # As _without_response_checksum does for a client the caller passes.
         response_checksum_validation="when_required",
     )
     return session.client("s3", endpoint_url=endpoint_url, config=config)
