@@ -275,6 +275,52 @@ def test_a_bounded_read_resumes_at_the_cut_up_to_the_same_end() -> None:
     assert backend.opens == [(10_000, 50_000), (40_000, 20_000)]
 
 
+def test_a_raw_read_hands_over_the_sources_own_bytes_and_resumes() -> None:
+    # The chunk reader reads its blocks from the raw stream (a remote body's read returns the
+    # bytes the socket was read into): through Backoff too it gets the objects the backend's
+    # stream returned, not copies, and a stream cut between two reads resumes.
+    data = random_bytes(100_000, seed=5)
+
+    class HandsOver(MemoryBackend):
+        """Readers are buffered raw streams that record what ``read`` returned."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.handed: list[bytes] = []
+            self.opens = 0
+
+        def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+            self.opens += 1
+            inner = super().open_reader(key, offset=offset, length=length)
+            handed, cut = self.handed, self.opens == 1
+
+            class Raw(io.RawIOBase):
+                def readable(self) -> bool:
+                    return True
+
+                def readinto(self, b: Any) -> int:
+                    raise AssertionError("read, not readinto, expected")
+
+                def read(self, size: int | None = -1) -> bytes:
+                    if cut and sum(map(len, handed)) >= 30_000:
+                        raise ConnectionResetError("cut mid-body")
+                    piece = inner.read(size)
+                    handed.append(piece)
+                    return piece
+
+            return io.BufferedReader(Raw())  # type: ignore[return-value]
+
+    backend = HandsOver()
+    backend.write("packs/p", io.BytesIO(data))
+    retrying = RetryingBackend(backend, Retrier(RetryPolicy(), sleep=lambda s: None))
+    with retrying.open_reader("packs/p") as reader:
+        raw = reader.raw  # type: ignore[attr-defined]
+        pieces = list(iter(lambda: raw.read(20_000), b""))
+    assert b"".join(pieces) == data
+    assert all(any(piece is h for h in backend.handed) for piece in pieces)
+    assert backend.opens == 2  # reopened at byte 40,000 after the cut
+
+
 def test_backoff_over_backoff_and_over_filesystem(tmp_path: Any) -> None:
     store = Backoff(Backoff(FileSystemArtifactStore(tmp_path)))
     store.write("a", io.BytesIO(b"x"))

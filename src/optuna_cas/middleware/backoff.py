@@ -13,15 +13,17 @@ import io
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, Protocol, cast
+from typing import BinaryIO, Protocol, TypeVar, cast
 
 from optuna_cas.backends.base import Backend, ObjectInfo, SupportsRequestRunner
-from optuna_cas.digest import readinto
+from optuna_cas.digest import CHUNK_SIZE, readinto
 from optuna_cas.exceptions import ArtifactNotFound
 from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["Backoff", "ResumingReader", "RetryingBackend"]
+
+_T = TypeVar("_T")
 
 
 class _OptunaStore(Protocol):
@@ -75,20 +77,31 @@ class ResumingReader(io.RawIOBase):
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         """Read into ``buffer``; on a transient error reopen at the current offset and retry."""
         view = memoryview(buffer).cast("B")
+        n: int = self._retrying(lambda: readinto(self._reader, view))
+        self._offset += n
+        return n
 
-        def attempt() -> int:
-            return readinto(self._reader, view)
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes as the source hands them over (retried like :meth:`readinto`).
 
+        No copy through a buffer of ours: a remote backend's raw stream returns the bytes its
+        response was read into (the chunk reader reads blocks this way).
+        """
+        if size is None or size < 0:
+            return self.readall()
+        data: bytes = self._retrying(lambda: self._reader.read(size) or b"")
+        self._offset += len(data)
+        return data
+
+    def _retrying(self, attempt: Callable[[], _T]) -> _T:
         def resume() -> None:
             with contextlib.suppress(Exception):
                 self._reader.close()
             self._reader = self._reopen(self._offset)
 
-        n = self._retrier.call(
+        return self._retrier.call(
             f"read {self._name} at byte {self._offset}", attempt, before_retry=resume
         )
-        self._offset += n
-        return n
 
     def close(self) -> None:
         """Close the current underlying reader."""
@@ -141,14 +154,20 @@ class RetryingBackend:
 
         def reopen(at: int) -> BinaryIO:
             rest = None if length is None else length - at
-            return self._retrier.call(
+            opened = self._retrier.call(
                 f"open {self._where(key)}",
                 lambda: self._backend.open_reader(key, offset=offset + at, length=rest),
             )
+            # Fresh, so its buffer holds nothing yet: read its raw stream instead (see
+            # ResumingReader.read), and buffer once, outside. Detached, or the dropped buffer
+            # would close the raw stream when collected.
+            if isinstance(opened, io.BufferedReader):
+                return cast(BinaryIO, opened.detach())
+            return opened
 
         first = reopen(0)
         reader = ResumingReader(first, reopen, self._retrier, name=self._where(key))
-        return cast(BinaryIO, reader)
+        return cast(BinaryIO, io.BufferedReader(reader, CHUNK_SIZE))
 
     def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
         """Write with retries, rewinding ``content_body`` to where it started before each retry.
