@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -124,6 +125,41 @@ def test_corrupt_blob_raises_integrity_error_on_read(tmp_path: Path) -> None:
     corrupt(backend, blob_key(ref.digest), GOOD + b" and more")
     with pytest.raises(IntegrityError, match="more than"), store.open_artifact("a") as r:
         r.read()
+
+
+class _ReadOnlyRaw(MemoryBackend):
+    """Readers are buffered raw streams that fail ``readinto``: only ``read`` hands bytes over."""
+
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+        inner = super().open_reader(key, offset=offset, length=length)
+
+        class Raw(io.RawIOBase):
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, b: Any) -> int:
+                raise AssertionError("a copy through readinto")
+
+            def read(self, size: int | None = -1) -> bytes:
+                return inner.read(size)
+
+        return io.BufferedReader(Raw())  # type: ignore[return-value]
+
+
+def test_a_download_writes_a_blob_as_the_backend_hands_it_over(tmp_path: Path) -> None:
+    # A whole blob from a remote store is written from the bytes objects its raw stream
+    # returns (botocore's: the bytes the socket was read into), not copied through a buffer
+    # by readinto. Checked all the same: a wrong blob leaves nothing behind.
+    backend = _ReadOnlyRaw()
+    store = ContentStore(backend, chunk_threshold=None)
+    data = random_bytes(3 * 1024 * 1024 + 7)
+    ref = store.put_artifact("a", io.BytesIO(data))
+    store.materialize_artifact(ref, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+    backend.write(blob_key(ref.digest), io.BytesIO(data[:-1] + b"!"))
+    with pytest.raises(IntegrityError, match="does not match"):
+        store.materialize_artifact(ref, tmp_path / "bad")
+    assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
 def test_blob_of_wrong_size_is_repaired_by_next_upload(tmp_path: Path) -> None:

@@ -42,6 +42,11 @@ __all__ = [
 # Kernel copies go in steps this large: big enough that syscall overhead vanishes, small
 # enough that a cancel (or a hashing thread trailing the copy) is never far behind.
 COPY_STEP = 16 * 1024 * 1024
+# A block a raw stream hands over (raw_blocks) is a new bytes object that lives until it is
+# written. Measured on whole-blob downloads of 256 MiB from moto: with 2 or 4 MiB blocks, one
+# download in three spent about 1 s of CPU copying them into the page cache (fresh memory is
+# slow to touch on this VM); with 1 MiB none did; with 256 KiB every one was 30% slower.
+RAW_BLOCK = 1024 * 1024
 # Errors meaning "this kernel/filesystem pair cannot copy this way", not "the copy failed".
 _UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
@@ -456,6 +461,33 @@ def materialize_buffers(buffers: Iterable[bytes | memoryview], target: Path) -> 
             os.unlink(temp_name)
         except FileNotFoundError:
             pass
+
+
+def unbuffered(reader: BinaryIO) -> BinaryIO:
+    """The raw stream under a *fresh* buffered reader (nothing buffered yet), else ``reader``.
+
+    A remote backend's raw stream returns the bytes its response was read into; going
+    through the buffer would copy every block once more.
+
+    Example:
+        >>> import io
+        >>> raw = io.BytesIO(b"x"); unbuffered(io.BufferedReader(raw)) is raw
+        True
+    """
+    return reader.raw if isinstance(reader, io.BufferedReader) else reader
+
+
+def raw_blocks(reader: BinaryIO, size: int = RAW_BLOCK) -> Iterator[bytes]:
+    """A fresh ``reader``'s bytes in blocks of up to ``size``, as its raw stream returns them.
+
+    Example:
+        >>> import io
+        >>> list(raw_blocks(io.BufferedReader(io.BytesIO(b"abc")), 2))
+        [b'ab', b'c']
+    """
+    raw = unbuffered(reader)
+    while data := raw.read(size):
+        yield data
 
 
 def _buffers_of(reader: BinaryIO) -> Iterator[memoryview]:

@@ -28,9 +28,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from optuna_cas._fileio import PositionalReader, materialize, real_fileno, seekable
+from optuna_cas._fileio import (
+    PositionalReader,
+    materialize,
+    materialize_buffers,
+    raw_blocks,
+    real_fileno,
+    seekable,
+)
 from optuna_cas._verified_copy import copy_and_publish
-from optuna_cas.backends.base import Backend, ObjectInfo, StagedObject, SupportsStaging, staging_of
+from optuna_cas.backends.base import Backend, ObjectInfo, SupportsStaging, staging_of
 from optuna_cas.blob_maintenance import (
     BLOB_PREFIX,
     QUARANTINE_PREFIX,
@@ -41,11 +48,19 @@ from optuna_cas.blob_maintenance import (
 from optuna_cas.chunks.cached_packs import PackCache
 from optuna_cas.chunks.layout import CHUNK_THRESHOLD, manifest_key
 from optuna_cas.chunks.store import ChunkStore
-from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader, hash_fd, hash_stream
+from optuna_cas.digest import (
+    CHUNK_SIZE,
+    Digest,
+    VerifyingReader,
+    hash_fd,
+    hash_stream,
+    verified_buffers,
+)
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, StoreConfigError
 from optuna_cas.ingest import (
     FileDigestMemo,
     FileSource,
+    PublishReceipt,
     copy_hashing,
     copy_stream_hashing,
     fingerprint,
@@ -89,30 +104,6 @@ class BlobCache(PackCache, Protocol):
     def materialize(self, digest: Digest, path: Path, fetch: Callable[[], BinaryIO]) -> None:
         """Write the blob to the new file ``path`` (verified), filling the cache on a miss."""
         ...
-
-
-class PublishReceipt:
-    """Where an upload published its blob into a local store, for the re-check after its ref.
-
-    :class:`~optuna_cas.content.ContentStore` checks the blob is still stored once the ref
-    exists (a concurrent gc may have deleted it: see :mod:`optuna_cas.operations.gc`). When
-    the upload itself has just published the blob by rename, one ``lstat`` of that path
-    answers "still there"; anything else (a dedup hit, a remote store, a missing file) is
-    answered by the full :meth:`BlobStore.has_blob`.
-
-    Example:
-        >>> PublishReceipt().still_stored(Digest.of_bytes(b"x"))
-        False
-    """
-
-    __slots__ = ("staged",)
-
-    def __init__(self) -> None:
-        self.staged: StagedObject | None = None
-
-    def still_stored(self, digest: Digest) -> bool:
-        """True if the blob this upload published is still at its key (False: unknown)."""
-        return self.staged is not None and self.staged.still_published(digest.size)
 
 
 class BlobStore(BlobMaintenance):
@@ -542,14 +533,21 @@ class BlobStore(BlobMaintenance):
                 return
         elif staging_of(self._backend) is not None and self._materialize_local(digest, target):
             return
-        if digest.size < self.chunk_threshold:
-            reader = self.open_blob(digest)
-        elif self.chunks.materialize(digest, target):
+        if digest.size >= self.chunk_threshold and self.chunks.materialize(digest, target):
             return
-        else:
-            reader = self._open_whole(digest)
-        with reader:
-            materialize(reader, target)
+        if self._blob_cache is not None:
+            with self._open_whole(digest) as reader:
+                materialize(reader, target)
+            return
+        try:
+            raw = self._backend.open_reader(key)
+        except ArtifactNotFound:
+            if digest.size >= self.chunk_threshold or not self.chunks.materialize(digest, target):
+                raise
+            return  # chunked under a lower threshold
+        with raw:  # written as the backend hands the bytes over: no copy into a buffer
+            blocks = verified_buffers(raw_blocks(raw), digest, name=f"blob {digest}")
+            materialize_buffers(blocks, target)
 
     def _materialize_local(self, digest: Digest, target: Path) -> bool:
         """From a local store's files, copied in the kernel and hashed as they land.

@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import blake3
 
@@ -39,9 +39,13 @@ from optuna_cas._verified_copy import OVERLAP_MIN_BYTES, hash_behind_copy
 from optuna_cas.digest import CHUNK_SIZE, Digest, hash_fd, new_blake3, readinto
 from optuna_cas.exceptions import IntegrityError
 
+if TYPE_CHECKING:
+    from optuna_cas.backends.base import StagedObject
+
 __all__ = [
     "FileDigestMemo",
     "FileSource",
+    "PublishReceipt",
     "copy_hashing",
     "copy_stream_hashing",
     "fingerprint",
@@ -440,3 +444,27 @@ def now_ns() -> int:
         True
     """
     return time.time_ns()
+
+
+class PublishReceipt:
+    """Where an upload published its blob into a local store, for the re-check after its ref.
+
+    :class:`~optuna_cas.content.ContentStore` checks the blob is still stored once the ref
+    exists (a concurrent gc may have deleted it: see :mod:`optuna_cas.operations.gc`). When
+    the upload itself has just published the blob by rename, one ``lstat`` of that path
+    answers "still there"; anything else (a dedup hit, a remote store, a missing file) is
+    answered by the full :meth:`~optuna_cas.blobstore.BlobStore.has_blob`.
+
+    Example:
+        >>> PublishReceipt().still_stored(Digest.of_bytes(b"x"))
+        False
+    """
+
+    __slots__ = ("staged",)
+
+    def __init__(self) -> None:
+        self.staged: StagedObject | None = None
+
+    def still_stored(self, digest: Digest) -> bool:
+        """True if the blob this upload published is still at its key (False: unknown)."""
+        return self.staged is not None and self.staged.still_published(digest.size)

@@ -21,6 +21,7 @@ from typing import BinaryIO, TypeVar, cast
 
 import blake3
 
+from optuna_cas._fileio import unbuffered
 from optuna_cas.backends.base import Backend
 from optuna_cas.chunks.cached_packs import CachedPacks, PackCache
 from optuna_cas.chunks.layout import PACK_LEAD_MAX, pack_key
@@ -345,7 +346,7 @@ def _read_ahead(
 def _read_exactly(reader: BinaryIO, count: int, key: str) -> bytes:
     # From the raw stream under a fresh buffered one: the buffer would copy every block once
     # more, and a remote backend's raw stream hands over the bytes its response filled.
-    raw = reader.raw if isinstance(reader, io.BufferedReader) else reader
+    raw = unbuffered(reader)
     parts: list[bytes] = []
     got = 0
     while got < count and (data := raw.read(count - got)):
