@@ -384,10 +384,16 @@ def _section(
         "1.14x), where it was 0.430 against 0.356 s before (1.21x). Over the 1 Gbit/s link the "
         "second write is hidden. Since 2026-11-29 the uncached download writes the blocks it "
         "fetches as they come (no copy into a reader's buffer; CPU per 256 MiB 0.33 s before, "
-        "0.24-0.25 s after): in the full run at 05:25 that day it took 0.294 s, where the one at "
-        "03:25 took 0.374 s, while the fill stayed at 0.444 s (0.426 s). A fill that wrote the "
-        "file's runs while each pack streams into the cache, as a whole blob's fill does, "
-        "would save the copy out; it is not built."
+        "0.24-0.25 s after), and since the same day our GETs skip botocore's CRC32 check (19% of "
+        "its CPU samples): both made the uncached download faster, by more than the fill "
+        "(256 MiB, 9 rounds: uncached 0.259 -> 0.202 s, fill 0.378 -> 0.309 s). What is left "
+        "is work a fill cannot skip on 2 cores shared with moto: each byte written twice (the "
+        "pack into the cache, the file out of it) and hashed twice (the pack's digest as it "
+        "streams in, as every fill checks; the file's digest on the bytes the user gets, as "
+        "every cache hit checks): ~0.16 s more CPU per 256 MiB (perf: BLAKE3 22% of a fill's "
+        "samples, the copy out 11%). Writing the file's runs from the fill's buffers instead "
+        "of copying them out of the cached pack would not save the second write: a `write` "
+        "from our buffer copies as much as `copy_file_range` does."
     )
     if vs_cp > 1.25:
         section.notes.append(
@@ -405,6 +411,10 @@ def _section(
             "before the ref GET answers, from a remembered artifact-to-digest hint: on 2 cores "
             "the loopback GET's CPU slowed the copy by as much as the overlap saved (median "
             "0.136 s with it; 0.120 s and 0.130 s in the runs just before and after without "
-            "it), and it needed a second index database."
+            "it), and it needed a second index database. Tried on 2026-11-29 (the same local "
+            "setup, 15 rounds, two runs): hashing with `pread` into a 1 MiB buffer or through "
+            "`mmap` with `MAP_POPULATE` instead of 16 MiB map windows: 0.100-0.106 s for all "
+            "three; the same copy with no hash at all took 0.087-0.090 s against `cp`'s "
+            "0.081-0.084 s."
         )
     return section

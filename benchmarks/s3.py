@@ -219,10 +219,12 @@ def _throughput(cfg: Config, client: Any, src: Path, data: Path) -> Section:
             "`BytesIO`, then boto3 `upload_fileobj` with 8 MiB parts x 10 threads; a single "
             "GET).",
             "A pack sent in one `PutObject` carries S3's full-object CRC32 (botocore adds it), "
-            "and botocore checks it again on a GET of the whole object (moto answers a range "
-            "that covers all of it with the checksum; ~0.08 s of CPU per 256 MiB here). Our "
-            "BLAKE3 check covers the same bytes: a client built with "
-            "`response_checksum_validation='when_required'` skips botocore's.",
+            "and a client at botocore's defaults (the one here) checks it again on a GET of "
+            "the whole object (moto answers a range that covers all of it with the checksum): "
+            "19% of the CPU samples of a download. Our BLAKE3 check covers the same bytes, so "
+            "since 2026-11-29 optuna-cas's own GETs skip botocore's check on any client (an "
+            "event hook; the client's other calls keep it). Optuna's objects are multipart "
+            "uploads, whose composite CRC32 botocore never checks.",
             "Optuna re-sends the whole file on every upload, so its fresh upload time is also "
             "its repeat-upload time (its reps above upload the same bytes again).",
             "CPU time of this process per upload (median, user + system, all threads; the moto "
@@ -503,10 +505,10 @@ def _rss(cfg: Config, endpoint: str, client: Any, data: Path) -> Section:
             "upload cuts chunks (three 2.25 MiB blocks), writes new ones into a pack through two "
             "1 MiB buffers (2 MiB for a local store, where the write speed matters) and a spool "
             "file on disk, reads each sealed pack (about 32 MiB) back through its digest (1 MiB "
-            "at a time), and sends it as a multipart upload of "
-            f"{_PART_SIZE // MiB} MiB parts, {_CONCURRENCY} in flight, each read from the spool "
-            "file as it goes out (`SealedFile`): botocore reads a part 1 MiB at a time for its "
-            "checksum and signature, so a part in flight costs about 2 MiB, not its size. On "
+            "at a time), and sends it in one `PutObject` streamed from the spool file "
+            f"(`SealedFile`; up to {_CONCURRENCY} packs in flight): botocore reads the body 1 MiB "
+            "at a time for its checksum and signature, so a pack in flight costs about 2 MiB, "
+            "not its size. On "
             "top of that the upload keeps 67 B per new chunk until the end (its index record, "
             "48 B; the manifest's reference to it, 8 B; hash slots to find a chunk repeated in "
             "the file), about 0.45 MiB at 512 MiB and 3.4 MiB at 4 GiB (~13,000 chunks per "
