@@ -287,6 +287,7 @@ class Config:
     small_reps: int
     s3_file: int
     s3_reps: int
+    s3_download_reps: int  # downloads take ~0.3 s each: more reps for a steadier median
     s3_rss_file: int
     s3_rss_large: int | None  # issue 11: the same extra memory at a much larger upload
     cache_file: int  # issue 4
@@ -321,6 +322,7 @@ FULL = Config(
     small_reps=7,
     s3_file=256 * MiB,
     s3_reps=5,
+    s3_download_reps=11,
     s3_rss_file=512 * MiB,
     s3_rss_large=4 * GiB,  # moto takes ~40-90 s for it: full runs only
     cache_file=256 * MiB,
@@ -353,6 +355,7 @@ QUICK = Config(
     small_reps=1,
     s3_file=24 * MiB,
     s3_reps=1,
+    s3_download_reps=1,
     s3_rss_file=32 * MiB,
     s3_rss_large=None,
     cache_file=24 * MiB,

@@ -143,7 +143,7 @@ def _throughput(cfg: Config, client: Any, src: Path, data: Path) -> Section:
                 teardown=lambda: remove(out),
             ),
         ],
-        cfg.s3_reps,
+        cfg.s3_download_reps,
     )
     delete_prefix(client, BUCKET, "")
 
@@ -203,7 +203,8 @@ def _throughput(cfg: Config, client: Any, src: Path, data: Path) -> Section:
             ),
         ],
         [
-            f"Per-rep seconds (median of {cfg.s3_reps}, after 1 warm-up round, order rotated): "
+            f"Per-rep seconds (median of {cfg.s3_reps} uploads and {cfg.s3_download_reps} "
+            "downloads, after 1 warm-up round, order rotated): "
             f"upload ours {fmt_times(up['ours'])}, ours as one blob "
             f"{fmt_times(up['ours-whole'])}, Optuna {fmt_times(up['optuna'])}, ours repeat "
             f"{fmt_times(up['ours-repeat'])}; download ours {fmt_times(down['ours'])}, ours as "
