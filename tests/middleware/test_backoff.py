@@ -23,6 +23,7 @@ from optuna_cas.middleware.backoff import RetryingBackend
 from optuna_cas.middleware.retry import Retrier, RetryPolicy, is_transient
 from optuna_cas.refs import INLINE_LIMIT
 from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.testing.streams import HandsOver
 from tests.conftest import random_bytes
 
 # Content just over the inline limit: stored as a blob, so an upload asks whether the blob
@@ -281,44 +282,35 @@ def test_a_raw_read_hands_over_the_sources_own_bytes_and_resumes() -> None:
     # stream returned, not copies, and a stream cut between two reads resumes.
     data = random_bytes(100_000, seed=5)
 
-    class HandsOver(MemoryBackend):
-        """Readers are buffered raw streams that record what ``read`` returned."""
+    class HandsOverBackend(MemoryBackend):
+        """Readers hand over their bytes (``HandsOver``); the first is cut at 40,000."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.handed: list[bytes] = []
-            self.opens = 0
+            self.streams: list[HandsOver] = []
 
         def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
-            self.opens += 1
             inner = super().open_reader(key, offset=offset, length=length)
-            handed, cut = self.handed, self.opens == 1
+            first = not self.streams
 
-            class Raw(io.RawIOBase):
-                def readable(self) -> bool:
-                    return True
+            def cut() -> None:
+                if first and sum(map(len, stream.handed)) >= 30_000:
+                    raise ConnectionResetError("cut mid-body")
 
-                def readinto(self, b: Any) -> int:
-                    raise AssertionError("read, not readinto, expected")
+            stream = HandsOver(inner, before=cut)  # type: ignore[arg-type]
+            self.streams.append(stream)
+            return io.BufferedReader(stream)  # type: ignore[return-value]
 
-                def read(self, size: int | None = -1) -> bytes:
-                    if cut and sum(map(len, handed)) >= 30_000:
-                        raise ConnectionResetError("cut mid-body")
-                    piece = inner.read(size)
-                    handed.append(piece)
-                    return piece
-
-            return io.BufferedReader(Raw())  # type: ignore[return-value]
-
-    backend = HandsOver()
+    backend = HandsOverBackend()
     backend.write("packs/p", io.BytesIO(data))
     retrying = RetryingBackend(backend, Retrier(RetryPolicy(), sleep=lambda s: None))
     with retrying.open_reader("packs/p") as reader:
         raw = reader.raw  # type: ignore[attr-defined]
         pieces = list(iter(lambda: raw.read(20_000), b""))
     assert b"".join(pieces) == data
-    assert all(any(piece is h for h in backend.handed) for piece in pieces)
-    assert backend.opens == 2  # reopened at byte 40,000 after the cut
+    handed = [h for stream in backend.streams for h in stream.handed]
+    assert all(any(piece is h for h in handed) for piece in pieces)
+    assert len(backend.streams) == 2  # reopened at byte 40,000 after the cut
 
 
 def test_backoff_over_backoff_and_over_filesystem(tmp_path: Any) -> None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FailsAfter",
     "FailsAtEof",
+    "HandsOver",
     "NonSeekable",
     "OnEof",
     "PatternSource",
@@ -123,6 +124,41 @@ class FailsAfter(io.RawIOBase):
         view[:n] = bytes(n)
         self._left -= n
         return n
+
+
+class HandsOver(io.RawIOBase):
+    """A raw stream over ``source`` whose ``read`` passes on (and records) what it returned.
+
+    What a remote body does (botocore hands over the bytes the socket was read into), with
+    ``readinto`` refused: a caller that copies through a buffer of its own fails. ``before``
+    runs ahead of each ``read`` (raise from it to cut the stream there).
+
+    Example:
+        >>> raw = HandsOver(io.BytesIO(b"abc")); piece = raw.read(2)
+        >>> piece, piece is raw.handed[0]
+        (b'ab', True)
+    """
+
+    def __init__(self, source: io.BytesIO, before: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self._source, self._before = source, before
+        self.handed: list[bytes] = []
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        """Refused: a copy through the caller's buffer is what this stream exposes."""
+        raise AssertionError("read through readinto: a copy the caller should not make")
+
+    def read(self, size: int | None = -1) -> bytes:
+        """The source's own bytes object, recorded in ``handed``."""
+        if self._before is not None:
+            self._before()
+        piece = self._source.read(size)
+        self.handed.append(piece)
+        return piece
 
 
 class OnEof(io.BytesIO):
