@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 
 import optuna_cas.blobstore as blobstore
+import optuna_cas.chunks.store as chunk_store
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.content import ContentStore
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.middleware.backoff import RetryingBackend
+from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from optuna_cas.refs import ArtifactRef
 
 THRESHOLD = 256 * 1024
@@ -44,16 +47,25 @@ def _out_dir(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.parametrize("retried", [False, True], ids=["plain", "behind-retries"])
 @pytest.mark.parametrize("size", [WHOLE, CHUNKED])
 def test_a_local_download_copies_in_the_kernel(
-    tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, size: int, retried: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Behind Backoff's retries too: its readers are not files, so the store reads the files
+    # through the local layer underneath.
     store, ref, data = _upload(tmp_path, size)
+    if retried:
+        backend = RetryingBackend(store.backend, Retrier(RetryPolicy()))
+        store = ContentStore(backend, chunk_threshold=THRESHOLD)
 
     def streamed(*args: object) -> None:
         raise AssertionError("read through this process instead of copied in the kernel")
 
-    monkeypatch.setattr(blobstore, "materialize", streamed)
+    for module in (blobstore, chunk_store):
+        for name in ("materialize", "materialize_buffers"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, streamed)
     out = _out_dir(tmp_path)
     store.materialize_artifact(ref, out / "model.pt")
     assert (out / "model.pt").read_bytes() == data

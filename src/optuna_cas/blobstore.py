@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 from optuna_cas._fileio import (
     PositionalReader,
@@ -157,6 +157,9 @@ class BlobStore(BlobMaintenance):
         # Found once: a runtime Protocol check per upload cost ~5% of a small file's upload.
         # A local backend behind Backoff still stages: local copies need no retries.
         self._staging = staging_of(backend)
+        # That layer holds the files themselves: downloads copy from them in the kernel,
+        # without retries too (Backoff's readers are not files).
+        self._local_files = self._staging if isinstance(self._staging, Backend) else None
 
     @property
     def backend(self) -> Backend:
@@ -531,7 +534,7 @@ class BlobStore(BlobMaintenance):
                 return
             if chunked:
                 return
-        elif staging_of(self._backend) is not None and self._materialize_local(digest, target):
+        elif self._local_files is not None and self._materialize_local(digest, target):
             return
         if digest.size >= self.chunk_threshold and self.chunks.materialize(digest, target):
             return
@@ -546,8 +549,8 @@ class BlobStore(BlobMaintenance):
                 raise
             return  # chunked under a lower threshold
         with raw:  # written as the backend hands the bytes over: no copy into a buffer
-            blocks = verified_buffers(raw_blocks(raw), digest, name=f"blob {digest}")
-            materialize_buffers(blocks, target)
+            name = f"blob {digest} in {self.describe()}"
+            materialize_buffers(verified_buffers(raw_blocks(raw), digest, name=name), target)
 
     def _materialize_local(self, digest: Digest, target: Path) -> bool:
         """From a local store's files, copied in the kernel and hashed as they land.
@@ -556,12 +559,13 @@ class BlobStore(BlobMaintenance):
         twice that. False, with nothing at ``target``, when it cannot be done that way or
         the copy is not ``digest``: the verifying stream then says what is wrong.
         """
+        files = cast(Backend, self._local_files)
         if digest.size >= self.chunk_threshold:
-            done = self.chunks.materialize_local(digest, target)
+            done = self.chunks.materialize_local(digest, target, files)
             if done is not None:
                 return done
         try:
-            raw = self._backend.open_reader(blob_key(digest))
+            raw = files.open_reader(blob_key(digest))
         except ArtifactNotFound:
             return False
         with raw:
