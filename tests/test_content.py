@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 
@@ -23,8 +22,9 @@ from optuna_cas.ingest import (
     fingerprint,
 )
 from optuna_cas.refs import ArtifactRef
-from optuna_cas.testing.streams import HandsOver, NonSeekable
+from optuna_cas.testing.streams import NonSeekable
 from tests.conftest import random_bytes
+from tests.support.stores import HandsOverBackend
 
 # Payloads for blob mechanics: files of at most INLINE_LIMIT (4 KiB) live inside their ref.
 SAME = b"same bytes" * 500
@@ -127,19 +127,11 @@ def test_corrupt_blob_raises_integrity_error_on_read(tmp_path: Path) -> None:
         r.read()
 
 
-class _HandsOverBackend(MemoryBackend):
-    """Readers are buffered raw streams that refuse ``readinto`` (see ``HandsOver``)."""
-
-    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
-        inner = super().open_reader(key, offset=offset, length=length)
-        return io.BufferedReader(HandsOver(inner))  # type: ignore[arg-type,return-value]
-
-
 def test_a_download_writes_a_blob_as_the_backend_hands_it_over(tmp_path: Path) -> None:
     # A whole blob from a remote store is written from the bytes objects its raw stream
     # returns (botocore's: the bytes the socket was read into), not copied through a buffer
     # by readinto. Checked all the same: a wrong blob leaves nothing behind.
-    backend = _HandsOverBackend()
+    backend = HandsOverBackend()
     store = ContentStore(backend, chunk_threshold=None)
     data = random_bytes(3 * 1024 * 1024 + 7)
     ref = store.put_artifact("a", io.BytesIO(data))

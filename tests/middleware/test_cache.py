@@ -25,14 +25,16 @@ from optuna_cas import (
     MemoryArtifactStore,
 )
 from optuna_cas.backends.local import LocalBackend
-from optuna_cas.content import blob_key
+from optuna_cas.content import ContentStore, blob_key
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, StoreConfigError
 from optuna_cas.middleware import _cache_files as cache_files
 from optuna_cas.middleware.cache import CACHE_DIR_ENV, default_cache_dir
+from optuna_cas.stores.base import ContentAddressedArtifactStore
 from tests.conftest import random_bytes
 from tests.support.fault_proxy import FaultProxy
 from tests.support.s3 import TEST_PART_SIZE, S3Server, make_s3_client
+from tests.support.stores import HandsOverBackend
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -233,6 +235,23 @@ def test_corrupt_store_blob_is_not_cached(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists() and list(tmp_path.glob(".out*")) == []
     assert len(store.cache) == 0 and entry_files(tmp_path / "c") == []
     assert list((tmp_path / "c" / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [100_000, 3 * MiB + 5], ids=["whole", "chunked"])
+def test_a_fill_writes_the_blocks_the_store_hands_over(tmp_path: Path, size: int) -> None:
+    # A fill (a whole blob, or a chunked file's packs) takes the store's own blocks, as a
+    # download does: no copy through a buffer of its own (HandsOverBackend refuses one).
+    inner = ContentAddressedArtifactStore(
+        ContentStore(HandsOverBackend(), chunk_threshold=256 * 1024)
+    )
+    data = random_bytes(size, seed=size)
+    inner.write("a", io.BytesIO(data))
+    store = CachedArtifactStore(inner, directory=tmp_path / "c")
+    optuna_cas.download_artifact(
+        artifact_store=store, file_path=str(tmp_path / "1"), artifact_id="a"
+    )
+    assert (tmp_path / "1").read_bytes() == data
+    assert len(store.cache) >= 1  # filled: the packs, or the blob
 
 
 # -- several processes ---------------------------------------------------------------------------

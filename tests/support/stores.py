@@ -7,9 +7,10 @@ optuna_cas.testing.raw) for the suites that check what was really written.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -24,6 +25,7 @@ from optuna_cas import (
 from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from optuna_cas.testing.raw import DirectoryView, GCSView, MemoryView, RawView, S3View
+from optuna_cas.testing.streams import HandsOver
 from tests.support.gcs import GCS_TEST_CHUNK_SIZE
 from tests.support.s3 import TEST_PART_SIZE
 
@@ -99,3 +101,17 @@ def raw_view(
     if base == "gcs":
         return GCSView(request.getfixturevalue("gcs_bucket"), prefix=PREFIX)
     raise AssertionError(f"no raw view for store kind {kind!r}")
+
+
+class HandsOverBackend(MemoryBackend):
+    """Blobs and packs are read through raw streams that refuse ``readinto`` (``HandsOver``).
+
+    A download or cache fill that copies their bytes through a buffer of its own fails.
+    Small objects (refs, manifests) read as usual.
+    """
+
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+        inner = super().open_reader(key, offset=offset, length=length)
+        if not key.startswith(("blobs/", "packs/")):
+            return inner
+        return io.BufferedReader(HandsOver(inner))  # type: ignore[arg-type,return-value]

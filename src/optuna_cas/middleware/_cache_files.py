@@ -29,7 +29,7 @@ import secrets
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -293,21 +293,24 @@ def link_open_file(fd: int, target: Path) -> bool:
 
 
 def tee(
-    source: BinaryIO, cache_fd: int, out_fd: int | None, warn: Callable[[OSError], None]
+    buffers: Iterable[bytes | memoryview],
+    cache_fd: int,
+    out_fd: int | None,
+    warn: Callable[[OSError], None],
 ) -> bool:
-    """Copy ``source`` to EOF into ``out_fd`` and ``cache_fd`` (-1: none); False if no cache.
+    """Write every buffer into ``out_fd`` and ``cache_fd`` (-1: none); False if no cache.
 
     A failed write to the cache is warned about and ends the cache's part: the rest still goes
     to ``out_fd``, or, without one, the copy stops.
     """
     cached = cache_fd >= 0
-    view = memoryview(bytearray(CHUNK_SIZE))
-    while n := readinto(source, view):
+    for buffer in buffers:
+        view = memoryview(buffer)
         if out_fd is not None:
-            write_all(out_fd, view[:n])
+            write_all(out_fd, view)
         if cached:
             try:
-                write_all(cache_fd, view[:n])
+                write_all(cache_fd, view)
             except OSError as e:
                 warn(e)
                 cached = False

@@ -42,9 +42,9 @@ from typing import BinaryIO, cast
 import diskcache
 
 from optuna_cas._fileio import materialize as _materialize_stream
-from optuna_cas._fileio import publish_new_file, temp_beside
+from optuna_cas._fileio import publish_new_file, raw_blocks, temp_beside
 from optuna_cas._verified_copy import copy_and_publish, copy_holds
-from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
+from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader, verified_buffers
 from optuna_cas.exceptions import IntegrityError, StoreConfigError
 from optuna_cas.middleware import _cache_files as files
 from optuna_cas.middleware._cache_files import CACHE_ERRORS, ConfinedDisk, FillTemp, Unusable
@@ -523,10 +523,11 @@ class DiskBlobCache:
                 return None
             fd, name = -1, ""
         try:
-            # VerifyingReader closes the source; it raises IntegrityError on any excess byte
-            # and at EOF on a wrong size or digest, before anything can be adopted.
-            with VerifyingReader(fetch(), digest, name=f"blob {digest} (cache fill)") as source:
-                cached = files.tee(cast(BinaryIO, source), fd, out_fd, self._warn_bypass)
+            # The store's own blocks (no copy), hashed on the way: a mismatch raises first.
+            with fetch() as source:
+                what = f"blob {digest} (cache fill)"
+                blocks = verified_buffers(raw_blocks(source), digest, name=what)
+                cached = files.tee(blocks, fd, out_fd, self._warn_bypass)
             if cached:
                 os.fchmod(fd, files.READ_ONLY)
                 return FillTemp(fd, name, digest.size)
