@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol, cast
+from typing import BinaryIO, Protocol
 
 from optuna_cas._fileio import (
     PositionalReader,
@@ -534,7 +534,9 @@ class BlobStore(BlobMaintenance):
                 return
             if chunked:
                 return
-        elif self._local_files is not None and self._materialize_local(digest, target):
+        elif (files := self._local_files) is not None and self._materialize_local(
+            digest, target, files
+        ):
             return
         if digest.size >= self.chunk_threshold and self.chunks.materialize(digest, target):
             return
@@ -552,14 +554,14 @@ class BlobStore(BlobMaintenance):
             name = f"blob {digest} in {self.describe()}"
             materialize_buffers(verified_buffers(raw_blocks(raw), digest, name=name), target)
 
-    def _materialize_local(self, digest: Digest, target: Path) -> bool:
+    def _materialize_local(self, digest: Digest, target: Path, files: Backend) -> bool:
         """From a local store's files, copied in the kernel and hashed as they land.
 
-        About ``cp``'s time, where reading into this process, hashing and writing takes
-        twice that. False, with nothing at ``target``, when it cannot be done that way or
-        the copy is not ``digest``: the verifying stream then says what is wrong.
+        ``files`` reads them (the local layer, below any retries). About ``cp``'s time, where
+        reading into this process, hashing and writing takes twice that. False, with nothing
+        at ``target``, when it cannot be done that way or the copy is not ``digest``: the
+        verifying stream then says what is wrong.
         """
-        files = cast(Backend, self._local_files)
         if digest.size >= self.chunk_threshold:
             done = self.chunks.materialize_local(digest, target, files)
             if done is not None:
