@@ -46,20 +46,46 @@ class _RecordingBackend(LocalBackend):
         return _Noted(super().open_reader(key, **kwargs), key, self.events, self._delay)
 
 
+class _SlowStart(io.RawIOBase):
+    """``source``, whose first read (``read`` or ``readinto``) takes ``delay`` seconds more.
+
+    On the raw stream, where a fill reads (it takes a buffered reader's raw stream), as a
+    server's time to first byte would delay it.
+    """
+
+    def __init__(self, source: BinaryIO, delay: float) -> None:
+        super().__init__()
+        self._source, self._delay = source, delay
+
+    def readable(self) -> bool:
+        return True
+
+    def _wait(self) -> None:
+        if self._delay:
+            time.sleep(self._delay)
+            self._delay = 0.0
+
+    def readinto(self, buffer: Any) -> int:
+        self._wait()
+        return self._source.readinto(buffer)  # type: ignore[attr-defined,no-any-return]
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._wait()
+        return self._source.read(size)
+
+    def close(self) -> None:
+        self._source.close()
+        super().close()
+
+
 class _Noted(io.BufferedReader):
     """A pack reader that notes its close, and takes ``delay`` seconds for its first read."""
 
     def __init__(
         self, raw: BinaryIO, key: str, events: list[tuple[str, str]], delay: float
     ) -> None:
-        super().__init__(raw)  # type: ignore[arg-type]
-        self._key, self._events, self._delay = key, events, delay
-
-    def readinto(self, buffer: Any) -> int:
-        if self._delay:
-            time.sleep(self._delay)
-            self._delay = 0.0
-        return super().readinto(buffer)
+        super().__init__(_SlowStart(raw, delay))
+        self._key, self._events = key, events
 
     def close(self) -> None:
         if not self.closed:
