@@ -23,8 +23,8 @@ from optuna_cas.middleware.backoff import RetryingBackend
 from optuna_cas.middleware.retry import Retrier, RetryPolicy, is_transient
 from optuna_cas.refs import INLINE_LIMIT
 from optuna_cas.stores.base import ContentAddressedArtifactStore
-from optuna_cas.testing.streams import HandsOver
 from tests.conftest import random_bytes
+from tests.support.stores import HandsOverBackend
 
 # Content just over the inline limit: stored as a blob, so an upload asks whether the blob
 # exists (stat) and streams the caller's bytes (write), the requests these tests fail.
@@ -282,26 +282,7 @@ def test_a_raw_read_hands_over_the_sources_own_bytes_and_resumes() -> None:
     # stream returned, not copies, and a stream cut between two reads resumes.
     data = random_bytes(100_000, seed=5)
 
-    class HandsOverBackend(MemoryBackend):
-        """Readers hand over their bytes (``HandsOver``); the first is cut at 40,000."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.streams: list[HandsOver] = []
-
-        def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
-            inner = super().open_reader(key, offset=offset, length=length)
-            first = not self.streams
-
-            def cut() -> None:
-                if first and sum(map(len, stream.handed)) >= 30_000:
-                    raise ConnectionResetError("cut mid-body")
-
-            stream = HandsOver(inner, before=cut)  # type: ignore[arg-type]
-            self.streams.append(stream)
-            return io.BufferedReader(stream)  # type: ignore[return-value]
-
-    backend = HandsOverBackend()
+    backend = HandsOverBackend(cut_first_after=30_000)
     backend.write("packs/p", io.BytesIO(data))
     retrying = RetryingBackend(backend, Retrier(RetryPolicy(), sleep=lambda s: None))
     with retrying.open_reader("packs/p") as reader:

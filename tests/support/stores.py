@@ -107,11 +107,28 @@ class HandsOverBackend(MemoryBackend):
     """Blobs and packs are read through raw streams that refuse ``readinto`` (``HandsOver``).
 
     A download or cache fill that copies their bytes through a buffer of its own fails.
-    Small objects (refs, manifests) read as usual.
+    Small objects (refs, manifests) read as usual. Every such stream is kept in ``streams``.
+
+    Args:
+        cut_first_after: The first such stream raises ``ConnectionResetError`` on the read
+            after it handed over this many bytes (a connection cut mid-body).
     """
+
+    def __init__(self, cut_first_after: int | None = None) -> None:
+        super().__init__()
+        self.streams: list[HandsOver] = []
+        self._cut_first_after = cut_first_after
 
     def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
         inner = super().open_reader(key, offset=offset, length=length)
         if not key.startswith(("blobs/", "packs/")):
             return inner
-        return io.BufferedReader(HandsOver(inner))  # type: ignore[arg-type,return-value]
+        limit = None if self.streams else self._cut_first_after
+
+        def cut() -> None:
+            if limit is not None and sum(map(len, stream.handed)) >= limit:
+                raise ConnectionResetError("cut mid-body")
+
+        stream = HandsOver(inner, before=cut)  # type: ignore[arg-type]
+        self.streams.append(stream)
+        return io.BufferedReader(stream)  # type: ignore[return-value]

@@ -446,13 +446,11 @@ class ChunkStore(ChunkMaintenance):
             cache.manifests.add(digest, raw)
         return done
 
-    def materialize_local(
-        self, digest: Digest, target: Path, files: Backend | None = None
-    ) -> bool | None:
+    def materialize_local(self, digest: Digest, target: Path, files: Backend) -> bool | None:
         """Write the file at the new path ``target`` from a local store's own pack files.
 
-        ``files`` is the layer whose readers are the pack files themselves (a local backend
-        under retries); by default this store's backend.
+        ``files`` is the layer whose readers are the pack files themselves: the local backend,
+        below any retries.
 
         Returns:
             True when done; False, with nothing at ``target``, when the packs are not local
@@ -467,7 +465,7 @@ class ChunkStore(ChunkMaintenance):
             table = self.manifest(digest)
         except ArtifactNotFound:
             return None
-        return assemble_from_store(table, digest, target, files or self._backend)
+        return assemble_from_store(table, digest, target, files)
 
     # -- copying -------------------------------------------------------------------------------
 
