@@ -75,7 +75,9 @@ TARGET_FULL = 1.03  # stored / whole-file dedup (fully changed files)
 TARGET_GC = 1.2  # stored after gc / live unique bytes
 TARGET_INGEST = 0.5  # chunked ingest throughput / cp throughput
 RSS_GROWTH = 16 * MiB  # "independent of file size": this much growth at most, said up front
-NO_TARGET = ("embedding-scattered",)  # reported only: 1% of rows at random touch most chunks
+# Held to the same target, which chunk-level dedup cannot meet: 1% of rows at random places
+# touch a large share of the chunks (the notes say how much).
+SCATTERED = "embedding-scattered"
 GC_FORMAT = "safetensors"
 NEVER_CHUNK = 2**62  # a chunk threshold no file reaches: the whole-blob path
 CHUNKED_PREFIXES = (PACK_PREFIX, MANIFEST_PREFIX, INDEX_PREFIX, BLOB_PREFIX)
@@ -240,9 +242,6 @@ def _cost_section(cfg: Config, costs: list[_Cost]) -> Section:
         if c.name == "full":
             ratio = f"{vs_whole:.3f}x whole-file ({vs_unique:.3f}x unique)"
             target, met = f"≤ {TARGET_FULL}x whole-file", vs_whole <= TARGET_FULL
-        elif c.name in NO_TARGET:
-            ratio = f"{vs_unique:.3f}x unique ({vs_whole:.3f}x whole-file)"
-            target, met = "— (reported)", None
         else:
             ratio = f"{vs_unique:.3f}x unique ({vs_whole:.3f}x whole-file)"
             target, met = f"≤ {TARGET_UNIQUE}x unique", vs_unique <= TARGET_UNIQUE
@@ -263,18 +262,39 @@ def _cost_section(cfg: Config, costs: list[_Cost]) -> Section:
             "same tensor and row; headers, zip structures and the pickle are not counted, so "
             "the ratio to it is slightly strict. *Whole-file* = the sizes of the distinct files "
             "(by digest), what the store held before chunking.",
-            "embedding-scattered (1% of rows rewritten at random places every version) is "
-            "reported without a target: each changed row lands in its own 64 KiB chunk, so "
-            "about every chunk of the matrix changes; the issue's target is for the clustered "
-            "case.",
             f"Uploading the {len(costs)} series ({mib(total_bytes)} of files) took "
             f"{seconds(total_seconds, total_bytes)} in all.",
         ],
     )
+    scattered = [c for c in costs if c.name == SCATTERED]
+    if scattered:
+        section.notes.append(scattered_note(scattered, n))
     section.stored = [
         StoredBytes(f"{c.name}, {c.fmt}", c.unique, c.stored, c.whole_file) for c in costs
     ]
     return section
+
+
+def scattered_note(costs: list[_Cost], versions: int) -> str:
+    """Why the scattered embedding series misses its target, from its measured bytes."""
+    parts = []
+    for c in costs:
+        first = c.whole_file / versions  # the versions are files of about the same size
+        later = (c.stored - first) / (versions - 1)
+        changed = (c.unique - first) / (versions - 1)
+        parts.append(
+            f"{c.fmt}: about {mib(int(later))} stored per version for {mib(int(changed))} of "
+            f"new rows, {c.stored / c.whole_file:.2f}x what whole-file dedup stores"
+        )
+    return (
+        "Why embedding-scattered misses: every version rewrites 1% of the matrix's rows at "
+        "random places, and a chunk (64 KiB on average) holds dozens of rows, so a large share "
+        "of the chunks change each version and are stored again ("
+        + "; ".join(parts)
+        + "). Chunk-level dedup only meets this target when changed rows are clustered (the "
+        "embedding-clustered rows); for scattered ones it would need chunks no larger than a "
+        "row, or deltas between similar chunks, which this store does not do."
+    )
 
 
 def _gc_section(cfg: Config, gcs: list[_Gc]) -> Section:
@@ -282,7 +302,7 @@ def _gc_section(cfg: Config, gcs: list[_Gc]) -> Section:
     rows = []
     for g in gcs:
         what = f"{g.name}, {GC_FORMAT}: {g.removed} of {g.live + g.removed} versions removed"
-        target = "— (reported)" if g.name in NO_TARGET else f"≤ {TARGET_GC}x live unique"
+        target = f"≤ {TARGET_GC}x live unique"
         if g.dead_manifests:
             rows.append(
                 Row(
@@ -297,7 +317,7 @@ def _gc_section(cfg: Config, gcs: list[_Gc]) -> Section:
             continue
         final = g.after[-1]
         ratio = final / g.live_unique
-        met = None if g.name in NO_TARGET else (ratio <= TARGET_GC and g.read_back)
+        met = ratio <= TARGET_GC and g.read_back
         rows.append(
             Row(
                 what,
@@ -323,6 +343,12 @@ def _gc_section(cfg: Config, gcs: list[_Gc]) -> Section:
             "whole file verified); a failure would mark the row not met.",
         ],
     )
+    if any(g.name == SCATTERED for g in gcs):
+        section.notes.append(
+            "embedding-scattered misses for the reason in section 14's notes: what gc leaves is "
+            "the kept versions' own changed chunks (each holding dozens of unchanged rows), "
+            "not garbage."
+        )
     missing = [g for g in gcs if g.dead_manifests]
     if missing:
         section.notes.append(
