@@ -154,6 +154,23 @@ def test_dashboard_delete_returns_404_for_missing_via_our_exception(
     assert info.value.code == 404  # our ArtifactNotFound caught as Optuna's
 
 
+def test_dashboard_deletes_what_optunas_store_wrote(
+    dashboard: tuple[str, optuna.Study, FileSystemArtifactStore], make_file: Callable[..., Path]
+) -> None:
+    url, study, store = dashboard
+    trial = study.ask()
+    optunas = oa.FileSystemArtifactStore(str(store.content.backend.root))  # type: ignore[attr-defined]
+    artifact_id = oa.upload_artifact(
+        artifact_store=optunas, file_path=str(make_file(b"old")), study_or_trial=trial
+    )
+    path = f"{url}/api/artifacts/{study._study_id}/{trial._trial_id}/{artifact_id}"
+    with urllib.request.urlopen(urllib.request.Request(path, method="DELETE")) as r:
+        assert r.status == 204
+    with pytest.raises(optuna_cas.exceptions.ArtifactNotFound):
+        store.open_reader(artifact_id)
+    assert optuna_cas.get_all_artifact_meta(trial) == []
+
+
 @pytest.mark.parametrize("wrap", ["plain", "backoff", "cached"])
 def test_optunas_local_files_readable_through_wrappers(tmp_path: Path, wrap: str) -> None:
     import io
@@ -173,6 +190,52 @@ def test_optunas_local_files_readable_through_wrappers(tmp_path: Path, wrap: str
     assert target.read_bytes() == b"from optuna"
     with pytest.raises(optuna_cas.exceptions.ArtifactNotFound):
         store.open_reader("never-written")
+
+
+@pytest.mark.parametrize("wrap", ["plain", "backoff", "cached"])
+def test_files_left_by_optunas_store_can_be_removed(tmp_path: Path, wrap: str) -> None:
+    """``remove`` deletes what ``open_reader`` serves, as Optuna's own store would."""
+    import io
+
+    oa.FileSystemArtifactStore(str(tmp_path)).write("legacy-3", io.BytesIO(b"from optuna"))
+    store: optuna_cas.ContentAddressedArtifactStore = FileSystemArtifactStore(tmp_path)
+    if wrap == "backoff":
+        store = optuna_cas.Backoff(store)
+    elif wrap == "cached":
+        store = optuna_cas.CachedArtifactStore(store, directory=tmp_path / ".cache")
+    store.remove("legacy-3")
+    assert not (tmp_path / "legacy-3").exists()
+    with pytest.raises(oa.exceptions.ArtifactNotFound):
+        store.open_reader("legacy-3")
+    with pytest.raises(oa.exceptions.ArtifactNotFound, match="legacy-3"):
+        store.remove("legacy-3")
+
+
+def test_remove_takes_the_ref_and_an_old_file_under_the_same_id(tmp_path: Path) -> None:
+    import io
+
+    store = FileSystemArtifactStore(tmp_path)
+    store.write("both", io.BytesIO(b"new"))
+    (tmp_path / "both").write_bytes(b"old")  # as Optuna's store would have left it
+    store.remove("both")
+    assert not (tmp_path / "both").exists()
+    with pytest.raises(oa.exceptions.ArtifactNotFound):
+        store.open_reader("both")  # not the old file again
+
+
+def test_delete_artifact_removes_what_optuna_uploaded(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"old weights")
+    (tmp_path / "store").mkdir()
+    trial = optuna.create_study().ask()
+    artifact_id = oa.upload_artifact(
+        artifact_store=oa.FileSystemArtifactStore(str(tmp_path / "store")),
+        file_path=str(tmp_path / "model.pt"),
+        study_or_trial=trial,
+    )
+    store = FileSystemArtifactStore(tmp_path / "store")
+    optuna_cas.delete_artifact(artifact_store=store, artifact_id=artifact_id, study_or_trial=trial)
+    assert not (tmp_path / "store" / artifact_id).exists()
+    assert optuna_cas.get_all_artifact_meta(trial) == []
 
 
 @pytest.mark.s3

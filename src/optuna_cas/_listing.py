@@ -14,9 +14,7 @@ from typing import Any
 
 from optuna_cas._list_artifact_meta import get_all_artifact_meta
 from optuna_cas._meta import ArtifactMeta
-from optuna_cas._validation import validate_artifact_id
-from optuna_cas.content import BLOB_PREFIX, QUARANTINE_PREFIX, REF_PREFIX, ContentStore
-from optuna_cas.exceptions import InvalidKeyError
+from optuna_cas.content import ContentStore
 from optuna_cas.refs import ArtifactRef
 
 __all__ = ["ListedArtifact", "list_store_artifacts", "list_study_artifacts"]
@@ -122,23 +120,10 @@ def list_store_artifacts(content: ContentStore) -> list[ListedArtifact]:
 
 
 def _optuna_store_objects(content: ContentStore) -> Iterator[ListedArtifact]:
-    """Objects at the root that Optuna's own store could have written under an artifact ID.
-
-    Optuna's stores keep one object per ID at the root (``base_path/<id>``, or the bucket's
-    ``<id>``); our own keys all live below ``blobs/``, ``refs/`` or ``quarantine/``. Names
-    starting with a dot are temporary or hidden files, never an artifact.
-    """
-    ours = (BLOB_PREFIX, REF_PREFIX, QUARANTINE_PREFIX)
-    for info in content.backend.list(""):
-        key = info.key
-        if "/" in key or key.startswith(".") or (key + "/") in ours:
-            continue
-        try:
-            validate_artifact_id(key)
-        except InvalidKeyError:
-            continue
+    """Objects at the root that Optuna's own store could have written under an artifact ID."""
+    for info in content.iter_optuna_store_objects():
         yield ListedArtifact(
-            artifact_id=key,
+            artifact_id=info.key,
             filename=None,
             mimetype=None,
             encoding=None,

@@ -16,6 +16,7 @@ import contextlib
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,7 +28,7 @@ from optuna_cas._fileio import (
     seekable,
 )
 from optuna_cas._validation import validate_artifact_id
-from optuna_cas.backends.base import Backend
+from optuna_cas.backends.base import Backend, ObjectInfo
 from optuna_cas.blobstore import (
     BLOB_PREFIX,
     DEFAULT_FILE_DIGESTS,
@@ -39,9 +40,14 @@ from optuna_cas.blobstore import (
     PublishReceipt,
     blob_key,
 )
-from optuna_cas.chunks.layout import CHUNK_THRESHOLD
+from optuna_cas.chunks.layout import (
+    CHUNK_THRESHOLD,
+    INDEX_PREFIX,
+    MANIFEST_PREFIX,
+    PACK_PREFIX,
+)
 from optuna_cas.digest import Digest
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, InvalidKeyError
 from optuna_cas.ingest import FileDigestMemo, FileSource
 from optuna_cas.refs import INLINE_LIMIT, ArtifactRef
 from optuna_cas.refstore import MAX_REF_BYTES, REF_PREFIX, RefStore
@@ -320,6 +326,57 @@ class ContentStore(BlobStore, RefStore):
             f"{self.describe()} (run 'optuna-cas verify')"
         )
 
+    def remove_artifact(self, artifact_id: str) -> None:
+        """Remove an artifact's ref (its content stays for gc) and what Optuna's store wrote.
+
+        The object Optuna's own store wrote under the ID before the switch, if any, is deleted
+        as Optuna's ``remove`` would delete it: otherwise it would still be served.
+
+        Raises:
+            ArtifactNotFound: Neither exists.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = ContentStore(MemoryBackend())
+            >>> store.backend.write("old", io.BytesIO(b"written by Optuna"))
+            >>> store.remove_artifact("old"); store.backend.exists("old")
+            False
+        """
+        try:
+            self.remove_ref(artifact_id)
+        except ArtifactNotFound:
+            if not _optuna_store_key(artifact_id):
+                raise
+            try:
+                self._backend.remove(artifact_id)
+            except ArtifactNotFound:
+                raise self._not_found(artifact_id) from None
+            return
+        if _optuna_store_key(artifact_id):
+            with contextlib.suppress(ArtifactNotFound):
+                self._backend.remove(artifact_id)
+
+    def iter_optuna_store_objects(self) -> Iterator[ObjectInfo]:
+        """Objects at the root that Optuna's own store could have written under an artifact ID.
+
+        Optuna's stores keep one object per ID at the root (``base_path/<id>``, or the bucket's
+        ``<id>``); our own keys all live below a prefix. Names starting with a dot are temporary
+        or hidden files, never an artifact. Whether a ref exists for the ID is not checked.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = ContentStore(MemoryBackend())
+            >>> store.backend.write("old", io.BytesIO(b"written by Optuna"))
+            >>> _ = store.put_artifact("new", io.BytesIO(b"x"))
+            >>> [info.key for info in store.iter_optuna_store_objects()]
+            ['old']
+        """
+        for info in self._backend.list(""):
+            if "/" not in info.key and not info.key.startswith(".") and _optuna_store_key(info.key):
+                yield info
+
     def _open_legacy(self, artifact_id: str) -> BinaryIO | None:
         """An object Optuna's own store wrote at ``<artifact_id>`` (no ref, no digest).
 
@@ -327,9 +384,30 @@ class ContentStore(BlobStore, RefStore):
         reading them (unverified: there is no digest) means switching the import loses
         nothing already uploaded.
         """
-        if artifact_id + "/" in (BLOB_PREFIX, REF_PREFIX, QUARANTINE_PREFIX):
+        if not _optuna_store_key(artifact_id):
             return None
         try:
             return self._backend.open_reader(artifact_id)
         except ArtifactNotFound:
             return None
+
+
+_OUR_PREFIXES = (
+    BLOB_PREFIX,
+    REF_PREFIX,
+    QUARANTINE_PREFIX,
+    PACK_PREFIX,
+    MANIFEST_PREFIX,
+    INDEX_PREFIX,
+)
+
+
+def _optuna_store_key(artifact_id: str) -> bool:
+    """Whether Optuna's own store could have written this ID: valid, and none of our prefixes."""
+    if artifact_id + "/" in _OUR_PREFIXES:
+        return False
+    try:
+        validate_artifact_id(artifact_id)
+    except InvalidKeyError:
+        return False
+    return True

@@ -121,7 +121,8 @@ class ContentAddressedArtifactStore:
     def remove(self, artifact_id: str) -> None:
         """Remove an artifact's ref; its blob is reclaimed by :func:`optuna_cas.gc`.
 
-        The blob may be shared with other artifacts, so it is not deleted here.
+        The blob may be shared with other artifacts, so it is not deleted here. A file
+        Optuna's own store wrote under the ID (before the switch) is deleted, as Optuna would.
 
         Raises:
             ArtifactNotFound: No such artifact.
@@ -136,7 +137,7 @@ class ContentAddressedArtifactStore:
             ...
             optuna_cas.exceptions.ArtifactNotFound: Artifact 'a' not found in memory://
         """
-        self.content.remove_ref(artifact_id)
+        self.content.remove_artifact(artifact_id)
 
     def __repr__(self) -> str:
         where = self._content.describe() if self._content is not None else "?"
