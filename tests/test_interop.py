@@ -211,18 +211,6 @@ def test_files_left_by_optunas_store_can_be_removed(tmp_path: Path, wrap: str) -
         store.remove("legacy-3")
 
 
-def test_remove_takes_the_ref_and_an_old_file_under_the_same_id(tmp_path: Path) -> None:
-    import io
-
-    store = FileSystemArtifactStore(tmp_path)
-    store.write("both", io.BytesIO(b"new"))
-    (tmp_path / "both").write_bytes(b"old")  # as Optuna's store would have left it
-    store.remove("both")
-    assert not (tmp_path / "both").exists()
-    with pytest.raises(oa.exceptions.ArtifactNotFound):
-        store.open_reader("both")  # not the old file again
-
-
 def test_delete_artifact_removes_what_optuna_uploaded(tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_bytes(b"old weights")
     (tmp_path / "store").mkdir()

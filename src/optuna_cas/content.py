@@ -327,10 +327,12 @@ class ContentStore(BlobStore, RefStore):
         )
 
     def remove_artifact(self, artifact_id: str) -> None:
-        """Remove an artifact's ref (its content stays for gc) and what Optuna's store wrote.
+        """Remove an artifact's ref (its content stays for gc), or what Optuna's store wrote.
 
-        The object Optuna's own store wrote under the ID before the switch, if any, is deleted
-        as Optuna's ``remove`` would delete it: otherwise it would still be served.
+        An ID without a ref may name an object Optuna's own store wrote before the switch
+        (:meth:`open_artifact` serves those): it is deleted, as Optuna's ``remove`` would.
+        An ID with a ref only loses its ref: Optuna's store and ours never write the same
+        (fresh UUID) ID, so no request is spent looking for both.
 
         Raises:
             ArtifactNotFound: Neither exists.
@@ -352,10 +354,6 @@ class ContentStore(BlobStore, RefStore):
                 self._backend.remove(artifact_id)
             except ArtifactNotFound:
                 raise self._not_found(artifact_id) from None
-            return
-        if _optuna_store_key(artifact_id):
-            with contextlib.suppress(ArtifactNotFound):
-                self._backend.remove(artifact_id)
 
     def iter_optuna_store_objects(self) -> Iterator[ObjectInfo]:
         """Objects at the root that Optuna's own store could have written under an artifact ID.
