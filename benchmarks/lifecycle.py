@@ -382,7 +382,9 @@ def _sync(cfg: Config, data: Path, endpoint: str) -> Section:
             + ", ".join(f"{m} {c}" for m, c in methods["sync"].most_common())
             + "; 8 MiB parts: a blob is create + 2 parts + complete, after a HEAD that "
             "`S3Backend.write(if_absent=True)` sends before a multipart upload, although `sync`"
-            " has just listed the destination).",
+            " has just listed the destination; then the ref, and a HEAD of its blob: the last "
+            "look an upload also takes, so that a gc running meanwhile cannot leave the ref "
+            "without its blob).",
             f"Per-rep seconds (median of {cfg.sync_reps}, after 1 warm-up round, order "
             "rotated): " + "; ".join(f"{k} {fmt_times(v)}" for k, v in times.items()) + ".",
         ],

@@ -16,6 +16,7 @@ import optuna_cas
 from optuna_cas import delete_artifact, gc, get_all_artifact_meta, sync, upload_artifact, verify
 from optuna_cas.backends.local import TEMP_PREFIX
 from optuna_cas.content import blob_key
+from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound
 from optuna_cas.refs import INLINE_LIMIT
 from optuna_cas.stores.base import ContentAddressedArtifactStore
@@ -251,6 +252,88 @@ def test_sync_selected_ids_and_corrupt_source(tmp_path: Path) -> None:
     assert not report.ok and [artifact_id for artifact_id, _ in report.failed] == ["one"]
     assert not dst.content.has_ref("one")
     assert len(list(dst.content.iter_blobs())) == 1  # nothing written under the bad blob's name
+
+
+def test_sync_copies_what_optunas_own_store_wrote(tmp_path: Path) -> None:
+    """Migrating users' old files move too: as artifacts of the destination, hashed on the way."""
+    import optuna.artifacts as oa
+
+    (tmp_path / "src").mkdir()
+    old = {"legacy-a": random_bytes(5000), "legacy-b": b"x"}
+    for artifact_id, data in old.items():
+        oa.FileSystemArtifactStore(str(tmp_path / "src")).write(artifact_id, io.BytesIO(data))
+    src = optuna_cas.FileSystemArtifactStore(tmp_path / "src")
+    src.write("ours", io.BytesIO(blob_sized(b"new")))
+    dst = optuna_cas.FileSystemArtifactStore(tmp_path / "dst")
+    report = sync(src, dst)
+    assert report.ok and report.legacy_copied == ["legacy-a", "legacy-b"]
+    assert report.refs_copied == ["ours"] and report.bytes_copied == 5001 + len(blob_sized(b"new"))
+    for artifact_id, data in old.items():
+        assert dst.get_ref(artifact_id).digest == Digest.of_bytes(data)
+        with dst.open_reader(artifact_id) as reader:
+            assert reader.read() == data
+    again = sync(src, dst)
+    assert again.ok and again.legacy_copied == [] and again.bytes_copied == 0
+    assert again.refs_skipped == 3
+    named = sync(
+        src, optuna_cas.FileSystemArtifactStore(tmp_path / "d2"), artifact_ids=["legacy-a"]
+    )
+    assert named.legacy_copied == ["legacy-a"] and named.refs_copied == []
+
+
+def test_sync_during_gc_freshens_the_content_it_reuses(tmp_path: Path) -> None:
+    """Content the destination already holds as an orphan is touched before sync's ref."""
+    src = optuna_cas.FileSystemArtifactStore(tmp_path / "src")
+    dst = optuna_cas.FileSystemArtifactStore(tmp_path / "dst")
+    data = blob_sized(random_bytes(64))
+    src.write("art", io.BytesIO(data))
+    dst.write("old", io.BytesIO(data))  # the same bytes, whose artifact was deleted since
+    dst.remove("old")
+    hours_ago = time.time() - 3 * 3600  # older than gc's default grace: waiting for gc
+    for directory, _dirs, files in os.walk(tmp_path / "dst"):
+        for name in files:
+            os.utime(os.path.join(directory, name), (hours_ago, hours_ago))
+    reports = []
+
+    def progress(task: str, done: int, total: int | None) -> None:
+        if task.startswith("gc: deleting unreferenced blobs") and done == 0 and not reports:
+            reports.append(sync(src, dst))  # between gc's listing of refs and its deletes
+
+    gc(dst, progress=progress)
+    assert reports and reports[0].ok and reports[0].blobs_skipped == 1
+    with dst.open_reader("art") as reader:
+        assert reader.read() == data
+
+
+def test_sync_sends_content_again_that_gc_took_before_the_ref(tmp_path: Path) -> None:
+    """A ref is followed by a last look at its content, as an upload's is (gc's step 3)."""
+    from optuna_cas.backends.local import LocalBackend
+    from optuna_cas.content import ContentStore
+
+    def chunked(root: Path) -> ContentAddressedArtifactStore:
+        return ContentAddressedArtifactStore(
+            ContentStore(LocalBackend(root), chunk_threshold=64 * 1024)
+        )
+
+    src, dst = chunked(tmp_path / "src"), chunked(tmp_path / "dst")
+    data = random_bytes(300_000)
+    src.write("art", io.BytesIO(data))
+    taken = []
+
+    def progress(task: str, done: int, total: int | None) -> None:
+        # The file's packs and manifest are at the destination, its ref not yet: a gc that
+        # listed refs before now deletes the manifest.
+        manifests = list((tmp_path / "dst" / "manifests").rglob("*"))
+        if done and not taken and any(m.is_file() for m in manifests):
+            for m in manifests:
+                if m.is_file():
+                    m.unlink()
+                    taken.append(m)
+
+    report = sync(src, dst, progress=progress)
+    assert taken and report.ok and report.refs_copied == ["art"]
+    with dst.open_reader("art") as reader:
+        assert reader.read() == data
 
 
 # -- delete_artifact ------------------------------------------------------------------------

@@ -201,8 +201,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print(f"CONFLICT  {esc(artifact_id)}: {esc(reason)}")
     _print(
         args,
-        f"copied {len(report.refs_copied)} refs and {report.blobs_copied} blobs "
-        f"({human_bytes(report.bytes_copied)}); {report.refs_skipped} refs and "
+        f"copied {len(report.refs_copied)} refs and {report.blobs_copied} blobs"
+        + (
+            f" and {len(report.legacy_copied)} files Optuna's own store wrote"
+            if report.legacy_copied
+            else ""
+        )
+        + f" ({human_bytes(report.bytes_copied)}); {report.refs_skipped} refs and "
         f"{report.blobs_skipped} blobs were already there; {len(report.failed)} failed, "
         f"{len(report.conflicts)} conflicts",
     )

@@ -38,6 +38,10 @@ S3 does not offer for this, it cannot be removed. Pick a longer ``grace_period``
 your workers can stall for hours. The concurrency test (two uploaders, gc in a loop, every
 re-used blob racing gc) checks the rest.
 
+``sync`` writes each ref it copies the same way, one content at a time: steps 1 to 3 for
+that content (step 1 being the transfer, or a check that touches what the destination held
+already), however long the rest of the sync takes.
+
 A file of at most ``INLINE_LIMIT`` bytes (4 KiB) is kept inside its ref and has no blob: its
 upload writes R alone, so there is no B to lose, and such a ref protects no blob (a blob
 holding the same bytes, written by an older release, is collected like any other).

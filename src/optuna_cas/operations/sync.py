@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,8 @@ class SyncReport:
             source blob that is corrupt, missing or not a stored object.
         conflicts: ``(artifact_id, reason)`` of destination refs naming other content than
             the source's: left as they are.
+        legacy_copied: IDs of objects Optuna's own store wrote at the source (no ref, no
+            digest), stored at the destination as artifacts: hashed as they were copied.
 
     Example:
         >>> SyncReport().bytes_copied, SyncReport().ok
@@ -48,6 +51,7 @@ class SyncReport:
     bytes_copied: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     conflicts: list[tuple[str, str]] = field(default_factory=list)
+    legacy_copied: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -110,6 +114,10 @@ def sync(
     ``report.conflicts`` and left alone; a malformed one is rewritten from the source. Errors
     of the stores themselves (network, permissions) still propagate.
 
+    Objects Optuna's own store wrote at the source before the switch (one per ID at its root,
+    no ref) are copied too, into artifacts of the destination (``report.legacy_copied``),
+    hashed as they are stored; a later run skips those the destination holds with that size.
+
     Args:
         src: Source store (any backend).
         dst: Destination store (any backend).
@@ -138,7 +146,8 @@ def sync(
     src_content, dst_content = src.content, dst.content
     report = SyncReport()
     bad = BadRecords()
-    refs = _source_refs(src_content, artifact_ids, workers, bad)
+    legacy: dict[str, int] = {}  # ID -> size of the objects Optuna's store wrote
+    refs = _source_refs(src_content, artifact_ids, workers, bad, legacy)
     for artifact_id, reason in bad.reasons.items():
         report.failed.append((artifact_id, f"source ref: {reason}"))
 
@@ -149,7 +158,7 @@ def sync(
     at_dst = {
         ref.artifact_id: ref
         for ref in dst_content.iter_refs(
-            [ref.artifact_id for ref in refs if ref.artifact_id in present_refs],
+            [i for i in [*(ref.artifact_id for ref in refs), *legacy] if i in present_refs],
             workers=max(1, workers) * 2,
             on_bad=malformed_at_dst.__setitem__,
         )
@@ -168,22 +177,26 @@ def sync(
             continue
         wanted.append(ref)
 
+    # Content the destination lists already is not sent again; whether it is still there is
+    # asked (and its time refreshed) just before its refs are written, as an upload does.
     present_blobs = {(info.hexdigest, info.stored_size) for info in dst_content.iter_blobs()}
     present_files = set(dst_content.chunks.manifest_hexdigests())
-    needed: dict[str, Digest] = {}
+    groups: dict[str, list[ArtifactRef]] = {}  # refs by the content they name (not inline)
     for ref in wanted:
-        if ref.inline is not None or (ref.digest.hexdigest, ref.size) in present_blobs:
-            continue  # content inside the ref moves with it
-        if ref.digest.hexdigest in present_files and dst_content.chunks.has_manifest(
-            ref.digest, with_packs=True
-        ):
-            continue
-        needed[ref.digest.hexdigest] = ref.digest
-    report.blobs_skipped = len(
-        {ref.digest.hexdigest for ref in wanted if ref.inline is None}
-    ) - len(needed)
-
-    bar = Progress("sync: copying blobs", sum(d.size for d in needed.values()), progress)
+        if ref.inline is None:  # content inside the ref moves with it
+            groups.setdefault(ref.digest.hexdigest, []).append(ref)
+    listed = {
+        hexdigest
+        for hexdigest, group in groups.items()
+        if (hexdigest, group[0].size) in present_blobs or hexdigest in present_files
+    }
+    legacy_todo = _legacy_to_copy(legacy, at_dst, report)
+    bar = Progress(
+        "sync: copying blobs",
+        sum(group[0].size for h, group in groups.items() if h not in listed)
+        + sum(legacy[artifact_id] for artifact_id in legacy_todo),
+        progress,
+    )
     lock = threading.Lock()
 
     def transfer(digest: Digest) -> str | None:
@@ -203,28 +216,54 @@ def sync(
             return f"source blob {digest} is bad: {e}"
         return None
 
+    def settle(hexdigest: str, group: list[ArtifactRef]) -> tuple[int, str | None]:
+        """Content, then its refs, then a last look: an upload's steps (see gc's argument).
+
+        Each step follows the one before at once, whatever the length of the whole sync, so a
+        gc on the destination cannot collect content between its check and its refs.
+        Returns the blobs sent and why the group failed (None if it did not).
+        """
+        digest = group[0].digest
+        new = [ref for ref in group if ref.artifact_id not in at_dst]
+        sent = 0
+        if hexdigest not in listed or (new and not dst_content.reuse_content(digest)):
+            if (problem := transfer(digest)) is not None:
+                return sent, problem
+            sent += 1
+        for ref in new:
+            dst_content.put_ref(ref)  # refs are immutable values
+        if new and not dst_content.has_blob(digest):  # collected meanwhile: send it again
+            if (problem := transfer(digest)) is not None:
+                for ref in new:
+                    with contextlib.suppress(ArtifactNotFound):
+                        dst_content.remove_ref(ref.artifact_id)
+                return sent, problem
+            sent += 1
+        return sent, None
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {hexdigest: pool.submit(transfer, d) for hexdigest, d in needed.items()}
-        blob_failures = {
-            hexdigest: problem
-            for hexdigest, future in futures.items()
-            if (problem := future.result()) is not None
+        futures = {
+            hexdigest: pool.submit(settle, hexdigest, group) for hexdigest, group in groups.items()
         }
-    copied = [digest for hexdigest, digest in needed.items() if hexdigest not in blob_failures]
-    report.blobs_copied = len(copied)
-    report.bytes_copied = sum(digest.size for digest in copied)  # not what a failure read
+        outcomes = {hexdigest: future.result() for hexdigest, future in futures.items()}
+    for hexdigest, (sent, _problem) in outcomes.items():
+        report.blobs_copied += min(sent, 1)
+        report.bytes_copied += sent * groups[hexdigest][0].size  # not what a failure read
+    report.blobs_skipped = sum(1 for sent, problem in outcomes.values() if not (sent or problem))
 
     for ref in wanted:
-        blob_failure = blob_failures.get(ref.digest.hexdigest)
-        if blob_failure is not None:
-            report.failed.append((ref.artifact_id, blob_failure))
+        problem = None if ref.inline is not None else outcomes[ref.digest.hexdigest][1]
+        if problem is not None:
+            report.failed.append((ref.artifact_id, problem))
         elif ref.artifact_id in at_dst:
             report.refs_skipped += 1
         else:
-            dst_content.put_ref(ref)  # refs are immutable values
+            if ref.inline is not None:
+                dst_content.put_ref(ref)
             report.refs_copied.append(ref.artifact_id)
             if ref.artifact_id in malformed_at_dst:
                 report.refs_repaired.append(ref.artifact_id)
+    _copy_legacy(src_content, dst_content, legacy, legacy_todo, report, bar, lock, workers)
     failures = BadRecords()
     for artifact_id, why in report.failed:
         failures(artifact_id, why)
@@ -233,15 +272,87 @@ def sync(
 
 
 def _source_refs(
-    content: ContentStore, artifact_ids: Iterable[str] | None, workers: int, bad: BadRecords
+    content: ContentStore,
+    artifact_ids: Iterable[str] | None,
+    workers: int,
+    bad: BadRecords,
+    legacy: dict[str, int],
 ) -> list[ArtifactRef]:
-    """Every readable source ref, or exactly the named ones (a missing one is an error)."""
+    """Every readable source ref, or exactly the named ones (a missing one is an error).
+
+    Objects Optuna's own store wrote (all of them, or those named) go into ``legacy``.
+    """
+    objects = {info.key: info.size for info in content.iter_optuna_store_objects()}
     if artifact_ids is None:
+        with_ref = set(content.iter_ref_ids())
+        legacy.update((key, size) for key, size in objects.items() if key not in with_ref)
         return list(content.iter_refs(workers=max(1, workers) * 2, on_bad=bad))
     refs = []
     for artifact_id in artifact_ids:
         try:
             refs.append(content.get_ref(artifact_id))
+        except ArtifactNotFound:
+            if artifact_id not in objects:
+                raise
+            legacy[artifact_id] = objects[artifact_id]
         except IntegrityError as e:
             bad(artifact_id, str(e))
     return refs
+
+
+def _legacy_to_copy(
+    legacy: dict[str, int], at_dst: dict[str, ArtifactRef], report: SyncReport
+) -> list[str]:
+    """Which objects Optuna's own store wrote must be copied; the others are counted.
+
+    They carry no digest: a destination ref of the same size counts as the copy an earlier
+    run made; one of another size is a conflict, left alone.
+    """
+    todo = []
+    for artifact_id, size in sorted(legacy.items()):
+        theirs = at_dst.get(artifact_id)
+        if theirs is None:
+            todo.append(artifact_id)
+        elif theirs.size == size:
+            report.refs_skipped += 1
+        else:
+            report.conflicts.append(
+                (
+                    artifact_id,
+                    f"destination ref names {theirs.digest} (size {theirs.size}), the source "
+                    f"holds an object Optuna's store wrote (size {size}); left as it is",
+                )
+            )
+    return todo
+
+
+def _copy_legacy(
+    src: ContentStore,
+    dst: ContentStore,
+    legacy: dict[str, int],
+    todo: list[str],
+    report: SyncReport,
+    bar: Progress,
+    lock: threading.Lock,
+    workers: int,
+) -> None:
+    """Store the objects Optuna's own store wrote at ``src`` as artifacts of ``dst``."""
+
+    def copy(artifact_id: str) -> str | None:
+        try:
+            with src.backend.open_reader(artifact_id) as reader:
+                ref = dst.put_artifact(artifact_id, _Counting(reader, bar, lock))  # type: ignore[arg-type]
+        except ArtifactNotFound:
+            return "the object Optuna's store wrote is gone from the source"
+        except IntegrityError as e:
+            return f"the object Optuna's store wrote cannot be copied: {e}"
+        with lock:
+            report.bytes_copied += ref.size
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for artifact_id, problem in zip(todo, pool.map(copy, todo), strict=True):
+            if problem is None:
+                report.legacy_copied.append(artifact_id)
+            else:
+                report.failed.append((artifact_id, problem))
