@@ -30,7 +30,7 @@ import pytest
 
 from optuna_cas import DiskBlobCache
 from optuna_cas.digest import Digest
-from optuna_cas.exceptions import IntegrityError
+from optuna_cas.exceptions import IntegrityError, MalformedRecordWarning
 from tests.conftest import random_bytes
 
 pytestmark = pytest.mark.reliability
@@ -286,3 +286,56 @@ def test_special_file_at_a_value_path_never_blocks_or_leaks(tmp_path: Path, kind
     assert len(outcome["messages"]) >= 50
     for text in outcome["messages"]:
         assert digest_hex in text and not _FD_NUMBER.search(text), text
+
+
+def set_setting(cache_dir: Path, key: str, value: int) -> None:
+    """Tamper with diskcache's running totals (its ``Settings`` table)."""
+    with contextlib.closing(sqlite3.connect(cache_dir / "cache.db", timeout=30)) as con, con:
+        con.execute("UPDATE Settings SET value = ? WHERE key = ?", (value, key))
+
+
+def _fill_after_lying_totals(cache_dir: str, result: str) -> None:
+    cache = DiskBlobCache(cache_dir, size_limit=1 * MiB)
+    blob = CountingFetch(random_bytes(300 * KiB, seed=7))
+    with cache.open(blob.digest, blob) as reader:  # a fill, and the eviction after it
+        Path(result).write_bytes(reader.read())
+
+
+@pytest.mark.parametrize("count", [2**40, -5])
+def test_totals_that_lie_never_keep_eviction_going(tmp_path: Path, count: int) -> None:
+    """diskcache's count and size are numbers in a table anyone can edit: eviction must end."""
+    cache_dir = tmp_path / "cache"
+    cache = DiskBlobCache(cache_dir, size_limit=1 * MiB)
+    read_through(cache, CountingFetch(random_bytes(300 * KiB, seed=6)), "open", tmp_path)
+    cache.close()
+    set_setting(cache_dir, "count", count)
+    set_setting(cache_dir, "size", 2**62)
+    result = tmp_path / "read.bin"
+    child = multiprocessing.get_context("spawn").Process(
+        target=_fill_after_lying_totals, args=(str(cache_dir), str(result))
+    )
+    child.start()
+    child.join(120)  # one fill of 300 KiB: only an eviction that never ends gets near it
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail(f"a fill never returned with the cache's count set to {count}")
+    assert child.exitcode == 0
+    assert result.read_bytes() == random_bytes(300 * KiB, seed=7)
+
+
+def test_an_entry_whose_size_row_lies_cannot_lift_the_size_limit(tmp_path: Path) -> None:
+    """A negative size in one row once made the total negative: the limit was never reached."""
+    cache_dir = tmp_path / "cache"
+    cache = DiskBlobCache(cache_dir, size_limit=1 * MiB)
+    read_through(cache, CountingFetch(random_bytes(300 * KiB, seed=8)), "open", tmp_path)
+    with contextlib.closing(sqlite3.connect(cache_dir / "cache.db", timeout=30)) as con, con:
+        con.execute("UPDATE Cache SET size = ? WHERE filename IS NOT NULL", (-(2**40),))
+        con.execute("UPDATE Settings SET value = value - ? WHERE key = 'size'", (2**40,))
+    with pytest.warns(MalformedRecordWarning, match="recounted"):
+        for seed in range(9, 19):  # 3 MiB through a 1 MiB cache
+            blob = CountingFetch(random_bytes(300 * KiB, seed=seed))
+            assert read_through(cache, blob, "open", tmp_path) == blob.data
+    stored = sum(p.stat().st_size for p in cache_dir.rglob("*.val"))
+    assert stored <= 1 * MiB
+    assert 0 <= cache.info().size_bytes <= 1 * MiB + 1 * MiB  # values + the database itself

@@ -29,6 +29,7 @@ import secrets
 import sqlite3
 import stat
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,12 @@ from optuna_cas.digest import (
     VerifyingReader,
     readinto,
 )
-from optuna_cas.exceptions import IntegrityError, OptunaCasError, StoreConfigError
+from optuna_cas.exceptions import (
+    IntegrityError,
+    MalformedRecordWarning,
+    OptunaCasError,
+    StoreConfigError,
+)
 
 #: Temp files of fills in progress live in this subdirectory of the cache: adoption is then a
 #: rename on one filesystem, and the name never collides with diskcache's two-hex subdirectories.
@@ -255,21 +261,65 @@ def evict_lru(cache: diskcache.Cache, limit: int, *, restore: int) -> int:
     Public calls only: with ``cull_limit=1``, inserting a new key makes diskcache evict the one
     least-recently-used entry if the volume is at or over its ``size_limit`` (set to ``limit``
     for this process only, then back to ``restore``); the marker key (newest, size 0) is
-    deleted again. Bounded: one round per entry present at the start. Returns how many went.
+    deleted again. It stops when a round evicts nothing (nothing left that counts), so a count
+    that lies cannot keep it going. Returns how many went.
+
+    diskcache keeps the total size and count in its Settings table, updated as entries come
+    and go; a tampered row can leave them negative (the limit is then never reached) or over
+    what is stored (every fill would empty the cache). Both are recomputed from what is
+    there (:func:`repair_accounting`), with a warning.
     """
+    if cache.reset("size") < 0 or cache.reset("count") < 0:
+        repair_accounting(cache)
     evicted = 0
     cache.reset("size_limit", limit, update=False)
     try:
-        for _ in range(len(cache) + 1):
-            if cache.volume() <= limit:
-                break
+        while cache.volume() > limit:
             before = len(cache)
             cache.set(_EVICTION_MARKER, 0, retry=True)
             cache.delete(_EVICTION_MARKER, retry=True)
-            evicted += max(0, before - len(cache))
+            gone = before - len(cache)
+            if gone <= 0:
+                break
+            evicted += gone
     finally:
         cache.reset("size_limit", restore, update=False)
+    # Nothing counted, yet a size: no concurrent fill explains that (one could a round that
+    # evicted nothing), so the size is wrong.
+    if len(cache) <= 0 and cache.reset("size") > 0 and repair_accounting(cache):
+        return evicted + evict_lru(cache, limit, restore=restore)
     return evicted
+
+
+def repair_accounting(cache: diskcache.Cache) -> bool:
+    """Set diskcache's count and size to what is stored, if they differ; True if they did.
+
+    The count is that of the keys; the size, that of the value files under the directory (what
+    diskcache counts: values kept inside the database count 0).
+    """
+    size, count = cache.reset("size"), cache.reset("count")
+    real_count = sum(1 for _ in cache.iterkeys())
+    real_size = 0
+    for directory, _dirs, names in os.walk(cache.directory):
+        for name in names:
+            path = os.path.join(directory, name)
+            if _VALUE_NAME.fullmatch(os.path.relpath(path, cache.directory)):
+                with contextlib.suppress(OSError):
+                    info = os.lstat(path)
+                    real_size += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    if (size, count) == (real_size, real_count):
+        return False
+    warnings.warn(
+        MalformedRecordWarning(
+            f"cache {cache.directory}: its index counted {count} entries of {size} bytes, "
+            f"where {real_count} entries of {real_size} bytes are stored (a damaged or edited "
+            "record); recounted"
+        ),
+        stacklevel=2,
+    )
+    cache.reset("count", real_count)
+    cache.reset("size", real_size)
+    return True
 
 
 def link_open_file(fd: int, target: Path) -> bool:
