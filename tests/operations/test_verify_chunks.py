@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,21 @@ def test_unreferenced_manifests_and_unused_packs_are_orphans(
     store.content.backend.remove(manifest_key(digest))
     report = verify(store, deep=False)
     assert report.ok and report.orphans == [pack_key(lone_pack)]
+
+
+def test_deep_verify_does_not_read_a_pack_of_the_wrong_size(tmp_path: Path) -> None:
+    """A pack grown into a huge sparse file is reported from its size, never read through."""
+    store = ContentAddressedArtifactStore(
+        ContentStore(LocalBackend(tmp_path / "store"), chunk_threshold=THRESHOLD)
+    )
+    _fill(store)
+    named, orphan = _packs(store)[0], tmp_path / "store" / pack_key(Digest("ab" * 32, 1))
+    os.truncate(tmp_path / "store" / named.key, 64 * 2**30)  # the same bytes, then holes
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"")
+    os.truncate(orphan, 64 * 2**30)  # a pack no manifest names, larger than any written
+    report = verify(store, deep=True)
+    assert not report.ok
+    assert named.key in report.corrupt and orphan.name in str(report.corrupt)
+    assert "manifests name" in report.reasons[named.key]
+    assert report.bytes_hashed < 16 * 2**20  # the files and the sound packs, not 128 GiB

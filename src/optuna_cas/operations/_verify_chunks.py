@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from optuna_cas.chunks.layout import PACK_TARGET
 from optuna_cas.chunks.store import ChunkStore, StoredObject
 from optuna_cas.chunks.table import ChunkTable
 from optuna_cas.digest import ALGORITHM, CHUNK_SIZE, Digest, readinto
@@ -30,6 +31,9 @@ __all__ = [
     "quarantine_chunked",
 ]
 
+# Larger than any pack an upload or gc writes (PACK_TARGET plus one chunk and the lead), with
+# room to spare: not read by deep verify when no manifest says what size it should have.
+_MAX_PACK = 4 * PACK_TARGET
 # Parsed manifests by the file's hex digest, with the object listed.
 Manifests = dict[str, tuple[StoredObject, ChunkTable]]
 # A deep check: (key, what kind of finding a problem is, the check).
@@ -114,23 +118,37 @@ def deep_checks(chunks: ChunkStore, listing: ChunkListing, parsed: Manifests) ->
         []
     """
     checks: list[Check] = []
+    named = {pack.hexdigest: pack.size for _, table in parsed.values() for pack in table.packs}
     for pack in listing.packs.values():
-        checks.append((pack.key, "corrupt", _pack_check(chunks, pack)))
+        size = named.get(pack.hexdigest)
+        if (size is not None and pack.size != size) or (size is None and pack.size > _MAX_PACK):
+            # Not read: it cannot be the pack (a planted sparse file may be 100 GiB).
+            expected = "any pack written" if size is None else f"the {size} B manifests name"
+            problem = f"{pack.size} B stored, not {expected}"
+            checks.append((pack.key, "corrupt", _known_problem(problem)))
+        else:
+            checks.append((pack.key, "corrupt", _pack_check(chunks, pack)))
     for obj, table in parsed.values():
         checks.append((obj.key, "bad_file", _file_check(chunks, obj, table)))
     return checks
 
 
 def deep_bytes(listing: ChunkListing, parsed: Manifests) -> int:
-    """Bytes :func:`deep_checks` reads: every pack, then every chunked file whole."""
+    """Bytes :func:`deep_checks` reads: every pack it re-hashes, then every chunked file whole."""
     files = sum(table.file.size for _, table in parsed.values() if table.file is not None)
-    return sum(p.size for p in listing.packs.values()) + files
+    named = {pack.hexdigest: pack.size for _, table in parsed.values() for pack in table.packs}
+    read = [p.size for p in listing.packs.values() if named.get(p.hexdigest, p.size) == p.size]
+    return sum(size for size in read if size <= _MAX_PACK) + files
 
 
 def pack_key_of(listing: ChunkListing, pack: Digest) -> str | None:
     """The key ``pack`` was listed under, if it was."""
     listed = listing.packs.get(pack.hexdigest)
     return None if listed is None else listed.key
+
+
+def _known_problem(problem: str) -> Callable[[Progress], str | None]:
+    return lambda _bar: problem
 
 
 def _pack_check(chunks: ChunkStore, pack: StoredObject) -> Callable[[Progress], str | None]:
