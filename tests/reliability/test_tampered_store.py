@@ -256,11 +256,13 @@ def test_tampered_store(tmp_path: Path) -> None:
         assert figures.artifacts == len(t.good) + 3  # + the three refs whose blob is bad
         outcomes["stats"] = {"artifacts": figures.artifacts, "bad_refs": figures.bad_refs}
 
-        # 5. sync copies every good artifact and reports every bad one.
+        # 5. sync copies every good artifact and reports every bad one (the FIFO at a legacy
+        # key included: it is listed as an object Optuna's store could have written).
         second = FileSystemArtifactStore(tmp_path / "second")
         synced = bounded("sync", lambda: sync(t.store, second))
         failed = {artifact_id for artifact_id, _ in synced.failed}
-        assert failed == set(t.bad_refs) | {"fifo-blob", "symlink-blob", "directory-blob"}
+        bad_content = {"fifo-blob", "symlink-blob", "directory-blob", "legacy-fifo"}
+        assert failed == set(t.bad_refs) | bad_content
         assert set(synced.refs_copied) == set(t.good)
         assert bounded("verify second", lambda: verify(second)).ok
         again = bounded("sync again", lambda: sync(t.store, second))
@@ -274,7 +276,7 @@ def test_tampered_store(tmp_path: Path) -> None:
     # gc, stats and sync each warned once, naming the count (verify's report names them all).
     warned = [str(w.message) for w in caught if w.category is MalformedRecordWarning]
     for operation, what in [("gc", "refs"), ("stats", "refs"), ("sync", "artifacts")]:
-        count = len(t.bad_refs) + (3 if operation == "sync" else 0)
+        count = len(t.bad_refs) + (4 if operation == "sync" else 0)
         expected = f"{operation}: skipped {count} bad {what}"
         assert any(message.startswith(expected) for message in warned), expected
     assert snapshot(t.outside) == outside_before, "something outside the store changed"
@@ -310,3 +312,37 @@ def download(
 def _study_level(t: Tampered) -> set[str]:
     attrs = t.study._storage.get_study_system_attrs(t.study._study_id)
     return {key.removeprefix("artifacts:") for key in attrs if key.startswith("artifacts:")}
+
+
+def test_a_directory_planted_at_an_object_key(tmp_path: Path) -> None:
+    """At an index key (a hint) the upload goes on and warns; at a pack key it fails, naming it."""
+    from optuna_cas.backends.local import LocalBackend
+    from optuna_cas.chunks.layout import index_key
+    from optuna_cas.content import ContentStore
+    from optuna_cas.stores.base import ContentAddressedArtifactStore
+
+    def chunked(root: Path) -> ContentAddressedArtifactStore:
+        return ContentAddressedArtifactStore(
+            ContentStore(LocalBackend(root), chunk_threshold=64 * 1024)
+        )
+
+    data = os.urandom(300_000)
+    # Where this upload will put its index object (its name is its bytes' digest).
+    probe = chunked(tmp_path / "probe")
+    probe.write("a", io.BytesIO(data))
+    (index_name,) = [p.name for p in (tmp_path / "probe" / "chunk-index").rglob("*") if p.is_file()]
+    pack_path = next(p for p in (tmp_path / "probe" / "packs").rglob("*") if p.is_file())
+
+    store = chunked(tmp_path / "store")
+    (tmp_path / "store" / index_key(index_name)).mkdir(parents=True)
+    with pytest.warns(MalformedRecordWarning, match="a directory sits at 'chunk-index/"):
+        store.write("a", io.BytesIO(data))
+    with store.open_reader("a") as reader:
+        assert reader.read() == data
+
+    other = chunked(tmp_path / "other")
+    planted = tmp_path / "other" / pack_path.relative_to(tmp_path / "probe")
+    planted.mkdir(parents=True)
+    with pytest.raises(IntegrityError, match=f"a directory sits at .*{planted.name}"):
+        other.write("a", io.BytesIO(data))
+    assert planted.is_dir() and not any(planted.iterdir())  # left as it was

@@ -26,6 +26,7 @@ from optuna_cas.backends.local_files import (
     TEMP_PREFIX,
     StagedFile,
     create_beside,
+    directory_in_the_way,
     fsync_dir,
     unique_name,
 )
@@ -183,17 +184,18 @@ class LocalBackend:
             b'1'
         """
         path = self._fspath(key)
-        if if_absent:
-            try:
-                mode: int | None = os.lstat(path).st_mode
-            except FileNotFoundError:
-                mode = None
-            if mode is not None and stat.S_ISREG(mode):
+        try:
+            mode: int | None = os.lstat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            mode = None  # (the rest fails where it did, naming the key)
+        if mode is not None and stat.S_ISDIR(mode):
+            raise directory_in_the_way(key)  # before any byte is written
+        if if_absent and mode is not None:
+            if stat.S_ISREG(mode):
                 return
-            if mode is not None:
-                # Something that is not a stored object (a symlink, say) sits at the key:
-                # replace that entry itself, never what it points at.
-                if_absent = False
+            # Something that is not a stored object (a symlink, say) sits at the key:
+            # replace that entry itself, never what it points at.
+            if_absent = False
         directory, _, name = path.rpartition("/")
         temp = f"{directory}/{shorten_name(f'{TEMP_PREFIX}{unique_name()}-{name}', 255)}"
         fd = create_beside(temp, directory, 0o666)

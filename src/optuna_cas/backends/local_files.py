@@ -13,6 +13,7 @@ import stat
 from collections.abc import Callable
 
 from optuna_cas.backends.base import ObjectInfo
+from optuna_cas.exceptions import IntegrityError
 
 __all__ = [
     "TEMP_PREFIX",
@@ -129,6 +130,8 @@ class StagedFile:
             # the retry raises again, naming it).
             make_parent(path)
             os.replace(self.path, path)
+        except IsADirectoryError:
+            raise directory_in_the_way(path) from None
         self._published = True
         self._published_path = path
         if self._fsync:
@@ -205,3 +208,11 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def directory_in_the_way(where: str) -> IntegrityError:
+    """The error for a directory planted where an object is to be published."""
+    return IntegrityError(
+        f"a directory sits at {where!r}, where an object is to be stored: optuna-cas never "
+        "makes one there; move it away"
+    )

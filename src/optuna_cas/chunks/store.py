@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -48,7 +49,7 @@ from optuna_cas.chunks.table import (
     parse_table,
 )
 from optuna_cas.digest import Digest, verified_buffers
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, MalformedRecordWarning
 
 __all__ = ["ChunkStore", "StoredObject"]
 
@@ -248,8 +249,15 @@ class ChunkStore(ChunkMaintenance):
             return None
         data = index.to_bytes()
         name = blake3.blake3(data).hexdigest()
-        self._backend.write(index_key(name), io.BytesIO(data), if_absent=True)
-        del data
+        try:
+            self._backend.write(index_key(name), io.BytesIO(data), if_absent=True)
+        except IntegrityError as e:
+            # Something planted at the key (a directory, say): an index object is only a hint
+            # to later uploads, so this one goes on without it.
+            warnings.warn(MalformedRecordWarning(f"index object not written: {e}"), stacklevel=2)
+            return None
+        finally:
+            del data
         self.known.add_table(index.as_table())
         self.known.note_own(name)
         return name
