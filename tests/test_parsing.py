@@ -220,3 +220,16 @@ def test_meta_needs_optunas_four_keys(missing: str) -> None:
 def test_meta_accepts_null_filename_and_mimetype_as_optuna_does() -> None:
     meta = ArtifactMeta.from_json(json.dumps(META | {"filename": None, "mimetype": None}))
     assert (meta.filename, meta.mimetype) == (None, None)
+
+
+def test_a_chunk_table_listing_more_packs_than_entries_is_refused() -> None:
+    """Every listed pack costs the reader a Digest: a table of packs alone only costs memory."""
+    import struct
+
+    from optuna_cas.chunks.table import INDEX_MAGIC, parse_table
+    from optuna_cas.exceptions import IntegrityError
+
+    packs = b"".join(bytes([i]) * 32 + struct.pack("<Q", 1000) for i in range(3))
+    table = INDEX_MAGIC + struct.pack("<II", 3, 0) + packs
+    with pytest.raises(IntegrityError, match="index x is malformed: 3 packs for 0 entries"):
+        parse_table(table, "index x", INDEX_MAGIC)

@@ -259,6 +259,7 @@ def test_chunked_uploads_that_offer_packs_to_the_cache_leak_no_descriptor(tmp_pa
 @given(
     st.lists(
         st.tuples(st.integers(0, 2), st.integers(0, 40), st.integers(1, 9)),
+        min_size=3,  # a table lists no more packs than it has entries
         max_size=30,
     )
 )

@@ -317,6 +317,10 @@ def parse_table(data: bytes, name: str, magic: bytes) -> ChunkTable:
     except struct.error:
         raise bad("truncated header") from None
     at += _COUNTS.size
+    if pack_count > entry_count:
+        # Every pack listed holds an entry's chunk; more packs than entries would only cost
+        # memory (a Digest each) to whoever reads the record.
+        raise bad(f"{pack_count} packs for {entry_count} entries")
     expected = at + pack_count * _PACK.size + entry_count * ENTRY.size
     if len(data) != expected:
         raise bad(f"{len(data)} bytes where its counts say {expected}")
