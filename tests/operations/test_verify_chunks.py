@@ -210,3 +210,40 @@ def test_deep_verify_does_not_read_a_pack_of_the_wrong_size(tmp_path: Path) -> N
     assert named.key in report.corrupt and orphan.name in str(report.corrupt)
     assert "manifests name" in report.reasons[named.key]
     assert report.bytes_hashed < 16 * 2**20  # the files and the sound packs, not 128 GiB
+
+
+def test_an_index_object_naming_chunks_where_other_bytes_are(tmp_path: Path) -> None:
+    """A forged (or wrong) index object: deep verify names it, quarantine moves it, and the
+    next upload of the file it misled is readable."""
+    from optuna_cas.chunks.chunker import Chunker
+    from optuna_cas.chunks.table import INDEX_MAGIC
+
+    def fresh() -> ContentAddressedArtifactStore:  # a new process's view of the store
+        return ContentAddressedArtifactStore(
+            ContentStore(LocalBackend(tmp_path / "store"), chunk_threshold=THRESHOLD)
+        )
+
+    store = fresh()
+    _fill(store)
+    pack = Digest(_packs(store)[0].hexdigest, _packs(store)[0].size)
+    misled = _rand(600 * 1024, "misled")
+    forged = TableBuilder(INDEX_MAGIC)
+    number = forged.pack_number(pack)
+    for chunk, _data in Chunker(io.BytesIO(misled)):
+        forged.add(chunk, number, 0)  # every chunk "at offset 0" of a pack that holds others
+    data = forged.to_bytes()
+    name = blake3.blake3(data).hexdigest()
+    store.content.backend.write(index_key(name), io.BytesIO(data))
+
+    fresh().write("misled", io.BytesIO(misled))  # acknowledged, built from the forged entries
+    report = verify(fresh(), deep=True)
+    assert report.bad_files == [manifest_key(Digest.of_bytes(misled))]
+    assert report.bad_index_objects == [index_key(name)]
+    assert "holds other bytes there" in report.reasons[index_key(name)]
+    quarantined = verify(fresh(), deep=True, quarantine=True).quarantined
+    assert set(quarantined) == {manifest_key(Digest.of_bytes(misled)), index_key(name)}
+
+    fresh().write("again", io.BytesIO(misled))
+    with fresh().open_reader("again") as reader:
+        assert reader.read() == misled
+    assert verify(fresh(), deep=True).bad_files == []

@@ -9,8 +9,13 @@ and the whole file checked against their digests.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
+import blake3
+
+from optuna_cas._fileio import read_up_to
 from optuna_cas.chunks.layout import PACK_TARGET
 from optuna_cas.chunks.store import ChunkStore, StoredObject
 from optuna_cas.chunks.table import ChunkTable
@@ -93,6 +98,97 @@ def check_indexes(chunks: ChunkStore, listing: ChunkListing, report: VerifyRepor
             report.bad_index_objects.append(obj.key)
             report.reasons[obj.key] = str(e)
     report.bad_index_objects.sort()
+
+
+def find_lying_indexes(
+    chunks: ChunkStore, listing: ChunkListing, parsed: Manifests, report: VerifyReport
+) -> None:
+    """After the deep checks: report index objects that name a chunk where other bytes are.
+
+    A chunked file that does not read back although every pack it names is present and sound
+    has wrong entries. An upload writes only entries it made itself or took from an index
+    object, so each wrong entry is looked up in the index objects, and those naming the same
+    place are reported (and quarantined with the manifest): otherwise the next upload of the
+    file would build the same manifest again from them.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> chunks, report = ChunkStore(MemoryBackend()), VerifyReport(deep=True)
+        >>> find_lying_indexes(chunks, ChunkListing.of(chunks), {}, report)
+        >>> report.bad_index_objects
+        []
+    """
+    tables = {obj.key: table for obj, table in parsed.values()}
+    missing = {m.manifest for m in report.missing_packs}
+    wrong: set[tuple[bytes, str, int]] = set()  # chunk, pack, offset
+    for key in report.bad_files:
+        table = tables.get(key)
+        packs = [] if table is None else [pack_key_of(listing, p) for p in table.packs]
+        if table is None or key in missing or any(p in report.corrupt for p in packs):
+            continue  # a bad pack explains it
+        for pack, entries in _by_pack(table).items():
+            wrong.update(
+                (chunk, pack.hexdigest, at)
+                for chunk, at in _wrong_entries(chunks, listing, pack, entries)
+            )
+    if not wrong:
+        return
+    for obj in listing.indexes:
+        if obj.key in report.bad_index_objects:
+            continue
+        try:
+            index = chunks.read_index(obj)
+        except (ArtifactNotFound, IntegrityError):
+            continue
+        for entry in index:
+            pack = index.packs[entry.pack]
+            if (entry.chunk, pack.hexdigest, entry.offset) in wrong:
+                report.bad_index_objects.append(obj.key)
+                report.reasons[obj.key] = (
+                    f"names chunk {entry.chunk.hex()} at offset {entry.offset} of pack {pack}, "
+                    "which holds other bytes there"
+                )
+                break
+    report.bad_index_objects.sort()
+
+
+def _by_pack(table: ChunkTable) -> dict[Digest, list[tuple[int, int, bytes]]]:
+    """A table's distinct entries by pack: (offset, length, chunk), in offset order."""
+    found: dict[Digest, set[tuple[int, int, bytes]]] = {}
+    for entry in table:
+        found.setdefault(table.packs[entry.pack], set()).add(
+            (entry.offset, entry.length, entry.chunk)
+        )
+    return {pack: sorted(entries) for pack, entries in found.items()}
+
+
+def _wrong_entries(
+    chunks: ChunkStore, listing: ChunkListing, pack: Digest, entries: list[tuple[int, int, bytes]]
+) -> Iterator[tuple[bytes, int]]:
+    """The (chunk, offset) of entries whose bytes in ``pack`` are not their chunk.
+
+    One pass over the pack for entries in order; an entry overlapping the one before (only a
+    wrong table has those) gets a read of its own.
+    """
+    key = pack_key_of(listing, pack)
+    if key is None:
+        return
+    with contextlib.ExitStack() as stack:
+        reader, at = stack.enter_context(chunks.backend.open_reader(key)), 0
+        for offset, length, chunk in entries:
+            if offset < at:
+                with chunks.backend.open_reader(key, offset=offset, length=length) as again:
+                    data = read_up_to(again, length)
+            else:
+                _skip(reader, offset - at)
+                data, at = read_up_to(reader, length), offset + length
+            if blake3.blake3(data).digest() != chunk or len(data) != length:
+                yield chunk, offset
+
+
+def _skip(reader: BinaryIO, count: int) -> None:
+    while count > 0 and (got := len(reader.read(min(count, CHUNK_SIZE)))):
+        count -= got
 
 
 def chunk_orphans(listing: ChunkListing, parsed: Manifests, referenced: set[str]) -> list[str]:
@@ -182,7 +278,9 @@ def quarantine_chunked(
     report: VerifyReport,
     prefix: str,
 ) -> None:
-    """Move corrupt packs and manifests under ``prefix`` (the next upload writes good ones).
+    """Move corrupt packs, manifests and bad index objects under ``prefix``.
+
+    The next upload of the same bytes then writes good ones.
 
     A manifest is moved if it is malformed, or if its file does not read back although every
     pack it names is present and sound (then its entries are wrong); a file that fails only
@@ -197,6 +295,9 @@ def quarantine_chunked(
         obj, table = tables[key]
         if key not in missing and all(pack_key_of(listing, p) not in corrupt for p in table.packs):
             doomed.append(obj)
+    # Index objects that are malformed or name chunks where other bytes are: the next upload
+    # would otherwise lean on them again (they are hints; nothing is lost with them).
+    doomed += [obj for obj in listing.indexes if obj.key in report.bad_index_objects]
     for obj in doomed:
         chunks.quarantine(obj, prefix)
         report.quarantined.append(obj.key)

@@ -72,8 +72,9 @@ class VerifyReport:
         bad_files: Keys of manifests whose file does not read back as its digest (deep mode;
             ``reasons`` names the chunk and pack).
         bad_index_objects: Keys of index objects that do not hash to their name or do not
-            parse. Harmless (uploaders skip them; gc replaces them), so not counted in
-            :attr:`ok`.
+            parse (harmless: uploaders skip them; gc replaces them), and, deep, those naming a
+            chunk where a pack holds other bytes (a chunked file built from them is then in
+            :attr:`bad_files`). Not counted in :attr:`ok` themselves.
 
     Example:
         >>> VerifyReport(deep=True).ok

@@ -44,9 +44,9 @@ def verify(
             backend's own bytes are checked).
         deep: Re-hash every blob and pack and read every chunked file (reads everything);
             else check presence and size only.
-        quarantine: Move corrupt blobs, packs and manifests to ``quarantine/...``, so that
-            the next upload of the same bytes writes a good copy (and reads fail as missing,
-            not as corrupt).
+        quarantine: Move corrupt blobs, packs and manifests, and bad index objects, to
+            ``quarantine/...``, so that the next upload of the same bytes writes a good copy
+            (and reads fail as missing, not as corrupt).
         workers: Objects hashed in parallel (BLAKE3 and I/O release the GIL).
         progress: Called as ``progress(task, done, total)``; ``total`` is in bytes when deep.
 
@@ -103,6 +103,7 @@ def verify(
                 (report.corrupt if kind == "corrupt" else report.bad_files).append(key)
                 report.reasons[key] = problem
         report.bad_files.sort()
+        chunked.find_lying_indexes(content.chunks, listing, manifests, report)
     report.corrupt.sort()
     if quarantine:
         blob_keys = {info.key: info for info in blobs.values()}
