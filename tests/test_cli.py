@@ -831,3 +831,57 @@ def test_put_of_a_new_version_says_how_much_of_it_was_new(
     assert 200_000 <= out["new_chunk_bytes"] <= 200_000 + 1024 * 1024
     text = run("--store", store, "put", str(second)).stdout
     assert "already stored" in text
+
+
+# -- failures with --json, and --storage as the dashboard reads it (in-process: main()) --------
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "kind", "text"),
+    [
+        (["get", "nope", "out.bin"], 1, "error", "Artifact 'nope' not found"),
+        (["lss"], 2, "usage", "invalid choice: 'lss'"),
+        (["gc", "--grace", "10"], 2, "usage", "--grace 10 is unsafe"),
+        (["get"], 2, "usage", "the following arguments are required"),
+    ],
+)
+def test_a_failure_with_json_is_one_json_object_too(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    code: int,
+    kind: str,
+    text: str,
+) -> None:
+    from optuna_cas.cli import main
+
+    (tmp_path / "store").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["--store", str(tmp_path / "store"), "--json", *argv]) == code
+    out, err = capsys.readouterr()
+    document = json.loads(out)  # exactly one object, nothing else on stdout
+    assert document["ok"] is False and document["error"]["kind"] == kind
+    assert text in document["error"]["message"] and text in err  # stderr says it as before
+
+
+def test_storage_is_never_created_by_a_typo_and_journal_files_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from optuna.storages.journal import JournalFileBackend
+
+    from optuna_cas.cli import main
+
+    store = str(tmp_path / "store")
+    (tmp_path / "store").mkdir()
+    typo = tmp_path / "typo.db"
+    assert main(["--store", store, "ls", "--storage", f"sqlite:///{typo}", "--study", "s"]) == 1
+    assert f"--storage: no SQLite database at '{typo}'" in capsys.readouterr().err
+    assert not typo.exists()
+    assert main(["--store", store, "ls", "--storage", "bogus://x", "--study", "s"]) == 1
+    assert "--storage 'bogus://x'" in capsys.readouterr().err
+    journal = tmp_path / "journal.log"
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    optuna.create_study(storage=storage, study_name="js")
+    assert main(["--store", store, "--json", "ls", "--storage", str(journal), "--study", "js"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"artifacts": []}

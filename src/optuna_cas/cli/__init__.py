@@ -15,7 +15,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from optuna_cas._terminal import escape_for_terminal as esc
 from optuna_cas.cli._common import (
@@ -25,6 +25,7 @@ from optuna_cas.cli._common import (
     CommandError,
     UsageError,
     _byte_count,
+    _emit_json,
     _retries,
     _seconds,
 )
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     # defaults over the namespace, which would reset what was given before the command.
     common = _common_options(after_command=True)
 
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="optuna-cas",
         parents=[top],
         description="Content-addressed artifact store for Optuna: put, get, gc, verify, sync.",
@@ -257,6 +258,21 @@ def _common_options(*, after_command: bool) -> argparse.ArgumentParser:
     return common
 
 
+class _ParseError(Exception):
+    """argparse's complaint about the command line, raised instead of exiting."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser (its subparsers too) whose errors reach :func:`main`, for ``--json``."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ParseError(self, message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code.
 
@@ -268,7 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         0
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _ParseError as e:
+        e.parser.print_usage(sys.stderr)
+        print(f"{e.parser.prog}: error: {e}", file=sys.stderr)
+        if "--json" in (sys.argv[1:] if argv is None else argv):
+            _json_failure("usage", UsageError(str(e)))
+        return 2
     with warnings.catch_warnings():
         # Warnings (e.g. a malformed Optuna entry that was skipped) as one escaped line each,
         # not Python's two-line form that echoes source code.
@@ -282,9 +305,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except UsageError as e:
         parser.print_usage(sys.stderr)
         print(f"optuna-cas: error: {_one_line(e)}", file=sys.stderr)
+        if args.json:
+            _json_failure("usage", e)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("optuna-cas: interrupted", file=sys.stderr)
+        if args.json:
+            _json_failure("interrupted", e)
         return 130
     except BrokenPipeError:
         # The reader of stdout went away (``get ID - | head``): nothing more to say to it.
@@ -296,7 +323,20 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.debug:
             _print_traceback()
         print(f"optuna-cas: error: {_describe(e)}", file=sys.stderr)
+        if args.json:
+            _json_failure("error", e)
         return 1
+
+
+def _json_failure(kind: str, error: BaseException) -> None:
+    """With ``--json``, a failure is one JSON object on stdout too (the message also on stderr).
+
+    ``kind``: ``"usage"`` (exit code 2), ``"error"`` (1) or ``"interrupted"`` (130).
+    """
+    message = " ".join(str(error).split()) or type(error).__name__
+    _emit_json(
+        {"ok": False, "error": {"kind": kind, "type": type(error).__name__, "message": message}}
+    )
 
 
 def _describe(error: Exception) -> str:

@@ -122,10 +122,29 @@ def _load_study(args: argparse.Namespace) -> Any:
 
     optuna = import_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _open_storage(args.storage)
     try:
-        return optuna.load_study(study_name=args.study, storage=args.storage)
+        return optuna.load_study(study_name=args.study, storage=storage)
     except KeyError as e:
         raise CommandError(f"no study named {args.study!r} in {args.storage}") from e
+
+
+def _open_storage(url: str) -> Any:
+    """``--storage`` as the dashboard opens it: a database URL or a journal file's path.
+
+    A mistyped SQLite path is an error, not a new empty database.
+    """
+    from sqlalchemy.exc import ArgumentError
+
+    from optuna_cas.dashboard import open_optuna_storage
+    from optuna_cas.exceptions import StoreConfigError
+
+    try:
+        return open_optuna_storage(url)
+    except StoreConfigError as e:
+        raise CommandError(f"--storage: {e}") from e
+    except ArgumentError as e:  # an unknown database scheme, a URL SQLAlchemy cannot parse
+        raise CommandError(f"--storage {url!r}: {e}") from e
 
 
 def _trial(args: argparse.Namespace, study: Any) -> Any:

@@ -99,7 +99,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for key in report.bad_files:
         print(f"BADFILE  {esc(key)}{_because(report.reasons.get(key))}")
     for key in report.bad_index_objects:  # hints only: reported, not a failure
-        _print(args, f"  bad index object {esc(key)} (a hint to uploaders): {esc(report.reasons[key])}")
+        _print(
+            args, f"  bad index object {esc(key)} (a hint to uploaders): {esc(report.reasons[key])}"
+        )
     mode = "deep" if report.deep else "fast"
     chunked = (
         f", {report.manifests_checked} chunked files in {report.packs_checked} packs"
