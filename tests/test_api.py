@@ -265,6 +265,21 @@ def test_download_round_trip_and_refuses_overwrite(
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.bin"]
 
 
+def test_download_to_an_empty_path_is_refused_as_optuna_refuses_it(
+    store: FileSystemArtifactStore, tmp_path: Path
+) -> None:
+    import io
+
+    import optuna.artifacts as oa
+
+    store.write("a", io.BytesIO(b"x"))
+    with pytest.raises(FileNotFoundError) as theirs:
+        oa.download_artifact(artifact_store=store, file_path="", artifact_id="a")
+    with pytest.raises(FileNotFoundError) as ours:
+        download_artifact(artifact_store=store, file_path="", artifact_id="a")
+    assert str(ours.value) == str(theirs.value)
+
+
 def test_download_unknown_id_creates_nothing(
     store: FileSystemArtifactStore, tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from pathlib import Path
@@ -80,6 +81,8 @@ def download_artifact(
         >>> open(copy, "rb").read()
         b'weights'
     """
+    if not os.fspath(file_path):  # Path("") would be ".", which exists: say what Optuna says
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file_path)
     target = Path(os.fspath(file_path))
     if os.path.lexists(target):
         raise FileExistsError(f"File already exists: {file_path}")

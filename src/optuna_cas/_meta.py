@@ -23,7 +23,7 @@ DEFAULT_MIME_TYPE = "application/octet-stream"
 
 @dataclass
 class ArtifactMeta:
-    """What Optuna's storage records about an artifact: Optuna's four fields plus digest and size.
+    """What Optuna's storage records about an artifact: Optuna's four fields, then three more.
 
     The JSON keeps Optuna's field names, so Optuna's ``get_all_artifact_meta`` and
     optuna-dashboard read entries written by optuna-cas (the extra keys are ignored by them).

@@ -84,6 +84,14 @@ def test_gc_spares_young_blobs_and_refuses_unsafe_grace(
         gc(store, grace_period=60)
 
 
+@pytest.mark.parametrize("grace", [float("nan"), -1, float("inf"), "3600", True])
+def test_gc_refuses_a_grace_that_is_not_a_finite_number(tmp_path: Path, grace: object) -> None:
+    """NaN compared false with the minimum and slipped through; -1 and inf are meaningless."""
+    store = optuna_cas.FileSystemArtifactStore(tmp_path)
+    with pytest.raises(ValueError, match="grace_period must be a finite number"):
+        gc(store, grace_period=grace, allow_short_grace=True)  # type: ignore[arg-type]
+
+
 def test_gc_removes_stale_temp_files_of_interrupted_local_writes(tmp_path: Path) -> None:
     store = optuna_cas.FileSystemArtifactStore(tmp_path)
     store.write("a", io.BytesIO(blob_sized(b"x")))  # blob-sized: it makes the blobs/ directory

@@ -131,6 +131,7 @@ temp file, so only a dead one's goes.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -180,7 +181,8 @@ def gc(
         A :class:`GcReport`.
 
     Raises:
-        ValueError: ``grace_period`` is too short (see ``allow_short_grace``).
+        ValueError: ``grace_period`` is not a finite number >= 0, or is too short (see
+            ``allow_short_grace``).
 
     Example:
         >>> import io
@@ -193,6 +195,15 @@ def gc(
         (1, 7000)
     """
     content = store.content
+    if (
+        isinstance(grace_period, bool)
+        or not isinstance(grace_period, int | float)
+        or not 0 <= grace_period < math.inf
+    ):
+        # NaN compares false with everything: it would pass the check below and keep all.
+        raise ValueError(
+            f"grace_period must be a finite number of seconds >= 0, got {grace_period!r}"
+        )
     # (S3 reports times in whole seconds: keep grace_period - freshen_after well above 1 s
     # there; the defaults are 90 minutes apart.)
     if grace_period <= content.freshen_after and not allow_short_grace:
