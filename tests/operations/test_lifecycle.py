@@ -442,3 +442,16 @@ def test_delete_finished_trial_artifact_from_a_fresh_storage_object(
     assert get_all_artifact_meta(frozen, storage=optuna.storages.RDBStorage(url)) == []
     attrs = fresh_storage.get_study_system_attrs(study._study_id)
     assert "artifacts-deleted:" + artifact_id in attrs
+
+
+@pytest.mark.parametrize("operation", ["gc", "verify", "stats", "sync", "reconcile"])
+def test_operations_name_what_they_got_instead_of_a_store(operation: str) -> None:
+    """A path where a store belongs: a TypeError that says so, not AttributeError 'content'."""
+    function = getattr(optuna_cas, operation)
+    args: tuple[object, ...] = ("./artifacts",)
+    if operation == "sync":
+        args = (optuna_cas.MemoryArtifactStore(), "./artifacts")
+    elif operation == "reconcile":
+        args = ("./artifacts", optuna.create_study())
+    with pytest.raises(TypeError, match=r"needs an optuna-cas store .* got str './artifacts'"):
+        function(*args)

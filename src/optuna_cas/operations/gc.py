@@ -142,7 +142,7 @@ from optuna_cas.operations._chunk_listing import ChunkListing
 from optuna_cas.operations._gc_chunks import collect_chunks
 from optuna_cas.operations._gc_report import GcReport
 from optuna_cas.progress import Progress, ProgressCallback
-from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.stores.base import ContentAddressedArtifactStore, require_content_store
 
 __all__ = ["DEFAULT_GRACE_PERIOD", "GcReport", "gc"]  # GcReport: from _gc_report
 
@@ -194,7 +194,7 @@ def gc(
         >>> report.deleted_count, report.bytes_freed
         (1, 7000)
     """
-    content = store.content
+    content = require_content_store(store, "gc")
     if (
         isinstance(grace_period, bool)
         or not isinstance(grace_period, int | float)

@@ -25,7 +25,7 @@ from optuna_cas.operations._reconcile_report import CATEGORIES, Finding, Reconci
 from optuna_cas.operations._study_metadata import MetadataEntry, read_study_metadata
 from optuna_cas.refs import INLINE_LIMIT, ArtifactRef
 from optuna_cas.refstore import RefStore
-from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.stores.base import ContentAddressedArtifactStore, require_content_store
 
 __all__ = ["CATEGORIES", "Finding", "ReconcileReport", "reconcile"]
 
@@ -80,7 +80,7 @@ def reconcile(
     optuna = import_optuna()
     if not isinstance(study, optuna.study.Study):
         raise TypeError(f"study must be an optuna Study, got {type(study).__name__}")
-    content = store.content
+    content = require_content_store(store, "reconcile")
     report = ReconcileReport(repair=repair)
     entries, malformed, gone = read_study_metadata(study._storage, study._study_id)
     report.malformed = [Finding(*found) for found in malformed]
@@ -218,7 +218,7 @@ def _has_legacy_object(store: ContentAddressedArtifactStore, artifact_id: str) -
 
 def _rebuild_ref(store: ContentAddressedArtifactStore, meta: ArtifactMeta, digest: Digest) -> bool:
     """Write the ref the metadata describes; False if gc took the blob meanwhile (ref undone)."""
-    content = store.content
+    content = require_content_store(store, "reconcile")
     created = meta.created if meta.created is not None else time.time()
     content.put_ref(
         ArtifactRef(meta.artifact_id, digest, meta.filename, meta.mimetype, meta.encoding, created)

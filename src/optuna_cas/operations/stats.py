@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from optuna_cas.operations._bad_records import BadRecords
 from optuna_cas.operations._chunk_listing import ChunkListing
-from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.stores.base import ContentAddressedArtifactStore, require_content_store
 
 __all__ = ["StoreStats", "stats"]
 
@@ -126,7 +126,7 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
         >>> s.whole_file_bytes, s.chunked_bytes, s.inline_bytes
         (10100, 0, 100)
     """
-    content = store.content
+    content = require_content_store(store, "stats")
     bad = BadRecords()
     refs = list(content.iter_refs(on_bad=bad))
     bad.warn("stats", content.describe(), "refs")

@@ -15,7 +15,7 @@ from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 from optuna_cas.operations._bad_records import BadRecords
 from optuna_cas.progress import Progress, ProgressCallback
 from optuna_cas.refs import ArtifactRef
-from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.stores.base import ContentAddressedArtifactStore, require_content_store
 
 __all__ = ["SyncReport", "sync"]
 
@@ -143,7 +143,8 @@ def sync(
         >>> report.ok, [artifact_id for artifact_id, _ in report.conflicts]
         (False, ['z'])
     """
-    src_content, dst_content = src.content, dst.content
+    src_content = require_content_store(src, "sync (source)")
+    dst_content = require_content_store(dst, "sync (destination)")
     report = SyncReport()
     bad = BadRecords()
     legacy: dict[str, int] = {}  # ID -> size of the objects Optuna's store wrote

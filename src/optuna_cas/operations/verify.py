@@ -17,7 +17,7 @@ from optuna_cas.operations._chunk_listing import ChunkListing
 from optuna_cas.operations._rehash import rehash_problem
 from optuna_cas.operations._verify_report import MissingBlob, MissingPack, VerifyReport
 from optuna_cas.progress import Progress, ProgressCallback
-from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.stores.base import ContentAddressedArtifactStore, require_content_store
 
 __all__ = ["MissingBlob", "MissingPack", "VerifyReport", "verify"]
 
@@ -60,7 +60,7 @@ def verify(
         >>> verify(store).ok
         True
     """
-    content = store.content
+    content = require_content_store(store, "verify")
     report = VerifyReport(deep=deep)
     blobs = {info.hexdigest: info for info in content.iter_blobs()}  # one key per digest
     report.blobs_checked = len(blobs)

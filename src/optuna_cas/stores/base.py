@@ -154,3 +154,21 @@ def content_store_of(store: object) -> ContentStore | None:
     if isinstance(store, ContentAddressedArtifactStore):
         return store._content
     return None
+
+
+def require_content_store(store: object, operation: str) -> ContentStore:
+    """The content store behind ``store``; a TypeError naming ``operation`` if there is none.
+
+    Example:
+        >>> require_content_store("./artifacts", "verify")
+        Traceback (most recent call last):
+        ...
+        TypeError: verify needs an optuna-cas store (FileSystemArtifactStore(path), optuna_cas.open_store(url), ...), got str './artifacts'
+    """
+    content = content_store_of(store)
+    if content is None:
+        raise TypeError(
+            f"{operation} needs an optuna-cas store (FileSystemArtifactStore(path), "
+            f"optuna_cas.open_store(url), ...), got {type(store).__name__} {store!r:.80}"
+        )
+    return content
