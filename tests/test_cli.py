@@ -885,3 +885,14 @@ def test_storage_is_never_created_by_a_typo_and_journal_files_work(
     optuna.create_study(storage=storage, study_name="js")
     assert main(["--store", store, "--json", "ls", "--storage", str(journal), "--study", "js"]) == 0
     assert json.loads(capsys.readouterr().out) == {"artifacts": []}
+
+
+def test_ls_marks_a_mimetype_it_cuts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from optuna_cas.cli import main
+
+    (tmp_path / "f.docx").write_bytes(b"x" * 5000)
+    store = str(tmp_path / "store")
+    assert main(["--store", store, "-q", "put", str(tmp_path / "f.docx")]) == 0
+    capsys.readouterr()
+    assert main(["--store", store, "ls"]) == 0
+    assert "  application/vnd.openx...  f.docx" in capsys.readouterr().out

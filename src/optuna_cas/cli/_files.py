@@ -220,7 +220,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for row in rows:
         size = human_bytes(row.size) if row.size is not None else "?"
         trial = ("-" if row.trial is None else str(row.trial)) if by_trial else ""
-        mimetype = esc(row.mimetype or "-")[:24]
+        mimetype = esc(row.mimetype or "-")
+        mimetype = mimetype if len(mimetype) <= 24 else mimetype[:21] + "..."
         line = f"{esc(row.artifact_id):36}  " + (f"{trial:>5}  " if by_trial else "")
         print(line + f"{size:>10}  {mimetype:24}  {esc(row.filename or '-')}")
     legacy = sum(1 for row in rows if row.origin == OPTUNA_STORE)
