@@ -277,15 +277,17 @@ def _cost_section(cfg: Config, costs: list[_Cost]) -> Section:
 
 def scattered_note(costs: list[_Cost], versions: int) -> str:
     """Why the scattered embedding series misses its target, from its measured bytes."""
-    parts = []
+    by_figures: dict[str, list[str]] = {}  # the formats that gave the same figures
     for c in costs:
         first = c.whole_file / versions  # the versions are files of about the same size
         later = (c.stored - first) / (versions - 1)
         changed = (c.unique - first) / (versions - 1)
-        parts.append(
-            f"{c.fmt}: about {mib(int(later))} stored per version for {mib(int(changed))} of "
-            f"new rows, {c.stored / c.whole_file:.2f}x what whole-file dedup stores"
+        figures = (
+            f"about {mib(int(later))} stored per version for {mib(int(changed))} of new rows, "
+            f"{c.stored / c.whole_file:.2f}x what whole-file dedup stores"
         )
+        by_figures.setdefault(figures, []).append(c.fmt)
+    parts = [f"{', '.join(fmts)}: {figures}" for figures, fmts in by_figures.items()]
     return (
         "Why embedding-scattered misses: every version rewrites 1% of the matrix's rows at "
         "random places, and a chunk (64 KiB on average) holds dozens of rows, so a large share "

@@ -380,11 +380,9 @@ def _sync(cfg: Config, data: Path, endpoint: str) -> Section:
             + ", ".join(map(str, requests["sync"]))
             + " ("
             + ", ".join(f"{m} {c}" for m, c in methods["sync"].most_common())
-            + "; 8 MiB parts: a blob is create + 2 parts + complete, after a HEAD that "
-            "`S3Backend.write(if_absent=True)` sends before a multipart upload, although `sync`"
-            " has just listed the destination; then the ref, and a HEAD of its blob: the last "
-            "look an upload also takes, so that a gc running meanwhile cannot leave the ref "
-            "without its blob).",
+            + "; 8 MiB parts: a blob is create + 2 parts + complete, then its ref, then a "
+            "HEAD of the blob: the last look an upload also takes, so that a gc running "
+            "meanwhile cannot leave the ref without its blob; the GETs are listings).",
             f"Per-rep seconds (median of {cfg.sync_reps}, after 1 warm-up round, order "
             "rotated): " + "; ".join(f"{k} {fmt_times(v)}" for k, v in times.items()) + ".",
         ],
