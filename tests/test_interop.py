@@ -171,16 +171,24 @@ def test_dashboard_deletes_what_optunas_store_wrote(
     assert optuna_cas.get_all_artifact_meta(trial) == []
 
 
-@pytest.mark.parametrize("wrap", ["plain", "backoff", "cached"])
-def test_optunas_local_files_readable_through_wrappers(tmp_path: Path, wrap: str) -> None:
+def optunas_file_behind(
+    tmp_path: Path, wrap: str, artifact_id: str
+) -> optuna_cas.ContentAddressedArtifactStore:
+    """Our store (plain, behind Backoff or a cache) where Optuna's own store wrote a file."""
     import io
 
-    oa.FileSystemArtifactStore(str(tmp_path)).write("legacy-2", io.BytesIO(b"from optuna"))
+    oa.FileSystemArtifactStore(str(tmp_path)).write(artifact_id, io.BytesIO(b"from optuna"))
     store: optuna_cas.ContentAddressedArtifactStore = FileSystemArtifactStore(tmp_path)
     if wrap == "backoff":
-        store = optuna_cas.Backoff(store)
-    elif wrap == "cached":
-        store = optuna_cas.CachedArtifactStore(store, directory=tmp_path / ".cache")
+        return optuna_cas.Backoff(store)
+    if wrap == "cached":
+        return optuna_cas.CachedArtifactStore(store, directory=tmp_path / ".cache")
+    return store
+
+
+@pytest.mark.parametrize("wrap", ["plain", "backoff", "cached"])
+def test_optunas_local_files_readable_through_wrappers(tmp_path: Path, wrap: str) -> None:
+    store = optunas_file_behind(tmp_path, wrap, "legacy-2")
     with store.open_reader("legacy-2") as reader:
         assert reader.read() == b"from optuna"
     target = tmp_path / "dl"
@@ -195,14 +203,7 @@ def test_optunas_local_files_readable_through_wrappers(tmp_path: Path, wrap: str
 @pytest.mark.parametrize("wrap", ["plain", "backoff", "cached"])
 def test_files_left_by_optunas_store_can_be_removed(tmp_path: Path, wrap: str) -> None:
     """``remove`` deletes what ``open_reader`` serves, as Optuna's own store would."""
-    import io
-
-    oa.FileSystemArtifactStore(str(tmp_path)).write("legacy-3", io.BytesIO(b"from optuna"))
-    store: optuna_cas.ContentAddressedArtifactStore = FileSystemArtifactStore(tmp_path)
-    if wrap == "backoff":
-        store = optuna_cas.Backoff(store)
-    elif wrap == "cached":
-        store = optuna_cas.CachedArtifactStore(store, directory=tmp_path / ".cache")
+    store = optunas_file_behind(tmp_path, wrap, "legacy-3")
     store.remove("legacy-3")
     assert not (tmp_path / "legacy-3").exists()
     with pytest.raises(oa.exceptions.ArtifactNotFound):
