@@ -269,24 +269,30 @@ def evict_lru(cache: diskcache.Cache, limit: int, *, restore: int) -> int:
     what is stored (every fill would empty the cache). Both are recomputed from what is
     there (:func:`repair_accounting`), with a warning.
     """
-    if cache.reset("size") < 0 or cache.reset("count") < 0:
+
+    # The count as stored: len(cache) raises ValueError once a tampered count goes negative.
+    def count() -> int:
+        return int(cache.reset("count"))
+
+    if cache.reset("size") < 0 or count() < 0:
         repair_accounting(cache)
     evicted = 0
     cache.reset("size_limit", limit, update=False)
     try:
         while cache.volume() > limit:
-            before = len(cache)
+            before = count()
             cache.set(_EVICTION_MARKER, 0, retry=True)
             cache.delete(_EVICTION_MARKER, retry=True)
-            gone = before - len(cache)
+            gone = before - count()
             if gone <= 0:
                 break
             evicted += gone
     finally:
         cache.reset("size_limit", restore, update=False)
-    # Nothing counted, yet a size: no concurrent fill explains that (one could a round that
-    # evicted nothing), so the size is wrong.
-    if len(cache) <= 0 and cache.reset("size") > 0 and repair_accounting(cache):
+    # Nothing counted, yet a size (or a count below zero): no concurrent fill explains that
+    # (one could a round that evicted nothing), so the totals are wrong.
+    wrong = count() < 0 or (count() == 0 and cache.reset("size") > 0)
+    if wrong and repair_accounting(cache):
         return evicted + evict_lru(cache, limit, restore=restore)
     return evicted
 
@@ -300,7 +306,8 @@ def repair_accounting(cache: diskcache.Cache) -> bool:
     size, count = cache.reset("size"), cache.reset("count")
     real_count = sum(1 for _ in cache.iterkeys())
     real_size = 0
-    for directory, _dirs, names in os.walk(cache.directory):
+    # With no entry, diskcache counts no bytes, whatever value files are left over.
+    for directory, _dirs, names in os.walk(cache.directory) if real_count else ():
         for name in names:
             path = os.path.join(directory, name)
             if _VALUE_NAME.fullmatch(os.path.relpath(path, cache.directory)):

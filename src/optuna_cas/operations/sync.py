@@ -264,7 +264,7 @@ def sync(
             report.refs_copied.append(ref.artifact_id)
             if ref.artifact_id in malformed_at_dst:
                 report.refs_repaired.append(ref.artifact_id)
-    _copy_legacy(src_content, dst_content, legacy, legacy_todo, report, bar, lock, workers)
+    _copy_legacy(src_content, dst_content, legacy_todo, report, bar, lock, workers)
     failures = BadRecords()
     for artifact_id, why in report.failed:
         failures(artifact_id, why)
@@ -330,7 +330,6 @@ def _legacy_to_copy(
 def _copy_legacy(
     src: ContentStore,
     dst: ContentStore,
-    legacy: dict[str, int],
     todo: list[str],
     report: SyncReport,
     bar: Progress,
