@@ -212,6 +212,19 @@ def test_files_left_by_optunas_store_can_be_removed(tmp_path: Path, wrap: str) -
         store.remove("legacy-3")
 
 
+def test_remove_takes_both_a_ref_and_an_old_file_under_the_id(tmp_path: Path) -> None:
+    """sync back into a store that still holds Optuna's file makes such an ID: one remove."""
+    import io
+
+    store = FileSystemArtifactStore(tmp_path)
+    store.write("both", io.BytesIO(b"new"))
+    (tmp_path / "both").write_bytes(b"old")  # as Optuna's store left it
+    store.remove("both")
+    assert not (tmp_path / "both").exists()
+    with pytest.raises(oa.exceptions.ArtifactNotFound):
+        store.open_reader("both")  # not the old file again
+
+
 def test_delete_artifact_removes_what_optuna_uploaded(tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_bytes(b"old weights")
     (tmp_path / "store").mkdir()

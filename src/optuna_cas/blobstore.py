@@ -468,7 +468,9 @@ class BlobStore(BlobMaintenance):
             >>> b.write_verified_blob(d, a.open_blob(d)); b.has_blob(d)
             True
         """
-        self._backend.write(blob_key(digest), reader, if_absent=True)
+        present, repair = self._check_stored(digest)  # an object of the wrong size is replaced
+        if not present:
+            self._backend.write(blob_key(digest), reader, if_absent=not repair)
 
     def open_blob(self, digest: Digest) -> BinaryIO:
         """A reader of the blob that raises ``IntegrityError`` rather than return wrong bytes.

@@ -350,10 +350,10 @@ class ContentStore(BlobStore, RefStore):
     def remove_artifact(self, artifact_id: str) -> None:
         """Remove an artifact's ref (its content stays for gc), or what Optuna's store wrote.
 
-        An ID without a ref may name an object Optuna's own store wrote before the switch
-        (:meth:`open_artifact` serves those): it is deleted, as Optuna's ``remove`` would.
-        An ID with a ref only loses its ref: Optuna's store and ours never write the same
-        (fresh UUID) ID, so no request is spent looking for both.
+        An ID may name an object Optuna's own store wrote before the switch (:meth:`open_artifact`
+        serves those when there is no ref): it is deleted, as Optuna's ``remove`` would. With
+        a ref too (``sync`` back into a store that still holds the file makes one), both go:
+        the object would be served again once the ref is gone.
 
         Raises:
             ArtifactNotFound: Neither exists.
@@ -375,6 +375,11 @@ class ContentStore(BlobStore, RefStore):
                 self._backend.remove(artifact_id)
             except ArtifactNotFound:
                 raise self._not_found(artifact_id) from None
+            return
+        # A look first (no DELETE for the common case, where there is no such object).
+        if _optuna_store_key(artifact_id) and self._backend.exists(artifact_id):
+            with contextlib.suppress(ArtifactNotFound):
+                self._backend.remove(artifact_id)
 
     def iter_optuna_store_objects(self) -> Iterator[ObjectInfo]:
         """Objects at the root that Optuna's own store could have written under an artifact ID.
@@ -395,6 +400,21 @@ class ContentStore(BlobStore, RefStore):
         for info in self._backend.list(""):
             if "/" not in info.key and not info.key.startswith(".") and _optuna_store_key(info.key):
                 yield info
+
+    def optuna_store_object_size(self, artifact_id: str) -> int | None:
+        """The size of the object Optuna's own store wrote under ``artifact_id``, if any.
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> ContentStore(MemoryBackend()).optuna_store_object_size("old") is None
+            True
+        """
+        if not _optuna_store_key(artifact_id):
+            return None
+        try:
+            return self._backend.stat(artifact_id).size
+        except ArtifactNotFound:
+            return None
 
     def _open_legacy(self, artifact_id: str) -> BinaryIO | None:
         """An object Optuna's own store wrote at ``<artifact_id>`` (no ref, no digest).

@@ -289,6 +289,22 @@ def test_sync_copies_what_optunas_own_store_wrote(tmp_path: Path) -> None:
     assert named.legacy_copied == ["legacy-a"] and named.refs_copied == []
 
 
+def test_sync_replaces_a_damaged_blob_at_the_destination(tmp_path: Path) -> None:
+    """A blob of the wrong size in the way was left there (and reported ok, bytes counted
+    twice); it is replaced, as an upload replaces it."""
+    src = optuna_cas.FileSystemArtifactStore(tmp_path / "src")
+    dst = optuna_cas.FileSystemArtifactStore(tmp_path / "dst")
+    data = blob_sized(random_bytes(100))
+    src.write("x", io.BytesIO(data))
+    key = blob_key(src.get_ref("x").digest)
+    (tmp_path / "dst" / key).parent.mkdir(parents=True)
+    (tmp_path / "dst" / key).write_bytes(data[: len(data) // 2])  # truncated
+    report = sync(src, dst)
+    assert report.ok and report.bytes_copied == len(data)
+    with dst.open_reader("x") as reader:
+        assert reader.read() == data
+
+
 def test_sync_during_gc_freshens_the_content_it_reuses(tmp_path: Path) -> None:
     """Content the destination already holds as an orphan is touched before sync's ref."""
     src = optuna_cas.FileSystemArtifactStore(tmp_path / "src")

@@ -208,7 +208,7 @@ def test_deep_verify_does_not_read_a_pack_of_the_wrong_size(tmp_path: Path) -> N
     report = verify(store, deep=True)
     assert not report.ok
     assert named.key in report.corrupt and orphan.name in str(report.corrupt)
-    assert "manifests name" in report.reasons[named.key]
+    assert "more than any pack written" in report.reasons[named.key]
     assert report.bytes_hashed < 16 * 2**20  # the files and the sound packs, not 128 GiB
 
 
@@ -247,3 +247,30 @@ def test_an_index_object_naming_chunks_where_other_bytes_are(tmp_path: Path) -> 
     with fresh().open_reader("again") as reader:
         assert reader.read() == misled
     assert verify(fresh(), deep=True).bad_files == []
+
+
+def test_a_manifest_naming_a_wrong_pack_size_does_not_condemn_a_sound_pack(
+    tmp_path: Path,
+) -> None:
+    """Deep verify once trusted a manifest's pack sizes enough to skip hashing the pack:
+    quarantine then moved sound packs away, and every file using them was lost."""
+    import struct
+
+    store = ContentAddressedArtifactStore(
+        ContentStore(LocalBackend(tmp_path / "store"), chunk_threshold=THRESHOLD)
+    )
+    _fill(store)
+    for path in (tmp_path / "store" / "manifests").rglob("*"):
+        if not path.is_file():
+            continue
+        data = bytearray(path.read_bytes())
+        # Pack records follow magic (8), the file's digest and size (40) and the two counts.
+        (pack_count,) = struct.unpack_from("<I", data, 48)
+        for number in range(pack_count):
+            at = 56 + number * 40 + 32  # each record: digest (32), size (8)
+            (size,) = struct.unpack_from("<Q", data, at)
+            struct.pack_into("<Q", data, at, size + 1)  # entries still fit: it parses
+        path.write_bytes(bytes(data))
+    report = verify(store, deep=True, quarantine=True)
+    assert not any(k.startswith("packs/") for k in report.quarantined + report.corrupt)
+    assert report.missing_packs and not report.ok  # the manifests are what is wrong

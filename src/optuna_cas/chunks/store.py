@@ -253,8 +253,9 @@ class ChunkStore(ChunkMaintenance):
             self._backend.write(index_key(name), io.BytesIO(data), if_absent=True)
         except IntegrityError as e:
             # Something planted at the key (a directory, say): an index object is only a hint
-            # to later uploads, so this one goes on without it.
+            # to later uploads, so this one goes on without it (this process still knows).
             warnings.warn(MalformedRecordWarning(f"index object not written: {e}"), stacklevel=2)
+            self.known.add_table(index.as_table())
             return None
         finally:
             del data

@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _ParseError as e:
         e.parser.print_usage(sys.stderr)
         print(f"{e.parser.prog}: error: {e}", file=sys.stderr)
-        if "--json" in (sys.argv[1:] if argv is None else argv):
+        if _wants_json(sys.argv[1:] if argv is None else argv):
             _json_failure("usage", UsageError(str(e)))
         return 2
     with warnings.catch_warnings():
@@ -326,6 +326,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.json:
             _json_failure("error", e)
         return 1
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether an unparsable command line asked for ``--json``, or a prefix argparse takes."""
+    return any(len(arg) >= 4 and "--json".startswith(arg) for arg in argv)
 
 
 def _json_failure(kind: str, error: BaseException) -> None:

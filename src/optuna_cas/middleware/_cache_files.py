@@ -289,9 +289,11 @@ def evict_lru(cache: diskcache.Cache, limit: int, *, restore: int) -> int:
             evicted += gone
     finally:
         cache.reset("size_limit", restore, update=False)
-    # Nothing counted, yet a size (or a count below zero): no concurrent fill explains that
-    # (one could a round that evicted nothing), so the totals are wrong.
-    wrong = count() < 0 or (count() == 0 and cache.reset("size") > 0)
+    # A count below zero, or totals with no entry at all (left high, every fill would find
+    # the cache full): no concurrent fill explains that (one could a round that evicted
+    # nothing), so the totals are wrong.
+    empty = next(iter(cache.iterkeys()), None) is None
+    wrong = count() < 0 or (empty and (count() > 0 or cache.reset("size") > 0))
     if wrong and repair_accounting(cache):
         return evicted + evict_lru(cache, limit, restore=restore)
     return evicted

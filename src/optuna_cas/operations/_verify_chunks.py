@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 # Larger than any pack an upload or gc writes (PACK_TARGET plus one chunk and the lead), with
-# room to spare: not read by deep verify when no manifest says what size it should have.
+# room to spare: deep verify does not read a larger object under packs/.
 _MAX_PACK = 4 * PACK_TARGET
 # Parsed manifests by the file's hex digest, with the object listed.
 Manifests = dict[str, tuple[StoredObject, ChunkTable]]
@@ -214,13 +214,11 @@ def deep_checks(chunks: ChunkStore, listing: ChunkListing, parsed: Manifests) ->
         []
     """
     checks: list[Check] = []
-    named = {pack.hexdigest: pack.size for _, table in parsed.values() for pack in table.packs}
     for pack in listing.packs.values():
-        size = named.get(pack.hexdigest)
-        if (size is not None and pack.size != size) or (size is None and pack.size > _MAX_PACK):
-            # Not read: it cannot be the pack (a planted sparse file may be 100 GiB).
-            expected = "any pack written" if size is None else f"the {size} B manifests name"
-            problem = f"{pack.size} B stored, not {expected}"
+        if pack.size > _MAX_PACK:
+            # Not read: it cannot be a pack (a planted sparse file may be 100 GiB). A size a
+            # manifest names is no reason on its own: the manifest may be the wrong one.
+            problem = f"{pack.size} B stored, more than any pack written ({_MAX_PACK} B)"
             checks.append((pack.key, "corrupt", _known_problem(problem)))
         else:
             checks.append((pack.key, "corrupt", _pack_check(chunks, pack)))
@@ -232,9 +230,7 @@ def deep_checks(chunks: ChunkStore, listing: ChunkListing, parsed: Manifests) ->
 def deep_bytes(listing: ChunkListing, parsed: Manifests) -> int:
     """Bytes :func:`deep_checks` reads: every pack it re-hashes, then every chunked file whole."""
     files = sum(table.file.size for _, table in parsed.values() if table.file is not None)
-    named = {pack.hexdigest: pack.size for _, table in parsed.values() for pack in table.packs}
-    read = [p.size for p in listing.packs.values() if named.get(p.hexdigest, p.size) == p.size]
-    return sum(size for size in read if size <= _MAX_PACK) + files
+    return sum(p.size for p in listing.packs.values() if p.size <= _MAX_PACK) + files
 
 
 def pack_key_of(listing: ChunkListing, pack: Digest) -> str | None:

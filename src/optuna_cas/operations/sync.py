@@ -213,8 +213,8 @@ def sync(
                 dst_content.write_verified_blob(digest, _Counting(reader, bar, lock))  # type: ignore[arg-type]
         except ArtifactNotFound:
             return f"source blob {digest} is missing"
-        except IntegrityError as e:
-            return f"source blob {digest} is bad: {e}"
+        except IntegrityError as e:  # a bad source, or something in the way at the destination
+            return f"blob {digest} not copied: {e}"
         return None
 
     def settle(hexdigest: str, group: list[ArtifactRef]) -> tuple[int, str | None]:
@@ -283,19 +283,24 @@ def _source_refs(
 
     Objects Optuna's own store wrote (all of them, or those named) go into ``legacy``.
     """
-    objects = {info.key: info.size for info in content.iter_optuna_store_objects()}
     if artifact_ids is None:
         with_ref = set(content.iter_ref_ids())
-        legacy.update((key, size) for key, size in objects.items() if key not in with_ref)
+        legacy.update(
+            (info.key, info.size)
+            for info in content.iter_optuna_store_objects()
+            if info.key not in with_ref
+        )
         return list(content.iter_refs(workers=max(1, workers) * 2, on_bad=bad))
     refs = []
     for artifact_id in artifact_ids:
         try:
             refs.append(content.get_ref(artifact_id))
         except ArtifactNotFound:
-            if artifact_id not in objects:
+            # Not listed: a named artifact costs a look at its own key, not a listing.
+            size = content.optuna_store_object_size(artifact_id)
+            if size is None:
                 raise
-            legacy[artifact_id] = objects[artifact_id]
+            legacy[artifact_id] = size
         except IntegrityError as e:
             bad(artifact_id, str(e))
     return refs
