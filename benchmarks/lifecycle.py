@@ -380,10 +380,11 @@ def _sync(cfg: Config, data: Path, endpoint: str) -> Section:
             + ", ".join(map(str, requests["sync"]))
             + " ("
             + ", ".join(f"{m} {c}" for m, c in methods["sync"].most_common())
-            + "; 8 MiB parts: a blob is create + 2 parts + complete, then its ref, then a "
-            "HEAD of the blob: the last look an upload also takes, so that a gc running "
-            "meanwhile cannot leave the ref without its blob; the GETs read the refs the "
-            "destination already has, and list it).",
+            + "; 8 MiB parts: a blob is a HEAD (a copy of the wrong size in the way is "
+            "replaced, as an upload replaces it), create + 2 parts + complete, then its ref, "
+            "then a HEAD of the blob: the last look an upload also takes, so that a gc "
+            "running meanwhile cannot leave the ref without its blob; the GETs read the refs "
+            "the destination already has, and list it).",
             f"Per-rep seconds (median of {cfg.sync_reps}, after 1 warm-up round, order "
             "rotated): " + "; ".join(f"{k} {fmt_times(v)}" for k, v in times.items()) + ".",
         ],
