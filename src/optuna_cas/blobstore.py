@@ -184,10 +184,13 @@ class BlobStore(BlobMaintenance):
     # -- blobs -------------------------------------------------------------------------------
 
     def has_blob(self, digest: Digest) -> bool:
-        """Whether a blob of this digest *and size* is stored.
+        """Whether a blob of this digest *and size* is stored; touched if old, as a dedup hit is.
 
         A stored object of the wrong size is corrupt (e.g. truncated by a crash of the storage
-        host); reporting it absent lets the next upload of the same bytes repair it.
+        host); reporting it absent lets the next upload of the same bytes repair it. Content
+        found is touched if older than ``freshen_after`` (a chunked file's manifest and packs
+        too), so a copy or upload that writes a ref to it just before or after is spared by a
+        concurrent gc (the argument in :mod:`optuna_cas.operations.gc`).
 
         Example:
             >>> from optuna_cas.backends.memory import MemoryBackend
@@ -197,11 +200,7 @@ class BlobStore(BlobMaintenance):
         chunked = digest.size >= self.chunk_threshold  # where to look first
         if chunked and self.chunks.has_manifest(digest, with_packs=True):
             return True
-        try:
-            info = self._backend.stat(blob_key(digest))
-        except ArtifactNotFound:
-            info = None
-        if info is not None and info.size == digest.size:
+        if self._check_stored(digest)[0]:
             return True
         return not chunked and self.chunks.has_manifest(digest, with_packs=True)
 

@@ -326,27 +326,6 @@ class ContentStore(BlobStore, RefStore):
             f"{self.describe()} (run 'optuna-cas verify')"
         )
 
-    def reuse_content(self, digest: Digest) -> bool:
-        """Whether ``digest``'s content is stored; touched if old, as an upload's dedup hit is.
-
-        For a copy that writes a ref to content the store already holds: call it just before
-        writing the ref and :meth:`has_blob` just after, as an upload does, so that a
-        concurrent gc spares the content (the argument in :mod:`optuna_cas.operations.gc`).
-
-        Example:
-            >>> import io
-            >>> from optuna_cas.backends.memory import MemoryBackend
-            >>> store = ContentStore(MemoryBackend())
-            >>> store.reuse_content(store.put_blob(io.BytesIO(b"x" * 5000)))
-            True
-        """
-        chunked = digest.size >= self.chunk_threshold  # where to look first
-        if chunked and self.chunks.has_manifest(digest, with_packs=True):
-            return True
-        if self._check_stored(digest)[0]:
-            return True
-        return not chunked and self.chunks.has_manifest(digest, with_packs=True)
-
     def remove_artifact(self, artifact_id: str) -> None:
         """Remove an artifact's ref (its content stays for gc), or what Optuna's store wrote.
 

@@ -179,7 +179,8 @@ def sync(
         wanted.append(ref)
 
     # Content the destination lists already is not sent again; whether it is still there is
-    # asked (and its time refreshed) just before its refs are written, as an upload does.
+    # asked (has_blob, which refreshes its time) just before its refs are written, as an
+    # upload does.
     present_blobs = {(info.hexdigest, info.stored_size) for info in dst_content.iter_blobs()}
     present_files = set(dst_content.chunks.manifest_hexdigests())
     groups: dict[str, list[ArtifactRef]] = {}  # refs by the content they name (not inline)
@@ -227,7 +228,7 @@ def sync(
         digest = group[0].digest
         new = [ref for ref in group if ref.artifact_id not in at_dst]
         sent = 0
-        if hexdigest not in listed or (new and not dst_content.reuse_content(digest)):
+        if hexdigest not in listed or (new and not dst_content.has_blob(digest)):  # touches
             if (problem := transfer(digest)) is not None:
                 return sent, problem
             sent += 1
@@ -284,13 +285,14 @@ def _source_refs(
     Objects Optuna's own store wrote (all of them, or those named) go into ``legacy``.
     """
     if artifact_ids is None:
-        with_ref = set(content.iter_ref_ids())
+        refs = list(content.iter_refs(workers=max(1, workers) * 2, on_bad=bad))
+        with_ref = {ref.artifact_id for ref in refs} | set(bad.reasons)  # bad refs are refs
         legacy.update(
             (info.key, info.size)
             for info in content.iter_optuna_store_objects()
             if info.key not in with_ref
         )
-        return list(content.iter_refs(workers=max(1, workers) * 2, on_bad=bad))
+        return refs
     refs = []
     for artifact_id in artifact_ids:
         try:
