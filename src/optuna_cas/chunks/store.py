@@ -249,19 +249,20 @@ class ChunkStore(ChunkMaintenance):
             return None
         data = index.to_bytes()
         name = blake3.blake3(data).hexdigest()
+        published: str | None = name
         try:
             self._backend.write(index_key(name), io.BytesIO(data), if_absent=True)
         except IntegrityError as e:
             # Something planted at the key (a directory, say): an index object is only a hint
             # to later uploads, so this one goes on without it (this process still knows).
             warnings.warn(MalformedRecordWarning(f"index object not written: {e}"), stacklevel=2)
-            self.known.add_table(index.as_table())
-            return None
+            published = None
         finally:
             del data
         self.known.add_table(index.as_table())
-        self.known.note_own(name)
-        return name
+        if published is not None:
+            self.known.note_own(published)
+        return published
 
     def _write_manifest(self, digest: Digest, data: bytes, *, replace: bool = False) -> None:
         key = manifest_key(digest)
