@@ -276,7 +276,7 @@ def evict_lru(cache: diskcache.Cache, limit: int, *, restore: int) -> int:
 
     if cache.reset("size") < 0 or count() < 0:
         repair_accounting(cache)
-    evicted = 0
+    evicted, stalled = 0, False
     cache.reset("size_limit", limit, update=False)
     try:
         while cache.volume() > limit:
@@ -285,14 +285,15 @@ def evict_lru(cache: diskcache.Cache, limit: int, *, restore: int) -> int:
             cache.delete(_EVICTION_MARKER, retry=True)
             gone = before - count()
             if gone <= 0:
+                stalled = True
                 break
             evicted += gone
     finally:
         cache.reset("size_limit", restore, update=False)
-    # A count below zero, or totals with no entry at all (left high, every fill would find
-    # the cache full): no concurrent fill explains that (one could a round that evicted
-    # nothing), so the totals are wrong.
-    empty = next(iter(cache.iterkeys()), None) is None
+    # A count below zero, or over the limit with no entry left to evict (totals left high:
+    # every fill would find the cache full): no concurrent fill explains that (one could a
+    # round that evicted nothing), so the totals are wrong. Looked for only when it stalled.
+    empty = stalled and next(iter(cache.iterkeys()), None) is None
     wrong = count() < 0 or (empty and (count() > 0 or cache.reset("size") > 0))
     if wrong and repair_accounting(cache):
         return evicted + evict_lru(cache, limit, restore=restore)
