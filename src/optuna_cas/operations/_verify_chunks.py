@@ -118,14 +118,8 @@ def find_lying_indexes(
         >>> report.bad_index_objects
         []
     """
-    tables = {obj.key: table for obj, table in parsed.values()}
-    missing = {m.manifest for m in report.missing_packs}
     wrong: set[tuple[bytes, str, int]] = set()  # chunk, pack, offset
-    for key in report.bad_files:
-        table = tables.get(key)
-        packs = [] if table is None else [pack_key_of(listing, p) for p in table.packs]
-        if table is None or key in missing or any(p in report.corrupt for p in packs):
-            continue  # a bad pack explains it
+    for _obj, table in _wrong_manifests(listing, parsed, report):
         for pack, entries in _by_pack(table).items():
             wrong.update(
                 (chunk, pack.hexdigest, at)
@@ -150,6 +144,24 @@ def find_lying_indexes(
                 )
                 break
     report.bad_index_objects.sort()
+
+
+def _wrong_manifests(
+    listing: ChunkListing, parsed: Manifests, report: VerifyReport
+) -> list[tuple[StoredObject, ChunkTable]]:
+    """Bad files whose every pack is present and sound: their manifests' entries are wrong.
+
+    A file that fails because a pack is missing or corrupt is explained by that pack.
+    """
+    corrupt = set(report.corrupt)
+    missing = {m.manifest for m in report.missing_packs}
+    tables = {obj.key: (obj, table) for obj, table in parsed.values()}
+    return [
+        tables[key]
+        for key in report.bad_files
+        if key not in missing
+        and all(pack_key_of(listing, p) not in corrupt for p in tables[key][1].packs)
+    ]
 
 
 def _by_pack(table: ChunkTable) -> dict[Digest, list[tuple[int, int, bytes]]]:
@@ -282,15 +294,9 @@ def quarantine_chunked(
     pack it names is present and sound (then its entries are wrong); a file that fails only
     because a pack is bad keeps its manifest, and the pack is moved.
     """
-    corrupt = set(report.corrupt)
-    missing = {m.manifest for m in report.missing_packs}
     by_key = {obj.key: obj for obj in [*listing.manifests, *listing.packs.values()]}
     doomed = [by_key[key] for key in report.corrupt if key in by_key]
-    tables = {obj.key: (obj, table) for obj, table in parsed.values()}
-    for key in report.bad_files:
-        obj, table = tables[key]
-        if key not in missing and all(pack_key_of(listing, p) not in corrupt for p in table.packs):
-            doomed.append(obj)
+    doomed += [obj for obj, _table in _wrong_manifests(listing, parsed, report)]
     # Index objects that are malformed or name chunks where other bytes are: the next upload
     # would otherwise lean on them again (they are hints; nothing is lost with them).
     doomed += [obj for obj in listing.indexes if obj.key in report.bad_index_objects]
