@@ -218,7 +218,7 @@ def _has_legacy_object(store: ContentAddressedArtifactStore, artifact_id: str) -
 
 def _rebuild_ref(store: ContentAddressedArtifactStore, meta: ArtifactMeta, digest: Digest) -> bool:
     """Write the ref the metadata describes; False if gc took the blob meanwhile (ref undone)."""
-    content = require_content_store(store, "reconcile")
+    content = store.content  # reconcile checked it is one of ours
     created = meta.created if meta.created is not None else time.time()
     content.put_ref(
         ArtifactRef(meta.artifact_id, digest, meta.filename, meta.mimetype, meta.encoding, created)
