@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,13 +55,24 @@ def record(scenario: str, data: dict[str, Any]) -> Path:
 def payload_bytes(name: str) -> bytes:
     """The exact bytes of the payload file called ``name`` (deterministic, incompressible).
 
-    Names: ``pool-<size>-<i>.bin`` (shared, uploaded many times) and
-    ``<tag>-<size>-<a>-<b>.bin`` (unique per worker and step), sizes in bytes.
+    Names: ``pool-<size>-<i>.bin`` (shared, uploaded many times),
+    ``<tag>-<size>-<a>-<b>.bin`` (unique per worker and step), sizes in bytes, and
+    ``edit-<size>-<a>-<b>.bin`` (unique, but sharing all but 20 rows with every other edit).
     """
     import blake3
 
     stem = name.rsplit(".", 1)[0]
     size = int(stem.split("-")[1])
+    if stem.startswith("edit-"):
+        # One base file of that size with 20 rows of 2 KiB rewritten in place: versions of a
+        # checkpoint whose embedding rows changed, which a local store keeps as deltas
+        # against each other (optuna_cas.chunks.delta).
+        data = bytearray(blake3.blake3(f"edit-base-{size}".encode()).digest(length=size))
+        for row in random.Random(stem).sample(range(size // 2048), 20):
+            data[row * 2048 : (row + 1) * 2048] = blake3.blake3(f"{stem}-{row}".encode()).digest(
+                length=2048
+            )
+        return bytes(data)
     # BLAKE3 in extendable-output mode: ~1 GB/s, four times random.randbytes.
     return bytes(blake3.blake3(stem.encode()).digest(length=size))
 

@@ -272,8 +272,11 @@ def crash_uploader(cfg: dict[str, Any], ready: Any = None) -> None:
     def pick(n: int) -> str:
         if names is not None:
             return names[n]
-        if rng.random() < 0.5:
+        roll = rng.random()
+        if roll < 0.5 and not (cfg.get("edit_size") and roll >= 0.3):
             return str(rng.choice(cfg["pool"]))
+        if roll < 0.5:  # a version of the edited checkpoint: a delta upload
+            return payload_name("edit", cfg["edit_size"], cfg["round"], n)
         return payload_name("unique", rng.choice(cfg["unique_sizes"]), cfg["round"], n)
 
     # Sources for the uploads a round usually gets to are written before "ready", so that the

@@ -75,6 +75,10 @@ UNIQUE_SIZES = {
     "s3": REMOTE_UNIQUE_SIZES,
     "gcs": REMOTE_UNIQUE_SIZES,
 }
+# Locally, some uploads are versions of one checkpoint with other rows rewritten: stored as
+# deltas against each other (kills land in those too). The seeding run stores two.
+EDIT_SIZE = 9 * MiB + 5
+SEED_EDITS = [payload_name("edit", EDIT_SIZE, "seed", i) for i in range(2)]
 
 
 def _forkserver() -> Any:
@@ -116,6 +120,7 @@ def test_sigkill_never_leaves_partial_data(
         "cache_dir": str(tmp_path / "cache"),
         "pool": POOL[kind],
         "unique_sizes": UNIQUE_SIZES[kind],
+        "edit_size": EDIT_SIZE if kind == "local" else None,
     }
     (tmp_path / "sources").mkdir()
     downloads = tmp_path / "downloads"
@@ -140,8 +145,9 @@ def test_sigkill_never_leaves_partial_data(
     down_journal = tmp_path / "downloads.jsonl"
 
     # Something to download from the first round on.
+    seeds = POOL[kind] + (SEED_EDITS if kind == "local" else [])
     _run_to_completion(
-        ctx, crash_uploader, {**base, "round": -1, "journal": str(up_journal), "names": POOL[kind]}
+        ctx, crash_uploader, {**base, "round": -1, "journal": str(up_journal), "names": seeds}
     )
 
     marks["seeded"] = time.monotonic()
@@ -205,6 +211,7 @@ def test_sigkill_never_leaves_partial_data(
     out.mkdir()
     chunked = 0  # of the metadata entries, those stored as chunks in packs (>= 8 MiB)
     inline = 0  # ... and those kept inside their ref (<= INLINE_LIMIT)
+    edits = 0  # ... and the versions of the edited checkpoint (deltas, locally)
     for n, meta in enumerate(metas):
         ref = store.get_ref(meta.artifact_id)  # the ref exists ...
         assert str(ref.digest) == meta.digest
@@ -213,6 +220,7 @@ def test_sigkill_never_leaves_partial_data(
             inline += 1
         else:
             assert store.content.has_blob(ref.digest)  # ... and so does its blob
+        edits += meta.filename.startswith("edit-")
         chunked += store.content.chunks.has_manifest(ref.digest)
         target = out / f"{n}.bin"
         download_artifact(artifact_store=store, file_path=str(target), artifact_id=meta.artifact_id)
@@ -320,6 +328,7 @@ def test_sigkill_never_leaves_partial_data(
             "store": {
                 "metadata_entries_checked": len(metas),
                 "metadata_entries_chunked": chunked,
+                "metadata_entries_edited": edits,
                 "metadata_entries_inline": inline,
                 "refs_without_metadata": refs_without_metadata,
                 "trials": len(trials),
@@ -345,3 +354,5 @@ def test_sigkill_never_leaves_partial_data(
     assert kills["upload"] >= ROUNDS // 2 and kills["download"] >= ROUNDS // 2
     assert chunked >= 1, "no chunked upload was checked: the chunk path went untested"
     assert inline >= 1, "no small upload was checked: the inline path went untested"
+    if kind == "local":
+        assert edits >= 2, "no delta upload was checked: the delta path went untested"

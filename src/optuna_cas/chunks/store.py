@@ -26,7 +26,8 @@ from optuna_cas.backends.base import Backend, staging_of
 from optuna_cas.chunks.assemble import assemble_from_cache, assemble_from_store
 from optuna_cas.chunks.cached_packs import PackCache
 from optuna_cas.chunks.chunker import Chunker
-from optuna_cas.chunks.index import KnownChunks, read_bounded
+from optuna_cas.chunks.delta import DeltaFinder, store_delta
+from optuna_cas.chunks.index import KnownChunks, Location, read_bounded
 from optuna_cas.chunks.layout import (
     CHUNK_AVG,
     MANIFEST_PREFIX,
@@ -39,6 +40,7 @@ from optuna_cas.chunks.maintenance import ChunkMaintenance, StoredObject
 from optuna_cas.chunks.pack_checks import PackChecks
 from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.reader import ChunkedReader, missing_pack, whole_file_reader
+from optuna_cas.chunks.runs import RunCopier, overlapping_runs
 from optuna_cas.chunks.table import (
     ENTRY,
     INDEX_MAGIC,
@@ -151,13 +153,23 @@ class ChunkStore(ChunkMaintenance):
             # Spares re-indexing as it grows; capped (a hint, and slots are resident memory).
             writer.index.expect(min(size_hint // CHUNK_AVG, _EXPECT_AT_MOST))
         chunker = Chunker(stream)
+        # Local stores only: a delta reads the old bytes (see chunks.delta).
+        deltas = DeltaFinder(self._backend) if staging_of(self._backend) is not None else None
         try:
             for chunk, data in chunker:
                 where = self.known.find(chunk)
                 if where is not None and checks.assume(where[0]):
                     writer.add_known(chunk, *where)
-                else:
-                    writer.add_new(chunk, data)
+                    if deltas is not None:
+                        deltas.follow(where[0], where[1] + chunk.size)
+                    continue
+                if deltas is not None and deltas.following:
+                    new = bytes(data)
+                    found = deltas.find(new)
+                    if found is not None:
+                        store_delta(writer, found, new, lambda d: self._reusable(d, checks))
+                        continue
+                writer.add_new(chunk, data)
             writer.finish()
             leaned = self._settle(checks)
         except BaseException:
@@ -167,6 +179,11 @@ class ChunkStore(ChunkMaintenance):
             return None
         writer.forget_new()  # before the records are serialised: memory per chunk adds up
         return writer, chunker.digest()
+
+    def _reusable(self, chunk: Digest, checks: PackChecks) -> Location | None:
+        """Where the store holds ``chunk`` in a pack this upload may lean on, if it does."""
+        where = self.known.find(chunk)
+        return where if where is not None and checks.assume(where[0]) else None
 
     def _stored_manifest_state(self, digest: Digest, checks: PackChecks) -> str:
         """Whether ``digest``'s manifest is ``"absent"``, ``"complete"`` or ``"broken"``.
@@ -197,8 +214,9 @@ class ChunkStore(ChunkMaintenance):
             while True:
                 wanted, picked = bytearray(), set()
                 for entry in table:
-                    where = self.known.find(Digest(entry.chunk.hex(), entry.length))
-                    if entry.chunk in picked or (where and checks.assume(where[0])):
+                    if entry.chunk in picked:
+                        continue
+                    if self._reusable(Digest(entry.chunk.hex(), entry.length), checks):
                         continue
                     picked.add(entry.chunk)
                     wanted += ENTRY.pack(*entry)
@@ -496,25 +514,31 @@ class ChunkStore(ChunkMaintenance):
             return 0
         table = source.manifest(digest)
         self.known.refresh()
-        wanted = self._chunks_to_copy(table)
-        missing = ChunkTable(INDEX_MAGIC, None, table.packs, wanted)
-        writer = PackWriter(self._backend, TableBuilder(MANIFEST_MAGIC))
+        wanted = ChunkTable(INDEX_MAGIC, None, table.packs, self._chunks_to_copy(table))
+        # Ranges that overlap (a delta's, inside the chunk it replaced) are copied as one run,
+        # the runs in the order the file first needs them.
+        first_use = {chunk: i for i, chunk in reversed(list(enumerate(e.chunk for e in table)))}
+        runs = sorted(overlapping_runs(wanted), key=lambda r: min(first_use[e.chunk] for e in r))
+        ordered = b"".join(ENTRY.pack(*entry) for run in runs for entry in run)
+        missing = ChunkTable(INDEX_MAGIC, None, table.packs, ordered)
+        copier = RunCopier(PackWriter(self._backend, TableBuilder(MANIFEST_MAGIC)))
         reader = ChunkedReader(source._backend, missing, f"copy of {digest}")
         try:
-            for entry in missing:
-                writer.add_new(
-                    Digest(entry.chunk.hex(), entry.length), memoryview(next(reader._chunks))
-                )
-            writer.finish()
+            copier.copy(runs, reader.chunks())
+            copier.writer.finish()
         except BaseException:
-            writer.abort()
+            copier.writer.abort()
             raise
         finally:
             reader.close()
-        self.publish_index(writer.index)
+        copied = copier.locations()
+        self.publish_index(copier.writer.index)  # the ranges too: later versions name them
         manifest = TableBuilder(MANIFEST_MAGIC)
         for entry in table:
-            where = self.known.find(Digest(entry.chunk.hex(), entry.length))
+            placed = copied.get(entry.chunk)
+            where = (
+                placed[:2] if placed else self.known.find(Digest(entry.chunk.hex(), entry.length))
+            )
             if where is None:
                 raise IntegrityError(f"copy of {digest}: chunk {entry.chunk.hex()} was not stored")
             manifest.add(
@@ -522,7 +546,7 @@ class ChunkStore(ChunkMaintenance):
             )
         # Replace one that is there but names a pack gone since (has_manifest said so above).
         self._write_manifest(digest, manifest.to_bytes(digest), replace=True)
-        return writer.bytes_written
+        return copier.writer.bytes_written
 
 
 def _parse_manifest(raw: bytes, name: str, digest: Digest) -> ChunkTable:

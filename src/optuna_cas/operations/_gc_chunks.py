@@ -22,11 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from optuna_cas.chunks.packer import PackWriter
+from optuna_cas.chunks.runs import RunCopier, overlapping_runs
 from optuna_cas.chunks.store import ChunkStore, StoredObject
 from optuna_cas.chunks.table import (
     INDEX_MAGIC,
     MANIFEST_MAGIC,
     ChunkTable,
+    Entry,
     TableBuilder,
     parse_table,
 )
@@ -62,7 +64,9 @@ class LiveChunks:
     """The chunks kept manifests name, by pack, and which packs each kept manifest uses.
 
     Attributes:
-        by_pack: Pack hex digest to ``{offset: (chunk digest, length)}``.
+        by_pack: Pack hex digest to ``{(offset, length): chunk digest}``: the ranges named
+            (a changed chunk stored as a delta names ranges inside another chunk, so ranges
+            may overlap).
         packs: Pack hex digest to the pack's digest (with the size manifests give it).
         users: Each kept manifest with the hex digests of the packs it names.
 
@@ -71,7 +75,7 @@ class LiveChunks:
         0
     """
 
-    by_pack: dict[str, dict[int, tuple[bytes, int]]] = field(default_factory=dict)
+    by_pack: dict[str, dict[tuple[int, int], bytes]] = field(default_factory=dict)
     packs: dict[str, Digest] = field(default_factory=dict)
     users: list[tuple[StoredObject, frozenset[str]]] = field(default_factory=list)
 
@@ -81,12 +85,16 @@ class LiveChunks:
             self.packs.setdefault(pack.hexdigest, pack)
         for chunk, number, length, offset in table:
             ranges = self.by_pack.setdefault(table.packs[number].hexdigest, {})
-            ranges.setdefault(offset, (chunk, length))
+            ranges.setdefault((offset, length), chunk)
         self.users.append((obj, frozenset(p.hexdigest for p in table.packs)))
 
     def live_bytes(self, pack: str) -> int:
-        """Bytes of ``pack`` some kept manifest names (each range once)."""
-        return sum(length for _, length in self.by_pack.get(pack, {}).values())
+        """Bytes of ``pack`` some kept manifest names (each byte once: ranges may overlap)."""
+        total = end = 0
+        for offset, length in sorted(self.by_pack.get(pack, {})):
+            total += max(0, offset + length - max(offset, end))
+            end = max(end, offset + length)
+        return total
 
 
 def collect_chunks(
@@ -256,17 +264,24 @@ def repack(
         return {}, set()
     leaving = {obj.hexdigest for obj in candidates}
     moved = _live_locations(listing, live, {}, leaving)  # chunks also in a pack that stays
-    plans = []  # per old pack: the sub-table of its live chunks still to copy
+    plans = []  # per old pack: its live ranges still to copy, as a table and as runs
     picked: set[bytes] = set()
     for obj in candidates:
+        wanted = [
+            Entry(chunk, 0, length, offset)
+            for (offset, length), chunk in live.by_pack[obj.hexdigest].items()
+            if chunk not in moved
+        ]
+        # Ranges that overlap (a delta's, inside the chunk it replaced) go as one run.
+        runs = [r for r in overlapping_runs(wanted) if len(r) > 1 or r[0].chunk not in picked]
+        picked.update(e.chunk for run in runs for e in run)
         plan = TableBuilder(INDEX_MAGIC)
         number = plan.pack_number(live.packs[obj.hexdigest])
-        for offset, (chunk, length) in sorted(live.by_pack[obj.hexdigest].items()):
-            if chunk not in moved and chunk not in picked:
-                picked.add(chunk)
-                plan.add_raw(chunk, length, number, offset)
-        plans.append((obj, parse_table(plan.to_bytes(), f"repack plan of {obj.key}", INDEX_MAGIC)))
-    report.bytes_repacked = sum(e.length for _, table in plans for e in table)
+        for entry in (e for run in runs for e in run):
+            plan.add_raw(entry.chunk, entry.length, number, entry.offset)
+        table = parse_table(plan.to_bytes(), f"repack plan of {obj.key}", INDEX_MAGIC)
+        plans.append((obj, table, runs))
+    report.bytes_repacked = sum(_extent(run) for _, _, runs in plans for run in runs)
     if dry_run:
         report.packs_repacked = sorted(obj.key for obj in candidates)
         return {}, set()
@@ -282,39 +297,42 @@ def repack(
     return moved, gone
 
 
+def _extent(run: list[Entry]) -> int:
+    return max(e.offset + e.length for e in run) - run[0].offset
+
+
 def _copy_chunks(
     chunks: ChunkStore,
-    plans: list[tuple[StoredObject, ChunkTable]],
+    plans: list[tuple[StoredObject, ChunkTable, list[list[Entry]]]],
     total: int,
     progress: ProgressCallback | None,
 ) -> dict[bytes, Location]:
-    """Write the planned chunks into new packs (verified on the way); where each went."""
-    writer = PackWriter(chunks.backend, TableBuilder(INDEX_MAGIC))
+    """Write the planned runs into new packs (each range verified); where each range went."""
+    copier = RunCopier(PackWriter(chunks.backend, TableBuilder(INDEX_MAGIC)))
     bar = Progress("gc: repacking", total, progress)
     try:
-        for obj, table in plans:
+        for obj, table, runs in plans:
             with chunks.read_chunks(table, f"gc's repack of {obj.key}") as reader:
                 try:
-                    for entry, data in zip(table, reader.chunks(), strict=True):
-                        writer.add_new(Digest(entry.chunk.hex(), entry.length), memoryview(data))
-                        bar.advance(entry.length)
+                    copier.copy(runs, reader.chunks())
                 except (ArtifactNotFound, IntegrityError):
-                    continue  # this pack stays as it is; verify reports it
-        writer.finish()
+                    # This pack stays, its manifests unchanged (verify reports it); the runs
+                    # copied before are verified copies, named only by the index.
+                    continue
+            bar.advance(sum(_extent(run) for run in runs))
+        copier.writer.finish()
     except BaseException:
-        writer.abort()
+        copier.writer.abort()
         raise
-    chunks.publish_index(writer.index)
-    if not len(writer.index):
-        return {}
-    index = parse_table(writer.index.to_bytes(), "gc's new index", INDEX_MAGIC)
-    return {e.chunk: (index.packs[e.pack], e.offset, e.length) for e in index}
+    moved = copier.locations()
+    chunks.publish_index(copier.writer.index)
+    return moved
 
 
 def _all_moved(live: LiveChunks, pack: str, moved: dict[bytes, Location]) -> bool:
     return all(
         chunk in moved and moved[chunk][2] == length
-        for chunk, length in live.by_pack[pack].values()
+        for (_offset, length), chunk in live.by_pack[pack].items()
     )
 
 
@@ -390,6 +408,6 @@ def _live_locations(
         pack = live.packs[hexdigest]
         if hexdigest in gone or not listing.has_pack(pack):
             continue  # repacked, or missing or damaged (verify reports it): no hint to it
-        for offset, (chunk, length) in ranges.items():
+        for (offset, length), chunk in ranges.items():
             where.setdefault(chunk, (pack, offset, length))
     return where

@@ -179,8 +179,8 @@ def _wrong_entries(
 ) -> Iterator[tuple[bytes, int]]:
     """The (chunk, offset) of entries whose bytes in ``pack`` are not their chunk.
 
-    One pass over the pack for entries in order; an entry overlapping the one before (only a
-    wrong table has those) gets a read of its own.
+    One pass over the pack for entries in order; an entry overlapping the one before (a
+    delta's range inside the chunk it replaced: see chunks.delta) gets a read of its own.
     """
     key = pack_key_of(listing, pack)
     if key is None:

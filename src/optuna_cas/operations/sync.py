@@ -200,13 +200,18 @@ def sync(
         progress,
     )
     lock = threading.Lock()
+    # Chunked files are copied one at a time (each on several threads of its own): copies
+    # running side by side would each store the chunks their files share (versions of one
+    # checkpoint share most), as they would not have learnt of the others' yet.
+    one_chunked_copy = threading.Lock()
 
     def transfer(digest: Digest) -> str | None:
         """Copy one blob; the reason it cannot be copied, or None when it was."""
         try:
             if src_content.chunks.has_manifest(digest):
                 # Chunked: only the chunks the destination lacks move, each one verified.
-                sent = dst_content.chunks.copy_from(src_content.chunks, digest)
+                with one_chunked_copy:
+                    sent = dst_content.chunks.copy_from(src_content.chunks, digest)
                 with lock:
                     bar.advance(sent)
                 return None
