@@ -274,6 +274,8 @@ def repack(
         ]
         # Ranges that overlap (a delta's, inside the chunk it replaced) go as one run.
         runs = [r for r in overlapping_runs(wanted) if len(r) > 1 or r[0].chunk not in picked]
+        if not runs:
+            continue  # every live chunk is also in a pack that stays: nothing to copy
         picked.update(e.chunk for run in runs for e in run)
         plan = TableBuilder(INDEX_MAGIC)
         number = plan.pack_number(live.packs[obj.hexdigest])
