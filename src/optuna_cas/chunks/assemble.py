@@ -205,9 +205,12 @@ def _copy_runs(
 ) -> bool | None:
     """Copy every run into ``out_fd``; None if a pack is not cacheable, False if one is short."""
     position = 0
+    sources: dict[int, int | None] = {}  # a delta'd file switches packs thousands of times
     for number, offset, length in runs:
-        handle = packs.get(number)
-        source = None if handle is None else real_fileno(handle)
+        if number not in sources:
+            handle = packs.get(number)
+            sources[number] = None if handle is None else real_fileno(handle)
+        source = sources[number]
         if source is None:
             return None
         if position + length > size or stop.is_set():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import queue
 import threading
 from collections.abc import Generator, Iterator
@@ -21,8 +22,8 @@ from typing import BinaryIO, TypeVar, cast
 
 import blake3
 
-from optuna_cas._fileio import unbuffered
-from optuna_cas.backends.base import Backend
+from optuna_cas._fileio import real_fileno, unbuffered
+from optuna_cas.backends.base import Backend, staging_of
 from optuna_cas.chunks.cached_packs import CachedPacks, PackCache
 from optuna_cas.chunks.layout import PACK_LEAD_MAX, pack_key
 from optuna_cas.chunks.table import ChunkTable, Entry
@@ -170,6 +171,9 @@ class ChunkedReader(io.RawIOBase):
         return table.packs[first.pack], start, end, range(i, j)
 
     def _from_backend(self) -> Generator[bytes | memoryview, None, None]:
+        if staging_of(self._backend) is not None:
+            yield from self._from_local_files()
+            return
         # The next run's request is sent while this one is read, so the server's time to first
         # byte overlaps our reading (one request at a time otherwise waits for each).
         runs = self._runs()
@@ -193,6 +197,29 @@ class ChunkedReader(io.RawIOBase):
                 with contextlib.suppress(Exception):
                     upcoming[1].result().close()
             opener.shutdown(wait=True)
+
+    def _from_local_files(self) -> Generator[bytes | memoryview, None, None]:
+        """Runs read with ``pread`` from each pack file, opened once.
+
+        A delta'd file (see chunks.delta) switches between packs thousands of times; a safe
+        open per run, handed to a thread, made its reads 11x slower than a plain file's.
+        """
+        files: dict[str, BinaryIO] = {}
+        try:
+            for pack, start, end, numbers in self._runs():
+                handle = files.get(pack.hexdigest)
+                if handle is None:
+                    handle = files[pack.hexdigest] = self._fetch_pack(pack)
+                fd = real_fileno(handle)
+                if fd is None:  # not a plain file after all: one reader per run
+                    with self._open_run(pack, start, end) as reader:
+                        yield from self._read_opened(reader, pack, start, numbers)
+                    continue
+                run = cast(BinaryIO, _FileRange(fd, start, end))
+                yield from self._read_opened(run, pack, start, numbers)
+        finally:
+            for handle in files.values():
+                handle.close()
 
     def _open_run(self, pack: Digest, start: int, end: int) -> BinaryIO:
         self.requests += 1
@@ -263,12 +290,32 @@ class ChunkedReader(io.RawIOBase):
             cache.close()
 
     def _fetch_pack(self, pack: Digest) -> BinaryIO:
-        """A whole pack from the backend, for a cache fill."""
+        """A whole pack from the backend: for a cache fill, or a local pack file to pread."""
         self.requests += 1
         try:
             return self._backend.open_reader(pack_key(pack))
         except ArtifactNotFound as e:
             raise self._missing(pack) from e
+
+
+class _FileRange(io.RawIOBase):
+    """``[start, end)`` of an open file, read with ``pread`` (the descriptor's offset unused)."""
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        super().__init__()
+        self._fd, self._at, self._end = fd, start, end
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        count = min(len(buffer), self._end - self._at)
+        if count <= 0:
+            return 0
+        with memoryview(buffer) as view:
+            got = os.preadv(self._fd, [view[:count]], self._at)
+        self._at += got
+        return got
 
 
 def _back_to_back(
