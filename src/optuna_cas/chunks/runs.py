@@ -18,8 +18,8 @@ Example:
     >>> runs = overlapping_runs(ranges); len(runs)
     1
     >>> copier = RunCopier(PackWriter(MemoryBackend(), TableBuilder(INDEX_MAGIC)))
-    >>> copier.copy(runs, iter([data, data[:4]])); copier.writer.finish()
-    >>> sorted(length for _pack, _offset, length in copier.locations().values())
+    >>> copier.copy(runs, iter([data, data[:4]]))
+    >>> sorted(length for _pack, _offset, length in copier.finish().values())
     [4, 10]
 """
 
@@ -28,10 +28,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from optuna_cas.chunks.packer import PackWriter
-from optuna_cas.chunks.table import Entry
+from optuna_cas.chunks.table import ENTRY, INDEX_MAGIC, ChunkTable, Entry
 from optuna_cas.digest import Digest
 
-__all__ = ["RunCopier", "overlapping_runs"]
+__all__ = ["RunCopier", "extent", "overlapping_runs", "runs_table"]
 
 Location = tuple[Digest, int, int]  # (pack, offset, length)
 
@@ -92,13 +92,14 @@ class RunCopier:
             members = [(e.chunk, e.offset - start, e.length) for e in run]
             self._placed.append((bytes.fromhex(digest.hexdigest), members))
 
-    def locations(self) -> dict[bytes, Location]:
-        """Where each range copied now is, by its chunk's raw digest (after ``finish``).
+    def finish(self) -> dict[bytes, Location]:
+        """Finish the writer; where each range copied now is, by its chunk's raw digest.
 
-        The ranges inside runs are added to the writer's index as well, so that the index
-        object published from it lets later copies and uploads find each range by digest
-        (as gc's consolidated index lists every live range).
+        The ranges inside runs are added to the writer's index too, so that the index object
+        published from it lets later copies and uploads find each range by digest (as gc's
+        consolidated index lists every live range).
         """
+        self.writer.finish()
         index = self.writer.index
         table = index.as_table()
         runs = {e.chunk: (table.packs[e.pack], e.offset) for e in table}
@@ -110,3 +111,25 @@ class RunCopier:
                     where[chunk] = (pack, offset + at, length)
                     index.find_or_add(chunk, length, index.pack_number(pack), offset + at)
         return where
+
+
+def extent(run: list[Entry]) -> int:
+    """Bytes a run spans in its pack.
+
+    Example:
+        >>> extent([Entry(b"c" * 32, 0, 10, 5), Entry(b"d" * 32, 0, 3, 6)])
+        10
+    """
+    return max(e.offset + e.length for e in run) - run[0].offset
+
+
+def runs_table(runs: list[list[Entry]], packs: tuple[Digest, ...]) -> ChunkTable:
+    """The runs' entries, run after run, as a table to read them with (pack numbers of ``packs``).
+
+    Example:
+        >>> pack = Digest.of_bytes(b"p" * 10)
+        >>> len(runs_table([[Entry(b"c" * 32, 0, 10, 0)]], (pack,)))
+        1
+    """
+    entries = b"".join(ENTRY.pack(*entry) for run in runs for entry in run)
+    return ChunkTable(INDEX_MAGIC, None, packs, entries)

@@ -40,7 +40,7 @@ from optuna_cas.chunks.maintenance import ChunkMaintenance, StoredObject
 from optuna_cas.chunks.pack_checks import PackChecks
 from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.reader import ChunkedReader, missing_pack, whole_file_reader
-from optuna_cas.chunks.runs import RunCopier, overlapping_runs
+from optuna_cas.chunks.runs import RunCopier, overlapping_runs, runs_table
 from optuna_cas.chunks.table import (
     ENTRY,
     INDEX_MAGIC,
@@ -519,26 +519,21 @@ class ChunkStore(ChunkMaintenance):
         # the runs in the order the file first needs them.
         first_use = {chunk: i for i, chunk in reversed(list(enumerate(e.chunk for e in table)))}
         runs = sorted(overlapping_runs(wanted), key=lambda r: min(first_use[e.chunk] for e in r))
-        ordered = b"".join(ENTRY.pack(*entry) for run in runs for entry in run)
-        missing = ChunkTable(INDEX_MAGIC, None, table.packs, ordered)
         copier = RunCopier(PackWriter(self._backend, TableBuilder(MANIFEST_MAGIC)))
-        reader = ChunkedReader(source._backend, missing, f"copy of {digest}")
+        reader = ChunkedReader(source._backend, runs_table(runs, table.packs), f"copy of {digest}")
         try:
             copier.copy(runs, reader.chunks())
-            copier.writer.finish()
+            copier.finish()
         except BaseException:
             copier.writer.abort()
             raise
         finally:
             reader.close()
-        copied = copier.locations()
-        self.publish_index(copier.writer.index)  # the ranges too: later versions name them
+        # With the ranges inside runs: this and later copies find each by digest.
+        self.publish_index(copier.writer.index)
         manifest = TableBuilder(MANIFEST_MAGIC)
         for entry in table:
-            placed = copied.get(entry.chunk)
-            where = (
-                placed[:2] if placed else self.known.find(Digest(entry.chunk.hex(), entry.length))
-            )
+            where = self.known.find(Digest(entry.chunk.hex(), entry.length))
             if where is None:
                 raise IntegrityError(f"copy of {digest}: chunk {entry.chunk.hex()} was not stored")
             manifest.add(

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from optuna_cas.chunks.packer import PackWriter
-from optuna_cas.chunks.runs import RunCopier, overlapping_runs
+from optuna_cas.chunks.runs import RunCopier, extent, overlapping_runs, runs_table
 from optuna_cas.chunks.store import ChunkStore, StoredObject
 from optuna_cas.chunks.table import (
     INDEX_MAGIC,
@@ -30,7 +30,6 @@ from optuna_cas.chunks.table import (
     ChunkTable,
     Entry,
     TableBuilder,
-    parse_table,
 )
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
@@ -277,13 +276,8 @@ def repack(
         if not runs:
             continue  # every live chunk is also in a pack that stays: nothing to copy
         picked.update(e.chunk for run in runs for e in run)
-        plan = TableBuilder(INDEX_MAGIC)
-        number = plan.pack_number(live.packs[obj.hexdigest])
-        for entry in (e for run in runs for e in run):
-            plan.add_raw(entry.chunk, entry.length, number, entry.offset)
-        table = parse_table(plan.to_bytes(), f"repack plan of {obj.key}", INDEX_MAGIC)
-        plans.append((obj, table, runs))
-    report.bytes_repacked = sum(_extent(run) for _, _, runs in plans for run in runs)
+        plans.append((obj, runs_table(runs, (live.packs[obj.hexdigest],)), runs))
+    report.bytes_repacked = sum(extent(run) for _, _, runs in plans for run in runs)
     if dry_run:
         report.packs_repacked = sorted(obj.key for obj in candidates)
         return {}, set()
@@ -297,10 +291,6 @@ def repack(
         # until a run at least one grace period from now finds it unused.
         chunks.touch(obj)
     return moved, gone
-
-
-def _extent(run: list[Entry]) -> int:
-    return max(e.offset + e.length for e in run) - run[0].offset
 
 
 def _copy_chunks(
@@ -321,12 +311,11 @@ def _copy_chunks(
                     # This pack stays, its manifests unchanged (verify reports it); the runs
                     # copied before are verified copies, named only by the index.
                     continue
-            bar.advance(sum(_extent(run) for run in runs))
-        copier.writer.finish()
+            bar.advance(sum(extent(run) for run in runs))
+        moved = copier.finish()
     except BaseException:
         copier.writer.abort()
         raise
-    moved = copier.locations()
     chunks.publish_index(copier.writer.index)
     return moved
 
