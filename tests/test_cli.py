@@ -823,8 +823,8 @@ def test_put_of_a_new_version_says_how_much_of_it_was_new(
     base = random_bytes(9 * 1024 * 1024)  # above the 8 MiB threshold: stored as chunks
     first = make_file(base, name="v1.pt")
     second = make_file(
-        # seed=1: random_bytes(200_000) with the same seed is base's first 200,000 bytes,
-        # which the store holds already (a delta then stores only the edges of the region).
+        # seed=1: with base's seed (0), random_bytes(200_000) would be base's own first
+        # 200,000 bytes, which the store holds already (a delta then stores only the edges).
         b"step=2" + base[:4_000_000] + random_bytes(200_000, seed=1) + base[4_200_000:],
         name="v2.pt",
     )

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import random
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 from hypothesis import given, settings
@@ -23,13 +24,16 @@ from optuna_cas import FileSystemArtifactStore, gc, sync, verify
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.chunks import delta
+from optuna_cas.chunks.assemble import assemble_from_cache
 from optuna_cas.chunks.delta import Piece, diff, store_delta
-from optuna_cas.chunks.layout import PACK_PREFIX
+from optuna_cas.chunks.layout import PACK_PREFIX, pack_key
 from optuna_cas.chunks.packer import PackWriter
+from optuna_cas.chunks.reader import ChunkedReader
 from optuna_cas.chunks.table import MANIFEST_MAGIC, TableBuilder, parse_table
 from optuna_cas.content import ContentStore
 from optuna_cas.digest import Digest, hash_file
 from optuna_cas.exceptions import IntegrityError
+from optuna_cas.middleware.blob_cache import DiskBlobCache
 from optuna_cas.operations._gc_chunks import LiveChunks
 from optuna_cas.stores.memory import MemoryArtifactStore
 
@@ -331,3 +335,68 @@ def test_pieces_that_do_not_tile_the_chunk_are_refused(tmp_path: Path) -> None:
 def test_chunks_of_other_lengths_are_never_deltas() -> None:
     assert diff(b"a" * 5000, b"a" * 5001) is None
     assert diff(b"", b"") is None
+
+
+def _file_of_many_packs(
+    tmp_path: Path, order: list[int]
+) -> tuple[LocalBackend, Any, Digest, bytes]:
+    """A manifest naming small packs in ``order`` (a pack may come back after others)."""
+    backend = LocalBackend(tmp_path / "packs-store")
+    builder = TableBuilder(MANIFEST_MAGIC)
+    packs = []
+    for i in range(max(order) + 1):
+        data = _rand(64, 100 + i)
+        pack = Digest.of_bytes(data)
+        backend.write(pack_key(pack), io.BytesIO(data))
+        packs.append((pack, data))
+    whole = b""
+    for i in order:
+        pack, data = packs[i]
+        builder.add(Digest.of_bytes(data), builder.pack_number(pack), 0)
+        whole += data
+    digest = Digest.of_bytes(whole)
+    return backend, parse_table(builder.to_bytes(digest), "m", MANIFEST_MAGIC), digest, whole
+
+
+def test_a_local_read_keeps_few_packs_open_at_once(tmp_path: Path) -> None:
+    # One open handle per pack for the whole read ran out of descriptors (a probe: 300 packs
+    # under a limit of 200); the reader keeps at most 16 and reopens a pack that comes back.
+    import resource
+
+    order = [*range(40), 0, 1, 2]
+    backend, table, _digest, whole = _file_of_many_packs(tmp_path, order)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 30, hard))
+    try:
+        assert ChunkedReader(backend, table, "x").read() == whole
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_cached_copy_reuses_a_descriptor_only_while_its_pack_is_open(tmp_path: Path) -> None:
+    # The cache keeps 16 packs open; a pack that comes back after 20 others is a new handle,
+    # and copying from the old descriptor number failed (EBADF) or read another file.
+    backend, table, digest, whole = _file_of_many_packs(tmp_path, [*range(20), 0, 1, 2])
+    cache = DiskBlobCache(tmp_path / "cache")
+    target = tmp_path / "out" / "file"
+    target.parent.mkdir()
+    fetch = lambda pack: backend.open_reader(pack_key(pack))  # noqa: E731
+    assert assemble_from_cache(table, digest, target, cache, fetch)
+    assert target.read_bytes() == whole
+
+
+class _NoFileno(LocalBackend):
+    """A local backend whose readers are not plain files (as when reads are counted)."""
+
+    def open_reader(self, key: str, *, offset: int = 0, length: int | None = None) -> BinaryIO:
+        data = super().open_reader(key, offset=offset, length=length).read()
+        return io.BufferedReader(io.BytesIO(data))  # type: ignore[arg-type]
+
+
+def test_a_local_store_whose_packs_are_not_plain_files_reads_them_per_run(
+    tmp_path: Path,
+) -> None:
+    _backend, table, _digest, whole = _file_of_many_packs(tmp_path, [0, 1, 0, 2])
+    wrapped = _NoFileno(tmp_path / "packs-store")
+    assert ChunkedReader(wrapped, table, "x").read() == whole

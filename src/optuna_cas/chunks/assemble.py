@@ -205,12 +205,18 @@ def _copy_runs(
 ) -> bool | None:
     """Copy every run into ``out_fd``; None if a pack is not cacheable, False if one is short."""
     position = 0
-    sources: dict[int, int | None] = {}  # a delta'd file switches packs thousands of times
+    # A delta'd file switches packs thousands of times: each handle's descriptor is looked up
+    # once, and used only while that same handle is the pack's (cached packs are closed and
+    # reopened as others are needed).
+    known: dict[int, tuple[BinaryIO, int | None]] = {}
     for number, offset, length in runs:
-        if number not in sources:
-            handle = packs.get(number)
-            sources[number] = None if handle is None else real_fileno(handle)
-        source = sources[number]
+        handle = packs.get(number)
+        if handle is None:
+            return None
+        seen = known.get(number)
+        if seen is None or seen[0] is not handle:
+            seen = known[number] = (handle, real_fileno(handle))
+        source = seen[1]
         if source is None:
             return None
         if position + length > size or stop.is_set():

@@ -50,9 +50,9 @@ _MAX_PIECES = 33
 # Consecutive chunks that matched nothing at the cursor before it is dropped: content that is
 # all new (fully retrained weights) then costs two reads, not a read per chunk.
 _MISSES = 2
-# Entries deltas may add to one manifest beyond one per chunk (4 MiB of entries), so that a
-# file's manifest stays far within what readers accept (MAX_TABLE_BYTES): past it, changed
-# chunks are stored whole.
+# Entries deltas may add to one manifest beyond one per chunk (3 MiB of entries): past it,
+# changed chunks are stored whole. A manifest must stay within what readers accept
+# (MAX_TABLE_BYTES, 64 MiB: about 1.4 million entries, some 85 GiB of 64 KiB chunks).
 _EXTRA_ENTRIES = 1 << 16
 
 
@@ -80,23 +80,26 @@ Piece(start=5056, end=8192, same=True)]
         return None
     step = _COARSE
     differ = [s for s in range(0, n, step) if old[s : s + step] != new[s : s + step]]
-    if len(differ) * step > 2 * _MAX_NEW_SHARE * n + step:
-        return None  # most blocks differ: not a rewrite of a few places
-    runs: list[list[int]] = []
+    if len(differ) > 8 and len(differ) * 4 > 3 * -(-n // step):
+        return None  # a quick no: most blocks differ, not a rewrite of a few places
+    blocks: list[list[int]] = []  # runs of adjacent differing blocks
     for s in differ:
-        if runs and s - runs[-1][1] < _MERGE:
-            runs[-1][1] = min(s + step, n)
+        if blocks and s == blocks[-1][1]:
+            blocks[-1][1] = min(s + step, n)
         else:
-            runs.append([s, min(s + step, n)])
-    for run in runs:
+            blocks.append([s, min(s + step, n)])
+    runs: list[list[int]] = []
+    for s, e in blocks:
         # Narrowed within the first and last block (each holds a difference): only a run's
         # edges are compared finely, not every block.
-        s, e = run
         while s + _FINE < e and old[s : s + _FINE] == new[s : s + _FINE]:
             s += _FINE
         while e - _FINE > s and old[e - _FINE : e] == new[e - _FINE : e]:
             e -= _FINE
-        run[:] = [s, e]
+        if runs and s - runs[-1][1] < _MERGE:
+            runs[-1][1] = e
+        else:
+            runs.append([s, e])
     if runs and runs[0][0] < _MERGE:
         runs[0][0] = 0
     if runs and n - runs[-1][1] < _MERGE:

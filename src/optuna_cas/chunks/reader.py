@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, TypeVar, cast
@@ -45,6 +47,10 @@ _BLOCK = 2 * 1024 * 1024
 _Bytes = TypeVar("_Bytes", bytes, memoryview)
 # Batches of about _BLOCK bytes fetched ahead of the caller.
 READ_AHEAD = 3
+# Local pack files a reader keeps open at once.
+_OPEN_FILES = 16
+# A ranged read of one pack: (pack, start, end, the entry numbers it holds).
+_Run = tuple[Digest, int, int, range]
 
 
 class ChunkedReader(io.RawIOBase):
@@ -140,7 +146,7 @@ class ChunkedReader(io.RawIOBase):
             )
         return data
 
-    def _runs(self) -> Iterator[tuple[Digest, int, int, range]]:
+    def _runs(self) -> Iterator[_Run]:
         """(pack, start, end, entry numbers): one ranged read each, in file order."""
         i = 0
         while i < len(self._table):
@@ -148,7 +154,7 @@ class ChunkedReader(io.RawIOBase):
             yield run
             i = run[3].stop
 
-    def _run_at(self, i: int) -> tuple[Digest, int, int, range]:
+    def _run_at(self, i: int) -> _Run:
         """The run of entries from ``i`` that one ranged read of their pack fetches."""
         table, count = self._table, len(self._table)
         first = table.entry(i)
@@ -171,14 +177,17 @@ class ChunkedReader(io.RawIOBase):
         return table.packs[first.pack], start, end, range(i, j)
 
     def _from_backend(self) -> Generator[bytes | memoryview, None, None]:
+        runs = self._runs()
         if staging_of(self._backend) is not None:
-            yield from self._from_local_files()
-            return
+            yield from self._from_local_files(runs)
+        else:
+            yield from self._prefetching(runs)
+
+    def _prefetching(self, runs: Iterator[_Run]) -> Generator[bytes | memoryview, None, None]:
         # The next run's request is sent while this one is read, so the server's time to first
         # byte overlaps our reading (one request at a time otherwise waits for each).
-        runs = self._runs()
         opener = ThreadPoolExecutor(1, thread_name_prefix="optuna-cas-open-run")
-        upcoming: tuple[tuple[Digest, int, int, range], Future[BinaryIO]] | None = None
+        upcoming: tuple[_Run, Future[BinaryIO]] | None = None
         try:
             run = next(runs, None)
             if run is not None:
@@ -198,27 +207,35 @@ class ChunkedReader(io.RawIOBase):
                     upcoming[1].result().close()
             opener.shutdown(wait=True)
 
-    def _from_local_files(self) -> Generator[bytes | memoryview, None, None]:
-        """Runs read with ``pread`` from each pack file, opened once.
+    def _from_local_files(self, runs: Iterator[_Run]) -> Generator[bytes | memoryview, None, None]:
+        """Runs read with ``pread`` from the pack files, each opened once while in use.
 
         A delta'd file (see chunks.delta) switches between packs thousands of times; a safe
-        open per run, handed to a thread, made its reads 11x slower than a plain file's.
+        open per run, handed to a thread, made its reads 11x slower than a plain file's. At
+        most :data:`_OPEN_FILES` stay open (a file may name hundreds of packs). Packs that
+        are not plain files (a backend wrapped to count its reads) go the remote way.
         """
-        files: dict[str, BinaryIO] = {}
+        files: OrderedDict[str, tuple[BinaryIO, int]] = OrderedDict()
         try:
-            for pack, start, end, numbers in self._runs():
-                handle = files.get(pack.hexdigest)
-                if handle is None:
-                    handle = files[pack.hexdigest] = self._fetch_pack(pack)
-                fd = real_fileno(handle)
-                if fd is None:  # not a plain file after all: one reader per run
-                    with self._open_run(pack, start, end) as reader:
-                        yield from self._read_opened(reader, pack, start, numbers)
-                    continue
-                run = cast(BinaryIO, _FileRange(fd, start, end))
-                yield from self._read_opened(run, pack, start, numbers)
+            for run in runs:
+                pack, start, end, numbers = run
+                if pack.hexdigest in files:
+                    files.move_to_end(pack.hexdigest)
+                else:
+                    handle = self._fetch_pack(pack)
+                    fd = real_fileno(handle)
+                    if fd is None:
+                        handle.close()
+                        yield from self._prefetching(itertools.chain([run], runs))
+                        return
+                    files[pack.hexdigest] = (handle, fd)
+                    if len(files) > _OPEN_FILES:
+                        files.popitem(last=False)[1][0].close()
+                fd = files[pack.hexdigest][1]
+                reader = cast(BinaryIO, _FileRange(fd, start, end))
+                yield from self._read_opened(reader, pack, start, numbers)
         finally:
-            for handle in files.values():
+            for handle, _fd in files.values():
                 handle.close()
 
     def _open_run(self, pack: Digest, start: int, end: int) -> BinaryIO:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+import blake3
+
 from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.table import ENTRY, INDEX_MAGIC, ChunkTable, Entry
 from optuna_cas.digest import Digest
@@ -83,11 +85,8 @@ class RunCopier:
                     joined += piece[end - entry.offset :]
                     end = entry.offset + entry.length
             single = len(run) == 1  # its digest is the range's, verified by the reader
-            digest = (
-                Digest(run[0].chunk.hex(), end - start)
-                if single
-                else Digest.of_bytes(bytes(joined))
-            )
+            hexdigest = run[0].chunk.hex() if single else blake3.blake3(joined).hexdigest()
+            digest = Digest(hexdigest, end - start)
             self.writer.add_new(digest, memoryview(joined))
             members = [(e.chunk, e.offset - start, e.length) for e in run]
             self._placed.append((bytes.fromhex(digest.hexdigest), members))

@@ -310,7 +310,7 @@ def _copy_chunks(
                 except (ArtifactNotFound, IntegrityError):
                     # This pack stays, its manifests unchanged (verify reports it); the runs
                     # copied before are verified copies, named only by the index.
-                    continue
+                    pass
             bar.advance(sum(extent(run) for run in runs))
         moved = copier.finish()
     except BaseException:
