@@ -116,12 +116,19 @@ Piece(start=5056, end=8192, same=True)]
         pieces.append(Piece(at, n, True))
     # Checked once more, whole: pieces out of order or called equal when they are not would
     # name wrong bytes in a manifest that parses (a probe found narrowing once run below 0).
+    if not _tile(pieces, n) or any(same and old[s:e] != new[s:e] for s, e, same in pieces):
+        return None
+    return pieces
+
+
+def _tile(pieces: list[Piece], length: int) -> bool:
+    """Whether ``pieces`` cover ``[0, length)`` in order, each non-empty."""
     at = 0
-    for s, e, same in pieces:
-        if s != at or e <= s or (same and old[s:e] != new[s:e]):
-            return None
-        at = e
-    return pieces if at == n else None
+    for piece in pieces:
+        if piece.start != at or piece.end <= at:
+            return False
+        at = piece.end
+    return at == length
 
 
 class DeltaFinder:
@@ -212,12 +219,7 @@ def store_delta(
         (3, 64)
     """
     pack, offset, pieces, old = found
-    at = 0
-    for piece in pieces:  # a manifest naming other bytes than the file's must never be written
-        if piece.start != at or piece.end <= at:
-            raise ValueError(f"pieces {pieces} do not cover a chunk of {len(new)} bytes in order")
-        at = piece.end
-    if at != len(new):
+    if not _tile(pieces, len(new)):  # a manifest naming other bytes must never be written
         raise ValueError(f"pieces {pieces} do not cover a chunk of {len(new)} bytes in order")
     for start, end, same in pieces:
         if same:

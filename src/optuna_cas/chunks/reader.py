@@ -12,13 +12,14 @@ file's digest anyway (``check_chunks=False``, a download).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import os
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, TypeVar, cast
 
@@ -26,6 +27,7 @@ import blake3
 
 from optuna_cas._fileio import real_fileno, unbuffered
 from optuna_cas.backends.base import Backend, staging_of
+from optuna_cas.backends.window import Window, WindowReader
 from optuna_cas.chunks.cached_packs import CachedPacks, PackCache
 from optuna_cas.chunks.layout import PACK_LEAD_MAX, pack_key
 from optuna_cas.chunks.table import ChunkTable, Entry
@@ -215,7 +217,8 @@ class ChunkedReader(io.RawIOBase):
         most :data:`_OPEN_FILES` stay open (a file may name hundreds of packs). Packs that
         are not plain files (a backend wrapped to count its reads) go the remote way.
         """
-        files: OrderedDict[str, tuple[BinaryIO, int]] = OrderedDict()
+        files: OrderedDict[str, tuple[BinaryIO, Callable[[memoryview, int], int]]]
+        files = OrderedDict()
         try:
             for run in runs:
                 pack, start, end, numbers = run
@@ -228,14 +231,14 @@ class ChunkedReader(io.RawIOBase):
                         handle.close()
                         yield from self._prefetching(itertools.chain([run], runs))
                         return
-                    files[pack.hexdigest] = (handle, fd)
+                    files[pack.hexdigest] = (handle, functools.partial(_pread, fd))
                     if len(files) > _OPEN_FILES:
                         files.popitem(last=False)[1][0].close()
-                fd = files[pack.hexdigest][1]
-                reader = cast(BinaryIO, _FileRange(fd, start, end))
-                yield from self._read_opened(reader, pack, start, numbers)
+                pread = files[pack.hexdigest][1]
+                window = WindowReader(pread, Window(start, end), size=pack.size)
+                yield from self._read_opened(cast(BinaryIO, window), pack, start, numbers)
         finally:
-            for handle, _fd in files.values():
+            for handle, _pread_of in files.values():
                 handle.close()
 
     def _open_run(self, pack: Digest, start: int, end: int) -> BinaryIO:
@@ -315,24 +318,8 @@ class ChunkedReader(io.RawIOBase):
             raise self._missing(pack) from e
 
 
-class _FileRange(io.RawIOBase):
-    """``[start, end)`` of an open file, read with ``pread`` (the descriptor's offset unused)."""
-
-    def __init__(self, fd: int, start: int, end: int) -> None:
-        super().__init__()
-        self._fd, self._at, self._end = fd, start, end
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        count = min(len(buffer), self._end - self._at)
-        if count <= 0:
-            return 0
-        with memoryview(buffer) as view:
-            got = os.preadv(self._fd, [view[:count]], self._at)
-        self._at += got
-        return got
+def _pread(fd: int, view: memoryview, position: int) -> int:
+    return os.preadv(fd, [view], position)
 
 
 def _back_to_back(

@@ -33,7 +33,7 @@ from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.table import ENTRY, INDEX_MAGIC, ChunkTable, Entry
 from optuna_cas.digest import Digest
 
-__all__ = ["RunCopier", "extent", "overlapping_runs", "runs_table"]
+__all__ = ["Location", "RunCopier", "extent", "overlapping_runs", "runs_table"]
 
 Location = tuple[Digest, int, int]  # (pack, offset, length)
 
@@ -77,17 +77,19 @@ class RunCopier:
         reader) in the order of ``runs``, range after range.
         """
         for run in runs:
-            start, end = run[0].offset, run[0].offset
-            joined = bytearray()
-            for entry in run:
-                piece = next(data)
-                if entry.offset + entry.length > end:  # ranges overlap: only what is new
-                    joined += piece[end - entry.offset :]
-                    end = entry.offset + entry.length
-            single = len(run) == 1  # its digest is the range's, verified by the reader
-            hexdigest = run[0].chunk.hex() if single else blake3.blake3(joined).hexdigest()
-            digest = Digest(hexdigest, end - start)
-            self.writer.add_new(digest, memoryview(joined))
+            start = run[0].offset
+            if len(run) == 1:  # its digest is the range's, verified by the reader
+                digest = Digest(run[0].chunk.hex(), run[0].length)
+                self.writer.add_new(digest, memoryview(next(data)))
+            else:
+                end, joined = start, bytearray()
+                for entry in run:
+                    piece = next(data)
+                    if entry.offset + entry.length > end:  # ranges overlap: only what is new
+                        joined += piece[end - entry.offset :]
+                        end = entry.offset + entry.length
+                digest = Digest(blake3.blake3(joined).hexdigest(), end - start)
+                self.writer.add_new(digest, memoryview(joined))
             members = [(e.chunk, e.offset - start, e.length) for e in run]
             self._placed.append((bytes.fromhex(digest.hexdigest), members))
 

@@ -157,8 +157,8 @@ class ChunkStore(ChunkMaintenance):
         deltas = DeltaFinder(self._backend) if staging_of(self._backend) is not None else None
         try:
             for chunk, data in chunker:
-                where = self.known.find(chunk)
-                if where is not None and checks.assume(where[0]):
+                where = self._reusable(chunk, checks)
+                if where is not None:
                     writer.add_known(chunk, *where)
                     if deltas is not None:
                         deltas.follow(where[0], where[1] + chunk.size)

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from optuna_cas.chunks.packer import PackWriter
-from optuna_cas.chunks.runs import RunCopier, extent, overlapping_runs, runs_table
+from optuna_cas.chunks.runs import Location, RunCopier, extent, overlapping_runs, runs_table
 from optuna_cas.chunks.store import ChunkStore, StoredObject
 from optuna_cas.chunks.table import (
     INDEX_MAGIC,
@@ -54,8 +54,6 @@ __all__ = [
 REPACK_BELOW = 0.5
 # Entries per consolidated index object: 24 MB, well below what a reader accepts (64 MiB).
 _INDEX_PART = 500_000
-
-Location = tuple[Digest, int, int]  # (pack, offset, length)
 
 
 @dataclass
