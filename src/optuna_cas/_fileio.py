@@ -31,6 +31,7 @@ __all__ = [
     "materialize_buffers",
     "open_regular_file",
     "open_regular_file_stat",
+    "pread_full",
     "publish_new_file",
     "pwrite_all",
     "read_up_to",
@@ -240,6 +241,21 @@ def copy_range(
         if on_progress is not None:
             on_progress(copied)
     return copied
+
+
+def pread_full(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``fd`` at ``offset``; fewer bytes only where the file ends.
+
+    Example:
+        >>> import tempfile
+        >>> f = tempfile.TemporaryFile(); _ = f.write(b"abc"); f.flush()
+        >>> view = memoryview(bytearray(b"....")); pread_full(f.fileno(), view, 1), bytes(view)
+        (2, b'bc..')
+    """
+    got = 0
+    while got < len(view) and (n := os.preadv(fd, [view[got:]], offset + got)):
+        got += n
+    return got
 
 
 def pwrite_all(fd: int, view: memoryview, offset: int) -> None:

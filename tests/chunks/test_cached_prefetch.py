@@ -209,17 +209,21 @@ def test_a_copy_that_fails_stops_the_prefetch_close_behind_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, digest, first_use = spread
-    real_copy = assemble.copy_range
     copies: list[int] = []
 
-    def fail_on_the_second_pack(source: int, *args: Any) -> int:
-        copies.append(os.fstat(source).st_ino)
-        if len(set(copies)) == 2:
-            time.sleep(0.5)  # time enough for a prefetch without a bound to run to the end
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_copy(source, *args)
+    def failing_on_the_second_pack(real: Any) -> Any:
+        def copy(source: int, *args: Any) -> int:
+            copies.append(os.fstat(source).st_ino)
+            if len(set(copies)) == 2:
+                time.sleep(0.5)  # time enough for a prefetch without a bound to run to the end
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return int(real(source, *args))
 
-    monkeypatch.setattr(assemble, "copy_range", fail_on_the_second_pack)
+        return copy
+
+    # Long runs are copied in the kernel, short ones read into a buffer: either may fail.
+    for name in ("copy_range", "pread_full"):
+        monkeypatch.setattr(assemble, name, failing_on_the_second_pack(getattr(assemble, name)))
     worker, backend, _ = _worker(tmp_path)
     with pytest.raises(OSError, match="No space left"):
         worker.materialize_blob(digest, tmp_path / "out")

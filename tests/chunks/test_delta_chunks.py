@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from optuna_cas import FileSystemArtifactStore, gc, sync, verify
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.backends.memory import MemoryBackend
-from optuna_cas.chunks import delta
-from optuna_cas.chunks.assemble import assemble_from_cache
+from optuna_cas.chunks import assemble, delta
+from optuna_cas.chunks.assemble import assemble_from_cache, assemble_from_store, contiguous_runs
 from optuna_cas.chunks.delta import Piece, diff, store_delta
 from optuna_cas.chunks.layout import PACK_PREFIX, pack_key
 from optuna_cas.chunks.packer import PackWriter
@@ -400,3 +400,30 @@ def test_a_local_store_whose_packs_are_not_plain_files_reads_them_per_run(
     _backend, table, _digest, whole = _file_of_many_packs(tmp_path, [0, 1, 0, 2])
     wrapped = _NoFileno(tmp_path / "packs-store")
     assert ChunkedReader(wrapped, table, "x").read() == whole
+
+
+def test_a_delta_file_is_copied_out_of_its_packs_exactly_and_a_short_pack_fails_it(
+    tmp_path: Path,
+) -> None:
+    # A delta'd file is thousands of short runs, gathered into one buffer before each write
+    # (one kernel copy each was 30 us): positions must come out right, and a pack that ends
+    # early must fail the copy, not leave a file.
+    store = _local(tmp_path)
+    v0 = _rand(4 * MiB, 21)
+    _put(store, "v0", v0, tmp_path)
+    v1 = _rewrite_rows(v0, 60, 22)
+    digest = store.put_artifact("v1", io.BytesIO(v1)).digest
+    table = store.chunks.manifest(digest)
+    runs = list(contiguous_runs(table))
+    assert sum(length < assemble._SMALL_RUN for _, _, length in runs) > 60
+    backend = LocalBackend(tmp_path / "store")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert assemble_from_store(table, digest, out / "v1", backend)
+    assert (out / "v1").read_bytes() == v1
+    (base,) = {table.packs[number] for number, _, _ in runs} - {table.packs[runs[-1][0]]}
+    path = tmp_path / "store" / pack_key(base)
+    path.chmod(0o644)
+    os.truncate(path, path.stat().st_size // 2)
+    assert not assemble_from_store(table, digest, out / "again", backend)
+    assert sorted(os.listdir(out)) == ["v1"]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from optuna_cas._fileio import copy_range, real_fileno
+from optuna_cas._fileio import copy_range, pread_full, pwrite_all, real_fileno
 from optuna_cas._verified_copy import publish_copy
 from optuna_cas.backends.base import Backend
 from optuna_cas.chunks.cached_packs import CachedPacks, PackCache
@@ -205,6 +205,7 @@ def _copy_runs(
 ) -> bool | None:
     """Copy every run into ``out_fd``; None if a pack is not cacheable, False if one is short."""
     position = 0
+    small = _SmallRuns(out_fd, progress)
     # A delta'd file switches packs thousands of times: each handle's descriptor is looked up
     # once, and used only while that same handle is the pack's (cached packs are closed and
     # reopened as others are needed).
@@ -221,13 +222,55 @@ def _copy_runs(
             return None
         if position + length > size or stop.is_set():
             return False
-        copied = copy_range(
-            source, out_fd, offset, position, length, stop, _shifted(progress, position)
-        )
-        if copied < length:
-            return False
+        if length < _SMALL_RUN:
+            if not small.add(source, offset, length, position):
+                return False
+        else:
+            small.flush()
+            copied = copy_range(
+                source, out_fd, offset, position, length, stop, _shifted(progress, position)
+            )
+            if copied < length:
+                return False
         position += length
+    small.flush()
     return position == size
+
+
+# Runs shorter than this (a delta's pieces: a few KiB each, thousands per file) are gathered
+# with pread into one buffer and written together. One copy_file_range per piece cost ~30 us
+# (the trailing hasher maps each landed range: a map and unmap per piece); a 128 MiB file
+# delta'd five times over took 3x as long to download as its first version.
+_SMALL_RUN = 256 * 1024
+_GATHER = 4 * 1024 * 1024
+
+
+class _SmallRuns:
+    """Short runs read into one buffer, written (and reported) when it fills."""
+
+    def __init__(self, out_fd: int, progress: Callable[[int], None]) -> None:
+        self._out, self._progress = out_fd, progress
+        self._buffer: memoryview | None = None
+        self._filled = 0
+        self._at = 0  # the file offset of the buffer's first byte
+
+    def add(self, source: int, offset: int, length: int, position: int) -> bool:
+        """Read ``length`` bytes at ``offset``, bound for ``position``; False if short."""
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(_GATHER))
+        if self._filled + length > len(self._buffer):
+            self.flush()
+        if self._filled == 0:
+            self._at = position
+        got = pread_full(source, self._buffer[self._filled : self._filled + length], offset)
+        self._filled += got
+        return got == length
+
+    def flush(self) -> None:
+        if self._filled and self._buffer is not None:
+            pwrite_all(self._out, self._buffer[: self._filled], self._at)
+            self._progress(self._at + self._filled)
+            self._filled = 0
 
 
 def _shifted(progress: Callable[[int], None], base: int) -> Callable[[int], None]:
