@@ -402,7 +402,7 @@ def test_a_local_store_whose_packs_are_not_plain_files_reads_them_per_run(
     assert ChunkedReader(wrapped, table, "x").read() == whole
 
 
-def test_a_delta_file_is_copied_out_of_its_packs_exactly_and_a_short_pack_fails_it(
+def test_a_delta_file_is_read_out_of_its_packs_exactly_and_a_short_pack_fails_it(
     tmp_path: Path,
 ) -> None:
     # A delta'd file is thousands of short runs, gathered into one buffer before each write
@@ -427,3 +427,7 @@ def test_a_delta_file_is_copied_out_of_its_packs_exactly_and_a_short_pack_fails_
     os.truncate(path, path.stat().st_size // 2)
     assert not assemble_from_store(table, digest, out / "again", backend)
     assert sorted(os.listdir(out)) == ["v1"]
+    # The streaming read (each run read straight from its pack file) names the short pack.
+    with pytest.raises(IntegrityError, match=f"{pack_key(base)}.* bytes early"):
+        for _ in ChunkedReader(backend, table, name="v1").chunks():
+            pass

@@ -15,7 +15,6 @@ import contextlib
 import functools
 import io
 import itertools
-import os
 import queue
 import threading
 from collections import OrderedDict
@@ -25,9 +24,8 @@ from typing import BinaryIO, TypeVar, cast
 
 import blake3
 
-from optuna_cas._fileio import real_fileno, unbuffered
+from optuna_cas._fileio import pread_full, real_fileno, unbuffered
 from optuna_cas.backends.base import Backend, staging_of
-from optuna_cas.backends.window import Window, WindowReader
 from optuna_cas.chunks.cached_packs import CachedPacks, PackCache
 from optuna_cas.chunks.layout import PACK_LEAD_MAX, pack_key
 from optuna_cas.chunks.table import ChunkTable, Entry
@@ -217,11 +215,10 @@ class ChunkedReader(io.RawIOBase):
         most :data:`_OPEN_FILES` stay open (a file may name hundreds of packs). Packs that
         are not plain files (a backend wrapped to count its reads) go the remote way.
         """
-        files: OrderedDict[str, tuple[BinaryIO, Callable[[memoryview, int], int]]]
-        files = OrderedDict()
+        files: OrderedDict[str, tuple[BinaryIO, int]] = OrderedDict()
         try:
             for run in runs:
-                pack, start, end, numbers = run
+                pack, start, _end, numbers = run
                 if pack.hexdigest in files:
                     files.move_to_end(pack.hexdigest)
                 else:
@@ -231,14 +228,13 @@ class ChunkedReader(io.RawIOBase):
                         handle.close()
                         yield from self._prefetching(itertools.chain([run], runs))
                         return
-                    files[pack.hexdigest] = (handle, functools.partial(_pread, fd))
+                    files[pack.hexdigest] = (handle, fd)
                     if len(files) > _OPEN_FILES:
                         files.popitem(last=False)[1][0].close()
-                pread = files[pack.hexdigest][1]
-                window = WindowReader(pread, Window(start, end), size=pack.size)
-                yield from self._read_opened(cast(BinaryIO, window), pack, start, numbers)
+                read = functools.partial(_pread_block, files[pack.hexdigest][1], pack_key(pack))
+                yield from self._read_blocks(read, pack, start, numbers)
         finally:
-            for handle, _pread_of in files.values():
+            for handle, _fd in files.values():
                 handle.close()
 
     def _open_run(self, pack: Digest, start: int, end: int) -> BinaryIO:
@@ -255,6 +251,17 @@ class ChunkedReader(io.RawIOBase):
         self, reader: BinaryIO, pack: Digest, start: int, numbers: range
     ) -> Iterator[bytes | memoryview]:
         key = pack_key(pack)
+        read = lambda _position, count: _read_exactly(reader, count, key)  # noqa: E731
+        return self._read_blocks(read, pack, start, numbers)
+
+    def _read_blocks(
+        self,
+        read: Callable[[int, int], bytes | bytearray],
+        pack: Digest,
+        start: int,
+        numbers: range,
+    ) -> Iterator[bytes | memoryview]:
+        """The entries ``numbers`` of ``pack``; ``read(position, count)`` reads from ``start`` on."""
         position, count = start, len(numbers)
         i = 0
         while i < count:
@@ -267,7 +274,7 @@ class ChunkedReader(io.RawIOBase):
                 if nxt.offset + nxt.length - position > _BLOCK:
                     break
                 block_end, j = nxt.offset + nxt.length, j + 1
-            block = memoryview(_read_exactly(reader, block_end - position, key))
+            block = memoryview(read(position, block_end - position))
             if self._check_chunks:
                 for number in numbers[i:j]:
                     entry = self._table.entry(number)
@@ -318,8 +325,14 @@ class ChunkedReader(io.RawIOBase):
             raise self._missing(pack) from e
 
 
-def _pread(fd: int, view: memoryview, position: int) -> int:
-    return os.preadv(fd, [view], position)
+def _pread_block(fd: int, key: str, position: int, count: int) -> bytearray:
+    # Straight into a new buffer: a delta'd file is thousands of short runs, and a reader
+    # object per run cost more than reading them.
+    block = bytearray(count)
+    got = pread_full(fd, memoryview(block), position)
+    if got != count:
+        raise IntegrityError(f"{key!r} ended {count - got} bytes early")
+    return block
 
 
 def _back_to_back(
