@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import io
 import json
 import os
@@ -471,3 +472,30 @@ def test_operations_name_what_they_got_instead_of_a_store(operation: str) -> Non
         args = ("./artifacts", optuna.create_study())
     with pytest.raises(TypeError, match=r"needs an optuna-cas store .* got str './artifacts'"):
         function(*args)
+
+
+def test_an_interrupted_sync_stops_at_once_and_leaves_whole_artifacts(tmp_path: Path) -> None:
+    # Ctrl-C used to let the pool run every queued copy to the end before "interrupted".
+    src = optuna_cas.FileSystemArtifactStore(tmp_path / "src")
+    dst = optuna_cas.FileSystemArtifactStore(tmp_path / "dst")
+    for i in range(60):
+        src.write(f"a{i}", io.BytesIO(blob_sized(b"%d-" % i)))
+    steps: list[int] = []
+
+    def press_ctrl_c_on_the_fifth_step(task: str, done: int, total: int | None) -> None:
+        if done:
+            steps.append(done)
+        if len(steps) == 5:
+            _thread.interrupt_main()  # as SIGINT does: KeyboardInterrupt in the main thread
+        elif len(steps) > 5:
+            time.sleep(0.05)  # copies take time: the main thread gets to handle the signal
+
+    with pytest.raises(KeyboardInterrupt):
+        sync(src, dst, workers=2, progress=press_ctrl_c_on_the_fifth_step)
+    copied = list(dst.content.iter_ref_ids())
+    assert len(copied) <= 20  # the copies under way, not the ~55 queued after them
+    for artifact_id in copied:
+        with dst.open_reader(artifact_id) as reader, src.open_reader(artifact_id) as expected:
+            assert reader.read() == expected.read()
+    report = sync(src, dst)  # and a second run finishes the job
+    assert report.ok and len(report.refs_copied) == 60 - len(copied)

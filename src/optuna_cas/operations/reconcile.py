@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from optuna_cas._delete import DELETED_ATTR_PREFIX, is_live, record_deletion
 from optuna_cas._meta import ArtifactMeta
 from optuna_cas._optuna import import_optuna
+from optuna_cas._threads import map_in_threads
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, OptunaCasError
 from optuna_cas.operations._reconcile_report import CATEGORIES, Finding, ReconcileReport
@@ -98,8 +98,7 @@ def reconcile(
     digests |= {
         e.digest for e in entries if e.digest is not None and e.meta.artifact_id not in refs
     }
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        stored = dict(zip(digests, pool.map(content.has_blob, digests), strict=True))
+    stored = dict(zip(digests, map_in_threads(content.has_blob, digests, workers), strict=True))
 
     lost = [
         found

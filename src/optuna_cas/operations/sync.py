@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from optuna_cas._threads import map_in_threads
 from optuna_cas.content import ContentStore
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
@@ -248,11 +248,8 @@ def sync(
             sent += 1
         return sent, None
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {
-            hexdigest: pool.submit(settle, hexdigest, group) for hexdigest, group in groups.items()
-        }
-        outcomes = {hexdigest: future.result() for hexdigest, future in futures.items()}
+    settled = map_in_threads(lambda item: settle(*item), groups.items(), workers)
+    outcomes = dict(zip(groups, settled, strict=True))
     for hexdigest, (sent, _problem) in outcomes.items():
         report.blobs_copied += min(sent, 1)
         report.bytes_copied += sent * groups[hexdigest][0].size  # not what a failure read
@@ -362,9 +359,8 @@ def _copy_legacy(
             report.bytes_copied += ref.size
         return None
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for artifact_id, problem in zip(todo, pool.map(copy, todo), strict=True):
-            if problem is None:
-                report.legacy_copied.append(artifact_id)
-            else:
-                report.failed.append((artifact_id, problem))
+    for artifact_id, problem in zip(todo, map_in_threads(copy, todo, workers), strict=True):
+        if problem is None:
+            report.legacy_copied.append(artifact_id)
+        else:
+            report.failed.append((artifact_id, problem))

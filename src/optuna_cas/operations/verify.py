@@ -7,8 +7,8 @@ That is blobs, and chunked files: manifests, packs and index objects (see
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
+from optuna_cas._threads import map_in_threads
 from optuna_cas.chunks.table import ChunkTable
 from optuna_cas.content import QUARANTINE_PREFIX, BlobInfo
 from optuna_cas.operations import _verify_chunks as chunked
@@ -95,8 +95,7 @@ def verify(
         checks += chunked.deep_checks(content.chunks, listing, manifests)
         total = sum(i.stored_size for i in blobs.values())
         bar = Progress("verify: hashing", total + chunked.deep_bytes(listing, manifests), progress)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            problems = list(pool.map(lambda check: check[2](bar), checks))
+        problems = map_in_threads(lambda check: check[2](bar), checks, workers)
         report.bytes_hashed = bar.done
         for (key, kind, _), problem in zip(checks, problems, strict=True):
             if problem is not None:
