@@ -431,3 +431,22 @@ def test_a_delta_file_is_read_out_of_its_packs_exactly_and_a_short_pack_fails_it
     with pytest.raises(IntegrityError, match=f"{pack_key(base)}.* bytes early"):
         for _ in ChunkedReader(backend, table, name="v1").chunks():
             pass
+
+
+def test_sync_from_a_long_lived_store_follows_a_repack_made_elsewhere(tmp_path: Path) -> None:
+    # The store object remembered v1's manifest; a gc in another process then repacked its
+    # chunks (a one-byte delta's pack is mostly lead, so gc always repacks it) and sync
+    # failed with "source blob ... is missing".
+    src = FileSystemArtifactStore(tmp_path / "src", chunk_threshold=THRESHOLD)
+    v0 = _rand(2 * MiB, 31)
+    v1 = v0[:-1] + bytes([v0[-1] ^ 1])
+    src.write("v0", io.BytesIO(v0))
+    src.write("v1", io.BytesIO(v1))
+    assert src.open_reader("v1").read() == v1
+    elsewhere = FileSystemArtifactStore(tmp_path / "src", chunk_threshold=THRESHOLD)
+    assert gc(elsewhere, grace_period=0, allow_short_grace=True).packs_repacked
+    gc(elsewhere, grace_period=0, allow_short_grace=True)
+    dst = FileSystemArtifactStore(tmp_path / "dst", chunk_threshold=THRESHOLD)
+    report = sync(src, dst)
+    assert report.ok, report.failed
+    assert dst.open_reader("v1").read() == v1

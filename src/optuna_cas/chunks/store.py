@@ -512,6 +512,7 @@ class ChunkStore(ChunkMaintenance):
         """
         if self.has_manifest(digest, with_packs=True):
             return 0
+        source._forget(digest)  # a gc elsewhere may have moved its chunks since we read it
         table = source.manifest(digest)
         self.known.refresh()
         wanted = ChunkTable(INDEX_MAGIC, None, table.packs, self._chunks_to_copy(table))
