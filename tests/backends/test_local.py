@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import pytest
 
-from optuna_cas.backends.base import Backend
+from optuna_cas.backends.base import Backend, ObjectInfo
 from optuna_cas.backends.local import TEMP_PREFIX, LocalBackend
+from optuna_cas.exceptions import ArtifactNotFound, InvalidKeyError
 from optuna_cas.middleware.backoff import RetryingBackend
 from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from optuna_cas.testing.backend import BackendConformance
@@ -91,3 +93,28 @@ def test_commit_new_replaces_a_symlink_at_the_key_without_following_it(tmp_path:
     assert not (backend.root / "blobs/ab/cd").is_symlink()
     assert (backend.root / "blobs/ab/cd").read_bytes() == b"payload"
     assert outside.read_bytes() == b"not ours"
+
+
+def test_a_directory_symlinked_out_of_the_store_holds_nothing_and_takes_no_write(
+    tmp_path: Path,
+) -> None:
+    # Hostile local state: a fan-out directory replaced by a symlink to one elsewhere. What
+    # lies there is not stored here (uploads store the bytes again, verify reports them
+    # missing); nothing is ever written or removed through it.
+    backend = LocalBackend(tmp_path / "s")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "cd").write_bytes(b"not ours")
+    (backend.root / "packs").mkdir()
+    (backend.root / "packs/ab").symlink_to(elsewhere)
+    key = "packs/ab/cd"
+    seen = ObjectInfo(key=key, size=8, modified=(elsewhere / "cd").stat().st_mtime)
+    for call in (backend.stat, backend.open_reader, backend.touch, backend.remove):
+        with pytest.raises(ArtifactNotFound, match="resolves outside"):
+            call(key)
+    assert not backend.exists(key)
+    assert not backend.remove_if_unchanged(key, seen)
+    with pytest.raises(InvalidKeyError, match="resolves outside"):
+        backend.write(key, io.BytesIO(b"payload"))
+    assert (elsewhere / "cd").read_bytes() == b"not ours"
+    assert sorted(os.listdir(elsewhere)) == ["cd"]

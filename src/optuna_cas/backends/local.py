@@ -93,7 +93,19 @@ class LocalBackend:
         return self._root
 
     def _path(self, key: str) -> Path:
-        return Path(self._fspath(key))
+        return Path(self._stored(key))
+
+    def _stored(self, key: str) -> str:
+        """``key``'s path, to read or remove what is stored there.
+
+        A key whose directory is a symlink leading out of the store names nothing stored in
+        it: ``ArtifactNotFound``, as for any missing object, so that uploads store the bytes
+        again and verify reports it missing (a write there still raises ``InvalidKeyError``).
+        """
+        try:
+            return self._fspath(key)
+        except _OutsideTheStore as e:
+            raise ArtifactNotFound(f"no object {key!r} in {self.describe()} ({e})") from e
 
     def _fspath(self, key: str) -> str:
         """``key``'s absolute path as a string (no ``Path``: the hot paths of small uploads)."""
@@ -112,7 +124,7 @@ class LocalBackend:
             if stat.S_ISLNK(mode):
                 target = os.path.realpath(current)
                 if target != root and not target.startswith(root + os.sep):
-                    raise InvalidKeyError(f"Invalid key: {key!r} (resolves outside {root!r})")
+                    raise _OutsideTheStore(f"Invalid key: {key!r} (resolves outside {root!r})")
         return f"{root}/{key}"
 
     def _missing(self, key: str) -> ArtifactNotFound:
@@ -275,7 +287,10 @@ class LocalBackend:
             >>> seen = b.stat("k"); b.remove_if_unchanged("k", seen), b.exists("k")
             (True, False)
         """
-        path = self._path(key)
+        try:
+            path = self._path(key)
+        except ArtifactNotFound:
+            return False
         doomed = path.with_name(
             shorten_name(f"{TEMP_PREFIX}gc-{uuid.uuid4().hex}-{path.name}", 255)
         )
@@ -308,8 +323,8 @@ class LocalBackend:
             False
         """
         try:
-            return stat.S_ISREG(os.lstat(self._fspath(key)).st_mode)
-        except FileNotFoundError:
+            return stat.S_ISREG(os.lstat(self._stored(key)).st_mode)
+        except (FileNotFoundError, ArtifactNotFound):
             return False
 
     def touch(self, key: str) -> None:
@@ -319,8 +334,9 @@ class LocalBackend:
             >>> import io, tempfile
             >>> b = LocalBackend(tempfile.mkdtemp()); b.write("k", io.BytesIO(b"x")); b.touch("k")
         """
+        path = self._stored(key)
         try:
-            os.utime(self._fspath(key), follow_symlinks=False)
+            os.utime(path, follow_symlinks=False)
         except FileNotFoundError as e:
             raise self._missing(key) from e
 
@@ -333,7 +349,7 @@ class LocalBackend:
             >>> b.stat("k").size
             3
         """
-        path = self._fspath(key)
+        path = self._stored(key)
         try:
             st = os.stat(path, follow_symlinks=False)
         except FileNotFoundError as e:
@@ -468,3 +484,7 @@ def _copy_to(source: BinaryIO, out_fd: int) -> None:
         written += n
         if n == len(view) and len(view) < CHUNK_SIZE:
             view = memoryview(bytearray(CHUNK_SIZE))
+
+
+class _OutsideTheStore(InvalidKeyError):
+    """A key whose directory is a symlink that leads out of the store."""
