@@ -363,15 +363,19 @@ def test_a_local_read_keeps_few_packs_open_at_once(tmp_path: Path) -> None:
     # under a limit of 200); the reader keeps at most 16 and reopens a pack that comes back.
     import resource
 
+    # The download (runs copied out of the pack files) kept them all open too.
     order = [*range(40), 0, 1, 2]
-    backend, table, _digest, whole = _file_of_many_packs(tmp_path, order)
+    backend, table, digest, whole = _file_of_many_packs(tmp_path, order)
+    target = tmp_path / "out"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     in_use = len(os.listdir("/proc/self/fd"))
     resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 30, hard))
     try:
         assert ChunkedReader(backend, table, "x").read() == whole
+        assert assemble_from_store(table, digest, target, backend)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert target.read_bytes() == whole
 
 
 def test_a_cached_copy_reuses_a_descriptor_only_while_its_pack_is_open(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from optuna_cas.chunks.table import ChunkTable, Entry
 from optuna_cas.digest import Digest, VerifyingReader
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
-__all__ = ["COALESCE_GAP", "ChunkedReader", "missing_pack", "whole_file_reader"]
+__all__ = ["COALESCE_GAP", "OPEN_FILES", "ChunkedReader", "missing_pack", "whole_file_reader"]
 
 # Bytes between two wanted chunks of one pack that are read and dropped rather than starting a
 # second request: about what one more request costs in time on S3.
@@ -48,7 +48,7 @@ _Bytes = TypeVar("_Bytes", bytes, memoryview)
 # Batches of about _BLOCK bytes fetched ahead of the caller.
 READ_AHEAD = 3
 # Local pack files a reader keeps open at once.
-_OPEN_FILES = 16
+OPEN_FILES = 16
 # A ranged read of one pack: (pack, start, end, the entry numbers it holds).
 _Run = tuple[Digest, int, int, range]
 
@@ -212,7 +212,7 @@ class ChunkedReader(io.RawIOBase):
 
         A delta'd file (see chunks.delta) switches between packs thousands of times; a safe
         open per run, handed to a thread, made its reads 11x slower than a plain file's. At
-        most :data:`_OPEN_FILES` stay open (a file may name hundreds of packs). Packs that
+        most :data:`OPEN_FILES` stay open (a file may name hundreds of packs). Packs that
         are not plain files (a backend wrapped to count its reads) go the remote way.
         """
         files: OrderedDict[str, tuple[BinaryIO, int]] = OrderedDict()
@@ -229,7 +229,7 @@ class ChunkedReader(io.RawIOBase):
                         yield from self._prefetching(itertools.chain([run], runs))
                         return
                     files[pack.hexdigest] = (handle, fd)
-                    if len(files) > _OPEN_FILES:
+                    if len(files) > OPEN_FILES:
                         files.popitem(last=False)[1][0].close()
                 read = functools.partial(_pread_block, files[pack.hexdigest][1], pack_key(pack))
                 yield from self._read_blocks(read, pack, start, numbers)
