@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import blake3
 
 from optuna_cas._fileio import kernel_copy, open_regular_file_stat, pwrite_all, real_fileno
+from optuna_cas._forksafe import ForkSafeLock
 from optuna_cas._verified_copy import OVERLAP_MIN_BYTES, hash_behind_copy
 from optuna_cas.digest import CHUNK_SIZE, Digest, hash_fd, new_blake3, readinto
 from optuna_cas.exceptions import IntegrityError
@@ -211,13 +212,8 @@ class FileDigestMemo:
         self._contents: collections.OrderedDict[tuple[str, bytes], tuple[Digest, Hashable]] = (
             collections.OrderedDict()
         )
-        self._lock = threading.Lock()
         # A fork while another thread holds the lock would leave the child's copy locked.
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._new_lock)
-
-    def _new_lock(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def get(self, st: os.stat_result) -> Digest | None:
         """The digest remembered for this file identity, if any."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import collections
 import io
-import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+from optuna_cas._forksafe import ForkSafeLock
 from optuna_cas._validation import validate_artifact_id
 from optuna_cas.backends.base import Backend, read_at_most
 from optuna_cas.exceptions import (
@@ -58,7 +58,7 @@ class RefStore:
         self._memo: collections.OrderedDict[str, ArtifactRef] | None = (
             collections.OrderedDict() if remember_refs else None
         )
-        self._memo_lock = threading.Lock()
+        self._memo_lock = ForkSafeLock()
 
     def describe(self) -> str:
         """The backend's URL-like name, for messages."""

@@ -39,6 +39,7 @@ import diskcache
 import diskcache.core
 
 from optuna_cas._fileio import copy_range, real_fileno
+from optuna_cas._forksafe import ForkedMidOperation, ForkGate
 from optuna_cas.digest import (
     CHUNK_SIZE,
     Digest,
@@ -64,7 +65,12 @@ _ENTRY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O
 # Cache files are never modified after adoption: make accidental in-place edits (e.g. of a
 # hard-linked download) fail for ordinary users. Root ignores it; verification still catches.
 READ_ONLY = 0o444
-CACHE_ERRORS: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
+CACHE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    sqlite3.Error,
+    diskcache.Timeout,
+    ForkedMidOperation,
+)
 # Inserted and deleted to make diskcache evict one more LRU entry (see evict_lru).
 _EVICTION_MARKER = "optuna-cas:evict-one"
 _KINDS = {
@@ -91,6 +97,68 @@ class FillTemp:
     fd: int
     name: str
     size: int
+
+
+# The database's own Settings rows are untrusted: diskcache applies every sqlite_* row as a
+# pragma, and explicit settings win over rows. A planted locking_mode = EXCLUSIVE made every
+# other process wait out the timeout and fail; a mapped database file kills the process with
+# SIGBUS if someone truncates it. The rest are diskcache's defaults.
+_SQLITE_SETTINGS = {
+    "sqlite_auto_vacuum": 1,
+    "sqlite_cache_size": 2**13,
+    "sqlite_journal_mode": "wal",
+    "sqlite_locking_mode": "normal",
+    "sqlite_mmap_size": 0,
+    "sqlite_synchronous": 1,
+}
+
+
+class GatedCache(diskcache.Cache):  # type: ignore[misc]
+    """``diskcache.Cache`` whose database work a fork waits for (see ``optuna_cas._forksafe``).
+
+    The methods this package calls are gated (``iterkeys``, a generator, is called only
+    inside :func:`evict_lru`, which its caller gates whole); a child forked while one ran raises
+    :class:`~optuna_cas._forksafe.ForkedMidOperation` (one of :data:`CACHE_ERRORS`) from each,
+    so it uses the store directly.
+
+    Args:
+        gate: The gate the calls pass through.
+        directory: The cache directory.
+        **settings: As for ``diskcache.Cache`` (sqlite_* ones are fixed here).
+    """
+
+    def __init__(self, gate: ForkGate, directory: str, **settings: Any) -> None:
+        self._gate = gate
+        with gate.section():
+            super().__init__(directory, **{**settings, **_SQLITE_SETTINGS})
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        with self._gate.section():
+            return super().get(*args, **kwargs)
+
+    def add(self, *args: Any, **kwargs: Any) -> Any:
+        with self._gate.section():
+            return super().add(*args, **kwargs)
+
+    def set(self, *args: Any, **kwargs: Any) -> Any:
+        with self._gate.section():
+            return super().set(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        with self._gate.section():
+            return super().delete(*args, **kwargs)
+
+    def reset(self, *args: Any, **kwargs: Any) -> Any:
+        with self._gate.section():
+            return super().reset(*args, **kwargs)
+
+    def clear(self, *args: Any, **kwargs: Any) -> Any:
+        with self._gate.section():
+            return super().clear(*args, **kwargs)
+
+    def volume(self) -> Any:
+        with self._gate.section():
+            return super().volume()
 
 
 class ConfinedDisk(diskcache.Disk):  # type: ignore[misc]

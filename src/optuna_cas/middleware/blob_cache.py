@@ -33,16 +33,14 @@ import functools
 import io
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, cast
-
-import diskcache
+from typing import Any, BinaryIO, cast
 
 from optuna_cas._fileio import materialize as _materialize_stream
 from optuna_cas._fileio import publish_new_file, raw_blocks, temp_beside
+from optuna_cas._forksafe import ForkGate, ForkSafeLock
 from optuna_cas._verified_copy import copy_and_publish, copy_holds
 from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader, verified_buffers
 from optuna_cas.exceptions import IntegrityError, StoreConfigError
@@ -125,10 +123,20 @@ class DiskBlobCache:
         self._size_limit = size_limit
         self._materialize: MaterializeMode = materialize
         self._cache_uploads = cache_uploads
-        self._evict_lock = threading.Lock()
+        # What a copy in another process (pickled for a spawn worker) opens again.
+        self._settings = {
+            "directory": self._directory,
+            "size_limit": size_limit,
+            "materialize": materialize,
+            "cache_uploads": cache_uploads,
+            "timeout": timeout,
+        }
+        self._evict_lock = ForkSafeLock()
+        self._gate = ForkGate()  # a fork waits for this cache's database work (see the class)
         files.prepare_directory(self._directory)
         try:
-            self._cache = diskcache.Cache(
+            self._cache = files.GatedCache(
+                self._gate,
                 self._root,
                 timeout=timeout,
                 disk=ConfinedDisk,
@@ -451,6 +459,14 @@ class DiskBlobCache:
     def __repr__(self) -> str:
         return f"DiskBlobCache({self._root!r}, size_limit={self._size_limit})"
 
+    def __getstate__(self) -> dict[str, object]:
+        # Pickled as its settings (a store passed to a spawn worker): the unpickled copy opens
+        # the same directory, with connections and locks of its own.
+        return self._settings
+
+    def __setstate__(self, settings: dict[str, Any]) -> None:
+        self.__init__(**settings)  # type: ignore[misc]
+
     # -- internals -----------------------------------------------------------------------------
 
     def _lookup(self, digest: Digest) -> BinaryIO | None:
@@ -553,7 +569,7 @@ class DiskBlobCache:
                 self._warn_bypass(e)
 
     def _evict_to(self, limit: int) -> int:
-        with self._evict_lock:
+        with self._gate.section(), self._evict_lock:
             return files.evict_lru(self._cache, limit, restore=self._size_limit)
 
     def _publish_hit(self, handle: BinaryIO, digest: Digest, target: Path) -> bool:
@@ -587,7 +603,9 @@ class DiskBlobCache:
         self.discard(digest)
 
     def _warn_bypass(self, error: BaseException) -> None:
-        logger.warning("Cache in %s failed (%s); using the store directly", self._root, error)
+        # Some errors have no text (diskcache.Timeout): their type says what happened.
+        reason = str(error) or type(error).__name__
+        logger.warning("Cache in %s failed (%s); using the store directly", self._root, reason)
 
     def _discard_temp(self, fd: int, name: str) -> None:
         if fd >= 0:

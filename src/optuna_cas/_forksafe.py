@@ -1,0 +1,171 @@
+"""Locks and critical sections that a ``fork()`` cannot leave half-held in the child.
+
+A child process gets a copy of every lock, but only the thread that forked: a lock another
+thread held at that moment stays held in the child forever (found by a probe: a child forked
+while a thread evicted from the cache hung on its first cache access). Two tools:
+
+- :class:`ForkSafeLock`: a lock that is new (released) in every child, and in every
+  unpickled copy, so objects holding one can be passed to ``spawn`` workers.
+- :class:`ForkGate`: operations a fork waits for. SQLite keeps per-process lock bookkeeping
+  that a child inherits: a child forked while another thread was inside a cache database
+  transaction waited out the database timeout (60 s) on every later cache call. A fork first
+  waits (a few seconds at most) until no gated operation is running; should one still be
+  running, the child is told so (:attr:`ForkGate.spoiled`) and must not use what it guards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["ForkGate", "ForkSafeLock", "ForkedMidOperation"]
+
+# How long a fork waits for gated operations to end before forking regardless.
+FORK_WAIT_SECONDS = 5.0
+
+_locks: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()
+
+
+class ForkedMidOperation(RuntimeError):
+    """Raised by a :class:`ForkGate` in a child forked while one of its sections ran."""
+
+
+class ForkSafeLock:
+    """A ``threading.Lock`` that is released in a forked child and in an unpickled copy.
+
+    Example:
+        >>> import pickle
+        >>> lock = ForkSafeLock()
+        >>> with lock:
+        ...     copy = pickle.loads(pickle.dumps(lock))
+        ...     copy.acquire(blocking=False)
+        True
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        _locks.add(self)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """As ``threading.Lock.acquire``."""
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        """As ``threading.Lock.release``."""
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def _renew(self) -> None:
+        self._lock = threading.Lock()
+
+
+class ForkGate:
+    """Critical sections that ``os.fork()`` waits for (see the module notes).
+
+    Sections nest on one thread. A child whose fork could not wait for every section to end
+    has :attr:`spoiled` set.
+
+    Example:
+        >>> gate = ForkGate()
+        >>> with gate.section():
+        ...     with gate.section():
+        ...         gate.spoiled
+        False
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._running = 0
+        self._depth = threading.local()
+        self._left_running = 0
+        self.spoiled = False
+        _gates.add(self)
+
+    @contextlib.contextmanager
+    def section(self) -> Iterator[None]:
+        """Run the body as one operation a fork waits for.
+
+        Raises:
+            ForkedMidOperation: This is a child forked while a section was running.
+        """
+        if self.spoiled:
+            raise ForkedMidOperation(
+                "this process was forked while another thread was inside it; not used here"
+            )
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            with self._cond:
+                self._running += 1
+        self._depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._depth.n = depth
+            if depth == 0:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()
+
+    def _before_fork(self) -> None:
+        # Held across the fork: no section starts or ends meanwhile.
+        self._cond.acquire()
+        self._cond.wait_for(lambda: self._running == 0, timeout=FORK_WAIT_SECONDS)
+        self._left_running = self._running
+
+    def _after_fork_in_parent(self) -> None:
+        self._cond.release()
+
+    def _after_fork_in_child(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._depth = threading.local()
+        self.spoiled = self.spoiled or self._left_running > 0
+        self._running = 0
+
+
+_gates: weakref.WeakSet[ForkGate] = weakref.WeakSet()
+# The gates the current fork waited for: a gate made meanwhile (other threads run on) was
+# never acquired, and must not be released after it.
+_held: list[ForkGate] = []
+
+
+def _before_fork() -> None:
+    _held[:] = list(_gates)
+    for gate in _held:
+        gate._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for gate in _held:
+        gate._after_fork_in_parent()
+    _held.clear()
+
+
+def _after_fork_in_child() -> None:
+    for gate in _held:
+        gate._after_fork_in_child()
+    _held.clear()
+    for lock in list(_locks):
+        lock._renew()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
