@@ -251,3 +251,32 @@ def test_a_repack_candidate_whose_chunks_all_stay_elsewhere_does_not_stop_gc(bac
     with store.open_reader("d") as reader:
         assert reader.read() == d
     assert verify(store, deep=True).ok
+
+
+def test_repack_points_a_file_only_at_a_copy_of_its_chunks_that_reads_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two uploads running at once each store the chunks they share. When gc repacked the
+    # first copy's pack, it pointed its files at the other copy without reading it: with
+    # that copy damaged, a file that read back before gc failed after it, and the next gc
+    # deleted the only good copy (found by a probe).
+    a = _store(LocalBackend(tmp_path / "store"))
+    b = _store(LocalBackend(tmp_path / "store"))
+    monkeypatch.setattr(b.content.chunks.known, "refresh", lambda: None)  # has not seen a's
+    shared, rest, own, other = (
+        _rand(n, i) for i, n in enumerate([768 << 10, 2 << 20, 1 << 20, 1 << 20])
+    )
+    a.write("F0", io.BytesIO(shared + rest))  # pack P
+    a.write("F1", io.BytesIO(shared + own))  # shares P's chunks
+    b.write("F2", io.BytesIO(shared + other))  # pack Q: a second copy of the shared chunks
+    table = b.content.chunks.manifest(b.content.get_ref("F2").digest)
+    q = table.packs[table.entry(0).pack]
+    path = tmp_path / "store" / "packs" / "blake3" / q.hexdigest[:2] / q.hexdigest[2:]
+    path.chmod(0o644)
+    damaged = bytearray(path.read_bytes())
+    damaged[table.entry(3).offset + 10] ^= 1  # bit rot in Q's copy
+    path.write_bytes(damaged)
+    a.remove("F0")  # P is now mostly dead: gc repacks its live part
+    assert gc_now(a).packs_repacked
+    gc_now(a)  # deletes P
+    assert _store(LocalBackend(tmp_path / "store")).open_reader("F1").read() == shared + own

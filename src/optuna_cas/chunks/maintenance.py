@@ -15,10 +15,17 @@ from typing import BinaryIO
 
 import blake3
 
+from optuna_cas._fileio import read_up_to
 from optuna_cas.backends.base import Backend, ObjectInfo, conditional_remover_of
 from optuna_cas.chunks.cached_packs import PackCache
 from optuna_cas.chunks.index import read_bounded
-from optuna_cas.chunks.layout import INDEX_PREFIX, MANIFEST_PREFIX, PACK_PREFIX, parse_content_key
+from optuna_cas.chunks.layout import (
+    INDEX_PREFIX,
+    MANIFEST_PREFIX,
+    PACK_PREFIX,
+    pack_key,
+    parse_content_key,
+)
 from optuna_cas.chunks.reader import ChunkedReader, whole_file_reader
 from optuna_cas.chunks.table import INDEX_MAGIC, MANIFEST_MAGIC, ChunkTable, parse_table
 from optuna_cas.digest import Digest
@@ -204,6 +211,25 @@ class ChunkMaintenance:
             IntegrityError: Not a stored object (a FIFO, socket or device at the key).
         """
         return self._backend.open_reader(obj.key)
+
+    def read_range(self, pack: Digest, offset: int, length: int) -> bytes:
+        """Up to ``length`` stored bytes of ``pack`` from ``offset``, unverified, never cached.
+
+        Raises:
+            ArtifactNotFound: The pack is gone.
+            IntegrityError: Not a stored object (a FIFO, socket or device at the key).
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> from optuna_cas.chunks.store import ChunkStore
+            >>> store = ChunkStore(MemoryBackend()); pack = Digest.of_bytes(b"0123456789")
+            >>> store.backend.write(pack_key(pack), io.BytesIO(b"0123456789"))
+            >>> store.read_range(pack, 2, 3)
+            b'234'
+        """
+        with self._backend.open_reader(pack_key(pack), offset=offset, length=length) as reader:
+            return read_up_to(reader, length)
 
     def read_chunks(self, table: ChunkTable, name: str) -> ChunkedReader:
         """A reader of ``table``'s chunks straight from the backend, never from a cache.

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import blake3
+
 from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.runs import Location, RunCopier, extent, overlapping_runs, runs_table
 from optuna_cas.chunks.store import ChunkStore, StoredObject
@@ -260,7 +262,11 @@ def repack(
     if not candidates:
         return {}, set()
     leaving = {obj.hexdigest for obj in candidates}
-    moved = _live_locations(listing, live, {}, leaving)  # chunks also in a pack that stays
+    # Chunks also in a pack that stays are pointed there instead of copied: only if that copy
+    # reads back right (a damaged duplicate would become the file's only copy).
+    in_candidates = {chunk for obj in candidates for chunk in live.by_pack[obj.hexdigest].values()}
+    elsewhere = _live_locations(listing, live, {}, leaving)
+    moved = _sound_copies(chunks, {c: elsewhere[c] for c in in_candidates if c in elsewhere})
     plans = []  # per old pack: its live ranges still to copy, as a table and as runs
     picked: set[bytes] = set()
     for obj in candidates:
@@ -289,6 +295,19 @@ def repack(
         # until a run at least one grace period from now finds it unused.
         chunks.touch(obj)
     return moved, gone
+
+
+def _sound_copies(chunks: ChunkStore, where: dict[bytes, Location]) -> dict[bytes, Location]:
+    """The entries of ``where`` whose range holds bytes matching their chunk's digest."""
+    sound = {}
+    for chunk, (pack, offset, length) in where.items():
+        try:
+            data = chunks.read_range(pack, offset, length)
+        except (ArtifactNotFound, IntegrityError, OSError):
+            continue
+        if len(data) == length and blake3.blake3(data).digest() == chunk:
+            sound[chunk] = (pack, offset, length)
+    return sound
 
 
 def _copy_chunks(
