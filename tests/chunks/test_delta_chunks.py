@@ -454,3 +454,41 @@ def test_sync_from_a_long_lived_store_follows_a_repack_made_elsewhere(tmp_path: 
     report = sync(src, dst)
     assert report.ok, report.failed
     assert dst.open_reader("v1").read() == v1
+
+
+def test_quarantine_keeps_a_damaged_base_pack_that_later_versions_still_read(
+    tmp_path: Path,
+) -> None:
+    # One flipped byte that only v0 uses: v1, a delta of v0, read back byte-exact, and
+    # verify --quarantine moved the whole pack aside, taking v1 with it (found by a probe).
+    store = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
+    v0 = _rand(2 * MiB, 41)
+    v1 = _rewrite_rows(v0, 10, 42)
+    store.write("v0", io.BytesIO(v0))
+    store.write("v1", io.BytesIO(v1))
+    chunks = store.content.chunks
+    (pack,) = chunks.manifest(store.content.get_ref("v0").digest).packs
+    t1 = chunks.manifest(store.content.get_ref("v1").digest)
+    used_by_v1 = {
+        offset
+        for e in t1
+        if t1.packs[e.pack] == pack
+        for offset in range(e.offset, e.offset + e.length)
+    }
+    spot = next(o for o in range(pack.size) if o not in used_by_v1 and o > 8192)
+    path = tmp_path / "s" / pack_key(pack)
+    path.chmod(0o644)
+    damaged = bytearray(path.read_bytes())
+    damaged[spot] ^= 0xFF
+    path.write_bytes(damaged)
+    report = verify(store, deep=True, quarantine=True)
+    assert pack_key(pack) in report.corrupt and pack_key(pack) not in report.quarantined
+    assert "kept" in report.reasons[pack_key(pack)]
+    fresh = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
+    assert fresh.open_reader("v1").read() == v1
+    # v0's manifest and the index objects naming the pack went: uploading v0's bytes again
+    # stores them anew instead of leaning on the damaged range.
+    fresh.write("v0-again", io.BytesIO(v0))
+    again = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
+    assert again.open_reader("v0").read() == v0
+    assert again.open_reader("v1").read() == v1

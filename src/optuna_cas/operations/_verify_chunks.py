@@ -10,7 +10,7 @@ and the whole file checked against their digests.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import BinaryIO
 
 import blake3
@@ -291,15 +291,54 @@ def quarantine_chunked(
     The next upload of the same bytes then writes good ones.
 
     A manifest is moved if it is malformed, or if its file does not read back although every
-    pack it names is present and sound (then its entries are wrong); a file that fails only
-    because a pack is bad keeps its manifest, and the pack is moved.
+    pack it names is present and sound (then its entries are wrong). A file that fails only
+    because a pack is corrupt keeps its manifest, and the pack is moved, unless another file
+    that uses the pack reads back (its ranges of the pack are sound: a delta's base pack
+    serves every later version). Then the pack stays, and what would lean on its damaged
+    bytes moves instead: the manifests of the files that fail on it, and the index objects
+    naming it.
     """
     by_key = {obj.key: obj for obj in [*listing.manifests, *listing.packs.values()]}
-    doomed = [by_key[key] for key in report.corrupt if key in by_key]
+    kept = _corrupt_packs_still_serving(listing, parsed, report)
+    doomed = [by_key[key] for key in report.corrupt if key in by_key and key not in kept]
     doomed += [obj for obj, _table in _wrong_manifests(listing, parsed, report)]
+    for key, failing in kept.items():
+        report.reasons[key] += "; kept: other files that use it read back"
+        doomed += failing
     # Index objects that are malformed or name chunks where other bytes are: the next upload
     # would otherwise lean on them again (they are hints; nothing is lost with them).
     doomed += [obj for obj in listing.indexes if obj.key in report.bad_index_objects]
-    for obj in doomed:
+    if kept:
+        doomed += [obj for obj in listing.indexes if _names_any(chunks, obj, listing, kept)]
+    for obj in {obj.key: obj for obj in doomed}.values():
         chunks.quarantine(obj, prefix)
         report.quarantined.append(obj.key)
+
+
+def _corrupt_packs_still_serving(
+    listing: ChunkListing, parsed: Manifests, report: VerifyReport
+) -> dict[str, list[StoredObject]]:
+    """Corrupt packs a file that reads back uses: each with the manifests failing on it."""
+    corrupt, bad = set(report.corrupt), set(report.bad_files)
+    missing = {m.manifest for m in report.missing_packs}
+    users: dict[str, list[StoredObject]] = {}
+    for obj, table in parsed.values():
+        for pack in table.packs:
+            key = pack_key_of(listing, pack)
+            if key is not None and key in corrupt:
+                users.setdefault(key, []).append(obj)
+    return {
+        key: [obj for obj in objs if obj.key in bad]
+        for key, objs in users.items()
+        if any(obj.key not in bad and obj.key not in missing for obj in objs)
+    }
+
+
+def _names_any(
+    chunks: ChunkStore, index: StoredObject, listing: ChunkListing, packs: Container[str]
+) -> bool:
+    try:
+        table = chunks.read_index(index)
+    except (ArtifactNotFound, IntegrityError):
+        return False  # malformed ones are reported (and moved) as bad index objects
+    return any(pack_key_of(listing, pack) in packs for pack in table.packs)
