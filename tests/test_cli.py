@@ -367,6 +367,7 @@ def run_bytes(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         ["rm", UUID0],
         ["gc"],
         ["sync", "{store}", "{tmp}/dst"],
+        ["dashboard", "sqlite:///{tmp}/db.sqlite3", "--port", "0"],
     ],
     ids=lambda c: c[0],
 )

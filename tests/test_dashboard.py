@@ -229,6 +229,7 @@ def test_open_optuna_storage_refuses_to_invent_a_database(tmp_path: Path) -> Non
     ],
 )
 def test_dashboard_command_errors(tmp_path: Path, args: list[str], code: int, message: str) -> None:
+    (tmp_path / "s").mkdir()  # the dashboard opens a store, it never creates one
     args = [a.replace("STORE", str(tmp_path / "s")).replace("DIR", str(tmp_path)) for a in args]
     env = {k: v for k, v in os.environ.items() if k != "OPTUNA_CAS_STORE"}
     result = subprocess.run(

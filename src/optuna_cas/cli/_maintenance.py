@@ -271,7 +271,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port} is not a port number from 0 to 65535")
-    store = _open(args, cached=True, create=True)  # the web UI uploads too
+    # Not create=True, although the web UI uploads: a mistyped --store must not become a new,
+    # empty store that the dashboard then serves as if the artifacts were gone.
+    store = _open(args, cached=True)
 
     def ready(url: str) -> None:
         # The URL is the result (scripts and tests read it: --port 0 picks a free port).
