@@ -900,3 +900,73 @@ def test_ls_marks_a_mimetype_it_cuts(tmp_path: Path, capsys: pytest.CaptureFixtu
     capsys.readouterr()
     assert main(["--store", store, "ls"]) == 0
     assert "  application/vnd.openx...  f.docx" in capsys.readouterr().out
+
+
+# -- store URLs as open_store reads them -------------------------------------------------------
+
+
+def test_a_memory_store_is_refused_because_nothing_would_survive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    from optuna_cas.cli import main
+
+    assert main(["--store", "memory://", "put", str(make_file(b"x"))]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "'memory://'" in err and "survive" in err
+
+
+def test_an_upper_case_s3_scheme_keeps_the_endpoint_and_the_cache(
+    s3_server: Any, s3_bucket: str, tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "OPTUNA_CAS_ENDPOINT_URL": "",  # only --endpoint-url names the server
+    }
+    cache = str(tmp_path / "cache")
+    remote = ["--endpoint-url", s3_server.endpoint_url, "--retries", "1", "--cache-dir", cache]
+    artifact_id = run(
+        *remote,
+        "--store",
+        f"S3://{s3_bucket}/x",
+        "-q",
+        "put",
+        str(make_file(b"y" * 9000)),
+        env=env,
+    ).stdout.strip()
+    run(
+        *remote,
+        "--store",
+        f"S3://{s3_bucket}/x",
+        "get",
+        artifact_id,
+        str(tmp_path / "out"),
+        env=env,
+    )
+    assert (tmp_path / "out").read_bytes() == b"y" * 9000
+    info = json.loads(run("--cache-dir", cache, "--json", "cache", "info", env=env).stdout)
+    assert info["entries"] == 1  # read through the cache, as s3:// is
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--store", "{tmp}/store", "ls"],
+        ["--store", "gs://bucket/x", "ls"],
+        ["sync", "{tmp}/store", "{tmp}/copy"],
+    ],
+    ids=["local", "gs", "sync"],
+)
+def test_endpoint_url_for_a_store_not_on_s3_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    from optuna_cas.cli import main
+
+    (tmp_path / "store").mkdir()
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert main(["--endpoint-url", "http://127.0.0.1:9", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "--endpoint-url 'http://127.0.0.1:9' applies to s3:// stores only" in err
+    assert repr(argv[1]) in err  # the store URL (sync: its source)
+    assert not (tmp_path / "copy").exists()

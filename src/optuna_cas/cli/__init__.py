@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to render the CLI reference in the docs).
 
     Example:
-        >>> build_parser().parse_args(["--store", "memory://", "stats"]).command
+        >>> build_parser().parse_args(["--store", "./artifacts", "stats"]).command
         'stats'
         >>> build_parser().parse_args(["stats", "--json"]).json
         True
@@ -224,7 +224,7 @@ def _common_options(*, after_command: bool) -> argparse.ArgumentParser:
         common.add_argument(
             "--endpoint-url",
             metavar="URL",
-            help=f"S3-compatible endpoint (default ${ENDPOINT_ENV})",
+            help=f"S3-compatible endpoint of s3:// stores (default ${ENDPOINT_ENV})",
         ),
         common.add_argument(
             "--retries",
@@ -277,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code.
 
     Example:
-        >>> main(["--store", "memory://", "--quiet", "stats", "--json"])  # doctest: +ELLIPSIS
+        >>> import tempfile
+        >>> main(["--store", tempfile.mkdtemp(), "--quiet", "stats", "--json"])  # doctest: +ELLIPSIS
         {
           "artifacts": 0,
         ...

@@ -99,17 +99,59 @@ def _open(
     url = url or args.store or os.environ.get(STORE_ENV)
     if not url:
         raise UsageError(f"no store given: pass --store URL or set {STORE_ENV}")
+    scheme = _scheme(url)
+    if scheme == "memory":
+        # open_store accepts it (for tests and notebooks), but each command is its own process.
+        raise UsageError(
+            f"store {url!r}: a memory:// store lasts only as long as one command, so nothing "
+            "stored in it would survive; give a directory, file://, s3:// or gs:// URL"
+        )
+    _check_endpoint_applies(args, url)
     endpoint = args.endpoint_url or os.environ.get(ENDPOINT_ENV)
     store: ContentAddressedArtifactStore = open_store(
-        url, endpoint_url=endpoint if url.startswith("s3://") else None, create=create
+        url, endpoint_url=endpoint if scheme == "s3" else None, create=create
     )
     if args.retries > 1:
         store = Backoff(store, max_retries=args.retries)
-    if cached and not args.no_cache and url.split("://", 1)[0] in ("s3", "gs", "gcs"):
+    if cached and not args.no_cache and scheme in ("s3", "gs", "gcs"):
         from optuna_cas.middleware.cache import CachedArtifactStore
 
         store = CachedArtifactStore(store, directory=args.cache_dir)
     return store
+
+
+def _scheme(url: str) -> str:
+    """A store URL's scheme in lower case, as open_store reads it (``""`` for a plain path).
+
+    Example:
+        >>> _scheme("S3://bucket/x"), _scheme("gs://b"), _scheme("./artifacts")
+        ('s3', 'gs', '')
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError:  # e.g. "s3://[" (a bad IPv6 host): open_store names the problem
+        return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def _check_endpoint_applies(args: argparse.Namespace, url: str) -> None:
+    """An explicit ``--endpoint-url`` must reach an s3:// store, not be dropped in silence.
+
+    GCS stores take no endpoint here (open_store refuses one; the google client reads
+    ``STORAGE_EMULATOR_HOST``). ``$OPTUNA_CAS_ENDPOINT_URL`` is not checked: it may be set for
+    the s3:// stores of a session that also uses others.
+    """
+    if not args.endpoint_url:
+        return
+    # sync reads one store and writes another: the endpoint is fine if either is on S3.
+    urls = [args.src, args.dst] if getattr(args, "command", None) == "sync" else [url]
+    if not any(_scheme(u) == "s3" for u in urls):
+        named = " or ".join(repr(u) for u in urls)
+        raise UsageError(
+            f"--endpoint-url {args.endpoint_url!r} applies to s3:// stores only, not to {named}"
+            " (a GCS emulator is set with STORAGE_EMULATOR_HOST)"
+        )
 
 
 def _load_study(args: argparse.Namespace) -> Any:
