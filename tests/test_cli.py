@@ -970,3 +970,21 @@ def test_endpoint_url_for_a_store_not_on_s3_is_a_usage_error(
     assert "--endpoint-url 'http://127.0.0.1:9' applies to s3:// stores only" in err
     assert repr(argv[1]) in err  # the store URL (sync: its source)
     assert not (tmp_path / "copy").exists()
+
+
+def test_a_sync_whose_source_cannot_be_read_creates_no_destination(
+    s3_server: Any, tmp_path: Path
+) -> None:
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "OPTUNA_CAS_ENDPOINT_URL": s3_server.endpoint_url,
+    }
+    destination = tmp_path / "newdst"
+    result = run(
+        "--retries", "1", "sync", "s3://no-such-bucket/x", str(destination), env=env, check=False
+    )
+    assert result.returncode == 1, result
+    assert "'no-such-bucket' does not exist" in result.stderr
+    assert not destination.exists()

@@ -191,6 +191,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from optuna_cas import sync
 
     source = _open(args, args.src)
+    # Reach the source (one listing) before the destination is created: a source that cannot
+    # be read (no such bucket, no access) must not leave a new, empty destination behind.
+    next(source.content.iter_ref_ids(), None)
     destination = _open(args, args.dst, create=True)
     with _bar(args) as bar:
         report = sync(source, destination, progress=bar)
