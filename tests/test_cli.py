@@ -988,3 +988,51 @@ def test_a_sync_whose_source_cannot_be_read_creates_no_destination(
     assert result.returncode == 1, result
     assert "'no-such-bucket' does not exist" in result.stderr
     assert not destination.exists()
+
+
+def test_an_unusable_default_cache_costs_a_warning_and_an_explicit_one_an_error(
+    s3_server: Any, s3_bucket: str, tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "OPTUNA_CAS_ENDPOINT_URL": s3_server.endpoint_url,
+        "OPTUNA_CAS_STORE": f"s3://{s3_bucket}/cache",
+        "OPTUNA_CAS_CACHE_DIR": "",
+        "XDG_CACHE_HOME": "",
+        "HOME": "/proc/nohome",  # nothing can be created there, not even by root
+    }
+    data = b"z" * 9000
+    artifact_id = run("-q", "put", str(make_file(data)), env=env).stdout.strip()
+
+    def get(*options: str, extra_env: dict[str, str] | None = None) -> Any:
+        out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
+        return out, run(
+            *options, "get", artifact_id, str(out), env={**env, **(extra_env or {})}, check=False
+        )
+
+    out, result = get()  # the default directory cannot be created
+    assert result.returncode == 0, result
+    assert out.read_bytes() == data
+    (warning,) = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert "/proc/nohome/.cache/optuna-cas" in warning and "--no-cache" in warning
+
+    damaged = tmp_path / "xdg" / "optuna-cas"
+    damaged.mkdir(parents=True)
+    (damaged / "cache.db").write_bytes(b"not a database" * 100)
+    out, result = get(extra_env={"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert result.returncode == 0, result
+    assert out.read_bytes() == data
+    assert "reading without the local cache" in result.stderr and "not a database" in result.stderr
+
+    out, result = get("--cache-dir", "/proc/nohome/cache")  # asked for: an error
+    assert result.returncode == 1 and not out.exists()
+    assert "--cache-dir: " in result.stderr and "'/proc/nohome/cache'" in result.stderr
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tmp").write_text("a file where the cache keeps its temporary files")
+    out, result = get("--cache-dir", str(cache))
+    assert result.returncode == 1 and not out.exists()
+    assert f"cannot create files in '{cache / 'tmp'}': Not a directory" in result.stderr

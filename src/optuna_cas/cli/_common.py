@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from optuna_cas._terminal import clip
+from optuna_cas._terminal import escape_for_terminal as esc
 
 if TYPE_CHECKING:
     from optuna_cas._bars import TerminalProgress
@@ -114,10 +115,33 @@ def _open(
     if args.retries > 1:
         store = Backoff(store, max_retries=args.retries)
     if cached and not args.no_cache and scheme in ("s3", "gs", "gcs"):
-        from optuna_cas.middleware.cache import CachedArtifactStore
-
-        store = CachedArtifactStore(store, directory=args.cache_dir)
+        store = _through_cache(args, store)
     return store
+
+
+def _through_cache(
+    args: argparse.Namespace, store: ContentAddressedArtifactStore
+) -> ContentAddressedArtifactStore:
+    """``store`` read through the local cache; without it if the default cache is unusable.
+
+    The cache only saves repeated downloads, it is never needed for a correct result: a default
+    directory that cannot be created (no writable home) or a damaged cache database costs a
+    warning, not the command. A ``--cache-dir`` that was asked for is an error.
+    """
+    from optuna_cas.exceptions import StoreConfigError
+    from optuna_cas.middleware.cache import CachedArtifactStore
+
+    try:
+        return CachedArtifactStore(store, directory=args.cache_dir)
+    except StoreConfigError as e:
+        if args.cache_dir:
+            raise CommandError(f"--cache-dir: {e}") from e  # e names the directory
+        print(
+            f"optuna-cas: warning: reading without the local cache: {esc(str(e))} "
+            "(pass --cache-dir DIR to use another directory, or --no-cache)",
+            file=sys.stderr,
+        )
+        return store
 
 
 def _scheme(url: str) -> str:

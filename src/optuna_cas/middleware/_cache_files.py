@@ -539,6 +539,14 @@ def prepare_directory(directory: Path) -> None:
         os.close(fd)
         unlink_temp(str(directory), name)
     except OSError as e:
+        # The probe writes into directory/tmp: if that is there, it is what failed (a file or a
+        # symlink in its place, or no write access to it), and the message must name it.
+        temps = directory / TEMP_DIR
+        problem = (
+            f"is unusable: cannot create files in {str(temps)!r}"
+            if os.path.lexists(temps)
+            else "is not writable"
+        )
         raise StoreConfigError(
-            f"Cache directory {str(directory)!r} is not writable: {e.strerror or e}"
+            f"Cache directory {str(directory)!r} {problem}: {e.strerror or e}"
         ) from e
