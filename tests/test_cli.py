@@ -1036,3 +1036,23 @@ def test_an_unusable_default_cache_costs_a_warning_and_an_explicit_one_an_error(
     out, result = get("--cache-dir", str(cache))
     assert result.returncode == 1 and not out.exists()
     assert f"cannot create files in '{cache / 'tmp'}': Not a directory" in result.stderr
+
+
+def test_a_reader_that_closes_stdout_early_ends_it_like_sigpipe(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    store = str(tmp_path / "store")
+    run("--store", store, "-q", "put", str(make_file(b"x")), str(make_file(b"y")))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line: `optuna-cas ls | head -0`
+    try:
+        result = subprocess.run(
+            [str(SCRIPT), "--store", store, "ls"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")  # 128 + SIGPIPE, no message

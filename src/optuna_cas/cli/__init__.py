@@ -1,7 +1,7 @@
 """The ``optuna-cas`` command line: each command is a thin layer over one public function.
 
 Exit codes: 0 success, 1 failure (one clear line on stderr; ``--debug`` adds the traceback),
-2 usage error. With ``--json`` every command prints exactly one JSON object on stdout.
+2 usage error, 141 stdout closed by its reader before the end (as for SIGPIPE). With ``--json`` every command prints exactly one JSON object on stdout.
 
 Start-up is kept short (``optuna-cas --help`` must not take longer than ``import optuna``):
 this module imports only the standard library at the top; each command imports what it uses.
@@ -302,7 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, so that a reader gone early is handled below, not at exit
+        return code
     except UsageError as e:
         parser.print_usage(sys.stderr)
         print(f"optuna-cas: error: {_one_line(e)}", file=sys.stderr)
@@ -315,11 +317,12 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             _json_failure("interrupted", e)
         return 130
     except BrokenPipeError:
-        # The reader of stdout went away (``get ID - | head``): nothing more to say to it.
+        # The reader of stdout went away (``ls | head -1``, ``get ID - | head``): no message,
+        # and the status of a process killed by SIGPIPE, as coreutils' commands end there.
+        # stdout goes to /dev/null so that the flush at interpreter exit cannot fail again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        print("optuna-cas: error: stdout was closed before the end", file=sys.stderr)
-        return 1
+        return _SIGPIPE_EXIT_STATUS
     except Exception as e:
         if args.debug:
             _print_traceback()
@@ -327,6 +330,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.json:
             _json_failure("error", e)
         return 1
+
+
+# 128 + SIGPIPE (13): what a shell reports for a command the signal ended.
+_SIGPIPE_EXIT_STATUS = 141
 
 
 def _wants_json(argv: Sequence[str]) -> bool:
