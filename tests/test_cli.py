@@ -125,7 +125,7 @@ def test_optuna_options_record_metadata(tmp_path: Path, make_file: Callable[...,
     run("--store", store, "rm", artifact_id, "--storage", db, "--study", "cli", "--trial", "0")
     assert json.loads(
         run("ls", "--storage", db, "--study", "cli", "--trial", "0", "--json").stdout
-    ) == {"artifacts": []}
+    ) == {"ok": True, "artifacts": []}
 
 
 @pytest.mark.parametrize(
@@ -411,6 +411,7 @@ def test_json_on_every_command_is_one_document_on_stdout(
         out = run(*argv, env=env).stdout
         parsed = json.loads(out)  # the whole of stdout: one document, nothing else
         assert isinstance(parsed, dict), out
+        assert next(iter(parsed.items())) == ("ok", True), out  # every success leads with it
         return parsed
 
     put = doc("put", str(src))
@@ -424,7 +425,7 @@ def test_json_on_every_command_is_one_document_on_stdout(
     assert doc("verify")["ok"] is True
     assert doc("sync", store, str(tmp_path / "copy"), before=True)["blobs_copied"] == 1
     assert doc("cache", "info")["entries"] == 0
-    assert doc("rm", artifact_id, before=True) == {"removed": [artifact_id]}
+    assert doc("rm", artifact_id, before=True) == {"ok": True, "removed": [artifact_id]}
     assert doc("gc", "--grace", "0", "--allow-short-grace")["deleted_count"] == 1
 
 
@@ -888,7 +889,7 @@ def test_storage_is_never_created_by_a_typo_and_journal_files_work(
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
     optuna.create_study(storage=storage, study_name="js")
     assert main(["--store", store, "--json", "ls", "--storage", str(journal), "--study", "js"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"artifacts": []}
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "artifacts": []}
 
 
 def test_ls_marks_a_mimetype_it_cuts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

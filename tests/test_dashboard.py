@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -287,3 +288,33 @@ def test_deleting_a_study_removes_its_artifacts_only(served: Served) -> None:
         assert response.status == 204
     assert not any(served.store.content.has_ref(i) for i in doomed_ids)
     assert served.download(f"{kept_study._study_id}/{kept_trial._trial_id}/{kept_id}") == DATA
+
+
+def test_dashboard_with_json_prints_one_object_naming_its_url(tmp_path: Path) -> None:
+    storage_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    optuna.create_study(storage=storage_url, study_name="s")
+    (tmp_path / "store").mkdir()
+    argv = ["--store", str(tmp_path / "store"), "--json", "dashboard", storage_url, "--port", "0"]
+    server = subprocess.Popen(
+        [str(SCRIPT), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None
+    try:
+        lines = [server.stdout.readline()]
+        assert lines[0].startswith("{"), lines[0]  # not a line of text before the object
+        while True:
+            try:
+                document = json.loads("".join(lines))
+                break
+            except json.JSONDecodeError:
+                line = server.stdout.readline()
+                assert line, "".join(lines)
+                lines.append(line)
+        assert document["ok"] is True
+        with urllib.request.urlopen(document["url"], timeout=60) as response:
+            assert response.status == 200
+    finally:
+        server.send_signal(signal.SIGINT)  # how the server is meant to end
+        rest, _ = server.communicate(timeout=60)
+    assert server.returncode == 0
+    assert rest == ""  # nothing after the object: request logs went to stderr

@@ -280,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> import tempfile
         >>> main(["--store", tempfile.mkdtemp(), "--quiet", "stats", "--json"])  # doctest: +ELLIPSIS
         {
+          "ok": true,
           "artifacts": 0,
         ...
         0

@@ -55,10 +55,16 @@ def _note(args: argparse.Namespace, text: str) -> None:
 
 
 def _emit_json(document: dict[str, Any]) -> None:
-    """The one JSON object a command prints with ``--json``."""
+    """The one JSON object a command prints with ``--json``, led by ``"ok"``.
+
+    ``"ok"`` is true unless the document says otherwise (a failure; ``verify`` or ``sync``
+    finding a problem), so scripts can test every command's output the same way.
+    """
     import json
 
-    print(json.dumps(document, indent=2, default=_jsonable))
+    document = {"ok": True, **document}
+    # Flushed: the dashboard prints its document and then serves until stopped.
+    print(json.dumps(document, indent=2, default=_jsonable), flush=True)
 
 
 def _jsonable(value: Any) -> Any:

@@ -280,7 +280,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         # The URL is the result (scripts and tests read it: --port 0 picks a free port).
-        print(f"optuna-dashboard at {esc(url)} (Ctrl-C to stop)", flush=True)
+        # Request logs go to stderr, so with --json this object is all there is on stdout.
+        if args.json:
+            _emit_json({"url": url})
+        else:
+            print(f"optuna-dashboard at {esc(url)} (Ctrl-C to stop)", flush=True)
 
     try:
         serve_dashboard(
