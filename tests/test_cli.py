@@ -1057,3 +1057,10 @@ def test_a_reader_that_closes_stdout_early_ends_it_like_sigpipe(
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (141, "")  # 128 + SIGPIPE, no message
+
+
+def test_version_is_the_installed_package_version() -> None:
+    from importlib.metadata import version
+
+    result = run("--version")
+    assert (result.stdout, result.stderr) == (f"optuna-cas {version('optuna-cas')}\n", "")

@@ -39,7 +39,7 @@ from optuna_cas.cli._maintenance import (
     cmd_verify,
 )
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main", "package_version"]
 
 # -- parser ---------------------------------------------------------------------------------
 
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Content-addressed artifact store for Optuna: put, get, gc, verify, sync.",
         epilog="example:\n  optuna-cas --store ./artifacts put model.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action=_ShowVersion, help="print the version of optuna-cas and exit"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, func, summary, example in COMMANDS:
@@ -256,6 +259,44 @@ def _common_options(*, after_command: bool) -> argparse.ArgumentParser:
         for option in options:
             option.default = option.help = argparse.SUPPRESS
     return common
+
+
+def package_version() -> str:
+    """The installed optuna-cas version, from package metadata.
+
+    Imported only when asked for (``--version``): start-up stays short. Without metadata
+    (running from a source tree that was never installed) it is the version in the source.
+
+    Example:
+        >>> import optuna_cas
+        >>> package_version() == optuna_cas.__version__
+        True
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("optuna-cas")
+    except PackageNotFoundError:
+        from optuna_cas import __version__
+
+        return __version__
+
+
+class _ShowVersion(argparse.Action):
+    """``--version``: like argparse's own, but the version is looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        print(f"optuna-cas {package_version()}")
+        parser.exit()
 
 
 class _ParseError(Exception):
