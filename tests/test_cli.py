@@ -1064,3 +1064,22 @@ def test_version_is_the_installed_package_version() -> None:
 
     result = run("--version")
     assert (result.stdout, result.stderr) == (f"optuna-cas {version('optuna-cas')}\n", "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["gc", "--grace", "10"], "--grace 10 is unsafe"),
+        (["ls", "--study", "demo"], "--study and --storage go together"),
+    ],
+)
+def test_a_usage_error_found_by_the_command_shows_the_commands_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    from optuna_cas.cli import main
+
+    (tmp_path / "store").mkdir()
+    assert main(["--store", str(tmp_path / "store"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: optuna-cas {argv[0]} "), err
+    assert f"optuna-cas: error: {message}" in err

@@ -348,7 +348,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         sys.stdout.flush()  # here, so that a reader gone early is handled below, not at exit
         return code
     except UsageError as e:
-        parser.print_usage(sys.stderr)
+        _command_parser(parser, args.command).print_usage(sys.stderr)
         print(f"optuna-cas: error: {_one_line(e)}", file=sys.stderr)
         if args.json:
             _json_failure("usage", e)
@@ -376,6 +376,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 # 128 + SIGPIPE (13): what a shell reports for a command the signal ended.
 _SIGPIPE_EXIT_STATUS = 141
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of ``command``, whose usage line fits a usage error found while it ran."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices.get(command, parser)
+            return found
+    return parser
 
 
 def _wants_json(argv: Sequence[str]) -> bool:
