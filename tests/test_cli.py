@@ -884,7 +884,7 @@ def test_storage_is_never_created_by_a_typo_and_journal_files_work(
     assert f"--storage: no SQLite database at '{typo}'" in capsys.readouterr().err
     assert not typo.exists()
     assert main(["--store", store, "ls", "--storage", "bogus://x", "--study", "s"]) == 1
-    assert "--storage 'bogus://x'" in capsys.readouterr().err
+    assert "--storage: cannot open the Optuna storage 'bogus://x'" in capsys.readouterr().err
     journal = tmp_path / "journal.log"
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
     optuna.create_study(storage=storage, study_name="js")
@@ -1083,3 +1083,38 @@ def test_a_usage_error_found_by_the_command_shows_the_commands_usage(
     err = capsys.readouterr().err
     assert err.startswith(f"usage: optuna-cas {argv[0]} "), err
     assert f"optuna-cas: error: {message}" in err
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("{tmp}/copy.sqlite3", "is a SQLite database, not a journal file: give it as sqlite:///"),
+        ("{tmp}/notes.txt", "is not an Optuna journal file"),
+        ("sqlite:///{tmp}/notes.txt", "file is not a database"),
+        ("postgresql://me:secret@127.0.0.1:1/x", "cannot open the Optuna storage"),
+    ],
+    ids=["sqlite-path", "text-file", "sqlite-url-to-text", "postgres-unreachable"],
+)
+@pytest.mark.parametrize("command", ["ls", "verify"])
+def test_a_bad_storage_is_named_with_the_forms_accepted(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    storage: str,
+    expected: str,
+    command: str,
+) -> None:
+    from optuna_cas.cli import main
+
+    (tmp_path / "store").mkdir()
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'copy.sqlite3'}", study_name="s")
+    # Two lines: Optuna takes a bad last line for one being written, and skips it.
+    (tmp_path / "notes.txt").write_text("not json\nnor this\n")
+    storage = storage.format(tmp=tmp_path)
+    argv = ["--store", str(tmp_path / "store"), command, "--storage", storage, "--study", "s"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    shown = storage.replace("secret", "***")  # a password is never printed
+    assert "--storage: " in err and repr(shown) in err and expected in err, err
+    assert "secret" not in err
+    if "notes" in storage:
+        assert "or a database URL such as sqlite:///path.db" in err

@@ -65,15 +65,27 @@ def _import_dashboard() -> Any:
     return optuna_dashboard
 
 
+# What --storage and dashboard STORAGE accept, for error messages.
+_STORAGE_FORMS = (
+    "give the path of an Optuna journal file (JournalStorage) or a database URL such as "
+    "sqlite:///path.db"
+)
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
 def open_optuna_storage(url: str) -> Any:
     """Open an Optuna storage by URL, refusing to invent one from a typo.
 
     A database URL (``sqlite:///db.sqlite3``, ``postgresql://...``) gives an ``RDBStorage``;
     the path of an existing journal file gives a ``JournalStorage``. A SQLite file that does
     not exist is an error naming it (SQLAlchemy would silently create an empty database).
+    Every error names ``url`` (without its password) and says what is accepted; a SQLite
+    database given as a bare path is refused with the URL to use instead.
 
     Raises:
-        StoreConfigError: No storage at ``url``.
+        StoreConfigError: No storage at ``url``, or it cannot be opened (not a journal file,
+            not a database, no driver for the URL's database).
 
     Example:
         >>> import os, tempfile
@@ -86,22 +98,69 @@ def open_optuna_storage(url: str) -> Any:
         Traceback (most recent call last):
         ...
         optuna_cas.exceptions.StoreConfigError: no SQLite database at 'no/such.db'
+        >>> open_optuna_storage(url[len("sqlite:///") :])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        optuna_cas.exceptions.StoreConfigError: '...db.sqlite3' is a SQLite database, not a journal file: give it as sqlite:///...db.sqlite3
     """
     optuna = import_optuna()
     if "://" not in url:
-        if not os.path.isfile(url):
-            raise StoreConfigError(
-                f"no Optuna storage at {url!r}: give a database URL such as "
-                "sqlite:///db.sqlite3 or the path of an existing journal file"
-            )
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
+        return _open_journal(optuna, url)
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :].split("?", 1)[0]
         if path and path != ":memory:" and not os.path.isfile(path):
             raise StoreConfigError(f"no SQLite database at {path!r}")
-    return optuna.storages.RDBStorage(url)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except (SQLAlchemyError, ImportError, ValueError) as e:
+        # SQLAlchemy's messages name neither the URL nor the file ("file is not a database"),
+        # and Optuna's ImportError does not say which driver: name the value the user gave.
+        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        if isinstance(e.__cause__, ImportError) and e.__cause__.name:
+            reason += f" (no module named {e.__cause__.name!r})"
+        raise StoreConfigError(
+            f"cannot open the Optuna storage {_without_password(url)!r}: {reason} "
+            f"({_STORAGE_FORMS})"
+        ) from e
+
+
+def _open_journal(optuna: Any, path: str) -> Any:
+    """The JournalStorage of the file at ``path``, or an error naming it."""
+    # A bare path to a SQLite file is the likeliest slip: "sqlite:///" forgotten.
+    sqlite_hint = (
+        f" (for a SQLite database: sqlite:///{path})"
+        if path.lower().endswith(_SQLITE_SUFFIXES)
+        else ""
+    )
+    if not os.path.isfile(path):
+        raise StoreConfigError(f"no Optuna storage at {path!r}: {_STORAGE_FORMS}{sqlite_hint}")
+    with open(path, "rb") as file:
+        if file.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC:
+            raise StoreConfigError(
+                f"{path!r} is a SQLite database, not a journal file: give it as sqlite:///{path}"
+            )
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        # Whatever the file holds that is not a journal: bytes that are not UTF-8 (ValueError),
+        # lines that are not JSON, or JSON that is not a journal entry.
+        raise StoreConfigError(
+            f"{path!r} is not an Optuna journal file ({e}): {_STORAGE_FORMS}{sqlite_hint}"
+        ) from e
+
+
+def _without_password(url: str) -> str:
+    """``url`` fit for an error message: a password in it is masked.
+
+    Example:
+        >>> _without_password("postgresql://me:secret@db:5432/optuna")
+        'postgresql://me:***@db:5432/optuna'
+    """
+    return re.sub(r"^([^:/]+://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def dashboard_app(storage: Any, artifact_store: Any) -> WsgiApp:

@@ -204,10 +204,8 @@ def _load_study(args: argparse.Namespace) -> Any:
 def _open_storage(url: str) -> Any:
     """``--storage`` as the dashboard opens it: a database URL or a journal file's path.
 
-    A mistyped SQLite path is an error, not a new empty database.
+    A mistyped SQLite path is an error, not a new empty database; every error names the value.
     """
-    from sqlalchemy.exc import ArgumentError
-
     from optuna_cas.dashboard import open_optuna_storage
     from optuna_cas.exceptions import StoreConfigError
 
@@ -215,8 +213,6 @@ def _open_storage(url: str) -> Any:
         return open_optuna_storage(url)
     except StoreConfigError as e:
         raise CommandError(f"--storage: {e}") from e
-    except ArgumentError as e:  # an unknown database scheme, a URL SQLAlchemy cannot parse
-        raise CommandError(f"--storage {url!r}: {e}") from e
 
 
 def _trial(args: argparse.Namespace, study: Any) -> Any:
