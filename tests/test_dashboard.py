@@ -12,6 +12,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -318,3 +319,18 @@ def test_dashboard_with_json_prints_one_object_naming_its_url(tmp_path: Path) ->
         rest, _ = server.communicate(timeout=60)
     assert server.returncode == 0
     assert rest == ""  # nothing after the object: request logs went to stderr
+
+
+def test_an_address_that_cannot_be_used_is_named(tmp_path: Path) -> None:
+    from optuna_cas.dashboard import serve_dashboard
+
+    storage = optuna.storages.InMemoryStorage()
+    store = optuna_cas.FileSystemArtifactStore(tmp_path / "store")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"^cannot listen on 127\.0\.0\.1:{port}: "):
+            serve_dashboard(storage, store, port=port)
+    with pytest.raises(OSError, match=r"^cannot listen on 999\.1\.1\.1:8080: "):
+        serve_dashboard(storage, store, host="999.1.1.1", port=8080)

@@ -212,7 +212,7 @@ def serve_dashboard(
 
     Raises:
         StoreConfigError: optuna-dashboard is not installed, or no storage at the URL.
-        OSError: The address cannot be bound.
+        OSError: The address cannot be bound (the message names ``host:port``).
 
     Example:
         >>> from optuna_cas import FileSystemArtifactStore
@@ -221,9 +221,16 @@ def serve_dashboard(
     """
     app = dashboard_app(storage, artifact_store)
     handler = _RequestLog if log_requests else _Quiet
-    with make_server(
-        host, port, app, server_class=_ThreadedServer, handler_class=handler
-    ) as server:
+    try:
+        server = make_server(host, port, app, server_class=_ThreadedServer, handler_class=handler)
+    except OSError as e:
+        # The socket's own words ("Address already in use", "Name or service not known") do
+        # not say which address; several dashboards on one machine make that the question.
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        error = OSError(f"cannot listen on {address}: {e.strerror or e}")
+        error.errno = e.errno
+        raise error from e
+    with server:
         if ready is not None:
             ready(f"http://{host}:{server.server_port}/")
         server.serve_forever()
