@@ -173,6 +173,9 @@ def test_delete_naming_the_wrong_trial_removes_nothing(served: Served, wrong: st
 
     # Unguarded, the dashboard removes the ref first and only then notices (or never does).
     assert status == 404, body
+    if wrong == "other trial":  # named by its number, as the dashboard shows it, not its ID
+        assert other.number != other._trial_id
+        assert body["reason"] == f"artifact {artifact_id}: trial {other.number} does not record it"
     assert served.store.content.has_ref(artifact_id)
     assert served.download(f"{study._study_id}/{owner._trial_id}/{artifact_id}") == DATA
 

@@ -302,14 +302,18 @@ class _SafeDeletes:
         if owner != study_id:
             return (
                 "404 Not Found",
-                f"artifact {artifact_id}: trial {trial_id} is not in study {study_id}",
+                f"artifact {artifact_id}: the trial with ID {trial_id} is not in study {study_id}",
             )
         legacy_key = _LEGACY_TRIAL_PREFIX.format(trial_id=trial_id) + artifact_id
         legacy = self._storage.get_study_system_attrs(study_id).get(legacy_key)
         target = MetadataTarget(storage=self._storage, trial_id=trial_id, study_id=study_id)
         recorded_legacy = not is_tombstone(legacy)
         if not (recorded_legacy or is_live(target, artifact_id)):
-            return "404 Not Found", f"artifact {artifact_id}: trial {trial_id} does not record it"
+            # The trial's number, as the dashboard shows it and the 409 below says (not its ID).
+            return (
+                "404 Not Found",
+                f"artifact {artifact_id}: trial {trial.number} does not record it",
+            )
         # The dashboard shows the reason after "Failed to delete " (and adds the full stop).
         finished = (
             f"an artifact of trial {trial.number}: the trial has finished, and Optuna lets no "
