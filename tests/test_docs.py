@@ -159,3 +159,20 @@ def _fresh_gcs_buckets(endpoint: str, names: set[str]) -> Any:
             delete_bucket(client.bucket(name))
 
     return cleanup
+
+
+def test_the_readme_describes_artifact_meta_as_it_is() -> None:
+    import dataclasses
+
+    import optuna.artifacts
+
+    import optuna_cas
+
+    meta = optuna_cas.ArtifactMeta("a", "f", "text/plain", None)
+    assert dataclasses.is_dataclass(meta) and len(dataclasses.fields(meta)) == 7
+    assert meta != optuna.artifacts.ArtifactMeta("a", "f", "text/plain", None)
+    assert meta != dataclasses.replace(meta, digest="blake3:00", size=1, created=0.0)
+    with pytest.raises(TypeError):
+        iter(meta)  # type: ignore[call-overload]  # a dataclass, not a tuple
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "`ArtifactMeta` is a dataclass" in readme and "unpacks into" not in readme
