@@ -36,6 +36,16 @@ def run(
     return result
 
 
+def _s3_env(endpoint: str) -> dict[str, str]:
+    """What the CLI needs to reach the moto server at ``endpoint`` (empty: only --endpoint-url)."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "OPTUNA_CAS_ENDPOINT_URL": endpoint,
+    }
+
+
 @pytest.fixture(params=["local", "s3", "gcs"])
 def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, str]]:
     """A store URL and the environment the CLI needs to reach it."""
@@ -44,13 +54,7 @@ def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict
     if request.param == "s3":
         server = request.getfixturevalue("s3_server")
         bucket = request.getfixturevalue("s3_bucket")
-        env = {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "OPTUNA_CAS_ENDPOINT_URL": server.endpoint_url,
-        }
-        return f"s3://{bucket}/cli", env
+        return f"s3://{bucket}/cli", _s3_env(server.endpoint_url)
     server = request.getfixturevalue("gcs_server")
     bucket = request.getfixturevalue("gcs_bucket")
     return f"gs://{bucket.name}/cli", {
@@ -919,12 +923,7 @@ def test_a_memory_store_is_refused_because_nothing_would_survive(
 def test_an_upper_case_s3_scheme_keeps_the_endpoint_and_the_cache(
     s3_server: Any, s3_bucket: str, tmp_path: Path, make_file: Callable[..., Path]
 ) -> None:
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "OPTUNA_CAS_ENDPOINT_URL": "",  # only --endpoint-url names the server
-    }
+    env = _s3_env("")  # only --endpoint-url names the server
     cache = str(tmp_path / "cache")
     remote = ["--endpoint-url", s3_server.endpoint_url, "--retries", "1", "--cache-dir", cache]
     artifact_id = run(
@@ -976,12 +975,7 @@ def test_endpoint_url_for_a_store_not_on_s3_is_a_usage_error(
 def test_a_sync_whose_source_cannot_be_read_creates_no_destination(
     s3_server: Any, tmp_path: Path
 ) -> None:
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "OPTUNA_CAS_ENDPOINT_URL": s3_server.endpoint_url,
-    }
+    env = _s3_env(s3_server.endpoint_url)
     destination = tmp_path / "newdst"
     result = run(
         "--retries", "1", "sync", "s3://no-such-bucket/x", str(destination), env=env, check=False
@@ -995,10 +989,7 @@ def test_an_unusable_default_cache_costs_a_warning_and_an_explicit_one_an_error(
     s3_server: Any, s3_bucket: str, tmp_path: Path, make_file: Callable[..., Path]
 ) -> None:
     env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "OPTUNA_CAS_ENDPOINT_URL": s3_server.endpoint_url,
+        **_s3_env(s3_server.endpoint_url),
         "OPTUNA_CAS_STORE": f"s3://{s3_bucket}/cache",
         "OPTUNA_CAS_CACHE_DIR": "",
         "XDG_CACHE_HOME": "",
