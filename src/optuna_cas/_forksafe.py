@@ -77,8 +77,10 @@ class ForkSafeLock:
 class ForkGate:
     """Critical sections that ``os.fork()`` waits for (see the module notes).
 
-    Sections nest on one thread. A child whose fork could not wait for every section to end
-    has :attr:`spoiled` set.
+    Sections nest on one thread. While a fork waits, no new section starts, so the running
+    ones drain. A child whose fork could not wait for every section to end (one took longer
+    than :data:`FORK_WAIT_SECONDS`, or the forking thread was inside one) has :attr:`spoiled`
+    set.
 
     Example:
         >>> gate = ForkGate()
@@ -91,6 +93,7 @@ class ForkGate:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._running = 0
+        self._forking = False
         self._depth = threading.local()
         self._left_running = 0
         self.spoiled = False
@@ -108,57 +111,77 @@ class ForkGate:
                 "this process was forked while another thread was inside it; not used here"
             )
         depth = getattr(self._depth, "n", 0)
-        if depth == 0:
-            with self._cond:
-                self._running += 1
-        self._depth.n = depth + 1
+        counted = False
         try:
+            if depth == 0:
+                with self._cond:
+                    self._cond.wait_for(lambda: not self._forking)
+                    self._running += 1
+                    counted = True
+            self._depth.n = depth + 1
             yield
         finally:
             self._depth.n = depth
-            if depth == 0:
+            if counted:
                 with self._cond:
                     self._running -= 1
                     self._cond.notify_all()
 
     def _before_fork(self) -> None:
-        # Held across the fork: no section starts or ends meanwhile.
+        # Held across the fork: no section starts or ends meanwhile. The forking thread's
+        # own section (a fork from inside one) cannot end first: the child is spoiled then.
+        own = 1 if getattr(self._depth, "n", 0) else 0
         self._cond.acquire()
-        self._cond.wait_for(lambda: self._running == 0, timeout=FORK_WAIT_SECONDS)
+        self._forking = True
+        self._cond.wait_for(lambda: self._running <= own, timeout=FORK_WAIT_SECONDS)
         self._left_running = self._running
 
     def _after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._cond.notify_all()
         self._cond.release()
 
-    def _after_fork_in_child(self) -> None:
+    def _after_fork_in_child(self, *, waited: bool) -> None:
+        # A gate made while the fork waited (other threads run on) was not waited for: what
+        # its sections were doing then is unknown.
+        left = self._left_running if waited else self._running
         self._cond = threading.Condition(threading.Lock())
         self._depth = threading.local()
-        self.spoiled = self.spoiled or self._left_running > 0
+        self.spoiled = self.spoiled or left > 0
         self._running = 0
+        self._forking = False
 
 
 _gates: weakref.WeakSet[ForkGate] = weakref.WeakSet()
-# The gates the current fork waited for: a gate made meanwhile (other threads run on) was
-# never acquired, and must not be released after it.
+# One fork at a time prepares and finishes (two threads may fork at once): the gates the
+# current fork waited for, which only it must release afterwards.
+_fork_lock = threading.Lock()
 _held: list[ForkGate] = []
 
 
 def _before_fork() -> None:
+    _fork_lock.acquire()
     _held[:] = list(_gates)
     for gate in _held:
         gate._before_fork()
 
 
 def _after_fork_in_parent() -> None:
-    for gate in _held:
-        gate._after_fork_in_parent()
-    _held.clear()
+    try:
+        for gate in _held:
+            gate._after_fork_in_parent()
+        _held.clear()
+    finally:
+        _fork_lock.release()
 
 
 def _after_fork_in_child() -> None:
-    for gate in _held:
-        gate._after_fork_in_child()
+    global _fork_lock
+    waited = set(map(id, _held))
+    for gate in list(_gates):
+        gate._after_fork_in_child(waited=id(gate) in waited)
     _held.clear()
+    _fork_lock = threading.Lock()
     for lock in list(_locks):
         lock._renew()
 

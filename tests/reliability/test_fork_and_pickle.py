@@ -84,23 +84,25 @@ def test_a_fork_during_eviction_leaves_the_child_a_working_cache(
     assert outcome == "ok"
 
 
+@pytest.mark.parametrize("method", ["get", "__contains__"])
 def test_a_fork_during_a_cache_transaction_waits_for_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
     store = _cached(tmp_path)
-    real_get = diskcache.Cache.get
+    real = getattr(diskcache.Cache, method)
     inside = threading.Event()
 
-    def get_in_a_long_transaction(self: diskcache.Cache, *args: object, **kw: object) -> object:
+    def in_a_long_transaction(self: diskcache.Cache, *args: object, **kw: object) -> object:
         if threading.current_thread().name != "holder":
-            return real_get(self, *args, **kw)
+            return real(self, *args, **kw)
         with self.transact():
             inside.set()
             time.sleep(1.5)
-            return real_get(self, *args, **kw)
+            return real(self, *args, **kw)
 
-    monkeypatch.setattr(diskcache.Cache, "get", get_in_a_long_transaction)
-    holder = threading.Thread(target=store.cache._cache.get, args=("x",), name="holder")
+    monkeypatch.setattr(diskcache.Cache, method, in_a_long_transaction)
+    call = getattr(store.cache._cache, method)
+    holder = threading.Thread(target=call, args=("x",), name="holder")
     holder.start()
     inside.wait()
     started = time.monotonic()
@@ -111,21 +113,68 @@ def test_a_fork_during_a_cache_transaction_waits_for_it(
     assert time.monotonic() - started < 20
 
 
-def test_a_planted_locking_mode_row_blocks_no_other_process(tmp_path: Path) -> None:
-    # diskcache applies every sqlite_* row of the database's Settings table as a pragma.
-    _cached(tmp_path).close()
-    database = sqlite3.connect(tmp_path / "cache" / "cache.db")
+def _plant_exclusive_locking(cache_dir: Path) -> None:
+    database = sqlite3.connect(cache_dir / "cache.db")
     with database:
         database.execute(
             "INSERT OR REPLACE INTO Settings VALUES ('sqlite_locking_mode', 'EXCLUSIVE')"
         )
     database.close()
+
+
+@pytest.mark.parametrize("planted", ["before it opens", "while it is open"])
+def test_a_planted_locking_mode_row_blocks_no_other_process(tmp_path: Path, planted: str) -> None:
+    # diskcache applies every sqlite_* row of the database's Settings table as a pragma, when
+    # it opens the database and again on each new connection (one per thread).
+    _cached(tmp_path).close()
+    if planted == "before it opens":
+        _plant_exclusive_locking(tmp_path / "cache")
     first = _cached(tmp_path)  # applies the planted row, were it trusted
-    with first.open_reader("a") as reader:
-        assert reader.read() == DATA
+    if planted == "while it is open":
+        _plant_exclusive_locking(tmp_path / "cache")
+    thread = threading.Thread(target=_reads_a(first))  # a new connection
+    thread.start()
+    thread.join()
     outcome = _in_a_forked_child(lambda: _reads_a(_cached(tmp_path))())
     first.close()
     assert outcome == "ok"
+
+
+def test_two_threads_forking_at_once_leave_every_gate_free() -> None:
+    # The fork hooks of two threads run at once: the second overwrote what the first was to
+    # release, and a gate stayed locked for good (found in review; hooks alone reproduce it).
+    from optuna_cas import _forksafe
+
+    gate = _forksafe.ForkGate()
+    _forksafe._before_fork()
+    second = threading.Thread(
+        target=lambda: (_forksafe._before_fork(), _forksafe._after_fork_in_parent())
+    )
+    second.start()
+    time.sleep(0.2)  # the second fork now waits for the first to finish
+    _forksafe._after_fork_in_parent()
+    second.join(10)
+    assert not second.is_alive()
+    for each in [gate, *_forksafe._gates]:
+        assert each._cond.acquire(timeout=1)
+        each._cond.release()
+
+
+def test_every_diskcache_call_of_the_cache_passes_the_gate() -> None:
+    # A call that bypasses the gate reopens the fork window (__contains__ did, on the
+    # prefetch path). iterkeys runs only inside evict_lru, which its caller gates whole.
+    import re
+
+    sources = Path(_cache_files.__file__).parent
+    code = {name: (sources / name).read_text() for name in ("blob_cache.py", "manifest_entries.py")}
+    called = {m for text in code.values() for m in re.findall(r"self\._cache\.(\w+)\(", text)}
+    called |= set(re.findall(r"\bcache\.(\w+)\(", (sources / "_cache_files.py").read_text()))
+    if any(" in self._cache" in text for text in code.values()):
+        called.add("__contains__")
+    gated = set(vars(_cache_files.GatedCache))
+    not_database_work = {"close", "iterkeys"}
+    assert "get" in called and "__contains__" in called  # the scan finds the calls
+    assert called - gated - not_database_work == set()
 
 
 def _read_a(store: object) -> bytes:

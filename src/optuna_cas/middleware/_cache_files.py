@@ -117,7 +117,8 @@ class GatedCache(diskcache.Cache):  # type: ignore[misc]
     """``diskcache.Cache`` whose database work a fork waits for (see ``optuna_cas._forksafe``).
 
     The methods this package calls are gated (``iterkeys``, a generator, is called only
-    inside :func:`evict_lru`, which its caller gates whole); a child forked while one ran raises
+    inside :func:`evict_lru`, which its caller gates whole; ``tests/reliability/
+    test_fork_and_pickle.py`` checks the list against the calls); a child forked while one ran raises
     :class:`~optuna_cas._forksafe.ForkedMidOperation` (one of :data:`CACHE_ERRORS`) from each,
     so it uses the store directly.
 
@@ -148,10 +149,6 @@ class GatedCache(diskcache.Cache):  # type: ignore[misc]
         with self._gate.section():
             return super().delete(*args, **kwargs)
 
-    def reset(self, *args: Any, **kwargs: Any) -> Any:
-        with self._gate.section():
-            return super().reset(*args, **kwargs)
-
     def clear(self, *args: Any, **kwargs: Any) -> Any:
         with self._gate.section():
             return super().clear(*args, **kwargs)
@@ -159,6 +156,27 @@ class GatedCache(diskcache.Cache):  # type: ignore[misc]
     def volume(self) -> Any:
         with self._gate.section():
             return super().volume()
+
+    def __contains__(self, key: Any) -> bool:
+        with self._gate.section():
+            return bool(super().__contains__(key))
+
+    def __len__(self) -> int:
+        with self._gate.section():
+            return int(super().__len__())
+
+    def reset(self, key: str, value: Any = diskcache.core.ENOVAL, update: bool = True) -> Any:
+        """As diskcache's, except that pragmas are ours whatever the Settings rows say.
+
+        diskcache applies every ``sqlite_*`` row as a pragma when it opens the database and
+        again on every new connection (one per thread): a row planted meanwhile would apply.
+        """
+        if key.startswith("sqlite_"):
+            if key not in _SQLITE_SETTINGS:
+                return value  # a planted pragma: ignored
+            value = _SQLITE_SETTINGS[key]
+        with self._gate.section():
+            return super().reset(key, value, update)
 
 
 class ConfinedDisk(diskcache.Disk):  # type: ignore[misc]

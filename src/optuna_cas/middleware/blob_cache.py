@@ -40,7 +40,7 @@ from typing import Any, BinaryIO, cast
 
 from optuna_cas._fileio import materialize as _materialize_stream
 from optuna_cas._fileio import publish_new_file, raw_blocks, temp_beside
-from optuna_cas._forksafe import ForkGate, ForkSafeLock
+from optuna_cas._forksafe import ForkedMidOperation, ForkGate, ForkSafeLock
 from optuna_cas._verified_copy import copy_and_publish, copy_holds
 from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader, verified_buffers
 from optuna_cas.exceptions import IntegrityError, StoreConfigError
@@ -133,6 +133,7 @@ class DiskBlobCache:
         }
         self._evict_lock = ForkSafeLock()
         self._gate = ForkGate()  # a fork waits for this cache's database work (see the class)
+        self._warned_fork = False
         files.prepare_directory(self._directory)
         try:
             self._cache = files.GatedCache(
@@ -362,7 +363,13 @@ class DiskBlobCache:
 
     def __contains__(self, digest: object) -> bool:
         """Whether an entry for ``digest`` exists (not verified; does not count as a use)."""
-        return isinstance(digest, Digest) and _key(digest) in self._cache
+        if not isinstance(digest, Digest):
+            return False
+        try:
+            return _key(digest) in self._cache
+        except CACHE_ERRORS as e:
+            self._warn_bypass(e)
+            return False
 
     def __len__(self) -> int:
         """Number of entries.
@@ -603,6 +610,10 @@ class DiskBlobCache:
         self.discard(digest)
 
     def _warn_bypass(self, error: BaseException) -> None:
+        if isinstance(error, ForkedMidOperation):
+            if self._warned_fork:
+                return  # said once: every cache call in this process fails the same way
+            self._warned_fork = True
         # Some errors have no text (diskcache.Timeout): their type says what happened.
         reason = str(error) or type(error).__name__
         logger.warning("Cache in %s failed (%s); using the store directly", self._root, reason)

@@ -10,7 +10,7 @@ and the whole file checked against their digests.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import blake3
@@ -125,10 +125,20 @@ def find_lying_indexes(
                 (chunk, pack.hexdigest, at)
                 for chunk, at in _wrong_entries(chunks, listing, pack, entries)
             )
+    for obj, reason in _indexes_naming(chunks, listing, wrong, set(report.bad_index_objects)):
+        report.bad_index_objects.append(obj.key)
+        report.reasons[obj.key] = reason
+    report.bad_index_objects.sort()
+
+
+def _indexes_naming(
+    chunks: ChunkStore, listing: ChunkListing, wrong: set[tuple[bytes, str, int]], skip: set[str]
+) -> Iterator[tuple[StoredObject, str]]:
+    """Index objects (not in ``skip``) naming a (chunk, pack, offset) of ``wrong``; why."""
     if not wrong:
         return
     for obj in listing.indexes:
-        if obj.key in report.bad_index_objects:
+        if obj.key in skip:
             continue
         try:
             index = chunks.read_index(obj)
@@ -137,13 +147,14 @@ def find_lying_indexes(
         for entry in index:
             pack = index.packs[entry.pack]
             if (entry.chunk, pack.hexdigest, entry.offset) in wrong:
-                report.bad_index_objects.append(obj.key)
-                report.reasons[obj.key] = (
-                    f"names chunk {entry.chunk.hex()} at offset {entry.offset} of pack {pack}, "
-                    "which holds other bytes there"
+                yield (
+                    obj,
+                    (
+                        f"names chunk {entry.chunk.hex()} at offset {entry.offset} of pack {pack}, "
+                        "which holds other bytes there"
+                    ),
                 )
                 break
-    report.bad_index_objects.sort()
 
 
 def _wrong_manifests(
@@ -302,14 +313,22 @@ def quarantine_chunked(
     kept = _corrupt_packs_still_serving(listing, parsed, report)
     doomed = [by_key[key] for key in report.corrupt if key in by_key and key not in kept]
     doomed += [obj for obj, _table in _wrong_manifests(listing, parsed, report)]
-    for key, failing in kept.items():
+    damaged: set[tuple[bytes, str, int]] = set()  # chunk, pack, offset
+    for key, (pack, failing) in kept.items():
         report.reasons[key] += "; kept: other files that use it read back"
-        doomed += failing
+        doomed += [obj for obj, _table in failing]
+        for _obj, table in failing:
+            entries = _by_pack(table).get(pack, [])
+            damaged.update(
+                (chunk, pack.hexdigest, at)
+                for chunk, at in _wrong_entries(chunks, listing, pack, entries)
+            )
     # Index objects that are malformed or name chunks where other bytes are: the next upload
-    # would otherwise lean on them again (they are hints; nothing is lost with them).
+    # would otherwise lean on them again (they are hints; nothing is lost with them). For a
+    # kept pack, only those naming its damaged ranges: its sound ranges keep their hints.
     doomed += [obj for obj in listing.indexes if obj.key in report.bad_index_objects]
-    if kept:
-        doomed += [obj for obj in listing.indexes if _names_any(chunks, obj, listing, kept)]
+    skip = set(report.bad_index_objects)
+    doomed += [obj for obj, _why in _indexes_naming(chunks, listing, damaged, skip)]
     for obj in {obj.key: obj for obj in doomed}.values():
         chunks.quarantine(obj, prefix)
         report.quarantined.append(obj.key)
@@ -317,28 +336,18 @@ def quarantine_chunked(
 
 def _corrupt_packs_still_serving(
     listing: ChunkListing, parsed: Manifests, report: VerifyReport
-) -> dict[str, list[StoredObject]]:
+) -> dict[str, tuple[Digest, list[tuple[StoredObject, ChunkTable]]]]:
     """Corrupt packs a file that reads back uses: each with the manifests failing on it."""
     corrupt, bad = set(report.corrupt), set(report.bad_files)
     missing = {m.manifest for m in report.missing_packs}
-    users: dict[str, list[StoredObject]] = {}
+    users: dict[str, tuple[Digest, list[tuple[StoredObject, ChunkTable]]]] = {}
     for obj, table in parsed.values():
         for pack in table.packs:
             key = pack_key_of(listing, pack)
             if key is not None and key in corrupt:
-                users.setdefault(key, []).append(obj)
+                users.setdefault(key, (pack, []))[1].append((obj, table))
     return {
-        key: [obj for obj in objs if obj.key in bad]
-        for key, objs in users.items()
-        if any(obj.key not in bad and obj.key not in missing for obj in objs)
+        key: (pack, [(obj, table) for obj, table in objs if obj.key in bad])
+        for key, (pack, objs) in users.items()
+        if any(obj.key not in bad and obj.key not in missing for obj, _table in objs)
     }
-
-
-def _names_any(
-    chunks: ChunkStore, index: StoredObject, listing: ChunkListing, packs: Container[str]
-) -> bool:
-    try:
-        table = chunks.read_index(index)
-    except (ArtifactNotFound, IntegrityError):
-        return False  # malformed ones are reported (and moved) as bad index objects
-    return any(pack_key_of(listing, pack) in packs for pack in table.packs)
