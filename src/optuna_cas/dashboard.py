@@ -118,6 +118,8 @@ def open_optuna_storage(url: str) -> Any:
         # SQLAlchemy's messages name neither the URL nor the file ("file is not a database"),
         # and Optuna's ImportError does not say which driver: name the value the user gave.
         reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        # SQLAlchemy quotes an unparsable URL whole, password and all.
+        reason = reason.replace(url, _without_password(url))
         if isinstance(e.__cause__, ImportError) and e.__cause__.name:
             reason += f" (no module named {e.__cause__.name!r})"
         raise StoreConfigError(
@@ -156,11 +158,22 @@ def _open_journal(optuna: Any, path: str) -> Any:
 def _without_password(url: str) -> str:
     """``url`` fit for an error message: a password in it is masked.
 
+    Everything between the user name and the last ``@`` goes: a password may hold ``/`` or
+    ``@`` unescaped, and masking too much is the safe side.
+
     Example:
         >>> _without_password("postgresql://me:secret@db:5432/optuna")
         'postgresql://me:***@db:5432/optuna'
+        >>> _without_password("postgresql://me:p/s@s@db/optuna")
+        'postgresql://me:***@db/optuna'
+        >>> _without_password("sqlite:///study.db")
+        'sqlite:///study.db'
     """
-    return re.sub(r"^([^:/]+://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not (separator and at and ":" in userinfo):
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def dashboard_app(storage: Any, artifact_store: Any) -> WsgiApp:
@@ -227,7 +240,8 @@ def serve_dashboard(
         # The socket's own words ("Address already in use", "Name or service not known") do
         # not say which address; several dashboards on one machine make that the question.
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        error = OSError(f"cannot listen on {address}: {e.strerror or e}")
+        # The same class as e (PermissionError, ...), its errno kept, its message naming where.
+        error = type(e)(f"cannot listen on {address}: {e.strerror or e}")
         error.errno = e.errno
         raise error from e
     with server:

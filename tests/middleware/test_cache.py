@@ -519,3 +519,19 @@ def test_info_clear_prune(tmp_path: Path) -> None:
     assert len(cache) == 0 and entry_files(tmp_path / "c") == [] and not stale.exists()
     assert cache.info().hits == 1  # counters survive clear
     cache.close()
+
+
+def test_no_home_directory_for_the_default_cache_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Containers with a random UID have no $HOME and no passwd entry: Path.home() raises
+    # RuntimeError, which the CLI's "go on uncached" fallback did not expect.
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    for name in ("OPTUNA_CAS_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    with pytest.raises(StoreConfigError, match="no home directory for the default cache"):
+        default_cache_dir()

@@ -99,8 +99,9 @@ class LocalBackend:
         """``key``'s path, to read or remove what is stored there.
 
         A key whose directory is a symlink leading out of the store names nothing stored in
-        it: ``ArtifactNotFound``, as for any missing object, so that uploads store the bytes
-        again and verify reports it missing (a write there still raises ``InvalidKeyError``).
+        it: ``ArtifactNotFound``, as for any missing object, so that verify reports it missing
+        and an upload that needs its chunks stores them in a new pack. A write to a key under
+        that directory still raises ``InvalidKeyError``: nothing goes through the link.
         """
         try:
             return self._fspath(key)

@@ -358,7 +358,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.json:
             _json_failure("interrupted", e)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError as e:
+        if not _stdout_reader_gone():
+            return _failed(args, e)  # another pipe (a FIFO given as a destination): an error
         # The reader of stdout went away (``ls | head -1``, ``get ID - | head``): no message,
         # and the status of a process killed by SIGPIPE, as coreutils' commands end there.
         # stdout goes to /dev/null so that the flush at interpreter exit cannot fail again.
@@ -366,12 +368,29 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return _SIGPIPE_EXIT_STATUS
     except Exception as e:
-        if args.debug:
-            _print_traceback()
-        print(f"optuna-cas: error: {_describe(e)}", file=sys.stderr)
-        if args.json:
-            _json_failure("error", e)
-        return 1
+        return _failed(args, e)
+
+
+def _failed(args: argparse.Namespace, e: Exception) -> int:
+    """Report a failed command (one line, or the traceback with --debug); its exit code."""
+    if args.debug:
+        _print_traceback()
+    print(f"optuna-cas: error: {_describe(e)}", file=sys.stderr)
+    if args.json:
+        _json_failure("error", e)
+    return 1
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # 128 + SIGPIPE (13): what a shell reports for a command the signal ended.

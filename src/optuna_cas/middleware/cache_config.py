@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from optuna_cas.exceptions import StoreConfigError
+
 __all__ = [
     "CACHE_DIR_ENV",
     "DEFAULT_SIZE_LIMIT",
@@ -47,7 +49,14 @@ def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg and os.path.isabs(xdg):
         return Path(xdg) / "optuna-cas"
-    return Path.home() / ".cache" / "optuna-cas"
+    try:
+        home = Path.home()
+    except RuntimeError as e:  # no $HOME and no passwd entry (containers with random UIDs)
+        raise StoreConfigError(
+            f"no home directory for the default cache ({e}): pass a directory or set "
+            f"{CACHE_DIR_ENV}"
+        ) from e
+    return home / ".cache" / "optuna-cas"
 
 
 @dataclass(frozen=True)
