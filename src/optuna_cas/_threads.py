@@ -22,8 +22,9 @@ _R = TypeVar("_R")
 def map_in_threads(function: Callable[[_T], _R], items: Iterable[_T], workers: int) -> list[_R]:
     """``function`` of each item on up to ``workers`` threads; results in the items' order.
 
-    The first exception (a task's, or ``KeyboardInterrupt`` in the caller) cancels the tasks
-    that have not started and is raised once the running ones end.
+    An exception (``KeyboardInterrupt`` in the caller at once; a task's once the results
+    before it in item order are collected) cancels the tasks that have not started and is
+    raised after the running ones end.
 
     Example:
         >>> map_in_threads(lambda x: x * x, range(5), workers=2)

@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
             epilog="example:\n  " + example.replace("\n", "\n  ") + "\n\n" + GLOBAL_OPTIONS_NOTE,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.set_defaults(func=func)
+        # A usage error found while the command runs shows the command's own usage line.
+        p.set_defaults(func=func, usage=p.format_usage)
         if name in ("put", "ls", "rm"):
             p.add_argument(
                 "--storage", metavar="URL", help="Optuna storage URL, e.g. sqlite:///db.sqlite3"
@@ -348,7 +349,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         sys.stdout.flush()  # here, so that a reader gone early is handled below, not at exit
         return code
     except UsageError as e:
-        _command_parser(parser, args.command).print_usage(sys.stderr)
+        print(args.usage(), end="", file=sys.stderr)
         print(f"optuna-cas: error: {_one_line(e)}", file=sys.stderr)
         if args.json:
             _json_failure("usage", e)
@@ -395,15 +396,6 @@ def _stdout_reader_gone() -> bool:
 
 # 128 + SIGPIPE (13): what a shell reports for a command the signal ended.
 _SIGPIPE_EXIT_STATUS = 141
-
-
-def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
-    """The parser of ``command``, whose usage line fits a usage error found while it ran."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            found: argparse.ArgumentParser = action.choices.get(command, parser)
-            return found
-    return parser
 
 
 def _wants_json(argv: Sequence[str]) -> bool:
