@@ -26,10 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from optuna_cas._fileio import read_up_to
-from optuna_cas.backends.base import Backend
 from optuna_cas.chunks.index import Location
-from optuna_cas.chunks.layout import pack_key
 from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import OptunaCasError
@@ -135,23 +132,26 @@ class DeltaFinder:
     """Follows where the old bytes of the next chunk should be, and compares them.
 
     Args:
-        backend: A store whose pack reads are local file reads.
+        read_range: Reads ``(pack, offset, length)`` stored bytes, unverified
+            (``ChunkStore.read_range`` of a store whose packs are local files).
 
     Example:
         >>> import io, tempfile
         >>> from optuna_cas.backends.local import LocalBackend
-        >>> backend = LocalBackend(tempfile.mkdtemp())
+        >>> from optuna_cas.chunks.layout import pack_key
+        >>> from optuna_cas.chunks.store import ChunkStore
+        >>> store = ChunkStore(LocalBackend(tempfile.mkdtemp()))
         >>> old = bytes(range(256)) * 64; pack = Digest.of_bytes(old)
-        >>> backend.write(pack_key(pack), io.BytesIO(old))
-        >>> finder = DeltaFinder(backend); finder.follow(pack, 0)
+        >>> store.backend.write(pack_key(pack), io.BytesIO(old))
+        >>> finder = DeltaFinder(store.read_range); finder.follow(pack, 0)
         >>> new = bytearray(old); new[9000:9004] = b"new!"
         >>> found = finder.find(bytes(new))
         >>> [p.same for p in found[2]]
         [True, False, True]
     """
 
-    def __init__(self, backend: Backend) -> None:
-        self._backend = backend
+    def __init__(self, read_range: Callable[[Digest, int, int], bytes]) -> None:
+        self._read_range = read_range
         self._at: tuple[Digest, int] | None = None
         self._misses = 0
         self._extra = 0  # entries the deltas so far added beyond one per chunk
@@ -190,8 +190,7 @@ class DeltaFinder:
         if offset + length > pack.size:
             return None
         try:
-            with self._backend.open_reader(pack_key(pack), offset=offset, length=length) as r:
-                data = read_up_to(r, length)
+            data = self._read_range(pack, offset, length)
         except (OSError, OptunaCasError):
             return None  # gone or unreadable: the chunk is stored whole, as without deltas
         return data if len(data) == length else None

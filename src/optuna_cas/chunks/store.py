@@ -154,7 +154,7 @@ class ChunkStore(ChunkMaintenance):
             writer.index.expect(min(size_hint // CHUNK_AVG, _EXPECT_AT_MOST))
         chunker = Chunker(stream)
         # Local stores only: a delta reads the old bytes (see chunks.delta).
-        deltas = DeltaFinder(self._backend) if staging_of(self._backend) is not None else None
+        deltas = DeltaFinder(self.read_range) if staging_of(self._backend) is not None else None
         try:
             for chunk, data in chunker:
                 where = self._reusable(chunk, checks)
