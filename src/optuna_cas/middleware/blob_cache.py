@@ -123,14 +123,7 @@ class DiskBlobCache:
         self._size_limit = size_limit
         self._materialize: MaterializeMode = materialize
         self._cache_uploads = cache_uploads
-        # What a copy in another process (pickled for a spawn worker) opens again.
-        self._settings = {
-            "directory": self._directory,
-            "size_limit": size_limit,
-            "materialize": materialize,
-            "cache_uploads": cache_uploads,
-            "timeout": timeout,
-        }
+        self._timeout = timeout
         self._evict_lock = ForkSafeLock()
         self._gate = ForkGate()  # a fork waits for this cache's database work (see the class)
         self._warned_fork = False
@@ -469,7 +462,13 @@ class DiskBlobCache:
     def __getstate__(self) -> dict[str, object]:
         # Pickled as its settings (a store passed to a spawn worker): the unpickled copy opens
         # the same directory, with connections and locks of its own.
-        return self._settings
+        return {
+            "directory": self._directory,
+            "size_limit": self._size_limit,
+            "materialize": self._materialize,
+            "cache_uploads": self._cache_uploads,
+            "timeout": self._timeout,
+        }
 
     def __setstate__(self, settings: dict[str, Any]) -> None:
         self.__init__(**settings)  # type: ignore[misc]
