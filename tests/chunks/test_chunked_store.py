@@ -7,7 +7,7 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -297,3 +297,70 @@ def test_a_file_is_present_only_while_every_pack_it_names_is(tmp_path: Path) -> 
         assert not store.has_blob(digest)
         store.backend.write(key, io.BytesIO(data))
         assert store.has_blob(digest)
+
+
+class _FailsAfter(io.BytesIO):
+    """A seekable stream of ``data`` whose reads raise ``OSError`` past ``limit`` bytes."""
+
+    def __init__(self, data: bytes, limit: int) -> None:
+        super().__init__(data)
+        self._limit = limit
+
+    def _room(self, wanted: int) -> int:
+        if self.tell() >= self._limit:
+            raise OSError("connection lost")
+        left = self._limit - self.tell()
+        return left if wanted < 0 else min(wanted, left)
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(self._room(-1 if size is None else size))
+
+    def readinto(self, buffer: Any) -> int:
+        with memoryview(buffer) as view:
+            return super().readinto(view[: self._room(len(view))])
+
+
+class _FailingPackWrites:
+    """A remote-like (no staging) memory backend whose pack writes fail after ``allowed``."""
+
+    def __init__(self, inner: MemoryBackend, allowed: int) -> None:
+        self.inner, self.allowed = inner, allowed
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def write(self, key: str, data: BinaryIO, *, if_absent: bool = False) -> bool:
+        if key.startswith(PACK_PREFIX):
+            if self.allowed <= 0:
+                raise OSError("connection lost")
+            self.allowed -= 1
+        return self.inner.write(key, data, if_absent=if_absent)
+
+
+def test_a_failed_upload_leaves_its_sent_packs_to_the_retry(tmp_path: Path) -> None:
+    # 80 MiB in 32 MiB packs: the first attempt publishes two packs, then its source fails.
+    data = _rand(80 * 1024 * 1024, 21)
+    store = ContentStore(LocalBackend(tmp_path / "store"))
+    with pytest.raises(OSError, match="connection lost"):
+        store.put_artifact("a", _FailsAfter(data, 72 * 1024 * 1024))
+    assert len(_keys(store, PACK_PREFIX)) == 2 and _keys(store, INDEX_PREFIX)
+    again = ContentStore(LocalBackend(tmp_path / "store"))  # another process: reads the index
+    again.put_artifact("a", io.BytesIO(data))
+    assert again.chunks.last_new_bytes <= 80 * 1024 * 1024 - 2 * 32 * 1024 * 1024 + 256 * 1024
+    assert again.open_artifact("a").read() == data
+
+
+def test_a_failed_copy_leaves_its_sent_packs_to_the_retry(tmp_path: Path) -> None:
+    source = ContentStore(LocalBackend(tmp_path / "src"))
+    data = _rand(100 * 1024 * 1024, 22)
+    digest = source.put_artifact("a", io.BytesIO(data)).digest
+    remote = MemoryBackend()
+    flaky = ContentStore(_FailingPackWrites(remote, allowed=2))  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="connection lost"):
+        flaky.chunks.copy_from(source.chunks, digest)
+    sent_before = sum(i.size for i in remote.list(PACK_PREFIX))
+    assert sent_before >= 2 * 32 * 1024 * 1024 and list(remote.list(INDEX_PREFIX))
+    retry = ContentStore(remote)
+    sent = retry.chunks.copy_from(source.chunks, digest)
+    assert sent <= len(data) - sent_before + 256 * 1024
+    assert retry.open_blob(digest).read() == data

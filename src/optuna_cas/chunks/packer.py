@@ -188,6 +188,8 @@ class PackWriter:
         self._pool: ThreadPoolExecutor | None = None  # sends sealed packs (remote backends)
         self._io: ThreadPoolExecutor | None = None  # writes and hashes pack buffers
         self._sending: list[Future[None]] = []
+        # Index pack numbers of the packs published so far (see sent_index()).
+        self._published: set[int] = set()
         # Reused by every pack of the upload: buffers allocated per pack would be freed to a
         # malloc that keeps them resident (and fragmented) once its mmap threshold has risen.
         self._write_buffers: list[bytearray] = []
@@ -283,6 +285,7 @@ class PackWriter:
         if pack.staged is not None:
             try:
                 pack.staged.commit(pack_key(digest))
+                self._published.add(pack.index_number)
             finally:
                 pack.discard()
             return
@@ -307,6 +310,7 @@ class PackWriter:
             pack.spool.seek(0)
             sealed = SealedFile.of(pack.spool)
             self._backend.write(pack_key(digest), cast(BinaryIO, sealed), if_absent=True)
+            self._published.add(pack.index_number)
             if self._cache is not None:
                 # The uploading worker often reads its upload back: keep the pack (the cache
                 # verifies it; it skips this when told not to cache uploads). This thread's
@@ -344,6 +348,31 @@ class PackWriter:
             pass
         finally:
             self._shutdown()
+
+    def sent_index(self) -> TableBuilder:
+        """The :attr:`index` entries whose packs are published (all of them after :meth:`finish`).
+
+        After :meth:`abort` these packs are orphans until gc takes them; an index object of
+        their chunks lets the retry of a failed upload or ``sync`` reuse them instead of
+        sending them again.
+
+        Example:
+            >>> import tempfile
+            >>> from optuna_cas.backends.local import LocalBackend
+            >>> writer = PackWriter(LocalBackend(tempfile.mkdtemp()), pack_target=4096)
+            >>> full = bytes(4096)  # fills a pack: sealed and published at once
+            >>> writer.add_new(Digest.of_bytes(full), memoryview(full))
+            >>> writer.add_new(Digest.of_bytes(b"de"), memoryview(b"de"))
+            >>> writer.abort(); len(writer.index), len(writer.sent_index())
+            (2, 1)
+        """
+        sent = TableBuilder(INDEX_MAGIC)
+        for row in range(len(self.index)):
+            chunk, pack, length, offset = self.index.entry(row)
+            digest = self.index.packs[pack]
+            if pack in self._published and digest is not None:
+                sent.add_raw(chunk, length, sent.pack_number(digest), offset)
+        return sent
 
     def _shutdown(self) -> None:
         for pool in (self._pool, self._io):

@@ -125,10 +125,12 @@ class ChunkStore(ChunkMaintenance):
                 # A pack this pass leaned on is gone (gc's race): again, storing its chunks.
                 stream.seek(cast(int, start))
             writer, digest = done
+            # Before the check: a hint, true whatever the source did (its packs hold the
+            # chunks), which lets the retry of an upload whose source changed reuse them.
+            self.publish_index(writer.index)
             if check_unchanged is not None:
                 check_unchanged()
             self.last_new_bytes = writer.bytes_written
-            self.publish_index(writer.index)
             stored = self._stored_manifest_state(digest, checks)
             self._settle(checks)
         finally:
@@ -146,7 +148,8 @@ class ChunkStore(ChunkMaintenance):
     ) -> tuple[PackWriter, Digest] | None:
         """One pass over ``stream``: new chunks into packs; None if it leaned on a gone pack.
 
-        The packs such a pass wrote stay unnamed (gc's orphans).
+        The packs such a pass (or one that fails) published are named by no manifest: gc's
+        orphans, which an index object lets the next pass reuse meanwhile.
         """
         writer = PackWriter(self._backend, cache=self._cache)
         if size_hint:
@@ -174,11 +177,23 @@ class ChunkStore(ChunkMaintenance):
             leaned = self._settle(checks)
         except BaseException:
             writer.abort()
+            self._keep_sent(writer)
             raise
         if leaned:
+            self._keep_sent(writer)
             return None
         writer.forget_new()  # before the records are serialised: memory per chunk adds up
         return writer, chunker.digest()
+
+    def _keep_sent(self, writer: PackWriter) -> None:
+        """Name in an index object the chunks an unfinished pass published (best effort).
+
+        Their packs are orphans until gc takes them; named, the retry of a failed upload or
+        ``sync`` reuses them instead of sending them again. Failing to name them costs only
+        that, so the error that stopped the pass is the one raised.
+        """
+        with contextlib.suppress(Exception):
+            self.publish_index(writer.sent_index())
 
     def _reusable(self, chunk: Digest, checks: PackChecks) -> Location | None:
         """Where the store holds ``chunk`` in a pack this upload may lean on, if it does."""
@@ -527,6 +542,7 @@ class ChunkStore(ChunkMaintenance):
             copier.finish()
         except BaseException:
             copier.writer.abort()
+            self._keep_sent(copier.writer)
             raise
         finally:
             reader.close()
