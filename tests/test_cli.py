@@ -656,6 +656,16 @@ def test_ls_lists_everything_the_store_serves(
     # And get serves the legacy object (unverified: Optuna kept no digest).
     out = run(*store_args, "get", legacy_id, str(tmp_path / "old.pt")).stdout
     assert "not verified" in out and (tmp_path / "old.pt").read_bytes() == b"old weights"
+    # stats and verify account for it too, apart from what they check and count.
+    figures = json.loads(run(*store_args, "stats", "--json").stdout)
+    assert figures["artifacts"] == 2 and figures["logical_bytes"] == len(b"notes" + b"new")
+    assert (figures["optuna_store_files"], figures["optuna_store_bytes"]) == (1, 11)
+    assert "Optuna's files    1 (11 B" in run(*store_args, "stats").stdout
+    report = json.loads(run(*store_args, "verify", "--json").stdout)
+    assert report["ok"] and report["optuna_store_files"] == [legacy_id]
+    assert "(1 written by Optuna's own store: no digest to verify)" in (
+        run(*store_args, "verify").stdout
+    )
 
 
 # -- progress on a terminal -----------------------------------------------------------------

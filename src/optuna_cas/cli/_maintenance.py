@@ -120,6 +120,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"{len(report.missing)} missing{problems}, {len(report.orphans)} orphans "
         "(gc reclaims them)",
     )
+    if report.optuna_store_files:
+        _print(
+            args,
+            f"({len(report.optuna_store_files)} written by Optuna's own store: "
+            "no digest to verify)",
+        )
     return 0 if report.ok else 1
 
 
@@ -244,6 +250,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"chunk dedup ratio {figures.chunk_dedup_ratio:.2f}x (whole-file dedup / stored)")
     if figures.bad_refs:
         print(f"bad refs          {figures.bad_refs} (skipped; run 'optuna-cas verify')")
+    if figures.optuna_store_files:
+        print(
+            f"Optuna's files    {figures.optuna_store_files} "
+            f"({human_bytes(figures.optuna_store_bytes)}, written by Optuna's own store: "
+            "a full copy each, not counted above)"
+        )
     return 0
 
 

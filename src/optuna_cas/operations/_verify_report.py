@@ -75,6 +75,9 @@ class VerifyReport:
             parse (harmless: uploaders skip them; gc replaces them), and, deep, those naming a
             chunk where a pack holds other bytes (a chunked file built from them is then in
             :attr:`bad_files`). Not counted in :attr:`ok` themselves.
+        optuna_store_files: IDs of files Optuna's own store wrote (at the root, under an ID
+            with no ref): they read as artifacts, but hold no digest to check against, so
+            nothing was checked. Not counted in :attr:`ok`.
 
     Example:
         >>> VerifyReport(deep=True).ok
@@ -97,6 +100,7 @@ class VerifyReport:
     missing_packs: list[MissingPack] = field(default_factory=list)
     bad_files: list[str] = field(default_factory=list)
     bad_index_objects: list[str] = field(default_factory=list)
+    optuna_store_files: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

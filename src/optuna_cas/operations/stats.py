@@ -37,6 +37,10 @@ class StoreStats:
         referenced_chunked_files: Chunked files some ref points at (the rest await gc).
         packs: Pack objects holding the chunks.
         inline_bytes: Content kept inside refs (small files: one copy per artifact).
+        optuna_store_files: Files Optuna's own store wrote (at the root, under an ID with no
+            ref): readable and listed as artifacts, one full copy each, with no digest.
+            Counted in none of the figures above.
+        optuna_store_bytes: Their sizes, summed.
 
     Example:
         >>> StoreStats(4, 1, 400, 100, 1).dedup_ratio
@@ -56,6 +60,8 @@ class StoreStats:
     referenced_chunked_files: int = 0
     packs: int = 0
     inline_bytes: int = 0
+    optuna_store_files: int = 0
+    optuna_store_bytes: int = 0
 
     @property
     def dedup_ratio(self) -> float:
@@ -125,6 +131,9 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
         (4, 1, 30100, 10100, 2.98019801980198)
         >>> s.whole_file_bytes, s.chunked_bytes, s.inline_bytes
         (10100, 0, 100)
+        >>> store.content.backend.write("old", io.BytesIO(b"y" * 7))  # as Optuna's store writes
+        >>> stats(store).optuna_store_files, stats(store).optuna_store_bytes
+        (1, 7)
     """
     content = require_content_store(store, "stats")
     bad = BadRecords()
@@ -140,6 +149,8 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
     chunked_bytes = sum(
         obj.size for obj in [*chunked.manifests, *chunked.packs.values(), *chunked.indexes]
     )
+    with_ref = {ref.artifact_id for ref in refs} | set(bad.reasons)
+    optuna_files = [o for o in content.iter_optuna_store_objects() if o.key not in with_ref]
     return StoreStats(
         artifacts=len(refs),
         unique_blobs=len(blobs),
@@ -154,4 +165,6 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
         referenced_chunked_files=len(distinct.keys() & manifests),
         packs=len(chunked.packs),
         inline_bytes=inline_bytes,
+        optuna_store_files=len(optuna_files),
+        optuna_store_bytes=sum(o.size for o in optuna_files),
     )

@@ -71,8 +71,10 @@ def verify(
     referenced: set[str] = set()
     bad = BadRecords()
     # ~5 ms requests remotely: read refs with more threads than blobs are hashed with.
+    with_ref: set[str] = set()
     for ref in content.iter_refs(workers=max(1, workers) * 2, on_bad=bad):
         report.refs_checked += 1
+        with_ref.add(ref.artifact_id)
         if ref.inline is not None:
             continue  # its content was checked against its digest when it was read
         hexdigest = ref.digest.hexdigest
@@ -82,6 +84,10 @@ def verify(
         if problem is not None and not (problem == "missing" and hexdigest in listed):
             report.missing.append(MissingBlob(ref.artifact_id, str(ref.digest), problem))
     report.malformed_refs = sorted(bad.reasons)
+    with_ref.update(bad.reasons)
+    report.optuna_store_files = sorted(
+        info.key for info in content.iter_optuna_store_objects() if info.key not in with_ref
+    )
     report.reasons.update(bad.reasons)
     report.orphans = sorted(
         [info.key for h, info in blobs.items() if h not in referenced]
