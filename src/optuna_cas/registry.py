@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 from optuna_cas.exceptions import StoreConfigError
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
-__all__ = ["ENDPOINT_ENV", "open_store", "supported_schemes"]
+__all__ = ["ENDPOINT_ENV", "open_store", "store_scheme", "supported_schemes"]
 
 #: Environment variable naming the S3-compatible endpoint of ``s3://`` URLs when no
 #: ``endpoint_url`` is passed (the CLI's ``--endpoint-url`` default too).
@@ -73,6 +73,23 @@ _SCHEMES: dict[str, _Scheme] = {
     "gs": _Scheme("google.cloud.storage", "gcs", _gs),
 }
 _SCHEMES["gcs"] = _SCHEMES["gs"]
+
+
+def store_scheme(url: str) -> str:
+    """The scheme of a store URL as :func:`open_store` reads it: lower case, ``""`` for a path.
+
+    Raises:
+        StoreConfigError: The URL cannot be split (e.g. ``s3://[``, an invalid IPv6 host).
+
+    Example:
+        >>> store_scheme("S3://bucket/x"), store_scheme("gs://b"), store_scheme("./artifacts")
+        ('s3', 'gs', '')
+    """
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as e:
+        raise StoreConfigError(f"Invalid store URL {url!r}: {e}") from e
+    return "" if len(scheme) == 1 and os.name == "nt" else scheme  # a drive letter: a path
 
 
 def supported_schemes() -> list[str]:
@@ -142,12 +159,9 @@ def open_store(
     text = os.fspath(url)
     if not isinstance(text, str) or not text:
         raise StoreConfigError(f"Invalid store URL: {url!r}")
-    try:
-        parts = urlsplit(text)
-    except ValueError as e:  # e.g. "s3://[" (an invalid IPv6 host)
-        raise StoreConfigError(f"Invalid store URL {text!r}: {e}") from e
-    scheme = parts.scheme.lower()
-    if scheme == "" or (len(scheme) == 1 and os.name == "nt"):  # a plain (or drive) path
+    scheme = store_scheme(text)
+    parts = urlsplit(text)  # store_scheme raised if it cannot be split
+    if scheme == "":
         try:
             local = Path(text).expanduser()
         except RuntimeError as e:  # "~nosuchuser/..."

@@ -102,11 +102,12 @@ def _open(
 ) -> ContentAddressedArtifactStore:
     """The store of ``--store`` (or ``url``); only ``create=True`` may create a local one."""
     from optuna_cas import Backoff, open_store
+    from optuna_cas.registry import store_scheme
 
     url = url or args.store or os.environ.get(STORE_ENV)
     if not url:
         raise UsageError(f"no store given: pass --store URL or set {STORE_ENV}")
-    scheme = _scheme(url)
+    scheme = store_scheme(url)
     if scheme == "memory":
         # open_store accepts it (for tests and notebooks), but each command is its own process.
         raise UsageError(
@@ -150,21 +151,6 @@ def _through_cache(
         return store
 
 
-def _scheme(url: str) -> str:
-    """A store URL's scheme in lower case, as open_store reads it (``""`` for a plain path).
-
-    Example:
-        >>> _scheme("S3://bucket/x"), _scheme("gs://b"), _scheme("./artifacts")
-        ('s3', 'gs', '')
-    """
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).scheme.lower()
-    except ValueError:  # e.g. "s3://[" (a bad IPv6 host): open_store names the problem
-        return url.split("://", 1)[0].lower() if "://" in url else ""
-
-
 def _check_endpoint_applies(args: argparse.Namespace, url: str) -> None:
     """An explicit ``--endpoint-url`` must reach an s3:// store, not be dropped in silence.
 
@@ -172,11 +158,13 @@ def _check_endpoint_applies(args: argparse.Namespace, url: str) -> None:
     ``STORAGE_EMULATOR_HOST``). ``$OPTUNA_CAS_ENDPOINT_URL`` is not checked: it may be set for
     the s3:// stores of a session that also uses others.
     """
+    from optuna_cas.registry import store_scheme
+
     if not args.endpoint_url:
         return
     # sync reads one store and writes another: the endpoint is fine if either is on S3.
     urls = [args.src, args.dst] if getattr(args, "command", None) == "sync" else [url]
-    if not any(_scheme(u) == "s3" for u in urls):
+    if not any(store_scheme(u) == "s3" for u in urls):
         named = " or ".join(repr(u) for u in urls)
         raise UsageError(
             f"--endpoint-url {args.endpoint_url!r} applies to s3:// stores only, not to {named}"
