@@ -26,7 +26,7 @@ from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.chunks import assemble, delta
 from optuna_cas.chunks.assemble import assemble_from_cache, assemble_from_store, contiguous_runs
 from optuna_cas.chunks.delta import Piece, diff, store_delta
-from optuna_cas.chunks.layout import PACK_PREFIX, pack_key
+from optuna_cas.chunks.layout import PACK_PREFIX, manifest_key, pack_key
 from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.reader import ChunkedReader
 from optuna_cas.chunks.table import MANIFEST_MAGIC, TableBuilder, parse_table
@@ -456,11 +456,13 @@ def test_sync_from_a_long_lived_store_follows_a_repack_made_elsewhere(tmp_path: 
     assert dst.open_reader("v1").read() == v1
 
 
-def test_quarantine_keeps_a_damaged_base_pack_that_later_versions_still_read(
+def test_quarantine_moves_a_damaged_base_pack_out_from_under_later_versions(
     tmp_path: Path,
 ) -> None:
-    # One flipped byte that only v0 uses: v1, a delta of v0, read back byte-exact, and
-    # verify --quarantine moved the whole pack aside, taking v1 with it (found by a probe).
+    # One flipped byte that only v0 uses: v1, a delta of v0, read back byte-exact. Quarantine
+    # first moved the whole pack aside, taking v1 with it; then it kept the pack, and deep
+    # verify reported it corrupt ever after (found by probes). Now v1's ranges are copied out,
+    # verified, and the pack goes.
     store = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
     v0 = _rand(2 * MiB, 41)
     v1 = _rewrite_rows(v0, 10, 42)
@@ -482,19 +484,18 @@ def test_quarantine_keeps_a_damaged_base_pack_that_later_versions_still_read(
     damaged[spot] ^= 0xFF
     path.write_bytes(damaged)
     report = verify(store, deep=True, quarantine=True)
-    assert pack_key(pack) in report.corrupt and pack_key(pack) not in report.quarantined
-    assert "kept" in report.reasons[pack_key(pack)]
-    # Once the failing manifest is gone, gc's index of every live chunk names only the pack's
-    # sound ranges: a later verify --quarantine must leave it (it moved each new one aside).
-    gc(store, grace_period=0, allow_short_grace=True)
-    (consolidated,) = [obj.key for obj in chunks.iter_indexes()]
-    again = verify(store, deep=True, quarantine=True)
-    assert consolidated not in again.quarantined
+    assert pack_key(pack) in report.corrupt and pack_key(pack) in report.quarantined
+    assert "copied out first" in report.reasons[pack_key(pack)]
+    assert manifest_key(store.content.get_ref("v0").digest) in report.quarantined
     fresh = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
     assert fresh.open_reader("v1").read() == v1
-    # v0's manifest and the index objects naming the pack went: uploading v0's bytes again
-    # stores them anew instead of leaning on the damaged range.
+    assert pack not in chunks.manifest(store.content.get_ref("v1").digest).packs
+    # Only v0 is lost (its ref stays: verify names it missing) until its bytes come again.
+    after = verify(fresh, deep=True)
+    assert not after.corrupt and not after.bad_files
+    assert [m.artifact_id for m in after.missing] == ["v0"]
     fresh.write("v0-again", io.BytesIO(v0))
     again = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
     assert again.open_reader("v0").read() == v0
     assert again.open_reader("v1").read() == v1
+    assert verify(again, deep=True).ok

@@ -46,6 +46,7 @@ __all__ = [
     "collect_chunks",
     "consolidate_index",
     "live_chunks",
+    "move_out",
     "repack",
     "sweep_manifests",
     "sweep_packs",
@@ -295,6 +296,29 @@ def repack(
         # until a run at least one grace period from now finds it unused.
         chunks.touch(obj)
     return moved, gone
+
+
+def move_out(
+    chunks: ChunkStore, pack: StoredObject, users: list[tuple[StoredObject, ChunkTable]]
+) -> bool:
+    """Copy the ranges of ``pack`` that ``users`` name into a new pack; point them there.
+
+    ``verify --quarantine``'s way out for a damaged pack that files reading back still use:
+    their ranges are sound, and once copied (each verified on the way, as repack copies) the
+    pack serves nothing and can be moved aside. The manifests are rewritten only if every
+    range moved; returns whether they were.
+    """
+    live = LiveChunks()
+    for obj, table in users:
+        live.add(obj, table)
+    ranges = live.by_pack.get(pack.hexdigest, {})
+    runs = overlapping_runs(Entry(c, 0, n, at) for (at, n), c in ranges.items())
+    table = runs_table(runs, (live.packs[pack.hexdigest],))
+    moved = _copy_chunks(chunks, [(pack, table, runs)], sum(map(extent, runs)), None)
+    if not _all_moved(live, pack.hexdigest, moved):
+        return False
+    _point_manifests_at(chunks, live, {pack.hexdigest}, moved)
+    return True
 
 
 def _sound_copies(chunks: ChunkStore, where: dict[bytes, Location]) -> dict[bytes, Location]:

@@ -22,6 +22,7 @@ from optuna_cas.chunks.table import ChunkTable
 from optuna_cas.digest import ALGORITHM, CHUNK_SIZE, Digest, readinto
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 from optuna_cas.operations._chunk_listing import ChunkListing
+from optuna_cas.operations._gc_chunks import move_out
 from optuna_cas.operations._rehash import rehash_problem
 from optuna_cas.operations._verify_report import MissingPack, VerifyReport
 from optuna_cas.progress import Progress
@@ -43,6 +44,9 @@ _MAX_PACK = 4 * PACK_TARGET
 Manifests = dict[str, tuple[StoredObject, ChunkTable]]
 # A deep check: (key, what kind of finding a problem is, the check).
 Check = tuple[str, str, Callable[[Progress], str | None]]
+
+# Manifests (each with its parsed table) that use one pack.
+Users = list[tuple[StoredObject, ChunkTable]]
 
 
 def check_manifests(chunks: ChunkStore, listing: ChunkListing, report: VerifyReport) -> Manifests:
@@ -305,18 +309,26 @@ def quarantine_chunked(
     pack it names is present and sound (then its entries are wrong). A file that fails only
     because a pack is corrupt keeps its manifest, and the pack is moved, unless another file
     that uses the pack reads back (its ranges of the pack are sound: a delta's base pack
-    serves every later version). Then the pack stays, and what would lean on its damaged
-    bytes moves instead: the manifests of the files that fail on it, and the index objects
-    naming it.
+    serves every later version). Then the ranges those files use are copied to a new pack
+    first, verified, and their manifests pointed there (as gc's repack does), so the pack
+    moves too; should a range fail to copy, the pack stays, and what would lean on its
+    damaged bytes moves instead: the index objects naming them. Either way the manifests of
+    the files that fail on it move.
     """
     by_key = {obj.key: obj for obj in [*listing.manifests, *listing.packs.values()]}
-    kept = _corrupt_packs_still_serving(listing, parsed, report)
+    serving = _corrupt_packs_still_serving(listing, parsed, report)
+    kept: dict[str, tuple[Digest, Users]] = {}
+    for key, (pack, failing, sound) in serving.items():
+        if move_out(chunks, by_key[key], sound):
+            report.reasons[key] += "; the ranges other files use were copied out first"
+        else:
+            report.reasons[key] += "; kept: other files that use it read back"
+            kept[key] = (pack, failing)
     doomed = [by_key[key] for key in report.corrupt if key in by_key and key not in kept]
     doomed += [obj for obj, _table in _wrong_manifests(listing, parsed, report)]
+    doomed += [obj for _pack, failing, _sound in serving.values() for obj, _table in failing]
     damaged: set[tuple[bytes, str, int]] = set()  # chunk, pack, offset
-    for key, (pack, failing) in kept.items():
-        report.reasons[key] += "; kept: other files that use it read back"
-        doomed += [obj for obj, _table in failing]
+    for pack, failing in kept.values():
         for _obj, table in failing:
             entries = _by_pack(table).get(pack, [])
             damaged.update(
@@ -336,8 +348,11 @@ def quarantine_chunked(
 
 def _corrupt_packs_still_serving(
     listing: ChunkListing, parsed: Manifests, report: VerifyReport
-) -> dict[str, tuple[Digest, list[tuple[StoredObject, ChunkTable]]]]:
-    """Corrupt packs a file that reads back uses: each with the manifests failing on it."""
+) -> dict[str, tuple[Digest, Users, Users]]:
+    """Corrupt packs a file that reads back uses.
+
+    Each with the manifests of the files failing on it, and of those reading back.
+    """
     corrupt, bad = set(report.corrupt), set(report.bad_files)
     missing = {m.manifest for m in report.missing_packs}
     users: dict[str, tuple[Digest, list[tuple[StoredObject, ChunkTable]]]] = {}
@@ -346,8 +361,9 @@ def _corrupt_packs_still_serving(
             key = pack_key_of(listing, pack)
             if key is not None and key in corrupt:
                 users.setdefault(key, (pack, []))[1].append((obj, table))
-    return {
-        key: (pack, [(obj, table) for obj, table in objs if obj.key in bad])
-        for key, (pack, objs) in users.items()
-        if any(obj.key not in bad and obj.key not in missing for obj, _table in objs)
-    }
+    serving = {}
+    for key, (pack, objs) in users.items():
+        sound = [(o, t) for o, t in objs if o.key not in bad and o.key not in missing]
+        if sound:
+            serving[key] = (pack, [(o, t) for o, t in objs if o.key in bad], sound)
+    return serving
