@@ -27,6 +27,7 @@ from optuna_cas._fileio import (
     read_up_to,
     seekable,
 )
+from optuna_cas._seekable import seekable_reader
 from optuna_cas._validation import validate_artifact_id
 from optuna_cas.backends.base import Backend, ObjectInfo
 from optuna_cas.blobstore import (
@@ -290,10 +291,12 @@ class ContentStore(BlobStore, RefStore):
         if ref.inline is not None:
             return io.BytesIO(ref.inline)
         try:
-            return self.open_blob(ref.digest)
+            reader = self.open_blob(ref.digest)
         except ArtifactNotFound as e:
             self.forget_ref(artifact_id)
             raise self._missing(ref) from e
+        # Seekable like the file Optuna's store returns (np.load, zipfile): see _seekable.
+        return seekable_reader(reader, lambda: self.open_blob(ref.digest), ref.size)
 
     def materialize_artifact(self, ref: ArtifactRef, path: str | os.PathLike[str]) -> None:
         """Write the content ``ref`` names to the new file ``path``: verified, atomic.

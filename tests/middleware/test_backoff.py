@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from typing import Any, BinaryIO
 
 import optuna.artifacts as oa
@@ -334,6 +335,30 @@ def test_foreign_store_retries_each_call_and_rewinds(tmp_path: Any) -> None:
         assert r.read() == b"whole payload"
     store.remove("id1")
     assert inner.removes == 1 and len(sleeps) == 2
+
+
+def test_over_optunas_store_a_reader_seeks_and_a_pipe_is_written(tmp_path: Any) -> None:
+    # Optuna's own Backoff passes its store's file through (np.load seeks it) and writes a
+    # stream that cannot seek in one attempt; ours refused both (found by a probe).
+    store = Backoff(oa.FileSystemArtifactStore(str(tmp_path)), sleep=lambda s: None)
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"from a pipe")
+    os.close(write_end)
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        store.write("p", pipe)  # type: ignore[arg-type]
+    with store.open_reader("p") as reader:
+        assert reader.seekable() and reader.read(4) == b"from"
+        assert reader.seek(-4, io.SEEK_END) == 7 and reader.read() == b"pipe"
+
+
+def test_over_optunas_store_a_missing_artifact_raises_ours(tmp_path: Any) -> None:
+    # After the import switch, `except optuna_cas.exceptions.ArtifactNotFound` must catch
+    # what Optuna's own store raises under our Backoff.
+    store = Backoff(oa.FileSystemArtifactStore(str(tmp_path)), sleep=lambda s: None)
+    with pytest.raises(ArtifactNotFound):
+        store.open_reader("nothing-here")
+    with pytest.raises(ArtifactNotFound):
+        store.remove("nothing-here")
 
 
 def test_backoff_rejects_non_stores() -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol, TypeVar, cast
 
+from optuna_cas._optuna_exceptions import optuna_artifact_exceptions
 from optuna_cas.backends.base import Backend, ObjectInfo, SupportsRequestRunner
 from optuna_cas.digest import CHUNK_SIZE, readinto
 from optuna_cas.exceptions import ArtifactNotFound
@@ -92,6 +93,24 @@ class ResumingReader(io.RawIOBase):
         data: bytes = self._retrying(lambda: self._reader.read(size) or b"")
         self._offset += len(data)
         return data
+
+    def seekable(self) -> bool:
+        """Whether the current source can seek (a file Optuna's own store opened can)."""
+        try:
+            return bool(self._reader.seekable())
+        except (AttributeError, OSError, ValueError):
+            return False
+
+    def tell(self) -> int:
+        """Bytes delivered so far, or where the last seek went."""
+        return self._offset
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Seek the source (if it can), retried like a read; a resume then starts there."""
+        if not self.seekable():
+            raise io.UnsupportedOperation("this reader's source cannot seek")
+        self._offset = self._retrying(lambda: self._reader.seek(offset, whence))
+        return self._offset
 
     def _retrying(self, attempt: Callable[[], _T]) -> _T:
         def resume() -> None:
@@ -309,7 +328,8 @@ class Backoff(ContentAddressedArtifactStore):
 
         def reopen(offset: int) -> BinaryIO:
             reader = self._retrier.call(
-                f"open artifact {artifact_id!r}", lambda: foreign.open_reader(artifact_id)
+                f"open artifact {artifact_id!r}",
+                lambda: _foreign_call(lambda: foreign.open_reader(artifact_id)),
             )
             # Optuna's stores cannot open at an offset: skip what was already delivered.
             _skip(reader, offset)
@@ -326,10 +346,16 @@ class Backoff(ContentAddressedArtifactStore):
         if foreign is None:
             super().write(artifact_id, content_body)
             return
-        start = content_body.tell()
+        try:
+            start = content_body.tell() if content_body.seekable() else None
+        except (AttributeError, OSError, ValueError):
+            start = None
+        if start is None:  # a pipe, or an object with read() only: one attempt, as Optuna's
+            _foreign_call(lambda: foreign.write(artifact_id, content_body))
+            return
         self._retrier.call(
             f"write artifact {artifact_id!r}",
-            lambda: foreign.write(artifact_id, content_body),
+            lambda: _foreign_call(lambda: foreign.write(artifact_id, content_body)),
             before_retry=lambda: content_body.seek(start),
         )
 
@@ -341,12 +367,29 @@ class Backoff(ContentAddressedArtifactStore):
             return
         self._retrier.call(
             f"remove artifact {artifact_id!r}",
-            lambda: foreign.remove(artifact_id),
+            lambda: _foreign_call(lambda: foreign.remove(artifact_id)),
             missing_after_retry=lambda: None,
         )
 
     def __repr__(self) -> str:
         return f"Backoff({self._backend!r}, max_retries={self.policy.max_retries})"
+
+
+def _foreign_call(call: Callable[[], _T]) -> _T:
+    """``call()``, with Optuna's ``ArtifactNotFound`` (another store's) raised as ours.
+
+    Ours subclasses Optuna's, so after the import switch ``except ArtifactNotFound`` must
+    still catch what Optuna's own stores raise; and a retried ``remove`` knows it by our class.
+    """
+    try:
+        return call()
+    except ArtifactNotFound:
+        raise
+    except Exception as e:
+        module = optuna_artifact_exceptions()
+        if module is not None and isinstance(e, module.ArtifactNotFound):
+            raise ArtifactNotFound(str(e)) from e
+        raise
 
 
 def _skip(reader: BinaryIO, count: int) -> None:

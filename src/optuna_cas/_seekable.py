@@ -1,0 +1,130 @@
+"""A verified stream that can also seek: the whole content is spooled on the first real move.
+
+Optuna's ``FileSystemArtifactStore.open_reader`` returns a plain file, so code such as
+``np.load(store.open_reader(i))``, ``zipfile.ZipFile(...)`` or ``torch.load(...)`` (a zip)
+works on it. Our readers verify as they stream, and a verifying stream cannot hand out bytes
+from the middle of a file it has not hashed yet. :class:`SpoolOnSeek` keeps the streaming
+path for readers that never move (the usual case: no copy, no temp file). The first seek that
+actually moves opens the content afresh, copies all of it through its verifying reader into a
+private temp file (unlinked at once, so no other process can change it), and serves every
+read and seek from there: one extra pass over the file, then random access at disk speed,
+never a byte that was not checked.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Callable
+from typing import BinaryIO, cast
+
+from optuna_cas.digest import CHUNK_SIZE, readinto
+
+__all__ = ["SpoolOnSeek", "seekable_reader"]
+
+
+class SpoolOnSeek(io.RawIOBase):
+    """A reader of ``size`` bytes that streams ``reader`` until a seek moves it.
+
+    Args:
+        reader: The open verifying reader, at the start of the content.
+        reopen: Opens the content again from its start (verifying as it is read).
+        size: The content's length (for ``SEEK_END``).
+
+    Example:
+        >>> import io
+        >>> r = SpoolOnSeek(io.BytesIO(b"hello"), lambda: io.BytesIO(b"hello"), 5)
+        >>> r.read(2), r.seek(-1, io.SEEK_END), r.read(), r.seek(0), r.read()
+        (b'he', 4, b'o', 0, b'hello')
+    """
+
+    def __init__(self, reader: BinaryIO, reopen: Callable[[], BinaryIO], size: int) -> None:
+        super().__init__()
+        self._reader = reader
+        self._reopen = reopen
+        self._size = size
+        self._position = 0  # of the stream; the spool keeps its own
+        self._target: int | None = None  # where a seek asked to go (moved at the next read)
+        self._spool: BinaryIO | None = None
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def seekable(self) -> bool:
+        """Always True."""
+        return True
+
+    def tell(self) -> int:
+        """The position (where a seek asked to go, if nothing was read since)."""
+        if self._target is not None:
+            return self._target
+        return self._spool.tell() if self._spool is not None else self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move; nothing is read until the next read (asking the size costs nothing)."""
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self.tell(), io.SEEK_END: self._size}
+        if whence not in bases:
+            raise ValueError(f"invalid whence {whence!r}")
+        target = bases[whence] + offset
+        if target < 0:
+            raise ValueError(f"negative seek position {target}")
+        self._target = target
+        return target
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        """Read into ``buffer``: from the stream while it has not moved, else the spool."""
+        target, self._target = self._target, None
+        if self._spool is None and target is not None and target != self._position:
+            self._spool = self._spool_all()
+        if self._spool is not None:
+            if target is not None:
+                self._spool.seek(target)
+            return self._spool.readinto(buffer)  # type: ignore[attr-defined, no-any-return]
+        n = readinto(self._reader, memoryview(buffer).cast("B"))
+        self._position += n
+        return n
+
+    def readall(self) -> bytes:
+        """The rest, in large reads (``RawIOBase``'s own reads 8 KiB at a time)."""
+        parts = []
+        while data := self.read(CHUNK_SIZE):
+            parts.append(data)
+        return b"".join(parts)
+
+    def _spool_all(self) -> BinaryIO:
+        """All of the content, read afresh through its verifying reader, in a private file."""
+        spool = cast(BinaryIO, tempfile.TemporaryFile(prefix="optuna-cas-seek-"))  # noqa: SIM115
+        try:
+            with self._reopen() as fresh:
+                block = memoryview(bytearray(CHUNK_SIZE))
+                while n := readinto(fresh, block):
+                    spool.write(block[:n])
+            spool.flush()
+        except BaseException:
+            spool.close()
+            raise
+        self._reader.close()
+        return spool
+
+    def close(self) -> None:
+        """Close the stream and the spool."""
+        try:
+            self._reader.close()
+            if self._spool is not None:
+                self._spool.close()
+        finally:
+            super().close()
+
+
+def seekable_reader(reader: BinaryIO, reopen: Callable[[], BinaryIO], size: int) -> BinaryIO:
+    """``reader`` if it can seek at random cheaply, else a buffered :class:`SpoolOnSeek`.
+
+    Example:
+        >>> import io
+        >>> seekable_reader(io.BytesIO(b"x"), lambda: io.BytesIO(b"x"), 1).read()
+        b'x'
+    """
+    if isinstance(reader, io.BytesIO):
+        return reader
+    return cast(BinaryIO, io.BufferedReader(SpoolOnSeek(reader, reopen, size), CHUNK_SIZE))
