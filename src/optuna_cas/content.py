@@ -227,6 +227,14 @@ class ContentStore(BlobStore, RefStore):
                     f"Content of artifact {artifact_id!r} changed during upload; nothing was "
                     "recorded for it"
                 )
+            if not self.has_blob(digest):
+                # Stored again and still not whole: never acknowledge what will not read back.
+                self._remove_own_ref(artifact_id)
+                raise IntegrityError(
+                    f"Content of artifact {artifact_id!r} could not be stored whole in "
+                    f"{self.describe()} (an object there is damaged and was not replaced); "
+                    "nothing was recorded for it: run 'optuna-cas verify'"
+                )
         return ref
 
     def _small_file(self, src: FileSource) -> bytes | None:

@@ -364,3 +364,51 @@ def test_a_failed_copy_leaves_its_sent_packs_to_the_retry(tmp_path: Path) -> Non
     sent = retry.chunks.copy_from(source.chunks, digest)
     assert sent <= len(data) - sent_before + 256 * 1024
     assert retry.open_blob(digest).read() == data
+
+
+def test_a_pack_cut_short_is_replaced_by_the_next_copy_sent() -> None:
+    # A remote store takes a pack only if its key is free (S3: If-None-Match). A pack there
+    # cut short was left as it was when an upload sent the same pack again, and the upload's
+    # manifest named it (found by a probe): the copy sent now replaces one of another size.
+    from optuna_cas.chunks.chunker import Chunker
+    from optuna_cas.chunks.packer import PackWriter
+
+    backend, data = MemoryBackend(), _rand(3 * 1024 * 1024, 23)
+
+    def send_all() -> None:
+        writer = PackWriter(backend)
+        for chunk, piece in Chunker(io.BytesIO(data)):
+            writer.add_new(chunk, piece)
+        writer.finish()
+
+    send_all()
+    (info,) = backend.list(PACK_PREFIX)
+    whole = backend.open_reader(info.key).read()
+    backend.write(info.key, io.BytesIO(whole[:1000]))
+    send_all()
+    assert backend.open_reader(info.key).read() == whole
+
+
+class _KeepsFirstPacks(_FailingPackWrites):
+    """A remote-like backend that silently keeps the first object written at a pack key."""
+
+    def write(self, key: str, data: BinaryIO, *, if_absent: bool = False) -> bool:
+        if key.startswith(PACK_PREFIX) and self.inner.exists(key):
+            data.read()
+            return True
+        return self.inner.write(key, data, if_absent=if_absent)
+
+
+def test_an_upload_that_will_not_read_back_is_never_acknowledged() -> None:
+    # The pack is cut short, and the backend will not replace it: the re-upload's manifest
+    # names it, so the upload must fail rather than be acknowledged (found by a probe).
+    inner, data = MemoryBackend(), _rand(2 * 1024 * 1024, 24)
+    ContentStore(inner, chunk_threshold=THRESHOLD).put_artifact("a", io.BytesIO(data))
+    (info,) = inner.list(PACK_PREFIX)
+    inner.write(info.key, io.BytesIO(inner.open_reader(info.key).read()[:1000]))
+    backend = _KeepsFirstPacks(inner, allowed=10**6)
+    store = ContentStore(backend, chunk_threshold=THRESHOLD)  # type: ignore[arg-type]
+    with pytest.raises(IntegrityError, match="could not be stored whole"):
+        store.put_artifact("b", io.BytesIO(data))
+    with pytest.raises(ArtifactNotFound):
+        store.get_ref("b")

@@ -307,9 +307,15 @@ class PackWriter:
         try:
             # Checked, and private (unlinked, ours alone): sealed, so a remote backend sends
             # each part straight from the file, with no part buffers in memory.
+            key = pack_key(digest)
             pack.spool.seek(0)
-            sealed = SealedFile.of(pack.spool)
-            self._backend.write(pack_key(digest), cast(BinaryIO, sealed), if_absent=True)
+            self._backend.write(key, cast(BinaryIO, SealedFile.of(pack.spool)), if_absent=True)
+            # Not written if the key was taken: a pack there of another size is damaged (cut
+            # short, say; a local store's rename replaces it anyway), and this checked copy
+            # is what mends it. One HEAD per pack sent.
+            if self._backend.stat(key).size != digest.size:
+                pack.spool.seek(0)
+                self._backend.write(key, cast(BinaryIO, SealedFile.of(pack.spool)))
             self._published.add(pack.index_number)
             if self._cache is not None:
                 # The uploading worker often reads its upload back: keep the pack (the cache
