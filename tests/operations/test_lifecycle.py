@@ -499,3 +499,47 @@ def test_an_interrupted_sync_stops_at_once_and_leaves_whole_artifacts(tmp_path: 
             assert reader.read() == expected.read()
     report = sync(src, dst)  # and a second run finishes the job
     assert report.ok and len(report.refs_copied) == 60 - len(copied)
+
+
+def test_verify_while_a_worker_uploads_reports_nothing_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # verify listed content before refs, so a worker's uploads landing in between were
+    # "missing" though they read back (found by a probe).
+    from optuna_cas.operations import verify as verify_module
+
+    store = optuna_cas.FileSystemArtifactStore(tmp_path / "s", chunk_threshold=256 * 1024)
+    worker = optuna_cas.FileSystemArtifactStore(tmp_path / "s", chunk_threshold=256 * 1024)
+    listing = verify_module.ChunkListing.of
+
+    def listing_while_the_worker_uploads(chunks: object) -> object:
+        monkeypatch.setattr(verify_module.ChunkListing, "of", listing)  # once
+        found = listing(chunks)  # type: ignore[arg-type]
+        worker.write("new-chunked", io.BytesIO(random_bytes(600_000, seed=2)))
+        worker.write("new-blob", io.BytesIO(random_bytes(100_000, seed=3)))
+        return found
+
+    monkeypatch.setattr(verify_module.ChunkListing, "of", listing_while_the_worker_uploads)
+    report = verify(store, deep=True)
+    assert report.ok and report.missing == []
+
+
+def test_verify_while_a_worker_removes_reports_nothing_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refs are read first now: one read before its artifact is removed and collected must
+    # not be reported missing either.
+    store = optuna_cas.FileSystemArtifactStore(tmp_path / "s")
+    worker = optuna_cas.FileSystemArtifactStore(tmp_path / "s")
+    store.write("going", io.BytesIO(random_bytes(100_000, seed=1)))
+    iter_blobs = type(store.content).iter_blobs
+
+    def blobs_after_a_removal(content: object) -> object:
+        monkeypatch.setattr(type(store.content), "iter_blobs", iter_blobs)  # once
+        worker.remove("going")
+        gc(worker, grace_period=0, allow_short_grace=True)
+        return iter_blobs(content)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(store.content), "iter_blobs", blobs_after_a_removal)
+    report = verify(store, deep=False)
+    assert report.ok and report.missing == [] and report.refs_checked == 1

@@ -10,7 +10,9 @@ from collections.abc import Callable
 
 from optuna_cas._threads import map_in_threads
 from optuna_cas.chunks.table import ChunkTable
-from optuna_cas.content import QUARANTINE_PREFIX, BlobInfo
+from optuna_cas.content import QUARANTINE_PREFIX, BlobInfo, ContentStore
+from optuna_cas.digest import Digest
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 from optuna_cas.operations import _verify_chunks as chunked
 from optuna_cas.operations._bad_records import BadRecords
 from optuna_cas.operations._chunk_listing import ChunkListing
@@ -62,6 +64,17 @@ def verify(
     """
     content = require_content_store(store, "verify")
     report = VerifyReport(deep=deep)
+    bad = BadRecords()
+    # Refs first: an upload stores its content before its ref, so whatever a listed ref
+    # names was stored before the listings below began (an upload racing verify is not
+    # "missing"). ~5 ms requests remotely: more threads than blobs are hashed with.
+    named: list[tuple[str, Digest]] = []  # (not the refs: small files' bytes are inside)
+    with_ref: set[str] = set()
+    for ref in content.iter_refs(workers=max(1, workers) * 2, on_bad=bad):
+        report.refs_checked += 1
+        with_ref.add(ref.artifact_id)
+        if ref.inline is None:  # else its content was checked against its digest on reading
+            named.append((ref.artifact_id, ref.digest))
     blobs = {info.hexdigest: info for info in content.iter_blobs()}  # one key per digest
     report.blobs_checked = len(blobs)
     listing = ChunkListing.of(content.chunks)
@@ -69,20 +82,16 @@ def verify(
     chunked.check_indexes(content.chunks, listing, report)
     listed = {m.hexdigest for m in listing.manifests}
     referenced: set[str] = set()
-    bad = BadRecords()
-    # ~5 ms requests remotely: read refs with more threads than blobs are hashed with.
-    with_ref: set[str] = set()
-    for ref in content.iter_refs(workers=max(1, workers) * 2, on_bad=bad):
-        report.refs_checked += 1
-        with_ref.add(ref.artifact_id)
-        if ref.inline is not None:
-            continue  # its content was checked against its digest when it was read
-        hexdigest = ref.digest.hexdigest
+    for artifact_id, digest in named:
+        hexdigest = digest.hexdigest
         referenced.add(hexdigest)
-        problem = _content_problem(blobs.get(hexdigest), manifests.get(hexdigest), ref.size)
-        # A manifest listed but not parsed is reported as corrupt already, not as missing.
-        if problem is not None and not (problem == "missing" and hexdigest in listed):
-            report.missing.append(MissingBlob(ref.artifact_id, str(ref.digest), problem))
+        problem = _content_problem(blobs.get(hexdigest), manifests.get(hexdigest), digest.size)
+        # A manifest listed but not parsed is reported as corrupt already, not as missing;
+        # an artifact removed (and its content collected) since the refs were read, not at all.
+        if problem is None or (problem == "missing" and hexdigest in listed):
+            continue
+        if _still_named(content, artifact_id, digest):
+            report.missing.append(MissingBlob(artifact_id, str(digest), problem))
     report.malformed_refs = sorted(bad.reasons)
     with_ref.update(bad.reasons)
     report.optuna_store_files = sorted(
@@ -119,6 +128,15 @@ def verify(
         chunked.quarantine_chunked(content.chunks, listing, manifests, report, QUARANTINE_PREFIX)
         report.quarantined.sort()
     return report
+
+
+def _still_named(content: ContentStore, artifact_id: str, digest: Digest) -> bool:
+    """Whether ``artifact_id``'s ref still names ``digest`` (read afresh)."""
+    content.forget_ref(artifact_id)
+    try:
+        return content.get_ref(artifact_id).digest == digest
+    except (ArtifactNotFound, IntegrityError):
+        return False
 
 
 def _content_problem(
