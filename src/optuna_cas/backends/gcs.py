@@ -249,7 +249,12 @@ class GCSBackend(RemoteBackend):
             # The SDK's schedule, with our table deciding what is worth another try.
             retry = DEFAULT_RETRY.with_predicate(_worth_retrying)
         return ResumableUpload(
-            url, handles.http, where=f"{self.describe()}/{name}", timeout=self._timeout, retry=retry
+            # name holds the prefix already, which describe() ends with: not twice in messages.
+            url,
+            handles.http,
+            where=f"gs://{self._bucket.name}/{name}",
+            timeout=self._timeout,
+            retry=retry,
         )
 
     def _delete(self, name: str) -> None:
