@@ -30,7 +30,7 @@ import sqlite3
 import stat
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -436,33 +436,6 @@ def link_open_file(fd: int, target: Path) -> bool:
     except OSError:
         return False  # other filesystem, no hard links, entry evicted (no name left), ...
     return True
-
-
-def tee(
-    buffers: Iterable[bytes | memoryview],
-    cache_fd: int,
-    out_fd: int | None,
-    warn: Callable[[OSError], None],
-) -> bool:
-    """Write every buffer into ``out_fd`` and ``cache_fd`` (-1: none); False if no cache.
-
-    A failed write to the cache is warned about and ends the cache's part: the rest still goes
-    to ``out_fd``, or, without one, the copy stops.
-    """
-    cached = cache_fd >= 0
-    for buffer in buffers:
-        view = memoryview(buffer)
-        if out_fd is not None:
-            write_all(out_fd, view)
-        if cached:
-            try:
-                write_all(cache_fd, view)
-            except OSError as e:
-                warn(e)
-                cached = False
-                if out_fd is None:
-                    return False
-    return cached
 
 
 def write_all(fd: int, view: memoryview) -> None:

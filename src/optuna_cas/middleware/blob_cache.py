@@ -39,13 +39,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from optuna_cas._fileio import materialize as _materialize_stream
-from optuna_cas._fileio import publish_new_file, raw_blocks, temp_beside
+from optuna_cas._fileio import publish_new_file, temp_beside
 from optuna_cas._forksafe import ForkedMidOperation, ForkGate, ForkSafeLock
 from optuna_cas._verified_copy import copy_and_publish, copy_holds
-from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader, verified_buffers
+from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
 from optuna_cas.exceptions import IntegrityError, StoreConfigError
 from optuna_cas.middleware import _cache_files as files
 from optuna_cas.middleware._cache_files import CACHE_ERRORS, ConfinedDisk, FillTemp, Unusable
+from optuna_cas.middleware._cache_fill import fill_temp
 from optuna_cas.middleware.cache_config import (
     DEFAULT_SIZE_LIMIT,
     CacheInfo,
@@ -228,7 +229,7 @@ class DiskBlobCache:
                 return self._verifying(handle, digest)
             handle.close()
             self._drop(digest, "content does not match the digest")
-        filled = self._fill(digest, fetch)
+        filled = fill_temp(self._root, digest, fetch, self._warn_bypass)
         if filled is None:
             return self._passthrough(digest, fetch)
         self._adopt(digest, filled)
@@ -331,7 +332,9 @@ class DiskBlobCache:
             >>> cache.fill(d, lambda: io.BytesIO(b"x")); d in cache
             True
         """
-        if digest.size <= self._size_limit and (filled := self._fill(digest, fetch)):
+        if digest.size <= self._size_limit and (
+            filled := fill_temp(self._root, digest, fetch, self._warn_bypass)
+        ):
             try:
                 self._adopt(digest, filled)
             finally:
@@ -501,7 +504,7 @@ class DiskBlobCache:
         written twice) rather than copying afterwards, so a fill costs one download.
         """
         if self._materialize == "hardlink":
-            filled = self._fill(digest, fetch)
+            filled = fill_temp(self._root, digest, fetch, self._warn_bypass)
             if filled is None:
                 return False
             try:
@@ -516,7 +519,7 @@ class DiskBlobCache:
             return True
         out_fd, out_temp = temp_beside(target)
         try:
-            filled = self._fill(digest, fetch, out_fd=out_fd)
+            filled = fill_temp(self._root, digest, fetch, self._warn_bypass, out_fd=out_fd)
             try:
                 publish_new_file(Path(out_temp), target)
             finally:
@@ -527,37 +530,6 @@ class DiskBlobCache:
             os.close(out_fd)
             files.unlink_quietly(out_temp)
         return True
-
-    def _fill(
-        self, digest: Digest, fetch: Callable[[], BinaryIO], *, out_fd: int | None = None
-    ) -> FillTemp | None:
-        """Stream the blob once, verifying, into a private temp file (and into ``out_fd``).
-
-        Returns the verified temp file (read-only, descriptor at EOF), or None if the cache's
-        side failed: then, with ``out_fd``, the stream still went there in full; without, it
-        was abandoned and the caller reads from the store instead.
-        """
-        try:
-            fd, name = files.new_temp(self._root)
-        except OSError as e:
-            self._warn_bypass(e)
-            if out_fd is None:
-                return None
-            fd, name = -1, ""
-        try:
-            # The store's own blocks (no copy), hashed on the way: a mismatch raises first.
-            with fetch() as source:
-                what = f"blob {digest} (cache fill)"
-                blocks = verified_buffers(raw_blocks(source), digest, name=what)
-                cached = files.tee(blocks, fd, out_fd, self._warn_bypass)
-            if cached:
-                os.fchmod(fd, files.READ_ONLY)
-                return FillTemp(fd, name, digest.size)
-        except BaseException:
-            self._discard_temp(fd, name)
-            raise
-        self._discard_temp(fd, name)
-        return None
 
     def _adopt(self, digest: Digest, filled: FillTemp) -> None:
         """Hand a verified temp file to diskcache (first writer wins), then enforce the limit."""
@@ -616,11 +588,6 @@ class DiskBlobCache:
         # Some errors have no text (diskcache.Timeout): their type says what happened.
         reason = str(error) or type(error).__name__
         logger.warning("Cache in %s failed (%s); using the store directly", self._root, reason)
-
-    def _discard_temp(self, fd: int, name: str) -> None:
-        if fd >= 0:
-            os.close(fd)
-            files.unlink_temp(self._root, name)
 
 
 def _key(digest: Digest) -> str:
