@@ -160,3 +160,44 @@ def test_missing_sdks_give_install_hints(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.s3
+def test_s3_store_exposes_optunas_public_attributes(s3_client: Any, s3_bucket: str) -> None:
+    # Optuna's Boto3ArtifactStore has public .bucket and .client; code written against it
+    # (store.client.list_objects_v2(Bucket=store.bucket)) must keep working after the switch.
+    store = Boto3ArtifactStore(s3_bucket, s3_client, prefix="p")
+    store.write("x", io.BytesIO(b"data"))
+    assert store.bucket == s3_bucket
+    assert store.client is s3_client
+    keys = [o["Key"] for o in store.client.list_objects_v2(Bucket=store.bucket)["Contents"]]
+    assert "p/refs/x" in keys
+    with pytest.raises(AttributeError):
+        store.bucket = "other"  # type: ignore[misc]
+
+
+@pytest.mark.s3
+def test_s3_store_client_is_the_one_it_built(
+    s3_server: Any, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    store = Boto3ArtifactStore(s3_bucket, endpoint_url=s3_server.endpoint_url)
+    store.write("x", io.BytesIO(b"data"))
+    head = store.client.head_object(Bucket=store.bucket, Key="refs/x")
+    assert head["ContentLength"] > 0
+
+
+@pytest.mark.gcs
+def test_gcs_store_exposes_optunas_public_attributes(gcs_client: Any, gcs_bucket: Any) -> None:
+    # Optuna's GCSArtifactStore has public .bucket_name, .client and .bucket_obj.
+    store = GCSArtifactStore(gcs_bucket.name, gcs_client)
+    store.write("x", io.BytesIO(b"data"))
+    assert store.bucket_name == gcs_bucket.name
+    assert store.client is gcs_client
+    assert store.bucket_obj.name == gcs_bucket.name
+    assert store.bucket_obj.client is gcs_client
+    assert store.bucket_obj.get_blob("refs/x") is not None
+    with pytest.raises(AttributeError):
+        store.client = None  # type: ignore[misc]

@@ -244,8 +244,23 @@ class S3Backend(RemoteBackend):
             )
 
     @property
-    def _client(self) -> S3Client:
+    def client(self) -> S3Client:
+        """The boto3 S3 client this backend sends its requests with, in this process.
+
+        The one passed in; else the one built from the environment (rebuilt in a forked child,
+        whose connections must not be the parent's).
+
+        Example:
+            .. code-block:: python
+
+                backend = S3Backend("my-bucket", client=boto3.client("s3"))
+                backend.client.list_objects_v2(Bucket="my-bucket")
+        """
         return self._clients.get()
+
+    @property
+    def _client(self) -> S3Client:  # the name the request code (and tests) use
+        return self.client
 
     # ---- primitives ---------------------------------------------------------------------------
 

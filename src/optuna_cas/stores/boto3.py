@@ -76,3 +76,37 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
         super().__init__(
             ContentStore(backend, chunk_threshold=chunk_threshold, inline_limit=inline_limit)
         )
+        self._backend = backend
+        self._bucket_name = bucket_name  # the backend checked it
+
+    # Optuna's store has public ``bucket`` and ``client`` attributes that user code reaches
+    # for (``store.client.list_objects_v2(Bucket=store.bucket)``); read-only here, because
+    # assigning either would not redirect the backend underneath.
+
+    @property
+    def bucket(self) -> str:
+        """The bucket's name, as Optuna's ``Boto3ArtifactStore.bucket``.
+
+        Example:
+            .. code-block:: python
+
+                Boto3ArtifactStore("my-bucket").bucket  # 'my-bucket'
+        """
+        return self._bucket_name
+
+    @property
+    def client(self) -> S3Client:
+        """The boto3 S3 client the store uses, as Optuna's ``Boto3ArtifactStore.client``.
+
+        The ``client`` passed in, else the one built from the environment (or
+        ``endpoint_url``) for this process. An artifact's objects are not at the key
+        ``<artifact_id>`` as with Optuna's store but at ``<prefix>/refs/<artifact_id>`` and
+        ``<prefix>/blobs/...``.
+
+        Example:
+            .. code-block:: python
+
+                store = Boto3ArtifactStore("my-bucket")
+                store.client.list_objects_v2(Bucket=store.bucket, Prefix="refs/")
+        """
+        return self._backend.client

@@ -68,3 +68,51 @@ class GCSArtifactStore(ContentAddressedArtifactStore):
         super().__init__(
             ContentStore(backend, chunk_threshold=chunk_threshold, inline_limit=inline_limit)
         )
+        self._backend = backend
+        self._bucket_name = bucket_name  # the backend checked it
+
+    # Optuna's store has public ``bucket_name``, ``client`` and ``bucket_obj`` attributes that
+    # user code reaches for; read-only here, because assigning one would not redirect the
+    # backend underneath.
+
+    @property
+    def bucket_name(self) -> str:
+        """The bucket's name, as Optuna's ``GCSArtifactStore.bucket_name``.
+
+        Example:
+            .. code-block:: python
+
+                GCSArtifactStore("my-bucket").bucket_name  # 'my-bucket'
+        """
+        return self._bucket_name
+
+    @property
+    def client(self) -> Any:
+        """The ``google.cloud.storage.Client`` the store uses, as Optuna's ``client``.
+
+        The ``client`` passed in, else the one built from the environment for this process.
+
+        Example:
+            .. code-block:: python
+
+                from google.cloud import storage
+
+                client = storage.Client()
+                GCSArtifactStore("my-bucket", client).client is client  # True
+        """
+        return self._backend.client
+
+    @property
+    def bucket_obj(self) -> Any:
+        """The ``google.cloud.storage.Bucket`` the store uses, as Optuna's ``bucket_obj``.
+
+        Built from :attr:`client`. An artifact's objects are not the blob ``<artifact_id>``
+        as with Optuna's store but ``<prefix>/refs/<artifact_id>`` and ``<prefix>/blobs/...``.
+
+        Example:
+            .. code-block:: python
+
+                store = GCSArtifactStore("my-bucket")
+                [blob.name for blob in store.bucket_obj.list_blobs(prefix="refs/")]
+        """
+        return self._backend.bucket
