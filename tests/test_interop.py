@@ -82,6 +82,36 @@ def test_backoff_wraps_optunas_own_store(tmp_path: Path) -> None:
         store.remove("abc")
 
 
+@pytest.mark.parametrize("wrap", ["plain", "backoff"])
+def test_missing_artifact_in_optunas_store_raises_our_not_found(tmp_path: Path, wrap: str) -> None:
+    # Optuna's stores raise Optuna's base class; `except optuna_cas.exceptions.ArtifactNotFound`
+    # after the import change must still catch it, and the message stays Optuna's.
+    base: object = oa.FileSystemArtifactStore(str(tmp_path))
+    store = base if wrap == "plain" else optuna_cas.Backoff(base, sleep=lambda s: None)
+    target = tmp_path / "out.bin"
+    with pytest.raises(optuna_cas.exceptions.ArtifactNotFound, match="missing-id") as caught:
+        optuna_cas.download_artifact(
+            artifact_store=store, file_path=str(target), artifact_id="missing-id"
+        )
+    assert isinstance(caught.value.__cause__, oa.exceptions.ArtifactNotFound)
+    assert not target.exists()
+
+
+def test_delete_artifact_with_optunas_store_when_the_file_is_gone(tmp_path: Path) -> None:
+    # The metadata is the record: a file already removed from Optuna's store (which raises
+    # Optuna's ArtifactNotFound, not ours) must not stop the deletion.
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    store = oa.FileSystemArtifactStore(str(tmp_path / "store"))
+    (tmp_path / "store").mkdir()
+    trial = optuna.create_study().ask()
+    artifact_id = optuna_cas.upload_artifact(
+        artifact_store=store, file_path=str(tmp_path / "model.pt"), study_or_trial=trial
+    )
+    store.remove(artifact_id)
+    optuna_cas.delete_artifact(artifact_store=store, artifact_id=artifact_id, study_or_trial=trial)
+    assert optuna_cas.get_all_artifact_meta(trial) == []
+
+
 def test_files_left_by_optunas_filesystem_store_stay_readable(tmp_path: Path) -> None:
     import io
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, is_tombstone
-from optuna_cas._optuna import MetadataTarget, import_optuna, resolve_target
+from optuna_cas._optuna import MetadataTarget, import_optuna, not_found_as_ours, resolve_target
 from optuna_cas.exceptions import ArtifactNotFound
 
 __all__ = ["DELETED_ATTR_PREFIX", "delete_artifact", "record_deletion"]
@@ -68,7 +68,8 @@ def delete_artifact(
         )
     record_deletion(target, artifact_id)
     # The ref may be gone already (e.g. removed by optuna-dashboard): the metadata was the record.
-    with contextlib.suppress(ArtifactNotFound):
+    # A foreign store says so with Optuna's ArtifactNotFound, which is made ours to be ignored.
+    with contextlib.suppress(ArtifactNotFound), not_found_as_ours(artifact_id):
         artifact_store.remove(artifact_id)
 
 

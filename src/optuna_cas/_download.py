@@ -11,7 +11,7 @@ from typing import Any
 from optuna_cas._fileio import materialize
 from optuna_cas._json import loads_bounded
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX
-from optuna_cas._optuna import resolve_target
+from optuna_cas._optuna import not_found_as_ours, resolve_target
 from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, MalformedRecordError
 from optuna_cas.stores.base import content_store_of
@@ -105,7 +105,8 @@ def download_artifact(
                 )
             content.materialize_artifact(ref, target)
             return
-    with artifact_store.open_reader(artifact_id) as reader:
+    # A foreign store (Optuna's own, a third party's) raises Optuna's ArtifactNotFound.
+    with not_found_as_ours(artifact_id), artifact_store.open_reader(artifact_id) as reader:
         if recorded is not None and recorded[1] is not None:
             # No ref (an object Optuna's own store wrote, say): the metadata's digest is the
             # only one there is, so check the bytes against it.

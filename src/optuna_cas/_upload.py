@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from optuna_cas._fileio import open_regular_file
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, DEFAULT_MIME_TYPE, ArtifactMeta
-from optuna_cas._optuna import resolve_target
+from optuna_cas._optuna import not_found_as_ours, resolve_target
 from optuna_cas.exceptions import ArtifactNotFound
 from optuna_cas.stores.base import content_store_of
 
@@ -144,7 +144,8 @@ def upload_artifact(
         target.set_system_attr(ARTIFACTS_ATTR_PREFIX + artifact_id, meta.to_json())
     except BaseException:
         # No metadata will point at this artifact: do not leave an orphan ref behind either.
-        with contextlib.suppress(ArtifactNotFound):
+        # (A foreign store's "already gone" is Optuna's class: made ours to be ignored too.)
+        with contextlib.suppress(ArtifactNotFound), not_found_as_ours(artifact_id):
             artifact_store.remove(artifact_id)
         raise
     return artifact_id
