@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 import pytest
 
+import optuna_cas
 from optuna_cas import (
     ArtifactMeta,
     FileSystemArtifactStore,
@@ -94,6 +95,46 @@ def test_frozen_trial_needs_storage(
         get_all_artifact_meta(frozen)
     assert blob_files(store) == []
     assert get_all_artifact_meta(frozen, storage=study._storage) == []
+
+
+@pytest.mark.parametrize("given", [None, optuna.trial.FixedTrial({})], ids=["None", "FixedTrial"])
+def test_no_storage_raises_optunas_error_for_any_object(
+    given: Any, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+) -> None:
+    # Optuna asks only "is there a storage?" before anything else: same type, same message.
+    import optuna.artifacts as oa
+
+    path = str(make_file(b"x"))
+    calls = {
+        "upload": lambda lib: lib.upload_artifact(
+            artifact_store=store, file_path=path, study_or_trial=given
+        ),
+        "list": lambda lib: lib.get_all_artifact_meta(given),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError) as theirs:
+            call(oa)
+        with pytest.raises(ValueError) as ours:
+            call(optuna_cas)
+        assert str(ours.value) == str(theirs.value) == "storage is required for FrozenTrial.", name
+    assert blob_files(store) == []
+
+
+def test_not_a_study_or_trial_with_a_storage_is_named(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+) -> None:
+    # Optuna crashes here with AttributeError ('FixedTrial' object has no attribute
+    # '_study_id'); ours says what was wrong with what.
+    path = str(make_file(b"x"))
+    for given in (None, optuna.trial.FixedTrial({})):
+        with pytest.raises(TypeError, match=type(given).__name__) as caught:
+            upload_artifact(
+                artifact_store=store, file_path=path, study_or_trial=given, storage=study._storage
+            )
+        assert "study_or_trial" in str(caught.value)
+        with pytest.raises(TypeError, match=type(given).__name__):
+            get_all_artifact_meta(given, storage=study._storage)
+    assert blob_files(store) == []
 
 
 def test_frozen_trial_with_storage(
@@ -263,6 +304,20 @@ def test_download_round_trip_and_refuses_overwrite(
         download_artifact(artifact_store=store, file_path=str(target), artifact_id=artifact_id)
     assert target.read_bytes() == data
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.bin"]
+
+
+def test_download_accepts_a_bytes_path_as_optuna_does(
+    store: FileSystemArtifactStore, tmp_path: Path
+) -> None:
+    # Optuna's os.path.exists and open take bytes paths; so must ours.
+    import io
+
+    store.write("a", io.BytesIO(b"data"))
+    target = tmp_path / "out.bin"
+    download_artifact(artifact_store=store, file_path=bytes(target), artifact_id="a")
+    assert target.read_bytes() == b"data"
+    with pytest.raises(FileExistsError, match=r"out\.bin"):
+        download_artifact(artifact_store=store, file_path=bytes(target), artifact_id="a")
 
 
 def test_download_to_an_empty_path_is_refused_as_optuna_refuses_it(

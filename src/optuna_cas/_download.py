@@ -25,7 +25,7 @@ MAX_META_CHARS = 64 * 1024
 def download_artifact(
     *,
     artifact_store: Any,
-    file_path: str,
+    file_path: str | bytes | os.PathLike[str],
     artifact_id: str,
     study_or_trial: Any = None,
     storage: Any = None,
@@ -44,14 +44,17 @@ def download_artifact(
 
     Args:
         artifact_store: The store holding the artifact.
-        file_path: Where to create the file; it must not exist.
+        file_path: Where to create the file (``str``, ``bytes`` or path-like, as Optuna's
+            ``open`` takes); it must not exist, not even as a dangling symlink.
         artifact_id: The artifact's ID.
         study_or_trial: Optional ``Trial``, ``FrozenTrial`` or ``Study`` the artifact belongs
             to, whose metadata is checked.
         storage: Required only for a ``FrozenTrial``.
 
     Raises:
-        FileExistsError: ``file_path`` exists (checked first, as Optuna does).
+        FileExistsError: ``file_path`` exists (checked first, as Optuna does), also as a
+            dangling symlink, which Optuna would write through (docs/concepts.md,
+            "Deliberate differences").
         ArtifactNotFound: No such artifact, or not one of ``study_or_trial`` (before anything
             is created).
         IntegrityError: The stored bytes do not match their digest, or the store's digest
@@ -81,11 +84,13 @@ def download_artifact(
         >>> open(copy, "rb").read()
         b'weights'
     """
-    if not os.fspath(file_path):  # Path("") would be ".", which exists: say what Optuna says
+    # Optuna's os.path.exists and open take a bytes path as well as a str or PathLike.
+    path = os.fsdecode(file_path)
+    if not path:  # Path("") would be ".", which exists: say what Optuna says
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file_path)
-    target = Path(os.fspath(file_path))
+    target = Path(path)
     if os.path.lexists(target):
-        raise FileExistsError(f"File already exists: {file_path}")
+        raise FileExistsError(f"File already exists: {path}")
     recorded = (
         None if study_or_trial is None else _recorded_digest(study_or_trial, storage, artifact_id)
     )

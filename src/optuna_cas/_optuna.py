@@ -6,6 +6,7 @@ Optuna is an optional extra; it is imported on first use with an install hint.
 from __future__ import annotations
 
 import contextlib
+import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -100,8 +101,9 @@ def resolve_target(study_or_trial: Any, storage: Any) -> MetadataTarget:
     """Apply Optuna's rules: a Trial or Study brings its storage; a FrozenTrial needs one.
 
     Raises:
-        ValueError: ``storage is required for FrozenTrial.`` (Optuna's message).
-        TypeError: ``study_or_trial`` is not a Study, Trial or FrozenTrial.
+        ValueError: ``storage is required for FrozenTrial.`` (Optuna's message), for anything
+            but a Trial or Study when ``storage`` is None, as in Optuna.
+        TypeError: ``study_or_trial`` is not a Study, Trial or FrozenTrial (with a storage).
 
     Example:
         >>> import optuna
@@ -109,23 +111,30 @@ def resolve_target(study_or_trial: Any, storage: Any) -> MetadataTarget:
         >>> study = optuna.create_study()
         >>> resolve_target(study, None).study_id
         0
+        >>> resolve_target(None, study._storage)
+        Traceback (most recent call last):
+        ...
+        TypeError: study_or_trial must be an optuna Study, Trial or FrozenTrial, got NoneType: None
     """
     optuna = import_optuna()
     if isinstance(study_or_trial, optuna.trial.Trial) and storage is None:
         storage = study_or_trial.storage
     elif isinstance(study_or_trial, optuna.study.Study) and storage is None:
         storage = study_or_trial._storage
+    if storage is None:
+        # Optuna's check, made before it looks at the type: None or a FixedTrial without a
+        # storage gets this same ValueError there, so it does here.
+        raise ValueError("storage is required for FrozenTrial.")
     if isinstance(study_or_trial, optuna.trial.Trial | optuna.trial.FrozenTrial):
-        if storage is None:
-            raise ValueError("storage is required for FrozenTrial.")
         study = getattr(study_or_trial, "study", None)  # a live Trial knows its study
         study_id = getattr(study, "_study_id", None)
         return MetadataTarget(storage=storage, trial_id=study_or_trial._trial_id, study_id=study_id)
     if isinstance(study_or_trial, optuna.study.Study):
         return MetadataTarget(storage=storage, trial_id=None, study_id=study_or_trial._study_id)
+    # With a storage, Optuna would fail on a missing ``_study_id`` attribute: say what is wrong.
     raise TypeError(
         "study_or_trial must be an optuna Study, Trial or FrozenTrial, "
-        f"got {type(study_or_trial).__name__}"
+        f"got {type(study_or_trial).__name__}: {reprlib.repr(study_or_trial)}"
     )
 
 
