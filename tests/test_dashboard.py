@@ -294,6 +294,55 @@ def test_deleting_a_study_removes_its_artifacts_only(served: Served) -> None:
     assert served.download(f"{kept_study._study_id}/{kept_trial._trial_id}/{kept_id}") == DATA
 
 
+def _delete_study(url: str, study_id: int) -> int:
+    request = urllib.request.Request(
+        f"{url}/api/studies/{study_id}",
+        data=json.dumps({"remove_associated_artifacts": True}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="DELETE",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_deleting_a_study_whose_artifacts_are_partly_gone(served: Served) -> None:
+    # The dashboard removes every artifact its metadata lists before deleting the study; one
+    # already removed (optuna-cas rm without --trial; a deletion recorded on the study for a
+    # finished trial) must be skipped, not fail the whole delete with HTTP 500.
+    doomed = optuna.create_study(storage=served.storage_url)
+    running, finished = doomed.ask(), doomed.ask()
+    gone_by_rm = served.upload(running)
+    live = [served.upload(doomed), served.upload(running)]
+    gone_on_finished = served.upload(finished)
+    doomed.tell(finished, 1.0)
+    served.store.remove(gone_by_rm)
+    optuna_cas.delete_artifact(
+        artifact_store=served.store,
+        artifact_id=gone_on_finished,
+        study_or_trial=doomed._storage.get_trial(finished._trial_id),
+        storage=doomed._storage,
+    )
+    kept_trial = served.study.ask()
+    kept_id = served.upload(kept_trial)
+
+    assert _delete_study(served.url, doomed._study_id) == 204
+    assert [s.study_name for s in served.study._storage.get_all_studies()] == ["s"]
+    assert not any(served.store.content.has_ref(i) for i in live)
+    assert served.download(f"{served.study._study_id}/{kept_trial._trial_id}/{kept_id}") == DATA
+
+
+def test_deleting_a_single_artifact_already_gone_still_answers_404(served: Served) -> None:
+    # Only a study deletion skips missing artifacts; a delete of one that is gone says so.
+    trial = served.study.ask()
+    artifact_id = served.upload(trial)
+    served.store.remove(artifact_id)
+    status, _ = served.delete(f"{served.study._study_id}/{trial._trial_id}/{artifact_id}")
+    assert status == 404
+
+
 def test_dashboard_with_json_prints_one_object_naming_its_url(tmp_path: Path) -> None:
     storage_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     optuna.create_study(storage=storage_url, study_name="s")
