@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, is_tombstone
-from optuna_cas._optuna import MetadataTarget, import_optuna, not_found_as_ours, resolve_target
-from optuna_cas.exceptions import ArtifactNotFound
+from optuna_cas._optuna import MetadataTarget, import_optuna, resolve_target
+from optuna_cas.exceptions import ArtifactNotFound, not_found_as_ours
 
 __all__ = ["DELETED_ATTR_PREFIX", "delete_artifact", "record_deletion"]
 

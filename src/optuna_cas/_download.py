@@ -11,9 +11,14 @@ from typing import Any
 from optuna_cas._fileio import materialize
 from optuna_cas._json import loads_bounded
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX
-from optuna_cas._optuna import not_found_as_ours, resolve_target
+from optuna_cas._optuna import resolve_target
 from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, MalformedRecordError
+from optuna_cas.exceptions import (
+    ArtifactNotFound,
+    IntegrityError,
+    MalformedRecordError,
+    not_found_as_ours,
+)
 from optuna_cas.stores.base import content_store_of
 
 __all__ = ["download_artifact"]

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import reprlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from optuna_cas._optuna_exceptions import optuna_artifact_exceptions
-from optuna_cas.exceptions import ArtifactNotFound, StoreConfigError
+from optuna_cas.exceptions import StoreConfigError
 
-__all__ = ["MetadataTarget", "not_found_as_ours", "resolve_target"]
+__all__ = ["MetadataTarget", "resolve_target"]
 
 
 def import_optuna() -> Any:
@@ -31,37 +29,6 @@ def import_optuna() -> Any:
             "This function needs Optuna: pip install 'optuna-cas[optuna]'"
         ) from e
     return optuna
-
-
-@contextlib.contextmanager
-def not_found_as_ours(artifact_id: str) -> Iterator[None]:
-    """Re-raise Optuna's ``ArtifactNotFound`` as optuna-cas's (a subclass of it).
-
-    Optuna's own stores and third-party ones raise Optuna's class, which
-    ``except optuna_cas.exceptions.ArtifactNotFound`` would miss after the import change.
-    Ours passes unchanged; the message gains the ID when the store's did not name it
-    (Optuna's ``FileSystemArtifactStore`` says only "not found").
-
-    Example:
-        >>> import optuna.artifacts.exceptions as optuna_exceptions
-        >>> with not_found_as_ours("a1"):
-        ...     raise optuna_exceptions.ArtifactNotFound("not found")
-        Traceback (most recent call last):
-        ...
-        optuna_cas.exceptions.ArtifactNotFound: Artifact 'a1': not found
-    """
-    try:
-        yield
-    except ArtifactNotFound:
-        raise
-    except Exception as e:
-        # Already loaded (our class derives from it), so this costs a dict lookup and never
-        # imports optuna.artifacts with its cloud SDKs.
-        module = optuna_artifact_exceptions()
-        if module is None or not isinstance(e, module.ArtifactNotFound):
-            raise
-        message = str(e) if artifact_id in str(e) else f"Artifact {artifact_id!r}: {e}"
-        raise ArtifactNotFound(message) from e
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 from optuna_cas._fileio import open_regular_file
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, DEFAULT_MIME_TYPE, ArtifactMeta
-from optuna_cas._optuna import not_found_as_ours, resolve_target
-from optuna_cas.exceptions import ArtifactNotFound
+from optuna_cas._optuna import resolve_target
+from optuna_cas.exceptions import ArtifactNotFound, not_found_as_ours
 from optuna_cas.stores.base import content_store_of
 
 __all__ = ["upload_artifact"]

@@ -41,11 +41,10 @@ from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, is_tombstone
 from optuna_cas._optuna import (
     MetadataTarget,
     import_optuna,
-    not_found_as_ours,
     study_id_of_trial,
 )
 from optuna_cas._terminal import escape_for_terminal
-from optuna_cas.exceptions import ArtifactNotFound, StoreConfigError
+from optuna_cas.exceptions import ArtifactNotFound, StoreConfigError, not_found_as_ours
 
 __all__ = ["dashboard_app", "open_optuna_storage", "serve_dashboard"]
 

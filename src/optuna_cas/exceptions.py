@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "StoreConfigError",
     "TransientBackendError",
     "UnsupportedSourceError",
+    "not_found_as_ours",
 ]
 
 
@@ -164,3 +167,36 @@ class MalformedRecordWarning(UserWarning):
         >>> caught[0].category.__name__
         'MalformedRecordWarning'
     """
+
+
+@contextlib.contextmanager
+def not_found_as_ours(artifact_id: str) -> Iterator[None]:
+    """Re-raise Optuna's ``ArtifactNotFound`` as optuna-cas's (a subclass of it).
+
+    Optuna's own stores and third-party ones raise Optuna's class, which
+    ``except optuna_cas.exceptions.ArtifactNotFound`` would miss after the import change.
+    Ours passes unchanged; the message gains the ID when the store's did not name it
+    (Optuna's ``FileSystemArtifactStore`` says only "not found").
+
+    Example:
+        >>> import optuna.artifacts.exceptions as optuna_exceptions
+        >>> with not_found_as_ours("a1"):
+        ...     raise optuna_exceptions.ArtifactNotFound("not found")
+        Traceback (most recent call last):
+        ...
+        optuna_cas.exceptions.ArtifactNotFound: Artifact 'a1': not found
+    """
+    try:
+        yield
+    except ArtifactNotFound:
+        raise
+    except Exception as e:
+        # Already loaded (our class derives from it), so this costs a dict lookup and never
+        # imports optuna.artifacts with its cloud SDKs.
+        from optuna_cas._optuna_exceptions import optuna_artifact_exceptions
+
+        module = optuna_artifact_exceptions()
+        if module is None or not isinstance(e, module.ArtifactNotFound):
+            raise
+        message = str(e) if artifact_id in str(e) else f"Artifact {artifact_id!r}: {e}"
+        raise ArtifactNotFound(message) from e

@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol, TypeVar, cast
 
-from optuna_cas._optuna_exceptions import optuna_artifact_exceptions
 from optuna_cas.backends.base import Backend, ObjectInfo, SupportsRequestRunner
 from optuna_cas.digest import CHUNK_SIZE, readinto
-from optuna_cas.exceptions import ArtifactNotFound
+from optuna_cas.exceptions import ArtifactNotFound, not_found_as_ours
 from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
@@ -329,7 +328,7 @@ class Backoff(ContentAddressedArtifactStore):
         def reopen(offset: int) -> BinaryIO:
             reader = self._retrier.call(
                 f"open artifact {artifact_id!r}",
-                lambda: _foreign_call(lambda: foreign.open_reader(artifact_id)),
+                lambda: _ours(artifact_id, lambda: foreign.open_reader(artifact_id)),
             )
             # Optuna's stores cannot open at an offset: skip what was already delivered.
             _skip(reader, offset)
@@ -351,11 +350,11 @@ class Backoff(ContentAddressedArtifactStore):
         except (AttributeError, OSError, ValueError):
             start = None
         if start is None:  # a pipe, or an object with read() only: one attempt, as Optuna's
-            _foreign_call(lambda: foreign.write(artifact_id, content_body))
+            _ours(artifact_id, lambda: foreign.write(artifact_id, content_body))
             return
         self._retrier.call(
             f"write artifact {artifact_id!r}",
-            lambda: _foreign_call(lambda: foreign.write(artifact_id, content_body)),
+            lambda: _ours(artifact_id, lambda: foreign.write(artifact_id, content_body)),
             before_retry=lambda: content_body.seek(start),
         )
 
@@ -367,7 +366,7 @@ class Backoff(ContentAddressedArtifactStore):
             return
         self._retrier.call(
             f"remove artifact {artifact_id!r}",
-            lambda: _foreign_call(lambda: foreign.remove(artifact_id)),
+            lambda: _ours(artifact_id, lambda: foreign.remove(artifact_id)),
             missing_after_retry=lambda: None,
         )
 
@@ -375,21 +374,11 @@ class Backoff(ContentAddressedArtifactStore):
         return f"Backoff({self._backend!r}, max_retries={self.policy.max_retries})"
 
 
-def _foreign_call(call: Callable[[], _T]) -> _T:
-    """``call()``, with Optuna's ``ArtifactNotFound`` (another store's) raised as ours.
-
-    Ours subclasses Optuna's, so after the import switch ``except ArtifactNotFound`` must
-    still catch what Optuna's own stores raise; and a retried ``remove`` knows it by our class.
-    """
-    try:
+def _ours(artifact_id: str, call: Callable[[], _T]) -> _T:
+    # Optuna's ArtifactNotFound from another store raised as ours: a switched `except` catches
+    # it, and a retried remove knows it by our class.
+    with not_found_as_ours(artifact_id):
         return call()
-    except ArtifactNotFound:
-        raise
-    except Exception as e:
-        module = optuna_artifact_exceptions()
-        if module is not None and isinstance(e, module.ArtifactNotFound):
-            raise ArtifactNotFound(str(e)) from e
-        raise
 
 
 def _skip(reader: BinaryIO, count: int) -> None:
