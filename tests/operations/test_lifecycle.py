@@ -543,3 +543,28 @@ def test_verify_while_a_worker_removes_reports_nothing_missing(
     monkeypatch.setattr(type(store.content), "iter_blobs", blobs_after_a_removal)
     report = verify(store, deep=False)
     assert report.ok and report.missing == [] and report.refs_checked == 1
+
+
+def test_sync_while_a_worker_removes_at_the_source_fails_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An artifact removed and collected at the source after sync read its ref was a failure,
+    # "source blob ... is missing" (found by a probe); it is as if it had not been listed.
+    from optuna_cas.operations import sync as sync_module
+
+    src = optuna_cas.FileSystemArtifactStore(tmp_path / "src")
+    dst = optuna_cas.FileSystemArtifactStore(tmp_path / "dst")
+    worker = optuna_cas.FileSystemArtifactStore(tmp_path / "src")
+    src.write("going", io.BytesIO(random_bytes(100_000, seed=1)))
+    src.write("staying", io.BytesIO(random_bytes(100_000, seed=2)))
+    source_refs = sync_module._source_refs
+
+    def refs_then_a_removal(*args: object) -> object:
+        refs = source_refs(*args)  # type: ignore[arg-type]
+        worker.remove("going")
+        gc(worker, grace_period=0, allow_short_grace=True)
+        return refs
+
+    monkeypatch.setattr(sync_module, "_source_refs", refs_then_a_removal)
+    report = sync(src, dst)
+    assert report.ok and report.failed == [] and report.refs_copied == ["staying"]

@@ -19,6 +19,9 @@ from optuna_cas.stores.base import ContentAddressedArtifactStore, require_conten
 
 __all__ = ["SyncReport", "sync"]
 
+# Why a blob was not copied, when the source lacks it.
+_SOURCE_MISSING = "source blob {} is missing"
+
 
 @dataclass
 class SyncReport:
@@ -218,7 +221,7 @@ def sync(
             with src_content.open_blob(digest) as reader:  # verifying: raises on corruption
                 dst_content.write_verified_blob(digest, _Counting(reader, bar, lock))  # type: ignore[arg-type]
         except ArtifactNotFound:
-            return f"source blob {digest} is missing"
+            return _SOURCE_MISSING.format(digest)
         except IntegrityError as e:  # a bad source, or something in the way at the destination
             return f"blob {digest} not copied: {e}"
         return None
@@ -257,6 +260,8 @@ def sync(
 
     for ref in wanted:
         problem = None if ref.inline is not None else outcomes[ref.digest.hexdigest][1]
+        if problem == _SOURCE_MISSING.format(ref.digest) and _gone_at(src_content, ref):
+            continue  # removed at the source while sync ran: as if it had not been listed
         if problem is not None:
             report.failed.append((ref.artifact_id, problem))
         elif ref.artifact_id in at_dst:
@@ -273,6 +278,15 @@ def sync(
         failures(artifact_id, why)
     failures.warn("sync", f"{src_content.describe()} -> {dst_content.describe()}", "artifacts")
     return report
+
+
+def _gone_at(content: ContentStore, ref: ArtifactRef) -> bool:
+    """Whether ``ref`` is no longer the source's (removed or replaced since it was read)."""
+    content.forget_ref(ref.artifact_id)
+    try:
+        return content.get_ref(ref.artifact_id).digest != ref.digest
+    except (ArtifactNotFound, IntegrityError):
+        return True
 
 
 def _source_refs(
