@@ -340,10 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Warnings (e.g. a malformed Optuna entry that was skipped) as one escaped line each,
         # not Python's two-line form that echoes source code.
         warnings.showwarning = _show_warning
-        return _run(parser, args)
+        return _run(args)
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, so that a reader gone early is handled below, not at exit
