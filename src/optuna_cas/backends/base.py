@@ -292,7 +292,7 @@ class SupportsTempFiles(Protocol):
         True
     """
 
-    def list_temporary(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list_temporary(self) -> Iterator[ObjectInfo]:
         """Temp files of interrupted writes."""
         ...
 

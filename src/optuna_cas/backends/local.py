@@ -395,7 +395,7 @@ class LocalBackend:
                 if not stat.S_ISLNK(st.st_mode):
                     yield ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime)
 
-    def list_temporary(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list_temporary(self) -> Iterator[ObjectInfo]:
         """Temp files left by interrupted writes (for garbage collection).
 
         Example:
@@ -403,10 +403,9 @@ class LocalBackend:
             >>> list(LocalBackend(tempfile.mkdtemp()).list_temporary())
             []
         """
-        start = self._root / prefix if prefix else self._root
-        if not start.is_dir():
+        if not self._root.is_dir():
             return
-        for dirpath, _dirnames, filenames in os.walk(start):
+        for dirpath, _dirnames, filenames in os.walk(self._root):
             for name in filenames:
                 if name.startswith(TEMP_PREFIX):
                     full = os.path.join(dirpath, name)
