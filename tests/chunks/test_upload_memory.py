@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import tracemalloc
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -140,15 +141,15 @@ def test_a_forgotten_pack_s_chunks_are_learned_again_from_another_index() -> Non
 
 
 def test_digest_index_finds_every_row_across_growth_and_blocks() -> None:
-    records = Records(40)
+    records, layout = Records(40), struct.Struct("32s8x")
     index = DigestIndex(records)
     digests = _digests(40_000, seed=3)
     for raw in digests:
-        records.append(raw + bytes(8))
+        records.pack(layout, raw)
         index.add_next(raw)
     assert [index.find(raw) for raw in digests[::997]] == list(range(0, 40_000, 997))
     assert all(index.find(raw) is None for raw in _digests(100, seed=4))
-    assert records.to_bytes() == b"".join(raw + bytes(8) for raw in digests)
+    assert b"".join(records.pieces()) == b"".join(raw + bytes(8) for raw in digests)
 
 
 # ---- S3: one set of part buffers for all the packs of an upload ----------------------------

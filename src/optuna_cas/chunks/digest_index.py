@@ -42,9 +42,10 @@ class Records:
         size: Bytes per record.
 
     Example:
-        >>> r = Records(3); r.append(b"abc"); r.append(b"def")
-        >>> len(r), r.get(1), r.to_bytes()
-        (2, b'def', b'abcdef')
+        >>> r, layout = Records(3), struct.Struct("3s")
+        >>> r.pack(layout, b"abc"); r.pack(layout, b"def")
+        >>> len(r), b"".join(r.pieces())
+        (2, b'abcdef')
     """
 
     def __init__(self, size: int) -> None:
@@ -54,17 +55,6 @@ class Records:
 
     def __len__(self) -> int:
         return self._count
-
-    def append(self, record: bytes) -> None:
-        """Add a record of exactly ``size`` bytes."""
-        size, count = self.size, self._count
-        if len(record) != size:
-            raise ValueError(f"a record of {len(record)} bytes, not {size}")
-        if not count & _IN_BLOCK:
-            self._blocks.append(bytearray(size << _BLOCK_SHIFT))
-        at = (count & _IN_BLOCK) * size
-        self._blocks[-1][at : at + size] = record
-        self._count = count + 1
 
     def pack(self, layout: struct.Struct, *fields: Any) -> None:
         """Add a record packed from ``fields`` by ``layout`` (a struct of ``size`` bytes).
@@ -85,21 +75,12 @@ class Records:
             raise IndexError(f"record {row} of {self._count}")
         return self._blocks[row >> _BLOCK_SHIFT], (row & _IN_BLOCK) * self.size
 
-    def get(self, row: int, length: int | None = None) -> bytes:
-        """Record ``row`` (its first ``length`` bytes)."""
-        block, at = self.locate(row)
-        return bytes(block[at : at + (self.size if length is None else length)])
-
     def pieces(self) -> list[bytearray | memoryview]:
         """The records in order, as buffers to join (``b"".join``) without another copy."""
         if not self._blocks:
             return []
         used = self._count & _IN_BLOCK or 1 << _BLOCK_SHIFT
         return [*self._blocks[:-1], memoryview(self._blocks[-1])[: used * self.size]]
-
-    def to_bytes(self) -> bytes:
-        """Every record, in order, in one ``bytes``."""
-        return b"".join(self.pieces())
 
 
 class DigestIndex:
@@ -117,12 +98,12 @@ class DigestIndex:
     Example:
         >>> import os
         >>> digests = [os.urandom(32) for _ in range(100)]
-        >>> records = Records(40)
+        >>> records, layout = Records(40), struct.Struct("32s8x")
         >>> index = DigestIndex(records)
         >>> for d in digests:
-        ...     records.append(d + bytes(8)); index.add_next(d)
-        >>> index.find(digests[42]), index.find(os.urandom(32)), len(index)
-        (42, None, 100)
+        ...     records.pack(layout, d); index.add_next(d)
+        >>> index.find(digests[42]), index.find(os.urandom(32))
+        (42, None)
     """
 
     def __init__(self, records: Records) -> None:
@@ -133,16 +114,13 @@ class DigestIndex:
         self._slots = array("I", bytes(4 * _FIRST_SLOTS))
         self._count = 0
 
-    def __len__(self) -> int:
-        return self._count
-
     def find(self, digest: bytes) -> int | None:
         """The row whose record starts with ``digest``, or None."""
         return self._probe(digest)[0]
 
     def _probe(self, digest: bytes) -> tuple[int | None, int]:
         """(the row of ``digest`` or None, the slot where the probe stopped)."""
-        # Records.get inlined: this runs once or twice per chunk of every upload.
+        # Records.locate inlined: this runs once or twice per chunk of every upload.
         slots, blocks, size = self._slots, self._records._blocks, self._records.size
         mask = len(slots) - 1
         slot = hash(digest) & mask
