@@ -42,21 +42,13 @@ class ForkSafeLock:
         >>> lock = ForkSafeLock()
         >>> with lock:
         ...     copy = pickle.loads(pickle.dumps(lock))
-        ...     copy.acquire(blocking=False)
-        True
+        ...     copy._lock.locked()
+        False
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         _locks.add(self)
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        """As ``threading.Lock.acquire``."""
-        return self._lock.acquire(blocking, timeout)
-
-    def release(self) -> None:
-        """As ``threading.Lock.release``."""
-        self._lock.release()
 
     def __enter__(self) -> bool:
         return self._lock.acquire()
