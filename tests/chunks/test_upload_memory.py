@@ -135,9 +135,9 @@ def test_a_forgotten_pack_s_chunks_are_learned_again_from_another_index() -> Non
     known = KnownChunks(MemoryBackend())
     known.add_table(ChunkTable(INDEX_MAGIC, None, (old,), ENTRY.pack(raw, 0, 1, 7)))
     known.forget_pack(old)
-    assert known.find(Digest(raw.hex(), 1)) is None and len(known) == 0
+    assert known.find(Digest(raw.hex(), 1)) is None
     known.add_table(ChunkTable(INDEX_MAGIC, None, (new,), ENTRY.pack(raw, 0, 1, 9)))
-    assert known.find(Digest(raw.hex(), 1)) == (new, 9) and len(known) == 1
+    assert known.find(Digest(raw.hex(), 1)) == (new, 9)
 
 
 def test_digest_index_finds_every_row_across_growth_and_blocks() -> None:

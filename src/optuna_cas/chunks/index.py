@@ -81,7 +81,6 @@ class KnownChunks:
         # self._rows.
         self._records = Records(_RECORD.size)
         self._rows = DigestIndex(self._records)
-        self._forgotten = 0
         self._packs: list[Digest] = []
         self._pack_numbers: dict[str, int] = {}
         # No lock: a lock held by another thread at a fork would hang a forked worker. Updates
@@ -127,7 +126,6 @@ class KnownChunks:
             row = find_or_add(chunk, _RECORD, chunk, where)
             if row is not None and _RECORD.unpack_from(*records.locate(row))[1] == _FORGOTTEN:
                 _RECORD.pack_into(*records.locate(row), chunk, where)
-                self._forgotten -= 1
 
     def _pack_number(self, pack: Digest) -> int:
         number = self._pack_numbers.get(pack.hexdigest)
@@ -158,7 +156,3 @@ class KnownChunks:
             chunk, where = _RECORD.unpack_from(*records.locate(row))
             if where != _FORGOTTEN and where >> _SHIFT == number:
                 _RECORD.pack_into(*records.locate(row), chunk, _FORGOTTEN)
-                self._forgotten += 1
-
-    def __len__(self) -> int:
-        return len(self._records) - self._forgotten
