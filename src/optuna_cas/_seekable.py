@@ -74,9 +74,12 @@ class SpoolOnSeek(io.RawIOBase):
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         """Read into ``buffer``: from the stream while it has not moved, else the spool."""
-        target, self._target = self._target, None
+        target = self._target
         if self._spool is None and target is not None and target != self._position:
+            # Until it succeeds the seek stands: after a failed spool (corrupt content, a
+            # dropped connection) the next read tries again, never reads on from the stream.
             self._spool = self._spool_all()
+        self._target = None
         if self._spool is not None:
             if target is not None:
                 self._spool.seek(target)

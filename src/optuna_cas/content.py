@@ -68,6 +68,9 @@ __all__ = [
     "blob_key",
 ]
 
+# Stores of an upload's content after its ref is written, when it is found gone (see gc).
+_STORE_AGAIN_TRIES = 3
+
 
 class ContentStore(BlobStore, RefStore):
     """Blobs and refs on top of any :class:`~optuna_cas.backends.base.Backend`.
@@ -213,7 +216,13 @@ class ContentStore(BlobStore, RefStore):
         # written closes that race (argument in optuna_cas.operations.gc). A blob this
         # upload just renamed into place is looked at where it was put (one lstat); any
         # other answer than "still there" gets the full check.
-        if not receipt.still_stored(digest) and not self.has_blob(digest):
+        stored = receipt.still_stored(digest) or self.has_blob(digest)
+        # A gc that listed refs before ours existed may take what is stored again too, with a
+        # grace period shorter than the upload; one that starts later sees the ref. So a few
+        # tries; then the upload fails: never acknowledge what will not read back.
+        for _ in range(_STORE_AGAIN_TRIES):
+            if stored:
+                return ref
             if not isinstance(source, str | os.PathLike):
                 source.seek(start or 0)
             try:
@@ -227,15 +236,16 @@ class ContentStore(BlobStore, RefStore):
                     f"Content of artifact {artifact_id!r} changed during upload; nothing was "
                     "recorded for it"
                 )
-            if not self.has_blob(digest):
-                # Stored again and still not whole: never acknowledge what will not read back.
-                self._remove_own_ref(artifact_id)
-                raise IntegrityError(
-                    f"Content of artifact {artifact_id!r} could not be stored whole in "
-                    f"{self.describe()} (an object there is damaged and was not replaced); "
-                    "nothing was recorded for it: run 'optuna-cas verify'"
-                )
-        return ref
+            stored = self.has_blob(digest)
+        if stored:
+            return ref
+        self._remove_own_ref(artifact_id)
+        raise IntegrityError(
+            f"Content of artifact {artifact_id!r} could not be stored whole in "
+            f"{self.describe()} ({_STORE_AGAIN_TRIES} tries: an object there is damaged and "
+            "is not replaced, or a gc with a short grace period keeps taking it); nothing was "
+            "recorded for it: run 'optuna-cas verify'"
+        )
 
     def _small_file(self, src: FileSource) -> bytes | None:
         """All of ``src`` if it holds at most ``inline_limit`` bytes and did not change."""

@@ -412,3 +412,29 @@ def test_an_upload_that_will_not_read_back_is_never_acknowledged() -> None:
         store.put_artifact("b", io.BytesIO(data))
     with pytest.raises(ArtifactNotFound):
         store.get_ref("b")
+
+
+class _GcDeletesDuringTheWrite(_FailingPackWrites):
+    """A backend where gc deletes an old pack while an upload's copy of it is refused."""
+
+    def write(self, key: str, data: BinaryIO, *, if_absent: bool = False) -> bool:
+        if key.startswith(PACK_PREFIX) and if_absent and self.inner.exists(key):
+            data.read()
+            self.inner.remove(key)  # refused (the key was taken), then gone
+            return False
+        return self.inner.write(key, data, if_absent=if_absent)
+
+
+def test_a_pack_gc_takes_while_its_copy_is_refused_is_put_back() -> None:
+    # The look after sending raised ArtifactNotFound and failed the upload (found in review).
+    from optuna_cas.chunks.chunker import Chunker
+    from optuna_cas.chunks.packer import PackWriter
+
+    inner, data = MemoryBackend(), _rand(3 * 1024 * 1024, 25)
+    for backend in (inner, _GcDeletesDuringTheWrite(inner, allowed=10**6)):
+        writer = PackWriter(backend)  # type: ignore[arg-type]
+        for chunk, piece in Chunker(io.BytesIO(data)):
+            writer.add_new(chunk, piece)
+        writer.finish()
+    (info,) = inner.list(PACK_PREFIX)
+    assert info.size == len(data)  # whole again: one pack of every chunk

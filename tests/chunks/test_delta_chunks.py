@@ -456,13 +456,16 @@ def test_sync_from_a_long_lived_store_follows_a_repack_made_elsewhere(tmp_path: 
     assert dst.open_reader("v1").read() == v1
 
 
-def test_quarantine_moves_a_damaged_base_pack_out_from_under_later_versions(
-    tmp_path: Path,
+def test_quarantine_copies_a_damaged_base_pack_out_from_under_later_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One flipped byte that only v0 uses: v1, a delta of v0, read back byte-exact. Quarantine
     # first moved the whole pack aside, taking v1 with it; then it kept the pack, and deep
-    # verify reported it corrupt ever after (found by probes). Now v1's ranges are copied out,
-    # verified, and the pack goes.
+    # verify reported it corrupt ever after; then it moved it once v1's ranges were copied
+    # out, taking an upload made meanwhile with it (found by probes and review). Now v1's
+    # ranges are copied out, verified, and gc deletes the pack once nothing uses it.
+    from optuna_cas.operations import _verify_chunks
+
     store = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
     v0 = _rand(2 * MiB, 41)
     v1 = _rewrite_rows(v0, 10, 42)
@@ -483,19 +486,36 @@ def test_quarantine_moves_a_damaged_base_pack_out_from_under_later_versions(
     damaged = bytearray(path.read_bytes())
     damaged[spot] ^= 0xFF
     path.write_bytes(damaged)
+    # Another worker uploads a file sharing v1's chunks while verify runs.
+    v2 = v1[: MiB + MiB // 2] + _rand(MiB // 2, 43)
+    quarantine = _verify_chunks.quarantine_chunked
+
+    def during_verify(*args: Any, **kwargs: Any) -> None:
+        FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD).write(
+            "v2", io.BytesIO(v2)
+        )
+        quarantine(*args, **kwargs)
+
+    monkeypatch.setattr(_verify_chunks, "quarantine_chunked", during_verify)
     report = verify(store, deep=True, quarantine=True)
-    assert pack_key(pack) in report.corrupt and pack_key(pack) in report.quarantined
-    assert "copied out first" in report.reasons[pack_key(pack)]
+    monkeypatch.undo()
+    assert pack_key(pack) in report.corrupt and pack_key(pack) not in report.quarantined
+    assert "copied to a new pack" in report.reasons[pack_key(pack)]
     assert manifest_key(store.content.get_ref("v0").digest) in report.quarantined
     fresh = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
-    assert fresh.open_reader("v1").read() == v1
+    assert fresh.open_reader("v1").read() == v1 and fresh.open_reader("v2").read() == v2
     assert pack not in chunks.manifest(store.content.get_ref("v1").digest).packs
-    # Only v0 is lost (its ref stays: verify names it missing) until its bytes come again.
+    # v2 leans on the pack's sound ranges: the next quarantine copies those out too, and
+    # then gc takes the pack, which nothing uses any more.
+    assert (
+        "copied to a new pack" in verify(fresh, deep=True, quarantine=True).reasons[pack_key(pack)]
+    )
+    assert pack_key(pack) in gc(fresh, grace_period=0, allow_short_grace=True).packs_deleted
     after = verify(fresh, deep=True)
     assert not after.corrupt and not after.bad_files
-    assert [m.artifact_id for m in after.missing] == ["v0"]
+    assert [m.artifact_id for m in after.missing] == ["v0"]  # until its bytes come again
     fresh.write("v0-again", io.BytesIO(v0))
     again = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
     assert again.open_reader("v0").read() == v0
-    assert again.open_reader("v1").read() == v1
+    assert again.open_reader("v1").read() == v1 and again.open_reader("v2").read() == v2
     assert verify(again, deep=True).ok

@@ -568,3 +568,32 @@ def test_sync_while_a_worker_removes_at_the_source_fails_nothing(
     monkeypatch.setattr(sync_module, "_source_refs", refs_then_a_removal)
     report = sync(src, dst)
     assert report.ok and report.failed == [] and report.refs_copied == ["staying"]
+
+
+def test_sync_while_a_worker_replaces_at_the_source_reports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Removed and written again with other bytes (the old ones collected) after sync read the
+    # ref: passed over in silence by the first fix (found in review); it is a failure to retry.
+    from optuna_cas.operations import sync as sync_module
+
+    src = optuna_cas.FileSystemArtifactStore(tmp_path / "src")
+    dst = optuna_cas.FileSystemArtifactStore(tmp_path / "dst")
+    worker = optuna_cas.FileSystemArtifactStore(tmp_path / "src")
+    src.write("a", io.BytesIO(random_bytes(100_000, seed=1)))
+    source_refs = sync_module._source_refs
+
+    def refs_then_a_replacement(*args: object) -> object:
+        refs = source_refs(*args)  # type: ignore[arg-type]
+        worker.remove("a")
+        gc(worker, grace_period=0, allow_short_grace=True)
+        worker.write("a", io.BytesIO(random_bytes(100_000, seed=2)))
+        return refs
+
+    monkeypatch.setattr(sync_module, "_source_refs", refs_then_a_replacement)
+    with pytest.warns(optuna_cas.exceptions.MalformedRecordWarning):
+        report = sync(src, dst)
+    assert not report.ok and [i for i, _ in report.failed] == ["a"]
+    assert "replaced at the source" in report.failed[0][1]
+    monkeypatch.undo()
+    assert sync(src, dst).refs_copied == ["a"]

@@ -31,6 +31,7 @@ from optuna_cas.backends.base import Backend, SealedFile, StagedObject, staging_
 from optuna_cas.chunks.layout import PACK_LEAD_MAX, PACK_PREFIX, PACK_TARGET, pack_key
 from optuna_cas.chunks.table import INDEX_MAGIC, MANIFEST_MAGIC, TableBuilder
 from optuna_cas.digest import Digest, VerifyingReader
+from optuna_cas.exceptions import ArtifactNotFound
 
 __all__ = ["PackWriter", "UploadCache"]
 
@@ -312,8 +313,8 @@ class PackWriter:
             self._backend.write(key, cast(BinaryIO, SealedFile.of(pack.spool)), if_absent=True)
             # Not written if the key was taken: a pack there of another size is damaged (cut
             # short, say; a local store's rename replaces it anyway), and this checked copy
-            # is what mends it. One HEAD per pack sent.
-            if self._backend.stat(key).size != digest.size:
+            # is what mends it; an old one gc deleted since is put back. One HEAD per pack.
+            if _stored_size(self._backend, key) != digest.size:
                 pack.spool.seek(0)
                 self._backend.write(key, cast(BinaryIO, SealedFile.of(pack.spool)))
             self._published.add(pack.index_number)
@@ -386,6 +387,13 @@ class PackWriter:
                 pool.shutdown(wait=True)
         self._pool = self._io = None
         self._write_buffers = []
+
+
+def _stored_size(backend: Backend, key: str) -> int | None:
+    try:
+        return backend.stat(key).size
+    except ArtifactNotFound:
+        return None
 
 
 def _check_spool(spool: BinaryIO, digest: Digest) -> None:

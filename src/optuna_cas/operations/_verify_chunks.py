@@ -309,24 +309,29 @@ def quarantine_chunked(
     pack it names is present and sound (then its entries are wrong). A file that fails only
     because a pack is corrupt keeps its manifest, and the pack is moved, unless another file
     that uses the pack reads back (its ranges of the pack are sound: a delta's base pack
-    serves every later version). Then the ranges those files use are copied to a new pack
-    first, verified, and their manifests pointed there (as gc's repack does), so the pack
-    moves too; should a range fail to copy, the pack stays, and what would lean on its
-    damaged bytes moves instead: the index objects naming them. Either way the manifests of
-    the files that fail on it move.
+    serves every later version). Then the pack stays, and what would lean on its damaged
+    bytes moves instead: the manifests of the files that fail on it, and the index objects
+    naming those bytes. The ranges the sound files use are also copied to a new pack,
+    verified, and their manifests pointed there (as gc's repack does); the pack is touched
+    and left for gc, which deletes it once no manifest uses it. It is not moved here: an
+    upload that leaned on its sound ranges while verify ran names it too.
     """
     by_key = {obj.key: obj for obj in [*listing.manifests, *listing.packs.values()]}
     serving = _corrupt_packs_still_serving(listing, parsed, report)
     kept: dict[str, tuple[Digest, Users]] = {}
     for key, (pack, failing, sound) in serving.items():
         if move_out(chunks, by_key[key], sound):
-            report.reasons[key] += "; the ranges other files use were copied out first"
+            chunks.touch(by_key[key])  # readers of the old manifests: gc waits a grace period
+            report.reasons[key] += (
+                "; kept: the ranges other files use were copied to a new pack, and gc deletes "
+                "this one once nothing uses it"
+            )
         else:
             report.reasons[key] += "; kept: other files that use it read back"
-            kept[key] = (pack, failing)
+        kept[key] = (pack, failing)
     doomed = [by_key[key] for key in report.corrupt if key in by_key and key not in kept]
     doomed += [obj for obj, _table in _wrong_manifests(listing, parsed, report)]
-    doomed += [obj for _pack, failing, _sound in serving.values() for obj, _table in failing]
+    doomed += [obj for _pack, failing in kept.values() for obj, _table in failing]
     damaged: set[tuple[bytes, str, int]] = set()  # chunk, pack, offset
     for pack, failing in kept.values():
         for _obj, table in failing:

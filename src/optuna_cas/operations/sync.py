@@ -260,8 +260,12 @@ def sync(
 
     for ref in wanted:
         problem = None if ref.inline is not None else outcomes[ref.digest.hexdigest][1]
-        if problem == _SOURCE_MISSING.format(ref.digest) and _gone_at(src_content, ref):
-            continue  # removed at the source while sync ran: as if it had not been listed
+        if problem == _SOURCE_MISSING.format(ref.digest):
+            now = _source_ref_now(src_content, ref)
+            if now is None:
+                continue  # removed at the source while sync ran: as if it had not been listed
+            if now.digest != ref.digest:
+                problem = f"replaced at the source while sync ran (now {now.digest}): sync again"
         if problem is not None:
             report.failed.append((ref.artifact_id, problem))
         elif ref.artifact_id in at_dst:
@@ -280,13 +284,18 @@ def sync(
     return report
 
 
-def _gone_at(content: ContentStore, ref: ArtifactRef) -> bool:
-    """Whether ``ref`` is no longer the source's (removed or replaced since it was read)."""
+def _source_ref_now(content: ContentStore, ref: ArtifactRef) -> ArtifactRef | None:
+    """``ref``'s artifact as the source holds it now (read afresh); None if it is gone.
+
+    A ref that cannot be read any more is returned as ``ref``: its failure stands.
+    """
     content.forget_ref(ref.artifact_id)
     try:
-        return content.get_ref(ref.artifact_id).digest != ref.digest
-    except (ArtifactNotFound, IntegrityError):
-        return True
+        return content.get_ref(ref.artifact_id)
+    except ArtifactNotFound:
+        return None
+    except IntegrityError:
+        return ref
 
 
 def _source_refs(
