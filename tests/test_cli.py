@@ -1119,3 +1119,32 @@ def test_a_bad_storage_is_named_with_the_forms_accepted(
     assert "secret" not in err
     if "notes" in storage:
         assert "or a database URL such as sqlite:///path.db" in err
+
+
+def test_a_stdout_that_fails_or_is_closed_costs_one_line_not_a_traceback(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    # Found by a probe: --json on a full disk printed two chained tracebacks (the JSON
+    # failure report went to the same full stdout), and `put` with stdout closed stored the
+    # file but reported an AttributeError and exit 1.
+    store = str(tmp_path / "store")
+    source = make_file(b"weights", name="w.pt")
+    run("--store", store, "-q", "put", str(source))
+    with open("/dev/full", "w") as full:  # every write: ENOSPC
+        result = subprocess.run(
+            [str(SCRIPT), "--store", store, "--json", "ls"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "optuna-cas: error: [Errno 28] No space left on device"
+    closed = subprocess.run(
+        ["bash", "-c", f"{SCRIPT} --store {store} put {source} >&-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert closed.returncode == 0, closed.stderr
+    assert len(json.loads(run("--store", store, "--json", "ls").stdout)["artifacts"]) == 2

@@ -127,3 +127,25 @@ def test_an_existing_target_is_never_overwritten(tmp_path: Path, size: int) -> N
         store.materialize_artifact(ref, out / "model.pt")
     assert (out / "model.pt").read_bytes() == b"mine"
     assert os.listdir(out) == ["model.pt"]
+
+
+def test_a_full_disk_during_a_download_names_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel names no file in ENOSPC: the bare "[Errno 28] No space left on device" left
+    # a user whose store had room guessing which disk was full (found by a probe).
+    import errno
+
+    from optuna_cas import FileSystemArtifactStore, download_artifact
+
+    store = FileSystemArtifactStore(tmp_path / "store")
+    store.write("a", io.BytesIO(b"x" * 10_000))
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ContentStore, "materialize_artifact", full)
+    target = tmp_path / "out" / "a.bin"
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        download_artifact(artifact_store=store, file_path=str(target), artifact_id="a")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from optuna_cas._fileio import materialize
+from optuna_cas._fileio import materialize, naming_full_disk
 from optuna_cas._json import loads_bounded
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX
 from optuna_cas._optuna import resolve_target
@@ -99,6 +99,13 @@ def download_artifact(
     recorded = (
         None if study_or_trial is None else _recorded_digest(study_or_trial, storage, artifact_id)
     )
+    with naming_full_disk(path):
+        _download(artifact_store, target, artifact_id, recorded)
+
+
+def _download(
+    artifact_store: Any, target: Path, artifact_id: str, recorded: tuple[str, int | None] | None
+) -> None:
     content = content_store_of(artifact_store)
     if content is not None:
         try:

@@ -8,6 +8,7 @@ files appear under their final name only when complete (temp file beside it, the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -29,6 +30,7 @@ __all__ = [
     "kernel_copy",
     "materialize",
     "materialize_buffers",
+    "naming_full_disk",
     "open_regular_file",
     "open_regular_file_stat",
     "pread_full",
@@ -50,6 +52,33 @@ COPY_STEP = 16 * 1024 * 1024
 RAW_BLOCK = 1024 * 1024
 # Errors meaning "this kernel/filesystem pair cannot copy this way", not "the copy failed".
 _UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+
+
+# Errors of a write that ran out of room: the kernel names no file in them.
+_OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def naming_full_disk(where: str, why: str = "") -> Iterator[None]:
+    """Re-raise running out of space (ENOSPC, EDQUOT, EFBIG) as an error naming ``where``.
+
+    A write that fills a disk raises ``[Errno 28] No space left on device`` naming nothing,
+    and a user whose store has room must learn which disk is full.
+
+    Example:
+        >>> import errno
+        >>> with naming_full_disk("/data/model.pt"):
+        ...     raise OSError(errno.ENOSPC, "No space left on device")
+        Traceback (most recent call last):
+        ...
+        OSError: [Errno 28] No space left on device: '/data/model.pt'
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _OUT_OF_SPACE or e.filename is not None:
+            raise
+        raise OSError(e.errno, f"{e.strerror}{why}", where) from e
 
 
 def describe_mode(mode: int) -> str:

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable
 from typing import BinaryIO, cast
 
+from optuna_cas._fileio import naming_full_disk
 from optuna_cas.digest import CHUNK_SIZE, readinto
 
 __all__ = ["SpoolOnSeek", "seekable_reader"]
@@ -97,16 +98,18 @@ class SpoolOnSeek(io.RawIOBase):
 
     def _spool_all(self) -> BinaryIO:
         """All of the content, read afresh through its verifying reader, in a private file."""
-        spool = cast(BinaryIO, tempfile.TemporaryFile(prefix="optuna-cas-seek-"))  # noqa: SIM115
-        try:
-            with self._reopen() as fresh:
-                block = memoryview(bytearray(CHUNK_SIZE))
-                while n := readinto(fresh, block):
-                    spool.write(block[:n])
-            spool.flush()
-        except BaseException:
-            spool.close()
-            raise
+        why = " (a seek copies the artifact into $TMPDIR first)"
+        with naming_full_disk(tempfile.gettempdir(), why):
+            spool = cast(BinaryIO, tempfile.TemporaryFile(prefix="optuna-cas-seek-"))  # noqa: SIM115
+            try:
+                with self._reopen() as fresh:
+                    block = memoryview(bytearray(CHUNK_SIZE))
+                    while n := readinto(fresh, block):
+                        spool.write(block[:n])
+                spool.flush()
+            except BaseException:
+                spool.close()
+                raise
         self._reader.close()
         return spool
 

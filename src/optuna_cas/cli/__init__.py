@@ -10,6 +10,7 @@ this module imports only the standard library at the top; each command imports w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -346,7 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         code = int(args.func(args))
-        sys.stdout.flush()  # here, so that a reader gone early is handled below, not at exit
+        if sys.stdout is not None:  # None when started with stdout closed (>&-)
+            sys.stdout.flush()  # here, so that a reader gone early is handled below, not at exit
         return code
     except UsageError as e:
         print(args.usage(), end="", file=sys.stderr)
@@ -409,9 +411,15 @@ def _json_failure(kind: str, error: BaseException) -> None:
     ``kind``: ``"usage"`` (exit code 2), ``"error"`` (1) or ``"interrupted"`` (130).
     """
     message = " ".join(str(error).split()) or type(error).__name__
-    _emit_json(
-        {"ok": False, "error": {"kind": kind, "type": type(error).__name__, "message": message}}
-    )
+    try:
+        _emit_json(
+            {"ok": False, "error": {"kind": kind, "type": type(error).__name__, "message": message}}
+        )
+    except (OSError, ValueError, AttributeError):
+        # stdout itself failed (a full disk, closed): the message is on stderr already. Its
+        # buffered bytes go to /dev/null, or the flush at exit would fail again, loudly.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _describe(error: Exception) -> str:
