@@ -114,14 +114,14 @@ def list_store_artifacts(content: ContentStore) -> list[ListedArtifact]:
     refs = sorted(content.iter_refs(), key=lambda ref: ref.created)
     rows = [ListedArtifact.of_ref(ref) for ref in refs]
     with_ref = {ref.artifact_id for ref in refs}
-    legacy = [row for row in _optuna_store_objects(content) if row.artifact_id not in with_ref]
+    legacy = list(_optuna_store_objects(content, with_ref))
     rows.extend(sorted(legacy, key=lambda row: (row.created or 0.0, row.artifact_id)))
     return rows
 
 
-def _optuna_store_objects(content: ContentStore) -> Iterator[ListedArtifact]:
-    """Objects at the root that Optuna's own store could have written under an artifact ID."""
-    for info in content.iter_optuna_store_objects():
+def _optuna_store_objects(content: ContentStore, with_ref: set[str]) -> Iterator[ListedArtifact]:
+    """Objects at the root that Optuna's own store could have written under an ID without a ref."""
+    for info in content.iter_optuna_store_objects(without=with_ref):
         yield ListedArtifact(
             artifact_id=info.key,
             filename=None,

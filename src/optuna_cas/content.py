@@ -16,7 +16,7 @@ import contextlib
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -381,12 +381,13 @@ class ContentStore(BlobStore, RefStore):
             with contextlib.suppress(ArtifactNotFound):
                 self._backend.remove(artifact_id)
 
-    def iter_optuna_store_objects(self) -> Iterator[ObjectInfo]:
+    def iter_optuna_store_objects(self, without: Container[str] = ()) -> Iterator[ObjectInfo]:
         """Objects at the root that Optuna's own store could have written under an artifact ID.
 
         Optuna's stores keep one object per ID at the root (``base_path/<id>``, or the bucket's
         ``<id>``); our own keys all live below a prefix. Names starting with a dot are temporary
-        or hidden files, never an artifact. Whether a ref exists for the ID is not checked.
+        or hidden files, never an artifact. Whether a ref exists for the ID is not checked:
+        callers pass the IDs they found refs for (``without``), which then read as those refs.
 
         Example:
             >>> import io
@@ -396,9 +397,13 @@ class ContentStore(BlobStore, RefStore):
             >>> _ = store.put_artifact("new", io.BytesIO(b"x"))
             >>> [info.key for info in store.iter_optuna_store_objects()]
             ['old']
+            >>> list(store.iter_optuna_store_objects(without={"old"}))  # a ref names "old"
+            []
         """
         for info in self._backend.list(""):
-            if "/" not in info.key and not info.key.startswith(".") and _optuna_store_key(info.key):
+            key = info.key
+            at_root = "/" not in key and not key.startswith(".")
+            if at_root and key not in without and _optuna_store_key(key):
                 yield info
 
     def optuna_store_object_size(self, artifact_id: str) -> int | None:

@@ -150,7 +150,7 @@ def stats(store: ContentAddressedArtifactStore) -> StoreStats:
         obj.size for obj in [*chunked.manifests, *chunked.packs.values(), *chunked.indexes]
     )
     with_ref = {ref.artifact_id for ref in refs} | set(bad.reasons)
-    optuna_files = [o for o in content.iter_optuna_store_objects() if o.key not in with_ref]
+    optuna_files = list(content.iter_optuna_store_objects(without=with_ref))
     return StoreStats(
         artifacts=len(refs),
         unique_blobs=len(blobs),

@@ -313,9 +313,7 @@ def _source_refs(
         refs = list(content.iter_refs(workers=max(1, workers) * 2, on_bad=bad))
         with_ref = {ref.artifact_id for ref in refs} | set(bad.reasons)  # bad refs are refs
         legacy.update(
-            (info.key, info.size)
-            for info in content.iter_optuna_store_objects()
-            if info.key not in with_ref
+            (info.key, info.size) for info in content.iter_optuna_store_objects(without=with_ref)
         )
         return refs
     refs = []

@@ -95,7 +95,7 @@ def verify(
     report.malformed_refs = sorted(bad.reasons)
     with_ref.update(bad.reasons)
     report.optuna_store_files = sorted(
-        info.key for info in content.iter_optuna_store_objects() if info.key not in with_ref
+        info.key for info in content.iter_optuna_store_objects(without=with_ref)
     )
     report.reasons.update(bad.reasons)
     report.orphans = sorted(
