@@ -84,6 +84,26 @@ class RefStore:
             with self._memo_lock:
                 self._memo.pop(artifact_id, None)
 
+    def ref_now(self, artifact_id: str) -> ArtifactRef | None:
+        """The ref as stored now, read afresh (not remembered); None if there is none.
+
+        For a look again at a ref read earlier, which another process may have removed or
+        replaced since.
+
+        Raises:
+            IntegrityError: As :meth:`get_ref`.
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> RefStore(MemoryBackend(), remember_refs=True).ref_now("a") is None
+            True
+        """
+        self.forget_ref(artifact_id)
+        try:
+            return self.get_ref(artifact_id)
+        except ArtifactNotFound:
+            return None
+
     @staticmethod
     def ref_key(artifact_id: str) -> str:
         """The key of an artifact's ref; validates the ID.

@@ -261,7 +261,10 @@ def sync(
     for ref in wanted:
         problem = None if ref.inline is not None else outcomes[ref.digest.hexdigest][1]
         if problem == _SOURCE_MISSING.format(ref.digest):
-            now = _source_ref_now(src_content, ref)
+            try:
+                now = src_content.ref_now(ref.artifact_id)
+            except IntegrityError:
+                now = ref  # unreadable now: its failure stands
             if now is None:
                 continue  # removed at the source while sync ran: as if it had not been listed
             if now.digest != ref.digest:
@@ -282,20 +285,6 @@ def sync(
         failures(artifact_id, why)
     failures.warn("sync", f"{src_content.describe()} -> {dst_content.describe()}", "artifacts")
     return report
-
-
-def _source_ref_now(content: ContentStore, ref: ArtifactRef) -> ArtifactRef | None:
-    """``ref``'s artifact as the source holds it now (read afresh); None if it is gone.
-
-    A ref that cannot be read any more is returned as ``ref``: its failure stands.
-    """
-    content.forget_ref(ref.artifact_id)
-    try:
-        return content.get_ref(ref.artifact_id)
-    except ArtifactNotFound:
-        return None
-    except IntegrityError:
-        return ref
 
 
 def _source_refs(

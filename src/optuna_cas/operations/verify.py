@@ -12,7 +12,7 @@ from optuna_cas._threads import map_in_threads
 from optuna_cas.chunks.table import ChunkTable
 from optuna_cas.content import QUARANTINE_PREFIX, BlobInfo, ContentStore
 from optuna_cas.digest import Digest
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.exceptions import IntegrityError
 from optuna_cas.operations import _verify_chunks as chunked
 from optuna_cas.operations._bad_records import BadRecords
 from optuna_cas.operations._chunk_listing import ChunkListing
@@ -132,11 +132,11 @@ def verify(
 
 def _still_named(content: ContentStore, artifact_id: str, digest: Digest) -> bool:
     """Whether ``artifact_id``'s ref still names ``digest`` (read afresh)."""
-    content.forget_ref(artifact_id)
     try:
-        return content.get_ref(artifact_id).digest == digest
-    except (ArtifactNotFound, IntegrityError):
+        now = content.ref_now(artifact_id)
+    except IntegrityError:
         return False
+    return now is not None and now.digest == digest
 
 
 def _content_problem(
