@@ -304,9 +304,10 @@ def move_out(
     """Copy the ranges of ``pack`` that ``users`` name into a new pack; point them there.
 
     ``verify --quarantine``'s way out for a damaged pack that files reading back still use:
-    their ranges are sound, and once copied (each verified on the way, as repack copies) the
-    pack serves nothing and can be moved aside. The manifests are rewritten only if every
-    range moved; returns whether they were.
+    their ranges are sound, and once copied (each verified on the way, as repack copies) and
+    the manifests rewritten, those files no longer need the pack; the caller leaves it for
+    gc, as repack leaves a repacked pack. The manifests are rewritten only if every range
+    moved; returns whether they were.
     """
     live = LiveChunks()
     for obj, table in users:

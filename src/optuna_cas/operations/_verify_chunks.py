@@ -317,9 +317,8 @@ def quarantine_chunked(
     upload that leaned on its sound ranges while verify ran names it too.
     """
     by_key = {obj.key: obj for obj in [*listing.manifests, *listing.packs.values()]}
-    serving = _corrupt_packs_still_serving(listing, parsed, report)
-    kept: dict[str, tuple[Digest, Users]] = {}
-    for key, (pack, failing, sound) in serving.items():
+    kept = _corrupt_packs_still_serving(listing, parsed, report)
+    for key, (_pack, _failing, sound) in kept.items():
         if move_out(chunks, by_key[key], sound):
             chunks.touch(by_key[key])  # readers of the old manifests: gc waits a grace period
             report.reasons[key] += (
@@ -328,12 +327,11 @@ def quarantine_chunked(
             )
         else:
             report.reasons[key] += "; kept: other files that use it read back"
-        kept[key] = (pack, failing)
     doomed = [by_key[key] for key in report.corrupt if key in by_key and key not in kept]
     doomed += [obj for obj, _table in _wrong_manifests(listing, parsed, report)]
-    doomed += [obj for _pack, failing in kept.values() for obj, _table in failing]
+    doomed += [obj for _pack, failing, _sound in kept.values() for obj, _table in failing]
     damaged: set[tuple[bytes, str, int]] = set()  # chunk, pack, offset
-    for pack, failing in kept.values():
+    for pack, failing, _sound in kept.values():
         for _obj, table in failing:
             entries = _by_pack(table).get(pack, [])
             damaged.update(
@@ -360,7 +358,7 @@ def _corrupt_packs_still_serving(
     """
     corrupt, bad = set(report.corrupt), set(report.bad_files)
     missing = {m.manifest for m in report.missing_packs}
-    users: dict[str, tuple[Digest, list[tuple[StoredObject, ChunkTable]]]] = {}
+    users: dict[str, tuple[Digest, Users]] = {}
     for obj, table in parsed.values():
         for pack in table.packs:
             key = pack_key_of(listing, pack)
