@@ -179,11 +179,11 @@ def test_s3_client_we_built_is_rebuilt_in_a_forked_child(
     ours = S3Backend(s3_bucket, endpoint_url=s3_server.endpoint_url)
     theirs = S3Backend(s3_bucket, client=s3_client)
     ours.write("k", io.BytesIO(b"from the parent"))  # the pool now holds a connection
-    parent_client = ours._client
+    parent_client = ours.client
 
     def child() -> bool:
         ours.write("k2", io.BytesIO(b"from the child"))
-        return ours._client is not parent_client and theirs._client is s3_client
+        return ours.client is not parent_client and theirs.client is s3_client
 
     assert _in_forked_child(child)
     assert ours.open_reader("k2").read() == b"from the child"

@@ -407,7 +407,7 @@ def test_builds_its_own_client(
     # An object sent in one PUT (a pack) carries a full-object CRC32, which botocore would
     # check again on every GET of the whole object: every read's BLAKE3 check covers it.
     bodies: list[str] = []
-    backend._client.meta.events.register(
+    backend.client.meta.events.register(
         "after-call.s3.GetObject",
         lambda parsed, **_: bodies.append(type(parsed["Body"]).__name__),
     )

@@ -242,7 +242,7 @@ def _emulator_touch_backend() -> type:
         """Touches by a rewrite onto itself: a new generation, dated now (see gcs_store)."""
 
         def _touch(self, name: str) -> None:
-            blob = self._bucket.blob(name)
+            blob = self.bucket.blob(name)
             token, _, _ = blob.rewrite(blob, timeout=self._timeout)
             while token is not None:
                 token, _, _ = blob.rewrite(blob, token=token, timeout=self._timeout)

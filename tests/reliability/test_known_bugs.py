@@ -56,7 +56,7 @@ def test_touched_multipart_blob_stays_readable(s3_server: Any, s3_bucket: str) -
         assert reader.read() == data
     # optuna-cas's own GETs skip botocore's CRC32 check (BLAKE3 covers them); the client's
     # other users do not: a GET of theirs fails with "checksum mismatch" on a broken touch.
-    client = backend._client
+    client = backend.client
     body = client.get_object(Bucket=s3_bucket, Key=f"touch/{blob_key(ref.digest)}")["Body"]
     assert type(body).__name__ == "StreamingChecksumBody"
     assert body.read() == data

@@ -222,14 +222,6 @@ class GCSBackend(RemoteBackend):
         """
         return self._handles.get().bucket
 
-    @property
-    def _client(self) -> Any:  # the names the request code (and tests) use
-        return self.client
-
-    @property
-    def _bucket(self) -> Any:
-        return self.bucket
-
     # ---- primitives ---------------------------------------------------------------------------
 
     def _head(self, name: str) -> tuple[int, float]:
@@ -240,7 +232,7 @@ class GCSBackend(RemoteBackend):
         # A fresh handle pinned to the generation seen now: every range then comes from the
         # same object version, and URLs are built from the client's endpoint, not the
         # server-supplied ``mediaLink`` (which bypasses proxies and emulator endpoints).
-        blob = self._bucket.blob(name, generation=meta.generation)
+        blob = self.bucket.blob(name, generation=meta.generation)
         size = int(meta.size or 0)
         # Each download then ends where the window does: no byte past it is ever asked for.
         end = size if stop is None else min(size, stop)
@@ -248,7 +240,7 @@ class GCSBackend(RemoteBackend):
         return Download(body=body, size=size)
 
     def _put(self, name: str, data: bytes, *, if_absent: bool) -> None:
-        self._bucket.blob(name).upload_from_string(
+        self.bucket.blob(name).upload_from_string(
             data,
             content_type=_CONTENT_TYPE,
             if_generation_match=0 if if_absent else None,
@@ -276,29 +268,29 @@ class GCSBackend(RemoteBackend):
             # name holds the prefix already, which describe() ends with: not twice in messages.
             url,
             handles.http,
-            where=f"gs://{self._bucket.name}/{name}",
+            where=f"gs://{self.bucket.name}/{name}",
             timeout=self._timeout,
             retry=retry,
         )
 
     def _delete(self, name: str) -> None:
-        self._bucket.blob(name).delete(timeout=self._timeout, **self._retry)
+        self.bucket.blob(name).delete(timeout=self._timeout, **self._retry)
 
     def _touch(self, name: str) -> None:
         # Patching a metadata field refreshes ``updated``; no bytes move.
-        blob = self._bucket.blob(name)
+        blob = self.bucket.blob(name)
         blob.metadata = {"optuna-cas-touched": f"{time.time():.3f}"}
         blob.patch(timeout=self._timeout, **self._retry)
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
-        blobs = self._client.list_blobs(
-            self._bucket, prefix=prefix, timeout=self._timeout, **self._retry
+        blobs = self.client.list_blobs(
+            self.bucket, prefix=prefix, timeout=self._timeout, **self._retry
         )
         for blob in blobs:
             yield blob.name, *_size_and_time(blob)
 
     def _bucket_exists(self) -> bool:
-        return bool(self._bucket.exists(timeout=self._timeout, **self._retry))
+        return bool(self.bucket.exists(timeout=self._timeout, **self._retry))
 
     def _classify(self, error: BaseException) -> tuple[Fault, str] | None:
         return classify_gcs_error(error)
@@ -339,7 +331,7 @@ class GCSBackend(RemoteBackend):
     # ---- helpers ------------------------------------------------------------------------------
 
     def _reload(self, name: str) -> Any:
-        blob = self._bucket.blob(name)
+        blob = self.bucket.blob(name)
         blob.reload(timeout=self._timeout, **self._retry)
         return blob
 

@@ -258,14 +258,10 @@ class S3Backend(RemoteBackend):
         """
         return self._clients.get()
 
-    @property
-    def _client(self) -> S3Client:  # the name the request code (and tests) use
-        return self.client
-
     # ---- primitives ---------------------------------------------------------------------------
 
     def _head(self, name: str) -> tuple[int, float]:
-        response = self._client.head_object(Bucket=self._bucket_name, Key=name)
+        response = self.client.head_object(Bucket=self._bucket_name, Key=name)
         return int(response["ContentLength"]), response["LastModified"].timestamp()
 
     def _get(self, name: str, offset: int, stop: int | None) -> Download:
@@ -278,12 +274,12 @@ class S3Backend(RemoteBackend):
         if offset == 0 and stop is None:
             # No "bytes=0-": S3 answers 416 to it on an empty object.
             with _our_get():
-                response = self._client.get_object(Bucket=self._bucket_name, Key=name)
+                response = self.client.get_object(Bucket=self._bucket_name, Key=name)
             return Download(body=_body(response["Body"]), size=int(response["ContentLength"]))
         last = "" if stop is None else str(stop - 1)  # HTTP ranges name their last byte
         try:
             with _our_get():
-                response = self._client.get_object(
+                response = self.client.get_object(
                     Bucket=self._bucket_name, Key=name, Range=f"bytes={offset}-{last}"
                 )
         except ClientError as e:
@@ -298,9 +294,9 @@ class S3Backend(RemoteBackend):
 
     def _put(self, name: str, data: bytes | BinaryIO, *, if_absent: bool) -> None:
         if if_absent:
-            self._client.put_object(Bucket=self._bucket_name, Key=name, Body=data, IfNoneMatch="*")
+            self.client.put_object(Bucket=self._bucket_name, Key=name, Body=data, IfNoneMatch="*")
         else:
-            self._client.put_object(Bucket=self._bucket_name, Key=name, Body=data)
+            self.client.put_object(Bucket=self._bucket_name, Key=name, Body=data)
 
     def _put_file(self, name: str, part: FilePart, *, if_absent: bool) -> None:
         self._put(name, part.body(), if_absent=if_absent)  # a new stream of it per attempt
@@ -308,21 +304,21 @@ class S3Backend(RemoteBackend):
     def _start_upload(self, name: str, *, if_absent: bool) -> _MultipartUpload:
         # Declaring per-part CRC32 (as boto3's transfer manager does) spares the server a
         # whole-object checksum pass on completion: ~30% faster uploads on moto.
-        upload_id = self._client.create_multipart_upload(
+        upload_id = self.client.create_multipart_upload(
             Bucket=self._bucket_name, Key=name, ChecksumAlgorithm="CRC32"
         )["UploadId"]
-        return _MultipartUpload(self._client, self._bucket_name, name, upload_id, if_absent)
+        return _MultipartUpload(self.client, self._bucket_name, name, upload_id, if_absent)
 
     def _delete(self, name: str) -> None:
         # S3 deletes silently whether or not the key exists: look first, so that a missing
         # key is reported like everywhere else.
-        self._client.head_object(Bucket=self._bucket_name, Key=name)
-        self._client.delete_object(Bucket=self._bucket_name, Key=name)
+        self.client.head_object(Bucket=self._bucket_name, Key=name)
+        self.client.delete_object(Bucket=self._bucket_name, Key=name)
 
     def _touch(self, name: str) -> None:
         # S3 has no other way to change LastModified; the copy happens inside S3 (no bytes
         # travel) and the content store does it at most once per half gc grace period.
-        self._client.copy_object(
+        self.client.copy_object(
             Bucket=self._bucket_name,
             Key=name,
             CopySource={"Bucket": self._bucket_name, "Key": name},
@@ -333,13 +329,13 @@ class S3Backend(RemoteBackend):
         )
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
-        paginator = self._client.get_paginator("list_objects_v2")
+        paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self._bucket_name, Prefix=prefix):
             for entry in page.get("Contents", []):
                 yield entry["Key"], int(entry["Size"]), entry["LastModified"].timestamp()
 
     def _bucket_exists(self) -> bool:
-        self._client.head_bucket(Bucket=self._bucket_name)
+        self.client.head_bucket(Bucket=self._bucket_name)
         return True
 
     def _classify(self, error: BaseException) -> tuple[Fault, str] | None:
