@@ -366,9 +366,7 @@ def _run(args: argparse.Namespace) -> int:
             return _failed(args, e)  # another pipe (a FIFO given as a destination): an error
         # The reader of stdout went away (``ls | head -1``, ``get ID - | head``): no message,
         # and the status of a process killed by SIGPIPE, as coreutils' commands end there.
-        # stdout goes to /dev/null so that the flush at interpreter exit cannot fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _stdout_to_devnull()
         return _SIGPIPE_EXIT_STATUS
     except Exception as e:
         return _failed(args, e)
@@ -416,10 +414,14 @@ def _json_failure(kind: str, error: BaseException) -> None:
             {"ok": False, "error": {"kind": kind, "type": type(error).__name__, "message": message}}
         )
     except (OSError, ValueError, AttributeError):
-        # stdout itself failed (a full disk, closed): the message is on stderr already. Its
-        # buffered bytes go to /dev/null, or the flush at exit would fail again, loudly.
+        # stdout itself failed (a full disk, closed): the message is on stderr already.
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that the flush at interpreter exit cannot fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _describe(error: Exception) -> str:
