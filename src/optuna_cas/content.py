@@ -17,6 +17,7 @@ import io
 import os
 import tempfile
 from collections.abc import Container, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,12 +25,13 @@ from optuna_cas._fileio import (
     PositionalReader,
     copy_to_spool,
     materialize,
+    naming_full_disk,
     read_up_to,
     seekable,
 )
 from optuna_cas._seekable import seekable_reader
 from optuna_cas._validation import validate_artifact_id
-from optuna_cas.backends.base import Backend, ObjectInfo
+from optuna_cas.backends.base import Backend, ObjectInfo, staging_of
 from optuna_cas.blobstore import (
     BLOB_PREFIX,
     DEFAULT_FILE_DIGESTS,
@@ -152,6 +154,29 @@ class ContentStore(BlobStore, RefStore):
             inline_limit=self.inline_limit,
         )
 
+    def naming_full_disk(self) -> AbstractContextManager[None]:
+        """Running out of space while writing to this store raises an error naming the disk.
+
+        ``[Errno 28] No space left on device`` alone does not say which disk filled. A store on
+        a local file system writes there; a remote one spools an upload's packs to ``$TMPDIR``
+        before sending them.
+
+        Example:
+            >>> import errno
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> with ContentStore(MemoryBackend()).naming_full_disk():
+            ...     raise OSError(errno.ENOSPC, "No space left on device")
+            Traceback (most recent call last):
+            ...
+            OSError: [Errno 28] No space left on device ($TMPDIR, where uploads to memory:// spool their packs): '...'
+        """
+        if staging_of(self._backend) is not None:
+            return naming_full_disk(self.describe(), " (writing to the artifact store)")
+        return naming_full_disk(
+            tempfile.gettempdir(),
+            f" ($TMPDIR, where uploads to {self.describe()} spool their packs)",
+        )
+
     # -- artifacts ---------------------------------------------------------------------------
 
     def put_artifact(
@@ -173,12 +198,15 @@ class ContentStore(BlobStore, RefStore):
         """
         validate_artifact_id(artifact_id)
         if isinstance(source, str | os.PathLike) or seekable(source):
-            return self._put_artifact(artifact_id, source, filename, mimetype, encoding)
+            with self.naming_full_disk():
+                return self._put_artifact(artifact_id, source, filename, mimetype, encoding)
         # A pipe cannot be re-read for the re-check below: keep a local copy while we work.
         with tempfile.TemporaryFile(prefix="optuna-cas-spool-") as spool:
-            copy_to_spool(source, spool)
+            with naming_full_disk(tempfile.gettempdir(), " ($TMPDIR, where a pipe is spooled)"):
+                copy_to_spool(source, spool)
             spool.seek(0)
-            return self._put_artifact(artifact_id, spool, filename, mimetype, encoding)
+            with self.naming_full_disk():
+                return self._put_artifact(artifact_id, spool, filename, mimetype, encoding)
 
     def _put_artifact(
         self,

@@ -249,16 +249,17 @@ def gc(
             report.deleted.append(info.key)
             report.bytes_freed += fresh.stored_size
         sweep.advance(1)
-    collect_chunks(
-        content.chunks,
-        chunked,
-        referenced,
-        report,
-        now=now,
-        grace_period=grace_period,
-        dry_run=dry_run,
-        progress=progress,
-    )
+    with content.naming_full_disk():  # a repack writes new packs
+        collect_chunks(
+            content.chunks,
+            chunked,
+            referenced,
+            report,
+            now=now,
+            grace_period=grace_period,
+            dry_run=dry_run,
+            progress=progress,
+        )
     report.temp_files_removed = _remove_stale_temp_files(
         store, now - max(grace_period, STALE_TEMP_SECONDS), dry_run
     )

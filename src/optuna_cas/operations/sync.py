@@ -251,7 +251,8 @@ def sync(
             sent += 1
         return sent, None
 
-    settled = map_in_threads(lambda item: settle(*item), groups.items(), workers)
+    with dst_content.naming_full_disk():
+        settled = map_in_threads(lambda item: settle(*item), groups.items(), workers)
     outcomes = dict(zip(groups, settled, strict=True))
     for hexdigest, (sent, _problem) in outcomes.items():
         report.blobs_copied += min(sent, 1)
@@ -279,7 +280,8 @@ def sync(
             report.refs_copied.append(ref.artifact_id)
             if ref.artifact_id in malformed_at_dst:
                 report.refs_repaired.append(ref.artifact_id)
-    _copy_legacy(src_content, dst_content, legacy_todo, report, bar, lock, workers)
+    with dst_content.naming_full_disk():
+        _copy_legacy(src_content, dst_content, legacy_todo, report, bar, lock, workers)
     failures = BadRecords()
     for artifact_id, why in report.failed:
         failures(artifact_id, why)
