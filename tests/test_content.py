@@ -456,3 +456,90 @@ def test_a_seek_whose_spool_fails_still_stands() -> None:
         reader.read(100)
     assert reader.tell() == 500_000
     assert reader.read(100) == data[500_000:500_100]
+
+
+def _damaged_store(tmp_path: Path, size: int, chunk_threshold: int | None) -> ContentStore:
+    """A store holding artifact "a" of ``size`` bytes whose stored byte 10 is flipped."""
+    store = ContentStore(LocalBackend(tmp_path / "s"), chunk_threshold=chunk_threshold)
+    data = random_bytes(size, seed=size)
+    store.put_artifact("a", io.BytesIO(data))
+    for path in (tmp_path / "s").rglob("*"):
+        if path.is_file() and not path.is_relative_to(tmp_path / "s" / "refs"):
+            raw = bytearray(path.read_bytes())
+            at = raw.find(data[:64])
+            if at >= 0:
+                raw[at + 10] ^= 0xFF
+                path.chmod(0o644)
+                path.write_bytes(raw)
+                return store
+    raise AssertionError("content not found in the store")
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_threshold"),
+    [(100_000, None), (3 * 1024 * 1024, 256 * 1024), (12 * 1024 * 1024, 256 * 1024)],
+    ids=["small-whole", "small-chunked", "large-chunked"],
+)
+def test_open_reader_hands_out_no_damaged_byte_to_a_reader_that_stops_early(
+    tmp_path: Path, size: int, chunk_threshold: int | None
+) -> None:
+    # A header parser reads a few bytes and stops: it got damaged bytes with no error, as
+    # the digest was checked only at the end (found by a probe). A file up to the chunking
+    # threshold is now checked whole before its first byte, a larger one chunk by chunk.
+    store = _damaged_store(tmp_path, size, chunk_threshold)
+    with pytest.raises(IntegrityError), store.open_artifact("a") as reader:
+        reader.read(16)
+
+
+def test_a_seek_back_into_the_buffer_is_served_from_the_checked_spool(tmp_path: Path) -> None:
+    # A large whole blob streams, checked at its end. Reading a header and seeking back was
+    # served from the reader's buffer (BufferedReader keeps in-buffer seeks to itself):
+    # damaged bytes came back with no error (found by a probe). The move now spools.
+    store = _damaged_store(tmp_path, 12 * 1024 * 1024, None)
+    reader = store.open_artifact("a")
+    reader.read(16)
+    reader.seek(0)
+    with pytest.raises(IntegrityError):
+        reader.read(16)
+    # After a failed spool no seek makes the stream readable again.
+    reader.seek(0)
+    with pytest.raises(IntegrityError):
+        reader.read(16)
+    reader.close()
+
+
+def test_in_buffer_seeks_that_move_reach_the_spool_and_others_do_not() -> None:
+    from optuna_cas._seekable import seekable_reader
+
+    data = bytes(range(256)) * 8192
+    opens: list[int] = []
+
+    def reopen() -> io.BufferedReader:
+        opens.append(1)
+        return io.BufferedReader(io.BytesIO(data))
+
+    reader = seekable_reader(io.BufferedReader(io.BytesIO(data)), reopen, len(data))
+    assert reader.read(100) == data[:100]
+    assert reader.seek(100) == 100 and reader.seek(0, io.SEEK_CUR) == 100  # no move
+    assert reader.read(10) == data[100:110] and opens == []
+    assert reader.seek(-50, io.SEEK_CUR) == 60 and reader.read(10) == data[60:70]
+    assert opens == [1]  # the move spooled once
+    assert reader.seek(5) == 5 and reader.read(5) == data[5:10] and opens == [1]
+
+
+def test_a_file_whose_bytes_differ_on_the_second_read_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store without staging hashes a file, then reads it again to send it. A pseudo-file
+    # (/proc/self/maps) changes between the two reads with stat unchanged; the error named
+    # no file and said a digest did not match itself (found by a probe).
+    import optuna_cas.blobstore as blobstore_module
+
+    path = tmp_path / "maps"
+    path.write_bytes(random_bytes(50_000))
+    first_read = Digest.of_bytes(random_bytes(50_000, seed=2))  # what the first read saw
+    monkeypatch.setattr(blobstore_module, "hash_fd", lambda fd, start=0: first_read)
+    store = ContentStore(MemoryBackend())
+    with pytest.raises(IntegrityError, match=r"File '.*maps' changed while it was being uploaded"):
+        store.put_artifact("a", path)
+    assert not store.has_ref("a") and list(store.iter_blobs()) == []

@@ -47,6 +47,9 @@ class SpoolOnSeek(io.RawIOBase):
         self._position = 0  # of the stream; the spool keeps its own
         self._target: int | None = None  # where a seek asked to go (moved at the next read)
         self._spool: BinaryIO | None = None
+        # Once a seek moved, the stream is never read again: a failed spool (corrupt content,
+        # a dropped connection) is tried again at the next read, whatever seeks came between.
+        self._moved = False
 
     def readable(self) -> bool:
         """Always True."""
@@ -73,12 +76,22 @@ class SpoolOnSeek(io.RawIOBase):
         self._target = target
         return target
 
+    @property
+    def size(self) -> int:
+        """The content's length."""
+        return self._size
+
+    @property
+    def spooled(self) -> bool:
+        """Whether reads come from the verified spool (a seek moved and it was made)."""
+        return self._spool is not None
+
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         """Read into ``buffer``: from the stream while it has not moved, else the spool."""
         target = self._target
-        if self._spool is None and target is not None and target != self._position:
-            # Until it succeeds the seek stands: after a failed spool (corrupt content, a
-            # dropped connection) the next read tries again, never reads on from the stream.
+        self._moved = self._moved or (target is not None and target != self._position)
+        if self._spool is None and self._moved:
+            # Until it succeeds the seek stands (the target is kept for the next try).
             self._spool = self._spool_all()
         self._target = None
         if self._spool is not None:
@@ -133,4 +146,25 @@ def seekable_reader(reader: BinaryIO, reopen: Callable[[], BinaryIO], size: int)
     """
     if isinstance(reader, io.BytesIO):
         return reader
-    return cast(BinaryIO, io.BufferedReader(SpoolOnSeek(reader, reopen, size), CHUNK_SIZE))
+    return cast(BinaryIO, _SeeksReachTheSpool(SpoolOnSeek(reader, reopen, size), CHUNK_SIZE))
+
+
+class _SeeksReachTheSpool(io.BufferedReader):
+    """A buffer over :class:`SpoolOnSeek` that serves no move from the buffer until spooled.
+
+    ``BufferedReader`` serves a seek within its buffer itself, without telling the raw
+    stream; until the spool exists, the buffer holds bytes of the stream not all checked yet
+    (a verifying stream checks at its end), and a reader that reads a header, seeks back and
+    stops would get them unchecked. So a seek that moves goes to the raw stream.
+    """
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        raw = cast(SpoolOnSeek, self.raw)
+        if raw.spooled or whence == io.SEEK_END:  # SEEK_END always reaches the raw stream
+            return super().seek(offset, whence)
+        here = self.tell()
+        target = offset + (here if whence == io.SEEK_CUR else 0)
+        if whence not in (io.SEEK_SET, io.SEEK_CUR) or target == here or target < 0:
+            return super().seek(offset, whence)  # errors and non-moves as BufferedReader has them
+        # As a seek from the end: BufferedReader drops its buffer and asks the raw stream.
+        return super().seek(target - raw.size, io.SEEK_END)

@@ -292,8 +292,11 @@ class BlobStore(BlobMaintenance):
         else:
             digest = hash_fd(src.fd, src.start)
             reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
+            # Read twice (hashed, then sent): bytes that differ the second time changed in
+            # place, where stat may not show it (a pseudo-file such as /proc/self/maps).
+            second_read = f"File {src.name!r} changed while it was being uploaded (read again)"
             try:
-                self._store_verified(digest, reader)
+                self._store_verified(digest, reader, name=second_read)
             except IntegrityError:
                 src.check_unchanged()  # the file changed under us: say so, by name
                 raise
@@ -423,7 +426,7 @@ class BlobStore(BlobMaintenance):
             self._freshen(key)
         return True
 
-    def _store_verified(self, digest: Digest, source: BinaryIO) -> bool:
+    def _store_verified(self, digest: Digest, source: BinaryIO, name: str | None = None) -> bool:
         """Send ``source`` under ``digest``'s key unless present, verifying it on the way.
 
         Every backend publishes only after reading its input to EOF, and the verifying reader
@@ -433,7 +436,7 @@ class BlobStore(BlobMaintenance):
         present, repair = self._check_stored(digest)
         start = source.tell()
         if not present:
-            name = f"upload of {digest}"
+            name = name or f"upload of {digest}"
             verifying = VerifyingReader(source, digest, name=name, close_source=False)
             # A present object of the wrong size is corrupt: overwrite it to repair.
             self._backend.write(

@@ -397,8 +397,9 @@ class VerifyingReader(io.RawIOBase):
     """A reader that checks size and digest as bytes pass through.
 
     Raises :class:`~optuna_cas.exceptions.IntegrityError` as soon as more bytes than expected
-    arrive, and at EOF if the length or digest differ, so a consumer that reads to the end can
-    never accept wrong bytes silently.
+    arrive, with the read that brings the last expected byte if the digest differs (before
+    the caller sees that read's bytes), and at EOF if the length is short, so a consumer that
+    reads to the end can never accept wrong bytes silently.
 
     Example:
         >>> import io
@@ -443,6 +444,12 @@ class VerifyingReader(io.RawIOBase):
         if n:
             self._hasher.update(view[:n])
             _check_not_over(self._hasher, self._expected, self._name)
+            if self._hasher.size == self._expected.size and not self._verified:
+                # The last byte is in: check now, before the caller sees any of this read (a
+                # file read in one call is never handed out unchecked). Bytes past the end
+                # still fail the next read.
+                _check_digest(self._hasher, self._expected, self._name)
+                self._verified = True
             return n
         if not self._verified:
             _check_digest(self._hasher, self._expected, self._name)
@@ -493,11 +500,6 @@ class VerifyingReader(io.RawIOBase):
             if not n:
                 break
             self._hasher.update(buffer[:n])
-
-    @property
-    def verified(self) -> bool:
-        """True once EOF was reached and size and digest matched."""
-        return self._verified
 
     def close(self) -> None:
         """Close this reader, and the source unless ``close_source=False``."""

@@ -351,6 +351,17 @@ def test_over_optunas_store_a_reader_seeks_and_a_pipe_is_written(tmp_path: Any) 
         assert reader.seek(-4, io.SEEK_END) == 7 and reader.read() == b"pipe"
 
 
+def test_over_optunas_store_a_reader_is_buffered_like_its_file(tmp_path: Any) -> None:
+    # Optuna's store hands out a buffered file (read1, peek); ours through Backoff lacked
+    # both: AttributeError (found by a probe).
+    store = Backoff(oa.FileSystemArtifactStore(str(tmp_path)), sleep=lambda s: None)
+    store.write("t", io.BytesIO(b"line1\nline2\n"))
+    with store.open_reader("t") as reader:
+        assert reader.read1(5) == b"line1"  # type: ignore[attr-defined]
+        assert reader.peek(1)[:1] == b"\n"  # type: ignore[attr-defined]
+        assert reader.readline() == b"\n" and reader.readline() == b"line2\n"
+
+
 def test_over_optunas_store_a_missing_artifact_raises_ours(tmp_path: Any) -> None:
     # After the import switch, `except optuna_cas.exceptions.ArtifactNotFound` must catch
     # what Optuna's own store raises under our Backoff.

@@ -400,8 +400,9 @@ class ChunkStore(ChunkMaintenance):
         table = self.manifest(digest)
         what = name or f"chunked file {digest} in {self._backend.describe()}"
         return whole_file_reader(
-            # The whole-file check below covers every chunk fetched from the backend.
-            ChunkedReader(self._backend, table, what, self._cache, check_chunks=False),
+            # Every chunk is checked before the caller gets it (a reader may stop early, or
+            # seek back into bytes it has read); the whole file at its end.
+            ChunkedReader(self._backend, table, what, self._cache),
             digest,
             what,
         )

@@ -335,9 +335,9 @@ class Backoff(ContentAddressedArtifactStore):
             return reader
 
         first = reopen(0)
-        return cast(
-            BinaryIO, ResumingReader(first, reopen, self._retrier, name=f"artifact {artifact_id!r}")
-        )
+        resuming = ResumingReader(first, reopen, self._retrier, name=f"artifact {artifact_id!r}")
+        # Buffered like the file Optuna's store returns (read1, peek, readline).
+        return cast(BinaryIO, io.BufferedReader(resuming, CHUNK_SIZE))
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         """Write with retries, rewinding the source to where it started before each retry."""
