@@ -7,15 +7,14 @@ stay in :mod:`optuna_cas.blobstore`.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
-from optuna_cas.backends.base import Backend, ObjectInfo, conditional_remover_of
+from optuna_cas.backends.base import Backend, ObjectInfo, move_aside, remove_if_unchanged
 from optuna_cas.digest import ALGORITHM, Digest
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.exceptions import ArtifactNotFound
 
 if TYPE_CHECKING:
     from optuna_cas.blobstore import BlobCache
@@ -104,16 +103,8 @@ class BlobMaintenance:
             >>> [store.remove_blob_if_unchanged(info) for info in store.iter_blobs()]
             [True]
         """
-        remover = conditional_remover_of(self._backend)
         seen = ObjectInfo(key=info.key, size=info.stored_size, modified=info.modified)
-        if remover is not None:
-            removed = remover.remove_if_unchanged(info.key, seen)
-        else:
-            try:
-                self._backend.remove(info.key)
-                removed = True
-            except ArtifactNotFound:
-                removed = False
+        removed = remove_if_unchanged(self._backend, seen)
         if removed and self._blob_cache is not None:
             self._blob_cache.discard(info.digest)
         return removed
@@ -168,15 +159,7 @@ class BlobMaintenance:
             >>> list(store.iter_blobs()), [i.key for i in store.backend.list("quarantine/")]
             ([], ['quarantine/blobs/blake3/...'])
         """
-        with contextlib.suppress(ArtifactNotFound):
-            try:
-                reader = self._backend.open_reader(info.key)
-            except IntegrityError:
-                self._backend.remove(info.key)
-                return
-            with reader:
-                self._backend.write(QUARANTINE_PREFIX + info.key, reader)
-            self._backend.remove(info.key)
+        move_aside(self._backend, info.key, QUARANTINE_PREFIX)
         if self._blob_cache is not None:
             self._blob_cache.discard(info.digest)
 

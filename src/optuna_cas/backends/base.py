@@ -10,11 +10,14 @@ same middleware (:class:`~optuna_cas.Backoff`) can wrap either kind of object.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar, runtime_checkable
+
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -29,8 +32,9 @@ __all__ = [
     "SupportsRequestRunner",
     "SupportsStaging",
     "SupportsTempFiles",
-    "conditional_remover_of",
+    "move_aside",
     "read_at_most",
+    "remove_if_unchanged",
     "run_once",
     "staging_of",
     "temp_files_of",
@@ -349,15 +353,52 @@ def staging_of(backend: object) -> SupportsStaging | None:
     return next((b for b in _layers(backend) if isinstance(b, SupportsStaging)), None)
 
 
-def conditional_remover_of(backend: object) -> SupportsConditionalRemove | None:
-    """The layer of ``backend`` that can delete conditionally, if any.
+def remove_if_unchanged(backend: Backend, seen: ObjectInfo) -> bool:
+    """Delete ``seen.key`` only if it is still as ``seen`` describes it; True if deleted.
+
+    This is gc's delete: an upload that re-used the object since gc's last look wins. Where
+    no layer of ``backend`` can do that atomically (S3) the object is deleted
+    unconditionally: the residual window documented in :mod:`optuna_cas.operations.gc`.
 
     Example:
+        >>> import io
         >>> from optuna_cas.backends.memory import MemoryBackend
-        >>> conditional_remover_of(MemoryBackend()) is not None
-        True
+        >>> b = MemoryBackend(); b.write("k", io.BytesIO(b"x")); (info,) = b.list("")
+        >>> remove_if_unchanged(b, info), remove_if_unchanged(b, info)
+        (True, False)
     """
-    return next((b for b in _layers(backend) if isinstance(b, SupportsConditionalRemove)), None)
+    layers = (b for b in _layers(backend) if isinstance(b, SupportsConditionalRemove))
+    remover = next(layers, None)
+    if remover is not None:
+        return remover.remove_if_unchanged(seen.key, seen)
+    try:
+        backend.remove(seen.key)
+    except ArtifactNotFound:
+        return False
+    return True
+
+
+def move_aside(backend: Backend, key: str, prefix: str) -> None:
+    """Move the object at ``key`` to ``prefix + key`` (verify's quarantine); no-op if gone.
+
+    A FIFO, socket or device at ``key`` holds no bytes to keep: it is just removed.
+
+    Example:
+        >>> import io
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> b = MemoryBackend(); b.write("k", io.BytesIO(b"x")); move_aside(b, "k", "q/")
+        >>> [info.key for info in b.list("")]
+        ['q/k']
+    """
+    with contextlib.suppress(ArtifactNotFound):
+        try:
+            reader = backend.open_reader(key)
+        except IntegrityError:
+            backend.remove(key)
+            return
+        with reader:
+            backend.write(prefix + key, reader)
+        backend.remove(key)
 
 
 def temp_files_of(backend: object) -> SupportsTempFiles | None:

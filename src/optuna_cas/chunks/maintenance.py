@@ -16,7 +16,7 @@ from typing import BinaryIO
 import blake3
 
 from optuna_cas._fileio import read_up_to
-from optuna_cas.backends.base import Backend, ObjectInfo, conditional_remover_of
+from optuna_cas.backends.base import Backend, ObjectInfo, move_aside, remove_if_unchanged
 from optuna_cas.chunks.cached_packs import PackCache
 from optuna_cas.chunks.index import read_bounded
 from optuna_cas.chunks.layout import (
@@ -131,12 +131,8 @@ class ChunkMaintenance:
             >>> [store.remove_if_unchanged(p) for p in store.iter_packs()]
             [True]
         """
-        remover = conditional_remover_of(self._backend)
-        if remover is not None:
-            seen = ObjectInfo(key=obj.key, size=obj.size, modified=obj.modified)
-            removed = remover.remove_if_unchanged(obj.key, seen)
-        else:
-            removed = self.remove(obj)
+        seen = ObjectInfo(key=obj.key, size=obj.size, modified=obj.modified)
+        removed = remove_if_unchanged(self._backend, seen)
         if removed:
             self._forget_object(obj)
         return removed
@@ -276,15 +272,7 @@ class ChunkMaintenance:
             >>> list(store.iter_packs()), [i.key[:17] for i in store.backend.list("quar")]
             ([], ['quarantine/packs/'])
         """
-        with contextlib.suppress(ArtifactNotFound):
-            try:
-                reader = self._backend.open_reader(obj.key)
-            except IntegrityError:
-                self._backend.remove(obj.key)
-            else:
-                with reader:
-                    self._backend.write(prefix + obj.key, reader)
-                self._backend.remove(obj.key)
+        move_aside(self._backend, obj.key, prefix)
         self._forget_object(obj)
 
 
