@@ -228,20 +228,12 @@ class ContentStore(BlobStore, RefStore):
         else:
             small = self._small_stream(source)
             digest = self._put_blob(source, receipt) if small is None else Digest.of_bytes(small)
-        if small is not None:
-            # The ref is the whole artifact: nothing to write before it, and no blob a
-            # concurrent gc could take away after it.
-            ref = ArtifactRef(artifact_id, digest, filename, mimetype, encoding, inline=small)
-            self.put_ref(ref)
-            return ref
-        ref = ArtifactRef(
-            artifact_id=artifact_id,
-            digest=digest,
-            filename=filename,
-            mimetype=mimetype,
-            encoding=encoding,
-        )
+        ref = ArtifactRef(artifact_id, digest, filename, mimetype, encoding, inline=small)
         self.put_ref(ref)
+        if small is not None:
+            # The ref is the whole artifact: nothing was written before it, and there is no
+            # blob a concurrent gc could take away after it.
+            return ref
         # Blob before ref is not enough with a concurrent gc: it may have judged the blob
         # unreferenced before our ref existed and delete it now. Checking after the ref is
         # written closes that race (argument in optuna_cas.operations.gc). A blob this
