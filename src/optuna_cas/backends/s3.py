@@ -13,7 +13,7 @@ import functools
 import io
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from optuna_cas.backends.per_process import PerProcess
 from optuna_cas.backends.remote import Fault, RemoteBackend
@@ -293,10 +293,9 @@ class S3Backend(RemoteBackend):
         return Download(body=_body(response["Body"]), size=size)
 
     def _put(self, name: str, data: bytes | BinaryIO, *, if_absent: bool) -> None:
-        if if_absent:
-            self.client.put_object(Bucket=self._bucket_name, Key=name, Body=data, IfNoneMatch="*")
-        else:
-            self.client.put_object(Bucket=self._bucket_name, Key=name, Body=data)
+        self.client.put_object(
+            Bucket=self._bucket_name, Key=name, Body=data, **_if_none_match(if_absent)
+        )
 
     def _put_file(self, name: str, part: FilePart, *, if_absent: bool) -> None:
         self._put(name, part.body(), if_absent=if_absent)  # a new stream of it per attempt
@@ -382,21 +381,13 @@ class _MultipartUpload:
 
     def complete(self) -> None:
         parts = [self._parts[number] for number in sorted(self._parts)]
-        if self._if_absent:
-            self._client.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=self._name,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": parts},
-                IfNoneMatch="*",
-            )
-        else:
-            self._client.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=self._name,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+        self._client.complete_multipart_upload(
+            Bucket=self._bucket,
+            Key=self._name,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": parts},
+            **_if_none_match(self._if_absent),
+        )
 
     def abort(self) -> None:
         # Best effort: the error that led here is the one worth reporting.
@@ -404,6 +395,11 @@ class _MultipartUpload:
             self._client.abort_multipart_upload(
                 Bucket=self._bucket, Key=self._name, UploadId=self._upload_id
             )
+
+
+def _if_none_match(if_absent: bool) -> dict[str, Any]:
+    """The create-only-if-absent condition of a PUT or a multipart completion, if asked for."""
+    return {"IfNoneMatch": "*"} if if_absent else {}
 
 
 @contextlib.contextmanager
