@@ -15,7 +15,6 @@ import functools
 import logging
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -23,9 +22,9 @@ from typing import BinaryIO, Protocol
 from optuna_cas._fileio import copy_range, pread_full, pwrite_all, real_fileno
 from optuna_cas._verified_copy import publish_copy
 from optuna_cas.backends.base import Backend
-from optuna_cas.chunks.cached_packs import CachedPacks, PackCache
+from optuna_cas.chunks.cached_packs import CachedPacks, OpenFiles, PackCache
 from optuna_cas.chunks.layout import pack_key
-from optuna_cas.chunks.reader import OPEN_FILES, missing_pack
+from optuna_cas.chunks.reader import missing_pack
 from optuna_cas.chunks.table import ENTRY, ChunkTable
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound
@@ -153,36 +152,25 @@ class _PackFiles(Protocol):
 
 
 class _StorePacks:
-    """A store's pack files, opened as they are needed; a few stay open, the rest are closed.
-
-    A file may name hundreds of packs (a long series of sparse edits): keeping each open
-    until the end failed with EMFILE where the streaming reader, which keeps
-    :data:`OPEN_FILES`, succeeded.
-    """
+    """A store's pack files, opened as they are needed; a few stay open (:class:`OpenFiles`)."""
 
     def __init__(self, backend: Backend, packs: tuple[Digest, ...], name: str) -> None:
         self._backend, self._packs, self._name = backend, packs, name
-        self._handles: OrderedDict[int, BinaryIO] = OrderedDict()
+        self._handles = OpenFiles()
 
     def get(self, number: int) -> BinaryIO | None:
         handle = self._handles.get(number)
         if handle is not None:
-            self._handles.move_to_end(number)
             return handle
         pack = self._packs[number]
         try:
             handle = self._backend.open_reader(pack_key(pack))
         except ArtifactNotFound as e:
             raise missing_pack(self._name, pack, self._backend) from e
-        self._handles[number] = handle
-        if len(self._handles) > OPEN_FILES:
-            self._handles.popitem(last=False)[1].close()
-        return handle
+        return self._handles.add(number, handle)
 
     def close(self) -> None:
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
+        self._handles.close()
 
 
 def _copy_out(

@@ -8,19 +8,20 @@ whose next request is already sent while it fills one (:class:`_PackOpener`).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Protocol
 
 from optuna_cas.digest import Digest
 
-__all__ = ["PREFETCH_AHEAD", "CachedPacks", "ManifestCache", "PackCache"]
+__all__ = ["OPEN_FILES", "PREFETCH_AHEAD", "CachedPacks", "ManifestCache", "OpenFiles", "PackCache"]
 
-_OPEN_PACKS = 16
+# Pack files kept open at once by one reader or copy (see OpenFiles).
+OPEN_FILES = 16
 # Packs a cached copy fills ahead of the one it copies from: the next GET overlaps the copy.
 PREFETCH_AHEAD = 2
 
@@ -107,7 +108,7 @@ class CachedPacks:
         self._fetch = fetch
         self._order = order
         self._prefetcher: _Prefetcher | None = None
-        self._handles: collections.OrderedDict[int, BinaryIO] = collections.OrderedDict()
+        self._handles = OpenFiles()
         self._uncached: set[int] = set()
 
     def get(self, number: int) -> BinaryIO | None:
@@ -116,7 +117,6 @@ class CachedPacks:
             return None
         handle = self._handles.get(number)
         if handle is not None:
-            self._handles.move_to_end(number)
             return handle
         pack = self._packs[number]
         if self._prefetcher is not None:
@@ -131,17 +131,12 @@ class CachedPacks:
         if handle is None:
             self._uncached.add(number)  # too large for the cache, or the cache failed
             return None
-        self._handles[number] = handle
-        if len(self._handles) > _OPEN_PACKS:
-            self._handles.popitem(last=False)[1].close()
-        return handle
+        return self._handles.add(number, handle)
 
     def drop(self, number: int) -> None:
         """Pack ``number`` was found damaged: remove it from the cache and stop using it."""
         self._cache.discard(self._packs[number])
-        handle = self._handles.pop(number, None)
-        if handle is not None:
-            handle.close()
+        self._handles.close_one(number)
         self._uncached.add(number)
 
     def close(self) -> None:
@@ -149,9 +144,55 @@ class CachedPacks:
         if self._prefetcher is not None:
             self._prefetcher.stop()
             self._prefetcher = None
-        for handle in self._handles.values():
+        self._handles.close()
+
+
+class OpenFiles:
+    """Open files by key, at most :data:`OPEN_FILES`: one more closes the least recently used.
+
+    A chunked file may name hundreds of packs (a long series of sparse edits): keeping each
+    open until the end failed with EMFILE. The reader, the local assembly and the cached
+    copy each keep their packs in one of these.
+
+    Example:
+        >>> import io
+        >>> files = OpenFiles()
+        >>> first = files.add(0, io.BytesIO(b"x"))
+        >>> for number in range(1, OPEN_FILES + 1):
+        ...     _ = files.add(number, io.BytesIO(b"y"))
+        >>> first.closed, files.get(0), files.get(1) is not None
+        (True, None, True)
+        >>> files.close()
+    """
+
+    def __init__(self) -> None:
+        self._files: OrderedDict[Hashable, BinaryIO] = OrderedDict()
+
+    def get(self, key: Hashable) -> BinaryIO | None:
+        """The file kept under ``key`` (now the most recently used one), or None."""
+        handle = self._files.get(key)
+        if handle is not None:
+            self._files.move_to_end(key)
+        return handle
+
+    def add(self, key: Hashable, handle: BinaryIO) -> BinaryIO:
+        """Keep ``handle`` under ``key`` (closing the least recently used one if too many)."""
+        self._files[key] = handle
+        if len(self._files) > OPEN_FILES:
+            self._files.popitem(last=False)[1].close()
+        return handle
+
+    def close_one(self, key: Hashable) -> None:
+        """Close and forget the file kept under ``key``, if any."""
+        handle = self._files.pop(key, None)
+        if handle is not None:
             handle.close()
-        self._handles.clear()
+
+    def close(self) -> None:
+        """Close every file still kept."""
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
 
 
 class _Prefetcher:

@@ -17,7 +17,6 @@ import io
 import itertools
 import queue
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, TypeVar, cast
@@ -26,13 +25,13 @@ import blake3
 
 from optuna_cas._fileio import pread_full, real_fileno, unbuffered
 from optuna_cas.backends.base import Backend, staging_of
-from optuna_cas.chunks.cached_packs import CachedPacks, PackCache
+from optuna_cas.chunks.cached_packs import CachedPacks, OpenFiles, PackCache
 from optuna_cas.chunks.layout import PACK_LEAD_MAX, pack_key
 from optuna_cas.chunks.table import ChunkTable, Entry
 from optuna_cas.digest import Digest, VerifyingReader
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
-__all__ = ["COALESCE_GAP", "OPEN_FILES", "ChunkedReader", "missing_pack", "whole_file_reader"]
+__all__ = ["COALESCE_GAP", "ChunkedReader", "missing_pack", "whole_file_reader"]
 
 # Bytes between two wanted chunks of one pack that are read and dropped rather than starting a
 # second request: about what one more request costs in time on S3.
@@ -47,8 +46,6 @@ _BLOCK = 2 * 1024 * 1024
 _Bytes = TypeVar("_Bytes", bytes, memoryview)
 # Batches of about _BLOCK bytes fetched ahead of the caller.
 READ_AHEAD = 3
-# Local pack files a reader keeps open at once.
-OPEN_FILES = 16
 # A ranged read of one pack: (pack, start, end, the entry numbers it holds).
 _Run = tuple[Digest, int, int, range]
 
@@ -212,30 +209,26 @@ class ChunkedReader(io.RawIOBase):
 
         A delta'd file (see chunks.delta) switches between packs thousands of times; a safe
         open per run, handed to a thread, made its reads 11x slower than a plain file's. At
-        most :data:`OPEN_FILES` stay open (a file may name hundreds of packs). Packs that
-        are not plain files (a backend wrapped to count its reads) go the remote way.
+        most :data:`~optuna_cas.chunks.cached_packs.OPEN_FILES` stay open (a file may name
+        hundreds of packs). Packs that are not plain files (a backend wrapped to count its
+        reads) go the remote way.
         """
-        files: OrderedDict[str, tuple[BinaryIO, int]] = OrderedDict()
+        files = OpenFiles()
         try:
             for run in runs:
                 pack, start, _end, numbers = run
-                if pack.hexdigest in files:
-                    files.move_to_end(pack.hexdigest)
-                else:
+                handle = files.get(pack.hexdigest)
+                if handle is None:
                     handle = self._fetch_pack(pack)
-                    fd = real_fileno(handle)
-                    if fd is None:
+                    if real_fileno(handle) is None:
                         handle.close()
                         yield from self._prefetching(itertools.chain([run], runs))
                         return
-                    files[pack.hexdigest] = (handle, fd)
-                    if len(files) > OPEN_FILES:
-                        files.popitem(last=False)[1][0].close()
-                read = functools.partial(_pread_block, files[pack.hexdigest][1], pack_key(pack))
+                    files.add(pack.hexdigest, handle)
+                read = functools.partial(_pread_block, handle.fileno(), pack_key(pack))
                 yield from self._read_blocks(read, pack, start, numbers)
         finally:
-            for handle, _fd in files.values():
-                handle.close()
+            files.close()
 
     def _open_run(self, pack: Digest, start: int, end: int) -> BinaryIO:
         self.requests += 1
