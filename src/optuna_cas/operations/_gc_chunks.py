@@ -148,16 +148,32 @@ def _old(obj: StoredObject, timing: tuple[float, float]) -> bool:
     return now - obj.modified > grace_period
 
 
-def _delete(
-    chunks: ChunkStore, obj: StoredObject, timing: tuple[float, float], dry_run: bool
-) -> StoredObject | None:
-    """The last look and the conditional delete; the object as deleted, or None if spared."""
-    fresh = chunks.restat(obj)
-    if fresh is None or not _old(fresh, timing):
-        return None  # gone already, or re-used (touched or re-published) since the listing
-    if dry_run or chunks.remove_if_unchanged(fresh):
-        return fresh
-    return None
+def _sweep(
+    chunks: ChunkStore,
+    doomed: list[StoredObject],
+    deleted: list[str],
+    report: GcReport,
+    timing: tuple[float, float],
+    dry_run: bool,
+    sweep: Progress,
+) -> list[StoredObject]:
+    """The last look and the conditional delete of each of ``doomed``; those spared.
+
+    The keys of those deleted go to ``deleted``, their bytes to ``report.bytes_freed``.
+    """
+    spared = []
+    for obj in doomed:
+        fresh = chunks.restat(obj)
+        # Spared if gone already, or re-used (touched or re-published) since the listing.
+        if fresh is None or not _old(fresh, timing):
+            spared.append(obj)
+        elif dry_run or chunks.remove_if_unchanged(fresh):
+            deleted.append(obj.key)
+            report.bytes_freed += fresh.size
+        else:
+            spared.append(obj)
+        sweep.advance(1)
+    return spared
 
 
 def sweep_manifests(
@@ -178,15 +194,7 @@ def sweep_manifests(
     doomed_keys = {m.key for m in doomed}
     kept = [m for m in listing.manifests if m.key not in doomed_keys]
     sweep = Progress("gc: deleting unreferenced manifests", len(doomed), progress)
-    for obj in doomed:
-        deleted = _delete(chunks, obj, timing, dry_run)
-        if deleted is None:
-            kept.append(obj)
-        else:
-            report.manifests_deleted.append(obj.key)
-            report.bytes_freed += deleted.size
-        sweep.advance(1)
-    return kept
+    return kept + _sweep(chunks, doomed, report.manifests_deleted, report, timing, dry_run, sweep)
 
 
 def live_chunks(
@@ -227,12 +235,7 @@ def sweep_packs(
     """Delete packs no kept manifest uses and older than the grace period."""
     doomed = [p for h, p in listing.packs.items() if h not in live.packs and _old(p, timing)]
     sweep = Progress("gc: deleting unused packs", len(doomed), progress)
-    for obj in doomed:
-        deleted = _delete(chunks, obj, timing, dry_run)
-        if deleted is not None:
-            report.packs_deleted.append(obj.key)
-            report.bytes_freed += deleted.size
-        sweep.advance(1)
+    _sweep(chunks, doomed, report.packs_deleted, report, timing, dry_run, sweep)
 
 
 def repack(
