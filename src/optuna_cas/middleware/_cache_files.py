@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import secrets
@@ -116,9 +117,10 @@ _SQLITE_SETTINGS = {
 class GatedCache(diskcache.Cache):  # type: ignore[misc]
     """``diskcache.Cache`` whose database work a fork waits for (see ``optuna_cas._forksafe``).
 
-    The methods this package calls are gated (``iterkeys``, a generator, is called only
-    inside :func:`evict_lru`, which its caller gates whole; ``tests/reliability/
-    test_fork_and_pickle.py`` checks the list against the calls); a child forked while one ran raises
+    The methods this package calls are gated (by :func:`_gated`, below the class;
+    ``iterkeys``, a generator, is called only inside :func:`evict_lru`, which its caller
+    gates whole; ``tests/reliability/test_fork_and_pickle.py`` checks the list against the
+    calls); a child forked while one ran raises
     :class:`~optuna_cas._forksafe.ForkedMidOperation` (one of :data:`CACHE_ERRORS`) from each,
     so it uses the store directly.
 
@@ -133,37 +135,9 @@ class GatedCache(diskcache.Cache):  # type: ignore[misc]
         with gate.section():
             super().__init__(directory, **{**settings, **_SQLITE_SETTINGS})
 
-    def get(self, *args: Any, **kwargs: Any) -> Any:
-        with self._gate.section():
-            return super().get(*args, **kwargs)
-
-    def add(self, *args: Any, **kwargs: Any) -> Any:
-        with self._gate.section():
-            return super().add(*args, **kwargs)
-
-    def set(self, *args: Any, **kwargs: Any) -> Any:
-        with self._gate.section():
-            return super().set(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
-        with self._gate.section():
-            return super().delete(*args, **kwargs)
-
-    def clear(self, *args: Any, **kwargs: Any) -> Any:
-        with self._gate.section():
-            return super().clear(*args, **kwargs)
-
-    def volume(self) -> Any:
-        with self._gate.section():
-            return super().volume()
-
-    def __contains__(self, key: Any) -> bool:
-        with self._gate.section():
-            return bool(super().__contains__(key))
-
     def __len__(self) -> int:
         with self._gate.section():
-            return int(super().__len__())
+            return int(super().__len__())  # the count row is the database's: maybe not an int
 
     def reset(self, key: str, value: Any = diskcache.core.ENOVAL, update: bool = True) -> Any:
         """As diskcache's, except that pragmas are ours whatever the Settings rows say.
@@ -177,6 +151,21 @@ class GatedCache(diskcache.Cache):  # type: ignore[misc]
             value = _SQLITE_SETTINGS[key]
         with self._gate.section():
             return super().reset(key, value, update)
+
+
+def _gated(name: str) -> Callable[..., Any]:
+    """``diskcache.Cache``'s method ``name`` (looked up at each call), inside the fork gate."""
+
+    @functools.wraps(getattr(diskcache.Cache, name))
+    def method(self: GatedCache, *args: Any, **kwargs: Any) -> Any:
+        with self._gate.section():
+            return getattr(super(GatedCache, self), name)(*args, **kwargs)
+
+    return method
+
+
+for _name in ("get", "add", "set", "delete", "clear", "volume", "__contains__"):
+    setattr(GatedCache, _name, _gated(_name))
 
 
 class ConfinedDisk(diskcache.Disk):  # type: ignore[misc]
