@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 __all__ = ["Progress", "ProgressCallback"]
@@ -45,6 +46,7 @@ class Progress:
         self.total = total
         self.done = 0
         self._callback = callback
+        self._lock = threading.Lock()  # threads of one task (deep verify's) advance it at once
         if callback is not None:
             callback(task, 0, total)
 
@@ -55,7 +57,10 @@ class Progress:
             >>> p = Progress("copy", None, None); p.advance(3); p.done
             3
         """
-        self.set(self.done + amount)
+        with self._lock:
+            self.done += amount
+            if self._callback is not None:
+                self._callback(self.task, self.done, self.total)
 
     def set(self, done: int) -> None:
         """Record that ``done`` units are done in all (e.g. after a retry started over).
@@ -64,6 +69,7 @@ class Progress:
             >>> p = Progress("copy", 10, None); p.advance(8); p.set(2); p.done
             2
         """
-        self.done = done
-        if self._callback is not None:
-            self._callback(self.task, self.done, self.total)
+        with self._lock:
+            self.done = done
+            if self._callback is not None:
+                self._callback(self.task, self.done, self.total)
