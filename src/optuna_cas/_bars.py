@@ -103,6 +103,10 @@ class TerminalProgress:
             unit_divisor=1024 if in_bytes else 1000,
             file=self._stream,
             ncols=width,
+            # tqdm takes its row count from the terminal and draws nothing below row count - 1:
+            # a pseudo-terminal that reports 0 rows (`script -c`, some `docker exec -t`) would
+            # show no bar at all. One bar needs one row.
+            nrows=20,
             leave=False,
             mininterval=0.1,
         )

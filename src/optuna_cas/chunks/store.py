@@ -92,6 +92,9 @@ class ChunkStore(ChunkMaintenance):
         # hang the child): single dict operations are atomic under the GIL.
         self._manifests: dict[str, ChunkTable] = {}
         self.last_new_bytes = 0  # chunk bytes the last put stored (for tests and stats)
+        # Wraps the stream each put reads (a progress bar counts the file's bytes there: the
+        # packs it writes hold only the new chunks).
+        self.wrap_source: Callable[[BinaryIO], BinaryIO] | None = None
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -115,6 +118,8 @@ class ChunkStore(ChunkMaintenance):
             IntegrityError: Raised by ``check_unchanged``.
         """
         self.known.refresh()
+        if self.wrap_source is not None:
+            stream = self.wrap_source(stream)
         start = stream.tell() if seekable(stream) else None
         # Looks at reused packs go ahead of the chunk loop on a remote store (on a local one
         # they cost microseconds), when the stream can be read again should one be gone.

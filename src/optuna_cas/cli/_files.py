@@ -93,6 +93,7 @@ def _put_one(
                 mimetype=args.mimetype or guessed or "application/octet-stream",
                 encoding=args.encoding or guessed_encoding,
             )
+        watch.finish()
     already = not watch.stored_new_blob
     what = f"{human_bytes(ref.size)}, {ref.digest}"
     if already:
@@ -146,6 +147,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
             download_artifact(artifact_store=watched, file_path=dest, artifact_id=args.artifact_id)
             size = os.path.getsize(dest)
+        watch.finish()
     checked = "verified" if ref is not None else "not verified: Optuna's own store kept no digest"
     if args.json:
         _emit_json(

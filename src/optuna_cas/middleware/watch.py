@@ -6,18 +6,32 @@ stream). Rather than thread a callback through each of those paths, the watch wr
 store's *backend*, where every byte of content passes: it reports bytes as the backend reads
 or writes them, and notes whether a new blob was stored. The command line uses it to draw
 progress bars and to say "already stored".
+
+A file stored as chunks is the exception: its packs hold only the chunks the store lacked,
+written several at a time, so the watch counts the file's bytes as the chunker reads them
+instead (``ChunkStore.wrap_source``), and the bar goes from 0 to the file's size whatever
+was new. Each stream or staged file counts what it moved; one that rewinds for a retry takes
+back what it re-reads, so the bar only goes back on a retry.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO, cast
 
-from optuna_cas.backends.base import Backend, ObjectInfo, StagedObject, SupportsStaging, staging_of
+from optuna_cas.backends.base import (
+    Backend,
+    ObjectInfo,
+    SealedFile,
+    StagedObject,
+    SupportsStaging,
+    staging_of,
+)
 from optuna_cas.chunks.layout import MANIFEST_PREFIX, PACK_PREFIX
 from optuna_cas.content import BLOB_PREFIX, REF_PREFIX
 from optuna_cas.digest import CHUNK_SIZE, readinto
@@ -55,10 +69,15 @@ class TransferWatch:
     """
 
     def __init__(self, task: str, total: int | None, progress: ProgressCallback | None = None):
+        if progress is not None and total is not None:
+            progress = functools.partial(_at_most, total, progress)
         self._progress = Progress(task, total, progress)
         self.reporting = progress is not None
         """Whether anyone is told of the progress (else only the outcome is recorded)."""
         self._lock = threading.Lock()
+        self._from_source = False  # counting a chunked file's bytes as they are read
+        self._read = 0  # ... so many of them so far
+        self._sending_bytes = 0  # bytes of packs on their way to a remote store
         self.stored_new_blob = False
         """Whether the operation stored content the store did not hold before (a new blob, or
         a new chunked file)."""
@@ -92,17 +111,51 @@ class TransferWatch:
             if stager is not None
             else _WatchedBackend(inner, self)
         )
-        return ContentAddressedArtifactStore(content.with_parts(backend=watched))
+        watched_content = content.with_parts(backend=watched)
+        watched_content.chunks.wrap_source = self._counting_source
+        return ContentAddressedArtifactStore(watched_content)
+
+    def finish(self) -> None:
+        """Show the whole as done (a dedup hit, a read from a local cache moved no bytes).
+
+        Example:
+            >>> seen = []
+            >>> TransferWatch("put", 5, lambda t, done, total: seen.append(done)).finish()
+            >>> seen
+            [0, 5]
+        """
+        total = self._progress.total
+        if total is not None and self._progress.done != total:
+            self._progress.set(total)
 
     # -- called by the watched backend (possibly from several threads) ------------------------
 
-    def _advance(self, amount: int) -> None:
-        with self._lock:
-            self._progress.advance(amount)
+    def _counting_source(self, stream: BinaryIO) -> BinaryIO:
+        self._from_source = True
+        return cast(BinaryIO, io.BufferedReader(_Counting(stream, self._source_read), CHUNK_SIZE))
 
-    def _moved_to(self, done: int) -> None:
+    def _source_read(self, amount: int) -> None:
         with self._lock:
+            self._read += amount
+            self._show_source()
+
+    def _sending(self, amount: int) -> None:
+        """A pack of ``amount`` bytes started (or, negative, finished) going out."""
+        with self._lock:
+            self._sending_bytes += amount
+            self._show_source()
+
+    def _show_source(self) -> None:
+        # The file's bytes read, less those in packs still on their way: a remote upload
+        # reaches its total when its last pack is sent, not when the chunker is done. Only
+        # forward (a pack starting to go out, or a rewind, holds the bar where it is).
+        done = self._read - self._sending_bytes
+        if done > self._progress.done:
             self._progress.set(done)
+
+    def _advance(self, amount: int) -> None:
+        if not self._from_source:  # a chunked file is counted as it is read, not as sent
+            self._progress.advance(amount)
 
     def _blob_stored(self) -> None:
         self.stored_new_blob = True
@@ -119,22 +172,34 @@ class TransferWatch:
             self.new_chunk_bytes += size
 
 
+def _at_most(
+    limit: int, progress: ProgressCallback, task: str, done: int, total: int | None
+) -> None:
+    # A download reads whole ranges of packs (the gaps between a file's chunks too): never
+    # more than the file on the bar.
+    progress(task, min(done, limit), total)
+
+
 class _Counting(io.RawIOBase):
     """Passes reads (and seeks, for retries that rewind) through, reporting the bytes."""
 
-    def __init__(self, inner: BinaryIO, watch: TransferWatch) -> None:
+    def __init__(self, inner: BinaryIO, report: Callable[[int], None]) -> None:
         super().__init__()
         self._inner = inner
-        self._watch = watch
+        self._report = report
         self._start: int | None = None
+        self._counted = 0  # bytes reported, from the start on
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        if self._start is None:
+            self._note_start()
         n = readinto(self._inner, memoryview(buffer).cast("B"))
         if n:
-            self._watch._advance(n)
+            self._counted += n
+            self._report(n)
         return n
 
     def seekable(self) -> bool:
@@ -149,10 +214,23 @@ class _Counting(io.RawIOBase):
             self._start = position
         return position
 
+    def _note_start(self) -> None:
+        """Where this stream started, for rewinds (0 for a stream that cannot tell)."""
+        try:
+            self.tell()
+        except (AttributeError, OSError, ValueError):
+            self._start = 0
+
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if self._start is None:
+            self._note_start()
         position = self._inner.seek(offset, whence)
-        # A retry rewinds to where the write began: the bytes are counted again from there.
-        self._watch._moved_to(max(0, position - (self._start or 0)))
+        # A retry rewinds: what it reads again is counted again, so take it back now. A seek
+        # forward (asking the size) moved no bytes.
+        behind = max(0, position - (self._start or 0))
+        if behind < self._counted:
+            self._report(behind - self._counted)
+            self._counted = behind
         return position
 
     def close(self) -> None:
@@ -173,7 +251,9 @@ class _WatchedBackend:
         reader = self._inner.open_reader(key, offset=offset, length=length)
         if key.startswith(REF_PREFIX):
             return reader
-        return cast(BinaryIO, io.BufferedReader(_Counting(reader, self._watch), CHUNK_SIZE))
+        return cast(
+            BinaryIO, io.BufferedReader(_Counting(reader, self._watch._advance), CHUNK_SIZE)
+        )
 
     def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
         if key.startswith(MANIFEST_PREFIX):
@@ -188,7 +268,19 @@ class _WatchedBackend:
         if not key.startswith((BLOB_PREFIX, PACK_PREFIX)):
             self._inner.write(key, content_body, if_absent=if_absent)
             return
-        body = _Counting(content_body, self._watch)
+        if isinstance(content_body, SealedFile):
+            # A pack's spool file, which a remote backend sends range by range from the file:
+            # wrapped in a stream, it would be read into part buffers (memory x senders).
+            size = len(content_body)
+            self._watch._sending(size)
+            try:
+                self._inner.write(key, content_body, if_absent=if_absent)
+            finally:
+                self._watch._sending(-size)
+            self._watch._advance(size)
+            self._watch._pack_stored(size)
+            return
+        body = _Counting(content_body, self._watch._advance)
         start = body.tell()  # where this write starts, for rewinds
         self._inner.write(
             key, cast(BinaryIO, io.BufferedReader(body, CHUNK_SIZE)), if_absent=if_absent
@@ -239,6 +331,7 @@ class _WatchedStaged:
         self._backend = backend
         self._watch = watch
         self.fd = staged.fd
+        self._reported = 0  # the file's size last told to the watch
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         if watch.reporting:
@@ -250,9 +343,14 @@ class _WatchedStaged:
     def _poll(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
             try:
-                self._watch._moved_to(os.fstat(self.fd).st_size)
+                self._report(os.fstat(self.fd).st_size)
             except OSError:
                 return
+
+    def _report(self, size: int) -> None:
+        # Several staged files (packs) may fill at once: each adds what it grew by.
+        self._watch._advance(size - self._reported)
+        self._reported = size
 
     def _stop_polling(self) -> None:
         # Before the descriptor is closed: fstat must never see a reused number.
@@ -263,7 +361,7 @@ class _WatchedStaged:
     def commit(self, key: str) -> None:
         self._stop_polling()
         size = os.fstat(self.fd).st_size
-        self._watch._moved_to(size)
+        self._report(size)
         # The content store publishes its verified copy even over an existing blob.
         existed = key.startswith(BLOB_PREFIX) and self._backend.exists(key)
         self._staged.commit(key)
@@ -275,7 +373,7 @@ class _WatchedStaged:
     def commit_new(self, key: str) -> ObjectInfo | None:
         self._stop_polling()
         size = os.fstat(self.fd).st_size
-        self._watch._moved_to(size)
+        self._report(size)
         existing = self._staged.commit_new(key)
         if existing is None and key.startswith(BLOB_PREFIX):
             self._watch._blob_stored()
