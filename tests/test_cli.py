@@ -135,7 +135,7 @@ def test_optuna_options_record_metadata(tmp_path: Path, make_file: Callable[...,
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--store", "ftp://x/y", "stats"], 1, "scheme 'ftp' is not one of"),
+        (["--store", "ftp://x/y", "stats"], 2, "unsupported scheme 'ftp'"),
         (["stats"], 2, "no store given"),
         (
             ["--store", "{tmp}", "get", "00000000-0000-0000-0000-000000000000", "{tmp}/o"],

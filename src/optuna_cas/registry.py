@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 from optuna_cas.exceptions import StoreConfigError
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
-__all__ = ["ENDPOINT_ENV", "open_store", "store_scheme", "supported_schemes"]
+__all__ = ["ENDPOINT_ENV", "check_store_url", "open_store", "store_scheme", "supported_schemes"]
 
 #: Environment variable naming the S3-compatible endpoint of ``s3://`` URLs when no
 #: ``endpoint_url`` is passed (the CLI's ``--endpoint-url`` default too).
@@ -34,8 +34,6 @@ class _Scheme:
 def _file(netloc: str, path: str, options: dict[str, Any]) -> ContentAddressedArtifactStore:
     from optuna_cas.stores.filesystem import FileSystemArtifactStore
 
-    if netloc not in ("", "localhost"):
-        raise StoreConfigError(f"file:// URLs must not name a host, got {netloc!r}")
     local = unquote(path)
     if not options.pop("create", True) and not os.path.exists(local):
         # A mistyped path must not silently become a new, empty store.
@@ -102,6 +100,53 @@ def supported_schemes() -> list[str]:
     return sorted(_SCHEMES)
 
 
+def check_store_url(url: str) -> str:
+    """Check a store URL's form without opening anything; returns its scheme (as store_scheme).
+
+    Only the text is checked: whether the SDK is installed, the bucket exists or a local
+    store is there is for :func:`open_store` to find out.
+
+    Raises:
+        StoreConfigError: Empty, unsplittable, unknown scheme, ``s3://``/``gs://`` without
+            a bucket or with a query string or fragment, ``file://`` naming a host or no path.
+
+    Example:
+        >>> check_store_url("s3://bucket/runs"), check_store_url("./artifacts")
+        ('s3', '')
+        >>> check_store_url("s3:///runs")
+        Traceback (most recent call last):
+        ...
+        optuna_cas.exceptions.StoreConfigError: Store URL 's3:///runs' names no bucket (s3://BUCKET/prefix)
+    """
+    if not isinstance(url, str) or not url:
+        raise StoreConfigError(f"Invalid store URL: {url!r}")
+    scheme = store_scheme(url)
+    if scheme == "":
+        return scheme
+    if scheme not in _SCHEMES:
+        raise StoreConfigError(
+            f"Unsupported store URL {url!r}: scheme {scheme!r} is not one of "
+            f"{', '.join(supported_schemes())}"
+        )
+    parts = urlsplit(url)
+    if scheme in ("s3", "gs", "gcs"):
+        if not parts.netloc:
+            raise StoreConfigError(f"Store URL {url!r} names no bucket ({scheme}://BUCKET/prefix)")
+        if parts.query:
+            raise StoreConfigError(f"Store URL {url!r}: query strings are not supported")
+        if parts.fragment or url.endswith("#"):
+            raise StoreConfigError(f"Store URL {url!r}: fragments (#...) are not supported")
+    elif scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise StoreConfigError(
+                f"file:// URLs must not name a host, got {parts.netloc!r} "
+                "(an absolute path has three slashes: file:///path)"
+            )
+        if not parts.path:
+            raise StoreConfigError(f"Store URL {url!r} names no directory (file:///path)")
+    return scheme
+
+
 def _module_available(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
@@ -157,22 +202,15 @@ def open_store(
         optuna_cas.exceptions.StoreConfigError: no store at '/no/such/dir' (nothing was created)
     """
     text = os.fspath(url)
-    if not isinstance(text, str) or not text:
-        raise StoreConfigError(f"Invalid store URL: {url!r}")
-    scheme = store_scheme(text)
-    parts = urlsplit(text)  # store_scheme raised if it cannot be split
+    scheme = check_store_url(text)
+    parts = urlsplit(text)  # check_store_url raised if it cannot be split
     if scheme == "":
         try:
             local = Path(text).expanduser()
         except RuntimeError as e:  # "~nosuchuser/..."
             raise StoreConfigError(f"Invalid store path {text!r}: {e}") from e
         return _file("", str(local), {"fsync": fsync, "create": create})
-    entry = _SCHEMES.get(scheme)
-    if entry is None:
-        raise StoreConfigError(
-            f"Unsupported store URL {text!r}: scheme {scheme!r} is not one of "
-            f"{', '.join(supported_schemes())}"
-        )
+    entry = _SCHEMES[scheme]
     if entry.module is not None and not _module_available(entry.module):
         raise StoreConfigError(
             f"Store URL {text!r} needs the {entry.module} package: "
@@ -180,10 +218,6 @@ def open_store(
         )
     options: dict[str, Any] = {}
     if scheme in ("s3", "gs", "gcs"):
-        if not parts.netloc:
-            raise StoreConfigError(f"Store URL {text!r} names no bucket ({scheme}://BUCKET/prefix)")
-        if parts.query or parts.fragment:
-            raise StoreConfigError(f"Store URL {text!r}: query strings are not supported")
         options["client"] = client
         if scheme == "s3" and endpoint_url is None and client is None:
             # The variable names a service for s3:// URLs only; empty means unset.

@@ -223,7 +223,8 @@ def _common_options(*, after_command: bool) -> argparse.ArgumentParser:
         common.add_argument(
             "--store",
             metavar="URL",
-            help=f"store URL (file://, s3://, gs://; default ${STORE_ENV}); only put and sync's "
+            help=f"store URL (a path, file://, s3://, gs:// or gcs://; default ${STORE_ENV}); only put "
+            "and sync's "
             "destination create a new local store",
         ),
         common.add_argument(

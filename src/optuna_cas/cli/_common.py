@@ -99,21 +99,17 @@ def _open(
     *,
     cached: bool = False,
     create: bool = False,
+    option: str = "--store",
 ) -> ContentAddressedArtifactStore:
-    """The store of ``--store`` (or ``url``); only ``create=True`` may create a local one."""
-    from optuna_cas import Backoff, open_store
-    from optuna_cas.registry import store_scheme
+    """The store of ``--store`` (or ``url``); only ``create=True`` may create a local one.
 
-    url = url or args.store or os.environ.get(STORE_ENV)
-    if not url:
-        raise UsageError(f"no store given: pass --store URL or set {STORE_ENV}")
-    scheme = store_scheme(url)
-    if scheme == "memory":
-        # open_store accepts it (for tests and notebooks), but each command is its own process.
-        raise UsageError(
-            f"store {url!r}: a memory:// store lasts only as long as one command, so nothing "
-            "stored in it would survive; give a directory, file://, s3:// or gs:// URL"
-        )
+    ``option`` names where ``url`` came from (``SRC``, ``DST``) in a usage error.
+    """
+    from optuna_cas import Backoff, open_store
+
+    if url is None:
+        url = _store_url(args)
+    scheme = _check_store_url(url, option)
     _check_endpoint_applies(args, url)
     endpoint = args.endpoint_url or os.environ.get(ENDPOINT_ENV)
     store: ContentAddressedArtifactStore = open_store(
@@ -124,6 +120,55 @@ def _open(
     if cached and not args.no_cache and scheme in ("s3", "gs", "gcs"):
         store = _through_cache(args, store)
     return store
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    """``--store``, else ``$OPTUNA_CAS_STORE``; an explicitly empty ``--store`` is an error.
+
+    ``--store "$DEST"`` with DEST unset must not quietly use the default store instead.
+    """
+    if args.store is not None:
+        if not args.store:
+            raise UsageError(
+                f"--store is empty: give a store URL (or leave out --store to use ${STORE_ENV})"
+            )
+        return str(args.store)
+    url = os.environ.get(STORE_ENV)
+    if not url:
+        raise UsageError(f"no store given: pass --store URL or set {STORE_ENV}")
+    return url
+
+
+# The schemes a command line takes; memory:// is refused (see _check_store_url).
+_CLI_SCHEMES = "a directory, file://, s3:// or gs:// (also spelt gcs://)"
+
+
+def _check_store_url(url: str, option: str) -> str:
+    """A store URL's form, checked before anything is opened; a bad one is a usage error.
+
+    Returns the scheme (``""`` for a plain path).
+    """
+    from optuna_cas.exceptions import StoreConfigError
+    from optuna_cas.registry import check_store_url, store_scheme
+
+    if not url:
+        raise UsageError(f"{option} is empty: give {_CLI_SCHEMES} URL")
+    try:
+        scheme = store_scheme(url)
+        if scheme == "memory":
+            # open_store accepts it (for tests and notebooks), but each command is its own
+            # process.
+            raise UsageError(
+                f"store {url!r}: a memory:// store lasts only as long as one command, so "
+                f"nothing stored in it would survive; give {_CLI_SCHEMES} URL"
+            )
+        if scheme not in ("", "file", "s3", "gs", "gcs"):
+            raise UsageError(
+                f"{option} {url!r}: unsupported scheme {scheme!r}; give {_CLI_SCHEMES} URL"
+            )
+        return check_store_url(url)
+    except StoreConfigError as e:
+        raise UsageError(f"{option}: {e}") from e
 
 
 def _through_cache(

@@ -12,6 +12,7 @@ from optuna_cas._terminal import human_bytes
 from optuna_cas.cli._common import (
     UsageError,
     _bar,
+    _check_store_url,
     _emit_json,
     _open,
     _optuna_target,
@@ -196,11 +197,14 @@ def _verify_study(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     from optuna_cas import sync
 
-    source = _open(args, args.src)
+    # Both URLs checked first: a malformed destination is a usage error before any listing.
+    _check_store_url(args.src, "SRC")
+    _check_store_url(args.dst, "DST")
+    source = _open(args, args.src, option="SRC")
     # Reach the source (one listing) before the destination is created: a source that cannot
     # be read (no such bucket, no access) must not leave a new, empty destination behind.
     next(source.content.iter_ref_ids(), None)
-    destination = _open(args, args.dst, create=True)
+    destination = _open(args, args.dst, create=True, option="DST")
     with _bar(args) as bar:
         report = sync(source, destination, progress=bar)
     if args.json:
