@@ -58,3 +58,62 @@ def test_an_explicitly_empty_store_is_a_usage_error_not_the_default_store(
     assert main(["--store", "", "ls"]) == 2
     assert "--store is empty" in capsys.readouterr().err
     assert main(["ls"]) == 0  # without --store, the variable is the store
+
+
+def _optuna_files(store: Path, count: int) -> None:
+    """Files as Optuna's own FileSystemArtifactStore writes them: one flat file per ID."""
+    import io
+
+    import optuna.artifacts
+
+    own = optuna.artifacts.FileSystemArtifactStore(str(store))
+    for i in range(count):
+        own.write(f"2222222{i}-1111-1111-1111-111111111111", io.BytesIO(bytes([i]) * 3000))
+
+
+@pytest.mark.parametrize("dst", ["{tmp}/ost", "{tmp}/ost/", "{tmp}/link", "file://{tmp}/ost"])
+def test_sync_onto_the_same_store_is_refused_and_stores_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dst: str
+) -> None:
+    store = tmp_path / "ost"
+    store.mkdir()
+    (tmp_path / "link").symlink_to(store)
+    _optuna_files(store, 3)
+    before = sorted(p.name for p in store.iterdir())
+    assert main(["--json", "sync", str(store), dst.format(tmp=tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert "SRC and DST are the same store" in err and str(store) in err
+    assert json.loads(out)["error"]["kind"] == "usage"
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
+def test_library_sync_refuses_the_same_store(tmp_path: Path) -> None:
+    from optuna_cas import Backoff, open_store, sync
+
+    _optuna_files(tmp_path, 1)
+    with pytest.raises(ValueError, match="same store"):
+        sync(open_store(tmp_path), Backoff(open_store(f"file://{tmp_path}")))
+    assert not (tmp_path / "refs").exists()
+    other = tmp_path / "other"
+    assert sync(open_store(tmp_path), open_store(other)).ok  # another directory is fine
+
+
+def test_library_sync_tells_s3_stores_apart_by_endpoint(s3_server: object) -> None:
+    import boto3
+
+    from optuna_cas import Boto3ArtifactStore
+    from optuna_cas.operations.sync import same_location
+
+    def store(endpoint: str) -> Boto3ArtifactStore:
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+        return Boto3ArtifactStore("bucket", client, prefix="p")
+
+    here = store(s3_server.endpoint_url)  # type: ignore[attr-defined]
+    assert same_location(here.content, store(s3_server.endpoint_url).content)  # type: ignore[attr-defined]
+    assert not same_location(here.content, store("http://127.0.0.1:9").content)

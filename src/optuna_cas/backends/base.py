@@ -338,6 +338,19 @@ def _layers(backend: object) -> Iterator[object]:
         yield current
 
 
+def innermost(backend: object) -> object:
+    """The backend under every decorator (retries, say) that wraps ``backend``.
+
+    Example:
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> backend = MemoryBackend()
+        >>> innermost(backend) is backend
+        True
+    """
+    *_, inner = _layers(backend)
+    return inner
+
+
 def staging_of(backend: object) -> SupportsStaging | None:
     """The layer of ``backend`` that can stage files, if any (also behind retries).
 

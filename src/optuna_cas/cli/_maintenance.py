@@ -196,6 +196,7 @@ def _verify_study(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from optuna_cas import sync
+    from optuna_cas.operations.sync import same_location
 
     # Both URLs checked first: a malformed destination is a usage error before any listing.
     _check_store_url(args.src, "SRC")
@@ -205,6 +206,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     # be read (no such bucket, no access) must not leave a new, empty destination behind.
     next(source.content.iter_ref_ids(), None)
     destination = _open(args, args.dst, create=True, option="DST")
+    if same_location(source.content, destination.content):
+        # It would store the files Optuna's own store wrote there a second time, as artifacts.
+        raise UsageError(
+            f"SRC and DST are the same store ({esc(source.content.describe())}): "
+            "give another destination"
+        )
     with _bar(args) as bar:
         report = sync(source, destination, progress=bar)
     if args.json:

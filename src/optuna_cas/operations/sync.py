@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from optuna_cas._threads import map_in_threads
+from optuna_cas.backends.base import innermost
 from optuna_cas.content import ContentStore
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
@@ -17,7 +18,7 @@ from optuna_cas.progress import Progress, ProgressCallback
 from optuna_cas.refs import ArtifactRef
 from optuna_cas.stores.base import ContentAddressedArtifactStore, require_content_store
 
-__all__ = ["SyncReport", "sync"]
+__all__ = ["SyncReport", "same_location", "sync"]
 
 # Why a blob was not copied, when the source lacks it.
 _SOURCE_MISSING = "source blob {} is missing"
@@ -65,6 +66,42 @@ class SyncReport:
             False
         """
         return not (self.failed or self.conflicts)
+
+
+def same_location(a: ContentStore, b: ContentStore) -> bool:
+    """Whether two content stores keep their objects in the same place.
+
+    The same directory (local stores describe themselves by their resolved path), or the same
+    bucket and prefix on the same service. Two memory stores are the same only if they share
+    their backend.
+
+    Example:
+        >>> import tempfile
+        >>> from optuna_cas import open_store
+        >>> where = tempfile.mkdtemp()
+        >>> same_location(open_store(where).content, open_store(where + "/.").content)
+        True
+        >>> same_location(open_store("memory://").content, open_store("memory://").content)
+        False
+    """
+    inner_a, inner_b = innermost(a.backend), innermost(b.backend)
+    if a is b or inner_a is inner_b:
+        return True
+    where = a.describe()
+    if where != b.describe() or where.startswith("memory:"):
+        return False
+    return _endpoint(inner_a) == _endpoint(inner_b)
+
+
+def _endpoint(backend: object) -> object:
+    """The service a remote backend's client talks to (None for local and unknown ones)."""
+    try:
+        client = getattr(backend, "client", None)  # S3 and GCS backends: their SDK client
+    except Exception:  # cannot be built here (no credentials): sync itself will say so
+        return None
+    # boto3 (client.meta.endpoint_url), google-cloud-storage (client.api_endpoint).
+    meta = getattr(client, "meta", None)
+    return getattr(meta, "endpoint_url", None) or getattr(client, "api_endpoint", None)
 
 
 class _Counting:
@@ -133,6 +170,9 @@ def sync(
 
     Raises:
         ArtifactNotFound: A named artifact is not in ``src``.
+        ValueError: ``src`` and ``dst`` are the same store (the same directory, or the same
+            bucket and prefix on the same service): a sync onto itself would store the files
+            Optuna's own store wrote there a second time, as artifacts.
 
     Example:
         >>> import io
@@ -148,6 +188,11 @@ def sync(
     """
     src_content = require_content_store(src, "sync (source)")
     dst_content = require_content_store(dst, "sync (destination)")
+    if same_location(src_content, dst_content):
+        raise ValueError(
+            f"sync: the source and the destination are the same store ({src_content.describe()}):"
+            " give another destination"
+        )
     report = SyncReport()
     bad = BadRecords()
     legacy: dict[str, int] = {}  # ID -> size of the objects Optuna's store wrote
