@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,49 @@ def test_library_sync_tells_s3_stores_apart_by_endpoint(s3_server: object) -> No
     here = store(s3_server.endpoint_url)  # type: ignore[attr-defined]
     assert same_location(here.content, store(s3_server.endpoint_url).content)  # type: ignore[attr-defined]
     assert not same_location(here.content, store("http://127.0.0.1:9").content)
+
+
+def _chunked_store(root: Path) -> object:
+    import io
+
+    from optuna_cas.backends.local import LocalBackend
+    from optuna_cas.content import ContentStore
+    from tests.conftest import random_bytes
+
+    content = ContentStore(LocalBackend(root), chunk_threshold=256 * 1024)
+    content.put_artifact("big", io.BytesIO(random_bytes(1_000_000, seed=3)))
+    return content
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_gc_says_the_bytes_freed_apart_from_the_blob_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dry_run: bool
+) -> None:
+    content = _chunked_store(tmp_path)
+    content.remove_ref("big")  # type: ignore[attr-defined]
+    gc = ["--store", str(tmp_path), "gc", "--grace", "0", "--allow-short-grace"]
+    assert main(gc + (["--dry-run"] if dry_run else [])) == 0
+    out = capsys.readouterr().out
+    verb, freed = ("would delete", "would free") if dry_run else ("deleted", "freed")
+    summary = next(line for line in out.splitlines() if line.startswith(verb))
+    assert summary.startswith(f"{verb} 0 unreferenced blobs;") and "B" not in summary.split(";")[0]
+    assert f"chunked: {verb} 1 of 1 manifests" in out
+    assert re.search(rf"^{freed} 9\d\d\.\d KiB in all$", out, re.MULTILINE), out
+
+
+def test_gc_bars_count_manifests_and_packs_in_their_own_unit() -> None:
+    import argparse
+
+    from optuna_cas.cli._common import _BarPerUnit
+
+    bars = _BarPerUnit(argparse.Namespace(quiet=False), ("blobs", "manifests", "packs"))
+    with bars:
+        for task in [
+            "gc: deleting unreferenced blobs",
+            "gc: deleting unreferenced manifests",
+            "gc: deleting unused packs",
+            "gc: repacking",
+        ]:
+            bars(task, 0, 1)
+    units = {unit: bar._unit for unit, bar in bars._bars.items()}  # type: ignore[attr-defined]
+    assert units == {"blobs": "blobs", "manifests": "manifests", "packs": "packs", "B": "B"}

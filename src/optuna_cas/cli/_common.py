@@ -90,6 +90,37 @@ def _bar(args: argparse.Namespace, unit: str = "B") -> TerminalProgress:
     return TerminalProgress(enabled=not args.quiet, unit=unit)
 
 
+class _BarPerUnit:
+    """Progress for a command whose tasks count different things, each bar in its own unit.
+
+    gc deletes blobs, manifests and packs (counted) and repacks chunks (bytes): a task's last
+    word names what it counts if it is one of ``items``; other tasks count bytes.
+    """
+
+    def __init__(self, args: argparse.Namespace, items: tuple[str, ...]) -> None:
+        self._args = args
+        self._items = items
+        self._bars: dict[str, TerminalProgress] = {}
+        self.enabled = _bar(args).enabled
+
+    def __call__(self, task: str, done: int, total: int | None) -> None:
+        last = task.rsplit(" ", 1)[-1]
+        unit = last if last in self._items else "B"
+        if unit not in self._bars:
+            self._bars[unit] = _bar(self._args, unit=unit)
+        for other, bar in self._bars.items():
+            if other != unit:
+                bar.close()  # one bar on the screen at a time
+        self._bars[unit](task, done, total)
+
+    def __enter__(self) -> _BarPerUnit:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
 # -- stores and Optuna targets ----------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from optuna_cas._terminal import human_bytes
 from optuna_cas.cli._common import (
     UsageError,
     _bar,
+    _BarPerUnit,
     _check_store_url,
     _emit_json,
     _open,
@@ -33,7 +34,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             f"{freshen:g} seconds (how often a re-used blob is marked as in use); add "
             "--allow-short-grace if nothing uploads to the store meanwhile"
         )
-    with _bar(args, unit="blobs") as bar:
+    with _BarPerUnit(args, ("blobs", "manifests", "packs")) as bar:
         report = gc(
             store,
             dry_run=args.dry_run,
@@ -52,9 +53,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
             _print(args, f"  {esc(key)} (repack)")
     _print(
         args,
-        f"{verb} {report.deleted_count} unreferenced blobs ({human_bytes(report.bytes_freed)} "
-        f"in all); scanned {report.blobs_scanned} blobs, {report.refs_scanned} refs; "
-        f"kept {report.kept_young} younger than the grace period",
+        f"{verb} {report.deleted_count} unreferenced blobs; scanned {report.blobs_scanned} "
+        f"blobs, {report.refs_scanned} refs; kept {report.kept_young} younger than the grace "
+        "period",
     )
     if report.manifests_scanned or report.packs_scanned:
         repack = "would repack" if args.dry_run else "repacked"
@@ -65,6 +66,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
             f"{report.index_objects_deleted} index objects; {repack} "
             f"{len(report.packs_repacked)} packs ({human_bytes(report.bytes_repacked)} live)",
         )
+    # On a line of its own: the bytes of blobs, manifests, packs and index objects together.
+    freed = "would free" if args.dry_run else "freed"
+    _print(args, f"{freed} {human_bytes(report.bytes_freed)} in all")
     for artifact_id in report.bad_refs:
         _print(args, f"  bad ref {esc(artifact_id)} skipped (run 'optuna-cas verify')")
     for key in report.bad_manifests:
