@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,45 @@ def test_gc_bars_count_manifests_and_packs_in_their_own_unit() -> None:
             bars(task, 0, 1)
     units = {unit: bar._unit for unit, bar in bars._bars.items()}  # type: ignore[attr-defined]
     assert units == {"blobs": "blobs", "manifests": "manifests", "packs": "packs", "B": "B"}
+
+
+def test_quiet_ls_prints_rows_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    store = str(tmp_path / "store")
+    assert main(["--store", store, "-q", "put", str(make_file(b"x" * 5000, name="m.pt"))]) == 0
+    artifact_id = capsys.readouterr().out.strip()
+    assert main(["--store", store, "-q", "ls"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()] == [artifact_id]
+    assert main(["--store", store, "ls"]) == 0
+    assert capsys.readouterr().out.startswith("ARTIFACT ID")  # kept without -q
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_keeps_retries_of_an_unreachable_endpoint_to_one_error_line(quiet: bool) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    # Port 9 (discard): nothing listens, every request fails at once, as a transient error.
+    argv = ["--store", "s3://bucket/x", "--endpoint-url", "http://127.0.0.1:9", "--retries", "2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "optuna_cas", *argv, *(["-q"] if quiet else []), "ls"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith("optuna-cas: error: s3://bucket/x: connection problem")
+    retries = [line for line in lines if "failed on attempt 1 of 2" in line]
+    assert len(retries) == (0 if quiet else 1)
+    assert len(lines) == (1 if quiet else 2)

@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from optuna_cas._terminal import escape_for_terminal as esc
@@ -346,6 +346,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    with _quiet_retries(args.quiet):
+        return _run_command(args)
+
+
+@contextlib.contextmanager
+def _quiet_retries(quiet: bool) -> Iterator[None]:
+    """With ``-q``, no line per retried request: scripts get the result or one error line.
+
+    Retries are logged at WARNING (Python prints them on stderr when no logging is set up);
+    the level is restored after, for callers of :func:`main` in a process of their own.
+    """
+    if not quiet:
+        yield
+        return
+    import logging
+
+    retry_logger = logging.getLogger("optuna_cas.retry")
+    level = retry_logger.level
+    retry_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        retry_logger.setLevel(level)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         code = int(args.func(args))
         if sys.stdout is not None:  # None when started with stdout closed (>&-)

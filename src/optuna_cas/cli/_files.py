@@ -218,7 +218,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return 0
     by_trial = study is not None
     header = f"{'ARTIFACT ID':36}  " + ("TRIAL  " if by_trial else "")
-    print(header + f"{'SIZE':>10}  {'MIMETYPE':24}  FILENAME")
+    _print(args, header + f"{'SIZE':>10}  {'MIMETYPE':24}  FILENAME")  # not with -q: rows only
     for row in rows:
         size = human_bytes(row.size) if row.size is not None else "?"
         trial = ("-" if row.trial is None else str(row.trial)) if by_trial else ""
