@@ -207,3 +207,30 @@ def test_quiet_keeps_retries_of_an_unreachable_endpoint_to_one_error_line(quiet:
     retries = [line for line in lines if "failed on attempt 1 of 2" in line]
     assert len(retries) == (0 if quiet else 1)
     assert len(lines) == (1 if quiet else 2)
+
+
+@pytest.mark.parametrize("action", [["info"], ["clear"], ["prune", "--max-bytes", "0"]])
+@pytest.mark.parametrize("made", [False, True], ids=["missing", "empty-dir"])
+def test_cache_commands_create_no_cache_where_there_is_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: list[str], made: bool
+) -> None:
+    directory = tmp_path / "nonexistent"
+    if made:
+        directory.mkdir()
+    assert main(["--cache-dir", str(directory), "cache", *action]) == 0
+    assert f"no cache in {directory}" in capsys.readouterr().out
+    assert main(["--cache-dir", str(directory), "--json", "cache", *action]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["exists"], info["entries"], info["directory"]) == (False, 0, str(directory))
+    assert list(directory.iterdir()) == [] if made else not directory.exists()
+
+
+def test_cache_info_of_a_cache_that_exists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from optuna_cas import DiskBlobCache
+
+    DiskBlobCache(tmp_path / "c").close()
+    assert main(["--cache-dir", str(tmp_path / "c"), "--json", "cache", "info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["exists"] is True and info["entries"] == 0

@@ -275,18 +275,31 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from optuna_cas.middleware.cache import DiskBlobCache
+    from optuna_cas.middleware.cache_config import DEFAULT_SIZE_LIMIT, CacheInfo, default_cache_dir
 
     if args.action == "prune" and args.max_bytes is None:
         raise UsageError("cache prune needs --max-bytes N")
-    with DiskBlobCache(args.cache_dir) as cache:
-        if args.action == "clear":
-            cache.clear()
-        elif args.action == "prune":
-            cache.prune(args.max_bytes)
-        info = cache.info()
+    directory = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    # Opening a cache creates it: where there is none, there is nothing to show, clear or
+    # prune, and a look (or a mistyped --cache-dir) must not leave a new one behind.
+    exists = (directory / _CACHE_DATABASE).is_file()
+    if exists:
+        with DiskBlobCache(directory) as cache:
+            if args.action == "clear":
+                cache.clear()
+            elif args.action == "prune":
+                cache.prune(args.max_bytes)
+            info = cache.info()
+    else:
+        info = CacheInfo(directory.absolute(), 0, 0, DEFAULT_SIZE_LIMIT, 0, 0)
     if args.json:
-        _emit_json(_report_json(info))
+        _emit_json({**_report_json(info), "exists": exists})
+        return 0
+    if not exists:
+        print(f"no cache in {esc(str(info.directory))} (nothing was created)")
         return 0
     print(f"directory  {esc(info.directory)}")
     print(f"entries    {info.entries}")
@@ -294,6 +307,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
     print(f"hits       {info.hits}")
     print(f"misses     {info.misses}")
     return 0
+
+
+# The index database diskcache keeps in a cache directory: there is a cache if it is there.
+_CACHE_DATABASE = "cache.db"
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
