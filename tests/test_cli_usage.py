@@ -234,3 +234,30 @@ def test_cache_info_of_a_cache_that_exists(
     assert main(["--cache-dir", str(tmp_path / "c"), "--json", "cache", "info"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["exists"] is True and info["entries"] == 0
+
+
+@pytest.mark.parametrize(
+    ("dest", "code", "message"),
+    [
+        ("{tmp}/newdir/", 1, "the directory '{tmp}/newdir/' does not exist"),
+        ("{tmp}/newdir/model.pt", 1, "the directory '{tmp}/newdir' does not exist"),
+        ("{tmp}/afile/x.pt", 1, "the directory '{tmp}/afile' is not a directory"),
+        ("", 2, "DEST is empty"),
+    ],
+)
+def test_get_names_a_missing_directory_or_an_empty_dest(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make_file: Callable[..., Path],
+    dest: str,
+    code: int,
+    message: str,
+) -> None:
+    store = str(tmp_path / "store")
+    (tmp_path / "afile").write_bytes(b"")
+    assert main(["--store", store, "-q", "put", str(make_file(b"x" * 5000, name="m.pt"))]) == 0
+    artifact_id = capsys.readouterr().out.strip()
+    assert main(["--store", store, "get", artifact_id, dest.format(tmp=tmp_path)]) == code
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and "Errno" not in err
+    assert not (tmp_path / "newdir").exists()

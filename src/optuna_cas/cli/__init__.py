@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "dest",
                 metavar="DEST",
-                help="new file; or an existing directory (or one ending in /) to create "
+                help="new file in an existing directory; or an existing directory to create "
                 "DEST/<recorded file name> in; or - for stdout",
             )
         elif name == "rm":

@@ -126,6 +126,8 @@ def cmd_get(args: argparse.Namespace) -> int:
         raise CommandError(
             "refusing to write an artifact to a terminal: redirect stdout or give a file"
         )
+    if not to_stdout:
+        _check_destination(args.dest)
     store = _open(args, cached=True)
     try:
         ref: ArtifactRef | None = store.get_ref(args.artifact_id)
@@ -164,6 +166,20 @@ def cmd_get(args: argparse.Namespace) -> int:
     else:
         _print(args, f"wrote {esc(dest)} ({human_bytes(size)}, {checked})")
     return 0
+
+
+def _check_destination(dest: str) -> None:
+    """DEST names a directory that exists (where the new file goes): checked before any I/O."""
+    if not dest:
+        raise UsageError("DEST is empty: give a new file, a directory, or - for stdout")
+    is_dir_form = dest.endswith(("/", os.sep))
+    directory = dest if is_dir_form or os.path.isdir(dest) else os.path.dirname(dest) or "."
+    if not os.path.isdir(directory):
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise CommandError(
+            f"cannot write {dest!r}: the directory {directory!r} {what} (get creates the file, "
+            "not the directories above it)"
+        )
 
 
 def _file_name_for(artifact_id: str, ref: ArtifactRef | None) -> str:
