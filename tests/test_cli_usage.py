@@ -261,3 +261,32 @@ def test_get_names_a_missing_directory_or_an_empty_dest(
     err = capsys.readouterr().err
     assert message.format(tmp=tmp_path) in err and "Errno" not in err
     assert not (tmp_path / "newdir").exists()
+
+
+def test_verify_refuses_fast_with_quarantine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--store", str(tmp_path), "--json", "verify", "--fast", "--quarantine"]) == 2
+    out, err = capsys.readouterr()
+    assert "--quarantine moves aside what the deep check finds corrupt" in err
+    assert json.loads(out)["error"]["kind"] == "usage"
+
+
+def test_verify_says_where_quarantined_objects_went_and_how_to_heal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    store = tmp_path / "store"
+    source = make_file(b"q" * 50_000, name="m.pt")
+    assert main(["--store", str(store), "-q", "put", str(source)]) == 0
+    (blob,) = (p for p in (store / "blobs").rglob("*") if p.is_file())
+    blob.write_bytes(b"Q" * 50_000)  # damaged in place: same size, other bytes
+    capsys.readouterr()
+    assert main(["--store", str(store), "verify", "--quarantine"]) == 1
+    out = capsys.readouterr().out
+    where = f"{store.as_uri()}/quarantine/"
+    assert f"moved 1 objects to {where}" in out and "upload the same files again" in out
+    assert (store / "quarantine" / blob.relative_to(store)).is_file()
+    assert main(["--store", str(store), "-q", "put", str(source)]) == 0  # heals it
+    capsys.readouterr()
+    assert main(["--store", str(store), "--json", "verify", "--quarantine"]) == 0
+    assert json.loads(capsys.readouterr().out)["quarantine_dir"] == where

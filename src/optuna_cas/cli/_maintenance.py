@@ -83,11 +83,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return _verify_study(args)
     if args.repair:
         raise UsageError("--repair mends a study's metadata: give --storage URL --study NAME")
+    if args.fast and args.quarantine:
+        # A fast check reads no bytes, so it finds little of what --quarantine moves aside.
+        raise UsageError(
+            "--quarantine moves aside what the deep check finds corrupt: leave out --fast"
+        )
     store = _open(args)
     with _bar(args, unit="B" if not args.fast else "blobs") as bar:
         report = verify(store, deep=not args.fast, quarantine=args.quarantine, progress=bar)
+    # Where --quarantine moved objects: kept there for inspection, never read again.
+    quarantine_dir = f"{store.content.describe().rstrip('/')}/quarantine/"
     if args.json:
-        _emit_json(_report_json(report))
+        extra = {"quarantine_dir": quarantine_dir} if args.quarantine else {}
+        _emit_json(_report_json(report) | extra)
         return 0 if report.ok else 1
     for key in report.corrupt:
         quarantined = "  (quarantined)" if key in report.quarantined else ""
@@ -130,6 +138,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
             args,
             f"({len(report.optuna_store_files)} written by Optuna's own store: "
             "no digest to verify)",
+        )
+    if report.quarantined:
+        _print(
+            args,
+            f"moved {len(report.quarantined)} objects to {esc(quarantine_dir)} (kept for "
+            "inspection, never read); their artifacts now read as missing: upload the same "
+            "files again (put) to store a good copy",
         )
     return 0 if report.ok else 1
 
