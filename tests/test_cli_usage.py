@@ -290,3 +290,22 @@ def test_verify_says_where_quarantined_objects_went_and_how_to_heal(
     capsys.readouterr()
     assert main(["--store", str(store), "--json", "verify", "--quarantine"]) == 0
     assert json.loads(capsys.readouterr().out)["quarantine_dir"] == where
+
+
+def test_rm_of_a_file_optunas_store_wrote_gives_no_gc_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    _optuna_files(tmp_path, 1)
+    flat = "22222220-1111-1111-1111-111111111111"
+    assert main(["--store", str(tmp_path), "rm", flat]) == 0
+    out = capsys.readouterr().out
+    assert "gc" not in out and "Optuna's own store" in out
+    assert not (tmp_path / flat).exists()
+    assert main(["--store", str(tmp_path), "-q", "put", str(make_file(b"z" * 5000))]) == 0
+    artifact_id = capsys.readouterr().out.strip()
+    assert main(["--store", str(tmp_path), "rm", artifact_id]) == 0
+    assert "run 'optuna-cas gc'" in capsys.readouterr().out  # a blob is left for gc
+    assert main(["--store", str(tmp_path), "-q", "put", str(make_file(b"tiny"))]) == 0
+    artifact_id = capsys.readouterr().out.strip()
+    assert main(["--store", str(tmp_path), "rm", artifact_id]) == 0
+    assert capsys.readouterr().out == f"removed {artifact_id}\n"  # kept inside its ref

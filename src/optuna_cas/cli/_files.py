@@ -249,8 +249,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    from optuna_cas.exceptions import ArtifactNotFound
+
     store = _open(args)
     target = _optuna_target(args)
+    # What is left for gc: the content of a ref, unless kept inside it; nothing of a file
+    # Optuna's own store wrote (one file per ID, deleted with it).
+    try:
+        flat_file, for_gc = False, store.get_ref(args.artifact_id).inline is None
+    except ArtifactNotFound:
+        flat_file, for_gc = True, False  # or not there at all: remove says so
+    except Exception:
+        flat_file, for_gc = False, True  # a ref that cannot be read: removed like any other
     if target is not None:
         from optuna_cas import delete_artifact
 
@@ -264,5 +274,11 @@ def cmd_rm(args: argparse.Namespace) -> int:
         store.remove(args.artifact_id)
     if args.json:
         _emit_json({"removed": [args.artifact_id]})
-    _print(args, f"removed {esc(args.artifact_id)} (run 'optuna-cas gc' to reclaim unused blobs)")
+    if for_gc:
+        _print(
+            args, f"removed {esc(args.artifact_id)} (run 'optuna-cas gc' to reclaim unused blobs)"
+        )
+    else:
+        what = " (a file Optuna's own store wrote)" if flat_file else ""
+        _print(args, f"removed {esc(args.artifact_id)}{what}")
     return 0
