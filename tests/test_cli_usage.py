@@ -309,3 +309,24 @@ def test_rm_of_a_file_optunas_store_wrote_gives_no_gc_hint(
     artifact_id = capsys.readouterr().out.strip()
     assert main(["--store", str(tmp_path), "rm", artifact_id]) == 0
     assert capsys.readouterr().out == f"removed {artifact_id}\n"  # kept inside its ref
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["gc", "--grace", "-1"], "usage: optuna-cas gc "),
+        (["gc", "--grace", "10"], "usage: optuna-cas gc "),
+        (["dashboard", "x", "--port", "abc"], "usage: optuna-cas dashboard "),
+        (["dashboard", "x", "--port", "99999"], "usage: optuna-cas dashboard "),
+        (["stats", "extra"], "usage: optuna-cas stats "),
+        (["--jsn", "stats"], "usage: optuna-cas [-h]"),
+    ],
+)
+def test_usage_errors_share_one_prefix_and_show_the_commands_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], usage: str
+) -> None:
+    assert main(["--store", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage), err
+    (line,) = [ln for ln in err.splitlines() if "error:" in ln]
+    assert line.startswith("optuna-cas: error: ")

@@ -27,6 +27,7 @@ from optuna_cas.cli._common import (
     UsageError,
     _byte_count,
     _emit_json,
+    _port,
     _retries,
     _seconds,
 )
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("storage", metavar="STORAGE", help="Optuna storage URL or journal file")
             p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
             p.add_argument(
-                "--port", type=int, default=8080, help="0 picks a free one (default 8080)"
+                "--port", type=_port, default=8080, help="0 picks a free one (default 8080)"
             )
     return parser
 
@@ -331,18 +332,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
     except _ParseError as e:
-        e.parser.print_usage(sys.stderr)
-        print(f"{e.parser.prog}: error: {e}", file=sys.stderr)
-        if _wants_json(sys.argv[1:] if argv is None else argv):
-            _json_failure("usage", UsageError(str(e)))
-        return 2
+        return _usage_failure(e.parser.format_usage(), str(e), argv)
+    if extra:
+        # argparse's parse_args would report these with the top-level usage: show the command's
+        # unless one of them came before the command (a mistyped global option).
+        words = list(sys.argv[1:] if argv is None else argv)
+        before = words[: words.index(args.command)] if args.command in words else []
+        usage = parser.format_usage() if set(extra) & set(before) else args.usage()
+        return _usage_failure(usage, f"unrecognized arguments: {' '.join(extra)}", argv)
     with warnings.catch_warnings():
         # Warnings (e.g. a malformed Optuna entry that was skipped) as one escaped line each,
         # not Python's two-line form that echoes source code.
         warnings.showwarning = _show_warning
         return _run(args)
+
+
+def _usage_failure(usage: str, message: str, argv: Sequence[str] | None) -> int:
+    """A command line argparse refused: the usage line and one error line; exit code 2.
+
+    Every error line starts ``optuna-cas: error:``, whether argparse or the command found it.
+    """
+    print(usage, end="", file=sys.stderr)
+    print(f"optuna-cas: error: {message}", file=sys.stderr)
+    if _wants_json(sys.argv[1:] if argv is None else argv):
+        _json_failure("usage", UsageError(message))
+    return 2
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -326,5 +326,7 @@ def _checked(
 _retries = _checked(int, lambda n: 1 <= n <= 100, "a whole number from 1 to 100")
 # --grace: a finite number of seconds >= 0.
 _seconds = _checked(float, lambda s: math.isfinite(s) and s >= 0, "a number of seconds >= 0")
+# --port: 0 (a free one) to 65535.
+_port = _checked(int, lambda n: 0 <= n <= 65535, "a port number from 0 to 65535")
 # --max-bytes: a whole number of bytes >= 0.
 _byte_count = _checked(int, lambda n: n >= 0, "a whole number of bytes >= 0")

@@ -331,8 +331,6 @@ _CACHE_DATABASE = "cache.db"
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_cas.dashboard import serve_dashboard
 
-    if not 0 <= args.port <= 65535:
-        raise UsageError(f"--port {args.port} is not a port number from 0 to 65535")
     # Not create=True, although the web UI uploads: a mistyped --store must not become a new,
     # empty store that the dashboard then serves as if the artifacts were gone.
     store = _open(args, cached=True)
