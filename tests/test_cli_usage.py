@@ -330,3 +330,37 @@ def test_usage_errors_share_one_prefix_and_show_the_commands_usage(
     assert err.startswith(usage), err
     (line,) = [ln for ln in err.splitlines() if "error:" in ln]
     assert line.startswith("optuna-cas: error: ")
+
+
+def test_a_bad_endpoint_is_named_by_where_it_came_from(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["--store", "s3://b/x", "--endpoint-url", "notaurl", "--json", "ls"]) == 2
+    out, err = capsys.readouterr()
+    assert "--endpoint-url 'notaurl' is not an http:// or https:// URL" in err
+    assert json.loads(out)["error"]["kind"] == "usage"
+    monkeypatch.setenv("OPTUNA_CAS_ENDPOINT_URL", "notaurl")
+    assert main(["--store", "s3://b/x", "ls"]) == 1
+    assert "$OPTUNA_CAS_ENDPOINT_URL 'notaurl' is not" in capsys.readouterr().err
+
+
+def test_gcs_without_credentials_says_how_to_give_them(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    drop = ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    # No home credentials, no gcloud configuration, and no probe of a GCE metadata server.
+    env |= {"HOME": str(tmp_path), "CLOUDSDK_CONFIG": str(tmp_path), "NO_GCE_CHECK": "True"}
+    result = subprocess.run(
+        [sys.executable, "-m", "optuna_cas", "--store", "gs://b/x", "--retries", "1", "ls"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in result.stderr
+    assert "STORAGE_EMULATOR_HOST" in result.stderr
+    assert "pass client=..." not in result.stderr

@@ -379,7 +379,10 @@ def _default_client() -> Any:
         return storage.Client()
     except (auth.DefaultCredentialsError, OSError) as e:
         raise StoreConfigError(
-            f"cannot build a GCS client from the environment ({e}); pass client=..."
+            f"cannot build a GCS client from the environment ({e}): give it credentials "
+            "(GOOGLE_APPLICATION_CREDENTIALS, or 'gcloud auth application-default login'), "
+            "or set STORAGE_EMULATOR_HOST for an emulator; from Python, client= also takes a "
+            "ready client"
         ) from e
 
 

@@ -143,6 +143,8 @@ def _open(
     scheme = _check_store_url(url, option)
     _check_endpoint_applies(args, url)
     endpoint = args.endpoint_url or os.environ.get(ENDPOINT_ENV)
+    if scheme == "s3" and endpoint:
+        _check_endpoint(args, endpoint)
     store: ContentAddressedArtifactStore = open_store(
         url, endpoint_url=endpoint if scheme == "s3" else None, create=create
     )
@@ -246,6 +248,26 @@ def _check_endpoint_applies(args: argparse.Namespace, url: str) -> None:
             f"--endpoint-url {args.endpoint_url!r} applies to s3:// stores only, not to {named}"
             " (a GCS emulator is set with STORAGE_EMULATOR_HOST)"
         )
+
+
+def _check_endpoint(args: argparse.Namespace, endpoint: str) -> None:
+    """An endpoint must be an http(s) URL with a host; the error names where it came from.
+
+    boto3's own complaint (``Invalid endpoint: notaurl``) says neither.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(endpoint)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # an invalid port or IPv6 address
+        ok = False
+    if ok:
+        return
+    expected = "an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000"
+    if args.endpoint_url:
+        raise UsageError(f"--endpoint-url {endpoint!r} is not {expected}")
+    raise CommandError(f"${ENDPOINT_ENV} {endpoint!r} is not {expected}")
 
 
 def _load_study(args: argparse.Namespace) -> Any:
