@@ -100,9 +100,9 @@ def test_sync_twice_moves_nothing_the_second_time(
     for i in range(3):
         run("--store", local, "put", str(make_file(random_bytes(10_000, seed=i))), env=env)
     first = run("sync", local, url, env=env).stdout
-    assert "copied 3 refs and 3 blobs" in first
+    assert "copied 3 refs and 3 contents" in first
     second = run("sync", local, url, env=env).stdout
-    assert "copied 0 refs and 0 blobs (0 B)" in second
+    assert "copied 0 refs and 0 contents (0 B)" in second
 
 
 def test_optuna_options_record_metadata(tmp_path: Path, make_file: Callable[..., Path]) -> None:

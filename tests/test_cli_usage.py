@@ -364,3 +364,63 @@ def test_gcs_without_credentials_says_how_to_give_them(tmp_path: Path) -> None:
     assert "GOOGLE_APPLICATION_CREDENTIALS" in result.stderr
     assert "STORAGE_EMULATOR_HOST" in result.stderr
     assert "pass client=..." not in result.stderr
+
+
+def test_summaries_say_what_they_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    store = tmp_path / "store"
+    for _ in range(3):  # three identical 2-byte files: kept inside their refs, once per ref
+        assert main(["--store", str(store), "-q", "put", str(make_file(b"ab"))]) == 0
+    _chunked_store(store)  # and one chunked file
+    capsys.readouterr()
+    assert main(["--store", str(store), "stats"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "(if each distinct content were stored once, small files inside refs once per ref)" in out
+    )
+    assert main(["sync", str(store), str(tmp_path / "copy")]) == 0
+    assert "copied 4 refs and 1 contents" in capsys.readouterr().out  # the chunked file
+    assert main(["--store", str(store), "verify"]) == 0
+    assert "hashed: packs, then the chunked files read back)" in capsys.readouterr().out
+
+
+def test_api_docstrings_name_what_optuna_and_the_os_raise(tmp_path: Path) -> None:
+    import optuna
+
+    from optuna_cas import (
+        FileSystemArtifactStore,
+        download_artifact,
+        upload_artifact,
+    )
+
+    store = FileSystemArtifactStore(tmp_path / "store")
+    (tmp_path / "m.txt").write_text("weights")
+    study = optuna.create_study()
+    trial = study.ask()
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        upload_artifact(
+            artifact_store=store, file_path=str(tmp_path / "m.txt"), study_or_trial=trial
+        )
+    assert "UpdateFinishedTrialError" in (upload_artifact.__doc__ or "")
+    artifact_id = upload_artifact(
+        artifact_store=store, file_path=str(tmp_path / "m.txt"), study_or_trial=study
+    )
+    with pytest.raises(FileNotFoundError):
+        download_artifact(
+            artifact_store=store, file_path=str(tmp_path / "no" / "m.txt"), artifact_id=artifact_id
+        )
+    assert "FileNotFoundError: The directory" in (download_artifact.__doc__ or "")
+
+
+def test_backends_doc_shows_the_real_wrapper_signatures() -> None:
+    import inspect
+
+    from optuna_cas import Backoff, CachedArtifactStore
+
+    text = (Path(__file__).parent.parent / "docs" / "backends.md").read_text()
+    assert next(iter(inspect.signature(Backoff).parameters)) == "backend"
+    assert "`Backoff(backend, *," in text
+    assert "cache_uploads" in inspect.signature(CachedArtifactStore).parameters
+    assert 'materialize="copy", cache_uploads=True)`' in text

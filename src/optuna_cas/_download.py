@@ -62,6 +62,8 @@ def download_artifact(
             "Deliberate differences").
         ArtifactNotFound: No such artifact, or not one of ``study_or_trial`` (before anything
             is created).
+        FileNotFoundError: The directory ``file_path`` names does not exist (it is not
+            created).
         IntegrityError: The stored bytes do not match their digest, or the store's digest
             differs from the one in Optuna's metadata, or that metadata is malformed.
 

@@ -91,6 +91,8 @@ def upload_artifact(
         UnsupportedSourceError: ``file_path`` is a FIFO, device or socket (a ``ValueError``).
         IntegrityError: The file changed while it was uploaded; nothing is recorded.
         ValueError: A ``FrozenTrial`` without ``storage``.
+        optuna.exceptions.UpdateFinishedTrialError: The trial has finished: Optuna allows no
+            new artifacts on it (raised by Optuna; the ref just written is removed again).
 
     Example:
         >>> import optuna, tempfile, os

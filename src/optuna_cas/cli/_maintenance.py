@@ -116,6 +116,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             args, f"  bad index object {esc(key)} (a hint to uploaders): {esc(report.reasons[key])}"
         )
     mode = "deep" if report.deep else "fast"
+    # Chunked files are read twice: their packs re-hashed, then each file read back whole.
+    read = (
+        "hashed: packs, then the chunked files read back" if report.manifests_checked else "hashed"
+    )
     chunked = (
         f", {report.manifests_checked} chunked files in {report.packs_checked} packs"
         if report.manifests_checked or report.packs_checked
@@ -129,7 +133,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     _print(
         args,
         f"{mode} verify: {report.refs_checked} refs, {report.blobs_checked} blobs{chunked} "
-        f"({human_bytes(report.bytes_hashed)} hashed): {len(report.corrupt)} corrupt, "
+        f"({human_bytes(report.bytes_hashed)} {read}): {len(report.corrupt)} corrupt, "
         f"{len(report.missing)} missing{problems}, {len(report.orphans)} orphans "
         "(gc reclaims them)",
     )
@@ -242,14 +246,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print(f"CONFLICT  {esc(artifact_id)}: {esc(reason)}")
     _print(
         args,
-        f"copied {len(report.refs_copied)} refs and {report.blobs_copied} blobs"
+        # A content is a blob or a chunked file (report.blobs_* count both).
+        f"copied {len(report.refs_copied)} refs and {report.blobs_copied} contents"
         + (
             f" and {len(report.legacy_copied)} files Optuna's own store wrote"
             if report.legacy_copied
             else ""
         )
         + f" ({human_bytes(report.bytes_copied)}); {report.refs_skipped} refs and "
-        f"{report.blobs_skipped} blobs were already there; {len(report.failed)} failed, "
+        f"{report.blobs_skipped} contents were already there; {len(report.failed)} failed, "
         f"{len(report.conflicts)} conflicts",
     )
     return 0 if report.ok else 1
@@ -269,7 +274,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"({figures.unreferenced_chunked_files} unreferenced) in {figures.packs} packs"
     )
     print(f"logical bytes     {human_bytes(figures.logical_bytes)}")
-    print(f"whole-file dedup  {human_bytes(figures.whole_file_bytes)} (each content once)")
+    inside = ", small files inside refs once per ref" if figures.inline_bytes else ""
+    print(
+        f"whole-file dedup  {human_bytes(figures.whole_file_bytes)} "
+        f"(if each distinct content were stored once{inside})"
+    )
     print(
         f"stored bytes      {human_bytes(figures.stored_bytes)} "
         f"(blobs {human_bytes(figures.blob_bytes)}, "
