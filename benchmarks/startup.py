@@ -96,8 +96,10 @@ def run_startup(cfg: Config, data: Path) -> list[Section]:
         + ", ".join(HEAVY)
         + " that `--help` imports: "
         + (", ".join(heavy) if heavy else "none")
-        + ". Commands import what they use: Optuna (our ArtifactNotFound subclasses Optuna's) "
-        "but not `optuna.artifacts`, whose `__init__` imports boto3 and google-cloud-storage.",
+        + ". Commands import what they use: Optuna only for a study (`--storage`, the "
+        "dashboard); our ArtifactNotFound subclasses Optuna's, whose module is loaded without "
+        "`optuna/__init__` (all of Optuna) or `optuna.artifacts`'s (boto3 and "
+        "google-cloud-storage).",
         "Per-run seconds: "
         + "; ".join(f"{key} {fmt_times(times[c.name])}" for key, c in contenders.items())
         + ".",

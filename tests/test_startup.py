@@ -76,8 +76,31 @@ def test_package_exposes_every_public_name() -> None:
     ]
 
 
+def test_commands_that_touch_no_study_import_no_optuna(tmp_path: object) -> None:
+    # Our ArtifactNotFound subclasses Optuna's; that imported all of Optuna (0.25 s of each
+    # 0.5 s `optuna-cas ls`). Optuna's exceptions module is now loaded on its own.
+    out = python(
+        f"""
+        import sys
+        from optuna_cas.cli import main
+        assert main(["--store", "{tmp_path}/store", "-q", "put", "{__file__}"]) == 0
+        for command in (["ls"], ["stats"], ["verify"]):
+            assert main(["--store", "{tmp_path}/store", "-q", *command]) == 0
+        print(sorted(m for m in ("optuna", "optuna.artifacts", "sqlalchemy") if m in sys.modules))
+        print("optuna.exceptions" in sys.modules)
+        """
+    )
+    assert out.split("\n")[-3:-1] == ["[]", "True"]
+
+
 ORDERS = {
     "optuna-cas first": "import optuna_cas.exceptions as ours\nimport optuna",
+    "optuna.exceptions after": (
+        "import optuna_cas.exceptions as ours\nimport optuna.exceptions\nimport optuna.artifacts"
+    ),
+    "from optuna import": (
+        "import optuna_cas.exceptions as ours\nfrom optuna import exceptions\nimport optuna.artifacts"
+    ),
     "optuna.artifacts first": "import optuna.artifacts\nimport optuna_cas.exceptions as ours",
     "plain optuna first": "import optuna\nimport optuna_cas.exceptions as ours",
     "import statement": (
@@ -97,6 +120,9 @@ try:
     raise ours.ArtifactNotFound("x")
 except optuna.artifacts.exceptions.ArtifactNotFound:
     print("caught")
+import optuna.exceptions
+assert issubclass(ours.ArtifactNotFound, optuna.exceptions.OptunaError)
+assert optuna.exceptions is sys.modules["optuna.exceptions"]
 # One class only: Optuna's own stores raise the class Optuna's modules see.
 from optuna.artifacts.exceptions import ArtifactNotFound
 assert ArtifactNotFound is optuna.artifacts.exceptions.ArtifactNotFound
