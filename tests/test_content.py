@@ -477,15 +477,21 @@ def _damaged_store(tmp_path: Path, size: int, chunk_threshold: int | None) -> Co
 
 @pytest.mark.parametrize(
     ("size", "chunk_threshold"),
-    [(100_000, None), (3 * 1024 * 1024, 256 * 1024), (12 * 1024 * 1024, 256 * 1024)],
-    ids=["small-whole", "small-chunked", "large-chunked"],
+    [
+        (100_000, None),
+        (5 * 1024 * 1024, None),
+        (3 * 1024 * 1024, 256 * 1024),
+        (12 * 1024 * 1024, 256 * 1024),
+    ],
+    ids=["small-whole", "whole-up-to-8-MiB", "small-chunked", "large-chunked"],
 )
 def test_open_reader_hands_out_no_damaged_byte_to_a_reader_that_stops_early(
     tmp_path: Path, size: int, chunk_threshold: int | None
 ) -> None:
     # A header parser reads a few bytes and stops: it got damaged bytes with no error, as
-    # the digest was checked only at the end (found by a probe). A file up to the chunking
-    # threshold is now checked whole before its first byte, a larger one chunk by chunk.
+    # the digest was checked only at the end (found by a probe). A whole file up to the
+    # chunking threshold is now checked whole before its first byte (in memory up to 1 MiB,
+    # else in a temp file), a chunked one chunk by chunk.
     store = _damaged_store(tmp_path, size, chunk_threshold)
     with pytest.raises(IntegrityError), store.open_artifact("a") as reader:
         reader.read(16)
@@ -511,14 +517,16 @@ def test_a_seek_back_into_the_buffer_is_served_from_the_checked_spool(tmp_path: 
 def test_in_buffer_seeks_that_move_reach_the_spool_and_others_do_not() -> None:
     from optuna_cas._seekable import seekable_reader
 
-    data = bytes(range(256)) * 8192
+    data = bytes(range(256)) * (40 * 1024)  # 10 MiB: streamed, checked at its end
     opens: list[int] = []
 
     def reopen() -> io.BufferedReader:
         opens.append(1)
         return io.BufferedReader(io.BytesIO(data))
 
-    reader = seekable_reader(io.BufferedReader(io.BytesIO(data)), reopen, len(data))
+    reader = seekable_reader(
+        io.BufferedReader(io.BytesIO(data)), reopen, len(data), checked_as_read=False
+    )
     assert reader.read(100) == data[:100]
     assert reader.seek(100) == 100 and reader.seek(0, io.SEEK_CUR) == 100  # no move
     assert reader.read(10) == data[100:110] and opens == []
@@ -543,3 +551,42 @@ def test_a_file_whose_bytes_differ_on_the_second_read_is_named(
     with pytest.raises(IntegrityError, match=r"File '.*maps' changed while it was being uploaded"):
         store.put_artifact("a", path)
     assert not store.has_ref("a") and list(store.iter_blobs()) == []
+
+
+def test_a_chunked_file_seeks_back_within_its_checked_buffer_without_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # np.load reads the magic string and seeks back 6 bytes. For a chunked file those bytes
+    # were checked chunk by chunk before they were buffered; forcing the seek through the
+    # spool copied the whole artifact to $TMPDIR (and failed where it had no room: review).
+    import optuna_cas._seekable as seekable_module
+
+    copies: list[int] = []
+    real = seekable_module.spooled
+    monkeypatch.setattr(
+        seekable_module, "spooled", lambda *a, **k: copies.append(1) or real(*a, **k)
+    )
+    store = ContentStore(LocalBackend(tmp_path / "s"), chunk_threshold=256 * 1024)
+    data = random_bytes(12 * 1024 * 1024, seed=4)
+    store.put_artifact("a", io.BytesIO(data))
+    with store.open_artifact("a") as reader:
+        assert reader.read(6) == data[:6]
+        assert reader.seek(-6, io.SEEK_CUR) == 0 and reader.read(10) == data[:10]
+        assert copies == []
+        assert reader.seek(9 * 1024 * 1024) and reader.read(5) == data[9 * 1024 * 1024 :][:5]
+        assert copies == [1]  # a seek outside the buffer still spools
+
+
+def test_a_whole_file_up_to_8_mib_is_checked_in_a_temp_file_not_in_memory(
+    tmp_path: Path,
+) -> None:
+    # Read whole into memory, each open reader held up to 8 MiB (review): now one buffer at
+    # most, the rest in a private temp file.
+    store = ContentStore(LocalBackend(tmp_path / "s"), chunk_threshold=None)
+    data = random_bytes(5 * 1024 * 1024, seed=6)
+    store.put_artifact("a", io.BytesIO(data))
+    with store.open_artifact("a") as reader:
+        assert not isinstance(reader, io.BytesIO)
+        os.fstat(reader.fileno())  # a real (unlinked) file
+        assert reader.read(3) == data[:3] and reader.seek(-5, io.SEEK_END)
+        assert reader.read() == data[-5:]

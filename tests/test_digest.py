@@ -55,13 +55,22 @@ def test_digest_rejects_bad_values() -> None:
         Digest.parse("nocolon", 1)
 
 
-def test_verifying_reader_only_verifies_at_eof() -> None:
+def test_verifying_reader_verifies_with_the_last_byte() -> None:
     good = Digest.of_bytes(b"abcdef")
     reader = VerifyingReader(io.BytesIO(b"abcdef"), good, name="x")
     assert reader.read(3) == b"abc" and not reader.verified
-    assert reader.read() == b"def" and reader.verified
+    assert reader.read(3) == b"def" and reader.verified  # before EOF was seen
+    # The read that brings the last byte raises: its bytes never reach the caller.
+    damaged = VerifyingReader(io.BytesIO(b"abcdeX"), good, name="x")
+    assert damaged.read(3) == b"abc"
+    with pytest.raises(IntegrityError, match="does not match"):
+        damaged.read(3)
     with pytest.raises(IntegrityError, match="got 5 bytes, expected 6"):
         VerifyingReader(io.BytesIO(b"abcde"), good, name="x").read()
+    extra = VerifyingReader(io.BytesIO(b"abcdefg"), good, name="x")
+    assert extra.read(6) == b"abcdef"
+    with pytest.raises(IntegrityError, match="more than the expected 6 bytes"):
+        extra.read()
 
 
 class _CountingBytesIO(io.BytesIO):

@@ -21,7 +21,11 @@ from typing import BinaryIO, cast
 from optuna_cas._fileio import naming_full_disk
 from optuna_cas.digest import CHUNK_SIZE, readinto
 
-__all__ = ["SpoolOnSeek", "seekable_reader"]
+__all__ = ["SPOOLED_FIRST", "SpoolOnSeek", "seekable_reader", "spooled"]
+
+# A whole blob up to this size (the chunking threshold) is copied, checked, into a private temp
+# file before open_reader hands out a byte; a larger one (stored with chunking off) streams.
+SPOOLED_FIRST = 8 * 1024 * 1024
 
 
 class SpoolOnSeek(io.RawIOBase):
@@ -111,18 +115,8 @@ class SpoolOnSeek(io.RawIOBase):
 
     def _spool_all(self) -> BinaryIO:
         """All of the content, read afresh through its verifying reader, in a private file."""
-        why = " (a seek copies the artifact into $TMPDIR first)"
-        with naming_full_disk(tempfile.gettempdir(), why):
-            spool = cast(BinaryIO, tempfile.TemporaryFile(prefix="optuna-cas-seek-"))  # noqa: SIM115
-            try:
-                with self._reopen() as fresh:
-                    block = memoryview(bytearray(CHUNK_SIZE))
-                    while n := readinto(fresh, block):
-                        spool.write(block[:n])
-                spool.flush()
-            except BaseException:
-                spool.close()
-                raise
+        with self._reopen() as fresh:
+            spool = spooled(fresh, " (a seek copies the artifact into $TMPDIR first)")
         self._reader.close()
         return spool
 
@@ -136,16 +130,61 @@ class SpoolOnSeek(io.RawIOBase):
             super().close()
 
 
-def seekable_reader(reader: BinaryIO, reopen: Callable[[], BinaryIO], size: int) -> BinaryIO:
-    """``reader`` if it can seek at random cheaply, else a buffered :class:`SpoolOnSeek`.
+def spooled(reader: BinaryIO, why: str) -> BinaryIO:
+    """All of ``reader`` (a verifying reader, read to its end) in a private temp file, at 0.
+
+    ``why`` says, should ``$TMPDIR`` be full, what the copy was for.
 
     Example:
         >>> import io
-        >>> seekable_reader(io.BytesIO(b"x"), lambda: io.BytesIO(b"x"), 1).read()
+        >>> spooled(io.BytesIO(b"abc"), "").read()
+        b'abc'
+    """
+    with naming_full_disk(tempfile.gettempdir(), why):
+        spool = cast(BinaryIO, tempfile.TemporaryFile(prefix="optuna-cas-seek-"))  # noqa: SIM115
+        try:
+            block = memoryview(bytearray(CHUNK_SIZE))
+            while n := readinto(reader, block):
+                spool.write(block[:n])
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+    return spool
+
+
+def seekable_reader(
+    reader: BinaryIO, reopen: Callable[[], BinaryIO], size: int, *, checked_as_read: bool
+) -> BinaryIO:
+    """What ``open_reader`` hands out: only checked bytes, and seekable (see concepts.md).
+
+    Args:
+        reader: A verifying reader of the content (it checks the whole at its end).
+        reopen: Opens another such reader, from the start.
+        size: The content's length.
+        checked_as_read: Whether ``reader`` checks what it puts in its buffer before the
+            caller can read it (a chunked file's: chunk by chunk).
+
+    * Up to :data:`CHUNK_SIZE`: read and checked whole at once (one buffer's memory).
+    * Checked as read: streamed; a seek outside the buffer spools (:class:`SpoolOnSeek`).
+    * Up to :data:`SPOOLED_FIRST`: read and checked whole into a private temp file first.
+    * Larger: streamed, checked at the end; any seek that moves spools.
+
+    Example:
+        >>> import io
+        >>> seekable_reader(io.BytesIO(b"x"), lambda: io.BytesIO(b"x"), 1, checked_as_read=False).read()
         b'x'
     """
     if isinstance(reader, io.BytesIO):
         return reader
+    if size <= CHUNK_SIZE:
+        with reader:
+            return io.BytesIO(reader.read())
+    if checked_as_read:
+        return cast(BinaryIO, io.BufferedReader(SpoolOnSeek(reader, reopen, size), CHUNK_SIZE))
+    if size <= SPOOLED_FIRST:
+        with reader:
+            return spooled(reader, " (a file up to 8 MiB is checked there before it is read)")
     return cast(BinaryIO, _SeeksReachTheSpool(SpoolOnSeek(reader, reopen, size), CHUNK_SIZE))
 
 

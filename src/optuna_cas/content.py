@@ -49,6 +49,7 @@ from optuna_cas.chunks.layout import (
     MANIFEST_PREFIX,
     PACK_PREFIX,
 )
+from optuna_cas.chunks.reader import ChunkCheckedReader
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, InvalidKeyError
 from optuna_cas.ingest import FileDigestMemo, FileSource
@@ -72,9 +73,6 @@ __all__ = [
 
 # Stores of an upload's content after its ref is written, when it is found gone (see gc).
 _STORE_AGAIN_TRIES = 3
-# open_artifact reads a file up to this size (the chunking threshold) whole and checks it
-# before handing out a byte; a larger one is chunked and handed out chunk by chunk, checked.
-_CHECKED_BEFORE_READ = CHUNK_THRESHOLD
 
 
 class ContentStore(BlobStore, RefStore):
@@ -336,14 +334,14 @@ class ContentStore(BlobStore, RefStore):
         except ArtifactNotFound as e:
             self.forget_ref(artifact_id)
             raise self._missing(ref) from e
-        if ref.size <= _CHECKED_BEFORE_READ:
-            # Read and checked whole before the caller sees a byte: a reader that stops early
-            # (a header, a pickle) never gets bytes unchecked, and seeks cost nothing.
-            with reader:
-                return io.BytesIO(reader.read())
-        # Seekable like the file Optuna's store returns (np.load, zipfile): see _seekable.
-        # A chunked file's chunks are each checked before they are handed out.
-        return seekable_reader(reader, lambda: self.open_blob(ref.digest), ref.size)
+        # Seekable like the file Optuna's store returns (np.load, zipfile), and handing out
+        # only checked bytes to a reader that stops early (a header, a pickle): see _seekable.
+        return seekable_reader(
+            reader,
+            lambda: self.open_blob(ref.digest),
+            ref.size,
+            checked_as_read=isinstance(reader, ChunkCheckedReader),
+        )
 
     def materialize_artifact(self, ref: ArtifactRef, path: str | os.PathLike[str]) -> None:
         """Write the content ``ref`` names to the new file ``path``: verified, atomic.

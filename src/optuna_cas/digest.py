@@ -501,6 +501,17 @@ class VerifyingReader(io.RawIOBase):
                 break
             self._hasher.update(buffer[:n])
 
+    @property
+    def verified(self) -> bool:
+        """True once every expected byte was read and the digest matched.
+
+        Example:
+            >>> reader = VerifyingReader(io.BytesIO(b"ab"), Digest.of_bytes(b"ab"), name="x")
+            >>> reader.read(1), reader.verified, reader.read(1), reader.verified
+            (b'a', False, b'b', True)
+        """
+        return self._verified
+
     def close(self) -> None:
         """Close this reader, and the source unless ``close_source=False``."""
         try:

@@ -31,7 +31,13 @@ from optuna_cas.chunks.table import ChunkTable, Entry
 from optuna_cas.digest import Digest, VerifyingReader
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
-__all__ = ["COALESCE_GAP", "ChunkedReader", "missing_pack", "whole_file_reader"]
+__all__ = [
+    "COALESCE_GAP",
+    "ChunkCheckedReader",
+    "ChunkedReader",
+    "missing_pack",
+    "whole_file_reader",
+]
 
 # Bytes between two wanted chunks of one pack that are read and dropped rather than starting a
 # second request: about what one more request costs in time on S3.
@@ -427,7 +433,20 @@ def missing_pack(name: str, pack: Digest, backend: Backend) -> ArtifactNotFound:
     )
 
 
+class ChunkCheckedReader(io.BufferedReader):
+    """A chunked file's reader: each chunk checked before it enters the buffer.
+
+    The chunks are read with ``check_chunks``; the whole file's digest is checked at the end.
+    A seek within the buffer may be served from it: the bytes there were checked.
+
+    Example:
+        >>> import io
+        >>> ChunkCheckedReader(io.BytesIO(b"abc")).read()
+        b'abc'
+    """
+
+
 def whole_file_reader(reader: ChunkedReader, digest: Digest, name: str) -> BinaryIO:
     """``reader`` checked against the whole file's digest too, buffered for callers."""
     verifying = VerifyingReader(cast(BinaryIO, reader), digest, name=name)
-    return cast(BinaryIO, io.BufferedReader(verifying, 1024 * 1024))
+    return cast(BinaryIO, ChunkCheckedReader(verifying, 1024 * 1024))

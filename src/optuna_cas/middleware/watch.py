@@ -47,6 +47,9 @@ POLL_SECONDS = 0.1
 class TransferWatch:
     """Reports the content bytes one operation moves, and whether it stored a new blob.
 
+    One watch per operation (one upload or one download): its total is that file's size, and
+    once it counted a chunked file as it was read, it counts nothing else.
+
     Args:
         task: Shown with the progress, e.g. ``"put model.pt"``.
         total: Bytes expected (the file's size), or None.
@@ -132,7 +135,9 @@ class TransferWatch:
 
     def _counting_source(self, stream: BinaryIO) -> BinaryIO:
         self._from_source = True
-        return cast(BinaryIO, io.BufferedReader(_Counting(stream, self._source_read), CHUNK_SIZE))
+        # The caller's stream (an upload's source): the wrapper, once dropped, must not close it.
+        counting = _Counting(stream, self._source_read, closes_inner=False)
+        return cast(BinaryIO, io.BufferedReader(counting, CHUNK_SIZE))
 
     def _source_read(self, amount: int) -> None:
         with self._lock:
@@ -183,10 +188,13 @@ def _at_most(
 class _Counting(io.RawIOBase):
     """Passes reads (and seeks, for retries that rewind) through, reporting the bytes."""
 
-    def __init__(self, inner: BinaryIO, report: Callable[[int], None]) -> None:
+    def __init__(
+        self, inner: BinaryIO, report: Callable[[int], None], *, closes_inner: bool = True
+    ) -> None:
         super().__init__()
         self._inner = inner
         self._report = report
+        self._closes_inner = closes_inner
         self._start: int | None = None
         self._counted = 0  # bytes reported, from the start on
 
@@ -235,7 +243,8 @@ class _Counting(io.RawIOBase):
 
     def close(self) -> None:
         try:
-            self._inner.close()
+            if self._closes_inner:
+                self._inner.close()
         finally:
             super().close()
 
