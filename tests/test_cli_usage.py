@@ -22,6 +22,9 @@ from optuna_cas.cli import main
         ("file://", "names no directory"),
         ("s3://b/p#frag", "fragments"),
         ("s3://b/p?x=1", "query strings"),
+        ("s3://b/p?", "query strings"),  # an empty query was taken as part of nothing
+        ("file:///tmp/runs#2", "fragments"),  # stored into /tmp/runs (review)
+        ("file:///tmp/runs?v=2", "query strings"),
         ("s3://[", "Invalid store URL"),
         ("memory://", "survive"),
     ],
@@ -424,3 +427,46 @@ def test_backends_doc_shows_the_real_wrapper_signatures() -> None:
     assert "`Backoff(backend, *," in text
     assert "cache_uploads" in inspect.signature(CachedArtifactStore).parameters
     assert 'materialize="copy", cache_uploads=True)`' in text
+
+
+def test_overlapping_quiet_calls_put_the_retry_loggers_level_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Two threads each ran main(-q), the second starting inside the first and ending after
+    # it: the second had saved the first's temporary ERROR level and put it back last, so
+    # retries stayed hidden for the whole process (review).
+    import logging
+    import threading
+
+    import optuna_cas.cli as cli
+
+    logger = logging.getLogger("optuna_cas.retry")
+    assert logger.level == logging.NOTSET
+    store = str(tmp_path / "store")
+    assert main(["--store", store, "-q", "put", __file__]) == 0
+    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
+    calls: list[int] = []
+    real = cli._run_command
+
+    def run(args: object) -> int:
+        calls.append(1)
+        if len(calls) == 1:  # A: waits for B to be inside too
+            a_inside.set()
+            assert b_inside.wait(30)
+        else:  # B: ends only after A
+            b_inside.set()
+            assert a_done.wait(30)
+        return real(args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli, "_run_command", run)
+    results: list[int] = []
+    a = threading.Thread(target=lambda: results.append(main(["--store", store, "-q", "ls"])))
+    b = threading.Thread(target=lambda: results.append(main(["--store", store, "-q", "ls"])))
+    a.start()
+    assert a_inside.wait(30)
+    b.start()
+    a.join(30)
+    a_done.set()
+    b.join(30)
+    assert results == [0, 0]
+    assert logger.level == logging.NOTSET

@@ -34,6 +34,9 @@ _CHILD = textwrap.dedent(
     if case == "sync":
         here = ContentAddressedArtifactStore(ContentStore(MemoryBackend(), chunk_threshold=threshold))
         here.write("a", io.BytesIO(data))
+    if case == "read":
+        stored = ContentStore(LocalBackend(os.path.join(root, "read")), chunk_threshold=threshold)
+        stored.put_artifact("a", io.BytesIO(data))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, resource.RLIM_INFINITY))
     local = ContentStore(LocalBackend(os.path.join(root, "store")), chunk_threshold=threshold)
@@ -56,6 +59,9 @@ _CHILD = textwrap.dedent(
             local.put_artifact("a", os.fdopen(r, "rb"))
         elif case == "sync":
             sync(here, ContentAddressedArtifactStore(local))
+        elif case == "read":
+            with stored.open_artifact("a") as reader:
+                assert reader.read(100) == data[:100] and reader.read() == data[100:]
         print(json.dumps({"raised": None}))
     except OSError as e:
         target = remote if case == "remote" else local
@@ -110,3 +116,10 @@ def test_a_sync_into_a_full_disk_names_the_destination(tmp_path: Path) -> None:
     assert outcome["raised"] == "OSError", outcome
     assert outcome["filename"] == f"file://{tmp_path}/store", outcome
     assert outcome["refs"] == []
+
+
+def test_a_read_needs_no_room_in_tmpdir(tmp_path: Path) -> None:
+    # open_reader copies a whole file of 1 to 8 MiB, checked, into $TMPDIR before handing
+    # out a byte; with no room there it streams it instead, checked at its end (review).
+    outcome = _run("read", tmp_path, 3 * 1024 * 1024, 2**62)
+    assert outcome == {"raised": None}, outcome

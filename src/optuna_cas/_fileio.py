@@ -33,6 +33,7 @@ __all__ = [
     "naming_full_disk",
     "open_regular_file",
     "open_regular_file_stat",
+    "out_of_space",
     "pread_full",
     "publish_new_file",
     "pwrite_all",
@@ -76,9 +77,20 @@ def naming_full_disk(where: str, why: str = "") -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno not in _OUT_OF_SPACE or e.filename is not None:
+        if not out_of_space(e) or e.filename is not None:
             raise
         raise OSError(e.errno, f"{e.strerror}{why}", where) from e
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether ``error`` says a disk (or a quota, or a file size limit) is full.
+
+    Example:
+        >>> import errno
+        >>> out_of_space(OSError(errno.ENOSPC, "No space left on device")), out_of_space(OSError())
+        (True, False)
+    """
+    return isinstance(error, OSError) and error.errno in _OUT_OF_SPACE
 
 
 def describe_mode(mode: int) -> str:

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from typing import BinaryIO, cast
 
-from optuna_cas._fileio import naming_full_disk
+from optuna_cas._fileio import naming_full_disk, out_of_space
 from optuna_cas.digest import CHUNK_SIZE, readinto
 
 __all__ = ["SPOOLED_FIRST", "SpoolOnSeek", "seekable_reader", "spooled"]
@@ -183,8 +183,15 @@ def seekable_reader(
     if checked_as_read:
         return cast(BinaryIO, io.BufferedReader(SpoolOnSeek(reader, reopen, size), CHUNK_SIZE))
     if size <= SPOOLED_FIRST:
-        with reader:
-            return spooled(reader, " (a file up to 8 MiB is checked there before it is read)")
+        try:
+            with reader:
+                return spooled(reader, " (a file up to 8 MiB is checked there before it is read)")
+        except OSError as e:
+            if not out_of_space(e):
+                raise
+            # No room in $TMPDIR: stream it as a larger file is, checked at its end (a read
+            # must not fail for want of a copy it could do without).
+            reader = reopen()
     return cast(BinaryIO, _SeeksReachTheSpool(SpoolOnSeek(reader, reopen, size), CHUNK_SIZE))
 
 

@@ -129,13 +129,20 @@ def check_store_url(url: str) -> str:
             f"{', '.join(supported_schemes())}"
         )
     parts = urlsplit(url)
+    # urlsplit drops an empty query or fragment ('runs?', 'runs#'): look for the characters.
+    if "?" in url:
+        raise StoreConfigError(
+            f"Store URL {url!r}: query strings are not supported"
+            + (" (a directory named with '?' is given as a plain path)" if scheme == "file" else "")
+        )
+    if "#" in url:
+        raise StoreConfigError(
+            f"Store URL {url!r}: fragments (#...) are not supported"
+            + (" (a directory named with '#' is given as a plain path)" if scheme == "file" else "")
+        )
     if scheme in ("s3", "gs", "gcs"):
         if not parts.netloc:
             raise StoreConfigError(f"Store URL {url!r} names no bucket ({scheme}://BUCKET/prefix)")
-        if parts.query:
-            raise StoreConfigError(f"Store URL {url!r}: query strings are not supported")
-        if parts.fragment or url.endswith("#"):
-            raise StoreConfigError(f"Store URL {url!r}: fragments (#...) are not supported")
     elif scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise StoreConfigError(

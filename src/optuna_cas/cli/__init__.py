@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import os
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -378,13 +379,27 @@ def _quiet_retries(quiet: bool) -> Iterator[None]:
         return
     import logging
 
+    global _quiet_depth, _level_before_quiet
     retry_logger = logging.getLogger("optuna_cas.retry")
-    level = retry_logger.level
-    retry_logger.setLevel(logging.ERROR)
+    # Calls of main() may overlap on threads of one process: the first sets the level, the
+    # last puts back what was there before the first (the logger is the process's).
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _level_before_quiet = retry_logger.level
+            retry_logger.setLevel(logging.ERROR)
+        _quiet_depth += 1
     try:
         yield
     finally:
-        retry_logger.setLevel(level)
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                retry_logger.setLevel(_level_before_quiet)
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_level_before_quiet = 0
 
 
 def _run_command(args: argparse.Namespace) -> int:
