@@ -470,3 +470,38 @@ def test_overlapping_quiet_calls_put_the_retry_loggers_level_back(
     b.join(30)
     assert results == [0, 0]
     assert logger.level == logging.NOTSET
+
+
+def test_a_study_listing_takes_size_and_digest_from_the_stores_refs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Optuna's own upload_artifact (and the dashboard's web upload) write metadata with no
+    # digest or size: `ls --study` showed SIZE "?" although the store's ref knew it (probe).
+    import optuna
+    import optuna.artifacts
+
+    from optuna_cas import FileSystemArtifactStore
+
+    monkeypatch.delenv("OPTUNA_CAS_STORE", raising=False)
+    db = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    study = optuna.create_study(study_name="s", storage=db)
+    store = str(tmp_path / "store")
+    (tmp_path / "notes.txt").write_bytes(b"hello")
+    artifact_id = optuna.artifacts.upload_artifact(
+        artifact_store=FileSystemArtifactStore(store),
+        file_path=str(tmp_path / "notes.txt"),
+        study_or_trial=study,
+    )
+    capsys.readouterr()
+
+    def listed(*store_args: str) -> dict[str, object]:
+        assert main([*store_args, "ls", "--storage", db, "--study", "s", "--json"]) == 0
+        (row,) = json.loads(capsys.readouterr().out)["artifacts"]
+        assert row["artifact_id"] == artifact_id and row["filename"] == "notes.txt"
+        return dict(row)
+
+    without_store = listed()  # the study alone: nothing else to ask
+    assert without_store["size"] is None and without_store["digest"] is None
+    with_store = listed("--store", store)
+    assert with_store["size"] == 5 and str(with_store["digest"]).startswith("blake3:")
+    assert with_store["origin"] == "optuna-cas"

@@ -8,6 +8,7 @@ A study records artifacts at study level and on each of its trials.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +16,10 @@ from typing import Any
 from optuna_cas._list_artifact_meta import get_all_artifact_meta
 from optuna_cas._meta import ArtifactMeta
 from optuna_cas.content import ContentStore
+from optuna_cas.exceptions import ArtifactNotFound, MalformedRecordError
 from optuna_cas.refs import ArtifactRef
 
-__all__ = ["ListedArtifact", "list_store_artifacts", "list_study_artifacts"]
+__all__ = ["ListedArtifact", "list_store_artifacts", "list_study_artifacts", "with_refs"]
 
 #: ``origin`` of an artifact uploaded through optuna-cas (it has a ref and a digest).
 OPTUNA_CAS = "optuna-cas"
@@ -97,6 +99,42 @@ class ListedArtifact:
             origin=OPTUNA_CAS if meta.digest is not None else OPTUNA_STORE,
             trial=trial,
         )
+
+
+def with_refs(rows: list[ListedArtifact], content: ContentStore) -> list[ListedArtifact]:
+    """``rows`` of a study listing, those without a digest completed from the store's refs.
+
+    Optuna's own ``upload_artifact`` and optuna-dashboard's web upload write metadata without
+    digest or size, but through one of our stores the content has a ref: its digest, size
+    (and file name, where the metadata has none) fill the row. Rows with no readable ref stay.
+
+    Example:
+        >>> import io
+        >>> from optuna_cas.backends.memory import MemoryBackend
+        >>> content = ContentStore(MemoryBackend())
+        >>> _ = content.put_artifact("a", io.BytesIO(b"abc"))
+        >>> row = ListedArtifact("a", "x.txt", None, None, None, None, None, OPTUNA_STORE)
+        >>> [(r.size, r.filename, r.origin) for r in with_refs([row], content)]
+        [(3, 'x.txt', 'optuna-cas')]
+    """
+    done = []
+    for row in rows:
+        if row.digest is None:
+            try:
+                ref = content.get_ref(row.artifact_id)
+            except (ArtifactNotFound, MalformedRecordError):
+                ref = None
+            if ref is not None:
+                row = dataclasses.replace(
+                    row,
+                    filename=row.filename or ref.filename,
+                    digest=str(ref.digest),
+                    size=ref.size,
+                    created=row.created if row.created is not None else ref.created,
+                    origin=OPTUNA_CAS,
+                )
+        done.append(row)
+    return done
 
 
 def list_store_artifacts(content: ContentStore) -> list[ListedArtifact]:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from optuna_cas.refs import ArtifactRef
     from optuna_cas.stores.base import ContentAddressedArtifactStore
 from optuna_cas.cli._common import (
+    STORE_ENV,
     CommandError,
     UsageError,
     _bar,
@@ -217,13 +218,22 @@ def _copy_to_stdout(store: ContentAddressedArtifactStore, artifact_id: str) -> i
 def cmd_ls(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from optuna_cas._listing import OPTUNA_STORE, list_store_artifacts, list_study_artifacts
+    from optuna_cas._listing import (
+        OPTUNA_STORE,
+        list_store_artifacts,
+        list_study_artifacts,
+        with_refs,
+    )
 
     study = _load_study(args)
     if study is not None:
         if args.trial is not None:
             _trial(args, study)  # the error names the number typed
         rows = list_study_artifacts(study, args.trial)
+        if any(row.digest is None for row in rows) and (args.store or os.environ.get(STORE_ENV)):
+            # Written by Optuna's upload_artifact or the dashboard through our store: its refs
+            # know size, digest and (for the dashboard's) the name.
+            rows = with_refs(rows, _open(args).content)
     else:
         rows = list_store_artifacts(_open(args).content)
     if args.json:
