@@ -302,14 +302,19 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from optuna_cas.middleware.cache import DiskBlobCache
-    from optuna_cas.middleware.cache_config import DEFAULT_SIZE_LIMIT, CacheInfo, default_cache_dir
+    from optuna_cas.middleware.cache_config import (
+        CACHE_DATABASE,
+        DEFAULT_SIZE_LIMIT,
+        CacheInfo,
+        default_cache_dir,
+    )
 
     if args.action == "prune" and args.max_bytes is None:
         raise UsageError("cache prune needs --max-bytes N")
     directory = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     # Opening a cache creates it: where there is none, there is nothing to show, clear or
     # prune, and a look (or a mistyped --cache-dir) must not leave a new one behind.
-    exists = (directory / _CACHE_DATABASE).is_file()
+    exists = (directory / CACHE_DATABASE).is_file()
     if exists:
         with DiskBlobCache(directory) as cache:
             if args.action == "clear":
@@ -331,10 +336,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
     print(f"hits       {info.hits}")
     print(f"misses     {info.misses}")
     return 0
-
-
-# The index database diskcache keeps in a cache directory: there is a cache if it is there.
-_CACHE_DATABASE = "cache.db"
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

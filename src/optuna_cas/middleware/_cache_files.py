@@ -54,6 +54,7 @@ from optuna_cas.exceptions import (
     OptunaCasError,
     StoreConfigError,
 )
+from optuna_cas.middleware.cache_config import CACHE_DATABASE
 
 #: Temp files of fills in progress live in this subdirectory of the cache: adoption is then a
 #: rename on one filesystem, and the name never collides with diskcache's two-hex subdirectories.
@@ -507,7 +508,7 @@ def prepare_directory(directory: Path) -> None:
         raise StoreConfigError(
             f"Cannot create cache directory {str(directory)!r}: {e.strerror or e}"
         ) from e
-    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+    for name in (CACHE_DATABASE, f"{CACHE_DATABASE}-wal", f"{CACHE_DATABASE}-shm"):
         # SQLite follows symlinks: a planted one would make it write outside the directory.
         path = directory / name
         if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):

@@ -15,6 +15,7 @@ from typing import Literal
 from optuna_cas.exceptions import StoreConfigError
 
 __all__ = [
+    "CACHE_DATABASE",
     "CACHE_DIR_ENV",
     "DEFAULT_SIZE_LIMIT",
     "CacheInfo",
@@ -24,6 +25,8 @@ __all__ = [
 
 #: Environment variable that overrides the default cache directory.
 CACHE_DIR_ENV = "OPTUNA_CAS_CACHE_DIR"
+#: The index database diskcache keeps in a cache directory: there is a cache if it is there.
+CACHE_DATABASE = "cache.db"
 #: Default bound on the cache's size on disk: 10 GiB.
 DEFAULT_SIZE_LIMIT = 10 * 1024**3
 
