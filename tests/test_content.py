@@ -562,9 +562,9 @@ def test_a_chunked_file_seeks_back_within_its_checked_buffer_without_a_copy(
     import optuna_cas._seekable as seekable_module
 
     copies: list[int] = []
-    real = seekable_module.spooled
+    real = seekable_module.checked_copy
     monkeypatch.setattr(
-        seekable_module, "spooled", lambda *a, **k: copies.append(1) or real(*a, **k)
+        seekable_module, "checked_copy", lambda *a, **k: copies.append(1) or real(*a, **k)
     )
     store = ContentStore(LocalBackend(tmp_path / "s"), chunk_threshold=256 * 1024)
     data = random_bytes(12 * 1024 * 1024, seed=4)

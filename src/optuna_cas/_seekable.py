@@ -21,7 +21,7 @@ from typing import BinaryIO, cast
 from optuna_cas._fileio import naming_full_disk, out_of_space
 from optuna_cas.digest import CHUNK_SIZE, readinto
 
-__all__ = ["SPOOLED_FIRST", "SpoolOnSeek", "seekable_reader", "spooled"]
+__all__ = ["SPOOLED_FIRST", "SpoolOnSeek", "checked_copy", "seekable_reader"]
 
 # A whole blob up to this size (the chunking threshold) is copied, checked, into a private temp
 # file before open_reader hands out a byte; a larger one (stored with chunking off) streams.
@@ -116,7 +116,7 @@ class SpoolOnSeek(io.RawIOBase):
     def _spool_all(self) -> BinaryIO:
         """All of the content, read afresh through its verifying reader, in a private file."""
         with self._reopen() as fresh:
-            spool = spooled(fresh, " (a seek copies the artifact into $TMPDIR first)")
+            spool = checked_copy(fresh, " (a seek copies the artifact into $TMPDIR first)")
         self._reader.close()
         return spool
 
@@ -130,14 +130,14 @@ class SpoolOnSeek(io.RawIOBase):
             super().close()
 
 
-def spooled(reader: BinaryIO, why: str) -> BinaryIO:
+def checked_copy(reader: BinaryIO, why: str) -> BinaryIO:
     """All of ``reader`` (a verifying reader, read to its end) in a private temp file, at 0.
 
     ``why`` says, should ``$TMPDIR`` be full, what the copy was for.
 
     Example:
         >>> import io
-        >>> spooled(io.BytesIO(b"abc"), "").read()
+        >>> checked_copy(io.BytesIO(b"abc"), "").read()
         b'abc'
     """
     with naming_full_disk(tempfile.gettempdir(), why):
@@ -185,7 +185,9 @@ def seekable_reader(
     if size <= SPOOLED_FIRST:
         try:
             with reader:
-                return spooled(reader, " (a file up to 8 MiB is checked there before it is read)")
+                return checked_copy(
+                    reader, " (a file up to 8 MiB is checked there before it is read)"
+                )
         except OSError as e:
             if not out_of_space(e):
                 raise
