@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from optuna_cas._validation import shorten_name
-from optuna_cas.digest import CHUNK_SIZE, readinto
+from optuna_cas.digest import CHUNK_SIZE, readinto, rewind_point
 from optuna_cas.exceptions import UnsupportedSourceError
 
 __all__ = [
@@ -348,10 +348,8 @@ def seekable(stream: BinaryIO) -> bool:
         (True, False)
         >>> os.close(w)
     """
-    try:
-        return bool(stream.seekable()) and stream.tell() >= 0
-    except (AttributeError, OSError, ValueError):
-        return False
+    position = rewind_point(stream)
+    return position is not None and position >= 0
 
 
 class PositionalReader(io.RawIOBase):

@@ -31,6 +31,7 @@ __all__ = [
     "hash_stream",
     "new_blake3",
     "readinto",
+    "rewind_point",
     "verified_buffers",
 ]
 
@@ -393,6 +394,20 @@ def readinto(stream: BinaryIO, view: memoryview) -> int:
     return len(chunk)
 
 
+def rewind_point(stream: BinaryIO) -> int | None:
+    """Where ``stream`` is now if it can seek back there later, else ``None``.
+
+    Example:
+        >>> f = io.BytesIO(b"abc"); _ = f.read(1)
+        >>> rewind_point(f), rewind_point(object())
+        (1, None)
+    """
+    try:
+        return stream.tell() if stream.seekable() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 class VerifyingReader(io.RawIOBase):
     """A reader that checks size and digest as bytes pass through.
 
@@ -423,13 +438,8 @@ class VerifyingReader(io.RawIOBase):
         self._hasher = Hasher()
         self._verified = False
         # Where the content starts in a seekable source: a retry may rewind to it.
-        self._origin: int | None = None
+        self._origin = rewind_point(source)
         self._target: int | None = None  # where a seek asked to go (moved at the next read)
-        try:
-            if source.seekable():
-                self._origin = source.tell()
-        except (AttributeError, OSError, ValueError):
-            pass
 
     def readable(self) -> bool:
         """Always True."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol, TypeVar, cast
 
 from optuna_cas.backends.base import Backend, ObjectInfo, SupportsRequestRunner
-from optuna_cas.digest import CHUNK_SIZE, readinto
+from optuna_cas.digest import CHUNK_SIZE, readinto, rewind_point
 from optuna_cas.exceptions import ArtifactNotFound, not_found_as_ours
 from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from optuna_cas.stores.base import ContentAddressedArtifactStore
@@ -196,10 +196,7 @@ class RetryingBackend:
         if self._per_request:
             self._backend.write(key, content_body, if_absent=if_absent)
             return
-        try:
-            start: int | None = content_body.tell() if content_body.seekable() else None
-        except (OSError, ValueError, AttributeError):
-            start = None
+        start = rewind_point(content_body)
         if start is None:
             self._backend.write(key, content_body, if_absent=if_absent)
             return
@@ -345,10 +342,7 @@ class Backoff(ContentAddressedArtifactStore):
         if foreign is None:
             super().write(artifact_id, content_body)
             return
-        try:
-            start = content_body.tell() if content_body.seekable() else None
-        except (AttributeError, OSError, ValueError):
-            start = None
+        start = rewind_point(content_body)
         if start is None:  # a pipe, or an object with read() only: one attempt, as Optuna's
             _ours(artifact_id, lambda: foreign.write(artifact_id, content_body))
             return
