@@ -38,6 +38,7 @@ from optuna_cas._fileio import (
 )
 from optuna_cas._verified_copy import copy_and_publish
 from optuna_cas.backends.base import Backend, ObjectInfo, SupportsStaging, staging_of
+from optuna_cas.backends.remote_io import remaining_size
 from optuna_cas.blob_maintenance import (
     BLOB_PREFIX,
     QUARANTINE_PREFIX,
@@ -238,7 +239,7 @@ class BlobStore(BlobMaintenance):
             with FileSource.open(source) as src:
                 return self._put_file(src, receipt)
         file_source = FileSource.of_stream(source)
-        if file_source is None and seekable(source) and _remaining(source) >= self.chunk_threshold:
+        if file_source is None and (remaining_size(source) or 0) >= self.chunk_threshold:
             return self.chunks.put(source)
         if file_source is not None:
             digest = self._put_file(file_source, receipt)
@@ -591,10 +592,3 @@ class BlobStore(BlobMaintenance):
         self._backend.remove(blob_key(digest))
         if self._blob_cache is not None:
             self._blob_cache.discard(digest)
-
-
-def _remaining(stream: BinaryIO) -> int:
-    start = stream.tell()
-    end = stream.seek(0, io.SEEK_END)
-    stream.seek(start)
-    return end - start
