@@ -512,10 +512,8 @@ def materialize_buffers(buffers: Iterable[bytes | memoryview], target: Path) -> 
                 out.write(buffer)
         publish_new_file(Path(temp_name), target)
     finally:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
 
 
 def unbuffered(reader: BinaryIO) -> BinaryIO:

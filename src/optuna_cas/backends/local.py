@@ -231,10 +231,8 @@ class LocalBackend:
         finally:
             # After link or on failure the temp name is still there; after replace it is not.
             if not published:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp)
-                except FileNotFoundError:
-                    pass
         if self._fsync:
             fsync_dir(directory)
 

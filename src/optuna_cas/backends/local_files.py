@@ -8,6 +8,7 @@ skips and gc collects once stale.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -144,10 +145,8 @@ class StagedFile:
             self.fd = -1
         if self._published:
             return  # the temp name went with the rename: no unlink to fail
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 def unique_name() -> str:
