@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from optuna_cas._validation import shorten_name
-from optuna_cas.digest import CHUNK_SIZE, readinto, rewind_point
+from optuna_cas.digest import CHUNK_SIZE, RawReader, readinto, rewind_point
 from optuna_cas.exceptions import UnsupportedSourceError
 
 __all__ = [
@@ -352,7 +352,7 @@ def seekable(stream: BinaryIO) -> bool:
     return position is not None and position >= 0
 
 
-class PositionalReader(io.RawIOBase):
+class PositionalReader(RawReader):
     """Reads a descriptor with ``pread`` from its own offset, leaving the descriptor alone.
 
     Lets the content store re-read a caller's open file without moving the caller's position
@@ -369,10 +369,6 @@ class PositionalReader(io.RawIOBase):
         super().__init__()
         self._fd = fd
         self._offset = start
-
-    def readable(self) -> bool:
-        """Always True."""
-        return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         """Read at the current offset."""

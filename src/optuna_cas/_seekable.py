@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import BinaryIO, cast
 
 from optuna_cas._fileio import naming_full_disk, out_of_space
-from optuna_cas.digest import CHUNK_SIZE, readinto
+from optuna_cas.digest import CHUNK_SIZE, RawReader, readinto
 
 __all__ = ["SPOOLED_FIRST", "SpoolOnSeek", "checked_copy", "seekable_reader"]
 
@@ -28,7 +28,7 @@ __all__ = ["SPOOLED_FIRST", "SpoolOnSeek", "checked_copy", "seekable_reader"]
 SPOOLED_FIRST = 8 * 1024 * 1024
 
 
-class SpoolOnSeek(io.RawIOBase):
+class SpoolOnSeek(RawReader):
     """A reader of ``size`` bytes that streams ``reader`` until a seek moves it.
 
     Args:
@@ -54,10 +54,6 @@ class SpoolOnSeek(io.RawIOBase):
         # Once a seek moved, the stream is never read again: a failed spool (corrupt content,
         # a dropped connection) is tried again at the next read, whatever seeks came between.
         self._moved = False
-
-    def readable(self) -> bool:
-        """Always True."""
-        return True
 
     def seekable(self) -> bool:
         """Always True."""

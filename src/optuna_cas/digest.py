@@ -24,6 +24,7 @@ __all__ = [
     "CHUNK_SIZE",
     "Digest",
     "Hasher",
+    "RawReader",
     "VerifyingReader",
     "hash_fd",
     "hash_file",
@@ -394,6 +395,19 @@ def readinto(stream: BinaryIO, view: memoryview) -> int:
     return len(chunk)
 
 
+class RawReader(io.RawIOBase):
+    """A raw binary stream that can be read: the base of this package's readers.
+
+    Example:
+        >>> RawReader().readable()
+        True
+    """
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+
 def rewind_point(stream: BinaryIO) -> int | None:
     """Where ``stream`` is now if it can seek back there later, else ``None``.
 
@@ -408,7 +422,7 @@ def rewind_point(stream: BinaryIO) -> int | None:
         return None
 
 
-class VerifyingReader(io.RawIOBase):
+class VerifyingReader(RawReader):
     """A reader that checks size and digest as bytes pass through.
 
     Raises :class:`~optuna_cas.exceptions.IntegrityError` as soon as more bytes than expected
@@ -440,10 +454,6 @@ class VerifyingReader(io.RawIOBase):
         # Where the content starts in a seekable source: a retry may rewind to it.
         self._origin = rewind_point(source)
         self._target: int | None = None  # where a seek asked to go (moved at the next read)
-
-    def readable(self) -> bool:
-        """Always True."""
-        return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         """Read into ``buffer``, hashing what was read; verify at EOF."""

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar, runtime_checkable
 
+from optuna_cas.digest import RawReader
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ _T = TypeVar("_T")
 _PIECE = 64 * 1024  # read_at_most's read size
 
 
-class SealedFile(io.RawIOBase):
+class SealedFile(RawReader):
     """Bytes of a private file that stay as they are until the ``write`` given them returns.
 
     Bytes ``[start, start + length)`` of the file. A plain stream to any backend (positions
@@ -81,10 +82,6 @@ class SealedFile(io.RawIOBase):
 
     def __len__(self) -> int:
         return self._length
-
-    def readable(self) -> bool:
-        """Always true."""
-        return True
 
     def seekable(self) -> bool:
         """Always true."""

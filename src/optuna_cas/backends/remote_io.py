@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from optuna_cas.backends.base import SealedFile
 from optuna_cas.backends.window import Window
-from optuna_cas.digest import readinto
+from optuna_cas.digest import RawReader, readinto
 from optuna_cas.exceptions import TransientBackendError
 
 if TYPE_CHECKING:
@@ -385,7 +385,7 @@ class Download:
     size: int
 
 
-class ObjectReader(io.RawIOBase):
+class ObjectReader(RawReader):
     """A remote object as a seekable raw stream that never mistakes a cut body for EOF.
 
     Args:
@@ -433,10 +433,6 @@ class ObjectReader(io.RawIOBase):
         self._reopen = reopen
         self._guard = guard
         self._name = name
-
-    def readable(self) -> bool:
-        """Always True."""
-        return True
 
     def seekable(self) -> bool:
         """Always True: a seek closes the body and the next read opens one at the new place."""

@@ -12,6 +12,8 @@ import io
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from optuna_cas.digest import RawReader
+
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
@@ -92,7 +94,7 @@ class Window:
         return target
 
 
-class WindowReader(io.RawIOBase):
+class WindowReader(RawReader):
     """A window of an object of known size, read by positional reads (no shared file offset).
 
     Args:
@@ -127,10 +129,6 @@ class WindowReader(io.RawIOBase):
         self._size = size
         self._on_close = on_close
         self._pos = window.start
-
-    def readable(self) -> bool:
-        """Always True."""
-        return True
 
     def seekable(self) -> bool:
         """Always True: within the window."""

@@ -28,7 +28,7 @@ from optuna_cas.backends.base import Backend, staging_of
 from optuna_cas.chunks.cached_packs import CachedPacks, OpenFiles, PackCache
 from optuna_cas.chunks.layout import PACK_LEAD_MAX, pack_key
 from optuna_cas.chunks.table import ChunkTable, Entry
-from optuna_cas.digest import Digest, VerifyingReader
+from optuna_cas.digest import Digest, RawReader, VerifyingReader
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
 __all__ = [
@@ -56,7 +56,7 @@ READ_AHEAD = 3
 _Run = tuple[Digest, int, int, range]
 
 
-class ChunkedReader(io.RawIOBase):
+class ChunkedReader(RawReader):
     """A file reassembled from its manifest, chunk by chunk, every chunk verified.
 
     Args:
@@ -104,10 +104,6 @@ class ChunkedReader(io.RawIOBase):
         )
         self._current = memoryview(b"")
         self.requests = 0
-
-    def readable(self) -> bool:
-        """Always True."""
-        return True
 
     def chunks(self) -> Iterator[bytes | memoryview]:
         """Each entry's bytes, verified against its digest, in table order.

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol, TypeVar, cast
 
 from optuna_cas.backends.base import Backend, ObjectInfo, SupportsRequestRunner
-from optuna_cas.digest import CHUNK_SIZE, readinto, rewind_point
+from optuna_cas.digest import CHUNK_SIZE, RawReader, readinto, rewind_point
 from optuna_cas.exceptions import ArtifactNotFound, not_found_as_ours
 from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from optuna_cas.stores.base import ContentAddressedArtifactStore
@@ -32,7 +32,7 @@ class _OptunaStore(Protocol):
     def remove(self, artifact_id: str) -> None: ...
 
 
-class ResumingReader(io.RawIOBase):
+class ResumingReader(RawReader):
     """A reader that reopens its source at the current offset after a transient error.
 
     Args:
@@ -69,10 +69,6 @@ class ResumingReader(io.RawIOBase):
         self._retrier = retrier
         self._name = name
         self._offset = 0
-
-    def readable(self) -> bool:
-        """Always True."""
-        return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         """Read into ``buffer``; on a transient error reopen at the current offset and retry."""

@@ -34,7 +34,7 @@ from optuna_cas.backends.base import (
 )
 from optuna_cas.chunks.layout import MANIFEST_PREFIX, PACK_PREFIX
 from optuna_cas.content import BLOB_PREFIX, REF_PREFIX
-from optuna_cas.digest import CHUNK_SIZE, readinto
+from optuna_cas.digest import CHUNK_SIZE, RawReader, readinto
 from optuna_cas.progress import Progress, ProgressCallback
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
@@ -185,7 +185,7 @@ def _at_most(
     progress(task, min(done, limit), total)
 
 
-class _Counting(io.RawIOBase):
+class _Counting(RawReader):
     """Passes reads (and seeks, for retries that rewind) through, reporting the bytes."""
 
     def __init__(
@@ -197,9 +197,6 @@ class _Counting(io.RawIOBase):
         self._closes_inner = closes_inner
         self._start: int | None = None
         self._counted = 0  # bytes reported, from the start on
-
-    def readable(self) -> bool:
-        return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         if self._start is None:

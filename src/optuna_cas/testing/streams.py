@@ -11,6 +11,8 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from optuna_cas.digest import RawReader
+
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
@@ -35,7 +37,7 @@ def random_bytes(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-class NonSeekable(io.RawIOBase):
+class NonSeekable(RawReader):
     """``data`` behind a pipe-like stream: readable, not seekable, no ``tell``.
 
     Example:
@@ -48,16 +50,12 @@ class NonSeekable(io.RawIOBase):
         super().__init__()
         self._inner = io.BytesIO(data)
 
-    def readable(self) -> bool:
-        """Always True."""
-        return True
-
     def readinto(self, buffer: WriteableBuffer) -> int:
         """Fill ``buffer`` from the data; 0 at EOF."""
         return self._inner.readinto(buffer)
 
 
-class FailsAtEof(io.RawIOBase):
+class FailsAtEof(RawReader):
     """Delivers ``data``, then raises ``OSError`` where EOF would be.
 
     That is what a verifying reader does on wrong bytes: everything was sent, and only the end
@@ -78,10 +76,6 @@ class FailsAtEof(io.RawIOBase):
         self._inner = io.BytesIO(data)
         self.message = message
 
-    def readable(self) -> bool:
-        """Always True."""
-        return True
-
     def readinto(self, buffer: WriteableBuffer) -> int:
         """Fill ``buffer``; raise instead of returning 0 at EOF."""
         count = self._inner.readinto(buffer)
@@ -90,7 +84,7 @@ class FailsAtEof(io.RawIOBase):
         return count
 
 
-class FailsAfter(io.RawIOBase):
+class FailsAfter(RawReader):
     """Yields ``good`` zero bytes, then raises ``error``: a caller's stream breaking mid-upload.
 
     Not seekable. The same ``error`` object is raised each time, so a test can check that a
@@ -111,10 +105,6 @@ class FailsAfter(io.RawIOBase):
         self._left = good
         self.error = error
 
-    def readable(self) -> bool:
-        """Always True."""
-        return True
-
     def readinto(self, buffer: WriteableBuffer) -> int:
         """Zeros until ``good`` bytes were given, then ``error``."""
         view = memoryview(buffer).cast("B")
@@ -126,7 +116,7 @@ class FailsAfter(io.RawIOBase):
         return n
 
 
-class HandsOver(io.RawIOBase):
+class HandsOver(RawReader):
     """A raw stream over ``source`` whose ``read`` passes on (and records) what it returned.
 
     What a remote body does (botocore hands over the bytes the socket was read into), with
@@ -143,10 +133,6 @@ class HandsOver(io.RawIOBase):
         super().__init__()
         self._source, self._before = source, before
         self.handed: list[bytes] = []
-
-    def readable(self) -> bool:
-        """Always True."""
-        return True
 
     def readinto(self, buffer: WriteableBuffer) -> int:
         """Refused: a copy through the caller's buffer is what this stream exposes."""
@@ -198,7 +184,7 @@ class OnEof(io.BytesIO):
             action()
 
 
-class PatternSource(io.RawIOBase):
+class PatternSource(RawReader):
     """``size`` bytes of a repeating ``block``, made on demand: a large, non-seekable input.
 
     It never holds more than one block, so a memory measurement counts only what the store
@@ -223,10 +209,6 @@ class PatternSource(io.RawIOBase):
         self._block = block
         self._offset = 0
         self.sha256 = hashlib.sha256()
-
-    def readable(self) -> bool:
-        """Always True."""
-        return True
 
     def read(self, size: int | None = -1) -> bytes:
         """Up to ``size`` bytes; refuses an unbounded read."""
