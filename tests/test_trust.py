@@ -353,6 +353,26 @@ def test_stream_sources_are_not_closed_or_moved_wrongly() -> None:
     assert not stream.closed
 
 
+class _SeeksToItsEndOnly(io.BytesIO):
+    """A stream that can seek to its end but not back: measuring it leaves it at its end."""
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET and self.tell() == len(self.getbuffer()):
+            raise OSError(29, "Illegal seek")
+        return super().seek(offset, whence)
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_a_stream_that_cannot_seek_back_is_never_stored_as_empty(tmp_path: Path, kind: str) -> None:
+    # Measuring a stream seeks to its end and back; a failed seek back, swallowed, left it at
+    # its end, and a local store stored an empty artifact (found in review).
+    store = MemoryArtifactStore() if kind == "memory" else FileSystemArtifactStore(tmp_path)
+    with pytest.raises(OSError, match="Illegal seek"):
+        store.write("a", _SeeksToItsEndOnly(b"x" * (1 << 20)))
+    with pytest.raises(ArtifactNotFound):
+        store.open_reader("a")
+
+
 # -- gc's last look and its delete ------------------------------------------------------------
 
 

@@ -60,9 +60,10 @@ def remaining_size(stream: BinaryIO) -> int | None:
             return None
         position = stream.tell()
         end = stream.seek(0, io.SEEK_END)
-        stream.seek(position)
     except (OSError, ValueError, AttributeError):
         return None
+    # Not swallowed: a stream left at its end would be read as empty.
+    stream.seek(position)
     return max(end - position, 0)
 
 
