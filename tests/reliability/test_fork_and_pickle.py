@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import diskcache
 import pytest
@@ -156,8 +157,22 @@ def test_two_threads_forking_at_once_leave_every_gate_free() -> None:
     second.join(10)
     assert not second.is_alive()
     for each in [gate, *_forksafe._gates]:
-        assert each._cond.acquire(timeout=1)
-        each._cond.release()
+        assert _free_for_another_thread(each._lock)
+
+
+def _free_for_another_thread(lock: Any) -> bool:
+    """Whether a new thread can take ``lock`` (re-entrant: its holder always could)."""
+    took: list[bool] = []
+
+    def take() -> None:
+        took.append(lock.acquire(timeout=1))
+        if took[0]:
+            lock.release()
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join()
+    return took == [True]
 
 
 def test_every_diskcache_call_of_the_cache_passes_the_gate() -> None:
