@@ -133,6 +133,7 @@ class GatedCache(diskcache.Cache):  # type: ignore[misc]
 
     def __init__(self, gate: ForkGate, directory: str, **settings: Any) -> None:
         self._gate = gate
+        self._calls = threading.local()  # this thread's gated calls in progress (see _gated)
         with gate.section():
             super().__init__(directory, **{**settings, **_SQLITE_SETTINGS})
 
@@ -155,12 +156,31 @@ class GatedCache(diskcache.Cache):  # type: ignore[misc]
 
 
 def _gated(name: str) -> Callable[..., Any]:
-    """``diskcache.Cache``'s method ``name`` (looked up at each call), inside the fork gate."""
+    """``diskcache.Cache``'s method ``name`` (looked up at each call), inside the fork gate.
+
+    A call that raises closes this thread's connection, which rolls back a transaction it may
+    have left open: a ``KeyboardInterrupt`` that lands just after diskcache's
+    ``BEGIN IMMEDIATE``, before its ``try``, kept the database's write lock for the life of
+    the process, and every other process's cache waited out the timeout and failed (found by
+    a probe). The next call opens a new connection. Only the outermost call closes: diskcache
+    calls some of these methods inside its own transactions (``add`` calls ``volume``), whose
+    rollback needs the connection open.
+    """
 
     @functools.wraps(getattr(diskcache.Cache, name))
     def method(self: GatedCache, *args: Any, **kwargs: Any) -> Any:
+        calls = self._calls
+        depth = getattr(calls, "depth", 0)
         with self._gate.section():
-            return getattr(super(GatedCache, self), name)(*args, **kwargs)
+            calls.depth = depth + 1
+            try:
+                return getattr(super(GatedCache, self), name)(*args, **kwargs)
+            except BaseException:
+                if depth == 0:
+                    self.close()
+                raise
+            finally:
+                calls.depth = depth
 
     return method
 
@@ -290,11 +310,14 @@ def open_entry(root: str, filename: str) -> BinaryIO:
         if e.errno in (errno.ELOOP, errno.ENOTDIR):
             raise EntryRefusedError(f"{filename!r} leads through a symlink or a file") from None
         raise EntryRefusedError(f"{filename!r}: {e.strerror or e}") from None
+    handed = False
     try:
         _require_regular(os.fstat(fd), filename)
+        handed = True  # from here the file object closes fd, even if dropped unreturned
         return open(fd, "rb", closefd=True)
     except BaseException:
-        os.close(fd)
+        if not handed:
+            os.close(fd)
         raise
 
 
