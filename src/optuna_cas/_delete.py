@@ -10,6 +10,7 @@ from typing import Any
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, is_tombstone
 from optuna_cas._optuna import MetadataTarget, import_optuna, resolve_target
 from optuna_cas.exceptions import ArtifactNotFound, not_found_as_ours
+from optuna_cas.stores.base import ContentAddressedArtifactStore
 
 __all__ = ["DELETED_ATTR_PREFIX", "delete_artifact", "record_deletion"]
 
@@ -46,7 +47,8 @@ def delete_artifact(
 
     Raises:
         ArtifactNotFound: The trial or study has no such (live) artifact; deleting twice
-            raises too. The message names the ID.
+            raises too (unless the first deletion was interrupted before it removed the
+            ref of an optuna-cas store: the second finishes it). The message names the ID.
 
     Example:
         >>> import io, optuna
@@ -62,6 +64,14 @@ def delete_artifact(
     """
     target = resolve_target(study_or_trial, storage)
     if not is_live(target, artifact_id):
+        if isinstance(artifact_store, ContentAddressedArtifactStore) and _was_deleted(
+            target, artifact_id
+        ):
+            # A deletion interrupted between its metadata and its ref (Ctrl-C; found by a
+            # probe) left a ref no call could remove: this one finishes it.
+            with contextlib.suppress(ArtifactNotFound):
+                artifact_store.remove(artifact_id)
+                return
         raise ArtifactNotFound(
             f"Artifact {artifact_id!r} is not recorded on {describe_target(target)} "
             "(or was deleted)"
@@ -145,6 +155,15 @@ def deleted_on_study(target: MetadataTarget) -> set[str]:
         for k in attrs
         if isinstance(k, str) and k.startswith(DELETED_ATTR_PREFIX)
     }
+
+
+def _was_deleted(target: MetadataTarget, artifact_id: str) -> bool:
+    """Whether the target records ``artifact_id`` as deleted (a tombstone, or on the study)."""
+    attrs = target.system_attrs()
+    key = ARTIFACTS_ATTR_PREFIX + artifact_id
+    if key in attrs and is_tombstone(attrs[key]):
+        return True
+    return artifact_id in deleted_on_study(target)
 
 
 def is_live(target: MetadataTarget, artifact_id: str) -> bool:
