@@ -434,6 +434,12 @@ def temp_beside(target: Path) -> tuple[int, str]:
             continue
         except OSError as e:
             raise type(e)(e.errno, f"Cannot create {str(target)!r}: {e.strerror}") from None
+        except BaseException:
+            # A KeyboardInterrupt raised as os.open returned: the file exists, and no caller
+            # will remove it (found by a probe: left in the user's directory for good).
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            raise
     raise FileExistsError(f"Cannot create a temp file beside {str(target)!r}: names all taken")
 
 

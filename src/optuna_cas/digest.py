@@ -292,14 +292,15 @@ def hash_private_range(fd: int, hasher: Any, start: int, end: int) -> None:
     skip = start - offset
     while offset < end:
         length = min(HASH_WINDOW, end - offset)
-        with mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset) as window:
-            view = memoryview(window)
-            part = view[skip:]
-            try:
-                hasher.update(part)
-            finally:  # a hasher's exception keeps `part` alive: release it, or closing fails
-                part.release()
-                view.release()
+        # Each view is released by its own with statement before the map closes (closing a
+        # map with a view alive fails): an exception, even a KeyboardInterrupt between two
+        # releases, leaves none alive.
+        with (
+            mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset) as window,
+            memoryview(window) as view,
+            view[skip:] as part,
+        ):
+            hasher.update(part)
         offset += length
         skip = 0
 

@@ -164,6 +164,10 @@ class LocalBackend:
                     "object (run 'optuna-cas verify')"
                 ) from e
             raise
+        # Once a reader owns fd, it closes fd, even one dropped by a KeyboardInterrupt as it
+        # was returned; closing it here too closed another thread's new descriptor of that
+        # number (found by interrupting at every call).
+        handed = False
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
@@ -173,6 +177,7 @@ class LocalBackend:
                     f"{key!r} in {self.describe()} is {describe_mode(st.st_mode)}, not a stored "
                     "object (run 'optuna-cas verify')"
                 )
+            handed = True
             if length is not None:
                 return _window_reader(fd, Window.of(offset, length), st.st_size)
             # A buffer no larger than the object (refs are a few hundred bytes): the buffer is
@@ -180,7 +185,8 @@ class LocalBackend:
             buffering = max(8192, min(CHUNK_SIZE, st.st_size))
             reader = open(fd, "rb", buffering=buffering)  # noqa: SIM115 - handed to the caller
         except BaseException:
-            os.close(fd)
+            if not handed:
+                os.close(fd)
             raise
         if offset:
             reader.seek(offset)

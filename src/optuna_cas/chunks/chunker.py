@@ -74,11 +74,14 @@ class Chunker:
         self._done = False
 
     def __iter__(self) -> Iterator[tuple[Digest, memoryview]]:
-        free: queue.Queue[bytearray] = queue.Queue()
+        # SimpleQueue: its put and get are C code. A KeyboardInterrupt on this thread inside
+        # Queue's Python-level locking left the lock held, and the threads (and the join
+        # below) waited forever (found by interrupting at every call).
+        free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         for _ in range(_BLOCKS):
             free.put(bytearray(CHUNK_MAX + _BLOCK))
-        filled: queue.Queue[_Filled] = queue.Queue()
-        cut: queue.Queue[_Cut] = queue.Queue()
+        filled: queue.SimpleQueue[_Filled] = queue.SimpleQueue()
+        cut: queue.SimpleQueue[_Cut] = queue.SimpleQueue()
         stop = threading.Event()
         threads = [
             threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -101,8 +104,8 @@ class Chunker:
 
     def _read(
         self,
-        free: queue.Queue[bytearray],
-        filled: queue.Queue[_Filled],
+        free: queue.SimpleQueue[bytearray],
+        filled: queue.SimpleQueue[_Filled],
         stop: threading.Event,
     ) -> None:
         # Blocks are read at offset CHUNK_MAX, leaving room in front for the previous block's
@@ -134,7 +137,7 @@ class Chunker:
 
 
 def _cut_blocks(
-    filled: queue.Queue[_Filled], cut: queue.Queue[_Cut], stop: threading.Event
+    filled: queue.SimpleQueue[_Filled], cut: queue.SimpleQueue[_Cut], stop: threading.Event
 ) -> None:
     """The cutter's loop: the chunks of each block whose end is certain, in order.
 
@@ -182,7 +185,7 @@ def _bounds(cdc: FastCDC, view: memoryview, *, final: bool) -> list[tuple[int, i
     return bounds
 
 
-def _hash_chunks(cut: queue.Queue[_Cut], free: queue.Queue[bytearray]) -> Iterator[Any]:
+def _hash_chunks(cut: queue.SimpleQueue[_Cut], free: queue.SimpleQueue[bytearray]) -> Iterator[Any]:
     """The caller's stage: each chunk with its digest; each block given back once used."""
     while True:
         item = cut.get()
