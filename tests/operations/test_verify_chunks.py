@@ -11,7 +11,7 @@ from typing import Any
 import blake3
 import pytest
 
-from optuna_cas import verify
+from optuna_cas import gc, verify
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.chunks.layout import index_key, manifest_key, pack_key
@@ -274,3 +274,54 @@ def test_a_manifest_naming_a_wrong_pack_size_does_not_condemn_a_sound_pack(
     report = verify(store, deep=True, quarantine=True)
     assert not any(k.startswith("packs/") for k in report.quarantined + report.corrupt)
     assert report.missing_packs and not report.ok  # the manifests are what is wrong
+
+
+def _grow(store: ContentAddressedArtifactStore, key: str, how: str, tmp_path: Path) -> None:
+    """Extra bytes at a pack's end: one appended byte, or holes up to 1 GiB (sparse)."""
+    if how == "sparse":
+        os.truncate(tmp_path / "store" / key, 2**30)  # more than any pack: never read whole
+        return
+    backend = store.content.backend
+    with backend.open_reader(key) as reader:
+        data = reader.read()
+    backend.write(key, io.BytesIO(data + b"\0"))  # out of band: every named range as it was
+
+
+@pytest.mark.parametrize("how", ["append", "sparse"])
+def test_a_pack_with_extra_bytes_at_its_end_keeps_serving_the_files_that_read_back(
+    store: ContentAddressedArtifactStore, tmp_path: Path, how: str
+) -> None:
+    """Its users were excluded as "missing pack (size n)": quarantine moved the only copy of
+    files that read back byte-exact, and all of them became ArtifactNotFound (found by a
+    probe)."""
+    if how == "sparse" and not isinstance(store.content.backend, LocalBackend):
+        pytest.skip("a sparse file needs a local store")
+    _fill(store)
+    pack = next(p for p in _packs(store) if p.size > len(BACKBONE))  # a's: b uses it too
+    _grow(store, pack.key, how, tmp_path)
+    grown = store.content.backend.stat(pack.key).size
+    report = verify(store, quarantine=True)
+    assert report.corrupt == [pack.key] and report.bad_files == []
+    assert {m.problem for m in report.missing_packs} == {f"size {grown}"}  # still reported
+    assert pack.key not in report.quarantined and report.quarantined == []
+    assert "copied to a new pack" in report.reasons[pack.key]
+    for name, data in FILES.items():
+        with store.open_reader(name) as reader:
+            assert reader.read() == data
+    gc(store, grace_period=0, allow_short_grace=True)
+    assert verify(store).ok
+    for name, data in FILES.items():
+        with store.open_reader(name) as reader:
+            assert reader.read() == data
+
+
+def test_a_grown_pack_whose_named_ranges_are_damaged_is_still_quarantined(
+    store: ContentAddressedArtifactStore, tmp_path: Path
+) -> None:
+    _fill(store)
+    pack = next(p for p in _packs(store) if p.size > len(BACKBONE))
+    _flip_a_byte(store, pack.key, 600_000)  # in the backbone: neither a nor b reads back
+    _grow(store, pack.key, "append", tmp_path)
+    report = verify(store, quarantine=True)
+    assert report.corrupt == [pack.key] and len(report.bad_files) == 2
+    assert report.quarantined == [pack.key]

@@ -357,7 +357,17 @@ def _corrupt_packs_still_serving(
     Each with the manifests of the files failing on it, and of those reading back.
     """
     corrupt, bad = set(report.corrupt), set(report.bad_files)
-    missing = {m.manifest for m in report.missing_packs}
+    # A file that is not a bad file read back, unless a pack it names is absent (its read
+    # then stops, reported as a missing pack). A pack of the wrong size is no such reason:
+    # bytes appended to it, or holes past its end, leave the ranges manifests name as they
+    # were, and readers use nothing else. Excluding its users quarantined the only copy of
+    # files that read back byte-exact. Erring the other way is safe: move_out verifies each
+    # range it copies and rewrites no manifest unless every range moved.
+    absent = {
+        obj.key
+        for obj, table in parsed.values()
+        if any(pack_key_of(listing, pack) is None for pack in table.packs)
+    }
     users: dict[str, tuple[Digest, Users]] = {}
     for obj, table in parsed.values():
         for pack in table.packs:
@@ -366,7 +376,7 @@ def _corrupt_packs_still_serving(
                 users.setdefault(key, (pack, []))[1].append((obj, table))
     serving = {}
     for key, (pack, objs) in users.items():
-        sound = [(o, t) for o, t in objs if o.key not in bad and o.key not in missing]
+        sound = [(o, t) for o, t in objs if o.key not in bad and o.key not in absent]
         if sound:
             serving[key] = (pack, [(o, t) for o, t in objs if o.key in bad], sound)
     return serving
