@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from optuna_cas.backends.base import Backend, ObjectInfo
+from optuna_cas.backends.base import Backend, ObjectInfo, move_aside, mover_of
 from optuna_cas.backends.local import TEMP_PREFIX, LocalBackend
-from optuna_cas.exceptions import ArtifactNotFound, InvalidKeyError
+from optuna_cas.backends.memory import MemoryBackend
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, InvalidKeyError
 from optuna_cas.middleware.backoff import RetryingBackend
 from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from optuna_cas.testing.backend import BackendConformance
@@ -118,3 +119,61 @@ def test_a_directory_symlinked_out_of_the_store_holds_nothing_and_takes_no_write
         backend.write(key, io.BytesIO(b"payload"))
     assert (elsewhere / "cd").read_bytes() == b"not ours"
     assert sorted(os.listdir(elsewhere)) == ["cd"]
+
+
+def test_move_aside_renames_a_sparse_file_instead_of_writing_out_its_holes(tmp_path: Path) -> None:
+    # verify --quarantine copied a 2 GiB sparse file planted at a pack key (9 MiB on disk)
+    # into quarantine/, which then took 2 GiB of disk (found by a probe); a terabyte one fills
+    # the disk. Behind retries too: the rename is the local layer's.
+    local = LocalBackend(tmp_path / "s")
+    backend = RetryingBackend(local, Retrier(RetryPolicy(min_delay=0.01, max_delay=0.05)))
+    assert mover_of(backend) is local
+    path = local.root / "packs/ab/cd"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"payload")
+    os.truncate(path, 2**30)
+    inode = path.stat().st_ino
+    assert move_aside(backend, "packs/ab/cd", "quarantine/", limit=100) == 0  # all of it kept
+    moved = local.root / "quarantine/packs/ab/cd"
+    assert not path.exists() and moved.stat().st_ino == inode  # renamed, not copied
+    assert moved.stat().st_size == 2**30 and moved.stat().st_blocks * 512 < MiB
+    move_aside(backend, "packs/ab/cd", "quarantine/")  # gone meanwhile: nothing to do
+
+
+def test_move_refuses_a_destination_through_a_symlink_out_of_the_store(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "s")
+    backend.write("packs/ab/cd", io.BytesIO(b"payload"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (backend.root / "quarantine").symlink_to(elsewhere)
+    with pytest.raises(InvalidKeyError, match="resolves outside"):
+        move_aside(backend, "packs/ab/cd", "quarantine/")
+    assert os.listdir(elsewhere) == [] and backend.exists("packs/ab/cd")  # nothing moved
+
+
+def test_move_takes_stored_objects_only(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "s")
+    with pytest.raises(ArtifactNotFound):
+        backend.move("packs/ab/cd", "q/packs/ab/cd")
+    (backend.root / "packs/ab").mkdir(parents=True)
+    os.mkfifo(backend.root / "packs/ab/cd")
+    with pytest.raises(IntegrityError, match="is a FIFO"):
+        backend.move("packs/ab/cd", "q/packs/ab/cd")
+    move_aside(backend, "packs/ab/cd", "q/")  # a FIFO holds no bytes to keep: removed
+    assert os.listdir(backend.root / "packs/ab") == [] and not (backend.root / "q").exists()
+    (backend.root / "packs/ab/cd").symlink_to(tmp_path)
+    with pytest.raises(ArtifactNotFound):  # a symlink stores nothing
+        backend.move("packs/ab/cd", "q/packs/ab/cd")
+
+
+def test_move_aside_keeps_at_most_limit_bytes_where_it_must_copy() -> None:
+    # A backend that cannot rename copies: an object longer than anything of its kind (a
+    # 40 GiB "pack") keeps only the bytes a good one could hold.
+    backend = MemoryBackend()
+    backend.write("packs/ab/cd", io.BytesIO(b"0123456789"))
+    assert move_aside(backend, "packs/ab/cd", "quarantine/", limit=4) == 6
+    assert not backend.exists("packs/ab/cd")
+    assert backend.open_reader("quarantine/packs/ab/cd").read() == b"0123"
+    backend.write("k", io.BytesIO(b"abc"))
+    assert move_aside(backend, "k", "quarantine/", limit=4) == 0
+    assert backend.open_reader("quarantine/k").read() == b"abc"

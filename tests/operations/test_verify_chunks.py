@@ -325,3 +325,39 @@ def test_a_grown_pack_whose_named_ranges_are_damaged_is_still_quarantined(
     report = verify(store, quarantine=True)
     assert report.corrupt == [pack.key] and len(report.bad_files) == 2
     assert report.quarantined == [pack.key]
+
+
+def test_quarantine_of_a_sparse_pack_takes_no_more_disk_than_it_did(tmp_path: Path) -> None:
+    """It was copied, holes written out: 2 GiB of disk for a file holding 9 MiB (a probe)."""
+    store = ContentAddressedArtifactStore(
+        ContentStore(LocalBackend(tmp_path / "store"), chunk_threshold=THRESHOLD)
+    )
+    _fill(store)
+    planted = tmp_path / "store" / pack_key(Digest("ab" * 32, 1))
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(b"not a pack")
+    os.truncate(planted, 2**30)  # more than any pack; nothing names it
+    report = verify(store, quarantine=True)
+    key = pack_key(Digest("ab" * 32, 1))
+    assert report.quarantined == [key]
+    moved = tmp_path / "store" / "quarantine" / key
+    assert moved.stat().st_size == 2**30 and moved.stat().st_blocks * 512 < 2**20
+    for name, data in FILES.items():
+        with store.open_reader(name) as reader:
+            assert reader.read() == data
+
+
+def test_a_store_that_must_copy_keeps_no_more_of_a_pack_than_any_pack_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from optuna_cas.chunks import maintenance
+
+    store = ContentAddressedArtifactStore(ContentStore(MemoryBackend(), chunk_threshold=THRESHOLD))
+    _fill(store)
+    pack = next(p for p in _packs(store) if p.size > len(BACKBONE))
+    _flip_a_byte(store, pack.key, 600_000)
+    monkeypatch.setattr(maintenance, "PACK_MAX", 1000)  # stands in for a 40 GiB object
+    report = verify(store, quarantine=True)
+    assert report.quarantined == [pack.key]
+    assert f"the {pack.size - 1000} B past the most" in report.reasons[pack.key]
+    assert store.content.backend.stat("quarantine/" + pack.key).size == 1000

@@ -28,6 +28,7 @@ from optuna_cas.backends.local_files import (
     create_beside,
     directory_in_the_way,
     fsync_dir,
+    make_parent,
     unique_name,
 )
 from optuna_cas.backends.window import Window, WindowReader, check_range
@@ -277,6 +278,51 @@ class LocalBackend:
             os.unlink(path)
         except FileNotFoundError as e:
             raise self._missing(key) from e
+
+    def move(self, key: str, new_key: str) -> None:
+        """Give the object at ``key`` the key ``new_key`` with one rename: no byte is copied.
+
+        verify's quarantine: a copy wrote out every hole of a sparse file planted at a key.
+        Both keys get the containment check every key gets, before the rename: a symlinked
+        directory on the way to ``new_key`` leading out of the store is refused, and nothing
+        is moved through it. What sits at ``new_key`` is replaced (the entry, never what a
+        symlink there points at).
+
+        Raises:
+            ArtifactNotFound: Nothing is stored at ``key`` (a symlink or directory there
+                stores nothing, as :meth:`open_reader` sees it).
+            IntegrityError: A FIFO, socket or device sits at ``key``.
+            InvalidKeyError: ``new_key`` leads outside the store.
+            OSError: The rename failed (``EXDEV`` across file systems, a directory at
+                ``new_key``); nothing moved.
+
+        Example:
+            >>> import io, tempfile
+            >>> b = LocalBackend(tempfile.mkdtemp()); b.write("k", io.BytesIO(b"x"))
+            >>> b.move("k", "q/k"); b.exists("k"), b.open_reader("q/k").read()
+            (False, b'x')
+        """
+        source, target = self._stored(key), self._fspath(new_key)
+        try:
+            mode = os.lstat(source).st_mode
+        except (FileNotFoundError, NotADirectoryError) as e:
+            raise self._missing(key) from e
+        if stat.S_ISLNK(mode) or stat.S_ISDIR(mode):
+            raise self._missing(key)
+        if not stat.S_ISREG(mode):
+            raise IntegrityError(
+                f"{key!r} in {self.describe()} is {describe_mode(mode)}, not a stored object"
+            )
+        try:
+            os.rename(source, target)
+        except FileNotFoundError as e:
+            if not os.path.lexists(source):
+                raise self._missing(key) from e  # removed meanwhile (gc, say)
+            make_parent(target)  # the first object moved to that directory
+            os.rename(source, target)
+        if self._fsync:
+            fsync_dir(target.rpartition("/")[0])
+            fsync_dir(source.rpartition("/")[0])
 
     def remove_if_unchanged(self, key: str, seen: ObjectInfo) -> bool:
         """Delete ``key`` only if it is still the file ``seen`` describes; True if deleted.

@@ -24,6 +24,7 @@ __all__ = [
     "INDEX_PREFIX",
     "MANIFEST_PREFIX",
     "PACK_LEAD_MAX",
+    "PACK_MAX",
     "PACK_PREFIX",
     "PACK_TARGET",
     "index_key",
@@ -44,6 +45,10 @@ CHUNK_THRESHOLD = 8 * 1024 * 1024
 # A pack is sealed and published once it holds this much: large enough that S3/GCS requests
 # scale with bytes, small enough that a reader needing one chunk range wastes little.
 PACK_TARGET = 32 * 1024 * 1024
+# Larger than any pack an upload or gc writes (PACK_TARGET plus one chunk and the lead), with
+# room to spare: deep verify reads no larger object under packs/, and quarantine keeps no more
+# of one (a sparse file planted there may be terabytes of holes).
+PACK_MAX = 4 * PACK_TARGET
 # A pack may start with fewer zeros than this, which no entry names, so that its first chunk
 # sits at its file offset modulo a page (see chunks.packer). Readers may fetch them along with
 # the first chunk (a range from byte 0), never use them, and read packs without them alike.

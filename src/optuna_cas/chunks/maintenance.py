@@ -22,12 +22,19 @@ from optuna_cas.chunks.index import read_bounded
 from optuna_cas.chunks.layout import (
     INDEX_PREFIX,
     MANIFEST_PREFIX,
+    PACK_MAX,
     PACK_PREFIX,
     pack_key,
     parse_content_key,
 )
 from optuna_cas.chunks.reader import ChunkedReader, whole_file_reader
-from optuna_cas.chunks.table import INDEX_MAGIC, MANIFEST_MAGIC, ChunkTable, parse_table
+from optuna_cas.chunks.table import (
+    INDEX_MAGIC,
+    MANIFEST_MAGIC,
+    MAX_TABLE_BYTES,
+    ChunkTable,
+    parse_table,
+)
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
 
@@ -256,11 +263,16 @@ class ChunkMaintenance:
         assert table.file is not None
         return whole_file_reader(ChunkedReader(self._backend, table, name), table.file, name)
 
-    def quarantine(self, obj: StoredObject, prefix: str) -> None:
+    def quarantine(self, obj: StoredObject, prefix: str) -> int:
         """Move a corrupt pack or manifest under ``prefix``, kept for inspection, never read.
 
         The next upload of the same content then writes a good one. A FIFO or device there
-        holds no bytes to keep: it is just removed.
+        holds no bytes to keep: it is just removed. A local store renames it; another copies
+        it, and keeps no more of it than any object of its kind holds (:data:`PACK_MAX`,
+        :data:`MAX_TABLE_BYTES`): see :func:`~optuna_cas.backends.base.move_aside`.
+
+        Returns:
+            How many bytes past that bound were not kept (0: all of it).
 
         Example:
             >>> import io, os
@@ -268,12 +280,14 @@ class ChunkMaintenance:
             >>> from optuna_cas.chunks.store import ChunkStore
             >>> store = ChunkStore(MemoryBackend()); _ = store.put(io.BytesIO(os.urandom(9)))
             >>> for pack in list(store.iter_packs()):
-            ...     store.quarantine(pack, "quarantine/")
+            ...     _ = store.quarantine(pack, "quarantine/")
             >>> list(store.iter_packs()), [i.key[:17] for i in store.backend.list("quar")]
             ([], ['quarantine/packs/'])
         """
-        move_aside(self._backend, obj.key, prefix)
+        limit = PACK_MAX if obj.kind == "packs" else MAX_TABLE_BYTES
+        dropped = move_aside(self._backend, obj.key, prefix, limit=limit)
         self._forget_object(obj)
+        return dropped
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import BinaryIO
 import blake3
 
 from optuna_cas._fileio import read_up_to
-from optuna_cas.chunks.layout import PACK_TARGET
+from optuna_cas.chunks.layout import PACK_MAX
 from optuna_cas.chunks.store import ChunkStore, StoredObject
 from optuna_cas.chunks.table import ChunkTable
 from optuna_cas.digest import ALGORITHM, CHUNK_SIZE, Digest, readinto
@@ -37,9 +37,6 @@ __all__ = [
     "quarantine_chunked",
 ]
 
-# Larger than any pack an upload or gc writes (PACK_TARGET plus one chunk and the lead), with
-# room to spare: deep verify does not read a larger object under packs/.
-_MAX_PACK = 4 * PACK_TARGET
 # Parsed manifests by the file's hex digest, with the object listed.
 Manifests = dict[str, tuple[StoredObject, ChunkTable]]
 # A deep check: (key, what kind of finding a problem is, the check).
@@ -242,10 +239,10 @@ def deep_checks(chunks: ChunkStore, listing: ChunkListing, parsed: Manifests) ->
     """
     checks: list[Check] = []
     for pack in listing.packs.values():
-        if pack.size > _MAX_PACK:
+        if pack.size > PACK_MAX:
             # Not read: it cannot be a pack (a planted sparse file may be 100 GiB). A size a
             # manifest names is no reason on its own: the manifest may be the wrong one.
-            problem = f"{pack.size} B stored, more than any pack written ({_MAX_PACK} B)"
+            problem = f"{pack.size} B stored, more than any pack written ({PACK_MAX} B)"
             checks.append((pack.key, "corrupt", _known_problem(problem)))
         else:
             checks.append((pack.key, "corrupt", _pack_check(chunks, pack)))
@@ -257,7 +254,7 @@ def deep_checks(chunks: ChunkStore, listing: ChunkListing, parsed: Manifests) ->
 def deep_bytes(listing: ChunkListing, parsed: Manifests) -> int:
     """Bytes :func:`deep_checks` reads: every pack it re-hashes, then every chunked file whole."""
     files = sum(table.file.size for _, table in parsed.values() if table.file is not None)
-    return sum(p.size for p in listing.packs.values() if p.size <= _MAX_PACK) + files
+    return sum(p.size for p in listing.packs.values() if p.size <= PACK_MAX) + files
 
 
 def pack_key_of(listing: ChunkListing, pack: Digest) -> str | None:
@@ -345,7 +342,11 @@ def quarantine_chunked(
     skip = set(report.bad_index_objects)
     doomed += [obj for obj, _why in _indexes_naming(chunks, listing, damaged, skip)]
     for obj in {obj.key: obj for obj in doomed}.values():
-        chunks.quarantine(obj, prefix)
+        if dropped := chunks.quarantine(obj, prefix):
+            report.reasons[obj.key] = (
+                f"{report.reasons.get(obj.key, 'quarantined')}; the {dropped} B past the "
+                f"most any such object holds were dropped, not copied under {prefix}"
+            )
         report.quarantined.append(obj.key)
 
 
