@@ -505,3 +505,26 @@ def test_a_study_listing_takes_size_and_digest_from_the_stores_refs(
     with_store = listed("--store", store)
     assert with_store["size"] == 5 and str(with_store["digest"]).startswith("blake3:")
     assert with_store["origin"] == "optuna-cas"
+
+
+def test_verify_reports_what_it_could_not_quarantine_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    # A quarantine directory symlinked out of the store crashed verify with a private error.
+    store = tmp_path / "store"
+    source = make_file(b"q" * 50_000, name="m.pt")
+    assert main(["--store", str(store), "-q", "put", str(source)]) == 0
+    (blob,) = (p for p in (store / "blobs").rglob("*") if p.is_file())
+    blob.write_bytes(b"Q" * 50_000)
+    (tmp_path / "elsewhere").mkdir()
+    (store / "quarantine").symlink_to(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["--store", str(store), "verify", "--quarantine"]) == 1
+    out = capsys.readouterr().out
+    key = blob.relative_to(store).as_posix()
+    assert f"CORRUPT  {key}: " in out and "(quarantined)" not in out
+    assert "could not quarantine: quarantine/ leads outside the store" in out
+    assert "could not move 1 objects to" in out and "they stay where they are" in out
+    assert main(["--store", str(store), "--json", "verify", "--quarantine"]) == 1
+    assert json.loads(capsys.readouterr().out)["quarantine_failed"] == [key]
+    assert blob.is_file() and list((tmp_path / "elsewhere").iterdir()) == []

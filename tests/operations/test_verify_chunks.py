@@ -361,3 +361,28 @@ def test_a_store_that_must_copy_keeps_no_more_of_a_pack_than_any_pack_holds(
     assert report.quarantined == [pack.key]
     assert f"the {pack.size - 1000} B past the most" in report.reasons[pack.key]
     assert store.content.backend.stat("quarantine/" + pack.key).size == 1000
+
+
+def test_a_quarantine_directory_leading_out_of_the_store_is_reported_not_raised(
+    tmp_path: Path,
+) -> None:
+    """verify raised the private _OutsideTheStore and the whole report was lost (a probe)."""
+    store = ContentAddressedArtifactStore(
+        ContentStore(LocalBackend(tmp_path / "store"), chunk_threshold=THRESHOLD)
+    )
+    _fill(store)
+    pack = next(p for p in _packs(store) if p.size > len(BACKBONE))
+    _flip_a_byte(store, pack.key, 600_000)  # neither a nor b reads back: the pack must go
+    (blob,) = store.content.iter_blobs()  # "small"
+    _flip_a_byte(store, blob.key, 10)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "store" / "quarantine").symlink_to(elsewhere)
+    report = verify(store, quarantine=True)
+    assert report.corrupt == sorted([pack.key, blob.key]) and len(report.bad_files) == 2
+    assert report.quarantined == [] and report.quarantine_failed == sorted([pack.key, blob.key])
+    for key in report.quarantine_failed:
+        assert "could not quarantine: quarantine/ leads outside the store" in report.reasons[key]
+        assert store.content.backend.exists(key)  # left where it was
+    assert "hashes to" in report.reasons[pack.key]  # the finding is kept too
+    assert list(elsewhere.iterdir()) == []

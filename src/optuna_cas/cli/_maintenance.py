@@ -93,10 +93,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report = verify(store, deep=not args.fast, quarantine=args.quarantine, progress=bar)
     # Where --quarantine moved objects: kept there for inspection, never read again.
     quarantine_dir = f"{store.content.describe().rstrip('/')}/quarantine/"
+    # An object --quarantine could not move is a problem still there: never exit 0 on it.
+    status = 0 if report.ok and not report.quarantine_failed else 1
     if args.json:
         extra = {"quarantine_dir": quarantine_dir} if args.quarantine else {}
         _emit_json(_report_json(report) | extra)
-        return 0 if report.ok else 1
+        return status
     for key in report.corrupt:
         quarantined = "  (quarantined)" if key in report.quarantined else ""
         print(f"CORRUPT  {esc(key)}{quarantined}{_because(report.reasons.get(key))}")
@@ -150,7 +152,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "inspection, never read); their artifacts now read as missing: upload the same "
             "files again (put) to store a good copy",
         )
-    return 0 if report.ok else 1
+    if report.quarantine_failed:
+        _print(
+            args,
+            f"could not move {len(report.quarantine_failed)} objects to "
+            f'{esc(quarantine_dir)} ("could not quarantine" above says why): they stay '
+            "where they are",
+        )
+    return status
 
 
 def _because(reason: str | None) -> str:

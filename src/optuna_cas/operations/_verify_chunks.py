@@ -10,6 +10,7 @@ and the whole file checked against their digests.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
@@ -20,7 +21,12 @@ from optuna_cas.chunks.layout import PACK_MAX
 from optuna_cas.chunks.store import ChunkStore, StoredObject
 from optuna_cas.chunks.table import ChunkTable
 from optuna_cas.digest import ALGORITHM, CHUNK_SIZE, Digest, readinto
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.exceptions import (
+    ArtifactNotFound,
+    IntegrityError,
+    InvalidKeyError,
+    OptunaCasError,
+)
 from optuna_cas.operations._chunk_listing import ChunkListing
 from optuna_cas.operations._gc_chunks import move_out
 from optuna_cas.operations._rehash import rehash_problem
@@ -35,6 +41,7 @@ __all__ = [
     "deep_bytes",
     "deep_checks",
     "quarantine_chunked",
+    "quarantine_one",
 ]
 
 # Parsed manifests by the file's hex digest, with the object listed.
@@ -342,12 +349,47 @@ def quarantine_chunked(
     skip = set(report.bad_index_objects)
     doomed += [obj for obj, _why in _indexes_naming(chunks, listing, damaged, skip)]
     for obj in {obj.key: obj for obj in doomed}.values():
-        if dropped := chunks.quarantine(obj, prefix):
-            report.reasons[obj.key] = (
-                f"{report.reasons.get(obj.key, 'quarantined')}; the {dropped} B past the "
-                f"most any such object holds were dropped, not copied under {prefix}"
-            )
-        report.quarantined.append(obj.key)
+        quarantine_one(obj.key, functools.partial(chunks.quarantine, obj, prefix), report, prefix)
+
+
+def quarantine_one(
+    key: str, move: Callable[[], int | None], report: VerifyReport, prefix: str
+) -> None:
+    """Move ``key`` aside with ``move`` and record the outcome in ``report``.
+
+    One object that cannot be moved (``quarantine/`` symlinked out of the store, a full disk,
+    a denied write) is listed in ``report.quarantine_failed`` with the reason, and the others
+    are still moved: a raise here lost the whole report. ``move`` returns how many bytes past
+    the most its kind holds were dropped (a copy kept only the first ones), if any.
+
+    Example:
+        >>> report = VerifyReport(deep=True)
+        >>> def refused() -> int:
+        ...     raise InvalidKeyError("Invalid key: 'quarantine/k' (resolves outside '/s')")
+        >>> quarantine_one("k", refused, report, "quarantine/"); report.quarantine_failed
+        ['k']
+        >>> report.reasons["k"]
+        "could not quarantine: quarantine/ leads outside the store (Invalid key: ...)"
+    """
+    try:
+        dropped = move()
+    except (InvalidKeyError, OptunaCasError, OSError) as e:
+        # InvalidKeyError: keys come from a listing, so only the destination can be refused.
+        why = f"{prefix} leads outside the store ({e})" if isinstance(e, InvalidKeyError) else e
+        report.reasons[key] = _and(report.reasons.get(key), f"could not quarantine: {why}")
+        report.quarantine_failed.append(key)
+        return
+    if dropped:
+        report.reasons[key] = _and(
+            report.reasons.get(key),
+            f"the {dropped} B past the most any such object holds were dropped, not kept "
+            f"under {prefix}",
+        )
+    report.quarantined.append(key)
+
+
+def _and(reason: str | None, more: str) -> str:
+    return more if reason is None else f"{reason}; {more}"
 
 
 def _corrupt_packs_still_serving(

@@ -61,6 +61,9 @@ class VerifyReport:
         orphans: Keys of blobs, manifests and packs nothing uses (gc reclaims them).
         quarantined: Keys of corrupt objects moved under ``quarantine/`` (an entry that is
             not a file, such as a FIFO, holds no bytes to keep and is removed).
+        quarantine_failed: Keys of objects quarantine could not move aside (``reasons`` says
+            why, e.g. ``quarantine/`` leads outside the store): they stay where they are, and
+            the other objects are still moved.
         malformed_refs: IDs of refs that could not be read: malformed or oversized records,
             records naming another ID, FIFOs, sockets or directories at a ref key.
         reasons: Why each malformed ref (by ID), corrupt object, unreadable chunked file and
@@ -92,6 +95,7 @@ class VerifyReport:
     missing: list[MissingBlob] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    quarantine_failed: list[str] = field(default_factory=list)
     malformed_refs: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
     manifests_checked: int = 0

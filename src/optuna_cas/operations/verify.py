@@ -6,6 +6,7 @@ That is blobs, and chunked files: manifests, packs and index objects (see
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from optuna_cas._threads import map_in_threads
@@ -48,7 +49,8 @@ def verify(
             else check presence and size only.
         quarantine: Move corrupt blobs, packs and manifests, and bad index objects, to
             ``quarantine/...``, so that the next upload of the same bytes writes a good copy
-            (and reads fail as missing, not as corrupt).
+            (and reads fail as missing, not as corrupt). One that cannot be moved is listed
+            in ``report.quarantine_failed`` with the reason; the rest are still moved.
         workers: Objects hashed in parallel (BLAKE3 and I/O release the GIL).
         progress: Called as ``progress(task, done, total)``; ``total`` is in bytes when deep.
 
@@ -123,10 +125,11 @@ def verify(
         blob_keys = {info.key: info for info in blobs.values()}
         for key in report.corrupt:
             if key in blob_keys:
-                content.quarantine_blob(blob_keys[key])
-                report.quarantined.append(key)
+                move = functools.partial(content.quarantine_blob, blob_keys[key])
+                chunked.quarantine_one(key, move, report, QUARANTINE_PREFIX)
         chunked.quarantine_chunked(content.chunks, listing, manifests, report, QUARANTINE_PREFIX)
         report.quarantined.sort()
+        report.quarantine_failed.sort()
     return report
 
 
