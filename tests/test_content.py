@@ -213,6 +213,35 @@ def test_missing_blob_behind_ref_names_both(tmp_path: Path) -> None:
         store.open_artifact("a")
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_missing_pack_behind_a_ref_is_named_by_a_download(tmp_path: Path, cached: bool) -> None:
+    # A download of a chunked file missing a pack said "its blob blake3:<file digest> is
+    # missing": there is no such blob, and the pack to restore went unnamed (found by a
+    # probe; open_reader named it).
+    import pickle
+
+    from optuna_cas.chunks.layout import pack_key
+    from optuna_cas.exceptions import MissingPackError
+    from optuna_cas.middleware.blob_cache import DiskBlobCache
+
+    cache = DiskBlobCache(tmp_path / "cache") if cached else None
+    store = ContentStore(LocalBackend(tmp_path / "s"), blob_cache=cache, chunk_threshold=256_000)
+    ref = store.put_artifact("a", io.BytesIO(random_bytes(1_000_000, seed=4)))
+    (pack,) = store.chunks.manifest(ref.digest).packs
+    store.backend.remove(pack_key(pack))
+    with pytest.raises(
+        ArtifactNotFound, match=rf"Artifact 'a': its pack {pack} is missing from"
+    ) as e:
+        store.materialize_artifact(store.get_ref("a"), tmp_path / "out")
+    assert "blob" not in str(e.value) and "optuna-cas verify" in str(e.value)
+    assert not (tmp_path / "out").exists()
+    again = pickle.loads(pickle.dumps(e.value))  # errors cross process pools
+    assert isinstance(again, MissingPackError) and (str(again), again.pack) == (
+        str(e.value),
+        str(pack),
+    )
+
+
 def test_malformed_ref_is_an_integrity_error(memory_backend: Backend) -> None:
     memory_backend.write("refs/a", io.BytesIO(b"not json"))
     with pytest.raises(IntegrityError, match="ref 'a' is malformed"):

@@ -51,7 +51,12 @@ from optuna_cas.chunks.layout import (
 )
 from optuna_cas.chunks.reader import ChunkCheckedReader
 from optuna_cas.digest import Digest
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, InvalidKeyError
+from optuna_cas.exceptions import (
+    ArtifactNotFound,
+    IntegrityError,
+    InvalidKeyError,
+    MissingPackError,
+)
 from optuna_cas.ingest import FileDigestMemo, FileSource
 from optuna_cas.refs import INLINE_LIMIT, ArtifactRef
 from optuna_cas.refstore import MAX_REF_BYTES, REF_PREFIX, RefStore
@@ -341,7 +346,7 @@ class ContentStore(BlobStore, RefStore):
             reader = self.open_blob(ref.digest)
         except ArtifactNotFound as e:
             self.forget_ref(artifact_id)
-            raise self._missing(ref) from e
+            raise self._missing(ref, e) from e
         # Seekable like the file Optuna's store returns (np.load, zipfile), and handing out
         # only checked bytes to a reader that stops early (a header, a pickle): see _seekable.
         return seekable_reader(
@@ -355,7 +360,8 @@ class ContentStore(BlobStore, RefStore):
         """Write the content ``ref`` names to the new file ``path``: verified, atomic.
 
         Raises:
-            ArtifactNotFound: Its blob is missing (the message says to run verify).
+            ArtifactNotFound: Its blob, or a pack of its chunks, is missing (the message names
+                it and says to run verify).
             FileExistsError: ``path`` exists.
 
         Example:
@@ -374,9 +380,18 @@ class ContentStore(BlobStore, RefStore):
             self.materialize_blob(ref.digest, path)
         except ArtifactNotFound as e:
             self.forget_ref(ref.artifact_id)
-            raise self._missing(ref) from e
+            raise self._missing(ref, e) from e
 
-    def _missing(self, ref: ArtifactRef) -> ArtifactNotFound:
+    def _missing(self, ref: ArtifactRef, error: ArtifactNotFound) -> ArtifactNotFound:
+        # A chunked file's missing pack is what to restore (and what verify names): a message
+        # naming only the file's digest as a "blob" sent users looking for an object that
+        # never existed.
+        if isinstance(error, MissingPackError):
+            return MissingPackError(
+                f"Artifact {ref.artifact_id!r}: its pack {error.pack} is missing from "
+                f"{self.describe()} (run 'optuna-cas verify')",
+                error.pack,
+            )
         return ArtifactNotFound(
             f"Artifact {ref.artifact_id!r}: its blob {ref.digest} is missing from "
             f"{self.describe()} (run 'optuna-cas verify')"

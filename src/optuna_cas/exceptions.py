@@ -24,6 +24,7 @@ __all__ = [
     "InvalidKeyError",
     "MalformedRecordError",
     "MalformedRecordWarning",
+    "MissingPackError",
     "OptunaCasError",
     "StoreConfigError",
     "TransientBackendError",
@@ -73,6 +74,26 @@ class ArtifactNotFound(OptunaCasError, FileNotFoundError, *_optuna_artifact_not_
     def __reduce__(self) -> tuple[Any, ...]:
         # Exceptions cross process pools: rebuild from the message alone.
         return (type(self), (self.message,))
+
+
+class MissingPackError(ArtifactNotFound):
+    """A pack a chunked file's manifest names is not in the store (an :class:`ArtifactNotFound`).
+
+    It carries the pack, so that a caller naming the artifact keeps the pack in its message:
+    the pack is what to restore, and what ``verify`` names.
+
+    Example:
+        >>> err = MissingPackError("chunked file x: its pack blake3:ab is missing", "blake3:ab")
+        >>> isinstance(err, ArtifactNotFound), err.pack
+        (True, 'blake3:ab')
+    """
+
+    def __init__(self, message: str, pack: str) -> None:
+        super().__init__(message)
+        self.pack = pack
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.pack))
 
 
 class IntegrityError(OptunaCasError):

@@ -29,7 +29,7 @@ from optuna_cas.chunks.cached_packs import CachedPacks, OpenFiles, PackCache
 from optuna_cas.chunks.layout import PACK_LEAD_MAX, pack_key
 from optuna_cas.chunks.table import ChunkTable, Entry
 from optuna_cas.digest import Digest, RawReader, VerifyingReader
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, MissingPackError
 
 __all__ = [
     "COALESCE_GAP",
@@ -416,7 +416,7 @@ def _read_exactly(reader: BinaryIO, count: int, key: str) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def missing_pack(name: str, pack: Digest, backend: Backend) -> ArtifactNotFound:
+def missing_pack(name: str, pack: Digest, backend: Backend) -> MissingPackError:
     """The error for a pack a manifest names but ``backend`` does not hold.
 
     Example:
@@ -424,8 +424,9 @@ def missing_pack(name: str, pack: Digest, backend: Backend) -> ArtifactNotFound:
         >>> str(missing_pack("artifact 'a'", Digest.of_bytes(b""), MemoryBackend()))[:29]
         "artifact 'a': its pack blake3"
     """
-    return ArtifactNotFound(
-        f"{name}: its pack {pack} is missing from {backend.describe()} (run 'optuna-cas verify')"
+    return MissingPackError(
+        f"{name}: its pack {pack} is missing from {backend.describe()} (run 'optuna-cas verify')",
+        str(pack),
     )
 
 
