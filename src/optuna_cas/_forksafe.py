@@ -12,11 +12,12 @@ while a thread evicted from the cache hung on its first cache access). Two tools
   waits (a few seconds at most) until no gated operation is running; should one still be
   running, the child is told so (:attr:`ForkGate.spoiled`) and must not use what it guards.
 
-Both survive a ``KeyboardInterrupt`` (Ctrl-C) at any instant. CPython raises it where a call
-returns, so a lock taken by a call inside a Python ``__enter__`` (``Condition``'s, say) could
-be left held with no ``__exit__`` to come: the next upload, cache read or fork waited forever
-(found by a probe). :class:`ForkSafeLock` is therefore taken by C code (the ``with`` statement
-itself), and a section undoes its own bookkeeping if it is interrupted on its way in.
+Neither is left held by a ``KeyboardInterrupt`` (Ctrl-C). CPython raises it where a call
+returns or a Python function starts, so a lock taken by a call inside a Python ``__enter__``
+(``Condition``'s, say), or counted free by a Python ``__exit__``, could be left held: the next
+upload, cache read or fork waited forever (found by a probe and a review). So both are taken
+and released by the ``with`` statement itself, in C: :class:`ForkSafeLock` is a
+``threading.RLock``, and being inside a section is holding one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import _thread
 import os
 import threading
+import time
 import weakref
 
 __all__ = ["ForkGate", "ForkSafeLock", "ForkedMidOperation"]
@@ -61,6 +63,17 @@ class ForkSafeLock(_thread.RLock):  # type: ignore[misc]
     def __reduce__(self) -> tuple[type[ForkSafeLock], tuple[()]]:
         return (type(self), ())
 
+    def owned(self) -> bool:
+        """Whether the calling thread holds this lock.
+
+        Example:
+            >>> lock = ForkSafeLock()
+            >>> with lock:
+            ...     lock.owned()
+            True
+        """
+        return bool(self._is_owned())  # type: ignore[attr-defined]
+
     def _renew(self) -> None:
         self._at_fork_reinit()  # type: ignore[attr-defined]
 
@@ -68,10 +81,16 @@ class ForkSafeLock(_thread.RLock):  # type: ignore[misc]
 class ForkGate:
     """Critical sections that ``os.fork()`` waits for (see the module notes).
 
-    Sections nest on one thread. While a fork waits, no new section starts, so the running
-    ones drain. A child whose fork could not wait for every section to end (one took longer
-    than :data:`FORK_WAIT_SECONDS`, or the forking thread was inside one) has :attr:`spoiled`
-    set.
+    Each thread has its own re-entrant lock, held while it is inside a section (so sections
+    nest). A fork takes every thread's lock: it waits for the sections running to end, and no
+    new one starts until the fork is done. A child whose fork could not take them all (a
+    section took longer than :data:`FORK_WAIT_SECONDS`, or the forking thread was inside one)
+    has :attr:`spoiled` set. The child decides that from the locks it inherited, not from what
+    the parent wrote down: a fork interrupted while it waited (its hooks' exceptions are
+    ignored, and it forks anyway) spoils the child it should.
+
+    Entering and leaving is the ``with`` statement taking and releasing a lock, in C: nothing
+    a ``KeyboardInterrupt`` can cut in half.
 
     Example:
         >>> gate = ForkGate()
@@ -82,20 +101,13 @@ class ForkGate:
     """
 
     def __init__(self) -> None:
-        self._new_lock()
-        self._running = 0
-        self._forking = False
-        self._depth = threading.local()
-        self._left_running = 0
+        self._mine = threading.local()  # this thread's lock
+        self._all: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()  # dead threads' go
         self.spoiled = False
         _gates.add(self)
 
-    def _new_lock(self) -> None:
-        self._lock = ForkSafeLock()
-        self._drained = threading.Condition(self._lock)
-
-    def section(self) -> _Section:
-        """Run the body of a ``with`` statement as one operation a fork waits for.
+    def section(self) -> ForkSafeLock:
+        """A context manager: its body is one operation a fork waits for.
 
         Raises:
             ForkedMidOperation: This is a child forked while a section was running.
@@ -104,106 +116,77 @@ class ForkGate:
             raise ForkedMidOperation(
                 "this process was forked while another thread was inside it; not used here"
             )
-        return _Section(self)
+        lock: ForkSafeLock | None = getattr(self._mine, "lock", None)
+        if lock is None:
+            lock = ForkSafeLock()
+            self._all.add(lock)  # before it is this thread's: a fork never misses it
+            self._mine.lock = lock
+        return lock
 
-    def _before_fork(self) -> None:
-        # Held across the fork: no section starts or ends meanwhile. The forking thread's
-        # own section (a fork from inside one) cannot end first: the child is spoiled then.
-        own = 1 if getattr(self._depth, "n", 0) else 0
-        self._lock.acquire()
-        self._forking = True
-        self._drained.wait_for(lambda: self._running <= own, timeout=FORK_WAIT_SECONDS)
-        self._left_running = self._running
+    def _before_fork(self, deadline: float) -> None:
+        # Every other thread's lock, until the deadline; the forking thread's own is not
+        # taken (a fork from inside a section cannot wait for that section to end).
+        own = getattr(self._mine, "lock", None)
+        for lock in list(self._all):
+            if lock is not own:
+                lock.acquire(timeout=max(deadline - time.monotonic(), 0.0))
 
     def _after_fork_in_parent(self) -> None:
-        self._forking = False
-        self._drained.notify_all()
-        self._lock.release()
+        # What this thread owns, other than its own lock, the hook above took: once each. An
+        # interrupt here would leave a thread waiting for its own lock forever, so the loop
+        # runs to the end first and raises it after.
+        own = getattr(self._mine, "lock", None)
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                held = [lock for lock in list(self._all) if lock is not own and lock.owned()]
+                if not held:
+                    break
+                held[0].release()
+            except BaseException as e:
+                interrupted = e
+        if interrupted is not None:
+            raise interrupted
 
-    def _after_fork_in_child(self, *, waited: bool) -> None:
-        # A gate made while the fork waited (other threads run on) was not waited for: what
-        # its sections were doing then is unknown.
-        left = self._left_running if waited else self._running
-        self._new_lock()
-        self._depth = threading.local()
-        self.spoiled = self.spoiled or left > 0
-        self._running = 0
-        self._forking = False
-
-
-class _Section:
-    """One :meth:`ForkGate.section`: counted on entry, uncounted on exit or interruption.
-
-    A class, not a generator: a ``KeyboardInterrupt`` raised inside a generator-based
-    ``__enter__`` after the count went up would skip the ``finally`` meant to undo it.
-    """
-
-    __slots__ = ("_counted", "_depth", "_gate")
-
-    def __init__(self, gate: ForkGate) -> None:
-        self._gate = gate
-        self._depth = 0
-        self._counted = False
-
-    def __enter__(self) -> None:
-        gate = self._gate
-        self._depth = getattr(gate._depth, "n", 0)
-        try:
-            if self._depth == 0:
-                with gate._lock:
-                    while gate._forking:
-                        gate._drained.wait()
-                    gate._running += 1
-                    self._counted = True
-            gate._depth.n = self._depth + 1
-        except BaseException:
-            self._leave()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._leave()
-
-    def _leave(self) -> None:
-        gate = self._gate
-        gate._depth.n = self._depth
-        if self._counted:
-            with gate._lock:
-                if self._counted:
-                    self._counted = False
-                    gate._running -= 1
-                    gate._drained.notify_all()
+    def _after_fork_in_child(self) -> None:
+        own = getattr(self._mine, "lock", None)
+        # A section still running at the fork: another thread's lock the fork did not take
+        # (it is held by a thread the child does not have), or this thread's own.
+        running = own is not None and own.owned()
+        for lock in list(self._all):
+            if lock is not own and not lock.owned():
+                running = True
+        self.spoiled = self.spoiled or running
+        self._mine = threading.local()
+        self._all = weakref.WeakSet()
 
 
 _gates: weakref.WeakSet[ForkGate] = weakref.WeakSet()
-# One fork at a time prepares and finishes (two threads may fork at once): the gates the
-# current fork waited for, which only it must release afterwards.
-_fork_lock = threading.Lock()
-_held: list[ForkGate] = []
+# One fork at a time runs the hooks (two threads may fork at once).
+_fork_lock = ForkSafeLock()
 
 
 def _before_fork() -> None:
+    # A Ctrl-C here ends the wait; os.fork ignores the exception (CPython prints it) and forks
+    # anyway, and the child learns from the locks it inherits whether to trust its caches.
     _fork_lock.acquire()
-    _held[:] = list(_gates)
-    for gate in _held:
-        gate._before_fork()
+    deadline = time.monotonic() + FORK_WAIT_SECONDS
+    for gate in list(_gates):
+        gate._before_fork(deadline)
 
 
 def _after_fork_in_parent() -> None:
     try:
-        for gate in _held:
+        for gate in list(_gates):
             gate._after_fork_in_parent()
-        _held.clear()
     finally:
-        _fork_lock.release()
+        while _fork_lock.owned():
+            _fork_lock.release()
 
 
 def _after_fork_in_child() -> None:
-    global _fork_lock
-    waited = set(map(id, _held))
     for gate in list(_gates):
-        gate._after_fork_in_child(waited=id(gate) in waited)
-    _held.clear()
-    _fork_lock = threading.Lock()
+        gate._after_fork_in_child()
     for lock in list(_locks):
         lock._renew()
 

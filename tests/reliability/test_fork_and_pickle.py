@@ -13,6 +13,7 @@ import io
 import multiprocessing
 import os
 import pickle
+import random
 import signal
 import sqlite3
 import threading
@@ -157,22 +158,21 @@ def test_two_threads_forking_at_once_leave_every_gate_free() -> None:
     second.join(10)
     assert not second.is_alive()
     for each in [gate, *_forksafe._gates]:
-        assert _free_for_another_thread(each._lock)
+        assert _another_thread_enters(each)
+        assert not any(lock.owned() for lock in each._all)  # the hooks took none for good
 
 
-def _free_for_another_thread(lock: Any) -> bool:
-    """Whether a new thread can take ``lock`` (re-entrant: its holder always could)."""
-    took: list[bool] = []
+def _another_thread_enters(gate: Any) -> bool:
+    """Whether a new thread gets into a section of ``gate`` within a second."""
+    entered = threading.Event()
 
-    def take() -> None:
-        took.append(lock.acquire(timeout=1))
-        if took[0]:
-            lock.release()
+    def enter() -> None:
+        with gate.section():
+            entered.set()
 
-    thread = threading.Thread(target=take)
+    thread = threading.Thread(target=enter, daemon=True)
     thread.start()
-    thread.join()
-    return took == [True]
+    return entered.wait(1)
 
 
 def test_every_diskcache_call_of_the_cache_passes_the_gate() -> None:
@@ -212,3 +212,63 @@ def test_stores_pickle_for_spawn_workers(tmp_path: Path) -> None:
         assert _read_a(copy) == DATA
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         assert pool.map(_read_a, stores) == [DATA] * len(stores)
+
+
+def test_ctrl_c_at_random_instants_never_leaves_a_section_held() -> None:
+    # A KeyboardInterrupt at the start of a Python __exit__ left the gate's count up for good:
+    # every later fork waited 5 s and spoiled its child (found in review, with real signals).
+    from optuna_cas._forksafe import ForkGate
+
+    gate = ForkGate()
+    rng = random.Random(7)
+    previous = signal.signal(signal.SIGALRM, signal.default_int_handler)
+    interrupts = 0
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:  # one signal, raised in here (the loop runs until it is)
+                signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, 2e-4))
+                while True:
+                    with gate.section(), gate.section():
+                        pass
+            except KeyboardInterrupt:
+                interrupts += 1
+            assert not gate.section().owned(), f"held after {interrupts} interrupts"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert interrupts > 100
+    assert _another_thread_enters(gate)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_fork_interrupted_while_it_waits_still_spoils_its_child() -> None:
+    # The child's flag came from a count the interrupted hook never wrote: a child forked
+    # while another thread was inside a cache transaction was not spoiled (found in review).
+    from optuna_cas._forksafe import ForkGate
+
+    gate = ForkGate()
+    inside, leave = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        with gate.section():
+            inside.set()
+            leave.wait()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    inside.wait()
+    previous = signal.signal(signal.SIGALRM, signal.default_int_handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)  # Ctrl-C half a second into the fork's wait
+    try:
+        pid = os.fork()  # CPython ignores the hook's KeyboardInterrupt, and forks
+        if pid == 0:
+            os._exit(10 if gate.spoiled else 0)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        leave.set()
+        thread.join()
+    assert os.waitstatus_to_exitcode(status) == 10
+    assert _another_thread_enters(gate)
