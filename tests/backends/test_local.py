@@ -151,6 +151,26 @@ def test_move_refuses_a_destination_through_a_symlink_out_of_the_store(tmp_path:
     assert os.listdir(elsewhere) == [] and backend.exists("packs/ab/cd")  # nothing moved
 
 
+@pytest.mark.parametrize("planted", ["symlink back into the store", "hard link"])
+def test_move_onto_the_object_itself_is_refused_not_reported_done(
+    tmp_path: Path, planted: str
+) -> None:
+    # rename() onto the same file does nothing: quarantine/ -> . made quarantine report a
+    # corrupt pack moved aside while it stayed where it was (found in review).
+    backend = LocalBackend(tmp_path / "s")
+    backend.write("packs/ab/cd", io.BytesIO(b"corrupt"))
+    if planted == "hard link":
+        (backend.root / "q/packs/ab").mkdir(parents=True)
+        os.link(backend.root / "packs/ab/cd", backend.root / "q/packs/ab/cd")
+        prefix = "q/"
+    else:
+        (backend.root / "quarantine").symlink_to(".")
+        prefix = "quarantine/"
+    with pytest.raises(InvalidKeyError, match="itself"):
+        move_aside(backend, "packs/ab/cd", prefix)
+    assert backend.exists("packs/ab/cd")
+
+
 def test_move_takes_stored_objects_only(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "s")
     with pytest.raises(ArtifactNotFound):

@@ -165,9 +165,10 @@ class LocalBackend:
                     "object (run 'optuna-cas verify')"
                 ) from e
             raise
-        # Once a reader owns fd, it closes fd, even one dropped by a KeyboardInterrupt as it
-        # was returned; closing it here too closed another thread's new descriptor of that
-        # number (found by interrupting at every call).
+        # From `handed` on, a reader is being made to own fd and close it, even when a
+        # KeyboardInterrupt drops it as it is returned; closing fd here too closed another
+        # thread's new descriptor of that number (found by interrupting at every call). An
+        # interrupt before the reader holds fd leaks it instead: one descriptor, no harm.
         handed = False
         try:
             st = os.fstat(fd)
@@ -292,7 +293,7 @@ class LocalBackend:
             ArtifactNotFound: Nothing is stored at ``key`` (a symlink or directory there
                 stores nothing, as :meth:`open_reader` sees it).
             IntegrityError: A FIFO, socket or device sits at ``key``.
-            InvalidKeyError: ``new_key`` leads outside the store.
+            InvalidKeyError: ``new_key`` leads outside the store, or to ``key``'s own file.
             OSError: The rename failed (``EXDEV`` across file systems, a directory at
                 ``new_key``); nothing moved.
 
@@ -313,6 +314,14 @@ class LocalBackend:
             raise IntegrityError(
                 f"{key!r} in {self.describe()} is {describe_mode(mode)}, not a stored object"
             )
+        with contextlib.suppress(OSError):
+            if os.path.samefile(source, target):
+                # rename() of a file onto itself, or onto a hard link of it, does nothing: a
+                # quarantine/ symlinked back into the store would report a move that left the
+                # object where it was (found in review).
+                raise InvalidKeyError(
+                    f"Invalid key: {new_key!r} (it is {key!r} itself in {self.describe()})"
+                )
         try:
             os.rename(source, target)
         except FileNotFoundError as e:
