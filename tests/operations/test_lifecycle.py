@@ -393,6 +393,54 @@ def test_delete_artifact_from_running_trial_then_gc_reclaims(
         delete_artifact(artifact_store=store, artifact_id="unknown-id", study_or_trial=trial)
 
 
+def test_a_deletion_cut_short_before_its_ref_is_finished_by_deleting_again(
+    study: optuna.Study, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    # A Ctrl-C between the tombstone and the ref's removal left a ref no call could remove
+    # (found by a probe). Deleting again finishes; a third time raises, as deleting twice did.
+    store = optuna_cas.FileSystemArtifactStore(tmp_path / "a")
+    trial = study.ask()
+    path = str(make_file(blob_sized(b"cut short")))
+    artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
+    study._storage.set_trial_system_attr(  # the tombstone only
+        trial._trial_id, "artifacts:" + artifact_id, json.dumps(None)
+    )
+    delete_artifact(artifact_store=store, artifact_id=artifact_id, study_or_trial=trial)
+    assert not store.content.has_ref(artifact_id)
+    with pytest.raises(ArtifactNotFound, match=artifact_id):
+        delete_artifact(artifact_store=store, artifact_id=artifact_id, study_or_trial=trial)
+
+
+class _SilentRemove:
+    """A foreign store whose remove ignores a missing key, as Optuna's S3 store does."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def open_reader(self, artifact_id: str) -> io.BytesIO:
+        return io.BytesIO(self.objects[artifact_id])
+
+    def write(self, artifact_id: str, content_body: io.BytesIO) -> None:
+        self.objects[artifact_id] = content_body.read()
+
+    def remove(self, artifact_id: str) -> None:
+        self.objects.pop(artifact_id, None)
+
+
+def test_deleting_twice_raises_behind_backoff_over_a_foreign_store(
+    study: optuna.Study, make_file: Callable[..., Path]
+) -> None:
+    # Finishing a cut-short deletion must not turn a second delete into a silent success
+    # where remove cannot tell (found in review).
+    store = optuna_cas.Backoff(_SilentRemove())
+    trial = study.ask()
+    path = str(make_file(b"foreign"))
+    artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
+    delete_artifact(artifact_store=store, artifact_id=artifact_id, study_or_trial=trial)
+    with pytest.raises(ArtifactNotFound, match=artifact_id):
+        delete_artifact(artifact_store=store, artifact_id=artifact_id, study_or_trial=trial)
+
+
 def test_delete_artifact_of_finished_trial_and_of_study(
     study: optuna.Study, make_file: Callable[..., Path], tmp_path: Path
 ) -> None:
