@@ -124,3 +124,18 @@ def test_digest_before_the_end_is_refused() -> None:
     chunker = Chunker(io.BytesIO(b"x" * 100))
     with pytest.raises(RuntimeError, match="before the stream was read"):
         chunker.digest()
+
+
+def test_a_waiting_thread_stops_without_being_woken() -> None:
+    # The caller's cleanup wakes its threads with puts; a KeyboardInterrupt there could skip
+    # them, and the threads waited forever (found in review). They look at the flag too.
+    import queue
+
+    stopped: list[bool] = []
+    waiting: queue.SimpleQueue[object] = queue.SimpleQueue()
+    got: list[object] = []
+    thread = threading.Thread(target=lambda: got.append(chunker_module._next(waiting, stopped)))
+    thread.start()
+    stopped.append(True)  # and no put
+    thread.join(5)
+    assert not thread.is_alive() and got == [chunker_module._STOP]

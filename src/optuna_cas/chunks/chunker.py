@@ -82,12 +82,12 @@ class Chunker:
             free.put(bytearray(CHUNK_MAX + _BLOCK))
         filled: queue.SimpleQueue[_Filled] = queue.SimpleQueue()
         cut: queue.SimpleQueue[_Cut] = queue.SimpleQueue()
-        stop = threading.Event()
+        stopped: list[bool] = []  # appended to when the caller stops (see _next)
         threads = [
             threading.Thread(target=target, args=args, name=name, daemon=True)
             for target, args, name in (
-                (self._read, (free, filled, stop), "optuna-cas-chunk-reader"),
-                (_cut_blocks, (filled, cut, stop), "optuna-cas-chunk-cutter"),
+                (self._read, (free, filled, stopped), "optuna-cas-chunk-reader"),
+                (_cut_blocks, (filled, cut, stopped), "optuna-cas-chunk-cutter"),
             )
         ]
         for thread in threads:
@@ -95,7 +95,7 @@ class Chunker:
         try:
             yield from _hash_chunks(cut, free)
         finally:
-            stop.set()
+            stopped.append(True)
             free.put(bytearray(0))  # wake a reader waiting for a block
             filled.put(_STOP)  # ... and a cutter waiting for one
             for thread in threads:
@@ -106,15 +106,12 @@ class Chunker:
         self,
         free: queue.SimpleQueue[bytearray],
         filled: queue.SimpleQueue[_Filled],
-        stop: threading.Event,
+        stopped: list[bool],
     ) -> None:
         # Blocks are read at offset CHUNK_MAX, leaving room in front for the previous block's
         # unfinished tail, so the cutter sees one contiguous buffer without copying a block.
         try:
-            while not stop.is_set():
-                block = free.get()
-                if stop.is_set():
-                    return
+            while (block := _next(free, stopped)) is not _STOP:
                 view = memoryview(block)[CHUNK_MAX:]
                 n = 0
                 while n < len(view) and (got := readinto(self._stream, view[n:])):
@@ -137,7 +134,7 @@ class Chunker:
 
 
 def _cut_blocks(
-    filled: queue.SimpleQueue[_Filled], cut: queue.SimpleQueue[_Cut], stop: threading.Event
+    filled: queue.SimpleQueue[_Filled], cut: queue.SimpleQueue[_Cut], stopped: list[bool]
 ) -> None:
     """The cutter's loop: the chunks of each block whose end is certain, in order.
 
@@ -147,10 +144,7 @@ def _cut_blocks(
     cdc = FastCDC(CHUNK_AVG, min_size=CHUNK_MIN, max_size=CHUNK_MAX)
     tail = b""
     try:
-        while not stop.is_set():
-            item = filled.get()
-            if item is _STOP:
-                return
+        while (item := _next(filled, stopped)) is not _STOP:
             if isinstance(item, BaseException):
                 cut.put(item)
                 return
@@ -168,6 +162,28 @@ def _cut_blocks(
             cut.put((block, bounds))
     except BaseException as e:
         cut.put(e)
+
+
+# How often a thread waiting for work looks whether the caller stopped: the caller also
+# wakes it, but an interrupt in the caller's cleanup could skip that (see _next).
+_POLL_SECONDS = 0.5
+
+
+def _next(source: queue.SimpleQueue[Any], stopped: list[bool]) -> Any:
+    """The next item, or ``_STOP`` once the caller stopped.
+
+    Polling, not only the caller's wake-up: a KeyboardInterrupt in the caller's ``finally``
+    (inside ``Event.set``, say) skipped the puts that wake the threads, which then waited
+    forever, holding their blocks (found in review). The flag is a list the caller appends
+    to: one C call, where ``Event.set`` takes a lock in Python and could be cut short too.
+    """
+    while not stopped:
+        try:
+            item = source.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            continue
+        return _STOP if stopped else item
+    return _STOP
 
 
 def _bounds(cdc: FastCDC, view: memoryview, *, final: bool) -> list[tuple[int, int]]:
