@@ -129,7 +129,9 @@ def test_gives_up_after_max_retries_with_the_original_error(remote: tuple[FaultP
         store.open_reader("present") as r,
     ):
         r.read()
-    assert len(proxy.requests) == 4
+    # The object's requests: once the full suite ran a fifth request through the proxy
+    # meanwhile, to another path (a background request of an earlier test, most likely).
+    assert len([r for r in proxy.requests if "present" in r.path]) == 4
     assert len(sleeps) == 3
 
 
