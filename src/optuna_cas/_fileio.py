@@ -514,8 +514,13 @@ def materialize_buffers(buffers: Iterable[bytes | memoryview], target: Path) -> 
                 out.write(buffer)
         publish_new_file(Path(temp_name), target)
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        # The unlink is the first call of the finally, not inside a Python helper: a
+        # KeyboardInterrupt at a helper's start skipped it and left the temp file in the
+        # user's directory (found by interrupting at every call).
+        try:
             os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
 
 
 def unbuffered(reader: BinaryIO) -> BinaryIO:

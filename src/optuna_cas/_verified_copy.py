@@ -9,7 +9,6 @@ changes or shrinks meanwhile fails the check instead of killing the process.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import threading
@@ -195,8 +194,10 @@ def publish_copy(
             publish_new_file(Path(out_temp), target)
         return result, holds
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        try:  # first and bare: see _fileio.materialize_buffers
             os.unlink(out_temp)
+        except FileNotFoundError:
+            pass
 
 
 def copy_and_publish(fd: int, digest: Digest, target: Path) -> bool:

@@ -168,8 +168,10 @@ class FileSource:
     def close(self) -> None:
         """Close the descriptor if this object opened it."""
         if self._owned and self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            # Forgotten before it is closed: a KeyboardInterrupt as close returned made a
+            # second call close the number again, maybe another thread's new descriptor.
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
     def __enter__(self) -> FileSource:
         return self

@@ -197,3 +197,31 @@ def test_move_aside_keeps_at_most_limit_bytes_where_it_must_copy() -> None:
     backend.write("k", io.BytesIO(b"abc"))
     assert move_aside(backend, "k", "quarantine/", limit=4) == 0
     assert backend.open_reader("quarantine/k").read() == b"abc"
+
+
+def test_a_discard_cut_short_as_close_returns_never_closes_the_number_again(
+    tmp_path: Path,
+) -> None:
+    # A KeyboardInterrupt as os.close returned left fd set, and the caller's cleanup closed
+    # that number again: EBADF, or another thread's new descriptor (found by a probe).
+    import sys
+
+    staged = LocalBackend(tmp_path / "s").stage("blobs")
+
+    def interrupt(frame: object, event: str, arg: object) -> None:
+        if event == "c_return" and arg is os.close:
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+
+    sys.setprofile(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            staged.discard()
+    finally:
+        sys.setprofile(None)
+    reused = os.open(tmp_path / "other", os.O_CREAT | os.O_RDWR)  # likely that very number
+    try:
+        staged.discard()
+        os.fstat(reused)  # still open
+    finally:
+        os.close(reused)

@@ -78,11 +78,17 @@ def main(workdir: str, kind: str, stride: int, offset: int) -> None:
         FileSystemArtifactStore(f"{workdir}/store", chunk_threshold=256 * 1024),
         directory=f"{workdir}/cache",
     )
-    source, out = f"{workdir}/model.pt", f"{workdir}/out"
-    with open(source, "wb") as f:
-        f.write(os.urandom(600_000))  # chunked: above the threshold set above
+    # One file stored as chunks (above the threshold set above), one as a whole blob.
+    sources, out = {f"{workdir}/model.pt": 600_000, f"{workdir}/head.pt": 100_000}, f"{workdir}/out"
+    for path, size in sources.items():
+        with open(path, "wb") as f:
+            f.write(os.urandom(size))
+    source = next(iter(sources))
     os.mkdir(out)
-    first = upload_artifact(artifact_store=store, file_path=source, study_or_trial=trial)
+    firsts = [
+        upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
+        for path in sources
+    ]
     deleting: list[str] = []
 
     def operation(hook: _InterruptAt | None, tag: str) -> None:
@@ -94,9 +100,12 @@ def main(workdir: str, kind: str, stride: int, offset: int) -> None:
         sys.setprofile(hook)
         try:
             if kind == "upload":
-                upload_artifact(artifact_store=store, file_path=source, study_or_trial=trial)
+                for path in sources:
+                    upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)
             elif kind == "download":
-                download_artifact(artifact_store=store, file_path=f"{out}/{tag}", artifact_id=first)
+                for n, first in enumerate(firsts):
+                    target = f"{out}/{tag}-{n}"
+                    download_artifact(artifact_store=store, file_path=target, artifact_id=first)
             else:
                 delete_artifact(artifact_store=store, artifact_id=victim, study_or_trial=trial)
         finally:

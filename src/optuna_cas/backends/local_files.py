@@ -141,8 +141,10 @@ class StagedFile:
     def discard(self) -> None:
         """Close and remove the temp file (a no-op after :meth:`commit`)."""
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            # Forgotten before it is closed: a KeyboardInterrupt as close returned made a
+            # second call close the number again, maybe another thread's new descriptor.
+            fd, self.fd = self.fd, -1
+            os.close(fd)
         if self._published:
             return  # the temp name went with the rename: no unlink to fail
         with contextlib.suppress(FileNotFoundError):

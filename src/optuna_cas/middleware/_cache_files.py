@@ -512,11 +512,6 @@ def copy_source(
     return copied
 
 
-def unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
 def prepare_directory(directory: Path) -> None:
     """Create the cache directory if needed and check that files can be made in it.
 

@@ -527,8 +527,12 @@ class DiskBlobCache:
                     self._adopt(digest, filled)
                     os.close(filled.fd)
         finally:
-            os.close(out_fd)
-            files.unlink_quietly(out_temp)
+            try:  # first and bare: see _fileio.materialize_buffers
+                os.unlink(out_temp)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(out_fd)
         return True
 
     def _adopt(self, digest: Digest, filled: FillTemp) -> None:
