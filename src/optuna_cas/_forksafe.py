@@ -187,8 +187,12 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     for gate in list(_gates):
         gate._after_fork_in_child()
+    # Not a lock this thread holds in a with statement: renewed, its exit would release a
+    # lock not held and raise (a fork from inside a section; found in review). The hooks'
+    # own _fork_lock is renewed: no with statement releases it.
     for lock in list(_locks):
-        lock._renew()
+        if lock is _fork_lock or not lock.owned():
+            lock._renew()
 
 
 if hasattr(os, "register_at_fork"):

@@ -225,3 +225,15 @@ def test_a_discard_cut_short_as_close_returns_never_closes_the_number_again(
         os.fstat(reused)  # still open
     finally:
         os.close(reused)
+
+
+def test_move_onto_a_symlink_to_the_object_replaces_the_symlink(tmp_path: Path) -> None:
+    # The refusal above must not take a symlink entry at the target for the object (review).
+    backend = LocalBackend(tmp_path / "s")
+    backend.write("packs/ab/cd", io.BytesIO(b"corrupt"))
+    (backend.root / "q/packs/ab").mkdir(parents=True)
+    (backend.root / "q/packs/ab/cd").symlink_to(backend.root / "packs/ab/cd")
+    move_aside(backend, "packs/ab/cd", "q/")
+    assert not backend.exists("packs/ab/cd")
+    assert (backend.root / "q/packs/ab/cd").read_bytes() == b"corrupt"
+    assert not (backend.root / "q/packs/ab/cd").is_symlink()

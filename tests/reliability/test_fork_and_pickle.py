@@ -272,3 +272,25 @@ def test_a_fork_interrupted_while_it_waits_still_spoils_its_child() -> None:
         thread.join()
     assert os.waitstatus_to_exitcode(status) == 10
     assert _another_thread_enters(gate)
+
+
+def test_a_fork_from_inside_a_section_spoils_the_child_and_its_exit_works() -> None:
+    # The child renewed the lock its with statement held, whose exit then raised "cannot
+    # release un-acquired lock" (found in review).
+    from optuna_cas._forksafe import ForkGate
+
+    gate = ForkGate()
+    pid = -1
+    try:
+        with gate.section():
+            pid = os.fork()
+    except BaseException:
+        if pid == 0:
+            os._exit(30)  # the child's exit from the with statement raised
+        raise
+    if pid == 0:
+        os._exit(20 if gate.spoiled else 0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 20
+    with gate.section():  # and the parent's lock is free again
+        pass

@@ -315,7 +315,9 @@ class LocalBackend:
                 f"{key!r} in {self.describe()} is {describe_mode(mode)}, not a stored object"
             )
         with contextlib.suppress(OSError):
-            if os.path.samefile(source, target):
+            # lstat of the target: a symlink there is an entry the rename replaces, not the
+            # file it points at; through a symlinked directory it is the object itself.
+            if os.path.samestat(os.lstat(source), os.lstat(target)):
                 # rename() of a file onto itself, or onto a hard link of it, does nothing: a
                 # quarantine/ symlinked back into the store would report a move that left the
                 # object where it was (found in review).
