@@ -275,14 +275,20 @@ def test_verify_refuses_fast_with_quarantine(
     assert json.loads(out)["error"]["kind"] == "usage"
 
 
-def test_verify_says_where_quarantined_objects_went_and_how_to_heal(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
-) -> None:
-    store = tmp_path / "store"
+def _store_with_a_corrupt_blob(store: Path, make_file: Callable[..., Path]) -> tuple[Path, Path]:
+    """Put one 50 kB file into ``store`` and damage its blob in place; (file, blob) paths."""
     source = make_file(b"q" * 50_000, name="m.pt")
     assert main(["--store", str(store), "-q", "put", str(source)]) == 0
     (blob,) = (p for p in (store / "blobs").rglob("*") if p.is_file())
     blob.write_bytes(b"Q" * 50_000)  # damaged in place: same size, other bytes
+    return source, blob
+
+
+def test_verify_says_where_quarantined_objects_went_and_how_to_heal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    store = tmp_path / "store"
+    source, blob = _store_with_a_corrupt_blob(store, make_file)
     capsys.readouterr()
     assert main(["--store", str(store), "verify", "--quarantine"]) == 1
     out = capsys.readouterr().out
@@ -512,10 +518,7 @@ def test_verify_reports_what_it_could_not_quarantine_and_fails(
 ) -> None:
     # A quarantine directory symlinked out of the store crashed verify with a private error.
     store = tmp_path / "store"
-    source = make_file(b"q" * 50_000, name="m.pt")
-    assert main(["--store", str(store), "-q", "put", str(source)]) == 0
-    (blob,) = (p for p in (store / "blobs").rglob("*") if p.is_file())
-    blob.write_bytes(b"Q" * 50_000)
+    _, blob = _store_with_a_corrupt_blob(store, make_file)
     (tmp_path / "elsewhere").mkdir()
     (store / "quarantine").symlink_to(tmp_path / "elsewhere")
     capsys.readouterr()
