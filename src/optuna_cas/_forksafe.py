@@ -17,16 +17,22 @@ returns or a Python function starts, so a lock taken by a call inside a Python `
 (``Condition``'s, say), or counted free by a Python ``__exit__``, could be left held: the next
 upload, cache read or fork waited forever (found by a probe and a review). So both are taken
 and released by the ``with`` statement itself, in C: :class:`ForkSafeLock` is a
-``threading.RLock``, and being inside a section is holding one.
+``threading.RLock``, and being inside a section is holding one. The fork hooks themselves are
+Python code that takes and releases many locks; on the main thread (the only one a Ctrl-C
+interrupts) they hold ``SIGINT`` back until they are done (see :func:`_hold_interrupts`).
 """
 
 from __future__ import annotations
 
 import _thread
 import os
+import signal
 import threading
 import time
 import weakref
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 __all__ = ["ForkGate", "ForkSafeLock", "ForkedMidOperation"]
 
@@ -165,10 +171,54 @@ _gates: weakref.WeakSet[ForkGate] = weakref.WeakSet()
 # One fork at a time runs the hooks (two threads may fork at once).
 _fork_lock = ForkSafeLock()
 
+# The SIGINT handler the hooks replaced ([] when they replaced none), and the pid of each
+# process a SIGINT reached while they held it back.
+_held_handler: list[Callable[[int, FrameType | None], Any] | int] = []
+_held_interrupts: list[int] = []
+
+
+def _note_interrupt(signum: int, frame: FrameType | None) -> None:
+    _held_interrupts.append(os.getpid())
+
+
+def _hold_interrupts() -> None:
+    """Hold ``SIGINT`` back until :func:`_release_interrupts` (main thread only).
+
+    A ``KeyboardInterrupt`` inside the hooks after the fork left other threads' locks held by
+    the forking thread (each of those threads then waited for good at its next section), or
+    left a child unspoiled whose cache was mid-transaction (found in review). A Ctrl-C while
+    they run is noted instead, and raised once they are done: the wait of :func:`_before_fork`
+    (at most :data:`FORK_WAIT_SECONDS`) then delays it. CPython runs the hooks itself and
+    ignores what they raise (it prints it), as it always did for a Ctrl-C during a fork.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread gets KeyboardInterrupt, and only it may set handlers
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None or _held_handler:
+        return  # a handler installed from C: not ours to swap and restore
+    # Noted before the swap: an interrupt between the two leaves the same handler restored.
+    _held_handler.append(previous)
+    signal.signal(signal.SIGINT, _note_interrupt)
+
+
+def _release_interrupts() -> None:
+    # Until the handler is back, a Ctrl-C is noted, not raised. One noted in this process is
+    # raised again (in a child, only one that reached the child).
+    if not _held_handler:
+        return
+    signal.signal(signal.SIGINT, _held_handler[0])
+    _held_handler.clear()
+    if os.getpid() in _held_interrupts:
+        _held_interrupts.clear()
+        signal.raise_signal(signal.SIGINT)
+    _held_interrupts.clear()
+
 
 def _before_fork() -> None:
-    # A Ctrl-C here ends the wait; os.fork ignores the exception (CPython prints it) and forks
-    # anyway, and the child learns from the locks it inherits whether to trust its caches.
+    # A Ctrl-C before the hold ends this hook early; os.fork ignores the exception (CPython
+    # prints it) and forks anyway, and the child learns from the locks it inherits whether to
+    # trust its caches.
+    _hold_interrupts()
     _fork_lock.acquire()
     deadline = time.monotonic() + FORK_WAIT_SECONDS
     for gate in list(_gates):
@@ -182,6 +232,7 @@ def _after_fork_in_parent() -> None:
     finally:
         while _fork_lock.owned():
             _fork_lock.release()
+        _release_interrupts()
 
 
 def _after_fork_in_child() -> None:
@@ -193,6 +244,7 @@ def _after_fork_in_child() -> None:
     for lock in list(_locks):
         if lock is _fork_lock or not lock.owned():
             lock._renew()
+    _release_interrupts()
 
 
 if hasattr(os, "register_at_fork"):
