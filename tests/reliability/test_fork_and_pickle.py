@@ -149,6 +149,7 @@ def test_two_threads_forking_at_once_leave_every_gate_free() -> None:
     from optuna_cas import _forksafe
 
     gate = _forksafe.ForkGate()
+    go, entered = _a_thread_that_enters_later(gate)
     _forksafe._before_fork()
     second = threading.Thread(
         target=lambda: (_forksafe._before_fork(), _forksafe._after_fork_in_parent())
@@ -158,9 +159,31 @@ def test_two_threads_forking_at_once_leave_every_gate_free() -> None:
     _forksafe._after_fork_in_parent()
     second.join(10)
     assert not second.is_alive()
+    go.set()
+    assert entered.wait(2), "a thread's own lock stayed with a forking thread"
     for each in [gate, *_forksafe._gates]:
         assert _another_thread_enters(each)
         assert not any(lock.owned() for lock in each._all)  # the hooks took none for good
+
+
+def _a_thread_that_enters_later(gate: Any) -> tuple[threading.Event, threading.Event]:
+    """A thread that has entered a section of ``gate`` (so has a lock a fork takes).
+
+    Returns ``go`` and ``entered``: set ``go`` and the thread enters a section again, then
+    sets ``entered``. A new thread gets a new lock; this one shows its old lock came back.
+    """
+    go, entered, ready = threading.Event(), threading.Event(), threading.Event()
+
+    def worker() -> None:
+        with gate.section():
+            ready.set()
+        go.wait()
+        with gate.section():
+            entered.set()
+
+    threading.Thread(target=worker, daemon=True).start()
+    ready.wait()
+    return go, entered
 
 
 def _another_thread_enters(gate: Any) -> bool:
@@ -316,18 +339,7 @@ def test_a_ctrl_c_in_the_parents_fork_hook_leaves_no_thread_locked_out(
     from optuna_cas._forksafe import ForkGate
 
     gate = ForkGate()
-    entered, again = threading.Event(), threading.Event()
-
-    def worker() -> None:
-        with gate.section():  # gives this thread its lock, which a fork takes
-            pass
-        again.wait()
-        with gate.section():
-            entered.set()
-
-    thread = threading.Thread(target=worker, daemon=True)
-    thread.start()
-    time.sleep(0.1)
+    again, entered = _a_thread_that_enters_later(gate)
     reported: list[BaseException | None] = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_value))
     monkeypatch.setattr(
