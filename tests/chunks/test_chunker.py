@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import random
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -136,6 +137,7 @@ def test_a_waiting_thread_stops_without_being_woken() -> None:
     got: list[object] = []
     thread = threading.Thread(target=lambda: got.append(chunker_module._next(waiting, stopped)))
     thread.start()
+    time.sleep(0.2)  # so the flag is set while the thread waits, not before it looks
     stopped.append(True)  # and no put
     thread.join(5)
     assert not thread.is_alive() and got == [chunker_module._STOP]
