@@ -304,19 +304,21 @@ def test_verify_says_where_quarantined_objects_went_and_how_to_heal(
 def test_rm_of_a_file_optunas_store_wrote_gives_no_gc_hint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
 ) -> None:
-    _optuna_files(tmp_path, 1)
+    store = tmp_path / "store"  # not tmp_path: make_file's inputs/ is no artifact
+    store.mkdir()
+    _optuna_files(store, 1)
     flat = "22222220-1111-1111-1111-111111111111"
-    assert main(["--store", str(tmp_path), "rm", flat]) == 0
+    assert main(["--store", str(store), "rm", flat]) == 0
     out = capsys.readouterr().out
     assert "gc" not in out and "Optuna's own store" in out
-    assert not (tmp_path / flat).exists()
-    assert main(["--store", str(tmp_path), "-q", "put", str(make_file(b"z" * 5000))]) == 0
+    assert not (store / flat).exists()
+    assert main(["--store", str(store), "-q", "put", str(make_file(b"z" * 5000))]) == 0
     artifact_id = capsys.readouterr().out.strip()
-    assert main(["--store", str(tmp_path), "rm", artifact_id]) == 0
+    assert main(["--store", str(store), "rm", artifact_id]) == 0
     assert "run 'optuna-cas gc'" in capsys.readouterr().out  # a blob is left for gc
-    assert main(["--store", str(tmp_path), "-q", "put", str(make_file(b"tiny"))]) == 0
+    assert main(["--store", str(store), "-q", "put", str(make_file(b"tiny"))]) == 0
     artifact_id = capsys.readouterr().out.strip()
-    assert main(["--store", str(tmp_path), "rm", artifact_id]) == 0
+    assert main(["--store", str(store), "rm", artifact_id]) == 0
     assert capsys.readouterr().out == f"removed {artifact_id}\n"  # kept inside its ref
 
 
@@ -531,3 +533,59 @@ def test_verify_reports_what_it_could_not_quarantine_and_fails(
     assert main(["--store", str(store), "--json", "verify", "--quarantine"]) == 1
     assert json.loads(capsys.readouterr().out)["quarantine_failed"] == [key]
     assert blob.is_file() and list((tmp_path / "elsewhere").iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["ls"], ["verify"], ["rm", "train.py"], ["stats"], ["gc"]])
+def test_a_directory_that_is_not_a_store_is_refused_and_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # A probe pointed --store at a project directory: its source files were listed as
+    # artifacts Optuna's store wrote, and `rm train.py` deleted one.
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "train.py").write_text("code")
+    (project / "22222220-1111-1111-1111-111111111111").write_text("an artifact of Optuna's")
+    assert main(["--store", str(project), "--json", *command]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"]["kind"] == "usage"
+    assert f"--store {str(project)!r} is not an artifact store" in err and "'train.py'" in err
+    assert sorted(p.name for p in project.iterdir()) == [
+        "22222220-1111-1111-1111-111111111111",
+        "train.py",
+    ]
+
+
+def test_a_put_into_a_directory_that_is_not_a_store_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "notes.md").write_text("notes")
+    assert main(["--store", str(project), "put", str(make_file(b"x" * 5000))]) == 2
+    assert "'notes.md'" in capsys.readouterr().err
+    assert [p.name for p in project.iterdir()] == ["notes.md"]
+    assert main(["--store", f"file://{project}", "ls"]) == 2  # the file:// spelling too
+
+
+def test_a_stores_own_refs_directory_is_refused_with_its_parent_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    store = tmp_path / "store"
+    assert main(["--store", str(store), "-q", "put", str(make_file(b"x" * 5000))]) == 0
+    capsys.readouterr()
+    assert main(["--store", str(store / "refs"), "ls"]) == 2  # its files are named by UUIDs
+    assert "the refs/ directory inside a store" in capsys.readouterr().err
+    assert main(["--store", str(store), "ls"]) == 0
+
+
+def test_a_directory_optunas_own_store_wrote_is_still_a_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "22222220-1111-1111-1111-111111111111").write_text("an artifact of Optuna's")
+    (legacy / ".DS_Store").write_text("hidden files are ignored")
+    assert main(["--store", str(legacy), "ls"]) == 0
+    assert "22222220-1111-1111-1111-111111111111" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main(["--store", str(tmp_path / "empty"), "ls"]) == 0  # an empty directory is new

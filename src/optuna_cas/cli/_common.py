@@ -141,6 +141,8 @@ def _open(
     if url is None:
         url = _store_url(args)
     scheme = _check_store_url(url, option)
+    if scheme in ("", "file"):
+        _check_store_directory(url, option)
     _check_endpoint_applies(args, url)
     endpoint = args.endpoint_url or os.environ.get(ENDPOINT_ENV)
     if scheme == "s3" and endpoint:
@@ -153,6 +155,21 @@ def _open(
     if cached and not args.no_cache and scheme in ("s3", "gs", "gcs"):
         store = _through_cache(args, store)
     return store
+
+
+def _check_store_directory(url: str, option: str) -> None:
+    """Refuse an existing directory that is not a store (a mistyped path; see _store_dir)."""
+    from urllib.parse import unquote, urlsplit
+
+    from optuna_cas.cli._store_dir import not_a_store_reason
+
+    path = os.path.expanduser(url) if not url.startswith("file:") else unquote(urlsplit(url).path)
+    reason = not_a_store_reason(path)
+    if reason is not None:
+        raise UsageError(
+            f"{option} {url!r} is not an artifact store: {reason}. Give the directory that "
+            "FileSystemArtifactStore was given"
+        )
 
 
 def _store_url(args: argparse.Namespace) -> str:
