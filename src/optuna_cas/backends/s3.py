@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import re
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from optuna_cas.backends.per_process import PerProcess
 from optuna_cas.backends.remote import Fault, RemoteBackend
 from optuna_cas.backends.remote_io import Body, Download, FilePart, Part
-from optuna_cas.exceptions import StoreConfigError
+from optuna_cas.exceptions import StoreConfigError, TransientBackendError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -39,6 +40,8 @@ _READ_BUFFER_SIZE = 256 * 1024
 # packs of one upload go several at once, so the parallelism of parts is kept.
 _SEALED_REQUEST_LIMIT = 64 * MiB
 # Set while this thread makes one of our GetObject calls (see _without_response_checksum).
+# The answer to a ranged GET: "bytes first-last/total" (total "*" when unknown).
+_RANGE_ANSWER = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _OUR_GET = threading.local()
 
 # ---- the error table ----------------------------------------------------------------------------
@@ -288,7 +291,16 @@ class S3Backend(RemoteBackend):
             # The object is shorter than offset: like a file, it reads as empty there.
             return Download(body=io.BytesIO(b""), size=self._head(name)[0])
         content_range = str(response.get("ContentRange", ""))  # "bytes 5-99/100"
-        total = content_range.rpartition("/")[2]
+        answered = _RANGE_ANSWER.fullmatch(content_range)
+        if answered is None or int(answered[1]) != offset:
+            # A proxy or server that ignored the Range sent the object from its start: read
+            # as if from offset, those bytes were spliced into a file (found by a probe).
+            response["Body"].close()
+            raise TransientBackendError(
+                f"{self.describe()}: asked for key {name!r} from byte {offset}, got "
+                + (f"'{content_range}'" if content_range else "no Content-Range (a whole object)")
+            )
+        total = answered[3]
         size = int(total) if total.isdigit() else offset + int(response["ContentLength"])
         return Download(body=_body(response["Body"]), size=size)
 

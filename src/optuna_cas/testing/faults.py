@@ -38,6 +38,8 @@ from optuna_cas.testing._http import (
 __all__ = ["FAULT_MODES", "FaultProxy", "RequestRecord"]
 
 FAULT_MODES: tuple[str, ...] = ("reset", "503", "truncate", "stall", "drop_response")
+# Not in the random mix (a server that ignores Range is no network fault): fail_next only.
+_ANSWER_MODES: tuple[str, ...] = ("ignore_range",)
 
 _BURST_S = 0.005
 _GCS_PREFIXES = ("/storage/", "/upload/storage/", "/download/storage/", "/batch/storage/")
@@ -135,7 +137,9 @@ class FaultProxy:
     Fault modes (:data:`FAULT_MODES`): ``reset`` (connection reset before any answer), ``503``
     (an S3- or GCS-shaped "service unavailable", the request never forwarded), ``truncate``
     (the answer cut in half), ``stall`` (the answer held back for ``stall_seconds``) and
-    ``drop_response`` (the request forwarded and handled, its answer lost).
+    ``drop_response`` (the request forwarded and handled, its answer lost). Also, for
+    :meth:`fail_next` only: ``ignore_range`` (the request forwarded without its ``Range``
+    header, so the server sends the whole object, as a proxy or server that ignores ranges).
 
     Example:
         >>> import urllib.error, urllib.request
@@ -279,7 +283,7 @@ class FaultProxy:
         ``matching(method, path)``, if given, must also be true of the request: e.g. to cut an
         object download but not the metadata request that precedes it.
         """
-        _check_modes([mode])
+        _check_modes([mode], FAULT_MODES + _ANSWER_MODES)
         ms = None if methods is None else frozenset(m.upper() for m in methods)
         with self._lock:
             self._forced.extend([_Forced(mode, ms, stall_seconds, matching)] * count)
@@ -467,7 +471,8 @@ class FaultProxy:
                 up_broken = True
 
         try:
-            up.sock.sendall(head.encode(drop={"expect"}))
+            dropped = {"expect", "range"} if fault == "ignore_range" else {"expect"}
+            up.sock.sendall(head.encode(drop=dropped))
         except OSError:
             up_broken = True
         copy_body(rf, req_kind, req_len, to_upstream)
@@ -537,7 +542,7 @@ class FaultProxy:
         return _Outcome.CLOSE
 
 
-def _check_modes(modes: Sequence[str]) -> None:
-    bad = [m for m in modes if m not in FAULT_MODES]
+def _check_modes(modes: Sequence[str], known: Sequence[str] = FAULT_MODES) -> None:
+    bad = [m for m in modes if m not in known]
     if bad:
-        raise ValueError(f"unknown fault modes {bad}; known: {FAULT_MODES}")
+        raise ValueError(f"unknown fault modes {bad}; known: {tuple(known)}")
