@@ -571,5 +571,10 @@ def _parse_manifest(raw: bytes, name: str, digest: Digest) -> ChunkTable:
     """Parse a manifest (bounds checked) and check that it describes ``digest``."""
     table = parse_table(raw, name, MANIFEST_MAGIC)
     if table.file != digest:
-        raise IntegrityError(f"{name} describes {table.file}, not {digest}")
+        # With the sizes: a digest prints without its size, and an edited size alone read
+        # "describes blake3:d92f..., not blake3:d92f..." (found by a probe).
+        raise IntegrityError(
+            f"{name} describes {table.file} of {table.file.size} bytes, "
+            f"not {digest} of {digest.size} bytes"
+        )
     return table
