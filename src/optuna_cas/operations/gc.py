@@ -78,6 +78,14 @@ If a kept manifest cannot be read (malformed, naming another file), it might nam
 (f) to (h) are skipped for the run and the manifest is reported in
 :attr:`GcReport.bad_manifests`.
 
+What gc cannot tell: a manifest that parses, describes its file and names sound chunks, but
+not that file's chunks (edited by hand to name another file's pack, found by a probe). Only
+reading every chunk shows the file's digest does not match; gc reads none, so it counts the
+chunks named as live and the file's own packs as dead. The same holds for a ref edited to
+name other content. ``verify(deep=True)`` reads every chunk and reports such a manifest
+(and the packs it hides as orphans): run it before gc on a store whose files may have been
+edited behind the library's back.
+
 An upload U of a chunked file F does, in order:
 
 1. for each chunk: reuse a pack an index object names, after a stat of that pack (once per
