@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,18 +152,78 @@ def test_frozen_trial_with_storage(
     assert [m.artifact_id for m in metas] == [artifact_id]
 
 
+@pytest.mark.parametrize(
+    ("given", "size", "refused_first"),
+    [("frozen", 5000, True), ("live", 5000, False), ("live", 2 * 1024 * 1024, True)],
+)
 def test_upload_to_finished_trial_raises_optuna_error_and_leaves_no_ref(
-    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+    study: optuna.Study,
+    store: FileSystemArtifactStore,
+    make_file: Callable[..., Path],
+    given: str,
+    size: int,
+    refused_first: bool,
 ) -> None:
+    # Optuna refuses before any byte moves (it writes the metadata first); a probe saw 287 MB
+    # stored here first. A FrozenTrial, or a large file, is now refused before the upload; a
+    # small file for a live Trial still takes Optuna's refusal after: its ref goes, its blob
+    # stays for gc.
     trial = study.ask()
     study.tell(trial, 0.5)
-    path = make_file(b"late checkpoint")
-    frozen = study.trials[0]
-    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+    path = make_file(random_bytes(size, seed=3))
+    target = study.trials[0] if given == "frozen" else trial
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match="Trial#0 has already"):
         upload_artifact(
-            artifact_store=store, file_path=str(path), study_or_trial=frozen, storage=study._storage
+            artifact_store=store, file_path=str(path), study_or_trial=target, storage=study._storage
         )
     assert list(store.content.iter_ref_ids()) == []
+    root = store.content.backend.root  # type: ignore[attr-defined]
+    stored = [p for p in root.rglob("*") if p.is_file()]
+    assert (stored == []) == refused_first
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "named"),
+    [
+        ("mimetype", 1, "mimetype must be a str or None, got int: 1"),
+        ("encoding", b"gzip", "encoding must be a str or None, got bytes"),
+        ("artifact_store", "./artifacts", "artifact_store must be an artifact store"),
+        ("storage", "sqlite:///t.db", "storage must be an optuna storage"),
+    ],
+)
+def test_an_argument_of_the_wrong_kind_is_named_before_anything_is_stored(
+    study: optuna.Study,
+    store: FileSystemArtifactStore,
+    make_file: Callable[..., Path],
+    argument: str,
+    value: Any,
+    named: str,
+) -> None:
+    # mimetype=1 returned an ID whose ref could not be read back; storage="sqlite:///..."
+    # failed after the upload and left an orphan ref (found by a probe).
+    kwargs: dict[str, Any] = {
+        "artifact_store": store,
+        "file_path": str(make_file(b"x" * 5000)),
+        "study_or_trial": study,
+    }
+    if argument == "storage":
+        study.optimize(lambda t: 0.0, n_trials=1)
+        kwargs["study_or_trial"] = study.trials[0]
+    kwargs[argument] = value
+    with pytest.raises(TypeError, match=re.escape(named)):
+        upload_artifact(**kwargs)
+    assert list(store.content.iter_ref_ids()) == []
+
+
+def test_upload_accepts_a_bytes_path_as_download_does(
+    study: optuna.Study, store: FileSystemArtifactStore, make_file: Callable[..., Path]
+) -> None:
+    path = make_file(b"bytes path")
+    artifact_id = upload_artifact(
+        artifact_store=store, file_path=str(path).encode(), study_or_trial=study
+    )
+    assert get_all_artifact_meta(study)[0].filename == path.name
+    assert store.open_reader(artifact_id).read() == b"bytes path"
 
 
 def test_metadata_written_only_after_blob_and_ref(

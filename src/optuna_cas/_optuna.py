@@ -12,7 +12,7 @@ from typing import Any
 
 from optuna_cas.exceptions import StoreConfigError
 
-__all__ = ["MetadataTarget", "resolve_target"]
+__all__ = ["MetadataTarget", "refuse_a_finished_trial", "resolve_target"]
 
 
 def import_optuna() -> Any:
@@ -92,6 +92,13 @@ def resolve_target(study_or_trial: Any, storage: Any) -> MetadataTarget:
         # Optuna's check, made before it looks at the type: None or a FixedTrial without a
         # storage gets this same ValueError there, so it does here.
         raise ValueError("storage is required for FrozenTrial.")
+    if not callable(getattr(storage, "set_trial_system_attr", None)):
+        # A URL string got this far in Optuna too, and failed after the upload on a missing
+        # attribute (leaving an orphan ref here; found by a probe).
+        raise TypeError(
+            "storage must be an optuna storage (e.g. optuna.storages.get_storage(url)), got "
+            f"{type(storage).__name__}: {reprlib.repr(storage)}"
+        )
     if isinstance(study_or_trial, optuna.trial.Trial | optuna.trial.FrozenTrial):
         study = getattr(study_or_trial, "study", None)  # a live Trial knows its study
         study_id = getattr(study, "_study_id", None)
@@ -103,6 +110,41 @@ def resolve_target(study_or_trial: Any, storage: Any) -> MetadataTarget:
         "study_or_trial must be an optuna Study, Trial or FrozenTrial, "
         f"got {type(study_or_trial).__name__}: {reprlib.repr(study_or_trial)}"
     )
+
+
+def refuse_a_finished_trial(study_or_trial: Any, target: MetadataTarget, *, asking: bool) -> None:
+    """Raise Optuna's ``UpdateFinishedTrialError`` now if the trial has finished.
+
+    Optuna writes the metadata first, so it refuses an upload to a finished trial before any
+    byte moves; we store the content first (content before ref before metadata), so without
+    this a probe's 287 MB went to the store only to be refused. A ``FrozenTrial`` tells its
+    state for free (a finished trial never runs again); a live ``Trial`` is looked up in the
+    storage only when ``asking`` (a large file). Otherwise Optuna's own refusal, after the
+    upload, still holds.
+
+    Example:
+        >>> import optuna
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = optuna.create_study(); study.optimize(lambda t: 0.0, n_trials=1)
+        >>> trial = study.trials[0]
+        >>> refuse_a_finished_trial(trial, resolve_target(trial, study._storage), asking=False)
+        Traceback (most recent call last):
+        ...
+        optuna.exceptions.UpdateFinishedTrialError: Trial#0 has already finished and can not be updated.
+    """
+    if target.trial_id is None:
+        return  # a study takes artifacts at any time
+    optuna = import_optuna()
+    if isinstance(study_or_trial, optuna.trial.FrozenTrial):
+        frozen = study_or_trial
+    elif asking:
+        frozen = target.storage.get_trial(target.trial_id)
+    else:
+        return
+    if frozen.state.is_finished():
+        raise optuna.exceptions.UpdateFinishedTrialError(
+            f"Trial#{frozen.number} has already finished and can not be updated."
+        )
 
 
 def study_id_of_trial(storage: Any, trial_id: int) -> int:

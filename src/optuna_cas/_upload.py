@@ -6,6 +6,7 @@ import contextlib
 import functools
 import mimetypes
 import os
+import reprlib
 import stat
 import time
 import uuid
@@ -15,7 +16,8 @@ from typing import Any, TypeVar
 
 from optuna_cas._fileio import open_regular_file
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, DEFAULT_MIME_TYPE, ArtifactMeta
-from optuna_cas._optuna import import_optuna, resolve_target
+from optuna_cas._optuna import import_optuna, refuse_a_finished_trial, resolve_target
+from optuna_cas._validation import check_optional_text
 from optuna_cas.exceptions import ArtifactNotFound, not_found_as_ours
 from optuna_cas.stores.base import content_store_of
 
@@ -23,6 +25,10 @@ __all__ = ["upload_artifact"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _POSITIONAL_NAMES = ("study_or_trial", "file_path", "artifact_store")
+# From this size on, an upload for a live Trial first asks the storage whether the trial has
+# finished (Optuna refuses the metadata then): a few ms saved from sending a large file that
+# would be refused after, not worth a storage read per small file.
+_ASK_STORAGE_FROM = 1024 * 1024
 
 
 def _accept_deprecated_positional(func: F) -> F:
@@ -92,8 +98,11 @@ def upload_artifact(
         UnsupportedSourceError: ``file_path`` is a FIFO, device or socket (a ``ValueError``).
         IntegrityError: The file changed while it was uploaded; nothing is recorded.
         ValueError: A ``FrozenTrial`` without ``storage``.
+        TypeError: ``artifact_store``, ``storage``, ``mimetype`` or ``encoding`` is of the
+            wrong kind (the message names it); raised before anything is stored.
         optuna.exceptions.UpdateFinishedTrialError: The trial has finished: Optuna allows no
-            new artifacts on it (raised by Optuna; the ref just written is removed again).
+            new artifacts on it. Raised before the upload for a ``FrozenTrial``, or a file of
+            1 MiB or more; else by Optuna after it, and the ref just written is removed again.
 
     Example:
         >>> import optuna, tempfile, os
@@ -107,15 +116,22 @@ def upload_artifact(
         >>> len(upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial))
         36
     """
-    path = os.fspath(file_path)
+    if not callable(getattr(artifact_store, "write", None)):
+        raise TypeError(
+            "artifact_store must be an artifact store (such as FileSystemArtifactStore), got "
+            f"{type(artifact_store).__name__}: {reprlib.repr(artifact_store)}"
+        )
+    check_optional_text(mimetype=mimetype, encoding=encoding)
+    path = os.fsdecode(file_path)  # bytes too, as download_artifact takes them
     # One stat for both checks (os.path.isdir and os.path.exists took one each).
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except (OSError, ValueError):  # what os.path.exists reports as absent
         raise FileNotFoundError(f"No such file to upload: {path!r}") from None
-    if stat.S_ISDIR(mode):  # Optuna raises IsADirectoryError here too (from open())
+    if stat.S_ISDIR(st.st_mode):  # Optuna raises IsADirectoryError here too (from open())
         raise IsADirectoryError(f"Cannot upload a directory as an artifact: {path!r}")
     target = resolve_target(study_or_trial, storage)
+    refuse_a_finished_trial(study_or_trial, target, asking=st.st_size >= _ASK_STORAGE_FROM)
 
     filename = os.path.basename(path)
     guessed_mimetype, guessed_encoding = mimetypes.guess_type(filename)

@@ -7,6 +7,7 @@ safe segment. Keys are ``/``-separated sequences of such segments.
 from __future__ import annotations
 
 import re
+import reprlib
 
 from optuna_cas.exceptions import InvalidKeyError
 
@@ -142,3 +143,23 @@ def shorten_name(name: str, max_bytes: int) -> str:
     if len(encoded) <= max_bytes:
         return name
     return encoded[:max_bytes].decode("utf-8", "ignore")
+
+
+def check_optional_text(**fields: object) -> None:
+    """Raise ``TypeError`` naming the first field that is neither a string nor ``None``.
+
+    A ref stores them as JSON strings and refuses anything else when read: an upload given
+    ``mimetype=1`` returned an ID whose artifact could then not be read (found by a probe).
+
+    Example:
+        >>> check_optional_text(filename="a.txt", mimetype=None)
+        >>> check_optional_text(mimetype=1)
+        Traceback (most recent call last):
+        ...
+        TypeError: mimetype must be a str or None, got int: 1
+    """
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, str):
+            raise TypeError(
+                f"{name} must be a str or None, got {type(value).__name__}: {reprlib.repr(value)}"
+            )

@@ -30,7 +30,7 @@ from optuna_cas._fileio import (
     seekable,
 )
 from optuna_cas._seekable import seekable_reader
-from optuna_cas._validation import validate_artifact_id
+from optuna_cas._validation import check_optional_text, validate_artifact_id
 from optuna_cas.backends.base import Backend, ObjectInfo
 from optuna_cas.blobstore import (
     BLOB_PREFIX,
@@ -203,6 +203,7 @@ class ContentStore(BlobStore, RefStore):
             1
         """
         validate_artifact_id(artifact_id)
+        check_optional_text(filename=filename, mimetype=mimetype, encoding=encoding)
         if isinstance(source, str | os.PathLike) or seekable(source):
             try:
                 return self._put_artifact(artifact_id, source, filename, mimetype, encoding)
