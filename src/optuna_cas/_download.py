@@ -6,7 +6,7 @@ import errno
 import io
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna_cas._fileio import materialize, naming_full_disk
 from optuna_cas._json import loads_bounded
@@ -21,6 +21,14 @@ from optuna_cas.exceptions import (
 )
 from optuna_cas.stores.base import content_store_of
 
+if TYPE_CHECKING:  # optuna is an extra: imported for the annotations only
+    from optuna.storages import BaseStorage
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial, Trial
+
+    from optuna_cas.stores.base import ArtifactStore
+
+
 __all__ = ["download_artifact"]
 
 # An "artifacts:<id>" entry is a few hundred characters; refuse to parse absurd ones.
@@ -29,11 +37,11 @@ MAX_META_CHARS = 64 * 1024
 
 def download_artifact(
     *,
-    artifact_store: Any,
+    artifact_store: ArtifactStore,
     file_path: str | bytes | os.PathLike[str],
     artifact_id: str,
-    study_or_trial: Any = None,
-    storage: Any = None,
+    study_or_trial: Trial | FrozenTrial | Study | None = None,
+    storage: BaseStorage | None = None,
 ) -> None:
     """Download an artifact to a new file.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna_cas._delete import deleted_on_study
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, ArtifactMeta, is_tombstone
@@ -11,10 +11,18 @@ from optuna_cas._optuna import resolve_target
 from optuna_cas._terminal import clip
 from optuna_cas.exceptions import MalformedRecordError, MalformedRecordWarning
 
+if TYPE_CHECKING:  # optuna is an extra: imported for the annotations only
+    from optuna.storages import BaseStorage
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial, Trial
+
+
 __all__ = ["get_all_artifact_meta"]
 
 
-def get_all_artifact_meta(study_or_trial: Any, *, storage: Any = None) -> list[ArtifactMeta]:
+def get_all_artifact_meta(
+    study_or_trial: Trial | FrozenTrial | Study, *, storage: BaseStorage | None = None
+) -> list[ArtifactMeta]:
     """List the artifacts of a trial or study, in upload order where known.
 
     Same as ``optuna.artifacts.get_all_artifact_meta`` (a ``Study`` lists only study-level

@@ -12,14 +12,22 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from optuna_cas._fileio import open_regular_file
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, DEFAULT_MIME_TYPE, ArtifactMeta
 from optuna_cas._optuna import import_optuna, refuse_a_finished_trial, resolve_target
 from optuna_cas._validation import check_optional_text
 from optuna_cas.exceptions import ArtifactNotFound, not_found_as_ours
-from optuna_cas.stores.base import content_store_of
+from optuna_cas.stores.base import ContentAddressedArtifactStore
+
+if TYPE_CHECKING:  # optuna is an extra: imported for the annotations only
+    from optuna.storages import BaseStorage
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial, Trial
+
+    from optuna_cas.stores.base import ArtifactStore
+
 
 __all__ = ["upload_artifact"]
 
@@ -65,10 +73,10 @@ def _accept_deprecated_positional(func: F) -> F:
 @_accept_deprecated_positional
 def upload_artifact(
     *,
-    artifact_store: Any,
-    file_path: str,
-    study_or_trial: Any,
-    storage: Any = None,
+    artifact_store: ArtifactStore,
+    file_path: str | bytes | os.PathLike[str],
+    study_or_trial: Trial | FrozenTrial | Study,
+    storage: BaseStorage | None = None,
     mimetype: str | None = None,
     encoding: str | None = None,
 ) -> str:
@@ -143,8 +151,7 @@ def upload_artifact(
         encoding=encoding or guessed_encoding,
     )
 
-    content = content_store_of(artifact_store)
-    if content is not None:
+    if isinstance(artifact_store, ContentAddressedArtifactStore):
         ref = artifact_store.put(
             artifact_id,
             path,

@@ -573,8 +573,6 @@ def _parse_manifest(raw: bytes, name: str, digest: Digest) -> ChunkTable:
     if table.file != digest:
         # With the sizes: a digest prints without its size, and an edited size alone read
         # "describes blake3:d92f..., not blake3:d92f..." (found by a probe).
-        raise IntegrityError(
-            f"{name} describes {table.file} of {table.file.size} bytes, "
-            f"not {digest} of {digest.size} bytes"
-        )
+        described = "nothing" if table.file is None else f"{table.file} of {table.file.size} bytes"
+        raise IntegrityError(f"{name} describes {described}, not {digest} of {digest.size} bytes")
     return table

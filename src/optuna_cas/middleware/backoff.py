@@ -13,23 +13,17 @@ import io
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, Protocol, TypeVar, cast
+from typing import BinaryIO, TypeVar, cast
 
 from optuna_cas.backends.base import Backend, ObjectInfo, SupportsRequestRunner
 from optuna_cas.digest import CHUNK_SIZE, RawReader, readinto, rewind_point
 from optuna_cas.exceptions import ArtifactNotFound, not_found_as_ours
 from optuna_cas.middleware.retry import Retrier, RetryPolicy
-from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.stores.base import ArtifactStore, ContentAddressedArtifactStore
 
 __all__ = ["Backoff", "ResumingReader", "RetryingBackend"]
 
 _T = TypeVar("_T")
-
-
-class _OptunaStore(Protocol):
-    def open_reader(self, artifact_id: str) -> BinaryIO: ...
-    def write(self, artifact_id: str, content_body: BinaryIO) -> None: ...
-    def remove(self, artifact_id: str) -> None: ...
 
 
 class ResumingReader(RawReader):
@@ -266,7 +260,7 @@ class Backoff(ContentAddressedArtifactStore):
 
     def __init__(
         self,
-        backend: _OptunaStore,
+        backend: ArtifactStore,
         *,
         max_retries: int = 10,
         multiplier: float = 2,
@@ -296,7 +290,7 @@ class Backoff(ContentAddressedArtifactStore):
             super().__init__(
                 inner.with_parts(backend=RetryingBackend(inner.backend, self._retrier))
             )
-            self._foreign: _OptunaStore | None = None
+            self._foreign: ArtifactStore | None = None
         else:
             super().__init__(None)
             self._foreign = backend

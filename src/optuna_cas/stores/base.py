@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import os
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from optuna_cas.content import ContentStore
 from optuna_cas.refs import ArtifactRef
 
-__all__ = ["ContentAddressedArtifactStore", "content_store_of"]
+__all__ = ["ArtifactStore", "ContentAddressedArtifactStore", "content_store_of"]
+
+
+class ArtifactStore(Protocol):
+    """What the artifact functions need of a store: Optuna's ``ArtifactStore`` protocol.
+
+    Ours and Optuna's own stores both have these methods.
+
+    Example:
+        >>> import tempfile
+        >>> from optuna_cas import FileSystemArtifactStore
+        >>> store: ArtifactStore = FileSystemArtifactStore(tempfile.mkdtemp())
+    """
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        """A reader of the artifact's bytes."""
+        ...
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        """Store ``content_body`` under ``artifact_id``."""
+        ...
+
+    def remove(self, artifact_id: str) -> None:
+        """Remove the artifact."""
+        ...
 
 
 class ContentAddressedArtifactStore:
