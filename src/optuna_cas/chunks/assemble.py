@@ -66,12 +66,14 @@ def assemble_from_cache(
     target: Path,
     cache: PackCache,
     fetch: Callable[[Digest], BinaryIO],
+    describe: Callable[[Digest], str] | None = None,
 ) -> bool:
     """Write the file ``table`` describes to the new file ``target`` from cached packs.
 
     Packs not cached yet are fetched into the cache first (``fetch`` opens a pack in the
     store). Returns False, leaving nothing at ``target``, when a pack cannot be cached (too
-    large for it, or the cache is failing) or when the copy does not hash to ``digest``; in
+    large for it, the cache is failing, or the store's pack fails the fill's check: a warning
+    names it) or when the copy does not hash to ``digest``; in
     that case every pack of the file is dropped from the cache, so a caller falling back to
     a read from the store fetches them again.
 
@@ -81,6 +83,8 @@ def assemble_from_cache(
         target: A path that does not exist yet.
         cache: Holds packs under their digests.
         fetch: Opens a pack's bytes in the store (raises ``ArtifactNotFound`` if missing).
+        describe: Names a pack in messages, with its key and store (see
+            :func:`~optuna_cas.chunks.reader.pack_in`); default: the pack and its key.
 
     Raises:
         FileExistsError: ``target`` exists.
@@ -104,7 +108,8 @@ def assemble_from_cache(
     """
     runs = list(contiguous_runs(table))
     first_use = list(dict.fromkeys(number for number, _, _ in runs))
-    copied = _copy_out(runs, digest, target, CachedPacks(cache, table.packs, fetch, first_use))
+    packs = CachedPacks(cache, table.packs, fetch, first_use, describe)
+    copied = _copy_out(runs, digest, target, packs)
     if copied is False:
         logger.warning(
             "Cached packs of %s do not reassemble it (changed or damaged in the cache); "

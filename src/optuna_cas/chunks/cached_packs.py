@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Protocol
 
+from optuna_cas.chunks.layout import pack_key
 from optuna_cas.digest import Digest
 
 __all__ = ["OPEN_FILES", "PREFETCH_AHEAD", "CachedPacks", "ManifestCache", "OpenFiles", "PackCache"]
@@ -54,8 +55,14 @@ class PackCache(Protocol):
         """The cached bytes (unverified: the reader checks each chunk), or None."""
         ...
 
-    def fill(self, digest: Digest, fetch: Callable[[], BinaryIO]) -> None:
-        """Cache the bytes ``fetch`` opens, verified against ``digest`` (best effort)."""
+    def fill(
+        self, digest: Digest, fetch: Callable[[], BinaryIO], *, name: str | None = None
+    ) -> None:
+        """Cache the bytes ``fetch`` opens, verified against ``digest`` (best effort).
+
+        ``name`` says what is fetched in messages. Raises ``IntegrityError`` (keeping nothing)
+        if the bytes are not ``digest``'s.
+        """
         ...
 
     def add_file(self, digest: Digest, source: BinaryIO) -> None:
@@ -86,6 +93,8 @@ class CachedPacks:
         order: The pack numbers the caller will ask for, in that order. From the first pack
             found missing on, a thread fills the next ones while the caller copies out of
             the current one (:class:`_Prefetcher`).
+        describe: Names a pack in messages, with its key and store (default: the pack and
+            its key only).
 
     Example:
         >>> import io, tempfile
@@ -102,11 +111,13 @@ class CachedPacks:
         packs: Sequence[Digest],
         fetch: Callable[[Digest], BinaryIO],
         order: Sequence[int] = (),
+        describe: Callable[[Digest], str] | None = None,
     ) -> None:
         self._cache = cache
         self._packs = packs
         self._fetch = fetch
         self._order = order
+        self._describe = describe or _pack_and_key
         self._prefetcher: _Prefetcher | None = None
         self._handles = OpenFiles()
         self._uncached: set[int] = set()
@@ -125,8 +136,10 @@ class CachedPacks:
         if handle is None:
             if self._prefetcher is None and number in self._order:
                 later = self._order[self._order.index(number) + 1 :]
-                self._prefetcher = _Prefetcher(self._cache, self._packs, self._fetch, later)
-            self._cache.fill(pack, lambda: self._fetch(pack))
+                self._prefetcher = _Prefetcher(
+                    self._cache, self._packs, self._fetch, later, self._describe
+                )
+            self._cache.fill(pack, lambda: self._fetch(pack), name=self._describe(pack))
             handle = self._cache.open_entry(pack)
         if handle is None:
             self._uncached.add(number)  # too large for the cache, or the cache failed
@@ -211,8 +224,10 @@ class _Prefetcher:
         packs: Sequence[Digest],
         fetch: Callable[[Digest], BinaryIO],
         order: Sequence[int],
+        describe: Callable[[Digest], str],
     ) -> None:
         self._cache, self._packs, self._fetch = cache, packs, fetch
+        self._describe = describe
         # Where each pack is first asked for.
         self._position = {number: i for i, number in reversed(list(enumerate(order)))}
         self._order = order
@@ -238,7 +253,8 @@ class _Prefetcher:
                 try:
                     self._open_next(opener, i)
                     if pack not in self._cache:
-                        self._cache.fill(pack, functools.partial(opener.open, pack))
+                        name = self._describe(pack)
+                        self._cache.fill(pack, functools.partial(opener.open, pack), name=name)
                 except BaseException as e:  # the asking thread raises it
                     error = e
                 finally:  # sent ahead, not read (another process filled it, say): closed now
@@ -320,3 +336,7 @@ class _PackOpener:
         for pack in list(self._sent):
             self.release(pack)
         self._threads.shutdown(wait=True)
+
+
+def _pack_and_key(pack: Digest) -> str:
+    return f"pack {pack} ({pack_key(pack)!r})"

@@ -36,6 +36,7 @@ __all__ = [
     "ChunkCheckedReader",
     "ChunkedReader",
     "missing_pack",
+    "pack_in",
     "whole_file_reader",
 ]
 
@@ -282,7 +283,8 @@ class ChunkedReader(RawReader):
     def _from_cache(self) -> Generator[bytes | memoryview, None, None]:
         assert self._cache is not None
         cache = self._cache
-        packs = CachedPacks(cache, self._table.packs, self._fetch_pack)
+        describe = functools.partial(pack_in, backend=self._backend)
+        packs = CachedPacks(cache, self._table.packs, self._fetch_pack, describe=describe)
         try:
             number = 0
             while number < len(self._table):
@@ -428,6 +430,18 @@ def missing_pack(name: str, pack: Digest, backend: Backend) -> MissingPackError:
         f"{name}: its pack {pack} is missing from {backend.describe()} (run 'optuna-cas verify')",
         str(pack),
     )
+
+
+def pack_in(pack: Digest, backend: Backend) -> str:
+    """``pack`` named with its key and the store holding it, for messages.
+
+    Example:
+        >>> from optuna_cas.backends.local import LocalBackend
+        >>> named = pack_in(Digest.of_bytes(b""), LocalBackend("/tmp"))
+        >>> named.startswith("pack blake3:af13"), named.endswith("' in file:///tmp)")
+        (True, True)
+    """
+    return f"pack {pack} ({pack_key(pack)!r} in {backend.describe()})"
 
 
 class ChunkCheckedReader(io.BufferedReader):

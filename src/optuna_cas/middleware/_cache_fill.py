@@ -27,6 +27,7 @@ def fill_temp(
     warn: Callable[[OSError], None],
     *,
     out_fd: int | None = None,
+    name: str | None = None,
 ) -> FillTemp | None:
     """Stream the blob once, verifying, into a private temp file (and into ``out_fd``).
 
@@ -36,6 +37,8 @@ def fill_temp(
         fetch: Opens the blob in the store.
         warn: Told when the cache's side fails (the copy to ``out_fd`` goes on).
         out_fd: Also write every buffer here (a download's temp file).
+        name: What is fetched, for the error's message (default ``"blob <digest>"``); a pack
+            fill names the pack, its key and the store, so a damaged one can be found.
 
     Returns:
         The verified temp file (read-only, descriptor at EOF), or None if the cache's side
@@ -53,25 +56,25 @@ def fill_temp(
         3
     """
     try:
-        fd, name = files.new_temp(root)
+        fd, temp = files.new_temp(root)
     except OSError as e:
         warn(e)
         if out_fd is None:
             return None
-        fd, name = -1, ""
+        fd, temp = -1, ""
     try:
         # The store's own blocks (no copy), hashed on the way: a mismatch raises first.
         with fetch() as source:
-            what = f"blob {digest} (cache fill)"
+            what = f"{name or f'blob {digest}'} (cache fill)"
             blocks = verified_buffers(raw_blocks(source), digest, name=what)
             cached = _tee(blocks, fd, out_fd, warn)
         if cached:
             os.fchmod(fd, files.READ_ONLY)
-            return FillTemp(fd, name, digest.size)
+            return FillTemp(fd, temp, digest.size)
     except BaseException:
-        _discard(root, fd, name)
+        _discard(root, fd, temp)
         raise
-    _discard(root, fd, name)
+    _discard(root, fd, temp)
     return None
 
 

@@ -323,8 +323,18 @@ class DiskBlobCache:
         """
         return self._lookup(digest) if digest.size <= self._size_limit else None
 
-    def fill(self, digest: Digest, fetch: Callable[[], BinaryIO]) -> None:
+    def fill(
+        self, digest: Digest, fetch: Callable[[], BinaryIO], *, name: str | None = None
+    ) -> None:
         """Cache the store's bytes of ``digest`` (verified on the way) unless too large.
+
+        Args:
+            digest: What the fetched bytes must be.
+            fetch: Opens them in the store.
+            name: What is fetched, for the error's message (e.g. a pack, its key and store).
+
+        Raises:
+            IntegrityError: The store's bytes are not ``digest``'s (nothing is kept).
 
         Example:
             >>> import io, tempfile
@@ -333,7 +343,7 @@ class DiskBlobCache:
             True
         """
         if digest.size <= self._size_limit and (
-            filled := fill_temp(self._root, digest, fetch, self._warn_bypass)
+            filled := fill_temp(self._root, digest, fetch, self._warn_bypass, name=name)
         ):
             try:
                 self._adopt(digest, filled)
