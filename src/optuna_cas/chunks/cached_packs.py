@@ -4,12 +4,17 @@ A reader with a cache (:class:`PackCache`) asks :class:`CachedPacks` for each pa
 names: it is opened from the cache, or fetched into it first. A copy that will ask for several
 packs in a known order gets them filled ahead on a thread of its own (:class:`_Prefetcher`),
 whose next request is already sent while it fills one (:class:`_PackOpener`).
+
+A cache is never needed for a read to work: a pack whose fill fails its check (another writer
+appended to it, or bytes no entry names are damaged) is not cached, and the caller reads the
+chunks it needs from the store, each checked on its own, as for a pack too large to cache.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -18,8 +23,11 @@ from typing import BinaryIO, Protocol
 
 from optuna_cas.chunks.layout import pack_key
 from optuna_cas.digest import Digest
+from optuna_cas.exceptions import IntegrityError
 
 __all__ = ["OPEN_FILES", "PREFETCH_AHEAD", "CachedPacks", "ManifestCache", "OpenFiles", "PackCache"]
+
+logger = logging.getLogger(__name__)
 
 # Pack files kept open at once by one reader or copy (see OpenFiles).
 OPEN_FILES = 16
@@ -123,26 +131,36 @@ class CachedPacks:
         self._uncached: set[int] = set()
 
     def get(self, number: int) -> BinaryIO | None:
-        """Pack ``number``'s cached file (filled first if absent); None if it cannot be cached."""
+        """Pack ``number``'s cached file (filled first if absent); None if it cannot be cached.
+
+        None also when the store's pack fails the fill's check: the caller then reads the
+        chunks it needs from the store, each checked (a pack grown by an appending writer
+        still holds them). Any other error of the fill (a missing pack, the network) is
+        raised.
+        """
         if number in self._uncached:
             return None
         handle = self._handles.get(number)
         if handle is not None:
             return handle
         pack = self._packs[number]
-        if self._prefetcher is not None:
-            self._prefetcher.wait_for(number)  # raises what its fill of this pack raised
-        handle = self._cache.open_entry(pack)
-        if handle is None:
-            if self._prefetcher is None and number in self._order:
-                later = self._order[self._order.index(number) + 1 :]
-                self._prefetcher = _Prefetcher(
-                    self._cache, self._packs, self._fetch, later, self._describe
-                )
-            self._cache.fill(pack, lambda: self._fetch(pack), name=self._describe(pack))
+        try:
+            if self._prefetcher is not None:
+                self._prefetcher.wait_for(number)  # raises what its fill of this pack raised
             handle = self._cache.open_entry(pack)
+            if handle is None:
+                if self._prefetcher is None and number in self._order:
+                    later = self._order[self._order.index(number) + 1 :]
+                    self._prefetcher = _Prefetcher(
+                        self._cache, self._packs, self._fetch, later, self._describe
+                    )
+                self._cache.fill(pack, lambda: self._fetch(pack), name=self._describe(pack))
+                handle = self._cache.open_entry(pack)
+        except IntegrityError as e:
+            logger.warning("%s; not caching it, reading the chunks needed from the store", e)
+            handle = None
         if handle is None:
-            self._uncached.add(number)  # too large for the cache, or the cache failed
+            self._uncached.add(number)  # too large, the cache failed, or the store's pack is bad
             return None
         return self._handles.add(number, handle)
 
