@@ -124,9 +124,7 @@ def test_a_pack_another_writer_appended_to_is_read_through_the_cache(
     message = warning.getMessage()
     assert f"pack {pack} ({pack_key(pack)!r}" in message
     assert "more than the expected" in message
-    if how == "open_reader":
-        # The download path names the store once chunks/store.py passes ``describe``.
-        assert content.backend.describe() in message
+    assert content.backend.describe() in message
     _assert_not_kept(cached.cache, pack)
 
 

@@ -39,7 +39,7 @@ from optuna_cas.chunks.layout import (
 from optuna_cas.chunks.maintenance import ChunkMaintenance, StoredObject
 from optuna_cas.chunks.pack_checks import PackChecks
 from optuna_cas.chunks.packer import PackWriter
-from optuna_cas.chunks.reader import ChunkedReader, missing_pack, whole_file_reader
+from optuna_cas.chunks.reader import ChunkedReader, missing_pack, pack_in, whole_file_reader
 from optuna_cas.chunks.runs import RunCopier, overlapping_runs, runs_table
 from optuna_cas.chunks.table import (
     ENTRY,
@@ -478,11 +478,14 @@ class ChunkStore(ChunkMaintenance):
             except ArtifactNotFound as e:
                 raise missing_pack(what, pack, self._backend) from e
 
+        def describe(pack: Digest) -> str:
+            return pack_in(pack, self._backend)
+
         kept = cache.manifests.get(digest, MAX_TABLE_BYTES)
         if kept is not None:
             with contextlib.suppress(IntegrityError, ArtifactNotFound):
                 table = _parse_manifest(kept, f"cached manifest of {what}", digest)
-                if assemble_from_cache(table, digest, target, cache, fetch):
+                if assemble_from_cache(table, digest, target, cache, fetch, describe):
                     return True
             cache.manifests.discard(digest)
         self._forget(digest)  # gc may have moved its chunks: read what is stored now
@@ -490,7 +493,7 @@ class ChunkStore(ChunkMaintenance):
             table, raw = self._read_manifest(digest)
         except ArtifactNotFound:
             return None
-        done = assemble_from_cache(table, digest, target, cache, fetch)
+        done = assemble_from_cache(table, digest, target, cache, fetch, describe)
         if done:
             cache.manifests.add(digest, raw)
         return done
