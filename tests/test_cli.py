@@ -261,6 +261,41 @@ def test_human_output_escapes_control_and_bidi_characters(
     assert_no_raw_controls(removed.stdout)
 
 
+def test_human_output_on_an_ascii_stdout_escapes_what_it_cannot_encode(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    store = str(tmp_path / "store")
+    data = random_bytes(9000, seed=5)
+    put = run("--store", store, "-q", "put", str(make_file(data, name="modèle-π.pt")))
+    artifact_id = put.stdout.strip()
+    # A C locale without UTF-8 mode: stdout is ASCII, and so are file names.
+    ascii_env = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"}
+    ascii_env |= {"LC_ALL": "C", "PYTHONUTF8": "0"}
+
+    def run_ascii(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SCRIPT), "--store", store, *args],
+            capture_output=True,
+            text=True,
+            encoding="ascii",
+            errors="strict",  # what the CLI wrote must be ASCII
+            env=ascii_env,
+            timeout=120,
+        )
+
+    listing = run_ascii("ls")
+    assert listing.returncode == 0, listing.stderr
+    assert "mod\\xe8le-\\u03c0.pt" in listing.stdout and listing.stderr == ""
+    got = run_ascii("get", artifact_id, str(tmp_path / "copy.pt"))
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "copy.pt").read_bytes() == data
+    # Into a directory the recorded name cannot be spelt in ASCII: one line that says why.
+    (tmp_path / "downloads").mkdir()
+    into = run_ascii("get", artifact_id, str(tmp_path / "downloads"))
+    assert into.returncode == 1 and "Traceback" not in into.stderr
+    assert "run under a UTF-8 locale" in into.stderr
+
+
 def test_verify_escapes_ids_of_bad_refs(tmp_path: Path) -> None:
     store = tmp_path / "store"
     (store / "refs").mkdir(parents=True)

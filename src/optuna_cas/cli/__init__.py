@@ -331,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ...
         0
     """
+    _escape_what_output_cannot_encode()
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -348,6 +349,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         # not Python's two-line form that echoes source code.
         warnings.showwarning = _show_warning
         return _run(args)
+
+
+def _escape_what_output_cannot_encode() -> None:
+    r"""Human output never dies on a character that stdout or stderr cannot encode.
+
+    Under a C or POSIX locale without UTF-8 mode (``LC_ALL=C PYTHONUTF8=0``) Python's stdout is
+    ASCII and raises on the first file name like ``modèle.pt``; such characters are printed as
+    backslash escapes (``\xe8``) instead. UTF-8 streams are left alone: they encode every
+    character our output can hold (lone surrogates are escaped by ``esc`` already), and
+    ``--json`` output is ASCII anyway.
+    """
+    import codecs
+
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        reconfigure = getattr(stream, "reconfigure", None)
+        if not isinstance(encoding, str) or reconfigure is None:
+            continue  # closed (None), or replaced by something that is not a TextIOWrapper
+        try:
+            if codecs.lookup(encoding).name == "utf-8":
+                continue
+            reconfigure(errors="backslashreplace")
+        except (LookupError, ValueError, OSError):
+            continue  # an unknown codec or a detached stream: left as it is
 
 
 def _usage_failure(usage: str, message: str, argv: Sequence[str] | None) -> int:
@@ -487,6 +512,13 @@ def _describe(error: Exception) -> str:
     from optuna_cas.exceptions import OptunaCasError
 
     known = (CommandError, OptunaCasError, OSError, ValueError, TypeError)
+    if isinstance(error, UnicodeEncodeError) and sys.getfilesystemencoding() != "utf-8":
+        # A file name (``get ID DIR/`` of a recorded name like ``modèle.pt``) that the file
+        # system encoding of a C or POSIX locale cannot spell: the cure is the locale.
+        return (
+            f"{_one_line(error)} (file names are encoded as {sys.getfilesystemencoding()!r} "
+            "here: run under a UTF-8 locale, e.g. LC_ALL=C.UTF-8, or with PYTHONUTF8=1)"
+        )
     if isinstance(error, known):
         return _one_line(error)
     return f"{type(error).__name__}: {_one_line(error)} (--debug for details)"
