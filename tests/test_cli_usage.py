@@ -47,6 +47,36 @@ def test_an_unsupported_scheme_lists_only_what_the_cli_takes(
     assert "--store 's4://bucket/x'" in err and "gcs://" in err and "memory" not in err
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("s4://x", "unsupported scheme 's4'"), ("gs://", "names no bucket"), ("memory://", "survive")],
+)
+def test_a_bad_store_from_the_environment_names_the_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str, message: str
+) -> None:
+    monkeypatch.setenv("OPTUNA_CAS_STORE", url)
+    assert main(["ls"]) == 1  # the command line is right: not a usage error
+    err = capsys.readouterr().err
+    assert f"error: $OPTUNA_CAS_STORE {url!r}" in err or "error: $OPTUNA_CAS_STORE: " in err, err
+    assert message in err and "--store" not in err and "usage:" not in err
+
+
+def test_an_unusable_cache_dir_from_the_environment_names_the_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from optuna_cas import MemoryArtifactStore
+    from optuna_cas.cli._common import CommandError, _through_cache
+
+    (tmp_path / "afile").write_text("not a directory")
+    monkeypatch.setenv("OPTUNA_CAS_CACHE_DIR", str(tmp_path / "afile"))
+    with pytest.raises(CommandError, match=r"^\$OPTUNA_CAS_CACHE_DIR: .*afile"):
+        _through_cache(argparse.Namespace(cache_dir=None), MemoryArtifactStore())
+    with pytest.raises(CommandError, match=r"^--cache-dir: .*afile"):
+        _through_cache(argparse.Namespace(cache_dir=str(tmp_path / "afile")), MemoryArtifactStore())
+
+
 def test_a_malformed_sync_destination_is_named_before_anything_is_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

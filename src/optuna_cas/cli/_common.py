@@ -134,15 +134,25 @@ def _open(
 ) -> ContentAddressedArtifactStore:
     """The store of ``--store`` (or ``url``); only ``create=True`` may create a local one.
 
-    ``option`` names where ``url`` came from (``SRC``, ``DST``) in a usage error.
+    ``option`` names where ``url`` came from (``SRC``, ``DST``) in a usage error. A URL from
+    ``$OPTUNA_CAS_STORE`` that is malformed is an error (exit code 1) naming the variable.
     """
     from optuna_cas import Backoff, open_store
 
+    from_environment = url is None and args.store is None
     if url is None:
         url = _store_url(args)
-    scheme = _check_store_url(url, option)
-    if scheme in ("", "file"):
-        _check_store_directory(url, option)
+    if from_environment:
+        option = f"${STORE_ENV}"
+    try:
+        scheme = _check_store_url(url, option)
+        if scheme in ("", "file"):
+            _check_store_directory(url, option)
+    except UsageError as e:
+        if from_environment:
+            # The command line is right; the environment is not (as for the endpoint).
+            raise CommandError(str(e)) from e
+        raise
     _check_endpoint_applies(args, url)
     endpoint = args.endpoint_url or os.environ.get(ENDPOINT_ENV)
     if scheme == "s3" and endpoint:
@@ -209,7 +219,7 @@ def _check_store_url(url: str, option: str) -> str:
             # open_store accepts it (for tests and notebooks), but each command is its own
             # process.
             raise UsageError(
-                f"store {url!r}: a memory:// store lasts only as long as one command, so "
+                f"{option} {url!r}: a memory:// store lasts only as long as one command, so "
                 f"nothing stored in it would survive; give {_CLI_SCHEMES} URL"
             )
         if scheme not in ("", "file", "s3", "gs", "gcs"):
@@ -228,7 +238,8 @@ def _through_cache(
 
     The cache only saves repeated downloads, it is never needed for a correct result: a default
     directory that cannot be created (no writable home) or a damaged cache database costs a
-    warning, not the command. A ``--cache-dir`` that was asked for is an error.
+    warning, not the command. A directory that was asked for (``--cache-dir``, or
+    ``$OPTUNA_CAS_CACHE_DIR``) is an error naming the option or the variable.
     """
     from optuna_cas.exceptions import StoreConfigError
     from optuna_cas.middleware.cache import CachedArtifactStore
@@ -236,14 +247,30 @@ def _through_cache(
     try:
         return CachedArtifactStore(store, directory=args.cache_dir)
     except StoreConfigError as e:
-        if args.cache_dir:
-            raise CommandError(f"--cache-dir: {e}") from e  # e names the directory
+        source = _cache_dir_source(args)
+        if source is not None:
+            raise CommandError(f"{source}: {e}") from e  # e names the directory
         print(
             f"optuna-cas: warning: reading without the local cache: {esc(str(e))} "
             "(pass --cache-dir DIR to use another directory, or --no-cache)",
             file=sys.stderr,
         )
         return store
+
+
+def _cache_dir_source(args: argparse.Namespace) -> str | None:
+    """Who asked for the cache directory: ``--cache-dir``, ``$OPTUNA_CAS_CACHE_DIR``, or None.
+
+    None is the default directory, which nobody chose: only that one may be skipped with a
+    warning when it cannot be used.
+    """
+    from optuna_cas.middleware.cache_config import CACHE_DIR_ENV
+
+    if args.cache_dir:
+        return "--cache-dir"
+    if os.environ.get(CACHE_DIR_ENV):
+        return f"${CACHE_DIR_ENV}"
+    return None
 
 
 def _check_endpoint_applies(args: argparse.Namespace, url: str) -> None:
