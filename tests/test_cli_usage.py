@@ -619,3 +619,36 @@ def test_a_directory_optunas_own_store_wrote_is_still_a_store(
     assert "22222220-1111-1111-1111-111111111111" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
     assert main(["--store", str(tmp_path / "empty"), "ls"]) == 0  # an empty directory is new
+
+
+def _help(*argv: str) -> str:
+    """What ``optuna-cas ARGV --help`` prints, in one line (argparse wraps at the width)."""
+    import contextlib
+    import io
+
+    from optuna_cas.cli import build_parser
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "--help"])
+    return " ".join(out.getvalue().split())
+
+
+def test_help_shows_the_cache_default_the_exit_codes_and_what_id_is() -> None:
+    from optuna_cas.cli._common import CACHE_DIR_ENV
+    from optuna_cas.middleware import cache_config
+
+    assert CACHE_DIR_ENV == cache_config.CACHE_DIR_ENV  # the CLI's copy, kept for start-up
+    top = _help()
+    assert "--cache-dir DIR read cache directory (default $OPTUNA_CAS_CACHE_DIR" in top
+    assert "~/.cache/optuna-" in top and "see docs" not in top
+    codes = top.split("exit codes:", 1)[1]
+    for code in ("0 success", "1 failure", "2 usage error", "130 interrupted", "141 the reader"):
+        assert code in codes
+    for command in ("get", "rm"):
+        assert re.search(r"positional arguments: ID the artifact ID to \w+", _help(command))
+    cli_md = " ".join((Path(__file__).parents[1] / "docs" / "cli.md").read_text().split())
+    documented = cli_md.split("Exit codes:", 1)[1][:400]
+    for code in ("`0`", "`1`", "`2`", "`130`", "`141`"):
+        assert code in documented, code
+    assert "OPTUNA_CAS_CACHE_DIR" in cli_md and "~/.cache/optuna-cas" in cli_md

@@ -1,7 +1,8 @@
 """The ``optuna-cas`` command line: each command is a thin layer over one public function.
 
 Exit codes: 0 success, 1 failure (one clear line on stderr; ``--debug`` adds the traceback),
-2 usage error, 141 stdout closed by its reader before the end (as for SIGPIPE). With ``--json`` every command prints exactly one JSON object on stdout.
+2 usage error, 130 interrupted, 141 stdout closed by its reader before the end (as for
+SIGPIPE); ``EXIT_CODES_NOTE`` shows them in ``--help``. With ``--json`` every command prints exactly one JSON object on stdout.
 
 Start-up is kept short (``optuna-cas --help`` must not take longer than ``import optuna``):
 this module imports only the standard library at the top; each command imports what it uses.
@@ -21,6 +22,7 @@ from typing import Any, NoReturn
 
 from optuna_cas._terminal import escape_for_terminal as esc
 from optuna_cas.cli._common import (
+    CACHE_DIR_ENV,
     ENDPOINT_ENV,
     GLOBAL_OPTIONS_NOTE,
     STORE_ENV,
@@ -45,6 +47,14 @@ from optuna_cas.cli._maintenance import (
 __all__ = ["COMMANDS", "build_parser", "main", "package_version"]
 
 # -- parser ---------------------------------------------------------------------------------
+
+# The top-level help's list of exit codes (docs/cli.md lists the same).
+EXIT_CODES_NOTE = """exit codes:
+  0    success
+  1    failure, or verify / sync found a problem (one line on stderr)
+  2    usage error (a mistyped command, option or value)
+  130  interrupted (Ctrl-C)
+  141  the reader of stdout went away early (optuna-cas ls | head -1), as for SIGPIPE"""
 
 COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str, str]] = [
     (
@@ -133,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="optuna-cas",
         parents=[top],
         description="Content-addressed artifact store for Optuna: put, get, gc, verify, sync.",
-        epilog="example:\n  optuna-cas --store ./artifacts put model.pt",
+        epilog="example:\n  optuna-cas --store ./artifacts put model.pt\n\n" + EXIT_CODES_NOTE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -164,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--mimetype", help="default: guessed from each file name")
             p.add_argument("--encoding", help="content encoding, e.g. gzip (default: guessed)")
         elif name == "get":
-            p.add_argument("artifact_id", metavar="ID")
+            p.add_argument("artifact_id", metavar="ID", help="the artifact ID to download")
             p.add_argument(
                 "dest",
                 metavar="DEST",
@@ -172,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "DEST/<recorded file name> in; or - for stdout",
             )
         elif name == "rm":
-            p.add_argument("artifact_id", metavar="ID")
+            p.add_argument("artifact_id", metavar="ID", help="the artifact ID to remove")
         elif name == "gc":
             p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
             p.add_argument(
@@ -242,7 +252,10 @@ def _common_options(*, after_command: bool) -> argparse.ArgumentParser:
             help="attempts per request, 1 to 100 (default 5; 1 = no retry)",
         ),
         common.add_argument(
-            "--cache-dir", metavar="DIR", help="read cache directory (default: see docs)"
+            "--cache-dir",
+            metavar="DIR",
+            help=f"read cache directory (default ${CACHE_DIR_ENV}, else "
+            "$XDG_CACHE_HOME/optuna-cas, else ~/.cache/optuna-cas)",
         ),
         common.add_argument(
             "--no-cache", action="store_true", help="do not read remote stores through the cache"

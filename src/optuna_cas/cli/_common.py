@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 STORE_ENV = "OPTUNA_CAS_STORE"
 ENDPOINT_ENV = "OPTUNA_CAS_ENDPOINT_URL"
+# The same as optuna_cas.middleware.cache_config.CACHE_DIR_ENV, which --help must not import.
+CACHE_DIR_ENV = "OPTUNA_CAS_CACHE_DIR"
 T = TypeVar("T")
 GLOBAL_OPTIONS_NOTE = (
     "global options (--store, --json, -q, --retries, ...) may also follow the command;\n"
@@ -264,8 +266,6 @@ def _cache_dir_source(args: argparse.Namespace) -> str | None:
     None is the default directory, which nobody chose: only that one may be skipped with a
     warning when it cannot be used.
     """
-    from optuna_cas.middleware.cache_config import CACHE_DIR_ENV
-
     if args.cache_dir:
         return "--cache-dir"
     if os.environ.get(CACHE_DIR_ENV):
