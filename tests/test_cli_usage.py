@@ -652,3 +652,36 @@ def test_help_shows_the_cache_default_the_exit_codes_and_what_id_is() -> None:
     for code in ("`0`", "`1`", "`2`", "`130`", "`141`"):
         assert code in documented, code
     assert "OPTUNA_CAS_CACHE_DIR" in cli_md and "~/.cache/optuna-cas" in cli_md
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["verify", "--study", "s"], "--study and --storage go together\n"),  # no --trial there
+        (["ls", "--study", "s"], "--study and --storage go together (and --trial needs both)"),
+        (["cache", "info", "--max-bytes", "5"], "--max-bytes is for cache prune only"),
+        (["cache", "clear", "--max-bytes", "5"], "--max-bytes is for cache prune only"),
+        (["--store", "{tmp}", "sync", "{tmp}", "{tmp}/b"], "not --store ('{tmp}')"),
+    ],
+)
+def test_options_the_command_would_ignore_are_refused_in_its_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    args = [a.format(tmp=tmp_path) for a in argv]
+    assert main(["--cache-dir", str(cache), *args]) == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing done
+
+
+@pytest.mark.parametrize("action", [["info"], ["clear"], ["prune", "--max-bytes", "0"]])
+def test_cache_commands_refuse_a_cache_dir_that_is_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: list[str]
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    for directory, what in [("afile", "is not a directory"), ("afile/sub", "is under")]:
+        assert main(["--cache-dir", str(tmp_path / directory), "--json", "cache", *action]) == 1
+        out, err = capsys.readouterr()
+        assert f"--cache-dir: '{tmp_path / directory}' {what}" in err
+        assert json.loads(out)["ok"] is False

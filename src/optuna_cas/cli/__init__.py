@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "cache":
             p.add_argument("action", choices=["info", "clear", "prune"])
             p.add_argument(
-                "--max-bytes", type=_byte_count, metavar="N", help="prune down to N bytes"
+                "--max-bytes", type=_byte_count, metavar="N", help="prune only: down to N bytes"
             )
         elif name == "dashboard":
             p.add_argument("storage", metavar="STORAGE", help="Optuna storage URL or journal file")

@@ -6,13 +6,16 @@ verify also cross-checks a study's metadata with the store (``--storage``/``--st
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from optuna_cas._terminal import escape_for_terminal as esc
 from optuna_cas._terminal import human_bytes
 from optuna_cas.cli._common import (
+    CommandError,
     UsageError,
     _bar,
     _BarPerUnit,
+    _cache_dir_source,
     _check_store_url,
     _emit_json,
     _open,
@@ -20,6 +23,9 @@ from optuna_cas.cli._common import (
     _print,
     _report_json,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -189,6 +195,9 @@ def _verify_study(args: argparse.Namespace) -> int:
 
     if args.fast or args.quarantine:
         raise UsageError("--fast and --quarantine check the whole store: run them without --study")
+    if not (args.study and args.storage):
+        # Before the store is opened; in verify's words (the shared check names --trial too).
+        raise UsageError("--study and --storage go together")
     store = _open(args)
     target = _optuna_target(args)
     assert target is not None
@@ -230,6 +239,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from optuna_cas import sync
     from optuna_cas.operations.sync import same_location
 
+    if args.store is not None:
+        # sync reads SRC and writes DST: a --store would be ignored, and whoever typed it may
+        # think it is one of the two. $OPTUNA_CAS_STORE, set for a whole session, is fine.
+        raise UsageError(
+            f"sync takes its stores as SRC and DST, not --store ({args.store!r}): leave out --store"
+        )
     # Both URLs checked first: a malformed destination is a usage error before any listing.
     _check_store_url(args.src, "SRC")
     _check_store_url(args.dst, "DST")
@@ -320,7 +335,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     if args.action == "prune" and args.max_bytes is None:
         raise UsageError("cache prune needs --max-bytes N")
+    if args.action != "prune" and args.max_bytes is not None:
+        raise UsageError(f"--max-bytes is for cache prune only, not cache {args.action}")
     directory = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    _check_cache_directory(args, directory)
     # Opening a cache creates it: where there is none, there is nothing to show, clear or
     # prune, and a look (or a mistyped --cache-dir) must not leave a new one behind.
     exists = (directory / CACHE_DATABASE).is_file()
@@ -345,6 +363,21 @@ def cmd_cache(args: argparse.Namespace) -> int:
     print(f"hits       {info.hits}")
     print(f"misses     {info.misses}")
     return 0
+
+
+def _check_cache_directory(args: argparse.Namespace, directory: Path) -> None:
+    """A cache directory that cannot be one (a file is there, or above it) is an error.
+
+    Nothing is created to find out: ``cache info`` must not make a cache where there is none.
+    """
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the nearest part of the path that is there
+    if existing.is_dir():
+        return
+    what = "is not a directory" if existing == directory else f"is under {str(existing)!r}, a file"
+    source = _cache_dir_source(args) or "the default cache directory"
+    raise CommandError(f"{source}: {str(directory)!r} {what}")
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
