@@ -791,6 +791,29 @@ def test_terminal_progress_draws_only_on_a_terminal() -> None:
     assert quiet.getvalue() == ""
 
 
+def test_a_bar_of_bytes_counts_in_the_binary_units_of_the_summaries() -> None:
+    import time
+
+    from optuna_cas._bars import TerminalProgress
+
+    class FakeTTY(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = FakeTTY()
+    with TerminalProgress(stream=tty) as bar:
+        bar("get x", 0, 100 * 2**20)
+        time.sleep(0.15)  # past tqdm's mininterval, so that the next call draws with a rate
+        bar("get x", 30 * 2**20, 100 * 2**20)
+        bar("put y", 0, None)  # a size not known yet
+        time.sleep(0.15)
+        bar("put y", 3 * 2**10, None)
+    drawn = tty.getvalue()
+    assert "| 30.0 MiB/100.0 MiB [" in drawn, drawn  # as human_bytes writes 30 MiB
+    assert re.search(r"\d MiB/s\]", drawn) and "MB/s" not in drawn, drawn
+    assert re.search(r"put y: 3\.0 KiB \[00:00, [\d.]+ KiB/s\]", drawn), drawn
+
+
 def test_sync_names_failures_and_exits_1(tmp_path: Path) -> None:
     """A corrupt source blob is reported by ID and the exit status says so (not 0)."""
     import io

@@ -59,4 +59,4 @@ def test_a_bar_is_drawn_on_a_terminal_that_reports_no_rows(monkeypatch: pytest.M
             except BlockingIOError:
                 drawn = b""
     os.close(main_fd)
-    assert b"put model.pt" in drawn and b"1.00k" in drawn
+    assert b"put model.pt" in drawn and b"1.0 KiB" in drawn  # the total, in binary units

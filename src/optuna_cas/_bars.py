@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Any, TextIO
 
+from optuna_cas._terminal import human_bytes
+
 __all__ = ["TerminalProgress", "shorten", "terminal_width"]
 
 
@@ -94,13 +96,11 @@ class TerminalProgress:
 
         in_bytes = self._unit == "B"
         width = terminal_width(self._stream) - 1
-        return tqdm(
+        return (_binary_bytes_bar() if in_bytes else tqdm)(
             total=total,
             # A long file name must not push the bar and the figures off the line.
             desc=shorten(task, max(12, width // 3)),
             unit=self._unit,
-            unit_scale=in_bytes,
-            unit_divisor=1024 if in_bytes else 1000,
             file=self._stream,
             ncols=width,
             # tqdm takes its row count from the terminal and draws nothing below row count - 1:
@@ -123,3 +123,42 @@ class TerminalProgress:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# What a bar of bytes shows right of its bar, and all it shows while the total is unknown.
+_BYTES_KNOWN_TOTAL = (
+    "{desc}: {percentage:3.0f}%|{bar}| {done_b}/{total_b} [{elapsed}<{remaining}, {rate_b}]"
+)
+_BYTES_NO_TOTAL = "{desc}: {done_b} [{elapsed}, {rate_b}]"
+
+
+def _binary_bytes_bar() -> Any:
+    """A tqdm class whose byte counts and rate read as the summary lines do: ``28.6 MiB``.
+
+    tqdm's own scaling writes ``28.6M`` and ``295MB/s``, and scales the rate by 1000 whatever
+    ``unit_divisor`` says; the figures are formatted here instead, with :func:`human_bytes`.
+    Built on first use: importing tqdm costs start-up time that only a drawn bar needs.
+    """
+    global _binary_bytes_class
+    if _binary_bytes_class is None:
+        from tqdm import tqdm
+
+        class BinaryBytes(tqdm):  # type: ignore[misc]  # tqdm ships no types
+            @property
+            def format_dict(self) -> dict[str, Any]:
+                figures: dict[str, Any] = dict(super().format_dict)
+                done, total, elapsed = figures["n"], figures["total"], figures["elapsed"]
+                rate = figures["rate"]
+                if rate is None and elapsed:
+                    rate = (done - figures["initial"]) / elapsed  # what tqdm falls back to
+                figures["done_b"] = human_bytes(done)
+                figures["total_b"] = "?" if total is None else human_bytes(total)
+                figures["rate_b"] = f"{human_bytes(rate)}/s" if rate else "?/s"
+                figures["bar_format"] = _BYTES_KNOWN_TOTAL if total else _BYTES_NO_TOTAL
+                return figures
+
+        _binary_bytes_class = BinaryBytes
+    return _binary_bytes_class
+
+
+_binary_bytes_class: Any = None
