@@ -86,7 +86,7 @@ def test_put_ls_get_rm_gc_verify_round_trip(
     run("rm", first, env=env)
     run("rm", second, env=env)
     dry = run("gc", "--dry-run", "--grace", "0", "--allow-short-grace", env=env).stdout
-    assert "would delete 1 unreferenced blobs" in dry
+    assert "would delete 1 unreferenced blob;" in dry
     run("gc", "--grace", "0", "--allow-short-grace", env=env)
     assert json.loads(run("stats", "--json", env=env).stdout)["unique_blobs"] == 0
     assert "0 corrupt, 0 missing" in run("verify", env=env).stdout

@@ -323,7 +323,7 @@ def test_verify_says_where_quarantined_objects_went_and_how_to_heal(
     assert main(["--store", str(store), "verify", "--quarantine"]) == 1
     out = capsys.readouterr().out
     where = f"{store.as_uri()}/quarantine/"
-    assert f"moved 1 objects to {where}" in out and "upload the same files again" in out
+    assert f"moved 1 object to {where}" in out and "upload the same files again" in out
     assert (store / "quarantine" / blob.relative_to(store)).is_file()
     assert main(["--store", str(store), "-q", "put", str(source)]) == 0  # heals it
     capsys.readouterr()
@@ -421,7 +421,7 @@ def test_summaries_say_what_they_count(
         "(if each distinct content were stored once, small files inside refs once per ref)" in out
     )
     assert main(["sync", str(store), str(tmp_path / "copy")]) == 0
-    assert "copied 4 refs and 1 contents" in capsys.readouterr().out  # the chunked file
+    assert "copied 4 refs and 1 content" in capsys.readouterr().out  # the chunked file
     assert main(["--store", str(store), "verify"]) == 0
     assert "hashed: packs, then the chunked files read back)" in capsys.readouterr().out
 
@@ -559,7 +559,7 @@ def test_verify_reports_what_it_could_not_quarantine_and_fails(
     key = blob.relative_to(store).as_posix()
     assert f"CORRUPT  {key}: " in out and "(quarantined)" not in out
     assert "could not quarantine: quarantine/ leads outside the store" in out
-    assert "could not move 1 objects to" in out and "they stay where they are" in out
+    assert "could not move 1 object to" in out and "they stay where they are" in out
     assert main(["--store", str(store), "--json", "verify", "--quarantine"]) == 1
     assert json.loads(capsys.readouterr().out)["quarantine_failed"] == [key]
     assert blob.is_file() and list((tmp_path / "elsewhere").iterdir()) == []
@@ -685,3 +685,35 @@ def test_cache_commands_refuse_a_cache_dir_that_is_a_file(
         out, err = capsys.readouterr()
         assert f"--cache-dir: '{tmp_path / directory}' {what}" in err
         assert json.loads(out)["ok"] is False
+
+
+def test_counts_take_the_singular_for_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    store = tmp_path / "store"
+    assert main(["--store", str(store), "-q", "put", str(make_file(b"s" * 9000))]) == 0
+    capsys.readouterr()
+    assert main(["sync", str(store), str(tmp_path / "copy")]) == 0
+    out = capsys.readouterr().out
+    assert "copied 1 ref and 1 content (8.8 KiB); 0 refs and 0 contents" in out, out
+    assert main(["--store", str(store), "verify"]) == 0
+    assert "deep verify: 1 ref, 1 blob (8.8 KiB hashed): " in capsys.readouterr().out
+    assert main(["--store", str(store), "gc", "--grace", "0", "--allow-short-grace"]) == 0
+    assert "scanned 1 blob, 1 ref;" in capsys.readouterr().out
+
+
+def test_verify_study_summary_words_agree_with_their_counts() -> None:
+    from optuna_cas.cli._common import _count
+    from optuna_cas.cli._maintenance import _STUDY_FINDINGS
+
+    said = {
+        name: (_count(1, one, other), _count(2, one, other))
+        for name, _, one, other in _STUDY_FINDINGS
+    }
+    assert said["repairable"] == (
+        "1 dangling with the blob stored",
+        "2 dangling with the blob stored",
+    )
+    assert said["conflicts"] == ("1 conflict", "2 conflicts")
+    assert said["missing_blobs"] == ("1 ref without its blob", "2 refs without their blob")
+    assert said["rebuilt"] == ("1 ref rebuilt", "2 refs rebuilt")

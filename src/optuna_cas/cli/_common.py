@@ -56,6 +56,16 @@ def _note(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` with the noun in the form the number takes (default plural: ``noun + "s"``).
+
+    Example:
+        >>> _count(1, "blob"), _count(0, "blob"), _count(2, "entry", "entries")
+        ('1 blob', '0 blobs', '2 entries')
+    """
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _emit_json(document: dict[str, Any]) -> None:
     """The one JSON object a command prints with ``--json``, led by ``"ok"``.
 

@@ -17,6 +17,7 @@ from optuna_cas.cli._common import (
     _BarPerUnit,
     _cache_dir_source,
     _check_store_url,
+    _count,
     _emit_json,
     _open,
     _optuna_target,
@@ -59,9 +60,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
             _print(args, f"  {esc(key)} (repack)")
     _print(
         args,
-        f"{verb} {report.deleted_count} unreferenced blobs; scanned {report.blobs_scanned} "
-        f"blobs, {report.refs_scanned} refs; kept {report.kept_young} younger than the grace "
-        "period",
+        f"{verb} {_count(report.deleted_count, 'unreferenced blob')}; scanned "
+        f"{_count(report.blobs_scanned, 'blob')}, {_count(report.refs_scanned, 'ref')}; kept "
+        f"{report.kept_young} younger than the grace period",
     )
     if report.manifests_scanned or report.packs_scanned:
         repack = "would repack" if args.dry_run else "repacked"
@@ -69,8 +70,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
             args,
             f"chunked: {verb} {len(report.manifests_deleted)} of {report.manifests_scanned} "
             f"manifests, {len(report.packs_deleted)} of {report.packs_scanned} packs, "
-            f"{report.index_objects_deleted} index objects; {repack} "
-            f"{len(report.packs_repacked)} packs ({human_bytes(report.bytes_repacked)} live)",
+            f"{_count(report.index_objects_deleted, 'index object')}; {repack} "
+            f"{_count(len(report.packs_repacked), 'pack')} "
+            f"({human_bytes(report.bytes_repacked)} live)",
         )
     # On a line of its own: the bytes of blobs, manifests, packs and index objects together.
     freed = "would free" if args.dry_run else "freed"
@@ -129,20 +131,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "hashed: packs, then the chunked files read back" if report.manifests_checked else "hashed"
     )
     chunked = (
-        f", {report.manifests_checked} chunked files in {report.packs_checked} packs"
+        f", {_count(report.manifests_checked, 'chunked file')} in "
+        f"{_count(report.packs_checked, 'pack')}"
         if report.manifests_checked or report.packs_checked
         else ""
     )
     problems = (
-        f", {len(report.missing_packs)} missing packs, {len(report.bad_files)} unreadable files"
+        f", {_count(len(report.missing_packs), 'missing pack')}, "
+        f"{_count(len(report.bad_files), 'unreadable file')}"
         if chunked
         else ""
     )
     _print(
         args,
-        f"{mode} verify: {report.refs_checked} refs, {report.blobs_checked} blobs{chunked} "
+        f"{mode} verify: {_count(report.refs_checked, 'ref')}, "
+        f"{_count(report.blobs_checked, 'blob')}{chunked} "
         f"({human_bytes(report.bytes_hashed)} {read}): {len(report.corrupt)} corrupt, "
-        f"{len(report.missing)} missing{problems}, {len(report.orphans)} orphans "
+        f"{len(report.missing)} missing{problems}, {_count(len(report.orphans), 'orphan')} "
         "(gc reclaims them)",
     )
     if report.optuna_store_files:
@@ -154,14 +159,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if report.quarantined:
         _print(
             args,
-            f"moved {len(report.quarantined)} objects to {esc(quarantine_dir)} (kept for "
+            f"moved {_count(len(report.quarantined), 'object')} to {esc(quarantine_dir)} (kept for "
             "inspection, never read); their artifacts now read as missing: upload the same "
             "files again (put) to store a good copy",
         )
     if report.quarantine_failed:
         _print(
             args,
-            f"could not move {len(report.quarantine_failed)} objects to "
+            f"could not move {_count(len(report.quarantine_failed), 'object')} to "
             f'{esc(quarantine_dir)} ("could not quarantine" above says why): they stay '
             "where they are",
         )
@@ -172,15 +177,16 @@ def _because(reason: str | None) -> str:
     return f": {esc(reason)}" if reason else ""
 
 
-# Findings of verify --study, in print order: (report list, label, words in the summary).
+# Findings of verify --study, in print order: (report list, label, words in the summary for
+# one finding, and for any other number: None adds an "s").
 _STUDY_FINDINGS = [
-    ("repairable", "DANGLING", "dangling with the blob stored"),
-    ("lost", "LOST", "lost"),
-    ("missing_blobs", "NOBLOB", "refs without their blob"),
-    ("conflicts", "CONFLICT", "conflicts"),
-    ("malformed", "MALFORMED", "malformed"),
-    ("rebuilt", "REBUILT", "refs rebuilt"),
-    ("deleted", "DELETED", "deletions recorded"),
+    ("repairable", "DANGLING", "dangling with the blob stored", "dangling with the blob stored"),
+    ("lost", "LOST", "lost", "lost"),
+    ("missing_blobs", "NOBLOB", "ref without its blob", "refs without their blob"),
+    ("conflicts", "CONFLICT", "conflict", None),
+    ("malformed", "MALFORMED", "malformed", "malformed"),
+    ("rebuilt", "REBUILT", "ref rebuilt", "refs rebuilt"),
+    ("deleted", "DELETED", "deletion recorded", "deletions recorded"),
 ]
 _UNREFERENCED_SHOWN = 20
 
@@ -209,7 +215,7 @@ def _verify_study(args: argparse.Namespace) -> int:
             {"study": args.study, **asdict(report), "ok": report.ok, "counts": report.counts}
         )
         return 0 if report.ok else 1
-    for name, label, _ in _STUDY_FINDINGS:
+    for name, label, _, _ in _STUDY_FINDINGS:
         for finding in getattr(report, name):
             where = "study" if finding.trial_number is None else f"trial {finding.trial_number}"
             print(f"{label:9}  {esc(finding.artifact_id)}  ({where}): {esc(finding.reason)}")
@@ -219,8 +225,8 @@ def _verify_study(args: argparse.Namespace) -> int:
         more = len(report.unreferenced) - _UNREFERENCED_SHOWN
         _print(args, f"UNNAMED    ... and {more} more (--json lists them all)")
     counts = ", ".join(
-        f"{report.counts[name]} {words}"
-        for name, _, words in _STUDY_FINDINGS
+        _count(report.counts[name], one, other)
+        for name, _, one, other in _STUDY_FINDINGS
         if args.repair or name not in ("rebuilt", "deleted")
     )
     _print(
@@ -271,15 +277,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     _print(
         args,
         # A content is a blob or a chunked file (report.blobs_* count both).
-        f"copied {len(report.refs_copied)} refs and {report.blobs_copied} contents"
+        f"copied {_count(len(report.refs_copied), 'ref')} and "
+        f"{_count(report.blobs_copied, 'content')}"
         + (
-            f" and {len(report.legacy_copied)} files Optuna's own store wrote"
+            f" and {_count(len(report.legacy_copied), 'file')} Optuna's own store wrote"
             if report.legacy_copied
             else ""
         )
-        + f" ({human_bytes(report.bytes_copied)}); {report.refs_skipped} refs and "
-        f"{report.blobs_skipped} contents were already there; {len(report.failed)} failed, "
-        f"{len(report.conflicts)} conflicts",
+        + f" ({human_bytes(report.bytes_copied)}); {_count(report.refs_skipped, 'ref')} and "
+        f"{_count(report.blobs_skipped, 'content')} were already there; "
+        f"{len(report.failed)} failed, {_count(len(report.conflicts), 'conflict')}",
     )
     return 0 if report.ok else 1
 
@@ -295,7 +302,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"unique blobs      {figures.unique_blobs} ({figures.unreferenced_blobs} unreferenced)")
     print(
         f"chunked files     {figures.chunked_files} "
-        f"({figures.unreferenced_chunked_files} unreferenced) in {figures.packs} packs"
+        f"({figures.unreferenced_chunked_files} unreferenced) in {_count(figures.packs, 'pack')}"
     )
     print(f"logical bytes     {human_bytes(figures.logical_bytes)}")
     inside = ", small files inside refs once per ref" if figures.inline_bytes else ""
