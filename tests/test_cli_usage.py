@@ -717,3 +717,57 @@ def test_verify_study_summary_words_agree_with_their_counts() -> None:
     assert said["conflicts"] == ("1 conflict", "2 conflicts")
     assert said["missing_blobs"] == ("1 ref without its blob", "2 refs without their blob")
     assert said["rebuilt"] == ("1 ref rebuilt", "2 refs rebuilt")
+
+
+@pytest.mark.parametrize("argv", [["--json", "--version"], ["--version", "--json"]])
+def test_version_with_json_is_one_json_object(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    from optuna_cas.cli import package_version
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 0
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "version": package_version()}
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("5G", 5 * 2**30),
+        ("5GiB", 5 * 2**30),
+        ("512k", 512 * 2**10),
+        ("1.5M", 3 * 2**19),
+        ("2T", 2 * 2**40),
+        ("100", 100),
+        ("100B", 100),
+    ],
+)
+def test_max_bytes_takes_binary_units(text: str, size: int) -> None:
+    from optuna_cas.cli import build_parser
+
+    assert build_parser().parse_args(["cache", "prune", "--max-bytes", text]).max_bytes == size
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("2h", 7200), ("30m", 1800), ("1d", 86400), ("90s", 90), ("7200", 7200)]
+)
+def test_grace_takes_duration_units(text: str, seconds: float) -> None:
+    from optuna_cas.cli import build_parser
+
+    assert build_parser().parse_args(["gc", "--grace", text]).grace == seconds
+
+
+@pytest.mark.parametrize(
+    ("argv", "bad"),
+    [
+        (["cache", "prune", "--max-bytes", "5X"], "argument --max-bytes: '5X' is not a size"),
+        (["cache", "prune", "--max-bytes", "5GB"], "argument --max-bytes: '5GB' is not a size"),
+        (["gc", "--grace", "2w"], "argument --grace: '2w' is not a duration"),
+    ],
+)
+def test_a_bad_unit_is_named_with_the_value(
+    capsys: pytest.CaptureFixture[str], argv: list[str], bad: str
+) -> None:
+    assert main(argv) == 2
+    assert bad in capsys.readouterr().err

@@ -113,7 +113,7 @@ COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str, str]] = [
         "cache",
         cmd_cache,
         "inspect or clear the local read cache",
-        "optuna-cas cache info\noptuna-cas cache prune --max-bytes 5000000000",
+        "optuna-cas cache info\noptuna-cas cache prune --max-bytes 5G",
     ),
     (
         "dashboard",
@@ -147,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--version", action=_ShowVersion, help="print the version of optuna-cas and exit"
+        "--version",
+        action=_ShowVersion,
+        help='print the version of optuna-cas and exit (with --json: {"version": ...})',
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, func, summary, example in COMMANDS:
@@ -189,13 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "--grace",
                 type=_seconds,
                 default=7200.0,
-                metavar="SECONDS",
-                help="keep blobs younger than this (default 7200)",
+                metavar="DURATION",
+                help="keep blobs younger than this: seconds, or with s, m, h or d "
+                "(default 2h = 7200)",
             )
             p.add_argument(
                 "--allow-short-grace",
                 action="store_true",
-                help="accept --grace <= 1800 s (only if nothing uploads meanwhile)",
+                help="accept --grace <= 1800 s (30m; only if nothing uploads meanwhile)",
             )
         elif name == "verify":
             p.add_argument("--fast", action="store_true", help="check presence and size only")
@@ -218,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "cache":
             p.add_argument("action", choices=["info", "clear", "prune"])
             p.add_argument(
-                "--max-bytes", type=_byte_count, metavar="N", help="prune only: down to N bytes"
+                "--max-bytes",
+                type=_byte_count,
+                metavar="N",
+                help="prune only: down to N bytes (K, M, G, T: powers of 1024, e.g. 5G)",
             )
         elif name == "dashboard":
             p.add_argument("storage", metavar="STORAGE", help="Optuna storage URL or journal file")
@@ -313,7 +319,12 @@ class _ShowVersion(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> NoReturn:
-        print(f"optuna-cas {package_version()}")
+        # --json may come before or after --version: the whole command line says whether.
+        argv = parser.argv if isinstance(parser, _Parser) else sys.argv[1:]
+        if getattr(namespace, "json", False) or _wants_json(argv):
+            _emit_json({"version": package_version()})
+        else:
+            print(f"optuna-cas {package_version()}")
         parser.exit()
 
 
@@ -326,7 +337,12 @@ class _ParseError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser (its subparsers too) whose errors reach :func:`main`, for ``--json``."""
+    """An ArgumentParser (its subparsers too) whose errors reach :func:`main`, for ``--json``.
+
+    ``argv`` is the command line being parsed (set by :func:`main`), for ``--version``.
+    """
+
+    argv: Sequence[str] = ()
 
     def error(self, message: str) -> NoReturn:
         raise _ParseError(self, message)
@@ -346,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     _escape_what_output_cannot_encode()
     parser = build_parser()
+    if isinstance(parser, _Parser):
+        parser.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args, extra = parser.parse_known_args(argv)
     except _ParseError as e:

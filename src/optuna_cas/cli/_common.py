@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -400,9 +401,56 @@ def _checked(
 
 # --retries: attempts per request, 1 (no retry) to 100.
 _retries = _checked(int, lambda n: 1 <= n <= 100, "a whole number from 1 to 100")
-# --grace: a finite number of seconds >= 0.
-_seconds = _checked(float, lambda s: math.isfinite(s) and s >= 0, "a number of seconds >= 0")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _parse_duration(text: str) -> float:
+    """Seconds, as a number (``7200``, ``0.5``) or with a unit: ``90s``, ``30m``, ``2h``, ``1d``.
+
+    Example:
+        >>> _parse_duration("2h"), _parse_duration("1.5m"), _parse_duration("7200")
+        (7200.0, 90.0, 7200.0)
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", text, re.IGNORECASE)
+    if match is None:
+        return float(text)  # also 1e3; nan, inf and a negative are refused by the caller
+    return float(match[1]) * _DURATION_UNITS[match[2].lower()]
+
+
+def _parse_size(text: str) -> int:
+    """Bytes, as a whole number or with a binary unit: ``512K``, ``5G``, ``5GiB``, ``1.5T``.
+
+    K, M, G and T are powers of 1024 (as ``cache info`` and every summary count them), with
+    or without ``iB``; ``GB`` and the like are refused, since some read them as powers of
+    1000. A fraction is allowed with a unit and rounded down to whole bytes.
+
+    Example:
+        >>> _parse_size("5G") == _parse_size("5GiB") == 5 * 1024**3, _parse_size("1.5k")
+        (True, 1536)
+    """
+    match = re.fullmatch(
+        r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(?:ib)?|b)?\s*", text, re.IGNORECASE
+    )
+    if match is None:
+        raise ValueError(text)
+    number, unit = match[1], (match[2] or "").lower()
+    if not unit:
+        return int(number)  # bytes: a fraction ("1.5") is refused here
+    return int(float(number) * _SIZE_UNITS[unit])
+
+
+# --grace: a finite duration >= 0.
+_seconds = _checked(
+    _parse_duration,
+    lambda s: math.isfinite(s) and s >= 0,
+    "a duration >= 0: seconds, or a number with s, m, h or d (e.g. 2h)",
+)
 # --port: 0 (a free one) to 65535.
 _port = _checked(int, lambda n: 0 <= n <= 65535, "a port number from 0 to 65535")
-# --max-bytes: a whole number of bytes >= 0.
-_byte_count = _checked(int, lambda n: n >= 0, "a whole number of bytes >= 0")
+# --max-bytes: a whole number of bytes >= 0, or a size with a binary unit.
+_byte_count = _checked(
+    _parse_size,
+    lambda n: n >= 0,
+    "a size >= 0: whole bytes, or a number with K, M, G or T (powers of 1024; e.g. 5G or 5GiB)",
+)
