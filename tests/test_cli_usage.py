@@ -351,6 +351,9 @@ def test_rm_of_a_file_optunas_store_wrote_gives_no_gc_hint(
     assert main(["--store", str(store), "rm", artifact_id]) == 0
     assert capsys.readouterr().out == f"removed {artifact_id}\n"  # kept inside its ref
 
+    assert main(["--store", str(tmp_path), "rm", artifact_id]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"removed {artifact_id}"  # inside its ref
+
 
 @pytest.mark.parametrize(
     ("argv", "usage"),
@@ -771,3 +774,37 @@ def test_a_bad_unit_is_named_with_the_value(
 ) -> None:
     assert main(argv) == 2
     assert bad in capsys.readouterr().err
+
+
+def test_rm_says_what_it_removed_and_where_the_metadata_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    import optuna
+
+    db = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    optuna.create_study(study_name="demo", storage=db).ask()
+    store = ["--store", str(tmp_path / "store")]
+    study = ["--storage", db, "--study", "demo"]
+
+    def put() -> str:
+        source = make_file(b"w" * 9000)
+        assert main([*store, "-q", "put", str(source), *study, "--trial", "0"]) == 0
+        return capsys.readouterr().out.strip()
+
+    first = put()
+    assert main([*store, "rm", first]) == 0  # the ref only
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"removed {first}")
+    assert len(out) == 2 and "Optuna metadata entry for this artifact (if any) was not" in out[1]
+    assert "--storage URL --study NAME [--trial NUMBER]" in out[1]
+    for quiet in (["-q"], ["--json"]):  # results only: no note
+        assert main([*store, *quiet, "rm", put()]) == 0
+        assert "note" not in capsys.readouterr().out
+    second = put()
+    assert main([*store, "rm", second, *study]) == 1  # on trial 0, not on the study
+    err = capsys.readouterr().err
+    assert f"Artifact '{second}' is not recorded on study 'demo'" in err
+    assert err.rstrip().endswith("it is recorded on trial 0: pass --trial 0"), err
+    assert main([*store, "rm", second, *study, "--trial", "0"]) == 0  # metadata and ref
+    assert "note" not in capsys.readouterr().out
+    assert main([*store, "rm", first, *study, "--trial", "0"]) == 0  # what rm alone left

@@ -34,7 +34,7 @@ from optuna_cas.cli._common import (
     _retries,
     _seconds,
 )
-from optuna_cas.cli._files import cmd_get, cmd_ls, cmd_put, cmd_rm
+from optuna_cas.cli._files import cmd_get, cmd_ls, cmd_put
 from optuna_cas.cli._maintenance import (
     cmd_cache,
     cmd_dashboard,
@@ -43,6 +43,7 @@ from optuna_cas.cli._maintenance import (
     cmd_sync,
     cmd_verify,
 )
+from optuna_cas.cli._remove import cmd_rm
 
 __all__ = ["COMMANDS", "build_parser", "main", "package_version"]
 
@@ -81,8 +82,11 @@ COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str, str]] = [
     (
         "rm",
         cmd_rm,
-        "remove an artifact (its blob is reclaimed by gc)",
-        "optuna-cas --store ./artifacts rm 6f1c...-uuid",
+        "remove an artifact's ref (gc reclaims its blob); with --storage and --study, "
+        "its Optuna metadata too",
+        "optuna-cas --store ./artifacts rm 6f1c...-uuid\n"
+        "optuna-cas --store ./artifacts rm 6f1c...-uuid --storage sqlite:///db.sqlite3 "
+        "--study s --trial 3",
     ),
     (
         "gc",
