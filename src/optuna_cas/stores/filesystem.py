@@ -14,10 +14,12 @@ __all__ = ["FileSystemArtifactStore"]
 class FileSystemArtifactStore(ContentAddressedArtifactStore):
     """A drop-in for ``optuna.artifacts.FileSystemArtifactStore``.
 
-    Content lives under ``base_path/blobs`` (one file per distinct content) and
-    ``base_path/refs`` (one small JSON per artifact ID). Other files in ``base_path`` are never
-    touched. Artifacts that Optuna's own store wrote there (one flat file per ID) stay readable,
-    unverified, so switching the import loses nothing.
+    The store writes only under ``base_path/blobs`` (one file per distinct content),
+    ``base_path/refs`` (one small JSON per artifact ID), ``packs``, ``manifests`` and
+    ``chunk-index`` (files stored as chunks) and ``quarantine`` (what ``verify(quarantine=True)``
+    moves aside). Artifacts that Optuna's own store wrote directly in ``base_path`` (one flat
+    file per ID) stay readable, unverified, so switching the import loses nothing; ``remove``
+    of such an ID deletes its file, as Optuna's would. Nothing else is touched.
 
     Args:
         base_path: The directory; created if missing.
