@@ -28,7 +28,9 @@ def get_all_artifact_meta(
     Same as ``optuna.artifacts.get_all_artifact_meta`` (a ``Study`` lists only study-level
     artifacts), except that entries optuna-dashboard deleted (JSON ``null``, on which Optuna
     crashes) and deleted by :func:`optuna_cas.delete_artifact` are skipped, and each entry
-    carries ``digest`` and ``size`` when it was uploaded by optuna-cas.
+    carries ``digest``, ``size`` and ``created`` when it was uploaded by optuna-cas.
+    ``created`` (the upload time) puts the list in upload order when every entry has one;
+    otherwise (entries Optuna or optuna-dashboard wrote) the storage's order is kept.
 
     Anyone with access to the Optuna storage can write these entries. One that cannot be read
     (not JSON, too large or deeply nested, not an object, a missing key or a value of the
@@ -41,7 +43,7 @@ def get_all_artifact_meta(
         storage: Required only for a ``FrozenTrial``.
 
     Returns:
-        One :class:`~optuna_cas.ArtifactMeta` per live artifact, in upload order.
+        One :class:`~optuna_cas.ArtifactMeta` per live artifact, in upload order where known.
 
     Example:
         >>> import optuna

@@ -54,7 +54,7 @@ class ArtifactMeta:
     created: float | None = None
 
     def to_json(self) -> str:
-        """Optuna's JSON string form (with our two extra keys).
+        """Optuna's JSON string form, with our three extra keys: digest, size and created.
 
         Example:
             >>> ArtifactMeta("i", "f", "text/plain", None).to_json()[:20]
