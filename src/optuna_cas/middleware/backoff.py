@@ -244,9 +244,11 @@ class Backoff(ContentAddressedArtifactStore):
         backend: The store to wrap (Optuna's parameter name).
         max_retries: Total attempts, the first included.
         multiplier: Growth factor of the delay.
-        min_delay: First delay, seconds.
-        max_delay: Cap on a delay, seconds.
-        jitter: Randomise each delay within the upper half of the schedule.
+        min_delay: Base of the schedule, seconds: the delay before retry ``n`` (0 for the
+            first) is ``min(min_delay * multiplier**n, max_delay)``, exactly without jitter.
+        max_delay: Cap on that schedule, seconds.
+        jitter: Draw each delay uniformly from the upper half of its schedule value (so the
+            first is between ``min_delay / 2`` and ``min_delay``, none above ``max_delay``).
         sleep: Replaces ``time.sleep`` (for tests).
         seed: Seed for the jitter (for reproducible tests).
 

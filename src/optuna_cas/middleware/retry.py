@@ -93,7 +93,8 @@ class RetryPolicy:
     Attributes:
         max_retries: Total attempts, first included (Optuna's meaning).
         multiplier: Growth factor of the delay.
-        min_delay: First delay in seconds.
+        min_delay: First value of the schedule in seconds (the first delay itself with
+            jitter off; with jitter on, between half of it and it).
         max_delay: Cap on any delay in seconds.
         jitter: Randomise delays (on by default).
 
