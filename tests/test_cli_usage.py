@@ -349,10 +349,8 @@ def test_rm_of_a_file_optunas_store_wrote_gives_no_gc_hint(
     assert main(["--store", str(store), "-q", "put", str(make_file(b"tiny"))]) == 0
     artifact_id = capsys.readouterr().out.strip()
     assert main(["--store", str(store), "rm", artifact_id]) == 0
-    assert capsys.readouterr().out == f"removed {artifact_id}\n"  # kept inside its ref
-
-    assert main(["--store", str(tmp_path), "rm", artifact_id]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == f"removed {artifact_id}"  # inside its ref
+    # Kept inside its ref; then the note that Optuna's metadata was not touched.
+    assert capsys.readouterr().out.splitlines()[0] == f"removed {artifact_id}"
 
 
 @pytest.mark.parametrize(
@@ -808,3 +806,24 @@ def test_rm_says_what_it_removed_and_where_the_metadata_is(
     assert main([*store, "rm", second, *study, "--trial", "0"]) == 0  # metadata and ref
     assert "note" not in capsys.readouterr().out
     assert main([*store, "rm", first, *study, "--trial", "0"]) == 0  # what rm alone left
+
+
+def test_rm_with_the_study_after_an_rm_without_it_removes_the_metadata_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    # The note after an rm without --storage says to run rm again with it; that second rm
+    # said "(a file Optuna's own store wrote)", which there was not (found in review).
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    optuna.create_study(storage=storage, study_name="demo").ask()
+    store = str(tmp_path / "store")
+    study_args = ["--storage", storage, "--study", "demo", "--trial", "0"]
+    assert main(["--store", store, "-q", "put", str(make_file(b"x" * 5000)), *study_args]) == 0
+    artifact_id = capsys.readouterr().out.strip()
+    assert main(["--store", store, "rm", artifact_id]) == 0
+    assert "not touched" in capsys.readouterr().out
+    assert main(["--store", store, "rm", artifact_id, *study_args]) == 0
+    assert capsys.readouterr().out == f"removed {artifact_id}\n"
+    assert main(["--store", store, "--json", "ls", *study_args[:4]]) == 0
+    assert json.loads(capsys.readouterr().out)["artifacts"] == []

@@ -432,6 +432,19 @@ class ContentStore(BlobStore, RefStore):
             with contextlib.suppress(ArtifactNotFound):
                 self._backend.remove(artifact_id)
 
+    def holds_optuna_store_object(self, artifact_id: str) -> bool:
+        """Whether an object Optuna's own store wrote is at ``artifact_id`` (no ref needed).
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = ContentStore(MemoryBackend())
+            >>> store.backend.write("old", io.BytesIO(b"written by Optuna"))
+            >>> store.holds_optuna_store_object("old"), store.holds_optuna_store_object("new")
+            (True, False)
+        """
+        return _optuna_store_key(artifact_id) and self._backend.exists(artifact_id)
+
     def iter_optuna_store_objects(self, without: Container[str] = ()) -> Iterator[ObjectInfo]:
         """Objects at the root that Optuna's own store could have written under an artifact ID.
 

@@ -268,7 +268,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
     try:
         flat_file, for_gc = False, store.get_ref(args.artifact_id).inline is None
     except ArtifactNotFound:
-        flat_file, for_gc = True, False  # or not there at all: remove says so
+        # No ref: a file Optuna's own store wrote, or nothing (remove says so; with --study
+        # only the metadata goes, as after an earlier rm without it).
+        flat_file, for_gc = store.content.holds_optuna_store_object(args.artifact_id), False
     except Exception:
         flat_file, for_gc = False, True  # a ref that cannot be read: removed like any other
     if target is not None:
@@ -288,7 +290,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
         _print(
             args, f"removed {esc(args.artifact_id)} (run 'optuna-cas gc' to reclaim unused blobs)"
         )
+    elif flat_file:
+        _print(args, f"removed {esc(args.artifact_id)} (a file Optuna's own store wrote)")
     else:
-        what = " (a file Optuna's own store wrote)" if flat_file else ""
-        _print(args, f"removed {esc(args.artifact_id)}{what}")
+        _print(args, f"removed {esc(args.artifact_id)}")
     return 0
