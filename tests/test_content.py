@@ -619,3 +619,23 @@ def test_a_whole_file_up_to_8_mib_is_checked_in_a_temp_file_not_in_memory(
         os.fstat(reader.fileno())  # a real (unlinked) file
         assert reader.read(3) == data[:3] and reader.seek(-5, io.SEEK_END)
         assert reader.read() == data[-5:]
+
+
+def test_freshen_after_set_on_the_store_is_the_chunk_stores_too() -> None:
+    # A harness set content.freshen_after after the store was built; chunked uploads went on
+    # touching after the old 1800 s while gc's short-grace check trusted the new value (probe).
+    from optuna_cas.backends.memory import MemoryBackend
+
+    content = ContentStore(MemoryBackend(), freshen_after=60.0)
+    assert content.chunks.freshen_after == 60.0
+    content.freshen_after = 2.0
+    assert content.chunks.freshen_after == 2.0 == content.freshen_after
+
+
+@pytest.mark.parametrize("bad", [True, 0, -1, 8.0, "8"])
+def test_a_chunk_threshold_that_is_no_number_of_bytes_is_refused(bad: object) -> None:
+    from optuna_cas.backends.memory import MemoryBackend
+    from optuna_cas.exceptions import StoreConfigError
+
+    with pytest.raises(StoreConfigError, match="chunk_threshold must be a positive number"):
+        ContentStore(MemoryBackend(), chunk_threshold=bad)  # type: ignore[arg-type]

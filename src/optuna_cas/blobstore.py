@@ -141,14 +141,11 @@ class BlobStore(BlobMaintenance):
     ) -> None:
         self._backend = backend
         self._blob_cache = blob_cache
-        self.freshen_after = freshen_after
         self._file_digests = file_digests
         # Files this large or larger are stored as chunks in packs (see optuna_cas.chunks).
-        if chunk_threshold is not None and (
-            not isinstance(chunk_threshold, int)
-            or isinstance(chunk_threshold, bool)
-            or chunk_threshold < 1
-        ):
+        # Not isinstance: True is an int, and no number of bytes.
+        bad = type(chunk_threshold) is not int or chunk_threshold < 1
+        if chunk_threshold is not None and bad:
             raise StoreConfigError(
                 f"chunk_threshold must be a positive number of bytes or None, got "
                 f"{chunk_threshold!r}"
@@ -161,6 +158,15 @@ class BlobStore(BlobMaintenance):
         # That layer holds the files themselves: downloads copy from them in the kernel,
         # without retries too (Backoff's readers are not files).
         self._local_files = self._staging if isinstance(self._staging, Backend) else None
+
+    @property
+    def freshen_after(self) -> float:
+        """Seconds after which a re-used blob, manifest or pack is touched: one value for both."""
+        return self.chunks.freshen_after
+
+    @freshen_after.setter
+    def freshen_after(self, seconds: float) -> None:
+        self.chunks.freshen_after = seconds
 
     @property
     def backend(self) -> Backend:
