@@ -12,14 +12,14 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from optuna_cas._fileio import open_regular_file
 from optuna_cas._meta import ARTIFACTS_ATTR_PREFIX, DEFAULT_MIME_TYPE, ArtifactMeta
 from optuna_cas._optuna import import_optuna, refuse_a_finished_trial, resolve_target
 from optuna_cas._validation import check_optional_text
 from optuna_cas.exceptions import ArtifactNotFound, not_found_as_ours
-from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.stores.base import ContentAddressedArtifactStore, content_store_of
 
 if TYPE_CHECKING:  # optuna is an extra: imported for the annotations only
     from optuna.storages import BaseStorage
@@ -151,8 +151,9 @@ def upload_artifact(
         encoding=encoding or guessed_encoding,
     )
 
-    if isinstance(artifact_store, ContentAddressedArtifactStore):
-        ref = artifact_store.put(
+    # Not isinstance: Backoff is one whether or not the store it wraps is content-addressed.
+    if content_store_of(artifact_store) is not None:
+        ref = cast(ContentAddressedArtifactStore, artifact_store).put(
             artifact_id,
             path,
             filename=meta.filename,
