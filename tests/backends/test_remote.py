@@ -22,7 +22,15 @@ from optuna_cas.middleware.retry import is_transient
 
 SRC = Path(optuna_cas.__file__).parent
 BACKENDS = SRC / "backends"
-REMOTE_MODULES = ["remote.py", "remote_io.py", "per_process.py", "s3.py", "gcs.py", "resumable.py"]
+REMOTE_MODULES = [
+    "remote.py",
+    "remote_errors.py",
+    "remote_io.py",
+    "per_process.py",
+    "s3.py",
+    "gcs.py",
+    "resumable.py",
+]
 
 
 # ---- one error table per SDK ------------------------------------------------------------------

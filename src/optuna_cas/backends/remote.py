@@ -12,7 +12,8 @@ once for all of them:
 * create-if-absent: a 412 means "already present" (keys are content addresses, so whatever is
   there holds the same bytes; it is also the answer to a retried create whose first answer was
   lost), and a finished upload whose answer was lost is recognised by the object it left;
-* error translation in one context manager (httpx's habit): a missing key is
+* error translation in one context manager (httpx's habit; in
+  :mod:`~optuna_cas.backends.remote_errors`): a missing key is
   :class:`~optuna_cas.exceptions.ArtifactNotFound`, a missing bucket a clear
   :class:`~optuna_cas.exceptions.BackendError`, faults a retry may cure
   :class:`~optuna_cas.exceptions.TransientBackendError`;
@@ -31,13 +32,18 @@ import io
 import math
 import re
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, ClassVar, NoReturn, TypeVar, cast
+from typing import BinaryIO, ClassVar, TypeVar, cast
 
 from optuna_cas._fileio import read_up_to
 from optuna_cas._validation import validate_key, validate_prefix
 from optuna_cas.backends.base import ObjectInfo, RequestRunner, SealedFile, run_once
 from optuna_cas.backends.per_process import PerProcess
-from optuna_cas.backends.remote_errors import AlreadyPresentError, Fault, UploadGoneError
+from optuna_cas.backends.remote_errors import (
+    AlreadyPresentError,
+    ErrorTranslation,
+    Fault,
+    UploadGoneError,
+)
 from optuna_cas.backends.remote_io import (
     Download,
     FilePart,
@@ -54,9 +60,7 @@ from optuna_cas.backends.window import check_range
 from optuna_cas.exceptions import (
     ArtifactNotFound,
     BackendError,
-    OptunaCasError,
     StoreConfigError,
-    TransientBackendError,
 )
 
 __all__ = ["AlreadyPresentError", "Fault", "PartUpload", "RemoteBackend", "UploadGoneError"]
@@ -65,7 +69,7 @@ T = TypeVar("T")
 _BAD_BUCKET_CHARACTER = re.compile(r"[/\s\x00-\x1f\x7f]")
 
 
-class RemoteBackend(abc.ABC):
+class RemoteBackend(ErrorTranslation):
     """The :class:`~optuna_cas.backends.base.Backend` contract for one bucket of a remote store.
 
     Subclasses implement the ``_primitive`` methods below and :meth:`_classify`; see
@@ -534,66 +538,3 @@ class RemoteBackend(abc.ABC):
                 f"{self._where(key)} needs more than {self._max_parts} parts of {part_size} "
                 f"bytes; raise part_size or pass a seekable stream"
             )
-
-    @contextlib.contextmanager
-    def _translating(self, key: str | None) -> Iterator[None]:
-        """Re-raise SDK errors from the block as ours (``raise ... from``); others pass."""
-        try:
-            yield
-        except OptunaCasError:
-            raise
-        except Exception as error:
-            verdict = self._classify(error)
-            if verdict is None:
-                raise
-            self._raise(*verdict, key=key, cause=error)
-
-    def _raise(self, fault: Fault, detail: str, *, key: str | None, cause: Exception) -> NoReturn:
-        store = self.describe()
-        on = f" for key {key!r}" if key is not None else ""
-        error: OptunaCasError
-        if fault is Fault.MISSING and key is not None and self._bucket_is_there():
-            error = ArtifactNotFound(f"no object {key!r} in {store}")
-        elif fault in (Fault.MISSING, Fault.NO_BUCKET):
-            # A 404 on a bucket-level request (a listing) can only mean the bucket.
-            error = BackendError(f"{store}: bucket {self._bucket_name!r} does not exist")
-        elif fault is Fault.EXISTS:
-            error = AlreadyPresentError(f"{store}: {key!r} already exists")
-        elif fault is Fault.GONE:
-            error = UploadGoneError(
-                f"{store}: the upload session ended before the upload was complete{on} ({detail})"
-            )
-        elif fault is Fault.DENIED:
-            error = BackendError(
-                f"{store}: access denied{on} ({detail}); check the credentials and their "
-                f"permissions on bucket {self._bucket_name!r}"
-            )
-        elif fault is Fault.TRANSIENT:
-            error = TransientBackendError(f"{store}: {detail}{on}")
-        else:
-            error = BackendError(f"{store}: request failed{on} ({detail})")
-        raise error from cause
-
-    def _bucket_is_there(self) -> bool:
-        """Tell a missing key from a missing bucket: both are a bare 404 (asked once).
-
-        Only a clear "does not exist" is believed: a reader may not be allowed to look at the
-        bucket (S3 HeadBucket 403, GCS without storage.buckets.get), and then the object is
-        simply missing. Other failures of the check are raised, translated.
-        """
-        if self._bucket_seen:
-            return True
-        try:
-            exists = self._bucket_exists()
-        except Exception as error:
-            verdict = self._classify(error)
-            if verdict is None:
-                raise
-            fault, detail = verdict
-            if fault in (Fault.MISSING, Fault.NO_BUCKET):
-                return False
-            if fault is not Fault.DENIED:
-                self._raise(fault, detail, key=None, cause=error)
-            exists = True
-        self._bucket_seen = exists
-        return exists

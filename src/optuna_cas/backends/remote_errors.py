@@ -1,16 +1,26 @@
 """What a remote store's errors mean, for :mod:`optuna_cas.backends.remote`.
 
-:class:`Fault` is the kinds an adapter's error table sorts SDK errors into; the two errors
-here are the ones the base handles itself rather than raising to callers.
+:class:`Fault` is the kinds an adapter's error table sorts SDK errors into, and
+:class:`ErrorTranslation` the part of the base that turns them into ours; the two errors here
+are the ones the base handles itself rather than raising to callers.
 """
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import enum
+from collections.abc import Iterator
+from typing import NoReturn
 
-from optuna_cas.exceptions import BackendError
+from optuna_cas.exceptions import (
+    ArtifactNotFound,
+    BackendError,
+    OptunaCasError,
+    TransientBackendError,
+)
 
-__all__ = ["AlreadyPresentError", "Fault", "UploadGoneError"]
+__all__ = ["AlreadyPresentError", "ErrorTranslation", "Fault", "UploadGoneError"]
 
 
 class Fault(enum.Enum):
@@ -41,3 +51,94 @@ class UploadGoneError(BackendError):
     usually means the upload *did* finish and the answer was lost: the base then looks for the
     object before believing it failed.
     """
+
+
+class ErrorTranslation(abc.ABC):
+    """SDK errors raised as ours, through an adapter's error table (``_classify``).
+
+    The error-translating half of :class:`~optuna_cas.backends.remote.RemoteBackend`, which
+    supplies what is abstract here and sets ``_bucket_name`` and ``_bucket_seen``.
+
+    Example:
+        >>> from optuna_cas.backends.remote import RemoteBackend
+        >>> issubclass(RemoteBackend, ErrorTranslation)
+        True
+    """
+
+    _bucket_name: str
+    _bucket_seen: bool  # the bucket is known to exist: later 404s need no second look
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """The store, e.g. ``s3://bucket/prefix``, for messages."""
+
+    @abc.abstractmethod
+    def _bucket_exists(self) -> bool:
+        """Whether the bucket exists (may raise, e.g. access denied)."""
+
+    @abc.abstractmethod
+    def _classify(self, error: BaseException) -> tuple[Fault, str] | None:
+        """The adapter's error table: what an SDK error means, and a short detail."""
+
+    @contextlib.contextmanager
+    def _translating(self, key: str | None) -> Iterator[None]:
+        """Re-raise SDK errors from the block as ours (``raise ... from``); others pass."""
+        try:
+            yield
+        except OptunaCasError:
+            raise
+        except Exception as error:
+            verdict = self._classify(error)
+            if verdict is None:
+                raise
+            self._raise(*verdict, key=key, cause=error)
+
+    def _raise(self, fault: Fault, detail: str, *, key: str | None, cause: Exception) -> NoReturn:
+        store = self.describe()
+        on = f" for key {key!r}" if key is not None else ""
+        error: OptunaCasError
+        if fault is Fault.MISSING and key is not None and self._bucket_is_there():
+            error = ArtifactNotFound(f"no object {key!r} in {store}")
+        elif fault in (Fault.MISSING, Fault.NO_BUCKET):
+            # A 404 on a bucket-level request (a listing) can only mean the bucket.
+            error = BackendError(f"{store}: bucket {self._bucket_name!r} does not exist")
+        elif fault is Fault.EXISTS:
+            error = AlreadyPresentError(f"{store}: {key!r} already exists")
+        elif fault is Fault.GONE:
+            error = UploadGoneError(
+                f"{store}: the upload session ended before the upload was complete{on} ({detail})"
+            )
+        elif fault is Fault.DENIED:
+            error = BackendError(
+                f"{store}: access denied{on} ({detail}); check the credentials and their "
+                f"permissions on bucket {self._bucket_name!r}"
+            )
+        elif fault is Fault.TRANSIENT:
+            error = TransientBackendError(f"{store}: {detail}{on}")
+        else:
+            error = BackendError(f"{store}: request failed{on} ({detail})")
+        raise error from cause
+
+    def _bucket_is_there(self) -> bool:
+        """Tell a missing key from a missing bucket: both are a bare 404 (asked once).
+
+        Only a clear "does not exist" is believed: a reader may not be allowed to look at the
+        bucket (S3 HeadBucket 403, GCS without storage.buckets.get), and then the object is
+        simply missing. Other failures of the check are raised, translated.
+        """
+        if self._bucket_seen:
+            return True
+        try:
+            exists = self._bucket_exists()
+        except Exception as error:
+            verdict = self._classify(error)
+            if verdict is None:
+                raise
+            fault, detail = verdict
+            if fault in (Fault.MISSING, Fault.NO_BUCKET):
+                return False
+            if fault is not Fault.DENIED:
+                self._raise(fault, detail, key=None, cause=error)
+            exists = True
+        self._bucket_seen = exists
+        return exists
