@@ -459,3 +459,30 @@ def test_resumable_uploads_survive_30_percent_faults(
     for key, data in payloads.items():
         assert gcs_bucket.blob(key).download_as_bytes() == data, key
     assert sorted(b.name for b in gcs_bucket.list_blobs()) == sorted(payloads)
+
+
+# -- answers a misbehaving server or proxy gives -------------------------------------------------
+
+
+def is_media(method: str, path: str) -> bool:
+    return method == "GET" and "alt=media" in path  # a download, not the metadata GET
+
+
+def test_a_ranged_read_answered_from_the_start_is_refused_then_resumed(
+    faulty_gcs: FaultyGCS,
+) -> None:
+    # A proxy that drops the Range header sends the whole object. Refused for good, that
+    # stopped Backoff's resume of a cut download and verify --deep (found by a probe).
+    data = os.urandom(3 * CHUNK)
+    faulty_gcs.backend.write("k", io.BytesIO(data))
+    proxy = faulty_gcs.proxy
+    proxy.fail_next("ignore_range", methods={"GET"}, matching=is_media)
+    store = faulty_gcs.backend.describe()
+    with pytest.raises(TransientBackendError, match=rf"^{store}: asked for key 'k' from byte 1000"):
+        faulty_gcs.backend.open_reader("k", offset=1000, length=16).read()
+    assert faulty_gcs.backend.open_reader("k", offset=1000, length=16).read() == data[1000:1016]
+    with RetryingBackend(faulty_gcs.backend, faulty_gcs.retrier).open_reader("k") as reader:
+        head = reader.read(1000)
+        proxy.fail_next("ignore_range", methods={"GET"}, matching=is_media)
+        assert head + reader.read() == data
+    assert [r.fault for r in proxy.requests if r.fault] == ["ignore_range"] * 2

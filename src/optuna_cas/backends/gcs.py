@@ -27,7 +27,6 @@ from optuna_cas.backends.remote_io import Download
 from optuna_cas.backends.resumable import ResumableUpload
 from optuna_cas.exceptions import (
     ArtifactNotFound,
-    BackendError,
     StoreConfigError,
     TransientBackendError,
 )
@@ -236,8 +235,8 @@ class GCSBackend(RemoteBackend):
         size = int(meta.size or 0)
         # Each download then ends where the window does: no byte past it is ever asked for.
         end = size if stop is None else min(size, stop)
-        body = _RangedBody(blob, offset, end, self._download_range, self._read_buffer)
-        return Download(body=body, size=size)
+        download = functools.partial(self._download_range, blob)
+        return Download(body=_RangedBody(download, offset, end, self._read_buffer), size=size)
 
     def _put(self, name: str, data: bytes, *, if_absent: bool) -> None:
         self.bucket.blob(name).upload_from_string(
@@ -335,16 +334,31 @@ class GCSBackend(RemoteBackend):
         blob.reload(timeout=self._timeout, **self._retry)
         return blob
 
-    def _download_range(self, blob: Any, sink: _IntoView, start: int, end: int) -> None:
-        blob.download_to_file(
-            sink,
-            start=start,
-            end=end,
-            raw_download=True,  # stored bytes exactly: offsets must not shift
-            checksum=None,  # no whole-object checksum exists for a range
-            timeout=self._timeout,
-            **self._retry,
-        )
+    def _key_of(self, name: str) -> str:
+        return name[len(self._prefix) + 1 :] if self._prefix else name
+
+    def _download_range(self, blob: Any, start: int, view: memoryview) -> int:
+        """Download ``len(view)`` bytes of ``blob`` from ``start`` into ``view``; bytes filled."""
+        sink = _IntoView(view)
+        try:
+            blob.download_to_file(
+                sink,
+                start=start,
+                end=start + len(view) - 1,
+                raw_download=True,  # stored bytes exactly: offsets must not shift
+                checksum=None,  # no whole-object checksum exists for a range
+                timeout=self._timeout,
+                **self._retry,
+            )
+        except _Overflow:
+            # Transient: Backoff's resume asks again, and one answer without its range must
+            # not stop a download (or verify --deep) for good. Nothing was handed over.
+            raise TransientBackendError(
+                f"{self.describe()}: asked for key {self._key_of(blob.name)!r} from byte "
+                f"{start} ({len(view)} bytes), got more: the server or a proxy ignored the "
+                f"Range header"
+            ) from None
+        return sink.filled
 
 
 def _size_and_time(blob: Any) -> tuple[int, float]:
@@ -386,19 +400,22 @@ def _default_client() -> Any:
         ) from e
 
 
+class _Overflow(Exception):
+    """More bytes came than the range asked for; the backend raises it as ours, named."""
+
+
 class _IntoView:
     """A write-only sink the SDK downloads into: fills a caller-supplied buffer in place."""
 
-    def __init__(self, view: memoryview, where: str) -> None:
+    def __init__(self, view: memoryview) -> None:
         self._view = view
-        self._where = where
         self.filled = 0
 
     def write(self, data: bytes) -> int:
         end = self.filled + len(data)
         if end > len(self._view):
             # A server that ignores Range would overflow the buffer: refuse, never truncate.
-            raise BackendError(f"{self._where}: server sent more bytes than the range asked for")
+            raise _Overflow
         self._view[self.filled : end] = data
         self.filled = end
         return len(data)
@@ -407,19 +424,15 @@ class _IntoView:
 class _RangedBody:
     """One object generation read by ranged downloads up to ``end``, one per buffer filled.
 
+    ``download(start, view)`` fills ``view`` from byte ``start`` and returns the bytes filled.
+
     ``read`` asks for at least ``least`` bytes at a time (the backend's chunk size) and keeps
     what it did not hand over yet for the next read: small reads cost no request each.
     """
 
     def __init__(
-        self,
-        blob: Any,
-        offset: int,
-        end: int,
-        download: Callable[[Any, _IntoView, int, int], None],
-        least: int,
+        self, download: Callable[[int, memoryview], int], offset: int, end: int, least: int
     ) -> None:
-        self._blob = blob
         self._pos = offset  # the next byte to download
         self._end = end  # exclusive: the object's size, or a bounded read's end
         self._download = download
@@ -434,10 +447,9 @@ class _RangedBody:
         wanted = min(len(buffer), self._end - self._pos)
         if wanted <= 0:
             return 0
-        sink = _IntoView(buffer[:wanted], f"gs://{self._blob.bucket.name}/{self._blob.name}")
-        self._download(self._blob, sink, self._pos, self._pos + wanted - 1)
-        self._pos += sink.filled
-        return sink.filled
+        filled = self._download(self._pos, buffer[:wanted])
+        self._pos += filled
+        return filled
 
     def read(self, size: int) -> bytes:
         if not self._kept:
