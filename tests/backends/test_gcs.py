@@ -20,6 +20,7 @@ import pytest
 from optuna_cas.backends.base import Backend, ObjectInfo, SealedFile
 from optuna_cas.backends.gcs import GCSBackend
 from optuna_cas.exceptions import (
+    ArtifactNotFound,
     BackendError,
     InvalidKeyError,
     StoreConfigError,
@@ -486,3 +487,49 @@ def test_a_ranged_read_answered_from_the_start_is_refused_then_resumed(
         proxy.fail_next("ignore_range", methods={"GET"}, matching=is_media)
         assert head + reader.read() == data
     assert [r.fault for r in proxy.requests if r.fault] == ["ignore_range"] * 2
+
+
+@pytest.fixture
+def plain_gcs(gcs_client: Any, gcs_bucket: Any) -> GCSBackend:
+    """Straight to fake-gcs-server, under a prefix, SDK retries off: every fault surfaces."""
+    return GCSBackend(
+        gcs_bucket.name, client=gcs_client, prefix="p", chunk_size=CHUNK, sdk_retries=False
+    )
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-bytes", "other-bytes"])
+def test_an_object_replaced_mid_read_is_transient_not_missing(
+    plain_gcs: GCSBackend, gcs_bucket: Any, same: bool
+) -> None:
+    # The reader pins the generation it opened; a re-upload (a repair writing the same bytes)
+    # makes the next range a 404. That read as "no object" and sent users to verify.
+    data = os.urandom(3 * CHUNK)
+    plain_gcs.write("k", io.BytesIO(data))
+    with plain_gcs.open_reader("k") as reader:
+        assert reader.read(1000) == data[:1000]
+        gcs_bucket.blob("p/k").upload_from_string(data if same else os.urandom(len(data)))
+        with pytest.raises(
+            TransientBackendError,
+            match=rf"^{plain_gcs.describe()}: key 'k' was replaced while it was read",
+        ):
+            reader.read()
+
+
+def test_backoff_reads_on_through_an_identical_reupload(
+    plain_gcs: GCSBackend, gcs_bucket: Any
+) -> None:
+    data = os.urandom(3 * CHUNK)
+    plain_gcs.write("k", io.BytesIO(data))
+    with _retrying(plain_gcs).open_reader("k") as reader:
+        head = reader.read(1000)
+        gcs_bucket.blob("p/k").upload_from_string(data)  # a new generation, the same bytes
+        assert head + reader.read() == data
+
+
+def test_an_object_deleted_mid_read_is_missing(plain_gcs: GCSBackend, gcs_bucket: Any) -> None:
+    plain_gcs.write("k", io.BytesIO(os.urandom(3 * CHUNK)))
+    with plain_gcs.open_reader("k") as reader:
+        reader.read(1000)
+        gcs_bucket.blob("p/k").delete()
+        with pytest.raises(ArtifactNotFound, match=r"no object 'k'"):
+            reader.read()

@@ -358,7 +358,32 @@ class GCSBackend(RemoteBackend):
                 f"{start} ({len(view)} bytes), got more: the server or a proxy ignored the "
                 f"Range header"
             ) from None
+        except Exception as error:
+            if not self._replaced(blob, error):
+                raise
+            # The generation this reader pinned is gone but the key is there: replaced, e.g.
+            # re-uploaded by a repair. Not "missing": a resume opens the new generation, and
+            # the digest checks above catch a real change of content.
+            raise TransientBackendError(
+                f"{self.describe()}: key {self._key_of(blob.name)!r} was replaced while it "
+                f"was read (generation {blob.generation} is gone); reading it again reads "
+                f"the new object"
+            ) from error
         return sink.filled
+
+    def _replaced(self, pinned: Any, error: BaseException) -> bool:
+        """Whether ``error`` is a 404 for ``pinned``'s generation of an object still there."""
+        verdict = classify_gcs_error(error)
+        if verdict is None or verdict[0] is not Fault.MISSING:
+            return False
+        try:
+            current = self._reload(pinned.name)
+        except Exception as look:
+            verdict = classify_gcs_error(look)
+            if verdict is not None and verdict[0] is Fault.MISSING:
+                return False  # really gone: the 404 stands (ArtifactNotFound)
+            raise
+        return bool(current.generation != pinned.generation)
 
 
 def _size_and_time(blob: Any) -> tuple[int, float]:
