@@ -533,3 +533,39 @@ def test_an_object_deleted_mid_read_is_missing(plain_gcs: GCSBackend, gcs_bucket
         gcs_bucket.blob("p/k").delete()
         with pytest.raises(ArtifactNotFound, match=r"no object 'k'"):
             reader.read()
+
+
+def test_a_rewrite_whose_session_expired_is_not_taken_for_the_old_object(
+    faulty_gcs: FaultyGCS, gcs_bucket: Any
+) -> None:
+    # A rewrite over an object of the same size (gc's manifest rewrite, a repair): the last
+    # chunk finds the session gone and nothing was published. The old object has the right
+    # size, but it is not ours: that write was acknowledged while the old bytes stayed.
+    old = os.urandom(3 * CHUNK + 1)
+    faulty_gcs.backend.write("m", io.BytesIO(old))
+    faulty_gcs.sessions.expire_at_last_chunk()
+    with pytest.raises(BackendError, match="session ended before the upload was complete"):
+        faulty_gcs.backend.write("m", io.BytesIO(os.urandom(len(old))))
+    assert gcs_bucket.blob("m").download_as_bytes() == old
+
+
+def test_a_rewrite_whose_last_answer_was_lost_is_a_success(
+    faulty_gcs: FaultyGCS, gcs_bucket: Any
+) -> None:
+    # The same rewrite, published but its answer lost: the object that is there now is not
+    # the one there before, so it is ours.
+    old = os.urandom(3 * CHUNK + 1)
+    faulty_gcs.backend.write("m", io.BytesIO(old))
+    new = os.urandom(len(old))
+
+    def lose_first_answer(attempt: int) -> None:
+        if attempt == 1:
+            faulty_gcs.proxy.fail_next("drop_response", methods={"PUT"})
+
+    where = f"{faulty_gcs.backend.describe()}/m"
+    backend = faulty_gcs.backend.with_request_runner(
+        retrying_with_hooks(faulty_gcs.retrier, {f"upload part 4 of {where}": lose_first_answer})
+    )
+    backend.write("m", io.BytesIO(new))
+    assert [r.fault for r in faulty_gcs.proxy.requests if r.fault] == ["drop_response"]
+    assert gcs_bucket.blob("m").download_as_bytes() == new

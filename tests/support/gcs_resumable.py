@@ -48,6 +48,8 @@ class ResumableSessions:
     final answer again once the upload finished), a DELETE cancels (499), and the last chunk
     publishes the object with one ``uploadType=multipart`` request (the kind on which
     fake-gcs-server honours preconditions such as ``ifGenerationMatch=0``).
+
+    :meth:`expire_at_last_chunk` plays a session that expires before its last chunk.
     """
 
     def __init__(self, upstream: GCSServer) -> None:
@@ -56,6 +58,7 @@ class ResumableSessions:
         self.upstream = (parts.hostname, parts.port)
         self.sessions: dict[str, _Session] = {}
         self.status_queries = 0
+        self._expiring = 0  # last chunks still to meet a forgotten session
         shim = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -88,6 +91,14 @@ class ResumableSessions:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def expire_at_last_chunk(self, count: int = 1) -> None:
+        """The next ``count`` last chunks (those naming the total) find their session gone.
+
+        Their answer is 404 and nothing is published: a session that expired before its last
+        chunk arrived.
+        """
+        self._expiring += count
 
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
         body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
@@ -128,6 +139,10 @@ class ResumableSessions:
         if session is None or match is None:
             return self._reply(req, 404 if session is None else 400, b"")
         first, last, total = match.groups()
+        if total != "*" and self._expiring:
+            self._expiring -= 1
+            self.sessions.pop(upload_id, None)
+            return self._reply(req, 404, b"")
         with session.lock:
             self.status_queries += first is None and total == "*" and not body
             if session.result is not None:

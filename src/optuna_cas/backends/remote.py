@@ -11,7 +11,8 @@ once for all of them:
   that stream was read to EOF (a verifying reader raises there);
 * create-if-absent: a 412 means "already present" (keys are content addresses, so whatever is
   there holds the same bytes; it is also the answer to a retried create whose first answer was
-  lost), and a finished upload whose answer was lost is recognised by the object it left;
+  lost), and a finished upload whose answer was lost is recognised by the object it left
+  (not one that was there before);
 * error translation in one context manager (httpx's habit; in
   :mod:`~optuna_cas.backends.remote_errors`): a missing key is
   :class:`~optuna_cas.exceptions.ArtifactNotFound`, a missing bucket a clear
@@ -460,6 +461,10 @@ class RemoteBackend(ErrorTranslation):
         self, key: str, parts: PartReader | FileParts, part_size: int, *, if_absent: bool
     ) -> None:
         where = self._where(key)
+        # A rewrite (gc's manifest rewrite, a repair) may replace an object of the same size:
+        # its state now tells it from ours if the publishing request's answer is lost. With
+        # if_absent an object there holds the same bytes (keys are content addresses).
+        before = None if if_absent else self._state(key, f"look at {where}")
         upload = self._request(
             key,
             f"start upload of {where}",
@@ -499,9 +504,9 @@ class RemoteBackend(ErrorTranslation):
                 sender.drain()
             # EOF was read and every part is in: only now may a request publish the object.
             if upload.completes_separately:
-                self._publish(key, total, f"complete upload of {where}", upload.complete)
+                self._publish(key, total, before, f"complete upload of {where}", upload.complete)
             else:
-                self._publish(key, total, f"upload part {number} of {where}", last)
+                self._publish(key, total, before, f"upload part {number} of {where}", last)
         except BaseException:
             # Unpublished parts are invisible but may be billed until dropped.
             upload.abort()
@@ -520,15 +525,37 @@ class RemoteBackend(ErrorTranslation):
         finally:
             release()
 
-    def _publish(self, key: str, total: int, description: str, request: Callable[[], None]) -> None:
-        """Send the request that publishes the object (S3's complete, GCS's last chunk)."""
+    def _state(self, key: str, description: str) -> tuple[int, float] | None:
+        """Size and modification time of ``key`` (one request, retried); ``None`` if absent."""
+        try:
+            return self._request(key, description, functools.partial(self._head, self._name(key)))
+        except ArtifactNotFound:
+            return None
+
+    def _publish(
+        self,
+        key: str,
+        total: int,
+        before: tuple[int, float] | None,
+        description: str,
+        request: Callable[[], None],
+    ) -> None:
+        """Send the request that publishes the object (S3's complete, GCS's last chunk).
+
+        ``before`` is the key's state before the upload began (``None``: absent, or not
+        looked at).
+        """
         try:
             self._request(key, description, request)
         except UploadGoneError:
             # Retried after its answer was lost, the publishing request finds the upload over.
-            # The object tells whether it was ours that finished.
+            # The object tells whether it was ours that finished: the right size, and not the
+            # object that was there before. A rewrite within the same second on S3 (whole
+            # seconds in LastModified) is refused although ours: the write fails and is
+            # retried, never acknowledged with the old bytes in place (the safe direction).
             with contextlib.suppress(ArtifactNotFound):
-                if self.stat(key).size == total:
+                now = self.stat(key)
+                if now.size == total and (now.size, now.modified) != before:
                     return
             raise
 
