@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -569,3 +571,35 @@ def test_a_rewrite_whose_last_answer_was_lost_is_a_success(
     backend.write("m", io.BytesIO(new))
     assert [r.fault for r in faulty_gcs.proxy.requests if r.fault] == ["drop_response"]
     assert gcs_bucket.blob("m").download_as_bytes() == new
+
+
+def always_another_page(method: str, path: str, body: bytes) -> bytes:
+    """A hostile server's listing: every page says another one follows, under one token."""
+    if method != "GET" or not urlsplit(path).path.endswith("/o"):
+        return body
+    listing = json.loads(body)
+    listing["nextPageToken"] = "again"
+    return json.dumps(listing).encode()
+
+
+@pytest.mark.parametrize("retrying", [False, True], ids=["plain", "retrying"])
+def test_a_listing_whose_page_token_repeats_stops(
+    gcs_sessions: ResumableSessions, gcs_bucket: Any, retrying: bool
+) -> None:
+    # google-api-core follows any token it is given: a server answering the same one forever
+    # made list() run forever, and RetryingBackend.list, which collects, grow without bound.
+    client = make_gcs_client(f"http://127.0.0.1:{gcs_sessions.port}")
+    plain = GCSBackend(gcs_bucket.name, client=client, prefix="p", chunk_size=CHUNK)
+    plain.write("refs/a", io.BytesIO(b"a"))
+    gcs_sessions.rewrite = always_another_page
+    backend = _retrying(plain) if retrying else plain
+    listed: list[str] = []
+    with pytest.raises(
+        BackendError, match=rf"bucket '{gcs_bucket.name}'.*prefix 'p/refs/'.*'again'"
+    ):
+        for info in backend.list("refs/"):
+            listed.append(info.key)
+            if len(listed) > 20:
+                pytest.fail("the listing never ended")
+    # Two pages, each with the one object (the server ignores the token), then the refusal.
+    assert listed == ([] if retrying else ["refs/a", "refs/a"])

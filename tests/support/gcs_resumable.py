@@ -18,6 +18,7 @@ import json
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -49,7 +50,8 @@ class ResumableSessions:
     publishes the object with one ``uploadType=multipart`` request (the kind on which
     fake-gcs-server honours preconditions such as ``ifGenerationMatch=0``).
 
-    :meth:`expire_at_last_chunk` plays a session that expires before its last chunk.
+    Two hooks play a server that misbehaves: :meth:`expire_at_last_chunk`, and
+    :attr:`rewrite`, which may change the body of every relayed answer.
     """
 
     def __init__(self, upstream: GCSServer) -> None:
@@ -58,6 +60,8 @@ class ResumableSessions:
         self.upstream = (parts.hostname, parts.port)
         self.sessions: dict[str, _Session] = {}
         self.status_queries = 0
+        # Called as rewrite(method, path, body) on each relayed answer: returns the body sent.
+        self.rewrite: Callable[[str, str, bytes], bytes] | None = None
         self._expiring = 0  # last chunks still to meet a forgotten session
         shim = self
 
@@ -113,6 +117,8 @@ class ResumableSessions:
                 self.sessions.pop(query.get("upload_id", ""), None)
                 return self._reply(req, 499, b"")
         status, headers, payload = self._upstream(req.command, req.path, body, dict(req.headers))
+        if self.rewrite is not None:
+            payload = self.rewrite(req.command, req.path, payload)
         self._reply(req, status, payload, headers)
 
     def _start(

@@ -27,6 +27,7 @@ from optuna_cas.backends.remote_io import Download
 from optuna_cas.backends.resumable import ResumableUpload
 from optuna_cas.exceptions import (
     ArtifactNotFound,
+    BackendError,
     StoreConfigError,
     TransientBackendError,
 )
@@ -282,11 +283,24 @@ class GCSBackend(RemoteBackend):
         blob.patch(timeout=self._timeout, **self._retry)
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
-        blobs = self.client.list_blobs(
+        listing = self.client.list_blobs(
             self.bucket, prefix=prefix, timeout=self._timeout, **self._retry
         )
-        for blob in blobs:
-            yield blob.name, *_size_and_time(blob)
+        tokens: set[str] = set()
+        for page in listing.pages:
+            for blob in page:
+                yield blob.name, *_size_and_time(blob)
+            # google-api-core follows whatever token it is given (botocore's paginator
+            # refuses a repeat): a server that answers the same one again would be listed
+            # forever, and RetryingBackend.list, which collects, would grow without bound.
+            token = listing.next_page_token
+            if token in tokens:
+                raise BackendError(
+                    f"{self.describe()}: listing bucket {self._bucket_name!r} under prefix "
+                    f"{prefix!r} stopped: the server sent page token {token!r} a second time"
+                )
+            if token is not None:
+                tokens.add(token)
 
     def _bucket_exists(self) -> bool:
         return bool(self.bucket.exists(timeout=self._timeout, **self._retry))
