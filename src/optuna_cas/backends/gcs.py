@@ -8,6 +8,13 @@ so memory stays at a few ``chunk_size`` buffers whatever the size.
 
 ``google-cloud-storage`` is an optional extra, imported only when a backend is built without
 a client. Only its public API is used.
+
+A limit of that API: ``Blob.download_to_file(start=, end=)`` does not show the answer's
+``Content-Range``. A server that answers a range with *another* range of the same length
+(bytes 0-4999 for 1000-5999) goes unnoticed here (one that ignores the range sends too much,
+which is refused). The digest checks above catch the wrong bytes as corruption, so
+``verify --quarantine`` may move a sound object aside; it is kept under ``quarantine/``, and
+uploading the same file again (as verify's message says) stores it again.
 """
 
 from __future__ import annotations
