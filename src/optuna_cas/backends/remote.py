@@ -551,8 +551,9 @@ class RemoteBackend(ErrorTranslation):
             # Retried after its answer was lost, the publishing request finds the upload over.
             # The object tells whether it was ours that finished: the right size, and not the
             # object that was there before. A rewrite within the same second on S3 (whole
-            # seconds in LastModified) is refused although ours: the write fails and is
-            # retried, never acknowledged with the old bytes in place (the safe direction).
+            # seconds in LastModified) is refused although ours: that costs the caller one
+            # more write (UploadGoneError is not transient, Backoff does not redo a write),
+            # never an acknowledged one with the old bytes in place (the safe direction).
             with contextlib.suppress(ArtifactNotFound):
                 now = self.stat(key)
                 if now.size == total and (now.size, now.modified) != before:
