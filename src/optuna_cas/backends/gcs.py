@@ -355,9 +355,6 @@ class GCSBackend(RemoteBackend):
         blob.reload(timeout=self._timeout, **self._retry)
         return blob
 
-    def _key_of(self, name: str) -> str:
-        return name[len(self._prefix) + 1 :] if self._prefix else name
-
     def _download_range(self, blob: Any, start: int, view: memoryview) -> int:
         """Download ``len(view)`` bytes of ``blob`` from ``start`` into ``view``; bytes filled."""
         sink = _IntoView(view)

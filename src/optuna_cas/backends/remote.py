@@ -421,6 +421,10 @@ class RemoteBackend(ErrorTranslation):
     def _name(self, key: str) -> str:
         return f"{self._prefix}/{key}" if self._prefix else key
 
+    def _key_of(self, name: str) -> str:
+        """The key of the object named ``name`` in the bucket (``_name``'s inverse)."""
+        return name[len(self._prefix) + 1 :] if self._prefix else name
+
     def _where(self, key: str) -> str:
         return f"{self.describe()}/{key}"
 

@@ -297,7 +297,7 @@ class S3Backend(RemoteBackend):
             # as if from offset, those bytes were spliced into a file (found by a probe).
             response["Body"].close()
             raise TransientBackendError(
-                f"{self.describe()}: asked for key {name!r} from byte {offset}, got "
+                f"{self.describe()}: asked for key {self._key_of(name)!r} from byte {offset}, got "
                 + (f"'{content_range}'" if content_range else "no Content-Range (a whole object)")
             )
         total = answered[3]
