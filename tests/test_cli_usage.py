@@ -827,3 +827,35 @@ def test_rm_with_the_study_after_an_rm_without_it_removes_the_metadata_and_says_
     assert capsys.readouterr().out == f"removed {artifact_id}\n"
     assert main(["--store", store, "--json", "ls", *study_args[:4]]) == 0
     assert json.loads(capsys.readouterr().out)["artifacts"] == []
+
+
+@pytest.mark.parametrize("spelling", ["FILE://{}", "File://{}", "file://{}"])
+def test_a_file_url_in_any_case_or_escaped_is_checked_like_a_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spelling: str
+) -> None:
+    # FILE:/// skipped the check (the path was taken from the URL only for "file:"), and rm
+    # deleted a project's file (found in review).
+    project = tmp_path / "my proj"
+    project.mkdir()
+    (project / "train.py").write_text("code")
+    url = spelling.format(str(project).replace(" ", "%20"))
+    assert main(["--store", url, "rm", "train.py"]) == 2
+    assert "is not an artifact store" in capsys.readouterr().err
+    assert (project / "train.py").exists()
+
+
+def test_volume_and_os_entries_do_not_make_a_directory_a_non_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    # A freshly formatted volume holds lost+found; NAS shares and Windows drop @eaDir,
+    # Thumbs.db and desktop.ini into folders: none is an artifact (found in review).
+    volume = tmp_path / "vol"
+    (volume / "lost+found").mkdir(parents=True)
+    (volume / "@eaDir").mkdir()
+    (volume / "Thumbs.db").write_bytes(b"thumbs")
+    (volume / "desktop.ini").write_text("[.ShellClassInfo]")
+    assert main(["--store", str(volume), "-q", "put", str(make_file(b"x" * 5000))]) == 0
+    artifact_id = capsys.readouterr().out.strip()
+    assert main(["--store", str(volume), "--json", "ls"]) == 0
+    listed = [row["artifact_id"] for row in json.loads(capsys.readouterr().out)["artifacts"]]
+    assert listed[0] == artifact_id  # (the OS's files are listed after it as Optuna's: harmless)

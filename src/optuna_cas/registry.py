@@ -17,7 +17,14 @@ from urllib.parse import unquote, urlsplit
 from optuna_cas.exceptions import StoreConfigError
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
-__all__ = ["ENDPOINT_ENV", "check_store_url", "open_store", "store_scheme", "supported_schemes"]
+__all__ = [
+    "ENDPOINT_ENV",
+    "check_store_url",
+    "local_path",
+    "open_store",
+    "store_scheme",
+    "supported_schemes",
+]
 
 #: Environment variable naming the S3-compatible endpoint of ``s3://`` URLs when no
 #: ``endpoint_url`` is passed (the CLI's ``--endpoint-url`` default too).
@@ -71,6 +78,27 @@ _SCHEMES: dict[str, _Scheme] = {
     "gs": _Scheme("google.cloud.storage", "gcs", _gs),
 }
 _SCHEMES["gcs"] = _SCHEMES["gs"]
+
+
+def local_path(url: str) -> str | None:
+    """The directory a local store URL (a path or ``file://``, in any case) names; else None.
+
+    Raises:
+        StoreConfigError: The URL cannot be split, or names an unknown user (``~nobody``).
+
+    Example:
+        >>> local_path("FILE:///tmp/my%20runs"), local_path("s3://b/p")
+        ('/tmp/my runs', None)
+    """
+    scheme = store_scheme(url)
+    if scheme == "file":
+        return unquote(urlsplit(url).path)
+    if scheme != "":
+        return None
+    try:
+        return str(Path(url).expanduser())
+    except RuntimeError as e:  # "~nosuchuser/..."
+        raise StoreConfigError(f"Invalid store path {url!r}: {e}") from e
 
 
 def store_scheme(url: str) -> str:
@@ -212,11 +240,7 @@ def open_store(
     scheme = check_store_url(text)
     parts = urlsplit(text)  # check_store_url raised if it cannot be split
     if scheme == "":
-        try:
-            local = Path(text).expanduser()
-        except RuntimeError as e:  # "~nosuchuser/..."
-            raise StoreConfigError(f"Invalid store path {text!r}: {e}") from e
-        return _file("", str(local), {"fsync": fsync, "create": create})
+        return _file("", str(local_path(text)), {"fsync": fsync, "create": create})
     entry = _SCHEMES[scheme]
     if entry.module is not None and not _module_available(entry.module):
         raise StoreConfigError(

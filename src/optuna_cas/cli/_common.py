@@ -159,8 +159,7 @@ def _open(
         option = f"${STORE_ENV}"
     try:
         scheme = _check_store_url(url, option)
-        if scheme in ("", "file"):
-            _check_store_directory(url, option)
+        _check_store_directory(url, option)
     except UsageError as e:
         if from_environment:
             # The command line is right; the environment is not (as for the endpoint).
@@ -182,12 +181,13 @@ def _open(
 
 def _check_store_directory(url: str, option: str) -> None:
     """Refuse an existing directory that is not a store (a mistyped path; see _store_dir)."""
-    from urllib.parse import unquote, urlsplit
-
     from optuna_cas.cli._store_dir import not_a_store_reason
+    from optuna_cas.registry import local_path
 
-    path = os.path.expanduser(url) if not url.startswith("file:") else unquote(urlsplit(url).path)
-    reason = not_a_store_reason(path)
+    # The path open_store will open: FILE:// and %-escapes too (review: an upper-case scheme
+    # skipped the check, and rm deleted a project's file).
+    path = local_path(url)
+    reason = None if path is None else not_a_store_reason(path)
     if reason is not None:
         raise UsageError(
             f"{option} {url!r} is not an artifact store: {reason}. Give the directory that "

@@ -1,8 +1,10 @@
 """Whether a directory named on the command line is an artifact store, or a mistyped path.
 
-A store directory holds our subdirectories (``refs/``, ``blobs/``, ...), or is empty, or holds
-only what Optuna's own ``FileSystemArtifactStore`` writes: one file per artifact ID, and
-``upload_artifact`` makes every ID a UUID. Any other directory is refused by the command line:
+A store directory holds our subdirectories (``refs/``, ``blobs/``, ...), or holds no file but
+what Optuna's own ``FileSystemArtifactStore`` writes: one file per artifact ID, and
+``upload_artifact`` makes every ID a UUID. Hidden names, other subdirectories (a volume's
+``lost+found``, a NAS's ``@eaDir``) and the files operating systems drop into folders are
+ignored: none of them is taken for an artifact. Any other directory is refused by the command line:
 a probe pointed ``--store`` at a project directory, saw its source files listed as artifacts,
 and ``rm train.py`` deleted one. (The Python API keeps Optuna's rule, any directory.)
 """
@@ -29,6 +31,8 @@ _OUR_DIRS = frozenset(
         INDEX_PREFIX,
     )
 )
+# Files operating systems leave in any folder (".DS_Store" and the like start with a dot).
+_OS_FILES = frozenset({"Thumbs.db", "desktop.ini", "Desktop.ini"})
 # str(uuid.uuid4()), the only form of ID Optuna's upload_artifact writes.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -64,7 +68,7 @@ def not_a_store_reason(path: str) -> str | None:
     strays = sorted(
         n
         for n, regular in names.items()
-        if not n.startswith(".") and not (regular and _UUID.fullmatch(n))
+        if regular and not (n.startswith(".") or n in _OS_FILES or _UUID.fullmatch(n))
     )
     if strays:
         return (
