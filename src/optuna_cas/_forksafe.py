@@ -187,9 +187,10 @@ def _hold_interrupts() -> None:
     A ``KeyboardInterrupt`` inside the hooks after the fork left other threads' locks held by
     the forking thread (each of those threads then waited for good at its next section), or
     left a child unspoiled whose cache was mid-transaction (found in review). A Ctrl-C while
-    they run is noted instead, and raised once they are done: the wait of :func:`_before_fork`
-    (at most :data:`FORK_WAIT_SECONDS`) then delays it. CPython runs the hooks itself and
-    ignores what they raise (it prints it), as it always did for a Ctrl-C during a fork.
+    they run is noted instead and handed to the handler once they are done, so the wait of
+    :func:`_before_fork` (at most :data:`FORK_WAIT_SECONDS`) delays it. The default handler
+    then raises ``KeyboardInterrupt`` inside the hook, which CPython reports and ignores, as
+    it always did for a Ctrl-C during a fork: the parent carries on (see reliability.md).
     """
     if threading.current_thread() is not threading.main_thread():
         return  # only the main thread gets KeyboardInterrupt, and only it may set handlers
@@ -202,16 +203,25 @@ def _hold_interrupts() -> None:
 
 
 def _release_interrupts() -> None:
-    # Until the handler is back, a Ctrl-C is noted, not raised. One noted in this process is
-    # raised again (in a child, only one that reached the child).
-    if not _held_handler:
+    if not _held_handler or threading.current_thread() is not threading.main_thread():
+        # Another thread's fork: the main thread may be holding for a fork of its own, and
+        # only it may set handlers (review: ValueError in the hook). In a child forked by
+        # another thread, that thread is the main thread.
         return
-    signal.signal(signal.SIGINT, _held_handler[0])
-    _held_handler.clear()
-    if os.getpid() in _held_interrupts:
-        _held_interrupts.clear()
-        signal.raise_signal(signal.SIGINT)
+    # Read and cleared while _note_interrupt is still installed: nothing raises until the
+    # handler is back (an interrupt after that leaves no stale state behind).
+    handler = _held_handler.pop()
+    noted = os.getpid() in _held_interrupts  # in a child, only one that reached the child
     _held_interrupts.clear()
+    signal.signal(signal.SIGINT, handler)
+    if not noted:
+        return
+    if callable(handler):
+        # Called, not raised again: raise_signal would also write asyncio's wakeup fd a
+        # second time for one Ctrl-C (found in review).
+        handler(signal.SIGINT, None)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signal.SIGINT)
 
 
 def _before_fork() -> None:
@@ -236,15 +246,17 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    for gate in list(_gates):
-        gate._after_fork_in_child()
-    # Not a lock this thread holds in a with statement: renewed, its exit would release a
-    # lock not held and raise (a fork from inside a section; found in review). The hooks'
-    # own _fork_lock is renewed: no with statement releases it.
-    for lock in list(_locks):
-        if lock is _fork_lock or not lock.owned():
-            lock._renew()
-    _release_interrupts()
+    try:
+        for gate in list(_gates):
+            gate._after_fork_in_child()
+        # Not a lock this thread holds in a with statement: renewed, its exit would release
+        # a lock not held and raise (a fork from inside a section; found in review). The
+        # hooks' own _fork_lock is renewed: no with statement releases it.
+        for lock in list(_locks):
+            if lock is _fork_lock or not lock.owned():
+                lock._renew()
+    finally:
+        _release_interrupts()  # else the child would ignore Ctrl-C for good
 
 
 if hasattr(os, "register_at_fork"):

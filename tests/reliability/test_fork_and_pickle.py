@@ -351,7 +351,8 @@ def test_a_ctrl_c_in_the_parents_fork_hook_leaves_no_thread_locked_out(
     os.waitpid(pid, 0)
     again.set()
     assert entered.wait(2), "the other thread's lock stayed with the forking thread"
-    # The Ctrl-C was held back, not lost: raised once the hook was done.
+    # The Ctrl-C was held back and handed to the handler once the hook was done; CPython then
+    # reports and ignores what the hook raises, as it always did for a Ctrl-C during a fork.
     assert [type(e) for e in reported] == [KeyboardInterrupt]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -388,3 +389,74 @@ def test_a_ctrl_c_in_the_childs_fork_hook_still_spoils_the_child(
         leave.set()
         thread.join()
     assert os.waitstatus_to_exitcode(status) == 10
+
+
+def test_a_ctrl_c_held_during_a_fork_reaches_a_handler_once_and_wakes_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Raised again with raise_signal, one Ctrl-C woke asyncio's wakeup fd twice, which many
+    # programs take for a second Ctrl-C, "force quit" (found in review).
+    import socket
+
+    from optuna_cas._forksafe import ForkGate
+
+    gate = ForkGate()
+    with gate.section():
+        pass
+    calls: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    old_fd = signal.set_wakeup_fd(writer.fileno())
+    try:
+        release = ForkGate._after_fork_in_parent
+        sent: list[int] = []
+
+        def interrupted_once(self: ForkGate) -> None:  # one Ctrl-C, whatever gates there are
+            if not sent:
+                sent.append(1)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)
+            release(self)
+
+        monkeypatch.setattr(ForkGate, "_after_fork_in_parent", interrupted_once)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        time.sleep(0.05)
+        wakeups = reader.recv(100)
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        signal.signal(signal.SIGINT, previous)
+        reader.close()
+        writer.close()
+    assert calls == [signal.SIGINT]
+    assert len(wakeups) == 1
+
+
+def test_another_threads_fork_leaves_the_main_threads_hold_alone() -> None:
+    # The main thread held SIGINT for its fork and waited for the fork lock while another
+    # thread's fork ended: that thread's hook restored the handler, off the main thread,
+    # and CPython printed "ValueError: signal only works in main thread" (found in review).
+    from optuna_cas import _forksafe
+
+    errors: list[BaseException] = []
+
+    def release_elsewhere() -> None:
+        try:
+            _forksafe._release_interrupts()
+        except BaseException as e:
+            errors.append(e)
+
+    _forksafe._hold_interrupts()
+    try:
+        thread = threading.Thread(target=release_elsewhere)
+        thread.start()
+        thread.join()
+        assert errors == []
+        assert signal.getsignal(signal.SIGINT) is _forksafe._note_interrupt  # still held
+    finally:
+        _forksafe._release_interrupts()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
