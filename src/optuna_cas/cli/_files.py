@@ -258,6 +258,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _holds_optuna_store_file(store: Any, artifact_id: str) -> bool:
+    """For rm's message only: a failing look must not stop the removal (review)."""
+    try:
+        return bool(store.content.holds_optuna_store_object(artifact_id))
+    except Exception:
+        return False
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     from optuna_cas.exceptions import ArtifactNotFound
 
@@ -270,7 +278,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     except ArtifactNotFound:
         # No ref: a file Optuna's own store wrote, or nothing (remove says so; with --study
         # only the metadata goes, as after an earlier rm without it).
-        flat_file, for_gc = store.content.holds_optuna_store_object(args.artifact_id), False
+        flat_file, for_gc = _holds_optuna_store_file(store, args.artifact_id), False
     except Exception:
         flat_file, for_gc = False, True  # a ref that cannot be read: removed like any other
     if target is not None:
