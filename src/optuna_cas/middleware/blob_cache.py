@@ -328,13 +328,7 @@ class DiskBlobCache:
     ) -> None:
         """Cache the store's bytes of ``digest`` (verified on the way) unless too large.
 
-        Args:
-            digest: What the fetched bytes must be.
-            fetch: Opens them in the store.
-            name: What is fetched, for the error's message (e.g. a pack, its key and store).
-
-        Raises:
-            IntegrityError: The store's bytes are not ``digest``'s (nothing is kept).
+        ``IntegrityError`` if they are not ``digest``'s (nothing kept; ``name`` says what).
 
         Example:
             >>> import io, tempfile
@@ -586,12 +580,8 @@ class DiskBlobCache:
         return cast(BinaryIO, io.BufferedReader(verifying, CHUNK_SIZE))
 
     def _drop(self, digest: Digest, reason: str) -> None:
-        logger.warning(
-            "Cache entry %s in %s is unusable (%s); dropping it and reading from the store",
-            _key(digest),
-            self._root,
-            reason,
-        )
+        message = "Cache entry %s in %s is unusable (%s); dropping it and reading from the store"
+        logger.warning(message, _key(digest), self._root, reason)
         self.discard(digest)
 
     def _warn_bypass(self, error: BaseException) -> None:
