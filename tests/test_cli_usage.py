@@ -859,3 +859,69 @@ def test_volume_and_os_entries_do_not_make_a_directory_a_non_store(
     assert main(["--store", str(volume), "--json", "ls"]) == 0
     listed = [row["artifact_id"] for row in json.loads(capsys.readouterr().out)["artifacts"]]
     assert listed[0] == artifact_id  # (the OS's files are listed after it as Optuna's: harmless)
+
+
+@pytest.mark.parametrize(
+    ("entries", "victim"),
+    [
+        ({"Documents/": None, ".bashrc": "alias ll='ls -l'"}, ".bashrc"),  # a home directory
+        ({"refs/": None, "main.tex": "\\documentclass{article}"}, "main.tex"),  # LaTeX's refs/
+        ({"refs/": None, "objects/": None, "config": "[core]"}, "config"),  # a .git directory
+        ({"data.csv@": "elsewhere.csv"}, "data.csv"),  # a folder of symlinks (git-annex, DVC)
+    ],
+)
+def test_no_file_of_a_directory_that_is_not_a_store_can_be_removed(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    entries: dict[str, str | None],
+    victim: str,
+) -> None:
+    # Review: subfolders and dotfiles only, a folder named like one of ours beside a file, or
+    # symlinks only, passed the check, and rm deleted .bashrc, main.tex, .git/config, a link.
+    project = tmp_path / "proj"
+    project.mkdir()
+    (tmp_path / "elsewhere.csv").write_text("a,b")
+    for name, text in entries.items():
+        if name.endswith("/"):
+            (project / name).mkdir()
+        elif name.endswith("@"):
+            (project / name[:-1]).symlink_to(tmp_path / str(text))
+        else:
+            (project / name).write_text(str(text))
+    before = sorted(p.name for p in project.iterdir())
+    assert main(["--store", str(project), "rm", victim]) == 2
+    assert "is not an artifact store" in capsys.readouterr().err
+    assert sorted(p.name for p in project.iterdir()) == before
+
+
+def test_a_dotfile_is_never_removed_as_an_artifact_optunas_store_wrote(tmp_path: Path) -> None:
+    # Optuna's IDs are UUIDs; a hidden name at a store's root is not one (review: rm .bashrc).
+    from optuna_cas import FileSystemArtifactStore
+    from optuna_cas._listing import list_store_artifacts
+    from optuna_cas.exceptions import ArtifactNotFound
+
+    store = FileSystemArtifactStore(tmp_path / "store")
+    (tmp_path / "store" / ".bashrc").write_text("keep me")
+    (tmp_path / "store" / "Thumbs.db").write_bytes(b"thumbs")
+    for name in (".bashrc", "Thumbs.db"):
+        with pytest.raises(ArtifactNotFound):
+            store.remove(name)
+    assert [row.artifact_id for row in list_store_artifacts(store.content)] == []
+    assert (tmp_path / "store" / ".bashrc").read_text() == "keep me"
+
+
+def test_a_plain_path_with_a_percent_sign_is_that_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
+) -> None:
+    # open_store unquoted plain paths: "runs%20v2" made "runs v2", and the CLI's check looked
+    # at one directory while the store opened another (review).
+    from optuna_cas import open_store
+
+    open_store(str(tmp_path / "runs%20v2"))
+    assert (tmp_path / "runs%20v2").is_dir() and not (tmp_path / "runs v2").exists()
+    (tmp_path / "pro%6a").mkdir()
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "train.py").write_text("code")
+    assert main(["--store", str(tmp_path / "pro%6a"), "rm", "train.py"]) == 1  # no artifact
+    assert (tmp_path / "proj" / "train.py").exists()
+    assert main(["--store", "file://" + str(tmp_path / "pro%256a"), "ls"]) == 0  # %25 is '%'

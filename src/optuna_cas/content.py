@@ -510,9 +510,24 @@ _OUR_PREFIXES = (
 )
 
 
+# What operating systems and volumes put into any folder (compared casefolded): never an
+# artifact, though Optuna's store could have written such a name (review: a NAS share's
+# Thumbs.db was listed, verified and synced as one).
+NOT_ARTIFACTS = frozenset(
+    {"lost+found", "@eadir", "thumbs.db", "desktop.ini", "icon\r", "$recycle.bin"}
+    | {"system volume information"}
+)
+
+
 def _optuna_store_key(artifact_id: str) -> bool:
-    """Whether Optuna's own store could have written this ID: valid, and none of our prefixes."""
-    if artifact_id + "/" in _OUR_PREFIXES:
+    """Whether Optuna's own store could have written this ID: valid, and none of our prefixes.
+
+    Nor a hidden name (Optuna's IDs are UUIDs; ``rm .bashrc`` deleted one, found in review),
+    nor one of :data:`NOT_ARTIFACTS`.
+    """
+    if artifact_id + "/" in _OUR_PREFIXES or artifact_id.startswith("."):
+        return False
+    if artifact_id.casefold() in NOT_ARTIFACTS:
         return False
     try:
         validate_artifact_id(artifact_id)

@@ -41,7 +41,9 @@ class _Scheme:
 def _file(netloc: str, path: str, options: dict[str, Any]) -> ContentAddressedArtifactStore:
     from optuna_cas.stores.filesystem import FileSystemArtifactStore
 
-    local = unquote(path)
+    # ``path`` is the directory itself (local_path): unquoted once for file:// URLs only. A
+    # plain "runs%20v2" is that name, as in Optuna (it made "runs v2"; found in review).
+    local = path
     if not options.pop("create", True) and not os.path.exists(local):
         # A mistyped path must not silently become a new, empty store.
         raise StoreConfigError(f"no store at {local!r} (nothing was created)")
@@ -264,4 +266,6 @@ def open_store(
         )
     options["fsync"] = fsync
     options["create"] = create
+    if scheme == "file":
+        return _file(parts.netloc, str(local_path(text)), options)
     return entry.build(parts.netloc, parts.path, options)
