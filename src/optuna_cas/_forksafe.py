@@ -182,7 +182,7 @@ def _note_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _hold_interrupts() -> None:
-    """Hold ``SIGINT`` back until :func:`_release_interrupts` (main thread only).
+    """Hold ``SIGINT`` back until the hooks restore the handler (main thread only).
 
     A ``KeyboardInterrupt`` inside the hooks after the fork left other threads' locks held by
     the forking thread (each of those threads then waited for good at its next section), or
@@ -195,27 +195,37 @@ def _hold_interrupts() -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # only the main thread gets KeyboardInterrupt, and only it may set handlers
     previous = signal.getsignal(signal.SIGINT)
-    if previous is None or _held_handler:
+    if previous is None or previous is _note_interrupt or _held_handler:
         return  # a handler installed from C: not ours to swap and restore
     # Noted before the swap: an interrupt between the two leaves the same handler restored.
     _held_handler.append(previous)
-    signal.signal(signal.SIGINT, _note_interrupt)
+    try:
+        signal.signal(signal.SIGINT, _note_interrupt)
+    except ValueError:  # not the thread signals go to (a subinterpreter): no hold, still wait
+        _held_handler.clear()
 
 
-def _release_interrupts() -> None:
+def _restore_handler() -> Callable[[int, FrameType | None], Any] | int | None:
+    """Put the held handler back; return it if a Ctrl-C was noted meanwhile, else None.
+
+    Only on the main thread: another thread's fork must leave the main thread's hold alone
+    (the main thread may be holding for a fork of its own), and only the main thread may set
+    handlers (review: a ValueError in the hook). In a child forked by another thread, that
+    thread is the main thread.
+    """
     if not _held_handler or threading.current_thread() is not threading.main_thread():
-        # Another thread's fork: the main thread may be holding for a fork of its own, and
-        # only it may set handlers (review: ValueError in the hook). In a child forked by
-        # another thread, that thread is the main thread.
-        return
-    # Read and cleared while _note_interrupt is still installed: nothing raises until the
-    # handler is back (an interrupt after that leaves no stale state behind).
-    handler = _held_handler.pop()
-    noted = os.getpid() in _held_interrupts  # in a child, only one that reached the child
-    _held_interrupts.clear()
-    signal.signal(signal.SIGINT, handler)
-    if not noted:
-        return
+        return None
+    handler = _held_handler[0]
+    try:  # read while _note_interrupt is installed: nothing but another signal raises here
+        noted = os.getpid() in _held_interrupts  # in a child, only one that reached it
+        _held_interrupts.clear()
+    finally:  # back even if another signal's handler raises (review)
+        signal.signal(signal.SIGINT, handler)
+        _held_handler.clear()
+    return handler if noted else None
+
+
+def _deliver(handler: Callable[[int, FrameType | None], Any] | int) -> None:
     if callable(handler):
         # Called, not raised again: raise_signal would also write asyncio's wakeup fd a
         # second time for one Ctrl-C (found in review).
@@ -236,16 +246,24 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_parent() -> None:
+    noted = None
     try:
         for gate in list(_gates):
             gate._after_fork_in_parent()
     finally:
-        while _fork_lock.owned():
-            _fork_lock.release()
-        _release_interrupts()
+        try:
+            # Before _fork_lock goes: a thread waiting on it could fork between our release
+            # and the restore, and its child would ignore Ctrl-C for good (review).
+            noted = _restore_handler()
+        finally:
+            while _fork_lock.owned():
+                _fork_lock.release()
+    if noted is not None:
+        _deliver(noted)
 
 
 def _after_fork_in_child() -> None:
+    noted = None
     try:
         for gate in list(_gates):
             gate._after_fork_in_child()
@@ -256,7 +274,9 @@ def _after_fork_in_child() -> None:
             if lock is _fork_lock or not lock.owned():
                 lock._renew()
     finally:
-        _release_interrupts()  # else the child would ignore Ctrl-C for good
+        noted = _restore_handler()  # else the child would ignore Ctrl-C for good
+    if noted is not None:
+        _deliver(noted)
 
 
 if hasattr(os, "register_at_fork"):

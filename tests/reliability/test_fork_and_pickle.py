@@ -446,7 +446,7 @@ def test_another_threads_fork_leaves_the_main_threads_hold_alone() -> None:
 
     def release_elsewhere() -> None:
         try:
-            _forksafe._release_interrupts()
+            _forksafe._restore_handler()
         except BaseException as e:
             errors.append(e)
 
@@ -458,5 +458,36 @@ def test_another_threads_fork_leaves_the_main_threads_hold_alone() -> None:
         assert errors == []
         assert signal.getsignal(signal.SIGINT) is _forksafe._note_interrupt  # still held
     finally:
-        _forksafe._release_interrupts()
+        _forksafe._restore_handler()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_fork_waiting_for_the_fork_lock_finds_the_handler_restored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The parent's hook released the fork lock, then restored SIGINT's handler: another
+    # thread waiting on the lock could fork in between, and its child ignored Ctrl-C for good
+    # (found in review). The restore is made slow here, so that window would be wide open.
+    from optuna_cas import _forksafe
+
+    real_signal = signal.signal
+
+    def slow_signal(signum: int, handler: Any) -> Any:
+        time.sleep(0.2)
+        return real_signal(signum, handler)
+
+    seen: list[object] = []
+
+    def other_fork() -> None:
+        _forksafe._before_fork()  # waits for the main thread's fork lock
+        seen.append(signal.getsignal(signal.SIGINT))
+        _forksafe._after_fork_in_parent()
+
+    _forksafe._before_fork()  # the main thread's fork: SIGINT held, the lock taken
+    monkeypatch.setattr(signal, "signal", slow_signal)
+    other = threading.Thread(target=other_fork)
+    other.start()
+    time.sleep(0.1)  # the other thread now waits for the lock
+    _forksafe._after_fork_in_parent()
+    other.join(10)
+    assert seen == [signal.default_int_handler]
