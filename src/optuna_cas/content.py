@@ -514,8 +514,9 @@ _OUR_PREFIXES = (
 # artifact, though Optuna's store could have written such a name (review: a NAS share's
 # Thumbs.db was listed, verified and synced as one).
 NOT_ARTIFACTS = frozenset(
-    {"lost+found", "@eadir", "thumbs.db", "desktop.ini", "icon\r", "$recycle.bin"}
-    | {"system volume information"}
+    {"lost+found", "$recycle.bin", "system volume information", "icon\r"}  # volumes, macOS
+    | {"thumbs.db", "ehthumbs.db", "desktop.ini"}  # Windows
+    | {"@eadir", "#recycle", "#snapshot", "@recycle", "@recently-snapshot"}  # NAS shares
 )
 
 

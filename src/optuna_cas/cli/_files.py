@@ -26,6 +26,7 @@ from optuna_cas.cli._common import (
     _print,
     _trial,
 )
+from optuna_cas.cli._store_dir import looks_like_an_optuna_id
 
 
 def cmd_put(args: argparse.Namespace) -> int:
@@ -281,6 +282,14 @@ def cmd_rm(args: argparse.Namespace) -> int:
         flat_file, for_gc = _holds_optuna_store_file(store, args.artifact_id), False
     except Exception:
         flat_file, for_gc = False, True  # a ref that cannot be read: removed like any other
+    if flat_file and not looks_like_an_optuna_id(args.artifact_id):
+        # A folder that looks like a store (a LaTeX project's refs/, a .git) may hold any
+        # file: rm deleted main.tex and .git/config (found in review). Optuna's IDs are UUIDs.
+        raise CommandError(
+            f"{args.artifact_id!r} in {store.content.describe()} has no ref, and the file of that name "
+            "is not one Optuna's upload_artifact writes (its IDs are UUIDs): nothing was "
+            "removed (delete it by hand if it is an artifact)"
+        )
     if target is not None:
         from optuna_cas import delete_artifact
 

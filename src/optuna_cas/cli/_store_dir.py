@@ -1,27 +1,32 @@
 """Whether a directory named on the command line is an artifact store, or a mistyped path.
 
-A store directory holds nothing but our folders (``refs/``, ``blobs/``, ...), what Optuna's own
-``FileSystemArtifactStore`` writes (one file per artifact ID, and ``upload_artifact`` makes
-every ID a UUID), hidden names, and what operating systems and volumes put into any folder
-(:data:`~optuna_cas.content.NOT_ARTIFACTS`: ``lost+found``, ``Thumbs.db``, ...). Any other entry
-makes the command line refuse the directory: a probe pointed ``--store`` at a project
-directory, saw its source files listed as artifacts, and ``rm train.py`` deleted one; a review
-found a folder of subfolders and dotfiles (a home directory), a LaTeX project with a ``refs/``
-and a folder of symlinks accepted too. (The Python API keeps Optuna's rule, any directory.)
+A probe pointed ``--store`` at a project directory, saw its source files listed as artifacts,
+and ``rm train.py`` deleted one. Two rules keep that from happening, with room for real stores:
+
+* A directory with one of our folders (``refs/``, ``blobs/``, ...) is a store, whatever else it
+  holds (a README, files of an old Optuna store). Without one, it is taken only if it holds
+  nothing but what Optuna's own ``FileSystemArtifactStore`` writes (one file per artifact ID,
+  and ``upload_artifact`` makes every ID a UUID), hidden names and what operating systems and
+  volumes put into any folder (:data:`~optuna_cas.content.NOT_ARTIFACTS`); a review found a
+  home directory (subfolders and dotfiles) taken for a store.
+* ``rm`` deletes a file no ref names only under a UUID (see ``cli/_files.py``): a LaTeX
+  project's ``refs/`` or a ``.git`` directory makes a folder look like a store, but its
+  ``main.tex`` or ``config`` is still no artifact (found in review).
+
+The Python API keeps Optuna's rule: any directory, any file.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import stat
 
 from optuna_cas.blob_maintenance import BLOB_PREFIX, QUARANTINE_PREFIX
 from optuna_cas.chunks.layout import INDEX_PREFIX, MANIFEST_PREFIX, PACK_PREFIX
 from optuna_cas.content import NOT_ARTIFACTS
 from optuna_cas.refstore import REF_PREFIX
 
-__all__ = ["not_a_store_reason"]
+__all__ = ["looks_like_an_optuna_id", "not_a_store_reason"]
 
 _OUR_DIRS = frozenset(
     p.rstrip("/")
@@ -38,6 +43,16 @@ _OUR_DIRS = frozenset(
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def looks_like_an_optuna_id(name: str) -> bool:
+    """Whether ``name`` is an ID Optuna's ``upload_artifact`` could have made (a UUID).
+
+    Example:
+        >>> looks_like_an_optuna_id("0b6e1f9c-3f7e-4c53-9a39-2f1c9f5f0a11"), looks_like_an_optuna_id("x")
+        (True, False)
+    """
+    return _UUID.fullmatch(name) is not None
+
+
 def not_a_store_reason(path: str) -> str | None:
     """Why the existing directory ``path`` is not a store; ``None`` if it is one (or is absent).
 
@@ -45,18 +60,25 @@ def not_a_store_reason(path: str) -> str | None:
         >>> import os, tempfile
         >>> d = tempfile.mkdtemp(); not_a_store_reason(d) is None  # empty: a new store
         True
-        >>> os.mkdir(os.path.join(d, "refs")); os.mkdir(os.path.join(d, "blobs"))
-        >>> not_a_store_reason(d) is None
-        True
         >>> _ = open(os.path.join(d, "train.py"), "w").write("code")
         >>> print(not_a_store_reason(d))
-        'train.py' is neither a folder of a store nor a file Optuna's store writes (one per artifact ID, a UUID)
+        it has no refs/ or blobs/, and 'train.py' is not a file Optuna's store writes (one per artifact ID, a UUID)
+        >>> os.mkdir(os.path.join(d, "refs")); not_a_store_reason(d) is None
+        True
+        >>> os.mkdir(os.path.join(d, "blobs"))
         >>> print(not_a_store_reason(os.path.join(d, "refs")))
         it is the refs/ directory inside a store: give its parent directory
     """
+    strays = []
     try:
         with os.scandir(path) as entries:
-            kinds = {e.name: e.stat(follow_symlinks=False).st_mode for e in entries}
+            for e in entries:  # the type from the listing: no stat per entry
+                if e.name in _OUR_DIRS and (e.is_dir() or e.is_symlink()):
+                    return None
+                ignored = e.name.startswith(".") or e.name.casefold() in NOT_ARTIFACTS
+                optunas = e.is_file(follow_symlinks=False) and looks_like_an_optuna_id(e.name)
+                if not (ignored or optunas):
+                    strays.append(e.name)
     except OSError:
         return None  # absent or not a directory: opening the store reports it
     here = os.path.abspath(path)
@@ -68,14 +90,9 @@ def not_a_store_reason(path: str) -> str | None:
     # Beside another of ours: a store's own refs/ (whose files are named by UUIDs too).
     if name in _OUR_DIRS and _OUR_DIRS.intersection(beside) - {name}:
         return f"it is the {name}/ directory inside a store: give its parent directory"
-    for entry, mode in sorted(kinds.items()):
-        # A folder of ours may be a symlink (blobs/ moved to a larger disk; or planted: the
-        # store's own checks deal with where it leads).
-        ours = entry in _OUR_DIRS and (stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
-        optunas = stat.S_ISREG(mode) and _UUID.fullmatch(entry)
-        if not (ours or optunas or entry.startswith(".") or entry.casefold() in NOT_ARTIFACTS):
-            return (
-                f"{entry!r} is neither a folder of a store nor a file Optuna's store writes "
-                "(one per artifact ID, a UUID)"
-            )
+    if strays:
+        return (
+            f"it has no refs/ or blobs/, and {min(strays)!r} is not a file Optuna's store "
+            "writes (one per artifact ID, a UUID)"
+        )
     return None
