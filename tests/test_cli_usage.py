@@ -829,7 +829,7 @@ def test_rm_with_the_study_after_an_rm_without_it_removes_the_metadata_and_says_
     assert json.loads(capsys.readouterr().out)["artifacts"] == []
 
 
-@pytest.mark.parametrize("spelling", ["FILE://{}", "File://{}", "file://{}"])
+@pytest.mark.parametrize("spelling", ["FILE://{}", "File://{}", "file://{}", "file:{}"])
 def test_a_file_url_in_any_case_or_escaped_is_checked_like_a_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], spelling: str
 ) -> None:
@@ -944,3 +944,15 @@ def test_a_store_with_a_readme_or_an_old_non_uuid_file_is_still_a_store(
     assert main(["--store", str(store), "rm", "README.md"]) == 1  # not a UUID: no artifact
     assert "nothing was removed" in capsys.readouterr().err
     assert (store / "README.md").exists()
+
+
+def test_a_file_url_with_a_tilde_is_checked_where_it_is_opened(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # file:~/proj was checked as ./~/proj (absent: passed) and opened as $HOME/proj (review).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "train.py").write_text("code")
+    assert main(["--store", "file:~/proj", "ls"]) == 2
+    assert "'train.py'" in capsys.readouterr().err

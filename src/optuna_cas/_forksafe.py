@@ -171,14 +171,21 @@ _gates: weakref.WeakSet[ForkGate] = weakref.WeakSet()
 # One fork at a time runs the hooks (two threads may fork at once).
 _fork_lock = ForkSafeLock()
 
-# The SIGINT handler the hooks replaced ([] when they replaced none), and the pid of each
-# process a SIGINT reached while they held it back.
-_held_handler: list[Callable[[int, FrameType | None], Any] | int] = []
+# While the hooks hold SIGINT back: the handler they replaced (else []), and the pid of each
+# process a SIGINT reached meanwhile. _replaced keeps the last replaced handler after that.
+_Handler = Callable[[int, FrameType | None], Any] | int
+_held_handler: list[_Handler] = []
 _held_interrupts: list[int] = []
+_replaced: list[_Handler] = [signal.default_int_handler]
 
 
 def _note_interrupt(signum: int, frame: FrameType | None) -> None:
-    _held_interrupts.append(os.getpid())
+    if _held_handler:
+        _held_interrupts.append(os.getpid())
+    else:
+        # Still installed after the hold ended (an interrupt cut its restore short): act as
+        # the handler it replaced, so that Ctrl-C is never ignored for good (review).
+        _deliver(_replaced[0])
 
 
 def _hold_interrupts() -> None:
@@ -195,8 +202,12 @@ def _hold_interrupts() -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # only the main thread gets KeyboardInterrupt, and only it may set handlers
     previous = signal.getsignal(signal.SIGINT)
-    if previous is None or previous is _note_interrupt or _held_handler:
+    if previous is _note_interrupt:  # left by a restore cut short (see _note_interrupt)
+        previous = _replaced[0]
+    if previous is None or _held_handler:
         return  # a handler installed from C: not ours to swap and restore
+    _held_interrupts.clear()  # none noted by an earlier hold may count for this one
+    _replaced[0] = previous
     # Noted before the swap: an interrupt between the two leaves the same handler restored.
     _held_handler.append(previous)
     try:
@@ -205,32 +216,31 @@ def _hold_interrupts() -> None:
         _held_handler.clear()
 
 
-def _restore_handler() -> Callable[[int, FrameType | None], Any] | int | None:
+def _restore_handler() -> _Handler | None:
     """Put the held handler back; return it if a Ctrl-C was noted meanwhile, else None.
 
     Only on the main thread: another thread's fork must leave the main thread's hold alone
     (the main thread may be holding for a fork of its own), and only the main thread may set
     handlers (review: a ValueError in the hook). In a child forked by another thread, that
-    thread is the main thread.
+    thread is the main thread. Should an interrupt cut this short, _note_interrupt stays
+    installed but acts as the handler, and the next hold starts afresh.
     """
     if not _held_handler or threading.current_thread() is not threading.main_thread():
         return None
-    handler = _held_handler[0]
-    try:  # read while _note_interrupt is installed: nothing but another signal raises here
-        noted = os.getpid() in _held_interrupts  # in a child, only one that reached it
-        _held_interrupts.clear()
-    finally:  # back even if another signal's handler raises (review)
-        signal.signal(signal.SIGINT, handler)
-        _held_handler.clear()
+    handler = _held_handler.pop()  # the hold ends: a SIGINT from here goes to the handler
+    noted = os.getpid() in _held_interrupts  # in a child, only one that reached it
+    _held_interrupts.clear()
+    signal.signal(signal.SIGINT, handler)
     return handler if noted else None
 
 
-def _deliver(handler: Callable[[int, FrameType | None], Any] | int) -> None:
+def _deliver(handler: _Handler) -> None:
     if callable(handler):
         # Called, not raised again: raise_signal would also write asyncio's wakeup fd a
         # second time for one Ctrl-C (found in review).
         handler(signal.SIGINT, None)
     elif handler == signal.SIG_DFL:
+        signal.signal(signal.SIGINT, handler)  # (from _note_interrupt it is not back yet)
         signal.raise_signal(signal.SIGINT)
 
 

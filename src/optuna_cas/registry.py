@@ -93,12 +93,13 @@ def local_path(url: str) -> str | None:
         ('/tmp/my runs', None)
     """
     scheme = store_scheme(url)
-    if scheme == "file":
-        return unquote(urlsplit(url).path)
-    if scheme != "":
+    if scheme not in ("", "file"):
         return None
+    # "~" expanded in both, as the local backend expands it (review: file:~/proj was checked
+    # as ./~/proj, then opened as $HOME/proj).
+    path = unquote(urlsplit(url).path) if scheme == "file" else url
     try:
-        return str(Path(url).expanduser())
+        return str(Path(path).expanduser())
     except RuntimeError as e:  # "~nosuchuser/..."
         raise StoreConfigError(f"Invalid store path {url!r}: {e}") from e
 

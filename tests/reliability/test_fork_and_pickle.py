@@ -491,3 +491,50 @@ def test_a_fork_waiting_for_the_fork_lock_finds_the_handler_restored(
     _forksafe._after_fork_in_parent()
     other.join(10)
     assert seen == [signal.default_int_handler]
+
+
+def test_a_ctrl_c_as_the_hold_ends_reaches_the_handler_then_and_never_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Ctrl-C landing in the restore of the handler was noted after the notes were read: lost
+    # then, and handed to the handler at the next fork, with no Ctrl-C behind it (third
+    # review). Here one lands just before the handler is put back, on the first fork only.
+    from optuna_cas import _forksafe
+    from optuna_cas._forksafe import ForkGate
+
+    gate = ForkGate()
+    with gate.section():
+        pass
+    calls: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    real_signal = signal.signal
+    injected: list[int] = []
+
+    def interrupted_restore(signum: int, new: Any) -> Any:
+        if new is handler and not injected:
+            injected.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        return real_signal(signum, new)
+
+    def fork_and_wait() -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+    try:
+        monkeypatch.setattr(signal, "signal", interrupted_restore)
+        fork_and_wait()
+        assert calls == [signal.SIGINT]  # handed to the handler as the hold ended
+        monkeypatch.setattr(signal, "signal", real_signal)
+        fork_and_wait()
+        assert calls == [signal.SIGINT]  # and not once more, at the next fork
+        assert signal.getsignal(signal.SIGINT) is handler
+        assert not _forksafe._held_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
