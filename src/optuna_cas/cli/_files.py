@@ -26,7 +26,6 @@ from optuna_cas.cli._common import (
     _print,
     _trial,
 )
-from optuna_cas.cli._store_dir import looks_like_an_optuna_id
 
 
 def cmd_put(args: argparse.Namespace) -> int:
@@ -268,6 +267,7 @@ def _holds_optuna_store_file(store: Any, artifact_id: str) -> bool:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    from optuna_cas.cli._store_dir import looks_like_an_optuna_id
     from optuna_cas.exceptions import ArtifactNotFound
 
     store = _open(args)
