@@ -105,9 +105,16 @@ def test_gc_removes_stale_temp_files_of_interrupted_local_writes(tmp_path: Path)
     os.utime(leftover, (hour_ago, hour_ago))
     user_file = tmp_path / "my-notes.txt"
     user_file.write_text("mine")
+    # A hidden folder beside ours is someone else's (a .git): its temp files are not ours to
+    # delete (found in review: the sweep walked the whole root).
+    (tmp_path / ".git").mkdir()
+    foreign_temp = tmp_path / ".git" / f"{TEMP_PREFIX}pack"
+    foreign_temp.write_bytes(b"git's own")
+    os.utime(foreign_temp, (hour_ago, hour_ago))
     # Even with grace 0, a temp file touched within the hour may be a live upload's.
     assert gc_now(store).temp_files_removed == 1
     assert not leftover.exists() and user_file.exists() and in_flight.exists()
+    assert foreign_temp.exists()
 
 
 def test_gc_with_no_grace_never_fails_concurrent_uploads(tmp_path: Path) -> None:

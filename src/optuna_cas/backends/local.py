@@ -466,7 +466,10 @@ class LocalBackend:
         """
         if not self._root.is_dir():
             return
-        for dirpath, _dirnames, filenames in os.walk(self._root):
+        for dirpath, dirnames, filenames in os.walk(self._root):
+            # Our folders are never hidden: a .git or .snapshot beside them is someone else's,
+            # and gc deleted its .tmp-* files (found in review).
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
                 if name.startswith(TEMP_PREFIX):
                     full = os.path.join(dirpath, name)
