@@ -500,7 +500,8 @@ class ContentStore(BlobStore, RefStore):
             return None
 
 
-_OUR_PREFIXES = (
+# The folders a store keeps its own objects in (the command line's store check uses them too).
+OUR_PREFIXES = (
     BLOB_PREFIX,
     REF_PREFIX,
     QUARANTINE_PREFIX,
@@ -526,7 +527,7 @@ def _optuna_store_key(artifact_id: str) -> bool:
     Nor a hidden name (Optuna's IDs are UUIDs; ``rm .bashrc`` deleted one, found in review),
     nor one of :data:`NOT_ARTIFACTS`.
     """
-    if artifact_id + "/" in _OUR_PREFIXES or artifact_id.startswith("."):
+    if artifact_id + "/" in OUR_PREFIXES or artifact_id.startswith("."):
         return False
     if artifact_id.casefold() in NOT_ARTIFACTS:
         return False

@@ -21,24 +21,11 @@ from __future__ import annotations
 import os
 import re
 
-from optuna_cas.blob_maintenance import BLOB_PREFIX, QUARANTINE_PREFIX
-from optuna_cas.chunks.layout import INDEX_PREFIX, MANIFEST_PREFIX, PACK_PREFIX
-from optuna_cas.content import NOT_ARTIFACTS
-from optuna_cas.refstore import REF_PREFIX
+from optuna_cas.content import NOT_ARTIFACTS, OUR_PREFIXES
 
 __all__ = ["looks_like_an_optuna_id", "not_a_store_reason"]
 
-_OUR_DIRS = frozenset(
-    p.rstrip("/")
-    for p in (
-        REF_PREFIX,
-        BLOB_PREFIX,
-        QUARANTINE_PREFIX,
-        PACK_PREFIX,
-        MANIFEST_PREFIX,
-        INDEX_PREFIX,
-    )
-)
+_OUR_DIRS = frozenset(p.rstrip("/") for p in OUR_PREFIXES)
 # str(uuid.uuid4()), the only form of ID Optuna's upload_artifact writes.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
