@@ -320,6 +320,14 @@ def test_a_fork_from_inside_a_section_spoils_the_child_and_its_exit_works() -> N
         pass
 
 
+def _fork_and_reap() -> None:
+    """Fork a child that exits at once, and wait for it: only the fork hooks run."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
 def _ctrl_c_first(hook: Callable[..., None]) -> Callable[..., None]:
     """``hook``, run after a SIGINT reaches this process (as a Ctrl-C would, mid-hook)."""
 
@@ -345,10 +353,7 @@ def test_a_ctrl_c_in_the_parents_fork_hook_leaves_no_thread_locked_out(
     monkeypatch.setattr(
         ForkGate, "_after_fork_in_parent", _ctrl_c_first(ForkGate._after_fork_in_parent)
     )
-    pid = os.fork()  # CPython ignores (reports) what the hook raises
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
+    _fork_and_reap()  # CPython ignores (reports) what the hook raises
     again.set()
     assert entered.wait(2), "the other thread's lock stayed with the forking thread"
     # The Ctrl-C was held back and handed to the handler once the hook was done; CPython then
@@ -421,10 +426,7 @@ def test_a_ctrl_c_held_during_a_fork_reaches_a_handler_once_and_wakes_once(
             release(self)
 
         monkeypatch.setattr(ForkGate, "_after_fork_in_parent", interrupted_once)
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        os.waitpid(pid, 0)
+        _fork_and_reap()
         time.sleep(0.05)
         wakeups = reader.recv(100)
     finally:
@@ -521,18 +523,12 @@ def test_a_ctrl_c_as_the_hold_ends_reaches_the_handler_then_and_never_again(
             time.sleep(0.01)
         return real_signal(signum, new)
 
-    def fork_and_wait() -> None:
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        os.waitpid(pid, 0)
-
     try:
         monkeypatch.setattr(signal, "signal", interrupted_restore)
-        fork_and_wait()
+        _fork_and_reap()
         assert calls == [signal.SIGINT]  # handed to the handler as the hold ended
         monkeypatch.setattr(signal, "signal", real_signal)
-        fork_and_wait()
+        _fork_and_reap()
         assert calls == [signal.SIGINT]  # and not once more, at the next fork
         assert signal.getsignal(signal.SIGINT) is handler
         assert not _forksafe._held_handler
