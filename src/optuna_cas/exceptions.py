@@ -25,6 +25,7 @@ __all__ = [
     "MalformedRecordError",
     "MalformedRecordWarning",
     "MissingPackError",
+    "NewerFormatError",
     "OptunaCasError",
     "StoreConfigError",
     "TransientBackendError",
@@ -104,6 +105,19 @@ class IntegrityError(OptunaCasError):
         Traceback (most recent call last):
         ...
         optuna_cas.exceptions.IntegrityError: blob blake3:ab.. size 3: got 4 bytes
+    """
+
+
+class NewerFormatError(IntegrityError):
+    """A stored record is in a format version this release does not read.
+
+    A newer optuna-cas wrote it (or its version bytes are damaged). Reads fail on it as on
+    any record they cannot check, but maintenance never moves or deletes what it cannot
+    read: during a rolling upgrade, older workers share the store with newer ones.
+
+    Example:
+        >>> issubclass(NewerFormatError, IntegrityError)
+        True
     """
 
 

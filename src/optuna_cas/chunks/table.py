@@ -30,7 +30,7 @@ from typing import NamedTuple
 from optuna_cas.chunks.digest_index import DigestIndex, Records
 from optuna_cas.chunks.layout import CHUNK_MAX
 from optuna_cas.digest import Digest
-from optuna_cas.exceptions import IntegrityError
+from optuna_cas.exceptions import IntegrityError, NewerFormatError
 
 __all__ = [
     "INDEX_MAGIC",
@@ -290,6 +290,7 @@ def parse_table(data: bytes, name: str, magic: bytes) -> ChunkTable:
         magic: :data:`MANIFEST_MAGIC` or :data:`INDEX_MAGIC`.
 
     Raises:
+        NewerFormatError: A record of that kind in another format version (a newer release's).
         IntegrityError: Not a well-formed record of that kind; the message names ``name``.
 
     Example:
@@ -302,6 +303,14 @@ def parse_table(data: bytes, name: str, magic: bytes) -> ChunkTable:
     def bad(reason: str) -> IntegrityError:
         return IntegrityError(f"{name} is malformed: {reason}")
 
+    version = data[7:8]
+    if data[:7] == magic[:7] and version != magic[7:8] and version.isdigit():
+        # Before any other check: a later format may also be larger.
+        raise NewerFormatError(
+            f"{name} is in format version {version.decode()}, which this release does not "
+            f"read ({magic[7:8].decode()}): a newer optuna-cas wrote it (upgrade optuna-cas), "
+            "or its header is damaged"
+        )
     if len(data) > MAX_TABLE_BYTES:
         raise bad(f"{len(data)} bytes, more than {MAX_TABLE_BYTES}")
     if data[:8] != magic:

@@ -121,6 +121,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"NOPACK   {esc(pack.manifest)} -> {esc(pack.pack)} ({esc(pack.problem)})")
     for key in report.bad_files:
         print(f"BADFILE  {esc(key)}{_because(report.reasons.get(key))}")
+    for key in report.newer_format:
+        print(f"NEWER    {esc(key)}{_because(report.reasons.get(key))}")
     for key in report.bad_index_objects:  # hints only: reported, not a failure
         _print(
             args, f"  bad index object {esc(key)} (a hint to uploaders): {esc(report.reasons[key])}"
@@ -150,6 +152,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"{len(report.missing)} missing{problems}, {_count(len(report.orphans), 'orphan')} "
         "(gc reclaims them)",
     )
+    if report.newer_format:
+        _print(
+            args,
+            f"{_count(len(report.newer_format), 'object')} in a newer format than this release "
+            "reads, left as they are: upgrade optuna-cas to check them",
+        )
     if report.optuna_store_files:
         _print(
             args,

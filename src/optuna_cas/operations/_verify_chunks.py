@@ -17,7 +17,7 @@ from typing import BinaryIO
 import blake3
 
 from optuna_cas._fileio import read_up_to
-from optuna_cas.chunks.layout import PACK_MAX, pack_key
+from optuna_cas.chunks.layout import PACK_MAX, PACK_PREFIX, pack_key
 from optuna_cas.chunks.store import ChunkStore, StoredObject
 from optuna_cas.chunks.table import ChunkTable
 from optuna_cas.digest import ALGORITHM, CHUNK_SIZE, Digest, readinto
@@ -25,6 +25,7 @@ from optuna_cas.exceptions import (
     ArtifactNotFound,
     IntegrityError,
     InvalidKeyError,
+    NewerFormatError,
     OptunaCasError,
 )
 from optuna_cas.operations._chunk_listing import ChunkListing
@@ -70,6 +71,10 @@ def check_manifests(chunks: ChunkStore, listing: ChunkListing, report: VerifyRep
             table = chunks.read_manifest(obj)
         except ArtifactNotFound:
             continue  # deleted (by gc) while we looked
+        except NewerFormatError as e:
+            report.newer_format.append(obj.key)
+            report.reasons[obj.key] = str(e)
+            continue
         except IntegrityError as e:
             report.corrupt.append(obj.key)
             report.reasons[obj.key] = str(e)
@@ -116,10 +121,14 @@ def check_indexes(chunks: ChunkStore, listing: ChunkListing, report: VerifyRepor
             chunks.read_index(obj)
         except ArtifactNotFound:
             continue  # replaced by gc while we looked
+        except NewerFormatError as e:
+            report.newer_format.append(obj.key)
+            report.reasons[obj.key] = str(e)
         except IntegrityError as e:
             report.bad_index_objects.append(obj.key)
             report.reasons[obj.key] = str(e)
     report.bad_index_objects.sort()
+    report.newer_format.sort()
 
 
 def find_lying_indexes(
@@ -236,8 +245,13 @@ def _skip(reader: BinaryIO, count: int) -> None:
         count -= got
 
 
-def chunk_orphans(listing: ChunkListing, parsed: Manifests, referenced: set[str]) -> list[str]:
+def chunk_orphans(
+    listing: ChunkListing, parsed: Manifests, referenced: set[str], *, newer: bool = False
+) -> list[str]:
     """Keys of manifests no ref names and of packs no readable manifest names.
+
+    No packs if ``newer``: a manifest in a newer format than this release reads may name any
+    of them (gc then leaves every pack alone).
 
     Example:
         >>> from optuna_cas.backends.memory import MemoryBackend
@@ -246,6 +260,8 @@ def chunk_orphans(listing: ChunkListing, parsed: Manifests, referenced: set[str]
     """
     used = {pack.hexdigest for _, table in parsed.values() for pack in table.packs}
     orphans = [m.key for m in listing.manifests if m.hexdigest not in referenced]
+    if newer:
+        return orphans
     return orphans + [p.key for h, p in listing.packs.items() if h not in used]
 
 
@@ -346,6 +362,14 @@ def quarantine_chunked(
         else:
             report.reasons[key] += "; kept: other files that use it read back"
     doomed = [by_key[key] for key in report.corrupt if key in by_key and key not in kept]
+    if report.newer_manifests():
+        # A manifest this release cannot read may use the sound ranges of a damaged pack, as
+        # a delta's base pack serves later versions: moving it could cost those files.
+        for obj in [obj for obj in doomed if obj.key.startswith(PACK_PREFIX)]:
+            doomed.remove(obj)
+            report.reasons[obj.key] += (
+                "; kept: a manifest in a newer format than this release reads may use it"
+            )
     doomed += [obj for obj, _table in _wrong_manifests(listing, parsed, report)]
     doomed += [obj for _pack, failing, _sound in kept.values() for obj, _table in failing]
     damaged: set[tuple[bytes, str, int]] = set()  # chunk, pack, offset

@@ -102,7 +102,7 @@ def verify(
     report.reasons.update(bad.reasons)
     report.orphans = sorted(
         [info.key for h, info in blobs.items() if h not in referenced]
-        + chunked.chunk_orphans(listing, manifests, referenced)
+        + chunked.chunk_orphans(listing, manifests, referenced, newer=report.newer_manifests())
     )
 
     if deep:
