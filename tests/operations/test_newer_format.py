@@ -127,3 +127,31 @@ def test_the_cli_names_a_newer_manifest_and_exits_1(
     assert f"NEWER    {key}" in out
     assert "1 object in a newer format than this release reads" in out
     assert store.content.backend.exists(key)
+
+
+def test_a_pack_an_older_release_quarantined_is_named_and_can_be_moved_back(
+    store: ContentAddressedArtifactStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What older builds' quarantine did (above): the copy under quarantine/ still holds the
+    ranges b reads. verify names it, and moving it back lets verify --quarantine save b."""
+    backend = store.content.backend
+    pack = next(p for p in store.content.chunks.iter_packs() if p.size > len(BACKBONE))
+    with backend.open_reader(pack.key) as reader:
+        data = bytearray(reader.read())
+    data[-1000] ^= 1  # in a's tail
+    backend.remove(pack.key)
+    backend.write("quarantine/" + pack.key, io.BytesIO(bytes(data)))
+
+    report = verify(store, deep=False)
+    assert {(m.problem, m.quarantined) for m in report.missing_packs} == {
+        ("missing", "quarantine/" + pack.key)
+    }
+    assert main(["--store", str(tmp_path / "store"), "verify", "--fast"]) == 1
+    assert f"a copy is at quarantine/{pack.key}" in capsys.readouterr().out
+
+    (tmp_path / "store" / pack.key).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "store" / "quarantine" / pack.key).rename(tmp_path / "store" / pack.key)
+    verify(store, quarantine=True)
+    gc(store, grace_period=0, allow_short_grace=True)
+    assert _read(store, "b") == FILES["b"]
+    assert verify(store).missing_packs == []

@@ -118,7 +118,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for artifact_id in report.malformed_refs:
         print(f"BADREF   {esc(artifact_id)}{_because(report.reasons.get(artifact_id))}")
     for pack in report.missing_packs:
-        print(f"NOPACK   {esc(pack.manifest)} -> {esc(pack.pack)} ({esc(pack.problem)})")
+        aside = f"; a copy is at {esc(pack.quarantined)}" if pack.quarantined else ""
+        print(f"NOPACK   {esc(pack.manifest)} -> {esc(pack.pack)} ({esc(pack.problem)}{aside})")
+    if any(pack.quarantined for pack in report.missing_packs):
+        _print(
+            args,
+            "a missing pack's copy under quarantine/ may still serve the files that need it: "
+            "move it back to its key without the quarantine/ prefix, then run "
+            "'optuna-cas verify --quarantine', which copies the sound ranges they read",
+        )
     for key in report.bad_files:
         print(f"BADFILE  {esc(key)}{_because(report.reasons.get(key))}")
     for key in report.newer_format:

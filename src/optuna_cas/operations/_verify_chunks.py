@@ -17,6 +17,7 @@ from typing import BinaryIO
 import blake3
 
 from optuna_cas._fileio import read_up_to
+from optuna_cas.blob_maintenance import QUARANTINE_PREFIX
 from optuna_cas.chunks.layout import PACK_MAX, PACK_PREFIX, pack_key
 from optuna_cas.chunks.store import ChunkStore, StoredObject
 from optuna_cas.chunks.table import ChunkTable
@@ -85,12 +86,11 @@ def check_manifests(chunks: ChunkStore, listing: ChunkListing, report: VerifyRep
             if listed is None and _there_now(chunks, pack):
                 continue  # written since the listing: a gc repacked it (found by a probe)
             if listed is None:
-                problem = "missing"
+                aside = QUARANTINE_PREFIX + pack_key(pack)
+                found = aside if chunks.backend.exists(aside) else None
+                report.missing_packs.append(MissingPack(obj.key, str(pack), "missing", found))
             elif listed.size != pack.size:
-                problem = f"size {listed.size}"
-            else:
-                continue
-            report.missing_packs.append(MissingPack(obj.key, str(pack), problem))
+                report.missing_packs.append(MissingPack(obj.key, str(pack), f"size {listed.size}"))
     return parsed
 
 

@@ -36,6 +36,8 @@ class MissingPack:
         manifest: The manifest's key.
         pack: The pack's digest (as the manifest names it).
         problem: ``"missing"`` or ``"size <n>"`` (the stored size).
+        quarantined: A missing pack's key under ``quarantine/``, if a copy is there (moved
+            by a ``verify --quarantine``, maybe an older release's): what to move back.
 
     Example:
         >>> MissingPack("manifests/blake3/ab/...", "blake3:cd...", "size 3").problem
@@ -45,6 +47,7 @@ class MissingPack:
     manifest: str
     pack: str
     problem: str
+    quarantined: str | None = None
 
 
 @dataclass
