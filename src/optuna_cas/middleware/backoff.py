@@ -15,7 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar, cast
 
-from optuna_cas.backends.base import Backend, ObjectInfo, SupportsRequestRunner
+from optuna_cas.backends.base import (
+    Backend,
+    ObjectInfo,
+    SupportsRequestRunner,
+    remove_if_unchanged,
+)
 from optuna_cas.digest import CHUNK_SIZE, RawReader, readinto, rewind_point
 from optuna_cas.exceptions import ArtifactNotFound, not_found_as_ours
 from optuna_cas.middleware.retry import Retrier, RetryPolicy
@@ -202,6 +207,20 @@ class RetryingBackend:
             f"remove {self._where(key)}",
             lambda: self._backend.remove(key),
             missing_after_retry=lambda: None,
+        )
+
+    def remove_if_unchanged(self, key: str, seen: ObjectInfo) -> bool:
+        """The delete gc uses, with retries: conditional where the wrapped backend can.
+
+        Without it here, gc found the wrapped backend's own conditional delete and sent it
+        unretried: one lost connection stopped gc on GCS under ``Backoff`` (found by a test
+        of chunked files under faults). An attempt whose answer was lost leaves the object
+        gone: the retry then reports it not deleted by this call, and gc counts it as kept.
+        """
+        return self._retrier.call(
+            f"remove {self._where(key)}",
+            lambda: remove_if_unchanged(self._backend, seen),
+            missing_after_retry=lambda: False,
         )
 
     def exists(self, key: str) -> bool:
