@@ -463,6 +463,11 @@ _level_before_quiet = 0
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    """Run the command; a failure is one line on stderr, and one JSON document with --json.
+
+    A command that has results even when it fails (``put``: the files stored before the error)
+    sets ``args.partial_result``: its keys go into the failure document too.
+    """
     try:
         code = int(args.func(args))
         if sys.stdout is not None:  # None when started with stdout closed (>&-)
@@ -472,12 +477,12 @@ def _run_command(args: argparse.Namespace) -> int:
         print(args.usage(), end="", file=sys.stderr)
         print(f"optuna-cas: error: {_one_line(e)}", file=sys.stderr)
         if args.json:
-            _json_failure("usage", e)
+            _json_failure("usage", e, _partial_result(args))
         return 2
     except KeyboardInterrupt as e:
         print("optuna-cas: interrupted", file=sys.stderr)
         if args.json:
-            _json_failure("interrupted", e)
+            _json_failure("interrupted", e, _partial_result(args))
         return 130
     except BrokenPipeError as e:
         if not _stdout_reader_gone():
@@ -496,8 +501,14 @@ def _failed(args: argparse.Namespace, e: Exception) -> int:
         _print_traceback()
     print(f"optuna-cas: error: {_describe(e)}", file=sys.stderr)
     if args.json:
-        _json_failure("error", e)
+        _json_failure("error", e, _partial_result(args))
     return 1
+
+
+def _partial_result(args: argparse.Namespace) -> dict[str, Any]:
+    """What the command had done when it failed, for its failure document (see _run_command)."""
+    partial: dict[str, Any] = getattr(args, "partial_result", None) or {}
+    return partial
 
 
 def _stdout_reader_gone() -> bool:
@@ -521,16 +532,16 @@ def _wants_json(argv: Sequence[str]) -> bool:
     return any(len(arg) >= 4 and "--json".startswith(arg) for arg in argv)
 
 
-def _json_failure(kind: str, error: BaseException) -> None:
+def _json_failure(kind: str, error: BaseException, partial: dict[str, Any] | None = None) -> None:
     """With ``--json``, a failure is one JSON object on stdout too (the message also on stderr).
 
     ``kind``: ``"usage"`` (exit code 2), ``"error"`` (1) or ``"interrupted"`` (130).
+    ``partial``: keys added after ``"error"``: what the command did before it failed.
     """
     message = " ".join(str(error).split()) or type(error).__name__
+    error_record = {"kind": kind, "type": type(error).__name__, "message": message}
     try:
-        _emit_json(
-            {"ok": False, "error": {"kind": kind, "type": type(error).__name__, "message": message}}
-        )
+        _emit_json({"ok": False, "error": error_record, **(partial or {})})
     except (OSError, ValueError, AttributeError):
         # stdout itself failed (a full disk, closed): the message is on stderr already.
         with contextlib.suppress(OSError, ValueError, AttributeError):

@@ -35,14 +35,17 @@ def cmd_put(args: argparse.Namespace) -> int:
             raise CommandError(f"{path!r} is a directory, not a regular file")
         if not os.path.exists(path):
             raise CommandError(f"no such file: {path!r}")
+    rows: list[dict[str, Any]] = []
+    # Files stored before a failure are results too: main() adds these rows to the --json
+    # failure document (a script reads stdout, not the stderr line below).
+    args.partial_result = {"artifacts": rows}
     store = _open(args, create=True)
     target = _optuna_target(args, uploading=True)
-    rows: list[dict[str, Any]] = []
     try:
         for path in args.files:
             rows.append(_put_one(args, store, target, path))
     except BaseException:
-        if rows and not args.quiet:
+        if rows:  # also with -q: an artifact ID is a result, not a summary
             stored = ", ".join(f"{esc(r['filename'])} as {esc(r['artifact_id'])}" for r in rows)
             print(f"optuna-cas: stored before the error: {stored}", file=sys.stderr)
         raise
