@@ -43,6 +43,7 @@ from optuna_cas.cli._maintenance import (
     cmd_sync,
     cmd_verify,
 )
+from optuna_cas.cli._process import closed_stdout_fails
 from optuna_cas.cli._remove import cmd_rm
 
 __all__ = ["COMMANDS", "build_parser", "main", "package_version"]
@@ -423,7 +424,7 @@ def _usage_failure(usage: str, message: str, argv: Sequence[str] | None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    with _quiet_retries(args.quiet):
+    with _quiet_retries(args.quiet), closed_stdout_fails():
         return _run_command(args)
 
 

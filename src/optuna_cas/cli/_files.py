@@ -29,31 +29,36 @@ from optuna_cas.cli._common import (
 
 
 def cmd_put(args: argparse.Namespace) -> int:
+    rows: list[dict[str, Any]] = []
+    # Files stored before a failure are results too: main() adds these rows to the --json
+    # failure document (a script reads stdout, not the stderr line below).
+    args.partial_result = {"artifacts": rows}
     # Checked before the store is opened; FIFOs and devices are refused by the upload itself.
     for path in args.files:
         if os.path.isdir(path):
             raise CommandError(f"{path!r} is a directory, not a regular file")
         if not os.path.exists(path):
             raise CommandError(f"no such file: {path!r}")
-    rows: list[dict[str, Any]] = []
-    # Files stored before a failure are results too: main() adds these rows to the --json
-    # failure document (a script reads stdout, not the stderr line below).
-    args.partial_result = {"artifacts": rows}
     store = _open(args, create=True)
     target = _optuna_target(args, uploading=True)
     try:
         for path in args.files:
-            rows.append(_put_one(args, store, target, path))
+            row, summary = _put_one(args, store, target, path)
+            rows.append(row)  # before the summary: a stdout that fails must not lose the row
+            _print(args, summary)
+        if args.json:
+            _emit_json({"artifacts": rows})
+        else:
+            for row in rows:  # always the last lines, one per file in order: scripts read them
+                print(esc(row["artifact_id"]))
+        # Here, not at exit: a stdout that cannot take the IDs (a full disk) fails while the
+        # line below can still name what was stored.
+        sys.stdout.flush()
     except BaseException:
         if rows:  # also with -q: an artifact ID is a result, not a summary
             stored = ", ".join(f"{esc(r['filename'])} as {esc(r['artifact_id'])}" for r in rows)
             print(f"optuna-cas: stored before the error: {stored}", file=sys.stderr)
         raise
-    if args.json:
-        _emit_json({"artifacts": rows})
-        return 0
-    for row in rows:  # always the last lines, one per file in order: scripts capture them
-        print(esc(row["artifact_id"]))
     return 0
 
 
@@ -62,7 +67,8 @@ def _put_one(
     store: ContentAddressedArtifactStore,
     target: tuple[Any, Any] | None,
     path: str,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], str]:
+    """Store one file: its row (as ``--json`` prints it) and its summary line."""
     import mimetypes
     import uuid
     from dataclasses import asdict
@@ -101,22 +107,21 @@ def _put_one(
     already = not watch.stored_new_blob
     what = f"{human_bytes(ref.size)}, {ref.digest}"
     if already:
-        _print(
-            args,
+        summary = (
             f"{esc(ref.filename)}: these bytes were already stored ({what}); "
-            "only a new artifact ID was recorded",
+            "only a new artifact ID was recorded"
         )
     elif watch.new_chunk_bytes or ref.size >= watched.content.chunk_threshold:
-        _print(
-            args,
+        summary = (
             f"stored {esc(ref.filename)} ({what}) as chunks: "
-            f"{human_bytes(watch.new_chunk_bytes)} of them new",
+            f"{human_bytes(watch.new_chunk_bytes)} of them new"
         )
     else:
-        _print(args, f"stored {esc(ref.filename)} ({what})")
+        summary = f"stored {esc(ref.filename)} ({what})"
     row = asdict(ListedArtifact.of_ref(ref))  # as `ls --json` shows it, less what ls adds
     del row["origin"], row["trial"]
-    return row | {"path": path, "already_stored": already, "new_chunk_bytes": watch.new_chunk_bytes}
+    extra = {"path": path, "already_stored": already, "new_chunk_bytes": watch.new_chunk_bytes}
+    return row | extra, summary
 
 
 def cmd_get(args: argparse.Namespace) -> int:
