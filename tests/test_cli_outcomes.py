@@ -6,17 +6,24 @@ else stderr), a stop by ``SIGTERM`` cleans up as Ctrl-C does, and the exit code 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from optuna_cas.cli import main
+from optuna_cas.testing.faults import FaultProxy
+from tests.conftest import random_bytes
 
 
 def _stored_ids(store: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -95,3 +102,104 @@ def test_a_put_whose_stdout_fails_names_what_it_stored_and_fails(
     reason = "Bad file descriptor" if redirect == ">&-" else "No space left on device"
     assert lines[1].startswith("optuna-cas: error: [Errno ") and reason in lines[1], lines
     assert len(lines) == 2
+
+
+# -- stopped by a signal: SIGTERM (timeout, Kubernetes, Slurm) as Ctrl-C ---------------------
+
+SIGNALS = [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+
+
+@contextlib.contextmanager
+def _throttled_s3(server: Any, bucket: str) -> Iterator[tuple[FaultProxy, dict[str, str]]]:
+    """A bandwidth-capped proxy in front of moto, and the environment that sends the CLI there.
+
+    Transfers take seconds: long enough to send a signal in the middle of one.
+    """
+    parts = urlsplit(server.endpoint_url)
+    assert parts.hostname and parts.port
+    proxy = FaultProxy(
+        parts.hostname, parts.port, bandwidth_bytes_per_s=4 * 1024 * 1024, keep_client_alive=True
+    )
+    with proxy:
+        yield (
+            proxy,
+            {
+                **os.environ,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "OPTUNA_CAS_ENDPOINT_URL": proxy.endpoint_url,
+                "OPTUNA_CAS_STORE": f"s3://{bucket}/cli",
+            },
+        )
+
+
+def _stop_midway(
+    argv: list[str], env: dict[str, str], proxy: FaultProxy, signum: int, *, moved: str
+) -> tuple[int, str, str]:
+    """Run the CLI, send ``signum`` once 256 KiB have crossed the proxy (``moved``: which way)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "optuna_cas", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any(getattr(r, moved) > 256 * 1024 for r in proxy.requests):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no transfer started"
+        time.sleep(0.01)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    return process.returncode, out, err
+
+
+@pytest.mark.parametrize(("signum", "status", "kind"), SIGNALS, ids=["TERM", "INT"])
+def test_a_download_stopped_by_a_signal_cleans_up_and_says_so(
+    s3_server: Any, s3_bucket: str, tmp_path: Path, signum: int, status: int, kind: str
+) -> None:
+    # Found by a probe: `kill -TERM` during `get --json` exited 143 with no JSON document and
+    # left the `.<name>.<random>.partial` temp file beside the target for good.
+    source = tmp_path / "model.pt"
+    source.write_bytes(random_bytes(6 * 1024 * 1024))
+    with _throttled_s3(s3_server, s3_bucket) as (proxy, env):
+        stored = subprocess.run(
+            [sys.executable, "-m", "optuna_cas", "-q", "put", str(source)],
+            env={**env, "OPTUNA_CAS_ENDPOINT_URL": s3_server.endpoint_url},  # no throttle
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert stored.returncode == 0, stored.stderr
+        downloads = tmp_path / "downloads"
+        downloads.mkdir()
+        argv = ["--json", "--no-cache", "get", stored.stdout.strip(), str(downloads / "m.pt")]
+        rc, out, err = _stop_midway(argv, env, proxy, signum, moved="response_bytes")
+    assert rc == status, err
+    assert err.splitlines()[-1] == f"optuna-cas: {kind}", err
+    document = json.loads(out)
+    assert document["ok"] is False and document["error"]["kind"] == kind
+    assert list(downloads.iterdir()) == []  # neither the file nor its temp file
+
+
+@pytest.mark.parametrize(("signum", "status", "kind"), SIGNALS, ids=["TERM", "INT"])
+def test_a_put_stopped_by_a_signal_lists_the_files_it_stored(
+    s3_server: Any,
+    s3_bucket: str,
+    make_file: Callable[..., Path],
+    signum: int,
+    status: int,
+    kind: str,
+) -> None:
+    small = make_file(b"config", name="config.json")
+    big = make_file(random_bytes(6 * 1024 * 1024), name="model.pt")
+    with _throttled_s3(s3_server, s3_bucket) as (proxy, env):
+        argv = ["--json", "put", str(small), str(big)]
+        rc, out, err = _stop_midway(argv, env, proxy, signum, moved="request_bytes")
+    assert rc == status, err
+    document = json.loads(out)
+    assert document["error"]["kind"] == kind
+    [row] = document["artifacts"]
+    assert row["filename"] == "config.json"
+    assert f"stored before the error: config.json as {row['artifact_id']}" in err

@@ -644,13 +644,20 @@ def test_help_shows_the_cache_default_the_exit_codes_and_what_id_is() -> None:
     assert "--cache-dir DIR read cache directory (default $OPTUNA_CAS_CACHE_DIR" in top
     assert "~/.cache/optuna-" in top and "see docs" not in top
     codes = top.split("exit codes:", 1)[1]
-    for code in ("0 success", "1 failure", "2 usage error", "130 interrupted", "141 the reader"):
+    for code in (
+        "0 success",
+        "1 failure",
+        "2 usage",
+        "130 interrupted",
+        "141 the",
+        "143 terminated",
+    ):
         assert code in codes
     for command in ("get", "rm"):
         assert re.search(r"positional arguments: ID the artifact ID to \w+", _help(command))
     cli_md = " ".join((Path(__file__).parents[1] / "docs" / "cli.md").read_text().split())
     documented = cli_md.split("Exit codes:", 1)[1][:400]
-    for code in ("`0`", "`1`", "`2`", "`130`", "`141`"):
+    for code in ("`0`", "`1`", "`2`", "`130`", "`141`", "`143`"):
         assert code in documented, code
     assert "OPTUNA_CAS_CACHE_DIR" in cli_md and "~/.cache/optuna-cas" in cli_md
 

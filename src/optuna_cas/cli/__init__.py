@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 failure (one clear line on stderr; ``--debug`` adds the traceback),
 2 usage error, 130 interrupted, 141 stdout closed by its reader before the end (as for
-SIGPIPE); ``EXIT_CODES_NOTE`` shows them in ``--help``. With ``--json`` every command prints exactly one JSON object on stdout.
+SIGPIPE), 143 terminated (SIGTERM, cleaned up as for Ctrl-C); ``EXIT_CODES_NOTE`` shows them
+in ``--help``. With ``--json`` every command prints exactly one JSON object on stdout.
 
 Start-up is kept short (``optuna-cas --help`` must not take longer than ``import optuna``):
 this module imports only the standard library at the top; each command imports what it uses.
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from optuna_cas._terminal import escape_for_terminal as esc
+from optuna_cas.cli import _process
 from optuna_cas.cli._common import (
     CACHE_DIR_ENV,
     ENDPOINT_ENV,
@@ -43,7 +45,6 @@ from optuna_cas.cli._maintenance import (
     cmd_sync,
     cmd_verify,
 )
-from optuna_cas.cli._process import closed_stdout_fails
 from optuna_cas.cli._remove import cmd_rm
 
 __all__ = ["COMMANDS", "build_parser", "main", "package_version"]
@@ -56,7 +57,8 @@ EXIT_CODES_NOTE = """exit codes:
   1    failure, or verify / sync found a problem (one line on stderr)
   2    usage error (a mistyped command, option or value)
   130  interrupted (Ctrl-C)
-  141  the reader of stdout went away early (optuna-cas ls | head -1), as for SIGPIPE"""
+  141  the reader of stdout went away early (optuna-cas ls | head -1), as for SIGPIPE
+  143  terminated (SIGTERM: timeout, kill, a scheduler), cleaned up as for Ctrl-C"""
 
 COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str, str]] = [
     (
@@ -424,7 +426,7 @@ def _usage_failure(usage: str, message: str, argv: Sequence[str] | None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    with _quiet_retries(args.quiet), closed_stdout_fails():
+    with _quiet_retries(args.quiet), _process.closed_stdout_fails(), _process.sigterm_interrupts():
         return _run_command(args)
 
 
@@ -480,11 +482,13 @@ def _run_command(args: argparse.Namespace) -> int:
         if args.json:
             _json_failure("usage", e, _partial_result(args))
         return 2
-    except KeyboardInterrupt as e:
-        print("optuna-cas: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): the same cleanup ran
+        terminated = isinstance(e, _process.Terminated)
+        kind = "terminated" if terminated else "interrupted"
+        print(f"optuna-cas: {kind}", file=sys.stderr)
         if args.json:
-            _json_failure("interrupted", e, _partial_result(args))
-        return 130
+            _json_failure(kind, e, _partial_result(args))
+        return _process.TERMINATED_EXIT_STATUS if terminated else 130
     except BrokenPipeError as e:
         if not _stdout_reader_gone():
             return _failed(args, e)  # another pipe (a FIFO given as a destination): an error
@@ -536,7 +540,8 @@ def _wants_json(argv: Sequence[str]) -> bool:
 def _json_failure(kind: str, error: BaseException, partial: dict[str, Any] | None = None) -> None:
     """With ``--json``, a failure is one JSON object on stdout too (the message also on stderr).
 
-    ``kind``: ``"usage"`` (exit code 2), ``"error"`` (1) or ``"interrupted"`` (130).
+    ``kind``: ``"usage"`` (exit code 2), ``"error"`` (1), ``"interrupted"`` (130) or
+    ``"terminated"`` (143).
     ``partial``: keys added after ``"error"``: what the command did before it failed.
     """
     message = " ".join(str(error).split()) or type(error).__name__

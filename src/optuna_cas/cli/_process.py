@@ -11,10 +11,16 @@ import contextlib
 import errno
 import io
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
+from types import FrameType
 
-__all__ = ["closed_stdout_fails"]
+__all__ = ["TERMINATED_EXIT_STATUS", "Terminated", "closed_stdout_fails", "sigterm_interrupts"]
+
+# 128 + SIGTERM (15): what a shell reports for a command the signal ended.
+TERMINATED_EXIT_STATUS = 128 + signal.SIGTERM
 
 
 class _ClosedStdout(io.BufferedIOBase):
@@ -54,3 +60,58 @@ def closed_stdout_fails() -> Iterator[None]:
     finally:
         if sys.stdout is stand_in:
             sys.stdout = None  # as the interpreter had it
+
+
+class Terminated(KeyboardInterrupt):
+    """``SIGTERM`` arrived: raised where Ctrl-C raises ``KeyboardInterrupt``.
+
+    A subclass, so that every cleanup Ctrl-C runs runs for it too: ours (temp files removed,
+    tasks not started cancelled) and the libraries' that test for ``KeyboardInterrupt``
+    (s3transfer cancels its transfers on it).
+    """
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While the command runs, ``SIGTERM`` raises :class:`Terminated`: stopped as by Ctrl-C.
+
+    ``timeout(1)``, Kubernetes, Slurm and systemd stop a command with ``SIGTERM``. Left to the
+    default action it killed the process outright: no JSON document, and a download's
+    ``.partial`` temp file left beside the target for good (found by a probe). This is the
+    CLI's choice only; the library never sets a signal handler.
+
+    Only where the default action is in place, on the main thread (the only one Python runs
+    handlers on): a handler an application installed before calling ``main()`` is left alone,
+    and so is a ``SIGTERM`` the parent process chose to ignore.
+
+    Unlike ``SIGINT``, ``SIGTERM`` is not held back while ``optuna_cas._forksafe``'s fork
+    hooks run: the CLI never forks (no subprocesses, no process pools), so no hook runs while
+    this handler is installed. A command that forks would need the same hold, or a
+    ``Terminated`` raised inside a hook would be dropped by CPython, as Ctrl-C's is there.
+
+    Example:
+        >>> import os, signal
+        >>> with sigterm_interrupts():
+        ...     try:
+        ...         os.kill(os.getpid(), signal.SIGTERM)
+        ...     except Terminated as e:
+        ...         print(e)
+        terminated (SIGTERM)
+        >>> signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        True
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated("terminated (SIGTERM)")
