@@ -814,6 +814,62 @@ def test_a_bar_of_bytes_counts_in_the_binary_units_of_the_summaries() -> None:
     assert re.search(r"put y: 3\.0 KiB \[00:00, [\d.]+ KiB/s\]", drawn), drawn
 
 
+def test_a_line_written_during_a_bar_gets_a_line_of_its_own() -> None:
+    from optuna_cas._bars import TerminalProgress, write_line
+
+    class FakeTTY(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = FakeTTY()
+    with TerminalProgress(stream=tty) as bar:
+        bar("get x", 50, 100)
+        drawn = len(tty.getvalue())
+        write_line("optuna-cas: warning: read x failed on attempt 1", tty)
+        after = tty.getvalue()[drawn:]
+    # The bar erased (a carriage return, blanks, a carriage return), then the line, then the
+    # bar again: never the line glued to the bar's figures.
+    match = re.fullmatch(r"\r *\r(.*\n)(.*)", after, re.DOTALL)
+    assert match is not None, repr(after)
+    line, redrawn = match.groups()
+    assert line == "optuna-cas: warning: read x failed on attempt 1\n"
+    assert "get x" in redrawn and "50%" in redrawn
+
+
+def test_a_retry_warns_above_the_bar_with_the_clis_prefix(
+    s3_server: Any, s3_bucket: str, tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    # Found by a probe: a retry's log line was printed raw onto the bar being drawn
+    # (`...357.8 MiB/s]upload s3://... failed on attempt 1`), without `optuna-cas: warning:`.
+    from urllib.parse import urlsplit
+
+    from optuna_cas.testing.faults import FaultProxy
+
+    store = f"s3://{s3_bucket}/cli"
+    source = make_file(random_bytes(8 * 1024 * 1024), name="model.pt")
+    artifact_id = run(
+        "--store", store, "-q", "put", str(source), env=_s3_env(s3_server.endpoint_url)
+    ).stdout.strip()
+    parts = urlsplit(s3_server.endpoint_url)
+    assert parts.hostname and parts.port
+    rate = 8 * 1024 * 1024  # a second for the download: the bar is drawn before the fault
+    with FaultProxy(
+        parts.hostname, parts.port, bandwidth_bytes_per_s=rate, keep_client_alive=True
+    ) as proxy:
+        # A body cut short: botocore retries no body, optuna-cas resumes it and logs a retry.
+        proxy.fail_next(
+            "truncate", methods=["GET"], matching=lambda _m, p: "/packs/" in p or "/blobs/" in p
+        )
+        argv = ["--store", store, "--no-cache", "get", artifact_id, str(tmp_path / "out.pt")]
+        rc, _, screen = run_on_terminal(*argv, env=_s3_env(proxy.endpoint_url))
+    assert rc == 0, screen
+    segments = bar_segments(screen)
+    retries = [s for s in segments if "failed on attempt 1 of" in s]
+    assert len(retries) == 1, segments
+    assert retries[0].startswith(f"optuna-cas: warning: read {store}/"), segments
+    assert any(s.startswith("get model.pt") for s in segments), segments
+
+
 def test_sync_names_failures_and_exits_1(tmp_path: Path) -> None:
     """A corrupt source blob is reported by ID and the exit status says so (not 0)."""
     import io

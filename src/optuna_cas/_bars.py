@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from optuna_cas._terminal import human_bytes
 
-__all__ = ["TerminalProgress", "shorten", "terminal_width"]
+__all__ = ["TerminalProgress", "shorten", "terminal_width", "write_line"]
 
 
 def shorten(text: str, limit: int) -> str:
@@ -49,6 +49,30 @@ def terminal_width(stream: TextIO, default: int = 80) -> int:
         except (AttributeError, OSError, ValueError):
             columns = 0
     return columns if columns > 0 else default
+
+
+def write_line(line: str, stream: TextIO | None = None) -> None:
+    r"""Print ``line`` on ``stream`` (default stderr) on a line of its own, above any bar there.
+
+    A bar is redrawn in place, without a newline: a line printed as it is would land after the
+    bar's figures (``...?/s]upload s3://... failed``, found by a probe), and the next redraw
+    would overwrite it. tqdm's ``write`` erases the bars on that stream, prints the line and
+    draws them again below it.
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> write_line("optuna-cas: warning: slow", out)
+        >>> out.getvalue()
+        'optuna-cas: warning: slow\n'
+    """
+    stream = stream if stream is not None else sys.stderr
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:  # not imported: no bar was ever drawn (see _new_bar), none to erase
+        print(line, file=stream, flush=True)
+        return
+    tqdm_module.tqdm.write(line, file=stream)
+    stream.flush()
 
 
 class TerminalProgress:

@@ -15,12 +15,12 @@ import argparse
 import contextlib
 import os
 import sys
-import threading
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from optuna_cas._bars import write_line
 from optuna_cas._terminal import escape_for_terminal as esc
 from optuna_cas.cli import _process
 from optuna_cas.cli._common import (
@@ -426,43 +426,13 @@ def _usage_failure(usage: str, message: str, argv: Sequence[str] | None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    with _quiet_retries(args.quiet), _process.closed_stdout_fails(), _process.sigterm_interrupts():
+    with (
+        _process.quiet_retries(args.quiet),
+        _process.library_log_lines(),
+        _process.closed_stdout_fails(),
+        _process.sigterm_interrupts(),
+    ):
         return _run_command(args)
-
-
-@contextlib.contextmanager
-def _quiet_retries(quiet: bool) -> Iterator[None]:
-    """With ``-q``, no line per retried request: scripts get the result or one error line.
-
-    Retries are logged at WARNING (Python prints them on stderr when no logging is set up);
-    the level is restored after, for callers of :func:`main` in a process of their own.
-    """
-    if not quiet:
-        yield
-        return
-    import logging
-
-    global _quiet_depth, _level_before_quiet
-    retry_logger = logging.getLogger("optuna_cas.retry")
-    # Calls of main() may overlap on threads of one process: the first sets the level, the
-    # last puts back what was there before the first (the logger is the process's).
-    with _quiet_lock:
-        if _quiet_depth == 0:
-            _level_before_quiet = retry_logger.level
-            retry_logger.setLevel(logging.ERROR)
-        _quiet_depth += 1
-    try:
-        yield
-    finally:
-        with _quiet_lock:
-            _quiet_depth -= 1
-            if _quiet_depth == 0:
-                retry_logger.setLevel(_level_before_quiet)
-
-
-_quiet_lock = threading.Lock()
-_quiet_depth = 0
-_level_before_quiet = 0
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -595,4 +565,4 @@ def _show_warning(
     file: Any = None,
     line: str | None = None,
 ) -> None:
-    print(f"optuna-cas: warning: {_one_line(message)}", file=sys.stderr)
+    write_line(f"optuna-cas: warning: {_one_line(message)}", sys.stderr)  # above a bar

@@ -16,8 +16,16 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
-__all__ = ["TERMINATED_EXIT_STATUS", "Terminated", "closed_stdout_fails", "sigterm_interrupts"]
+__all__ = [
+    "TERMINATED_EXIT_STATUS",
+    "Terminated",
+    "closed_stdout_fails",
+    "library_log_lines",
+    "quiet_retries",
+    "sigterm_interrupts",
+]
 
 # 128 + SIGTERM (15): what a shell reports for a command the signal ended.
 TERMINATED_EXIT_STATUS = 128 + signal.SIGTERM
@@ -60,6 +68,110 @@ def closed_stdout_fails() -> Iterator[None]:
     finally:
         if sys.stdout is stand_in:
             sys.stdout = None  # as the interpreter had it
+
+
+@contextlib.contextmanager
+def quiet_retries(quiet: bool) -> Iterator[None]:
+    """With ``-q``, no line per retried request: scripts get the result or one error line.
+
+    Retries are logged at WARNING (printed by :func:`library_log_lines`); the level is
+    restored after, for callers of :func:`~optuna_cas.cli.main` in a process of their own.
+
+    Example:
+        >>> import logging
+        >>> with quiet_retries(True):
+        ...     logging.getLogger("optuna_cas.retry").level == logging.ERROR
+        True
+    """
+    if not quiet:
+        yield
+        return
+    import logging
+
+    global _quiet_depth, _level_before_quiet
+    retry_logger = logging.getLogger("optuna_cas.retry")
+    # Calls of main() may overlap on threads of one process: the first sets the level, the
+    # last puts back what was there before the first (the logger is the process's).
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _level_before_quiet = retry_logger.level
+            retry_logger.setLevel(logging.ERROR)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                retry_logger.setLevel(_level_before_quiet)
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_level_before_quiet = 0
+
+
+@contextlib.contextmanager
+def library_log_lines() -> Iterator[None]:
+    r"""The library's log records (a retried request, a cache set aside) as the CLI's warnings.
+
+    Without a handler Python printed them raw on stderr: no ``optuna-cas: warning:`` prefix,
+    and onto a progress bar being drawn (``...?/s]upload s3://... failed on attempt 1``, found
+    by a probe). Here each is one escaped line with the prefix, printed above the bar
+    (:func:`~optuna_cas._bars.write_line`). A handler only: levels stay as they are (``-q``
+    raises the retry logger's, see :func:`quiet_retries`), and records still reach the
+    handlers an application calling ``main()`` set up.
+
+    Example:
+        >>> import contextlib, io, logging
+        >>> err = io.StringIO()
+        >>> with contextlib.redirect_stderr(err), library_log_lines():
+        ...     logging.getLogger("optuna_cas.retry").warning("read x failed:\nreset")
+        >>> err.getvalue()
+        'optuna-cas: warning: read x failed: reset\n'
+    """
+    import logging
+
+    global _log_lines_depth
+    logger = logging.getLogger("optuna_cas")
+    # Calls of main() may overlap on threads of one process: one handler for all of them, or
+    # each record would be printed once per call.
+    with _log_lines_lock:
+        if _log_lines_depth == 0:
+            logger.addHandler(_log_line_handler())
+        _log_lines_depth += 1
+    try:
+        yield
+    finally:
+        with _log_lines_lock:
+            _log_lines_depth -= 1
+            if _log_lines_depth == 0:
+                logger.removeHandler(_log_line_handler())
+
+
+_log_lines_lock = threading.Lock()
+_log_lines_depth = 0
+_handler: list[Any] = []  # the one handler, built on first use (logging is imported then)
+
+
+def _log_line_handler() -> Any:
+    import logging
+
+    from optuna_cas._bars import write_line
+    from optuna_cas._terminal import escape_for_terminal
+
+    class LogLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                # Messages quote keys, URLs and SDK errors: one line, safe for a terminal.
+                text = escape_for_terminal(" ".join(record.getMessage().split()))
+                write_line(f"optuna-cas: {record.levelname.lower()}: {text}", sys.stderr)
+            except Exception:
+                self.handleError(record)
+
+    if not _handler:
+        _handler.append(LogLine(logging.WARNING))
+    return _handler[0]
 
 
 class Terminated(KeyboardInterrupt):
