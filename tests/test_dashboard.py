@@ -343,7 +343,10 @@ def test_deleting_a_single_artifact_already_gone_still_answers_404(served: Serve
     assert status == 404
 
 
-def test_dashboard_with_json_prints_one_object_naming_its_url(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_dashboard_with_json_prints_one_object_naming_its_url(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
     storage_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     optuna.create_study(storage=storage_url, study_name="s")
     (tmp_path / "store").mkdir()
@@ -367,10 +370,42 @@ def test_dashboard_with_json_prints_one_object_naming_its_url(tmp_path: Path) ->
         with urllib.request.urlopen(document["url"], timeout=60) as response:
             assert response.status == 200
     finally:
-        server.send_signal(signal.SIGINT)  # how the server is meant to end
+        # How a server is meant to end: Ctrl-C, or SIGTERM from systemd, Kubernetes, timeout.
+        server.send_signal(signum)
         rest, _ = server.communicate(timeout=60)
     assert server.returncode == 0
     assert rest == ""  # nothing after the object: request logs went to stderr
+
+
+@pytest.mark.parametrize(
+    ("stop", "status", "kind"),
+    [(KeyboardInterrupt, 130, "interrupted"), ("Terminated", 143, "terminated")],
+    ids=["INT", "TERM"],
+)
+def test_a_dashboard_stopped_before_it_serves_was_interrupted(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stop: Any,
+    status: int,
+    kind: str,
+) -> None:
+    # Exit 0 is for a server stopped once it serves (its document printed). Stopped before,
+    # while the storage loads, it exited 0 too, with no JSON document at all (review).
+    from optuna_cas.cli import _process, main
+
+    stop = getattr(_process, stop) if isinstance(stop, str) else stop
+
+    def interrupted_while_loading(*args: Any, **kwargs: Any) -> None:
+        raise stop()
+
+    monkeypatch.setattr("optuna_cas.dashboard.serve_dashboard", interrupted_while_loading)
+    (tmp_path / "store").mkdir()
+    argv = ["--store", str(tmp_path / "store"), "--json", "dashboard", "sqlite:///x.db"]
+    assert main(argv) == status
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"]["kind"] == kind
+    assert err.strip() == f"optuna-cas: {kind}"
 
 
 def test_an_address_that_cannot_be_used_is_named(tmp_path: Path) -> None:

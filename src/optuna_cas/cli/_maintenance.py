@@ -409,14 +409,17 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     # Not create=True, although the web UI uploads: a mistyped --store must not become a new,
     # empty store that the dashboard then serves as if the artifacts were gone.
     store = _open(args, cached=True)
+    serving = False
 
     def ready(url: str) -> None:
+        nonlocal serving
         # The URL is the result (scripts and tests read it: --port 0 picks a free port).
         # Request logs go to stderr, so with --json this object is all there is on stdout.
         if args.json:
             _emit_json({"url": url})
         else:
             print(f"optuna-dashboard at {esc(url)} (Ctrl-C to stop)", flush=True)
+        serving = True
 
     try:
         serve_dashboard(
@@ -427,6 +430,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             ready=ready,
             log_requests=not args.quiet,
         )
-    except KeyboardInterrupt:
-        _print(args, "stopped")  # Ctrl-C is how a server is meant to end
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI raises a subclass for it)
+        if not serving:
+            # Stopped before it served (loading a large storage): interrupted like any other
+            # command, exit 130 (143) and, with --json, the failure document: none was printed.
+            raise
+        # Ctrl-C and SIGTERM are how a server is meant to end: exit 0. Its one --json document
+        # ({"ok": true, "url": ...}) is out already; an "interrupted" one would be a second.
+        _print(args, "stopped")
     return 0
