@@ -73,35 +73,50 @@ def test_a_put_that_fails_before_storing_anything_lists_no_rows(
     assert "stored before" not in err
 
 
-def _cli_with_stdout(redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a shell, its stdout redirected (``>&-``: closed, ``>/dev/full``: failing)."""
+def _cli_with_stdout(
+    redirect: str, *args: str, buffered: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a shell, its stdout redirected (``>&-``: closed, ``>/dev/full``: failing).
+
+    ``buffered``: as for most users, where a failing stdout fails at a flush; unbuffered
+    (``PYTHONUNBUFFERED``, set in some CI and container images) it fails at the first write.
+    """
     command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "optuna_cas", *args))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
     return subprocess.run(
-        ["bash", "-c", f"{command} {redirect}"], capture_output=True, text=True, timeout=60
+        ["bash", "-c", f"{command} {redirect}"], capture_output=True, text=True, env=env, timeout=60
     )
 
 
-@pytest.mark.parametrize("redirect", [">&-", ">/dev/full"], ids=["closed", "full"])
+@pytest.mark.parametrize(
+    ("redirect", "buffered"),
+    [(">&-", True), (">/dev/full", True), (">/dev/full", False)],
+    ids=["closed", "full", "full-unbuffered"],
+)
 @pytest.mark.parametrize("mode", [["--json"], [], ["-q"]], ids=["json", "text", "quiet"])
 def test_a_put_whose_stdout_fails_names_what_it_stored_and_fails(
     tmp_path: Path,
     make_file: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
     redirect: str,
+    buffered: bool,
     mode: list[str],
 ) -> None:
     # Found by a probe: `put --json >&-` exited 0 with the ID printed nowhere; with stdout on
     # a full disk it exited 1 without saying the upload had succeeded.
     store = tmp_path / "store"
     source = make_file(b"weights", name="w.pt")
-    result = _cli_with_stdout(redirect, "--store", str(store), *mode, "put", str(source))
+    argv = ["--store", str(store), *mode, "put", str(source)]
+    result = _cli_with_stdout(redirect, *argv, buffered=buffered)
     assert result.returncode == 1, result.stderr
     [artifact_id] = _stored_ids(store, capsys)
     lines = result.stderr.splitlines()
     assert lines[0] == f"optuna-cas: stored before the error: w.pt as {artifact_id}", lines
     reason = "Bad file descriptor" if redirect == ">&-" else "No space left on device"
     assert lines[1].startswith("optuna-cas: error: [Errno ") and reason in lines[1], lines
-    assert len(lines) == 2
+    assert len(lines) == 2  # nothing after the error: no "Exception ignored" at exit
 
 
 # -- stopped by a signal: SIGTERM (timeout, Kubernetes, Slurm) as Ctrl-C ---------------------

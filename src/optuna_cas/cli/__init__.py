@@ -432,7 +432,10 @@ def _run(args: argparse.Namespace) -> int:
         _process.closed_stdout_fails(),
         _process.sigterm_interrupts(),
     ):
-        return _run_command(args)
+        code = _run_command(args)
+        if code != 0:
+            _drop_what_stdout_could_not_take()
+        return code
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -520,6 +523,21 @@ def _json_failure(kind: str, error: BaseException, partial: dict[str, Any] | Non
         _emit_json({"ok": False, "error": error_record, **(partial or {})})
     except (OSError, ValueError, AttributeError):
         # stdout itself failed (a full disk, closed): the message is on stderr already.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            _stdout_to_devnull()
+
+
+def _drop_what_stdout_could_not_take() -> None:
+    """After a failure, a stdout that cannot be flushed (a full disk) goes to /dev/null.
+
+    It keeps the text it could not write, and the interpreter's flush at exit failed again:
+    ``Exception ignored ... No space left on device`` after the error line, and exit code 120
+    instead of 1 (found in review; ``--json`` had this already, see _json_failure).
+    """
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except (OSError, ValueError):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             _stdout_to_devnull()
 
