@@ -28,6 +28,7 @@ from optuna_cas.testing.backend import BackendConformance
 from optuna_cas.testing.faults import FaultProxy
 from optuna_cas.testing.raw import S3View
 from tests.support.s3 import TEST_PART_SIZE, S3Server, make_s3_client
+from tests.support.unanswering import Answering503, SilentServer
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -387,8 +388,52 @@ def test_constructor_validates(s3_client: S3Client) -> None:
         S3Backend("b", client=s3_client, max_concurrency=0)
     with pytest.raises(StoreConfigError, match="endpoint_url or client"):
         S3Backend("b", client=s3_client, endpoint_url="http://x")
+    # A ready client has its own Config; these must not be dropped in silence.
+    with pytest.raises(StoreConfigError, match="sdk_retries and timeout"):
+        S3Backend("b", client=s3_client, sdk_retries=False)
+    with pytest.raises(StoreConfigError, match="sdk_retries and timeout"):
+        S3Backend("b", client=s3_client, timeout=5)
     with pytest.raises(InvalidKeyError, match="prefix"):
         S3Backend("b", client=s3_client, prefix="a/../b")
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Dummy credentials, and no ~/.aws file of the machine's that could set retries."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    for name in ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_a_timeout_bounds_a_silent_server_and_sdk_retries_off_tries_once() -> None:
+    # botocore's defaults wait 60 s per read, three attempts: 3 minutes per request against
+    # a server that accepts and never answers (found by a probe of the CLI).
+    with SilentServer() as server:
+        backend = S3Backend("b", endpoint_url=server.endpoint_url, sdk_retries=False, timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(TransientBackendError):
+            backend.exists("k")
+        assert time.monotonic() - started < 3
+        assert server.connections == 1
+
+
+@pytest.mark.usefixtures("aws_env")
+@pytest.mark.parametrize(("sdk_retries", "attempts"), [(False, 1), (True, 2)])
+def test_sdk_retries_off_sends_each_request_once(
+    monkeypatch: pytest.MonkeyPatch, sdk_retries: bool, attempts: int
+) -> None:
+    # botocore's attempts from the environment (2: one short retry, not its 5 by default);
+    # sdk_retries=False wins over them, so Backoff alone decides how often to try.
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    with Answering503("s3") as server:
+        backend = S3Backend("b", endpoint_url=server.endpoint_url, sdk_retries=sdk_retries)
+        with pytest.raises(TransientBackendError, match="503"):
+            backend.exists("k")
+        assert server.requests == attempts
 
 
 def test_missing_boto3_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:

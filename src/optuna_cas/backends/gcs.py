@@ -151,7 +151,9 @@ class GCSBackend(RemoteBackend):
             google-cloud-storage's ``DEFAULT_RETRY``). ``False`` passes ``retry=None``
             everywhere, so every fault surfaces at once (under :class:`~optuna_cas.Backoff`,
             or in fault tests).
-        timeout: Seconds the SDK waits on each HTTP request.
+        timeout: Seconds the SDK waits to connect and then on each socket read of a request
+            (a read timeout bounds a silence, not a transfer): a number for both, or
+            ``(connect, read)`` as ``requests`` takes it.
 
     Raises:
         StoreConfigError: ``google-cloud-storage`` is missing, credentials cannot be found, or
@@ -182,7 +184,7 @@ class GCSBackend(RemoteBackend):
         prefix: str = "",
         chunk_size: int = 8 * 1024 * 1024,
         sdk_retries: bool = True,
-        timeout: float = 60.0,
+        timeout: float | tuple[float, float] = 60.0,
     ) -> None:
         super().__init__(
             bucket,

@@ -40,7 +40,7 @@ class ResumableUpload:
         url: The session URI.
         http: A ``requests.Session`` (no credentials needed).
         where: The object, for messages.
-        timeout: Seconds per request.
+        timeout: Seconds per request (to connect, and per read): a number or ``(connect, read)``.
         retry: A ``google.api_core.retry.Retry`` to wrap each chunk in (the SDK's retries),
             or ``None`` to fail at once (the request runner retries instead).
 
@@ -55,7 +55,13 @@ class ResumableUpload:
     completes_separately = False  # the last chunk publishes the object
 
     def __init__(
-        self, url: str, http: Any, *, where: str, timeout: float, retry: Any = None
+        self,
+        url: str,
+        http: Any,
+        *,
+        where: str,
+        timeout: float | tuple[float, float],
+        retry: Any = None,
     ) -> None:
         self._url = url
         self._http = http

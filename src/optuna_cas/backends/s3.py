@@ -183,9 +183,16 @@ class S3Backend(RemoteBackend):
         multipart_threshold: Bodies up to this many bytes are sent in one ``PutObject``;
             so is a sealed file (a pack of a chunked upload) of up to 64 MiB, streamed from
             the file.
+        sdk_retries: Keep botocore's own retries (the default, as boto3 clients have them).
+            ``False`` makes every request one attempt (``total_max_attempts: 1``), so that
+            :class:`~optuna_cas.Backoff` alone decides how often to try. Not with ``client``.
+        timeout: Seconds the client waits to connect and then on each socket read: a number
+            for both, or ``(connect, read)``. ``None`` keeps botocore's (60 s each). A read
+            timeout bounds a silence, not a transfer. Not with ``client``.
 
     Raises:
-        StoreConfigError: boto3 is not installed, or an argument is out of range.
+        StoreConfigError: boto3 is not installed, an argument is out of range, or
+            ``endpoint_url``, ``sdk_retries=False`` or ``timeout`` is given with ``client``.
         InvalidKeyError: ``prefix`` has an unsafe segment.
 
     Example:
@@ -210,6 +217,8 @@ class S3Backend(RemoteBackend):
         part_size: int = 8 * MiB,
         max_concurrency: int = 4,
         multipart_threshold: int = 8 * MiB,
+        sdk_retries: bool = True,
+        timeout: float | tuple[float, float] | None = None,
     ) -> None:
         super().__init__(
             bucket,
@@ -233,9 +242,18 @@ class S3Backend(RemoteBackend):
             raise StoreConfigError(
                 "S3Backend: pass endpoint_url or client, not both (configure the client instead)"
             )
-        self._clients = PerProcess.unless_given(
-            client, functools.partial(_default_client, endpoint_url, max_concurrency)
+        if client is not None and (not sdk_retries or timeout is not None):
+            # A ready client's retries and timeouts are in its own Config; ignoring these in
+            # silence would leave a caller believing requests are bounded when they are not.
+            raise StoreConfigError(
+                "S3Backend: sdk_retries and timeout apply to the client the backend builds; "
+                "a client passed in is configured with botocore.config.Config(retries=..., "
+                "connect_timeout=..., read_timeout=...)"
+            )
+        build = functools.partial(
+            _default_client, endpoint_url, max_concurrency, sdk_retries, timeout
         )
+        self._clients = PerProcess.unless_given(client, build)
         if client is not None:
             # Idempotent (unique_id); the hook acts on this backend's GETs only. Registered
             # for every operation because botocore runs the handlers of a specific event
@@ -442,7 +460,12 @@ def _body(streaming_body: object) -> Body:
     return cast(Body, streaming_body)
 
 
-def _default_client(endpoint_url: str | None, max_concurrency: int) -> S3Client:
+def _default_client(
+    endpoint_url: str | None,
+    max_concurrency: int,
+    sdk_retries: bool = True,
+    timeout: float | tuple[float, float] | None = None,
+) -> S3Client:
     try:
         import boto3
         from botocore.config import Config
@@ -450,9 +473,17 @@ def _default_client(endpoint_url: str | None, max_concurrency: int) -> S3Client:
         raise StoreConfigError("S3Backend needs boto3: pip install 'optuna-cas[s3]'") from e
     # A fresh session: boto3's default session is not safe to share across threads.
     session = boto3.session.Session()
+    options: dict[str, Any] = {}
+    if not sdk_retries:
+        # Not max_attempts: 1, which botocore reads as one *retry*.
+        options["retries"] = {"total_max_attempts": 1}
+    if timeout is not None:
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        options |= {"connect_timeout": connect, "read_timeout": read}
     config = Config(
         max_pool_connections=max(10, max_concurrency + 2),
         # As _without_response_checksum does for a client the caller passes.
         response_checksum_validation="when_required",
+        **options,
     )
     return session.client("s3", endpoint_url=endpoint_url, config=config)

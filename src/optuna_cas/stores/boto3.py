@@ -37,6 +37,11 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
             ``None`` stores every file as one blob.
         inline_limit: Files of at most this many bytes (4 KiB by default) are kept inside
             their ref instead of a blob: one object to write and read; ``None``: never.
+        sdk_retries: Keep botocore's own retries (the default, as Optuna's store has them);
+            ``False`` sends each request once, for :class:`~optuna_cas.Backoff` to retry.
+        timeout: Seconds to connect and to wait on each socket read, a number or
+            ``(connect, read)``; ``None`` keeps botocore's 60 s each. With ``client``,
+            neither this nor ``sdk_retries=False``: configure the client instead.
 
     Raises:
         StoreConfigError: boto3 is missing (``pip install 'optuna-cas[s3]'``) or an option
@@ -48,6 +53,10 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
             from optuna_cas import Boto3ArtifactStore, Backoff
 
             store = Backoff(Boto3ArtifactStore("my-bucket", prefix="studies/resnet"))
+            # Each request bounded: Backoff alone retries, and a silent server costs 30 s.
+            bounded = Backoff(
+                Boto3ArtifactStore("my-bucket", sdk_retries=False, timeout=(10, 30))
+            )
     """
 
     def __init__(
@@ -62,6 +71,8 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
         max_concurrency: int = 4,
         chunk_threshold: int | None = CHUNK_THRESHOLD,
         inline_limit: int | None = INLINE_LIMIT,
+        sdk_retries: bool = True,
+        timeout: float | tuple[float, float] | None = None,
     ) -> None:
         del avoid_buf_copy  # our uploads never buffer nor close the source
         backend = S3Backend(
@@ -72,6 +83,8 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
             part_size=part_size,
             max_concurrency=max_concurrency,
             multipart_threshold=part_size,
+            sdk_retries=sdk_retries,
+            timeout=timeout,
         )
         super().__init__(
             ContentStore(backend, chunk_threshold=chunk_threshold, inline_limit=inline_limit)

@@ -27,7 +27,8 @@ class GCSArtifactStore(ContentAddressedArtifactStore):
         chunk_size: Bytes per ranged read and resumable-upload chunk (multiple of 256 KiB).
         sdk_retries: Keep google-cloud-storage's own retries (off when :class:`Backoff`
             should see every fault itself).
-        timeout: Seconds per HTTP request.
+        timeout: Seconds to connect and to wait on each socket read of a request: a number
+            or ``(connect, read)``.
         chunk_threshold: Files of at least this many bytes (8 MiB by default) are stored as
             content-defined chunks, deduplicated between versions (docs/concepts.md);
             ``None`` stores every file as one blob.
@@ -53,7 +54,7 @@ class GCSArtifactStore(ContentAddressedArtifactStore):
         prefix: str = "",
         chunk_size: int = 8 * 1024 * 1024,
         sdk_retries: bool = True,
-        timeout: float = 60.0,
+        timeout: float | tuple[float, float] = 60.0,
         chunk_threshold: int | None = CHUNK_THRESHOLD,
         inline_limit: int | None = INLINE_LIMIT,
     ) -> None:
