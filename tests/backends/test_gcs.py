@@ -250,6 +250,15 @@ def test_constructor_validates(gcs_client: Any) -> None:
         GCSBackend("gs://bucket", client=gcs_client)
 
 
+def test_a_missing_bucket_names_the_endpoint_that_answered(
+    gcs_server: GCSServer, gcs_client: Any
+) -> None:
+    backend = GCSBackend("no-such-bucket-here", client=gcs_client, sdk_retries=False)
+    with pytest.raises(BackendError, match="'no-such-bucket-here' does not exist") as caught:
+        backend.exists("refs/a")
+    assert f"at endpoint {gcs_server.endpoint_url}: check the bucket's name" in str(caught.value)
+
+
 def test_read_failure_mid_body_is_transient() -> None:
     server = start_fake_gcs_server()
     try:

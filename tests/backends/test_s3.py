@@ -21,7 +21,12 @@ import pytest
 
 from optuna_cas.backends.base import Backend, SealedFile
 from optuna_cas.backends.s3 import S3Backend
-from optuna_cas.exceptions import InvalidKeyError, StoreConfigError, TransientBackendError
+from optuna_cas.exceptions import (
+    BackendError,
+    InvalidKeyError,
+    StoreConfigError,
+    TransientBackendError,
+)
 from optuna_cas.middleware.backoff import RetryingBackend
 from optuna_cas.middleware.retry import Retrier, RetryPolicy
 from optuna_cas.testing.backend import BackendConformance
@@ -434,6 +439,22 @@ def test_sdk_retries_off_sends_each_request_once(
         with pytest.raises(TransientBackendError, match="503"):
             backend.exists("k")
         assert server.requests == attempts
+
+
+def test_a_missing_bucket_names_the_endpoint_that_answered(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    # The bucket is there, but the endpoint URL ends with it: the service was asked for
+    # "/<bucket>/<bucket>" and said "no such bucket", a message that named no endpoint.
+    wrong = f"{s3_server.endpoint_url}/{s3_bucket}"
+    backend = S3Backend(s3_bucket, client=make_s3_client(wrong, retries=False))
+    with pytest.raises(BackendError, match=f"bucket '{s3_bucket}' does not exist") as caught:
+        list(backend.list("refs/"))
+    assert f"at endpoint {wrong}: an endpoint URL names the service alone" in str(caught.value)
+    nowhere = S3Backend("no-such-bucket", client=make_s3_client(s3_server.endpoint_url))
+    with pytest.raises(BackendError, match="does not exist") as caught:
+        nowhere.exists("refs/a")
+    assert f"at endpoint {s3_server.endpoint_url}: check the bucket's name" in str(caught.value)
 
 
 def test_missing_boto3_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:

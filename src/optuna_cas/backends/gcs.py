@@ -317,6 +317,10 @@ class GCSBackend(RemoteBackend):
     def _classify(self, error: BaseException) -> tuple[Fault, str] | None:
         return classify_gcs_error(error)
 
+    def _endpoint(self) -> str | None:
+        endpoint = getattr(self.client, "api_endpoint", None)  # a stand-in client may lack it
+        return endpoint if isinstance(endpoint, str) else None
+
     # ---- gc's delete ---------------------------------------------------------------------------
 
     def remove_if_unchanged(self, key: str, seen: ObjectInfo) -> bool:

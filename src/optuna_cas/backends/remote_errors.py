@@ -80,6 +80,10 @@ class ErrorTranslation(abc.ABC):
     def _classify(self, error: BaseException) -> tuple[Fault, str] | None:
         """The adapter's error table: what an SDK error means, and a short detail."""
 
+    def _endpoint(self) -> str | None:
+        """The address of the service the requests go to, for messages (None: unknown)."""
+        return None
+
     @contextlib.contextmanager
     def _translating(self, key: str | None) -> Iterator[None]:
         """Re-raise SDK errors from the block as ours (``raise ... from``); others pass."""
@@ -101,7 +105,10 @@ class ErrorTranslation(abc.ABC):
             error = ArtifactNotFound(f"no object {key!r} in {store}")
         elif fault in (Fault.MISSING, Fault.NO_BUCKET):
             # A 404 on a bucket-level request (a listing) can only mean the bucket.
-            error = BackendError(f"{store}: bucket {self._bucket_name!r} does not exist")
+            error = BackendError(
+                f"{store}: bucket {self._bucket_name!r} does not exist"
+                + _no_bucket_hint(self._endpoint())
+            )
         elif fault is Fault.EXISTS:
             error = AlreadyPresentError(f"{store}: {key!r} already exists")
         elif fault is Fault.GONE:
@@ -142,3 +149,34 @@ class ErrorTranslation(abc.ABC):
             exists = True
         self._bucket_seen = exists
         return exists
+
+
+def _no_bucket_hint(endpoint: str | None) -> str:
+    """Where a bucket was looked for, and what to check: its name, or the endpoint.
+
+    A wrong endpoint (another service, or a URL that ends with the bucket) answers "no such
+    bucket" too; a message without the address did not show that (found by a probe).
+
+    Example:
+        >>> _no_bucket_hint("http://127.0.0.1:9000/b")
+        " at endpoint http://127.0.0.1:9000/b: an endpoint URL names the service alone, without a path ('/b' here); the bucket goes in the store URL"
+        >>> _no_bucket_hint(None)
+        ''
+    """
+    from urllib.parse import urlsplit
+
+    if not endpoint:
+        return ""
+    try:
+        path = urlsplit(endpoint).path.rstrip("/")
+    except ValueError:  # not a URL we can split: named as it is
+        path = ""
+    if path:
+        return (
+            f" at endpoint {endpoint}: an endpoint URL names the service alone, without a path "
+            f"({path!r} here); the bucket goes in the store URL"
+        )
+    return (
+        f" at endpoint {endpoint}: check the bucket's name, and that the endpoint is the "
+        "service that holds it"
+    )

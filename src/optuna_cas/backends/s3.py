@@ -370,6 +370,9 @@ class S3Backend(RemoteBackend):
     def _classify(self, error: BaseException) -> tuple[Fault, str] | None:
         return classify_s3_error(error)
 
+    def _endpoint(self) -> str | None:
+        return str(self.client.meta.endpoint_url)
+
 
 class _MultipartUpload:
     """One S3 multipart upload: parts in any order and at once, then one completing request."""
