@@ -426,6 +426,31 @@ def test_a_timeout_bounds_a_silent_server_and_sdk_retries_off_tries_once() -> No
         assert server.connections == 1
 
 
+def test_a_body_that_stalls_is_reported_with_the_endpoint() -> None:
+    import boto3
+    from botocore.config import Config
+
+    # botocore's own message for a stalled body was 'Read timeout on endpoint URL: "None"',
+    # the text of every retry warning of a stalled download.
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: binary/octet-stream\r\n\r\n"
+    with SilentServer(start=head + b"0123456789") as server:
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=server.endpoint_url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+            config=Config(retries={"total_max_attempts": 1}, read_timeout=0.3),
+        )
+        reader = S3Backend("b", client=client).open_reader("k")
+        with pytest.raises(TransientBackendError) as caught:
+            reader.read()
+    message = str(caught.value)
+    assert "None" not in message
+    assert f"no answer within the read timeout from {server.endpoint_url}" in message
+    assert "'k'" in message
+
+
 @pytest.mark.usefixtures("aws_env")
 @pytest.mark.parametrize(("sdk_retries", "attempts"), [(False, 1), (True, 2)])
 def test_sdk_retries_off_sends_each_request_once(

@@ -152,8 +152,14 @@ def classify_s3_error(error: BaseException) -> tuple[Fault, str] | None:
         >>> classify_s3_error(ValueError("not an SDK error")) is None
         True
     """
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import ClientError, ReadTimeoutError
 
+    if isinstance(error, ReadTimeoutError):
+        # botocore's own text names the request's URL, or says "None" when a response body
+        # stalled (the retry warning then read 'Read timeout on endpoint URL: "None"').
+        url = error.kwargs.get("endpoint_url")
+        source = f" from {url}" if url else ""
+        return Fault.TRANSIENT, f"connection problem: no answer within the read timeout{source}"
     if isinstance(error, ClientError):
         code, status = _error_code(error)
         message = error.response.get("Error", {}).get("Message") or str(error)
@@ -368,7 +374,14 @@ class S3Backend(RemoteBackend):
         return True
 
     def _classify(self, error: BaseException) -> tuple[Fault, str] | None:
-        return classify_s3_error(error)
+        from botocore.exceptions import ReadTimeoutError
+
+        verdict = classify_s3_error(error)
+        # A stalled body: botocore lost the URL, but the client knows where it was talking to.
+        lost = isinstance(error, ReadTimeoutError) and not error.kwargs.get("endpoint_url")
+        if verdict is not None and lost:
+            return verdict[0], f"{verdict[1]} from {self._endpoint()}"
+        return verdict
 
     def _endpoint(self) -> str | None:
         return str(self.client.meta.endpoint_url)
