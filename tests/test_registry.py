@@ -2,19 +2,25 @@
 
 Every case talks to the moto server, so "works" means the bytes really went to that endpoint.
 The wrong endpoints are closed ports on 127.0.0.1: a request there fails at once.
+
+Also open_store's request options (``sdk_retries``, ``timeout``), against servers that only
+say 503 or never answer (tests/support/unanswering.py).
 """
 
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from optuna_cas import open_store
+from optuna_cas.exceptions import StoreConfigError, TransientBackendError
 from optuna_cas.registry import ENDPOINT_ENV
 from tests.support.s3 import S3Server
+from tests.support.unanswering import Answering503, SilentServer
 
 # Nothing listens on port 1; botocore's retries of a refused connection take a few seconds.
 NOWHERE = "http://127.0.0.1:1"
@@ -107,5 +113,44 @@ def test_variable_ignored_by_gs_urls(
 ) -> None:
     aws_env.setenv(ENDPOINT_ENV, NOWHERE)
     store = open_store(f"gs://{gcs_bucket.name}/p", client=gcs_client)
+    store.write("x", io.BytesIO(b"1"))
+    assert store.get_ref("x").size == 1
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_sdk_retries_off_sends_each_request_once(aws_env: pytest.MonkeyPatch, scheme: str) -> None:
+    # The SDKs' own retries kept a refused GCS request going ~2 minutes; what the CLI opens
+    # must try once and leave retrying to Backoff.
+    service = "s3" if scheme == "s3" else "gcs"
+    with Answering503(service) as server:
+        aws_env.setenv("STORAGE_EMULATOR_HOST", server.endpoint_url)
+        endpoint = {"endpoint_url": server.endpoint_url} if scheme == "s3" else {}
+        store = open_store(f"{scheme}://b/p", sdk_retries=False, timeout=5, **endpoint)
+        with pytest.raises(TransientBackendError):
+            store.get_ref("x")
+        assert server.requests == 1
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_a_timeout_bounds_a_silent_server(aws_env: pytest.MonkeyPatch, scheme: str) -> None:
+    with SilentServer() as server:
+        aws_env.setenv("STORAGE_EMULATOR_HOST", server.endpoint_url)
+        endpoint = {"endpoint_url": server.endpoint_url} if scheme == "s3" else {}
+        store = open_store(f"{scheme}://b/p", sdk_retries=False, timeout=0.3, **endpoint)
+        started = time.monotonic()
+        with pytest.raises(TransientBackendError):
+            store.get_ref("x")
+        assert time.monotonic() - started < 3
+        assert server.connections == 1
+
+
+def test_request_options_are_refused_with_an_s3_client_and_ignored_by_local_stores(
+    aws_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from optuna_cas.testing.servers import make_s3_client
+
+    with pytest.raises(StoreConfigError, match=r"configured with botocore\.config\.Config"):
+        open_store("s3://b/p", client=make_s3_client(NOWHERE), sdk_retries=False)
+    store = open_store(tmp_path / "local", sdk_retries=False, timeout=1)
     store.write("x", io.BytesIO(b"1"))
     assert store.get_ref("x").size == 1

@@ -64,13 +64,27 @@ def _s3(bucket: str, prefix: str, options: dict[str, Any]) -> ContentAddressedAr
         options.pop("client", None),
         prefix=prefix,
         endpoint_url=options.pop("endpoint_url", None),
+        **_request_options(options),
     )
 
 
 def _gs(bucket: str, prefix: str, options: dict[str, Any]) -> ContentAddressedArtifactStore:
     from optuna_cas.stores.gcs import GCSArtifactStore
 
-    return GCSArtifactStore(bucket, options.pop("client", None), prefix=prefix)
+    return GCSArtifactStore(
+        bucket, options.pop("client", None), prefix=prefix, **_request_options(options)
+    )
+
+
+def _request_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The retry and timeout keywords given to open_store; those not given keep the SDK's."""
+    chosen: dict[str, Any] = {}
+    if not options.pop("sdk_retries", True):
+        chosen["sdk_retries"] = False
+    timeout = options.pop("timeout", None)
+    if timeout is not None:
+        chosen["timeout"] = timeout
+    return chosen
 
 
 _SCHEMES: dict[str, _Scheme] = {
@@ -199,6 +213,8 @@ def open_store(
     client: Any = None,
     fsync: bool = False,
     create: bool = True,
+    sdk_retries: bool = True,
+    timeout: float | tuple[float, float] | None = None,
 ) -> ContentAddressedArtifactStore:
     """Build a store from a URL.
 
@@ -215,6 +231,14 @@ def open_store(
         create: For local stores, create the directory if it does not exist. With
             ``False`` a missing directory is an error (for readers: a mistyped path must not
             become a new, empty store). Remote buckets are never created.
+        sdk_retries: For ``s3://`` and ``gs://``, keep the SDK's own retries (the default,
+            as Optuna's stores have them). ``False`` sends each request once, so that
+            :class:`~optuna_cas.Backoff` alone decides how often to try. With ``client`` on
+            ``s3://``, configure the client instead (botocore's ``Config``).
+        timeout: For ``s3://`` and ``gs://``, seconds to connect and to wait on each socket
+            read of a request: a number, or ``(connect, read)``. ``None`` keeps the SDK's (60 s
+            each). A read timeout bounds a silence, not a transfer. Local stores make no
+            requests: both are ignored there, like ``fsync`` on a bucket.
 
     Returns:
         A :class:`~optuna_cas.stores.base.ContentAddressedArtifactStore`; wrap it in
@@ -238,6 +262,15 @@ def open_store(
         Traceback (most recent call last):
         ...
         optuna_cas.exceptions.StoreConfigError: no store at '/no/such/dir' (nothing was created)
+
+        Each request to a bucket tried once and bounded, for ``Backoff`` to retry (what the
+        command line does):
+
+        .. code-block:: python
+
+            from optuna_cas import Backoff
+
+            store = Backoff(open_store("s3://my-bucket/runs", sdk_retries=False, timeout=(10, 30)))
     """
     text = os.fspath(url)
     scheme = check_store_url(text)
@@ -253,6 +286,8 @@ def open_store(
     options: dict[str, Any] = {}
     if scheme in ("s3", "gs", "gcs"):
         options["client"] = client
+        options["sdk_retries"] = sdk_retries
+        options["timeout"] = timeout
         if scheme == "s3" and endpoint_url is None and client is None:
             # The variable names a service for s3:// URLs only; empty means unset.
             endpoint_url = os.environ.get(ENDPOINT_ENV) or None
