@@ -114,6 +114,7 @@ class Answering503:
                 self.rfile.read(length)
                 with owner._lock:
                     owner.requests += 1
+                    owner.paths.append(f"{self.command} {self.path}")
                 self.send_response(503)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
@@ -130,6 +131,7 @@ class Answering503:
         self._server.daemon_threads = True
         self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.requests = 0
+        self.paths: list[str] = []  # "GET /path?query", in the order they came
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

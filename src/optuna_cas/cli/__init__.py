@@ -25,8 +25,10 @@ from optuna_cas._terminal import escape_for_terminal as esc
 from optuna_cas.cli import _process
 from optuna_cas.cli._common import (
     CACHE_DIR_ENV,
+    DEFAULT_RETRIES,
     ENDPOINT_ENV,
     GLOBAL_OPTIONS_NOTE,
+    REQUEST_TIMEOUT,
     STORE_ENV,
     CommandError,
     UsageError,
@@ -260,9 +262,12 @@ def _common_options(*, after_command: bool) -> argparse.ArgumentParser:
         common.add_argument(
             "--retries",
             type=_retries,
-            default=5,
+            default=DEFAULT_RETRIES,
             metavar="N",
-            help="attempts per request, 1 to 100 (default 5; 1 = no retry)",
+            help=f"attempts per request, 1 to 100 (default {DEFAULT_RETRIES}: the waits between "
+            "them add up to 25-51 s, which rides out a restart of the service; 1 = one attempt, "
+            f"no retry). An attempt on s3:// or gs:// gives up after {REQUEST_TIMEOUT[0]:g} s "
+            f"without a connection or {REQUEST_TIMEOUT[1]:g} s without a byte",
         ),
         common.add_argument(
             "--cache-dir",

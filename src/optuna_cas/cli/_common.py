@@ -24,6 +24,17 @@ ENDPOINT_ENV = "OPTUNA_CAS_ENDPOINT_URL"
 # The same as optuna_cas.middleware.cache_config.CACHE_DIR_ENV, which --help must not import.
 CACHE_DIR_ENV = "OPTUNA_CAS_CACHE_DIR"
 T = TypeVar("T")
+# --retries' default: Optuna's Backoff default. Backoff's waits between its 10 attempts add up
+# to 25-51 s (0.1 s doubling, jittered), so a service that restarts in that time is ridden
+# out; 5 attempts waited 0.8-1.5 s, and a 3 s restart failed a put, a get and a gc midway.
+DEFAULT_RETRIES = 10
+# Seconds each request to a bucket may take to connect, and to wait on each socket read. A
+# read timeout bounds a silence, not a transfer (a large download keeps reading). The SDKs'
+# own (60 s per read, behind 3 hidden attempts on S3 and a 120 s retry deadline on GCS) made
+# one attempt at a server that accepts and never answers take 2-3 minutes without a word; 30
+# s of silence is far beyond a healthy service's first byte, and each attempt now ends in a
+# retry warning line.
+REQUEST_TIMEOUT = (10.0, 30.0)
 GLOBAL_OPTIONS_NOTE = (
     "global options (--store, --json, -q, --retries, ...) may also follow the command;\n"
     "see 'optuna-cas --help'"
@@ -170,7 +181,12 @@ def _open(
     if scheme == "s3" and endpoint:
         _check_endpoint(args, endpoint)
     store: ContentAddressedArtifactStore = open_store(
-        url, endpoint_url=endpoint if scheme == "s3" else None, create=create
+        url,
+        endpoint_url=endpoint if scheme == "s3" else None,
+        create=create,
+        # --retries is the number of attempts: none hidden inside the SDK, each one bounded.
+        sdk_retries=False,
+        timeout=REQUEST_TIMEOUT,
     )
     if args.retries > 1:
         store = Backoff(store, max_retries=args.retries)
