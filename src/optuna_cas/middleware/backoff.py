@@ -259,6 +259,11 @@ class Backoff(ContentAddressedArtifactStore):
     Over an optuna-cas store each *request* is retried and downloads resume mid-stream; over
     any other store (Optuna's own included) each method call is retried.
 
+    The store's SDK retries inside each attempt unless told not to (botocore up to 3 times,
+    google-cloud-storage for up to 120 s). For ``max_retries`` to be every attempt made, and
+    each bounded in time, build the store with ``sdk_retries=False`` and a ``timeout``
+    (docs/concepts.md, Retries).
+
     Args:
         backend: The store to wrap (Optuna's parameter name).
         max_retries: Total attempts, the first included.
