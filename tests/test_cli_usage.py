@@ -408,6 +408,17 @@ def test_gcs_without_credentials_says_how_to_give_them(tmp_path: Path) -> None:
     assert "pass client=..." not in result.stderr
 
 
+def test_an_emulator_host_without_a_scheme_names_the_variable_and_the_fix(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:57517")
+    assert main(["--store", "gs://b/x", "--retries", "1", "ls"]) == 1
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert "STORAGE_EMULATOR_HOST '127.0.0.1:57517' is not an http" in error
+    assert "e.g. http://127.0.0.1:57517" in error
+    assert "InvalidSchema" not in error
+
+
 def test_summaries_say_what_they_count(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], make_file: Callable[..., Path]
 ) -> None:

@@ -250,6 +250,16 @@ def test_constructor_validates(gcs_client: Any) -> None:
         GCSBackend("gs://bucket", client=gcs_client)
 
 
+@pytest.mark.parametrize("value", ["127.0.0.1:57517", "localhost:4443", "ftp://host:1"])
+def test_an_emulator_host_the_client_cannot_use_is_named(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # Without a scheme every request failed with requests' InvalidSchema, naming no variable.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", value)
+    with pytest.raises(StoreConfigError, match=f"STORAGE_EMULATOR_HOST '{value}' is not an http"):
+        GCSBackend("b")
+
+
 def test_a_missing_bucket_names_the_endpoint_that_answered(
     gcs_server: GCSServer, gcs_client: Any
 ) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import http.client
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from optuna_cas.exceptions import (
 
 __all__ = ["GCSBackend", "classify_gcs_error"]
 
+# The variable google-cloud-storage reads an emulator's URL from.
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 # Resumable upload chunks must be multiples of this (a GCS protocol rule).
 _CHUNK_MULTIPLE = 256 * 1024
 # The SDK sends known-size bodies up to this in one request (above it, it would switch to a
@@ -438,6 +441,7 @@ def _default_client() -> Any:
         raise StoreConfigError(
             "GCSBackend needs google-cloud-storage: pip install 'optuna-cas[gcs]'"
         ) from e
+    _check_emulator_host()
     try:
         return storage.Client()
     except (auth.DefaultCredentialsError, OSError) as e:
@@ -447,6 +451,31 @@ def _default_client() -> Any:
             "or set STORAGE_EMULATOR_HOST for an emulator; from Python, client= also takes a "
             "ready client"
         ) from e
+
+
+def _check_emulator_host() -> None:
+    """Refuse a ``STORAGE_EMULATOR_HOST`` the client cannot use, naming the variable.
+
+    Despite its name the client takes it as a URL: ``127.0.0.1:4443`` without ``http://``
+    failed every request with requests' ``InvalidSchema: No connection adapters were found``,
+    which names neither the variable nor the fix (found by a probe).
+    """
+    from urllib.parse import urlsplit
+
+    value = os.environ.get(EMULATOR_ENV)
+    if not value:
+        return  # unset or empty: the client ignores it too
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # an invalid port or IPv6 address
+        ok = False
+    if not ok:
+        example = f"http://{value}" if "://" not in value else "http://127.0.0.1:4443"
+        raise StoreConfigError(
+            f"{EMULATOR_ENV} {value!r} is not an http:// or https:// URL with a host (the GCS "
+            f"client needs the scheme too): set it to e.g. {example}"
+        )
 
 
 class _Overflow(Exception):
