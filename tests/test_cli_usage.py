@@ -408,6 +408,21 @@ def test_gcs_without_credentials_says_how_to_give_them(tmp_path: Path) -> None:
     assert "pass client=..." not in result.stderr
 
 
+def test_s3_without_credentials_says_how_to_give_them(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata probe
+    argv = ["--store", "s3://b/x", "--endpoint-url", "http://127.0.0.1:9", "--retries", "1"]
+    assert main([*argv, "ls"]) == 1
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert "no usable AWS credentials" in error
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in error and "AWS_PROFILE" in error
+
+
 def test_an_emulator_host_without_a_scheme_names_the_variable_and_the_fix(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

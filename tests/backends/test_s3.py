@@ -482,6 +482,20 @@ def test_a_missing_bucket_names_the_endpoint_that_answered(
     assert f"at endpoint {s3_server.endpoint_url}: check the bucket's name" in str(caught.value)
 
 
+def test_no_credentials_says_what_to_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # botocore's "Unable to locate credentials" named nothing to set.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata probe
+    backend = S3Backend("b", endpoint_url="http://127.0.0.1:1", sdk_retries=False)
+    with pytest.raises(BackendError, match="no usable AWS credentials") as caught:
+        backend.exists("k")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        assert name in str(caught.value)
+
+
 def test_missing_boto3_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "boto3", None)  # makes "import boto3" raise ImportError
     with pytest.raises(StoreConfigError, match=r"pip install 'optuna-cas\[s3\]'"):

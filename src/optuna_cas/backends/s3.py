@@ -44,6 +44,14 @@ _SEALED_REQUEST_LIMIT = 64 * MiB
 _RANGE_ANSWER = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _OUR_GET = threading.local()
 
+# What to do when botocore finds no credentials: its own "Unable to locate credentials" named
+# nothing to set (the GCS backend's message names its variables).
+_CREDENTIALS_HINT = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary "
+    "keys), or AWS_PROFILE to a profile in ~/.aws/credentials or ~/.aws/config; from Python, "
+    "client= also takes a ready client"
+)
+
 # ---- the error table ----------------------------------------------------------------------------
 # The one list of what S3's error codes mean. Transient: codes AWS documents as retryable,
 # botocore's throttling codes, integrity failures of a request body in transit, and the 409 S3
@@ -119,8 +127,6 @@ def _exception_table() -> tuple[tuple[type[BaseException], Fault, str], ...]:
         (bc.ConnectionError, Fault.TRANSIENT, "connection problem"),
         (bc.HTTPClientError, Fault.TRANSIENT, "connection problem"),
         (HTTPError, Fault.TRANSIENT, "connection problem"),
-        (bc.NoCredentialsError, Fault.PERMANENT, "no usable AWS credentials"),
-        (bc.PartialCredentialsError, Fault.PERMANENT, "no usable AWS credentials"),
         (bc.BotoCoreError, Fault.PERMANENT, "botocore error"),
         # The socket's own errors, raised by urllib3 unwrapped.
         (ConnectionError, Fault.TRANSIENT, "connection problem"),
@@ -152,7 +158,15 @@ def classify_s3_error(error: BaseException) -> tuple[Fault, str] | None:
         >>> classify_s3_error(ValueError("not an SDK error")) is None
         True
     """
-    from botocore.exceptions import ClientError, ReadTimeoutError
+    from botocore.exceptions import (
+        ClientError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(error, NoCredentialsError | PartialCredentialsError):
+        return Fault.PERMANENT, f"no usable AWS credentials: {error}; {_CREDENTIALS_HINT}"
 
     if isinstance(error, ReadTimeoutError):
         # botocore's own text names the request's URL, or says "None" when a response body
