@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -187,8 +188,34 @@ def test_gc_retries_its_conditional_delete(remote: tuple[FaultProxy, Any], mode:
     proxy.fail_next(mode, methods={"DELETE"})
     report = gc(store, grace_period=0, allow_short_grace=True)
     assert list(inner.content.iter_blobs()) == []
-    if mode == "reset":  # the DELETE never arrived; after a lost answer the retry finds the
-        assert report.deleted_count == 1  # blob gone, which counts as not deleted on GCS
+    # After a lost answer the retry finds the blob gone: deleted by the first attempt.
+    assert report.deleted_count == 1
+
+
+def test_a_gc_delete_retried_after_an_upload_reused_the_blob_leaves_it(
+    s3_through_proxy: tuple[FaultProxy, Any],
+) -> None:
+    """S3 deletes unconditionally, so gc looks at a blob just before deleting it. Backoff
+    resent the DELETE after its sleep without a new look; an upload that re-used (touched)
+    the blob during the sleep was acknowledged, then lost its blob (found by a probe)."""
+    proxy, inner = s3_through_proxy
+    inner.content.freshen_after = 1.0  # a re-use touches the blob
+    data = random.Random(5).randbytes(200_000)
+    inner.write("old", io.BytesIO(data))
+    inner.remove("old")
+    time.sleep(2.1)  # S3 times are whole seconds: the touch must land in a later one
+
+    def upload_meanwhile(seconds: float) -> None:
+        if not inner.content.has_ref("new"):
+            inner.write("new", io.BytesIO(data))  # a dedup hit: touch, ref, check
+        time.sleep(seconds)
+
+    store = Backoff(inner, min_delay=0.01, sleep=upload_meanwhile)
+    proxy.fail_next("503", methods={"DELETE"}, matching=lambda _m, path: "/blobs/" in path)
+    report = gc(store, grace_period=1.5, allow_short_grace=True)
+    assert inner.content.has_ref("new") and report.deleted_count == 0
+    with inner.open_reader("new") as reader:
+        assert reader.read() == data
 
 
 def test_chunked_versions_survive_30_percent_faults_through_gc_sync_verify_and_reads(

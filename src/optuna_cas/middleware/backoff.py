@@ -214,14 +214,27 @@ class RetryingBackend:
 
         Without it here, gc found the wrapped backend's own conditional delete and sent it
         unretried: one lost connection stopped gc on GCS under ``Backoff`` (found by a test
-        of chunked files under faults). An attempt whose answer was lost leaves the object
-        gone: the retry then reports it not deleted by this call, and gc counts it as kept.
+        of chunked files under faults). Each retry looks at the object again first, as gc's
+        last look did: where the delete is unconditional (S3) a retry sent after the backoff
+        sleep deleted a blob an upload had re-used and touched meanwhile, losing that upload
+        (found by a probe). Gone at that look, it is taken as deleted by the attempt whose
+        answer was lost.
         """
-        return self._retrier.call(
-            f"remove {self._where(key)}",
-            lambda: remove_if_unchanged(self._backend, seen),
-            missing_after_retry=lambda: False,
-        )
+        attempts = 0
+
+        def attempt() -> bool:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                try:
+                    now = self._backend.stat(key)
+                except ArtifactNotFound:
+                    return True
+                if (now.size, now.modified) != (seen.size, seen.modified):
+                    return False  # re-used since gc's look: it stays
+            return remove_if_unchanged(self._backend, seen)
+
+        return self._retrier.call(f"remove {self._where(key)}", attempt)
 
     def exists(self, key: str) -> bool:
         """Existence check with retries."""
