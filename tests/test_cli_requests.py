@@ -73,8 +73,8 @@ def test_a_server_that_never_answers_fails_each_attempt_in_bounded_time(
     caplog: pytest.LogCaptureFixture,
     scheme: str,
 ) -> None:
-    # The CLI's timeouts, shortened; at their real values (10 s, 30 s) an attempt at a server
-    # that accepts and never answers ends in 30 s, where it took 3 minutes (S3) or 2 (GCS).
+    # The CLI's timeouts, shortened; at their real values (10 s, 60 s) an attempt at a server
+    # that accepts and never answers ends in 60 s, where it took 3 minutes (S3) or 2 (GCS).
     monkeypatch.setattr("optuna_cas.cli._common.REQUEST_TIMEOUT", (0.5, 0.3))
     with SilentServer() as server:
         for name, value in _environment(server.endpoint_url, tmp_path).items():

@@ -237,7 +237,8 @@ def open_store(
             ``s3://``, configure the client instead (botocore's ``Config``).
         timeout: For ``s3://`` and ``gs://``, seconds to connect and to wait on each socket
             read of a request: a number, or ``(connect, read)``. ``None`` keeps the SDK's (60 s
-            each). A read timeout bounds a silence, not a transfer. Local stores make no
+            each). The read timeout also bounds sending one request body (an upload part), not
+            only a silence. Local stores make no
             requests: both are ignored there, like ``fsync`` on a bucket.
 
     Returns:

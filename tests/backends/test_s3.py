@@ -447,7 +447,7 @@ def test_a_body_that_stalls_is_reported_with_the_endpoint() -> None:
             reader.read()
     message = str(caught.value)
     assert "None" not in message
-    assert f"no answer within the read timeout from {server.endpoint_url}" in message
+    assert "stalled past the read timeout" in message and server.endpoint_url in message
     assert "'k'" in message
 
 

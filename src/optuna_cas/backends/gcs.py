@@ -155,7 +155,8 @@ class GCSBackend(RemoteBackend):
             everywhere, so every fault surfaces at once (under :class:`~optuna_cas.Backoff`,
             or in fault tests).
         timeout: Seconds the SDK waits to connect and then on each socket read of a request
-            (a read timeout bounds a silence, not a transfer): a number for both, or
+            (the read timeout also bounds sending one request body, a chunk, not only a
+            silence): a number for both, or
             ``(connect, read)`` as ``requests`` takes it.
 
     Raises:

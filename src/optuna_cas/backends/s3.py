@@ -173,7 +173,11 @@ def classify_s3_error(error: BaseException) -> tuple[Fault, str] | None:
         # stalled (the retry warning then read 'Read timeout on endpoint URL: "None"').
         url = error.kwargs.get("endpoint_url")
         source = f" from {url}" if url else ""
-        return Fault.TRANSIENT, f"connection problem: no answer within the read timeout{source}"
+        # (A request body not sent within the timeout, on a slow uplink, ends the same way.)
+        return Fault.TRANSIENT, (
+            f"connection problem: stalled past the read timeout{source} (no answer, or a "
+            "request body not sent in time)"
+        )
     if isinstance(error, ClientError):
         code, status = _error_code(error)
         message = error.response.get("Error", {}).get("Message") or str(error)
@@ -207,8 +211,9 @@ class S3Backend(RemoteBackend):
             ``False`` makes every request one attempt (``total_max_attempts: 1``), so that
             :class:`~optuna_cas.Backoff` alone decides how often to try. Not with ``client``.
         timeout: Seconds the client waits to connect and then on each socket read: a number
-            for both, or ``(connect, read)``. ``None`` keeps botocore's (60 s each). A read
-            timeout bounds a silence, not a transfer. Not with ``client``.
+            for both, or ``(connect, read)``. ``None`` keeps botocore's (60 s each). The read
+            timeout also bounds sending one request body (a part, in one write), not only a
+            silence. Not with ``client``.
 
     Raises:
         StoreConfigError: boto3 is not installed, an argument is out of range, or

@@ -267,7 +267,7 @@ def _common_options(*, after_command: bool) -> argparse.ArgumentParser:
             help=f"attempts per request, 1 to 100 (default {DEFAULT_RETRIES}: the waits between "
             "them add up to 25-51 s, which rides out a restart of the service; 1 = one attempt, "
             f"no retry). An attempt on s3:// or gs:// gives up after {REQUEST_TIMEOUT[0]:g} s "
-            f"without a connection or {REQUEST_TIMEOUT[1]:g} s without a byte",
+            f"without a connection or {REQUEST_TIMEOUT[1]:g} s stuck on one read or write",
         ),
         common.add_argument(
             "--cache-dir",

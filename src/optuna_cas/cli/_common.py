@@ -28,13 +28,13 @@ T = TypeVar("T")
 # to 25-51 s (0.1 s doubling, jittered), so a service that restarts in that time is ridden
 # out; 5 attempts waited 0.8-1.5 s, and a 3 s restart failed a put, a get and a gc midway.
 DEFAULT_RETRIES = 10
-# Seconds each request to a bucket may take to connect, and to wait on each socket read. A
-# read timeout bounds a silence, not a transfer (a large download keeps reading). The SDKs'
-# own (60 s per read, behind 3 hidden attempts on S3 and a 120 s retry deadline on GCS) made
-# one attempt at a server that accepts and never answers take 2-3 minutes without a word; 30
-# s of silence is far beyond a healthy service's first byte, and each attempt now ends in a
-# retry warning line.
-REQUEST_TIMEOUT = (10.0, 30.0)
+# Seconds each request to a bucket may take to connect, and to wait on each socket read or
+# write. Behind the SDKs' own retries (3 hidden attempts on S3, a 120 s retry deadline on GCS)
+# one attempt at a server that accepts and never answers took 2-3 minutes without a word; now
+# each attempt ends in a retry warning line. The read timeout stays the SDKs' 60 s: it also
+# bounds the sending of one request body (an upload part of up to 8 MiB goes in one write),
+# and 30 s failed every attempt of an upload over an uplink below ~280 kB/s (found in review).
+REQUEST_TIMEOUT = (10.0, 60.0)
 GLOBAL_OPTIONS_NOTE = (
     "global options (--store, --json, -q, --retries, ...) may also follow the command;\n"
     "see 'optuna-cas --help'"
