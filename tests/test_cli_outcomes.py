@@ -218,3 +218,25 @@ def test_a_put_stopped_by_a_signal_lists_the_files_it_stored(
     [row] = document["artifacts"]
     assert row["filename"] == "config.json"
     assert f"stored before the error: config.json as {row['artifact_id']}" in err
+
+
+def test_sigterm_during_cleanup_is_ignored_and_a_forked_child_dies_of_it() -> None:
+    """Review: a second SIGTERM cut the first one's cleanup short, and a child forked while a
+    command ran inherited the handler (it raised Terminated instead of dying, which breaks
+    multiprocessing's terminate())."""
+    from optuna_cas.cli._process import Terminated, sigterm_interrupts
+
+    with sigterm_interrupts():
+        pid = os.fork()
+        if pid == 0:  # the child: SIGTERM must kill it at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(3)  # reached only if the signal did not kill
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except Terminated:
+            os.kill(os.getpid(), signal.SIGTERM)  # during the cleanup: ignored
+        else:
+            raise AssertionError("SIGTERM did not raise Terminated")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -155,3 +155,15 @@ def test_a_pack_an_older_release_quarantined_is_named_and_can_be_moved_back(
     gc(store, grace_period=0, allow_short_grace=True)
     assert _read(store, "b") == FILES["b"]
     assert verify(store).missing_packs == []
+
+
+def test_a_version_this_format_never_had_is_damage_not_a_newer_release(
+    store: ContentAddressedArtifactStore,
+) -> None:
+    """A flipped bit can turn "1" into "0": no release wrote version 0, so it is corrupt and
+    quarantined, not left in place with advice to upgrade (found in review)."""
+    key = _manifest_of(store, "b")
+    _set_version(store, key, b"0")
+    report = verify(store, quarantine=True)
+    assert report.newer_format == [] and report.corrupt == [key]
+    assert report.quarantined == [key]

@@ -304,12 +304,13 @@ def parse_table(data: bytes, name: str, magic: bytes) -> ChunkTable:
         return IntegrityError(f"{name} is malformed: {reason}")
 
     version = data[7:8]
-    if data[:7] == magic[:7] and version != magic[7:8] and version.isdigit():
-        # Before any other check: a later format may also be larger.
+    if data[:7] == magic[:7] and version.isdigit() and version > magic[7:8]:
+        # Only a later version: "0" was never written, so it is damage (a flipped bit), which
+        # verify --quarantine moves aside; a newer release's record it must leave alone.
         raise NewerFormatError(
             f"{name} is in format version {version.decode()}, which this release does not "
             f"read ({magic[7:8].decode()}): a newer optuna-cas wrote it (upgrade optuna-cas), "
-            "or its header is damaged"
+            "or its header is damaged (uploading the file again rewrites it)"
         )
     if len(data) > MAX_TABLE_BYTES:
         raise bad(f"{len(data)} bytes, more than {MAX_TABLE_BYTES}")

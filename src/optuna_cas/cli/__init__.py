@@ -549,7 +549,11 @@ def _drop_what_stdout_could_not_take() -> None:
 
 def _stdout_to_devnull() -> None:
     """Point stdout at /dev/null, so that the flush at interpreter exit cannot fail again."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _describe(error: Exception) -> str:

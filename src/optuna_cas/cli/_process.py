@@ -218,6 +218,10 @@ def sigterm_interrupts() -> Iterator[None]:
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
+    global _fork_hook_registered
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_default_sigterm_in_child)
+        _fork_hook_registered = True
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
@@ -225,5 +229,19 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+_fork_hook_registered = False
+
+
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    # Once: a second SIGTERM while the cleanup of the first runs would cut that cleanup short
+    # (a temp file left behind). The handler is put back to the default when the command ends.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated("terminated (SIGTERM)")
+
+
+def _default_sigterm_in_child() -> None:
+    # A process forked while a command runs (by another thread of an application calling
+    # main()) must die of SIGTERM as usual: multiprocessing's terminate() relies on it, and
+    # the child runs none of the command's cleanup (found in review).
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -83,15 +83,15 @@ class VerifyReport:
             parse (harmless: uploaders skip them; gc replaces them), and, deep, those naming a
             chunk where a pack holds other bytes (a chunked file built from them is then in
             :attr:`bad_files`). Not counted in :attr:`ok` themselves.
+        optuna_store_files: IDs of files Optuna's own store wrote (at the root, under an ID
+            with no ref): they read as artifacts, but hold no digest to check against, so
+            nothing was checked. Not counted in :attr:`ok`.
         newer_format: Keys of manifests and index objects in a format newer than this
             release reads: a newer optuna-cas wrote them (or their header is damaged). They
             are never quarantined, and while such a manifest exists no pack is quarantined
             or called an orphan (it may use any). Manifests among them count in :attr:`ok`
             (nothing vouched for their files; upgrade optuna-cas to check them), index
             objects do not (hints, as in :attr:`bad_index_objects`).
-        optuna_store_files: IDs of files Optuna's own store wrote (at the root, under an ID
-            with no ref): they read as artifacts, but hold no digest to check against, so
-            nothing was checked. Not counted in :attr:`ok`.
 
     Example:
         >>> VerifyReport(deep=True).ok
@@ -115,8 +115,8 @@ class VerifyReport:
     missing_packs: list[MissingPack] = field(default_factory=list)
     bad_files: list[str] = field(default_factory=list)
     bad_index_objects: list[str] = field(default_factory=list)
-    newer_format: list[str] = field(default_factory=list)
     optuna_store_files: list[str] = field(default_factory=list)
+    newer_format: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
