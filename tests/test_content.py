@@ -11,6 +11,7 @@ import pytest
 from optuna_cas.backends.base import Backend
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.backends.memory import MemoryBackend
+from optuna_cas.chunks.layout import manifest_key
 from optuna_cas.content import ContentStore, blob_key
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, InvalidKeyError
@@ -209,7 +210,15 @@ def test_missing_blob_behind_ref_names_both(tmp_path: Path) -> None:
     store = ContentStore(LocalBackend(tmp_path / "s"))
     ref = store.put_artifact("a", io.BytesIO(SAME))
     store.remove_blob(ref.digest)
-    with pytest.raises(ArtifactNotFound, match=r"Artifact 'a': its blob blake3:"):
+    with pytest.raises(ArtifactNotFound, match=r"Artifact 'a': its content blake3:"):
+        store.open_artifact("a")
+
+
+def test_a_missing_manifest_behind_a_ref_is_not_called_a_blob(tmp_path: Path) -> None:
+    store = ContentStore(LocalBackend(tmp_path / "s"), chunk_threshold=256_000)
+    ref = store.put_artifact("a", io.BytesIO(random_bytes(1_000_000, seed=5)))
+    store.backend.remove(manifest_key(ref.digest))
+    with pytest.raises(ArtifactNotFound, match=r"a chunked file's manifest\) is missing"):
         store.open_artifact("a")
 
 

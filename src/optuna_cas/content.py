@@ -393,9 +393,11 @@ class ContentStore(BlobStore, RefStore):
                 f"{self.describe()} (run 'optuna-cas verify')",
                 error.pack,
             )
+        # Neither a blob nor a manifest is there, and either may have been: "its blob" sent
+        # users of a chunked file looking for an object that never existed (found by a probe).
         return ArtifactNotFound(
-            f"Artifact {ref.artifact_id!r}: its blob {ref.digest} is missing from "
-            f"{self.describe()} (run 'optuna-cas verify')"
+            f"Artifact {ref.artifact_id!r}: its content {ref.digest} (a blob, or a chunked "
+            f"file's manifest) is missing from {self.describe()} (run 'optuna-cas verify')"
         )
 
     def remove_artifact(self, artifact_id: str) -> None:

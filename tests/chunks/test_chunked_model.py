@@ -4,8 +4,9 @@ The model of ``tests/test_properties.py`` covers blobs; this one covers what chu
 adds: versions of a file that share most chunks (a header of changing length, a changed
 region), packs that gc deletes or repacks once enough of their chunks are dead, ``sync`` moving
 only missing chunks into a second store, and a small read-through cache whose entries are
-evicted and refilled. After every step each live artifact must read back exactly, from the
-store, the cache and a download to a file; ``verify(deep=True)`` must find nothing wrong.
+evicted and refilled. After every step each live artifact of both stores must read back
+exactly; the ``read`` rule also reads through the cache and downloads to a file, and the
+``verify_both`` rule requires ``verify(deep=True)`` to find nothing wrong.
 """
 
 from __future__ import annotations
