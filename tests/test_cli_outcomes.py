@@ -226,17 +226,43 @@ def test_sigterm_during_cleanup_is_ignored_and_a_forked_child_dies_of_it() -> No
     multiprocessing's terminate())."""
     from optuna_cas.cli._process import Terminated, sigterm_interrupts
 
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM has a handler here: the CLI leaves it alone")
     with sigterm_interrupts():
         pid = os.fork()
-        if pid == 0:  # the child: SIGTERM must kill it at once
-            os.kill(os.getpid(), signal.SIGTERM)
-            os._exit(3)  # reached only if the signal did not kill
+        if pid == 0:  # the child: SIGTERM must kill it at once, never run pytest on
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+            finally:
+                os._exit(3)  # reached only if the signal did not kill
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
         try:
             os.kill(os.getpid(), signal.SIGTERM)
         except Terminated:
-            os.kill(os.getpid(), signal.SIGTERM)  # during the cleanup: ignored
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)  # the same stop again: ignored
+            except Terminated:
+                pytest.fail("a duplicate SIGTERM interrupted the cleanup")
         else:
-            raise AssertionError("SIGTERM did not raise Terminated")
+            pytest.fail("SIGTERM did not raise Terminated")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_sigterm_after_the_first_stops_the_cleanup_at_once(tmp_path: Path) -> None:
+    """An operator's second SIGTERM (after the same stop's duplicates) kills, as the default
+    does: ignored, it left only SIGKILL while a cleanup waited on retried upload parts."""
+    script = (
+        "import os, signal, time\n"
+        "from optuna_cas.cli._process import Terminated, sigterm_interrupts\n"
+        "with sigterm_interrupts():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    except Terminated:\n"
+        "        time.sleep(2.5)\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(5)\n"
+        "raise SystemExit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], timeout=30)
+    assert done.returncode == -signal.SIGTERM

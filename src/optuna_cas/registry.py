@@ -271,7 +271,7 @@ def open_store(
 
             from optuna_cas import Backoff
 
-            store = Backoff(open_store("s3://my-bucket/runs", sdk_retries=False, timeout=(10, 30)))
+            store = Backoff(open_store("s3://my-bucket/runs", sdk_retries=False, timeout=(10, 60)))
     """
     text = os.fspath(url)
     scheme = check_store_url(text)

@@ -360,21 +360,24 @@ class LocalBackend:
             os.rename(path, doomed)
         except FileNotFoundError:
             return False
+        unchanged = False
         try:
             st = os.lstat(doomed)
-            if (
+            unchanged = (
                 stat.S_ISREG(st.st_mode)
                 and st.st_size == seen.size
                 and st.st_mtime == seen.modified
-            ):
-                return True
-            # Changed since gc looked: put it back, unless a newer copy was published meanwhile.
-            with contextlib.suppress(FileExistsError):
-                os.link(doomed, path)
-            return False
+            )
         finally:
+            if not unchanged:
+                # Changed since gc looked, or the look failed (an NFS error, retried by
+                # Backoff): put it back, unless a newer copy was published meanwhile. The
+                # look failing deleted it unchecked (found in review).
+                with contextlib.suppress(FileExistsError):
+                    os.link(doomed, path)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(doomed)
+        return unchanged
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is a stored object (a regular file, not a symlink).

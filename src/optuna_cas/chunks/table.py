@@ -290,7 +290,8 @@ def parse_table(data: bytes, name: str, magic: bytes) -> ChunkTable:
         magic: :data:`MANIFEST_MAGIC` or :data:`INDEX_MAGIC`.
 
     Raises:
-        NewerFormatError: A record of that kind in another format version (a newer release's).
+        NewerFormatError: A record of that kind in a later format version (a newer release's,
+            or a damaged header that reads as one).
         IntegrityError: Not a well-formed record of that kind; the message names ``name``.
 
     Example:

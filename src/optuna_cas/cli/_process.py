@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
@@ -222,26 +223,49 @@ def sigterm_interrupts() -> Iterator[None]:
     if not _fork_hook_registered:
         os.register_at_fork(after_in_child=_default_sigterm_in_child)
         _fork_hook_registered = True
+    _state["active"] = True
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
+        _state["active"] = False  # first: a signal from here on is the default's to act on
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 _fork_hook_registered = False
+# Whether a command runs (a handler called after it ended acts as the default), and when the
+# first SIGTERM came (a duplicate arriving with it is the same stop).
+_state: dict[str, Any] = {"active": False, "first": 0.0}
+# A stop sent to the process group and to the process itself arrives twice within this time.
+_SAME_STOP_SECONDS = 2.0
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    # Once: a second SIGTERM while the cleanup of the first runs would cut that cleanup short
-    # (a temp file left behind). The handler is put back to the default when the command ends.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not _state["active"]:
+        _die_of_sigterm()
+    _state["first"] = time.monotonic()
+    signal.signal(signal.SIGTERM, _after_first)
     raise Terminated("terminated (SIGTERM)")
+
+
+def _after_first(signum: int, frame: FrameType | None) -> None:
+    # The same stop delivered twice must not cut the first one's cleanup short (a temp file
+    # left behind); a later one is an operator insisting: it stops the process at once, as
+    # SIGTERM's default does, where ignoring it left only SIGKILL while a cleanup waited for
+    # an upload's parts under retries (found in review).
+    if _state["active"] and time.monotonic() - _state["first"] < _SAME_STOP_SECONDS:
+        return
+    _die_of_sigterm()
+
+
+def _die_of_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _default_sigterm_in_child() -> None:
     # A process forked while a command runs (by another thread of an application calling
     # main()) must die of SIGTERM as usual: multiprocessing's terminate() relies on it, and
     # the child runs none of the command's cleanup (found in review).
-    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+    if signal.getsignal(signal.SIGTERM) in (_raise_terminated, _after_first):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -53,9 +53,9 @@ class Boto3ArtifactStore(ContentAddressedArtifactStore):
             from optuna_cas import Boto3ArtifactStore, Backoff
 
             store = Backoff(Boto3ArtifactStore("my-bucket", prefix="studies/resnet"))
-            # Each request bounded: Backoff alone retries, and a silent server costs 30 s.
+            # Each request bounded: Backoff alone retries, and a silent server costs 60 s.
             bounded = Backoff(
-                Boto3ArtifactStore("my-bucket", sdk_retries=False, timeout=(10, 30))
+                Boto3ArtifactStore("my-bucket", sdk_retries=False, timeout=(10, 60))
             )
     """
 
