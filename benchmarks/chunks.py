@@ -54,6 +54,7 @@ from benchmarks.checkpoints import (
     plan_unique,
     series_name,
 )
+from benchmarks.ingest_floor import least_cpu
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.chunks.chunker import Chunker
 from optuna_cas.chunks.layout import INDEX_PREFIX, MANIFEST_PREFIX, PACK_PREFIX, manifest_key
@@ -445,6 +446,7 @@ def _ingest(cfg: Config, data: Path) -> Section:
     )
     cpu_upload = _cpu_seconds(upload(chunked))
     cpu_chunk = _cpu_seconds(Contender("chunk", lambda: _chunk_only(src)))
+    floor = least_cpu(src, stores)
     remove(src)
     remove(stores)
     t = {name: median(values) for name, values in times.items()}
@@ -493,6 +495,18 @@ def _ingest(cfg: Config, data: Path) -> Section:
                 f"{cpu_chunk:.2f} s",
                 "—",
                 "—",
+                "—",
+                None,
+            ),
+            Row(
+                "Least CPU any chunked ingest needs: each piece it cannot skip on one thread "
+                "(`benchmarks/ingest_floor.py`)",
+                f"{sum(floor.values()):.2f} s ("
+                + ", ".join(f"{name} {cpu:.2f}" for name, cpu in floor.items())
+                + ")",
+                f"`cp`: {seconds(t['cp'], size)} wall",
+                f"≥ {sum(floor.values()) / cores:.2f} s wall on {cores} cores = at most "
+                f"{t['cp'] * cores / sum(floor.values()):.2f}x cp",
                 "—",
                 None,
             ),
