@@ -144,11 +144,14 @@ def _error_code(error: BaseException) -> tuple[str, int]:
     return code, status if isinstance(status, int) else 0
 
 
-def classify_s3_error(error: BaseException) -> tuple[Fault, str] | None:
+def classify_s3_error(
+    error: BaseException, endpoint: str | None = None
+) -> tuple[Fault, str] | None:
     """What an error raised by boto3/botocore/urllib3 means; ``None`` if it is not theirs.
 
     The one S3 error table: :class:`S3Backend` translates with it, and
     :func:`optuna_cas.middleware.retry.is_transient` reads it for Optuna's own S3 store.
+    ``endpoint``, the client's, names where a read timeout happened when botocore lost it.
 
     Example:
         >>> from botocore.exceptions import ClientError
@@ -171,7 +174,7 @@ def classify_s3_error(error: BaseException) -> tuple[Fault, str] | None:
     if isinstance(error, ReadTimeoutError):
         # botocore's own text names the request's URL, or says "None" when a response body
         # stalled (the retry warning then read 'Read timeout on endpoint URL: "None"').
-        url = error.kwargs.get("endpoint_url")
+        url = error.kwargs.get("endpoint_url") or endpoint
         source = f" from {url}" if url else ""
         # (A request body not sent within the timeout, on a slow uplink, ends the same way.)
         return Fault.TRANSIENT, (
@@ -395,12 +398,10 @@ class S3Backend(RemoteBackend):
     def _classify(self, error: BaseException) -> tuple[Fault, str] | None:
         from botocore.exceptions import ReadTimeoutError
 
-        verdict = classify_s3_error(error)
-        # A stalled body: botocore lost the URL, but the client knows where it was talking to.
-        lost = isinstance(error, ReadTimeoutError) and not error.kwargs.get("endpoint_url")
-        if verdict is not None and lost:
-            return verdict[0], f"{verdict[1]} from {self._endpoint()}"
-        return verdict
+        # A stalled body: botocore lost the URL, but the client knows where it was talking to
+        # (asked only then: other errors may come from building that client).
+        endpoint = self._endpoint() if isinstance(error, ReadTimeoutError) else None
+        return classify_s3_error(error, endpoint)
 
     def _endpoint(self) -> str | None:
         return str(self.client.meta.endpoint_url)
