@@ -67,6 +67,7 @@ def check_manifests(chunks: ChunkStore, listing: ChunkListing, report: VerifyRep
     report.manifests_checked = len(listing.manifests)
     report.packs_checked = len(listing.packs)
     parsed: Manifests = {}
+    set_aside: dict[str, str | None] = {}  # a missing pack's copy under quarantine/, if any
     for obj in listing.manifests:
         try:
             table = chunks.read_manifest(obj)
@@ -86,8 +87,10 @@ def check_manifests(chunks: ChunkStore, listing: ChunkListing, report: VerifyRep
             if listed is None and _there_now(chunks, pack):
                 continue  # written since the listing: a gc repacked it (found by a probe)
             if listed is None:
-                aside = QUARANTINE_PREFIX + pack_key(pack)
-                found = aside if chunks.backend.exists(aside) else None
+                if pack.hexdigest not in set_aside:  # one look per pack, not per manifest
+                    aside = QUARANTINE_PREFIX + pack_key(pack)
+                    set_aside[pack.hexdigest] = aside if chunks.backend.exists(aside) else None
+                found = set_aside[pack.hexdigest]
                 report.missing_packs.append(MissingPack(obj.key, str(pack), "missing", found))
             elif listed.size != pack.size:
                 report.missing_packs.append(MissingPack(obj.key, str(pack), f"size {listed.size}"))
