@@ -365,18 +365,8 @@ def test_lost_answer_to_the_completion_is_a_success(
 def test_read_timeout_is_transient(
     proxy: FaultProxy, s3_server: S3Server, s3_client: S3Client, s3_bucket: str
 ) -> None:
-    import boto3
-    from botocore.config import Config
-
     s3_client.put_object(Bucket=s3_bucket, Key="k", Body=b"x")
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=proxy.endpoint_url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=0.3),
-    )
+    client = make_s3_client(proxy.endpoint_url, retries=False, read_timeout=0.3)
     backend = S3Backend(s3_bucket, client=client)
     proxy.fail_next("stall", stall_seconds=2.0)
     with pytest.raises(TransientBackendError):
@@ -427,21 +417,11 @@ def test_a_timeout_bounds_a_silent_server_and_sdk_retries_off_tries_once() -> No
 
 
 def test_a_body_that_stalls_is_reported_with_the_endpoint() -> None:
-    import boto3
-    from botocore.config import Config
-
     # botocore's own message for a stalled body was 'Read timeout on endpoint URL: "None"',
     # the text of every retry warning of a stalled download.
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: binary/octet-stream\r\n\r\n"
     with SilentServer(start=head + b"0123456789") as server:
-        client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=server.endpoint_url,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-            config=Config(retries={"total_max_attempts": 1}, read_timeout=0.3),
-        )
+        client = make_s3_client(server.endpoint_url, retries=False, read_timeout=0.3)
         reader = S3Backend("b", client=client).open_reader("k")
         with pytest.raises(TransientBackendError) as caught:
             reader.read()

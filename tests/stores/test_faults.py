@@ -31,6 +31,7 @@ from optuna_cas.middleware.cache import CachedArtifactStore
 from optuna_cas.refs import INLINE_LIMIT
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from optuna_cas.testing.faults import FaultProxy
+from optuna_cas.testing.servers import make_s3_client
 from tests.support.gcs import GCS_TEST_CHUNK_SIZE, make_gcs_client
 from tests.support.gcs_resumable import ResumableSessions
 from tests.support.s3 import TEST_PART_SIZE
@@ -49,21 +50,12 @@ def _proxy(endpoint_url: str, **kwargs: Any) -> FaultProxy:
 
 @pytest.fixture
 def s3_through_proxy(s3_server: Any, s3_bucket: str) -> Iterator[tuple[FaultProxy, Any]]:
-    import boto3
-    from botocore.config import Config
-
     with _proxy(s3_server.endpoint_url, seed=1, keep_client_alive=True) as proxy:
-        client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=proxy.endpoint_url,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-            config=Config(
-                retries={"total_max_attempts": 1},
-                read_timeout=CLIENT_TIMEOUT,
-                connect_timeout=CLIENT_TIMEOUT,
-            ),
+        client = make_s3_client(
+            proxy.endpoint_url,
+            retries=False,
+            read_timeout=CLIENT_TIMEOUT,
+            connect_timeout=CLIENT_TIMEOUT,
         )
         yield (
             proxy,

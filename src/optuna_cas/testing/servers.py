@@ -84,11 +84,18 @@ class S3Server:
     log_path: Path
 
 
-def make_s3_client(endpoint_url: str, *, retries: bool = True) -> S3Client:
+def make_s3_client(
+    endpoint_url: str,
+    *,
+    retries: bool = True,
+    read_timeout: float | None = None,
+    connect_timeout: float | None = None,
+) -> S3Client:
     """A boto3 S3 client for ``endpoint_url`` with dummy credentials.
 
     ``retries=False`` turns botocore's own retries off (``total_max_attempts: 1``; note that
     ``max_attempts: 1`` would still retry once), so that callers see every fault themselves.
+    The timeouts, in seconds, replace botocore's 60 s where given (tests of stalls).
 
     Example:
         >>> make_s3_client("http://127.0.0.1:9", retries=False).meta.endpoint_url
@@ -101,7 +108,12 @@ def make_s3_client(endpoint_url: str, *, retries: bool = True) -> S3Client:
     # One session for the whole process: building one reloads the service model (~50 ms).
     if _boto3_session is None:
         _boto3_session = boto3.session.Session()
-    config = Config() if retries else Config(retries={"total_max_attempts": 1})
+    options: dict[str, Any] = {} if retries else {"retries": {"total_max_attempts": 1}}
+    if read_timeout is not None:
+        options["read_timeout"] = read_timeout
+    if connect_timeout is not None:
+        options["connect_timeout"] = connect_timeout
+    config = Config(**options)
     client: S3Client = _boto3_session.client(
         "s3",
         endpoint_url=endpoint_url,
