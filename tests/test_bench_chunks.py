@@ -54,6 +54,8 @@ def test_rss_note_gives_growth_per_gib_of_file() -> None:
 
 def test_ingest_note_bounds_the_upload_by_its_cpu_time() -> None:
     times = {"cp": 0.5, "chunk": 2.0, "chunked": 3.0, "hash": 0.4, "whole": 1.0}
+    times["two workers"] = 1.25
     note = ingest_note(times, cpu=4.0, cores=2)
     assert "less than 2.00 s, 0.25x `cp`'s throughput" in note and "4.0x `cp`'s time" in note
     assert "1.3 cores busy" in note
+    assert "the same pieces took 1.250 s, 0.40x `cp`'s throughput" in note
