@@ -23,7 +23,6 @@ import contextlib
 import io
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -152,6 +151,7 @@ class BlobStore(BlobMaintenance):
             )
         self.chunk_threshold = _NEVER if chunk_threshold is None else chunk_threshold
         self.chunks = ChunkStore(backend, cache=blob_cache, freshen_after=freshen_after)
+        self.clock = self.chunks.clock  # what ages are measured on (see backends.clock)
         # Found once: a runtime Protocol check per upload cost ~5% of a small file's upload.
         # A local backend behind Backoff still stages: local copies need no retries.
         self._staging = staging_of(backend)
@@ -281,14 +281,12 @@ class BlobStore(BlobMaintenance):
         started = now_ns()
         hint = fingerprint(src) if self._blob_cache is None else None
         digest = self._reuse_known_content(src, hint)
-        if digest is not None:
-            pass
-        elif src.size_hint >= self.chunk_threshold:
+        if digest is None and src.size_hint >= self.chunk_threshold:
             reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
             digest = self.chunks.put(reader, src.size_hint, src.check_unchanged)
             if hint is not None:  # its manifest and packs were just checked or written
                 self._remember_stored(digest, hint)
-        elif (stager := self._staging) is not None:
+        elif digest is None and (stager := self._staging) is not None:
             digest = self._put_staged(
                 lambda fd: copy_hashing(src.fd, src.start, fd, src.size_hint),
                 src,
@@ -296,7 +294,7 @@ class BlobStore(BlobMaintenance):
                 hint,
                 receipt,
             )
-        else:
+        elif digest is None:
             digest = hash_fd(src.fd, src.start)
             reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
             # Read twice (hashed, then sent): bytes that differ the second time changed in
@@ -429,7 +427,7 @@ class BlobStore(BlobMaintenance):
         """
         if info.size != digest.size:
             return False
-        if time.time() - info.modified > self.freshen_after:
+        if self.clock.now() - info.modified > self.freshen_after:
             self._freshen(key)
         return True
 

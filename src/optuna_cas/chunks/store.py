@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import blake3
 
 from optuna_cas._fileio import materialize_buffers, seekable
 from optuna_cas.backends.base import Backend, staging_of
+from optuna_cas.backends.clock import StoreClock
 from optuna_cas.chunks.assemble import assemble_from_cache, assemble_from_store
 from optuna_cas.chunks.cached_packs import PackCache
 from optuna_cas.chunks.chunker import Chunker
@@ -31,6 +31,7 @@ from optuna_cas.chunks.index import KnownChunks, Location, read_bounded
 from optuna_cas.chunks.layout import (
     CHUNK_AVG,
     MANIFEST_PREFIX,
+    PACK_PREFIX,
     index_key,
     manifest_key,
     pack_key,
@@ -87,6 +88,8 @@ class ChunkStore(ChunkMaintenance):
         self._backend = backend
         self._cache = cache
         self.freshen_after = freshen_after
+        # Ages of packs, manifests (and a blob store's blobs) are measured on the store's clock.
+        self.clock = StoreClock(backend, stage_in=PACK_PREFIX.rstrip("/"))
         self.known = KnownChunks(backend)
         # Parsed manifests, oldest first. No lock (a fork while another thread held it would
         # hang the child): single dict operations are atomic under the GIL.
@@ -268,7 +271,7 @@ class ChunkStore(ChunkMaintenance):
             return False
         if size is not None and info.size != size:
             return False
-        if time.time() - info.modified > self.freshen_after:
+        if self.clock.now() - info.modified > self.freshen_after:
             try:
                 self._backend.touch(key)
             except ArtifactNotFound:

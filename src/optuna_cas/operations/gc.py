@@ -30,6 +30,12 @@ checks it is still the file gc judged, and otherwise puts it back; GCS looks onc
 deletes only the generation and metageneration it saw, which a touch or a new copy changes);
 on S3 that last window (one HEAD to one DELETE, milliseconds) remains.
 
+Every time above is the store's: B's time is stamped by the store (the S3 or GCS server, the
+file system), and U's "older than ``freshen_after``" and G's t0 are read from the store's clock
+(:class:`~optuna_cas.backends.clock.StoreClock`), not from the worker's. So the argument holds
+however far a worker's clock is off: an uploader reading its own clock 2 hours behind would
+never freshen B, and a gc reading its own 2 hours ahead would take a minute-old B as old.
+
 So the one assumption is that an upload takes less than ``grace_period`` - ``freshen_after``
 (90 minutes with the defaults) from checking its blob to writing its ref, which normally
 takes milliseconds. A process frozen for longer than that in exactly that gap (a
@@ -141,7 +147,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 
 from optuna_cas.backends.base import temp_files_of
 from optuna_cas.content import ContentStore
@@ -221,7 +226,9 @@ def gc(
             f"pass allow_short_grace=True if nothing uploads meanwhile)"
         )
     report = GcReport(dry_run=dry_run)
-    now = time.time()
+    # On the store's clock, as the uploads that freshen what they re-use measure ages: a gc
+    # whose own clock runs ahead would otherwise see young blobs as old.
+    now = content.clock.now()
     # (a) blobs, manifests, packs and index objects, then (b) refs: the order the safety
     # argument relies on.
     old, young = {}, set()

@@ -1,0 +1,122 @@
+"""The store's clock: "now" as the store stamps objects, not as this machine's clock reads.
+
+gc spares a blob an upload re-uses because the upload freshens the blob's time when it is old,
+and gc deletes only blobs older than its grace period (see :mod:`optuna_cas.operations.gc`).
+Both compare an object's time, which the store sets (the S3 or GCS server, the file system),
+with "now". Read from the worker's own clock, "now" is off by the worker's skew: an uploader
+whose clock runs 2 hours behind the store never freshens what it re-uses, and a gc whose
+clock runs ahead deletes blobs young in the store's time, so together they lose an upload.
+Skews that large are rare but real: a VM restored from a snapshot, a board without a battery
+clock before NTP answers.
+
+So ages are measured on the store's clock: once per process and store, an empty object is
+written, its time read back and the object deleted (a local store stages a temp file and reads
+its time instead, leaving no key); "now" is then that time plus the monotonic time elapsed
+since, which a step of this machine's clock does not move. Where the two clocks agree within a
+few seconds, this machine's reading at that moment is taken as the store's (it is finer: S3
+stamps whole seconds), so a well-synced fleet measures ages as it always did.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+from optuna_cas._forksafe import ForkSafeLock
+from optuna_cas.backends.base import Backend, staging_of
+from optuna_cas.exceptions import ArtifactNotFound
+
+__all__ = ["CLOCK_PREFIX", "StoreClock"]
+
+# Where a remote store's probe object is written (and deleted at once). No listing of the
+# store's records looks there; a probe left by a process killed between write and delete is
+# an empty object.
+CLOCK_PREFIX = "clock/"
+
+_log = logging.getLogger(__name__)
+
+
+class StoreClock:
+    """Now, in the time the store stamps objects with.
+
+    Args:
+        backend: The store. Asked once, lazily, at the first :meth:`now`: it writes, reads
+            and deletes one empty object (a local store: stages a temp file and discards it).
+        stage_in: Where a local store stages that temp file (an area it stages in anyway).
+
+    Example:
+        >>> import tempfile, time
+        >>> from optuna_cas.backends.local import LocalBackend
+        >>> clock = StoreClock(LocalBackend(tempfile.mkdtemp()), stage_in="blobs")
+        >>> abs(clock.now() - time.time()) < 60  # this file system's clock is this machine's
+        True
+    """
+
+    def __init__(self, backend: Backend, *, stage_in: str) -> None:
+        self._backend = backend
+        self._stage_in = stage_in
+        self._lock = ForkSafeLock()  # released in a forked child
+        # (the store's time of the probe, time.monotonic() when it was read), once known.
+        self._anchor: tuple[float, float] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An unpickled copy (a spawn worker, maybe on another machine) asks the store again:
+        # the anchor's monotonic time means nothing there.
+        return {**self.__dict__, "_anchor": None}
+
+    def now(self) -> float:
+        """Seconds since the epoch on the store's clock.
+
+        If the store cannot be asked (it refuses writes, say), this machine's clock, with a
+        warning: ages are then only as right as that clock.
+        """
+        with self._lock:
+            if self._anchor is None:
+                self._anchor = self._probe()
+            stamped, at = self._anchor
+        return stamped + (time.monotonic() - at)
+
+    def _probe(self) -> tuple[float, float]:
+        try:
+            stager = staging_of(self._backend)
+            if stager is not None:
+                staged = stager.stage(self._stage_in)
+                try:
+                    # The file system set this time when it created the file.
+                    return _anchor(os.fstat(staged.fd).st_mtime)
+                finally:
+                    staged.discard()
+            key = f"{CLOCK_PREFIX}{uuid.uuid4().hex}"
+            self._backend.write(key, io.BytesIO(b""))
+            try:
+                return _anchor(self._backend.stat(key).modified)
+            finally:
+                try:
+                    self._backend.remove(key)
+                except ArtifactNotFound:
+                    pass
+        except Exception as e:  # any failure leaves this machine's clock
+            _log.warning(
+                "could not read the time of %s (%s); measuring ages with this machine's "
+                "clock, which may be skewed",
+                self._backend.describe(),
+                e,
+            )
+            return time.time(), time.monotonic()
+
+
+# Within this many seconds the store's stamp and this machine's clock agree: S3 stamps whole
+# seconds, and a round trip lies between a stamp and its reading here, so this machine's finer
+# reading is then the better one (an object written just before gc is then older than "now",
+# as with a grace period of 0 it must be). Far less than any margin gc's argument relies on.
+_AGREE_SECONDS = 5.0
+
+
+def _anchor(stamped: float) -> tuple[float, float]:
+    """(the store's time now, time.monotonic() now), from a stamp the store just made."""
+    local, at = time.time(), time.monotonic()
+    return (local if abs(stamped - local) <= _AGREE_SECONDS else stamped), at
