@@ -365,7 +365,7 @@ def test_resaved_identical_file_is_hashed_in_place_not_copied(
     path.write_bytes(data)
     first = store.put_artifact("a", path)
     resave(path, data)
-    store.clock.now()  # read once per store (an empty temp file, staged and dropped)
+    store.clock.now_to_freshen()  # read once per store (an empty temp file, staged, dropped)
     staged = count_stages(backend, monkeypatch)
     assert store.put_artifact("b", path).digest == first.digest
     assert staged == []  # no temp copy of the 8 MiB: the dedup hit stores no bytes

@@ -427,7 +427,7 @@ class BlobStore(BlobMaintenance):
         """
         if info.size != digest.size:
             return False
-        if self.clock.now() - info.modified > self.freshen_after:
+        if self.clock.now_to_freshen() - info.modified > self.freshen_after:
             self._freshen(key)
         return True
 

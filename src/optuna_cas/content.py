@@ -151,7 +151,7 @@ class ContentStore(BlobStore, RefStore):
             >>> ContentStore(MemoryBackend()).with_parts(backend=MemoryBackend()).blob_cache is None
             True
         """
-        return ContentStore(
+        store = ContentStore(
             backend if backend is not None else self._backend,
             blob_cache=blob_cache if blob_cache is not None else self._blob_cache,
             freshen_after=self.freshen_after,
@@ -159,6 +159,8 @@ class ContentStore(BlobStore, RefStore):
             chunk_threshold=self.chunk_threshold,
             inline_limit=self.inline_limit,
         )
+        store.clock = store.chunks.clock = self.clock  # the same store: its time read once
+        return store
 
     def naming_full_disk(self) -> AbstractContextManager[None]:
         """Running out of space while writing to this store raises an error naming the disk.

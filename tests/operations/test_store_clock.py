@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from optuna_cas.backends.base import Backend
-from optuna_cas.backends.clock import StoreClock
+from optuna_cas.backends.clock import StoreClock, StoreClockError
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.content import ContentStore
@@ -89,35 +89,92 @@ def test_a_gc_whose_clock_runs_ahead_keeps_young_content(
 def test_the_clock_reads_the_store_once_and_leaves_nothing_there(backend: Backend) -> None:
     calls: list[str] = []
     clock = StoreClock(_Counting(backend, calls), stage_in="blobs")
-    first = clock.now()
+    first = clock.now_to_delete()
     assert abs(first - _real_time()) < 5  # this store's clock is right
+    assert calls  # the store was asked
+    asked = len(calls)
     time.sleep(0.05)
-    second = clock.now()
-    assert 0.04 < second - first < 5  # monotonic time since the one look
-    assert len([c for c in calls if c == "write"]) <= 1
+    second = clock.now_to_delete()
+    assert 0.04 < second - first < 5 and clock.now_to_freshen() >= second
+    assert len(calls) == asked  # once
     assert list(backend.list("")) == []  # no probe object left (nor a local temp file)
 
 
-def test_a_step_of_this_machines_clock_after_the_look_moves_nothing(
+def test_a_reading_carried_across_a_sleep_errs_on_the_safe_side(
+    local_backend: LocalBackend,
+) -> None:
+    clock = StoreClock(local_backend, stage_in="blobs")
+    clock.now_to_delete()
+    # The monotonic clock stops while the machine sleeps: as if it slept 3 hours since.
+    stamped, at = clock._anchor  # type: ignore[misc]
+    clock._anchor = (stamped - 3 * HOURS, at)
+    assert abs(clock.now_to_freshen() - _real_time()) < 5  # touches as this clock says
+    assert clock.now_to_delete() < _real_time() - 2 * HOURS  # deletes by the lagging one
+
+
+def test_a_step_of_this_machines_clock_after_the_reading_cannot_make_gc_delete_early(
     monkeypatch: pytest.MonkeyPatch, local_backend: LocalBackend
 ) -> None:
     clock = StoreClock(local_backend, stage_in="blobs")
-    clock.now()
-    _skew(monkeypatch, 5 * HOURS)  # NTP steps the clock, say
-    assert abs(clock.now() - _real_time()) < 5
+    clock.now_to_delete()
+    _skew(monkeypatch, 5 * HOURS)  # a wrong step of this machine's clock
+    assert abs(clock.now_to_delete() - _real_time()) < 5
 
 
-def test_a_store_that_refuses_the_probe_falls_back_to_this_clock_with_a_warning(
+class _Flaky(MemoryBackend):
+    """Refuses writes while ``refuse`` is set (a read-only role, a lost connection)."""
+
+    refuse = True
+
+    def write(self, key: str, data: object, *, if_absent: bool = False) -> None:
+        if self.refuse:
+            raise PermissionError(f"{key}: read-only")
+        super().write(key, data, if_absent=if_absent)  # type: ignore[arg-type]
+
+
+def test_an_upload_falls_back_to_this_clock_once_warned_and_asks_again_later(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    class ReadOnly(MemoryBackend):
-        def write(self, key: str, data: object, *, if_absent: bool = False) -> None:
-            raise PermissionError(f"{key}: read-only")
-
+    backend = _Flaky()
+    clock = StoreClock(backend, stage_in="blobs")
     with caplog.at_level(logging.WARNING, logger="optuna_cas.backends.clock"):
-        now = StoreClock(ReadOnly(), stage_in="blobs").now()
-    assert abs(now - _real_time()) < 5
-    assert "could not read the time of memory" in caplog.text and "read-only" in caplog.text
+        assert abs(clock.now_to_freshen() - _real_time()) < 5
+        clock.now_to_freshen()
+    assert caplog.text.count("could not read the time of memory") == 1
+    assert "read-only" in caplog.text
+    backend.refuse = False
+    clock.now_to_freshen()
+    assert clock._anchor is not None  # a failed reading was not kept: asked again
+
+
+def test_gc_deletes_nothing_when_it_cannot_read_the_store_time() -> None:
+    backend = _Flaky()
+    backend.refuse = False
+    store = ContentAddressedArtifactStore(ContentStore(backend))
+    store.write("dropped", io.BytesIO(CONTENTS["blob"]))
+    store.remove("dropped")
+    backend.refuse = True
+    store = ContentAddressedArtifactStore(ContentStore(backend))  # a new process's, say
+    with pytest.raises(StoreClockError, match="could not read the time of memory"):
+        gc(store, grace_period=0, allow_short_grace=True)
+    assert len(list(store.content.iter_blobs())) == 1
+    # A dry run writes nothing, so it needs no reading (it judges by this machine's clock).
+    report = gc(store, grace_period=0, allow_short_grace=True, dry_run=True)
+    assert len(report.deleted) == 1
+
+
+def test_a_reading_survives_a_store_that_refuses_the_delete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = MemoryBackend()
+
+    def refuse(key: str) -> None:
+        raise PermissionError(f"{key}: no delete")
+
+    monkeypatch.setattr(backend, "remove", refuse)
+    clock = StoreClock(backend, stage_in="blobs")
+    clock.now_to_delete()  # no error: the empty object stays
+    assert clock._anchor is not None
 
 
 class _Counting:

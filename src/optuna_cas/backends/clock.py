@@ -19,6 +19,7 @@ stamps whole seconds), so a well-synced fleet measures ages as it always did.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -28,9 +29,9 @@ from typing import Any
 
 from optuna_cas._forksafe import ForkSafeLock
 from optuna_cas.backends.base import Backend, staging_of
-from optuna_cas.exceptions import ArtifactNotFound
+from optuna_cas.exceptions import OptunaCasError
 
-__all__ = ["CLOCK_PREFIX", "StoreClock"]
+__all__ = ["CLOCK_PREFIX", "StoreClock", "StoreClockError"]
 
 # Where a remote store's probe object is written (and deleted at once). No listing of the
 # store's records looks there; a probe left by a process killed between write and delete is
@@ -41,18 +42,25 @@ _log = logging.getLogger(__name__)
 
 
 class StoreClock:
-    """Now, in the time the store stamps objects with.
+    """Now, in the time the store stamps objects with, for the two decisions gc's safety needs.
+
+    The store's time is read once (see the module docstring) and carried forward on the
+    monotonic clock. That clock stops while the machine sleeps, so a reading carried across a
+    suspend lags; each decision therefore also consults this machine's clock and takes the
+    safe one of the two: an upload freshens by the later (a needless touch costs one request),
+    gc deletes by the earlier (a blob kept too long costs nothing).
 
     Args:
-        backend: The store. Asked once, lazily, at the first :meth:`now`: it writes, reads
-            and deletes one empty object (a local store: stages a temp file and discards it).
+        backend: The store. Asked lazily, at the first decision: it writes, reads and deletes
+            one empty object (a local store: stages a temp file and discards it). A failed
+            reading is not kept: the next decision asks again.
         stage_in: Where a local store stages that temp file (an area it stages in anyway).
 
     Example:
         >>> import tempfile, time
         >>> from optuna_cas.backends.local import LocalBackend
         >>> clock = StoreClock(LocalBackend(tempfile.mkdtemp()), stage_in="blobs")
-        >>> abs(clock.now() - time.time()) < 60  # this file system's clock is this machine's
+        >>> abs(clock.now_to_freshen() - time.time()) < 60  # its clock is this machine's
         True
     """
 
@@ -60,53 +68,77 @@ class StoreClock:
         self._backend = backend
         self._stage_in = stage_in
         self._lock = ForkSafeLock()  # released in a forked child
-        # (the store's time of the probe, time.monotonic() when it was read), once known.
+        # (the store's time of the reading, time.monotonic() then), once read.
         self._anchor: tuple[float, float] | None = None
+        self._warned = False
 
     def __getstate__(self) -> dict[str, Any]:
         # An unpickled copy (a spawn worker, maybe on another machine) asks the store again:
         # the anchor's monotonic time means nothing there.
         return {**self.__dict__, "_anchor": None}
 
-    def now(self) -> float:
-        """Seconds since the epoch on the store's clock.
+    def now_to_freshen(self) -> float:
+        """ "Now" for an upload deciding whether to touch what it re-uses: the later estimate.
 
         If the store cannot be asked (it refuses writes, say), this machine's clock, with a
-        warning: ages are then only as right as that clock.
+        warning (once per store).
         """
+        try:
+            return max(self._store_now(), time.time())
+        except Exception as e:  # any failure leaves this machine's clock, as before
+            if not self._warned:
+                self._warned = True
+                _log.warning(
+                    "could not read the time of %s (%s); an upload judges ages with this "
+                    "machine's clock, which may be skewed",
+                    self._backend.describe(),
+                    e,
+                )
+            return time.time()
+
+    def now_to_delete(self) -> float:
+        """ "Now" for gc judging what is old enough to delete: the earlier estimate.
+
+        Raises:
+            StoreClockError: The store's time could not be read: gc must not judge ages by
+                this machine's clock alone, which may run ahead.
+        """
+        try:
+            return min(self._store_now(), time.time())
+        except Exception as e:
+            raise StoreClockError(
+                f"could not read the time of {self._backend.describe()} ({e}); gc judges "
+                "ages on the store's clock and deleted nothing"
+            ) from e
+
+    def _store_now(self) -> float:
         with self._lock:
             if self._anchor is None:
-                self._anchor = self._probe()
+                self._anchor = self._read()
             stamped, at = self._anchor
         return stamped + (time.monotonic() - at)
 
-    def _probe(self) -> tuple[float, float]:
-        try:
-            stager = staging_of(self._backend)
-            if stager is not None:
-                staged = stager.stage(self._stage_in)
-                try:
-                    # The file system set this time when it created the file.
-                    return _anchor(os.fstat(staged.fd).st_mtime)
-                finally:
-                    staged.discard()
-            key = f"{CLOCK_PREFIX}{uuid.uuid4().hex}"
-            self._backend.write(key, io.BytesIO(b""))
+    def _read(self) -> tuple[float, float]:
+        stager = staging_of(self._backend)
+        if stager is not None:
+            staged = stager.stage(self._stage_in)
             try:
-                return _anchor(self._backend.stat(key).modified)
+                # The file system set this time when it created the file.
+                return _anchor(os.fstat(staged.fd).st_mtime)
             finally:
-                try:
-                    self._backend.remove(key)
-                except ArtifactNotFound:
-                    pass
-        except Exception as e:  # any failure leaves this machine's clock
-            _log.warning(
-                "could not read the time of %s (%s); measuring ages with this machine's "
-                "clock, which may be skewed",
-                self._backend.describe(),
-                e,
-            )
-            return time.time(), time.monotonic()
+                staged.discard()
+        key = f"{CLOCK_PREFIX}{uuid.uuid4().hex}"
+        self._backend.write(key, io.BytesIO(b""))
+        anchor = _anchor(self._backend.stat(key).modified)
+        # Kept whatever the delete does: a role may write but not delete (the empty object
+        # then stays, as one a killed process leaves).
+        with contextlib.suppress(Exception):
+            self._backend.remove(key)
+        return anchor
+
+
+class StoreClockError(OptunaCasError):
+    """The store's time could not be read, so gc did not judge any age (see StoreClock)."""
 
 
 # Within this many seconds the store's stamp and this machine's clock agree: S3 stamps whole

@@ -271,7 +271,7 @@ class ChunkStore(ChunkMaintenance):
             return False
         if size is not None and info.size != size:
             return False
-        if self.clock.now() - info.modified > self.freshen_after:
+        if self.clock.now_to_freshen() - info.modified > self.freshen_after:
             try:
                 self._backend.touch(key)
             except ArtifactNotFound:

@@ -32,9 +32,12 @@ on S3 that last window (one HEAD to one DELETE, milliseconds) remains.
 
 Every time above is the store's: B's time is stamped by the store (the S3 or GCS server, the
 file system), and U's "older than ``freshen_after``" and G's t0 are read from the store's clock
-(:class:`~optuna_cas.backends.clock.StoreClock`), not from the worker's. So the argument holds
-however far a worker's clock is off: an uploader reading its own clock 2 hours behind would
-never freshen B, and a gc reading its own 2 hours ahead would take a minute-old B as old.
+(:class:`~optuna_cas.backends.clock.StoreClock`), not from the worker's alone: an uploader
+reading its own clock 2 hours behind would never freshen B, and a gc reading its own 2 hours
+ahead would take a minute-old B as old. The store's time, read once, is carried forward on the
+monotonic clock, which stops while a machine sleeps; so U freshens by the later of the two
+readings and G deletes by the earlier, and G deletes nothing if it cannot read the store's
+time. The argument then holds unless one machine's clock and its carried reading both lag.
 
 So the one assumption is that an upload takes less than ``grace_period`` - ``freshen_after``
 (90 minutes with the defaults) from checking its blob to writing its ref, which normally
@@ -147,6 +150,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 from optuna_cas.backends.base import temp_files_of
 from optuna_cas.content import ContentStore
@@ -227,8 +231,9 @@ def gc(
         )
     report = GcReport(dry_run=dry_run)
     # On the store's clock, as the uploads that freshen what they re-use measure ages: a gc
-    # whose own clock runs ahead would otherwise see young blobs as old.
-    now = content.clock.now()
+    # whose own clock runs ahead would otherwise see young blobs as old. A dry run deletes
+    # nothing and writes nothing (reading the store's time writes): this machine's clock.
+    now = time.time() if dry_run else content.clock.now_to_delete()
     # (a) blobs, manifests, packs and index objects, then (b) refs: the order the safety
     # argument relies on.
     old, young = {}, set()
