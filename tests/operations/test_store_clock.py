@@ -27,6 +27,7 @@ from optuna_cas.testing.streams import random_bytes
 
 HOURS = 3600.0
 _real_time = time.time
+_real_monotonic = time.monotonic
 
 
 def _skew(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
@@ -133,7 +134,7 @@ class _Flaky(MemoryBackend):
 
 
 def test_an_upload_falls_back_to_this_clock_once_warned_and_asks_again_later(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend = _Flaky()
     clock = StoreClock(backend, stage_in="blobs")
@@ -143,6 +144,9 @@ def test_an_upload_falls_back_to_this_clock_once_warned_and_asks_again_later(
     assert caplog.text.count("could not read the time of memory") == 1
     assert "read-only" in caplog.text
     backend.refuse = False
+    clock.now_to_freshen()
+    assert clock._anchor is None  # not asked again within a minute of the failure
+    monkeypatch.setattr(time, "monotonic", lambda: _real_monotonic() + 61)
     clock.now_to_freshen()
     assert clock._anchor is not None  # a failed reading was not kept: asked again
 

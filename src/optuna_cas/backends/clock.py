@@ -53,7 +53,7 @@ class StoreClock:
     Args:
         backend: The store. Asked lazily, at the first decision: it writes, reads and deletes
             one empty object (a local store: stages a temp file and discards it). A failed
-            reading is not kept: the next decision asks again.
+            reading is not kept: a decision a minute later asks again.
         stage_in: Where a local store stages that temp file (an area it stages in anyway).
 
     Example:
@@ -71,14 +71,17 @@ class StoreClock:
         # (the store's time of the reading, time.monotonic() then), once read.
         self._anchor: tuple[float, float] | None = None
         self._warned = False
+        # The last failed reading and when (monotonic): not asked again for a while, so a
+        # store that refuses the probe costs one request a minute, not one per decision.
+        self._failure: tuple[Exception, float] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # An unpickled copy (a spawn worker, maybe on another machine) asks the store again:
         # the anchor's monotonic time means nothing there.
-        return {**self.__dict__, "_anchor": None}
+        return {**self.__dict__, "_anchor": None, "_failure": None}
 
     def now_to_freshen(self) -> float:
-        """ "Now" for an upload deciding whether to touch what it re-uses: the later estimate.
+        """The time an upload judges what it re-uses by (to touch it or not): the later estimate.
 
         If the store cannot be asked (it refuses writes, say), this machine's clock, with a
         warning (once per store).
@@ -97,7 +100,7 @@ class StoreClock:
             return time.time()
 
     def now_to_delete(self) -> float:
-        """ "Now" for gc judging what is old enough to delete: the earlier estimate.
+        """The time gc judges what is old enough to delete by: the earlier estimate.
 
         Raises:
             StoreClockError: The store's time could not be read: gc must not judge ages by
@@ -114,7 +117,14 @@ class StoreClock:
     def _store_now(self) -> float:
         with self._lock:
             if self._anchor is None:
-                self._anchor = self._read()
+                failure = self._failure
+                if failure is not None and time.monotonic() - failure[1] < _ASK_AGAIN_SECONDS:
+                    raise failure[0]
+                try:
+                    self._anchor = self._read()
+                except Exception as e:
+                    self._failure = (e, time.monotonic())
+                    raise
             stamped, at = self._anchor
         return stamped + (time.monotonic() - at)
 
@@ -140,6 +150,9 @@ class StoreClock:
 class StoreClockError(OptunaCasError):
     """The store's time could not be read, so gc did not judge any age (see StoreClock)."""
 
+
+# How long after a failed reading the store is not asked again.
+_ASK_AGAIN_SECONDS = 60.0
 
 # Within this many seconds the store's stamp and this machine's clock agree: S3 stamps whole
 # seconds, and a round trip lies between a stamp and its reading here, so this machine's finer
