@@ -159,7 +159,8 @@ class ContentStore(BlobStore, RefStore):
             chunk_threshold=self.chunk_threshold,
             inline_limit=self.inline_limit,
         )
-        store.clock = store.chunks.clock = self.clock  # the same store: its time read once
+        # The same store: its time is read once, through the new backend (behind retries).
+        store.clock = store.chunks.clock = self.clock.through(store.backend)
         return store
 
     def naming_full_disk(self) -> AbstractContextManager[None]:

@@ -27,6 +27,7 @@ __all__ = [
     "MissingPackError",
     "NewerFormatError",
     "OptunaCasError",
+    "StoreClockError",
     "StoreConfigError",
     "TransientBackendError",
     "UnsupportedSourceError",
@@ -147,6 +148,18 @@ class StoreConfigError(OptunaCasError, ValueError):
 
     Example:
         >>> issubclass(StoreConfigError, ValueError)
+        True
+    """
+
+
+class StoreClockError(OptunaCasError):
+    """The store's time could not be read, so gc judged no age and deleted nothing.
+
+    gc measures ages on the store's clock (see :mod:`optuna_cas.backends.clock`): reading it
+    writes, reads and deletes one empty object under ``clock/``.
+
+    Example:
+        >>> issubclass(StoreClockError, OptunaCasError)
         True
     """
 

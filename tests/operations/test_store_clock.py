@@ -13,14 +13,16 @@ import io
 import logging
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 import pytest
 
 from optuna_cas.backends.base import Backend
-from optuna_cas.backends.clock import StoreClock, StoreClockError
+from optuna_cas.backends.clock import CLOCK_PREFIX, StoreClock
 from optuna_cas.backends.local import LocalBackend
 from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.content import ContentStore
+from optuna_cas.exceptions import StoreClockError, TransientBackendError
 from optuna_cas.operations.gc import gc
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from optuna_cas.testing.streams import random_bytes
@@ -107,8 +109,8 @@ def test_a_reading_carried_across_a_sleep_errs_on_the_safe_side(
     clock = StoreClock(local_backend, stage_in="blobs")
     clock.now_to_delete()
     # The monotonic clock stops while the machine sleeps: as if it slept 3 hours since.
-    stamped, at = clock._anchor  # type: ignore[misc]
-    clock._anchor = (stamped - 3 * HOURS, at)
+    stamped, at = clock._reading.anchor  # type: ignore[misc]
+    clock._reading.anchor = (stamped - 3 * HOURS, at)
     assert abs(clock.now_to_freshen() - _real_time()) < 5  # touches as this clock says
     assert clock.now_to_delete() < _real_time() - 2 * HOURS  # deletes by the lagging one
 
@@ -145,10 +147,10 @@ def test_an_upload_falls_back_to_this_clock_once_warned_and_asks_again_later(
     assert "read-only" in caplog.text
     backend.refuse = False
     clock.now_to_freshen()
-    assert clock._anchor is None  # not asked again within a minute of the failure
+    assert clock._reading.anchor is None  # not asked again within a minute of the failure
     monkeypatch.setattr(time, "monotonic", lambda: _real_monotonic() + 61)
     clock.now_to_freshen()
-    assert clock._anchor is not None  # a failed reading was not kept: asked again
+    assert clock._reading.anchor is not None  # a failed reading was not kept: asked again
 
 
 def test_gc_deletes_nothing_when_it_cannot_read_the_store_time() -> None:
@@ -178,7 +180,7 @@ def test_a_reading_survives_a_store_that_refuses_the_delete(
     monkeypatch.setattr(backend, "remove", refuse)
     clock = StoreClock(backend, stage_in="blobs")
     clock.now_to_delete()  # no error: the empty object stays
-    assert clock._anchor is not None
+    assert clock._reading.anchor is not None
 
 
 class _Counting:
@@ -197,3 +199,39 @@ class _Counting:
 
             return counted
         return attribute  # type: ignore[no-any-return]
+
+
+def test_behind_backoff_the_reading_is_retried_and_shared(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optuna_cas import Backoff
+
+    class OnceTransient(MemoryBackend):
+        failed: ClassVar[list[str]] = []
+
+        def write(self, key: str, data: object, *, if_absent: bool = False) -> None:
+            if key.startswith(CLOCK_PREFIX) and not self.failed:
+                self.failed.append(key)
+                raise TransientBackendError(f"{key}: connection reset")
+            super().write(key, data, if_absent=if_absent)  # type: ignore[arg-type]
+
+    backend = OnceTransient()
+    store = Backoff(ContentAddressedArtifactStore(ContentStore(backend)), max_retries=3)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    gc(store, grace_period=0, allow_short_grace=True)  # the lost connection was retried
+    assert backend.failed and store.content.clock._reading.anchor is not None
+
+
+def test_gc_collects_probe_objects_left_behind() -> None:
+    backend = MemoryBackend()
+    store = ContentAddressedArtifactStore(ContentStore(backend))
+    backend.write(f"{CLOCK_PREFIX}left-by-a-killed-process", io.BytesIO(b""))
+    assert gc(store).temp_files_removed == 0  # young: perhaps being read right now
+    report = gc(store, grace_period=0, allow_short_grace=True)
+    assert report.temp_files_removed == 0  # still within the hour stale temps get
+    _skew_store(backend, f"{CLOCK_PREFIX}left-by-a-killed-process", -2 * HOURS)
+    assert gc(store).temp_files_removed == 1
+    assert list(backend.list(CLOCK_PREFIX)) == []
+
+
+def _skew_store(backend: MemoryBackend, key: str, seconds: float) -> None:
+    data, modified = backend._objects[key]
+    backend._objects[key] = (data, modified + seconds)

@@ -29,9 +29,9 @@ from typing import Any
 
 from optuna_cas._forksafe import ForkSafeLock
 from optuna_cas.backends.base import Backend, staging_of
-from optuna_cas.exceptions import OptunaCasError
+from optuna_cas.exceptions import StoreClockError
 
-__all__ = ["CLOCK_PREFIX", "StoreClock", "StoreClockError"]
+__all__ = ["CLOCK_PREFIX", "StoreClock"]
 
 # Where a remote store's probe object is written (and deleted at once). No listing of the
 # store's records looks there; a probe left by a process killed between write and delete is
@@ -67,18 +67,16 @@ class StoreClock:
     def __init__(self, backend: Backend, *, stage_in: str) -> None:
         self._backend = backend
         self._stage_in = stage_in
-        self._lock = ForkSafeLock()  # released in a forked child
-        # (the store's time of the reading, time.monotonic() then), once read.
-        self._anchor: tuple[float, float] | None = None
-        self._warned = False
-        # The last failed reading and when (monotonic): not asked again for a while, so a
-        # store that refuses the probe costs one request a minute, not one per decision.
-        self._failure: tuple[Exception, float] | None = None
+        self._reading = _Reading()
 
-    def __getstate__(self) -> dict[str, Any]:
-        # An unpickled copy (a spawn worker, maybe on another machine) asks the store again:
-        # the anchor's monotonic time means nothing there.
-        return {**self.__dict__, "_anchor": None, "_failure": None}
+    def through(self, backend: Backend) -> StoreClock:
+        """This clock, asking the same store through ``backend`` (behind retries, say).
+
+        The reading is shared: a wrapper of the same store reads its time once with it.
+        """
+        clock = StoreClock(backend, stage_in=self._stage_in)
+        clock._reading = self._reading
+        return clock
 
     def now_to_freshen(self) -> float:
         """The time an upload judges what it re-uses by (to touch it or not): the later estimate.
@@ -89,8 +87,8 @@ class StoreClock:
         try:
             return max(self._store_now(), time.time())
         except Exception as e:  # any failure leaves this machine's clock, as before
-            if not self._warned:
-                self._warned = True
+            if not self._reading.warned:
+                self._reading.warned = True
                 _log.warning(
                     "could not read the time of %s (%s); an upload judges ages with this "
                     "machine's clock, which may be skewed",
@@ -111,44 +109,72 @@ class StoreClock:
         except Exception as e:
             raise StoreClockError(
                 f"could not read the time of {self._backend.describe()} ({e}); gc judges "
-                "ages on the store's clock and deleted nothing"
+                f"ages on the store's clock (it writes and deletes an empty object under "
+                f"{CLOCK_PREFIX}) and deleted nothing"
             ) from e
 
     def _store_now(self) -> float:
-        with self._lock:
-            if self._anchor is None:
-                failure = self._failure
-                if failure is not None and time.monotonic() - failure[1] < _ASK_AGAIN_SECONDS:
-                    raise failure[0]
+        reading, probe = self._reading, None
+        with reading.lock:
+            if reading.anchor is None:
+                failed = reading.failure
+                if failed is not None and time.monotonic() - failed[1] < _ASK_AGAIN_SECONDS:
+                    raise _Unreadable(failed[0])  # a new one: raising the same one grows it
                 try:
-                    self._anchor = self._read()
+                    reading.anchor, probe = self._read()
                 except Exception as e:
-                    self._failure = (e, time.monotonic())
+                    reading.failure = (str(e), time.monotonic())
                     raise
-            stamped, at = self._anchor
+            stamped, at = reading.anchor
+        if probe is not None:
+            # Outside the lock: other threads need only the reading. Kept whatever the
+            # delete does: a role may write but not delete (the empty object then stays, as
+            # one a killed process leaves; gc collects both).
+            with contextlib.suppress(Exception):
+                self._backend.remove(probe)
         return stamped + (time.monotonic() - at)
 
-    def _read(self) -> tuple[float, float]:
+    def _read(self) -> tuple[tuple[float, float], str | None]:
+        """The anchor, and the key of the probe object to delete (None on a local store)."""
         stager = staging_of(self._backend)
         if stager is not None:
             staged = stager.stage(self._stage_in)
             try:
                 # The file system set this time when it created the file.
-                return _anchor(os.fstat(staged.fd).st_mtime)
+                return _anchor(os.fstat(staged.fd).st_mtime), None
             finally:
                 staged.discard()
         key = f"{CLOCK_PREFIX}{uuid.uuid4().hex}"
         self._backend.write(key, io.BytesIO(b""))
-        anchor = _anchor(self._backend.stat(key).modified)
-        # Kept whatever the delete does: a role may write but not delete (the empty object
-        # then stays, as one a killed process leaves).
-        with contextlib.suppress(Exception):
-            self._backend.remove(key)
-        return anchor
+        try:
+            return _anchor(self._backend.stat(key).modified), key
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._backend.remove(key)
+            raise
 
 
-class StoreClockError(OptunaCasError):
-    """The store's time could not be read, so gc did not judge any age (see StoreClock)."""
+class _Reading:
+    """A store's time as read once, shared by the clocks of wrappers of that store."""
+
+    def __init__(self) -> None:
+        self.lock = ForkSafeLock()  # released in a forked child
+        # (the store's time of the reading, time.monotonic() then), once read.
+        self.anchor: tuple[float, float] | None = None
+        # The last failed reading's message and when (monotonic): not asked again for a
+        # while, so a store that refuses the probe costs one request a minute, not one per
+        # decision.
+        self.failure: tuple[str, float] | None = None
+        self.warned = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An unpickled copy (a spawn worker, maybe on another machine) asks the store again:
+        # the anchor's monotonic time means nothing there.
+        return {**self.__dict__, "anchor": None, "failure": None}
+
+
+class _Unreadable(Exception):
+    """A reading that failed less than a minute ago (its message)."""
 
 
 # How long after a failed reading the store is not asked again.

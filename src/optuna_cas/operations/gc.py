@@ -148,12 +148,15 @@ temp file, so only a dead one's goes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
 
 from optuna_cas.backends.base import temp_files_of
+from optuna_cas.backends.clock import CLOCK_PREFIX
 from optuna_cas.content import ContentStore
+from optuna_cas.exceptions import ArtifactNotFound
 from optuna_cas.operations._bad_records import BadRecords
 from optuna_cas.operations._chunk_listing import ChunkListing
 from optuna_cas.operations._gc_chunks import collect_chunks
@@ -200,6 +203,7 @@ def gc(
     Raises:
         ValueError: ``grace_period`` is not a finite number >= 0, or is too short (see
             ``allow_short_grace``).
+        StoreClockError: The store's time could not be read (nothing was deleted).
 
     Example:
         >>> import io
@@ -295,10 +299,19 @@ def _digests_named_in_bad_ref(content: ContentStore, artifact_id: str) -> set[st
 def _remove_stale_temp_files(
     store: ContentAddressedArtifactStore, older_than: float, dry_run: bool
 ) -> int:
-    temps = temp_files_of(store.content.backend)
-    if temps is None:
-        return 0
+    backend = store.content.backend
     removed = 0
+    # The empty objects a store clock's reading writes and deletes at once: one stays when
+    # its process died between the two, or may not delete (see backends.clock).
+    for info in list(backend.list(CLOCK_PREFIX)):
+        if info.modified < older_than:
+            if not dry_run:
+                with contextlib.suppress(ArtifactNotFound):
+                    backend.remove(info.key)
+            removed += 1
+    temps = temp_files_of(backend)
+    if temps is None:
+        return removed
     for info in list(temps.list_temporary()):
         if info.modified < older_than:
             if not dry_run:
