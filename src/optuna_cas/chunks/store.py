@@ -263,7 +263,7 @@ class ChunkStore(ChunkMaintenance):
         """Whether a pack an index names is still there (touched if old: see gc)."""
         return self._present(pack_key(pack), pack.size)
 
-    def _present(self, key: str, size: int | None = None) -> bool:
+    def _present(self, key: str, size: int | None = None, *, touch: bool = True) -> bool:
         """Whether ``key`` is stored (with ``size``); touch it if old, so gc spares it."""
         try:
             info = self._backend.stat(key)
@@ -271,7 +271,7 @@ class ChunkStore(ChunkMaintenance):
             return False
         if size is not None and info.size != size:
             return False
-        if self.clock.now_to_freshen() - info.modified > self.freshen_after:
+        if touch and self.clock.now_to_freshen() - info.modified > self.freshen_after:
             try:
                 self._backend.touch(key)
             except ArtifactNotFound:
@@ -331,11 +331,17 @@ class ChunkStore(ChunkMaintenance):
 
     # -- reading -------------------------------------------------------------------------------
 
-    def has_manifest(self, digest: Digest, *, with_packs: bool = False) -> bool:
+    def has_manifest(
+        self, digest: Digest, *, with_packs: bool = False, touch: bool = True
+    ) -> bool:
         """Whether ``digest``'s manifest is stored (and, ``with_packs``, every pack it names).
 
-        A manifest or pack older than ``freshen_after`` is touched, as a dedup hit must.
+        A manifest or pack older than ``freshen_after`` is touched, as a dedup hit must;
+        ``touch=False`` (only with ``with_packs=False``) looks without writing: a store this
+        process only reads from, such as the source of a sync, may refuse writes.
         """
+        if not touch and not with_packs:
+            return self._present(manifest_key(digest), touch=False)
         if not self._present(manifest_key(digest)):
             return False
         if not with_packs:

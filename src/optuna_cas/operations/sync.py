@@ -256,7 +256,8 @@ def sync(
     def transfer(digest: Digest) -> str | None:
         """Copy one blob; the reason it cannot be copied, or None when it was."""
         try:
-            if src_content.chunks.has_manifest(digest):
+            # Looked at, not touched: the source is only read (its role may refuse writes).
+            if src_content.chunks.has_manifest(digest, touch=False):
                 # Chunked: only the chunks the destination lacks move, each one verified.
                 with one_chunked_copy:
                     sent = dst_content.chunks.copy_from(src_content.chunks, digest)
