@@ -331,9 +331,7 @@ class ChunkStore(ChunkMaintenance):
 
     # -- reading -------------------------------------------------------------------------------
 
-    def has_manifest(
-        self, digest: Digest, *, with_packs: bool = False, touch: bool = True
-    ) -> bool:
+    def has_manifest(self, digest: Digest, *, with_packs: bool = False, touch: bool = True) -> bool:
         """Whether ``digest``'s manifest is stored (and, ``with_packs``, every pack it names).
 
         A manifest or pack older than ``freshen_after`` is touched, as a dedup hit must;
