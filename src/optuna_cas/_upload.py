@@ -174,8 +174,14 @@ def upload_artifact(
         # No metadata will point at this artifact: do not leave an orphan ref behind either.
         # (A foreign store's "already gone" is Optuna's class: made ours to be ignored too.)
         if _surely_not_recorded(target, key, error):
-            with contextlib.suppress(ArtifactNotFound), not_found_as_ours(artifact_id):
-                artifact_store.remove(artifact_id)
+            try:
+                with contextlib.suppress(ArtifactNotFound), not_found_as_ours(artifact_id):
+                    artifact_store.remove(artifact_id)
+            except Exception as cleanup:  # the metadata error is the one to raise
+                error.add_note(
+                    f"The stored artifact {artifact_id!r} could not be removed ({cleanup}); "
+                    "no metadata names it"
+                )
         raise
     return artifact_id
 

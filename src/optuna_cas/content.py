@@ -265,25 +265,27 @@ class ContentStore(BlobStore, RefStore):
                 source.seek(start or 0)
             try:
                 again = self.put_blob(source)
-            except BaseException:
-                self._remove_own_ref(artifact_id)
+            except BaseException as e:
+                self._remove_own_ref(artifact_id, e)
                 raise
             if again != digest:
-                self._remove_own_ref(artifact_id)
-                raise IntegrityError(
+                changed = IntegrityError(
                     f"Content of artifact {artifact_id!r} changed during upload; nothing was "
                     "recorded for it"
                 )
+                self._remove_own_ref(artifact_id, changed)
+                raise changed
             stored = self.has_blob(digest)
         if stored:
             return ref
-        self._remove_own_ref(artifact_id)
-        raise IntegrityError(
+        lost = IntegrityError(
             f"Content of artifact {artifact_id!r} could not be stored whole in "
             f"{self.describe()} ({_STORE_AGAIN_TRIES} tries: an object there is damaged and "
             "is not replaced, or a gc with a short grace period keeps taking it); nothing was "
             "recorded for it: run 'optuna-cas verify'"
         )
+        self._remove_own_ref(artifact_id, lost)
+        raise lost
 
     def _small_file(self, src: FileSource) -> bytes | None:
         """All of ``src`` if it holds at most ``inline_limit`` bytes and did not change."""
@@ -319,10 +321,22 @@ class ContentStore(BlobStore, RefStore):
         source.seek(start)
         return None
 
-    def _remove_own_ref(self, artifact_id: str) -> None:
-        # Only the ref this upload just wrote: blobs are never deleted on the upload path.
-        with contextlib.suppress(ArtifactNotFound):
-            self._backend.remove(self.ref_key(artifact_id))
+    def _remove_own_ref(self, artifact_id: str, failure: BaseException) -> None:
+        """Remove the ref a failing upload wrote; if that fails too, say so on ``failure``.
+
+        Only that ref: blobs are never deleted on the upload path. The upload's own error is
+        the one raised (a role that may not delete must not hide it behind AccessDenied).
+        """
+        key = self.ref_key(artifact_id)
+        try:
+            self._backend.remove(key)
+        except ArtifactNotFound:
+            pass
+        except Exception as e:
+            failure.add_note(
+                f"Its ref {key!r} could not be removed ({e}): it names content that is not "
+                f"stored; remove it ('optuna-cas rm {artifact_id}') with a role that may delete"
+            )
 
     def open_artifact(self, artifact_id: str) -> BinaryIO:
         """A verifying reader of an artifact's content.

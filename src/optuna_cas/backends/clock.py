@@ -109,8 +109,9 @@ class StoreClock:
         except Exception as e:
             raise StoreClockError(
                 f"could not read the time of {self._backend.describe()} ({e}); gc judges "
-                f"ages on the store's clock (it writes and deletes an empty object under "
-                f"{CLOCK_PREFIX}) and deleted nothing"
+                "ages on the store's clock (read by writing and deleting an empty object: "
+                f"under {CLOCK_PREFIX} on a remote store, a temp file in a local store's "
+                f"{self._stage_in}/) and deleted nothing"
             ) from e
 
     def _store_now(self) -> float:

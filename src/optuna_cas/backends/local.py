@@ -404,6 +404,13 @@ class LocalBackend:
             os.utime(path, follow_symlinks=False)
         except FileNotFoundError as e:
             raise self._missing(key) from e
+        except PermissionError as e:
+            # A store shared by several users: a file another user owns cannot be touched.
+            raise PermissionError(
+                e.errno,
+                f"cannot refresh the time of {path}, which this upload re-uses (so that gc "
+                f"spares it): {e.strerror}; is it another user's file?",
+            ) from e
 
     def stat(self, key: str) -> ObjectInfo:
         """Size and modification time of ``key``.

@@ -293,11 +293,13 @@ def repack(
     done = [obj for obj in candidates if _all_moved(live, obj.hexdigest, moved)]
     report.packs_repacked = sorted(obj.key for obj in done)
     gone = {obj.hexdigest for obj in done}
-    report.manifests_rewritten = _point_manifests_at(chunks, live, gone, moved)
     for obj in done:
         # Readers that loaded a manifest before its rewrite still read this pack: it stays
-        # until a run at least one grace period from now finds it unused.
+        # until a run at least one grace period from now finds it unused. Touched before the
+        # rewrite: a role that may not touch stops gc here, before any manifest moves (after
+        # it, the old pack kept its old time and the next run deleted it under such readers).
         chunks.touch(obj)
+    report.manifests_rewritten = _point_manifests_at(chunks, live, gone, moved)
     return moved, gone
 
 

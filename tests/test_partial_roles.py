@@ -1,0 +1,118 @@
+"""Roles with partial permissions: an upload's own error is the one raised.
+
+Found by a probe with write-but-no-delete roles (common for CI keys): when an upload failed
+after writing its ref, its clean-up (removing that ref) was refused, and the refusal replaced
+the upload's error, which said what went wrong (Optuna's UpdateFinishedTrialError could no
+longer be caught). Now the upload's error is raised, with a note naming the ref left behind.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from optuna_cas import upload_artifact
+from optuna_cas.backends.memory import MemoryBackend
+from optuna_cas.content import ContentStore
+from optuna_cas.exceptions import IntegrityError
+from optuna_cas.stores.base import ContentAddressedArtifactStore
+from optuna_cas.testing.streams import random_bytes
+
+
+class NoDelete(MemoryBackend):
+    """A role that may write but not delete."""
+
+    def remove(self, key: str) -> None:
+        raise PermissionError(f"AccessDenied: remove {key}")
+
+
+class NoDeleteRacingGc(NoDelete):
+    """... while a gc (another role) takes every blob as soon as it is written."""
+
+    def write(self, key: str, data: Any, *, if_absent: bool = False) -> None:
+        super().write(key, data, if_absent=if_absent)
+        if key.startswith(("refs/", "blobs/")):
+            for stored in [k for k in self._objects if k.startswith("blobs/")]:
+                del self._objects[stored]
+
+
+def test_an_upload_that_cannot_store_its_blob_raises_its_own_error_under_no_delete() -> None:
+    store = ContentAddressedArtifactStore(ContentStore(NoDeleteRacingGc()))
+    with pytest.raises(IntegrityError, match="could not be stored whole") as caught:
+        store.write("a1", io.BytesIO(random_bytes(6_000, seed=1)))
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "ref 'refs/a1' could not be removed" in notes and "AccessDenied" in notes
+
+
+def test_upload_artifact_raises_optunas_error_when_the_ref_cannot_be_removed(
+    tmp_path: Path,
+) -> None:
+    store = ContentAddressedArtifactStore(ContentStore(NoDelete()))
+    path = tmp_path / "model.bin"
+    path.write_bytes(random_bytes(6_000, seed=2))
+    study = optuna.create_study()
+    trial = study.ask()
+    study.tell(trial, 1.0)  # finished: its attributes can no longer be set
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError) as caught:
+        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "could not be removed" in notes and "AccessDenied" in notes
+
+
+class NoTouchOnPacks(MemoryBackend):
+    """A gc role that may not refresh a pack's time (GCS without objects.update, say)."""
+
+    def touch(self, key: str) -> None:
+        if key.startswith("packs/"):
+            raise PermissionError(f"AccessDenied: touch {key}")
+        super().touch(key)
+
+
+def test_a_repack_whose_touch_is_refused_leaves_every_manifest_as_it_was() -> None:
+    from optuna_cas.chunks.layout import manifest_key
+    from optuna_cas.operations.gc import gc
+
+    backend = NoTouchOnPacks()
+    store = ContentAddressedArtifactStore(ContentStore(backend, chunk_threshold=64 * 1024))
+    first = random_bytes(400_000, seed=5)
+    second = first[:150_000] + random_bytes(250_000, seed=6)  # shares a third of the first
+    store.write("first", io.BytesIO(first))
+    store.write("second", io.BytesIO(second))
+    store.remove("first")  # its pack is now less than half live: gc repacks it
+    for key, (data, modified) in list(backend._objects.items()):
+        backend._objects[key] = (data, modified - 3 * 3600)
+    kept = manifest_key(store.get_ref("second").digest)
+    before = backend._objects[kept][0]
+
+    with pytest.raises(PermissionError, match="touch packs/"):
+        gc(store)
+
+    # Before the fix the manifests already named the new pack, and the old one kept its old
+    # time: the next gc deleted it under readers holding the old manifest.
+    assert backend._objects[kept][0] == before
+    with store.open_reader("second") as reader:
+        assert reader.read() == second
+
+
+def test_a_local_touch_refused_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from optuna_cas.backends.local import LocalBackend
+
+    backend = LocalBackend(tmp_path / "store")
+    backend.write("blobs/ab/cd", io.BytesIO(b"shared"))
+
+    def refused(path: object, *args: object, **kwargs: object) -> None:
+        # What utime answers for a file another user owns (root is never refused).
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "utime", refused)
+    with pytest.raises(PermissionError, match=r"refresh the time of .*blobs/ab/cd.*another user"):
+        backend.touch("blobs/ab/cd")
