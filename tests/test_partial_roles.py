@@ -116,3 +116,21 @@ def test_a_local_touch_refused_names_the_file(
     monkeypatch.setattr(os, "utime", refused)
     with pytest.raises(PermissionError, match=r"refresh the time of .*blobs/ab/cd.*another user"):
         backend.touch("blobs/ab/cd")
+
+
+def test_verify_quarantine_without_delete_says_where_the_copy_is() -> None:
+    from optuna_cas.blob_maintenance import blob_key
+    from optuna_cas.operations.verify import verify
+
+    backend = NoDelete()
+    store = ContentAddressedArtifactStore(ContentStore(backend))
+    digest = store.content.put_blob(io.BytesIO(random_bytes(6_000, seed=7)))
+    key = blob_key(digest)
+    data, modified = backend._objects[key]
+    backend._objects[key] = (b"X" + data[1:], modified)  # one byte flipped on disk
+
+    report = verify(store, deep=True, quarantine=True)
+
+    assert report.quarantine_failed == [key]
+    assert f"A copy of {key!r} is left at 'quarantine/{key}'" in report.reasons[key]
+    assert f"quarantine/{key}" in {info.key for info in backend.list("quarantine/")}

@@ -479,7 +479,16 @@ def move_aside(backend: Backend, key: str, prefix: str, *, limit: int | None = N
                 reader = stack.enter_context(backend.open_reader(key, length=limit))
                 dropped = size - limit
             backend.write(prefix + key, reader)
-        backend.remove(key)
+        try:
+            backend.remove(key)
+        except ArtifactNotFound:
+            raise
+        except Exception as e:  # a role that may copy but not delete: say what is where
+            try:
+                backend.remove(prefix + key)
+            except Exception:
+                e.add_note(f"A copy of {key!r} is left at {prefix + key!r}.")
+            raise
         return dropped
     return 0
 

@@ -416,7 +416,12 @@ def quarantine_one(
         dropped = move()
     except (InvalidKeyError, OptunaCasError, OSError) as e:
         # InvalidKeyError: keys come from a listing, so only the destination can be refused.
-        why = f"{prefix} leads outside the store ({e})" if isinstance(e, InvalidKeyError) else e
+        notes = getattr(e, "__notes__", [])  # a copy left behind, say (see move_aside)
+        why = (
+            f"{prefix} leads outside the store ({e})"
+            if isinstance(e, InvalidKeyError)
+            else " ".join([str(e), *notes])
+        )
         report.reasons[key] = _and(report.reasons.get(key), f"could not quarantine: {why}")
         report.quarantine_failed.append(key)
         return
