@@ -354,6 +354,29 @@ def fingerprint_of(path: Path) -> bytes | None:
         return fingerprint(src)
 
 
+def test_a_resaved_file_repairs_a_blob_whose_corruption_put_its_mtime_back(
+    tmp_path: Path,
+) -> None:
+    """A same-size write into the stored blob, its mtime restored (``touch -r``): the
+    fingerprint path judged the blob unchanged by size and mtime, trusted it, and the store
+    kept bytes that no longer read back (found by a probe). The ctime gives it away."""
+    store = whole_blob_store(tmp_path / "s")
+    data = random_bytes(RESAVED_SIZE, seed=11)
+    path = tmp_path / "model.pt"
+    resave(path, data)
+    digest = store.put_blob(path)
+    blob = tmp_path / "s" / blob_key(digest)
+    before = blob.stat()
+    with open(blob, "r+b") as f:
+        f.seek(4 << 20)
+        f.write(bytes(16))
+    os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
+    resave(path, data)
+    assert store.put_blob(path) == digest
+    with store.open_blob(digest) as reader:
+        assert reader.read() == data  # repaired by the upload
+
+
 def test_resaved_identical_file_is_hashed_in_place_not_copied(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -358,8 +358,9 @@ class BlobStore(BlobMaintenance):
 
         A re-saved file (new inode and mtime) misses the identity memo. Its fingerprint names
         the content this process last stored or verified here with that fingerprint; if that
-        blob is unchanged since (same size and mtime: a corrupting write changes the mtime, and
-        then the copy path below compares and repairs it), the file is hashed where it lies
+        blob is unchanged since (same size, mtime and, in a local store, ctime: a corrupting
+        write changes the ctime even if its author puts the mtime back, and then the copy path
+        below compares and repairs it), the file is hashed where it lies
         (``pread``, never a map) and nothing is copied: a dedup hit stores no bytes, and the
         digest is of exactly the bytes read, which the re-check after hashing proves were the
         file's. Any mismatch returns None, and the caller takes the copy path.
@@ -386,12 +387,13 @@ class BlobStore(BlobMaintenance):
         """Where ``digest``'s content is named: its manifest (chunked) or its blob."""
         return manifest_key(digest) if digest.size >= self.chunk_threshold else blob_key(digest)
 
-    def _stored_state(self, digest: Digest) -> tuple[int, float] | None:
+    def _stored_state(self, digest: Digest) -> tuple[int, float, float | None] | None:
         try:
             info = self._backend.stat(self._stored_key(digest))
         except ArtifactNotFound:
             return None
-        return info.size, info.modified
+        # With the ctime where known: a write that put the mtime back (touch -r) still shows.
+        return info.size, info.modified, info.changed
 
     def _remember_stored(self, digest: Digest, hint: bytes | None) -> None:
         state = self._stored_state(digest)

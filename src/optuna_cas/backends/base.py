@@ -15,7 +15,7 @@ import errno
 import io
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar, runtime_checkable
 
 from optuna_cas.digest import RawReader
@@ -149,6 +149,9 @@ class ObjectInfo:
         key: The object's key, relative to the backend's root/prefix.
         size: Its length in bytes.
         modified: Last-modified time as seconds since the epoch (UTC).
+        changed: When the object last changed in any way, where the backend knows it (a local
+            file's ctime; ``stat`` only): unlike ``modified``, no user can set it back, so a
+            write whose author restored the mtime still shows here. Not compared.
 
     Example:
         >>> ObjectInfo(key="refs/x", size=3, modified=0.0).size
@@ -158,6 +161,7 @@ class ObjectInfo:
     key: str
     size: int
     modified: float
+    changed: float | None = field(default=None, compare=False)
 
 
 @runtime_checkable

@@ -428,7 +428,7 @@ class LocalBackend:
             raise self._missing(key) from e
         if not stat.S_ISREG(st.st_mode):
             raise self._missing(key)
-        return ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime)
+        return ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime, changed=st.st_ctime)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``; temp files and symlinks skipped.
