@@ -134,3 +134,23 @@ def test_verify_quarantine_without_delete_says_where_the_copy_is() -> None:
     assert report.quarantine_failed == [key]
     assert f"A copy of {key!r} is left at 'quarantine/{key}'" in report.reasons[key]
     assert f"quarantine/{key}" in {info.key for info in backend.list("quarantine/")}
+
+
+class DeleteActsButAnswerIsLost(MemoryBackend):
+    """A delete that reaches the server, whose answer is lost (a timeout, say)."""
+
+    def remove(self, key: str) -> None:
+        super().remove(key)
+        if not key.startswith("quarantine/"):
+            raise TimeoutError(f"remove {key}: no answer")
+
+
+def test_move_aside_keeps_the_copy_when_the_original_is_gone_after_all() -> None:
+    from optuna_cas.backends.base import move_aside
+
+    backend = DeleteActsButAnswerIsLost()
+    backend.write("packs/x", io.BytesIO(b"damaged"))
+    with pytest.raises(TimeoutError) as caught:
+        move_aside(backend, "packs/x", "quarantine/")
+    assert [info.key for info in backend.list("")] == ["quarantine/packs/x"]  # the only copy
+    assert "left at 'quarantine/packs/x'" in "\n".join(caught.value.__notes__)

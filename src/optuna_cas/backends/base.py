@@ -489,7 +489,8 @@ def move_aside(backend: Backend, key: str, prefix: str, *, limit: int | None = N
             raise
         except Exception as e:  # a role that may copy but not delete: say what is where
             try:
-                backend.remove(prefix + key)
+                backend.stat(key)  # still there? (a lost answer may hide a delete that acted)
+                backend.remove(prefix + key)  # then the copy is not the only one
             except Exception:
                 e.add_note(f"A copy of {key!r} is left at {prefix + key!r}.")
             raise

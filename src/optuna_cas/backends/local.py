@@ -408,8 +408,8 @@ class LocalBackend:
             # A store shared by several users: a file another user owns cannot be touched.
             raise PermissionError(
                 e.errno,
-                f"cannot refresh the time of {path}, which this upload re-uses (so that gc "
-                f"spares it): {e.strerror}; is it another user's file?",
+                f"cannot refresh the time of {path} (so that gc spares it a while longer): "
+                f"{e.strerror}; is it another user's file?",
             ) from e
 
     def stat(self, key: str) -> ObjectInfo:

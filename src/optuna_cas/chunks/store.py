@@ -338,7 +338,9 @@ class ChunkStore(ChunkMaintenance):
         ``touch=False`` (only with ``with_packs=False``) looks without writing: a store this
         process only reads from, such as the source of a sync, may refuse writes.
         """
-        if not touch and not with_packs:
+        if not touch:
+            if with_packs:
+                raise ValueError("has_manifest(touch=False) looks at the manifest only")
             return self._present(manifest_key(digest), touch=False)
         if not self._present(manifest_key(digest)):
             return False

@@ -293,13 +293,16 @@ def repack(
     done = [obj for obj in candidates if _all_moved(live, obj.hexdigest, moved)]
     report.packs_repacked = sorted(obj.key for obj in done)
     gone = {obj.hexdigest for obj in done}
+    # Readers that loaded a manifest before its rewrite still read these packs: each stays
+    # until a run at least one grace period after the rewrite finds it unused, so it is
+    # touched after the rewrite. And before: a role that may not touch stops gc there, with
+    # every manifest as it was (touched only after, a refused touch left the manifests moved
+    # and the old pack at its old time, which the next run deleted under such readers).
     for obj in done:
-        # Readers that loaded a manifest before its rewrite still read this pack: it stays
-        # until a run at least one grace period from now finds it unused. Touched before the
-        # rewrite: a role that may not touch stops gc here, before any manifest moves (after
-        # it, the old pack kept its old time and the next run deleted it under such readers).
         chunks.touch(obj)
     report.manifests_rewritten = _point_manifests_at(chunks, live, gone, moved)
+    for obj in done:
+        chunks.touch(obj)
     return moved, gone
 
 

@@ -356,8 +356,11 @@ def quarantine_chunked(
     by_key = {obj.key: obj for obj in [*listing.manifests, *listing.packs.values()]}
     kept = _corrupt_packs_still_serving(listing, parsed, report)
     for key, (_pack, _failing, sound) in kept.items():
+        # Readers of the old manifests: gc waits a grace period. Touched first too, so that a
+        # role that may not touch stops before any manifest moves (see gc's repack).
+        chunks.touch(by_key[key])
         if move_out(chunks, by_key[key], sound):
-            chunks.touch(by_key[key])  # readers of the old manifests: gc waits a grace period
+            chunks.touch(by_key[key])
             report.reasons[key] += (
                 "; kept: the ranges other files use were copied to a new pack, and gc deletes "
                 "this one once nothing uses it"

@@ -74,11 +74,11 @@ which packs hold). A ref names the file's digest either way. gc extends the step
     sits in a pack that stays is pointed there instead), an index object of them is
     published, and every kept manifest using the old pack is replaced by one naming the new
     places (same key, same chunks, one atomic write). The old pack is not deleted now: it is
-    touched (just before the rewrite, so a refused touch leaves every manifest as it was)
-    and left for a later run, which deletes it once no kept manifest uses it and it is a
-    grace period old. So a reader that loaded the old manifest just before the rewrite
-    keeps working until the next gc run at least, and for a grace period after the touch,
-    which the rewrite follows at once; readers and uploads re-read a manifest whenever they open or check a file;
+    touched (before the rewrite too, so that a refused touch leaves every manifest as it
+    was) and left for a later run, which deletes it once no kept manifest uses it and it is
+    a grace period old. So a reader that loaded the old manifest just before the rewrite
+    keeps working until the next gc run at least, and for at least a grace period after the
+    rewrite; readers and uploads re-read a manifest whenever they open or check a file;
 (h) publishes one consolidated index object of every live chunk where it now is, then
     deletes the index objects listed in (a) that are older than ``grace_period``. Index
     objects are only hints: an uploader checks (and touches) every pack it reuses, so a
