@@ -56,7 +56,7 @@ from optuna_cas.digest import (
     hash_stream,
     verified_buffers,
 )
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, StoreConfigError
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, StoreConfigError, TooManyChunks
 from optuna_cas.ingest import (
     FileDigestMemo,
     FileSource,
@@ -246,7 +246,10 @@ class BlobStore(BlobMaintenance):
                 return self._put_file(src, receipt)
         file_source = FileSource.of_stream(source)
         if file_source is None and (remaining_size(source) or 0) >= self.chunk_threshold:
-            return self.chunks.put(source)
+            start = source.tell()
+            with contextlib.suppress(TooManyChunks):  # then stored whole, below
+                return self.chunks.put(source)
+            source.seek(start)
         if file_source is not None:
             digest = self._put_file(file_source, receipt)
             source.seek(file_source.start + digest.size)
@@ -283,17 +286,13 @@ class BlobStore(BlobMaintenance):
         digest = self._reuse_known_content(src, hint)
         if digest is None and src.size_hint >= self.chunk_threshold:
             reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
-            digest = self.chunks.put(reader, src.size_hint, src.check_unchanged)
-            if hint is not None:  # its manifest and packs were just checked or written
+            with contextlib.suppress(TooManyChunks):  # then stored whole, below
+                digest = self.chunks.put(reader, src.size_hint, src.check_unchanged)
+            if digest is not None and hint is not None:  # its manifest and packs are there
                 self._remember_stored(digest, hint)
-        elif digest is None and (stager := self._staging) is not None:
-            digest = self._put_staged(
-                lambda fd: copy_hashing(src.fd, src.start, fd, src.size_hint),
-                src,
-                stager,
-                hint,
-                receipt,
-            )
+        if digest is None and (stager := self._staging) is not None:
+            copy = lambda fd: copy_hashing(src.fd, src.start, fd, src.size_hint)  # noqa: E731
+            digest = self._put_staged(copy, src, stager, hint, receipt)
         elif digest is None:
             digest = hash_fd(src.fd, src.start)
             reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)

@@ -29,6 +29,7 @@ __all__ = [
     "OptunaCasError",
     "StoreClockError",
     "StoreConfigError",
+    "TooManyChunks",
     "TransientBackendError",
     "UnsupportedSourceError",
     "not_found_as_ours",
@@ -160,6 +161,19 @@ class StoreClockError(OptunaCasError):
 
     Example:
         >>> issubclass(StoreClockError, OptunaCasError)
+        True
+    """
+
+
+class TooManyChunks(OptunaCasError):
+    """A file has more chunks than one manifest may name (one that readers accept).
+
+    Raised by ``ChunkStore.put`` before anything names the file (its packs are orphans for
+    gc), so that nothing is acknowledged that would not read back: readers would call such a
+    manifest malformed, and verify set it aside. The blob store then stores the file whole.
+
+    Example:
+        >>> issubclass(TooManyChunks, OptunaCasError)
         True
     """
 

@@ -52,7 +52,12 @@ from optuna_cas.chunks.table import (
     parse_table,
 )
 from optuna_cas.digest import Digest, verified_buffers
-from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, MalformedRecordWarning
+from optuna_cas.exceptions import (
+    ArtifactNotFound,
+    IntegrityError,
+    MalformedRecordWarning,
+    TooManyChunks,
+)
 
 __all__ = ["ChunkStore", "StoredObject"]
 
@@ -133,6 +138,11 @@ class ChunkStore(ChunkMaintenance):
                 # A pack this pass leaned on is gone (gc's race): again, storing its chunks.
                 stream.seek(cast(int, start))
             writer, digest = done
+            manifest = writer.manifest.to_bytes(digest)
+            if len(manifest) > MAX_TABLE_BYTES:  # ~107 GiB of random bytes: readers refuse it
+                raise TooManyChunks(
+                    f"{len(manifest):,} bytes of manifest in {self._backend.describe()}"
+                )
             # Before the check: a hint, true whatever the source did (its packs hold the
             # chunks), which lets the retry of an upload whose source changed reuse them.
             self.publish_index(writer.index)
@@ -146,9 +156,7 @@ class ChunkStore(ChunkMaintenance):
         if stored != "complete":
             # One that names a pack gone since (or is malformed) is replaced by ours, whose
             # packs this upload just wrote or checked: a re-upload repairs it.
-            self._write_manifest(
-                digest, writer.manifest.to_bytes(digest), replace=stored == "broken"
-            )
+            self._write_manifest(digest, manifest, replace=stored == "broken")
         return digest
 
     def _cut_and_pack(
