@@ -25,7 +25,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 from optuna_cas._fileio import (
     PositionalReader,
@@ -270,12 +270,12 @@ class BlobStore(BlobMaintenance):
 
     def _put_file(self, src: FileSource, receipt: PublishReceipt | None = None) -> Digest:
         remembered = self._file_digests.get(src.before) if src.start == 0 else None
-        if remembered is not None and remembered.size >= self.chunk_threshold:
-            # With its packs: a re-upload after the ref (gc's argument) must repair a gone pack.
-            if self.chunks.has_manifest(remembered, with_packs=True):
-                src.check_unchanged()
-                return remembered
-        elif remembered is not None and self._check_stored(remembered) == (True, False):
+        # With its packs (a re-upload repairs a gone pack: gc's argument), else maybe a blob.
+        large = remembered is not None and remembered.size >= self.chunk_threshold
+        if large and self.chunks.has_manifest(cast(Digest, remembered), with_packs=True):
+            src.check_unchanged()
+            return cast(Digest, remembered)
+        if remembered is not None and self._check_stored(remembered) == (True, False):
             if self._blob_cache is not None:
                 reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
                 self._blob_cache.add_file(remembered, reader)

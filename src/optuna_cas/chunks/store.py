@@ -49,6 +49,7 @@ from optuna_cas.chunks.table import (
     MAX_TABLE_BYTES,
     ChunkTable,
     TableBuilder,
+    largest_manifest_bytes,
     parse_table,
 )
 from optuna_cas.digest import Digest, verified_buffers
@@ -138,11 +139,10 @@ class ChunkStore(ChunkMaintenance):
                 # A pack this pass leaned on is gone (gc's race): again, storing its chunks.
                 stream.seek(cast(int, start))
             writer, digest = done
+            # ~58 GiB of random bytes: a copy or repack of its manifest might be refused.
+            if (worst := largest_manifest_bytes(len(writer.manifest))) > MAX_TABLE_BYTES:
+                raise TooManyChunks(f"{worst:,} bytes of manifest in {self._backend.describe()}")
             manifest = writer.manifest.to_bytes(digest)
-            if len(manifest) > MAX_TABLE_BYTES:  # ~107 GiB of random bytes: readers refuse it
-                raise TooManyChunks(
-                    f"{len(manifest):,} bytes of manifest in {self._backend.describe()}"
-                )
             # Before the check: a hint, true whatever the source did (its packs hold the
             # chunks), which lets the retry of an upload whose source changed reuse them.
             self.publish_index(writer.index)

@@ -39,6 +39,7 @@ __all__ = [
     "ChunkTable",
     "Entry",
     "TableBuilder",
+    "largest_manifest_bytes",
     "parse_table",
 ]
 
@@ -54,6 +55,21 @@ _COUNTS = struct.Struct("<II")
 _FILE = struct.Struct("<32sQ")
 _PACK = struct.Struct("<32sQ")
 ENTRY = struct.Struct("<32sIIQ")
+
+
+def largest_manifest_bytes(entries: int) -> int:
+    """The most bytes a manifest of ``entries`` entries can take, whatever its packs.
+
+    Each entry could sit in a pack of its own (a sync's destination, a repack may scatter
+    them): an upload keeps within :data:`MAX_TABLE_BYTES` by this, not by its own packs.
+
+    Example:
+        >>> largest_manifest_bytes(0), largest_manifest_bytes(1)
+        (56, 144)
+    """
+    return len(MANIFEST_MAGIC) + _FILE.size + _COUNTS.size + entries * (_PACK.size + ENTRY.size)
+
+
 # A row of a table that borrows its entries (see TableBuilder): (reference, pack number).
 _REF = struct.Struct("<II")
 _OWN = 1 << 31  # the reference is to the table's own entries, not its source's
