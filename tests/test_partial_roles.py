@@ -21,17 +21,15 @@ from optuna_cas.content import ContentStore
 from optuna_cas.exceptions import IntegrityError
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from optuna_cas.testing.streams import random_bytes
+from tests.support.roles import RefusingBackend
 
 
-class NoDelete(MemoryBackend):
-    """A role that may write but not delete."""
+class NoDeleteRacingGc(RefusingBackend):
+    """A role that may write but not delete, while a gc (another role) takes every blob as
+    soon as it is written."""
 
-    def remove(self, key: str) -> None:
-        raise PermissionError(f"AccessDenied: remove {key}")
-
-
-class NoDeleteRacingGc(NoDelete):
-    """... while a gc (another role) takes every blob as soon as it is written."""
+    def __init__(self) -> None:
+        super().__init__(refuse={"remove"})
 
     def write(self, key: str, data: Any, *, if_absent: bool = False) -> None:
         super().write(key, data, if_absent=if_absent)
@@ -51,7 +49,7 @@ def test_an_upload_that_cannot_store_its_blob_raises_its_own_error_under_no_dele
 def test_upload_artifact_raises_optunas_error_when_the_ref_cannot_be_removed(
     tmp_path: Path,
 ) -> None:
-    store = ContentAddressedArtifactStore(ContentStore(NoDelete()))
+    store = ContentAddressedArtifactStore(ContentStore(RefusingBackend(refuse={"remove"})))
     path = tmp_path / "model.bin"
     path.write_bytes(random_bytes(6_000, seed=2))
     study = optuna.create_study()
@@ -63,20 +61,12 @@ def test_upload_artifact_raises_optunas_error_when_the_ref_cannot_be_removed(
     assert "could not be removed" in notes and "AccessDenied" in notes
 
 
-class NoTouchOnPacks(MemoryBackend):
-    """A gc role that may not refresh a pack's time (GCS without objects.update, say)."""
-
-    def touch(self, key: str) -> None:
-        if key.startswith("packs/"):
-            raise PermissionError(f"AccessDenied: touch {key}")
-        super().touch(key)
-
-
 def test_a_repack_whose_touch_is_refused_leaves_every_manifest_as_it_was() -> None:
     from optuna_cas.chunks.layout import manifest_key
     from optuna_cas.operations.gc import gc
 
-    backend = NoTouchOnPacks()
+    # A gc role that may not refresh a pack's time (GCS without objects.update, say).
+    backend = RefusingBackend(refuse={"touch"}, prefix="packs/")
     store = ContentAddressedArtifactStore(ContentStore(backend, chunk_threshold=64 * 1024))
     first = random_bytes(400_000, seed=5)
     second = first[:150_000] + random_bytes(250_000, seed=6)  # shares a third of the first
@@ -122,7 +112,7 @@ def test_verify_quarantine_without_delete_says_where_the_copy_is() -> None:
     from optuna_cas.blob_maintenance import blob_key
     from optuna_cas.operations.verify import verify
 
-    backend = NoDelete()
+    backend = RefusingBackend(refuse={"remove"})
     store = ContentAddressedArtifactStore(ContentStore(backend))
     digest = store.content.put_blob(io.BytesIO(random_bytes(6_000, seed=7)))
     key = blob_key(digest)

@@ -26,6 +26,7 @@ from optuna_cas.exceptions import StoreClockError, TransientBackendError
 from optuna_cas.operations.gc import gc
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from optuna_cas.testing.streams import random_bytes
+from tests.support.roles import RefusingBackend
 
 HOURS = 3600.0
 _real_time = time.time
@@ -124,28 +125,17 @@ def test_a_step_of_this_machines_clock_after_the_reading_cannot_make_gc_delete_e
     assert abs(clock.now_to_delete() - _real_time()) < 5
 
 
-class _Flaky(MemoryBackend):
-    """Refuses writes while ``refuse`` is set (a read-only role, a lost connection)."""
-
-    refuse = True
-
-    def write(self, key: str, data: object, *, if_absent: bool = False) -> None:
-        if self.refuse:
-            raise PermissionError(f"{key}: read-only")
-        super().write(key, data, if_absent=if_absent)  # type: ignore[arg-type]
-
-
 def test_an_upload_falls_back_to_this_clock_once_warned_and_asks_again_later(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend = _Flaky()
+    backend = RefusingBackend(refuse={"write"}, reason="read-only")  # or a lost connection
     clock = StoreClock(backend, stage_in="blobs")
     with caplog.at_level(logging.WARNING, logger="optuna_cas.backends.clock"):
         assert abs(clock.now_to_freshen() - _real_time()) < 5
         clock.now_to_freshen()
     assert caplog.text.count("could not read the time of memory") == 1
     assert "read-only" in caplog.text
-    backend.refuse = False
+    backend.refuse = set()
     clock.now_to_freshen()
     assert clock._reading.anchor is None  # not asked again within a minute of the failure
     monkeypatch.setattr(time, "monotonic", lambda: _real_monotonic() + 61)
@@ -154,12 +144,11 @@ def test_an_upload_falls_back_to_this_clock_once_warned_and_asks_again_later(
 
 
 def test_gc_deletes_nothing_when_it_cannot_read_the_store_time() -> None:
-    backend = _Flaky()
-    backend.refuse = False
+    backend = RefusingBackend(reason="read-only")
     store = ContentAddressedArtifactStore(ContentStore(backend))
     store.write("dropped", io.BytesIO(CONTENTS["blob"]))
     store.remove("dropped")
-    backend.refuse = True
+    backend.refuse = {"write"}
     store = ContentAddressedArtifactStore(ContentStore(backend))  # a new process's, say
     with pytest.raises(StoreClockError, match="could not read the time of memory"):
         gc(store, grace_period=0, allow_short_grace=True)
@@ -169,16 +158,8 @@ def test_gc_deletes_nothing_when_it_cannot_read_the_store_time() -> None:
     assert len(report.deleted) == 1
 
 
-def test_a_reading_survives_a_store_that_refuses_the_delete(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    backend = MemoryBackend()
-
-    def refuse(key: str) -> None:
-        raise PermissionError(f"{key}: no delete")
-
-    monkeypatch.setattr(backend, "remove", refuse)
-    clock = StoreClock(backend, stage_in="blobs")
+def test_a_reading_survives_a_store_that_refuses_the_delete() -> None:
+    clock = StoreClock(RefusingBackend(refuse={"remove"}), stage_in="blobs")
     clock.now_to_delete()  # no error: the empty object stays
     assert clock._reading.anchor is not None
 

@@ -15,41 +15,20 @@ from optuna_cas.content import ContentStore
 from optuna_cas.operations.sync import sync
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 from optuna_cas.testing.streams import random_bytes
+from tests.support.roles import RefusingBackend
 
 THRESHOLD = 64 * 1024  # the chunked file below has a manifest and a pack
 
 
-class ReadOnly(MemoryBackend):
-    """Refuses every write, touch and delete once ``locked``."""
-
-    locked = False
-
-    def write(self, key: str, data: object, *, if_absent: bool = False) -> None:
-        self._refuse(key)
-        super().write(key, data, if_absent=if_absent)  # type: ignore[arg-type]
-
-    def touch(self, key: str) -> None:
-        self._refuse(key)
-        super().touch(key)
-
-    def remove(self, key: str) -> None:
-        self._refuse(key)
-        super().remove(key)
-
-    def _refuse(self, key: str) -> None:
-        if self.locked:
-            raise PermissionError(f"{key}: this role may only read")
-
-
 def test_sync_copies_old_files_from_a_source_it_may_only_read() -> None:
-    backend = ReadOnly()
+    backend = RefusingBackend()
     writer = ContentAddressedArtifactStore(ContentStore(backend, chunk_threshold=THRESHOLD))
     files = {"chunked": random_bytes(300_000, seed=3), "blob": random_bytes(10_000, seed=4)}
     for artifact_id, data in files.items():
         writer.write(artifact_id, io.BytesIO(data))
     for key, (data, modified) in list(backend._objects.items()):
         backend._objects[key] = (data, modified - 2 * 3600)  # saved two hours ago
-    backend.locked = True
+    backend.refuse = {"write", "touch", "remove"}  # this role may only read
     source = ContentAddressedArtifactStore(ContentStore(backend, chunk_threshold=THRESHOLD))
     target = ContentAddressedArtifactStore(ContentStore(MemoryBackend(), chunk_threshold=THRESHOLD))
 
