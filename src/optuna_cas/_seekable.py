@@ -1,4 +1,4 @@
-"""A verified stream that can also seek: the whole content is spooled on the first real move.
+"""Streams and their seeks: a verified stream that spools itself, a reader that counts bytes.
 
 Optuna's ``FileSystemArtifactStore.open_reader`` returns a plain file, so code such as
 ``np.load(store.open_reader(i))``, ``zipfile.ZipFile(...)`` or ``torch.load(...)`` (a zip)
@@ -9,6 +9,9 @@ actually moves opens the content afresh, copies all of it through its verifying 
 private temp file (unlinked at once, so no other process can change it), and serves every
 read and seek from there: one extra pass over the file, then random access at disk speed,
 never a byte that was not checked.
+
+:class:`CountingReader` reports the bytes that pass (a progress bar) and passes seeks through,
+so a retried upload can rewind it and a remote backend can size its parts from its length.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import BinaryIO, cast
 from optuna_cas._fileio import naming_full_disk, out_of_space
 from optuna_cas.digest import CHUNK_SIZE, RawReader, readinto
 
-__all__ = ["SPOOLED_FIRST", "SpoolOnSeek", "checked_copy", "seekable_reader"]
+__all__ = ["SPOOLED_FIRST", "CountingReader", "SpoolOnSeek", "checked_copy", "seekable_reader"]
 
 # A whole blob up to this size (the chunking threshold) is copied, checked, into a private temp
 # file before open_reader hands out a byte; a larger one (stored with chunking off) streams.
@@ -212,3 +215,85 @@ class _SeeksReachTheSpool(io.BufferedReader):
             return super().seek(offset, whence)  # errors and non-moves as BufferedReader has them
         # As a seek from the end: BufferedReader drops its buffer and asks the raw stream.
         return super().seek(target - raw.size, io.SEEK_END)
+
+
+class CountingReader(RawReader):
+    """Passes reads, and seeks where ``inner`` can, through; reports the bytes read.
+
+    A rewind (a retried upload seeking back to where it started) takes back what it will
+    read again, so the total reported is the bytes delivered once. Seeks also let a remote
+    backend ask the length (a seek to the end and back): without it an upload of more than
+    10,000 parts of the configured size fails on S3.
+
+    Args:
+        inner: The stream read.
+        report: Called with each read's byte count (negative after a rewind).
+        closes_inner: Whether :meth:`close` closes ``inner``.
+
+    Example:
+        >>> seen = []
+        >>> reader = CountingReader(io.BytesIO(b"hello"), seen.append)
+        >>> reader.read(3), reader.seek(0), reader.read(), sum(seen)
+        (b'hel', 0, b'hello', 5)
+    """
+
+    def __init__(
+        self, inner: BinaryIO, report: Callable[[int], None], *, closes_inner: bool = True
+    ) -> None:
+        super().__init__()
+        self._inner = inner
+        self._report = report
+        self._closes_inner = closes_inner
+        self._start: int | None = None
+        self._counted = 0  # bytes reported, from the start on
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        """Read into ``buffer`` and report the count."""
+        if self._start is None:
+            self._note_start()
+        n = readinto(self._inner, memoryview(buffer).cast("B"))
+        if n:
+            self._counted += n
+            self._report(n)
+        return n
+
+    def seekable(self) -> bool:
+        """Whether ``inner`` can seek."""
+        try:
+            return bool(self._inner.seekable())
+        except (AttributeError, ValueError):
+            return False
+
+    def tell(self) -> int:
+        """``inner``'s position."""
+        position = self._inner.tell()
+        if self._start is None:
+            self._start = position
+        return position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move ``inner``; a move back takes back the bytes that will be read again."""
+        if self._start is None:
+            self._note_start()
+        position = self._inner.seek(offset, whence)
+        # A seek forward (asking the size) moved no bytes: nothing to take back.
+        behind = max(0, position - (self._start or 0))
+        if behind < self._counted:
+            self._report(behind - self._counted)
+            self._counted = behind
+        return position
+
+    def close(self) -> None:
+        """Close ``inner`` too if asked to."""
+        try:
+            if self._closes_inner:
+                self._inner.close()
+        finally:
+            super().close()
+
+    def _note_start(self) -> None:
+        """Where this stream started, for rewinds (0 for a stream that cannot tell)."""
+        try:
+            self.tell()
+        except (AttributeError, OSError, ValueError):
+            self._start = 0

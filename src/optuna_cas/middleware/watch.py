@@ -21,9 +21,10 @@ import io
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import BinaryIO, cast
 
+from optuna_cas._seekable import CountingReader
 from optuna_cas.backends.base import (
     Backend,
     ObjectInfo,
@@ -34,7 +35,7 @@ from optuna_cas.backends.base import (
 )
 from optuna_cas.chunks.layout import MANIFEST_PREFIX, PACK_PREFIX
 from optuna_cas.content import BLOB_PREFIX, REF_PREFIX
-from optuna_cas.digest import CHUNK_SIZE, RawReader, readinto
+from optuna_cas.digest import CHUNK_SIZE
 from optuna_cas.progress import Progress, ProgressCallback
 from optuna_cas.stores.base import ContentAddressedArtifactStore
 
@@ -136,7 +137,7 @@ class TransferWatch:
     def _counting_source(self, stream: BinaryIO) -> BinaryIO:
         self._from_source = True
         # The caller's stream (an upload's source): the wrapper, once dropped, must not close it.
-        counting = _Counting(stream, self._source_read, closes_inner=False)
+        counting = CountingReader(stream, self._source_read, closes_inner=False)
         return cast(BinaryIO, io.BufferedReader(counting, CHUNK_SIZE))
 
     def _source_read(self, amount: int) -> None:
@@ -185,67 +186,6 @@ def _at_most(
     progress(task, min(done, limit), total)
 
 
-class _Counting(RawReader):
-    """Passes reads (and seeks, for retries that rewind) through, reporting the bytes."""
-
-    def __init__(
-        self, inner: BinaryIO, report: Callable[[int], None], *, closes_inner: bool = True
-    ) -> None:
-        super().__init__()
-        self._inner = inner
-        self._report = report
-        self._closes_inner = closes_inner
-        self._start: int | None = None
-        self._counted = 0  # bytes reported, from the start on
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        if self._start is None:
-            self._note_start()
-        n = readinto(self._inner, memoryview(buffer).cast("B"))
-        if n:
-            self._counted += n
-            self._report(n)
-        return n
-
-    def seekable(self) -> bool:
-        try:
-            return bool(self._inner.seekable())
-        except (AttributeError, ValueError):
-            return False
-
-    def tell(self) -> int:
-        position = self._inner.tell()
-        if self._start is None:
-            self._start = position
-        return position
-
-    def _note_start(self) -> None:
-        """Where this stream started, for rewinds (0 for a stream that cannot tell)."""
-        try:
-            self.tell()
-        except (AttributeError, OSError, ValueError):
-            self._start = 0
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if self._start is None:
-            self._note_start()
-        position = self._inner.seek(offset, whence)
-        # A retry rewinds: what it reads again is counted again, so take it back now. A seek
-        # forward (asking the size) moved no bytes.
-        behind = max(0, position - (self._start or 0))
-        if behind < self._counted:
-            self._report(behind - self._counted)
-            self._counted = behind
-        return position
-
-    def close(self) -> None:
-        try:
-            if self._closes_inner:
-                self._inner.close()
-        finally:
-            super().close()
-
-
 class _WatchedBackend:
     """A backend that reports the content bytes it reads and writes (not refs)."""
 
@@ -258,7 +198,7 @@ class _WatchedBackend:
         if key.startswith(REF_PREFIX):
             return reader
         return cast(
-            BinaryIO, io.BufferedReader(_Counting(reader, self._watch._advance), CHUNK_SIZE)
+            BinaryIO, io.BufferedReader(CountingReader(reader, self._watch._advance), CHUNK_SIZE)
         )
 
     def write(self, key: str, content_body: BinaryIO, *, if_absent: bool = False) -> None:
@@ -286,7 +226,7 @@ class _WatchedBackend:
             self._watch._advance(size)
             self._watch._pack_stored(size)
             return
-        body = _Counting(content_body, self._watch._advance)
+        body = CountingReader(content_body, self._watch._advance)
         start = body.tell()  # where this write starts, for rewinds
         self._inner.write(
             key, cast(BinaryIO, io.BufferedReader(body, CHUNK_SIZE)), if_absent=if_absent

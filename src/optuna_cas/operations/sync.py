@@ -6,8 +6,9 @@ import contextlib
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
+from optuna_cas._seekable import CountingReader
 from optuna_cas._threads import map_in_threads
 from optuna_cas.backends.base import innermost
 from optuna_cas.content import ContentStore
@@ -102,33 +103,6 @@ def _endpoint(backend: object) -> object:
     # boto3 (client.meta.endpoint_url), google-cloud-storage (client.api_endpoint).
     meta = getattr(client, "meta", None)
     return getattr(meta, "endpoint_url", None) or getattr(client, "api_endpoint", None)
-
-
-class _Counting:
-    """A reader that reports bytes as they pass (for progress and the byte count)."""
-
-    def __init__(self, reader: BinaryIO, bar: Progress, lock: threading.Lock) -> None:
-        self._reader = reader
-        self._bar = bar
-        self._lock = lock
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._reader.read(size)
-        with self._lock:
-            self._bar.advance(len(data))
-        return data
-
-    def readinto(self, buffer: memoryview) -> int:
-        n = self._reader.readinto(buffer)  # type: ignore[attr-defined]
-        with self._lock:
-            self._bar.advance(n or 0)
-        return int(n or 0)
-
-    def seekable(self) -> bool:
-        return False
-
-    def readable(self) -> bool:
-        return True
 
 
 def sync(
@@ -265,7 +239,9 @@ def sync(
                     bar.advance(sent)
                 return None
             with src_content.open_blob(digest) as reader:  # verifying: raises on corruption
-                dst_content.write_verified_blob(digest, _Counting(reader, bar, lock))  # type: ignore[arg-type]
+                # Counted as it passes; it seeks where the source can, so a remote destination
+                # sizes its parts from the blob's length and a retried write can rewind.
+                dst_content.write_verified_blob(digest, _counted(reader, bar))
         except ArtifactNotFound:
             return _SOURCE_MISSING.format(digest)
         except IntegrityError as e:  # a bad source, or something in the way at the destination
@@ -408,7 +384,7 @@ def _copy_legacy(
     def copy(artifact_id: str) -> str | None:
         try:
             with src.backend.open_reader(artifact_id) as reader:
-                ref = dst.put_artifact(artifact_id, _Counting(reader, bar, lock))  # type: ignore[arg-type]
+                ref = dst.put_artifact(artifact_id, _counted(reader, bar))
         except ArtifactNotFound:
             return "the object Optuna's store wrote is gone from the source"
         except IntegrityError as e:
@@ -422,3 +398,8 @@ def _copy_legacy(
             report.legacy_copied.append(artifact_id)
         else:
             report.failed.append((artifact_id, problem))
+
+
+def _counted(reader: BinaryIO, bar: Progress) -> BinaryIO:
+    """``reader``, advancing ``bar`` by the bytes read (Progress is thread-safe)."""
+    return cast(BinaryIO, CountingReader(reader, bar.advance, closes_inner=False))
