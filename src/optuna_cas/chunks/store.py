@@ -49,16 +49,11 @@ from optuna_cas.chunks.table import (
     MAX_TABLE_BYTES,
     ChunkTable,
     TableBuilder,
-    largest_manifest_bytes,
+    check_manifest_fits,
     parse_table,
 )
 from optuna_cas.digest import Digest, verified_buffers
-from optuna_cas.exceptions import (
-    ArtifactNotFound,
-    IntegrityError,
-    MalformedRecordWarning,
-    TooManyChunks,
-)
+from optuna_cas.exceptions import ArtifactNotFound, IntegrityError, MalformedRecordWarning
 
 __all__ = ["ChunkStore", "StoredObject"]
 
@@ -140,8 +135,7 @@ class ChunkStore(ChunkMaintenance):
                 stream.seek(cast(int, start))
             writer, digest = done
             # ~58 GiB of random bytes: a copy or repack of its manifest might be refused.
-            if (worst := largest_manifest_bytes(len(writer.manifest))) > MAX_TABLE_BYTES:
-                raise TooManyChunks(f"{worst:,} bytes of manifest in {self._backend.describe()}")
+            check_manifest_fits(len(writer.manifest), digest, self._backend.describe())
             manifest = writer.manifest.to_bytes(digest)
             # Before the check: a hint, true whatever the source did (its packs hold the
             # chunks), which lets the retry of an upload whose source changed reuse them.

@@ -22,15 +22,17 @@ Entries stay packed in one ``bytes`` (48 bytes each): a 4 GiB file of 64 KiB chu
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from optuna_cas._terminal import human_bytes
 from optuna_cas.chunks.digest_index import DigestIndex, Records
 from optuna_cas.chunks.layout import CHUNK_MAX
 from optuna_cas.digest import Digest
-from optuna_cas.exceptions import IntegrityError, NewerFormatError
+from optuna_cas.exceptions import IntegrityError, NewerFormatError, TooManyChunks
 
 __all__ = [
     "INDEX_MAGIC",
@@ -54,6 +56,7 @@ _LONGEST_CHUNK = max(CHUNK_MAX, 16 * 1024 * 1024)
 _COUNTS = struct.Struct("<II")
 _FILE = struct.Struct("<32sQ")
 _PACK = struct.Struct("<32sQ")
+_log = logging.getLogger(__name__)
 ENTRY = struct.Struct("<32sIIQ")
 
 
@@ -68,6 +71,29 @@ def largest_manifest_bytes(entries: int) -> int:
         (56, 144)
     """
     return len(MANIFEST_MAGIC) + _FILE.size + _COUNTS.size + entries * (_PACK.size + ENTRY.size)
+
+
+def check_manifest_fits(entries: int, digest: Digest, where: str) -> None:
+    """Raise ``TooManyChunks`` if a manifest of ``entries`` entries might be refused.
+
+    The caller stores the file whole instead; the warning says so, since that file then gets
+    no chunk-level dedup (about 58 GiB of random bytes reach the cap).
+
+    Example:
+        >>> check_manifest_fits(1000, Digest.of_bytes(b""), "memory://")
+    """
+    if (worst := largest_manifest_bytes(entries)) <= MAX_TABLE_BYTES:
+        return
+    _log.warning(
+        "A file of %s (%s) has %s chunks, more than one manifest may name (the cap is %s of "
+        "manifest): storing it whole in %s, without chunk-level dedup",
+        human_bytes(digest.size),
+        digest,
+        f"{entries:,}",
+        human_bytes(MAX_TABLE_BYTES),
+        where,
+    )
+    raise TooManyChunks(f"{worst:,} bytes of manifest in {where}")
 
 
 # A row of a table that borrows its entries (see TableBuilder): (reference, pack number).
