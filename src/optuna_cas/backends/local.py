@@ -99,8 +99,8 @@ class LocalBackend:
     def _stored(self, key: str) -> str:
         """``key``'s path, to read or remove what is stored there.
 
-        A key whose directory is a symlink leading out of the store names nothing stored in
-        it: ``ArtifactNotFound``, as for any missing object, so that verify reports it missing
+        A key whose directory is a symlink (wherever it leads) names nothing stored in it:
+        ``ArtifactNotFound``, as for any missing object, so that verify reports it missing
         and an upload that needs its chunks stores them in a new pack. A write to a key under
         that directory still raises ``InvalidKeyError``: nothing goes through the link.
         """
@@ -112,9 +112,11 @@ class LocalBackend:
     def _fspath(self, key: str) -> str:
         """``key``'s absolute path as a string (no ``Path``: the hot paths of small uploads)."""
         validate_key(key)
-        # A symlinked directory inside the store must not lead reads or writes outside it.
-        # One lstat per directory of the key (1-3 of them) instead of resolving the whole
-        # absolute path: small uploads do this several times each.
+        # A symlinked directory inside the store leads nowhere, wherever it points: one
+        # leading out would take reads and writes out of the store, and one leading back in
+        # was followed here but not by listings, so gc missed the refs behind it and deleted
+        # their blobs (found by a probe). One lstat per directory of the key (1-3 of them):
+        # small uploads do this several times each.
         root = self._root_str
         current = root
         for part in key.split("/")[:-1]:
@@ -124,9 +126,9 @@ class LocalBackend:
             except FileNotFoundError:
                 break  # not created yet: nothing below it can be a link
             if stat.S_ISLNK(mode):
-                target = os.path.realpath(current)
-                if target != root and not target.startswith(root + os.sep):
-                    raise _OutsideTheStore(f"Invalid key: {key!r} (resolves outside {root!r})")
+                raise _OutsideTheStore(
+                    f"Invalid key: {key!r} ({current!r} is a symlink; a store follows none)"
+                )
         return f"{root}/{key}"
 
     def _missing(self, key: str) -> ArtifactNotFound:
@@ -285,7 +287,7 @@ class LocalBackend:
 
         verify's quarantine: a copy wrote out every hole of a sparse file planted at a key.
         Both keys get the containment check every key gets, before the rename: a symlinked
-        directory on the way to ``new_key`` leading out of the store is refused, and nothing
+        directory on the way to ``new_key`` is refused (wherever it leads), and nothing
         is moved through it. What sits at ``new_key`` is replaced (the entry, never what a
         symlink there points at).
 
@@ -561,4 +563,4 @@ def _copy_to(source: BinaryIO, out_fd: int) -> None:
 
 
 class _OutsideTheStore(InvalidKeyError):
-    """A key whose directory is a symlink that leads out of the store."""
+    """A key whose directory is a symlink (the store follows none, wherever it leads)."""
