@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 import pytest
 
-from optuna_cas import upload_artifact
+from optuna_cas import delete_artifact, get_all_artifact_meta, upload_artifact
 from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.content import ContentStore
 from optuna_cas.exceptions import IntegrityError
@@ -144,3 +144,36 @@ def test_move_aside_keeps_the_copy_when_the_original_is_gone_after_all() -> None
         move_aside(backend, "packs/x", "quarantine/")
     assert [info.key for info in backend.list("")] == ["quarantine/packs/x"]  # the only copy
     assert "left at 'quarantine/packs/x'" in "\n".join(caught.value.__notes__)
+
+
+def test_delete_artifact_under_no_delete_says_what_is_left_and_a_second_call_ends_it(
+    tmp_path: Path,
+) -> None:
+    """The refusal was raised bare: nothing said that the study already records the artifact
+    deleted while the store keeps it (session 20 left this)."""
+    backend = RefusingBackend()
+    store = ContentAddressedArtifactStore(ContentStore(backend))
+    path = tmp_path / "model.bin"
+    path.write_bytes(random_bytes(6_000, seed=3))
+    study = optuna.create_study(study_name="roles")
+    artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+    backend.refuse = {"remove"}
+    with pytest.raises(PermissionError, match="AccessDenied") as caught:
+        delete_artifact(artifact_store=store, artifact_id=artifact_id, study_or_trial=study)
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "recorded as deleted on study 'roles'" in notes and "call delete_artifact again" in notes
+    assert get_all_artifact_meta(study) == []
+    backend.refuse = set()
+    delete_artifact(artifact_store=store, artifact_id=artifact_id, study_or_trial=study)
+    assert not backend.exists(f"refs/{artifact_id}")
+
+
+def test_the_command_line_shows_an_errors_notes() -> None:
+    """Notes say what a failure left behind (a ref, a copy): the CLI printed only the error."""
+    from optuna_cas.cli import _describe
+
+    error = PermissionError("AccessDenied: remove refs/a1")
+    error.add_note("Artifact 'a1' is recorded as deleted on study 'roles'")
+    assert _describe(error) == (
+        "AccessDenied: remove refs/a1 Artifact 'a1' is recorded as deleted on study 'roles'"
+    )

@@ -79,8 +79,16 @@ def delete_artifact(
     record_deletion(target, artifact_id)
     # The ref may be gone already (e.g. removed by optuna-dashboard): the metadata was the record.
     # A foreign store says so with Optuna's ArtifactNotFound, which is made ours to be ignored.
-    with contextlib.suppress(ArtifactNotFound), not_found_as_ours(artifact_id):
-        artifact_store.remove(artifact_id)
+    try:
+        with contextlib.suppress(ArtifactNotFound), not_found_as_ours(artifact_id):
+            artifact_store.remove(artifact_id)
+    except Exception as e:  # a role that may not delete, a lost connection: say what is left
+        e.add_note(
+            f"Artifact {artifact_id!r} is recorded as deleted on {describe_target(target)}, "
+            "but the store still holds it (gc keeps its content): call delete_artifact again "
+            "once the store can be written, and it removes the rest."
+        )
+        raise
 
 
 def describe_target(target: MetadataTarget) -> str:

@@ -522,7 +522,8 @@ def _json_failure(kind: str, error: BaseException, partial: dict[str, Any] | Non
     ``"terminated"`` (143).
     ``partial``: keys added after ``"error"``: what the command did before it failed.
     """
-    message = " ".join(str(error).split()) or type(error).__name__
+    message = " ".join(" ".join([str(error), *getattr(error, "__notes__", ())]).split())
+    message = message or type(error).__name__
     error_record = {"kind": kind, "type": type(error).__name__, "message": message}
     try:
         _emit_json({"ok": False, "error": error_record, **(partial or {})})
@@ -575,8 +576,8 @@ def _describe(error: Exception) -> str:
 
 def _one_line(message: object) -> str:
     """An error or warning as one line, safe for a terminal (it may quote stored values)."""
-    text = str(message) or type(message).__name__
-    return esc(" ".join(text.split()))
+    text = " ".join([str(message), *getattr(message, "__notes__", ())])  # notes: what is left
+    return esc(" ".join(text.split()) or type(message).__name__)
 
 
 def _print_traceback() -> None:
