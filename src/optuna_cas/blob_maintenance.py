@@ -88,6 +88,21 @@ class BlobMaintenance:
     _backend: Backend
     _blob_cache: BlobCache | None
 
+    def remove_blob(self, digest: Digest) -> None:
+        """Delete a blob (callers must make sure no ref needs it: see :func:`optuna_cas.gc`).
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> from optuna_cas.blobstore import BlobStore
+            >>> store = BlobStore(MemoryBackend()); d = store.put_blob(io.BytesIO(b"x"))
+            >>> store.remove_blob(d); store.has_blob(d)
+            False
+        """
+        self._backend.remove(blob_key(digest))
+        if self._blob_cache is not None:
+            self._blob_cache.discard(digest)
+
     def remove_blob_if_unchanged(self, info: BlobInfo) -> bool:
         """Delete a blob only if it is still as ``info`` saw it (gc's delete); True if deleted.
 

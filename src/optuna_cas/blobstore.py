@@ -207,6 +207,12 @@ class BlobStore(BlobMaintenance):
         chunked = digest.size >= self.chunk_threshold  # where to look first
         if chunked and self.chunks.has_manifest(digest, with_packs=True):
             return True
+        if chunked and self.chunks.has_manifest(digest, touch=False):
+            # A manifest naming a gone pack (gc's race) or malformed: readers take it over a
+            # whole blob of the same file, so "stored" needs the file stored again, which
+            # replaces the manifest (found by a probe: the whole blob answered, and both
+            # artifacts were unreadable).
+            return False
         if self._check_stored(digest)[0]:
             return True
         return not chunked and self.chunks.has_manifest(digest, with_packs=True)
@@ -275,7 +281,10 @@ class BlobStore(BlobMaintenance):
         if large and self.chunks.has_manifest(cast(Digest, remembered), with_packs=True):
             src.check_unchanged()
             return cast(Digest, remembered)
-        if remembered is not None and self._check_stored(remembered) == (True, False):
+        # A large file stored whole (TooManyChunks) has no manifest; beside a broken one (the
+        # look above failed) its blob is not what readers take: store the file again.
+        whole = not large or not self.chunks.has_manifest(cast(Digest, remembered), touch=False)
+        if remembered is not None and whole and self._check_stored(remembered) == (True, False):
             if self._blob_cache is not None:
                 reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
                 self._blob_cache.add_file(remembered, reader)
@@ -583,17 +592,3 @@ class BlobStore(BlobMaintenance):
         with raw:
             fd = real_fileno(raw)
             return fd is not None and copy_and_publish(fd, digest, target)
-
-    def remove_blob(self, digest: Digest) -> None:
-        """Delete a blob (callers must make sure no ref needs it: see :func:`optuna_cas.gc`).
-
-        Example:
-            >>> import io
-            >>> from optuna_cas.backends.memory import MemoryBackend
-            >>> store = BlobStore(MemoryBackend()); d = store.put_blob(io.BytesIO(b"x"))
-            >>> store.remove_blob(d); store.has_blob(d)
-            False
-        """
-        self._backend.remove(blob_key(digest))
-        if self._blob_cache is not None:
-            self._blob_cache.discard(digest)
