@@ -1265,3 +1265,28 @@ def test_a_stdout_that_fails_or_is_closed_costs_one_line_not_a_traceback(
     assert closed.returncode == 1 and "Traceback" not in closed.stderr, closed.stderr
     assert closed.stderr.endswith("optuna-cas: error: [Errno 9] Bad file descriptor: '<stdout>'\n")
     assert len(json.loads(run("--store", store, "--json", "ls").stdout)["artifacts"]) == 2
+
+
+def test_get_into_a_directory_takes_a_name_put_read_in_bytes_that_are_not_utf8(
+    tmp_path: Path,
+) -> None:
+    # put records such a name with surrogate escapes (os.fsdecode); get DIR/ writes it back
+    # as the same bytes. Escapes that spell UTF-8 (a hidden U+202E) are still refused.
+    from optuna_cas import FileSystemArtifactStore
+
+    src = tmp_path / os.fsdecode(b"bad\xff\xfe.bin")
+    src.write_bytes(b"payload")
+    store = str(tmp_path / "store")
+    artifact_id = run("--store", store, "put", str(src)).stdout.splitlines()[-1]
+    FileSystemArtifactStore(store).put(
+        "forged", io.BytesIO(b"payload"), filename="x\udce2\udc80\udcae.txt"
+    )
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    result = run("--store", store, "get", artifact_id, f"{downloads}/", check=False)
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(os.fsencode(downloads)) == [b"bad\xff\xfe.bin"]
+    assert (downloads / os.fsdecode(b"bad\xff\xfe.bin")).read_bytes() == b"payload"
+    forged = run("--store", store, "get", "forged", f"{downloads}/", check=False)
+    assert forged.returncode == 1 and "not a plain file name" in forged.stderr
+    assert len(os.listdir(downloads)) == 1

@@ -113,3 +113,20 @@ def test_repair_and_study_options_are_checked(tmp_path: Path) -> None:
     assert both.returncode == 2 and "without --study" in both.stderr
     missing = run(*store, "verify", "--storage", db, "--study", "nope", check=False)
     assert missing.returncode == 1 and "no study named 'nope'" in missing.stderr
+
+
+def test_check_of_a_study_in_the_wrong_store_does_not_promise_a_repair(
+    tmp_path: Path, make_file: Callable[..., Path]
+) -> None:
+    # None of the study's artifacts is in this store: --repair records nothing deleted (it is
+    # more likely the wrong store), so the check without it must not say that it would.
+    verify, _kept, lost = dangling_study(tmp_path, make_file)
+    other = ["--store", str(tmp_path / "other")]
+    run(*other, "put", str(make_file(b"unrelated")))
+    found = run(*other, *verify[2:], check=False)
+    assert found.returncode == 1, found.stderr
+    line = next(line for line in found.stdout.splitlines() if lost in line)
+    assert "repair records it deleted" not in line and "none of the study's artifacts" in line
+    assert "run again with --repair" not in found.stdout
+    repaired = run(*other, *verify[2:], "--repair", check=False)
+    assert "0 deletions recorded" in repaired.stdout

@@ -200,12 +200,43 @@ def _file_name_for(artifact_id: str, ref: ArtifactRef | None) -> str:
     if ref is None or not ref.filename:
         return artifact_id  # Optuna's own store records no file name
     name = ref.filename
-    if name in (".", "..") or "/" in name or "\\" in name or esc(name) != name:
+    if not _is_plain_file_name(name):
         raise CommandError(
             f"artifact {artifact_id!r} records the file name {name!r}, which is not "
             "a plain file name: give DEST as a file path"
         )
     return name
+
+
+def _is_plain_file_name(name: str) -> bool:
+    r"""Whether ``name`` is one path component that shows as itself on a terminal.
+
+    A name ``put`` read from disk in bytes that are not UTF-8 (``bad\xff.bin``) is recorded
+    with surrogate escapes (``bad\udcff.bin``), as ``os.fsdecode`` spells it: it is written
+    back as the very same bytes, so it is plain if the rest of it is. Escapes that spell valid
+    UTF-8 (a forged ``\udce2\udc80\udcae`` that writes U+202E) are not: ``fsdecode`` never makes
+    them, and the file's name on disk would be the character the escapes hide. Nor are bytes
+    0x80-0x9f, C1 controls to a terminal that takes 8-bit codes.
+
+    Example:
+        >>> _is_plain_file_name("model.pt"), _is_plain_file_name("bad\udcff.bin")
+        (True, True)
+        >>> [_is_plain_file_name(n) for n in ("../x", "a\x1b[2J", "\udce2\udc80\udcae", "\udc9b")]
+        [False, False, False, False]
+    """
+    visible = name
+    if any("\ud800" <= c <= "\udfff" for c in name):
+        try:
+            if os.fsdecode(os.fsencode(name)) != name:
+                return False  # escapes of bytes that decode to something else
+        except UnicodeEncodeError:
+            return False  # a lone surrogate no file name can hold
+        if any("\udc80" <= c <= "\udc9f" for c in name):
+            return False  # C1 control bytes (0x9b is CSI to an 8-bit terminal)
+        visible = "".join(c for c in name if not "\udca0" <= c <= "\udcff")
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return False
+    return esc(visible) == visible
 
 
 def _copy_to_stdout(store: ContentAddressedArtifactStore, artifact_id: str) -> int:

@@ -214,6 +214,7 @@ def _verify_study(args: argparse.Namespace) -> int:
     check (``verify`` alone) re-reads every blob.
     """
     from optuna_cas import reconcile
+    from optuna_cas.operations.reconcile import WRONG_STORE_NOTE
 
     if args.fast or args.quarantine:
         raise UsageError("--fast and --quarantine check the whole store: run them without --study")
@@ -252,7 +253,8 @@ def _verify_study(args: argparse.Namespace) -> int:
         f"{len(report.unreferenced)} of {report.refs_listed} refs in the store named by no "
         "entry of this study (other studies sharing the store may use them; never deleted)",
     )
-    if not report.ok and not args.repair and (report.repairable or report.lost):
+    recordable = [f for f in report.lost if not f.reason.endswith(WRONG_STORE_NOTE)]
+    if not report.ok and not args.repair and (report.repairable or recordable):
         _print(args, "run again with --repair to rebuild refs and record lost artifacts deleted")
     return 0 if report.ok else 1
 

@@ -195,7 +195,9 @@ def _settle_lost(
     for entry, reason in lost:
         artifact_id, number = entry.meta.artifact_id, entry.trial_number
         if not report.repair:
-            report.lost.append(Finding(artifact_id, number, f"{reason}: repair records it deleted"))
+            # Say what --repair will do: nothing, when the store holds no trace of the study.
+            what = "repair records it deleted" if known else f"repair leaves it: {WRONG_STORE_NOTE}"
+            report.lost.append(Finding(artifact_id, number, f"{reason}: {what}"))
         elif not known:
             why = f"{reason}; not recorded deleted: {WRONG_STORE_NOTE}"
             report.lost.append(Finding(artifact_id, number, why))
