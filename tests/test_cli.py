@@ -303,6 +303,7 @@ def test_verify_escapes_ids_of_bad_refs(tmp_path: Path) -> None:
     result = run("--store", str(store), "verify", check=False)
     assert result.returncode == 1
     assert "BADREF   ref\\u202eevil" in result.stdout
+    assert "0 missing, 1 malformed, 0 orphans" in result.stdout  # the summary counts it
     assert_no_raw_controls(result.stdout + result.stderr)
 
 

@@ -152,12 +152,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if chunked
         else ""
     )
+    # Counted with the rest: a BADREF line above and no word of it here read as all clear.
+    bad_refs = f", {len(report.malformed_refs)} malformed" if report.malformed_refs else ""
     _print(
         args,
         f"{mode} verify: {_count(report.refs_checked, 'ref')}, "
         f"{_count(report.blobs_checked, 'blob')}{chunked} "
         f"({human_bytes(report.bytes_hashed)} {read}): {len(report.corrupt)} corrupt, "
-        f"{len(report.missing)} missing{problems}, {_count(len(report.orphans), 'orphan')} "
+        f"{len(report.missing)} missing{problems}{bad_refs}, "
+        f"{_count(len(report.orphans), 'orphan')} "
         "(gc reclaims them)",
     )
     if report.newer_format:
