@@ -585,7 +585,7 @@ def test_verify_reports_what_it_could_not_quarantine_and_fails(
     out = capsys.readouterr().out
     key = blob.relative_to(store).as_posix()
     assert f"CORRUPT  {key}: " in out and "(quarantined)" not in out
-    assert "could not quarantine: quarantine/ leads outside the store" in out
+    assert "could not quarantine: quarantine/ is refused" in out
     assert "could not move 1 object to" in out and "they stay where they are" in out
     assert main(["--store", str(store), "--json", "verify", "--quarantine"]) == 1
     assert json.loads(capsys.readouterr().out)["quarantine_failed"] == [key]

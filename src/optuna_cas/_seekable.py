@@ -229,6 +229,8 @@ class CountingReader(RawReader):
         inner: The stream read.
         report: Called with each read's byte count (negative after a rewind).
         closes_inner: Whether :meth:`close` closes ``inner``.
+        seeks: Whether seeks pass through; if not, the reader says it cannot seek (so a store
+            spools it once instead of reading it again).
 
     Example:
         >>> seen = []
@@ -238,10 +240,16 @@ class CountingReader(RawReader):
     """
 
     def __init__(
-        self, inner: BinaryIO, report: Callable[[int], None], *, closes_inner: bool = True
+        self,
+        inner: BinaryIO,
+        report: Callable[[int], None],
+        *,
+        closes_inner: bool = True,
+        seeks: bool = True,
     ) -> None:
         super().__init__()
         self._inner = inner
+        self._seeks = seeks
         self._report = report
         self._closes_inner = closes_inner
         self._start: int | None = None
@@ -258,7 +266,9 @@ class CountingReader(RawReader):
         return n
 
     def seekable(self) -> bool:
-        """Whether ``inner`` can seek."""
+        """Whether ``inner`` can seek (and seeks pass through)."""
+        if not self._seeks:
+            return False
         try:
             return bool(self._inner.seekable())
         except (AttributeError, ValueError):
@@ -273,6 +283,8 @@ class CountingReader(RawReader):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         """Move ``inner``; a move back takes back the bytes that will be read again."""
+        if not self._seeks:
+            raise io.UnsupportedOperation("seek")
         if self._start is None:
             self._note_start()
         position = self._inner.seek(offset, whence)

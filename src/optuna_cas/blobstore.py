@@ -208,10 +208,9 @@ class BlobStore(BlobMaintenance):
         if chunked and self.chunks.has_manifest(digest, with_packs=True):
             return True
         if chunked and self.chunks.has_manifest(digest, touch=False):
-            # A manifest naming a gone pack (gc's race) or malformed: readers take it over a
-            # whole blob of the same file, so "stored" needs the file stored again, which
-            # replaces the manifest (found by a probe: the whole blob answered, and both
-            # artifacts were unreadable).
+            # Broken (a pack gone: gc's race), and readers take it over a whole blob of the
+            # file: "stored" needs the file stored again, which replaces the manifest (found
+            # by a probe: the whole blob answered, and both artifacts were unreadable).
             return False
         if self._check_stored(digest)[0]:
             return True
@@ -488,6 +487,9 @@ class BlobStore(BlobMaintenance):
         present, repair = self._check_stored(digest)  # an object of the wrong size is replaced
         if not present:
             self._backend.write(blob_key(digest), reader, if_absent=not repair)
+        elif not self.has_blob(digest):  # a broken manifest readers take over the blob
+            with contextlib.suppress(TooManyChunks):  # then it stays broken: has_blob says so
+                self.chunks.put(reader)  # replaces it
 
     def open_blob(self, digest: Digest) -> BinaryIO:
         """A reader of the blob that raises ``IntegrityError`` rather than return wrong bytes.

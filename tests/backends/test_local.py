@@ -133,7 +133,30 @@ def test_a_directory_symlinked_back_into_the_store_is_not_followed_either(tmp_pa
     (backend.root / "moved/refs/a1").write_bytes(b"{}")
     with pytest.raises(ArtifactNotFound, match="is a symlink"):
         backend.stat("refs/a1")
-    assert [info.key for info in backend.list("refs/")] == []  # as listings always saw it
+    with pytest.raises(InvalidKeyError, match="is a symlink"):  # no listing that misses it
+        list(backend.list("refs/"))
+
+
+def test_listing_through_a_symlinked_directory_is_refused_so_gc_deletes_nothing(
+    tmp_path: Path,
+) -> None:
+    # A store whose refs/ is a link (made before links were refused, or by hand): gc listed
+    # no refs and deleted every blob they name; verify passed blobs no read could open (found
+    # in review). A listing through the link now raises, and gc stops before deleting.
+    from optuna_cas import FileSystemArtifactStore, gc
+
+    root = tmp_path / "s"
+    store = FileSystemArtifactStore(str(root))
+    store.write("a1", io.BytesIO(b"x" * 10_000))
+    blobs = [info.key for info in store.content.backend.list("blobs/")]
+    (root / "moved").mkdir()
+    os.rename(root / "refs", root / "moved/refs")
+    (root / "refs").symlink_to(root / "moved/refs")
+    with pytest.raises(InvalidKeyError, match="is a symlink"):
+        list(store.content.backend.list("refs/"))
+    with pytest.raises(InvalidKeyError, match="is a symlink"):
+        gc(store, grace_period=0, allow_short_grace=True)
+    assert [info.key for info in store.content.backend.list("blobs/")] == blobs
 
 
 def test_move_aside_renames_a_sparse_file_instead_of_writing_out_its_holes(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from optuna_cas import FileSystemArtifactStore, gc
+from optuna_cas.operations.sync import sync
 from optuna_cas.testing.streams import random_bytes
 
 MiB = 1024 * 1024
@@ -85,5 +86,29 @@ def test_an_upload_leaning_on_a_pack_gc_took_is_stored_again_beside_a_whole_blob
 
     assert fired and fired[1]  # gc ran mid-upload and took the pack
     for artifact_id in ("a1", "a2"):
+        with FileSystemArtifactStore(str(root)).open_reader(artifact_id) as reader:
+            assert reader.read() == data
+
+
+def test_sync_into_a_whole_blob_beside_a_broken_manifest_replaces_the_manifest(
+    tmp_path: Path,
+) -> None:
+    """Found in review: the destination's whole blob made sync send nothing, and it reported
+    an artifact copied that read as a missing pack. It now stores the file as chunks again
+    (and a copy that still would not read back is reported failed)."""
+    data = random_bytes(10 * MiB, seed=23)
+    root = tmp_path / "dst"
+    FileSystemArtifactStore(str(root)).write("chunked", io.BytesIO(data))
+    FileSystemArtifactStore(str(root), chunk_threshold=None).write("whole", io.BytesIO(data))
+    for pack in (root / "packs").rglob("*"):
+        if pack.is_file():
+            pack.unlink()  # the manifest now names a gone pack
+    source = FileSystemArtifactStore(str(tmp_path / "src"), chunk_threshold=None)
+    source.write("new", io.BytesIO(data))
+
+    report = sync(source, FileSystemArtifactStore(str(root)))
+
+    assert report.ok and report.refs_copied == ["new"]
+    for artifact_id in ("chunked", "whole", "new"):
         with FileSystemArtifactStore(str(root)).open_reader(artifact_id) as reader:
             assert reader.read() == data

@@ -117,19 +117,22 @@ class LocalBackend:
         # was followed here but not by listings, so gc missed the refs behind it and deleted
         # their blobs (found by a probe). One lstat per directory of the key (1-3 of them):
         # small uploads do this several times each.
-        root = self._root_str
-        current = root
-        for part in key.split("/")[:-1]:
+        self._refuse_links(key.split("/")[:-1], key)
+        return f"{self._root_str}/{key}"
+
+    def _refuse_links(self, directories: list[str], what: str) -> None:
+        """Raise ``_OutsideTheStore`` if one of ``directories`` (a path below the root) is a link."""
+        current = self._root_str
+        for part in directories:
             current = f"{current}/{part}"
             try:
                 mode = os.lstat(current).st_mode
             except FileNotFoundError:
-                break  # not created yet: nothing below it can be a link
+                return  # not created yet: nothing below it can be a link
             if stat.S_ISLNK(mode):
                 raise _OutsideTheStore(
-                    f"Invalid key: {key!r} ({current!r} is a symlink; a store follows none)"
+                    f"Invalid key: {what!r} ({current!r} is a symlink; a store follows none)"
                 )
-        return f"{root}/{key}"
 
     def _missing(self, key: str) -> ArtifactNotFound:
         return ArtifactNotFound(f"no object {key!r} in {self.describe()}")
@@ -438,6 +441,10 @@ class LocalBackend:
         FIFOs, sockets and devices planted at a key are listed (reading them raises
         ``IntegrityError``), so that verify and gc report them instead of never seeing them.
 
+        Raises:
+            InvalidKeyError: A directory ``prefix`` names (``refs/``, ``blobs/blake3/``) is a
+                symlink: nothing is listed rather than a listing that misses what is there.
+
         Example:
             >>> import io, tempfile
             >>> b = LocalBackend(tempfile.mkdtemp())
@@ -449,8 +456,11 @@ class LocalBackend:
         directory, _, _ = prefix.rpartition("/")
         start = self._root / directory if directory else self._root
         if directory:
-            validate_key(directory)
-        if not start.is_dir() or start.is_symlink():
+            # A symlinked directory on the way is refused, not skipped: gc listing refs/ as
+            # empty (a link) would delete every blob they name, and verify would pass blobs
+            # no read can open. Links deeper down are skipped: reads refuse them too.
+            self._refuse_links(directory.split("/"), prefix)
+        if not start.is_dir():
             return
         for dirpath, dirnames, filenames in os.walk(start):
             dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]

@@ -522,7 +522,7 @@ def _json_failure(kind: str, error: BaseException, partial: dict[str, Any] | Non
     ``"terminated"`` (143).
     ``partial``: keys added after ``"error"``: what the command did before it failed.
     """
-    message = " ".join(" ".join([str(error), *getattr(error, "__notes__", ())]).split())
+    message = " ".join(" ".join(map(str, [error, *getattr(error, "__notes__", ())])).split())
     message = message or type(error).__name__
     error_record = {"kind": kind, "type": type(error).__name__, "message": message}
     try:
@@ -576,7 +576,7 @@ def _describe(error: Exception) -> str:
 
 def _one_line(message: object) -> str:
     """An error or warning as one line, safe for a terminal (it may quote stored values)."""
-    text = " ".join([str(message), *getattr(message, "__notes__", ())])  # notes: what is left
+    text = " ".join(map(str, [message, *getattr(message, "__notes__", ())]))  # notes: what is left
     return esc(" ".join(text.split()) or type(message).__name__)
 
 

@@ -413,7 +413,7 @@ def quarantine_one(
         >>> quarantine_one("k", refused, report, "quarantine/"); report.quarantine_failed
         ['k']
         >>> report.reasons["k"]
-        "could not quarantine: quarantine/ leads outside the store (Invalid key: ...)"
+        "could not quarantine: quarantine/ is refused (Invalid key: ...)"
     """
     try:
         dropped = move()
@@ -421,7 +421,7 @@ def quarantine_one(
         # InvalidKeyError: keys come from a listing, so only the destination can be refused.
         notes = getattr(e, "__notes__", [])  # a copy left behind, say (see move_aside)
         why = (
-            f"{prefix} leads outside the store ({e})"
+            f"{prefix} is refused ({e})"
             if isinstance(e, InvalidKeyError)
             else " ".join([str(e), *notes])
         )

@@ -67,7 +67,7 @@ class VerifyReport:
         quarantined: Keys of corrupt objects moved under ``quarantine/`` (an entry that is
             not a file, such as a FIFO, holds no bytes to keep and is removed).
         quarantine_failed: Keys of objects quarantine could not move aside (``reasons`` says
-            why, e.g. ``quarantine/`` leads outside the store): they stay where they are, and
+            why, e.g. ``quarantine/`` is a symlink): they stay where they are, and
             the other objects are still moved.
         malformed_refs: IDs of refs that could not be read: malformed or oversized records,
             records naming another ID, FIFOs, sockets or directories at a ref key.

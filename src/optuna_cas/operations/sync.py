@@ -265,7 +265,10 @@ def sync(
         for ref in new:
             dst_content.put_ref(ref)  # refs are immutable values
         if new and not dst_content.has_blob(digest):  # collected meanwhile: send it again
-            if (problem := transfer(digest)) is not None:
+            problem = transfer(digest)
+            if problem is None and not dst_content.has_blob(digest):  # nothing it sent helped
+                problem = f"content {digest} does not read back at the destination after a copy"
+            if problem is not None:
                 for ref in new:
                     with contextlib.suppress(ArtifactNotFound):
                         dst_content.remove_ref(ref.artifact_id)
@@ -384,7 +387,8 @@ def _copy_legacy(
     def copy(artifact_id: str) -> str | None:
         try:
             with src.backend.open_reader(artifact_id) as reader:
-                ref = dst.put_artifact(artifact_id, _counted(reader, bar))
+                # Not seekable: stored from one read (spooled), not hashed and read again.
+                ref = dst.put_artifact(artifact_id, _counted(reader, bar, seeks=False))
         except ArtifactNotFound:
             return "the object Optuna's store wrote is gone from the source"
         except IntegrityError as e:
@@ -400,6 +404,6 @@ def _copy_legacy(
             report.failed.append((artifact_id, problem))
 
 
-def _counted(reader: BinaryIO, bar: Progress) -> BinaryIO:
+def _counted(reader: BinaryIO, bar: Progress, *, seeks: bool = True) -> BinaryIO:
     """``reader``, advancing ``bar`` by the bytes read (Progress is thread-safe)."""
-    return cast(BinaryIO, CountingReader(reader, bar.advance, closes_inner=False))
+    return cast(BinaryIO, CountingReader(reader, bar.advance, closes_inner=False, seeks=seeks))
