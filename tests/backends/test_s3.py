@@ -373,6 +373,62 @@ def test_read_timeout_is_transient(
         backend.exists("k")
 
 
+def test_touch_copies_an_object_over_5_gib_onto_itself_in_parts(
+    faulty_backend: S3Backend, proxy: FaultProxy, s3_client: S3Client, s3_bucket: str
+) -> None:
+    # S3 refuses CopyObject from a source over 5 GiB, so every re-upload of a whole blob that
+    # large failed on touching it. moto copies any size: the proxy answers as S3 would.
+    data = os.urandom(MiB)
+    faulty_backend.write("big", io.BytesIO(data))
+    before = s3_client.head_object(Bucket=s3_bucket, Key="big")["LastModified"]
+    time.sleep(1.1)  # S3 stamps whole seconds
+    proxy.reset_log()
+    itself = f"/{s3_bucket}/big"  # with a query (?uploadId=..&partNumber=..) it is a part copy
+    proxy.fail_next("copy_source_too_large", matching=lambda m, p: (m, p) == ("PUT", itself))
+
+    faulty_backend.touch("big")
+
+    sent = [(r.method, r.path.partition("?")[2], r.status, r.fault) for r in proxy.requests]
+    assert [r for r in sent if r[:2] == ("PUT", "")] == [
+        ("PUT", "", 400, "copy_source_too_large")  # CopyObject asked once, not again
+    ], sent
+    assert [r[2] for r in sent if r[0] == "PUT" and "uploadId=" in r[1]] == [200], sent
+    assert _raw_read(s3_client, s3_bucket, "big") == data
+    head = s3_client.head_object(Bucket=s3_bucket, Key="big", ChecksumMode="ENABLED")
+    assert head["LastModified"] > before
+    assert "ChecksumCRC32" in head  # the parts were copied with their CRC32
+    assert _pending_uploads(s3_client, s3_bucket) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "refused_for_size"),
+    [
+        (
+            "InvalidRequest",
+            "The specified copy source is larger than the maximum allowable "
+            "size for a copy source: 5368709120",
+            True,
+        ),
+        (
+            "InvalidRequest",
+            "This copy request is illegal because it is trying to copy an "
+            "object to itself without changing the object's metadata",
+            False,
+        ),
+        ("EntityTooLarge", "copy source is larger than the maximum", False),
+    ],
+)
+def test_only_a_copy_source_over_5_gib_is_touched_in_parts(
+    code: str, message: str, refused_for_size: bool
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from optuna_cas.backends.s3 import _copy_source_too_large
+
+    error = ClientError({"Error": {"Code": code, "Message": message}}, "CopyObject")
+    assert _copy_source_too_large(error) is refused_for_size
+
+
 # ---- construction -----------------------------------------------------------------------------
 
 

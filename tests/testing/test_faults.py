@@ -229,6 +229,25 @@ def test_fault_503_s3_and_gcs(proxy: FaultProxy, upstream: _Upstream) -> None:
     assert [r.fault for r in proxy.requests] == ["503"] * 3
 
 
+def test_copy_source_too_large_answers_as_s3_without_forwarding(
+    proxy: FaultProxy, upstream: _Upstream
+) -> None:
+    proxy.fail_next("copy_source_too_large", matching=lambda m, p: "?" not in p)
+    c = _conn(proxy)
+    assert _req(c, "PUT", "/bucket/part?partNumber=1&uploadId=u", b"a")[0] == 200  # not matched
+    c.request("PUT", "/bucket/key", body=b"abc")
+    r = c.getresponse()
+    assert r.status == 400 and r.getheader("Content-Type") == "application/xml"
+    body = r.read()
+    assert b"<Code>InvalidRequest</Code>" in body
+    assert b"copy source is larger than the maximum allowable size" in body
+    assert upstream.hits == 1 and "/bucket/key" not in upstream.store
+    assert [(r.fault, r.status, r.forwarded) for r in proxy.requests] == [
+        (None, 200, True),
+        ("copy_source_too_large", 400, False),
+    ]
+
+
 def test_fault_truncate(proxy: FaultProxy, upstream: _Upstream) -> None:
     upstream.store["/g"] = os.urandom(100_000)
     proxy.fail_next("truncate", 2)

@@ -22,6 +22,7 @@ from optuna_cas.backends.remote_io import Body, Download, FilePart, Part
 from optuna_cas.exceptions import StoreConfigError, TransientBackendError
 
 if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
@@ -43,6 +44,12 @@ _SEALED_REQUEST_LIMIT = 64 * MiB
 # The answer to a ranged GET: "bytes first-last/total" (total "*" when unknown).
 _RANGE_ANSWER = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _OUR_GET = threading.local()
+# CopyObject takes a source of at most 5 GiB; larger ones S3 refuses with InvalidRequest and
+# this message ("... for a copy source: 5368709120"), other InvalidRequests with others.
+_COPY_SOURCE_TOO_LARGE = re.compile(r"copy source is larger than the maximum", re.IGNORECASE)
+# Parts of a touch by multipart copy: 10,000 of them reach 10 TiB (s3transfer raises the size,
+# up to 5 GiB, for a larger object). Copied inside S3, several at once: no bytes travel.
+_TOUCH_PART_SIZE = 1024 * MiB
 
 # What to do when botocore finds no credentials: its own "Unable to locate credentials" named
 # nothing to set (the GCS backend's message names its variables).
@@ -373,16 +380,45 @@ class S3Backend(RemoteBackend):
         self.client.delete_object(Bucket=self._bucket_name, Key=name)
 
     def _touch(self, name: str) -> None:
+        from botocore.exceptions import ClientError
+
         # S3 has no other way to change LastModified; the copy happens inside S3 (no bytes
         # travel) and the content store does it at most once per half gc grace period.
-        self.client.copy_object(
-            Bucket=self._bucket_name,
-            Key=name,
-            CopySource={"Bucket": self._bucket_name, "Key": name},
-            MetadataDirective="REPLACE",
-            # Without it the copy of a multipart object keeps a composite checksum that no
-            # longer matches, and every later GET fails botocore's check.
-            ChecksumAlgorithm="CRC32",
+        try:
+            self.client.copy_object(
+                Bucket=self._bucket_name,
+                Key=name,
+                CopySource={"Bucket": self._bucket_name, "Key": name},
+                MetadataDirective="REPLACE",
+                # Without it the copy of a multipart object keeps a composite checksum that no
+                # longer matches, and every later GET fails botocore's check.
+                ChecksumAlgorithm="CRC32",
+            )
+        except ClientError as e:
+            # Asked first, not after a HEAD: objects over 5 GiB are rare, requests are not.
+            if not _copy_source_too_large(e):
+                raise
+            self._touch_in_parts(name)
+
+    def _touch_in_parts(self, name: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        # boto3's managed copy: a HEAD for the size and ETag, UploadPartCopy of each range
+        # under CopySourceIfMatch of that ETag, and an abort of the upload if a part fails.
+        config = TransferConfig(
+            multipart_threshold=1,  # never CopyObject, which S3 just refused
+            multipart_chunksize=_TOUCH_PART_SIZE,
+            max_concurrency=self._concurrency,
+        )
+        self.client.copy(
+            {"Bucket": self._bucket_name, "Key": name},
+            self._bucket_name,
+            name,
+            # No MetadataDirective: a multipart upload has none, and without REPLACE s3transfer
+            # gives the new upload the source's Content-Type and metadata from the HEAD, so
+            # the touched object keeps them. CRC32 parts, as in _touch and our own uploads.
+            ExtraArgs={"ChecksumAlgorithm": "CRC32"},
+            Config=config,
         )
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
@@ -461,6 +497,14 @@ class _MultipartUpload:
             self._client.abort_multipart_upload(
                 Bucket=self._bucket, Key=self._name, UploadId=self._upload_id
             )
+
+
+def _copy_source_too_large(error: ClientError) -> bool:
+    """Whether S3 refused a CopyObject because its source is over 5 GiB (not for another reason)."""
+    if _error_code(error)[0] != "InvalidRequest":
+        return False
+    message = str(error.response.get("Error", {}).get("Message", ""))
+    return _COPY_SOURCE_TOO_LARGE.search(message) is not None
 
 
 def _if_none_match(if_absent: bool) -> dict[str, Any]:

@@ -39,7 +39,7 @@ __all__ = ["FAULT_MODES", "FaultProxy", "RequestRecord"]
 
 FAULT_MODES: tuple[str, ...] = ("reset", "503", "truncate", "stall", "drop_response")
 # Not in the random mix (a server that ignores Range is no network fault): fail_next only.
-_ANSWER_MODES: tuple[str, ...] = ("ignore_range",)
+_ANSWER_MODES: tuple[str, ...] = ("ignore_range", "copy_source_too_large")
 
 _BURST_S = 0.005
 _GCS_PREFIXES = ("/storage/", "/upload/storage/", "/download/storage/", "/batch/storage/")
@@ -48,6 +48,13 @@ _S3_503 = (
     b"<Message>injected</Message><RequestId>fault-proxy</RequestId></Error>"
 )
 _GCS_503 = b'{"error": {"code": 503, "message": "injected", "errors": []}}'
+# S3's answer, word for word, to a CopyObject whose source is over 5 GiB: moto copies any
+# size, so the proxy refuses in its place.
+_S3_COPY_SOURCE_TOO_LARGE = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidRequest</Code>'
+    b"<Message>The specified copy source is larger than the maximum allowable size for a copy "
+    b"source: 5368709120</Message><RequestId>fault-proxy</RequestId></Error>"
+)
 
 
 @dataclass
@@ -139,7 +146,9 @@ class FaultProxy:
     (the answer cut in half), ``stall`` (the answer held back for ``stall_seconds``) and
     ``drop_response`` (the request forwarded and handled, its answer lost). Also, for
     :meth:`fail_next` only: ``ignore_range`` (the request forwarded without its ``Range``
-    header, so the server sends the whole object, as a proxy or server that ignores ranges).
+    header, so the server sends the whole object, as a proxy or server that ignores ranges)
+    and ``copy_source_too_large`` (S3's 400 ``InvalidRequest`` refusing a copy source over
+    5 GiB, the request never forwarded: match it to the copy with ``matching``).
 
     Example:
         >>> import urllib.error, urllib.request
@@ -434,21 +443,14 @@ class FaultProxy:
         if "100-continue" in head.tokens("expect"):
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-        if fault in ("reset", "503"):
+        if fault in ("reset", "503", "copy_source_too_large"):
             copy_body(rf, req_kind, req_len, lambda d: count_req(len(d)))
             if fault == "reset":
                 return _Outcome.RESET
-            gcs = path.startswith(_GCS_PREFIXES)
-            body, ctype = (
-                (_GCS_503, "application/json; charset=UTF-8")
-                if gcs
-                else (_S3_503, "application/xml")
-            )
-            rec.status = 503
+            status_line, body, ctype = _own_answer(fault, path)
+            rec.status = int(status_line.split(" ", 1)[0])
             rec.response_bytes = 0 if method == "HEAD" else len(body)
-            client.sendall(
-                simple_response("503 Service Unavailable", body, ctype, head_only=method == "HEAD")
-            )
+            client.sendall(simple_response(status_line, body, ctype, head_only=method == "HEAD"))
             return _Outcome.CLOSE
 
         # Forward the request. Upstream send errors are remembered, not raised: the upstream may
@@ -540,6 +542,15 @@ class FaultProxy:
             simple_response("502 Bad Gateway", body, "text/plain", head_only=rec.method == "HEAD")
         )
         return _Outcome.CLOSE
+
+
+def _own_answer(fault: str, path: str) -> tuple[str, bytes, str]:
+    """The status, body and content type of an answer the proxy gives in the server's place."""
+    if fault == "copy_source_too_large":
+        return "400 Bad Request", _S3_COPY_SOURCE_TOO_LARGE, "application/xml"
+    if path.startswith(_GCS_PREFIXES):
+        return "503 Service Unavailable", _GCS_503, "application/json; charset=UTF-8"
+    return "503 Service Unavailable", _S3_503, "application/xml"
 
 
 def _check_modes(modes: Sequence[str], known: Sequence[str] = FAULT_MODES) -> None:
