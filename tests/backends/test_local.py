@@ -159,6 +159,16 @@ def test_listing_through_a_symlinked_directory_is_refused_so_gc_deletes_nothing(
     assert [info.key for info in store.content.backend.list("blobs/")] == blobs
 
 
+@pytest.mark.parametrize("prefix", ["../", "refs/../../", "./"])
+def test_a_listing_prefix_is_a_key_prefix_never_a_path_out(tmp_path: Path, prefix: str) -> None:
+    # The symlink check replaced the prefix's validation for a commit: list("../") walked the
+    # store's parent (found in review).
+    (tmp_path / "secret.txt").write_bytes(b"secret")
+    backend = LocalBackend(tmp_path / "s")
+    with pytest.raises(InvalidKeyError):
+        list(backend.list(prefix))
+
+
 def test_move_aside_renames_a_sparse_file_instead_of_writing_out_its_holes(tmp_path: Path) -> None:
     # verify --quarantine copied a 2 GiB sparse file planted at a pack key (9 MiB on disk)
     # into quarantine/, which then took 2 GiB of disk (found by a probe); a terabyte one fills

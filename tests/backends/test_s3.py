@@ -400,6 +400,32 @@ def test_touch_copies_an_object_over_5_gib_onto_itself_in_parts(
     assert _pending_uploads(s3_client, s3_bucket) == []
 
 
+def test_a_touch_in_parts_that_finds_the_object_rewritten_meanwhile_is_done(
+    faulty_backend: S3Backend, proxy: FaultProxy, s3_client: S3Client, s3_bucket: str
+) -> None:
+    # Two workers re-using the same large blob touch it at once: the first one's copy changes
+    # its ETag, and the second one's part copy (under CopySourceIfMatch) gets 412. s3transfer
+    # raised that as S3CopyFailedError, untranslated and never retried, and the upload failed
+    # (found in review). The object was just rewritten, so it is fresh: the touch is done.
+    data = os.urandom(MiB)
+    faulty_backend.write("big", io.BytesIO(data))
+    itself = f"/{s3_bucket}/big"
+    proxy.fail_next("copy_source_too_large", matching=lambda m, p: (m, p) == ("PUT", itself))
+    proxy.fail_next(
+        "precondition_failed",
+        matching=lambda m, p: m == "PUT" and p.startswith(itself + "?") and "uploadId=" in p,
+    )
+
+    faulty_backend.touch("big")
+
+    assert [r.fault for r in proxy.requests if r.fault] == [
+        "copy_source_too_large",
+        "precondition_failed",
+    ]
+    assert _raw_read(s3_client, s3_bucket, "big") == data
+    assert _pending_uploads(s3_client, s3_bucket) == []  # s3transfer aborted its upload
+
+
 @pytest.mark.parametrize(
     ("code", "message", "refused_for_size"),
     [

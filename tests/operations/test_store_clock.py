@@ -13,6 +13,7 @@ import io
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -216,3 +217,21 @@ def test_gc_collects_probe_objects_left_behind() -> None:
 def _skew_store(backend: MemoryBackend, key: str, seconds: float) -> None:
     data, modified = backend._objects[key]
     backend._objects[key] = (data, modified + seconds)
+
+
+def test_gc_of_a_local_store_whose_clock_directory_is_a_symlink_keeps_its_report(
+    tmp_path: Path,
+) -> None:
+    """gc lists clock/ after its deletions: a listing refused there (a symlink, which a local
+    store never writes under) failed gc after it had deleted, and its report was lost
+    (found in review)."""
+    root = tmp_path / "s"
+    store = ContentAddressedArtifactStore(ContentStore(LocalBackend(root)))
+    store.write("a1", io.BytesIO(random_bytes(10_000, seed=5)))
+    store.remove("a1")
+    (tmp_path / "elsewhere").mkdir()
+    (root / "clock").symlink_to(tmp_path / "elsewhere")
+
+    report = gc(store, grace_period=0, allow_short_grace=True)
+
+    assert len(report.deleted) == 1

@@ -456,6 +456,7 @@ class LocalBackend:
         directory, _, _ = prefix.rpartition("/")
         start = self._root / directory if directory else self._root
         if directory:
+            validate_key(directory)
             # A symlinked directory on the way is refused, not skipped: gc listing refs/ as
             # empty (a link) would delete every blob they name, and verify would pass blobs
             # no read can open. Links deeper down are skipped: reads refuse them too.

@@ -402,6 +402,7 @@ class S3Backend(RemoteBackend):
 
     def _touch_in_parts(self, name: str) -> None:
         from boto3.s3.transfer import TransferConfig
+        from s3transfer.exceptions import S3CopyFailedError
 
         # boto3's managed copy: a HEAD for the size and ETag, UploadPartCopy of each range
         # under CopySourceIfMatch of that ETag, and an abort of the upload if a part fails.
@@ -410,16 +411,22 @@ class S3Backend(RemoteBackend):
             multipart_chunksize=_TOUCH_PART_SIZE,
             max_concurrency=self._concurrency,
         )
-        self.client.copy(
-            {"Bucket": self._bucket_name, "Key": name},
-            self._bucket_name,
-            name,
-            # No MetadataDirective: a multipart upload has none, and without REPLACE s3transfer
-            # gives the new upload the source's Content-Type and metadata from the HEAD, so
-            # the touched object keeps them. CRC32 parts, as in _touch and our own uploads.
-            ExtraArgs={"ChecksumAlgorithm": "CRC32"},
-            Config=config,
-        )
+        try:
+            self.client.copy(
+                {"Bucket": self._bucket_name, "Key": name},
+                self._bucket_name,
+                name,
+                # No MetadataDirective: a multipart upload has none, and without REPLACE
+                # s3transfer gives the new upload the source's Content-Type and metadata from
+                # the HEAD, so the object keeps them. CRC32 parts, as in _touch and uploads.
+                ExtraArgs={"ChecksumAlgorithm": "CRC32"},
+                Config=config,
+            )
+        except S3CopyFailedError:
+            # Its ETag changed under the copy: another worker's touch rewrote it (the same
+            # bytes: keys are content addresses), so it is fresh now. If it is gone instead
+            # (gc), the HEAD raises NoSuchKey, which the caller takes as collected meanwhile.
+            self.client.head_object(Bucket=self._bucket_name, Key=name)
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -524,7 +524,8 @@ def _json_failure(kind: str, error: BaseException, partial: dict[str, Any] | Non
     """
     message = " ".join(" ".join(map(str, [error, *getattr(error, "__notes__", ())])).split())
     message = message or type(error).__name__
-    error_record = {"kind": kind, "type": type(error).__name__, "message": message}
+    public = next(c for c in type(error).__mro__ if not c.__name__.startswith("_"))
+    error_record = {"kind": kind, "type": public.__name__, "message": message}
     try:
         _emit_json({"ok": False, "error": error_record, **(partial or {})})
     except (OSError, ValueError, AttributeError):

@@ -157,7 +157,7 @@ import time
 from optuna_cas.backends.base import temp_files_of
 from optuna_cas.backends.clock import CLOCK_PREFIX
 from optuna_cas.content import ContentStore
-from optuna_cas.exceptions import ArtifactNotFound
+from optuna_cas.exceptions import ArtifactNotFound, InvalidKeyError
 from optuna_cas.operations._bad_records import BadRecords
 from optuna_cas.operations._chunk_listing import ChunkListing
 from optuna_cas.operations._gc_chunks import collect_chunks
@@ -303,8 +303,14 @@ def _remove_stale_temp_files(
     backend = store.content.backend
     removed = 0
     # The empty objects a store clock's reading writes and deletes at once: one stays when
-    # its process died between the two, or may not delete (see backends.clock).
-    for info in list(backend.list(CLOCK_PREFIX)):
+    # its process died between the two, or may not delete (see backends.clock). Listed after
+    # the deletions, so a clock/ that cannot be listed (a symlink in a local store, which
+    # writes none there) must not fail gc and lose its report: there is nothing of ours.
+    try:
+        stale_probes = list(backend.list(CLOCK_PREFIX))
+    except InvalidKeyError:
+        stale_probes = []
+    for info in stale_probes:
         if info.modified < older_than:
             if not dry_run:
                 with contextlib.suppress(ArtifactNotFound):

@@ -39,7 +39,7 @@ __all__ = ["FAULT_MODES", "FaultProxy", "RequestRecord"]
 
 FAULT_MODES: tuple[str, ...] = ("reset", "503", "truncate", "stall", "drop_response")
 # Not in the random mix (a server that ignores Range is no network fault): fail_next only.
-_ANSWER_MODES: tuple[str, ...] = ("ignore_range", "copy_source_too_large")
+_ANSWER_MODES: tuple[str, ...] = ("ignore_range", "copy_source_too_large", "precondition_failed")
 
 _BURST_S = 0.005
 _GCS_PREFIXES = ("/storage/", "/upload/storage/", "/download/storage/", "/batch/storage/")
@@ -54,6 +54,13 @@ _S3_COPY_SOURCE_TOO_LARGE = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidRequest</Code>'
     b"<Message>The specified copy source is larger than the maximum allowable size for a copy "
     b"source: 5368709120</Message><RequestId>fault-proxy</RequestId></Error>"
+)
+# S3's answer to a request whose precondition (If-Match, x-amz-copy-source-if-match) failed:
+# moto does not check a part copy's, so the proxy answers in its place.
+_S3_PRECONDITION_FAILED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PreconditionFailed</Code>'
+    b"<Message>At least one of the pre-conditions you specified did not hold</Message>"
+    b"<Condition>x-amz-copy-source-If-Match</Condition><RequestId>fault-proxy</RequestId></Error>"
 )
 
 
@@ -148,7 +155,8 @@ class FaultProxy:
     :meth:`fail_next` only: ``ignore_range`` (the request forwarded without its ``Range``
     header, so the server sends the whole object, as a proxy or server that ignores ranges)
     and ``copy_source_too_large`` (S3's 400 ``InvalidRequest`` refusing a copy source over
-    5 GiB, the request never forwarded: match it to the copy with ``matching``).
+    5 GiB, the request never forwarded: match it to the copy with ``matching``) and
+    ``precondition_failed`` (S3's 412, likewise).
 
     Example:
         >>> import urllib.error, urllib.request
@@ -443,7 +451,7 @@ class FaultProxy:
         if "100-continue" in head.tokens("expect"):
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-        if fault in ("reset", "503", "copy_source_too_large"):
+        if fault in ("reset", "503", "copy_source_too_large", "precondition_failed"):
             copy_body(rf, req_kind, req_len, lambda d: count_req(len(d)))
             if fault == "reset":
                 return _Outcome.RESET
@@ -548,6 +556,8 @@ def _own_answer(fault: str, path: str) -> tuple[str, bytes, str]:
     """The status, body and content type of an answer the proxy gives in the server's place."""
     if fault == "copy_source_too_large":
         return "400 Bad Request", _S3_COPY_SOURCE_TOO_LARGE, "application/xml"
+    if fault == "precondition_failed":
+        return "412 Precondition Failed", _S3_PRECONDITION_FAILED, "application/xml"
     if path.startswith(_GCS_PREFIXES):
         return "503 Service Unavailable", _GCS_503, "application/json; charset=UTF-8"
     return "503 Service Unavailable", _S3_503, "application/xml"
