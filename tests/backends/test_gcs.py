@@ -459,6 +459,32 @@ def test_sdk_retries_recover_a_failed_chunk_without_a_runner(
     assert gcs_bucket.blob("blobs/x").download_as_bytes() == data
 
 
+def test_a_delete_whose_answer_was_lost_is_done_with_sdk_retries(
+    faulty_gcs: FaultyGCS, gcs_bucket: Any
+) -> None:
+    # GCS deleted the object, the answer was lost, and the SDK's own retry met 404: that is
+    # the earlier attempt's success, not a missing key (remove) or a blob kept (gc's delete).
+    backend = GCSBackend(
+        gcs_bucket.name,
+        client=make_gcs_client(faulty_gcs.proxy.endpoint_url),
+        chunk_size=CHUNK,
+        timeout=0.3,
+    )
+    backend.write("refs/a", io.BytesIO(b"a"))
+    backend.write("blobs/b", io.BytesIO(b"b"))
+    seen = backend.stat("blobs/b")
+    faulty_gcs.proxy.fail_next("drop_response", methods={"DELETE"})
+    backend.remove("refs/a")
+    faulty_gcs.proxy.fail_next("drop_response", methods={"DELETE"})
+    assert backend.remove_if_unchanged("blobs/b", seen)
+    assert not backend.exists("refs/a") and not backend.exists("blobs/b")
+    deletes = [r for r in faulty_gcs.proxy.requests if r.method == "DELETE"]
+    assert [r.fault for r in deletes] == ["drop_response", None, "drop_response", None]
+    with pytest.raises(ArtifactNotFound):  # a plain 404, with no failure before it
+        backend.remove("refs/a")
+    assert not backend.remove_if_unchanged("blobs/b", seen)
+
+
 def test_resumable_uploads_survive_30_percent_faults(
     faulty_gcs: FaultyGCS, gcs_bucket: Any
 ) -> None:

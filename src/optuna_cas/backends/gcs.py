@@ -287,7 +287,37 @@ class GCSBackend(RemoteBackend):
         )
 
     def _delete(self, name: str) -> None:
-        self.bucket.blob(name).delete(timeout=self._timeout, **self._retry)
+        self._delete_blob(self.bucket.blob(name))
+
+    def _delete_blob(self, blob: Any, **preconditions: Any) -> None:
+        """Delete ``blob``; with SDK retries, a 404 met by a retry means an earlier attempt did.
+
+        The SDK retries a DELETE whose answer was lost (a reset after GCS acted) and then gets
+        404 for the object that attempt deleted: left to the SDK, ``remove`` raised
+        ArtifactNotFound for an artifact it had just removed, and gc's conditional delete
+        reported a blob it had deleted as kept (found by a probe). Backoff applies the same
+        rule to its own retries.
+        """
+        if not self._sdk_retries:
+            blob.delete(timeout=self._timeout, retry=None, **preconditions)
+            return
+        from google.api_core import exceptions as api
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        retried = False
+
+        def note(error: Exception) -> None:
+            nonlocal retried
+            retried = True
+
+        def attempt() -> None:
+            try:
+                blob.delete(timeout=self._timeout, retry=None, **preconditions)
+            except api.NotFound:
+                if not retried:
+                    raise
+
+        DEFAULT_RETRY(attempt, on_error=note)()
 
     def _touch(self, name: str) -> None:
         # Patching a metadata field refreshes ``updated``; no bytes move.
@@ -348,11 +378,10 @@ class GCSBackend(RemoteBackend):
                 blob = self._reload(name)
                 if _size_and_time(blob) != (seen.size, seen.modified):
                     return False
-                blob.delete(
+                self._delete_blob(
+                    blob,
                     if_generation_match=blob.generation,
                     if_metageneration_match=blob.metageneration,
-                    timeout=self._timeout,
-                    **self._retry,
                 )
         except (ArtifactNotFound, AlreadyPresentError):
             return False  # gone meanwhile, or changed since the look (412)
