@@ -205,13 +205,11 @@ class BlobStore(BlobMaintenance):
             False
         """
         chunked = digest.size >= self.chunk_threshold  # where to look first
-        if chunked and self.chunks.has_manifest(digest, with_packs=True):
-            return True
-        if chunked and self.chunks.has_manifest(digest, touch=False):
-            # Broken (a pack gone: gc's race), and readers take it over a whole blob of the
-            # file: "stored" needs the file stored again, which replaces the manifest (found
+        if chunked and (state := self.chunks.manifest_state(digest)) != "absent":
+            # A manifest decides, as readers take it over a whole blob of the file: a broken one
+            # (a pack gone: gc's race) means storing the file again, which replaces it (found
             # by a probe: the whole blob answered, and both artifacts were unreadable).
-            return False
+            return state == "complete"
         if self._check_stored(digest)[0]:
             return True
         return not chunked and self.chunks.has_manifest(digest, with_packs=True)
@@ -277,13 +275,17 @@ class BlobStore(BlobMaintenance):
         remembered = self._file_digests.get(src.before) if src.start == 0 else None
         # With its packs (a re-upload repairs a gone pack: gc's argument), else maybe a blob.
         large = remembered is not None and remembered.size >= self.chunk_threshold
-        if large and self.chunks.has_manifest(cast(Digest, remembered), with_packs=True):
+        state = self.chunks.manifest_state(cast(Digest, remembered)) if large else "absent"
+        if state == "complete":
             src.check_unchanged()
             return cast(Digest, remembered)
-        # A large file stored whole (TooManyChunks) has no manifest; beside a broken one (the
-        # look above failed) its blob is not what readers take: store the file again.
-        whole = not large or not self.chunks.has_manifest(cast(Digest, remembered), touch=False)
-        if remembered is not None and whole and self._check_stored(remembered) == (True, False):
+        # A large file stored whole (TooManyChunks) has no manifest; beside a broken one its
+        # blob is not what readers take: store the file again.
+        if (
+            remembered is not None
+            and state == "absent"
+            and self._check_stored(remembered) == (True, False)
+        ):
             if self._blob_cache is not None:
                 reader = io.BufferedReader(PositionalReader(src.fd, src.start), CHUNK_SIZE)
                 self._blob_cache.add_file(remembered, reader)

@@ -136,20 +136,20 @@ class ChunkStore(ChunkMaintenance):
             writer, digest = done
             # ~58 GiB of random bytes: a copy or repack of its manifest might be refused.
             check_manifest_fits(len(writer.manifest), digest, self._backend.describe())
-            manifest = writer.manifest.to_bytes(digest)
             # Before the check: a hint, true whatever the source did (its packs hold the
             # chunks), which lets the retry of an upload whose source changed reuse them.
             self.publish_index(writer.index)
             if check_unchanged is not None:
                 check_unchanged()
             self.last_new_bytes = writer.bytes_written
-            stored = self._stored_manifest_state(digest, checks)
+            stored = self._manifest_state(digest, lambda packs: all(map(checks.usable, packs)))
             self._settle(checks)
         finally:
             checks.close()
         if stored != "complete":
             # One that names a pack gone since (or is malformed) is replaced by ours, whose
             # packs this upload just wrote or checked: a re-upload repairs it.
+            manifest = writer.manifest.to_bytes(digest)
             self._write_manifest(digest, manifest, replace=stored == "broken")
         return digest
 
@@ -210,12 +210,27 @@ class ChunkStore(ChunkMaintenance):
         where = self.known.find(chunk)
         return where if where is not None and checks.assume(where[0]) else None
 
-    def _stored_manifest_state(self, digest: Digest, checks: PackChecks) -> str:
+    def manifest_state(self, digest: Digest) -> str:
         """Whether ``digest``'s manifest is ``"absent"``, ``"complete"`` or ``"broken"``.
 
         Complete: it and every pack it names are stored (all touched if old, as a dedup hit
-        must). Broken: malformed, or a pack it names is gone.
+        must). Broken: malformed, or a pack it names is gone; readers still take it over a
+        whole blob of the same file, so a store must write the file again to replace it.
+
+        Example:
+            >>> import io
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> store = ChunkStore(MemoryBackend())
+            >>> d = store.put(io.BytesIO(bytes(300_000)))
+            >>> store.manifest_state(d), store.manifest_state(Digest.of_bytes(b"x"))
+            ('complete', 'absent')
         """
+        return self._manifest_state(digest, self._all_present)
+
+    def _manifest_state(
+        self, digest: Digest, packs_present: Callable[[Sequence[Digest]], bool]
+    ) -> str:
+        """:meth:`manifest_state`, with the packs looked at by ``packs_present``."""
         if not self._present(manifest_key(digest)):
             return "absent"
         self._forget(digest)  # gc may have moved its chunks: read what is stored now
@@ -225,8 +240,7 @@ class ChunkStore(ChunkMaintenance):
             return "absent"
         except IntegrityError:
             return "broken"
-        complete = all(checks.usable(pack) for pack in table.packs)
-        return "complete" if complete else "broken"
+        return "complete" if packs_present(table.packs) else "broken"
 
     def _chunks_to_copy(self, table: ChunkTable) -> bytes:
         """The entries of ``table`` whose chunks this store lacks (each once).
@@ -344,16 +358,9 @@ class ChunkStore(ChunkMaintenance):
             if with_packs:
                 raise ValueError("has_manifest(touch=False) looks at the manifest only")
             return self._present(manifest_key(digest), touch=False)
-        if not self._present(manifest_key(digest)):
-            return False
         if not with_packs:
-            return True
-        self._forget(digest)  # gc may have moved its chunks: check what is stored now
-        try:
-            table = self.manifest(digest)
-        except (ArtifactNotFound, IntegrityError):
-            return False
-        return self._all_present(table.packs)
+            return self._present(manifest_key(digest))
+        return self.manifest_state(digest) == "complete"
 
     def _all_present(self, packs: Sequence[Digest]) -> bool:
         """Whether every pack is stored; remote stores are asked in parallel (a HEAD each)."""
