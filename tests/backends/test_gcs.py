@@ -440,17 +440,22 @@ def test_lost_answer_to_the_last_chunk_with_the_object_missing_is_an_error(
         backend.write("blobs/x", io.BytesIO(os.urandom(3 * CHUNK + 1)))
 
 
-def test_sdk_retries_recover_a_failed_chunk_without_a_runner(
-    faulty_gcs: FaultyGCS, gcs_bucket: Any
-) -> None:
-    # The default (no Backoff): each chunk is retried on google-cloud-storage's DEFAULT_RETRY
-    # schedule, after asking the session what it holds.
-    backend = GCSBackend(
+def _sdk_retrying(faulty_gcs: FaultyGCS, gcs_bucket: Any) -> GCSBackend:
+    """A backend through the fault proxy, with the SDK's own retries and no runner."""
+    return GCSBackend(
         gcs_bucket.name,
         client=make_gcs_client(faulty_gcs.proxy.endpoint_url),
         chunk_size=CHUNK,
         timeout=0.3,
     )
+
+
+def test_sdk_retries_recover_a_failed_chunk_without_a_runner(
+    faulty_gcs: FaultyGCS, gcs_bucket: Any
+) -> None:
+    # The default (no Backoff): each chunk is retried on google-cloud-storage's DEFAULT_RETRY
+    # schedule, after asking the session what it holds.
+    backend = _sdk_retrying(faulty_gcs, gcs_bucket)
     data = os.urandom(3 * CHUNK + 5)
     faulty_gcs.proxy.fail_next("drop_response", methods={"PUT"})  # the first chunk
     backend.write("blobs/x", io.BytesIO(data), if_absent=True)
@@ -464,12 +469,7 @@ def test_a_delete_whose_answer_was_lost_is_done_with_sdk_retries(
 ) -> None:
     # GCS deleted the object, the answer was lost, and the SDK's own retry met 404: that is
     # the earlier attempt's success, not a missing key (remove) or a blob kept (gc's delete).
-    backend = GCSBackend(
-        gcs_bucket.name,
-        client=make_gcs_client(faulty_gcs.proxy.endpoint_url),
-        chunk_size=CHUNK,
-        timeout=0.3,
-    )
+    backend = _sdk_retrying(faulty_gcs, gcs_bucket)
     backend.write("refs/a", io.BytesIO(b"a"))
     backend.write("blobs/b", io.BytesIO(b"b"))
     seen = backend.stat("blobs/b")

@@ -522,8 +522,7 @@ def _json_failure(kind: str, error: BaseException, partial: dict[str, Any] | Non
     ``"terminated"`` (143).
     ``partial``: keys added after ``"error"``: what the command did before it failed.
     """
-    message = " ".join(" ".join(map(str, [error, *getattr(error, "__notes__", ())])).split())
-    message = message or type(error).__name__
+    message = " ".join(_with_notes(error).split()) or type(error).__name__
     public = next(c for c in type(error).__mro__ if not c.__name__.startswith("_"))
     error_record = {"kind": kind, "type": public.__name__, "message": message}
     try:
@@ -577,8 +576,12 @@ def _describe(error: Exception) -> str:
 
 def _one_line(message: object) -> str:
     """An error or warning as one line, safe for a terminal (it may quote stored values)."""
-    text = " ".join(map(str, [message, *getattr(message, "__notes__", ())]))  # notes: what is left
-    return esc(" ".join(text.split()) or type(message).__name__)
+    return esc(" ".join(_with_notes(message).split()) or type(message).__name__)
+
+
+def _with_notes(message: object) -> str:
+    """``message``, then an exception's notes (what a failure left behind, say)."""
+    return " ".join(map(str, [message, *getattr(message, "__notes__", ())]))
 
 
 def _print_traceback() -> None:
