@@ -42,6 +42,15 @@ STALL_SECONDS = 0.6
 CLIENT_TIMEOUT = 0.3
 
 
+def _patient(inner: Any) -> Backoff:
+    """The store behind retries, for the test's own set-up and checks with no faults planted.
+
+    With a 0.3 s client timeout, a busy machine (the whole suite on 2 cores) can time out a
+    request that nothing broke; the checks must not fail for that (CI met one in verify).
+    """
+    return Backoff(inner, min_delay=0.01, max_delay=0.1, seed=0)
+
+
 def _proxy(endpoint_url: str, **kwargs: Any) -> FaultProxy:
     parts = urlsplit(endpoint_url)
     assert parts.hostname and parts.port
@@ -119,12 +128,12 @@ def test_hundred_round_trips_survive_30_percent_faults(
     distinct = {bytes(d) for d in written.values()}
     blobbed = {d for d in distinct if len(d) > INLINE_LIMIT}
     assert blobbed and len(blobbed) < len(distinct)  # both kinds were written
-    assert len(list(inner.content.iter_blobs())) == len(blobbed)
+    assert len(list(_patient(inner).content.iter_blobs())) == len(blobbed)
 
 
 def test_gives_up_after_max_retries_with_the_original_error(remote: tuple[FaultProxy, Any]) -> None:
     proxy, inner = remote
-    inner.write("present", io.BytesIO(b"x"))
+    _patient(inner).write("present", io.BytesIO(b"x"))
     proxy.reset_log()
     proxy.set_faults(1.0, ("503",))
     sleeps: list[float] = []
@@ -155,7 +164,7 @@ def test_remove_whose_response_is_lost_is_still_a_success(remote: tuple[FaultPro
     store.write("doomed", io.BytesIO(b"x"))
     proxy.fail_next("drop_response", methods={"DELETE"})
     store.remove("doomed")  # first DELETE applied but its answer lost; the retry finds it gone
-    assert not inner.content.has_ref("doomed")
+    assert not _patient(inner).content.has_ref("doomed")
 
 
 def test_blob_create_whose_response_is_lost_is_not_an_error(remote: tuple[FaultProxy, Any]) -> None:
@@ -179,7 +188,7 @@ def test_gc_retries_its_conditional_delete(remote: tuple[FaultProxy, Any], mode:
     store.remove("doomed")
     proxy.fail_next(mode, methods={"DELETE"})
     report = gc(store, grace_period=0, allow_short_grace=True)
-    assert list(inner.content.iter_blobs()) == []
+    assert list(_patient(inner).content.iter_blobs()) == []
     # After a lost answer the retry finds the blob gone: deleted by the first attempt.
     assert report.deleted_count == 1
 
@@ -192,21 +201,22 @@ def test_a_gc_delete_retried_after_an_upload_reused_the_blob_leaves_it(
     the blob during the sleep was acknowledged, then lost its blob (found by a probe)."""
     proxy, inner = s3_through_proxy
     inner.content.freshen_after = 1.0  # a re-use touches the blob
+    patient = _patient(inner)  # keeps freshen_after
     data = random.Random(5).randbytes(200_000)
-    inner.write("old", io.BytesIO(data))
-    inner.remove("old")
+    patient.write("old", io.BytesIO(data))
+    patient.remove("old")
     time.sleep(2.1)  # S3 times are whole seconds: the touch must land in a later one
 
     def upload_meanwhile(seconds: float) -> None:
-        if not inner.content.has_ref("new"):
-            inner.write("new", io.BytesIO(data))  # a dedup hit: touch, ref, check
+        if not patient.content.has_ref("new"):
+            patient.write("new", io.BytesIO(data))  # a dedup hit: touch, ref, check
         time.sleep(seconds)
 
     store = Backoff(inner, min_delay=0.01, sleep=upload_meanwhile)
     proxy.fail_next("503", methods={"DELETE"}, matching=lambda _m, path: "/blobs/" in path)
     report = gc(store, grace_period=1.5, allow_short_grace=True)
-    assert inner.content.has_ref("new") and report.deleted_count == 0
-    with inner.open_reader("new") as reader:
+    assert patient.content.has_ref("new") and report.deleted_count == 0
+    with patient.open_reader("new") as reader:
         assert reader.read() == data
 
 
@@ -257,4 +267,4 @@ def test_chunked_versions_survive_30_percent_faults_through_gc_sync_verify_and_r
     for name, data in versions.items():
         with local.open_reader(name) as reader:
             assert reader.read() == data
-    assert verify(local).ok and verify(inner).ok
+    assert verify(local).ok and verify(_patient(inner)).ok
