@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from optuna_cas.chunks.index import Location
+from optuna_cas.chunks.index import KnownChunks, Location
 from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.digest import Digest
 from optuna_cas.exceptions import OptunaCasError
@@ -134,6 +134,9 @@ class DeltaFinder:
     Args:
         read_range: Reads ``(pack, offset, length)`` stored bytes, unverified
             (``ChunkStore.read_range`` of a store whose packs are local files).
+        known: The store's known chunks: where a new piece may be stored already, and the
+            deltas stored before (a chunk that has not changed since is not compared again).
+        usable: Whether this upload may lean on a pack (looked at and touched once per upload).
 
     Example:
         >>> import io, tempfile
@@ -143,28 +146,67 @@ class DeltaFinder:
         >>> store = ChunkStore(LocalBackend(tempfile.mkdtemp()))
         >>> old = bytes(range(256)) * 64; pack = Digest.of_bytes(old)
         >>> store.backend.write(pack_key(pack), io.BytesIO(old))
-        >>> finder = DeltaFinder(store.read_range); finder.follow(pack, 0)
+        >>> finder = DeltaFinder(store.read_range, store.known, lambda pack: True)
+        >>> finder.follow(pack, 0)
         >>> new = bytearray(old); new[9000:9004] = b"new!"
         >>> found = finder.find(bytes(new))
         >>> [p.same for p in found[2]]
         [True, False, True]
     """
 
-    def __init__(self, read_range: Callable[[Digest, int, int], bytes]) -> None:
+    def __init__(
+        self,
+        read_range: Callable[[Digest, int, int], bytes],
+        known: KnownChunks,
+        usable: Callable[[Digest], bool],
+    ) -> None:
         self._read_range = read_range
+        self._known = known
+        self._usable = usable
         self._at: tuple[Digest, int] | None = None
         self._misses = 0
         self._extra = 0  # entries the deltas so far added beyond one per chunk
+
+    def add(self, writer: PackWriter, chunk: Digest, data: memoryview) -> bool:
+        """Record ``chunk``, which the store lacks whole, as a delta if it is one; whether it was.
+
+        A delta stored before and still usable is named again as it was; else the old bytes at
+        the cursor are compared (:meth:`find`) and :func:`store_delta` records the pieces.
+        """
+        if self._extra >= _EXTRA_ENTRIES:
+            return False
+        recalled = self._known.find_delta(chunk)
+        if (
+            recalled is not None
+            # A manifest whose entries do not add up to the file names other bytes.
+            and sum(piece.size for piece, _, _ in recalled[0]) == chunk.size
+            and all(self._usable(pack) for _, pack, _ in recalled[0])
+        ):
+            entries, after = recalled
+            for piece, pack, offset in entries:
+                writer.add_known(piece, pack, offset)
+            self._extra += len(entries) - 1
+            self.follow(*after)
+            return True
+        if self._at is None:
+            return False
+        new = bytes(data)
+        found = self.find(new)
+        if found is None:
+            return False
+        named = store_delta(writer, found, new, self._stored)
+        if named is not None:  # all stored before: the next upload names them as they are
+            self._known.remember_delta(chunk, named, (found[0], found[1] + len(new)))
+        return True
+
+    def _stored(self, piece: Digest) -> Location | None:
+        where = self._known.find(piece)
+        return where if where is not None and self._usable(where[0]) else None
 
     def follow(self, pack: Digest, offset: int) -> None:
         """The next chunk's old bytes start at ``offset`` in ``pack`` (after a known chunk)."""
         self._at = (pack, offset)
         self._misses = 0
-
-    @property
-    def following(self) -> bool:
-        """Whether the cursor knows where the next chunk's old bytes may be (and may use it)."""
-        return self._at is not None and self._extra < _EXTRA_ENTRIES
 
     def find(self, new: bytes) -> tuple[Digest, int, list[Piece], bytes] | None:
         """``(pack, offset, pieces, old bytes)`` of ``new`` at the cursor, or None.
@@ -201,11 +243,15 @@ def store_delta(
     found: tuple[Digest, int, list[Piece], bytes],
     new: bytes,
     stored: Callable[[Digest], Location | None],
-) -> None:
+) -> list[tuple[Digest, Digest, int]] | None:
     """Record ``new`` as the pieces :meth:`DeltaFinder.find` ``found``.
 
     Equal pieces are ranges of the old pack; a new piece the store holds already (``stored``
     says where: the same rewritten row as in the last version) is named there, others stored.
+
+    Returns:
+        The entries recorded, ``(piece, pack, offset)`` each, if every piece was stored
+        before (a chunk unchanged since the last version); None if a piece was new.
 
     Example:
         >>> from optuna_cas.backends.memory import MemoryBackend
@@ -220,18 +266,25 @@ def store_delta(
     pack, offset, pieces, old = found
     if not _tile(pieces, len(new)):  # a manifest naming other bytes must never be written
         raise ValueError(f"pieces {pieces} do not cover a chunk of {len(new)} bytes in order")
+    entries: list[tuple[Digest, Digest, int]] | None = []
     for start, end, same in pieces:
         if same:
             # The digest of the bytes read from the pack (equal to the new ones): what the
             # entry names is what the range holds.
-            writer.add_known(Digest.of_bytes(old[start:end]), pack, offset + start)
-            continue
-        part = new[start:end]
-        digest = Digest.of_bytes(part)
-        # The old bytes are the version the chunk was last stored whole in, so the runs an
-        # earlier delta stored come again: found, they are not stored twice.
-        where = stored(digest)
-        if where is not None:
-            writer.add_known(digest, *where)
+            where: Location = (pack, offset + start)
+            digest = Digest.of_bytes(old[start:end])
         else:
-            writer.add_new(digest, memoryview(part))
+            part = new[start:end]
+            digest = Digest.of_bytes(part)
+            # The old bytes are the version the chunk was last stored whole in, so the runs
+            # an earlier delta stored come again: found, they are not stored twice.
+            found_at = stored(digest)
+            if found_at is None:
+                writer.add_new(digest, memoryview(part))
+                entries = None
+                continue
+            where = found_at
+        writer.add_known(digest, *where)
+        if entries is not None:
+            entries.append((digest, *where))
+    return entries

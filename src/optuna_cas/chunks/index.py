@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Sequence
 
 import blake3
 
@@ -42,6 +43,7 @@ _RECORD = struct.Struct("<32sQ")  # chunk digest, pack number << 40 | offset
 _FORGOTTEN = (1 << 64) - 1  # the place of a chunk whose pack was found missing
 _THREADS = 8  # index objects read at once
 _BATCH = 64  # index objects read before their entries are added
+_DELTA_ENTRIES = 1 << 18  # entries the memo of deltas holds at most (48 bytes each: 12 MiB)
 
 
 def read_bounded(backend: Backend, key: str, limit: int = MAX_TABLE_BYTES) -> bytes:
@@ -90,6 +92,10 @@ class KnownChunks:
         # are single dict, set or bytearray operations, atomic under the GIL; threads racing
         # to learn the same chunk at worst lose a hint (see DigestIndex).
         self._seen: set[str] = set()
+        # Changed chunks stored as deltas, by whole digest, oldest first: their manifest
+        # entries (ENTRY records, packs by number) and where the old bytes after them lie.
+        self._deltas: dict[bytes, tuple[bytes, int]] = {}
+        self._delta_entries = 0
 
     def refresh(self) -> None:
         """Read the index objects written since the last refresh."""
@@ -153,6 +159,55 @@ class KnownChunks:
             return None
         where = _RECORD.unpack_from(*self._records.locate(row))[1]
         return None if where == _FORGOTTEN else (self._packs[where >> _SHIFT], where & _OFFSET)
+
+    def remember_delta(
+        self, chunk: Digest, entries: Sequence[tuple[Digest, Digest, int]], after: Location
+    ) -> None:
+        """Remember that ``chunk`` is stored as ``entries``: (piece, pack, offset) each.
+
+        A chunk changed in one version and not since is not stored whole, so without this
+        every later upload read and compared its old bytes again (see chunks.delta). Index
+        objects cannot say it: they name one range per chunk. ``after`` is where the old
+        bytes following the chunk lie.
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> known, pack = KnownChunks(MemoryBackend()), Digest.of_bytes(b"pack")
+            >>> a, b = Digest.of_bytes(b"a"), Digest.of_bytes(b"b")
+            >>> known.remember_delta(Digest.of_bytes(b"ab"), [(a, pack, 0), (b, pack, 3)], (pack, 4))
+            >>> entries, after = known.find_delta(Digest.of_bytes(b"ab"))
+            >>> [(piece.size, offset) for piece, _, offset in entries], after[1]
+            ([(1, 0), (1, 3)], 4)
+        """
+        number = self._pack_number
+        packed = b"".join(
+            ENTRY.pack(bytes.fromhex(piece.hexdigest), number(pack), piece.size, offset)
+            for piece, pack, offset in entries
+        )
+        self._deltas[bytes.fromhex(chunk.hexdigest)] = (
+            packed,
+            number(after[0]) << _SHIFT | after[1],
+        )
+        self._delta_entries += len(entries)
+        while self._delta_entries > _DELTA_ENTRIES:
+            try:
+                oldest = self._deltas.pop(next(iter(self._deltas)))
+            except (RuntimeError, StopIteration, KeyError):  # another thread changed it
+                break
+            self._delta_entries -= len(oldest[0]) // ENTRY.size
+
+    def find_delta(self, chunk: Digest) -> tuple[list[tuple[Digest, Digest, int]], Location] | None:
+        """What :meth:`remember_delta` remembered of ``chunk``, if it still does."""
+        found = self._deltas.get(bytes.fromhex(chunk.hexdigest))
+        if found is None:
+            return None
+        packed, after = found
+        packs = self._packs
+        entries = [
+            (Digest(piece.hex(), length), packs[pack], offset)
+            for piece, pack, length, offset in ENTRY.iter_unpack(packed)
+        ]
+        return entries, (packs[after >> _SHIFT], after & _OFFSET)
 
     def forget_pack(self, pack: Digest) -> None:
         """Drop every entry in ``pack`` (found missing or damaged)."""

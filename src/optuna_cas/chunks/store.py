@@ -26,7 +26,7 @@ from optuna_cas.backends.clock import StoreClock
 from optuna_cas.chunks.assemble import assemble_from_cache, assemble_from_store
 from optuna_cas.chunks.cached_packs import PackCache
 from optuna_cas.chunks.chunker import Chunker
-from optuna_cas.chunks.delta import DeltaFinder, store_delta
+from optuna_cas.chunks.delta import DeltaFinder
 from optuna_cas.chunks.index import KnownChunks, Location, read_bounded
 from optuna_cas.chunks.layout import (
     CHUNK_AVG,
@@ -167,7 +167,11 @@ class ChunkStore(ChunkMaintenance):
             writer.index.expect(min(size_hint // CHUNK_AVG, _EXPECT_AT_MOST))
         chunker = Chunker(stream)
         # Local stores only: a delta reads the old bytes (see chunks.delta).
-        deltas = DeltaFinder(self.read_range) if staging_of(self._backend) is not None else None
+        deltas = (
+            DeltaFinder(self.read_range, self.known, checks.assume)
+            if staging_of(self._backend) is not None
+            else None
+        )
         try:
             for chunk, data in chunker:
                 where = self._reusable(chunk, checks)
@@ -176,13 +180,8 @@ class ChunkStore(ChunkMaintenance):
                     if deltas is not None:
                         deltas.follow(where[0], where[1] + chunk.size)
                     continue
-                if deltas is not None and deltas.following:
-                    new = bytes(data)
-                    found = deltas.find(new)
-                    if found is not None:
-                        store_delta(writer, found, new, lambda d: self._reusable(d, checks))
-                        continue
-                writer.add_new(chunk, data)
+                if deltas is None or not deltas.add(writer, chunk, data):
+                    writer.add_new(chunk, data)
             writer.finish()
             leaned = self._settle(checks)
         except BaseException:
