@@ -308,6 +308,8 @@ class Config:
     chunk_cold: int  # cold S3 download, chunked vs one blob
     chunk_cold_reps: int
     chunk_rss_sizes: tuple[int, int]  # peak RSS of a chunked upload/download at both sizes
+    series_versions: int  # section 20: versions of one file, a few bytes changed each
+    series_size: int
 
 
 FULL = Config(
@@ -342,6 +344,8 @@ FULL = Config(
     chunk_cold=GiB,
     chunk_cold_reps=3,
     chunk_rss_sizes=(512 * MiB, 4 * GiB),
+    series_versions=300,
+    series_size=12 * MiB,
 )
 QUICK = Config(
     big=64 * MiB,
@@ -375,4 +379,6 @@ QUICK = Config(
     chunk_cold=32 * MiB,
     chunk_cold_reps=1,
     chunk_rss_sizes=(16 * MiB, 64 * MiB),
+    series_versions=120,
+    series_size=12 * MiB,
 )

@@ -7,6 +7,7 @@ Usage::
     python -m benchmarks.run --only s3  # one group
     python -m benchmarks.run --only startup  # optuna-cas --help vs import optuna (~10 s)
     python -m benchmarks.run --only chunks --merge  # issue 13 (~10 min); into docs/benchmarks.md
+    python -m benchmarks.run --only series --merge  # section 20, a long series (~2 min)
 
 A full run writes ``docs/benchmarks.md`` and its charts to ``docs/img/``; ``--quick`` or
 ``--only`` write to ``.bench-data/benchmarks-<mode>.md`` (charts in ``.bench-data/img/``)
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument(
         "--only",
-        choices=["local", "s3", "cache", "lifecycle", "startup", "chunks"],
+        choices=["local", "s3", "cache", "lifecycle", "startup", "chunks", "series"],
         help="run one group only",
     )
     parser.add_argument(
@@ -213,6 +214,11 @@ def main(argv: list[str] | None = None) -> None:
 
             print("chunk-level dedup benchmarks ...", flush=True)
             sections += run_chunks(cfg, data / "chunks")
+        if args.only in (None, "series"):
+            from benchmarks.series import run_series
+
+            print("long series benchmarks ...", flush=True)
+            sections += run_series(cfg, data / "series")
     finally:
         shutil.rmtree(data, ignore_errors=True)
     elapsed = time.perf_counter() - t0

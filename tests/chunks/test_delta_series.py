@@ -4,8 +4,8 @@ A chunk changed in one version is stored as a delta: its whole digest is never s
 every later upload found it missing and compared its old bytes again, and each version's
 changed bytes went to a pack of their own that later manifests kept naming. Measured on a
 12 MiB file saved 300 times, 64 bytes changed each time: upload CPU rose from 60 to 133 ms
-and the manifest named 288 packs. These tests pin the cure: a delta already stored is named
-again without a read.
+and the manifest named 288 packs. These tests pin the two cures: a delta already stored is
+named again without a read, and gc merges small packs.
 """
 
 from __future__ import annotations
@@ -16,18 +16,26 @@ from pathlib import Path
 
 import pytest
 
-from optuna_cas import FileSystemArtifactStore, verify
+from optuna_cas import FileSystemArtifactStore, gc, verify
 from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.chunks import index
 from optuna_cas.chunks.index import KnownChunks
-from optuna_cas.chunks.layout import pack_key
+from optuna_cas.chunks.layout import PACK_PREFIX, pack_key
 from optuna_cas.content import ContentStore
 from optuna_cas.digest import Digest
+from optuna_cas.operations import _gc_chunks
 from tests.chunks.test_delta_chunks import _CountingLocal
 
 KiB = 1024
 MiB = 1024 * KiB
 THRESHOLD = 256 * KiB
+
+
+def _changed(data: bytes, seed: int, size: int = 64) -> bytes:
+    """``data`` with ``size`` bytes at a random place rewritten in place."""
+    rng = random.Random(seed)
+    at = rng.randrange(len(data) - size)
+    return data[:at] + rng.randbytes(size) + data[at + size :]
 
 
 def test_a_chunk_unchanged_since_its_delta_is_named_again_without_a_read(
@@ -86,3 +94,32 @@ def test_the_memory_of_deltas_is_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
         known.remember_delta(chunk, pieces, (pack, 0))
     # Two entries each, at most five in all: the two newest are kept.
     assert [known.find_delta(c) is not None for c in chunks] == [False, False, True, True]
+
+
+def test_gc_merges_the_small_packs_a_long_series_leaves(tmp_path: Path) -> None:
+    store = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
+    data = random.Random(3).randbytes(4 * MiB)
+    versions = {}
+    for v in range(_gc_chunks.MERGE_SMALL_AT + 4):
+        data = _changed(data, v) if v else data
+        versions[f"v{v}"] = data
+        store.write(f"v{v}", io.BytesIO(data))
+    last = store.content.get_ref(f"v{len(versions) - 1}").digest
+    named_before = len(store.content.chunks.manifest(last).packs)
+    assert named_before > _gc_chunks.MERGE_SMALL_AT  # a pack per version
+    stored_before = sum(i.size for i in store.content.backend.list(PACK_PREFIX))
+    first = gc(store, grace_period=0, allow_short_grace=True)
+    assert len(first.packs_repacked) >= _gc_chunks.MERGE_SMALL_AT
+    second = gc(store, grace_period=0, allow_short_grace=True)  # deletes the merged packs
+    assert set(second.packs_deleted) == set(first.packs_repacked)
+    # The big first pack stays (it is not small); the changes now share one pack.
+    assert len(store.content.chunks.manifest(last).packs) <= 2
+    assert sum(i.size for i in store.content.backend.list(PACK_PREFIX)) <= stored_before
+    for name, content in versions.items():
+        with store.open_reader(name) as reader:
+            assert reader.read() == content
+    assert verify(store, deep=True).ok
+    # A few small packs are left alone: merging them would rewrite bytes for little gain.
+    store.write("one more", io.BytesIO(_changed(data, 99)))
+    third = gc(store, grace_period=0, allow_short_grace=True)
+    assert not third.packs_repacked

@@ -8,8 +8,9 @@ The order of the steps, and why it is safe while others upload and read, is argu
 2. :func:`live_chunks`: read every kept manifest afresh: the chunk ranges they name are live.
 3. :func:`sweep_packs`: delete packs no kept manifest uses that are older than the grace
    period (last look, conditional delete).
-4. :func:`repack`: copy the live chunks of old, mostly dead packs into new packs, then point
-   every kept manifest at them; the old pack is touched and left for a later run.
+4. :func:`repack`: copy the live chunks of old, mostly dead packs (and of old small ones, once
+   there are many) into new packs, then point every kept manifest at them; the old pack is
+   touched and left for a later run.
 5. :func:`consolidate_index`: one index object of every live chunk; old index objects go.
 
 Memory: about 200 bytes per distinct live chunk (some 3 MB per GiB of unique 64 KiB chunks),
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
+from optuna_cas.chunks.layout import PACK_TARGET
 from optuna_cas.chunks.packer import PackWriter
 from optuna_cas.chunks.runs import Location, RunCopier, extent, overlapping_runs, runs_table
 from optuna_cas.chunks.store import ChunkStore, StoredObject
@@ -41,7 +43,9 @@ from optuna_cas.operations._gc_report import GcReport
 from optuna_cas.progress import Progress, ProgressCallback
 
 __all__ = [
+    "MERGE_SMALL_AT",
     "REPACK_BELOW",
+    "SMALL_PACK",
     "LiveChunks",
     "collect_chunks",
     "consolidate_index",
@@ -55,6 +59,13 @@ __all__ = [
 # A pack older than the grace period whose live bytes are less than this share of its size is
 # repacked: its live chunks are copied (at most half a pack) to reclaim the rest.
 REPACK_BELOW = 0.5
+# Old packs smaller than this are merged into full ones once there are MERGE_SMALL_AT of them.
+# Each upload of a version that changed little writes a small pack of its own, and a delta
+# names the one its changed bytes went to, so a file saved hundreds of times comes to name
+# a pack per version: an upload looks at each (a stat, twice), a read opens each. A merge
+# copies at most MERGE_SMALL_AT packs' worth of small packs' bytes again per run.
+SMALL_PACK = PACK_TARGET // 8
+MERGE_SMALL_AT = 16
 # Entries per consolidated index object: 24 MB, well below what a reader accepts (64 MiB).
 _INDEX_PART = 500_000
 
@@ -247,7 +258,7 @@ def repack(
     dry_run: bool,
     progress: ProgressCallback | None = None,
 ) -> tuple[dict[bytes, Location], set[str]]:
-    """Copy the live chunks of old, mostly dead packs into new packs; rewrite kept manifests.
+    """Copy the live chunks of old, mostly dead or small packs into new ones; rewrite manifests.
 
     Chunks also stored in a pack that stays are pointed there instead of copied (duplicates
     from racing uploads are reclaimed this way). Each chunk copied is verified on the way. A
@@ -255,13 +266,17 @@ def repack(
     unchanged; ``optuna-cas verify`` reports it. Returns where each moved chunk is now, and
     the packs no kept manifest uses any more.
     """
-    candidates = [
+    old = [
         obj
         for hexdigest, obj in listing.packs.items()
-        if hexdigest in live.packs
-        and _old(obj, timing)
-        and obj.size == live.packs[hexdigest].size
-        and live.live_bytes(hexdigest) < REPACK_BELOW * obj.size
+        if hexdigest in live.packs and _old(obj, timing) and obj.size == live.packs[hexdigest].size
+    ]
+    small = [obj for obj in old if obj.size < SMALL_PACK]
+    merged = {obj.key for obj in small} if len(small) >= MERGE_SMALL_AT else set()
+    candidates = [
+        obj
+        for obj in old
+        if obj.key in merged or live.live_bytes(obj.hexdigest) < REPACK_BELOW * obj.size
     ]
     if not candidates:
         return {}, set()

@@ -186,7 +186,7 @@ def gc(
 ) -> GcReport:
     """Delete blobs and chunked files no ref names, once older than ``grace_period``.
 
-    Packs no kept manifest uses go too, and mostly dead ones are repacked. Safe while other
+    Packs no kept manifest uses go too; mostly dead and small ones are repacked. Safe while other
     processes upload to the store (see the module docstring for why). A bad ref is reported
     (``report.bad_refs`` and a warning) and skipped; gc goes on.
 
