@@ -63,7 +63,7 @@ REPACK_BELOW = 0.5
 # Each upload of a version that changed little writes a small pack of its own, and a delta
 # names the one its changed bytes went to, so a file saved hundreds of times comes to name
 # a pack per version: an upload looks at each (a stat, twice), a read opens each. A merge
-# copies at most MERGE_SMALL_AT packs' worth of small packs' bytes again per run.
+# writes full packs and at most one small one, the only bytes a later merge copies again.
 SMALL_PACK = PACK_TARGET // 8
 MERGE_SMALL_AT = 16
 # Entries per consolidated index object: 24 MB, well below what a reader accepts (64 MiB).
