@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from optuna_cas import FileSystemArtifactStore, gc, verify
+from optuna_cas.backends.local import LocalBackend
 from optuna_cas.backends.memory import MemoryBackend
 from optuna_cas.chunks import index
+from optuna_cas.chunks import store as chunk_store
 from optuna_cas.chunks.index import KnownChunks
 from optuna_cas.chunks.layout import PACK_PREFIX, pack_key
 from optuna_cas.content import ContentStore
@@ -123,3 +125,20 @@ def test_gc_merges_the_small_packs_a_long_series_leaves(tmp_path: Path) -> None:
     store.write("one more", io.BytesIO(_changed(data, 99)))
     third = gc(store, grace_period=0, allow_short_grace=True)
     assert not third.packs_repacked
+
+
+def test_remembered_manifests_are_bounded_in_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bounded by count alone, 64 manifests of 10 GiB files would hold some 400 MB.
+    store = ContentStore(LocalBackend(tmp_path / "s"), chunk_threshold=THRESHOLD)
+    digests = []
+    for seed in range(3):
+        store.put_artifact(f"a{seed}", io.BytesIO(random.Random(seed).randbytes(4 * MiB)))
+        digests.append(store.get_ref(f"a{seed}").digest)
+    sizes = [len(store.chunks.manifest(d).entries) for d in digests]
+    monkeypatch.setattr(chunk_store, "_MANIFEST_MEMO_BYTES", max(sizes))  # one fits, not two
+    store.chunks._manifests.clear()
+    for digest in digests:
+        store.chunks.manifest(digest)
+    assert list(store.chunks._manifests) == [digests[-1].hexdigest]

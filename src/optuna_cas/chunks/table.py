@@ -42,6 +42,7 @@ __all__ = [
     "Entry",
     "TableBuilder",
     "largest_manifest_bytes",
+    "parse_manifest",
     "parse_table",
 ]
 
@@ -392,3 +393,27 @@ def parse_table(data: bytes, name: str, magic: bytes) -> ChunkTable:
     if file is not None and total != file.size:
         raise bad(f"its chunks add up to {total} bytes, the file has {file.size}")
     return ChunkTable(magic, file, packs, entries)
+
+
+def parse_manifest(raw: bytes, name: str, digest: Digest) -> ChunkTable:
+    """Parse a manifest (bounds checked) and check that it describes ``digest``.
+
+    Raises:
+        IntegrityError: Malformed, or the manifest of another file.
+
+    Example:
+        >>> file = Digest.of_bytes(b"abc"); b = TableBuilder(MANIFEST_MAGIC)
+        >>> b.add(file, b.pack_number(Digest.of_bytes(b"abcd")), 0)
+        >>> parse_manifest(b.to_bytes(file), "m", file).file == file
+        True
+        >>> parse_manifest(b.to_bytes(file), "m", Digest.of_bytes(b"x"))
+        Traceback (most recent call last):
+        optuna_cas.exceptions.IntegrityError: m describes blake3:... of 3 bytes, not blake3:... of 1 bytes
+    """
+    table = parse_table(raw, name, MANIFEST_MAGIC)
+    if table.file != digest:
+        # With the sizes: a digest prints without its size, and an edited size alone read
+        # "describes blake3:d92f..., not blake3:d92f..." (found by a probe).
+        described = "nothing" if table.file is None else f"{table.file} of {table.file.size} bytes"
+        raise IntegrityError(f"{name} describes {described}, not {digest} of {digest.size} bytes")
+    return table
