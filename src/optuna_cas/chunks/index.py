@@ -129,17 +129,30 @@ class KnownChunks:
             return None
 
     def add_table(self, table: ChunkTable) -> None:
-        """Learn the entries of an index object (e.g. the one this process just wrote)."""
+        """Learn the entries of an index object (e.g. the one this process just wrote).
+
+        The latest word wins. After gc repacked, its consolidated index says where the chunks
+        are now; uploads that kept naming the packs it left behind kept those alive, and gc
+        repacked them again at every run. Remembered deltas go too when a chunk moved.
+        """
         numbers = [self._pack_number(p) << _SHIFT for p in table.packs]
         records, find_or_add = self._records, self._rows.find_or_add
         self._rows.reserve(len(records) + len(table))  # one re-index, not one per doubling
+        moved = False
         for chunk, pack, _length, offset in ENTRY.iter_unpack(table.entries):
             if offset > _OFFSET:  # not ours (packs are tens of MiB): a hint lost
                 continue
             where = numbers[pack] | offset
             row = find_or_add(chunk, _RECORD, chunk, where)
-            if row is not None and _RECORD.unpack_from(*records.locate(row))[1] == _FORGOTTEN:
-                _RECORD.pack_into(*records.locate(row), chunk, where)
+            if row is None:
+                continue
+            block, at = records.locate(row)
+            known = _RECORD.unpack_from(block, at)[1]
+            if known != where:
+                _RECORD.pack_into(block, at, chunk, where)
+                moved = moved or known != _FORGOTTEN
+        if moved:
+            self._deltas, self._delta_entries = {}, 0
 
     def _pack_number(self, pack: Digest) -> int:
         number = self._pack_numbers.get(pack.hexdigest)
