@@ -396,6 +396,35 @@ def test_download_to_an_empty_path_is_refused_as_optuna_refuses_it(
     assert str(ours.value) == str(theirs.value)
 
 
+@pytest.mark.parametrize("suffix", ["/", "/.", "/..", "/x/", "file/"])
+def test_download_to_a_directory_path_is_refused_as_optuna_refuses_it(
+    store: FileSystemArtifactStore, tmp_path: Path, suffix: str
+) -> None:
+    # Path("models/") is Path("models"): a file named models was written where the user
+    # meant a directory (found by a probe).
+    import io
+
+    import optuna.artifacts as oa
+
+    store.write("a", io.BytesIO(b"x"))
+    for side in ("theirs", "ours"):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "file").write_bytes(b"")
+    before = sorted(tmp_path.rglob("*"))
+    raised = []
+    for side, download in (("theirs", oa.download_artifact), ("ours", download_artifact)):
+        path = (
+            str(tmp_path / side / "new") + suffix
+            if suffix != "file/"
+            else str(tmp_path / side / suffix)
+        )
+        with pytest.raises(OSError) as caught:
+            download(artifact_store=store, file_path=path, artifact_id="a")
+        raised.append((type(caught.value), caught.value.errno))
+    assert raised[0] == raised[1]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_download_unknown_id_creates_nothing(
     store: FileSystemArtifactStore, tmp_path: Path
 ) -> None:

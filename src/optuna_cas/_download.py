@@ -6,7 +6,7 @@ import errno
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from optuna_cas._fileio import materialize, naming_full_disk
 from optuna_cas._json import loads_bounded
@@ -103,6 +103,10 @@ def download_artifact(
     path = os.fsdecode(file_path)
     if not path:  # Path("") would be ".", which exists: say what Optuna says
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file_path)
+    if os.path.basename(path) in ("", ".", "..") and not os.path.lexists(path):
+        # Path() drops a trailing "/" or "/.", which wrote a file where a directory was
+        # meant. Optuna's open() fails as the system does: no such directory, or not one.
+        _refuse_as_open_would(path)
     target = Path(path)
     if os.path.lexists(target):
         raise FileExistsError(f"File already exists: {path}")
@@ -111,6 +115,21 @@ def download_artifact(
     )
     with naming_full_disk(path):
         _download(artifact_store, target, artifact_id, recorded)
+
+
+def _refuse_as_open_would(path: str) -> NoReturn:
+    """Raise what ``open(path, "wb")`` raises for a path that names no file it could create.
+
+    The system says which (not a directory, no such directory, or a directory): such a
+    path never names a new file, so the exclusive create below cannot make one.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+    os.close(fd)  # not on Linux; refused all the same, and nothing left
+    os.unlink(path)
+    raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
 
 
 def _download(
