@@ -16,12 +16,14 @@ import io
 import json
 import logging
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import re
 import resource
 import signal
 import sqlite3
 import stat
+import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO
@@ -30,7 +32,7 @@ import pytest
 
 from optuna_cas import DiskBlobCache
 from optuna_cas.digest import Digest
-from optuna_cas.exceptions import IntegrityError, MalformedRecordWarning
+from optuna_cas.exceptions import IntegrityError, MalformedRecordWarning, StoreConfigError
 from tests.conftest import random_bytes
 
 pytestmark = pytest.mark.reliability
@@ -339,3 +341,76 @@ def test_an_entry_whose_size_row_lies_cannot_lift_the_size_limit(tmp_path: Path)
     stored = sum(p.stat().st_size for p in cache_dir.rglob("*.val"))
     assert stored <= 1 * MiB
     assert 0 <= cache.info().size_bytes <= 1 * MiB + 1 * MiB  # values + the database itself
+
+
+@pytest.mark.parametrize("key", ["size", "count", "hits", "misses"])
+def test_a_null_counter_row_is_recounted_not_a_failure(tmp_path: Path, key: str) -> None:
+    """A NULL size failed every later fill (diskcache's arithmetic raised TypeError), info()
+    and clear(); through the CLI only deleting the directory helped (found by a probe)."""
+    cache_dir = tmp_path / "cache"
+    first = CountingFetch(random_bytes(100 * KiB, seed=20))
+    read_through(DiskBlobCache(cache_dir), first, "open", tmp_path)
+    with contextlib.closing(sqlite3.connect(cache_dir / "cache.db", timeout=30)) as con, con:
+        con.execute("UPDATE Settings SET value = NULL WHERE key = ?", (key,))
+    cache = DiskBlobCache(cache_dir)
+    for seed in (20, 21, 22):
+        blob = CountingFetch(random_bytes(100 * KiB, seed=seed))
+        for via in ("open", "materialize"):
+            assert read_through(cache, blob, via, tmp_path) == blob.data
+    assert cache.info().entries == 3
+    assert cache.clear() == 3
+
+
+def test_a_settings_table_with_duplicate_rows_is_refused_by_name(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    DiskBlobCache(cache_dir).close()
+    with contextlib.closing(sqlite3.connect(cache_dir / "cache.db", timeout=30)) as con, con:
+        con.execute("CREATE TABLE Copy AS SELECT * FROM Settings")
+        con.execute("DROP TABLE Settings")
+        con.execute("CREATE TABLE Settings (key TEXT, value)")
+        con.execute("INSERT INTO Settings SELECT * FROM Copy")
+        con.execute("INSERT INTO Settings SELECT * FROM Copy")
+    # A StoreConfigError (not a bare ValueError), which the CLI turns into a warning for
+    # the default cache directory.
+    with pytest.raises(StoreConfigError, match=re.escape(str(cache_dir))):
+        DiskBlobCache(cache_dir)
+
+
+def _hold_the_database(cache_dir: str, held: multiprocessing.synchronize.Event) -> None:
+    con = sqlite3.connect(os.path.join(cache_dir, "cache.db"), isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")  # as a process stopped inside a write holds it
+    held.set()
+    signal.pause()
+
+
+def test_a_database_held_by_another_process_costs_the_timeout_not_a_minute_per_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Opening waited diskcache's fixed 60 s whatever the timeout, then failed; once open,
+    every read waited a timeout for its lookup and another for its fill (found by a probe:
+    a worker stopped with Ctrl-Z)."""
+    cache_dir = tmp_path / "cache"
+    cache = DiskBlobCache(cache_dir, timeout=0.5)
+    context = multiprocessing.get_context("spawn")
+    held = context.Event()
+    holder = context.Process(target=_hold_the_database, args=(str(cache_dir), held))
+    holder.start()
+    try:
+        assert held.wait(60)
+        started = time.monotonic()
+        with pytest.raises(StoreConfigError, match=re.escape("held its database for over 0.5 s")):
+            DiskBlobCache(cache_dir, timeout=0.5)
+        assert time.monotonic() - started < 30
+        blobs = [CountingFetch(random_bytes(50 * KiB, seed=seed)) for seed in range(30, 34)]
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="optuna_cas"):
+            for blob in blobs:
+                assert read_through(cache, blob, "open", tmp_path) == blob.data
+        # One timeout, then the store alone for a minute (the reads before took 2 x 0.5 s
+        # each; the margin is for a loaded machine, the count below is exact).
+        assert time.monotonic() - started < 3
+        rests = [r for r in caplog.records if "not used for 60 s" in r.getMessage()]
+        assert len(rests) == 1
+    finally:
+        holder.kill()
+        holder.join()

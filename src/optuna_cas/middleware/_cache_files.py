@@ -67,11 +67,15 @@ _ENTRY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O
 # Cache files are never modified after adoption: make accidental in-place edits (e.g. of a
 # hard-linked download) fail for ordinary users. Root ignores it; verification still catches.
 READ_ONLY = 0o444
+# TypeError and ValueError: diskcache's own, from Settings rows of the wrong type or shape
+# (a NULL size fails its arithmetic; a duplicated row its unpacking): the database is input.
 CACHE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     sqlite3.Error,
     diskcache.Timeout,
     ForkedMidOperation,
+    TypeError,
+    ValueError,
 )
 # Inserted and deleted to make diskcache evict one more LRU entry (see evict_lru).
 _EVICTION_MARKER = "optuna-cas:evict-one"
@@ -136,6 +140,12 @@ class GatedCache(diskcache.Cache):  # type: ignore[misc]
         self._calls = threading.local()  # this thread's gated calls in progress (see _gated)
         with gate.section():
             super().__init__(directory, **{**settings, **_SQLITE_SETTINGS})
+        # Counters of another type (a NULL, say) failed every later fill, info() and clear.
+        for key in ("hits", "misses"):
+            if type(self.reset(key)) is not int:
+                self.reset(key, 0)
+        if any(type(self.reset(key)) is not int for key in ("count", "size")):
+            repair_accounting(self)
 
     def __len__(self) -> int:
         with self._gate.section():

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+import diskcache
+
 from optuna_cas._fileio import materialize as _materialize_stream
 from optuna_cas._fileio import publish_new_file, temp_beside
 from optuna_cas._forksafe import ForkedMidOperation, ForkGate, ForkSafeLock
@@ -45,8 +47,9 @@ from optuna_cas._verified_copy import copy_and_publish, copy_holds
 from optuna_cas.digest import CHUNK_SIZE, Digest, VerifyingReader
 from optuna_cas.exceptions import IntegrityError, StoreConfigError
 from optuna_cas.middleware import _cache_files as files
-from optuna_cas.middleware._cache_files import CACHE_ERRORS, ConfinedDisk, FillTemp, Unusable
+from optuna_cas.middleware._cache_files import CACHE_ERRORS, FillTemp, Unusable
 from optuna_cas.middleware._cache_fill import fill_temp
+from optuna_cas.middleware._cache_open import open_cache
 from optuna_cas.middleware.cache_config import (
     DEFAULT_SIZE_LIMIT,
     CacheInfo,
@@ -61,6 +64,7 @@ logger = logging.getLogger("optuna_cas.cache")
 
 # A fill writes continuously, so a temp file untouched for this long belongs to a dead process.
 _STALE_TEMP_SECONDS = 3600.0
+_REST_SECONDS = 60.0
 
 
 class DiskBlobCache:
@@ -86,7 +90,7 @@ class DiskBlobCache:
         cache_uploads: Keep blobs offered by uploads (:meth:`add_file`). Turn off in a
             process that uploads but will not read back, so it does not fill the disk.
         timeout: Seconds to wait for the cache's database lock before giving up on the cache
-            for that operation (the store is then used directly).
+            for that operation (the store is used directly then, and for the next minute).
 
     Raises:
         StoreConfigError: ``directory`` is a file, cannot be created or is not writable, or an
@@ -128,23 +132,9 @@ class DiskBlobCache:
         self._evict_lock = ForkSafeLock()
         self._gate = ForkGate()  # a fork waits for this cache's database work (see the class)
         self._warned_fork = False
+        self._resting_until = 0.0  # after a lock timeout: the store only, until then
         files.prepare_directory(self._directory)
-        try:
-            self._cache = files.GatedCache(
-                self._gate,
-                self._root,
-                timeout=timeout,
-                disk=ConfinedDisk,
-                # diskcache's default is least-recently-*stored* with a 1 GiB limit.
-                eviction_policy="least-recently-used",
-                size_limit=size_limit,
-                # One LRU entry per insertion; see the module notes on exact eviction.
-                cull_limit=1,
-                # Hit/miss counters live in the shared database: counted for every process.
-                statistics=1,
-            )
-        except CACHE_ERRORS as e:
-            raise StoreConfigError(f"Cannot open the cache in {self._root!r}: {e}") from e
+        self._cache = open_cache(self._gate, self._root, timeout=timeout, size_limit=size_limit)
         files.remove_temps_older_than(self._root, time.time() - _STALE_TEMP_SECONDS)
         self.manifests = ManifestEntries(
             self._cache, self._root, lambda: self._evict_to(size_limit), self._warn_bypass
@@ -220,7 +210,7 @@ class DiskBlobCache:
             >>> cache.open(Digest.of_bytes(b"x"), lambda: io.BytesIO(b"x")).read()
             b'x'
         """
-        if digest.size > self._size_limit:
+        if not self._takes(digest):
             return self._passthrough(digest, fetch)
         handle = self._lookup(digest)
         if handle is not None:
@@ -229,8 +219,9 @@ class DiskBlobCache:
                 return self._verifying(handle, digest)
             handle.close()
             self._drop(digest, "content does not match the digest")
-        filled = fill_temp(self._root, digest, fetch, self._warn_bypass)
-        if filled is None:
+        # Asked again: a lookup that timed out set the cache resting.
+        filled = self._takes(digest) and fill_temp(self._root, digest, fetch, self._warn_bypass)
+        if not filled:
             return self._passthrough(digest, fetch)
         self._adopt(digest, filled)
         os.lseek(filled.fd, 0, os.SEEK_SET)
@@ -264,14 +255,14 @@ class DiskBlobCache:
         target = Path(path)
         if os.path.lexists(target):
             raise FileExistsError(f"File already exists: {target!s}")
-        if digest.size <= self._size_limit:
+        if self._takes(digest):
             handle = self._lookup(digest)
             if handle is not None:
                 with handle:
                     if self._publish_hit(handle, digest, target):
                         return
                 self._drop(digest, "content does not match the digest")
-            if self._fill_and_publish(digest, fetch, target):
+            if self._takes(digest) and self._fill_and_publish(digest, fetch, target):
                 return
         with self._passthrough(digest, fetch) as reader:
             _materialize_stream(reader, target)
@@ -290,7 +281,7 @@ class DiskBlobCache:
             >>> d in cache
             True
         """
-        if not self._cache_uploads or digest.size > self._size_limit:
+        if not self._cache_uploads or not self._takes(digest):
             return
         try:
             if digest in self:
@@ -321,7 +312,7 @@ class DiskBlobCache:
             >>> cache.fill(d, lambda: io.BytesIO(b"pack")); cache.open_entry(d).read()
             b'pack'
         """
-        return self._lookup(digest) if digest.size <= self._size_limit else None
+        return self._lookup(digest) if self._takes(digest) else None
 
     def fill(
         self, digest: Digest, fetch: Callable[[], BinaryIO], *, name: str | None = None
@@ -336,7 +327,7 @@ class DiskBlobCache:
             >>> cache.fill(d, lambda: io.BytesIO(b"x")); d in cache
             True
         """
-        if digest.size <= self._size_limit and (
+        if self._takes(digest) and (
             filled := fill_temp(self._root, digest, fetch, self._warn_bypass, name=name)
         ):
             try:
@@ -591,7 +582,16 @@ class DiskBlobCache:
             self._warned_fork = True
         # Some errors have no text (diskcache.Timeout): their type says what happened.
         reason = str(error) or type(error).__name__
+        if isinstance(error, diskcache.Timeout):
+            # Held by a stopped or hung process: each later read would wait a timeout for a
+            # lookup and another for its fill, so the cache rests a while.
+            self._resting_until = time.monotonic() + _REST_SECONDS
+            reason += f"; not used for {_REST_SECONDS:g} s"
         logger.warning("Cache in %s failed (%s); using the store directly", self._root, reason)
+
+    def _takes(self, digest: Digest) -> bool:
+        """Whether to cache ``digest``: not too large, and the cache not resting."""
+        return digest.size <= self._size_limit and time.monotonic() >= self._resting_until
 
 
 def _key(digest: Digest) -> str:

@@ -56,10 +56,13 @@ class CachedArtifactStore(ContentAddressedArtifactStore):
         materialize: ``"copy"`` (default) or ``"hardlink"`` (read-only downloads; see the
             caveat on :class:`DiskBlobCache`).
         cache_uploads: Also cache what this store uploads (default True; see above).
+        timeout: Seconds to wait for the cache's database when another process holds it
+            (default 60); past it, the cache is not used for a minute.
 
     Raises:
         TypeError: ``store`` is not an optuna-cas store (e.g. one of Optuna's own).
-        StoreConfigError: The cache directory is a file or not writable.
+        StoreConfigError: The cache directory is a file or not writable, or its database
+            is held by another process beyond ``timeout``.
 
     Example:
         >>> import io, tempfile
@@ -81,6 +84,7 @@ class CachedArtifactStore(ContentAddressedArtifactStore):
         size_limit: int = DEFAULT_SIZE_LIMIT,
         materialize: MaterializeMode = "copy",
         cache_uploads: bool = True,
+        timeout: float = 60.0,
     ) -> None:
         content = content_store_of(store)
         if content is None:
@@ -94,6 +98,7 @@ class CachedArtifactStore(ContentAddressedArtifactStore):
             size_limit=size_limit,
             materialize=materialize,
             cache_uploads=cache_uploads,
+            timeout=timeout,
         )
         super().__init__(content.with_parts(blob_cache=self._cache))
 
