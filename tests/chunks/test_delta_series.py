@@ -153,3 +153,21 @@ def test_remembered_manifests_are_bounded_in_bytes(
     for digest in digests:
         store.chunks.manifest(digest)
     assert list(store.chunks._manifests) == [digests[-1].hexdigest]
+
+
+def test_a_merge_leaves_a_small_pack_larger_than_the_others_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Merged again at every run, what the last merge wrote was copied, and every manifest
+    # naming it rewritten, over and over (helper-88: 24x the new bytes copied in 80 runs).
+    monkeypatch.setattr(_gc_chunks, "MERGE_SMALL_AT", 2)
+    monkeypatch.setattr(_gc_chunks, "SMALL_PACK", 64 * MiB)
+    store = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
+    data = random.Random(4).randbytes(2 * MiB)
+    store.write("v0", io.BytesIO(data))
+    (big,) = [p.key for p in store.content.chunks.iter_packs()]
+    for v in (1, 2, 3):
+        data = _changed(data, v)
+        store.write(f"v{v}", io.BytesIO(data))
+    report = gc(store, grace_period=0, allow_short_grace=True)
+    assert len(report.packs_repacked) == 3 and big not in report.packs_repacked

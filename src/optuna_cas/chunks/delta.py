@@ -14,8 +14,11 @@ their own. A manifest entry names a range of a pack with the digest of its bytes
 entry does; a range may lie inside another chunk.
 
 Trust: the old bytes are read from the store and compared byte for byte with the new chunk, and
-each range's digest is computed from the bytes read, so an entry describes what the pack holds
-now, whatever the index said. Readers check every file against its whole digest as always.
+each range's digest is computed from the bytes read, so an entry describes what the pack held
+then, whatever the index said. A delta found stored whole is remembered and named again
+unread (``KnownChunks.remember_delta``), after the look at its packs that any dedup hit gets:
+the same trust as naming a chunk the index lists. Readers check every file against its whole
+digest as always.
 
 Only where such reads are local file reads (a store with staging): on S3 or GCS one request per
 changed chunk would cost more than the bytes it saves, so remote stores keep whole chunks.

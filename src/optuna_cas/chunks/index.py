@@ -43,7 +43,8 @@ _RECORD = struct.Struct("<32sQ")  # chunk digest, pack number << 40 | offset
 _FORGOTTEN = (1 << 64) - 1  # the place of a chunk whose pack was found missing
 _THREADS = 8  # index objects read at once
 _BATCH = 64  # index objects read before their entries are added
-_DELTA_ENTRIES = 1 << 18  # entries the memo of deltas holds at most (48 bytes each: 12 MiB)
+# Entries the memo of deltas holds at most: 48 bytes each, some 145 with Python's own (18 MiB).
+_DELTA_ENTRIES = 1 << 17
 
 
 def read_bounded(backend: Backend, key: str, limit: int = MAX_TABLE_BYTES) -> bytes:

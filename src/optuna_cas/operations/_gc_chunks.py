@@ -62,8 +62,7 @@ REPACK_BELOW = 0.5
 # Old packs smaller than this are merged into full ones once there are MERGE_SMALL_AT of them.
 # Each upload of a version that changed little writes a small pack of its own, and a delta
 # names the one its changed bytes went to, so a file saved hundreds of times comes to name
-# a pack per version: an upload looks at each (a stat, twice), a read opens each. A merge
-# writes full packs and at most one small one, the only bytes a later merge copies again.
+# a pack per version: an upload looks at each (a stat, twice), a read opens each.
 SMALL_PACK = PACK_TARGET // 8
 MERGE_SMALL_AT = 16
 # Entries per consolidated index object: 24 MB, well below what a reader accepts (64 MiB).
@@ -271,7 +270,15 @@ def repack(
         for hexdigest, obj in listing.packs.items()
         if hexdigest in live.packs and _old(obj, timing) and obj.size == live.packs[hexdigest].size
     ]
-    small = [obj for obj in old if obj.size < SMALL_PACK]
+    small = sorted((obj for obj in old if obj.size < SMALL_PACK), key=lambda obj: -obj.size)
+    # In tiers: the largest (what the last merge wrote, most often) goes in again only once
+    # the others add up to its size. Else every run copied it, and rewrote every manifest
+    # naming it (a file's every version), again.
+    total, first = sum(obj.size for obj in small), 0
+    while first < len(small) and 2 * small[first].size > total:
+        total -= small[first].size
+        first += 1
+    small = small[first:]
     merged = {obj.key for obj in small} if len(small) >= MERGE_SMALL_AT else set()
     candidates = [
         obj
