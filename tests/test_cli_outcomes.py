@@ -7,6 +7,7 @@ else stderr), a stop by ``SIGTERM`` cleans up as Ctrl-C does, and the exit code 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shlex
@@ -266,3 +267,25 @@ def test_a_sigterm_after_the_first_stops_the_cleanup_at_once(tmp_path: Path) -> 
     )
     done = subprocess.run([sys.executable, "-c", script], timeout=30)
     assert done.returncode == -signal.SIGTERM
+
+
+def test_a_ctrl_c_after_the_result_is_out_changes_nothing(tmp_path: Path) -> None:
+    """The document said ``"ok": true`` and a Ctrl-C during the exit (threads joined, clients
+    closed) made the status 130 or printed a traceback (found by a probe, by hand)."""
+    from optuna_cas import FileSystemArtifactStore
+
+    FileSystemArtifactStore(tmp_path / "store").write("a", io.BytesIO(b"x"))
+    program = (
+        "import os, signal, sys, time\n"
+        "from optuna_cas.cli import main\n"
+        f"sys.argv = ['optuna-cas', '--store', {str(tmp_path / 'store')!r}, 'stats', '--json']\n"
+        "code = main()\n"
+        "os.kill(os.getpid(), signal.SIGINT)  # what a Ctrl-C right after the output sends\n"
+        "time.sleep(0.2)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert json.loads(done.stdout)["ok"] is True

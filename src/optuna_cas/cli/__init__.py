@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ...
         0
     """
-    _escape_what_output_cannot_encode()
+    _process.escape_what_output_cannot_encode()
     parser = build_parser()
     if isinstance(parser, _Parser):
         parser.argv = list(sys.argv[1:] if argv is None else argv)
@@ -391,31 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Warnings (e.g. a malformed Optuna entry that was skipped) as one escaped line each,
         # not Python's two-line form that echoes source code.
         warnings.showwarning = _show_warning
-        return _run(args)
-
-
-def _escape_what_output_cannot_encode() -> None:
-    r"""Human output never dies on a character that stdout or stderr cannot encode.
-
-    Under a C or POSIX locale without UTF-8 mode (``LC_ALL=C PYTHONUTF8=0``) Python's stdout is
-    ASCII and raises on the first file name like ``modèle.pt``; such characters are printed as
-    backslash escapes (``\xe8``) instead. UTF-8 streams are left alone: they encode every
-    character our output can hold (lone surrogates are escaped by ``esc`` already), and
-    ``--json`` output is ASCII anyway.
-    """
-    import codecs
-
-    for stream in (sys.stdout, sys.stderr):
-        encoding = getattr(stream, "encoding", None)
-        reconfigure = getattr(stream, "reconfigure", None)
-        if not isinstance(encoding, str) or reconfigure is None:
-            continue  # closed (None), or replaced by something that is not a TextIOWrapper
-        try:
-            if codecs.lookup(encoding).name == "utf-8":
-                continue
-            reconfigure(errors="backslashreplace")
-        except (LookupError, ValueError, OSError):
-            continue  # an unknown codec or a detached stream: left as it is
+        return _run(args, as_program=argv is None)
 
 
 def _usage_failure(usage: str, message: str, argv: Sequence[str] | None) -> int:
@@ -430,7 +406,7 @@ def _usage_failure(usage: str, message: str, argv: Sequence[str] | None) -> int:
     return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, *, as_program: bool) -> int:
     with (
         _process.quiet_retries(args.quiet),
         _process.library_log_lines(),
@@ -438,6 +414,8 @@ def _run(args: argparse.Namespace) -> int:
         _process.sigterm_interrupts(),
     ):
         code = _run_command(args)
+        if as_program:
+            _process.exit_without_interruption()
         if code != 0:
             _drop_what_stdout_could_not_take()
         return code

@@ -23,6 +23,8 @@ __all__ = [
     "TERMINATED_EXIT_STATUS",
     "Terminated",
     "closed_stdout_fails",
+    "escape_what_output_cannot_encode",
+    "exit_without_interruption",
     "library_log_lines",
     "quiet_retries",
     "sigterm_interrupts",
@@ -269,3 +271,48 @@ def _default_sigterm_in_child() -> None:
     # the child runs none of the command's cleanup (found in review).
     if signal.getsignal(signal.SIGTERM) in (_raise_terminated, _after_first):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def escape_what_output_cannot_encode() -> None:
+    r"""Human output never dies on a character that stdout or stderr cannot encode.
+
+    Under a C or POSIX locale without UTF-8 mode (``LC_ALL=C PYTHONUTF8=0``) Python's stdout is
+    ASCII and raises on the first file name like ``modèle.pt``; such characters are printed as
+    backslash escapes (``\xe8``) instead. UTF-8 streams are left alone: they encode every
+    character our output can hold (lone surrogates are escaped by ``esc`` already), and
+    ``--json`` output is ASCII anyway.
+
+    Example:
+        >>> escape_what_output_cannot_encode()  # UTF-8 streams are left as they are
+    """
+    import codecs
+
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        reconfigure = getattr(stream, "reconfigure", None)
+        if not isinstance(encoding, str) or reconfigure is None:
+            continue  # closed (None), or replaced by something that is not a TextIOWrapper
+        try:
+            if codecs.lookup(encoding).name == "utf-8":
+                continue
+            reconfigure(errors="backslashreplace")
+        except (LookupError, ValueError, OSError):
+            continue  # an unknown codec or a detached stream: left as it is
+
+
+def exit_without_interruption() -> None:
+    """Ignore Ctrl-C from now on: the command's result is out and the process only exits.
+
+    Python's default turned a Ctrl-C in the last moments (library threads joined, clients
+    closed) into a traceback, or a failed status after an ``"ok": true`` document (found by
+    a probe). Only on the main thread, the only one a handler can be set from.
+
+    Example:
+        >>> import signal, threading
+        >>> before = signal.getsignal(signal.SIGINT)
+        >>> threading.Thread(target=exit_without_interruption).start()  # not the main thread
+        >>> signal.getsignal(signal.SIGINT) is before
+        True
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
