@@ -171,3 +171,34 @@ def test_a_merge_leaves_a_small_pack_larger_than_the_others_together(
         store.write(f"v{v}", io.BytesIO(data))
     report = gc(store, grace_period=0, allow_short_grace=True)
     assert len(report.packs_repacked) == 3 and big not in report.packs_repacked
+
+
+def _every_chunk_changed(data: bytes, seed: int) -> bytes:
+    """``data`` with 8 bytes rewritten in the middle of each of its chunks, the first too."""
+    from optuna_cas.chunks.chunker import Chunker
+
+    rng, out, at = random.Random(seed), bytearray(data), 0
+    for chunk, _ in Chunker(io.BytesIO(data)):
+        middle = at + chunk.size // 2
+        out[middle : middle + 8] = rng.randbytes(8)
+        at += chunk.size
+    return bytes(out)
+
+
+def test_a_version_that_changed_every_chunk_first_included_stores_its_changes(
+    tmp_path: Path,
+) -> None:
+    # A delta follows the chunk before it; with the first chunk changed too there was none
+    # to follow, and the whole file was stored again: 4 MiB for 440 changed bytes (found by
+    # helper-86's probe). The first chunk is now compared with where the files this process
+    # stored last began, so another file saved in between does not stop it.
+    store = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
+    model = random.Random(5).randbytes(4 * MiB)
+    store.write("model v0", io.BytesIO(model))
+    store.write("optimizer v0", io.BytesIO(random.Random(6).randbytes(1 * MiB)))
+    changed = _every_chunk_changed(model, 7)
+    store.write("model v1", io.BytesIO(changed))
+    assert store.content.chunks.last_new_bytes < 64 * KiB
+    with store.open_reader("model v1") as reader:
+        assert reader.read() == changed
+    assert verify(store, deep=True).ok

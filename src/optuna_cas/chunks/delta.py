@@ -169,6 +169,22 @@ class DeltaFinder:
         self._at: tuple[Digest, int] | None = None
         self._misses = 0
         self._extra = 0  # entries the deltas so far added beyond one per chunk
+        # A file whose first chunk changed has no chunk before it to follow: where the files
+        # this process stored last began is tried (a new version of one of them, likely).
+        self._starts = known.starts()
+        self._first: Digest | None = None  # this file's first chunk
+        self._first_at: Location | None = None  # where its old bytes lay, if it was a delta
+
+    def after(self, chunk: Digest, where: Location) -> None:
+        """``chunk`` is stored whole at ``where``: the next chunk's old bytes follow it."""
+        self._first = self._first or chunk
+        self._starts = []
+        self.follow(where[0], where[1] + chunk.size)
+
+    def finish(self) -> None:
+        """Remember where this file began, for the next upload's first chunk."""
+        if self._first is not None:
+            self._known.note_start(self._first, self._first_at)
 
     def add(self, writer: PackWriter, chunk: Digest, data: memoryview) -> bool:
         """Record ``chunk``, which the store lacks whole, as a delta if it is one; whether it was.
@@ -176,6 +192,8 @@ class DeltaFinder:
         A delta stored before and still usable is named again as it was; else the old bytes at
         the cursor are compared (:meth:`find`) and :func:`store_delta` records the pieces.
         """
+        first, self._first = self._first is None, self._first or chunk
+        starts, self._starts = self._starts, []
         if self._extra >= _EXTRA_ENTRIES:
             return False
         recalled = self._known.find_delta(chunk)
@@ -190,13 +208,18 @@ class DeltaFinder:
                 writer.add_known(piece, pack, offset)
             self._extra += len(entries) - 1
             self.follow(*after)
+            if first:
+                self._first_at = (after[0], after[1] - chunk.size)
             return True
-        if self._at is None:
-            return False
         new = bytes(data)
-        found = self.find(new)
-        if found is None:
+        for start in [self._at] if self._at is not None else starts:
+            self._at = start
+            if (found := self.find(new)) is not None:
+                break
+        else:
             return False
+        if first:
+            self._first_at = (found[0], found[1])
         named = store_delta(writer, found, new, self._stored)
         if named is not None:  # all stored before: the next upload names them as they are
             self._known.remember_delta(chunk, named, (found[0], found[1] + len(new)))

@@ -45,6 +45,7 @@ _THREADS = 8  # index objects read at once
 _BATCH = 64  # index objects read before their entries are added
 # Entries the memo of deltas holds at most: 48 bytes each, some 145 with Python's own (18 MiB).
 _DELTA_ENTRIES = 1 << 17
+_STARTS = 4  # files whose beginnings a new file's changed first chunk is compared with
 
 
 def read_bounded(backend: Backend, key: str, limit: int = MAX_TABLE_BYTES) -> bytes:
@@ -97,6 +98,9 @@ class KnownChunks:
         # entries (ENTRY records, packs by number) and where the old bytes after them lie.
         self._deltas: dict[bytes, tuple[bytes, int]] = {}
         self._delta_entries = 0
+        # The files stored last, newest first: each one's first chunk, and where the old bytes
+        # it was a delta of lay (None if it was stored whole).
+        self._starts: list[tuple[Digest, Location | None]] = []
 
     def refresh(self) -> None:
         """Read the index objects written since the last refresh."""
@@ -222,6 +226,27 @@ class KnownChunks:
             for piece, pack, length, offset in ENTRY.iter_unpack(packed)
         ]
         return entries, (packs[after >> _SHIFT], after & _OFFSET)
+
+    def note_start(self, chunk: Digest, delta_at: Location | None) -> None:
+        """A file was stored whose first chunk is ``chunk`` (a delta of ``delta_at``'s bytes).
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> known, pack = KnownChunks(MemoryBackend()), Digest.of_bytes(b"pack")
+            >>> known.note_start(Digest.of_bytes(b"p"), (pack, 0)); known.starts() == [(pack, 0)]
+            True
+        """
+        starts = [(chunk, delta_at), *(s for s in self._starts if s[0] != chunk)]
+        self._starts = starts[:_STARTS]
+
+    def starts(self) -> list[Location]:
+        """Where the files stored last began (the bytes of their first chunks), newest first."""
+        found: list[Location] = []
+        for chunk, delta_at in self._starts:
+            where = self.find(chunk) or delta_at
+            if where is not None and where not in found:
+                found.append(where)
+        return found
 
     def forget_pack(self, pack: Digest) -> None:
         """Drop every entry in ``pack`` (found missing or damaged)."""

@@ -179,11 +179,13 @@ class ChunkStore(ChunkMaintenance):
                 if where is not None:
                     writer.add_known(chunk, *where)
                     if deltas is not None:
-                        deltas.follow(where[0], where[1] + chunk.size)
+                        deltas.after(chunk, where)
                     continue
                 if deltas is None or not deltas.add(writer, chunk, data):
                     writer.add_new(chunk, data)
             writer.finish()
+            if deltas is not None:
+                deltas.finish()
             leaned = self._settle(checks)
         except BaseException:
             writer.abort()
