@@ -202,3 +202,29 @@ def test_a_version_that_changed_every_chunk_first_included_stores_its_changes(
     with store.open_reader("model v1") as reader:
         assert reader.read() == changed
     assert verify(store, deep=True).ok
+
+
+def test_a_planted_index_object_cannot_move_a_chunk_a_process_knows(tmp_path: Path) -> None:
+    # Index objects are hints anyone with write access can plant (hash-named, well formed).
+    # Letting the latest one move known chunks made an upload name bytes one off from its
+    # chunks: acknowledged, then unreadable (review of 3f960a7).
+    import blake3
+
+    from optuna_cas.chunks.layout import INDEX_PREFIX
+    from optuna_cas.chunks.table import INDEX_MAGIC, TableBuilder
+
+    store = ContentStore(LocalBackend(tmp_path / "s"), chunk_threshold=THRESHOLD)
+    v0 = random.Random(8).randbytes(4 * MiB)
+    store.put_artifact("v0", io.BytesIO(v0))
+    table = store.chunks.manifest(store.get_ref("v0").digest)
+    lie = TableBuilder(INDEX_MAGIC)
+    for entry in table:
+        if entry.offset > 0:
+            pack = lie.pack_number(table.packs[entry.pack])
+            lie.add_raw(entry.chunk, entry.length, pack, entry.offset - 1)
+    planted = lie.to_bytes()
+    name = blake3.blake3(planted).hexdigest()
+    store.backend.write(INDEX_PREFIX + name, io.BytesIO(planted))
+    v1 = v0[:-100] + b"tail" * 25
+    store.put_artifact("v1", io.BytesIO(v1))
+    assert store.open_artifact("v1").read() == v1

@@ -262,7 +262,8 @@ def test_repack_points_a_file_only_at_a_copy_of_its_chunks_that_reads_back(
     # deleted the only good copy (found by a probe).
     a = _store(LocalBackend(tmp_path / "store"))
     b = _store(LocalBackend(tmp_path / "store"))
-    monkeypatch.setattr(b.content.chunks.known, "refresh", lambda: None)  # has not seen a's
+    known = b.content.chunks.known
+    monkeypatch.setattr(known, "refreshed", lambda: known)  # has not seen a's
     shared, rest, own, other = (
         _rand(n, i) for i, n in enumerate([768 << 10, 2 << 20, 1 << 20, 1 << 20])
     )

@@ -76,7 +76,7 @@ class KnownChunks:
 
     Example:
         >>> from optuna_cas.backends.memory import MemoryBackend
-        >>> known = KnownChunks(MemoryBackend()); known.refresh()
+        >>> known = KnownChunks(MemoryBackend()).refreshed()
         >>> known.find(Digest.of_bytes(b"x")) is None
         True
     """
@@ -102,13 +102,39 @@ class KnownChunks:
         # it was a delta of lay (None if it was stored whole).
         self._starts: list[tuple[Digest, Location | None]] = []
 
-    def refresh(self) -> None:
-        """Read the index objects written since the last refresh."""
-        names = []
+    def refreshed(self) -> KnownChunks:
+        """This, having read the index objects written since; or a new one if gc merged them.
+
+        gc moves chunks when it repacks, then merges the index objects into one naming where
+        they are now and deletes the old ones. A process that kept what it had learnt named
+        the packs gc left behind: its uploads touched them, so gc never deleted them and
+        merged them again at every run. When an index object this one read is gone, it
+        starts again as a new process would (a new object, so that a thread still using
+        this one never mixes the two).
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> known = KnownChunks(MemoryBackend()); known.refreshed() is known
+            True
+        """
+        if self.refresh():
+            return self
+        fresh = KnownChunks(self._backend)
+        fresh._starts = self._starts
+        fresh.refresh()
+        return fresh
+
+    def refresh(self) -> bool:
+        """Read the index objects written since the last refresh; False if one read is gone."""
+        names, listed = [], set()
         for info in self._backend.list(INDEX_PREFIX):
             parsed = parse_content_key(info.key)
-            if parsed is not None and parsed[1] not in self._seen:
-                names.append(parsed[1])
+            if parsed is not None:
+                listed.add(parsed[1])
+                if parsed[1] not in self._seen:
+                    names.append(parsed[1])
+        if not self._seen <= listed:
+            return False
         # A worker's first upload reads every index object written since gc last merged
         # them, one GET each: on a few threads, since on S3 each waits tens of ms for its
         # answer (51 objects on moto: 0.57 s one after another). In batches, so the tables
@@ -119,6 +145,7 @@ class KnownChunks:
                 self._seen.add(name)
                 if table is not None:
                     self.add_table(table)
+        return True
 
     def _load(self, name: str) -> ChunkTable | None:
         key = INDEX_PREFIX + name
@@ -136,28 +163,20 @@ class KnownChunks:
     def add_table(self, table: ChunkTable) -> None:
         """Learn the entries of an index object (e.g. the one this process just wrote).
 
-        The latest word wins. After gc repacked, its consolidated index says where the chunks
-        are now; uploads that kept naming the packs it left behind kept those alive, and gc
-        repacked them again at every run. Remembered deltas go too when a chunk moved.
+        The first word wins (a place found missing is learnt again): a later index object
+        cannot move a chunk this process knows where to find. What gc moved is learnt anew
+        by :meth:`refreshed`.
         """
         numbers = [self._pack_number(p) << _SHIFT for p in table.packs]
         records, find_or_add = self._records, self._rows.find_or_add
         self._rows.reserve(len(records) + len(table))  # one re-index, not one per doubling
-        moved = False
         for chunk, pack, _length, offset in ENTRY.iter_unpack(table.entries):
             if offset > _OFFSET:  # not ours (packs are tens of MiB): a hint lost
                 continue
             where = numbers[pack] | offset
             row = find_or_add(chunk, _RECORD, chunk, where)
-            if row is None:
-                continue
-            block, at = records.locate(row)
-            known = _RECORD.unpack_from(block, at)[1]
-            if known != where:
-                _RECORD.pack_into(block, at, chunk, where)
-                moved = moved or known != _FORGOTTEN
-        if moved:
-            self._deltas, self._delta_entries = {}, 0
+            if row is not None and _RECORD.unpack_from(*records.locate(row))[1] == _FORGOTTEN:
+                _RECORD.pack_into(*records.locate(row), chunk, where)
 
     def _pack_number(self, pack: Digest) -> int:
         number = self._pack_numbers.get(pack.hexdigest)

@@ -122,7 +122,7 @@ class ChunkStore(ChunkMaintenance):
         Raises:
             IntegrityError: Raised by ``check_unchanged``.
         """
-        self.known.refresh()
+        self.known = self.known.refreshed()
         if self.wrap_source is not None:
             stream = self.wrap_source(stream)
         start = stream.tell() if seekable(stream) else None
@@ -562,7 +562,7 @@ class ChunkStore(ChunkMaintenance):
             return 0
         source._forget(digest)  # a gc elsewhere may have moved its chunks since we read it
         table = source.manifest(digest)
-        self.known.refresh()
+        self.known = self.known.refreshed()
         wanted = ChunkTable(INDEX_MAGIC, None, table.packs, self._chunks_to_copy(table))
         # Ranges that overlap (a delta's, inside the chunk it replaced) are copied as one run,
         # the runs in the order the file first needs them.
