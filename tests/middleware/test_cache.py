@@ -331,6 +331,44 @@ def test_directory_that_is_a_file(tmp_path: Path) -> None:
         DiskBlobCache(path / "below")
 
 
+def test_a_cache_database_this_user_cannot_open_is_a_store_config_error() -> None:
+    # The look for a stopped writer opened the database outside its guard: a cache.db left
+    # by `sudo optuna-cas get` raised a bare sqlite3 error, and the CLI failed instead of
+    # reading without the cache (review of 13b577b). As root, the check runs as nobody.
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp()) / "cache"
+    try:
+        DiskBlobCache(directory).close()
+        (directory / "cache.db").chmod(0)
+        if os.geteuid() == 0:
+            for path in [directory.parent, *directory.parent.rglob("*")]:
+                os.chown(path, 65534, 65534)
+        program = (
+            "import os, sys\n"
+            "from optuna_cas import DiskBlobCache\n"
+            "from optuna_cas.exceptions import StoreConfigError\n"
+            "if os.geteuid() == 0:  # imported first: nobody may not read the interpreter's\n"
+            "    os.setgid(65534); os.setuid(65534)\n"
+            "try:\n"
+            "    DiskBlobCache(sys.argv[1])\n"
+            "except StoreConfigError as e:\n"
+            "    print('refused:', e)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", program, str(directory)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.stdout.startswith("refused:") and str(directory) in done.stdout, done.stderr
+    finally:
+        shutil.rmtree(directory.parent, ignore_errors=True)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod 0o500")
 def test_directory_not_writable_chmod(tmp_path: Path) -> None:
     path = tmp_path / "ro"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import stat
@@ -49,20 +48,22 @@ def _wait_for_writers(root: str, timeout: float) -> None:
     name is left for diskcache to refuse.
     """
     path = os.path.join(root, CACHE_DATABASE)
-    with contextlib.suppress(OSError):
+    try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             return
         connection = sqlite3.connect(path, timeout=timeout, isolation_level=None)
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            connection.execute("ROLLBACK")
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e):
-                raise StoreConfigError(
-                    f"Cannot open the cache in {root!r}: another process has held its database "
-                    f"for over {timeout:g} s (stopped or hung while writing it?)"
-                ) from e
-        except sqlite3.Error:
-            pass  # not a database, say: diskcache's own error names it
-        finally:
-            connection.close()
+    except (OSError, sqlite3.Error):
+        return  # none yet, or unreadable: diskcache's own open names the problem
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e):
+            raise StoreConfigError(
+                f"Cannot open the cache in {root!r}: another process has held its database "
+                f"for over {timeout:g} s (stopped or hung while writing it?)"
+            ) from e
+    except sqlite3.Error:
+        pass  # not a database, say: diskcache's own error names it
+    finally:
+        connection.close()
