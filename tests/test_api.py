@@ -423,6 +423,10 @@ def test_download_to_a_directory_path_is_refused_as_optuna_refuses_it(
         raised.append((type(caught.value), caught.value.errno))
     assert raised[0] == raised[1]
     assert sorted(tmp_path.rglob("*")) == before
+    # A missing artifact is looked up first, as Optuna does (review of the fix).
+    for download in (oa.download_artifact, download_artifact):
+        with pytest.raises(ArtifactNotFound):
+            download(artifact_store=store, file_path=str(tmp_path / "x") + suffix, artifact_id="b")
 
 
 def test_download_unknown_id_creates_nothing(

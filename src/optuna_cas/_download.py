@@ -101,11 +101,14 @@ def download_artifact(
     """
     # Optuna's os.path.exists and open take a bytes path as well as a str or PathLike.
     path = os.fsdecode(file_path)
-    if not path:  # Path("") would be ".", which exists: say what Optuna says
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file_path)
-    if os.path.basename(path) in ("", ".", "..") and not os.path.lexists(path):
-        # Path() drops a trailing "/" or "/.", which wrote a file where a directory was
-        # meant. Optuna's open() fails as the system does: no such directory, or not one.
+    if not path or (os.path.basename(path) in ("", ".", "..") and not os.path.lexists(path)):
+        # Path("") is ".", which exists; and Path() drops a trailing "/" or "/.", which wrote
+        # a file where a directory was meant. Optuna looks the artifact up (ArtifactNotFound),
+        # then its open() fails as the system does: no such directory, or not one.
+        with not_found_as_ours(artifact_id), artifact_store.open_reader(artifact_id):
+            pass
+        if not path:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file_path)
         _refuse_as_open_would(path)
     target = Path(path)
     if os.path.lexists(target):
