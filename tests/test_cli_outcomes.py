@@ -277,9 +277,9 @@ def test_a_ctrl_c_after_the_result_is_out_changes_nothing(tmp_path: Path) -> Non
     FileSystemArtifactStore(tmp_path / "store").write("a", io.BytesIO(b"x"))
     program = (
         "import os, signal, sys, time\n"
-        "from optuna_cas.cli import main\n"
+        "from optuna_cas.cli import console_main\n"
         f"sys.argv = ['optuna-cas', '--store', {str(tmp_path / 'store')!r}, 'stats', '--json']\n"
-        "code = main()\n"
+        "code = console_main()  # what the optuna-cas program runs\n"
         "os.kill(os.getpid(), signal.SIGINT)  # what a Ctrl-C right after the output sends\n"
         "time.sleep(0.2)\n"
         "sys.exit(code)\n"
@@ -289,3 +289,24 @@ def test_a_ctrl_c_after_the_result_is_out_changes_nothing(tmp_path: Path) -> Non
     )
     assert (done.returncode, done.stderr) == (0, "")
     assert json.loads(done.stdout)["ok"] is True
+
+
+def test_main_called_by_an_application_leaves_its_ctrl_c_alone(tmp_path: Path) -> None:
+    # Ignoring Ctrl-C once the result is out is the program's choice: main() called in an
+    # application (with or without argv) left SIGINT ignored for good (review of e73f8b4).
+    from optuna_cas import FileSystemArtifactStore
+
+    FileSystemArtifactStore(tmp_path / "store").write("a", io.BytesIO(b"x"))
+    program = (
+        "import os, signal, sys, time\n"
+        "from optuna_cas.cli import main\n"
+        f"sys.argv = ['app', '--store', {str(tmp_path / 'store')!r}, 'stats', '--json']\n"
+        "main()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(42)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=120)
+    assert done.returncode == 42

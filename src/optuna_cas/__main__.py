@@ -1,5 +1,5 @@
 """``python -m optuna_cas`` runs the CLI."""
 
-from optuna_cas.cli import main
+from optuna_cas.cli import console_main
 
-raise SystemExit(main())
+raise SystemExit(console_main())

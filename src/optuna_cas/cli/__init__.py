@@ -49,7 +49,7 @@ from optuna_cas.cli._maintenance import (
 )
 from optuna_cas.cli._remove import cmd_rm
 
-__all__ = ["COMMANDS", "build_parser", "main", "package_version"]
+__all__ = ["COMMANDS", "build_parser", "console_main", "main", "package_version"]
 
 # -- parser ---------------------------------------------------------------------------------
 
@@ -360,6 +360,22 @@ class _Parser(argparse.ArgumentParser):
         raise _ParseError(self, message)
 
 
+def console_main() -> int:
+    """The ``optuna-cas`` program (and ``python -m optuna_cas``): :func:`main` on ``sys.argv``.
+
+    As the program, a Ctrl-C after the command has returned is ignored: the process only
+    exits then. An application calls :func:`main` instead, which leaves its handlers alone.
+
+    Example:
+        >>> import subprocess, sys
+        >>> run = "from optuna_cas.cli import console_main; console_main()"
+        >>> done = subprocess.run([sys.executable, "-c", run, "--version"], capture_output=True)
+        >>> done.returncode, done.stdout.startswith(b"optuna-cas ")
+        (0, True)
+    """
+    return _main(None, as_program=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code.
 
@@ -372,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ...
         0
     """
+    return _main(argv, as_program=False)
+
+
+def _main(argv: Sequence[str] | None, *, as_program: bool) -> int:
     _process.escape_what_output_cannot_encode()
     parser = build_parser()
     if isinstance(parser, _Parser):
@@ -391,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Warnings (e.g. a malformed Optuna entry that was skipped) as one escaped line each,
         # not Python's two-line form that echoes source code.
         warnings.showwarning = _show_warning
-        return _run(args, as_program=argv is None)
+        return _run(args, as_program=as_program)
 
 
 def _usage_failure(usage: str, message: str, argv: Sequence[str] | None) -> int:

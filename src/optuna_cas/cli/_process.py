@@ -305,7 +305,8 @@ def exit_without_interruption() -> None:
 
     Python's default turned a Ctrl-C in the last moments (library threads joined, clients
     closed) into a traceback, or a failed status after an ``"ok": true`` document (found by
-    a probe). Only on the main thread, the only one a handler can be set from.
+    a probe). Only on the main thread (the only one a handler can be set from), and only
+    over Python's default handler: one an application installed is left alone.
 
     Example:
         >>> import signal, threading
@@ -314,5 +315,8 @@ def exit_without_interruption() -> None:
         >>> signal.getsignal(signal.SIGINT) is before
         True
     """
-    if threading.current_thread() is threading.main_thread():
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
