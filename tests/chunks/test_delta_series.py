@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import io
 import random
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,3 +232,92 @@ def test_a_planted_index_object_cannot_move_a_chunk_a_process_knows(tmp_path: Pa
     v1 = v0[:-100] + b"tail" * 25
     store.put_artifact("v1", io.BytesIO(v1))
     assert store.open_artifact("v1").read() == v1
+
+
+class _SlowIndexListing(LocalBackend):
+    """A LIST of the index that takes a round trip, as on S3: threads overlap inside it."""
+
+    def list(self, prefix: str = "") -> Iterator[Any]:
+        from optuna_cas.chunks.layout import INDEX_PREFIX
+
+        items = list(super().list(prefix))
+        if prefix == INDEX_PREFIX:
+            time.sleep(0.03)
+        return iter(items)
+
+
+def test_threads_sharing_a_store_learn_the_index_afresh_only_when_gc_merged_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A name another thread added while this one listed looked "gone": 45 uploads on 3
+    # threads rebuilt the index 22 times and read index objects 382 times (review of
+    # 6e93533), with no index object deleted.
+    built = []
+    original = KnownChunks.__init__
+    monkeypatch.setattr(
+        KnownChunks, "__init__", lambda self, *a: (built.append(1), original(self, *a))[1]
+    )
+    store = ContentStore(_SlowIndexListing(tmp_path / "s"), chunk_threshold=THRESHOLD)
+    acked: list[tuple[str, bytes]] = []
+
+    def uploader(seed: int) -> None:
+        rng = random.Random(seed)
+        for v in range(10):
+            data = rng.randbytes(400_000)
+            store.put_artifact(f"{seed}-{v}", io.BytesIO(data))
+            acked.append((f"{seed}-{v}", data))
+
+    threads = [threading.Thread(target=uploader, args=(seed,)) for seed in range(3)]
+    built.clear()  # the store's own
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert built == [] and len(acked) == 30
+    assert all(store.open_artifact(name).read() == data for name, data in acked)
+
+
+def test_after_gc_a_worker_does_not_start_files_where_gc_left_a_pack_behind(
+    tmp_path: Path,
+) -> None:
+    # Where the last files began was kept across learning the index afresh: a first chunk
+    # stored as a delta of a pack gc had repacked kept naming (and touching) that pack, and
+    # gc repacked it again at every run (review of 6e93533).
+    store = FileSystemArtifactStore(tmp_path / "s", chunk_threshold=THRESHOLD)
+    model = random.Random(1).randbytes(2 * MiB)
+    store.write("v0", io.BytesIO(model + random.Random(2).randbytes(3 * MiB)))
+    repacked: dict[str, int] = {}
+    for v in range(1, 7):
+        model = _every_chunk_changed(model, v)
+        store.write(f"v{v}", io.BytesIO(model))
+        store.remove("v0" if v == 1 else f"v{v - 1}")
+        for key in gc(store, grace_period=0, allow_short_grace=True).packs_repacked:
+            repacked[key] = repacked.get(key, 0) + 1
+    assert max(repacked.values(), default=0) == 1
+    with store.open_reader("v6") as reader:
+        assert reader.read() == model
+
+
+def test_a_copy_keeps_its_chunks_when_another_put_learns_the_index_meanwhile(
+    tmp_path: Path,
+) -> None:
+    # copy_from published its chunks into the store's KnownChunks, then looked them up in
+    # whatever object the store held by then: one another thread's put had just built from
+    # an older listing failed the copy, "chunk ... was not stored" (review of 6e93533).
+    from optuna_cas.chunks.store import ChunkStore
+
+    source = ChunkStore(LocalBackend(tmp_path / "a"))
+    destination = ChunkStore(LocalBackend(tmp_path / "b"))
+    data = random.Random(1).randbytes(1 * MiB)
+    digest = source.put(io.BytesIO(data))
+    older = KnownChunks(destination.backend).refreshed()  # listed before the copy's index
+    publish = destination.publish_index
+
+    def publish_then_swapped(table: Any) -> str | None:
+        name = publish(table)
+        destination.known = older  # another thread: self.known = self.known.refreshed()
+        return name
+
+    destination.publish_index = publish_then_swapped  # type: ignore[method-assign]
+    assert destination.copy_from(source, digest) == digest.size
+    assert destination.open(digest).read() == data

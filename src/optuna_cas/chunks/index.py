@@ -120,20 +120,27 @@ class KnownChunks:
         if self.refresh():
             return self
         fresh = KnownChunks(self._backend)
-        fresh._starts = self._starts
         fresh.refresh()
+        # Only starts the new reading knows: one in a pack gc left behind would keep it named
+        # (and touched) by every later version, and gc would repack it at every run.
+        fresh._starts = [
+            (chunk, at)
+            for chunk, at in self._starts
+            if fresh.find(chunk) is not None or (at and at[0].hexdigest in fresh._pack_numbers)
+        ]
         return fresh
 
     def refresh(self) -> bool:
         """Read the index objects written since the last refresh; False if one read is gone."""
-        names, listed = [], set()
+        # Those read before the listing: a thread may add names while it runs.
+        names, listed, seen = [], set(), frozenset(self._seen)
         for info in self._backend.list(INDEX_PREFIX):
             parsed = parse_content_key(info.key)
             if parsed is not None:
                 listed.add(parsed[1])
                 if parsed[1] not in self._seen:
                     names.append(parsed[1])
-        if not self._seen <= listed:
+        if not seen <= listed:
             return False
         # A worker's first upload reads every index object written since gc last merged
         # them, one GET each: on a few threads, since on S3 each waits tens of ms for its

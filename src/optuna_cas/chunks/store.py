@@ -562,7 +562,7 @@ class ChunkStore(ChunkMaintenance):
             return 0
         source._forget(digest)  # a gc elsewhere may have moved its chunks since we read it
         table = source.manifest(digest)
-        self.known = self.known.refreshed()
+        known = self.known = self.known.refreshed()  # kept: another put may swap self.known
         wanted = ChunkTable(INDEX_MAGIC, None, table.packs, self._chunks_to_copy(table))
         # Ranges that overlap (a delta's, inside the chunk it replaced) are copied as one run,
         # the runs in the order the file first needs them.
@@ -581,14 +581,14 @@ class ChunkStore(ChunkMaintenance):
             reader.close()
         # With the ranges inside runs: this and later copies find each by digest.
         self.publish_index(copier.writer.index)
+        known.add_table(copier.writer.index.as_table())
         manifest = TableBuilder(MANIFEST_MAGIC)
         for entry in table:
-            where = self.known.find(Digest(entry.chunk.hex(), entry.length))
+            chunk = Digest(entry.chunk.hex(), entry.length)
+            where = known.find(chunk) or self.known.find(chunk)
             if where is None:
                 raise IntegrityError(f"copy of {digest}: chunk {entry.chunk.hex()} was not stored")
-            manifest.add(
-                Digest(entry.chunk.hex(), entry.length), manifest.pack_number(where[0]), where[1]
-            )
+            manifest.add(chunk, manifest.pack_number(where[0]), where[1])
         # Replace one that is there but names a pack gone since (has_manifest said so above).
         self._write_manifest(digest, manifest.to_bytes(digest), replace=True)
         return copier.writer.bytes_written
