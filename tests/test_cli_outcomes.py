@@ -310,3 +310,25 @@ def test_main_called_by_an_application_leaves_its_ctrl_c_alone(tmp_path: Path) -
     )
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=120)
     assert done.returncode == 42
+
+
+def test_a_ctrl_c_once_the_document_is_printed_adds_no_second_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Printed inside the command: a Ctrl-C between that and the command's return printed
+    # '{"ok": true ...}{"ok": false ...}' (not JSON) and exited 130 (review of e73f8b4).
+    from optuna_cas import FileSystemArtifactStore
+    from optuna_cas.cli import _files
+
+    FileSystemArtifactStore(tmp_path / "store").write("a", io.BytesIO(b"x"))
+    printed = _files._emit_json
+
+    def printed_then_interrupted(document: dict[str, Any]) -> None:
+        printed(document)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_files, "_emit_json", printed_then_interrupted)
+    code = main(["--store", str(tmp_path / "store"), "--quiet", "ls", "--json"])
+    out = capsys.readouterr()
+    assert (code, out.err) == (0, "")
+    assert json.loads(out.out)["ok"] is True

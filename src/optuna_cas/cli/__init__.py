@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 from optuna_cas._bars import write_line
 from optuna_cas._terminal import escape_for_terminal as esc
-from optuna_cas.cli import _process
+from optuna_cas.cli import _common, _process
 from optuna_cas.cli._common import (
     CACHE_DIR_ENV,
     DEFAULT_RETRIES,
@@ -447,6 +447,7 @@ def _run_command(args: argparse.Namespace) -> int:
     A command that has results even when it fails (``put``: the files stored before the error)
     sets ``args.partial_result``: its keys go into the failure document too.
     """
+    _common.PRINTED.clear()
     try:
         code = int(args.func(args))
         if sys.stdout is not None:  # None when started with stdout closed (>&-)
@@ -459,6 +460,8 @@ def _run_command(args: argparse.Namespace) -> int:
             _json_failure("usage", e, _partial_result(args))
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): the same cleanup ran
+        if _common.PRINTED and args.command != "dashboard":
+            return 0 if _common.PRINTED[-1] else 1  # the result is out: a second would be noise
         terminated = isinstance(e, _process.Terminated)
         kind = "terminated" if terminated else "interrupted"
         print(f"optuna-cas: {kind}", file=sys.stderr)

@@ -89,6 +89,11 @@ def _emit_json(document: dict[str, Any]) -> None:
     document = {"ok": True, **document}
     # Flushed: the dashboard prints its document and then serves until stopped.
     print(json.dumps(document, indent=2, default=_jsonable), flush=True)
+    PRINTED.append(bool(document["ok"]))
+
+
+#: The "ok" of each document this process printed: a Ctrl-C after one changes nothing.
+PRINTED: list[bool] = []
 
 
 def _jsonable(value: Any) -> Any:
