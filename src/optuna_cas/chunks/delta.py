@@ -243,7 +243,9 @@ class DeltaFinder:
             return None
         pack, offset = self._at
         self._at = (pack, offset + len(new))
-        old = self._read(pack, offset, len(new))
+        # Only a pack this upload may lean on (looked at once, at its full size): a start of
+        # an earlier file may lie in one cut short since, which a manifest must never name.
+        old = self._read(pack, offset, len(new)) if self._usable(pack) else None
         pieces = diff(old, new) if old is not None else None
         if old is None or pieces is None:
             self._misses += 1
