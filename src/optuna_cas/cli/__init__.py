@@ -363,12 +363,11 @@ class _Parser(argparse.ArgumentParser):
 def console_main() -> int:
     """The ``optuna-cas`` program (and ``python -m optuna_cas``): :func:`main` on ``sys.argv``.
 
-    As the program, a Ctrl-C after the command has returned is ignored: the process only
-    exits then. An application calls :func:`main` instead, which leaves its handlers alone.
+    A Ctrl-C after the command returned is ignored (the process only exits then); an
+    application calls :func:`main`, which leaves its handlers alone.
 
     Example:
-        >>> import subprocess, sys
-        >>> run = "from optuna_cas.cli import console_main; console_main()"
+        >>> import subprocess, sys; run = "from optuna_cas.cli import console_main; console_main()"
         >>> done = subprocess.run([sys.executable, "-c", run, "--version"], capture_output=True)
         >>> done.returncode, done.stdout.startswith(b"optuna-cas ")
         (0, True)
