@@ -313,8 +313,8 @@ def test_a_copy_keeps_its_chunks_when_another_put_learns_the_index_meanwhile(
     older = KnownChunks(destination.backend).refreshed()  # listed before the copy's index
     publish = destination.publish_index
 
-    def publish_then_swapped(table: Any) -> str | None:
-        name = publish(table)
+    def publish_then_swapped(table: Any, *rest: Any) -> str | None:
+        name = publish(table, *rest)
         destination.known = older  # another thread: self.known = self.known.refreshed()
         return name
 

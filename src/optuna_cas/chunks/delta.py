@@ -220,14 +220,12 @@ class DeltaFinder:
             return False
         if first:
             self._first_at = (found[0], found[1])
-        named = store_delta(writer, found, new, self._stored)
+        named = store_delta(
+            writer, found, new, lambda piece: self._known.find_usable(piece, self._usable)
+        )
         if named is not None:  # all stored before: the next upload names them as they are
             self._known.remember_delta(chunk, named, (found[0], found[1] + len(new)))
         return True
-
-    def _stored(self, piece: Digest) -> Location | None:
-        where = self._known.find(piece)
-        return where if where is not None and self._usable(where[0]) else None
 
     def follow(self, pack: Digest, offset: int) -> None:
         """The next chunk's old bytes start at ``offset`` in ``pack`` (after a known chunk)."""

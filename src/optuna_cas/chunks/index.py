@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import blake3
 
@@ -203,6 +203,17 @@ class KnownChunks:
             return None
         where = _RECORD.unpack_from(*self._records.locate(row))[1]
         return None if where == _FORGOTTEN else (self._packs[where >> _SHIFT], where & _OFFSET)
+
+    def find_usable(self, chunk: Digest, usable: Callable[[Digest], bool]) -> Location | None:
+        """Where :meth:`find` says ``chunk`` is, if ``usable`` accepts its pack (an upload's look).
+
+        Example:
+            >>> from optuna_cas.backends.memory import MemoryBackend
+            >>> KnownChunks(MemoryBackend()).find_usable(Digest.of_bytes(b"x"), bool) is None
+            True
+        """
+        where = self.find(chunk)
+        return where if where is not None and usable(where[0]) else None
 
     def remember_delta(
         self, chunk: Digest, entries: Sequence[tuple[Digest, Digest, int]], after: Location

@@ -209,8 +209,7 @@ class ChunkStore(ChunkMaintenance):
 
     def _reusable(self, chunk: Digest, checks: PackChecks) -> Location | None:
         """Where the store holds ``chunk`` in a pack this upload may lean on, if it does."""
-        where = self.known.find(chunk)
-        return where if where is not None and checks.assume(where[0]) else None
+        return self.known.find_usable(chunk, checks.assume)
 
     def manifest_state(self, digest: Digest) -> str:
         """Whether ``digest``'s manifest is ``"absent"``, ``"complete"`` or ``"broken"``.
@@ -296,8 +295,10 @@ class ChunkStore(ChunkMaintenance):
                 return False
         return True
 
-    def publish_index(self, index: TableBuilder) -> str | None:
+    def publish_index(self, index: TableBuilder, known: KnownChunks | None = None) -> str | None:
         """Write an index object of ``index``'s entries (none if it has none); its name.
+
+        ``known`` (default: the store's) learns them too.
 
         Example:
             >>> from optuna_cas.backends.memory import MemoryBackend
@@ -318,9 +319,10 @@ class ChunkStore(ChunkMaintenance):
             published = None
         finally:
             del data
-        self.known.add_table(index.as_table())
+        known = self.known if known is None else known
+        known.add_table(index.as_table())
         if published is not None:
-            self.known.note_own(published)
+            known.note_own(published)
         return published
 
     def _write_manifest(self, digest: Digest, data: bytes, *, replace: bool = False) -> None:
@@ -580,8 +582,7 @@ class ChunkStore(ChunkMaintenance):
         finally:
             reader.close()
         # With the ranges inside runs: this and later copies find each by digest.
-        self.publish_index(copier.writer.index)
-        known.add_table(copier.writer.index.as_table())
+        self.publish_index(copier.writer.index, known)
         manifest = TableBuilder(MANIFEST_MAGIC)
         for entry in table:
             chunk = Digest(entry.chunk.hex(), entry.length)
