@@ -269,20 +269,28 @@ def test_a_sigterm_after_the_first_stops_the_cleanup_at_once(tmp_path: Path) -> 
     assert done.returncode == -signal.SIGTERM
 
 
-def test_a_ctrl_c_after_the_result_is_out_changes_nothing(tmp_path: Path) -> None:
-    """The document said ``"ok": true`` and a Ctrl-C during the exit (threads joined, clients
-    closed) made the status 130 or printed a traceback (found by a probe, by hand)."""
+def _stats_then(tmp_path: Path, run: str) -> str:
+    """A program with ``sys.argv`` set to ``stats --json`` of a small store, then ``run``."""
     from optuna_cas import FileSystemArtifactStore
 
     FileSystemArtifactStore(tmp_path / "store").write("a", io.BytesIO(b"x"))
-    program = (
+    return (
         "import os, signal, sys, time\n"
-        "from optuna_cas.cli import console_main\n"
+        "from optuna_cas.cli import console_main, main\n"
         f"sys.argv = ['optuna-cas', '--store', {str(tmp_path / 'store')!r}, 'stats', '--json']\n"
+        + run
+    )
+
+
+def test_a_ctrl_c_after_the_result_is_out_changes_nothing(tmp_path: Path) -> None:
+    """The document said ``"ok": true`` and a Ctrl-C during the exit (threads joined, clients
+    closed) made the status 130 or printed a traceback (found by a probe, by hand)."""
+    program = _stats_then(
+        tmp_path,
         "code = console_main()  # what the optuna-cas program runs\n"
         "os.kill(os.getpid(), signal.SIGINT)  # what a Ctrl-C right after the output sends\n"
         "time.sleep(0.2)\n"
-        "sys.exit(code)\n"
+        "sys.exit(code)\n",
     )
     done = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=120
@@ -294,19 +302,14 @@ def test_a_ctrl_c_after_the_result_is_out_changes_nothing(tmp_path: Path) -> Non
 def test_main_called_by_an_application_leaves_its_ctrl_c_alone(tmp_path: Path) -> None:
     # Ignoring Ctrl-C once the result is out is the program's choice: main() called in an
     # application (with or without argv) left SIGINT ignored for good (review of e73f8b4).
-    from optuna_cas import FileSystemArtifactStore
-
-    FileSystemArtifactStore(tmp_path / "store").write("a", io.BytesIO(b"x"))
-    program = (
-        "import os, signal, sys, time\n"
-        "from optuna_cas.cli import main\n"
-        f"sys.argv = ['app', '--store', {str(tmp_path / 'store')!r}, 'stats', '--json']\n"
+    program = _stats_then(
+        tmp_path,
         "main()\n"
         "try:\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(5)\n"
         "except KeyboardInterrupt:\n"
-        "    sys.exit(42)\n"
+        "    sys.exit(42)\n",
     )
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=120)
     assert done.returncode == 42
